@@ -1,0 +1,106 @@
+"""Atomic writes: a unique temp file in the target folder, fsync, os.replace, fsync
+the folder. A partial file never carries a final name; temp files left by a killed
+run carry TEMP_MARKER and are removed by the next run (`remove_stale_temps`)."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from .errors import StorageError
+from .naming import TEMP_MARKER
+
+
+
+def fsync_dir(folder: Path) -> None:
+    if os.name == "nt":  # Windows cannot open a folder for fsync; NTFS journals renames.
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def storage_error(action: str, path: Path, error: OSError) -> StorageError:
+    """Turn an OSError into a one-line message that says what to do."""
+    hint = {
+        errno.ENOSPC: "the disk is full: free space or choose another folder",
+        errno.EDQUOT: "the disk quota is used up: free space or choose another folder",
+        errno.EACCES: "permission denied: choose a folder this user can write to",
+        errno.EPERM: "permission denied: choose a folder this user can write to",
+        errno.EROFS: "the file system is read-only: choose another folder",
+        errno.ENOENT: "the folder does not exist: create it or choose another",
+    }.get(error.errno, error.strerror or str(error))
+    return StorageError(f"cannot {action} {path}: {hint}")
+
+
+def temp_path_in(folder: Path, final_name: str) -> Path:
+    """A new, unique, empty temp file beside where `final_name` will go."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{final_name}{TEMP_MARKER}", dir=folder)
+    except OSError as error:
+        raise storage_error("create a file in", folder, error) from error
+    os.close(fd)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_output(final_path: Path) -> Iterator[tuple[BinaryIO, Path]]:
+    """Yield (file, temp path) to write; on success fsync and rename into place.
+    On any failure the temp file is removed and the final path is untouched."""
+    temp = temp_path_in(final_path.parent, final_path.name)
+    try:
+        with open(temp, "r+b") as handle:
+            yield handle, temp
+            handle.flush()
+            os.fsync(handle.fileno())
+        commit(temp, final_path)
+    except OSError as error:
+        discard(temp)
+        raise storage_error("write", final_path, error) from error
+    except BaseException:
+        discard(temp)
+        raise
+
+
+def commit(temp: Path, final_path: Path) -> None:
+    """Rename a fully written and fsynced temp file into place, durably."""
+    os.replace(temp, final_path)
+    fsync_dir(final_path.parent)
+
+
+def discard(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def write_bytes_atomic(final_path: Path, data: bytes) -> None:
+    with atomic_output(final_path) as (handle, _):
+        handle.write(data)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def remove_stale_temps(folder: Path, older_than: float = 0) -> list[Path]:
+    """Remove our temp files that a killed run left behind. Callers hold the folder's
+    lock (archive.py), so no live run owns them. Returns what was removed."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for entry in folder.iterdir():
+        if TEMP_MARKER not in entry.name or not entry.is_file():
+            continue
+        with contextlib.suppress(OSError):
+            if now - entry.stat().st_mtime >= older_than:
+                entry.unlink()
+                removed.append(entry)
+    return removed

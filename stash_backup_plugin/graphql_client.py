@@ -1,0 +1,147 @@
+"""The few GraphQL calls we make to Stash, through gql and its requests transport.
+Transport and GraphQL failures become typed errors with one-line messages."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import requests
+from gql import Client, gql
+from gql.transport.exceptions import (TransportProtocolError, TransportQueryError,
+                                      TransportServerError)
+from gql.transport.requests import RequestsHTTPTransport
+
+from .connection import Connection, redact
+from .errors import AuthError, ServerError
+from .http_session import harden
+
+TIMEOUT_SECONDS = 60
+# VACUUM INTO of a multi-GiB database (and zipping blobs on v0.31) takes minutes.
+BACKUP_TIMEOUT_SECONDS = 6 * 3600
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    version: Optional[str]
+    schema_version: Optional[int]
+    database_path: Optional[str]
+    backup_directory: Optional[str]
+    blobs_path: Optional[str]
+    blobs_storage: Optional[str]
+    supports_include_blobs: bool
+
+    @property
+    def blobs_on_filesystem(self) -> bool:
+        return (self.blobs_storage or "").upper() == "FILESYSTEM"
+
+
+_SERVER_INFO = gql("""
+query StashBackupServerInfo {
+  version { version }
+  systemStatus { databaseSchema databasePath status }
+  configuration { general { backupDirectoryPath blobsPath blobsStorage databasePath } }
+  backupInput: __type(name: "BackupDatabaseInput") { inputFields { name } }
+}
+""")
+_BACKUP = gql("mutation StashBackup($input: BackupDatabaseInput!) { backupDatabase(input: $input) }")
+_PLUGIN_SETTINGS = gql("query StashBackupSettings($ids: [ID!]) { configuration { plugins(include: $ids) } }")
+_RELOAD_PLUGINS = gql("mutation { reloadPlugins }")
+
+
+class StashClient:
+    def __init__(self, connection: Connection, timeout: int = TIMEOUT_SECONDS):
+        self.connection = connection
+        self._timeout = timeout
+        self._client: Optional[Client] = None
+        self._session = None
+
+    def __enter__(self) -> "StashClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close_sync()
+            self._client = None
+
+    def _connected(self):
+        if self._client is None:
+            transport = RequestsHTTPTransport(url=self.connection.graphql_url, timeout=self._timeout,
+                                              verify=not self.connection.pinned_certificate)
+            self._client = Client(transport=transport, fetch_schema_from_transport=False)
+            self._session = self._client.connect_sync()
+            harden(transport.session, self.connection)
+        return self._session
+
+    def execute(self, document, variables: Optional[dict] = None, timeout: Optional[int] = None) -> dict:
+        session = self._connected()
+        transport = session.transport
+        transport.default_timeout = transport.timeout = timeout or self._timeout
+        try:
+            return session.execute(document, variable_values=variables)
+        except TransportServerError as error:
+            raise self._server_error(getattr(error, "code", None), str(error)) from None
+        except TransportQueryError as error:
+            raise ServerError(self._clean(f"Stash answered with an error: {_first_message(error)}")) from None
+        except TransportProtocolError as error:
+            raise ServerError(self._clean(
+                f"{self.connection.base_url} did not answer like a Stash GraphQL server ({error}): check the URL")) from None
+        except requests.exceptions.SSLError as error:
+            raise ServerError(f"TLS to {self.connection.base_url} failed: {type(error).__name__}: check the URL or certificate") from None
+        except requests.exceptions.Timeout:
+            raise ServerError(f"Stash at {self.connection.base_url} did not answer within {transport.timeout} s") from None
+        except requests.exceptions.ConnectionError:
+            raise ServerError(f"cannot reach Stash at {self.connection.base_url}: is it running, and is the URL right?") from None
+
+    def _server_error(self, code: Optional[int], text: str) -> ServerError:
+        if code in (401, 403):
+            return AuthError(f"Stash at {self.connection.base_url} refused the request ({code}) with "
+                             f"{self.connection.auth_description}: give a valid API key (--api-key or STASH_API_KEY)")
+        return ServerError(self._clean(f"Stash at {self.connection.base_url} answered HTTP {code}: {text[:200]}"))
+
+    def _clean(self, text: str) -> str:
+        return redact(text, self.connection.secrets())
+
+    # --- the calls -------------------------------------------------------------
+
+    def server_info(self) -> ServerInfo:
+        data = self.execute(_SERVER_INFO)
+        general = data["configuration"]["general"]
+        status = data["systemStatus"]
+        fields = {f["name"] for f in ((data.get("backupInput") or {}).get("inputFields") or [])}
+        return ServerInfo(
+            version=(data.get("version") or {}).get("version"),
+            schema_version=status.get("databaseSchema"),
+            database_path=general.get("databasePath") or status.get("databasePath"),
+            backup_directory=general.get("backupDirectoryPath"),
+            blobs_path=general.get("blobsPath"),
+            blobs_storage=general.get("blobsStorage"),
+            supports_include_blobs="includeBlobs" in fields,
+        )
+
+    def backup_database(self, download: bool, include_blobs: Optional[bool] = None) -> Optional[str]:
+        """Run `backupDatabase`; `include_blobs` is sent only when not None (older
+        servers reject the unknown field). Returns the download link, if any."""
+        backup_input: dict[str, Any] = {"download": download}
+        if include_blobs is not None:
+            backup_input["includeBlobs"] = include_blobs
+        data = self.execute(_BACKUP, {"input": backup_input}, timeout=BACKUP_TIMEOUT_SECONDS)
+        return data.get("backupDatabase")
+
+    def plugin_settings(self, plugin_id: str) -> dict:
+        data = self.execute(_PLUGIN_SETTINGS, {"ids": [plugin_id]})
+        plugins = data["configuration"].get("plugins") or {}
+        return dict(plugins.get(plugin_id) or {})
+
+    def reload_plugins(self) -> None:
+        self.execute(_RELOAD_PLUGINS)
+
+
+def _first_message(error: TransportQueryError) -> str:
+    errors = error.errors or []
+    if errors and isinstance(errors[0], dict):
+        return str(errors[0].get("message", errors[0]))
+    return str(error) if not errors else json.dumps(errors[0])[:300]

@@ -1,0 +1,54 @@
+"""Stash's backup file names: `<db file>.<schema>.<YYYYMMDD_HHMMSS>[.zip]`. Pure logic."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Optional
+
+TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
+_NAME = re.compile(r"^(?P<db>.+)\.(?P<schema>\d+)\.(?P<stamp>\d{8}_\d{6})(?P<zip>\.zip)?$")
+# Our own partial files; never a final name (see atomic.py).
+TEMP_MARKER = ".stash-backup-tmp-"
+
+
+@dataclass(frozen=True)
+class BackupName:
+    database_name: str
+    schema_version: int
+    created: datetime  # as written by Stash: the server's local time, naive
+    is_zip: bool
+
+    def __str__(self) -> str:
+        suffix = ".zip" if self.is_zip else ""
+        return f"{self.database_name}.{self.schema_version}.{self.created.strftime(TIMESTAMP_FORMAT)}{suffix}"
+
+
+def parse_backup_name(name: str) -> Optional[BackupName]:
+    """The parts of a Stash backup file name, or None when it is not one."""
+    match = _NAME.match(name)
+    if not match:
+        return None
+    try:
+        created = datetime.strptime(match["stamp"], TIMESTAMP_FORMAT)
+    except ValueError:
+        return None
+    return BackupName(match["db"], int(match["schema"]), created, bool(match["zip"]))
+
+
+def zip_name_for(database_backup_name: str) -> str:
+    """The name of a full (database + blobs) backup: Stash v0.31's convention."""
+    return database_backup_name if database_backup_name.endswith(".zip") else database_backup_name + ".zip"
+
+
+def is_temp_name(name: str) -> bool:
+    return TEMP_MARKER in name
+
+
+def blob_member_name(checksum: str) -> str:
+    """Where a blob lives inside a full backup zip, as Stash lays out its blobs folder."""
+    return f"blobs/{checksum[0:2]}/{checksum[2:4]}/{checksum}"
+
+
+def blob_relative_path(checksum: str) -> str:
+    return f"{checksum[0:2]}/{checksum[2:4]}/{checksum}"

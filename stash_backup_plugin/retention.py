@@ -1,0 +1,144 @@
+"""Retention policy with restic's semantics (`restic forget`). Pure logic, no I/O.
+
+Items are sorted newest first and walked once. `last` keeps the first N; the
+period rules keep the newest item of each hour/day/ISO week/month/year until their
+count is spent (-1 = unlimited). Rules are OR-ed and every rule that matches an item
+spends one of its count. A rule with count left when it reaches the oldest item keeps
+that item. `within` keeps items newer than (newest item's time - duration).
+Safety: an empty policy keeps everything, and protected items are always kept.
+"""
+from __future__ import annotations
+
+import calendar
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable, Hashable, Iterable, Optional, Sequence
+
+from .errors import UsageError
+
+UNLIMITED = -1
+_DURATION = re.compile(r"(\d+)([ymwdh])")
+
+
+@dataclass(frozen=True)
+class Duration:
+    """A calendar duration like restic's `1y6m2w3d4h` (m = months)."""
+
+    years: int = 0
+    months: int = 0
+    days: int = 0
+    hours: int = 0
+
+    def before(self, moment: datetime) -> datetime:
+        """`moment` minus this duration, by the calendar (month ends clamp)."""
+        month_index = moment.year * 12 + (moment.month - 1) - self.years * 12 - self.months
+        year, month = divmod(month_index, 12)
+        month += 1
+        day = min(moment.day, calendar.monthrange(year, month)[1])
+        shifted = moment.replace(year=year, month=month, day=day)
+        return shifted - timedelta(days=self.days, hours=self.hours)
+
+    def __str__(self) -> str:
+        parts = [(self.years, "y"), (self.months, "m"), (self.days, "d"), (self.hours, "h")]
+        return "".join(f"{n}{unit}" for n, unit in parts if n) or "0h"
+
+
+def parse_duration(text: str) -> Duration:
+    """Parse `2y`, `6m`, `2w`, `7d`, `12h` or a combination such as `1m15d`."""
+    cleaned = text.strip().lower()
+    if not cleaned or _DURATION.sub("", cleaned):
+        raise UsageError(f"invalid duration {text!r}: use a number and a unit y, m (months), w, d or h, e.g. 7d or 1m15d")
+    totals = {"y": 0, "m": 0, "w": 0, "d": 0, "h": 0}
+    for number, unit in _DURATION.findall(cleaned):
+        totals[unit] += int(number)
+    return Duration(totals["y"], totals["m"], totals["d"] + 7 * totals["w"], totals["h"])
+
+
+@dataclass(frozen=True)
+class Policy:
+    last: int = 0
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+    within: Optional[Duration] = None
+
+    def __post_init__(self):
+        for name, count in self.counts():
+            if count < UNLIMITED:
+                raise UsageError(f"keep-{name} is {count}: use a count of 0 or more, or -1 for unlimited")
+
+    def counts(self) -> list[tuple[str, int]]:
+        return [("last", self.last), ("hourly", self.hourly), ("daily", self.daily),
+                ("weekly", self.weekly), ("monthly", self.monthly), ("yearly", self.yearly)]
+
+    def is_empty(self) -> bool:
+        return all(count == 0 for _, count in self.counts()) and not self.within
+
+    def describe(self) -> str:
+        parts = [f"keep-{name} {'unlimited' if n == UNLIMITED else n}" for name, n in self.counts() if n]
+        if self.within:
+            parts.append(f"keep-within {self.within}")
+        return ", ".join(parts) or "no rule"
+
+
+@dataclass
+class Decision:
+    item: object
+    time: datetime
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def keep(self) -> bool:
+        return bool(self.reasons)
+
+
+def _iso_week(moment: datetime) -> tuple[int, int]:
+    year, week, _ = moment.isocalendar()
+    return year, week
+
+
+_PERIODS: dict[str, Callable[[datetime], Hashable]] = {
+    "hourly": lambda t: (t.year, t.month, t.day, t.hour),
+    "daily": lambda t: (t.year, t.month, t.day),
+    "weekly": _iso_week,
+    "monthly": lambda t: (t.year, t.month),
+    "yearly": lambda t: t.year,
+}
+
+_REASON = {"last": "last snapshot", "hourly": "hourly snapshot", "daily": "daily snapshot",
+           "weekly": "weekly snapshot", "monthly": "monthly snapshot", "yearly": "yearly snapshot"}
+
+
+def apply_policy(items: Iterable[tuple[object, datetime]], policy: Policy,
+                 protected: Sequence[object] = ()) -> list[Decision]:
+    """Decide for every (item, time) whether it is kept, and why. Newest first."""
+    decisions = sorted((Decision(item, time) for item, time in items), key=lambda d: d.time, reverse=True)
+    if not decisions:
+        return []
+    if policy.is_empty():
+        for decision in decisions:
+            decision.reasons.append("policy is empty")
+        return decisions
+    remaining = dict(policy.counts())
+    last_bucket: dict[str, Hashable] = {}
+    cutoff = policy.within.before(decisions[0].time) if policy.within else None
+    for index, decision in enumerate(decisions):
+        is_oldest = index == len(decisions) - 1
+        if cutoff is not None and decision.time > cutoff:
+            decision.reasons.append(f"within {policy.within}")
+        for rule, count in remaining.items():
+            if count == 0:
+                continue
+            bucket = index if rule == "last" else _PERIODS[rule](decision.time)
+            if rule in last_bucket and bucket == last_bucket[rule] and not is_oldest:
+                continue
+            last_bucket[rule] = bucket
+            if count > 0:
+                remaining[rule] = count - 1
+            decision.reasons.append(_REASON[rule])
+        if decision.item in protected and not decision.reasons:
+            decision.reasons.append("newest verified backup")
+    return decisions

@@ -1,0 +1,141 @@
+"""Checks that a file is a sound Stash database. Standard library only (the offline
+restore imports it). Reading must never change the file: backups are opened with
+`immutable=1`; a database with side files is read through a private copy."""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sqlite3
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+from .errors import VerificationError
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+QUICK, FULL, NONE = "quick", "full", "none"
+CHECK_LEVELS = (QUICK, FULL, NONE)
+
+
+@dataclass
+class DatabaseReport:
+    schema_version: int
+    check_level: str
+    # Blobs the database refers to whose bytes are not in the database: they must
+    # come from the blobs folder (FILESYSTEM storage).
+    blobs_on_filesystem: set[str] = field(default_factory=set)
+    blobs_in_database: int = 0
+
+
+def has_sqlite_header(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+
+
+def side_files(database: Path) -> list[Path]:
+    return [p for p in (Path(f"{database}{s}") for s in SIDE_SUFFIXES) if p.exists()]
+
+
+@contextlib.contextmanager
+def open_unchanged(database: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection that leaves the file and its folder exactly as they were.
+    With a -wal beside it (committed data may live there), read a private copy of both."""
+    if not any(Path(f"{database}{s}").exists() for s in ("-wal", "-journal")):
+        with _connect(f"file:{_uri_path(database)}?immutable=1") as connection:
+            yield connection
+        return
+    with tempfile.TemporaryDirectory(prefix="stash-backup-read-") as private:
+        copy = Path(private) / database.name
+        shutil.copyfile(database, copy)
+        for suffix in ("-wal", "-journal"):
+            side = Path(f"{database}{suffix}")
+            if side.exists():
+                shutil.copyfile(side, Path(f"{copy}{suffix}"))
+        with _connect(f"file:{_uri_path(copy)}") as connection:
+            yield connection
+
+
+def _uri_path(path: Path) -> str:
+    from urllib.parse import quote
+    return quote(str(path.resolve()))
+
+
+@contextlib.contextmanager
+def _connect(uri: str) -> Iterator[sqlite3.Connection]:
+    connection = sqlite3.connect(uri, uri=True)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def check_database(path: Path, level: str = QUICK) -> DatabaseReport:
+    """Verify `path` is an intact Stash database; raise VerificationError if not."""
+    if not path.is_file():
+        raise VerificationError(f"{path} does not exist or is not a file")
+    if not has_sqlite_header(path):
+        raise VerificationError(f"{path} is not an SQLite database (bad header): it is not a Stash backup")
+    try:
+        with open_unchanged(path) as connection:
+            _integrity(connection, path, level)
+            version = schema_version(connection, path)
+            on_filesystem, in_database = _blob_references(connection)
+    except sqlite3.DatabaseError as error:
+        raise VerificationError(f"{path} cannot be read as a database: {error}") from error
+    return DatabaseReport(version, level, on_filesystem, in_database)
+
+
+def _integrity(connection: sqlite3.Connection, path: Path, level: str) -> None:
+    if level == NONE:
+        return
+    pragma = "integrity_check" if level == FULL else "quick_check"
+    rows = [row[0] for row in connection.execute(f"PRAGMA {pragma}")]
+    if rows != ["ok"]:
+        detail = "; ".join(rows[:3]) + (f" (+{len(rows) - 3} more)" if len(rows) > 3 else "")
+        raise VerificationError(f"{path} failed PRAGMA {pragma}: {detail}")
+
+
+def schema_version(connection: sqlite3.Connection, path: Path) -> int:
+    """Stash's schema version from golang-migrate's table; a dirty migration is refused."""
+    try:
+        row = connection.execute("SELECT version, dirty FROM schema_migrations").fetchone()
+    except sqlite3.OperationalError as error:
+        raise VerificationError(f"{path} is an SQLite file but not a Stash database (no schema_migrations table)") from error
+    if row is None:
+        raise VerificationError(f"{path} has an empty schema_migrations table: not a usable Stash database")
+    version, dirty = row
+    if dirty:
+        raise VerificationError(f"{path} records a failed (dirty) migration at schema {version}: Stash will not open it")
+    return int(version)
+
+
+def _blob_references(connection: sqlite3.Connection) -> tuple[set[str], int]:
+    """Checksums that tables refer to (found through their foreign keys to `blobs`,
+    so no table list is hard-coded) and that have no bytes inside the database."""
+    tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    if "blobs" not in tables:
+        return set(), 0
+    referenced: set[str] = set()
+    for table in tables:
+        for fk in connection.execute(f"PRAGMA foreign_key_list({_quote(table)})"):
+            if fk[2] == "blobs":
+                column = _quote(fk[3])
+                referenced.update(row[0] for row in connection.execute(
+                    f"SELECT DISTINCT {column} FROM {_quote(table)} WHERE {column} IS NOT NULL"))
+    with_bytes = {row[0] for row in connection.execute("SELECT checksum FROM blobs WHERE blob IS NOT NULL")}
+    return referenced - with_bytes, len(with_bytes)
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def read_schema_version(path: Path) -> Optional[int]:
+    """The schema version of a (possibly live, possibly WAL-holding) database, or None."""
+    try:
+        with open_unchanged(path) as connection:
+            return schema_version(connection, path)
+    except (sqlite3.DatabaseError, VerificationError):
+        return None

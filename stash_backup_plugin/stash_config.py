@@ -1,0 +1,114 @@
+"""Stash's config.yml: where it is, and the paths it names. Standard library and
+PyYAML only (the offline restore imports it)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
+from typing import Optional
+
+import yaml
+
+from .errors import ConfigError
+
+CONFIG_NAME = "config.yml"
+DEFAULT_DATABASE_NAME = "stash-go.sqlite"
+FILESYSTEM, DATABASE = "FILESYSTEM", "DATABASE"
+DEFAULT_PORT = 9999
+
+
+@dataclass
+class StashConfig:
+    path: Path
+    values: dict
+    # Paths that did not exist as written (Docker: container paths) and were found
+    # relative to the config folder instead: (as written, as used).
+    relocated: list[tuple[str, Path]] = field(default_factory=list)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def get(self, key: str, default=None):
+        value = self.values.get(key)
+        return default if value in (None, "") else value
+
+    @property
+    def blobs_storage(self) -> str:
+        return str(self.get("blobs_storage", DATABASE)).upper()
+
+    @property
+    def database(self) -> Path:
+        return self.resolve_path(self.get("database", DEFAULT_DATABASE_NAME))
+
+    @property
+    def blobs_path(self) -> Optional[Path]:
+        value = self.get("blobs_path")
+        return self.resolve_path(value) if value else None
+
+    @property
+    def backup_directory(self) -> Path:
+        value = self.get("backup_directory_path")
+        return self.resolve_path(value) if value else self.database.parent
+
+    @property
+    def port(self) -> int:
+        try:
+            return int(self.get("port", DEFAULT_PORT))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{self.path}: port {self.get('port')!r} is not a number") from None
+
+    @property
+    def host(self) -> str:
+        return str(self.get("host", "0.0.0.0"))
+
+    def resolve_path(self, written: str) -> Path:
+        """The path as written when it exists; otherwise the same path found under the
+        config folder (a Docker config names paths inside the container)."""
+        raw = Path(os.path.expanduser(str(written)))
+        if not raw.is_absolute():
+            raw = self.folder / raw
+        if raw.exists():
+            return raw
+        for candidate in _relocation_candidates(str(written), self.folder):
+            if candidate.exists():
+                self.relocated.append((str(written), candidate))
+                return candidate
+        return raw
+
+
+def _relocation_candidates(written: str, folder: Path) -> list[Path]:
+    flavour: type[PurePath] = PureWindowsPath if ":" in written[:3] else PurePosixPath
+    parts = [p for p in flavour(written).parts if p not in ("/", "\\") and not p.endswith((":", ":\\"))]
+    return [folder.joinpath(*parts[start:]) for start in range(len(parts))]
+
+
+def find_config_file(explicit: Optional[Path] = None) -> Path:
+    """Find config.yml the way Stash does: --config, STASH_CONFIG, the working
+    directory, then ~/.stash."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file {explicit} does not exist: give the path of Stash's config.yml")
+        return explicit
+    candidates = []
+    if os.environ.get("STASH_CONFIG"):
+        candidates.append(Path(os.environ["STASH_CONFIG"]))
+    candidates += [Path.cwd() / CONFIG_NAME, Path.home() / ".stash" / CONFIG_NAME]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    searched = ", ".join(str(c) for c in candidates)
+    raise ConfigError(f"no Stash config.yml found (looked at {searched}): pass --config FILE or --database FILE")
+
+
+def load_config(path: Path) -> StashConfig:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle) or {}
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML ({str(error).splitlines()[0]}): fix or point to another config") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} is not a Stash config file (expected a mapping of settings)")
+    return StashConfig(path.resolve(), values)
