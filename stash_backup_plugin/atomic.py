@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -79,14 +80,30 @@ def discard(path: Path) -> None:
         os.unlink(path)
 
 
-def write_bytes_atomic(final_path: Path, data: bytes) -> None:
-    with atomic_output(final_path) as (handle, _):
+def write_bytes_atomic(final_path: Path, data: bytes, mode: int = 0o600) -> None:
+    """mkstemp makes private (0600) files; `mode` widens that where others must read."""
+    with atomic_output(final_path) as (handle, temp):
         handle.write(data)
+        os.chmod(temp, mode)
 
 
 def fsync_file(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def scratch_folder(near: Path) -> Iterator[Path]:
+    """A private folder on the same disk as `near` when it is writable (big files
+    should not land on a small /tmp), else in the system's temp folder."""
+    try:
+        folder = tempfile.mkdtemp(prefix=f".scratch{TEMP_MARKER}", dir=near)
+    except OSError:
+        folder = tempfile.mkdtemp(prefix="stash-backup-scratch-")
+    try:
+        yield Path(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def remove_stale_temps(folder: Path, older_than: float = 0) -> list[Path]:
@@ -97,10 +114,13 @@ def remove_stale_temps(folder: Path, older_than: float = 0) -> list[Path]:
         return removed
     now = time.time()
     for entry in folder.iterdir():
-        if TEMP_MARKER not in entry.name or not entry.is_file():
+        if TEMP_MARKER not in entry.name:
             continue
         with contextlib.suppress(OSError):
-            if now - entry.stat().st_mtime >= older_than:
-                entry.unlink()
+            if now - entry.lstat().st_mtime >= older_than:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
                 removed.append(entry)
     return removed

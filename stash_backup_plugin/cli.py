@@ -1,0 +1,215 @@
+"""stash-backup: back up a Stash server from cron or another machine.
+
+    stash-backup download --dest ~/stash-archive
+    stash-backup prune --keep-daily 7 --keep-weekly 4 --dry-run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+from . import __version__, jobs
+from .archive import Archive
+from .connection import DEFAULT_URL, Connection, normalise_url, redact
+from .errors import StashBackupError, VerificationError
+from .graphql_client import StashClient
+from .install import DEFAULT_PLUGIN_ID, build_package, install_plugin
+from .retention import Policy, parse_duration
+from .sqlite_check import FULL, QUICK
+from .terminal import TerminalReporter
+from .verify import verify_backup
+
+DEFAULT_ARCHIVE = "~/stash-backup-archive"
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=os.environ.get("STASH_URL", DEFAULT_URL),
+                        help="Stash server URL (env STASH_URL, default %(default)s)")
+    common.add_argument("--api-key", default=os.environ.get("STASH_API_KEY"),
+                        help="Stash API key (env STASH_API_KEY; Settings > Security)")
+    common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser = argparse.ArgumentParser(prog="stash-backup", description="Verified backups of a Stash server.")
+    parser.add_argument("--version", action="version", version=f"stash-backup {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    class _Commands:
+        @staticmethod
+        def add_parser(name, **kwargs):
+            return subparsers.add_parser(name, parents=[common], **kwargs)
+
+    commands = _Commands()
+
+    def archive_option(command):
+        command.add_argument("--dest", default=os.environ.get("STASH_BACKUP_ARCHIVE", DEFAULT_ARCHIVE),
+                             help="archive folder (env STASH_BACKUP_ARCHIVE, default %(default)s)")
+
+    def check_option(command):
+        command.add_argument("--full-check", action="store_true",
+                             help="PRAGMA integrity_check instead of quick_check (much slower on big libraries)")
+
+    backup = commands.add_parser("backup", help="make Stash write a backup into its own backup folder")
+    backup.add_argument("--no-blobs", action="store_true", help="database only, even where Stash can add blobs")
+
+    download = commands.add_parser("download", help="download a verified backup into the archive")
+    archive_option(download)
+    check_option(download)
+    download.add_argument("--no-blobs", action="store_true", help="database only, without images")
+    download.add_argument("--blobs-path", type=Path, help="Stash's blobs folder, for servers before v0.31")
+    download.add_argument("--if-older-than", metavar="DURATION",
+                          help="skip when the newest verified backup is younger, e.g. 20h or 1d")
+    download.add_argument("--json", action="store_true", help="print the new archive entry as JSON")
+
+    listing = commands.add_parser("list", help="list the archive")
+    archive_option(listing)
+    listing.add_argument("--json", action="store_true")
+
+    verify = commands.add_parser("verify", help="re-verify the archive, or the given backup files")
+    archive_option(verify)
+    check_option(verify)
+    verify.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    verify.add_argument("--json", action="store_true")
+
+    prune = commands.add_parser("prune", help="apply a retention policy to the archive")
+    archive_option(prune)
+    for rule in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        prune.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N", help=f"keep {rule} (-1 = unlimited)")
+    prune.add_argument("--keep-within", metavar="DURATION", help="keep all newer than the newest minus DURATION")
+    prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    prune.add_argument("--json", action="store_true")
+
+    install = commands.add_parser("install-plugin", help="install the plugin into Stash's plugins folder")
+    install.add_argument("--plugins-dir", type=Path, required=True, help="Stash's plugins folder")
+    install.add_argument("--id", default=DEFAULT_PLUGIN_ID, help="plugin ID (the manifest's name)")
+
+    package = commands.add_parser("package", help="build a plugin-manager source: <id>.zip and index.yml")
+    package.add_argument("--output", type=Path, default=Path("dist/plugin-source"))
+    package.add_argument("--id", default=DEFAULT_PLUGIN_ID)
+    return parser
+
+
+def _client(args) -> StashClient:
+    return StashClient(Connection(normalise_url(args.url), api_key=args.api_key or None))
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def cmd_backup(args, report) -> int:
+    with _client(args) as client:
+        jobs.backup_on_server(client, not args.no_blobs, report)
+    return 0
+
+
+def cmd_download(args, report) -> int:
+    options = jobs.DownloadOptions(
+        include_blobs=not args.no_blobs, blobs_path=args.blobs_path,
+        check_level=FULL if args.full_check else QUICK,
+        if_older_than=parse_duration(args.if_older_than) if args.if_older_than else None)
+    with _client(args) as client:
+        outcome = jobs.download_to_archive(client, Archive(Path(args.dest).expanduser()), options, report)
+    if args.json:
+        _print_json(asdict(outcome.entry) if outcome.entry else {"skipped": outcome.skipped_reason})
+    elif outcome.entry:
+        print(Archive(Path(args.dest).expanduser()).path_of(outcome.entry))
+    return 0
+
+
+def cmd_list(args, report) -> int:
+    archive = Archive(Path(args.dest).expanduser())
+    entries = archive.entries()
+    if args.json:
+        _print_json([asdict(e) for e in entries])
+        return 0
+    if not entries:
+        print(f"no backups in {archive.folder}")
+    for entry in entries:
+        state = "verified" if entry.verified_ok else ("BAD" if entry.verified_at else "unverified")
+        blobs = f"{entry.blob_count} blobs" if entry.includes_blobs else "database only"
+        print(f"{entry.created}  schema {entry.schema_version:<3}  {entry.size:>14,d} B  {blobs:<14}  {state:<10}  {entry.file}")
+    return 0
+
+
+def cmd_verify(args, report) -> int:
+    level = FULL if args.full_check else QUICK
+    if args.paths:
+        results, failed = [], 0
+        for path in args.paths:
+            try:
+                verified = verify_backup(path, level, progress=report.bytes_progress(f"verifying {path.name}"))
+                results.append({"path": str(path), "ok": True, "kind": verified.kind,
+                                "schema_version": verified.schema_version, "blob_count": verified.blob_count,
+                                "sha256": verified.sha256})
+                report.info(f"ok  {path}: schema {verified.schema_version}, {verified.blob_count} blob(s)")
+            except VerificationError as error:
+                failed += 1
+                results.append({"path": str(path), "ok": False, "error": str(error)})
+                report.error(f"BAD {path}: {error}")
+        if args.json:
+            _print_json(results)
+        return 1 if failed else 0
+    summary = jobs.verify_archive(Archive(Path(args.dest).expanduser()), level, report)
+    if args.json:
+        _print_json({"checked": summary.checked, "failed": [{"file": f, "error": e} for f, e in summary.failed],
+                     "adopted": summary.adopted})
+    return 0 if summary.ok else 1
+
+
+def cmd_prune(args, report) -> int:
+    policy = Policy(last=args.keep_last, hourly=args.keep_hourly, daily=args.keep_daily, weekly=args.keep_weekly,
+                    monthly=args.keep_monthly, yearly=args.keep_yearly,
+                    within=parse_duration(args.keep_within) if args.keep_within else None)
+    if policy.is_empty():
+        report.warning("no --keep-* rule given: nothing will be removed")
+    decisions = jobs.apply_retention(Archive(Path(args.dest).expanduser()), policy, args.dry_run, report)
+    if args.json:
+        _print_json([{"file": d.item.file, "keep": d.keep, "reasons": d.reasons} for d in decisions])
+    return 0
+
+
+def cmd_install_plugin(args, report) -> int:
+    target = install_plugin(args.plugins_dir.expanduser(), args.id)
+    report.info(f"installed the plugin into {target}")
+    try:
+        with _client(args) as client:
+            client.reload_plugins()
+        report.info(f"Stash at {args.url} reloaded its plugins: see Settings > Tasks")
+    except StashBackupError as error:
+        report.info(f"Stash was not reloaded ({error}); use Settings > Plugins > Reload plugins")
+    return 0
+
+
+def cmd_package(args, report) -> int:
+    zip_path, index_path = build_package(args.output, args.id)
+    report.info(f"built {zip_path} and {index_path}: add {index_path.resolve()} as a plugin source in Stash")
+    return 0
+
+
+COMMANDS = {"backup": cmd_backup, "download": cmd_download, "list": cmd_list, "verify": cmd_verify,
+            "prune": cmd_prune, "install-plugin": cmd_install_plugin, "package": cmd_package}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    secrets = [args.api_key] if args.api_key else []
+    report = TerminalReporter(quiet=args.quiet, redact=lambda text: redact(text, secrets))
+    try:
+        return COMMANDS[args.command](args, report)
+    except StashBackupError as error:
+        report.error(redact(str(error), secrets))
+        return error.exit_code
+    except KeyboardInterrupt:
+        report.error("interrupted; nothing partial was kept")
+        return 130
+    finally:
+        report.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""The four jobs, as a library: make a backup on the server, bring a verified backup
+into the archive, re-verify the archive, apply retention. The plugin and the CLI
+are thin layers over these functions."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+from . import fullbackup
+from .archive import Archive, Entry, entry_from_name, utc_now
+from .atomic import discard, storage_error, temp_path_in
+from .download import Downloaded, download
+from .errors import (ConfigError, DownloadError, LinkExpiredError, StashBackupError,
+                     VerificationError)
+from .graphql_client import ServerInfo, StashClient
+from .http_session import new_session
+from .naming import blob_relative_path, parse_backup_name, zip_name_for
+from .reporting import Reporter, human_size
+from .retention import Decision, Duration, Policy, apply_policy
+from .sqlite_check import QUICK, check_database
+from .verify import BackupReport, verify_backup
+
+FRESH_BACKUP_ATTEMPTS = 3  # a link that expired mid-download needs a new backup
+
+
+@dataclass
+class DownloadOptions:
+    include_blobs: bool = True
+    blobs_path: Optional[Path] = None  # override for building our own zip (old servers)
+    check_level: str = QUICK
+    if_older_than: Optional[Duration] = None
+
+
+# --- Backup on the server ---------------------------------------------------------
+
+@dataclass
+class ServerBackup:
+    path: Optional[Path]
+    size: Optional[int]
+    includes_blobs: bool
+
+
+def backup_on_server(client: StashClient, include_blobs: bool, report: Reporter) -> ServerBackup:
+    """Stash's own backup into its backup folder, with blobs where the server can."""
+    info = client.server_info()
+    with_blobs = include_blobs and info.blobs_on_filesystem and info.supports_include_blobs
+    folder = _server_backup_folder(info)
+    before = _backup_files(folder)
+    report.progress(0.05, "backing up")
+    client.backup_database(download=False, include_blobs=with_blobs if info.supports_include_blobs else None)
+    made = sorted(_backup_files(folder) - before, key=lambda p: p.stat().st_mtime)
+    path = made[-1] if made else None
+    size = path.stat().st_size if path else None
+    where = f"{path} ({human_size(size)})" if path else f"Stash's backup folder {folder or ''} (not readable from here)"
+    report.info(f"Stash backed up its database{' with blobs' if with_blobs else ''} to {where}")
+    if include_blobs and info.blobs_on_filesystem and not info.supports_include_blobs:
+        report.warning(f"Stash {info.version} cannot include blobs in its own backup: use 'Download backup to archive' "
+                       "for a full backup with images")
+    report.progress(1.0)
+    return ServerBackup(path, size, with_blobs)
+
+
+def _server_backup_folder(info: ServerInfo) -> Optional[Path]:
+    if info.backup_directory:
+        return Path(info.backup_directory)
+    return Path(info.database_path).parent if info.database_path else None
+
+
+def _backup_files(folder: Optional[Path]) -> set[Path]:
+    if not folder or not folder.is_dir():
+        return set()
+    return {p for p in folder.iterdir() if p.is_file() and parse_backup_name(p.name)}
+
+
+# --- Download into the archive ------------------------------------------------------
+
+@dataclass
+class DownloadOutcome:
+    entry: Optional[Entry]
+    skipped_reason: str = ""
+
+
+def download_to_archive(client: StashClient, archive: Archive, options: DownloadOptions,
+                        report: Reporter) -> DownloadOutcome:
+    with archive.locked():
+        skip = _skip_reason(archive, options.if_older_than)
+        if skip:
+            report.info(skip)
+            return DownloadOutcome(None, skip)
+        info = client.server_info()
+        want_blobs = options.include_blobs and info.blobs_on_filesystem
+        if want_blobs and info.supports_include_blobs:
+            entry = _fetch_verified(client, archive, info, options, report, include_blobs=True, source="server-zip")
+        elif want_blobs:
+            entry = _fetch_and_pack_blobs(client, archive, info, options, report)
+        else:
+            entry = _fetch_verified(client, archive, info, options, report, include_blobs=False, source="database")
+        report.info(f"Archived {entry.file}: {human_size(entry.size)}, schema {entry.schema_version}, "
+                    f"{entry.blob_count} blob(s), sha256 {entry.sha256[:16]}…, verified ({entry.verified_level})")
+        return DownloadOutcome(entry)
+
+
+def _skip_reason(archive: Archive, if_older_than: Optional[Duration]) -> str:
+    if not if_older_than:
+        return ""
+    newest = archive.newest_verified()
+    if not newest:
+        return ""
+    added = datetime.fromisoformat(newest.added_at)
+    if added > if_older_than.before(datetime.now(timezone.utc)):
+        return f"Skipped: the newest verified backup {newest.file} is younger than {if_older_than}"
+    return ""
+
+
+def _request_and_download(client: StashClient, folder: Path, include_blobs: Optional[bool],
+                          report: Reporter) -> tuple[Downloaded, str]:
+    """Ask for a download backup and fetch it; on an expired link or a failed transfer
+    ask for a fresh one, a bounded number of times."""
+    session = new_session(client.connection)
+    last_error: Optional[StashBackupError] = None
+    try:
+        for attempt in range(1, FRESH_BACKUP_ATTEMPTS + 1):
+            report.progress(0.0, "backing up")
+            link = client.backup_database(download=True, include_blobs=include_blobs)
+            if not link:
+                raise DownloadError("Stash returned no download link for the backup: is this a Stash server?")
+            name = link.rstrip("/").rsplit("/", 1)[-1]
+            entry_from_name(name)  # refuse anything that is not a Stash backup name
+            try:
+                fetched = download(session, client.connection.rebase(link), folder, name,
+                                   progress=report.bytes_progress("downloading"))
+                if fetched.resumes:
+                    report.warning(f"the connection dropped; resumed {fetched.resumes} time(s)")
+                return fetched, name
+            except (LinkExpiredError, DownloadError) as error:
+                last_error = error
+                if isinstance(error, LinkExpiredError) or attempt < FRESH_BACKUP_ATTEMPTS:
+                    report.warning(f"download attempt {attempt} failed ({error}); asking Stash for a fresh backup")
+        raise DownloadError(f"gave up after {FRESH_BACKUP_ATTEMPTS} fresh backups: {last_error}")
+    finally:
+        session.close()
+
+
+def _fetch_verified(client, archive: Archive, info: ServerInfo, options: DownloadOptions,
+                    report: Reporter, include_blobs: bool, source: str) -> Entry:
+    flag = include_blobs if info.supports_include_blobs else None
+    fetched, name = _request_and_download(client, archive.folder, flag, report.phase(0.0, 0.7))
+    try:
+        verified = verify_backup(fetched.temp_path, options.check_level, known_sha256=fetched.sha256,
+                                 progress=report.phase(0.7, 1.0).bytes_progress("verifying"))
+        entry = _entry(name, verified, info, source, options.check_level)
+        return archive.add(fetched.temp_path, entry)
+    finally:
+        discard(fetched.temp_path)
+
+
+def _fetch_and_pack_blobs(client, archive: Archive, info: ServerInfo, options: DownloadOptions,
+                          report: Reporter) -> Entry:
+    """Servers without `includeBlobs`: fetch the database and build the full-backup
+    zip ourselves from the blobs folder, in Stash v0.31's layout."""
+    blobs_path = options.blobs_path or (Path(info.blobs_path) if info.blobs_path else None)
+    if not blobs_path or not blobs_path.is_dir():
+        raise ConfigError(f"blobs are stored on the filesystem at {blobs_path or '(unknown)'}, which is not readable "
+                          "here: run on the Stash host, pass --blobs-path DIR, or use --no-blobs")
+    fetched, name = _request_and_download(client, archive.folder, None, report.phase(0.0, 0.4))
+    zip_name = zip_name_for(name)
+    packed = temp_path_in(archive.folder, zip_name)
+    try:
+        database = check_database(fetched.temp_path, options.check_level)
+        blob_files, missing = _blob_files(database.blobs_on_filesystem, blobs_path)
+        if missing:
+            report.warning(f"{len(missing)} blob(s) the database refers to are missing from {blobs_path} "
+                           f"(e.g. {missing[0]}): the backup cannot hold them")
+        database_member = Path(info.database_path).name if info.database_path else name.split(".")[0]
+        _pack(packed, fetched, database_member, blob_files, report.phase(0.4, 0.7))
+        discard(fetched.temp_path)
+        verified = verify_backup(packed, options.check_level,
+                                 progress=report.phase(0.7, 1.0).bytes_progress("verifying"))
+        _check_blobs_complete(verified, len(missing))
+        entry = _entry(zip_name, verified, info, "plugin-zip", options.check_level)
+        return archive.add(packed, entry)
+    finally:
+        discard(fetched.temp_path)
+        discard(packed)
+
+
+def _pack(packed: Path, fetched: Downloaded, database_member: str, blob_files, report: Reporter) -> None:
+    total = fetched.size + sum(p.stat().st_size for _, p in blob_files)
+    done = [0]
+
+    def advance(count: int) -> None:
+        done[0] += count
+        report.progress(done[0] / total if total else 1.0, "packing blobs")
+
+    try:
+        with open(packed, "r+b") as handle:
+            fullbackup.write_full_backup(handle, fetched.temp_path, database_member, blob_files, advance)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise storage_error("write", packed, error) from error
+
+
+def _blob_files(checksums: set[str], blobs_path: Path) -> tuple[list[tuple[str, Path]], list[str]]:
+    present, missing = [], []
+    for checksum in sorted(checksums):
+        path = blobs_path / blob_relative_path(checksum)
+        (present.append((checksum, path)) if path.is_file() else missing.append(checksum))
+    return present, missing
+
+
+def _check_blobs_complete(report: BackupReport, expected_missing: int) -> None:
+    if len(report.blobs_not_included) > expected_missing:
+        raise VerificationError(f"{report.path}: {len(report.blobs_not_included)} blob(s) the database refers to are "
+                                "not in the zip: images would be lost on restore")
+
+
+def _entry(name: str, verified: BackupReport, info: ServerInfo, source: str, level: str) -> Entry:
+    return Entry(file=name, size=verified.size, sha256=verified.sha256, **entry_from_name(name),
+                 kind=verified.kind, blob_count=verified.blob_count, includes_blobs=verified.kind == "zip",
+                 blobs_not_included=len(verified.blobs_not_included), source=source,
+                 server_version=info.version or "", verified_at=utc_now(), verified_level=level, verified_ok=True)
+
+
+# --- Verify the archive ------------------------------------------------------------
+
+@dataclass
+class VerifySummary:
+    checked: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def line(self) -> str:
+        text = f"Verified {self.checked} backup(s): {self.checked - len(self.failed)} good, {len(self.failed)} bad"
+        return text + (f"; adopted {len(self.adopted)} unrecorded file(s)" if self.adopted else "")
+
+
+def verify_archive(archive: Archive, level: str, report: Reporter) -> VerifySummary:
+    summary = VerifySummary()
+    with archive.locked():
+        work = [(e, archive.path_of(e)) for e in archive.entries()]
+        work += [(None, p) for p in archive.unregistered_files()]
+        for index, (entry, path) in enumerate(work):
+            step = report.phase(index / len(work), (index + 1) / len(work))
+            summary.checked += 1
+            problem = _verify_one(archive, entry, path, level, step, summary)
+            if problem:
+                summary.failed.append((path.name, problem))
+                report.error(f"BAD {path.name}: {problem}")
+            else:
+                report.info(f"ok  {path.name}")
+    report.progress(1.0)
+    (report.info if summary.ok else report.error)(summary.line())
+    return summary
+
+
+def _verify_one(archive: Archive, entry: Optional[Entry], path: Path, level: str, report: Reporter,
+                summary: VerifySummary) -> str:
+    try:
+        verified = verify_backup(path, level, expected_size=entry.size if entry else None,
+                                 expected_sha256=entry.sha256 if entry else None,
+                                 progress=report.bytes_progress("verifying"))
+        if verified.kind == "zip":
+            _check_blobs_complete(verified, entry.blobs_not_included if entry else 0)
+    except VerificationError as error:
+        if entry:
+            entry.verified_at, entry.verified_level, entry.verified_ok, entry.verify_error = utc_now(), level, False, str(error)
+            archive.record(entry)
+        return str(error)
+    if entry is None:
+        entry = _entry(path.name, verified, ServerInfo(None, None, None, None, None, None, False), "adopted", level)
+        summary.adopted.append(path.name)
+    entry.verified_at, entry.verified_level, entry.verified_ok, entry.verify_error = utc_now(), level, True, ""
+    archive.record(entry)
+    return ""
+
+
+# --- Retention ---------------------------------------------------------------------
+
+def apply_retention(archive: Archive, policy: Policy, dry_run: bool, report: Reporter) -> list[Decision]:
+    with archive.locked():
+        entries = archive.entries()
+        newest_good = archive.newest_verified()
+        decisions = apply_policy([(e, e.created_time) for e in entries], policy,
+                                 protected=[newest_good] if newest_good else [])
+        verb = "would remove" if dry_run else "removed"
+        for decision in decisions:
+            entry: Entry = decision.item
+            if decision.keep:
+                report.info(f"keep   {entry.file} ({', '.join(decision.reasons)})")
+                continue
+            if not dry_run:
+                archive.remove(entry)
+            report.info(f"{verb} {entry.file}")
+        kept = sum(1 for d in decisions if d.keep)
+        report.progress(1.0)
+        report.info(f"Retention ({policy.describe()}){' [dry run]' if dry_run else ''}: "
+                    f"kept {kept}, {verb} {len(decisions) - kept}")
+        return decisions

@@ -1,0 +1,150 @@
+"""The plugin: Stash runs it for a task from the Tasks page. It reads the task and
+the server connection from stdin, finds its own ID and settings, runs the job and
+answers on stdout. Errors are logged at error level too: a returned error alone
+does not fail Stash's job."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from . import jobs
+from .archive import Archive
+from .connection import Connection, from_plugin_input, redact
+from .errors import ConfigError, StashBackupError, UsageError
+from .graphql_client import StashClient
+from .plugin_protocol import PluginLogReporter, encode_output, read_input
+from .retention import Policy, parse_duration
+from .sqlite_check import FULL, QUICK
+from .stash_config import load_config
+
+ARCHIVE_FOLDER_NAME = "stash-backup-archive"
+MODES = ("backup", "download", "verify", "retention")
+
+
+@dataclass
+class Settings:
+    archive_folder: Path
+    include_blobs: bool = True
+    check_level: str = QUICK
+    policy: Policy = Policy()
+    retention_dry_run: bool = False
+
+
+def _as_bool(value, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _as_count(name: str, value) -> int:
+    if value is None or value == "":
+        return 0
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name} is {value!r}: use a whole number (or -1 for unlimited)") from None
+
+
+def settings_from(values: dict, config_dir: Path) -> Settings:
+    """Settings with defaults for what the user never set (Stash omits unset ones)."""
+    folder = values.get("archiveFolder") or ""
+    within = (values.get("keepWithin") or "").strip()
+    policy = Policy(
+        last=_as_count("keepLast", values.get("keepLast")),
+        hourly=_as_count("keepHourly", values.get("keepHourly")),
+        daily=_as_count("keepDaily", values.get("keepDaily")),
+        weekly=_as_count("keepWeekly", values.get("keepWeekly")),
+        monthly=_as_count("keepMonthly", values.get("keepMonthly")),
+        yearly=_as_count("keepYearly", values.get("keepYearly")),
+        within=parse_duration(within) if within else None,
+    )
+    return Settings(
+        archive_folder=Path(folder).expanduser() if folder else config_dir / ARCHIVE_FOLDER_NAME,
+        include_blobs=_as_bool(values.get("includeBlobs"), True),
+        check_level=FULL if _as_bool(values.get("fullIntegrityCheck"), False) else QUICK,
+        policy=policy,
+        retention_dry_run=_as_bool(values.get("retentionDryRun"), False),
+    )
+
+
+def plugin_id(plugin_dir: Path) -> str:
+    """Our ID is our manifest's file name, whatever the user installed it as."""
+    manifests = sorted(plugin_dir.glob("*.yml"))
+    ours = [m for m in manifests if "stash_backup_plugin" in m.read_text(errors="replace")]
+    chosen = ours or manifests
+    if not chosen:
+        raise ConfigError(f"no plugin manifest (*.yml) found in {plugin_dir}: reinstall the plugin")
+    return chosen[0].stem
+
+
+def _api_key_from_config(config_dir: Optional[str]) -> Optional[str]:
+    """The API key, when Stash has one: it does not expire like the session cookie."""
+    if not config_dir:
+        return None
+    path = Path(config_dir) / "config.yml"
+    try:
+        return load_config(path).get("api_key") if path.is_file() else None
+    except ConfigError:
+        return None
+
+
+def run_task(payload: dict, reporter: PluginLogReporter) -> str:
+    server = payload.get("server_connection") or {}
+    args = payload.get("args") or {}
+    mode = str(args.get("mode", "")).strip()
+    if mode not in MODES:
+        raise UsageError(f"unknown task mode {mode!r}: the plugin manifest must set mode to one of {', '.join(MODES)}")
+    connection = from_plugin_input(server, _api_key_from_config(server.get("Dir")))
+    with StashClient(connection) as client:
+        values = client.plugin_settings(plugin_id(Path(server.get("PluginDir") or ".")))
+        values.update({k: v for k, v in args.items() if k != "mode"})
+        settings = settings_from(values, Path(server.get("Dir") or "."))
+        return _run_mode(mode, client, settings, reporter)
+
+
+def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: PluginLogReporter) -> str:
+    archive = Archive(settings.archive_folder)
+    if mode == "backup":
+        made = jobs.backup_on_server(client, settings.include_blobs, reporter)
+        return f"Backup written to {made.path or 'the backup folder'}"
+    if mode == "download":
+        options = jobs.DownloadOptions(include_blobs=settings.include_blobs, check_level=settings.check_level)
+        outcome = jobs.download_to_archive(client, archive, options, reporter)
+        return f"Archived {outcome.entry.file} in {archive.folder}" if outcome.entry else outcome.skipped_reason
+    if mode == "verify":
+        summary = jobs.verify_archive(archive, settings.check_level, reporter)
+        if not summary.ok:
+            raise StashBackupError(summary.line())
+        return summary.line()
+    if settings.policy.is_empty():
+        reporter.info("No retention rule is set (Keep last/hourly/daily/weekly/monthly/yearly/within): nothing removed")
+    decisions = jobs.apply_retention(archive, settings.policy, settings.retention_dry_run, reporter)
+    removed = sum(1 for d in decisions if not d.keep)
+    return f"Retention: kept {len(decisions) - removed}, {'would remove' if settings.retention_dry_run else 'removed'} {removed}"
+
+
+def main(stdin=None, stdout=None, stderr=None) -> int:
+    stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
+    secrets: list[str] = []
+    reporter = PluginLogReporter(stderr, redact=lambda text: redact(text, secrets))
+    try:
+        payload = read_input(stdin)
+        cookie = ((payload.get("server_connection") or {}).get("SessionCookie") or {}).get("Value")
+        secrets.extend(s for s in (cookie, _api_key_from_config((payload.get("server_connection") or {}).get("Dir"))) if s)
+        output = run_task(payload, reporter)
+    except StashBackupError as error:
+        message = redact(str(error), secrets)
+        reporter.error(message)
+        stdout.write(encode_output(error=message))
+        return 0
+    except ValueError as error:  # stdin was not JSON: run by hand, not by Stash
+        message = f"the plugin expects Stash's task input as JSON on stdin ({error}); run it from Stash's Tasks page"
+        reporter.error(message)
+        stdout.write(encode_output(error=message))
+        return 0
+    stdout.write(encode_output(output=output))
+    return 0

@@ -1,0 +1,54 @@
+"""CLI output: messages on stderr and, on a terminal, a one-line progress bar."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from .reporting import Reporter
+
+BAR_WIDTH = 30
+
+
+class TerminalReporter(Reporter):
+    def __init__(self, stream: TextIO = None, quiet: bool = False, redact=lambda text: text):
+        self._stream = stream or sys.stderr
+        self._quiet = quiet
+        self._redact = redact
+        self._bar = self._stream.isatty() and not quiet
+        self._bar_shown = False
+        self._last = 0.0
+
+    def _line(self, text: str) -> None:
+        if self._bar_shown:
+            self._stream.write("\r\x1b[K")
+            self._bar_shown = False
+        self._stream.write(self._redact(text) + "\n")
+        self._stream.flush()
+
+    def info(self, message: str) -> None:
+        if not self._quiet:
+            self._line(message)
+
+    def warning(self, message: str) -> None:
+        self._line(f"warning: {message}")
+
+    def error(self, message: str) -> None:
+        self._line(f"error: {message}")
+
+    def progress(self, fraction: float, label: str = "") -> None:
+        if not self._bar:
+            return
+        now = time.monotonic()
+        if fraction < 1.0 and now - self._last < 0.1:
+            return
+        self._last = now
+        filled = int(BAR_WIDTH * max(0.0, min(fraction, 1.0)))
+        self._stream.write(f"\r[{'#' * filled}{' ' * (BAR_WIDTH - filled)}] {fraction * 100:5.1f}% {label}\x1b[K")
+        self._stream.flush()
+        self._bar_shown = True
+
+    def finish(self) -> None:
+        if self._bar_shown:
+            self._stream.write("\r\x1b[K")
+            self._bar_shown = False

@@ -1,0 +1,106 @@
+"""Verification of one backup file: a plain sqlite backup or a full-backup zip.
+Standard library only (the offline restore uses it before touching anything)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from . import fullbackup
+from .atomic import scratch_folder
+from .errors import VerificationError
+from .sqlite_check import QUICK, DatabaseReport, check_database
+
+CHUNK = 1024 * 1024
+# progress(done_bytes, total_bytes, phase)
+Progress = Optional[Callable[[int, int, str], None]]
+
+
+@dataclass
+class BackupReport:
+    path: Path
+    kind: str  # "sqlite" or "zip"
+    size: int
+    sha256: str
+    schema_version: int
+    check_level: str
+    blob_count: int = 0
+    # Blobs the database needs from the filesystem that this file does not hold.
+    blobs_not_included: set[str] = field(default_factory=set)
+    database_member: Optional[str] = None
+
+
+def sha256_of(path: Path, progress: Progress = None) -> str:
+    digest = hashlib.sha256()
+    total, done = path.stat().st_size, 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, total, "checksum")
+    return digest.hexdigest()
+
+
+def is_zip(path: Path) -> bool:
+    return path.suffix == ".zip" or zipfile.is_zipfile(path)
+
+
+def verify_backup(path: Path, level: str = QUICK, expected_size: Optional[int] = None,
+                  expected_sha256: Optional[str] = None, known_sha256: Optional[str] = None,
+                  progress: Progress = None) -> BackupReport:
+    """Check `path` completely; raise VerificationError on the first problem.
+    `known_sha256` is a hash computed while the file streamed in (no second read)."""
+    if not path.is_file():
+        raise VerificationError(f"{path} does not exist")
+    size = path.stat().st_size
+    if expected_size is not None and size != expected_size:
+        raise VerificationError(f"{path} is {size} bytes but the manifest says {expected_size}: the file changed or is truncated")
+    digest = known_sha256 or sha256_of(path, progress)
+    if expected_sha256 and digest != expected_sha256:
+        raise VerificationError(f"{path} has SHA-256 {digest[:12]}… but the manifest says {expected_sha256[:12]}…: the file is damaged")
+    if is_zip(path):
+        return _verify_zip(path, size, digest, level, progress)
+    database = check_database(path, level)
+    return BackupReport(path, "sqlite", size, digest, database.schema_version, level,
+                        blobs_not_included=set(database.blobs_on_filesystem))
+
+
+def _verify_zip(path: Path, size: int, digest: str, level: str, progress: Progress) -> BackupReport:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            layout = fullbackup.read_layout(archive, path)
+            total = sum(info.file_size for info in archive.infolist())
+            done = [0]
+
+            def advance(count: int) -> None:
+                done[0] += count
+                if progress:
+                    progress(done[0], total, "contents")
+
+            fullbackup.check_blob_members(archive, layout, advance)
+            database = _check_database_member(archive, layout.database_member, path, level, advance)
+    except zipfile.BadZipFile as error:
+        raise VerificationError(f"{path} is not a readable zip ({error}): the file is damaged") from error
+    missing = database.blobs_on_filesystem - set(layout.blob_members)
+    if missing:
+        raise VerificationError(f"{path}: the database refers to {len(missing)} blob(s) the zip does not hold "
+                                f"(e.g. {sorted(missing)[0]}): images would be lost on restore")
+    return BackupReport(path, "zip", size, digest, database.schema_version, level,
+                        blob_count=len(layout.blob_members), database_member=layout.database_member)
+
+
+def _check_database_member(archive: zipfile.ZipFile, member: str, source: Path, level: str,
+                           advance: Callable[[int], None]) -> DatabaseReport:
+    # SQLite cannot read inside a zip: check a private extracted copy.
+    with scratch_folder(source.parent) as work:
+        extracted = Path(work) / os.path.basename(member)
+        with open(extracted, "wb") as target:
+            fullbackup.copy_member(archive, member, target, advance)
+        try:
+            return check_database(extracted, level)
+        except VerificationError as error:
+            raise VerificationError(str(error).replace(str(extracted), f"{source}!{member}")) from None
