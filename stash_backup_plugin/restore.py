@@ -1,0 +1,396 @@
+"""The offline restore: put a backup back in place while Stash is stopped, safely and
+reversibly. Verify first, refuse what would lose data, show the plan, then swap with
+a journal (swap.py). Standard library and PyYAML only: nothing here may import gql
+or requests (a test proves it).
+
+    python -m stash_backup_plugin.restore BACKUP [--dry-run] [--yes]
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Optional
+
+from . import fullbackup, swap
+from .atomic import discard, fsync_dir, fsync_file, remove_stale_temps, storage_error, temp_path_in
+from .errors import RestoreRefused, StorageError, UsageError, VerificationError
+from .naming import TEMP_MARKER, blob_relative_path
+from .reporting import Reporter, human_size
+from .restore_plan import Plan, RestoreFacts, build_plan
+from .sqlite_check import QUICK, check_database, read_schema_version
+from .stash_config import FILESYSTEM, StashConfig
+from .stash_process import probe
+from .verify import BackupReport, is_zip, verify_backup
+
+ASIDE_PREFIX = "stash-restore-"
+BLOB_BATCH = 2000  # blobs written between two syncs
+
+
+@dataclass
+class Target:
+    """Where the restore goes, from config.yml or the command line."""
+    database: Path
+    blobs_path: Optional[Path] = None
+    blobs_storage: str = FILESYSTEM
+    config: Optional[StashConfig] = None
+
+    @property
+    def host(self) -> str:
+        return self.config.host if self.config else "127.0.0.1"
+
+    @property
+    def port(self) -> Optional[int]:
+        return self.config.port if self.config else None
+
+
+@dataclass
+class RestoreOptions:
+    dry_run: bool = False
+    assume_yes: bool = False
+    allow_newer_schema: bool = False
+    stash_stopped: bool = False  # the user vouches that Stash is stopped (probes inconclusive)
+    check_level: str = QUICK
+    confirm: Optional[Callable[[str], bool]] = None
+
+
+@dataclass
+class RestoreResult:
+    plan: Plan
+    restored: bool = False
+    aside: Optional[Path] = None
+    blobs_written: int = 0
+    blobs_kept: int = 0
+    messages: list[str] = field(default_factory=list)
+
+
+# --- guards ---------------------------------------------------------------------------
+
+def ensure_stash_stopped(target: Target, options: RestoreOptions) -> None:
+    finding = probe(target.database, target.config.path if target.config else None, target.host, target.port)
+    if finding.running:
+        definite = [r for r in finding.running if not r.startswith(("something listens", "Stash answers"))]
+        if definite or not options.stash_stopped:
+            raise RestoreRefused(f"Stash seems to be running ({finding.running[0]}): stop Stash, then run this again. "
+                                 "Nothing was changed")
+    if finding.unknown and not options.stash_stopped:
+        raise RestoreRefused(f"cannot tell whether Stash is stopped here ({'; '.join(finding.unknown)}): stop Stash "
+                             "and pass --stash-stopped to confirm. Nothing was changed")
+
+
+def recover_interrupted(database: Path, report: Reporter) -> Optional[swap.Journal]:
+    """A journal means an earlier run was killed: finish or roll it back first."""
+    journal = swap.Journal.load(database)
+    if journal is None:
+        return None
+    report.info(swap.recover(journal))
+    return journal
+
+
+def _clean_own_temps(target: Target) -> None:
+    remove_stale_temps(target.database.parent)
+    if target.blobs_path and target.blobs_path.is_dir():
+        remove_stale_temps(target.blobs_path)
+
+
+# --- facts ------------------------------------------------------------------------------
+
+@dataclass
+class _Inspection:
+    report: BackupReport
+    database_bytes: int
+    blob_members: dict = field(default_factory=dict)  # checksum -> ZipInfo
+
+
+def inspect(backup: Path, level: str, report: Reporter) -> _Inspection:
+    """Verify the backup completely before anything is touched."""
+    verified = verify_backup(backup, level, progress=report.bytes_progress("verifying backup"))
+    if verified.kind == "zip":
+        with zipfile.ZipFile(backup) as archive:
+            layout = fullbackup.read_layout(archive, backup)
+            size = archive.getinfo(layout.database_member).file_size
+        return _Inspection(verified, size, layout.blob_members)
+    return _Inspection(verified, backup.stat().st_size)
+
+
+def gather_facts(backup: Path, inspection: _Inspection, target: Target, options: RestoreOptions,
+                 aside: Path) -> tuple[RestoreFacts, list[tuple[str, zipfile.ZipInfo]]]:
+    blobs_to_write, present = [], 0
+    for checksum, info in sorted(inspection.blob_members.items()):
+        existing = target.blobs_path / blob_relative_path(checksum) if target.blobs_path else None
+        if existing and existing.is_file() and _md5(existing) == checksum:
+            present += 1
+        else:
+            blobs_to_write.append((checksum, info))
+    on_disk = _blobs_on_disk(target.blobs_path)
+    referenced_missing = 0
+    if inspection.report.kind == "sqlite" and inspection.report.blobs_not_included:
+        referenced_missing = len(inspection.report.blobs_not_included - on_disk)
+    current = swap.current_inodes(target.database)
+    facts = RestoreFacts(
+        backup=backup, backup_kind=inspection.report.kind, backup_schema=inspection.report.schema_version,
+        database_bytes=inspection.database_bytes, database=target.database,
+        current_files=[s for s in swap.ALL_SUFFIXES if s in current],
+        current_schema=read_schema_version(target.database) if "" in current else None,
+        aside_folder=aside, blobs_path=target.blobs_path, blobs_storage=target.blobs_storage,
+        blobs_in_backup=len(inspection.blob_members), blobs_to_write=len(blobs_to_write),
+        blob_bytes_to_write=sum(info.file_size for _, info in blobs_to_write), blobs_already_present=present,
+        blobs_only_on_disk=len(on_disk - set(inspection.blob_members)) if inspection.blob_members else 0,
+        blobs_referenced_missing=referenced_missing,
+        free_database_disk=_free_space(target.database.parent),
+        free_blobs_disk=_free_space(target.blobs_path) if target.blobs_path else None,
+        same_disk=_same_disk(target.database.parent, target.blobs_path),
+        allow_newer_schema=options.allow_newer_schema)
+    return facts, blobs_to_write
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _blobs_on_disk(blobs_path: Optional[Path]) -> set[str]:
+    if not blobs_path or not blobs_path.is_dir():
+        return set()
+    return {p.name for p in blobs_path.glob("??/??/*") if p.is_file() and TEMP_MARKER not in p.name}
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _free_space(folder: Optional[Path]) -> Optional[int]:
+    try:
+        return shutil.disk_usage(_existing_parent(folder)).free if folder else None
+    except OSError:
+        return None
+
+
+def _same_disk(a: Path, b: Optional[Path]) -> bool:
+    try:
+        return bool(b) and os.stat(_existing_parent(a)).st_dev == os.stat(_existing_parent(b)).st_dev
+    except OSError:
+        return False
+
+
+def aside_folder_for(database: Path, now: Optional[datetime] = None) -> Path:
+    stamp = (now or datetime.now()).strftime("%Y%m%d_%H%M%S")
+    folder = database.parent / f"{ASIDE_PREFIX}{stamp}"
+    counter = 1
+    while folder.exists():
+        folder = database.parent / f"{ASIDE_PREFIX}{stamp}-{counter}"
+        counter += 1
+    return folder
+
+
+# --- the restore ---------------------------------------------------------------------------
+
+def restore(backup: Path, target: Target, options: RestoreOptions, report: Reporter) -> RestoreResult:
+    if not backup.is_file():
+        raise UsageError(f"backup {backup} does not exist: give a backup file or its name (see --list)")
+    ensure_stash_stopped(target, options)
+    if not options.dry_run:
+        recover_interrupted(target.database, report)
+        _clean_own_temps(target)
+    elif swap.Journal.load(target.database):
+        report.warning("an interrupted restore is pending: the real run will finish or roll it back first")
+    inspection = inspect(backup, options.check_level, report.phase(0.0, 0.3))
+    aside = aside_folder_for(target.database)
+    facts, blobs_to_write = gather_facts(backup, inspection, target, options, aside)
+    plan = build_plan(facts)
+    result = RestoreResult(plan)
+    _show_plan(plan, report)
+    if plan.refusal:
+        raise RestoreRefused(plan.refusal + " (nothing was changed)")
+    if options.dry_run:
+        report.info("dry run: nothing was changed")
+        return result
+    _confirm(options, "Restore now?")
+    ensure_stash_stopped(target, options)  # the user may have taken a while to answer
+    staged = _stage_database(backup, inspection, target, options.check_level, report.phase(0.3, 0.6))
+    try:
+        written, kept = _extract_blobs(backup, blobs_to_write, target, aside, report.phase(0.6, 0.9))
+        result.blobs_written, result.blobs_kept = written, facts.blobs_already_present + kept
+        journal = swap.Journal(kind="restore", database=str(target.database), aside=str(aside),
+                               current=swap.current_inodes(target.database),
+                               incoming={"": [str(staged), swap.inode(staged)]}, source=str(backup),
+                               started=datetime.now().isoformat(timespec="seconds"))
+        journal.save()
+        swap.crash_point("journal-saved")
+        swap.perform(journal)
+    finally:
+        discard(staged)
+    result.restored, result.aside = True, aside
+    report.progress(1.0)
+    report.info(f"restored {backup.name} to {target.database}"
+                + (f"; the previous database is in {aside} (stash-restore --undo puts it back)" if facts.current_files else ""))
+    return result
+
+
+def _show_plan(plan: Plan, report: Reporter) -> None:
+    report.info("Plan:")
+    for number, step in enumerate(plan.steps, 1):
+        report.info(f"  {number}. {step}")
+    for note in plan.notes:
+        report.info(f"  note: {note}")
+
+
+def _confirm(options: RestoreOptions, question: str) -> None:
+    if options.assume_yes:
+        return
+    if options.confirm is None:
+        raise RestoreRefused("not confirmed: run with --yes (standard input is not a terminal). Nothing was changed")
+    if not options.confirm(question):
+        raise RestoreRefused("cancelled: nothing was changed")
+
+
+def _stage_database(backup: Path, inspection: _Inspection, target: Target, level: str, report: Reporter) -> Path:
+    """The new database as a unique temp file beside the target, fsynced and checked."""
+    target.database.parent.mkdir(parents=True, exist_ok=True)
+    staged = temp_path_in(target.database.parent, target.database.name)
+    try:
+        with open(staged, "r+b") as out:
+            if inspection.report.kind == "zip":
+                with zipfile.ZipFile(backup) as archive:
+                    member = fullbackup.read_layout(archive, backup).database_member
+                    fullbackup.copy_member(archive, member, out)
+            else:
+                with open(backup, "rb") as source:
+                    shutil.copyfileobj(source, out, 1024 * 1024)
+            out.flush()
+            os.fsync(out.fileno())
+        _match_ownership(staged, target.database)
+        swap.crash_point("staged")
+        checked = check_database(staged, level)
+        if checked.schema_version != inspection.report.schema_version:
+            raise VerificationError(f"the staged copy reads schema {checked.schema_version}, not "
+                                    f"{inspection.report.schema_version}: the backup changed while restoring")
+        report.progress(1.0)
+        return staged
+    except OSError as error:
+        discard(staged)
+        raise storage_error("write", staged, error) from error
+    except BaseException:
+        discard(staged)
+        raise
+
+
+def _match_ownership(path: Path, like: Path) -> None:
+    """Give a restored file the mode (and, as root, the owner) of the file it replaces:
+    temp files are private, and Stash may run as another user (Docker, services)."""
+    reference = like if like.exists() else like.parent
+    info = os.stat(reference)
+    mode = stat.S_IMODE(info.st_mode) if like.exists() else 0o644
+    os.chmod(path, mode & 0o666)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        os.chown(path, info.st_uid, info.st_gid)
+
+
+def _extract_blobs(backup: Path, blobs: list, target: Target, aside: Path, report: Reporter) -> tuple[int, int]:
+    """Blobs go in through temp files (MD5 checked), one sync per batch, then renames.
+    A different file already under a blob's name is damaged: it moves aside."""
+    if not blobs:
+        return 0, 0
+    written = 0
+    with zipfile.ZipFile(backup) as archive:
+        for start in range(0, len(blobs), BLOB_BATCH):
+            batch = blobs[start:start + BLOB_BATCH]
+            staged = [_stage_blob(archive, checksum, info, target.blobs_path) for checksum, info in batch]
+            _sync_all([path for _, path in staged])
+            for checksum, temp in staged:
+                final = target.blobs_path / blob_relative_path(checksum)
+                if final.exists():
+                    damaged = aside / "damaged-blobs" / blob_relative_path(checksum)
+                    damaged.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(final, damaged)
+                os.replace(temp, final)
+                written += 1
+            for folder in {path.parent for _, path in staged}:
+                fsync_dir(folder)
+            report.progress(written / len(blobs), "extracting blobs")
+            swap.crash_point("blobs-batch")
+    return written, 0
+
+
+def _stage_blob(archive: zipfile.ZipFile, checksum: str, info, blobs_path: Path) -> tuple[str, Path]:
+    final = blobs_path / blob_relative_path(checksum)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp = temp_path_in(final.parent, final.name)
+        with open(temp, "r+b") as out:
+            actual = fullbackup.copy_member(archive, info.filename, out)
+        _match_ownership(temp, blobs_path)
+    except OSError as error:
+        raise storage_error("write blobs into", blobs_path, error) from error
+    if actual != checksum:
+        discard(temp)
+        raise VerificationError(f"blob {info.filename} changed while restoring (MD5 {actual})")
+    return checksum, temp
+
+
+def _sync_all(paths: list[Path]) -> None:
+    if hasattr(os, "sync") and len(paths) > 8:
+        os.sync()  # one flush for the whole batch instead of one per small file
+        return
+    for path in paths:
+        fsync_file(path)
+
+
+# --- undo -------------------------------------------------------------------------------------
+
+def aside_folders(database: Path) -> list[Path]:
+    """Folders of earlier restores (finished ones carry a record), newest first."""
+    folders = [p for p in database.parent.glob(f"{ASIDE_PREFIX}*") if (p / swap.RECORD_NAME).is_file()]
+    return sorted(folders, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def undo(target: Target, options: RestoreOptions, report: Reporter) -> Path:
+    """Put back the database files the last restore moved aside, moving the restored
+    ones aside in turn (so an undo can itself be undone)."""
+    ensure_stash_stopped(target, options)
+    recover_interrupted(target.database, report)
+    candidates = [f for f in aside_folders(target.database) if (f / target.database.name).is_file()]
+    if not candidates:
+        raise UsageError(f"no earlier restore found beside {target.database} (folders {ASIDE_PREFIX}*): nothing to undo")
+    source = candidates[0]
+    incoming = {s: [str(source / f"{target.database.name}{s}"), swap.inode(source / f"{target.database.name}{s}")]
+                for s in swap.ALL_SUFFIXES if (source / f"{target.database.name}{s}").exists()}
+    aside = aside_folder_for(target.database)
+    report.info(f"Plan: move the current {target.database.name} (and side files) into {aside}; "
+                f"put back the files from {source}")
+    if options.dry_run:
+        report.info("dry run: nothing was changed")
+        return source
+    _confirm(options, "Undo the last restore?")
+    journal = swap.Journal(kind="undo", database=str(target.database), aside=str(aside),
+                           current=swap.current_inodes(target.database), incoming=incoming, source=str(source),
+                           started=datetime.now().isoformat(timespec="seconds"))
+    journal.save()
+    swap.perform(journal)
+    _retire(source)
+    report.info(f"put back the database from {source}; the one it replaced is in {aside}")
+    return source
+
+
+def _retire(source: Path) -> None:
+    """An aside folder whose database went back is marked used, so the next --undo
+    takes the folder of the undo itself (undo toggles)."""
+    record = source / swap.RECORD_NAME
+    os.replace(record, source / f"{swap.RECORD_NAME}.undone")
+    fsync_dir(source)
+
+
+if __name__ == "__main__":
+    from .restore_cli import main
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""stash-restore: the offline restore, for when Stash is stopped.
+
+    stash-restore stash-go.sqlite.85.20261126_180102.zip --dry-run
+    stash-restore stash-go.sqlite.85.20261126_180102.zip --yes
+    stash-restore --undo --yes
+    stash-restore --list
+    stash-restore --salvage broken.sqlite --output recovered.sqlite
+
+Standard library and PyYAML only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from . import restore as engine
+from .archive import Archive
+from .errors import StashBackupError, UsageError, VerificationError
+from .naming import is_temp_name, parse_backup_name
+from .reporting import human_size
+from .salvage import salvage
+from .sqlite_check import CHECK_LEVELS, QUICK
+from .stash_config import FILESYSTEM, StashConfig, find_config_file, load_config
+from .terminal import TerminalReporter
+
+ARCHIVE_FOLDER_NAME = "stash-backup-archive"  # the plugin's default, beside config.yml
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stash-restore", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:8]))
+    parser.add_argument("backup", nargs="?", help="backup file, or its name in the backup folder or archive")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--undo", action="store_true", help="put back the database the last restore moved aside")
+    modes.add_argument("--list", action="store_true", help="list backups in Stash's backup folder and the archive")
+    modes.add_argument("--salvage", type=Path, metavar="DB", help="recover what can be read from a damaged database")
+    parser.add_argument("--output", type=Path, help="with --salvage: the new file to write")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--config", type=Path, help="Stash's config.yml (default: found as Stash finds it)")
+    where.add_argument("--database", type=Path, help="the database file to restore into (instead of --config)")
+    parser.add_argument("--blobs-path", type=Path, help="Stash's blobs folder (overrides config.yml)")
+    parser.add_argument("--archive", type=Path, help="the plugin's archive folder, to find backups by name")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    parser.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    parser.add_argument("--allow-newer-schema", action="store_true",
+                        help="restore a backup whose schema is newer than the current database's")
+    parser.add_argument("--stash-stopped", action="store_true",
+                        help="you confirm Stash is stopped, where this machine cannot check it")
+    parser.add_argument("--check", choices=CHECK_LEVELS, default=QUICK,
+                        help="SQLite check of the backup: quick (default), full or none")
+    parser.add_argument("--json", action="store_true", help="with --list: JSON output")
+    return parser
+
+
+def _target(args, report) -> engine.Target:
+    config: Optional[StashConfig] = None
+    if args.database:
+        database = args.database.expanduser().resolve()
+        blobs_storage = FILESYSTEM if args.blobs_path else "DATABASE"
+    else:
+        config = load_config(find_config_file(args.config))
+        database = config.database
+        blobs_storage = config.blobs_storage
+        report.info(f"using {config.path}: database {database}")
+    blobs = args.blobs_path.expanduser().resolve() if args.blobs_path else (config.blobs_path if config else None)
+    if config:
+        for written, used in config.relocated:
+            report.info(f"config.yml names {written}, which does not exist here; using {used}")
+    return engine.Target(database, blobs, blobs_storage, config)
+
+
+def _backup_folders(args, target: engine.Target) -> list[Path]:
+    folders = []
+    if target.config:
+        folders.append(target.config.backup_directory)
+    folders.append(target.database.parent)
+    archive = args.archive or (target.config.folder / ARCHIVE_FOLDER_NAME if target.config else None)
+    if archive:
+        folders.append(archive.expanduser())
+    unique = []
+    for folder in folders:
+        if folder not in unique:
+            unique.append(folder)
+    return unique
+
+
+def _resolve_backup(name: str, args, target: engine.Target) -> Path:
+    given = Path(name).expanduser()
+    if given.is_file():
+        return given.resolve()
+    for folder in _backup_folders(args, target):
+        candidate = folder / name
+        if candidate.is_file():
+            return candidate
+    searched = ", ".join(str(f) for f in _backup_folders(args, target))
+    raise UsageError(f"backup {name!r} not found (as a path, or in {searched}): see stash-restore --list")
+
+
+def _confirm_on_terminal(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    answer = input(f"{question} [y/N] ").strip().lower()
+    return answer in ("y", "yes")
+
+
+def cmd_list(args, target: engine.Target) -> int:
+    rows = []
+    for folder in _backup_folders(args, target):
+        if not folder.is_dir():
+            continue
+        recorded = {e.file: e for e in Archive(folder).entries()} if (folder / "manifest.json").exists() else {}
+        for path in sorted(folder.iterdir()):
+            parsed = parse_backup_name(path.name)
+            if not parsed or not path.is_file() or is_temp_name(path.name):
+                continue
+            entry = recorded.get(path.name)
+            rows.append({"path": str(path), "created": parsed.created.isoformat(sep=" "),
+                         "schema_version": parsed.schema_version, "size": path.stat().st_size,
+                         "blobs": entry.includes_blobs if entry else parsed.is_zip,
+                         "verified": ("yes" if entry.verified_ok else "FAILED") if entry and entry.verified_at else "no"})
+    rows.sort(key=lambda r: r["created"], reverse=True)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no backups found in " + ", ".join(str(f) for f in _backup_folders(args, target)))
+    for row in rows:
+        print(f"{row['created']}  schema {row['schema_version']:<3}  {human_size(row['size']):>10}  "
+              f"{'blobs' if row['blobs'] else 'db only':<7}  verified: {row['verified']:<6}  {row['path']}")
+    return 0
+
+
+def cmd_salvage(args, report) -> int:
+    if not args.output:
+        raise UsageError("--salvage needs --output FILE: where to write the recovered copy")
+    result = salvage(args.salvage.expanduser(), args.output.expanduser())
+    report.info(f"recovered into {result.output} with {result.method}; the original was not modified")
+    print(f"{'table':<32} {'original':>10} {'recovered':>10}")
+    for table, (original, copy) in result.rows.items():
+        show = lambda n: "unreadable" if n is None else str(n)  # noqa: E731
+        print(f"{table:<32} {show(original):>10} {show(copy):>10}")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    report = TerminalReporter()
+    try:
+        if args.salvage:
+            return cmd_salvage(args, report)
+        target = _target(args, report)
+        options = engine.RestoreOptions(dry_run=args.dry_run, assume_yes=args.yes,
+                                        allow_newer_schema=args.allow_newer_schema, stash_stopped=args.stash_stopped,
+                                        check_level=args.check, confirm=_confirm_on_terminal)
+        if args.list:
+            return cmd_list(args, target)
+        if args.undo:
+            engine.undo(target, options, report)
+            return 0
+        if not args.backup:
+            raise UsageError("give a BACKUP to restore (see stash-restore --list), or --undo, --list or --salvage")
+        engine.restore(_resolve_backup(args.backup, args, target), target, options, report)
+        return 0
+    except VerificationError as error:
+        report.error(f"{error}. The backup was refused: nothing was changed")
+        return 1
+    except StashBackupError as error:
+        report.error(str(error))
+        return error.exit_code
+    except KeyboardInterrupt:
+        report.error("interrupted: run the same command again to finish or roll back")
+        return 130
+    finally:
+        report.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
