@@ -1,0 +1,87 @@
+"""Shared fixtures. End-to-end tests run against real Stash servers built from the Go
+module proxy (tests/stash_server/build.py); a missing Go toolchain or a failed build
+fails them loudly, it never skips them."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.stash_server.build import NEW_VERSION, OLD_VERSION, PINNED_VERSIONS, build
+from tests.stash_server.server import StashServer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def stash_binaries() -> dict:
+    return {version: build(version, log=lambda m: print(m, file=sys.stderr)) for version in PINNED_VERSIONS}
+
+
+@pytest.fixture(params=PINNED_VERSIONS, ids=lambda v: f"stash-{v}")
+def stash_version(request) -> str:
+    return request.param
+
+
+class ServerFactory:
+    def __init__(self, binaries: dict, tmp_path: Path, request):
+        self._binaries, self._tmp, self._request = binaries, tmp_path, request
+        self.servers: list[StashServer] = []
+
+    def __call__(self, version: str, blobs_storage: str = "FILESYSTEM", name: str = "stash",
+                 install_plugin: bool = True, **extra) -> StashServer:
+        server = StashServer(self._binaries[version], self._tmp / name, version, blobs_storage, extra_config=extra)
+        self.servers.append(server)
+        server.start()
+        if install_plugin:
+            install_plugin_into(server)
+        return server
+
+    def close(self) -> None:
+        failed = getattr(self._request.node, "rep_call", None)
+        for server in self.servers:
+            server.stop()
+            if failed is not None and failed.failed:
+                print(f"\n--- log of Stash {server.version} in {server.root} ---\n{server.log_tail(80)}")
+
+
+def install_plugin_into(server: StashServer, plugin_id: str = "stash-backup") -> Path:
+    """Install as a user does: the CLI's install-plugin into the plugins folder."""
+    result = run_cli("install-plugin", "--plugins-dir", str(server.plugins), "--id", plugin_id, "--url", server.url,
+                     *(["--api-key", server.api_key] if server.api_key else []))
+    assert result.returncode == 0, result.stderr
+    server.reload_plugins()
+    return server.plugins / plugin_id
+
+
+@pytest.fixture
+def stash_server_factory(stash_binaries, tmp_path, request):
+    factory = ServerFactory(stash_binaries, tmp_path, request)
+    yield factory
+    factory.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def run_cli(*args: str, env: dict | None = None, module: str = "stash_backup_plugin", cwd: Path | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, **(env or {}))
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, env=full_env, input=input, timeout=600)
+
+
+def run_restore(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return run_cli(*args, module="stash_backup_plugin.restore", **kwargs)
+
+
+__all__ = ["NEW_VERSION", "OLD_VERSION", "run_cli", "run_restore", "install_plugin_into", "shutil"]

@@ -1,0 +1,102 @@
+"""The local archive: atomic adds, manifest, lock, cleanup of a killed run's temps."""
+import json
+import os
+
+import pytest
+
+from stash_backup_plugin.archive import Archive, Entry
+from stash_backup_plugin.atomic import temp_path_in
+from stash_backup_plugin.errors import StorageError, UsageError
+
+
+def entry(name="stash-go.sqlite.75.20261126_180102", created="2026-11-26T18:01:02", ok=True):
+    return Entry(file=name, size=3, sha256="a" * 64, schema_version=75, created=created, kind="sqlite",
+                 verified_ok=ok, verified_at="x" if ok else "")
+
+
+def staged(archive, content=b"abc"):
+    temp = temp_path_in(archive.folder, "x")
+    temp.write_bytes(content)
+    return temp
+
+
+def test_add_moves_the_temp_file_into_place_and_records_it(tmp_path):
+    archive = Archive(tmp_path)
+    with archive.locked():
+        archive.add(staged(archive), entry())
+    assert (tmp_path / "stash-go.sqlite.75.20261126_180102").read_bytes() == b"abc"
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["entries"][0]["file"] == "stash-go.sqlite.75.20261126_180102"
+    assert [p.name for p in tmp_path.iterdir() if "tmp" in p.name] == []
+
+
+def test_add_never_overwrites(tmp_path):
+    archive = Archive(tmp_path)
+    with archive.locked():
+        archive.add(staged(archive), entry())
+        with pytest.raises(StorageError, match="already exists"):
+            archive.add(staged(archive, b"other"), entry())
+    assert (tmp_path / "stash-go.sqlite.75.20261126_180102").read_bytes() == b"abc"
+
+
+def test_entries_newest_first_and_newest_verified(tmp_path):
+    archive = Archive(tmp_path)
+    with archive.locked():
+        archive.add(staged(archive), entry("a.1.20260101_000000", "2026-01-01T00:00:00"))
+        archive.add(staged(archive), entry("a.1.20260301_000000", "2026-03-01T00:00:00", ok=False))
+        archive.add(staged(archive), entry("a.1.20260201_000000", "2026-02-01T00:00:00"))
+    assert [e.file for e in archive.entries()] == ["a.1.20260301_000000", "a.1.20260201_000000", "a.1.20260101_000000"]
+    assert archive.newest_verified().file == "a.1.20260201_000000"
+
+
+def test_remove_forgets_then_deletes(tmp_path):
+    archive = Archive(tmp_path)
+    with archive.locked():
+        archive.add(staged(archive), entry())
+        archive.remove(archive.entries()[0])
+    assert archive.entries() == [] and not (tmp_path / entry().file).exists()
+
+
+def test_temp_files_of_a_killed_run_are_removed_by_the_next_run(tmp_path):
+    archive = Archive(tmp_path)
+    leftover = staged(archive)
+    (tmp_path / "keep-me.txt").write_text("user file")
+    with archive.locked():
+        pass
+    assert not leftover.exists() and (tmp_path / "keep-me.txt").exists()
+
+
+def test_unregistered_backup_files_are_found(tmp_path):
+    (tmp_path / "stash-go.sqlite.75.20261126_180102").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    assert [p.name for p in Archive(tmp_path).unregistered_files()] == ["stash-go.sqlite.75.20261126_180102"]
+
+
+def test_second_run_at_once_is_refused(tmp_path):
+    archive = Archive(tmp_path)
+    with archive.locked():
+        import subprocess, sys
+        code = ("import sys; from pathlib import Path; from stash_backup_plugin.archive import Archive\n"
+                "try:\n    Archive(Path(sys.argv[1])).locked().__enter__()\nexcept Exception as e:\n    print(e); sys.exit(3)")
+        result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == 3 and "another stash-backup run" in result.stdout
+
+
+def test_damaged_manifest_is_a_clear_error(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(StorageError, match="damaged"):
+        Archive(tmp_path).entries()
+
+
+def test_unwritable_folder_is_a_storage_error(tmp_path):
+    if os.geteuid() == 0:
+        blocked = tmp_path / "file-not-folder"
+        blocked.write_text("x")
+        target = blocked / "archive"
+    else:
+        target = tmp_path / "ro" / "archive"
+        (tmp_path / "ro").mkdir(mode=0o500)
+    with pytest.raises(StorageError, match="cannot use the archive folder"):
+        with Archive(target).locked():
+            pass

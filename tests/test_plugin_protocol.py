@@ -1,0 +1,96 @@
+"""Stash's raw plugin protocol and the plugin's settings."""
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stash_backup_plugin import plugin
+from stash_backup_plugin.errors import ConfigError
+from stash_backup_plugin.plugin_protocol import PluginLogReporter, encode_log, encode_output, read_input
+from stash_backup_plugin.retention import Duration, Policy
+from stash_backup_plugin.sqlite_check import FULL, QUICK
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_log_lines_use_soh_level_stx():
+    assert encode_log("info", "hello") == "\x01i\x02hello\n"
+    assert encode_log("error", "two\nlines") == "\x01e\x02two\n\x01e\x02lines\n"
+    assert encode_log("progress", "0.5") == "\x01p\x020.5\n"
+
+
+def test_output_is_json_stash_understands():
+    assert json.loads(encode_output(output="done")) == {"output": "done", "error": None}
+    assert json.loads(encode_output(error="bad")) == {"output": None, "error": "bad"}
+
+
+def test_read_input():
+    assert read_input(io.StringIO('{"args": {"mode": "verify"}}')) == {"args": {"mode": "verify"}}
+    assert read_input(io.StringIO("")) == {}
+
+
+def test_progress_is_throttled_but_ends_at_one():
+    stream = io.StringIO()
+    reporter = PluginLogReporter(stream)
+    for step in range(1000):
+        reporter.progress(step / 1000)
+    reporter.progress(1.0)
+    lines = stream.getvalue().splitlines()
+    assert 50 < len(lines) < 400 and lines[-1] == "\x01p\x021.0000"
+
+
+def test_reporter_redacts_secrets():
+    stream = io.StringIO()
+    PluginLogReporter(stream, redact=lambda t: t.replace("k3y", "[redacted]")).error("bad key k3y")
+    assert "k3y" not in stream.getvalue()
+
+
+def test_settings_defaults_when_the_user_set_nothing(tmp_path):
+    settings = plugin.settings_from({}, tmp_path)
+    assert settings.archive_folder == tmp_path / "stash-backup-archive"
+    assert settings.include_blobs is True and settings.check_level == QUICK
+    assert settings.policy.is_empty() and settings.retention_dry_run is False
+
+
+def test_settings_as_stash_stores_them(tmp_path):
+    values = {"archiveFolder": str(tmp_path / "a"), "includeBlobs": False, "fullIntegrityCheck": True,
+              "keepDaily": 7, "keepWeekly": 4.0, "keepLast": "2", "keepWithin": "3d", "retentionDryRun": "true"}
+    settings = plugin.settings_from(values, tmp_path)
+    assert settings.archive_folder == tmp_path / "a" and not settings.include_blobs and settings.check_level == FULL
+    assert settings.policy == Policy(last=2, daily=7, weekly=4, within=Duration(days=3))
+    assert settings.retention_dry_run
+
+
+def test_bad_count_setting_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="keepDaily"):
+        plugin.settings_from({"keepDaily": "seven"}, tmp_path)
+
+
+def test_plugin_id_is_the_manifest_file_name(tmp_path):
+    (tmp_path / "my-backups.yml").write_text("exec: [python, '{pluginDir}/stash_backup_plugin/task.py']")
+    assert plugin.plugin_id(tmp_path) == "my-backups"
+
+
+def test_unknown_mode_is_an_error_on_stdout_and_in_the_log():
+    stdout, stderr = io.StringIO(), io.StringIO()
+    plugin.main(io.StringIO(json.dumps({"server_connection": {}, "args": {"mode": "explode"}})), stdout, stderr)
+    assert "unknown task mode" in json.loads(stdout.getvalue())["error"]
+    assert stderr.getvalue().startswith("\x01e\x02")
+
+
+def test_missing_python_packages_name_the_pip_command():
+    """Stash's Python may lack gql/requests: one error line with the exact command."""
+    code = ("import importlib.util, sys\n"
+            "orig = importlib.util.find_spec\n"
+            "importlib.util.find_spec = lambda n, *a: None if n in ('gql', 'requests') else orig(n, *a)\n"
+            "sys.argv = ['task.py']\n"
+            f"exec(open({str(REPO / 'stash_backup_plugin' / 'task.py')!r}).read(), {{'__name__': '__main__', "
+            f"'__file__': {str(REPO / 'stash_backup_plugin' / 'task.py')!r}}})\n")
+    result = subprocess.run([sys.executable, "-c", code], input="{}", capture_output=True, text=True)
+    error = json.loads(result.stdout)["error"]
+    assert "gql[requests]" in error and "requests" in error and sys.executable in error and "pip install" in error
+    assert result.stderr.startswith("\x01e\x02") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,103 @@
+"""Retention with restic's semantics, against golden cases worked out by hand from
+restic's rules (internal/data/snapshot_policy.go, doc/060_forget.rst)."""
+from datetime import datetime, timedelta
+
+import pytest
+
+from stash_backup_plugin.errors import UsageError
+from stash_backup_plugin.retention import Duration, Policy, apply_policy, parse_duration
+
+
+def items(*stamps):
+    return [(stamp, datetime.fromisoformat(stamp)) for stamp in stamps]
+
+
+def kept(decisions):
+    return [d.item for d in decisions if d.keep]
+
+
+DAYS = items("2026-11-20T10:00", "2026-11-20T22:00", "2026-11-21T09:00", "2026-11-22T09:00",
+             "2026-11-23T09:00", "2026-11-23T18:00", "2026-11-24T09:00")
+
+GOLDEN = [
+    ("empty policy keeps all", Policy(), DAYS, [d[0] for d in reversed(DAYS)]),
+    ("keep-last 2", Policy(last=2), DAYS, ["2026-11-24T09:00", "2026-11-23T18:00"]),
+    ("keep-daily 3: newest of each day", Policy(daily=3), DAYS,
+     ["2026-11-24T09:00", "2026-11-23T18:00", "2026-11-22T09:00"]),
+    ("keep-daily unlimited", Policy(daily=-1), DAYS,
+     ["2026-11-24T09:00", "2026-11-23T18:00", "2026-11-22T09:00", "2026-11-21T09:00", "2026-11-20T22:00",
+      "2026-11-20T10:00"]),  # the oldest is kept: the rule still had count left when it reached it
+    ("last 1 OR daily 2 overlap spends both counts", Policy(last=1, daily=2), DAYS,
+     ["2026-11-24T09:00", "2026-11-23T18:00"]),
+    ("keep-weekly 1 (ISO weeks)", Policy(weekly=1), DAYS, ["2026-11-24T09:00"]),
+    ("keep-weekly 2 crosses an ISO week (Mon 23 Nov)", Policy(weekly=2), DAYS,
+     ["2026-11-24T09:00", "2026-11-22T09:00"]),
+    ("keep-within 2d: strictly newer than newest - 2d, not now - 2d", Policy(within=Duration(days=2)), DAYS,
+     ["2026-11-24T09:00", "2026-11-23T18:00", "2026-11-23T09:00"]),
+    ("rule with count left keeps the oldest", Policy(monthly=5), DAYS, ["2026-11-24T09:00", "2026-11-20T10:00"]),
+]
+
+
+@pytest.mark.parametrize("name,policy,given,expected", GOLDEN, ids=[g[0] for g in GOLDEN])
+def test_golden(name, policy, given, expected):
+    assert kept(apply_policy(given, policy)) == expected
+
+
+def test_reasons_are_recorded_for_every_rule_that_matched():
+    decisions = apply_policy(DAYS, Policy(last=1, daily=1, weekly=1))
+    assert decisions[0].reasons == ["last snapshot", "daily snapshot", "weekly snapshot"]
+
+
+def test_weekly_and_daily_overlap_like_restic():
+    # 7 daily + 5 weekly over 40 consecutive days ending on a Sunday: the 7 dailies are
+    # one whole ISO week, which also spends one weekly: 7 + 4 distinct items.
+    start = datetime(2025, 12, 31, 12)
+    assert (start + timedelta(days=39)).isoweekday() == 7
+    days = [(i, start + timedelta(days=i)) for i in range(40)]
+    result = kept(apply_policy(days, Policy(daily=7, weekly=5)))
+    assert len(result) == 7 + 4
+
+
+def test_yearly_and_monthly_buckets():
+    given = items("2024-03-01T00:00", "2024-12-31T00:00", "2025-06-01T00:00", "2025-06-15T00:00", "2026-01-01T00:00")
+    assert kept(apply_policy(given, Policy(yearly=2))) == ["2026-01-01T00:00", "2025-06-15T00:00"]
+    assert kept(apply_policy(given, Policy(monthly=2))) == ["2026-01-01T00:00", "2025-06-15T00:00"]
+
+
+def test_hourly_bucket():
+    given = items("2026-11-24T09:05", "2026-11-24T09:55", "2026-11-24T10:01")
+    assert kept(apply_policy(given, Policy(hourly=2))) == ["2026-11-24T10:01", "2026-11-24T09:55"]
+
+
+def test_protected_item_is_kept_even_when_no_rule_keeps_it():
+    decisions = apply_policy(DAYS, Policy(last=1), protected=["2026-11-20T10:00"])
+    assert kept(decisions) == ["2026-11-24T09:00", "2026-11-20T10:00"]
+    assert decisions[-1].reasons == ["newest verified backup"]
+
+
+def test_negative_counts_other_than_unlimited_are_refused():
+    with pytest.raises(UsageError, match="keep-daily is -2"):
+        Policy(daily=-2)
+
+
+def test_no_items_no_decisions():
+    assert apply_policy([], Policy(last=3)) == []
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("7d", Duration(days=7)), ("2w", Duration(days=14)), ("1y6m", Duration(years=1, months=6)),
+    ("12h", Duration(hours=12)), ("1m15d", Duration(months=1, days=15)),
+])
+def test_parse_duration(text, expected):
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "7", "d7", "1x", "3 days"])
+def test_parse_duration_rejects_garbage(text):
+    with pytest.raises(UsageError, match="invalid duration"):
+        parse_duration(text)
+
+
+def test_month_arithmetic_clamps_to_month_end():
+    assert Duration(months=1).before(datetime(2026, 3, 31)) == datetime(2026, 2, 28)
+    assert Duration(years=1).before(datetime(2024, 2, 29)) == datetime(2023, 2, 28)
