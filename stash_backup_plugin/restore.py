@@ -85,12 +85,16 @@ def ensure_stash_stopped(target: Target, options: RestoreOptions) -> None:
 
 
 def recover_interrupted(database: Path, report: Reporter) -> Optional[swap.Journal]:
-    """A journal means an earlier run was killed: finish or roll it back first."""
+    """A journal means an earlier run was killed: finish or roll it back first.
+    Returns the journal of a swap that was finished, None otherwise."""
     journal = swap.Journal.load(database)
     if journal is None:
         return None
-    report.info(swap.recover(journal))
-    return journal
+    finished, message = swap.recover(journal)
+    report.info(message)
+    if finished and journal.kind == "undo":
+        _retire(Path(journal.source))
+    return journal if finished else None
 
 
 def _clean_own_temps(target: Target) -> None:
@@ -201,8 +205,11 @@ def restore(backup: Path, target: Target, options: RestoreOptions, report: Repor
         raise UsageError(f"backup {backup} does not exist: give a backup file or its name (see --list)")
     ensure_stash_stopped(target, options)
     if not options.dry_run:
-        recover_interrupted(target.database, report)
+        finished = recover_interrupted(target.database, report)
         _clean_own_temps(target)
+        if finished and finished.kind == "restore" and Path(finished.source) == backup:
+            report.info(f"the interrupted restore of {backup.name} is complete; nothing more to do")
+            return RestoreResult(Plan(), restored=True, aside=finished.aside_path)
     elif swap.Journal.load(target.database):
         report.warning("an interrupted restore is pending: the real run will finish or roll it back first")
     inspection = inspect(backup, options.check_level, report.phase(0.0, 0.3))
@@ -225,7 +232,8 @@ def restore(backup: Path, target: Target, options: RestoreOptions, report: Repor
         journal = swap.Journal(kind="restore", database=str(target.database), aside=str(aside),
                                current=swap.current_inodes(target.database),
                                incoming={"": [str(staged), swap.inode(staged)]}, source=str(backup),
-                               started=datetime.now().isoformat(timespec="seconds"))
+                               started=datetime.now().isoformat(timespec="seconds"),
+                               fingerprint=swap.fingerprint(target.database))
         journal.save()
         swap.crash_point("journal-saved")
         swap.perform(journal)
@@ -359,7 +367,9 @@ def undo(target: Target, options: RestoreOptions, report: Reporter) -> Path:
     """Put back the database files the last restore moved aside, moving the restored
     ones aside in turn (so an undo can itself be undone)."""
     ensure_stash_stopped(target, options)
-    recover_interrupted(target.database, report)
+    finished = recover_interrupted(target.database, report)
+    if finished and finished.kind == "undo":
+        return Path(finished.source)
     candidates = [f for f in aside_folders(target.database) if (f / target.database.name).is_file()]
     if not candidates:
         raise UsageError(f"no earlier restore found beside {target.database} (folders {ASIDE_PREFIX}*): nothing to undo")
@@ -375,8 +385,10 @@ def undo(target: Target, options: RestoreOptions, report: Reporter) -> Path:
     _confirm(options, "Undo the last restore?")
     journal = swap.Journal(kind="undo", database=str(target.database), aside=str(aside),
                            current=swap.current_inodes(target.database), incoming=incoming, source=str(source),
-                           started=datetime.now().isoformat(timespec="seconds"))
+                           started=datetime.now().isoformat(timespec="seconds"),
+                           fingerprint=swap.fingerprint(target.database))
     journal.save()
+    swap.crash_point("journal-saved")
     swap.perform(journal)
     _retire(source)
     report.info(f"put back the database from {source}; the one it replaced is in {aside}")
@@ -387,8 +399,9 @@ def _retire(source: Path) -> None:
     """An aside folder whose database went back is marked used, so the next --undo
     takes the folder of the undo itself (undo toggles)."""
     record = source / swap.RECORD_NAME
-    os.replace(record, source / f"{swap.RECORD_NAME}.undone")
-    fsync_dir(source)
+    if record.exists():
+        os.replace(record, source / f"{swap.RECORD_NAME}.undone")
+        fsync_dir(source)
 
 
 if __name__ == "__main__":

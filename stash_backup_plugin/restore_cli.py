@@ -101,8 +101,6 @@ def _resolve_backup(name: str, args, target: engine.Target) -> Path:
 
 
 def _confirm_on_terminal(question: str) -> bool:
-    if not sys.stdin.isatty():
-        return False
     answer = input(f"{question} [y/N] ").strip().lower()
     return answer in ("y", "yes")
 
@@ -155,7 +153,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         target = _target(args, report)
         options = engine.RestoreOptions(dry_run=args.dry_run, assume_yes=args.yes,
                                         allow_newer_schema=args.allow_newer_schema, stash_stopped=args.stash_stopped,
-                                        check_level=args.check, confirm=_confirm_on_terminal)
+                                        check_level=args.check,
+                                        confirm=_confirm_on_terminal if sys.stdin.isatty() else None)
         if args.list:
             return cmd_list(args, target)
         if args.undo:

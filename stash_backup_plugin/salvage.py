@@ -4,6 +4,7 @@ private copy. Standard library only (sqlite3's `.recover` is used when the sqlit
 program is installed)."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 import subprocess
@@ -56,7 +57,7 @@ def salvage(database: Path, output: Path) -> SalvageReport:
 def _recover_with_cli(source: Path, target: Path) -> Optional[str]:
     recovered = subprocess.run(["sqlite3", str(source), ".recover"], capture_output=True)
     if recovered.returncode != 0 or not recovered.stdout:
-        return None
+        return None  # .recover itself gave up on this damage: the table-by-table copy tries
     loaded = subprocess.run(["sqlite3", str(target)], input=recovered.stdout, capture_output=True)
     if loaded.returncode != 0 and not target.exists():
         return None
@@ -64,53 +65,57 @@ def _recover_with_cli(source: Path, target: Path) -> Optional[str]:
 
 
 def _copy_table_by_table(source: Path, target: Path) -> str:
-    """Best effort: the schema, then each table's readable rows, row by row where a
-    bulk copy fails."""
-    with sqlite3.connect(target) as out:
-        out.execute("ATTACH DATABASE ? AS damaged", (f"file:{source}?mode=ro",))
-        objects = out.execute("SELECT type, name, sql FROM damaged.sqlite_master WHERE sql IS NOT NULL "
-                              "AND name NOT LIKE 'sqlite_%' ORDER BY type = 'table' DESC").fetchall()
+    """Best effort: the schema, then each table's rows up to the first unreadable
+    page, then the indexes (those that the recovered rows allow)."""
+    damaged = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    out = sqlite3.connect(target)
+    try:
+        objects = _schema_objects(damaged)
         for kind, name, sql in objects:
             if kind == "table":
-                try:
+                with contextlib.suppress(sqlite3.DatabaseError):
                     out.execute(sql)
-                except sqlite3.DatabaseError:
-                    continue
-                _copy_rows(out, name)
+                    _copy_rows(damaged, out, name)
+                    out.commit()
         for kind, name, sql in objects:
             if kind != "table":
-                try:
+                with contextlib.suppress(sqlite3.DatabaseError):
                     out.execute(sql)
-                except sqlite3.DatabaseError:
-                    pass
-        out.commit()
-        out.execute("DETACH DATABASE damaged")
+                    out.commit()
+    finally:
+        damaged.close()
+        out.close()
     return "table-by-table copy"
 
 
-def _copy_rows(out: sqlite3.Connection, table: str) -> None:
+def _schema_objects(damaged: sqlite3.Connection) -> list:
+    try:
+        return damaged.execute("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL "
+                               "AND name NOT LIKE 'sqlite_%' ORDER BY type = 'table' DESC").fetchall()
+    except sqlite3.DatabaseError as error:
+        raise StorageError(f"the database's schema itself is unreadable ({error}): nothing can be copied") from error
+
+
+def _copy_rows(damaged: sqlite3.Connection, out: sqlite3.Connection, table: str) -> None:
+    """Rows in rowid order; past an unreadable page, jump ahead (1, 2, 4, ... rowids)
+    until reading works again, so one bad page costs only its own rows."""
     quoted = '"' + table.replace('"', '""') + '"'
-    try:
-        out.execute(f"INSERT INTO main.{quoted} SELECT * FROM damaged.{quoted}")
-        return
-    except sqlite3.DatabaseError:
-        pass
-    try:
-        cursor = out.execute(f"SELECT * FROM damaged.{quoted}")
-        while True:
-            try:
-                row = cursor.fetchone()
-            except sqlite3.DatabaseError:
-                break
-            if row is None:
-                break
-            placeholders = ",".join("?" * len(row))
-            try:
-                out.execute(f"INSERT OR IGNORE INTO main.{quoted} VALUES ({placeholders})", row)
-            except sqlite3.DatabaseError:
-                continue
-    except sqlite3.DatabaseError:
-        pass
+    last, skip = None, 1
+    while True:
+        where, args = ("WHERE rowid > ?", (last,)) if last is not None else ("", ())
+        try:
+            cursor = damaged.execute(f"SELECT rowid, * FROM {quoted} {where} ORDER BY rowid", args)
+        except sqlite3.DatabaseError:
+            return  # no rowid (or the table is unreadable from its root)
+        try:
+            for row in cursor:
+                last, skip = row[0], 1
+                out.execute(f"INSERT OR IGNORE INTO {quoted} VALUES ({','.join('?' * (len(row) - 1))})", row[1:])
+            return
+        except sqlite3.DatabaseError:
+            if skip > 1 << 40:
+                return
+            last, skip = (last or 0) + skip, skip * 2
 
 
 def _check_output(path: Path) -> None:

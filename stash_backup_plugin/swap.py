@@ -54,6 +54,9 @@ class Journal:
     incoming: dict[str, list] = field(default_factory=dict)  # suffix -> [path, inode]
     source: str = ""  # the backup, or the aside folder being undone
     started: str = ""
+    # size and mtime of the database before the swap: if it changed after a crash,
+    # something (Stash) wrote to it and an automatic roll back could lose that.
+    fingerprint: list = field(default_factory=list)
 
     @property
     def database_path(self) -> Path:
@@ -111,6 +114,14 @@ def sqlite_exclusive_lock(path: Path) -> Iterator[int]:
 
 def side_path(database: Path, suffix: str) -> Path:
     return Path(f"{database}{suffix}")
+
+
+def fingerprint(path: Path) -> list:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return []
+    return [info.st_ino, info.st_size, info.st_mtime_ns]
 
 
 def current_inodes(database: Path) -> dict[str, int]:
@@ -181,10 +192,15 @@ def placed(journal: Journal) -> bool:
     return inode(journal.database_path) == journal.incoming[""][1]
 
 
-def recover(journal: Journal) -> str:
+def recover(journal: Journal) -> tuple[bool, str]:
     """Finish a swap whose database was already replaced; otherwise roll it back.
-    Returns what was done, for the user."""
+    Returns (finished, what was done for the user)."""
     database, aside = journal.database_path, journal.aside_path
+    now = fingerprint(database)
+    if journal.fingerprint and now and now[0] == journal.fingerprint[0] and now != journal.fingerprint:
+        raise RestoreRefused(f"an interrupted {journal.kind} left {database} half done, and the file changed since "
+                             f"(did Stash run?). Not touching it: the previous files are in {aside}, the journal is "
+                             f"{journal_path(database)}; stop Stash and sort them out by hand or ask for help")
     if placed(journal):
         for suffix in SIDE_SUFFIXES:  # none of the old side files may stay beside it
             source, target = side_path(database, suffix), aside / f"{database.name}{suffix}"
@@ -192,7 +208,7 @@ def recover(journal: Journal) -> str:
                 os.replace(source, target)
         fsync_dir(database.parent)
         _finish(journal)
-        return f"finished an interrupted {journal.kind}: {database} is in place, the old files are in {aside}"
+        return True, f"finished an interrupted {journal.kind}: {database} is in place, the old files are in {aside}"
     for suffix, (path, ino) in journal.incoming.items():
         here = side_path(database, suffix)
         if suffix and inode(here) == ino:
@@ -207,4 +223,4 @@ def recover(journal: Journal) -> str:
     with contextlib.suppress(OSError):
         aside.rmdir()  # only when empty: nothing in it is ever deleted
     journal.remove()
-    return f"rolled back an interrupted {journal.kind}: {database} is as it was before"
+    return False, f"rolled back an interrupted {journal.kind}: {database} is as it was before"

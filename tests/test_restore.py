@@ -1,0 +1,231 @@
+"""The offline restore on a stopped install on disk: verification first, refusals
+with nothing changed, the swap with its side files, undo, and the CLI's errors."""
+import hashlib
+import os
+import sqlite3
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from stash_backup_plugin import restore as engine
+from stash_backup_plugin.errors import RestoreRefused, UsageError, VerificationError
+from stash_backup_plugin.reporting import Reporter
+from stash_backup_plugin.stash_config import load_config
+
+from .conftest import run_restore
+from .restore_fixtures import make_install
+from .stashlike import make_database, make_full_backup, names_in, vacuum_copy
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under folder with its bytes' hash: proof that nothing changed."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def install(tmp_path):
+    return make_install(tmp_path / "stash")
+
+
+def target(install):
+    config = load_config(install.config)
+    return engine.Target(config.database, config.blobs_path, config.blobs_storage, config)
+
+
+def do_restore(install, backup, **options):
+    return engine.restore(backup, target(install), engine.RestoreOptions(assume_yes=True, **options), Reporter())
+
+
+def test_restore_zip_puts_the_backup_in_place_and_keeps_the_old_files_with_their_wal(install):
+    result = do_restore(install, install.backup_zip)
+    assert install.names() == ["performer-0", "performer-1", "performer-2"]
+    assert not any(Path(f"{install.database}{s}").exists() for s in ("-wal", "-shm", "-journal"))
+    aside = result.aside
+    assert sorted(p.name for p in aside.iterdir()) == ["restore-record.json", "stash-go.sqlite",
+                                                       "stash-go.sqlite-shm", "stash-go.sqlite-wal"]
+    # the data that lived only in the old -wal is still recoverable from the aside folder
+    assert "added-after-backup" in names_in(aside / "stash-go.sqlite")
+
+
+def test_a_stale_wal_is_never_replayed_into_the_restored_database(install):
+    do_restore(install, install.backup_plain)
+    connection = sqlite3.connect(install.database)  # a normal read-write open, as Stash does
+    assert [r[0] for r in connection.execute("PRAGMA quick_check")] == ["ok"]
+    assert "added-after-backup" not in [r[0] for r in connection.execute("SELECT name FROM performers")]
+    connection.close()
+
+
+def test_blobs_are_extracted_identical_ones_kept_extra_ones_left(install):
+    checksum = next(iter(install.images))
+    lost = install.blobs / checksum[:2] / checksum[2:4] / checksum
+    lost.unlink()
+    extra = install.blobs / "ff" / "ff" / ("f" * 32)
+    extra.parent.mkdir(parents=True)
+    extra.write_bytes(b"not in the backup")
+    result = do_restore(install, install.backup_zip)
+    assert lost.read_bytes() == install.images[checksum]
+    assert result.blobs_written == 1 and result.blobs_kept == 2
+    assert extra.exists()
+    assert any("not in the backup" in note for note in result.plan.notes)
+
+
+def test_damaged_existing_blob_is_replaced_and_kept_aside(install):
+    checksum = next(iter(install.images))
+    damaged = install.blobs / checksum[:2] / checksum[2:4] / checksum
+    damaged.write_bytes(b"bit rot")
+    result = do_restore(install, install.backup_zip)
+    assert damaged.read_bytes() == install.images[checksum]
+    assert (result.aside / "damaged-blobs" / checksum[:2] / checksum[2:4] / checksum).read_bytes() == b"bit rot"
+
+
+def test_dry_run_changes_nothing(install):
+    before = snapshot(install.root)
+    result = do_restore(install, install.backup_zip, dry_run=True)
+    assert snapshot(install.root) == before and not result.restored
+    assert result.plan.steps
+
+
+def test_bad_backup_is_refused_with_nothing_changed(install, tmp_path):
+    bad = tmp_path / "stash-go.sqlite.75.20261126_190000"
+    bad.write_bytes(install.backup_plain.read_bytes()[:5000])
+    before = snapshot(install.root)
+    with pytest.raises(VerificationError):
+        do_restore(install, bad)
+    assert snapshot(install.root) == before
+
+
+def test_newer_schema_is_refused_unless_allowed(install, tmp_path):
+    newer = tmp_path / "newer.sqlite"
+    make_database(newer, schema=99, wal=False)
+    before = snapshot(install.root)
+    with pytest.raises(RestoreRefused, match="newer than the current database's 75"):
+        do_restore(install, newer)
+    assert snapshot(install.root) == before
+    result = do_restore(install, newer, allow_newer_schema=True)
+    assert result.restored
+
+
+def test_older_schema_goes_ahead_and_says_stash_will_migrate(install, tmp_path):
+    older = tmp_path / "older.sqlite"
+    make_database(older, schema=60, wal=False)
+    result = do_restore(install, older)
+    assert any("migrate" in note for note in result.plan.notes)
+
+
+def test_not_enough_space_is_refused(install, monkeypatch):
+    monkeypatch.setattr(engine, "_free_space", lambda folder: 10)
+    before = snapshot(install.root)
+    with pytest.raises(RestoreRefused, match="not enough free space"):
+        do_restore(install, install.backup_zip)
+    assert snapshot(install.root) == before
+
+
+def test_no_confirmation_without_a_terminal(install):
+    before = snapshot(install.root)
+    with pytest.raises(RestoreRefused, match="--yes"):
+        engine.restore(install.backup_zip, target(install), engine.RestoreOptions(), Reporter())
+    assert snapshot(install.root) == before
+
+
+def test_a_process_holding_the_database_makes_the_restore_refuse(install):
+    import subprocess, sys
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+                               "c.execute('SELECT count(*) FROM performers').fetchall(); print('ready', flush=True); "
+                               "time.sleep(60)", str(install.database)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        before = snapshot(install.root)
+        with pytest.raises(RestoreRefused, match="running"):
+            do_restore(install, install.backup_zip)
+        assert snapshot(install.root) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_undo_puts_back_the_old_database_and_its_wal_data(install):
+    do_restore(install, install.backup_zip)
+    engine.undo(target(install), engine.RestoreOptions(assume_yes=True), Reporter())
+    assert "added-after-backup" in install.names()
+    # and the undo can itself be undone
+    engine.undo(target(install), engine.RestoreOptions(assume_yes=True), Reporter())
+    assert "added-after-backup" not in install.names()
+
+
+def test_undo_with_nothing_to_undo(install):
+    with pytest.raises(UsageError, match="nothing to undo"):
+        engine.undo(target(install), engine.RestoreOptions(assume_yes=True), Reporter())
+
+
+def test_restore_into_an_empty_place(tmp_path, install):
+    fresh = tmp_path / "fresh" / "stash-go.sqlite"
+    result = engine.restore(install.backup_plain, engine.Target(fresh, None, "DATABASE"),
+                            engine.RestoreOptions(assume_yes=True, stash_stopped=True), Reporter())
+    assert result.restored and names_in(fresh) == ["performer-0", "performer-1", "performer-2"]
+
+
+def test_restored_file_keeps_the_old_files_mode(install):
+    os.chmod(install.database, 0o640)
+    do_restore(install, install.backup_zip)
+    assert oct(install.database.stat().st_mode & 0o777) == "0o640"
+
+
+# --- the command line ------------------------------------------------------------------
+
+def test_cli_restore_by_name_from_the_backup_folder(install):
+    result = run_restore(install.backup_zip.name, "--config", str(install.config), "--yes")
+    assert result.returncode == 0, result.stderr
+    assert install.names() == ["performer-0", "performer-1", "performer-2"]
+
+
+def test_cli_without_yes_and_without_terminal_refuses(install):
+    before = snapshot(install.root)
+    result = run_restore(str(install.backup_zip), "--config", str(install.config), input="")
+    assert result.returncode != 0 and "--yes" in result.stderr
+    assert snapshot(install.root) == before
+
+
+@pytest.mark.parametrize("args,message", [
+    (["missing-backup.sqlite"], "not found"),
+    (["--config", "/nonexistent/config.yml", "x"], "does not exist"),
+    ([], "give a BACKUP"),
+    (["--salvage", "x.sqlite"], "--output"),
+])
+def test_cli_user_mistakes_are_one_line_errors(install, args, message):
+    if "--config" not in args:
+        args = args + ["--config", str(install.config)]
+    before = snapshot(install.root)
+    result = run_restore(*args)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2
+    assert snapshot(install.root) == before
+
+
+def test_cli_refuses_a_file_that_is_not_a_backup(install, tmp_path):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"x" * 4096)
+    result = run_restore(str(junk), "--config", str(install.config), "--yes")
+    assert result.returncode == 1 and "not an SQLite database" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_list_shows_backups(install):
+    result = run_restore("--list", "--config", str(install.config), "--json")
+    import json
+    rows = json.loads(result.stdout)
+    assert {r["path"] for r in rows} == {str(install.backup_plain), str(install.backup_zip)}
+    assert {r["schema_version"] for r in rows} == {75}
+
+
+def test_docker_paths_are_found_relative_to_the_config_folder(install, tmp_path):
+    import yaml
+    config = yaml.safe_load(install.config.read_text())
+    config["database"] = "/root/.stash/stash-go.sqlite"
+    config["blobs_path"] = "/root/.stash/blobs"
+    install.config.write_text(yaml.safe_dump(config))
+    result = run_restore(str(install.backup_zip), "--config", str(install.config), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert f"using {install.database}" in result.stderr

@@ -1,0 +1,97 @@
+"""Telling that Stash is running: locks, the process table and the port."""
+import os
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from stash_backup_plugin.stash_process import probe
+
+from .stashlike import make_database
+
+
+@pytest.fixture
+def install(tmp_path):
+    database = tmp_path / "stash-go.sqlite"
+    make_database(database)
+    config = tmp_path / "config.yml"
+    config.write_text(f"database: {database}\n")
+    return database, config
+
+
+def fake_stash(tmp_path, *args):
+    """A process whose program is called `stash`, with Stash's command line."""
+    program = tmp_path / "stash"
+    program.symlink_to(sys.executable)
+    process = subprocess.Popen([str(program), "-c", "import time; print('up', flush=True); time.sleep(60)", *args],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "up"
+    return process
+
+
+def test_nothing_running(install):
+    database, config = install
+    finding = probe(database, config, "127.0.0.1", None)
+    assert finding.running == [] and finding.certain_stopped
+
+
+def test_a_process_with_the_database_open(install):
+    database, config = install
+    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+                               "c.execute('select 1 from performers').fetchall(); print('ready', flush=True); "
+                               "time.sleep(60)", str(database)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        finding = probe(database, config, "127.0.0.1", None)
+        assert any(f"pid {holder.pid}" in r for r in finding.running)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_idle_stash_process_with_this_config(install, tmp_path):
+    database, config = install
+    process = fake_stash(tmp_path, "--config", str(config))
+    try:
+        finding = probe(database, config, "127.0.0.1", None)
+        assert any(f"Stash process {process.pid}" in r for r in finding.running)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_another_stash_instance_is_not_ours(install, tmp_path):
+    database, config = install
+    other = tmp_path / "other.yml"
+    other.write_text("database: /elsewhere.sqlite\n")
+    process = fake_stash(tmp_path, "--config", str(other))
+    try:
+        assert probe(database, config, "127.0.0.1", None).running == []
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_something_answering_healthz_on_the_port(install):
+    database, config = install
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        finding = probe(database, config, "0.0.0.0", server.server_address[1])
+        assert any("Stash answers" in r for r in finding.running)
+    finally:
+        server.shutdown()
