@@ -26,8 +26,9 @@ def fake_stash(tmp_path, *args):
     """A process whose program is called `stash`, with Stash's command line."""
     program = tmp_path / "stash"
     program.symlink_to(sys.executable)
-    process = subprocess.Popen([str(program), "-c", "import time; print('up', flush=True); time.sleep(60)", *args],
-                               stdout=subprocess.PIPE, text=True)
+    script = tmp_path / "idle.py"
+    script.write_text("import time\nprint('up', flush=True)\ntime.sleep(60)\n")
+    process = subprocess.Popen([str(program), str(script), *args], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "up"
     return process
 
