@@ -13,7 +13,7 @@ from typing import Iterator, Optional
 
 from .atomic import commit, remove_stale_temps, storage_error, write_bytes_atomic
 from .errors import StorageError, UsageError
-from .naming import is_temp_name, parse_backup_name
+from .naming import is_temp_name, parse_backup_name, with_counter
 
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".stash-backup.lock"
@@ -105,16 +105,23 @@ class Archive:
         return next((e for e in self.entries() if e.verified_ok), None)
 
     def add(self, temp_path: Path, entry: Entry) -> Entry:
-        """Move a verified temp file to its final name and record it."""
+        """Move a verified temp file to its final name and record it. Two backups
+        made in the same second get distinct names; nothing is overwritten."""
+        entry.file = self._free_name(entry.file)
         final = self.path_of(entry)
-        if final.exists():
-            raise StorageError(f"{final} already exists in the archive: not overwriting it")
         try:
             commit(temp_path, final)
         except OSError as error:
             raise storage_error("store", final, error) from error
         self._save([e for e in self.entries() if e.file != entry.file] + [entry])
         return entry
+
+    def _free_name(self, name: str) -> str:
+        candidate, counter = name, 1
+        while (self.folder / candidate).exists():
+            counter += 1
+            candidate = with_counter(name, counter)
+        return candidate
 
     def record(self, entry: Entry) -> None:
         """Insert or replace an entry's record (after a re-verification)."""

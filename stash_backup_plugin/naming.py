@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import Optional
 
 TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
-_NAME = re.compile(r"^(?P<db>.+)\.(?P<schema>\d+)\.(?P<stamp>\d{8}_\d{6})(?P<zip>\.zip)?$")
+# `-N` after the stamp tells apart two backups made in the same second (ours only).
+_NAME = re.compile(r"^(?P<db>.+)\.(?P<schema>\d+)\.(?P<stamp>\d{8}_\d{6})(?:-(?P<n>\d+))?(?P<zip>\.zip)?$")
 # Our own partial files; never a final name (see atomic.py).
 TEMP_MARKER = ".stash-backup-tmp-"
 
@@ -34,6 +35,15 @@ def parse_backup_name(name: str) -> Optional[BackupName]:
     except ValueError:
         return None
     return BackupName(match["db"], int(match["schema"]), created, bool(match["zip"]))
+
+
+def with_counter(name: str, counter: int) -> str:
+    """`name` made unique within its second: stash-go.sqlite.85.20261126_180102-2.zip."""
+    parsed = _NAME.match(name)
+    if not parsed:
+        raise ValueError(f"{name!r} is not a Stash backup name")
+    suffix = ".zip" if parsed["zip"] else ""
+    return f"{parsed['db']}.{parsed['schema']}.{parsed['stamp']}-{counter}{suffix}"
 
 
 def zip_name_for(database_backup_name: str) -> str:

@@ -30,13 +30,15 @@ def test_add_moves_the_temp_file_into_place_and_records_it(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if "tmp" in p.name] == []
 
 
-def test_add_never_overwrites(tmp_path):
+def test_add_never_overwrites_a_backup_of_the_same_second(tmp_path):
     archive = Archive(tmp_path)
     with archive.locked():
         archive.add(staged(archive), entry())
-        with pytest.raises(StorageError, match="already exists"):
-            archive.add(staged(archive, b"other"), entry())
+        second = archive.add(staged(archive, b"other"), entry())
     assert (tmp_path / "stash-go.sqlite.75.20261126_180102").read_bytes() == b"abc"
+    assert second.file == "stash-go.sqlite.75.20261126_180102-2"
+    assert (tmp_path / second.file).read_bytes() == b"other"
+    assert len(archive.entries()) == 2
 
 
 def test_entries_newest_first_and_newest_verified(tmp_path):

@@ -25,6 +25,13 @@ def test_rejects_other_names(name):
     assert parse_backup_name(name) is None
 
 
+def test_same_second_counter():
+    from stash_backup_plugin.naming import with_counter
+    assert with_counter("a.sqlite.85.20261126_180102.zip", 2) == "a.sqlite.85.20261126_180102-2.zip"
+    parsed = parse_backup_name("a.sqlite.85.20261126_180102-2.zip")
+    assert parsed.schema_version == 85 and parsed.is_zip
+
+
 def test_zip_and_blob_names():
     assert zip_name_for("a.sqlite.85.20261126_180102") == "a.sqlite.85.20261126_180102.zip"
     assert zip_name_for("a.zip") == "a.zip"

@@ -175,7 +175,16 @@ class StashServer:
         does on the Security settings page. Returns the key."""
         self.graphql("mutation($u: String!, $p: String!) { configureGeneral(input: {username: $u, password: $p}) { username } }",
                      {"u": username, "p": password})
-        self.api_key = self.graphql("mutation { generateAPIKey(input: {}) }")["generateAPIKey"]
+        # From now on every request needs credentials: log in for a session cookie,
+        # then ask for the key with it.
+        with requests.Session() as browser:
+            login = browser.post(f"{self.url}/login", data={"username": username, "password": password},
+                                 allow_redirects=False, timeout=30)
+            if "session" not in browser.cookies:
+                raise StashServerError(f"login failed: HTTP {login.status_code}")
+            response = browser.post(f"{self.url}/graphql", json={"query": "mutation { generateAPIKey(input: {}) }"},
+                                    timeout=30)
+            self.api_key = response.json()["data"]["generateAPIKey"]
         return self.api_key
 
     def reload_plugins(self) -> None:

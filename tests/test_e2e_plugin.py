@@ -1,0 +1,161 @@
+"""The plugin inside a real Stash, on both pinned versions: every task through
+runPluginTask, checked by its effect on disk and in Stash's log (a job is FINISHED
+even when the plugin failed, so its status alone proves nothing)."""
+import hashlib
+import json
+import zipfile
+
+import pytest
+
+from tests.stash_server.build import NEW_VERSION, OLD_VERSION
+from tests.stash_server.server import seed_content
+
+pytestmark = pytest.mark.e2e
+PLUGIN = "stash-backup"
+TASKS = ["Backup database", "Download backup to archive", "Verify archive", "Apply retention"]
+
+
+def plugin_messages(server, since=0):
+    """Our plugin's log lines, oldest first, as (level, message)."""
+    lines = [(l["level"], l["message"]) for l in reversed(server.logs()) if "[Plugin / Stash Backup]" in l["message"]]
+    return lines[since:]
+
+
+def run_task(server, task):
+    before = len(plugin_messages(server))
+    job = server.run_plugin_task(PLUGIN, task)
+    assert job["status"] == "FINISHED", job
+    return plugin_messages(server, before)
+
+
+def archive_dir(server):
+    return server.root / "stash-backup-archive"  # the default: beside config.yml
+
+
+def manifest(server):
+    return json.loads((archive_dir(server) / "manifest.json").read_text())["entries"]
+
+
+def blob_files(server):
+    return {p.name: p.read_bytes() for p in server.blobs.rglob("*") if p.is_file()}
+
+
+def test_stash_lists_the_plugin_its_tasks_and_settings(stash_server_factory, stash_version):
+    server = stash_server_factory(stash_version)
+    plugins = server.graphql("{ plugins { id name tasks { name } settings { name type } } }")["plugins"]
+    ours = next(p for p in plugins if p["id"] == PLUGIN)
+    assert [t["name"] for t in ours["tasks"]] == TASKS
+    assert {"archiveFolder", "includeBlobs", "keepDaily", "retentionDryRun"} <= {s["name"] for s in ours["settings"]}
+
+
+def test_backup_task_writes_into_stashs_backup_folder(stash_server_factory, stash_version):
+    server = stash_server_factory(stash_version)
+    seed_content(server)
+    messages = run_task(server, "Backup database")
+    made = sorted(server.backups.iterdir())
+    assert len(made) == 1
+    assert made[0].name.endswith(".zip") == (stash_version == NEW_VERSION)  # includeBlobs only on v0.31+
+    assert any(level == "Info" and str(made[0]) in text for level, text in messages), messages
+
+
+def test_download_task_archives_a_verified_full_backup(stash_server_factory, stash_version):
+    server = stash_server_factory(stash_version)
+    seed_content(server, performers=4)
+    messages = run_task(server, "Download backup to archive")
+    [entry] = manifest(server)
+    assert entry["source"] == ("server-zip" if stash_version == NEW_VERSION else "plugin-zip")
+    assert entry["verified_ok"] and entry["kind"] == "zip"
+    on_disk = blob_files(server)
+    assert entry["blob_count"] == len(on_disk) == 7  # 2 tags + 1 studio + 4 performers
+    path = archive_dir(server) / entry["file"]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
+    with zipfile.ZipFile(path) as archive:
+        for checksum, data in on_disk.items():
+            assert archive.read(f"blobs/{checksum[:2]}/{checksum[2:4]}/{checksum}") == data
+        assert "stash-go.sqlite" in archive.namelist()
+    assert any("Archived" in text for _, text in messages)
+    assert not [p for p in archive_dir(server).iterdir() if "tmp" in p.name]
+
+
+def test_download_task_with_database_blobs_archives_the_plain_database(stash_server_factory, stash_version):
+    server = stash_server_factory(stash_version, blobs_storage="DATABASE")
+    seed_content(server)
+    run_task(server, "Download backup to archive")
+    [entry] = manifest(server)
+    assert entry["kind"] == "sqlite" and entry["source"] == "database" and entry["blobs_not_included"] == 0
+
+
+def test_verify_task_flags_a_corrupted_entry_at_error_level(stash_server_factory, stash_version):
+    server = stash_server_factory(stash_version)
+    seed_content(server)
+    run_task(server, "Download backup to archive")
+    run_task(server, "Download backup to archive")
+    good, bad = manifest(server)
+    path = archive_dir(server) / bad["file"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    messages = run_task(server, "Verify archive")
+    assert any(level == "Error" and f"BAD {bad['file']}:" in text for level, text in messages), messages
+    assert any(level == "Error" and "1 good, 1 bad" in text for level, text in messages), messages
+    states = {e["file"]: e["verified_ok"] for e in manifest(server)}
+    assert states == {good["file"]: True, bad["file"]: False}
+
+
+def test_retention_task_follows_the_settings_and_keeps_the_newest_verified(stash_server_factory, stash_version):
+    server = stash_server_factory(stash_version, blobs_storage="DATABASE")
+    seed_content(server)
+    for _ in range(3):
+        run_task(server, "Download backup to archive")
+        import time
+        time.sleep(1.05)  # backup names carry seconds
+    files = [e["file"] for e in manifest(server)]
+    assert len(files) == 3
+    server.graphql('mutation { configurePlugin(plugin_id: "stash-backup", input: {keepLast: 1, retentionDryRun: true}) }')
+    messages = run_task(server, "Apply retention")
+    assert len(manifest(server)) == 3 and any("would remove" in t for _, t in messages)
+    server.graphql('mutation { configurePlugin(plugin_id: "stash-backup", input: {keepLast: 1, retentionDryRun: false}) }')
+    run_task(server, "Apply retention")
+    assert [e["file"] for e in manifest(server)] == files[:1]
+    assert sorted(p.name for p in archive_dir(server).iterdir() if p.name.startswith("stash-go")) == files[:1]
+
+
+def test_retention_with_no_rule_removes_nothing(stash_server_factory):
+    server = stash_server_factory(OLD_VERSION, blobs_storage="DATABASE")
+    run_task(server, "Download backup to archive")
+    messages = run_task(server, "Apply retention")
+    assert len(manifest(server)) == 1 and any("No retention rule" in t for _, t in messages)
+
+
+def test_archive_folder_setting_and_progress(stash_server_factory, stash_version, tmp_path):
+    server = stash_server_factory(stash_version)
+    target = tmp_path / "elsewhere"
+    server.graphql('mutation($i: Map!) { configurePlugin(plugin_id: "stash-backup", input: $i) }',
+                   {"i": {"archiveFolder": str(target)}})
+    seed_content(server)
+    job = server.run_plugin_task(PLUGIN, "Download backup to archive")
+    assert job["status"] == "FINISHED" and job["progress"] == 1
+    assert len(list(target.glob("stash-go.sqlite.*.zip"))) == 1
+
+
+def test_plugin_on_a_server_with_credentials_uses_the_api_key_and_never_logs_it(stash_server_factory,
+                                                                                  stash_version):
+    server = stash_server_factory(stash_version)
+    seed_content(server)
+    key = server.enable_credentials()
+    run_task(server, "Download backup to archive")
+    run_task(server, "Verify archive")
+    assert manifest(server)[0]["verified_ok"]
+    everything = server.log_text() + json.dumps(server.logs()) + (archive_dir(server) / "manifest.json").read_text()
+    assert key not in everything
+
+
+def test_plugin_installed_under_another_id_reads_its_own_settings(stash_server_factory, tmp_path):
+    from tests.conftest import install_plugin_into
+    server = stash_server_factory(NEW_VERSION, install_plugin=False)
+    install_plugin_into(server, "my-backups")
+    server.graphql('mutation($i: Map!) { configurePlugin(plugin_id: "my-backups", input: $i) }',
+                   {"i": {"archiveFolder": str(tmp_path / "mine")}})
+    job = server.run_plugin_task("my-backups", "Download backup to archive")
+    assert job["status"] == "FINISHED"
+    assert len(list((tmp_path / "mine").glob("stash-go.sqlite.*"))) == 1
