@@ -12,6 +12,12 @@ from gql.transport.exceptions import (TransportProtocolError, TransportQueryErro
                                       TransportServerError)
 from gql.transport.requests import RequestsHTTPTransport
 
+try:
+    from gql.transport.exceptions import TransportConnectionFailed as _ConnectionFailed
+except ImportError:  # gql 3
+    class _ConnectionFailed(Exception):
+        pass
+
 from .connection import Connection, redact
 from .errors import AuthError, ServerError
 from .http_session import harden
@@ -89,12 +95,17 @@ class StashClient:
         except TransportProtocolError as error:
             raise ServerError(self._clean(
                 f"{self.connection.base_url} did not answer like a Stash GraphQL server ({error}): check the URL")) from None
-        except requests.exceptions.SSLError as error:
-            raise ServerError(f"TLS to {self.connection.base_url} failed: {type(error).__name__}: check the URL or certificate") from None
-        except requests.exceptions.Timeout:
-            raise ServerError(f"Stash at {self.connection.base_url} did not answer within {transport.timeout} s") from None
-        except requests.exceptions.ConnectionError:
-            raise ServerError(f"cannot reach Stash at {self.connection.base_url}: is it running, and is the URL right?") from None
+        except (requests.exceptions.RequestException, _ConnectionFailed) as error:
+            # gql 4 wraps the requests error; gql 3 lets it through
+            raise self._connection_error(error.__cause__ or error, transport.timeout) from None
+
+    def _connection_error(self, cause: BaseException, timeout) -> ServerError:
+        base = self.connection.base_url
+        if isinstance(cause, requests.exceptions.SSLError):
+            return ServerError(f"TLS to {base} failed ({type(cause).__name__}): check the URL or certificate")
+        if isinstance(cause, requests.exceptions.Timeout):
+            return ServerError(f"Stash at {base} did not answer within {timeout} s")
+        return ServerError(f"cannot reach Stash at {base}: is it running, and is the URL right?")
 
     def _server_error(self, code: Optional[int], text: str) -> ServerError:
         if code in (401, 403):
