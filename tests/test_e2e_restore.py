@@ -1,0 +1,110 @@
+"""Restore against the real Stash, on both pinned versions: back up, change content,
+stop Stash, restore, start Stash, and read back exactly the backed-up content,
+image bytes included; a running Stash makes the restore refuse; undo works."""
+import hashlib
+import json
+import time
+
+import pytest
+
+from tests.stash_server.build import NEW_VERSION
+from tests.stash_server.server import content_names, data_url, performer_image, png_bytes, seed_content
+
+from .conftest import run_cli, run_restore
+
+pytestmark = pytest.mark.e2e
+
+
+def change_content(server, created):
+    server.graphql('mutation { performerCreate(input: {name: "added-after-backup"}) { id } }')
+    server.graphql('mutation($i: PerformerUpdateInput!) { performerUpdate(input: $i) { id } }',
+                   {"i": {"id": created["performers"][0]["id"], "image": data_url(png_bytes(99999))}})
+    server.graphql('mutation($i: TagDestroyInput!) { tagDestroy(input: $i) }', {"i": {"id": created["tags"][1]["id"]}})
+
+
+def download(server, dest, *args):
+    result = run_cli("download", "--url", server.url, "--dest", str(dest), "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return dest / json.loads(result.stdout)["file"]
+
+
+def files_digest(server):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in server.root.iterdir() if p.name.startswith("stash-go.sqlite") and p.is_file()}
+
+
+@pytest.mark.parametrize("kind", ["full", "database-only"])
+def test_restore_brings_back_exactly_the_backed_up_content(stash_server_factory, stash_version, tmp_path, kind):
+    server = stash_server_factory(stash_version, install_plugin=False)
+    created = seed_content(server)
+    backup = download(server, tmp_path / "archive", *(["--no-blobs"] if kind == "database-only" else []))
+    backed_up = content_names(server)
+    change_content(server, created)
+    changed = content_names(server)
+    assert changed != backed_up
+    server.stop()
+
+    result = run_restore(str(backup), "--config", str(server.config_path), "--yes")
+    assert result.returncode == 0, result.stderr
+    assert not any((server.root / f"stash-go.sqlite{s}").exists() for s in ("-wal", "-shm", "-journal"))
+
+    server.start()
+    assert content_names(server) == backed_up
+    image = performer_image(server, created["performers"][0]["id"])
+    if kind == "full":
+        assert image == created["performers"][0]["image"]  # the old image file came back from the zip
+    server.stop()
+
+    undo = run_restore("--undo", "--config", str(server.config_path), "--yes")
+    assert undo.returncode == 0, undo.stderr
+    server.start()
+    assert content_names(server) == changed
+
+
+def test_restore_of_stashs_own_backup_by_name(stash_server_factory, stash_version):
+    server = stash_server_factory(stash_version, install_plugin=False)
+    seed_content(server)
+    server.graphql("mutation { backupDatabase(input: {download: false}) }")
+    [made] = list(server.backups.iterdir())
+    backed_up = content_names(server)
+    server.graphql('mutation { tagCreate(input: {name: "later"}) { id } }')
+    server.stop()
+    listing = run_restore("--list", "--config", str(server.config_path))
+    assert made.name in listing.stdout
+    result = run_restore(made.name, "--config", str(server.config_path), "--yes")
+    assert result.returncode == 0, result.stderr
+    server.start()
+    assert content_names(server) == backed_up
+
+
+def test_restore_refuses_while_stash_is_busy_or_idle(stash_server_factory, stash_version, tmp_path):
+    """An idle Stash holds no lock after 30 s: the process and port probes catch it."""
+    server = stash_server_factory(stash_version, install_plugin=False)
+    seed_content(server)
+    backup = download(server, tmp_path / "archive")
+    before = files_digest(server)
+    busy = run_restore(str(backup), "--config", str(server.config_path), "--yes")
+    assert busy.returncode != 0 and "Stash seems to be running" in busy.stderr
+    assert files_digest(server) == before
+    # Past Stash's 30 s idle timeout its pools close: it checkpoints, removes -wal and
+    # -shm itself, and holds no lock at all. Only the process and port probes see it.
+    time.sleep(32)
+    assert not (server.root / "stash-go.sqlite-wal").exists()
+    before = files_digest(server)
+    idle = run_restore(str(backup), "--config", str(server.config_path), "--yes")
+    assert idle.returncode != 0 and "Stash seems to be running" in idle.stderr
+    assert "Traceback" not in idle.stderr
+    assert files_digest(server) == before
+    assert not list(server.root.glob("stash-restore-*"))
+
+
+def test_restore_refuses_a_backup_newer_than_the_database(stash_server_factory, stash_binaries, tmp_path):
+    from tests.stash_server.build import OLD_VERSION
+    new = stash_server_factory(NEW_VERSION, install_plugin=False, name="new")
+    backup = download(new, tmp_path / "archive", "--no-blobs")
+    old = stash_server_factory(OLD_VERSION, install_plugin=False, name="old")
+    old.stop()
+    before = files_digest(old)
+    result = run_restore(str(backup), "--config", str(old.config_path), "--yes")
+    assert result.returncode != 0 and "newer than the current database" in result.stderr
+    assert files_digest(old) == before
