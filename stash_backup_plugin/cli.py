@@ -22,7 +22,7 @@ from .install import DEFAULT_PLUGIN_ID, build_package, install_plugin
 from .retention import Policy, parse_duration
 from .sqlite_check import FULL, QUICK
 from .terminal import TerminalReporter
-from .verify import verify_backup
+from .verify import require_blobs, verify_backup
 
 DEFAULT_ARCHIVE = "~/stash-backup-archive"
 
@@ -143,6 +143,7 @@ def cmd_verify(args, report) -> int:
         for path in args.paths:
             try:
                 verified = verify_backup(path, level, progress=report.bytes_progress(f"verifying {path.name}"))
+                require_blobs(verified)
                 results.append({"path": str(path), "ok": True, "kind": verified.kind,
                                 "schema_version": verified.schema_version, "blob_count": verified.blob_count,
                                 "sha256": verified.sha256})

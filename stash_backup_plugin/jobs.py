@@ -21,7 +21,7 @@ from .naming import blob_relative_path, parse_backup_name, zip_name_for
 from .reporting import Reporter, human_size
 from .retention import Decision, Duration, Policy, apply_policy
 from .sqlite_check import QUICK, check_database
-from .verify import BackupReport, verify_backup
+from .verify import BackupReport, require_blobs, verify_backup
 
 FRESH_BACKUP_ATTEMPTS = 3  # a link that expired mid-download needs a new backup
 
@@ -151,6 +151,9 @@ def _fetch_verified(client, archive: Archive, info: ServerInfo, options: Downloa
     try:
         verified = verify_backup(fetched.temp_path, options.check_level, known_sha256=fetched.sha256,
                                  progress=report.phase(0.7, 1.0).bytes_progress("verifying"))
+        if verified.kind == "zip" and verified.blobs_not_included:
+            report.warning(f"{len(verified.blobs_not_included)} blob(s) the database refers to are missing on the "
+                           f"server (e.g. {sorted(verified.blobs_not_included)[0]}): the backup cannot hold them")
         entry = _entry(name, verified, info, source, options.check_level)
         return archive.add(fetched.temp_path, entry)
     finally:
@@ -179,7 +182,7 @@ def _fetch_and_pack_blobs(client, archive: Archive, info: ServerInfo, options: D
         discard(fetched.temp_path)
         verified = verify_backup(packed, options.check_level,
                                  progress=report.phase(0.7, 1.0).bytes_progress("verifying"))
-        _check_blobs_complete(verified, len(missing))
+        require_blobs(verified, tolerated=len(missing))
         entry = _entry(zip_name, verified, info, "plugin-zip", options.check_level)
         return archive.add(packed, entry)
     finally:
@@ -210,12 +213,6 @@ def _blob_files(checksums: set[str], blobs_path: Path) -> tuple[list[tuple[str, 
         path = blobs_path / blob_relative_path(checksum)
         (present.append((checksum, path)) if path.is_file() else missing.append(checksum))
     return present, missing
-
-
-def _check_blobs_complete(report: BackupReport, expected_missing: int) -> None:
-    if len(report.blobs_not_included) > expected_missing:
-        raise VerificationError(f"{report.path}: {len(report.blobs_not_included)} blob(s) the database refers to are "
-                                "not in the zip: images would be lost on restore")
 
 
 def _entry(name: str, verified: BackupReport, info: ServerInfo, source: str, level: str) -> Entry:
@@ -268,7 +265,7 @@ def _verify_one(archive: Archive, entry: Optional[Entry], path: Path, level: str
                                  expected_sha256=entry.sha256 if entry else None,
                                  progress=report.bytes_progress("verifying"))
         if verified.kind == "zip":
-            _check_blobs_complete(verified, entry.blobs_not_included if entry else 0)
+            require_blobs(verified, tolerated=entry.blobs_not_included if entry else 0)
     except VerificationError as error:
         if entry:
             entry.verified_at, entry.verified_level, entry.verified_ok, entry.verify_error = utc_now(), level, False, str(error)

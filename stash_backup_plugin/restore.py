@@ -23,11 +23,11 @@ from .atomic import discard, fsync_dir, fsync_file, remove_stale_temps, storage_
 from .errors import RestoreRefused, StorageError, UsageError, VerificationError
 from .naming import TEMP_MARKER, blob_relative_path
 from .reporting import Reporter, human_size
-from .restore_plan import Plan, RestoreFacts, build_plan
-from .sqlite_check import QUICK, check_database, read_schema_version
+from .restore_plan import Plan, RestoreFacts, build_plan, space_refusal
+from .sqlite_check import QUICK, check_database, has_sqlite_header, read_schema_version
 from .stash_config import FILESYSTEM, StashConfig
 from .stash_process import probe
-from .verify import BackupReport, is_zip, verify_backup
+from .verify import is_zip, verify_backup
 
 ASIDE_PREFIX = "stash-restore-"
 BLOB_BATCH = 2000  # blobs written between two syncs
@@ -107,20 +107,58 @@ def _clean_own_temps(target: Target) -> None:
 
 @dataclass
 class _Inspection:
-    report: BackupReport
+    kind: str  # "sqlite" or "zip"
     database_bytes: int
+    database_member: Optional[str] = None
     blob_members: dict = field(default_factory=dict)  # checksum -> ZipInfo
+    schema_version: Optional[int] = None
+    blobs_not_included: set = field(default_factory=set)
 
 
-def inspect(backup: Path, level: str, report: Reporter) -> _Inspection:
-    """Verify the backup completely before anything is touched."""
-    verified = verify_backup(backup, level, progress=report.bytes_progress("verifying backup"))
-    if verified.kind == "zip":
+def read_backup(backup: Path) -> _Inspection:
+    """What the backup holds, from its headers alone (cheap): enough to check space."""
+    if is_zip(backup):
+        try:
+            with zipfile.ZipFile(backup) as archive:
+                layout = fullbackup.read_layout(archive, backup)
+                size = archive.getinfo(layout.database_member).file_size
+        except zipfile.BadZipFile as error:
+            raise VerificationError(f"{backup} is not a readable zip ({error}): the file is damaged") from error
+        return _Inspection("zip", size, layout.database_member, layout.blob_members)
+    if not has_sqlite_header(backup):
+        raise VerificationError(f"{backup} is not an SQLite database (bad header): it is not a Stash backup")
+    return _Inspection("sqlite", backup.stat().st_size)
+
+
+def verify_without_staging(backup: Path, inspection: _Inspection, level: str, report: Reporter) -> None:
+    """The dry run's check: everything, in a scratch folder, nothing beside the database."""
+    verified = verify_backup(backup, level, want_sha256=False, progress=report.bytes_progress("verifying backup"))
+    inspection.schema_version, inspection.blobs_not_included = verified.schema_version, verified.blobs_not_included
+
+
+def stage_and_verify(backup: Path, inspection: _Inspection, target: Target, level: str, report: Reporter) -> Path:
+    """The real run's check, done once, on the very copy that will be put in place:
+    blob CRCs and MD5s first (zip), then the staged database."""
+    if inspection.blob_members:
         with zipfile.ZipFile(backup) as archive:
-            layout = fullbackup.read_layout(archive, backup)
-            size = archive.getinfo(layout.database_member).file_size
-        return _Inspection(verified, size, layout.blob_members)
-    return _Inspection(verified, backup.stat().st_size)
+            layout = fullbackup.ZipLayout(inspection.database_member, inspection.blob_members)
+            total, done = sum(i.file_size for i in inspection.blob_members.values()), [0]
+
+            def advance(count: int) -> None:
+                done[0] += count
+                report.progress(0.5 * done[0] / total if total else 0.5, "verifying blobs")
+
+            fullbackup.check_blob_members(archive, layout, advance)
+    staged = _stage_database(backup, inspection, target, report.phase(0.5, 0.8))
+    try:
+        checked = check_database(staged, level)
+    except BaseException:
+        discard(staged)
+        raise
+    inspection.schema_version = checked.schema_version
+    inspection.blobs_not_included = checked.blobs_on_filesystem - set(inspection.blob_members)
+    report.progress(1.0)
+    return staged
 
 
 def gather_facts(backup: Path, inspection: _Inspection, target: Target, options: RestoreOptions,
@@ -133,12 +171,9 @@ def gather_facts(backup: Path, inspection: _Inspection, target: Target, options:
         else:
             blobs_to_write.append((checksum, info))
     on_disk = _blobs_on_disk(target.blobs_path)
-    referenced_missing = 0
-    if inspection.report.kind == "sqlite" and inspection.report.blobs_not_included:
-        referenced_missing = len(inspection.report.blobs_not_included - on_disk)
     current = swap.current_inodes(target.database)
     facts = RestoreFacts(
-        backup=backup, backup_kind=inspection.report.kind, backup_schema=inspection.report.schema_version,
+        backup=backup, backup_kind=inspection.kind, backup_schema=inspection.schema_version,
         database_bytes=inspection.database_bytes, database=target.database,
         current_files=[s for s in swap.ALL_SUFFIXES if s in current],
         current_schema=read_schema_version(target.database) if "" in current else None,
@@ -146,7 +181,7 @@ def gather_facts(backup: Path, inspection: _Inspection, target: Target, options:
         blobs_in_backup=len(inspection.blob_members), blobs_to_write=len(blobs_to_write),
         blob_bytes_to_write=sum(info.file_size for _, info in blobs_to_write), blobs_already_present=present,
         blobs_only_on_disk=len(on_disk - set(inspection.blob_members)) if inspection.blob_members else 0,
-        blobs_referenced_missing=referenced_missing,
+        blobs_referenced_missing=len(inspection.blobs_not_included - on_disk),
         free_database_disk=_free_space(target.database.parent),
         free_blobs_disk=_free_space(target.blobs_path) if target.blobs_path else None,
         same_disk=_same_disk(target.database.parent, target.blobs_path),
@@ -212,21 +247,29 @@ def restore(backup: Path, target: Target, options: RestoreOptions, report: Repor
             return RestoreResult(Plan(), restored=True, aside=finished.aside_path)
     elif swap.Journal.load(target.database):
         report.warning("an interrupted restore is pending: the real run will finish or roll it back first")
-    inspection = inspect(backup, options.check_level, report.phase(0.0, 0.3))
+    inspection = read_backup(backup)
     aside = aside_folder_for(target.database)
-    facts, blobs_to_write = gather_facts(backup, inspection, target, options, aside)
-    plan = build_plan(facts)
-    result = RestoreResult(plan)
-    _show_plan(plan, report)
-    if plan.refusal:
-        raise RestoreRefused(plan.refusal + " (nothing was changed)")
-    if options.dry_run:
-        report.info("dry run: nothing was changed")
-        return result
-    _confirm(options, "Restore now?")
-    ensure_stash_stopped(target, options)  # the user may have taken a while to answer
-    staged = _stage_database(backup, inspection, target, options.check_level, report.phase(0.3, 0.6))
+    early, _ = gather_facts(backup, inspection, target, options, aside)
+    space = space_refusal(early)  # before writing anything, even a temp file
+    if space:
+        raise RestoreRefused(space + " (nothing was changed)")
+    staged = None
     try:
+        if options.dry_run:
+            verify_without_staging(backup, inspection, options.check_level, report.phase(0.0, 0.6))
+        else:
+            staged = stage_and_verify(backup, inspection, target, options.check_level, report.phase(0.0, 0.6))
+        facts, blobs_to_write = gather_facts(backup, inspection, target, options, aside)
+        plan = build_plan(facts)
+        result = RestoreResult(plan)
+        _show_plan(plan, report)
+        if plan.refusal:
+            raise RestoreRefused(plan.refusal + " (nothing was changed)")
+        if options.dry_run:
+            report.info("dry run: nothing was changed")
+            return result
+        _confirm(options, "Restore now?")
+        ensure_stash_stopped(target, options)  # the user may have taken a while to answer
         written, kept = _extract_blobs(backup, blobs_to_write, target, aside, report.phase(0.6, 0.9))
         result.blobs_written, result.blobs_kept = written, facts.blobs_already_present + kept
         journal = swap.Journal(kind="restore", database=str(target.database), aside=str(aside),
@@ -238,7 +281,8 @@ def restore(backup: Path, target: Target, options: RestoreOptions, report: Repor
         swap.crash_point("journal-saved")
         swap.perform(journal)
     finally:
-        discard(staged)
+        if staged:
+            discard(staged)
     result.restored, result.aside = True, aside
     report.progress(1.0)
     report.info(f"restored {backup.name} to {target.database}"
@@ -263,27 +307,22 @@ def _confirm(options: RestoreOptions, question: str) -> None:
         raise RestoreRefused("cancelled: nothing was changed")
 
 
-def _stage_database(backup: Path, inspection: _Inspection, target: Target, level: str, report: Reporter) -> Path:
-    """The new database as a unique temp file beside the target, fsynced and checked."""
+def _stage_database(backup: Path, inspection: _Inspection, target: Target, report: Reporter) -> Path:
+    """The new database as a unique temp file beside the target, fsynced."""
     target.database.parent.mkdir(parents=True, exist_ok=True)
     staged = temp_path_in(target.database.parent, target.database.name)
     try:
         with open(staged, "r+b") as out:
-            if inspection.report.kind == "zip":
+            if inspection.kind == "zip":
                 with zipfile.ZipFile(backup) as archive:
-                    member = fullbackup.read_layout(archive, backup).database_member
-                    fullbackup.copy_member(archive, member, out)
+                    fullbackup.copy_member(archive, inspection.database_member, out)
             else:
                 with open(backup, "rb") as source:
-                    shutil.copyfileobj(source, out, 1024 * 1024)
+                    shutil.copyfileobj(source, out, 4 * 1024 * 1024)
             out.flush()
             os.fsync(out.fileno())
         _match_ownership(staged, target.database)
         swap.crash_point("staged")
-        checked = check_database(staged, level)
-        if checked.schema_version != inspection.report.schema_version:
-            raise VerificationError(f"the staged copy reads schema {checked.schema_version}, not "
-                                    f"{inspection.report.schema_version}: the backup changed while restoring")
         report.progress(1.0)
         return staged
     except OSError as error:

@@ -17,7 +17,7 @@ SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 class RestoreFacts:
     backup: Path
     backup_kind: str  # "sqlite" or "zip"
-    backup_schema: int
+    backup_schema: Optional[int]  # None until the backup's database has been read
     database_bytes: int  # size of the database that will be written
     database: Path
     current_files: list[str]  # suffixes present: "" for the database, "-wal", ...
@@ -46,7 +46,7 @@ class Plan:
 
 def build_plan(facts: RestoreFacts) -> Plan:
     plan = Plan()
-    plan.refusal = _schema_refusal(facts) or _blobs_refusal(facts) or _space_refusal(facts)
+    plan.refusal = _schema_refusal(facts) or _blobs_refusal(facts) or space_refusal(facts)
     _schema_notes(facts, plan)
     _blob_notes(facts, plan)
     _steps(facts, plan)
@@ -54,7 +54,7 @@ def build_plan(facts: RestoreFacts) -> Plan:
 
 
 def _schema_refusal(facts: RestoreFacts) -> Optional[str]:
-    if facts.current_schema is None or facts.backup_schema <= facts.current_schema:
+    if facts.current_schema is None or facts.backup_schema is None or facts.backup_schema <= facts.current_schema:
         return None
     if facts.allow_newer_schema:
         return None
@@ -69,7 +69,7 @@ def _blobs_refusal(facts: RestoreFacts) -> Optional[str]:
     return None
 
 
-def _space_refusal(facts: RestoreFacts) -> Optional[str]:
+def space_refusal(facts: RestoreFacts) -> Optional[str]:
     need_db = int(facts.database_bytes * SPACE_MARGIN)
     need_blobs = int(facts.blob_bytes_to_write * SPACE_MARGIN)
     if facts.same_disk:
@@ -84,6 +84,8 @@ def _space_refusal(facts: RestoreFacts) -> Optional[str]:
 
 
 def _schema_notes(facts: RestoreFacts, plan: Plan) -> None:
+    if facts.backup_schema is None:
+        return
     if facts.current_schema is None:
         plan.notes.append(f"backup schema {facts.backup_schema}; no current database to compare with")
     elif facts.backup_schema < facts.current_schema:

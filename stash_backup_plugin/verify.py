@@ -51,15 +51,16 @@ def is_zip(path: Path) -> bool:
 
 def verify_backup(path: Path, level: str = QUICK, expected_size: Optional[int] = None,
                   expected_sha256: Optional[str] = None, known_sha256: Optional[str] = None,
-                  progress: Progress = None) -> BackupReport:
+                  progress: Progress = None, want_sha256: bool = True) -> BackupReport:
     """Check `path` completely; raise VerificationError on the first problem.
-    `known_sha256` is a hash computed while the file streamed in (no second read)."""
+    `known_sha256` is a hash computed while the file streamed in (no second read);
+    without `want_sha256` and an expected hash, the file is not hashed at all."""
     if not path.is_file():
         raise VerificationError(f"{path} does not exist")
     size = path.stat().st_size
     if expected_size is not None and size != expected_size:
         raise VerificationError(f"{path} is {size} bytes but the manifest says {expected_size}: the file changed or is truncated")
-    digest = known_sha256 or sha256_of(path, progress)
+    digest = known_sha256 or (sha256_of(path, progress) if want_sha256 or expected_sha256 else "")
     if expected_sha256 and digest != expected_sha256:
         raise VerificationError(f"{path} has SHA-256 {digest[:12]}… but the manifest says {expected_sha256[:12]}…: the file is damaged")
     if is_zip(path):
@@ -86,11 +87,18 @@ def _verify_zip(path: Path, size: int, digest: str, level: str, progress: Progre
     except zipfile.BadZipFile as error:
         raise VerificationError(f"{path} is not a readable zip ({error}): the file is damaged") from error
     missing = database.blobs_on_filesystem - set(layout.blob_members)
-    if missing:
-        raise VerificationError(f"{path}: the database refers to {len(missing)} blob(s) the zip does not hold "
-                                f"(e.g. {sorted(missing)[0]}): images would be lost on restore")
     return BackupReport(path, "zip", size, digest, database.schema_version, level,
-                        blob_count=len(layout.blob_members), database_member=layout.database_member)
+                        blob_count=len(layout.blob_members), blobs_not_included=missing,
+                        database_member=layout.database_member)
+
+
+def require_blobs(report: BackupReport, tolerated: int = 0) -> None:
+    """A full backup must hold every blob its database refers to, except those that
+    were already missing from the server when it was made (recorded then, with a warning)."""
+    if report.kind == "zip" and len(report.blobs_not_included) > tolerated:
+        example = sorted(report.blobs_not_included)[0]
+        raise VerificationError(f"{report.path}: the database refers to {len(report.blobs_not_included)} blob(s) the zip "
+                                f"does not hold (e.g. {example}): images would be lost on restore")
 
 
 def _check_database_member(archive: zipfile.ZipFile, member: str, source: Path, level: str,

@@ -97,11 +97,16 @@ def test_blob_whose_bytes_do_not_match_its_name(tmp_path, backup):
         verify_backup(make_full_backup(tmp_path / "b.zip", path, images))
 
 
-def test_missing_blob_in_zip(tmp_path, backup):
+def test_missing_blob_in_zip_is_reported_and_required(tmp_path, backup):
+    from stash_backup_plugin.verify import require_blobs
     path, images = backup
-    images.pop(next(iter(images)))
+    lost = next(iter(images))
+    images.pop(lost)
+    report = verify_backup(make_full_backup(tmp_path / "b.zip", path, images))
+    assert report.blobs_not_included == {lost}
     with pytest.raises(VerificationError, match="does not hold"):
-        verify_backup(make_full_backup(tmp_path / "b.zip", path, images))
+        require_blobs(report)
+    require_blobs(report, tolerated=1)  # missing on the server already when the backup was made
 
 
 def test_corrupted_zip_entry_fails_crc(tmp_path, backup):
