@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,19 +37,61 @@ class _Cut(Exception):
     """The connection ended before the last byte; resume if the link still lives."""
 
 
+class _BackgroundHasher:
+    """SHA-256 in a second thread, fed in order through a short queue: hashing
+    (which releases the GIL) overlaps the socket reads and file writes instead of
+    adding to them. The queue bounds memory to a few chunks."""
+
+    _RESET, _END = object(), object()
+
+    def __init__(self):
+        self._queue: queue.Queue = queue.Queue(maxsize=8)
+        self._digest: Optional[str] = None
+        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        hasher = hashlib.sha256()
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                self._digest = hasher.hexdigest()
+                return
+            if item is self._RESET:
+                hasher = hashlib.sha256()
+            else:
+                hasher.update(item)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def reset(self) -> None:
+        self._queue.put(self._RESET)
+
+    def hexdigest(self) -> str:
+        self._queue.put(self._END)
+        self._thread.join()
+        return self._digest
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(self._END)
+            self._thread.join()
+
+
 @dataclass
 class _State:
     handle: object
+    hasher: _BackgroundHasher
     received: int = 0
     total: Optional[int] = None
     validator: Optional[str] = None
-    hasher: object = None
 
     def restart(self) -> None:
         self.handle.seek(0)
         self.handle.truncate()
         self.received = 0
-        self.hasher = hashlib.sha256()
+        self.hasher.reset()
 
 
 def download(session: requests.Session, url: str, folder: Path, final_name: str,
@@ -56,19 +100,21 @@ def download(session: requests.Session, url: str, folder: Path, final_name: str,
              pause: Callable[[float], None] = time.sleep) -> Downloaded:
     """Fetch `url` into a temp file in `folder`. On any failure the temp file is gone."""
     temp = temp_path_in(folder, final_name)
+    hasher = _BackgroundHasher()
     try:
-        with open(temp, "r+b") as handle:
-            state = _State(handle, hasher=hashlib.sha256())
+        with open(temp, "r+b", buffering=0) as handle:
+            state = _State(handle, hasher)
             resumes = _fetch_with_resumes(session, url, state, progress, max_resumes, read_timeout, pause)
-            handle.flush()
             os.fsync(handle.fileno())
-        return Downloaded(temp, state.received, state.hasher.hexdigest(), resumes)
+        return Downloaded(temp, state.received, hasher.hexdigest(), resumes)
     except OSError as error:
         discard(temp)
         raise storage_error("write", temp, error) from error
     except BaseException:
         discard(temp)
         raise
+    finally:
+        hasher.close()
 
 
 def _fetch_with_resumes(session, url, state: _State, progress, max_resumes, read_timeout, pause) -> int:
@@ -130,7 +176,7 @@ def _stream(response: requests.Response, state: _State, progress) -> None:
     raw = response.raw
     try:
         while chunk := raw.read(CHUNK):
-            state.handle.write(chunk)
+            _write_all(state.handle, chunk)
             state.hasher.update(chunk)
             state.received += len(chunk)
             if progress:
@@ -143,6 +189,12 @@ def _stream(response: requests.Response, state: _State, progress) -> None:
         raise _Cut(f"connection closed at {state.received} of {state.total} bytes")
     if state.total is not None and state.received > state.total:
         raise DownloadError(f"the server sent {state.received} bytes but announced {state.total}: retry later")
+
+
+def _write_all(handle, chunk: bytes) -> None:
+    view = memoryview(chunk)
+    while view:
+        view = view[handle.write(view):]
 
 
 def _urllib3_errors():

@@ -1,0 +1,3 @@
+module stashbackup/benchfileserver
+
+go 1.21

@@ -1,0 +1,57 @@
+"""Our side of each benchmark, run as its own process (so its peak RSS is its own):
+
+    python -m benchmarks.ours fetch URL DEST_FOLDER
+    python -m benchmarks.ours verify DATABASE quick|full
+    python -m benchmarks.ours pack BLOBS_DIR DATABASE OUT_ZIP
+    python -m benchmarks.ours unpack ZIP BLOBS_DIR
+"""
+from __future__ import annotations
+
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+
+def fetch(url: str, dest: str) -> None:
+    from stash_backup_plugin.atomic import commit
+    from stash_backup_plugin.connection import Connection
+    from stash_backup_plugin.download import download
+    from stash_backup_plugin.http_session import new_session
+    base = url.split("/downloads/")[0] if "/downloads/" in url else url.rsplit("/", 1)[0]
+    name = url.rsplit("/", 1)[1]
+    with new_session(Connection(base)) as session:
+        result = download(session, url, Path(dest), name)
+    commit(result.temp_path, Path(dest) / name)
+
+
+def verify(database: str, level: str) -> None:
+    from stash_backup_plugin.sqlite_check import check_database
+    check_database(Path(database), level)
+
+
+def pack(blobs_dir: str, database: str, out: str) -> None:
+    from stash_backup_plugin.fullbackup import write_full_backup
+    blobs = Path(blobs_dir)
+    files = sorted((p.name, p) for p in blobs.glob("??/??/*"))
+    with open(out, "wb") as handle:
+        write_full_backup(handle, Path(database), "stash-go.sqlite", files)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def unpack(zip_path: str, blobs_dir: str) -> None:
+    from stash_backup_plugin import restore
+    from stash_backup_plugin.fullbackup import read_layout
+    from stash_backup_plugin.reporting import Reporter
+    with zipfile.ZipFile(zip_path) as archive:
+        layout = read_layout(archive, Path(zip_path))
+    target = restore.Target(Path(blobs_dir).parent / "unused.sqlite", Path(blobs_dir))
+    blobs = sorted(layout.blob_members.items())
+    restore._extract_blobs(Path(zip_path), blobs, target, Path(blobs_dir).parent / "aside", Reporter())
+
+
+COMMANDS = {"fetch": fetch, "verify": verify, "pack": pack, "unpack": unpack}
+
+if __name__ == "__main__":
+    COMMANDS[sys.argv[1]](*sys.argv[2:])

@@ -1,0 +1,326 @@
+"""stash-backup benchmarks: our costs side by side with the reference tools.
+
+    python benchmarks/run.py            # the full suite (sizes up to 4 GiB / 50k blobs)
+    python benchmarks/run.py --quick    # small sizes, a few minutes: what CI runs
+    python benchmarks/run.py --only download,verify --runs 5
+
+Every figure is a median of alternating A/B runs with its spread; ratio = our time
+divided by the reference's (lower is better).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks import data  # noqa: E402
+from benchmarks.harness import Comparison, compare, run_measured  # noqa: E402
+
+PY = sys.executable
+OURS = [PY, "-m", "benchmarks.ours"]
+ENV = dict(os.environ, PYTHONPATH=str(REPO))
+MiB, GiB = 1 << 20, 1 << 30
+TARGETS = {"download": 1 / 0.95, "verify": 1.1, "pack": 1.2, "unpack": 1.2, "restore": 1.3}
+
+
+def label(size: int) -> str:
+    return f"{size // GiB} GiB" if size >= GiB else f"{size // MiB} MiB"
+
+
+def ensure_tools() -> None:
+    missing = [tool for tool in ("curl", "zip", "unzip", "sqlite3", "tar", "time") if not shutil.which(tool)]
+    if missing:
+        print(f"installing {', '.join(missing)} from Debian's packages", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, capture_output=True)
+
+
+def fileserver(root: Path) -> tuple[subprocess.Popen, int]:
+    binary = data.CACHE / "fileserver"
+    if not binary.exists():
+        subprocess.run(["go", "build", "-o", str(binary), "."], cwd=Path(__file__).parent / "fileserver",
+                       check=True, capture_output=True)
+    process = subprocess.Popen([str(binary), str(root)], stdout=subprocess.PIPE, text=True)
+    return process, int(process.stdout.readline())
+
+
+# --- 1. download ------------------------------------------------------------------------
+
+def bench_download(sizes, runs, work: Path) -> list[Comparison]:
+    """Into memory (/dev/shm): the clients' own cost, no disk. Onto disk: with an
+    fsync on both sides, since ours makes the file durable and curl alone does not."""
+    results = []
+    served = work / "served"
+    served.mkdir()
+    server, port = fileserver(served)
+    memory = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+    try:
+        for size in sizes:
+            name = f"stash-go.sqlite.75.20260101_{size % 1000000:06d}"
+            (served / name).unlink(missing_ok=True)
+            os.link(data.random_file(size), served / name)
+            url = f"http://127.0.0.1:{port}/{name}"
+            for where, out, reference_name, reference in _download_targets(work, memory, name, url):
+                def reset(out=out):
+                    shutil.rmtree(out, ignore_errors=True)
+                    out.mkdir()
+
+                results.append(compare(f"download to {where} (file server)", label(size), reference_name, reference,
+                                       lambda out=out: run_measured(OURS + ["fetch", url, str(out)], env=ENV),
+                                       runs, reset, payload_bytes=size))
+                shutil.rmtree(out, ignore_errors=True)
+    finally:
+        server.kill()
+    return results
+
+
+def _download_targets(work: Path, memory, name: str, url: str):
+    if memory:
+        out = memory / f"stash-backup-bench-{os.getpid()}"
+        yield "memory", out, "curl", lambda: run_measured(["curl", "-sf", "-o", str(out / name), url])
+    disk = work / "out"
+    yield "disk", disk, "curl+fsync", lambda: run_measured(
+        ["sh", "-c", f"curl -sf -o '{disk / name}' '{url}' && sync '{disk / name}'"])
+
+
+def bench_download_from_stash(size, runs, work: Path) -> Comparison:
+    """The real /downloads endpoint: one fresh backup link per trial, both clients
+    fetch it inside its 30 s window."""
+    from tests.stash_server.build import NEW_VERSION, build
+    from tests.stash_server.server import StashServer
+    stash = StashServer(build(NEW_VERSION), work / "stash", NEW_VERSION, blobs_storage="DATABASE")
+    stash.start()
+    stash.stop()
+    import sqlite3
+    connection = sqlite3.connect(stash.database)
+    connection.execute("CREATE TABLE bench_ballast (data blob)")
+    for _ in range(max(1, size // (8 * MiB))):
+        connection.execute("INSERT INTO bench_ballast VALUES (?)", (os.urandom(8 * MiB),))
+    connection.commit()
+    connection.close()
+    stash.start()
+    out = work / "stash-out"
+    result = Comparison("download (real Stash /downloads)", label(size), reference_name="curl")
+    try:
+        for trial in range(runs):
+            link = stash.graphql("mutation { backupDatabase(input: {download: true}) }")["backupDatabase"]
+            name = link.rsplit("/", 1)[1]
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            order = [("reference", lambda: run_measured(["curl", "-sf", "-o", str(out / ("c-" + name)), link])),
+                     ("ours", lambda: run_measured(OURS + ["fetch", link, str(out)], env=ENV))]
+            for which, action in (order if trial % 2 == 0 else order[::-1]):
+                getattr(result, which).append(action())
+        result.payload_bytes = (out / name).stat().st_size
+    finally:
+        stash.stop()
+    print(result.row(), flush=True)
+    return result
+
+
+# --- 2. verification -----------------------------------------------------------------------
+
+def bench_verify(sizes, runs, full_sizes) -> list[Comparison]:
+    results = []
+    for size in sizes:
+        database = data.stash_shaped_database(size)
+        results.append(compare("verify quick_check", label(size), "sqlite3",
+                               lambda: run_measured(["sqlite3", str(database), "PRAGMA quick_check"]),
+                               lambda: run_measured(OURS + ["verify", str(database), "quick"], env=ENV), runs))
+        if size in full_sizes:
+            results.append(compare("verify integrity_check (full)", label(size), "sqlite3",
+                                   lambda: run_measured(["sqlite3", str(database), "PRAGMA integrity_check"]),
+                                   lambda: run_measured(OURS + ["verify", str(database), "full"], env=ENV),
+                                   max(1, runs // 2)))
+    return results
+
+
+# --- 3. blob packing and unpacking -------------------------------------------------------------
+
+def bench_blobs(counts, runs, work: Path) -> list[Comparison]:
+    results = []
+    database = data.stash_shaped_database(16 * MiB)
+    for count in counts:
+        blobs = data.blob_folder(count)
+        total = data.folder_bytes(blobs)
+        tag = f"{count // 1000}k blobs"
+        zip_ref, zip_ours, tar_ref = work / "ref.zip", work / "ours.zip", work / "ref.tar"
+
+        def clean_outputs():
+            for path in (zip_ref, zip_ours, tar_ref):
+                path.unlink(missing_ok=True)
+
+        results.append(compare(f"pack blobs ({label(total)})", tag, "zip -0",
+                               lambda: run_measured(["zip", "-r", "-0", "-q", str(zip_ref), blobs.name, "-x", "*/.complete"],
+                                                    cwd=str(blobs.parent)),
+                               lambda: run_measured(OURS + ["pack", str(blobs), str(database), str(zip_ours)], env=ENV),
+                               runs, clean_outputs, payload_bytes=total))
+        results.append(compare(f"pack blobs ({label(total)})", tag, "tar",
+                               lambda: run_measured(["tar", "cf", str(tar_ref), "-C", str(blobs.parent), blobs.name]),
+                               lambda: run_measured(OURS + ["pack", str(blobs), str(database), str(zip_ours)], env=ENV),
+                               runs, clean_outputs, payload_bytes=total))
+        run_measured(OURS + ["pack", str(blobs), str(database), str(zip_ours)], env=ENV)
+        run_measured(["tar", "cf", str(tar_ref), "-C", str(blobs.parent), blobs.name])
+        target = work / "unpacked"
+
+        def clean_target():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+
+        results.append(compare(f"unpack blobs ({label(total)})", tag, "unzip",
+                               lambda: run_measured(["unzip", "-q", str(zip_ours), "-d", str(target)]),
+                               lambda: run_measured(OURS + ["unpack", str(zip_ours), str(target / "blobs")], env=ENV),
+                               runs, clean_target, payload_bytes=total))
+        results.append(compare(f"unpack blobs ({label(total)})", tag, "unzip+sync",
+                               lambda: run_measured(["sh", "-c", f"unzip -q '{zip_ours}' -d '{target}' && sync"]),
+                               lambda: run_measured(OURS + ["unpack", str(zip_ours), str(target / "blobs")], env=ENV),
+                               runs, clean_target, payload_bytes=total))
+        results.append(compare(f"unpack blobs ({label(total)})", tag, "tar x",
+                               lambda: run_measured(["tar", "xf", str(tar_ref), "-C", str(target)]),
+                               lambda: run_measured(OURS + ["unpack", str(zip_ours), str(target / "blobs")], env=ENV),
+                               runs, clean_target, payload_bytes=total))
+        clean_outputs()
+        shutil.rmtree(target, ignore_errors=True)
+    return results
+
+
+# --- 4. restore ------------------------------------------------------------------------------------
+
+def bench_restore(sizes, runs, work: Path) -> list[Comparison]:
+    results = []
+    for size in sizes:
+        backup = data.stash_shaped_database(size)
+        place = work / "restore"
+        current = place / "stash-go.sqlite"
+        copy = work / "cp-target.sqlite"
+
+        def reset():
+            shutil.rmtree(place, ignore_errors=True)
+            place.mkdir()
+            data_small = data.stash_shaped_database(16 * MiB)
+            shutil.copyfile(data_small, current)
+            copy.unlink(missing_ok=True)
+
+        ours = [PY, "-m", "stash_backup_plugin.restore", str(backup), "--database", str(current), "--yes",
+                "--stash-stopped"]
+        results.append(compare("restore (verify, swap)", label(size), "cp+quick_check",
+                               lambda: run_measured(["sh", "-c", f"cp '{backup}' '{copy}' && "
+                                                                 f"sqlite3 '{copy}' 'PRAGMA quick_check' >/dev/null"]),
+                               lambda: run_measured(ours, env=ENV), runs, reset, payload_bytes=size))
+        shutil.rmtree(place, ignore_errors=True)
+        copy.unlink(missing_ok=True)
+    return results
+
+
+# --- 5. plugin overhead -----------------------------------------------------------------------------
+
+def bench_plugin(runs, work: Path) -> None:
+    from tests.stash_server.build import NEW_VERSION, build
+    from tests.stash_server.server import StashServer, seed_content
+    stash = StashServer(build(NEW_VERSION), work / "plugin-stash", NEW_VERSION)
+    stash.start()
+    try:
+        seed_content(stash)
+        subprocess.run([PY, "-m", "stash_backup_plugin", "install-plugin", "--plugins-dir", str(stash.plugins),
+                        "--url", stash.url], env=ENV, check=True, capture_output=True)
+        bare, task = [], []
+        for trial in range(runs):
+            started = time.perf_counter()
+            stash.graphql("mutation { backupDatabase(input: {download: false, includeBlobs: true}) }")
+            bare.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            job = _run_task_fast(stash, "Backup database")
+            task.append(time.perf_counter() - started)
+            assert job["status"] == "FINISHED"
+        imports = [run_measured([PY, "-c", "import stash_backup_plugin.plugin"], env=ENV).seconds for _ in range(runs)]
+        bare_python = [run_measured([PY, "-c", "pass"]).seconds for _ in range(runs)]
+    finally:
+        stash.stop()
+    import statistics as st
+    overhead = st.median(task) - st.median(bare)
+    print(f"{'plugin Backup task vs bare mutation':<34} {'':>9}  task {st.median(task):.3f}s ({min(task):.3f}–{max(task):.3f})  "
+          f"bare {st.median(bare):.3f}s ({min(bare):.3f}–{max(bare):.3f})  overhead {overhead:.3f}s "
+          f"[target <= 0.5 s: {'met' if overhead <= 0.5 else 'MISSED'}]")
+    print(f"{'cold import of the plugin entry':<34} {'':>9}  {st.median(imports):.3f}s vs bare python "
+          f"{st.median(bare_python):.3f}s: +{st.median(imports) - st.median(bare_python):.3f}s")
+
+
+def _run_task_fast(stash, task):
+    job_id = stash.graphql('mutation($t: String!) { runPluginTask(plugin_id: "stash-backup", task_name: $t) }',
+                           {"t": task})["runPluginTask"]
+    while True:
+        job = stash.graphql("query($id: ID!) { findJob(input: {id: $id}) { status } }", {"id": job_id})["findJob"]
+        if job is None or job["status"] in ("FINISHED", "FAILED", "CANCELLED"):
+            return job or {"status": "FINISHED"}
+        time.sleep(0.01)
+
+
+# --- driver -----------------------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
+    parser.add_argument("--only", default="download,stash,verify,blobs,restore,plugin")
+    parser.add_argument("--runs", type=int, default=None)
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    if args.quick:
+        plan = dict(download=[32 * MiB], stash=32 * MiB, verify=[16 * MiB], full=[16 * MiB], blobs=[1000],
+                    restore=[16 * MiB], runs=args.runs or 3)
+    else:
+        plan = dict(download=[100 * MiB, GiB, 4 * GiB], stash=GiB, verify=[100 * MiB, GiB], full=[100 * MiB],
+                    blobs=[5000, 50000], restore=[100 * MiB, GiB], runs=args.runs or 5)
+    ensure_tools()
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"{subprocess.run(['sqlite3', '--version'], capture_output=True, text=True).stdout.split()[0]} (sqlite3), "
+          f"{subprocess.run(['curl', '--version'], capture_output=True, text=True).stdout.split()[1]} (curl)")
+    print(f"runs per figure: {plan['runs']} (alternating A/B); ratio = ours / reference time\n", flush=True)
+    results: list[Comparison] = []
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=_work_parent()) as folder:
+        work = Path(folder)
+        if "download" in only:
+            results += bench_download(plan["download"], plan["runs"], work)
+        if "stash" in only:
+            results.append(bench_download_from_stash(plan["stash"], plan["runs"], work))
+        if "verify" in only:
+            results += bench_verify(plan["verify"], plan["runs"], plan["full"])
+        if "blobs" in only:
+            results += bench_blobs(plan["blobs"], plan["runs"], work)
+        if "restore" in only:
+            results += bench_restore(plan["restore"], plan["runs"], work)
+        if "plugin" in only:
+            bench_plugin(plan["runs"], work)
+    _summary(results)
+    return 0
+
+
+def _work_parent() -> str:
+    data.CACHE.mkdir(parents=True, exist_ok=True)
+    return str(data.CACHE)
+
+
+def _summary(results: list[Comparison]) -> None:
+    print("\ntargets:")
+    for result in results:
+        key = next((k for k in TARGETS if result.name.startswith(k)), None)
+        if key is None or "full" in result.name or result.reference_name in ("tar", "tar x", "unzip+sync"):
+            continue
+        met = result.ratio <= TARGETS[key]
+        print(f"  {result.name} {result.size_label} vs {result.reference_name}: {result.ratio:.2f}x "
+              f"(target <= {TARGETS[key]:.2f}x) {'met' if met else 'MISSED'}")
+    rss = [(r.name, r.size_label, max(s.max_rss for s in r.ours) / MiB) for r in results if r.name.startswith("download")]
+    for name, size, peak in rss:
+        print(f"  {name} {size}: peak RSS {peak:.1f} MiB (target <= 64 MiB) {'met' if peak <= 64 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
