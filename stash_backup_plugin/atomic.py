@@ -51,22 +51,35 @@ def temp_path_in(folder: Path, final_name: str) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output(final_path: Path) -> Iterator[tuple[BinaryIO, Path]]:
-    """Yield (file, temp path) to write; on success fsync and rename into place.
-    On any failure the temp file is removed and the final path is untouched."""
-    temp = temp_path_in(final_path.parent, final_path.name)
+def staged_file(folder: Path, final_name: str, buffering: int = -1) -> Iterator[tuple[BinaryIO, Path]]:
+    """Yield (file, temp path): a unique temp file beside where `final_name` will go,
+    fsynced when the block ends. On any failure it is removed; on success the caller
+    checks it and then commits it (or discards it)."""
+    temp = temp_path_in(folder, final_name)
     try:
-        with open(temp, "r+b") as handle:
+        with open(temp, "r+b", buffering=buffering) as handle:
             yield handle, temp
             handle.flush()
             os.fsync(handle.fileno())
+    except OSError as error:
+        discard(temp)
+        raise storage_error("write", temp, error) from error
+    except BaseException:
+        discard(temp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_output(final_path: Path) -> Iterator[tuple[BinaryIO, Path]]:
+    """Yield (file, temp path) to write; on success it is renamed into place, durably.
+    On any failure the final path is untouched."""
+    with staged_file(final_path.parent, final_path.name) as (handle, temp):
+        yield handle, temp
+    try:
         commit(temp, final_path)
     except OSError as error:
         discard(temp)
         raise storage_error("write", final_path, error) from error
-    except BaseException:
-        discard(temp)
-        raise
 
 
 def commit(temp: Path, final_path: Path) -> None:

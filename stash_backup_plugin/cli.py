@@ -21,7 +21,7 @@ from .graphql_client import StashClient
 from .install import DEFAULT_PLUGIN_ID, build_package, install_plugin
 from .retention import Policy, parse_duration
 from .sqlite_check import FULL, QUICK
-from .terminal import TerminalReporter
+from .terminal import TerminalReporter, run_command
 from .verify import require_blobs, verify_backup
 
 DEFAULT_ARCHIVE = "~/stash-backup-archive"
@@ -199,17 +199,9 @@ COMMANDS = {"backup": cmd_backup, "download": cmd_download, "list": cmd_list, "v
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     secrets = [args.api_key] if args.api_key else []
-    report = TerminalReporter(quiet=args.quiet, redact=lambda text: redact(text, secrets))
-    try:
-        return COMMANDS[args.command](args, report)
-    except StashBackupError as error:
-        report.error(redact(str(error), secrets))
-        return error.exit_code
-    except KeyboardInterrupt:
-        report.error("interrupted; nothing partial was kept")
-        return 130
-    finally:
-        report.finish()
+    hide = lambda text: redact(text, secrets)  # noqa: E731
+    report = TerminalReporter(quiet=args.quiet, redact=hide)
+    return run_command(report, lambda: COMMANDS[args.command](args, report), redact=hide)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import requests
 
-from .atomic import discard, storage_error, temp_path_in
+from .atomic import staged_file
 from .errors import AuthError, DownloadError, LinkExpiredError
 
 CHUNK = 1024 * 1024
@@ -99,20 +99,12 @@ def download(session: requests.Session, url: str, folder: Path, final_name: str,
              max_resumes: int = MAX_RESUMES, read_timeout: float = READ_TIMEOUT,
              pause: Callable[[float], None] = time.sleep) -> Downloaded:
     """Fetch `url` into a temp file in `folder`. On any failure the temp file is gone."""
-    temp = temp_path_in(folder, final_name)
     hasher = _BackgroundHasher()
     try:
-        with open(temp, "r+b", buffering=0) as handle:
+        with staged_file(folder, final_name, buffering=0) as (handle, temp):
             state = _State(handle, hasher)
             resumes = _fetch_with_resumes(session, url, state, progress, max_resumes, read_timeout, pause)
-            os.fsync(handle.fileno())
         return Downloaded(temp, state.received, hasher.hexdigest(), resumes)
-    except OSError as error:
-        discard(temp)
-        raise storage_error("write", temp, error) from error
-    except BaseException:
-        discard(temp)
-        raise
     finally:
         hasher.close()
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 from . import fullbackup
 from .archive import Archive, Entry, entry_from_name, utc_now
-from .atomic import discard, storage_error, temp_path_in
+from .atomic import discard, staged_file
 from .download import Downloaded, download
 from .errors import (ConfigError, DownloadError, LinkExpiredError, StashBackupError,
                      VerificationError)
@@ -169,8 +169,7 @@ def _fetch_and_pack_blobs(client, archive: Archive, info: ServerInfo, options: D
         raise ConfigError(f"blobs are stored on the filesystem at {blobs_path or '(unknown)'}, which is not readable "
                           "here: run on the Stash host, pass --blobs-path DIR, or use --no-blobs")
     fetched, name = _request_and_download(client, archive.folder, None, report.phase(0.0, 0.4))
-    zip_name = zip_name_for(name)
-    packed = temp_path_in(archive.folder, zip_name)
+    zip_name, packed = zip_name_for(name), None
     try:
         database = check_database(fetched.temp_path, options.check_level)
         blob_files, missing = _blob_files(database.blobs_on_filesystem, blobs_path)
@@ -178,7 +177,7 @@ def _fetch_and_pack_blobs(client, archive: Archive, info: ServerInfo, options: D
             report.warning(f"{len(missing)} blob(s) the database refers to are missing from {blobs_path} "
                            f"(e.g. {missing[0]}): the backup cannot hold them")
         database_member = Path(info.database_path).name if info.database_path else name.split(".")[0]
-        _pack(packed, fetched, database_member, blob_files, report.phase(0.4, 0.7))
+        packed = _pack(archive.folder, zip_name, fetched, database_member, blob_files, report.phase(0.4, 0.7))
         discard(fetched.temp_path)
         verified = verify_backup(packed, options.check_level,
                                  progress=report.phase(0.7, 1.0).bytes_progress("verifying"))
@@ -187,10 +186,13 @@ def _fetch_and_pack_blobs(client, archive: Archive, info: ServerInfo, options: D
         return archive.add(packed, entry)
     finally:
         discard(fetched.temp_path)
-        discard(packed)
+        if packed:
+            discard(packed)
 
 
-def _pack(packed: Path, fetched: Downloaded, database_member: str, blob_files, report: Reporter) -> None:
+def _pack(folder: Path, zip_name: str, fetched: Downloaded, database_member: str, blob_files,
+          report: Reporter) -> Path:
+    """The full-backup zip, in a temp file beside its final place."""
     total = fetched.size + sum(p.stat().st_size for _, p in blob_files)
     done = [0]
 
@@ -198,13 +200,9 @@ def _pack(packed: Path, fetched: Downloaded, database_member: str, blob_files, r
         done[0] += count
         report.progress(done[0] / total if total else 1.0, "packing blobs")
 
-    try:
-        with open(packed, "r+b") as handle:
-            fullbackup.write_full_backup(handle, fetched.temp_path, database_member, blob_files, advance)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as error:
-        raise storage_error("write", packed, error) from error
+    with staged_file(folder, zip_name) as (handle, packed):
+        fullbackup.write_full_backup(handle, fetched.temp_path, database_member, blob_files, advance)
+    return packed
 
 
 def _blob_files(checksums: set[str], blobs_path: Path) -> tuple[list[tuple[str, Path]], list[str]]:

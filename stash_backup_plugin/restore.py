@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import fullbackup, swap
-from .atomic import discard, fsync_dir, fsync_file, remove_stale_temps, storage_error, temp_path_in
+from .atomic import discard, fsync_dir, fsync_file, remove_stale_temps, staged_file, storage_error, temp_path_in
 from .errors import RestoreRefused, StorageError, UsageError, VerificationError
 from .naming import TEMP_MARKER, blob_relative_path
 from .reporting import Reporter, human_size
@@ -310,27 +310,17 @@ def _confirm(options: RestoreOptions, question: str) -> None:
 def _stage_database(backup: Path, inspection: _Inspection, target: Target, report: Reporter) -> Path:
     """The new database as a unique temp file beside the target, fsynced."""
     target.database.parent.mkdir(parents=True, exist_ok=True)
-    staged = temp_path_in(target.database.parent, target.database.name)
-    try:
-        with open(staged, "r+b") as out:
-            if inspection.kind == "zip":
-                with zipfile.ZipFile(backup) as archive:
-                    fullbackup.copy_member(archive, inspection.database_member, out)
-            else:
-                with open(backup, "rb") as source:
-                    shutil.copyfileobj(source, out, 4 * 1024 * 1024)
-            out.flush()
-            os.fsync(out.fileno())
+    with staged_file(target.database.parent, target.database.name) as (out, staged):
+        if inspection.kind == "zip":
+            with zipfile.ZipFile(backup) as archive:
+                fullbackup.copy_member(archive, inspection.database_member, out)
+        else:
+            with open(backup, "rb") as source:
+                shutil.copyfileobj(source, out, 4 * 1024 * 1024)
         _match_ownership(staged, target.database)
-        swap.crash_point("staged")
-        report.progress(1.0)
-        return staged
-    except OSError as error:
-        discard(staged)
-        raise storage_error("write", staged, error) from error
-    except BaseException:
-        discard(staged)
-        raise
+    swap.crash_point("staged")
+    report.progress(1.0)
+    return staged
 
 
 def _match_ownership(path: Path, like: Path) -> None:

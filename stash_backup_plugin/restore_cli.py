@@ -18,13 +18,13 @@ from typing import Optional
 
 from . import restore as engine
 from .archive import Archive
-from .errors import StashBackupError, UsageError, VerificationError
+from .errors import UsageError, VerificationError
 from .naming import is_temp_name, parse_backup_name
 from .reporting import human_size
 from .salvage import salvage
 from .sqlite_check import CHECK_LEVELS, QUICK
 from .stash_config import FILESYSTEM, StashConfig, find_config_file, load_config
-from .terminal import TerminalReporter
+from .terminal import TerminalReporter, run_command
 
 ARCHIVE_FOLDER_NAME = "stash-backup-archive"  # the plugin's default, beside config.yml
 
@@ -144,37 +144,33 @@ def cmd_salvage(args, report) -> int:
     return 0
 
 
+def _run(args, report) -> int:
+    if args.salvage:
+        return cmd_salvage(args, report)
+    target = _target(args, report)
+    options = engine.RestoreOptions(dry_run=args.dry_run, assume_yes=args.yes,
+                                    allow_newer_schema=args.allow_newer_schema, stash_stopped=args.stash_stopped,
+                                    check_level=args.check,
+                                    confirm=_confirm_on_terminal if sys.stdin.isatty() else None)
+    if args.list:
+        return cmd_list(args, target)
+    if args.undo:
+        engine.undo(target, options, report)
+        return 0
+    if not args.backup:
+        raise UsageError("give a BACKUP to restore (see stash-restore --list), or --undo, --list or --salvage")
+    try:
+        engine.restore(_resolve_backup(args.backup, args, target), target, options, report)
+    except VerificationError as error:
+        raise VerificationError(f"{error}. The backup was refused: nothing was changed") from None
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     report = TerminalReporter()
-    try:
-        if args.salvage:
-            return cmd_salvage(args, report)
-        target = _target(args, report)
-        options = engine.RestoreOptions(dry_run=args.dry_run, assume_yes=args.yes,
-                                        allow_newer_schema=args.allow_newer_schema, stash_stopped=args.stash_stopped,
-                                        check_level=args.check,
-                                        confirm=_confirm_on_terminal if sys.stdin.isatty() else None)
-        if args.list:
-            return cmd_list(args, target)
-        if args.undo:
-            engine.undo(target, options, report)
-            return 0
-        if not args.backup:
-            raise UsageError("give a BACKUP to restore (see stash-restore --list), or --undo, --list or --salvage")
-        engine.restore(_resolve_backup(args.backup, args, target), target, options, report)
-        return 0
-    except VerificationError as error:
-        report.error(f"{error}. The backup was refused: nothing was changed")
-        return 1
-    except StashBackupError as error:
-        report.error(str(error))
-        return error.exit_code
-    except KeyboardInterrupt:
-        report.error("interrupted: run the same command again to finish or roll back")
-        return 130
-    finally:
-        report.finish()
+    return run_command(report, lambda: _run(args, report),
+                       interrupted="interrupted: run the same command again to finish or roll back")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Callable, TextIO
 
+from .errors import StashBackupError
 from .reporting import Reporter
 
 BAR_WIDTH = 30
@@ -52,3 +53,18 @@ class TerminalReporter(Reporter):
         if self._bar_shown:
             self._stream.write("\r\x1b[K")
             self._bar_shown = False
+
+
+def run_command(report: TerminalReporter, action: Callable[[], int], redact=lambda text: text,
+                interrupted: str = "interrupted; nothing partial was kept") -> int:
+    """The CLIs' edge: typed errors become one line on stderr and an exit code."""
+    try:
+        return action()
+    except StashBackupError as error:
+        report.error(redact(str(error)))
+        return error.exit_code
+    except KeyboardInterrupt:
+        report.error(interrupted)
+        return 130
+    finally:
+        report.finish()

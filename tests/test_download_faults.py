@@ -108,7 +108,7 @@ def test_redirect_to_another_host_is_refused_and_the_key_never_leaves(tmp_path):
 
 def test_full_disk_is_a_one_line_storage_error(tmp_path, monkeypatch):
     import errno
-    from stash_backup_plugin import download as module
+    from stash_backup_plugin import atomic as module
     from stash_backup_plugin.errors import StorageError
 
     class FullDisk:
