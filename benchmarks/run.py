@@ -216,6 +216,9 @@ def bench_restore(sizes, runs, work: Path) -> list[Comparison]:
                                lambda: run_measured(["sh", "-c", f"cp '{backup}' '{copy}' && "
                                                                  f"sqlite3 '{copy}' 'PRAGMA quick_check' >/dev/null"]),
                                lambda: run_measured(ours, env=ENV), runs, reset, payload_bytes=size))
+        results.append(compare("restore (verify, swap)", label(size), "cp",
+                               lambda: run_measured(["cp", str(backup), str(copy)]),
+                               lambda: run_measured(ours, env=ENV), runs, reset, payload_bytes=size))
         shutil.rmtree(place, ignore_errors=True)
         copy.unlink(missing_ok=True)
     return results
@@ -271,6 +274,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
     parser.add_argument("--only", default="download,stash,verify,blobs,restore,plugin")
     parser.add_argument("--runs", type=int, default=None)
+    parser.add_argument("--large", action="store_true", help="add 4 GiB databases and 100k blobs (slow to generate)")
     args = parser.parse_args()
     only = set(args.only.split(","))
     if args.quick:
@@ -279,6 +283,10 @@ def main() -> int:
     else:
         plan = dict(download=[100 * MiB, GiB, 4 * GiB], stash=GiB, verify=[100 * MiB, GiB], full=[100 * MiB],
                     blobs=[5000, 50000], restore=[100 * MiB, GiB], runs=args.runs or 5)
+        if args.large:
+            plan["verify"].append(4 * GiB)
+            plan["restore"].append(4 * GiB)
+            plan["blobs"].append(100000)
     ensure_tools()
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{subprocess.run(['sqlite3', '--version'], capture_output=True, text=True).stdout.split()[0]} (sqlite3), "
@@ -312,7 +320,7 @@ def _summary(results: list[Comparison]) -> None:
     print("\ntargets:")
     for result in results:
         key = next((k for k in TARGETS if result.name.startswith(k)), None)
-        if key is None or "full" in result.name or result.reference_name in ("tar", "tar x", "unzip+sync"):
+        if key is None or "full" in result.name or result.reference_name in ("tar", "tar x", "unzip+sync", "cp"):
             continue
         met = result.ratio <= TARGETS[key]
         print(f"  {result.name} {result.size_label} vs {result.reference_name}: {result.ratio:.2f}x "

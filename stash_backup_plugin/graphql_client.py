@@ -13,6 +13,11 @@ from gql.transport.exceptions import (TransportProtocolError, TransportQueryErro
 from gql.transport.requests import RequestsHTTPTransport
 
 try:
+    from gql import GraphQLRequest
+except ImportError:  # gql 3 passes variables to execute() instead
+    GraphQLRequest = None
+
+try:
     from gql.transport.exceptions import TransportConnectionFailed as _ConnectionFailed
 except ImportError:  # gql 3
     class _ConnectionFailed(Exception):
@@ -87,7 +92,9 @@ class StashClient:
         transport = session.transport
         transport.default_timeout = transport.timeout = timeout or self._timeout
         try:
-            return session.execute(document, variable_values=variables)
+            if GraphQLRequest is None:  # gql 3
+                return session.execute(document, variable_values=variables)
+            return session.execute(GraphQLRequest(document, variable_values=variables))
         except TransportServerError as error:
             raise self._server_error(getattr(error, "code", None), str(error)) from None
         except TransportQueryError as error:
