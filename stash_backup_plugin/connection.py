@@ -71,10 +71,12 @@ def normalise_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
-def from_plugin_input(server_connection: dict, api_key: Optional[str] = None) -> Connection:
+def from_plugin_input(server_connection: dict, api_key: Optional[str] = None,
+                      certificate: Optional[Path] = None) -> Connection:
     """The connection a plugin process is given on stdin. The bind address 0.0.0.0
     (or ::) means loopback; an API key from config.yml wins over the session cookie,
-    which expires."""
+    which expires. Over https the server's own certificate (`certificate`, default
+    stash.crt in its config folder) is pinned."""
     scheme = server_connection.get("Scheme") or "http"
     host = str(server_connection.get("Host") or "")
     host = _WILDCARD_HOSTS.get(host, host)
@@ -84,7 +86,7 @@ def from_plugin_input(server_connection: dict, api_key: Optional[str] = None) ->
     cookie = (server_connection.get("SessionCookie") or {}).get("Value")
     pinned = None
     if scheme == "https":
-        pinned = certificate_fingerprint(Path(server_connection.get("Dir") or ".") / "stash.crt")
+        pinned = certificate_fingerprint(certificate or Path(server_connection.get("Dir") or ".") / "stash.crt")
     return Connection(f"{scheme}://{host}:{port}", api_key or None, cookie or None, pinned)
 
 

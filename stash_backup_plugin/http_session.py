@@ -47,7 +47,11 @@ def harden(session: requests.Session, connection: Connection) -> requests.Sessio
     if connection.pinned_certificate:
         session.mount("https://", _PinnedAdapter(connection.pinned_certificate))
         # The fingerprint replaces CA and name checks; urllib3 still enforces it.
+        # trust_env off: REQUESTS_CA_BUNDLE would otherwise switch CA checks back on
+        # (requests lets it override session.verify), and a plugin on loopback needs
+        # no proxy from the environment.
         session.verify = False
+        session.trust_env = False
     return session
 
 

@@ -17,7 +17,7 @@ from .graphql_client import StashClient
 from .plugin_protocol import PluginLogReporter, encode_output, read_input
 from .retention import Policy, parse_duration
 from .sqlite_check import FULL, QUICK
-from .stash_config import load_config
+from .stash_config import StashConfig, load_config
 
 ARCHIVE_FOLDER_NAME = "stash-backup-archive"
 MODES = ("backup", "download", "verify", "retention")
@@ -81,15 +81,30 @@ def plugin_id(plugin_dir: Path) -> str:
     return chosen[0].stem
 
 
-def _api_key_from_config(config_dir: Optional[str]) -> Optional[str]:
-    """The API key, when Stash has one: it does not expire like the session cookie."""
+def _stash_config(config_dir: Optional[str]) -> Optional[StashConfig]:
     if not config_dir:
         return None
     path = Path(config_dir) / "config.yml"
     try:
-        return load_config(path).get("api_key") if path.is_file() else None
+        return load_config(path) if path.is_file() else None
     except ConfigError:
         return None
+
+
+def _api_key(config: Optional[StashConfig]) -> Optional[str]:
+    """The API key, when Stash has one: it does not expire like the session cookie."""
+    return config.get("api_key") if config else None
+
+
+def _certificate(config: Optional[StashConfig], config_dir: Optional[str]) -> Optional[Path]:
+    """Where Stash finds its TLS certificate: ssl_cert_path, else stash.crt in its
+    config folder, else in ~/.stash (Config.InitTLS)."""
+    if config and config.get("ssl_cert_path"):
+        return Path(config.get("ssl_cert_path"))
+    for folder in (Path(config_dir or "."), Path.home() / ".stash"):
+        if (folder / "stash.crt").is_file():
+            return folder / "stash.crt"
+    return None
 
 
 def run_task(payload: dict, reporter: PluginLogReporter) -> str:
@@ -98,7 +113,8 @@ def run_task(payload: dict, reporter: PluginLogReporter) -> str:
     mode = str(args.get("mode", "")).strip()
     if mode not in MODES:
         raise UsageError(f"unknown task mode {mode!r}: the plugin manifest must set mode to one of {', '.join(MODES)}")
-    connection = from_plugin_input(server, _api_key_from_config(server.get("Dir")))
+    config = _stash_config(server.get("Dir"))
+    connection = from_plugin_input(server, _api_key(config), _certificate(config, server.get("Dir")))
     with StashClient(connection) as client:
         values = client.plugin_settings(plugin_id(Path(server.get("PluginDir") or ".")))
         values.update({k: v for k, v in args.items() if k != "mode"})
@@ -134,7 +150,7 @@ def main(stdin=None, stdout=None, stderr=None) -> int:
     try:
         payload = read_input(stdin)
         cookie = ((payload.get("server_connection") or {}).get("SessionCookie") or {}).get("Value")
-        secrets.extend(s for s in (cookie, _api_key_from_config((payload.get("server_connection") or {}).get("Dir"))) if s)
+        secrets.extend(s for s in (cookie, _api_key(_stash_config((payload.get("server_connection") or {}).get("Dir")))) if s)
         output = run_task(payload, reporter)
     except StashBackupError as error:
         message = redact(str(error), secrets)

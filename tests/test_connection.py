@@ -63,3 +63,53 @@ def test_https_plugin_connection_pins_the_servers_certificate(tmp_path):
 
 def test_redact_removes_every_secret():
     assert redact("key=abc123 cookie=zzz", ["abc123", "zzz", ""]) == "key=[redacted] cookie=[redacted]"
+
+
+def _certificate(folder, name):
+    import subprocess
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                    "-keyout", str(folder / f"{name}.key"), "-out", str(folder / f"{name}.crt"), "-days", "2"],
+                   check=True, capture_output=True)
+    return folder / f"{name}.crt", folder / f"{name}.key"
+
+
+def _tls_server(cert, key):
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Hello(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hello)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_pinned_session_accepts_only_the_servers_own_certificate(tmp_path, monkeypatch):
+    import requests
+    from stash_backup_plugin.http_session import new_session
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")  # must not re-enable CA checks
+    real_cert, real_key = _certificate(tmp_path, "stash.example")
+    other_cert, _ = _certificate(tmp_path, "attacker.example")
+    server = _tls_server(real_cert, real_key)
+    try:
+        port = server.server_address[1]
+        (tmp_path / "stash.crt").write_bytes(real_cert.read_bytes())
+        good = from_plugin_input({"Scheme": "https", "Host": "0.0.0.0", "Port": port, "Dir": str(tmp_path)})
+        assert new_session(good).get(f"{good.base_url}/x", timeout=5).text == "hello"
+        bad = from_plugin_input({"Scheme": "https", "Host": "0.0.0.0", "Port": port}, certificate=other_cert)
+        with pytest.raises(requests.exceptions.SSLError):
+            new_session(bad).get(f"{bad.base_url}/x", timeout=5)
+    finally:
+        server.shutdown()

@@ -159,3 +159,13 @@ def test_plugin_installed_under_another_id_reads_its_own_settings(stash_server_f
     job = server.run_plugin_task("my-backups", "Download backup to archive")
     assert job["status"] == "FINISHED"
     assert len(list((tmp_path / "mine").glob("stash-go.sqlite.*"))) == 1
+
+
+def test_plugin_talks_https_to_a_server_whose_certificate_names_another_host(stash_server_factory, stash_version):
+    """Stash serves https with stash.crt, which names the public host, not 127.0.0.1:
+    the plugin pins that very certificate instead of turning verification off."""
+    server = stash_server_factory(stash_version, tls=True)
+    seed_content(server)
+    messages = run_task(server, "Download backup to archive")
+    assert manifest(server)[0]["verified_ok"], messages
+    assert not any(level == "Error" for level, _ in messages)

@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import Optional
 
 import requests
+import urllib3
 import yaml
+
+# The harness talks to its own throwaway servers, some with self-signed certificates.
+urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
 START_TIMEOUT = 90
 
@@ -43,6 +47,9 @@ class StashServer:
     api_key: Optional[str] = None
     process: Optional[subprocess.Popen] = None
     extra_config: dict = field(default_factory=dict)
+    # Serve https with a self-signed certificate named for another host, as a user's
+    # stash.crt usually is: clients on 127.0.0.1 cannot check it by name.
+    tls: bool = False
 
     # --- layout -------------------------------------------------------------
     @property
@@ -75,7 +82,14 @@ class StashServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def _make_certificate(self) -> None:
+        if (self.root / "stash.crt").exists():
+            return
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=stash.example.org",
+                        "-keyout", str(self.root / "stash.key"), "-out", str(self.root / "stash.crt"), "-days", "3"],
+                       check=True, capture_output=True)
 
     def write_config(self) -> None:
         for folder in (self.root, self.blobs, self.backups, self.plugins, self.generated, self.root / "cache"):
@@ -108,6 +122,8 @@ class StashServer:
         if self.process and self.process.poll() is None:
             return self
         self.write_config()
+        if self.tls:
+            self._make_certificate()
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [str(self.binary), "--config", str(self.config_path), "--nobrowser"],
@@ -124,7 +140,7 @@ class StashServer:
             if self.process.poll() is not None:
                 raise StashServerError(f"Stash {self.version} exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                if requests.get(f"{self.url}/healthz", timeout=2).ok:
+                if requests.get(f"{self.url}/healthz", timeout=2, verify=False).ok:
                     status = self.graphql("{ systemStatus { status } }")["systemStatus"]["status"]
                     if status == "OK":
                         return
@@ -162,7 +178,7 @@ class StashServer:
         key = self.api_key if api_key == "default" else api_key
         headers = {"ApiKey": key} if key else {}
         response = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}},
-                                 headers=headers, timeout=timeout)
+                                 headers=headers, timeout=timeout, verify=False)
         if response.status_code != 200:
             raise StashServerError(f"HTTP {response.status_code}: {response.text[:300]}")
         body = response.json()
@@ -178,6 +194,7 @@ class StashServer:
         # From now on every request needs credentials: log in for a session cookie,
         # then ask for the key with it.
         with requests.Session() as browser:
+            browser.verify = False
             login = browser.post(f"{self.url}/login", data={"username": username, "password": password},
                                  allow_redirects=False, timeout=30)
             if "session" not in browser.cookies:
@@ -250,7 +267,7 @@ def seed_content(server: StashServer, performers: int = 3, prefix: str = "") -> 
 
 def performer_image(server: StashServer, performer_id: str) -> bytes:
     headers = {"ApiKey": server.api_key} if server.api_key else {}
-    response = requests.get(f"{server.url}/performer/{performer_id}/image", headers=headers, timeout=30)
+    response = requests.get(f"{server.url}/performer/{performer_id}/image", headers=headers, timeout=30, verify=False)
     response.raise_for_status()
     return response.content
 
