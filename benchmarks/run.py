@@ -109,14 +109,15 @@ def bench_download_from_stash(size, runs, work: Path) -> Comparison:
     connection.close()
     stash.start()
     out = work / "stash-out"
-    result = Comparison("download (real Stash /downloads)", label(size), reference_name="curl")
+    result = Comparison("download (real Stash /downloads)", label(size), reference_name="curl+fsync")
     try:
         for trial in range(runs):
             link = stash.graphql("mutation { backupDatabase(input: {download: true}) }")["backupDatabase"]
             name = link.rsplit("/", 1)[1]
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
-            order = [("reference", lambda: run_measured(["curl", "-sf", "-o", str(out / ("c-" + name)), link])),
+            copy = out / ("c-" + name)
+            order = [("reference", lambda: run_measured(["sh", "-c", f"curl -sf -o '{copy}' '{link}' && sync '{copy}'"])),
                      ("ours", lambda: run_measured(OURS + ["fetch", link, str(out)], env=ENV))]
             for which, action in (order if trial % 2 == 0 else order[::-1]):
                 getattr(result, which).append(action())
