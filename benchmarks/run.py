@@ -315,7 +315,7 @@ def main() -> int:
             results += bench_restore(plan["restore"], plan["runs"], work)
         if "plugin" in only:
             bench_plugin(plan["runs"], work)
-    _summary(results)
+    _summary(results, args.quick)
     return 0
 
 
@@ -324,8 +324,9 @@ def _work_parent() -> str:
     return str(data.CACHE)
 
 
-def _summary(results: list[Comparison]) -> None:
-    print("\ntargets:")
+def _summary(results: list[Comparison], quick: bool) -> None:
+    print("\ntargets:" + (" (quick sizes: a fixed ~0.1-0.2 s Python start-up dominates; the targets are for the "
+                           "full sizes, see the README)" if quick else ""))
     for result in results:
         key = next((k for k in TARGETS if result.name.startswith(k)), None)
         if key is None or "full" in result.name or result.reference_name in ("tar", "tar x", "unzip+sync", "cp", "cp+quick_check+sync"):
