@@ -4,7 +4,6 @@ The caller verifies the temp file and then commits it (atomic.commit) or discard
 from __future__ import annotations
 
 import hashlib
-import os
 import queue
 import re
 import threading

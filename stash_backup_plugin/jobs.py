@@ -3,7 +3,6 @@ into the archive, re-verify the archive, apply retention. The plugin and the CLI
 are thin layers over these functions."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path

@@ -11,7 +11,7 @@ from typing import Optional
 
 from . import jobs
 from .archive import Archive
-from .connection import Connection, from_plugin_input, redact
+from .connection import from_plugin_input, redact
 from .errors import ConfigError, StashBackupError, UsageError
 from .graphql_client import StashClient
 from .plugin_protocol import PluginLogReporter, encode_output, read_input

@@ -20,9 +20,9 @@ from typing import Callable, Optional
 
 from . import fullbackup, swap
 from .atomic import discard, fsync_dir, fsync_file, remove_stale_temps, staged_file, storage_error, temp_path_in
-from .errors import RestoreRefused, StorageError, UsageError, VerificationError
+from .errors import RestoreRefused, UsageError, VerificationError
 from .naming import TEMP_MARKER, blob_relative_path
-from .reporting import Reporter, human_size
+from .reporting import Reporter
 from .restore_plan import Plan, RestoreFacts, build_plan, space_refusal
 from .sqlite_check import QUICK, check_database, has_sqlite_header, read_schema_version
 from .stash_config import FILESYSTEM, StashConfig
@@ -67,7 +67,6 @@ class RestoreResult:
     aside: Optional[Path] = None
     blobs_written: int = 0
     blobs_kept: int = 0
-    messages: list[str] = field(default_factory=list)
 
 
 # --- guards ---------------------------------------------------------------------------
@@ -270,8 +269,8 @@ def restore(backup: Path, target: Target, options: RestoreOptions, report: Repor
             return result
         _confirm(options, "Restore now?")
         ensure_stash_stopped(target, options)  # the user may have taken a while to answer
-        written, kept = _extract_blobs(backup, blobs_to_write, target, aside, report.phase(0.6, 0.9))
-        result.blobs_written, result.blobs_kept = written, facts.blobs_already_present + kept
+        result.blobs_written = _extract_blobs(backup, blobs_to_write, target, aside, report.phase(0.6, 0.9))
+        result.blobs_kept = facts.blobs_already_present
         journal = swap.Journal(kind="restore", database=str(target.database), aside=str(aside),
                                current=swap.current_inodes(target.database),
                                incoming={"": [str(staged), swap.inode(staged)]}, source=str(backup),
@@ -351,11 +350,11 @@ def _match_ownership(path: Path, like: Path) -> None:
         os.chown(path, info.st_uid, info.st_gid)
 
 
-def _extract_blobs(backup: Path, blobs: list, target: Target, aside: Path, report: Reporter) -> tuple[int, int]:
+def _extract_blobs(backup: Path, blobs: list, target: Target, aside: Path, report: Reporter) -> int:
     """Blobs go in through temp files (MD5 checked), one sync per batch, then renames.
     A different file already under a blob's name is damaged: it moves aside."""
     if not blobs:
-        return 0, 0
+        return 0
     written = 0
     with zipfile.ZipFile(backup) as archive:
         for start in range(0, len(blobs), BLOB_BATCH):
@@ -374,7 +373,7 @@ def _extract_blobs(backup: Path, blobs: list, target: Target, aside: Path, repor
                 fsync_dir(folder)
             report.progress(written / len(blobs), "extracting blobs")
             swap.crash_point("blobs-batch")
-    return written, 0
+    return written
 
 
 def _stage_blob(archive: zipfile.ZipFile, checksum: str, info, blobs_path: Path) -> tuple[str, Path]:

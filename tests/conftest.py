@@ -4,14 +4,13 @@ fails them loudly, it never skips them."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.stash_server.build import NEW_VERSION, OLD_VERSION, PINNED_VERSIONS, build
+from tests.stash_server.build import PINNED_VERSIONS, build
 from tests.stash_server.server import StashServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,5 +84,3 @@ def run_cli(*args: str, env: dict | None = None, module: str = "stash_backup_plu
 def run_restore(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return run_cli(*args, module="stash_backup_plugin.restore", **kwargs)
 
-
-__all__ = ["NEW_VERSION", "OLD_VERSION", "run_cli", "run_restore", "install_plugin_into", "shutil"]

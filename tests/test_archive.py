@@ -6,7 +6,7 @@ import pytest
 
 from stash_backup_plugin.archive import Archive, Entry
 from stash_backup_plugin.atomic import temp_path_in
-from stash_backup_plugin.errors import StorageError, UsageError
+from stash_backup_plugin.errors import StorageError
 
 
 def entry(name="stash-go.sqlite.75.20261126_180102", created="2026-11-26T18:01:02", ok=True):

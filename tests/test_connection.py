@@ -51,7 +51,6 @@ def test_api_key_wins_over_the_session_cookie():
 
 
 def test_https_plugin_connection_pins_the_servers_certificate(tmp_path):
-    ssl = pytest.importorskip("ssl")
     import subprocess
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=stash.example",
                     "-keyout", str(tmp_path / "stash.key"), "-out", str(tmp_path / "stash.crt"), "-days", "2"],

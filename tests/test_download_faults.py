@@ -4,7 +4,6 @@ import hashlib
 import os
 
 import pytest
-import requests
 
 from stash_backup_plugin.connection import Connection
 from stash_backup_plugin.download import download

@@ -1,6 +1,5 @@
 """The stash-backup CLI against real Stash servers, with and without credentials."""
 import json
-import os
 import socket
 
 import pytest

@@ -1,9 +1,5 @@
 """When the single-use link has expired, the job asks Stash for a fresh backup
 (a local server plays Stash: a real one cannot be made to expire a link on demand)."""
-import json
-import os
-import sqlite3
-
 import pytest
 
 from stash_backup_plugin import jobs

@@ -3,7 +3,6 @@ with nothing changed, the swap with its side files, undo, and the CLI's errors."
 import hashlib
 import os
 import sqlite3
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from stash_backup_plugin.stash_config import load_config
 
 from .conftest import run_restore
 from .restore_fixtures import make_install
-from .stashlike import make_database, make_full_backup, names_in, vacuum_copy
+from .stashlike import make_database, names_in
 
 
 def snapshot(folder: Path) -> dict:

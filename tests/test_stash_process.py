@@ -1,6 +1,4 @@
 """Telling that Stash is running: locks, the process table and the port."""
-import os
-import socket
 import subprocess
 import sys
 import threading
