@@ -161,11 +161,13 @@ def stage_and_verify(backup: Path, inspection: _Inspection, target: Target, leve
 
 
 def gather_facts(backup: Path, inspection: _Inspection, target: Target, options: RestoreOptions,
-                 aside: Path) -> tuple[RestoreFacts, list[tuple[str, zipfile.ZipInfo]]]:
+                 aside: Path, read_blobs: bool = True) -> tuple[RestoreFacts, list[tuple[str, zipfile.ZipInfo]]]:
+    """Facts for the plan. Without `read_blobs` an existing blob of the right size counts
+    as present (cheap, for the early space check); with it, its MD5 decides."""
     blobs_to_write, present = [], 0
     for checksum, info in sorted(inspection.blob_members.items()):
         existing = target.blobs_path / blob_relative_path(checksum) if target.blobs_path else None
-        if existing and existing.is_file() and _md5(existing) == checksum:
+        if existing and _blob_present(existing, checksum, info.file_size, read_blobs):
             present += 1
         else:
             blobs_to_write.append((checksum, info))
@@ -186,6 +188,15 @@ def gather_facts(backup: Path, inspection: _Inspection, target: Target, options:
         same_disk=_same_disk(target.database.parent, target.blobs_path),
         allow_newer_schema=options.allow_newer_schema)
     return facts, blobs_to_write
+
+
+def _blob_present(path: Path, checksum: str, size: int, read: bool) -> bool:
+    try:
+        if path.stat().st_size != size:
+            return False
+    except OSError:
+        return False
+    return _md5(path) == checksum if read else True
 
 
 def _md5(path: Path) -> str:
@@ -248,7 +259,7 @@ def restore(backup: Path, target: Target, options: RestoreOptions, report: Repor
         report.warning("an interrupted restore is pending: the real run will finish or roll it back first")
     inspection = read_backup(backup)
     aside = aside_folder_for(target.database)
-    early, _ = gather_facts(backup, inspection, target, options, aside)
+    early, _ = gather_facts(backup, inspection, target, options, aside, read_blobs=False)
     space = space_refusal(early)  # before writing anything, even a temp file
     if space:
         raise RestoreRefused(space + " (nothing was changed)")
