@@ -15,6 +15,8 @@ from .errors import StorageError, UsageError
 from .naming import is_temp_name, parse_backup_name, with_counter
 
 MANIFEST_NAME = "manifest.json"
+# The plugin's default archive, beside Stash's config.yml; stash-restore looks there too.
+DEFAULT_FOLDER_NAME = "stash-backup-archive"
 LOCK_NAME = ".stash-backup.lock"
 FORMAT = 1
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import jobs
-from .archive import Archive
+from .archive import DEFAULT_FOLDER_NAME, Archive
 from .connection import from_plugin_input, redact
 from .errors import ConfigError, StashBackupError, UsageError
 from .graphql_client import StashClient
@@ -19,7 +19,6 @@ from .retention import Policy, parse_duration
 from .sqlite_check import FULL, QUICK
 from .stash_config import StashConfig, load_config
 
-ARCHIVE_FOLDER_NAME = "stash-backup-archive"
 MODES = ("backup", "download", "verify", "retention")
 
 
@@ -63,7 +62,7 @@ def settings_from(values: dict, config_dir: Path) -> Settings:
         within=parse_duration(within) if within else None,
     )
     return Settings(
-        archive_folder=Path(folder).expanduser() if folder else config_dir / ARCHIVE_FOLDER_NAME,
+        archive_folder=Path(folder).expanduser() if folder else config_dir / DEFAULT_FOLDER_NAME,
         include_blobs=_as_bool(values.get("includeBlobs"), True),
         check_level=FULL if _as_bool(values.get("fullIntegrityCheck"), False) else QUICK,
         policy=policy,

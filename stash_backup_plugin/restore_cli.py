@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import restore as engine
-from .archive import Archive
+from .archive import DEFAULT_FOLDER_NAME, Archive
 from .errors import UsageError, VerificationError
 from .naming import is_temp_name, parse_backup_name
 from .reporting import human_size
@@ -26,7 +26,6 @@ from .sqlite_check import CHECK_LEVELS, QUICK
 from .stash_config import FILESYSTEM, StashConfig, find_config_file, load_config
 from .terminal import TerminalReporter, run_command
 
-ARCHIVE_FOLDER_NAME = "stash-backup-archive"  # the plugin's default, beside config.yml
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,7 +77,7 @@ def _backup_folders(args, target: engine.Target) -> list[Path]:
     if target.config:
         folders.append(target.config.backup_directory)
     folders.append(target.database.parent)
-    archive = args.archive or (target.config.folder / ARCHIVE_FOLDER_NAME if target.config else None)
+    archive = args.archive or (target.config.folder / DEFAULT_FOLDER_NAME if target.config else None)
     if archive:
         folders.append(archive.expanduser())
     unique = []

@@ -10,7 +10,6 @@ from .reporting import human_size
 from .stash_config import DATABASE
 
 SPACE_MARGIN = 1.05  # filesystems need a little room beyond the bytes themselves
-SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 
 
 @dataclass

@@ -34,10 +34,6 @@ def has_sqlite_header(path: Path) -> bool:
         return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
 
 
-def side_files(database: Path) -> list[Path]:
-    return [p for p in (Path(f"{database}{s}") for s in SIDE_SUFFIXES) if p.exists()]
-
-
 @contextlib.contextmanager
 def open_unchanged(database: Path) -> Iterator[sqlite3.Connection]:
     """A read-only connection that leaves the file and its folder exactly as they were.

@@ -19,9 +19,9 @@ from typing import Iterator, Optional
 
 from .atomic import fsync_dir, write_bytes_atomic
 from .errors import RestoreRefused, StorageError
+from .sqlite_check import SIDE_SUFFIXES
 from .stash_process import DB_LOCK_LENGTH, DB_LOCK_START
 
-SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 ALL_SUFFIXES = ("",) + SIDE_SUFFIXES
 JOURNAL_SUFFIX = ".stash-restore-journal"
 RECORD_NAME = "restore-record.json"
