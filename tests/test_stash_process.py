@@ -1,4 +1,5 @@
 """Telling that Stash is running: locks, the process table and the port."""
+import contextlib
 import subprocess
 import sys
 import threading
@@ -18,6 +19,16 @@ def install(tmp_path):
     config = tmp_path / "config.yml"
     config.write_text(f"database: {database}\n")
     return database, config
+
+
+@contextlib.contextmanager
+def running(process):
+    """Yield the process; kill it at the end, whatever happened."""
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
 
 
 def fake_stash(tmp_path, *args):
@@ -42,36 +53,25 @@ def test_a_process_with_the_database_open(install):
     holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
                                "c.execute('select 1 from performers').fetchall(); print('ready', flush=True); "
                                "time.sleep(60)", str(database)], stdout=subprocess.PIPE, text=True)
-    try:
+    with running(holder):
         assert holder.stdout.readline().strip() == "ready"
         finding = probe(database, config, "127.0.0.1", None)
         assert any(f"pid {holder.pid}" in r for r in finding.running)
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_an_idle_stash_process_with_this_config(install, tmp_path):
     database, config = install
-    process = fake_stash(tmp_path, "--config", str(config))
-    try:
+    with running(fake_stash(tmp_path, "--config", str(config))) as process:
         finding = probe(database, config, "127.0.0.1", None)
         assert any(f"Stash process {process.pid}" in r for r in finding.running)
-    finally:
-        process.kill()
-        process.wait()
 
 
 def test_another_stash_instance_is_not_ours(install, tmp_path):
     database, config = install
     other = tmp_path / "other.yml"
     other.write_text("database: /elsewhere.sqlite\n")
-    process = fake_stash(tmp_path, "--config", str(other))
-    try:
+    with running(fake_stash(tmp_path, "--config", str(other))):
         assert probe(database, config, "127.0.0.1", None).running == []
-    finally:
-        process.kill()
-        process.wait()
 
 
 def test_something_answering_healthz_on_the_port(install):
