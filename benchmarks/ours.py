@@ -14,10 +14,10 @@ from pathlib import Path
 
 
 def fetch(url: str, dest: str) -> None:
-    from stash_backup_plugin.atomic import commit
-    from stash_backup_plugin.connection import Connection
-    from stash_backup_plugin.download import download
-    from stash_backup_plugin.http_session import new_session
+    from stash_backup_plugin.core.atomic import commit
+    from stash_backup_plugin.server.connection import Connection
+    from stash_backup_plugin.server.download import download
+    from stash_backup_plugin.server.http_session import new_session
     base = url.split("/downloads/")[0] if "/downloads/" in url else url.rsplit("/", 1)[0]
     name = url.rsplit("/", 1)[1]
     with new_session(Connection(base)) as session:
@@ -26,12 +26,12 @@ def fetch(url: str, dest: str) -> None:
 
 
 def verify(database: str, level: str) -> None:
-    from stash_backup_plugin.sqlite_check import check_database
+    from stash_backup_plugin.core.sqlite_check import check_database
     check_database(Path(database), level)
 
 
 def pack(blobs_dir: str, database: str, out: str) -> None:
-    from stash_backup_plugin.fullbackup import write_full_backup
+    from stash_backup_plugin.core.backup_zip import write_full_backup
     blobs = Path(blobs_dir)
     files = sorted((p.name, p) for p in blobs.glob("??/??/*"))
     with open(out, "wb") as handle:
@@ -41,9 +41,9 @@ def pack(blobs_dir: str, database: str, out: str) -> None:
 
 
 def unpack(zip_path: str, blobs_dir: str) -> None:
-    from stash_backup_plugin import restore
-    from stash_backup_plugin.fullbackup import read_layout
-    from stash_backup_plugin.reporting import Reporter
+    from stash_backup_plugin.offline import restore
+    from stash_backup_plugin.core.backup_zip import read_layout
+    from stash_backup_plugin.core.reporting import Reporter
     with zipfile.ZipFile(zip_path) as archive:
         layout = read_layout(archive, Path(zip_path))
     target = restore.Target(Path(blobs_dir).parent / "unused.sqlite", Path(blobs_dir))

@@ -215,7 +215,7 @@ def bench_restore(sizes, runs, work: Path) -> list[Comparison]:
             config.write_text(f"database: {current}\nport: 1\n")
             copy.unlink(missing_ok=True)
 
-        ours = [PY, "-m", "stash_backup_plugin.restore", str(backup), "--config", str(config), "--yes"]
+        ours = [PY, "-m", "stash_backup_plugin.offline", str(backup), "--config", str(config), "--yes"]
         results.append(compare("restore (verify, swap)", label(size), "cp+quick_check",
                                lambda: run_measured(["sh", "-c", f"cp '{backup}' '{copy}' && "
                                                                  f"sqlite3 '{copy}' 'PRAGMA quick_check' >/dev/null"]),
@@ -252,7 +252,7 @@ def bench_plugin(runs, work: Path) -> None:
             job = _run_task_fast(stash, "Backup database")
             task.append(time.perf_counter() - started)
             assert job["status"] == "FINISHED"
-        imports = [run_measured([PY, "-c", "import stash_backup_plugin.plugin"], env=ENV).seconds for _ in range(runs)]
+        imports = [run_measured([PY, "-c", "import stash_backup_plugin.plugin.run"], env=ENV).seconds for _ in range(runs)]
         bare_python = [run_measured([PY, "-c", "pass"]).seconds for _ in range(runs)]
     finally:
         stash.stop()

@@ -83,7 +83,7 @@ def main() -> int:
 
         step("Stopping Stash and restoring the archived backup offline")
         server.stop()
-        run("stash_backup_plugin.restore", str(archive / entry["file"]), "--config", str(server.config_path), "--yes")
+        run("stash_backup_plugin.offline", str(archive / entry["file"]), "--config", str(server.config_path), "--yes")
 
         step("Starting Stash again and reading the content back from the server")
         server.start()

@@ -8,19 +8,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from . import fullbackup
-from .archive import Archive, Entry, entry_from_name, utc_now
-from .atomic import discard, staged_file
-from .download import Downloaded, download
-from .errors import (ConfigError, DownloadError, LinkExpiredError, StashBackupError,
+from .core import backup_zip as fullbackup
+from .core.archive import Archive, Entry, entry_from_name, utc_now
+from .core.atomic import discard, staged_file
+from .server.download import Downloaded, download
+from .core.errors import (ConfigError, DownloadError, LinkExpiredError, StashBackupError,
                      VerificationError)
-from .graphql_client import ServerInfo, StashClient
-from .http_session import new_session
-from .naming import blob_relative_path, parse_backup_name, zip_name_for
-from .reporting import Reporter, human_size
-from .retention import Decision, Duration, Policy, apply_policy
-from .sqlite_check import QUICK, check_database
-from .verify import BackupReport, require_blobs, verify_backup
+from .server.graphql_client import ServerInfo, StashClient
+from .server.http_session import new_session
+from .core.naming import blob_relative_path, parse_backup_name, zip_name_for
+from .core.reporting import Reporter, human_size
+from .core.retention import Decision, Duration, Policy, apply_policy
+from .core.sqlite_check import QUICK, check_database
+from .core.verify import BackupReport, require_blobs, verify_backup
 
 FRESH_BACKUP_ATTEMPTS = 3  # a link that expired mid-download needs a new backup
 

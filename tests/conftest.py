@@ -82,5 +82,5 @@ def run_cli(*args: str, env: dict | None = None, module: str = "stash_backup_plu
 
 
 def run_restore(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return run_cli(*args, module="stash_backup_plugin.restore", **kwargs)
+    return run_cli(*args, module="stash_backup_plugin.offline", **kwargs)
 

@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from stash_backup_plugin.archive import Archive, Entry
-from stash_backup_plugin.atomic import temp_path_in
-from stash_backup_plugin.errors import StorageError
+from stash_backup_plugin.core.archive import Archive, Entry
+from stash_backup_plugin.core.atomic import temp_path_in
+from stash_backup_plugin.core.errors import StorageError
 
 
 def entry(name="stash-go.sqlite.75.20261126_180102", created="2026-11-26T18:01:02", ok=True):
@@ -78,7 +78,7 @@ def test_second_run_at_once_is_refused(tmp_path):
     archive = Archive(tmp_path)
     with archive.locked():
         import subprocess, sys
-        code = ("import sys; from pathlib import Path; from stash_backup_plugin.archive import Archive\n"
+        code = ("import sys; from pathlib import Path; from stash_backup_plugin.core.archive import Archive\n"
                 "try:\n    Archive(Path(sys.argv[1])).locked().__enter__()\nexcept Exception as e:\n    print(e); sys.exit(3)")
         result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
                                 cwd=os.path.dirname(os.path.dirname(__file__)))

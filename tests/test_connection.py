@@ -1,8 +1,8 @@
 """Where requests go: URL rebasing, plugin connection, redaction."""
 import pytest
 
-from stash_backup_plugin.connection import Connection, from_plugin_input, normalise_url, redact
-from stash_backup_plugin.errors import UsageError
+from stash_backup_plugin.server.connection import Connection, from_plugin_input, normalise_url, redact
+from stash_backup_plugin.core.errors import UsageError
 
 
 def test_download_link_is_rebased_onto_the_graphql_origin():
@@ -97,7 +97,7 @@ def _tls_server(cert, key):
 
 def test_pinned_session_accepts_only_the_servers_own_certificate(tmp_path, monkeypatch):
     import requests
-    from stash_backup_plugin.http_session import new_session
+    from stash_backup_plugin.server.http_session import new_session
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")  # must not re-enable CA checks
     real_cert, real_key = _certificate(tmp_path, "stash.example")
     other_cert, _ = _certificate(tmp_path, "attacker.example")

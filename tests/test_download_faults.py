@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from stash_backup_plugin.connection import Connection
-from stash_backup_plugin.download import download
-from stash_backup_plugin.errors import AuthError, DownloadError, LinkExpiredError
-from stash_backup_plugin.http_session import new_session
+from stash_backup_plugin.server.connection import Connection
+from stash_backup_plugin.server.download import download
+from stash_backup_plugin.core.errors import AuthError, DownloadError, LinkExpiredError
+from stash_backup_plugin.server.http_session import new_session
 
 from .fault_server import FaultServer
 
@@ -107,8 +107,8 @@ def test_redirect_to_another_host_is_refused_and_the_key_never_leaves(tmp_path):
 
 def test_full_disk_is_a_one_line_storage_error(tmp_path, monkeypatch):
     import errno
-    from stash_backup_plugin import atomic as module
-    from stash_backup_plugin.errors import StorageError
+    from stash_backup_plugin.core import atomic as module
+    from stash_backup_plugin.core.errors import StorageError
 
     class FullDisk:
         def __init__(self, real):

@@ -3,11 +3,11 @@
 import pytest
 
 from stash_backup_plugin import jobs
-from stash_backup_plugin.archive import Archive
-from stash_backup_plugin.connection import Connection
-from stash_backup_plugin.errors import DownloadError
-from stash_backup_plugin.graphql_client import StashClient
-from stash_backup_plugin.reporting import Reporter
+from stash_backup_plugin.core.archive import Archive
+from stash_backup_plugin.server.connection import Connection
+from stash_backup_plugin.core.errors import DownloadError
+from stash_backup_plugin.server.graphql_client import StashClient
+from stash_backup_plugin.core.reporting import Reporter
 
 from .fault_server import FaultServer
 from .stashlike import make_database, vacuum_copy

@@ -5,9 +5,9 @@ import re
 import pytest
 import responses
 
-from stash_backup_plugin.connection import Connection
-from stash_backup_plugin.errors import AuthError, ServerError
-from stash_backup_plugin.graphql_client import StashClient
+from stash_backup_plugin.server.connection import Connection
+from stash_backup_plugin.core.errors import AuthError, ServerError
+from stash_backup_plugin.server.graphql_client import StashClient
 
 URL = "http://stash.test:9999"
 

@@ -2,7 +2,7 @@ from datetime import datetime
 
 import pytest
 
-from stash_backup_plugin.naming import (blob_member_name, is_temp_name, parse_backup_name, zip_name_for)
+from stash_backup_plugin.core.naming import (blob_member_name, is_temp_name, parse_backup_name, zip_name_for)
 
 
 def test_parses_stash_backup_names():
@@ -26,7 +26,7 @@ def test_rejects_other_names(name):
 
 
 def test_same_second_counter():
-    from stash_backup_plugin.naming import with_counter
+    from stash_backup_plugin.core.naming import with_counter
     assert with_counter("a.sqlite.85.20261126_180102.zip", 2) == "a.sqlite.85.20261126_180102-2.zip"
     parsed = parse_backup_name("a.sqlite.85.20261126_180102-2.zip")
     assert parsed.schema_version == 85 and parsed.is_zip

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from stash_backup_plugin import plugin
-from stash_backup_plugin.errors import ConfigError
-from stash_backup_plugin.plugin_protocol import PluginLogReporter, encode_log, encode_output, read_input
-from stash_backup_plugin.retention import Duration, Policy
-from stash_backup_plugin.sqlite_check import FULL, QUICK
+from stash_backup_plugin.plugin import run as plugin
+from stash_backup_plugin.core.errors import ConfigError
+from stash_backup_plugin.plugin.protocol import PluginLogReporter, encode_log, encode_output, read_input
+from stash_backup_plugin.core.retention import Duration, Policy
+from stash_backup_plugin.core.sqlite_check import FULL, QUICK
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,7 +70,7 @@ def test_bad_count_setting_is_a_config_error(tmp_path):
 
 
 def test_plugin_id_is_the_manifest_file_name(tmp_path):
-    (tmp_path / "my-backups.yml").write_text("exec: [python, '{pluginDir}/stash_backup_plugin/task.py']")
+    (tmp_path / "my-backups.yml").write_text("exec: [python, '{pluginDir}/stash_backup_plugin/plugin/task.py']")
     assert plugin.plugin_id(tmp_path) == "my-backups"
 
 
@@ -87,8 +87,8 @@ def test_missing_python_packages_name_the_pip_command():
             "orig = importlib.util.find_spec\n"
             "importlib.util.find_spec = lambda n, *a: None if n in ('gql', 'requests') else orig(n, *a)\n"
             "sys.argv = ['task.py']\n"
-            f"exec(open({str(REPO / 'stash_backup_plugin' / 'task.py')!r}).read(), {{'__name__': '__main__', "
-            f"'__file__': {str(REPO / 'stash_backup_plugin' / 'task.py')!r}}})\n")
+            f"exec(open({str(REPO / 'stash_backup_plugin' / 'plugin' / 'task.py')!r}).read(), {{'__name__': '__main__', "
+            f"'__file__': {str(REPO / 'stash_backup_plugin' / 'plugin' / 'task.py')!r}}})\n")
     result = subprocess.run([sys.executable, "-c", code], input="{}", capture_output=True, text=True)
     error = json.loads(result.stdout)["error"]
     assert "gql[requests]" in error and "requests" in error and sys.executable in error and "pip install" in error

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from stash_backup_plugin import restore as engine
-from stash_backup_plugin.errors import RestoreRefused, UsageError, VerificationError
-from stash_backup_plugin.reporting import Reporter
-from stash_backup_plugin.stash_config import load_config
+from stash_backup_plugin.offline import restore as engine
+from stash_backup_plugin.core.errors import RestoreRefused, UsageError, VerificationError
+from stash_backup_plugin.core.reporting import Reporter
+from stash_backup_plugin.offline.stash_config import load_config
 
 from .conftest import run_restore
 from .restore_fixtures import make_install

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stash_backup_plugin.swap import CRASH_ENV, journal_path
+from stash_backup_plugin.offline.swap import CRASH_ENV, journal_path
 
 from .conftest import run_restore
 from .restore_fixtures import make_install

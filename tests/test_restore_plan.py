@@ -1,7 +1,7 @@
 """Plan building is pure: every refusal and note from facts alone."""
 from pathlib import Path
 
-from stash_backup_plugin.restore_plan import RestoreFacts, build_plan
+from stash_backup_plugin.offline.plan import RestoreFacts, build_plan
 
 
 def facts(**changes):

@@ -4,8 +4,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from stash_backup_plugin.errors import UsageError
-from stash_backup_plugin.retention import Duration, Policy, apply_policy, parse_duration
+from stash_backup_plugin.core.errors import UsageError
+from stash_backup_plugin.core.retention import Duration, Policy, apply_policy, parse_duration
 
 
 def items(*stamps):

@@ -4,9 +4,9 @@ import shutil
 
 import pytest
 
-from stash_backup_plugin import salvage as module
-from stash_backup_plugin.errors import RestoreRefused
-from stash_backup_plugin.salvage import salvage
+from stash_backup_plugin.offline import salvage as module
+from stash_backup_plugin.core.errors import RestoreRefused
+from stash_backup_plugin.offline.salvage import salvage
 
 from .conftest import run_restore
 from .stashlike import make_database

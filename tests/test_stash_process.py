@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from stash_backup_plugin.stash_process import probe
+from stash_backup_plugin.offline.liveness import probe
 
 from .stashlike import make_database
 

@@ -4,10 +4,10 @@ import zipfile
 
 import pytest
 
-from stash_backup_plugin.errors import VerificationError
-from stash_backup_plugin.fullbackup import member_problem
-from stash_backup_plugin.sqlite_check import FULL, check_database
-from stash_backup_plugin.verify import verify_backup
+from stash_backup_plugin.core.errors import VerificationError
+from stash_backup_plugin.core.backup_zip import member_problem
+from stash_backup_plugin.core.sqlite_check import FULL, check_database
+from stash_backup_plugin.core.verify import verify_backup
 
 from .stashlike import make_database, make_full_backup, vacuum_copy
 
@@ -98,7 +98,7 @@ def test_blob_whose_bytes_do_not_match_its_name(tmp_path, backup):
 
 
 def test_missing_blob_in_zip_is_reported_and_required(tmp_path, backup):
-    from stash_backup_plugin.verify import require_blobs
+    from stash_backup_plugin.core.verify import require_blobs
     path, images = backup
     lost = next(iter(images))
     images.pop(lost)

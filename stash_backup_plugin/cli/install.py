@@ -2,7 +2,6 @@
 (zip + index.yml) that Stash can install from a plugin source."""
 from __future__ import annotations
 
-import ast
 import hashlib
 import io
 import re
@@ -15,14 +14,18 @@ from typing import Optional
 
 import yaml
 
-from .atomic import storage_error, write_bytes_atomic
-from .errors import ConfigError, UsageError
+from ..core.atomic import storage_error, write_bytes_atomic
+from ..core.errors import ConfigError, UsageError
 
 PACKAGE = "stash_backup_plugin"
-PACKAGE_DIR = Path(__file__).resolve().parent
-ENTRY_MODULE = "task"
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_PLUGIN_ID = "stash-backup"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+# What the plugin runs: the package's layers below the plugin (import-linter holds
+# them to that), never the CLI or the offline restore. The plugin still reads
+# config.yml through offline/stash_config.py (PyYAML) until it asks Stash instead.
+PLUGIN_PARTS = ("__init__.py", "jobs.py", "core", "server", "plugin", "offline/__init__.py",
+                "offline/stash_config.py")
 
 
 def manifest_source() -> Path:
@@ -33,39 +36,21 @@ def manifest_source() -> Path:
     return manifest
 
 
-def runtime_modules() -> list[str]:
-    """The package's modules that the plugin entry point imports, found by reading
-    their import statements: the CLI, the restore and this installer stay out."""
-    wanted, seen = [ENTRY_MODULE, "__init__"], set()
-    while wanted:
-        name = wanted.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        tree = ast.parse((PACKAGE_DIR / f"{name}.py").read_text(encoding="utf-8"))
-        wanted.extend(_package_imports(tree))
-    return sorted(seen)
-
-
-def _package_imports(tree: ast.AST) -> list[str]:
+def runtime_sources() -> list[str]:
+    """The package files the plugin needs, relative to the package folder."""
     found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            module = node.module or ""
-            if node.level == 1 or module.startswith(PACKAGE):
-                inner = module[len(PACKAGE) + 1:] if module.startswith(PACKAGE) else module
-                if inner:
-                    found.append(inner.split(".")[0])
-                else:
-                    found.extend(alias.name for alias in node.names)
-    return [name for name in found if (PACKAGE_DIR / f"{name}.py").is_file()]
+    for part in PLUGIN_PARTS:
+        path = PACKAGE_DIR / part
+        found.extend([part] if path.is_file() else
+                     sorted(str(p.relative_to(PACKAGE_DIR)) for p in path.rglob("*.py")))
+    return found
 
 
 def runtime_files(plugin_id: str) -> dict[str, bytes]:
     """Relative path in the plugin folder -> content. Exactly one .yml: the manifest."""
     files = {f"{plugin_id}.yml": manifest_source().read_bytes()}
-    for module in runtime_modules():
-        files[f"{PACKAGE}/{module}.py"] = (PACKAGE_DIR / f"{module}.py").read_bytes()
+    for relative in runtime_sources():
+        files[f"{PACKAGE}/{relative}"] = (PACKAGE_DIR / relative).read_bytes()
     return files
 
 
@@ -91,17 +76,24 @@ def install_plugin(plugins_dir: Path, plugin_id: str = DEFAULT_PLUGIN_ID) -> Pat
         if stray:
             raise UsageError(f"{target} holds other .yml files ({stray[0].name}) that Stash would load as plugins: "
                              "remove them or choose another --id")
-        stale = target / PACKAGE
-        for old in stale.glob("*.py"):
-            if f"{PACKAGE}/{old.name}" not in files:
-                old.unlink()
-        shutil.rmtree(stale / "__pycache__", ignore_errors=True)
+        _remove_stale_modules(target, files)
         for relative, content in sorted(files.items(), key=lambda item: item[0] == manifest):
             # Stash may run as another user (Docker, services): it must read these.
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(target / relative, content, mode=0o644)
     except OSError as error:
         raise storage_error("install the plugin into", target, error) from error
     return target
+
+
+def _remove_stale_modules(target: Path, files: dict[str, bytes]) -> None:
+    """Modules of an older install that this one does not have, and byte code."""
+    installed = target / PACKAGE
+    for old in installed.rglob("*.py"):
+        if old.relative_to(target).as_posix() not in files:
+            old.unlink()
+    for cache in list(installed.rglob("__pycache__")):
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def _git_short_hash() -> Optional[str]:

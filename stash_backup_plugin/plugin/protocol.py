@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Optional, TextIO
 
-from .reporting import Reporter
+from ..core.reporting import Reporter
 
 LEVELS = {"trace": "t", "debug": "d", "info": "i", "warning": "w", "error": "e", "progress": "p"}
 PROGRESS_STEP = 0.005  # Stash polls progress; more lines than this only add noise

@@ -14,8 +14,8 @@ from typing import Callable, Optional
 
 import requests
 
-from .atomic import staged_file
-from .errors import AuthError, DownloadError, LinkExpiredError
+from ..core.atomic import staged_file
+from ..core.errors import AuthError, DownloadError, LinkExpiredError
 
 CHUNK = 1024 * 1024
 CONNECT_TIMEOUT = 10

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .atomic import commit, discard, scratch_folder, temp_path_in
-from .errors import RestoreRefused, StorageError, UsageError
+from ..core.atomic import commit, discard, scratch_folder, temp_path_in
+from ..core.errors import RestoreRefused, StorageError, UsageError
 
 
 @dataclass

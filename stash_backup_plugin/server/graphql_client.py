@@ -24,7 +24,7 @@ except ImportError:  # gql 3
         pass
 
 from .connection import Connection, redact
-from .errors import AuthError, ServerError
+from ..core.errors import AuthError, ServerError
 from .http_session import harden
 
 TIMEOUT_SECONDS = 60

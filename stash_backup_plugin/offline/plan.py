@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .reporting import human_size
+from ..core.reporting import human_size
 from .stash_config import DATABASE
 
 SPACE_MARGIN = 1.05  # filesystems need a little room beyond the bytes themselves

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Optional
 
 from . import restore as engine
-from .archive import DEFAULT_FOLDER_NAME, Archive
-from .errors import UsageError, VerificationError
-from .naming import is_temp_name, parse_backup_name
-from .reporting import human_size
+from ..core.archive import DEFAULT_FOLDER_NAME, Archive
+from ..core.errors import UsageError, VerificationError
+from ..core.naming import is_temp_name, parse_backup_name
+from ..core.reporting import human_size
 from .salvage import salvage
-from .sqlite_check import CHECK_LEVELS, QUICK
+from ..core.sqlite_check import CHECK_LEVELS, QUICK
 from .stash_config import FILESYSTEM, StashConfig, find_config_file, load_config
-from .terminal import TerminalReporter, run_command
+from ..core.terminal import TerminalReporter, run_command
 
 
 

@@ -1,4 +1,4 @@
-"""Entry point that Stash runs for every task: `python {pluginDir}/stash_backup_plugin/task.py`.
+"""Entry point that Stash runs for every task: `python {pluginDir}/stash_backup_plugin/plugin/task.py`.
 
 Kept free of third-party imports so that a Python without `gql`/`requests` gets one
 clear error line with the exact pip command, instead of a traceback."""
@@ -22,16 +22,16 @@ def _fail(message):
 
 def main():
     # Python put this script's own folder first on sys.path, where our module names
-    # would be importable bare; the package's parent (the plugin folder) goes there.
+    # would be importable bare; the plugin folder (above the package) goes there.
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path = [p for p in sys.path if os.path.abspath(p or ".") != here]
-    sys.path.insert(0, os.path.dirname(here))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(here)))
     missing = _missing_packages()
     if missing:
         command = '"%s" -m pip install %s' % (sys.executable, " ".join("'%s'" % p for p in missing))
         return _fail("stash-backup needs Python packages that Stash's Python (%s) lacks: %s. Install them with: %s"
                      % (sys.executable, ", ".join(missing), command))
-    from stash_backup_plugin.plugin import main as plugin_main
+    from stash_backup_plugin.plugin.run import main as plugin_main
     return plugin_main()
 
 

@@ -13,16 +13,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
-from . import __version__, jobs
-from .archive import Archive
-from .connection import DEFAULT_URL, Connection, normalise_url, redact
-from .errors import StashBackupError, VerificationError
-from .graphql_client import StashClient
+from .. import __version__
+from .. import jobs
+from ..core.archive import Archive
+from ..server.connection import DEFAULT_URL, Connection, normalise_url, redact
+from ..core.errors import StashBackupError, VerificationError
+from ..server.graphql_client import StashClient
 from .install import DEFAULT_PLUGIN_ID, build_package, install_plugin
-from .retention import Policy, parse_duration
-from .sqlite_check import FULL, QUICK
-from .terminal import TerminalReporter, run_command
-from .verify import require_blobs, verify_backup
+from ..core.retention import Policy, parse_duration
+from ..core.sqlite_check import FULL, QUICK
+from ..core.terminal import TerminalReporter, run_command
+from ..core.verify import require_blobs, verify_backup
 
 DEFAULT_ARCHIVE = "~/stash-backup-archive"
 

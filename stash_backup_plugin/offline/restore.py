@@ -3,7 +3,7 @@ reversibly. Verify first, refuse what would lose data, show the plan, then swap 
 a journal (swap.py). Standard library and PyYAML only: nothing here may import gql
 or requests (a test proves it).
 
-    python -m stash_backup_plugin.restore BACKUP [--dry-run] [--yes]
+    python -m stash_backup_plugin.offline BACKUP [--dry-run] [--yes]
 """
 from __future__ import annotations
 
@@ -18,16 +18,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import fullbackup, swap
-from .atomic import discard, fsync_dir, fsync_file, remove_stale_temps, staged_file, storage_error, temp_path_in
-from .errors import RestoreRefused, UsageError, VerificationError
-from .naming import TEMP_MARKER, blob_relative_path
-from .reporting import Reporter
-from .restore_plan import Plan, RestoreFacts, build_plan, space_refusal
-from .sqlite_check import QUICK, check_database, has_sqlite_header, read_schema_version
+from ..core import backup_zip as fullbackup
+from . import swap
+from ..core.atomic import discard, fsync_dir, fsync_file, remove_stale_temps, staged_file, storage_error, temp_path_in
+from ..core.errors import RestoreRefused, UsageError, VerificationError
+from ..core.naming import TEMP_MARKER, blob_relative_path
+from ..core.reporting import Reporter
+from .plan import Plan, RestoreFacts, build_plan, space_refusal
+from ..core.sqlite_check import QUICK, check_database, has_sqlite_header, read_schema_version
 from .stash_config import FILESYSTEM, StashConfig
-from .stash_process import probe
-from .verify import is_zip, verify_backup
+from .liveness import probe
+from ..core.verify import is_zip, verify_backup
 
 ASIDE_PREFIX = "stash-restore-"
 BLOB_BATCH = 2000  # blobs written between two syncs
@@ -459,7 +460,3 @@ def _retire(source: Path) -> None:
         os.replace(record, source / f"{swap.RECORD_NAME}.undone")
         fsync_dir(source)
 
-
-if __name__ == "__main__":
-    from .restore_cli import main
-    sys.exit(main())

@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from . import jobs
-from .archive import DEFAULT_FOLDER_NAME, Archive
-from .connection import from_plugin_input, redact
-from .errors import ConfigError, StashBackupError, UsageError
-from .graphql_client import StashClient
-from .plugin_protocol import PluginLogReporter, encode_output, read_input
-from .retention import Policy, parse_duration
-from .sqlite_check import FULL, QUICK
-from .stash_config import StashConfig, load_config
+from .. import jobs
+from ..core.archive import DEFAULT_FOLDER_NAME, Archive
+from ..server.connection import from_plugin_input, redact
+from ..core.errors import ConfigError, StashBackupError, UsageError
+from ..server.graphql_client import StashClient
+from .protocol import PluginLogReporter, encode_output, read_input
+from ..core.retention import Policy, parse_duration
+from ..core.sqlite_check import FULL, QUICK
+from ..offline.stash_config import StashConfig, load_config
 
 MODES = ("backup", "download", "verify", "retention")
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import fullbackup
+from . import backup_zip as fullbackup
 from .atomic import scratch_folder
 from .errors import VerificationError
 from .sqlite_check import QUICK, DatabaseReport, check_database

@@ -9,7 +9,7 @@ from typing import Optional
 
 import yaml
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
 
 CONFIG_NAME = "config.yml"
 DEFAULT_DATABASE_NAME = "stash-go.sqlite"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import ConfigError, UsageError
+from ..core.errors import ConfigError, UsageError
 
 DEFAULT_URL = "http://localhost:9999"
 _WILDCARD_HOSTS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}

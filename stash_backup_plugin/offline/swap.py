@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .atomic import fsync_dir, write_bytes_atomic
-from .errors import RestoreRefused, StorageError
-from .sqlite_check import SIDE_SUFFIXES
-from .stash_process import DB_LOCK_LENGTH, DB_LOCK_START
+from ..core.atomic import fsync_dir, write_bytes_atomic
+from ..core.errors import RestoreRefused, StorageError
+from ..core.sqlite_check import SIDE_SUFFIXES
+from .liveness import DB_LOCK_LENGTH, DB_LOCK_START
 
 ALL_SUFFIXES = ("",) + SIDE_SUFFIXES
 JOURNAL_SUFFIX = ".stash-restore-journal"

@@ -1,0 +1,1 @@
+"""stash-backup, the command line: commands, install-plugin and package."""

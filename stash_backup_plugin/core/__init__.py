@@ -1,0 +1,1 @@
+"""Standard library only: the archive, its checks and policies, shared by every product."""

@@ -1,0 +1,1 @@
+"""stash-restore, the offline restore: standard library and PyYAML only."""

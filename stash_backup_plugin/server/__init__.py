@@ -1,0 +1,1 @@
+"""Talking to a running Stash: connection, HTTP session, GraphQL client, download."""
