@@ -11,11 +11,9 @@ from typing import Optional
 from .core import backup_zip as fullbackup
 from .core.archive import Archive, Entry, entry_from_name, utc_now
 from .core.atomic import discard, staged_file
-from .server.download import Downloaded, download
 from .core.errors import (ConfigError, DownloadError, LinkExpiredError, StashBackupError,
                      VerificationError)
-from .server.graphql_client import ServerInfo, StashClient
-from .server.http_session import new_session
+from .server.api import UNKNOWN_SERVER, Downloaded, ServerInfo, StashAPI
 from .core.naming import blob_relative_path, parse_backup_name, zip_name_for
 from .core.reporting import Reporter, human_size
 from .core.retention import Decision, Duration, Policy, apply_policy
@@ -42,7 +40,7 @@ class ServerBackup:
     includes_blobs: bool
 
 
-def backup_on_server(client: StashClient, include_blobs: bool, report: Reporter) -> ServerBackup:
+def backup_on_server(client: StashAPI, include_blobs: bool, report: Reporter) -> ServerBackup:
     """Stash's own backup into its backup folder, with blobs where the server can."""
     info = client.server_info()
     with_blobs = include_blobs and info.blobs_on_filesystem and info.supports_include_blobs
@@ -82,7 +80,7 @@ class DownloadOutcome:
     skipped_reason: str = ""
 
 
-def download_to_archive(client: StashClient, archive: Archive, options: DownloadOptions,
+def download_to_archive(client: StashAPI, archive: Archive, options: DownloadOptions,
                         report: Reporter) -> DownloadOutcome:
     with archive.locked():
         skip = _skip_reason(archive, options.if_older_than)
@@ -114,33 +112,28 @@ def _skip_reason(archive: Archive, if_older_than: Optional[Duration]) -> str:
     return ""
 
 
-def _request_and_download(client: StashClient, folder: Path, include_blobs: Optional[bool],
+def _request_and_download(client: StashAPI, folder: Path, include_blobs: Optional[bool],
                           report: Reporter) -> tuple[Downloaded, str]:
     """Ask for a download backup and fetch it; on an expired link or a failed transfer
     ask for a fresh one, a bounded number of times."""
-    session = new_session(client.connection)
     last_error: Optional[StashBackupError] = None
-    try:
-        for attempt in range(1, FRESH_BACKUP_ATTEMPTS + 1):
-            report.progress(0.0, "backing up")
-            link = client.backup_database(download=True, include_blobs=include_blobs)
-            if not link:
-                raise DownloadError("Stash returned no download link for the backup: is this a Stash server?")
-            name = link.rstrip("/").rsplit("/", 1)[-1]
-            entry_from_name(name)  # refuse anything that is not a Stash backup name
-            try:
-                fetched = download(session, client.connection.rebase(link), folder, name,
-                                   progress=report.bytes_progress("downloading"))
-                if fetched.resumes:
-                    report.warning(f"the connection dropped; resumed {fetched.resumes} time(s)")
-                return fetched, name
-            except (LinkExpiredError, DownloadError) as error:
-                last_error = error
-                if isinstance(error, LinkExpiredError) or attempt < FRESH_BACKUP_ATTEMPTS:
-                    report.warning(f"download attempt {attempt} failed ({error}); asking Stash for a fresh backup")
-        raise DownloadError(f"gave up after {FRESH_BACKUP_ATTEMPTS} fresh backups: {last_error}")
-    finally:
-        session.close()
+    for attempt in range(1, FRESH_BACKUP_ATTEMPTS + 1):
+        report.progress(0.0, "backing up")
+        link = client.backup_database(download=True, include_blobs=include_blobs)
+        if not link:
+            raise DownloadError("Stash returned no download link for the backup: is this a Stash server?")
+        name = link.rstrip("/").rsplit("/", 1)[-1]
+        entry_from_name(name)  # refuse anything that is not a Stash backup name
+        try:
+            fetched = client.fetch_backup(link, folder, name, progress=report.bytes_progress("downloading"))
+            if fetched.resumes:
+                report.warning(f"the connection dropped; resumed {fetched.resumes} time(s)")
+            return fetched, name
+        except (LinkExpiredError, DownloadError) as error:
+            last_error = error
+            if isinstance(error, LinkExpiredError) or attempt < FRESH_BACKUP_ATTEMPTS:
+                report.warning(f"download attempt {attempt} failed ({error}); asking Stash for a fresh backup")
+    raise DownloadError(f"gave up after {FRESH_BACKUP_ATTEMPTS} fresh backups: {last_error}")
 
 
 def _fetch_verified(client, archive: Archive, info: ServerInfo, options: DownloadOptions,
@@ -269,7 +262,7 @@ def _verify_one(archive: Archive, entry: Optional[Entry], path: Path, level: str
             archive.record(entry)
         return str(error)
     if entry is None:
-        entry = _entry(path.name, verified, ServerInfo(None, None, None, None, None, None, False), "adopted", level)
+        entry = _entry(path.name, verified, UNKNOWN_SERVER, "adopted", level)
         summary.adopted.append(path.name)
     entry.verified_at, entry.verified_level, entry.verified_ok, entry.verify_error = utc_now(), level, True, ""
     archive.record(entry)

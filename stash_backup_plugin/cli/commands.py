@@ -13,17 +13,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
+# Only what parsing the command line needs is imported here; each command imports
+# the rest when it runs, so that `--help`, `list` or `prune` never load the HTTP stack.
 from .. import __version__
-from .. import jobs
-from ..core.archive import Archive
-from ..server.connection import DEFAULT_URL, Connection, normalise_url, redact
-from ..core.errors import StashBackupError, VerificationError
-from ..server.graphql_client import StashClient
-from .install import DEFAULT_PLUGIN_ID, build_package, install_plugin
-from ..core.retention import Policy, parse_duration
-from ..core.sqlite_check import FULL, QUICK
+from ..core.errors import StashBackupError
 from ..core.terminal import TerminalReporter, run_command
-from ..core.verify import require_blobs, verify_backup
+from ..server.connection import DEFAULT_URL, redact
+from .install import DEFAULT_PLUGIN_ID
 
 DEFAULT_ARCHIVE = "~/stash-backup-archive"
 
@@ -94,8 +90,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _client(args) -> StashClient:
+def _client(args):
+    from ..server.connection import Connection, normalise_url
+    from ..server.graphql_client import StashClient
     return StashClient(Connection(normalise_url(args.url), api_key=args.api_key or None))
+
+
+def _archive(args):
+    from ..core.archive import Archive
+    return Archive(Path(args.dest).expanduser())
 
 
 def _print_json(value) -> None:
@@ -103,27 +106,31 @@ def _print_json(value) -> None:
 
 
 def cmd_backup(args, report) -> int:
+    from .. import jobs
     with _client(args) as client:
         jobs.backup_on_server(client, not args.no_blobs, report)
     return 0
 
 
 def cmd_download(args, report) -> int:
+    from .. import jobs
+    from ..core.retention import parse_duration
+    from ..core.sqlite_check import FULL, QUICK
     options = jobs.DownloadOptions(
         include_blobs=not args.no_blobs, blobs_path=args.blobs_path,
         check_level=FULL if args.full_check else QUICK,
         if_older_than=parse_duration(args.if_older_than) if args.if_older_than else None)
     with _client(args) as client:
-        outcome = jobs.download_to_archive(client, Archive(Path(args.dest).expanduser()), options, report)
+        outcome = jobs.download_to_archive(client, _archive(args), options, report)
     if args.json:
         _print_json(asdict(outcome.entry) if outcome.entry else {"skipped": outcome.skipped_reason})
     elif outcome.entry:
-        print(Archive(Path(args.dest).expanduser()).path_of(outcome.entry))
+        print(_archive(args).path_of(outcome.entry))
     return 0
 
 
 def cmd_list(args, report) -> int:
-    archive = Archive(Path(args.dest).expanduser())
+    archive = _archive(args)
     entries = archive.entries()
     if args.json:
         _print_json([asdict(e) for e in entries])
@@ -138,6 +145,10 @@ def cmd_list(args, report) -> int:
 
 
 def cmd_verify(args, report) -> int:
+    from .. import jobs
+    from ..core.errors import VerificationError
+    from ..core.sqlite_check import FULL, QUICK
+    from ..core.verify import require_blobs, verify_backup
     level = FULL if args.full_check else QUICK
     if args.paths:
         results, failed = [], 0
@@ -156,7 +167,7 @@ def cmd_verify(args, report) -> int:
         if args.json:
             _print_json(results)
         return 1 if failed else 0
-    summary = jobs.verify_archive(Archive(Path(args.dest).expanduser()), level, report)
+    summary = jobs.verify_archive(_archive(args), level, report)
     if args.json:
         _print_json({"checked": summary.checked, "failed": [{"file": f, "error": e} for f, e in summary.failed],
                      "adopted": summary.adopted})
@@ -164,18 +175,21 @@ def cmd_verify(args, report) -> int:
 
 
 def cmd_prune(args, report) -> int:
+    from .. import jobs
+    from ..core.retention import Policy, parse_duration
     policy = Policy(last=args.keep_last, hourly=args.keep_hourly, daily=args.keep_daily, weekly=args.keep_weekly,
                     monthly=args.keep_monthly, yearly=args.keep_yearly,
                     within=parse_duration(args.keep_within) if args.keep_within else None)
     if policy.is_empty():
         report.warning("no --keep-* rule given: nothing will be removed")
-    decisions = jobs.apply_retention(Archive(Path(args.dest).expanduser()), policy, args.dry_run, report)
+    decisions = jobs.apply_retention(_archive(args), policy, args.dry_run, report)
     if args.json:
         _print_json([{"file": d.item.file, "keep": d.keep, "reasons": d.reasons} for d in decisions])
     return 0
 
 
 def cmd_install_plugin(args, report) -> int:
+    from .install import install_plugin
     target = install_plugin(args.plugins_dir.expanduser(), args.id)
     report.info(f"installed the plugin into {target}")
     try:
@@ -188,6 +202,7 @@ def cmd_install_plugin(args, report) -> int:
 
 
 def cmd_package(args, report) -> int:
+    from .install import build_package
     zip_path, index_path = build_package(args.output, args.id)
     report.info(f"built {zip_path} and {index_path}: add {index_path.resolve()} as a plugin source in Stash")
     return 0

@@ -12,8 +12,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
 from ..core.atomic import storage_error, write_bytes_atomic
 from ..core.errors import ConfigError, UsageError
 
@@ -120,6 +118,7 @@ def build_package(output_dir: Path, plugin_id: str = DEFAULT_PLUGIN_ID) -> tuple
     data = buffer.getvalue()
     zip_path = output_dir / f"{plugin_id}.zip"
     write_bytes_atomic(zip_path, data, mode=0o644)
+    import yaml  # only here: install-plugin and --help do without it
     manifest = yaml.safe_load(files[f"{plugin_id}.yml"])
     version = str(manifest.get("version", "0"))
     short = _git_short_hash()

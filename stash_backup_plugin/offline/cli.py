@@ -16,16 +16,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from . import restore as engine
-from ..core.archive import DEFAULT_FOLDER_NAME, Archive
+# What parsing needs, and no more: the restore engine, the salvage and the config
+# reader are imported by the mode that uses them, so that --help is instant.
 from ..core.errors import UsageError, VerificationError
-from ..core.naming import is_temp_name, parse_backup_name
-from ..core.reporting import human_size
-from .salvage import salvage
 from ..core.sqlite_check import CHECK_LEVELS, QUICK
-from .stash_config import FILESYSTEM, StashConfig, find_config_file, load_config
 from ..core.terminal import TerminalReporter, run_command
-
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,8 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _target(args, report) -> engine.Target:
-    config: Optional[StashConfig] = None
+def _target(args, report) -> Target:
+    from .stash_config import FILESYSTEM, Target, find_config_file, load_config
+    config = None
     if args.database:
         database = args.database.expanduser().resolve()
         blobs_storage = FILESYSTEM if args.blobs_path else "DATABASE"
@@ -69,10 +65,11 @@ def _target(args, report) -> engine.Target:
     if config:
         for written, used in config.relocated:
             report.info(f"config.yml names {written}, which does not exist here; using {used}")
-    return engine.Target(database, blobs, blobs_storage, config)
+    return Target(database, blobs, blobs_storage, config)
 
 
-def _backup_folders(args, target: engine.Target) -> list[Path]:
+def _backup_folders(args, target: Target) -> list[Path]:
+    from ..core.archive import DEFAULT_FOLDER_NAME
     folders = []
     if target.config:
         folders.append(target.config.backup_directory)
@@ -87,7 +84,7 @@ def _backup_folders(args, target: engine.Target) -> list[Path]:
     return unique
 
 
-def _resolve_backup(name: str, args, target: engine.Target) -> Path:
+def _resolve_backup(name: str, args, target: Target) -> Path:
     given = Path(name).expanduser()
     if given.is_file():
         return given.resolve()
@@ -104,7 +101,10 @@ def _confirm_on_terminal(question: str) -> bool:
     return answer in ("y", "yes")
 
 
-def cmd_list(args, target: engine.Target) -> int:
+def cmd_list(args, target: Target) -> int:
+    from ..core.archive import Archive
+    from ..core.naming import is_temp_name, parse_backup_name
+    from ..core.reporting import human_size
     rows = []
     for folder in _backup_folders(args, target):
         if not folder.is_dir():
@@ -132,6 +132,7 @@ def cmd_list(args, target: engine.Target) -> int:
 
 
 def cmd_salvage(args, report) -> int:
+    from .salvage import salvage
     if not args.output:
         raise UsageError("--salvage needs --output FILE: where to write the recovered copy")
     result = salvage(args.salvage.expanduser(), args.output.expanduser())
@@ -147,12 +148,13 @@ def _run(args, report) -> int:
     if args.salvage:
         return cmd_salvage(args, report)
     target = _target(args, report)
+    if args.list:
+        return cmd_list(args, target)
+    from . import restore as engine
     options = engine.RestoreOptions(dry_run=args.dry_run, assume_yes=args.yes,
                                     allow_newer_schema=args.allow_newer_schema, stash_stopped=args.stash_stopped,
                                     check_level=args.check,
                                     confirm=_confirm_on_terminal if sys.stdin.isatty() else None)
-    if args.list:
-        return cmd_list(args, target)
     if args.undo:
         engine.undo(target, options, report)
         return 0

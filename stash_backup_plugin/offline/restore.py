@@ -26,29 +26,12 @@ from ..core.naming import TEMP_MARKER, blob_relative_path
 from ..core.reporting import Reporter
 from .plan import Plan, RestoreFacts, build_plan, space_refusal
 from ..core.sqlite_check import QUICK, check_database, has_sqlite_header, read_schema_version
-from .stash_config import FILESYSTEM, StashConfig
+from .stash_config import FILESYSTEM, StashConfig, Target
 from .liveness import probe
 from ..core.verify import is_zip, verify_backup
 
 ASIDE_PREFIX = "stash-restore-"
 BLOB_BATCH = 2000  # blobs written between two syncs
-
-
-@dataclass
-class Target:
-    """Where the restore goes, from config.yml or the command line."""
-    database: Path
-    blobs_path: Optional[Path] = None
-    blobs_storage: str = FILESYSTEM
-    config: Optional[StashConfig] = None
-
-    @property
-    def host(self) -> str:
-        return self.config.host if self.config else "127.0.0.1"
-
-    @property
-    def port(self) -> Optional[int]:
-        return self.config.port if self.config else None
 
 
 @dataclass

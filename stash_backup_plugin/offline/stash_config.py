@@ -112,3 +112,20 @@ def load_config(path: Path) -> StashConfig:
     if not isinstance(values, dict):
         raise ConfigError(f"{path} is not a Stash config file (expected a mapping of settings)")
     return StashConfig(path.resolve(), values)
+
+
+@dataclass
+class Target:
+    """Where the restore goes, from config.yml or the command line."""
+    database: Path
+    blobs_path: Optional[Path] = None
+    blobs_storage: str = FILESYSTEM
+    config: Optional[StashConfig] = None
+
+    @property
+    def host(self) -> str:
+        return self.config.host if self.config else "127.0.0.1"
+
+    @property
+    def port(self) -> Optional[int]:
+        return self.config.port if self.config else None

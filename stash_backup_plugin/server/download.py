@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import requests
 
 from ..core.atomic import staged_file
+from .api import Downloaded
 from ..core.errors import AuthError, DownloadError, LinkExpiredError
 
 CHUNK = 1024 * 1024
@@ -22,14 +23,6 @@ CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 60  # seconds without a byte before we call it a cut and resume
 MAX_RESUMES = 5
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-
-
-@dataclass
-class Downloaded:
-    temp_path: Path
-    size: int
-    sha256: str
-    resumes: int
 
 
 class _Cut(Exception):

@@ -3,8 +3,8 @@ Transport and GraphQL failures become typed errors with one-line messages."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import requests
 from gql import Client, gql
@@ -23,28 +23,14 @@ except ImportError:  # gql 3
     class _ConnectionFailed(Exception):
         pass
 
+from .api import Downloaded, ServerInfo
 from .connection import Connection, redact
 from ..core.errors import AuthError, ServerError
-from .http_session import harden
+from .http_session import harden, new_session
 
 TIMEOUT_SECONDS = 60
 # VACUUM INTO of a multi-GiB database (and zipping blobs on v0.31) takes minutes.
 BACKUP_TIMEOUT_SECONDS = 6 * 3600
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    version: Optional[str]
-    schema_version: Optional[int]
-    database_path: Optional[str]
-    backup_directory: Optional[str]
-    blobs_path: Optional[str]
-    blobs_storage: Optional[str]
-    supports_include_blobs: bool
-
-    @property
-    def blobs_on_filesystem(self) -> bool:
-        return (self.blobs_storage or "").upper() == "FILESYSTEM"
 
 
 _SERVER_INFO = gql("""
@@ -66,6 +52,7 @@ class StashClient:
         self._timeout = timeout
         self._client: Optional[Client] = None
         self._session = None
+        self._downloads: Optional[requests.Session] = None
 
     def __enter__(self) -> "StashClient":
         return self
@@ -77,6 +64,9 @@ class StashClient:
         if self._client is not None:
             self._client.close_sync()
             self._client = None
+        if self._downloads is not None:
+            self._downloads.close()
+            self._downloads = None
 
     def _connected(self):
         if self._client is None:
@@ -148,6 +138,15 @@ class StashClient:
             backup_input["includeBlobs"] = include_blobs
         data = self.execute(_BACKUP, {"input": backup_input}, timeout=BACKUP_TIMEOUT_SECONDS)
         return data.get("backupDatabase")
+
+    def fetch_backup(self, link: str, folder: Path, final_name: str,
+                     progress: Optional[Callable[[int, Optional[int]], None]] = None) -> Downloaded:
+        """The link is fetched from our own URL, never from the host Stash wrote
+        into it (external_host): credentials go to no other host."""
+        from .download import download
+        if self._downloads is None:
+            self._downloads = new_session(self.connection)
+        return download(self._downloads, self.connection.rebase(link), folder, final_name, progress=progress)
 
     def plugin_settings(self, plugin_id: str) -> dict:
         data = self.execute(_PLUGIN_SETTINGS, {"ids": [plugin_id]})
