@@ -275,12 +275,44 @@ def _run_task_fast(stash, task):
         time.sleep(0.01)
 
 
+# --- 6. start-up of the commands -------------------------------------------------------------
+
+STARTUP_BUDGET = 0.1  # seconds over a bare Python start
+
+
+def bench_startup(runs, work: Path) -> list[Comparison]:
+    """Commands that never talk to Stash must not pay for importing the HTTP stack."""
+    archive, config = work / "startup-archive", work / "startup-stash" / "config.yml"
+    archive.mkdir()
+    config.parent.mkdir()
+    config.write_text(f"database: {config.parent / 'stash-go.sqlite'}\nport: 1\n")
+    backup = [PY, "-m", "stash_backup_plugin"]
+    restore = [PY, "-m", "stash_backup_plugin.offline"]
+    commands = {
+        "stash-backup --help": backup + ["--help"],
+        "stash-backup list": backup + ["list", "--dest", str(archive)],
+        "stash-backup verify": backup + ["verify", "--dest", str(archive)],
+        "stash-backup prune": backup + ["prune", "--dest", str(archive), "--keep-last", "1"],
+        "stash-restore --help": restore + ["--help"],
+        "stash-restore --list": restore + ["--list", "--config", str(config)],
+    }
+    results = []
+    for name, command in commands.items():
+        result = compare(f"start-up {name}", "", "python -c pass", lambda: run_measured([PY, "-c", "pass"], env=ENV),
+                         lambda command=command: run_measured(command, env=ENV), runs)
+        extra = result._median(result.ours) - result._median(result.reference)
+        print(f"  {name}: +{extra:.3f} s over a bare Python start "
+              f"[target <= +{STARTUP_BUDGET} s: {'met' if extra <= STARTUP_BUDGET else 'MISSED'}]", flush=True)
+        results.append(result)
+    return results
+
+
 # --- driver -----------------------------------------------------------------------------------------------
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
-    parser.add_argument("--only", default="download,stash,verify,blobs,restore,plugin")
+    parser.add_argument("--only", default="download,stash,verify,blobs,restore,plugin,startup")
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--large", action="store_true", help="add 4 GiB databases and 100k blobs (slow to generate)")
     args = parser.parse_args()
@@ -315,6 +347,8 @@ def main() -> int:
             results += bench_restore(plan["restore"], plan["runs"], work)
         if "plugin" in only:
             bench_plugin(plan["runs"], work)
+        if "startup" in only:
+            bench_startup(max(plan["runs"], 5), work)
     _summary(results, args.quick)
     return 0
 

@@ -15,11 +15,10 @@ from typing import Optional
 
 # Only what parsing the command line needs is imported here; each command imports
 # the rest when it runs, so that `--help`, `list` or `prune` never load the HTTP stack.
-from .. import __version__
+from .. import DEFAULT_PLUGIN_ID, __version__
 from ..core.errors import StashBackupError
 from ..core.terminal import TerminalReporter, run_command
 from ..server.connection import DEFAULT_URL, redact
-from .install import DEFAULT_PLUGIN_ID
 
 DEFAULT_ARCHIVE = "~/stash-backup-archive"
 

@@ -12,12 +12,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
+from .. import DEFAULT_PLUGIN_ID
 from ..core.atomic import storage_error, write_bytes_atomic
 from ..core.errors import ConfigError, UsageError
 
 PACKAGE = "stash_backup_plugin"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_PLUGIN_ID = "stash-backup"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # What the plugin runs: the package's layers below the plugin (import-linter holds
 # them to that), never the CLI or the offline restore. The plugin still reads
