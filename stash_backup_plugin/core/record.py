@@ -1,0 +1,179 @@
+"""A backup's record: what one stored backup consists of. It is the backup's commit
+point: written (atomically) only once its database snapshot and every blob it
+refers to are durable in the archive, and removed first when the backup is
+forgotten. Garbage collection keeps exactly what the records refer to.
+
+The file is gzip-compressed text, streamed line by line (memory stays flat in the
+number of blobs):
+
+    {"format": 1, "name": ..., "snapshot": {...}, "blobs": {...}, ...}   one JSON line
+    <md5> <size>                                                        one per blob, sorted, unique
+    end <count> <bytes>                                                 proves the list is complete
+
+Standard library only."""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import re
+import zlib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+from .atomic import atomic_output
+from .errors import VerificationError
+
+FORMAT = 1
+SUFFIX = ".record"
+_LINE = re.compile(r"^([0-9a-f]{32}) (\d+)$")
+_END = re.compile(r"^end (\d+) (\d+)$")
+
+
+@dataclass
+class Snapshot:
+    file: str  # relative to the archive folder
+    size: int  # bytes of the database
+    sha256: str  # of the database (uncompressed): the same as Stash's own backup file
+    stored_size: int  # bytes of the compressed file
+    codec: str = "gzip"
+
+
+@dataclass
+class Header:
+    name: str  # Stash's backup name, without .zip: <db>.<schema>.<YYYYMMDD_HHMMSS>[-N]
+    created: str
+    schema_version: int
+    database_member: str  # the database's file name in Stash (and in an exported zip)
+    snapshot: Snapshot
+    includes_blobs: bool = True
+    blob_count: int = 0
+    blob_bytes: int = 0
+    new_blobs: int = 0  # blobs this backup added to the archive
+    new_blob_bytes: int = 0
+    missing_blobs: int = 0  # referenced by the database, not found anywhere when it was made
+    missing_examples: list = field(default_factory=list)
+    source: str = ""  # "filesystem", "server-zip", "migrated", ...
+    server_version: str = ""
+    added_at: str = ""
+    verified_level: str = ""
+    migrated_from: str = ""  # the old zip this backup was made from, if any
+    format: int = FORMAT
+
+    @property
+    def new_bytes(self) -> int:
+        """What this backup added to the archive: its snapshot and its new blobs."""
+        return self.snapshot.stored_size + self.new_blob_bytes
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Header":
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"unknown record format {data.get('format') if isinstance(data, dict) else data!r}")
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["snapshot"] = Snapshot(**data["snapshot"])
+        return cls(**values)
+
+
+def record_name(backup_name: str) -> str:
+    return backup_name + SUFFIX
+
+
+# --- pure: lines <-> entries -------------------------------------------------------
+
+def encode(header: Header, blobs: Iterable[tuple[str, int]]) -> Iterator[str]:
+    """The record's lines. `blobs` must be sorted by checksum; counts and bytes in
+    the header are checked against the list (a record never lies about itself)."""
+    yield header.to_json() + "\n"
+    count, total, previous = 0, 0, ""
+    for checksum, size in blobs:
+        if checksum <= previous:
+            raise ValueError(f"blob list not sorted or not unique at {checksum}")
+        previous = checksum
+        count += 1
+        total += size
+        yield f"{checksum} {size}\n"
+    if (count, total) != (header.blob_count, header.blob_bytes):
+        raise ValueError(f"header says {header.blob_count} blobs / {header.blob_bytes} bytes, list has {count} / {total}")
+    yield f"end {count} {total}\n"
+
+
+def decode_blobs(lines: Iterable[str], where: str) -> Iterator[tuple[str, int]]:
+    """(checksum, size) from the lines after the header; raises VerificationError when
+    the list is damaged, unsorted or cut short, so no caller ever takes a partial
+    list for a whole one."""
+    count, total, previous = 0, 0, ""
+    lines = iter(lines)
+    for line in lines:
+        match = _LINE.match(line.rstrip("\n"))
+        if match:
+            checksum, size = match.group(1), int(match.group(2))
+            if checksum <= previous:
+                raise VerificationError(f"{where}: the blob list is out of order at {checksum}: the record is damaged")
+            previous = checksum
+            count += 1
+            total += size
+            yield checksum, size
+            continue
+        end = _END.match(line.rstrip("\n"))
+        if end and (int(end.group(1)), int(end.group(2))) == (count, total):
+            for extra in lines:  # read to the very end: gzip checks its CRC only there
+                raise VerificationError(f"{where}: unexpected line {extra[:60]!r} after the end line: the record is damaged")
+            return
+        raise VerificationError(f"{where}: unexpected line {line[:60]!r} after {count} blob(s): the record is damaged")
+    raise VerificationError(f"{where}: the blob list ends after {count} blob(s) without its end line: the record is truncated")
+
+
+# --- files --------------------------------------------------------------------------
+
+def write(path: Path, header: Header, blobs: Iterable[tuple[str, int]]) -> None:
+    """Atomically: a temp file beside `path`, fsynced, renamed, folder fsynced."""
+    with atomic_output(path) as (handle, temp):
+        with gzip.GzipFile(fileobj=handle, mode="wb", compresslevel=6, mtime=0) as packed:
+            text = io.TextIOWrapper(packed, encoding="ascii", newline="\n")
+            for line in encode(header, blobs):
+                text.write(line)
+            text.flush()
+            text.detach()
+        os.chmod(temp, 0o644)
+
+
+def read_header(path: Path) -> Header:
+    try:
+        with gzip.open(path, "rt", encoding="ascii", newline="\n") as text:
+            first = text.readline()
+        return Header.from_json(first)
+    except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError) as error:
+        raise VerificationError(f"{path} cannot be read as a backup record ({error}): the record is damaged") from error
+
+
+class BlobList:
+    """The blob list of a record, streamed: `with BlobList(path) as blobs: for checksum, size in blobs`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._text: Optional[io.TextIOBase] = None
+
+    def __enter__(self) -> Iterator[tuple[str, int]]:
+        try:
+            self._text = gzip.open(self.path, "rt", encoding="ascii", newline="\n")
+            self._text.readline()
+        except (OSError, EOFError, zlib.error, ValueError) as error:
+            raise VerificationError(f"{self.path} cannot be read ({error}): the record is damaged") from error
+        return self._checked(decode_blobs(self._text, str(self.path)))
+
+    def _checked(self, blobs: Iterator[tuple[str, int]]) -> Iterator[tuple[str, int]]:
+        try:
+            yield from blobs
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError) as error:
+            raise VerificationError(f"{self.path} is damaged ({error})") from error
+
+    def __exit__(self, *exc) -> None:
+        if self._text:
+            self._text.close()

@@ -1,0 +1,360 @@
+"""The archive's content-addressed store: images once, database snapshots, records.
+
+    <archive>/blobs/<aa>/<bb>/<md5>          each image once, in Stash's own layout
+    <archive>/snapshots/<backup name>.gz     one compressed database per backup
+    <archive>/backups/<backup name>.record   what a backup consists of (record.py)
+    <archive>/pending/<run>.json             a run that is adding data right now
+    <archive>/incoming/                      temp files of the run holding the lock
+
+Crash safety, as restic's prune: a backup's record is written only after its snapshot
+and every blob it lists are durable, and it is the first thing removed when the backup
+is forgotten. Garbage collection (under the archive lock) deletes only blobs and
+snapshots that no record refers to and that no in-progress run may be adding: a run
+writes its pending marker before its first blob and removes it after its record, and
+collection spares everything written since the oldest marker. kill -9 at any point
+leaves at worst unreferenced files, which the next collection removes.
+
+Standard library only (stash-restore reads the store)."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from heapq import merge
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator, Optional
+
+from . import record as records
+from . import snapshot as snapshots
+from .atomic import discard, fsync_dir, storage_error
+from .errors import VerificationError
+from .naming import TEMP_MARKER, blob_relative_path
+
+BLOBS, SNAPSHOTS, RECORDS, PENDING, INCOMING = "blobs", "snapshots", "backups", "pending", "incoming"
+SNAPSHOT_SUFFIX = ".gz"
+CRASH_ENV = "STASH_BACKUP_CRASH_AT"
+# Spares blobs written shortly before a pending run's recorded start (clock steps,
+# file systems whose times come from another machine).
+PENDING_SLACK_SECONDS = 300
+# A marker older than this belongs to a run that died on another machine.
+PENDING_STALE_SECONDS = 48 * 3600
+COPY_CHUNK = 1024 * 1024
+
+
+def crash_point(step: str) -> None:
+    """Test hook: die exactly here, as kill -9 would, when the environment says so."""
+    if os.environ.get(CRASH_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    checksum: str
+    size: int
+    mtime: float
+
+
+class Store:
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    # --- layout ------------------------------------------------------------------
+    @property
+    def blobs_folder(self) -> Path:
+        return self.folder / BLOBS
+
+    @property
+    def records_folder(self) -> Path:
+        return self.folder / RECORDS
+
+    @property
+    def incoming(self) -> Path:
+        return self.folder / INCOMING
+
+    def blob_path(self, checksum: str) -> Path:
+        return self.blobs_folder / blob_relative_path(checksum)
+
+    def snapshot_path(self, name: str) -> Path:
+        return self.folder / SNAPSHOTS / (name + SNAPSHOT_SUFFIX)
+
+    def record_path(self, name: str) -> Path:
+        return self.records_folder / records.record_name(name)
+
+    def exists(self) -> bool:
+        return self.records_folder.is_dir()
+
+    # --- blobs ---------------------------------------------------------------------
+    def blob_size(self, checksum: str) -> Optional[int]:
+        try:
+            return self.blob_path(checksum).stat().st_size
+        except OSError:
+            return None
+
+    def stored_blobs(self) -> Iterator[StoredBlob]:
+        """Every blob file, sorted by checksum (folder by folder: the layout sorts)."""
+        if not self.blobs_folder.is_dir():
+            return
+        for first in _sorted_dirs(self.blobs_folder):
+            for second in _sorted_dirs(first):
+                with os.scandir(second) as entries:
+                    found = sorted((e.name, e) for e in entries if e.is_file(follow_symlinks=False)
+                                   and TEMP_MARKER not in e.name)
+                for name, entry in found:
+                    info = entry.stat(follow_symlinks=False)
+                    yield StoredBlob(name, info.st_size, info.st_mtime)
+
+    # --- records -------------------------------------------------------------------
+    def record_names(self) -> list[str]:
+        if not self.records_folder.is_dir():
+            return []
+        suffix = records.SUFFIX
+        return sorted(p.name[:-len(suffix)] for p in self.records_folder.iterdir()
+                      if p.name.endswith(suffix) and TEMP_MARKER not in p.name)
+
+    def header(self, name: str) -> records.Header:
+        return records.read_header(self.record_path(name))
+
+    def headers(self) -> list[records.Header]:
+        return [self.header(name) for name in self.record_names()]
+
+    def blob_list(self, name: str) -> records.BlobList:
+        return records.BlobList(self.record_path(name))
+
+    def referenced(self, names: Iterable[str]) -> Iterator[str]:
+        """Checksums the given records refer to, merged in order (with repeats); raises
+        VerificationError on any damaged record, so a partial list is never used."""
+        with contextlib.ExitStack() as stack:
+            streams = [_checksums(stack.enter_context(self.blob_list(name))) for name in names]
+            yield from merge(*streams)
+
+    def write_record(self, header: records.Header, blobs: Iterable[tuple[str, int]]) -> None:
+        self.records_folder.mkdir(parents=True, exist_ok=True)
+        records.write(self.record_path(header.name), header, blobs)
+
+    def forget(self, name: str) -> None:
+        """Remove a backup's record: from here on nothing keeps its data."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.record_path(name))
+        fsync_dir(self.records_folder)
+
+    # --- snapshots -------------------------------------------------------------------
+    def snapshot_names(self) -> list[str]:
+        folder = self.folder / SNAPSHOTS
+        if not folder.is_dir():
+            return []
+        return sorted(p.name[:-len(SNAPSHOT_SUFFIX)] for p in folder.iterdir()
+                      if p.name.endswith(SNAPSHOT_SUFFIX) and TEMP_MARKER not in p.name)
+
+    def read_snapshot(self, header: records.Header, target, progress=None) -> snapshots.Digest:
+        """Decompress a backup's database into `target`, checking size and SHA-256."""
+        path = self.folder / header.snapshot.file
+        try:
+            with open(path, "rb") as source:
+                digest = snapshots.decompress(source, target, progress)
+        except FileNotFoundError:
+            raise VerificationError(f"{header.name}: its database snapshot {path} is missing") from None
+        except VerificationError as error:
+            raise VerificationError(f"{path}: {error}") from None
+        if (digest.size, digest.sha256) != (header.snapshot.size, header.snapshot.sha256):
+            raise VerificationError(f"{path} decompresses to {digest.size} bytes with SHA-256 {digest.sha256[:12]}…, "
+                                    f"the record says {header.snapshot.size} bytes, {header.snapshot.sha256[:12]}…: "
+                                    "the snapshot is damaged")
+        return digest
+
+    # --- pending markers -------------------------------------------------------------
+    @contextlib.contextmanager
+    def pending(self, name: str) -> Iterator[Path]:
+        """Mark this run as adding data until the block ends (its record written)."""
+        folder = self.folder / PENDING
+        folder.mkdir(parents=True, exist_ok=True)
+        marker = folder / f"{name}.{os.getpid()}.json"
+        payload = {"name": name, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        from .atomic import write_bytes_atomic
+        write_bytes_atomic(marker, json.dumps(payload).encode(), mode=0o644)
+        try:
+            yield marker
+        finally:
+            discard(marker)
+            fsync_dir(folder)
+
+    def pending_markers(self) -> list[dict]:
+        folder = self.folder / PENDING
+        if not folder.is_dir():
+            return []
+        found = []
+        for path in sorted(folder.glob("*.json")):
+            try:
+                data = json.loads(path.read_text())
+                found.append({**data, "path": str(path)})
+            except (OSError, ValueError):
+                # unreadable: a run was killed while writing it; it still counts, from its file time
+                with contextlib.suppress(OSError):
+                    found.append({"name": "", "started": path.stat().st_mtime, "path": str(path)})
+        return found
+
+    def protect_since(self) -> Optional[float]:
+        """Blobs and snapshots newer than this may belong to a run in progress."""
+        starts = [float(m.get("started", 0)) for m in self.pending_markers()]
+        return min(starts) - PENDING_SLACK_SECONDS if starts else None
+
+    def clean_after_killed_runs(self) -> list[Path]:
+        """With the archive's lock held: temp files in incoming/ are a killed run's, and
+        so are markers of this host's processes that no longer exist (or any marker
+        older than two days). Returns what was removed."""
+        removed = []
+        if self.incoming.is_dir():
+            for path in self.incoming.iterdir():
+                discard(path)
+                removed.append(path)
+        now, host = time.time(), socket.gethostname()
+        for marker in self.pending_markers():
+            dead_here = marker.get("host") == host and not _process_alive(marker.get("pid"))
+            if dead_here or now - float(marker.get("started", now)) > PENDING_STALE_SECONDS:
+                discard(Path(marker["path"]))
+                removed.append(Path(marker["path"]))
+        return removed
+
+    # --- adding ------------------------------------------------------------------------
+    def blob_writer(self, batch: int = 500) -> "BlobWriter":
+        return BlobWriter(self, batch)
+
+
+class BlobWriter:
+    """Adds blobs: each is copied into incoming/ while its MD5 is checked; every
+    `batch` blobs the copies are synced, renamed into place and their folders synced.
+    A blob is in the store under its name only once it is complete and durable."""
+
+    def __init__(self, store: Store, batch: int):
+        self.store, self.batch = store, batch
+        self._staged: list[tuple[str, Path]] = []
+        self.added = 0
+        self.added_bytes = 0
+
+    def __enter__(self) -> "BlobWriter":
+        self.store.incoming.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        if kind is None:
+            self.flush()
+        else:
+            for _, temp in self._staged:
+                discard(temp)
+            self._staged.clear()
+
+    def add(self, checksum: str, source: BinaryIO) -> Optional[int]:
+        """Copy one blob from an open file; returns its size, or None (nothing kept)
+        when its content does not match its name."""
+        temp = self.store.incoming / f"{checksum}{TEMP_MARKER}{os.getpid()}"
+        digest, size = hashlib.md5(), 0
+        try:
+            with open(temp, "wb") as out:
+                while chunk := source.read(COPY_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+            os.chmod(temp, 0o644)
+        except OSError as error:
+            discard(temp)
+            raise storage_error("write blobs into", self.store.incoming, error) from error
+        if digest.hexdigest() != checksum:
+            discard(temp)
+            return None
+        self._staged.append((checksum, temp))
+        self.added += 1
+        self.added_bytes += size
+        if len(self._staged) >= self.batch:
+            self.flush()
+        return size
+
+    def flush(self) -> None:
+        if not self._staged:
+            return
+        try:
+            _sync_files([temp for _, temp in self._staged])
+            folders = set()
+            for checksum, temp in self._staged:
+                final = self.store.blob_path(checksum)
+                if not final.parent.is_dir():
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    folders.update((final.parent.parent, final.parent.parent.parent))
+                os.replace(temp, final)  # a damaged copy under this name is replaced by a checked one
+                folders.add(final.parent)
+            for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+                fsync_dir(folder)
+        except OSError as error:
+            raise storage_error("store blobs in", self.store.blobs_folder, error) from error
+        self._staged.clear()
+        crash_point("blobs-batch")
+
+
+def write_snapshot(store: Store, name: str, database: Path, level: int = snapshots.LEVEL,
+                   progress=None) -> tuple[Path, snapshots.Digest]:
+    """Compress a database into a temp file in incoming/ (fsynced). The caller
+    checks the digest, then commits it with `commit_snapshot`."""
+    store.incoming.mkdir(parents=True, exist_ok=True)
+    temp = store.incoming / f"{name}{SNAPSHOT_SUFFIX}{TEMP_MARKER}{os.getpid()}"
+    try:
+        with open(database, "rb") as source, open(temp, "wb") as out:
+            digest = snapshots.compress(source, out, level=level, progress=progress)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temp, 0o644)
+    except OSError as error:
+        discard(temp)
+        raise storage_error("write the database snapshot into", store.incoming, error) from error
+    except BaseException:
+        discard(temp)
+        raise
+    return temp, digest
+
+
+def commit_snapshot(store: Store, name: str, temp: Path) -> Path:
+    final = store.snapshot_path(name)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(temp, final)
+        fsync_dir(final.parent)
+    except OSError as error:
+        raise storage_error("store the database snapshot in", final.parent, error) from error
+    return final
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+def _checksums(blobs: Iterator[tuple[str, int]]) -> Iterator[str]:
+    for checksum, _ in blobs:
+        yield checksum
+
+
+def _sorted_dirs(folder: Path) -> list[Path]:
+    with os.scandir(folder) as entries:
+        return [Path(e.path) for e in sorted(entries, key=lambda e: e.name)
+                if e.is_dir(follow_symlinks=False) and len(e.name) == 2]
+
+
+def _sync_files(paths: list[Path]) -> None:
+    if hasattr(os, "sync") and len(paths) > 8:
+        os.sync()  # one flush for the batch instead of one per small file
+        return
+    for path in paths:
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def _process_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+ProgressBytes = Optional[Callable[[int], None]]

@@ -1,0 +1,138 @@
+"""Decisions about the store, made from facts gathered beforehand. Pure logic: no I/O,
+so garbage collection and migration can be tested case by case.
+
+Garbage collection walks two sorted streams at once, the stored blobs and the
+checksums the kept records refer to (merged, with repeats), so its memory does not
+grow with the number of blobs; only what it will delete is collected."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Optional
+
+from .naming import parse_backup_name
+
+
+@dataclass
+class GcPlan:
+    delete_blobs: list[tuple[str, int]] = field(default_factory=list)  # (checksum, size)
+    delete_snapshots: list[str] = field(default_factory=list)  # backup names
+    spared_blobs: int = 0  # unreferenced, but new enough that a run in progress may be adding them
+    spared_snapshots: list[str] = field(default_factory=list)
+    kept_blobs: int = 0
+    kept_bytes: int = 0
+    snapshot_bytes: int = 0  # of the snapshots to delete, when known
+
+    @property
+    def blob_bytes(self) -> int:
+        return sum(size for _, size in self.delete_blobs)
+
+    @property
+    def freed_bytes(self) -> int:
+        return self.blob_bytes + self.snapshot_bytes
+
+
+def plan_gc(stored: Iterable, referenced: Iterable[str], protect_since: Optional[float] = None) -> GcPlan:
+    """Which stored blobs no record refers to. `stored` yields objects with checksum,
+    size and mtime, sorted by checksum; `referenced` yields checksums sorted (repeats
+    allowed). A blob written at or after `protect_since` (the oldest in-progress run's
+    start) is spared: that run's record, not yet written, may refer to it."""
+    plan = GcPlan()
+    wanted = _unique(iter(referenced))
+    next_wanted = next(wanted, None)
+    for blob in stored:
+        while next_wanted is not None and next_wanted < blob.checksum:
+            next_wanted = next(wanted, None)  # referenced but not stored: verify reports it
+        if next_wanted == blob.checksum:
+            plan.kept_blobs += 1
+            plan.kept_bytes += blob.size
+        elif protect_since is not None and blob.mtime >= protect_since:
+            plan.spared_blobs += 1
+        else:
+            plan.delete_blobs.append((blob.checksum, blob.size))
+    for _ in wanted:  # read to the end: a damaged record raises only there
+        pass
+    return plan
+
+
+def plan_snapshots(snapshots: Iterable[tuple[str, float, int]], recorded: Iterable[str], pending: Iterable[str],
+                   protect_since: Optional[float] = None, plan: Optional[GcPlan] = None) -> GcPlan:
+    """Snapshot files (name, mtime, size) that no record names and no pending run is
+    writing: left by a killed run, or by a forget that was cut short."""
+    plan = plan or GcPlan()
+    recorded, pending = set(recorded), set(pending)
+    for name, mtime, size in snapshots:
+        if name in recorded:
+            continue
+        if name in pending or (protect_since is not None and mtime >= protect_since):
+            plan.spared_snapshots.append(name)
+        else:
+            plan.delete_snapshots.append(name)
+            plan.snapshot_bytes += size
+    return plan
+
+
+def _unique(checksums: Iterator[str]) -> Iterator[str]:
+    previous = None
+    for checksum in checksums:
+        if checksum != previous:
+            yield checksum
+            previous = checksum
+
+
+# --- migration of per-backup zips ---------------------------------------------------------
+
+@dataclass
+class OldBackup:
+    """A backup in the old layout (a zip or a plain sqlite file, manifest.json)."""
+    file: str
+    size: int
+    verified_ok: bool
+    verified_at: str = ""
+    verify_error: str = ""
+
+
+@dataclass
+class MigrationStep:
+    old: OldBackup
+    action: str  # "import", "remove-old" (already imported), "skip"
+    record_name: str = ""
+    reason: str = ""
+
+
+def stored_name_for(file: str) -> str:
+    """A zip's backup name without `.zip`: the record's name."""
+    return file[:-4] if file.endswith(".zip") else file
+
+
+def plan_migration(old: Iterable[OldBackup], imported_from: dict[str, str], record_names: Iterable[str]) -> list[MigrationStep]:
+    """For every old backup: import it, finish an import a killed run left (record
+    written, old file still there: remove it), or skip it (it failed verification, or
+    was never verified: migrating must not launder a bad backup into a good-looking
+    record). `imported_from` maps old file name -> record name."""
+    taken = set(record_names)
+    steps = []
+    for backup in sorted(old, key=lambda b: b.file):
+        if backup.file in imported_from:
+            steps.append(MigrationStep(backup, "remove-old", imported_from[backup.file],
+                                       "already imported by an earlier run"))
+            continue
+        if not parse_backup_name(backup.file):
+            steps.append(MigrationStep(backup, "skip", reason="not a Stash backup name"))
+            continue
+        if not backup.verified_ok:
+            why = f"its last verification failed: {backup.verify_error}" if backup.verified_at else "it was never verified"
+            steps.append(MigrationStep(backup, "skip", reason=f"{why} (run verify first)"))
+            continue
+        name = _free(stored_name_for(backup.file), taken)
+        taken.add(name)
+        steps.append(MigrationStep(backup, "import", name))
+    return steps
+
+
+def _free(name: str, taken: set[str]) -> str:
+    from .naming import with_counter
+    candidate, counter = name, 1
+    while candidate in taken:
+        counter += 1
+        candidate = with_counter(name, counter)
+    return candidate

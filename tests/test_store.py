@@ -1,0 +1,160 @@
+"""The store's parts: the record format, the snapshot codec, blobs added durably."""
+import gzip
+import hashlib
+import io
+import os
+import zlib
+
+import pytest
+
+from stash_backup_plugin.core import record, snapshot
+from stash_backup_plugin.core.errors import VerificationError
+from stash_backup_plugin.core.store import Store, commit_snapshot, write_snapshot
+
+
+def header(blobs, name="stash-go.sqlite.85.20261126_030000"):
+    return record.Header(name=name, created="2026-11-26T03:00:00", schema_version=85,
+                         database_member="stash-go.sqlite",
+                         snapshot=record.Snapshot(f"snapshots/{name}.gz", 1000, "ab" * 32, 300),
+                         blob_count=len(blobs), blob_bytes=sum(s for _, s in blobs), new_blobs=1, new_blob_bytes=7,
+                         source="filesystem", added_at="2026-11-26T03:00:05+00:00")
+
+
+BLOBS = [("0" * 32, 5), ("1" * 31 + "f", 7), ("a" * 32, 9)]
+
+
+# --- record -----------------------------------------------------------------------------
+
+def test_record_lines_are_golden():
+    lines = list(record.encode(header(BLOBS), iter(BLOBS)))
+    assert lines[1:] == [f"{'0' * 32} 5\n", f"{'1' * 31}f 7\n", f"{'a' * 32} 9\n", "end 3 21\n"]
+    assert record.Header.from_json(lines[0]) == header(BLOBS)
+    assert list(record.decode_blobs(lines[1:], "r")) == BLOBS
+
+
+def test_record_refuses_to_lie():
+    with pytest.raises(ValueError, match="not sorted"):
+        list(record.encode(header(BLOBS), [BLOBS[1], BLOBS[0], BLOBS[2]]))
+    with pytest.raises(ValueError, match="header says"):
+        list(record.encode(header(BLOBS), BLOBS[:2]))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda lines: lines[:-1], "without its end line"),
+    (lambda lines: lines[:2] + lines[3:], "unexpected line"),  # a blob missing: the end line does not add up
+    (lambda lines: [lines[1], lines[0]] + lines[2:], "out of order"),
+    (lambda lines: lines[:1] + ["zz\n"] + lines[1:], "unexpected line"),
+])
+def test_a_damaged_blob_list_never_passes_for_a_whole_one(damage, message):
+    lines = list(record.encode(header(BLOBS), BLOBS))[1:]
+    with pytest.raises(VerificationError, match=message):
+        list(record.decode_blobs(damage(lines), "r"))
+
+
+def test_record_file_roundtrip_and_truncation(tmp_path):
+    store = Store(tmp_path)
+    store.write_record(header(BLOBS), BLOBS)
+    assert store.record_names() == ["stash-go.sqlite.85.20261126_030000"]
+    assert store.header("stash-go.sqlite.85.20261126_030000").new_bytes == 307
+    with store.blob_list("stash-go.sqlite.85.20261126_030000") as blobs:
+        assert list(blobs) == BLOBS
+    path = store.record_path("stash-go.sqlite.85.20261126_030000")
+    path.write_bytes(path.read_bytes()[:-12])  # gzip trailer and some data cut off
+    with pytest.raises(VerificationError):
+        with store.blob_list("stash-go.sqlite.85.20261126_030000") as blobs:
+            list(blobs)
+
+
+def test_referenced_merges_records_in_order(tmp_path):
+    store = Store(tmp_path)
+    store.write_record(header(BLOBS, "a.85.20261126_030000"), BLOBS)
+    other = [("0" * 32, 5), ("b" * 32, 1)]
+    store.write_record(header(other, "a.85.20261127_030000"), other)
+    assert list(store.referenced(store.record_names())) == ["0" * 32, "0" * 32, "1" * 31 + "f", "a" * 32, "b" * 32]
+
+
+# --- snapshot codec ---------------------------------------------------------------------
+
+def test_snapshot_is_plain_gzip_in_several_members():
+    data = os.urandom(1000) * 9000  # 9 MB: several members
+    out = io.BytesIO()
+    digest = snapshot.compress(io.BytesIO(data), out, threads=2)
+    assert digest.size == len(data) and digest.sha256 == hashlib.sha256(data).hexdigest()
+    assert gzip.decompress(out.getvalue()) == data  # any gzip reader reads it
+    back = io.BytesIO()
+    assert snapshot.decompress(io.BytesIO(out.getvalue()), back).sha256 == digest.sha256
+    assert back.getvalue() == data
+
+
+def test_empty_snapshot_roundtrips():
+    out = io.BytesIO()
+    snapshot.compress(io.BytesIO(b""), out)
+    assert snapshot.decompress(io.BytesIO(out.getvalue()), io.BytesIO()).size == 0
+
+
+@pytest.mark.parametrize("cut", [1, 10, 5000])
+def test_truncated_or_damaged_snapshot_is_refused(cut):
+    data = os.urandom(100) * 50000
+    out = io.BytesIO()
+    snapshot.compress(io.BytesIO(data), out)
+    packed = out.getvalue()
+    with pytest.raises(VerificationError):
+        snapshot.decompress(io.BytesIO(packed[:-cut]), io.BytesIO())
+    flipped = bytearray(packed)
+    flipped[len(flipped) // 2] ^= 0xFF
+    with pytest.raises(VerificationError):
+        snapshot.decompress(io.BytesIO(bytes(flipped)), io.BytesIO())
+    with pytest.raises(VerificationError):
+        snapshot.decompress(io.BytesIO(packed + b"garbage"), io.BytesIO())
+
+
+def test_snapshot_written_and_committed(tmp_path):
+    database = tmp_path / "db.sqlite"
+    database.write_bytes(b"SQLite format 3\x00" + b"x" * 100000)
+    store = Store(tmp_path / "archive")
+    temp, digest = write_snapshot(store, "n.85.20261126_030000", database)
+    assert temp.parent == store.incoming and not store.snapshot_names()
+    final = commit_snapshot(store, "n.85.20261126_030000", temp)
+    assert store.snapshot_names() == ["n.85.20261126_030000"] and not temp.exists()
+    assert zlib.decompress(final.read_bytes(), 31) == database.read_bytes()
+    assert digest.sha256 == hashlib.sha256(database.read_bytes()).hexdigest()
+
+
+# --- blobs ------------------------------------------------------------------------------
+
+def test_blob_writer_adds_checked_blobs_and_lists_them_sorted(tmp_path):
+    store = Store(tmp_path)
+    contents = [os.urandom(100 + n) for n in range(20)]
+    with store.blob_writer(batch=7) as writer:
+        for data in contents:
+            assert writer.add(hashlib.md5(data).hexdigest(), io.BytesIO(data)) == len(data)
+        assert writer.add("0" * 32, io.BytesIO(b"not matching")) is None  # refused, nothing kept
+    listed = list(store.stored_blobs())
+    assert [b.checksum for b in listed] == sorted(hashlib.md5(d).hexdigest() for d in contents)
+    assert all(store.blob_path(b.checksum).read_bytes() for b in listed)
+    assert not list(store.incoming.iterdir())
+    assert store.blob_size("0" * 32) is None
+
+
+def test_a_failed_run_leaves_nothing_under_a_blob_name(tmp_path):
+    store = Store(tmp_path)
+    data = b"image"
+    with pytest.raises(RuntimeError):
+        with store.blob_writer(batch=100) as writer:
+            writer.add(hashlib.md5(data).hexdigest(), io.BytesIO(data))
+            raise RuntimeError("killed")
+    assert list(store.stored_blobs()) == [] and not list(store.incoming.iterdir())
+
+
+def test_pending_marker_and_cleanup_of_a_dead_run(tmp_path):
+    store = Store(tmp_path)
+    with store.pending("x.85.20261126_030000"):
+        assert store.protect_since() is not None
+        assert store.clean_after_killed_runs() == []  # our own process is alive
+    assert store.protect_since() is None
+    dead = tmp_path / "pending" / "y.json"
+    dead.write_text('{"name": "y", "pid": 999999999, "host": "%s", "started": 1}' % __import__("socket").gethostname())
+    (tmp_path / "incoming").mkdir()
+    (tmp_path / "incoming" / "leftover").write_bytes(b"x")
+    removed = store.clean_after_killed_runs()
+    assert not dead.exists() and not (tmp_path / "incoming" / "leftover").exists() and len(removed) == 2
