@@ -24,6 +24,8 @@ import os
 import signal
 import socket
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass
 from heapq import merge
 from pathlib import Path
@@ -254,7 +256,13 @@ class BlobWriter:
         digest, size = hashlib.md5(), 0
         try:
             with open(temp, "wb") as out:
-                while chunk := source.read(COPY_CHUNK):
+                while True:
+                    chunk = _read_source(source)
+                    if chunk is None:  # unreadable at the source (I/O error, bad zip CRC)
+                        discard(temp)
+                        return None
+                    if not chunk:
+                        break
                     digest.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
@@ -345,6 +353,15 @@ def _sync_files(paths: list[Path]) -> None:
     for path in paths:
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
+
+
+def _read_source(source: BinaryIO) -> Optional[bytes]:
+    """The next chunk, or None when the source cannot be read (an I/O error on Stash's
+    disk, a zip entry whose CRC is wrong): the blob is unavailable, not the run failed."""
+    try:
+        return source.read(COPY_CHUNK)
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None
 
 
 def _process_alive(pid) -> bool:

@@ -1,0 +1,514 @@
+"""Stored backups (store.py's layout): make one from a checked database and a source
+of blobs, verify one or all, collect garbage, export one as a self-contained zip,
+import an old per-backup zip. The application layer (jobs.py) calls these under the
+archive's lock; stash-restore reads with the same parts. Standard library only."""
+from __future__ import annotations
+
+import contextlib
+import heapq
+import os
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Protocol
+
+from . import backup_zip as fullbackup
+from . import record as records
+from .atomic import atomic_output, discard, fsync_dir, scratch_folder, storage_error
+from .errors import StorageError, UsageError, VerificationError
+from .naming import TEMP_MARKER as _TEMP, blob_member_name, blob_relative_path, parse_backup_name
+from .reporting import Reporter
+from .sqlite_check import QUICK, check_database
+from .store import SNAPSHOTS, Store, commit_snapshot, crash_point, write_snapshot
+from .store_plan import GcPlan, plan_gc, plan_snapshots
+
+MISSING_EXAMPLES = 5
+
+
+# --- where blobs come from ------------------------------------------------------------
+
+class BlobSource(Protocol):
+    def size(self, checksum: str) -> Optional[int]:
+        """The blob's size, or None when this source does not have it."""
+
+    def open(self, checksum: str) -> BinaryIO:
+        """The blob's bytes (only called after size() found it)."""
+
+
+class FolderSource:
+    """Stash's blobs folder, then its extra (read-only) blob folders, in that order."""
+
+    def __init__(self, folders: Iterable[Path]):
+        self.folders = [Path(f) for f in folders]
+
+    def _path(self, checksum: str) -> Optional[tuple[Path, int]]:
+        for folder in self.folders:
+            path = folder / blob_relative_path(checksum)
+            try:
+                return path, path.stat().st_size
+            except OSError:
+                continue
+        return None
+
+    def size(self, checksum: str) -> Optional[int]:
+        found = self._path(checksum)
+        return found[1] if found else None
+
+    def open(self, checksum: str) -> BinaryIO:
+        found = self._path(checksum)
+        if not found:
+            raise FileNotFoundError(checksum)
+        return open(found[0], "rb")
+
+
+class ZipSource:
+    """The blobs inside a full-backup zip (Stash v0.31's layout)."""
+
+    def __init__(self, archive: zipfile.ZipFile, layout: fullbackup.ZipLayout):
+        self.archive, self.members = archive, layout.blob_members
+
+    def size(self, checksum: str) -> Optional[int]:
+        info = self.members.get(checksum)
+        return info.file_size if info else None
+
+    def open(self, checksum: str) -> BinaryIO:
+        return self.archive.open(self.members[checksum])
+
+
+class NoBlobs:
+    def size(self, checksum: str) -> Optional[int]:
+        return None
+
+    def open(self, checksum: str) -> BinaryIO:
+        raise FileNotFoundError(checksum)
+
+
+# --- making a stored backup -------------------------------------------------------------
+
+@dataclass
+class NewBackup:
+    """What the caller knows about the database it fetched and checked."""
+    name: str
+    database: Path  # the checked database file (temp); not modified
+    sha256: str
+    schema_version: int
+    referenced: set  # checksums of blobs the database keeps on the filesystem
+    includes_blobs: bool
+    source: str
+    server_version: str = ""
+    verified_level: str = QUICK
+    database_member: str = ""
+    migrated_from: str = ""
+    added_at: str = ""
+
+
+class _Compressor(threading.Thread):
+    """Compresses the snapshot beside the blob copying (different resources: CPU here,
+    disk there), then reads it back to prove it decompresses to the same bytes."""
+
+    def __init__(self, store: Store, name: str, database: Path):
+        super().__init__(name="snapshot", daemon=True)
+        self.store, self.backup_name, self.database = store, name, database
+        self.temp: Optional[Path] = None
+        self.digest = None
+        self.error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        try:
+            self.temp, self.digest = write_snapshot(self.store, self.backup_name, self.database)
+            with open(self.temp, "rb") as packed:
+                from .snapshot import decompress
+                back = decompress(packed, _Discard())
+            if (back.size, back.sha256) != (self.digest.size, self.digest.sha256):
+                raise VerificationError(f"the compressed database {self.temp} does not read back as written")
+        except BaseException as error:  # handed to the caller's thread
+            self.error = error
+
+    def result(self):
+        self.join()
+        if self.error:
+            if self.temp:
+                discard(self.temp)
+            raise self.error
+        return self.temp, self.digest
+
+
+def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Reporter) -> records.Header:
+    """Store a checked database and the blobs it refers to, then (last) its record.
+    Blobs the store already holds are not copied again."""
+    with store.pending(new.name):
+        store.incoming.mkdir(parents=True, exist_ok=True)
+        compressor = _Compressor(store, new.name, new.database)
+        compressor.start()
+        blob_list = store.incoming / f"{new.name}.blobs{_TEMP}{os.getpid()}"
+        try:
+            with open(blob_list, "w", encoding="ascii") as listing:
+                counts = _store_blobs(store, sorted(new.referenced), source, listing, report)
+            temp, digest = compressor.result()
+            if digest.sha256 != new.sha256 or digest.size != new.database.stat().st_size:
+                discard(temp)
+                raise VerificationError(f"{new.database} changed while it was compressed: try again")
+            snapshot_path = commit_snapshot(store, new.name, temp)
+            crash_point("snapshot-stored")
+            header = _header(new, snapshot_path, store, digest, counts)
+            with open(blob_list, encoding="ascii") as listing:
+                store.write_record(header, _read_list(listing))
+            crash_point("record-written")
+        finally:
+            compressor.join()
+            if compressor.temp and compressor.temp.exists():
+                discard(compressor.temp)
+            discard(blob_list)
+    return header
+
+
+@dataclass
+class _Counts:
+    count: int = 0
+    bytes: int = 0
+    new: int = 0
+    new_bytes: int = 0
+    missing: list = field(default_factory=list)
+    missing_count: int = 0
+
+
+def _store_blobs(store: Store, checksums: list, source: BlobSource, listing, report: Reporter) -> _Counts:
+    counts = _Counts()
+    total = len(checksums)
+    with store.blob_writer() as writer:
+        for index, checksum in enumerate(checksums):
+            size = _store_one(store, writer, checksum, source, counts)
+            if size is None:
+                counts.missing_count += 1
+                if len(counts.missing) < MISSING_EXAMPLES:
+                    counts.missing.append(checksum)
+            else:
+                counts.count += 1
+                counts.bytes += size
+                listing.write(f"{checksum} {size}\n")
+            if index % 500 == 0:
+                report.progress(index / total if total else 1.0, "storing blobs")
+    report.progress(1.0, "storing blobs")
+    return counts
+
+
+def _store_one(store: Store, writer, checksum: str, source: BlobSource, counts: _Counts) -> Optional[int]:
+    """The blob's size once it is in the store (copied now or already there), or None
+    when neither the store nor the source has a sound copy."""
+    have = store.blob_size(checksum)
+    offered = source.size(checksum)
+    if have is not None and (offered is None or offered == have):
+        return have
+    if offered is None:
+        return None
+    try:
+        handle = source.open(checksum)
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return have
+    with handle:
+        added = writer.add(checksum, handle)
+    if added is None:  # unreadable or damaged at the source: keep what the store has, if anything
+        return have
+    counts.new += 1
+    counts.new_bytes += added
+    return added
+
+
+def _read_list(listing) -> Iterator[tuple[str, int]]:
+    for line in listing:
+        checksum, size = line.split()
+        yield checksum, int(size)
+
+
+def _header(new: NewBackup, snapshot_path: Path, store: Store, digest, counts: _Counts) -> records.Header:
+    from .archive import utc_now
+    parsed = parse_backup_name(new.name)
+    return records.Header(
+        name=new.name, created=parsed.created.isoformat() if parsed else "", schema_version=new.schema_version,
+        database_member=new.database_member or (parsed.database_name if parsed else "stash-go.sqlite"),
+        snapshot=records.Snapshot(str(snapshot_path.relative_to(store.folder).as_posix()), digest.size, digest.sha256,
+                                  snapshot_path.stat().st_size),
+        includes_blobs=new.includes_blobs, blob_count=counts.count, blob_bytes=counts.bytes, new_blobs=counts.new,
+        new_blob_bytes=counts.new_bytes, missing_blobs=counts.missing_count, missing_examples=counts.missing,
+        source=new.source, server_version=new.server_version, added_at=new.added_at or utc_now(),
+        verified_level=new.verified_level, migrated_from=new.migrated_from)
+
+
+class _Discard:
+    def write(self, data) -> int:
+        return len(data)
+
+
+# --- verification ---------------------------------------------------------------------------
+
+@dataclass
+class ReadData:
+    """Which blobs to re-hash: all (1/1), or the N-th of M parts (restic's
+    --read-data-subset n/m): a blob is in part N when its checksum's first 32 bits
+    modulo M is N-1, so M nights with N = 1..M read every blob once."""
+    part: int = 1
+    parts: int = 1
+
+    def includes(self, checksum: str) -> bool:
+        return int(checksum[:8], 16) % self.parts == self.part - 1
+
+    @classmethod
+    def parse(cls, text: str) -> "ReadData":
+        try:
+            part, parts = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise UsageError(f"--read-data-subset {text!r}: use N/M, e.g. 1/7 (part N of M)") from None
+        if not 1 <= part <= parts:
+            raise UsageError(f"--read-data-subset {text!r}: N must be between 1 and M")
+        return cls(part, parts)
+
+    def __str__(self) -> str:
+        return "all" if self.parts == 1 else f"{self.part}/{self.parts}"
+
+
+@dataclass
+class StoredCheck:
+    name: str
+    schema_version: Optional[int] = None
+    problems: list = field(default_factory=list)
+
+
+def check_snapshot(store: Store, header: records.Header, level: str, report: Reporter) -> list[str]:
+    """The database: decompresses to the recorded size and SHA-256, passes the SQLite
+    check, has the recorded schema, and refers to no blob the record does not list
+    (other than those already missing when it was made)."""
+    try:
+        with scratch_folder(store.folder) as work:
+            database = work / header.database_member
+            with open(database, "wb") as out:
+                store.read_snapshot(header, out, progress=_bytes(report, header.snapshot.size, "checking database"))
+            checked = check_database(database, level)
+    except VerificationError as error:
+        return [str(error)]
+    except OSError as error:
+        return [f"{header.name}: cannot check its database ({error.strerror or error})"]
+    problems = []
+    if checked.schema_version != header.schema_version:
+        problems.append(f"{header.name}: the database has schema {checked.schema_version}, the record says "
+                        f"{header.schema_version}")
+    if header.includes_blobs:
+        unlisted = _count_unlisted(store, header, checked.blobs_on_filesystem)
+        if unlisted > header.missing_blobs:
+            problems.append(f"{header.name}: the database refers to {unlisted} blob(s) the record does not list "
+                            f"(recorded as missing when it was made: {header.missing_blobs})")
+    return problems
+
+
+def _count_unlisted(store: Store, header: records.Header, referenced: set) -> int:
+    remaining = set(referenced)
+    with store.blob_list(header.name) as blobs:
+        for checksum, _ in blobs:
+            remaining.discard(checksum)
+    return len(remaining)
+
+
+def check_blobs(store: Store, names: list[str], read_data: Optional[ReadData], report: Reporter,
+                total_hint: int = 0) -> dict[str, list[str]]:
+    """Every blob the records list: present with the listed size; with `read_data`,
+    its MD5 equals its name. Each blob is looked at once however many backups refer
+    to it (the lists are merged as streams). Returns problems per backup name."""
+    problems: dict[str, list[str]] = {name: [] for name in names}
+    with contextlib.ExitStack() as stack:
+        streams = []
+        for name in names:
+            try:
+                streams.append(_tagged(stack.enter_context(store.blob_list(name)), name, problems))
+            except VerificationError as error:
+                problems[name].append(str(error))
+        group: list = []
+        for seen, item in enumerate(heapq.merge(*streams)):
+            if group and item[0] != group[0][0]:
+                _check_group(store, group, read_data, problems)
+                group = []
+            group.append(item)
+            if seen % 2000 == 0 and total_hint:
+                report.progress(min(seen / total_hint, 1.0), "checking blobs")
+        if group:
+            _check_group(store, group, read_data, problems)
+    return problems
+
+
+def _tagged(blobs: Iterator[tuple[str, int]], name: str, problems: dict) -> Iterator[tuple[str, int, str]]:
+    """A record's list tagged with its name; a damaged list is that backup's problem,
+    the other backups' blobs are still checked."""
+    try:
+        for checksum, size in blobs:
+            yield checksum, size, name
+    except VerificationError as error:
+        problems[name].append(str(error))
+
+
+def _check_group(store: Store, group: list, read_data: Optional[ReadData], problems: dict) -> None:
+    checksum = group[0][0]
+    actual = store.blob_size(checksum)
+    trouble = None
+    if actual is None:
+        trouble = f"blob {blob_relative_path(checksum)} is missing from the archive"
+    elif any(size != actual for _, size, _ in group):
+        trouble = f"blob {blob_relative_path(checksum)} is {actual} bytes, the record says {group[0][1]}"
+    elif read_data and read_data.includes(checksum) and _md5(store.blob_path(checksum)) != checksum:
+        trouble = f"blob {blob_relative_path(checksum)} does not match its name (MD5): it is damaged"
+    if trouble:
+        for _, _, name in group:
+            problems[name].append(trouble)
+
+
+def _md5(path: Path) -> str:
+    import hashlib
+    digest = hashlib.md5()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1024 * 1024):
+                digest.update(chunk)
+    except OSError:
+        return ""
+    return digest.hexdigest()
+
+
+def _bytes(report: Reporter, total: int, label: str) -> Callable[[int], None]:
+    done = [0]
+
+    def advance(count: int) -> None:
+        done[0] += count
+        report.progress(done[0] / total if total else 1.0, label)
+    return advance
+
+
+# --- garbage collection ----------------------------------------------------------------------
+
+def plan_collection(store: Store, keep: Optional[list[str]] = None) -> GcPlan:
+    """What collecting garbage would delete if only the records `keep` (default: all)
+    remained. Raises VerificationError if any kept record cannot be read whole."""
+    names = store.record_names() if keep is None else keep
+    protect = store.protect_since()
+    plan = plan_gc(store.stored_blobs(), store.referenced(names), protect)
+    pending = [m.get("name", "") for m in store.pending_markers()]
+    return plan_snapshots(_snapshot_files(store), names, pending, protect, plan)
+
+
+def _snapshot_files(store: Store) -> Iterator[tuple[str, float, int]]:
+    for name in store.snapshot_names():
+        with contextlib.suppress(OSError):
+            info = store.snapshot_path(name).stat()
+            yield name, info.st_mtime, info.st_size
+
+
+def collect(store: Store, plan: GcPlan, report: Reporter, batch: int = 1000) -> None:
+    """Delete what the plan says (snapshots first, then blobs), syncing each folder."""
+    for name in plan.delete_snapshots:
+        discard(store.snapshot_path(name))
+    if plan.delete_snapshots:
+        fsync_dir(store.folder / SNAPSHOTS)
+    folders = set()
+    for index, (checksum, _) in enumerate(plan.delete_blobs, 1):
+        path = store.blob_path(checksum)
+        try:
+            discard(path)
+        except OSError as error:
+            raise storage_error("remove", path, error) from error
+        folders.add(path.parent)
+        if index % batch == 0:
+            _sync_folders(folders)
+            crash_point("gc-batch")
+            report.progress(index / len(plan.delete_blobs), "collecting garbage")
+    _sync_folders(folders)
+
+
+def _sync_folders(folders: set) -> None:
+    for folder in folders:
+        with contextlib.suppress(FileNotFoundError):
+            fsync_dir(folder)
+    folders.clear()
+
+
+# --- export as one zip --------------------------------------------------------------------------
+
+def export_zip(store: Store, name: str, output: Path, report: Reporter) -> Path:
+    """A self-contained zip in Stash v0.31's layout: the database (deflated, as Stash
+    writes it) at the root and every blob at blobs/aa/bb/<md5>, verified before it
+    takes its final name."""
+    header = store.header(name)
+    from .verify import require_blobs, verify_backup
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(output) as (handle, temp):
+        with zipfile.ZipFile(handle, "w", allowZip64=True) as packed:
+            info = zipfile.ZipInfo(header.database_member, _zip_time(header.created))
+            info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+            info.file_size = header.snapshot.size
+            with packed.open(info, "w", force_zip64=header.snapshot.size > 0x7FFFFFFF) as member:
+                store.read_snapshot(header, member, progress=_bytes(report.phase(0, 0.4), header.snapshot.size,
+                                                                     "writing database"))
+            done = _bytes(report.phase(0.4, 0.8), header.blob_bytes, "writing blobs")
+            with store.blob_list(name) as blobs:
+                for checksum, size in blobs:
+                    _copy_blob_into(packed, store.blob_path(checksum), blob_member_name(checksum), size)
+                    done(size)
+        handle.flush()
+        verified = verify_backup(temp, QUICK, want_sha256=False,
+                                 progress=report.phase(0.8, 1.0).bytes_progress("verifying the zip"))
+        require_blobs(verified, tolerated=header.missing_blobs if header.includes_blobs else len(verified.blobs_not_included))
+        os.chmod(temp, 0o644)
+    return output
+
+
+def _copy_blob_into(packed: zipfile.ZipFile, path: Path, member: str, size: int) -> None:
+    info = zipfile.ZipInfo(member, (2020, 1, 1, 0, 0, 0))
+    info.compress_type, info.external_attr, info.file_size = zipfile.ZIP_STORED, 0o644 << 16, size
+    try:
+        with open(path, "rb") as source, packed.open(info, "w") as sink:
+            while chunk := source.read(1024 * 1024):
+                sink.write(chunk)
+    except FileNotFoundError:
+        raise VerificationError(f"blob {path} is missing from the archive: run verify") from None
+
+
+def _zip_time(created: str) -> tuple:
+    from datetime import datetime
+    try:
+        moment = datetime.fromisoformat(created)
+        return (max(moment.year, 1980), moment.month, moment.day, moment.hour, moment.minute, moment.second)
+    except ValueError:
+        return (1980, 1, 1, 0, 0, 0)
+
+
+# --- importing a backup file (a server's zip, an old archive's zip or sqlite file) ---------
+
+def import_backup_file(store: Store, path: Path, name: str, level: str, report: Reporter, source: str,
+                       server_version: str = "", migrated_from: str = "", known_sha256: str = "") -> records.Header:
+    """Store a full-backup zip or a plain database file as a stored backup: its
+    database checked, the blobs it refers to copied (MD5-checked) unless the store
+    has them. For a plain file, `known_sha256` spares a second read when the caller
+    hashed it while it arrived."""
+    from .verify import is_zip, sha256_of
+    if not is_zip(path):
+        checked = check_database(path, level)
+        new = NewBackup(name, path, known_sha256 or sha256_of(path), checked.schema_version,
+                        set(checked.blobs_on_filesystem), includes_blobs=False, source=source,
+                        server_version=server_version, verified_level=level, migrated_from=migrated_from)
+        return store_backup(store, new, NoBlobs(), report)
+    store.incoming.mkdir(parents=True, exist_ok=True)
+    database = store.incoming / f"{name}.database{_TEMP}{os.getpid()}"
+    try:
+        with zipfile.ZipFile(path) as packed:
+            layout = fullbackup.read_layout(packed, path)
+            with open(database, "wb") as out:
+                fullbackup.copy_member(packed, layout.database_member, out)
+            checked = check_database(database, level)
+            from .verify import sha256_of
+            new = NewBackup(name, database, sha256_of(database), checked.schema_version,
+                            set(checked.blobs_on_filesystem), includes_blobs=True, source=source,
+                            server_version=server_version, verified_level=level,
+                            database_member=layout.database_member, migrated_from=migrated_from)
+            return store_backup(store, new, ZipSource(packed, layout), report)
+    except zipfile.BadZipFile as error:
+        raise VerificationError(f"{path} is not a readable zip ({error}): the file is damaged") from error
+    except VerificationError as error:
+        raise VerificationError(str(error).replace(str(database), f"{path}!database")) from None
+    finally:
+        discard(database)
