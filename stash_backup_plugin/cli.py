@@ -170,7 +170,8 @@ def cmd_prune(args, report) -> int:
         report.warning("no --keep-* rule given: nothing will be removed")
     decisions = jobs.apply_retention(Archive(Path(args.dest).expanduser()), policy, args.dry_run, report)
     if args.json:
-        _print_json([{"file": d.item.file, "keep": d.keep, "reasons": d.reasons} for d in decisions])
+        _print_json([{"file": d.item.file, "keep": d.keep, "failed_verification": d.failed, "reasons": d.reasons}
+                     for d in decisions])
     return 0
 
 

@@ -138,8 +138,7 @@ def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: Plug
     if settings.policy.is_empty():
         reporter.info("No retention rule is set (Keep last/hourly/daily/weekly/monthly/yearly/within): nothing removed")
     decisions = jobs.apply_retention(archive, settings.policy, settings.retention_dry_run, reporter)
-    removed = sum(1 for d in decisions if not d.keep)
-    return f"Retention: kept {len(decisions) - removed}, {'would remove' if settings.retention_dry_run else 'removed'} {removed}"
+    return jobs.retention_summary(settings.policy, decisions, settings.retention_dry_run)
 
 
 def main(stdin=None, stdout=None, stderr=None) -> int:
