@@ -156,6 +156,7 @@ def cmd_verify(args, report) -> int:
             _print_json(results)
         return 1 if failed else 0
     summary = jobs.verify_archive(Archive(Path(args.dest).expanduser()), level, report)
+    (report.info if summary.ok else report.error)(summary.line())
     if args.json:
         _print_json({"checked": summary.checked, "failed": [{"file": f, "error": e} for f, e in summary.failed],
                      "adopted": summary.adopted})
