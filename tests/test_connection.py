@@ -182,3 +182,43 @@ def test_pinned_session_talks_to_a_server_that_serves_a_full_chain(tmp_path):
         assert new_session(connection).get(f"{connection.base_url}/x", timeout=5).text == "hello"
     finally:
         server.shutdown()
+
+
+def _cookie_echo_server(host):
+    """A plain HTTP server on `host` that answers with the Cookie header it got."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = (self.headers.get("Cookie") or "").encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    class Server(HTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    server = Server((host, 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("bind,loopback", [("[::]", "::1"), ("::", "::1"), ("[::1]", "::1"), ("0.0.0.0", "127.0.0.1"),
+                                          ("localhost", "127.0.0.1"), ("127.0.0.1", "127.0.0.1")])
+def test_the_session_cookie_reaches_a_stash_bound_to_any_address(bind, loopback):
+    """Stash bound to [::] hands the plugin Host "[::]": we talk to [::1], and the
+    cookie must be sent there too."""
+    from stash_backup_plugin.http_session import new_session
+    server = _cookie_echo_server(loopback)
+    try:
+        connection = from_plugin_input({"Scheme": "http", "Host": bind, "Port": server.server_address[1],
+                                        "SessionCookie": {"Name": "session", "Value": "cookie-value"}})
+        assert new_session(connection).get(f"{connection.base_url}/graphql", timeout=5).text == "session=cookie-value"
+    finally:
+        server.shutdown()

@@ -50,6 +50,11 @@ class StashServer:
     # Serve https with a self-signed certificate named for another host, as a user's
     # stash.crt usually is: clients on 127.0.0.1 cannot check it by name.
     tls: bool = False
+    # Stash's `host` setting. Stash joins it with ":port" as it is, so an IPv6 bind
+    # address is written in brackets ("[::]"), and the plugin is handed it so.
+    host: str = "127.0.0.1"
+    # After enable_login: the harness's own logged-in browser (no API key exists).
+    browser: Optional[requests.Session] = None
 
     # --- layout -------------------------------------------------------------
     @property
@@ -82,7 +87,8 @@ class StashServer:
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        loopback = "[::1]" if self.host.startswith("[") else "127.0.0.1"
+        return f"{'https' if self.tls else 'http'}://{loopback}:{self.port}"
 
     def _make_certificate(self) -> None:
         if (self.root / "stash.crt").exists():
@@ -106,7 +112,7 @@ class StashServer:
             "backup_directory_path": str(self.backups),
             "plugins_path": str(self.plugins),
             "scrapers_path": str(self.root / "scrapers"),
-            "host": "127.0.0.1",
+            "host": self.host,
             "port": self.port,
             "python_path": sys.executable,
             "logFile": str(self.root / "stash-file.log"),
@@ -177,8 +183,9 @@ class StashServer:
                 timeout: float = 120) -> dict:
         key = self.api_key if api_key == "default" else api_key
         headers = {"ApiKey": key} if key else {}
-        response = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}},
-                                 headers=headers, timeout=timeout, verify=False)
+        client = self.browser or requests
+        response = client.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}},
+                               headers=headers, timeout=timeout, verify=False)
         if response.status_code != 200:
             raise StashServerError(f"HTTP {response.status_code}: {response.text[:300]}")
         body = response.json()
@@ -203,6 +210,19 @@ class StashServer:
                                     timeout=30)
             self.api_key = response.json()["data"]["generateAPIKey"]
         return self.api_key
+
+    def enable_login(self, username: str = "admin", password: str = "s3cret-pass") -> None:
+        """Set a login and no API key, as many users have it: the harness then talks
+        through a logged-in browser session, and a plugin gets only Stash's session cookie."""
+        self.graphql("mutation($u: String!, $p: String!) { configureGeneral(input: {username: $u, password: $p}) { username } }",
+                     {"u": username, "p": password})
+        browser = requests.Session()
+        browser.verify = False
+        login = browser.post(f"{self.url}/login", data={"username": username, "password": password},
+                             allow_redirects=False, timeout=30)
+        if "session" not in browser.cookies:
+            raise StashServerError(f"login failed: HTTP {login.status_code}")
+        self.browser = browser
 
     def reload_plugins(self) -> None:
         self.graphql("mutation { reloadPlugins }")
