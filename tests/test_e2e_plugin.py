@@ -197,3 +197,13 @@ def test_plugin_on_a_stash_bound_to_ipv6_with_a_login_uses_the_session_cookie(st
     assert not any(level == "Error" for level, _ in messages), messages
     [entry] = manifest(server)
     assert entry["verified_ok"] and any("Archived" in text for _, text in messages)
+
+
+def test_plugin_talks_https_to_a_stash_serving_a_certificate_chain(stash_server_factory, stash_version):
+    """ssl_cert_path holds the server's certificate and its CA, with text around them
+    (as exported PEM files have): the plugin pins the first, the one Stash serves as its own."""
+    server = stash_server_factory(stash_version, tls="chain", blobs_storage="DATABASE")
+    seed_content(server)
+    messages = run_task(server, "Download backup to archive")
+    assert not any(level == "Error" for level, _ in messages), messages
+    assert manifest(server)[0]["verified_ok"]

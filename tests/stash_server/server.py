@@ -48,8 +48,10 @@ class StashServer:
     process: Optional[subprocess.Popen] = None
     extra_config: dict = field(default_factory=dict)
     # Serve https with a self-signed certificate named for another host, as a user's
-    # stash.crt usually is: clients on 127.0.0.1 cannot check it by name.
-    tls: bool = False
+    # stash.crt usually is: clients on 127.0.0.1 cannot check it by name. "chain": a
+    # leaf signed by a CA of its own, both in ssl_cert_path, as an exported PEM with
+    # text before each certificate ("Bag Attributes", which Go skips).
+    tls: bool | str = False
     # Stash's `host` setting. Stash joins it with ":port" as it is, so an IPv6 bind
     # address is written in brackets ("[::]"), and the plugin is handed it so.
     host: str = "127.0.0.1"
@@ -90,12 +92,37 @@ class StashServer:
         loopback = "[::1]" if self.host.startswith("[") else "127.0.0.1"
         return f"{'https' if self.tls else 'http'}://{loopback}:{self.port}"
 
+    @property
+    def tls_folder(self) -> Path:
+        return self.root / "tls"
+
     def _make_certificate(self) -> None:
+        if self.tls == "chain":
+            return self._make_certificate_chain()
         if (self.root / "stash.crt").exists():
             return
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=stash.example.org",
                         "-keyout", str(self.root / "stash.key"), "-out", str(self.root / "stash.crt"), "-days", "3"],
                        check=True, capture_output=True)
+
+    def _make_certificate_chain(self) -> None:
+        folder = self.tls_folder
+        if (folder / "fullchain.pem").exists():
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def openssl(*args):
+            subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=Test CA", "-keyout",
+                str(folder / "ca.key"), "-out", str(folder / "ca.crt"), "-days", "3")
+        openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=stash.example.org", "-keyout",
+                str(folder / "privkey.pem"), "-out", str(folder / "leaf.csr"))
+        openssl("x509", "-req", "-in", str(folder / "leaf.csr"), "-CA", str(folder / "ca.crt"), "-CAkey",
+                str(folder / "ca.key"), "-CAcreateserial", "-out", str(folder / "leaf.crt"), "-days", "3")
+        (folder / "fullchain.pem").write_text("".join(
+            f"Bag Attributes\n    friendlyName: {name}\nsubject=/CN={name}\n" + (folder / f"{name}.crt").read_text()
+            for name in ("leaf", "ca")))
 
     def write_config(self) -> None:
         for folder in (self.root, self.blobs, self.backups, self.plugins, self.generated, self.root / "cache"):
@@ -120,6 +147,9 @@ class StashServer:
             "nobrowser": True,
             "stash": [],
         })
+        if self.tls == "chain":
+            config.update({"ssl_cert_path": str(self.tls_folder / "fullchain.pem"),
+                           "ssl_key_path": str(self.tls_folder / "privkey.pem")})
         config.update(self.extra_config)
         self.config_path.write_text(yaml.safe_dump(config))
 
