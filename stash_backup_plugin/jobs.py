@@ -16,7 +16,7 @@ from .core.errors import (ConfigError, DownloadError, LinkExpiredError, StashBac
 from .server.api import UNKNOWN_SERVER, Downloaded, ServerInfo, StashAPI
 from .core.naming import blob_relative_path, parse_backup_name, zip_name_for
 from .core.reporting import Reporter, human_size
-from .core.retention import Decision, Duration, Policy, apply_policy
+from .core.retention import Decision, Duration, Policy, plan_retention
 from .core.sqlite_check import QUICK, check_database
 from .core.verify import BackupReport, require_blobs, verify_backup
 
@@ -244,8 +244,7 @@ def verify_archive(archive: Archive, level: str, report: Reporter) -> VerifySumm
             else:
                 report.info(f"ok  {path.name}")
     report.progress(1.0)
-    (report.info if summary.ok else report.error)(summary.line())
-    return summary
+    return summary  # the caller shows summary.line(): the plugin answers it as its error when bad
 
 
 def _verify_one(archive: Archive, entry: Optional[Entry], path: Path, level: str, report: Reporter,
@@ -272,22 +271,31 @@ def _verify_one(archive: Archive, entry: Optional[Entry], path: Path, level: str
 # --- Retention ---------------------------------------------------------------------
 
 def apply_retention(archive: Archive, policy: Policy, dry_run: bool, report: Reporter) -> list[Decision]:
+    """Prune by the policy. Only verified-good backups count; those that failed
+    verification are reported apart and left in place (retention.plan_retention)."""
     with archive.locked():
-        entries = archive.entries()
-        newest_good = archive.newest_verified()
-        decisions = apply_policy([(e, e.created_time) for e in entries], policy,
-                                 protected=[newest_good] if newest_good else [])
+        decisions = plan_retention([(e, e.created_time, e.verified_ok) for e in archive.entries()], policy)
         verb = "would remove" if dry_run else "removed"
         for decision in decisions:
             entry: Entry = decision.item
-            if decision.keep:
+            if decision.failed:
+                report.warning(f"failed {entry.file}: failed verification ({entry.verify_error or 'no detail'}); "
+                               "not counted by any rule and not removed: re-verify it, or delete it yourself")
+            elif decision.keep:
                 report.info(f"keep   {entry.file} ({', '.join(decision.reasons)})")
-                continue
-            if not dry_run:
-                archive.remove(entry)
-            report.info(f"{verb} {entry.file}")
-        kept = sum(1 for d in decisions if d.keep)
+            else:
+                if not dry_run:
+                    archive.remove(entry)
+                report.info(f"{verb} {entry.file}")
         report.progress(1.0)
-        report.info(f"Retention ({policy.describe()}){' [dry run]' if dry_run else ''}: "
-                    f"kept {kept}, {verb} {len(decisions) - kept}")
+        report.info(retention_summary(policy, decisions, dry_run))
         return decisions
+
+
+def retention_summary(policy: Policy, decisions: list[Decision], dry_run: bool) -> str:
+    failed = sum(1 for d in decisions if d.failed)
+    kept = sum(1 for d in decisions if d.keep and not d.failed)
+    removed = len(decisions) - kept - failed
+    verb = "would remove" if dry_run else "removed"
+    return (f"Retention ({policy.describe()}){' [dry run]' if dry_run else ''}: kept {kept}, {verb} {removed}"
+            + (f", left {failed} that failed verification" if failed else ""))

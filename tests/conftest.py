@@ -32,9 +32,9 @@ class ServerFactory:
         self.servers: list[StashServer] = []
 
     def __call__(self, version: str, blobs_storage: str = "FILESYSTEM", name: str = "stash",
-                 install_plugin: bool = True, tls: bool = False, **extra) -> StashServer:
+                 install_plugin: bool = True, tls: bool | str = False, host: str = "127.0.0.1", **extra) -> StashServer:
         server = StashServer(self._binaries[version], self._tmp / name, version, blobs_storage, extra_config=extra,
-                             tls=tls)
+                             tls=tls, host=host)
         self.servers.append(server)
         server.start()
         if install_plugin:

@@ -102,3 +102,38 @@ def test_unwritable_folder_is_a_storage_error(tmp_path):
     with pytest.raises(StorageError, match="cannot use the archive folder"):
         with Archive(target).locked():
             pass
+
+
+class Recorder:
+    """A Reporter that keeps what it was told, by level."""
+
+    def __init__(self):
+        self.lines = []
+
+    def __getattr__(self, level):
+        if level in ("info", "warning", "error"):
+            return lambda message: self.lines.append((level, message))
+        if level == "progress":
+            return lambda *args: None
+        raise AttributeError(level)
+
+
+def test_retention_keeps_a_days_good_backup_and_leaves_the_failed_one_apart(tmp_path):
+    """Issue 8, item 1: with keep-daily 7, a failed backup at 20:00 must not stand in
+    for the good one of 03:00 the same day."""
+    from stash_backup_plugin import jobs
+    from stash_backup_plugin.core.retention import Policy
+    archive = Archive(tmp_path)
+    stamps = [("a.1.20261124_090000", "2026-11-24T09:00:00", True), ("a.1.20261123_200000", "2026-11-23T20:00:00", False),
+              ("a.1.20261123_030000", "2026-11-23T03:00:00", True), ("a.1.20261122_090000", "2026-11-22T09:00:00", True)]
+    with archive.locked():
+        for name, created, ok in stamps:
+            archive.add(staged(archive), entry(name, created, ok))
+    report = Recorder()
+    decisions = jobs.apply_retention(archive, Policy(daily=7), dry_run=False, report=report)
+    assert sorted(e.file for e in archive.entries()) == sorted(name for name, _, _ in stamps)
+    assert all((tmp_path / name).exists() for name, _, _ in stamps)
+    assert [d.item.file for d in decisions if d.failed] == ["a.1.20261123_200000"]
+    assert ("warning", "failed a.1.20261123_200000: failed verification (no detail); not counted by any rule and "
+            "not removed: re-verify it, or delete it yourself") in report.lines
+    assert report.lines[-1] == ("info", "Retention (keep-daily 7): kept 3, removed 0, left 1 that failed verification")

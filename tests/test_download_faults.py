@@ -2,10 +2,12 @@
 Whatever happens, no partial file ever carries a final name."""
 import hashlib
 import os
+import time
 
 import pytest
 
 from stash_backup_plugin.server.connection import Connection
+from stash_backup_plugin.server import download as download_module
 from stash_backup_plugin.server.download import download
 from stash_backup_plugin.core.errors import AuthError, DownloadError, LinkExpiredError
 from stash_backup_plugin.server.http_session import new_session
@@ -72,6 +74,31 @@ def test_slow_server_that_stalls_is_resumed(tmp_path):
         result = fetch(server, tmp_path, read_timeout=0.5)
     assert result.temp_path.read_bytes() == PAYLOAD
     assert result.resumes >= 1
+
+
+def test_a_silent_connection_is_resumed_while_stashs_link_still_lives(tmp_path):
+    """Stash forgets a link 30 s after its first request once no request is open: a
+    connection that went silent (the server's side already gone) must be given up and
+    resumed inside that window. Scaled down tenfold, times and our default alike."""
+    scale = 0.1
+    window = 30 * scale  # Stash's own 30 s, not our constant
+    with FaultServer(PAYLOAD) as server:
+        first_request = []
+
+        def stash_like(number, handler):
+            now = time.monotonic()
+            if number == 1:
+                first_request.append(now)
+                return server.serve(handler, stall=3 * window)  # half the bytes, then silence
+            if now - first_request[0] > window:
+                return server.status(handler, 404)
+            return None
+
+        server.script = stash_like
+        result = fetch(server, tmp_path, read_timeout=download_module.READ_TIMEOUT * scale)
+    assert result.temp_path.read_bytes() == PAYLOAD and result.resumes == 1
+    resumed_at = int(server.requests[1]["headers"]["Range"].removeprefix("bytes=").rstrip("-"))
+    assert 0 < resumed_at <= len(PAYLOAD) // 2  # resumed, not started over
 
 
 def test_server_that_ignores_range_starts_over(tmp_path):

@@ -6,6 +6,7 @@ import json
 import zipfile
 
 import pytest
+import yaml
 
 from tests.stash_server.build import NEW_VERSION, OLD_VERSION
 from tests.stash_server.server import seed_content
@@ -15,17 +16,28 @@ PLUGIN = "stash-backup"
 TASKS = ["Backup database", "Download backup to archive", "Verify archive", "Apply retention"]
 
 
-def plugin_messages(server, since=0):
-    """Our plugin's log lines, oldest first, as (level, message)."""
-    lines = [(l["level"], l["message"]) for l in reversed(server.logs()) if "[Plugin / Stash Backup]" in l["message"]]
-    return lines[since:]
+def stash_log(server):
+    """Stash's log as its `logs` query gives it, oldest first: (time, level, message).
+    Stash keeps only its newest 30 lines."""
+    return [(line["time"], line["level"], line["message"]) for line in reversed(server.logs())]
+
+
+def task_log(server, task):
+    """Run a task; the lines of Stash's log that came during it, oldest first, as (level, message)."""
+    before = stash_log(server)
+    job = server.run_plugin_task(PLUGIN, task)
+    assert job["status"] == "FINISHED", job
+    after = stash_log(server)
+    if before:
+        assert before[-1] in after, "Stash's log keeps 30 lines: some of this task's were dropped"
+        after = after[after.index(before[-1]) + 1:]
+    return [(level, message) for _, level, message in after]
 
 
 def run_task(server, task):
-    before = len(plugin_messages(server))
-    job = server.run_plugin_task(PLUGIN, task)
-    assert job["status"] == "FINISHED", job
-    return plugin_messages(server, before)
+    """Our plugin's lines from a task, with Stash's line for the error the plugin answered."""
+    return [(level, message) for level, message in task_log(server, task)
+            if "[Plugin / Stash Backup]" in message or message.startswith("Plugin returned error")]
 
 
 def archive_dir(server):
@@ -85,7 +97,7 @@ def test_download_task_with_database_blobs_archives_the_plain_database(stash_ser
     assert entry["kind"] == "sqlite" and entry["source"] == "database" and entry["blobs_not_included"] == 0
 
 
-def test_verify_task_flags_a_corrupted_entry_at_error_level(stash_server_factory, stash_version):
+def test_verify_task_logs_each_bad_backup_once_and_one_summary(stash_server_factory, stash_version):
     server = stash_server_factory(stash_version)
     seed_content(server)
     run_task(server, "Download backup to archive")
@@ -96,8 +108,11 @@ def test_verify_task_flags_a_corrupted_entry_at_error_level(stash_server_factory
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     messages = run_task(server, "Verify archive")
-    assert any(level == "Error" and f"BAD {bad['file']}:" in text for level, text in messages), messages
-    assert any(level == "Error" and "1 good, 1 bad" in text for level, text in messages), messages
+    # one error line per bad backup and one summary: Stash logs the answered error,
+    # so the plugin must not log it as well
+    assert [level for level, text in messages if f"BAD {bad['file']}:" in text] == ["Error"], messages
+    assert [text for level, text in messages if "1 good, 1 bad" in text] == \
+        ["Plugin returned error: Verified 2 backup(s): 1 good, 1 bad"], messages
     states = {e["file"]: e["verified_ok"] for e in manifest(server)}
     assert states == {good["file"]: True, bad["file"]: False}
 
@@ -169,3 +184,26 @@ def test_plugin_talks_https_to_a_server_whose_certificate_names_another_host(sta
     messages = run_task(server, "Download backup to archive")
     assert manifest(server)[0]["verified_ok"], messages
     assert not any(level == "Error" for level, _ in messages)
+
+
+def test_plugin_on_a_stash_bound_to_ipv6_with_a_login_uses_the_session_cookie(stash_server_factory, stash_version):
+    """Stash bound to [::] with a login and no API key: the plugin has only the session
+    cookie Stash hands it, and must send it to [::1] (GraphQL and the download)."""
+    server = stash_server_factory(stash_version, host="[::]", blobs_storage="DATABASE")
+    seed_content(server)
+    server.enable_login()
+    assert not yaml.safe_load(server.config_path.read_text()).get("api_key")
+    messages = run_task(server, "Download backup to archive")
+    assert not any(level == "Error" for level, _ in messages), messages
+    [entry] = manifest(server)
+    assert entry["verified_ok"] and any("Archived" in text for _, text in messages)
+
+
+def test_plugin_talks_https_to_a_stash_serving_a_certificate_chain(stash_server_factory, stash_version):
+    """ssl_cert_path holds the server's certificate and its CA, with text around them
+    (as exported PEM files have): the plugin pins the first, the one Stash serves as its own."""
+    server = stash_server_factory(stash_version, tls="chain", blobs_storage="DATABASE")
+    seed_content(server)
+    messages = run_task(server, "Download backup to archive")
+    assert not any(level == "Error" for level, _ in messages), messages
+    assert manifest(server)[0]["verified_ok"]

@@ -5,7 +5,7 @@ import pytest
 from stash_backup_plugin import jobs
 from stash_backup_plugin.core.archive import Archive
 from stash_backup_plugin.server.connection import Connection
-from stash_backup_plugin.core.errors import DownloadError
+from stash_backup_plugin.core.errors import DownloadError, UsageError
 from stash_backup_plugin.server.graphql_client import StashClient
 from stash_backup_plugin.core.reporting import Reporter
 
@@ -59,5 +59,7 @@ def test_a_link_that_is_not_a_backup_name_is_refused(tmp_path, backup_bytes):
     with FaultServer(backup_bytes) as server:
         fake_stash(server, ["evil.sh"])
         with StashClient(Connection(server.url)) as client:
-            with pytest.raises(Exception, match="not a Stash backup name"):
+            with pytest.raises(UsageError, match=r"^'evil.sh' is not a Stash backup name"):
                 jobs.download_to_archive(client, Archive(tmp_path / "a"), jobs.DownloadOptions(), Reporter())
+        assert not [r for r in server.requests if r["path"].startswith("/downloads/")]  # never fetched
+    assert [p.name for p in (tmp_path / "a").iterdir() if not p.name.startswith(".stash-backup.lock")] == []

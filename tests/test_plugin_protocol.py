@@ -74,15 +74,41 @@ def test_plugin_id_is_the_manifest_file_name(tmp_path):
     assert plugin.plugin_id(tmp_path) == "my-backups"
 
 
-def test_unknown_mode_is_an_error_on_stdout_and_in_the_log():
+def run_main(stdin_text):
     stdout, stderr = io.StringIO(), io.StringIO()
-    plugin.main(io.StringIO(json.dumps({"server_connection": {}, "args": {"mode": "explode"}})), stdout, stderr)
-    assert "unknown task mode" in json.loads(stdout.getvalue())["error"]
-    assert stderr.getvalue().startswith("\x01e\x02")
+    assert plugin.main(io.StringIO(stdin_text), stdout, stderr) == 0
+    return json.loads(stdout.getvalue()), stderr.getvalue()
+
+
+def test_unknown_mode_is_answered_once_as_the_error():
+    """Stash logs a returned error at error level itself ("Plugin returned error: …"):
+    logging it here as well would show it twice."""
+    answer, log = run_main(json.dumps({"server_connection": {}, "args": {"mode": "explode"}}))
+    assert "unknown task mode" in answer["error"] and answer["output"] is None
+    assert log == ""
+
+
+def test_input_that_is_not_json_says_so():
+    answer, log = run_main("mode=verify")
+    assert "expects Stash's task input as JSON on stdin" in answer["error"] and log == ""
+
+
+@pytest.mark.parametrize("bug", [ValueError, RuntimeError, KeyError, AttributeError])
+def test_an_unexpected_exception_is_one_redacted_line_never_a_traceback(monkeypatch, bug):
+    def explode(payload, reporter):
+        raise bug("went wrong near cookie-s3cret\nsecond line")
+
+    monkeypatch.setattr(plugin, "run_task", explode)
+    payload = {"server_connection": {"SessionCookie": {"Value": "cookie-s3cret"}}, "args": {"mode": "verify"}}
+    answer, log = run_main(json.dumps(payload))
+    error = answer["error"]
+    assert error.startswith(f"stash-backup stopped on an unexpected error ({bug.__name__} at test_plugin_protocol.py:")
+    assert "[redacted]" in error and "cookie-s3cret" not in error and "\n" not in error
+    assert "JSON" not in error and "Traceback" not in error and log == ""
 
 
 def test_missing_python_packages_name_the_pip_command():
-    """Stash's Python may lack gql/requests: one error line with the exact command."""
+    """Stash's Python may lack gql/requests: one error with the exact command, no traceback."""
     code = ("import importlib.util, sys\n"
             "orig = importlib.util.find_spec\n"
             "importlib.util.find_spec = lambda n, *a: None if n in ('gql', 'requests') else orig(n, *a)\n"
@@ -92,5 +118,4 @@ def test_missing_python_packages_name_the_pip_command():
     result = subprocess.run([sys.executable, "-c", code], input="{}", capture_output=True, text=True)
     error = json.loads(result.stdout)["error"]
     assert "gql[requests]" in error and "requests" in error and sys.executable in error and "pip install" in error
-    assert result.stderr.startswith("\x01e\x02") and result.stderr.count("\n") == 1
-    assert "Traceback" not in result.stderr
+    assert result.stderr == ""  # answered once, as the error: Stash logs it

@@ -5,7 +5,8 @@ from datetime import datetime, timedelta
 import pytest
 
 from stash_backup_plugin.core.errors import UsageError
-from stash_backup_plugin.core.retention import Duration, Policy, apply_policy, parse_duration
+from stash_backup_plugin.core.retention import (FAILED_REASON, Duration, Policy, apply_policy, parse_duration,
+                                           plan_retention)
 
 
 def items(*stamps):
@@ -101,3 +102,60 @@ def test_parse_duration_rejects_garbage(text):
 def test_month_arithmetic_clamps_to_month_end():
     assert Duration(months=1).before(datetime(2026, 3, 31)) == datetime(2026, 2, 28)
     assert Duration(years=1).before(datetime(2024, 2, 29)) == datetime(2023, 2, 28)
+
+
+# --- backups that failed verification (issue 8, item 1) ---------------------------
+
+def backups(*given):
+    """(stamp, good?) pairs as plan_retention takes them."""
+    return [(stamp, datetime.fromisoformat(stamp), good) for stamp, good in given]
+
+
+def test_a_failed_backup_never_takes_a_days_slot_from_a_good_one():
+    # today good, yesterday 20:00 failed, yesterday 03:00 good, two days ago good
+    given = backups(("2026-11-24T09:00", True), ("2026-11-23T20:00", False), ("2026-11-23T03:00", True),
+                    ("2026-11-22T09:00", True))
+    decisions = plan_retention(given, Policy(daily=7))
+    assert [(d.item, d.reasons) for d in decisions if not d.failed] == [
+        ("2026-11-24T09:00", ["daily snapshot"]), ("2026-11-23T03:00", ["daily snapshot"]),
+        ("2026-11-22T09:00", ["daily snapshot"])]
+    [failed] = [d for d in decisions if d.failed]
+    assert failed.item == "2026-11-23T20:00" and failed.keep and failed.reasons == [FAILED_REASON]
+    assert [d.item for d in decisions] == [g[0] for g in given]  # newest first, failed ones in place
+
+
+def test_failed_backups_spend_no_count():
+    given = backups(("2026-11-24T09:00", False), ("2026-11-23T09:00", False), ("2026-11-22T09:00", True),
+                    ("2026-11-21T09:00", True), ("2026-11-20T09:00", True))
+    decisions = plan_retention(given, Policy(last=2))
+    assert [d.item for d in decisions if d.keep and not d.failed] == ["2026-11-22T09:00", "2026-11-21T09:00"]
+    assert [d.item for d in decisions if not d.keep] == ["2026-11-20T09:00"]
+
+
+def test_the_newest_good_backup_is_kept_even_behind_newer_failed_ones():
+    given = backups(("2026-11-24T09:00", False), ("2026-11-01T09:00", True), ("2026-10-01T09:00", True))
+    decisions = plan_retention(given, Policy(within=Duration(hours=1)))
+    assert [d.item for d in decisions if d.keep] == ["2026-11-24T09:00", "2026-11-01T09:00"]
+
+
+def test_only_failed_backups_are_all_kept():
+    decisions = plan_retention(backups(("2026-11-24T09:00", False), ("2026-11-23T09:00", False)), Policy(last=1))
+    assert all(d.keep and d.failed for d in decisions)
+
+
+# --- a zero duration is no rule (issue 8, item 2) ----------------------------------
+
+@pytest.mark.parametrize("text", ["0d", "0h", "0y0m0w0d0h"])
+def test_keep_within_zero_is_no_rule(text):
+    policy = Policy(within=parse_duration(text))
+    assert policy.is_empty() and policy.within is None and policy.describe() == "no rule"
+    assert kept(apply_policy(DAYS, policy)) == [d[0] for d in reversed(DAYS)]
+
+
+def test_keep_within_zero_beside_another_rule_adds_nothing():
+    policy = Policy(last=2, within=parse_duration("0d"))
+    assert policy == Policy(last=2) and kept(apply_policy(DAYS, policy)) == ["2026-11-24T09:00", "2026-11-23T18:00"]
+
+
+def test_a_zero_duration_is_false_and_any_other_is_true():
+    assert not Duration() and Duration(hours=1) and Duration(years=1)

@@ -1,4 +1,5 @@
 """Verification of backup files: every kind of damage is caught by name."""
+import contextlib
 import stat
 import zipfile
 
@@ -6,7 +7,7 @@ import pytest
 
 from stash_backup_plugin.core.errors import VerificationError
 from stash_backup_plugin.core.backup_zip import member_problem
-from stash_backup_plugin.core.sqlite_check import FULL, check_database
+from stash_backup_plugin.core.sqlite_check import FULL, NONE, check_database
 from stash_backup_plugin.core.verify import verify_backup
 
 from .stashlike import make_database, make_full_backup, vacuum_copy
@@ -42,13 +43,19 @@ def test_truncated_database_is_refused(backup):
 
 
 def test_damaged_page_fails_quick_check(backup):
+    """One damaged page that ordinary reads get past: only quick_check can notice it."""
+    import sqlite3
     path, _ = backup
+    with contextlib.closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as connection:
+        [root] = connection.execute("SELECT rootpage FROM sqlite_master WHERE name = 'performers'").fetchone()
     data = bytearray(path.read_bytes())
     page_size = int.from_bytes(data[16:18], "big")
-    for page in range(1, len(data) // page_size):  # an invalid b-tree page type on every page after the first
-        data[page * page_size] = 0x55
+    header = (root - 1) * page_size
+    assert data[header] == 0x0D  # a table leaf page
+    data[header + 1:header + 3] = (5).to_bytes(2, "big")  # its first free block "at" offset 5: inside the header
     path.write_bytes(bytes(data))
-    with pytest.raises(VerificationError, match="quick_check|cannot be read"):
+    assert check_database(path, NONE).schema_version == 75  # every table still reads
+    with pytest.raises(VerificationError, match=f"(?s)failed PRAGMA quick_check: .*Page {root}: free space corruption"):
         verify_backup(path)
 
 

@@ -167,6 +167,7 @@ def cmd_verify(args, report) -> int:
             _print_json(results)
         return 1 if failed else 0
     summary = jobs.verify_archive(_archive(args), level, report)
+    (report.info if summary.ok else report.error)(summary.line())
     if args.json:
         _print_json({"checked": summary.checked, "failed": [{"file": f, "error": e} for f, e in summary.failed],
                      "adopted": summary.adopted})
@@ -183,7 +184,8 @@ def cmd_prune(args, report) -> int:
         report.warning("no --keep-* rule given: nothing will be removed")
     decisions = jobs.apply_retention(_archive(args), policy, args.dry_run, report)
     if args.json:
-        _print_json([{"file": d.item.file, "keep": d.keep, "reasons": d.reasons} for d in decisions])
+        _print_json([{"file": d.item.file, "keep": d.keep, "failed_verification": d.failed, "reasons": d.reasons}
+                     for d in decisions])
     return 0
 
 

@@ -4,8 +4,13 @@ Items are sorted newest first and walked once. `last` keeps the first N; the
 period rules keep the newest item of each hour/day/ISO week/month/year until their
 count is spent (-1 = unlimited). Rules are OR-ed and every rule that matches an item
 spends one of its count. A rule with count left when it reaches the oldest item keeps
-that item. `within` keeps items newer than (newest item's time - duration).
-Safety: an empty policy keeps everything, and protected items are always kept.
+that item (its reason then reads "oldest …", as restic's does). `within` keeps items
+newer than (newest item's time - duration); a zero duration is no rule (restic's
+`Duration.Zero()`). Safety: an empty policy keeps everything, and protected items are
+always kept.
+
+Backups that failed verification never compete for a rule's slot (`plan_retention`):
+otherwise a bad backup could be a day's "newest" and push out that day's good one.
 """
 from __future__ import annotations
 
@@ -39,6 +44,13 @@ class Duration:
         shifted = moment.replace(year=year, month=month, day=day)
         return shifted - timedelta(days=self.days, hours=self.hours)
 
+    def is_zero(self) -> bool:
+        return not (self.years or self.months or self.days or self.hours)
+
+    def __bool__(self) -> bool:
+        # `if policy.within:` must mean "a within rule is set": 0d/0h is no rule.
+        return not self.is_zero()
+
     def __str__(self) -> str:
         parts = [(self.years, "y"), (self.months, "m"), (self.days, "d"), (self.hours, "h")]
         return "".join(f"{n}{unit}" for n, unit in parts if n) or "0h"
@@ -66,6 +78,8 @@ class Policy:
     within: Optional[Duration] = None
 
     def __post_init__(self):
+        if self.within is not None and self.within.is_zero():
+            object.__setattr__(self, "within", None)  # keep-within 0d is no rule, as in restic
         for name, count in self.counts():
             if count < UNLIMITED:
                 raise UsageError(f"keep-{name} is {count}: use a count of 0 or more, or -1 for unlimited")
@@ -75,11 +89,11 @@ class Policy:
                 ("weekly", self.weekly), ("monthly", self.monthly), ("yearly", self.yearly)]
 
     def is_empty(self) -> bool:
-        return all(count == 0 for _, count in self.counts()) and not self.within
+        return all(count == 0 for _, count in self.counts()) and self.within is None
 
     def describe(self) -> str:
         parts = [f"keep-{name} {'unlimited' if n == UNLIMITED else n}" for name, n in self.counts() if n]
-        if self.within:
+        if self.within is not None:
             parts.append(f"keep-within {self.within}")
         return ", ".join(parts) or "no rule"
 
@@ -89,6 +103,7 @@ class Decision:
     item: object
     time: datetime
     reasons: list[str] = field(default_factory=list)
+    failed: bool = False  # failed verification: kept apart, never counted by a rule
 
     @property
     def keep(self) -> bool:
@@ -124,7 +139,7 @@ def apply_policy(items: Iterable[tuple[object, datetime]], policy: Policy,
         return decisions
     remaining = dict(policy.counts())
     last_bucket: dict[str, Hashable] = {}
-    cutoff = policy.within.before(decisions[0].time) if policy.within else None
+    cutoff = policy.within.before(decisions[0].time) if policy.within is not None else None
     for index, decision in enumerate(decisions):
         is_oldest = index == len(decisions) - 1
         if cutoff is not None and decision.time > cutoff:
@@ -133,12 +148,34 @@ def apply_policy(items: Iterable[tuple[object, datetime]], policy: Policy,
             if count == 0:
                 continue
             bucket = index if rule == "last" else _PERIODS[rule](decision.time)
-            if rule in last_bucket and bucket == last_bucket[rule] and not is_oldest:
+            same_bucket = rule in last_bucket and bucket == last_bucket[rule]
+            if same_bucket and not is_oldest:
                 continue
             last_bucket[rule] = bucket
             if count > 0:
                 remaining[rule] = count - 1
-            decision.reasons.append(_REASON[rule])
+            decision.reasons.append(("oldest " if same_bucket else "") + _REASON[rule])
         if decision.item in protected and not decision.reasons:
             decision.reasons.append("newest verified backup")
     return decisions
+
+
+FAILED_REASON = "failed verification: not counted by any rule, not removed"
+
+
+def plan_retention(backups: Iterable[tuple[object, datetime, bool]], policy: Policy) -> list[Decision]:
+    """Decide over (backup, time, verified good?) triples. Newest first.
+
+    Only good backups compete for the rules' slots, and the newest good one is always
+    kept. A backup that failed verification is never counted (it must not be a day's
+    backup in place of a good one) and never removed: a verdict can be wrong for a
+    while (a read error, a disk being remounted; re-verifying clears it), a damaged
+    database still gives most of its rows to `stash-restore --salvage`, and removing is
+    the one step that cannot be undone, so it stays the user's call. Every run reports
+    such backups, so they are not forgotten."""
+    listed = list(backups)
+    good = [(backup, time) for backup, time, ok in listed if ok]
+    newest_good = max(good, key=lambda pair: pair[1])[0] if good else None
+    decisions = apply_policy(good, policy, protected=[newest_good] if good else [])
+    decisions += [Decision(backup, time, [FAILED_REASON], failed=True) for backup, time, ok in listed if not ok]
+    return sorted(decisions, key=lambda d: d.time, reverse=True)

@@ -1,10 +1,12 @@
 """The plugin: Stash runs it for a task from the Tasks page. It reads the task and
 the server connection from stdin, finds its own ID and settings, runs the job and
-answers on stdout. Errors are logged at error level too: a returned error alone
-does not fail Stash's job."""
+answers on stdout. A failure is answered as the error, which Stash logs at error
+level (the job still ends FINISHED: the log is where a user sees it)."""
 from __future__ import annotations
 
+import json
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -12,7 +14,7 @@ from typing import Optional
 from .. import jobs
 from ..core.archive import DEFAULT_FOLDER_NAME, Archive
 from ..server.connection import from_plugin_input, redact
-from ..core.errors import ConfigError, StashBackupError, UsageError
+from ..core.errors import ConfigError, StashBackupError, UsageError, VerificationError
 from ..server.graphql_client import StashClient
 from .protocol import PluginLogReporter, encode_output, read_input
 from ..core.retention import Policy, parse_duration
@@ -133,33 +135,52 @@ def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: Plug
     if mode == "verify":
         summary = jobs.verify_archive(archive, settings.check_level, reporter)
         if not summary.ok:
-            raise StashBackupError(summary.line())
+            raise VerificationError(summary.line())  # logged once, by Stash, at error level
+        reporter.info(summary.line())
         return summary.line()
     if settings.policy.is_empty():
         reporter.info("No retention rule is set (Keep last/hourly/daily/weekly/monthly/yearly/within): nothing removed")
     decisions = jobs.apply_retention(archive, settings.policy, settings.retention_dry_run, reporter)
-    removed = sum(1 for d in decisions if not d.keep)
-    return f"Retention: kept {len(decisions) - removed}, {'would remove' if settings.retention_dry_run else 'removed'} {removed}"
+    return jobs.retention_summary(settings.policy, decisions, settings.retention_dry_run)
 
 
 def main(stdin=None, stdout=None, stderr=None) -> int:
+    """Run one task. A failure is answered as the error on stdout, once: Stash logs
+    it at error level ("Plugin returned error: …"), so logging it here too would show
+    it twice. Never a traceback: it could carry a secret and says nothing to a user."""
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     secrets: list[str] = []
     reporter = PluginLogReporter(stderr, redact=lambda text: redact(text, secrets))
     try:
         payload = read_input(stdin)
-        cookie = ((payload.get("server_connection") or {}).get("SessionCookie") or {}).get("Value")
-        secrets.extend(s for s in (cookie, _api_key(_stash_config((payload.get("server_connection") or {}).get("Dir")))) if s)
+    except json.JSONDecodeError as error:  # run by hand, not by Stash
+        return _answer_error(stdout, f"the plugin expects Stash's task input as JSON on stdin ({error}); "
+                                     "run it from Stash's Tasks page")
+    try:
+        secrets.extend(_secrets(payload))
         output = run_task(payload, reporter)
     except StashBackupError as error:
-        message = redact(str(error), secrets)
-        reporter.error(message)
-        stdout.write(encode_output(error=message))
-        return 0
-    except ValueError as error:  # stdin was not JSON: run by hand, not by Stash
-        message = f"the plugin expects Stash's task input as JSON on stdin ({error}); run it from Stash's Tasks page"
-        reporter.error(message)
-        stdout.write(encode_output(error=message))
-        return 0
+        return _answer_error(stdout, redact(str(error), secrets))
+    except Exception as error:  # a bug: still one line, redacted
+        return _answer_error(stdout, redact(_unexpected(error), secrets))
     stdout.write(encode_output(output=output))
+    return 0
+
+
+def _secrets(payload: dict) -> list[str]:
+    server = payload.get("server_connection") or {}
+    cookie = (server.get("SessionCookie") or {}).get("Value")
+    return [s for s in (cookie, _api_key(_stash_config(server.get("Dir")))) if s]
+
+
+def _unexpected(error: Exception) -> str:
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    detail = " ".join(str(error).split())
+    return (f"stash-backup stopped on an unexpected error ({type(error).__name__}{where}: {detail}); "
+            "please report this line")
+
+
+def _answer_error(stdout, message: str) -> int:
+    stdout.write(encode_output(error=message))
     return 0

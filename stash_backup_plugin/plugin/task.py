@@ -1,7 +1,7 @@
 """Entry point that Stash runs for every task: `python {pluginDir}/stash_backup_plugin/plugin/task.py`.
 
 Kept free of third-party imports so that a Python without `gql`/`requests` gets one
-clear error line with the exact pip command, instead of a traceback."""
+clear error with the exact pip command, instead of a traceback."""
 import json
 import os
 import sys
@@ -15,7 +15,7 @@ def _missing_packages():
 
 
 def _fail(message):
-    sys.stderr.write("\x01e\x02" + message + "\n")
+    # Answered once, as the error: Stash logs it at error level ("Plugin returned error").
     sys.stdout.write(json.dumps({"output": None, "error": message}))
     return 0
 

@@ -3,6 +3,7 @@ except reading the server's own certificate for pinning."""
 from __future__ import annotations
 
 import hashlib
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ..core.errors import ConfigError, UsageError
 
 DEFAULT_URL = "http://localhost:9999"
+_PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 _WILDCARD_HOSTS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}
 
 
@@ -91,11 +93,21 @@ def from_plugin_input(server_connection: dict, api_key: Optional[str] = None,
 
 
 def certificate_fingerprint(certificate: Path) -> str:
+    """SHA-256 of the server's own certificate: the first one in the file. Stash loads
+    the file with Go's tls.LoadX509KeyPair, which serves the first certificate as its
+    own and any after it (a fullchain.pem) as the chain; the TLS peer we pin is that first."""
     try:
-        pem = certificate.read_text()
+        text = certificate.read_bytes().decode("ascii", errors="replace")
     except OSError as error:
         raise ConfigError(f"Stash serves https but its certificate {certificate} cannot be read: {error.strerror}") from error
-    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+    leaf = _PEM_CERTIFICATE.search(text)
+    try:
+        if leaf:
+            return hashlib.sha256(ssl.PEM_cert_to_DER_cert(leaf.group(0))).hexdigest()
+    except ValueError:  # damaged base64 between the markers
+        pass
+    raise ConfigError(f"Stash serves https but {certificate} holds no readable PEM certificate "
+                      "(-----BEGIN CERTIFICATE-----): point ssl_cert_path at the certificate Stash serves")
 
 
 def redact(text: str, secrets: list[str]) -> str:

@@ -19,8 +19,12 @@ from .api import Downloaded
 from ..core.errors import AuthError, DownloadError, LinkExpiredError
 
 CHUNK = 1024 * 1024
+# Stash forgets a download link 30 s after its first request, as soon as no request
+# for it is open (internal/manager/downloads.go). A stalled transfer must be given up
+# and resumed well inside that window: a silence of READ_TIMEOUT is called a cut.
+STASH_LINK_WINDOW = 30
+READ_TIMEOUT = 10  # seconds without a byte before we call it a cut and resume
 CONNECT_TIMEOUT = 10
-READ_TIMEOUT = 60  # seconds without a byte before we call it a cut and resume
 MAX_RESUMES = 5
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 

@@ -3,6 +3,8 @@ other origin refused (our ApiKey header would follow them), and https pinned to 
 server's own certificate when a plugin talks to its server over loopback."""
 from __future__ import annotations
 
+import urllib.request
+from http.cookiejar import eff_request_host
 from urllib.parse import urlsplit
 
 import requests
@@ -30,10 +32,18 @@ def _origin(url: str) -> tuple[str, str]:
     return parts.scheme, parts.netloc.lower()
 
 
+def _cookie_domain(url: str) -> str:
+    """The host as the cookie jar matches requests against it (http.cookiejar's
+    effective host): the port cut, an IPv6 address still in brackets, and ".local"
+    added to a name without a dot. urlsplit's hostname ("::1", "localhost") never
+    matches: no cookie would be sent."""
+    return eff_request_host(urllib.request.Request(url))[1]
+
+
 def harden(session: requests.Session, connection: Connection) -> requests.Session:
     session.headers.update({"User-Agent": USER_AGENT, **connection.auth_headers()})
     for name, value in connection.auth_cookies().items():
-        session.cookies.set(name, value, domain=urlsplit(connection.base_url).hostname)
+        session.cookies.set(name, value, domain=_cookie_domain(connection.base_url))
     home = _origin(connection.base_url)
     original = session.get_redirect_target
 

@@ -48,8 +48,15 @@ class StashServer:
     process: Optional[subprocess.Popen] = None
     extra_config: dict = field(default_factory=dict)
     # Serve https with a self-signed certificate named for another host, as a user's
-    # stash.crt usually is: clients on 127.0.0.1 cannot check it by name.
-    tls: bool = False
+    # stash.crt usually is: clients on 127.0.0.1 cannot check it by name. "chain": a
+    # leaf signed by a CA of its own, both in ssl_cert_path, as an exported PEM with
+    # text before each certificate ("Bag Attributes", which Go skips).
+    tls: bool | str = False
+    # Stash's `host` setting. Stash joins it with ":port" as it is, so an IPv6 bind
+    # address is written in brackets ("[::]"), and the plugin is handed it so.
+    host: str = "127.0.0.1"
+    # After enable_login: the harness's own logged-in browser (no API key exists).
+    browser: Optional[requests.Session] = None
 
     # --- layout -------------------------------------------------------------
     @property
@@ -82,14 +89,40 @@ class StashServer:
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        loopback = "[::1]" if self.host.startswith("[") else "127.0.0.1"
+        return f"{'https' if self.tls else 'http'}://{loopback}:{self.port}"
+
+    @property
+    def tls_folder(self) -> Path:
+        return self.root / "tls"
 
     def _make_certificate(self) -> None:
+        if self.tls == "chain":
+            return self._make_certificate_chain()
         if (self.root / "stash.crt").exists():
             return
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=stash.example.org",
                         "-keyout", str(self.root / "stash.key"), "-out", str(self.root / "stash.crt"), "-days", "3"],
                        check=True, capture_output=True)
+
+    def _make_certificate_chain(self) -> None:
+        folder = self.tls_folder
+        if (folder / "fullchain.pem").exists():
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def openssl(*args):
+            subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=Test CA", "-keyout",
+                str(folder / "ca.key"), "-out", str(folder / "ca.crt"), "-days", "3")
+        openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=stash.example.org", "-keyout",
+                str(folder / "privkey.pem"), "-out", str(folder / "leaf.csr"))
+        openssl("x509", "-req", "-in", str(folder / "leaf.csr"), "-CA", str(folder / "ca.crt"), "-CAkey",
+                str(folder / "ca.key"), "-CAcreateserial", "-out", str(folder / "leaf.crt"), "-days", "3")
+        (folder / "fullchain.pem").write_text("".join(
+            f"Bag Attributes\n    friendlyName: {name}\nsubject=/CN={name}\n" + (folder / f"{name}.crt").read_text()
+            for name in ("leaf", "ca")))
 
     def write_config(self) -> None:
         for folder in (self.root, self.blobs, self.backups, self.plugins, self.generated, self.root / "cache"):
@@ -106,7 +139,7 @@ class StashServer:
             "backup_directory_path": str(self.backups),
             "plugins_path": str(self.plugins),
             "scrapers_path": str(self.root / "scrapers"),
-            "host": "127.0.0.1",
+            "host": self.host,
             "port": self.port,
             "python_path": sys.executable,
             "logFile": str(self.root / "stash-file.log"),
@@ -114,6 +147,9 @@ class StashServer:
             "nobrowser": True,
             "stash": [],
         })
+        if self.tls == "chain":
+            config.update({"ssl_cert_path": str(self.tls_folder / "fullchain.pem"),
+                           "ssl_key_path": str(self.tls_folder / "privkey.pem")})
         config.update(self.extra_config)
         self.config_path.write_text(yaml.safe_dump(config))
 
@@ -177,8 +213,9 @@ class StashServer:
                 timeout: float = 120) -> dict:
         key = self.api_key if api_key == "default" else api_key
         headers = {"ApiKey": key} if key else {}
-        response = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}},
-                                 headers=headers, timeout=timeout, verify=False)
+        client = self.browser or requests
+        response = client.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}},
+                               headers=headers, timeout=timeout, verify=False)
         if response.status_code != 200:
             raise StashServerError(f"HTTP {response.status_code}: {response.text[:300]}")
         body = response.json()
@@ -203,6 +240,19 @@ class StashServer:
                                     timeout=30)
             self.api_key = response.json()["data"]["generateAPIKey"]
         return self.api_key
+
+    def enable_login(self, username: str = "admin", password: str = "s3cret-pass") -> None:
+        """Set a login and no API key, as many users have it: the harness then talks
+        through a logged-in browser session, and a plugin gets only Stash's session cookie."""
+        self.graphql("mutation($u: String!, $p: String!) { configureGeneral(input: {username: $u, password: $p}) { username } }",
+                     {"u": username, "p": password})
+        browser = requests.Session()
+        browser.verify = False
+        login = browser.post(f"{self.url}/login", data={"username": username, "password": password},
+                             allow_redirects=False, timeout=30)
+        if "session" not in browser.cookies:
+            raise StashServerError(f"login failed: HTTP {login.status_code}")
+        self.browser = browser
 
     def reload_plugins(self) -> None:
         self.graphql("mutation { reloadPlugins }")
