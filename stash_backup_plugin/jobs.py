@@ -3,30 +3,35 @@ into the archive, re-verify the archive, apply retention. The plugin and the CLI
 are thin layers over these functions."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from .core import backup_zip as fullbackup
+from .core import stored
 from .core.archive import Archive, Entry, entry_from_name, utc_now
-from .core.atomic import discard, staged_file
-from .core.errors import (ConfigError, DownloadError, LinkExpiredError, StashBackupError,
-                     VerificationError)
+from .core.atomic import discard
+from .core.record import Header
+from .core.store import crash_point
+from .core.errors import (ConfigError, DownloadError, LinkExpiredError, StashBackupError, UsageError,
+                          VerificationError)
 from .server.api import UNKNOWN_SERVER, Downloaded, ServerInfo, StashAPI
-from .core.naming import blob_relative_path, parse_backup_name, zip_name_for
+from .core.naming import parse_backup_name
 from .core.reporting import Reporter, human_size
 from .core.retention import Decision, Duration, Policy, plan_retention
 from .core.sqlite_check import QUICK, check_database
 from .core.verify import BackupReport, require_blobs, verify_backup
 
 FRESH_BACKUP_ATTEMPTS = 3  # a link that expired mid-download needs a new backup
+# What gzip -1 leaves of a Stash database (README, Compression): for estimates only.
+ESTIMATED_SNAPSHOT_RATIO = 0.35
 
 
 @dataclass
 class DownloadOptions:
     include_blobs: bool = True
-    blobs_path: Optional[Path] = None  # override for building our own zip (old servers)
+    blobs_path: Optional[Path] = None  # Stash's blobs folder as seen from here (default: the server's)
     check_level: str = QUICK
     if_older_than: Optional[Duration] = None
 
@@ -82,6 +87,10 @@ class DownloadOutcome:
 
 def download_to_archive(client: StashAPI, archive: Archive, options: DownloadOptions,
                         report: Reporter) -> DownloadOutcome:
+    """A verified backup into the archive's store: the database (compressed) and the
+    blobs the archive does not hold yet. Blobs come straight from Stash's blob folders
+    when they are readable here (the plugin, a CLI on Stash's host); otherwise from
+    v0.31's includeBlobs zip, of which only the missing blobs are kept."""
     with archive.locked():
         skip = _skip_reason(archive, options.if_older_than)
         if skip:
@@ -89,15 +98,58 @@ def download_to_archive(client: StashAPI, archive: Archive, options: DownloadOpt
             return DownloadOutcome(None, skip)
         info = client.server_info()
         want_blobs = options.include_blobs and info.blobs_on_filesystem
-        if want_blobs and info.supports_include_blobs:
-            entry = _fetch_verified(client, archive, info, options, report, include_blobs=True, source="server-zip")
-        elif want_blobs:
-            entry = _fetch_and_pack_blobs(client, archive, info, options, report)
-        else:
-            entry = _fetch_verified(client, archive, info, options, report, include_blobs=False, source="database")
-        report.info(f"Archived {entry.file}: {human_size(entry.size)}, schema {entry.schema_version}, "
-                    f"{entry.blob_count} blob(s), sha256 {entry.sha256[:16]}…, verified ({entry.verified_level})")
+        folders = _blob_folders(info, options) if want_blobs else []
+        if want_blobs and not folders and not info.supports_include_blobs:
+            where = options.blobs_path or info.blobs_path or "(unknown)"
+            raise ConfigError(f"blobs are stored on the filesystem at {where}, which is not readable here: run on the "
+                              "Stash host, pass --blobs-path DIR, or use --no-blobs")
+        from_zip = want_blobs and not folders
+        flag = (True if from_zip else False) if info.supports_include_blobs else None
+        fetched, name = _request_and_download(client, archive.folder, flag, report.phase(0.0, 0.5))
+        try:
+            header = _store_fetched(archive, info, options, fetched, name, folders, from_zip, report.phase(0.5, 1.0))
+        finally:
+            discard(fetched.temp_path)
+        entry = archive.find(header.name)
+        if header.missing_blobs:
+            report.warning(f"{header.missing_blobs} blob(s) the database refers to were found neither on the server "
+                           f"nor in the archive (e.g. {header.missing_examples[0]}): the backup cannot hold them")
+        report.info(f"Archived {header.name}: database {human_size(header.snapshot.size)} stored as "
+                    f"{human_size(header.snapshot.stored_size)}, schema {header.schema_version}, {header.blob_count} "
+                    f"blob(s) of which {header.new_blobs} new ({human_size(header.new_blob_bytes)}); "
+                    f"sha256 {header.snapshot.sha256[:16]}…, verified ({header.verified_level})")
         return DownloadOutcome(entry)
+
+
+def _blob_folders(info: ServerInfo, options: DownloadOptions) -> list[Path]:
+    """Stash's blob folders that this process can read: the blobs path first, then
+    v0.31's extra (read-only) blob paths."""
+    primary = options.blobs_path or (Path(info.blobs_path) if info.blobs_path else None)
+    if not primary or not _readable(primary):
+        return []
+    return [primary] + [Path(p) for p in info.extra_blob_paths if _readable(Path(p))]
+
+
+def _readable(folder: Path) -> bool:
+    return folder.is_dir() and os.access(folder, os.R_OK | os.X_OK)
+
+
+def _store_fetched(archive: Archive, info: ServerInfo, options: DownloadOptions, fetched: Downloaded, name: str,
+                   folders: list[Path], from_zip: bool, report: Reporter) -> Header:
+    store = archive.store
+    stored_name = archive.free_stored_name(name)
+    if from_zip:
+        return stored.import_backup_file(store, fetched.temp_path, stored_name, options.check_level, report,
+                                         source="server-zip", server_version=info.version or "")
+    report.progress(0.0, "checking the database")
+    checked = check_database(fetched.temp_path, options.check_level)
+    new = stored.NewBackup(
+        stored_name, fetched.temp_path, fetched.sha256, checked.schema_version, set(checked.blobs_on_filesystem),
+        includes_blobs=bool(folders), source="filesystem" if folders else "database",
+        server_version=info.version or "", verified_level=options.check_level,
+        database_member=Path(info.database_path).name if info.database_path else "")
+    source = stored.FolderSource(folders) if folders else stored.NoBlobs()
+    return stored.store_backup(store, new, source, report)
 
 
 def _skip_reason(archive: Archive, if_older_than: Optional[Duration]) -> str:
@@ -136,75 +188,6 @@ def _request_and_download(client: StashAPI, folder: Path, include_blobs: Optiona
     raise DownloadError(f"gave up after {FRESH_BACKUP_ATTEMPTS} fresh backups: {last_error}")
 
 
-def _fetch_verified(client, archive: Archive, info: ServerInfo, options: DownloadOptions,
-                    report: Reporter, include_blobs: bool, source: str) -> Entry:
-    flag = include_blobs if info.supports_include_blobs else None
-    fetched, name = _request_and_download(client, archive.folder, flag, report.phase(0.0, 0.7))
-    try:
-        verified = verify_backup(fetched.temp_path, options.check_level, known_sha256=fetched.sha256,
-                                 progress=report.phase(0.7, 1.0).bytes_progress("verifying"))
-        if verified.kind == "zip" and verified.blobs_not_included:
-            report.warning(f"{len(verified.blobs_not_included)} blob(s) the database refers to are missing on the "
-                           f"server (e.g. {sorted(verified.blobs_not_included)[0]}): the backup cannot hold them")
-        entry = _entry(name, verified, info, source, options.check_level)
-        return archive.add(fetched.temp_path, entry)
-    finally:
-        discard(fetched.temp_path)
-
-
-def _fetch_and_pack_blobs(client, archive: Archive, info: ServerInfo, options: DownloadOptions,
-                          report: Reporter) -> Entry:
-    """Servers without `includeBlobs`: fetch the database and build the full-backup
-    zip ourselves from the blobs folder, in Stash v0.31's layout."""
-    blobs_path = options.blobs_path or (Path(info.blobs_path) if info.blobs_path else None)
-    if not blobs_path or not blobs_path.is_dir():
-        raise ConfigError(f"blobs are stored on the filesystem at {blobs_path or '(unknown)'}, which is not readable "
-                          "here: run on the Stash host, pass --blobs-path DIR, or use --no-blobs")
-    fetched, name = _request_and_download(client, archive.folder, None, report.phase(0.0, 0.4))
-    zip_name, packed = zip_name_for(name), None
-    try:
-        database = check_database(fetched.temp_path, options.check_level)
-        blob_files, missing = _blob_files(database.blobs_on_filesystem, blobs_path)
-        if missing:
-            report.warning(f"{len(missing)} blob(s) the database refers to are missing from {blobs_path} "
-                           f"(e.g. {missing[0]}): the backup cannot hold them")
-        database_member = Path(info.database_path).name if info.database_path else name.split(".")[0]
-        packed = _pack(archive.folder, zip_name, fetched, database_member, blob_files, report.phase(0.4, 0.7))
-        discard(fetched.temp_path)
-        verified = verify_backup(packed, options.check_level,
-                                 progress=report.phase(0.7, 1.0).bytes_progress("verifying"))
-        require_blobs(verified, tolerated=len(missing))
-        entry = _entry(zip_name, verified, info, "plugin-zip", options.check_level)
-        return archive.add(packed, entry)
-    finally:
-        discard(fetched.temp_path)
-        if packed:
-            discard(packed)
-
-
-def _pack(folder: Path, zip_name: str, fetched: Downloaded, database_member: str, blob_files,
-          report: Reporter) -> Path:
-    """The full-backup zip, in a temp file beside its final place."""
-    total = fetched.size + sum(p.stat().st_size for _, p in blob_files)
-    done = [0]
-
-    def advance(count: int) -> None:
-        done[0] += count
-        report.progress(done[0] / total if total else 1.0, "packing blobs")
-
-    with staged_file(folder, zip_name) as (handle, packed):
-        fullbackup.write_full_backup(handle, fetched.temp_path, database_member, blob_files, advance)
-    return packed
-
-
-def _blob_files(checksums: set[str], blobs_path: Path) -> tuple[list[tuple[str, Path]], list[str]]:
-    present, missing = [], []
-    for checksum in sorted(checksums):
-        path = blobs_path / blob_relative_path(checksum)
-        (present.append((checksum, path)) if path.is_file() else missing.append(checksum))
-    return present, missing
-
-
 def _entry(name: str, verified: BackupReport, info: ServerInfo, source: str, level: str) -> Entry:
     return Entry(file=name, size=verified.size, sha256=verified.sha256, **entry_from_name(name),
                  kind=verified.kind, blob_count=verified.blob_count, includes_blobs=verified.kind == "zip",
@@ -219,6 +202,7 @@ class VerifySummary:
     checked: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     adopted: list[str] = field(default_factory=list)
+    read_data: str = ""  # which blobs' contents were re-hashed: "", "all" or "N/M"
 
     @property
     def ok(self) -> bool:
@@ -226,25 +210,72 @@ class VerifySummary:
 
     def line(self) -> str:
         text = f"Verified {self.checked} backup(s): {self.checked - len(self.failed)} good, {len(self.failed)} bad"
+        if self.read_data:
+            text += "; blob contents read: " + ("all" if self.read_data == "all" else f"part {self.read_data}")
         return text + (f"; adopted {len(self.adopted)} unrecorded file(s)" if self.adopted else "")
 
 
-def verify_archive(archive: Archive, level: str, report: Reporter) -> VerifySummary:
+def verify_archive(archive: Archive, level: str, report: Reporter,
+                   read_data: Optional[stored.ReadData] = None) -> VerifySummary:
+    """Every backup: stored ones (database and blobs, each blob looked at once; with
+    `read_data` its content re-hashed) and older per-backup files."""
     summary = VerifySummary()
     with archive.locked():
-        work = [(e, archive.path_of(e)) for e in archive.entries()]
+        entries = archive.entries()
+        work = [(e, archive.path_of(e)) for e in entries if not e.is_stored]
         work += [(None, p) for p in archive.unregistered_files()]
+        kept = [e for e in entries if e.is_stored]
+        share = len(kept) / (len(kept) + len(work)) if kept else 0.0
         for index, (entry, path) in enumerate(work):
-            step = report.phase(index / len(work), (index + 1) / len(work))
+            step = report.phase(share + (1 - share) * index / len(work), share + (1 - share) * (index + 1) / len(work))
             summary.checked += 1
-            problem = _verify_one(archive, entry, path, level, step, summary)
-            if problem:
-                summary.failed.append((path.name, problem))
-                report.error(f"BAD {path.name}: {problem}")
-            else:
-                report.info(f"ok  {path.name}")
+            _report_check(summary, report, path.name, _verify_one(archive, entry, path, level, step, summary))
+        if kept:
+            problems = _verify_stored(archive, kept, level, read_data, report.phase(0.0, share))
+            for entry in kept:
+                summary.checked += 1
+                _record_check(archive, entry, level, "; ".join(problems[entry.file][:3]))
+                _report_check(summary, report, entry.file, "; ".join(problems[entry.file][:3]))
+            if read_data:
+                summary.read_data = str(read_data)
     report.progress(1.0)
     return summary  # the caller shows summary.line(): the plugin answers it as its error when bad
+
+
+def _report_check(summary: VerifySummary, report: Reporter, name: str, problem: str) -> None:
+    if problem:
+        summary.failed.append((name, problem))
+        report.error(f"BAD {name}: {problem}")
+    else:
+        report.info(f"ok  {name}")
+
+
+def _verify_stored(archive: Archive, entries: list[Entry], level: str, read_data: Optional[stored.ReadData],
+                   report: Reporter) -> dict[str, list[str]]:
+    """Each database, then every blob of every backup in one merged pass."""
+    store = archive.store
+    problems: dict[str, list[str]] = {e.file: [] for e in entries}
+    readable = []
+    for index, entry in enumerate(entries):
+        step = report.phase(0.5 * index / len(entries), 0.5 * (index + 1) / len(entries))
+        try:
+            header = store.header(entry.file)
+        except VerificationError as error:
+            problems[entry.file].append(str(error))
+            continue
+        readable.append(entry.file)
+        problems[entry.file] += stored.check_snapshot(store, header, level, step)
+    blob_problems = stored.check_blobs(store, readable, read_data, report.phase(0.5, 1.0),
+                                       total_hint=max((e.blob_count for e in entries), default=0))
+    for name, found in blob_problems.items():
+        if found:
+            problems[name].append(f"{len(found)} blob problem(s): {found[0]}")
+    return problems
+
+
+def _record_check(archive: Archive, entry: Entry, level: str, problem: str) -> None:
+    entry.verified_at, entry.verified_level, entry.verified_ok, entry.verify_error = utc_now(), level, not problem, problem
+    archive.record(entry)
 
 
 def _verify_one(archive: Archive, entry: Optional[Entry], path: Path, level: str, report: Reporter,
@@ -270,11 +301,22 @@ def _verify_one(archive: Archive, entry: Optional[Entry], path: Path, level: str
 
 # --- Retention ---------------------------------------------------------------------
 
-def apply_retention(archive: Archive, policy: Policy, dry_run: bool, report: Reporter) -> list[Decision]:
-    """Prune by the policy. Only verified-good backups count; those that failed
-    verification are reported apart and left in place (retention.plan_retention)."""
+@dataclass
+class RetentionResult:
+    decisions: list[Decision]
+    freed_bytes: int = 0  # old files removed, and what garbage collection deleted (or would)
+    collected_blobs: int = 0
+    collected_snapshots: int = 0
+    spared_blobs: int = 0  # unreferenced but possibly a run in progress's
+
+
+def apply_retention(archive: Archive, policy: Policy, dry_run: bool, report: Reporter) -> RetentionResult:
+    """Prune by the policy (restic's forget), then collect the stored data no remaining
+    backup refers to (restic's prune). Only verified-good backups count; those that
+    failed verification are reported apart and left in place (retention.plan_retention)."""
     with archive.locked():
         decisions = plan_retention([(e, e.created_time, e.verified_ok) for e in archive.entries()], policy)
+        result = RetentionResult(decisions)
         verb = "would remove" if dry_run else "removed"
         for decision in decisions:
             entry: Entry = decision.item
@@ -284,18 +326,180 @@ def apply_retention(archive: Archive, policy: Policy, dry_run: bool, report: Rep
             elif decision.keep:
                 report.info(f"keep   {entry.file} ({', '.join(decision.reasons)})")
             else:
+                if not entry.is_stored:
+                    result.freed_bytes += entry.size
                 if not dry_run:
                     archive.remove(entry)
+                    crash_point("forgotten")
                 report.info(f"{verb} {entry.file}")
+        _collect_garbage(archive, decisions, dry_run, result, report)
         report.progress(1.0)
-        report.info(retention_summary(policy, decisions, dry_run))
-        return decisions
+        report.info(retention_summary(policy, result, dry_run))
+        return result
 
 
-def retention_summary(policy: Policy, decisions: list[Decision], dry_run: bool) -> str:
+def _collect_garbage(archive: Archive, decisions: list[Decision], dry_run: bool, result: RetentionResult,
+                     report: Reporter) -> None:
+    store = archive.store
+    if not store.exists():
+        return
+    keep = [d.item.file for d in decisions if d.item.is_stored and (d.keep or d.failed)] if dry_run else None
+    plan = stored.plan_collection(store, keep)
+    result.freed_bytes += plan.freed_bytes
+    result.collected_blobs, result.collected_snapshots = len(plan.delete_blobs), len(plan.delete_snapshots)
+    result.spared_blobs = plan.spared_blobs
+    if plan.spared_blobs:
+        report.info(f"spared {plan.spared_blobs} unreferenced blob(s) written since a run still marked in progress "
+                    "began; a later prune collects them")
+    if not dry_run:
+        stored.collect(store, plan, report.phase(0.5, 1.0))
+
+
+def retention_summary(policy: Policy, result: RetentionResult, dry_run: bool) -> str:
+    decisions = result.decisions
     failed = sum(1 for d in decisions if d.failed)
     kept = sum(1 for d in decisions if d.keep and not d.failed)
     removed = len(decisions) - kept - failed
     verb = "would remove" if dry_run else "removed"
+    freed = ""
+    if result.freed_bytes or result.collected_blobs or result.collected_snapshots:
+        freed = (f"; {'would free' if dry_run else 'freed'} {human_size(result.freed_bytes)} "
+                 f"({result.collected_blobs} blob(s), {result.collected_snapshots} database snapshot(s) collected)")
     return (f"Retention ({policy.describe()}){' [dry run]' if dry_run else ''}: kept {kept}, {verb} {removed}"
-            + (f", left {failed} that failed verification" if failed else ""))
+            + (f", left {failed} that failed verification" if failed else "") + freed)
+
+
+# --- Export one backup as a zip ------------------------------------------------------
+
+def export_backup(archive: Archive, name: str, output: Path, report: Reporter) -> Path:
+    """One backup as a self-contained zip in Stash v0.31's layout (for another machine,
+    or Stash's own manual restore). Holds the archive's lock: no collection runs
+    while the backup's blobs are being read."""
+    if output.exists():
+        raise UsageError(f"{output} already exists: choose another --output (nothing is overwritten)")
+    with archive.locked():
+        entry = archive.find(name) or archive.find(name + ".zip") or archive.find(name.removesuffix(".zip"))
+        if entry is None:
+            raise UsageError(f"no backup named {name!r} in {archive.folder}: see stash-backup list")
+        if entry.is_stored:
+            stored.export_zip(archive.store, entry.file, output, report)
+        elif entry.kind == "zip":
+            _copy_verified(archive.path_of(entry), entry, output, report)
+        else:
+            raise UsageError(f"{entry.file} is a plain database file already: copy {archive.path_of(entry)} as it is")
+    report.info(f"exported {entry.file} to {output} ({human_size(output.stat().st_size)}), verified")
+    return output
+
+
+def _copy_verified(source: Path, entry: Entry, output: Path, report: Reporter) -> None:
+    from .core.atomic import atomic_output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(output) as (handle, temp), open(source, "rb") as original:
+        while chunk := original.read(1024 * 1024):
+            handle.write(chunk)
+        handle.flush()
+        verify_backup(temp, QUICK, expected_size=entry.size, expected_sha256=entry.sha256,
+                      progress=report.bytes_progress("verifying the copy"))
+        os.chmod(temp, 0o644)
+
+
+# --- Migrate older per-backup files into the store -------------------------------------
+
+@dataclass
+class MigrationOutcome:
+    steps: list
+    imported: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def migrate_archive(archive: Archive, dry_run: bool, level: str, report: Reporter) -> MigrationOutcome:
+    """Fold the per-backup zips (and plain sqlite files) into the store, one by one:
+    verify the old file, import it (record written last), check the new backup,
+    only then remove the old file. A run killed anywhere is finished by the next."""
+    from .core.store_plan import OldBackup, plan_migration
+    with archive.locked():
+        store = archive.store
+        old = {e.file: e for e in archive.file_entries()}
+        imported_from = {e.migrated_from: e.file for e in archive.entries() if e.is_stored and e.migrated_from}
+        steps = plan_migration([OldBackup(e.file, e.size, e.verified_ok, e.verified_at, e.verify_error)
+                                for e in old.values()], imported_from, store.record_names())
+        outcome = MigrationOutcome(steps)
+        for step in steps:
+            report.info(_step_line(step, dry_run))
+        if dry_run:
+            report.info(_migration_estimate(archive, [old[s.old.file] for s in steps if s.action == "import"]))
+            report.info("dry run: nothing was changed (run with --apply to migrate)")
+            return outcome
+        work = [s for s in steps if s.action != "skip"]
+        for index, step in enumerate(work):
+            phase = report.phase(index / len(work), (index + 1) / len(work))
+            try:
+                _migrate_one(archive, old[step.old.file], step, level, phase)
+                outcome.imported.append(step.old.file)
+            except VerificationError as error:
+                outcome.failed.append((step.old.file, str(error)))
+                report.error(f"BAD {step.old.file}: {error}; it stays as it is")
+        report.progress(1.0)
+        report.info(f"Migrated {len(outcome.imported)} backup(s) into the store; {len(outcome.failed)} failed, "
+                    f"{sum(1 for s in steps if s.action == 'skip')} skipped; archive now "
+                    f"{human_size(archive.usage().total)}")
+        return outcome
+
+
+def _step_line(step, dry_run: bool) -> str:
+    if step.action == "import":
+        return f"{'would import' if dry_run else 'import'} {step.old.file} as {step.record_name}"
+    if step.action == "remove-old":
+        return f"{'would remove' if dry_run else 'remove'} {step.old.file}: already imported as {step.record_name}"
+    return f"skip {step.old.file}: {step.reason}"
+
+
+def _migrate_one(archive: Archive, entry: Entry, step, level: str, report: Reporter) -> None:
+    path = archive.folder / entry.file
+    store = archive.store
+    if step.action == "import":
+        verify_backup(path, level, expected_size=entry.size, expected_sha256=entry.sha256,
+                      progress=report.phase(0.0, 0.3).bytes_progress(f"verifying {entry.file}"))
+        stored.import_backup_file(store, path, step.record_name, level, report.phase(0.3, 0.8),
+                                  source=f"{entry.source or entry.kind} (migrated)", server_version=entry.server_version,
+                                  migrated_from=entry.file, added_at=entry.added_at)
+        crash_point("migrated")
+    header = store.header(step.record_name)
+    problems = stored.check_snapshot(store, header, level, report.phase(0.8, 0.95))
+    problems += stored.check_blobs(store, [header.name], None, report)[header.name]
+    if problems:
+        raise VerificationError(f"the imported {header.name} does not check out: {problems[0]}")
+    archive.remove(entry)  # only now: its replacement is proven good
+    report.info(f"migrated {entry.file} -> {header.name}: {header.blob_count} blob(s), {header.new_blobs} new")
+
+
+def _migration_estimate(archive: Archive, entries: list[Entry]) -> str:
+    """What the archive would take after migrating, from the zips' directories alone:
+    each blob once, databases at the snapshot codec's typical ratio."""
+    import zipfile
+    store, seen, blob_bytes, database_bytes = archive.store, set(), 0, 0
+    for entry in entries:
+        path = archive.folder / entry.file
+        if entry.kind != "zip":
+            database_bytes += entry.size
+            continue
+        try:
+            with zipfile.ZipFile(path) as packed:
+                for info in packed.infolist():
+                    checksum = info.filename.rsplit("/", 1)[-1]
+                    if info.filename.startswith("blobs/") and checksum not in seen:
+                        seen.add(checksum)
+                        blob_bytes += 0 if store.blob_size(checksum) is not None else info.file_size
+                    elif "/" not in info.filename:
+                        database_bytes += info.file_size
+        except (OSError, zipfile.BadZipFile):
+            continue
+    before = sum(e.size for e in entries)
+    after = blob_bytes + int(database_bytes * ESTIMATED_SNAPSHOT_RATIO)
+    return (f"{len(entries)} backup(s) take {human_size(before)} as per-backup files; in the store about "
+            f"{human_size(after)} ({len(seen)} distinct blob(s), databases compressed): about "
+            f"{human_size(max(before - after, 0))} freed")

@@ -130,7 +130,7 @@ def test_retention_keeps_a_days_good_backup_and_leaves_the_failed_one_apart(tmp_
         for name, created, ok in stamps:
             archive.add(staged(archive), entry(name, created, ok))
     report = Recorder()
-    decisions = jobs.apply_retention(archive, Policy(daily=7), dry_run=False, report=report)
+    decisions = jobs.apply_retention(archive, Policy(daily=7), dry_run=False, report=report).decisions
     assert sorted(e.file for e in archive.entries()) == sorted(name for name, _, _ in stamps)
     assert all((tmp_path / name).exists() for name, _, _ in stamps)
     assert [d.item.file for d in decisions if d.failed] == ["a.1.20261123_200000"]

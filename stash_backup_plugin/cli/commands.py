@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     archive_option(download)
     check_option(download)
     download.add_argument("--no-blobs", action="store_true", help="database only, without images")
-    download.add_argument("--blobs-path", type=Path, help="Stash's blobs folder, for servers before v0.31")
+    download.add_argument("--blobs-path", type=Path,
+                          help="Stash's blobs folder as seen from here (default: the server's blobs_path)")
     download.add_argument("--if-older-than", metavar="DURATION",
                           help="skip when the newest verified backup is younger, e.g. 20h or 1d")
     download.add_argument("--json", action="store_true", help="print the new archive entry as JSON")
@@ -70,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     check_option(verify)
     verify.add_argument("paths", nargs="*", type=Path, metavar="PATH")
     verify.add_argument("--json", action="store_true")
+    reading = verify.add_mutually_exclusive_group()
+    reading.add_argument("--read-data", action="store_true", help="re-hash every blob's content (MD5 = its name)")
+    reading.add_argument("--read-data-subset", metavar="N/M",
+                         help="re-hash part N of M of the blobs; N = 1..M on M nights reads them all")
 
     prune = commands.add_parser("prune", help="apply a retention policy to the archive")
     archive_option(prune)
@@ -78,6 +83,17 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--keep-within", metavar="DURATION", help="keep all newer than the newest minus DURATION")
     prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     prune.add_argument("--json", action="store_true")
+
+    export = commands.add_parser("export", help="write one backup as a self-contained zip (Stash v0.31's layout)")
+    archive_option(export)
+    export.add_argument("name", metavar="NAME", help="the backup's name (see list)")
+    export.add_argument("--output", type=Path, required=True, metavar="FILE.zip", help="the zip to write")
+
+    migrate = commands.add_parser("migrate", help="fold the older per-backup zips into the store (dry run by default)")
+    archive_option(migrate)
+    check_option(migrate)
+    migrate.add_argument("--apply", action="store_true", help="do it (without it: only show the plan)")
+    migrate.add_argument("--json", action="store_true")
 
     install = commands.add_parser("install-plugin", help="install the plugin into Stash's plugins folder")
     install.add_argument("--plugins-dir", type=Path, required=True, help="Stash's plugins folder")
@@ -129,6 +145,7 @@ def cmd_download(args, report) -> int:
 
 
 def cmd_list(args, report) -> int:
+    from ..core.reporting import human_size
     archive = _archive(args)
     entries = archive.entries()
     if args.json:
@@ -139,7 +156,13 @@ def cmd_list(args, report) -> int:
     for entry in entries:
         state = "verified" if entry.verified_ok else ("BAD" if entry.verified_at else "unverified")
         blobs = f"{entry.blob_count} blobs" if entry.includes_blobs else "database only"
-        print(f"{entry.created}  schema {entry.schema_version:<3}  {entry.size:>14,d} B  {blobs:<14}  {state:<10}  {entry.file}")
+        own = entry.new_bytes if entry.is_stored else entry.size
+        print(f"{entry.created}  schema {entry.schema_version:<3}  {entry.kind:<6}  {blobs:<14}  "
+              f"new {human_size(own):>10}  {state:<10}  {entry.file}")
+    usage = archive.usage()
+    print(f"archive total {human_size(usage.total)}: {usage.blobs} blob(s) {human_size(usage.blob_bytes)}, "
+          f"database snapshots {human_size(usage.snapshot_bytes)}, records {human_size(usage.record_bytes)}"
+          + (f", older per-backup files {human_size(usage.old_bytes)}" if usage.old_bytes else ""))
     return 0
 
 
@@ -166,7 +189,11 @@ def cmd_verify(args, report) -> int:
         if args.json:
             _print_json(results)
         return 1 if failed else 0
-    summary = jobs.verify_archive(_archive(args), level, report)
+    read_data = None
+    if args.read_data or args.read_data_subset:
+        from ..core.stored import ReadData
+        read_data = ReadData.parse(args.read_data_subset) if args.read_data_subset else ReadData()
+    summary = jobs.verify_archive(_archive(args), level, report, read_data)
     (report.info if summary.ok else report.error)(summary.line())
     if args.json:
         _print_json({"checked": summary.checked, "failed": [{"file": f, "error": e} for f, e in summary.failed],
@@ -182,11 +209,29 @@ def cmd_prune(args, report) -> int:
                     within=parse_duration(args.keep_within) if args.keep_within else None)
     if policy.is_empty():
         report.warning("no --keep-* rule given: nothing will be removed")
-    decisions = jobs.apply_retention(_archive(args), policy, args.dry_run, report)
-    if args.json:
+    result = jobs.apply_retention(_archive(args), policy, args.dry_run, report)
+    if args.json:  # one object per backup, as before; the space freed is in the summary line
         _print_json([{"file": d.item.file, "keep": d.keep, "failed_verification": d.failed, "reasons": d.reasons}
-                     for d in decisions])
+                     for d in result.decisions])
     return 0
+
+
+def cmd_export(args, report) -> int:
+    from .. import jobs
+    path = jobs.export_backup(_archive(args), args.name, args.output.expanduser(), report)
+    print(path)
+    return 0
+
+
+def cmd_migrate(args, report) -> int:
+    from .. import jobs
+    from ..core.sqlite_check import FULL, QUICK
+    outcome = jobs.migrate_archive(_archive(args), dry_run=not args.apply,
+                                   level=FULL if args.full_check else QUICK, report=report)
+    if args.json:
+        _print_json([{"file": s.old.file, "action": s.action, "record": s.record_name, "reason": s.reason}
+                     for s in outcome.steps])
+    return 0 if outcome.ok else 1
 
 
 def cmd_install_plugin(args, report) -> int:
@@ -210,7 +255,7 @@ def cmd_package(args, report) -> int:
 
 
 COMMANDS = {"backup": cmd_backup, "download": cmd_download, "list": cmd_list, "verify": cmd_verify,
-            "prune": cmd_prune, "install-plugin": cmd_install_plugin, "package": cmd_package}
+            "prune": cmd_prune, "export": cmd_export, "migrate": cmd_migrate, "install-plugin": cmd_install_plugin, "package": cmd_package}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -1,6 +1,10 @@
-"""The local archive: a folder of verified backup files and a manifest (JSON) that
-records for each its size, SHA-256, schema version, time and blob count. One run at
-a time holds the archive's lock; it removes temp files a killed run left behind."""
+"""The local archive. New backups are stored backups (store.py: images once, a
+compressed database per backup, a record each); backups made before that are
+per-backup files (a zip or a plain sqlite file) listed in a manifest (JSON) with
+size, SHA-256, schema version, time and blob count. Both kinds are listed, verified,
+pruned and restored alike; the manifest also keeps the last verification of each
+stored backup. One run at a time holds the archive's lock; it removes temp files a
+killed run left behind."""
 from __future__ import annotations
 
 import contextlib
@@ -11,9 +15,12 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from .atomic import commit, remove_stale_temps, storage_error, write_bytes_atomic
-from .errors import StorageError, UsageError
+from .errors import StorageError, UsageError, VerificationError
 from .naming import is_temp_name, parse_backup_name, with_counter
+from .record import Header
+from .store import Store
 
+STORED = "stored"  # Entry.kind of a backup in the store
 MANIFEST_NAME = "manifest.json"
 # The plugin's default archive, beside Stash's config.yml; stash-restore looks there too.
 DEFAULT_FOLDER_NAME = "stash-backup-archive"
@@ -32,7 +39,7 @@ class Entry:
     sha256: str
     schema_version: int
     created: str  # the backup's own time (Stash names it in the server's local time)
-    kind: str  # "sqlite" or "zip"
+    kind: str  # "stored", or an older per-backup file: "sqlite" or "zip"
     blob_count: int = 0
     includes_blobs: bool = False
     blobs_not_included: int = 0
@@ -43,6 +50,12 @@ class Entry:
     verified_level: str = ""
     verified_ok: bool = False
     verify_error: str = ""
+    new_bytes: int = 0  # stored backups: what this one added to the archive (its snapshot, its new blobs)
+    migrated_from: str = ""  # stored backups imported from an old file by migrate
+
+    @property
+    def is_stored(self) -> bool:
+        return self.kind == STORED
 
     @property
     def created_time(self) -> datetime:
@@ -54,6 +67,26 @@ class Entry:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+@dataclass
+class Usage:
+    blobs: int = 0
+    blob_bytes: int = 0
+    snapshot_bytes: int = 0
+    record_bytes: int = 0
+    old_bytes: int = 0  # per-backup zips and sqlite files from before the store
+
+    @property
+    def total(self) -> int:
+        return self.blob_bytes + self.snapshot_bytes + self.record_bytes + self.old_bytes
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 class Archive:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -62,8 +95,13 @@ class Archive:
     def manifest_path(self) -> Path:
         return self.folder / MANIFEST_NAME
 
+    @property
+    def store(self) -> Store:
+        return Store(self.folder)
+
     def path_of(self, entry: Entry) -> Path:
-        return self.folder / entry.file
+        """The file that is the backup: a stored backup's record, or the old file."""
+        return self.store.record_path(entry.file) if entry.is_stored else self.folder / entry.file
 
     @contextlib.contextmanager
     def locked(self) -> Iterator["Archive"]:
@@ -76,18 +114,67 @@ class Archive:
         with handle:
             _lock(handle, self.folder)
             remove_stale_temps(self.folder)
+            self.store.clean_after_killed_runs()
             yield self
 
     def entries(self) -> list[Entry]:
-        """Entries, newest first."""
+        """Every backup, newest first: the stored ones (their records are the truth;
+        the manifest adds their last verification) and the older per-backup files."""
+        recorded = self._manifest_entries()
+        checks = {e.file: e for e in recorded if e.is_stored}
+        stored = self._stored_entries(checks)
+        # An old file whose import into the store was cut short (record written, file
+        # not yet removed) is the same backup: listed once, as the stored one.
+        superseded = {e.migrated_from for e in stored if e.migrated_from}
+        entries = [e for e in recorded if not e.is_stored and e.file not in superseded] + stored
+        return sorted(entries, key=lambda e: e.created, reverse=True)
+
+    def file_entries(self) -> list[Entry]:
+        """The older per-backup files the manifest records (also any already imported)."""
+        return [e for e in self._manifest_entries() if not e.is_stored]
+
+    def superseded_files(self) -> list[Entry]:
+        """Old files already imported into the store (migrate removes them)."""
+        imported = {e.migrated_from for e in self._stored_entries({}) if e.migrated_from}
+        return [e for e in self._manifest_entries() if not e.is_stored and e.file in imported]
+
+    def _manifest_entries(self) -> list[Entry]:
         if not self.manifest_path.exists():
             return []
         try:
             data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-            entries = [Entry.from_dict(item) for item in data.get("entries", [])]
+            return [Entry.from_dict(item) for item in data.get("entries", [])]
         except (ValueError, TypeError, AttributeError) as error:
             raise StorageError(f"{self.manifest_path} is damaged ({error}): move it aside and run verify to rebuild it") from error
-        return sorted(entries, key=lambda e: e.created, reverse=True)
+
+    def _stored_entries(self, checks: dict[str, Entry]) -> list[Entry]:
+        entries = []
+        for name in self.store.record_names():
+            try:
+                entry = entry_from_header(self.store.header(name))
+            except VerificationError as error:  # listed, and failed: verify says what is wrong
+                entry = Entry(name, 0, "", 0, _created_from(name), STORED, verified_at=utc_now(), verify_error=str(error))
+            check = checks.get(name)
+            if check and check.verified_at:
+                entry.verified_at, entry.verified_level = check.verified_at, check.verified_level
+                entry.verified_ok, entry.verify_error = check.verified_ok and entry.verified_ok, check.verify_error
+            entries.append(entry)
+        return entries
+
+    def usage(self) -> "Usage":
+        """What the archive takes on disk, by kind."""
+        usage = Usage()
+        for blob in self.store.stored_blobs():
+            usage.blobs += 1
+            usage.blob_bytes += blob.size
+        for name in self.store.snapshot_names():
+            usage.snapshot_bytes += _size(self.store.snapshot_path(name))
+        for name in self.store.record_names():
+            usage.record_bytes += _size(self.store.record_path(name))
+        for entry in self._manifest_entries():
+            if not entry.is_stored:
+                usage.old_bytes += _size(self.folder / entry.file)
+        return usage
 
     def find(self, name: str) -> Optional[Entry]:
         return next((e for e in self.entries() if e.file == name), None)
@@ -97,7 +184,7 @@ class Archive:
         killed between the rename and the manifest update)."""
         if not self.folder.is_dir():
             return []
-        known = {e.file for e in self.entries()}
+        known = {e.file for e in self._manifest_entries()}
         return sorted(p for p in self.folder.iterdir()
                       if p.is_file() and p.name not in known and not is_temp_name(p.name)
                       and parse_backup_name(p.name))
@@ -114,24 +201,38 @@ class Archive:
             commit(temp_path, final)
         except OSError as error:
             raise storage_error("store", final, error) from error
-        self._save([e for e in self.entries() if e.file != entry.file] + [entry])
+        self._save([e for e in self._manifest_entries() if e.file != entry.file] + [entry])
         return entry
 
     def _free_name(self, name: str) -> str:
         candidate, counter = name, 1
-        while (self.folder / candidate).exists():
+        while self._taken(candidate):
             counter += 1
             candidate = with_counter(name, counter)
         return candidate
 
+    def free_stored_name(self, name: str) -> str:
+        """A name for a new stored backup that no backup of either kind has."""
+        return self._free_name(name[:-4] if name.endswith(".zip") else name)
+
+    def _taken(self, name: str) -> bool:
+        bare = name[:-4] if name.endswith(".zip") else name
+        return any(p.exists() for p in (self.folder / bare, self.folder / f"{bare}.zip",
+                                        self.store.record_path(bare), self.store.snapshot_path(bare)))
+
     def record(self, entry: Entry) -> None:
         """Insert or replace an entry's record (after a re-verification)."""
-        self._save([e for e in self.entries() if e.file != entry.file] + [entry])
+        self._save([e for e in self._manifest_entries() if e.file != entry.file] + [entry])
 
     def remove(self, entry: Entry) -> None:
-        # Forget it first: a crash in between leaves an unregistered file, never a
-        # manifest entry pointing at nothing.
-        self._save([e for e in self.entries() if e.file != entry.file])
+        """Forget a backup. A stored one loses its record (its data goes at the next
+        garbage collection); an old file is forgotten first, then deleted: a crash in
+        between leaves an unregistered file, never an entry pointing at nothing."""
+        if entry.is_stored:
+            self.store.forget(entry.file)
+            self._save([e for e in self._manifest_entries() if e.file != entry.file])
+            return
+        self._save([e for e in self._manifest_entries() if e.file != entry.file])
         try:
             self.path_of(entry).unlink()
         except FileNotFoundError:
@@ -140,6 +241,8 @@ class Archive:
             raise storage_error("remove", self.path_of(entry), error) from error
 
     def _save(self, entries: list[Entry]) -> None:
+        recorded = set(self.store.record_names())
+        entries = [e for e in entries if not e.is_stored or e.file in recorded]  # forgotten ones go too
         ordered = sorted(entries, key=lambda e: e.created, reverse=True)
         payload = {"format": FORMAT, "entries": [asdict(e) for e in ordered]}
         write_bytes_atomic(self.manifest_path, (json.dumps(payload, indent=2) + "\n").encode())
@@ -167,3 +270,18 @@ def entry_from_name(name: str) -> dict:
     if not parsed:
         raise UsageError(f"{name!r} is not a Stash backup name (<db>.<schema>.<YYYYMMDD_HHMMSS>[.zip])")
     return {"schema_version": parsed.schema_version, "created": parsed.created.isoformat()}
+
+
+def entry_from_header(header: Header) -> Entry:
+    """A stored backup as the archive lists it, verified when it was made."""
+    return Entry(file=header.name, size=header.snapshot.size + header.blob_bytes, sha256=header.snapshot.sha256,
+                 schema_version=header.schema_version, created=header.created or _created_from(header.name),
+                 kind=STORED, blob_count=header.blob_count, includes_blobs=header.includes_blobs,
+                 blobs_not_included=header.missing_blobs, source=header.source, server_version=header.server_version,
+                 added_at=header.added_at, verified_at=header.added_at, verified_level=header.verified_level,
+                 verified_ok=True, new_bytes=header.new_bytes, migrated_from=header.migrated_from)
+
+
+def _created_from(name: str) -> str:
+    parsed = parse_backup_name(name)
+    return parsed.created.isoformat() if parsed else "1970-01-01T00:00:00"

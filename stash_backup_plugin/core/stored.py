@@ -16,7 +16,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Protocol
 from . import backup_zip as fullbackup
 from . import record as records
 from .atomic import atomic_output, discard, fsync_dir, scratch_folder, storage_error
-from .errors import StorageError, UsageError, VerificationError
+from .errors import UsageError, VerificationError
 from .naming import TEMP_MARKER as _TEMP, blob_member_name, blob_relative_path, parse_backup_name
 from .reporting import Reporter
 from .sqlite_check import QUICK, check_database
@@ -480,7 +480,8 @@ def _zip_time(created: str) -> tuple:
 # --- importing a backup file (a server's zip, an old archive's zip or sqlite file) ---------
 
 def import_backup_file(store: Store, path: Path, name: str, level: str, report: Reporter, source: str,
-                       server_version: str = "", migrated_from: str = "", known_sha256: str = "") -> records.Header:
+                       server_version: str = "", migrated_from: str = "", known_sha256: str = "",
+                       added_at: str = "") -> records.Header:
     """Store a full-backup zip or a plain database file as a stored backup: its
     database checked, the blobs it refers to copied (MD5-checked) unless the store
     has them. For a plain file, `known_sha256` spares a second read when the caller
@@ -490,7 +491,8 @@ def import_backup_file(store: Store, path: Path, name: str, level: str, report: 
         checked = check_database(path, level)
         new = NewBackup(name, path, known_sha256 or sha256_of(path), checked.schema_version,
                         set(checked.blobs_on_filesystem), includes_blobs=False, source=source,
-                        server_version=server_version, verified_level=level, migrated_from=migrated_from)
+                        server_version=server_version, verified_level=level, migrated_from=migrated_from,
+                        added_at=added_at)
         return store_backup(store, new, NoBlobs(), report)
     store.incoming.mkdir(parents=True, exist_ok=True)
     database = store.incoming / f"{name}.database{_TEMP}{os.getpid()}"
@@ -504,7 +506,8 @@ def import_backup_file(store: Store, path: Path, name: str, level: str, report: 
             new = NewBackup(name, database, sha256_of(database), checked.schema_version,
                             set(checked.blobs_on_filesystem), includes_blobs=True, source=source,
                             server_version=server_version, verified_level=level,
-                            database_member=layout.database_member, migrated_from=migrated_from)
+                            database_member=layout.database_member, migrated_from=migrated_from,
+                            added_at=added_at)
             return store_backup(store, new, ZipSource(packed, layout), report)
     except zipfile.BadZipFile as error:
         raise VerificationError(f"{path} is not a readable zip ({error}): the file is damaged") from error

@@ -140,8 +140,8 @@ def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: Plug
         return summary.line()
     if settings.policy.is_empty():
         reporter.info("No retention rule is set (Keep last/hourly/daily/weekly/monthly/yearly/within): nothing removed")
-    decisions = jobs.apply_retention(archive, settings.policy, settings.retention_dry_run, reporter)
-    return jobs.retention_summary(settings.policy, decisions, settings.retention_dry_run)
+    result = jobs.apply_retention(archive, settings.policy, settings.retention_dry_run, reporter)
+    return jobs.retention_summary(settings.policy, result, settings.retention_dry_run)
 
 
 def main(stdin=None, stdout=None, stderr=None) -> int:

@@ -23,6 +23,9 @@ class ServerInfo:
     blobs_path: Optional[str]
     blobs_storage: Optional[str]
     supports_include_blobs: bool
+    # developer_options.extra_blob_paths (v0.31): more folders Stash reads blobs from,
+    # found in its config.yml when that file is readable here.
+    extra_blob_paths: tuple = ()
 
     @property
     def blobs_on_filesystem(self) -> bool:

@@ -36,7 +36,7 @@ BACKUP_TIMEOUT_SECONDS = 6 * 3600
 _SERVER_INFO = gql("""
 query StashBackupServerInfo {
   version { version }
-  systemStatus { databaseSchema databasePath status }
+  systemStatus { databaseSchema databasePath configPath status }
   configuration { general { backupDirectoryPath blobsPath blobsStorage databasePath } }
   backupInput: __type(name: "BackupDatabaseInput") { inputFields { name } }
 }
@@ -128,6 +128,7 @@ class StashClient:
             blobs_path=general.get("blobsPath"),
             blobs_storage=general.get("blobsStorage"),
             supports_include_blobs="includeBlobs" in fields,
+            extra_blob_paths=extra_blob_paths(status.get("configPath")),
         )
 
     def backup_database(self, download: bool, include_blobs: Optional[bool] = None) -> Optional[str]:
@@ -155,6 +156,21 @@ class StashClient:
 
     def reload_plugins(self) -> None:
         self.execute(_RELOAD_PLUGINS)
+
+
+def extra_blob_paths(config_path: Optional[str]) -> tuple:
+    """Stash v0.31's developer_options.extra_blob_paths, read from its config.yml when
+    that file is readable from here (the plugin, a CLI on Stash's host); else none."""
+    if not config_path:
+        return ()
+    import yaml
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle) or {}
+        extra = (values.get("developer_options") or {}).get("extra_blob_paths") or []
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+        return ()  # not readable here, or not a mapping: it tells us nothing about blobs
+    return tuple(str(path) for path in extra if isinstance(path, str) and path)
 
 
 def _first_message(error: TransportQueryError) -> str:
