@@ -159,3 +159,22 @@ def test_keep_within_zero_beside_another_rule_adds_nothing():
 
 def test_a_zero_duration_is_false_and_any_other_is_true():
     assert not Duration() and Duration(hours=1) and Duration(years=1)
+
+
+# --- keep-last in Stash's own backup folder --------------------------------------------------
+
+def test_backup_folder_keep_last_counts_and_removes_only_ours():
+    from stash_backup_plugin.core.retention import plan_backup_folder
+    names = [f"stash-go.sqlite.85.2026110{d}_030000.zip" for d in range(1, 7)]
+    names += ["stash-go.sqlite.72.20261001_120000",  # Stash's own, before a schema migration
+              "stash-go.sqlite.anonymous.85.20261105_100000",  # "Anonymise database": not a backup
+              "other.sqlite.85.20261106_100000", "notes.txt"]
+    ours = names[:6]
+    assert plan_backup_folder(names, ours, 2, "stash-go.sqlite", protected=[names[5]]) == list(reversed(names[:4]))
+    assert plan_backup_folder(names, ours, 0, "stash-go.sqlite") == []
+    # asked to: Stash's own backups of this database count and go too, never the anonymised or another database's
+    assert plan_backup_folder(names, ours[4:], 2, "stash-go.sqlite", include_others=True) == \
+        [names[3], names[2], names[1], names[0], "stash-go.sqlite.72.20261001_120000"]
+    # the backup just made is never removed, even when the clock put it in the past
+    assert "stash-go.sqlite.85.20261101_030000.zip" not in plan_backup_folder(
+        names, ours, 1, "stash-go.sqlite", protected=["stash-go.sqlite.85.20261101_030000.zip"])

@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
 
     backup = commands.add_parser("backup", help="make Stash write a backup into its own backup folder")
     backup.add_argument("--no-blobs", action="store_true", help="database only, even where Stash can add blobs")
+    backup.add_argument("--keep-last", type=int, default=0, metavar="N",
+                        help="then keep only the N newest backups this command made in Stash's backup folder")
+    backup.add_argument("--include-others", action="store_true",
+                        help="with --keep-last: count and remove Stash's own backups of the database there too")
 
     download = commands.add_parser("download", help="download a verified backup into the archive")
     archive_option(download)
@@ -123,7 +127,8 @@ def _print_json(value) -> None:
 def cmd_backup(args, report) -> int:
     from .. import jobs
     with _client(args) as client:
-        jobs.backup_on_server(client, not args.no_blobs, report)
+        jobs.backup_on_server(client, not args.no_blobs, report, keep_last=args.keep_last,
+                              include_others=args.include_others)
     return 0
 
 

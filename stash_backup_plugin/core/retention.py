@@ -179,3 +179,26 @@ def plan_retention(backups: Iterable[tuple[object, datetime, bool]], policy: Pol
     decisions = apply_policy(good, policy, protected=[newest_good] if good else [])
     decisions += [Decision(backup, time, [FAILED_REASON], failed=True) for backup, time, ok in listed if not ok]
     return sorted(decisions, key=lambda d: d.time, reverse=True)
+
+
+def plan_backup_folder(names: Iterable[str], ours: Iterable[str], keep_last: int, database_name: str,
+                       include_others: bool = False, protected: Iterable[str] = ()) -> list[str]:
+    """Which backups in Stash's own backup folder to delete so that `keep_last` remain.
+    Only backups our task made there (`ours`) are counted and removed; with
+    `include_others`, every backup of this database too (those Stash made before a
+    schema migration, or a user's clicks), never the anonymised copies. `protected`
+    (the backup just made) is always kept. Newest by the time in the name."""
+    from .naming import parse_backup_name
+    if keep_last <= 0:
+        return []
+    ours, protected = set(ours), set(protected)
+    candidates = []
+    for name in names:
+        parsed = parse_backup_name(name)
+        if not parsed or parsed.database_name != database_name:
+            continue  # another database's, or an anonymised copy (<db>.anonymous.<schema>.<time>)
+        if name in ours or include_others:
+            candidates.append((parsed.created, name))
+    candidates.sort(reverse=True)
+    kept = [name for _, name in candidates[:keep_last]]
+    return [name for _, name in candidates[keep_last:] if name not in protected and name not in kept]

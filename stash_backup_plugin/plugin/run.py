@@ -31,6 +31,8 @@ class Settings:
     check_level: str = QUICK
     policy: Policy = Policy()
     retention_dry_run: bool = False
+    backup_folder_keep_last: int = 0  # Stash's own backup folder: keep our N newest there
+    backup_folder_include_others: bool = False
 
 
 def _as_bool(value, default: bool) -> bool:
@@ -69,6 +71,8 @@ def settings_from(values: dict, config_dir: Path) -> Settings:
         check_level=FULL if _as_bool(values.get("fullIntegrityCheck"), False) else QUICK,
         policy=policy,
         retention_dry_run=_as_bool(values.get("retentionDryRun"), False),
+        backup_folder_keep_last=_as_count("backupFolderKeepLast", values.get("backupFolderKeepLast")),
+        backup_folder_include_others=_as_bool(values.get("backupFolderIncludeOthers"), False),
     )
 
 
@@ -126,7 +130,9 @@ def run_task(payload: dict, reporter: PluginLogReporter) -> str:
 def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: PluginLogReporter) -> str:
     archive = Archive(settings.archive_folder)
     if mode == "backup":
-        made = jobs.backup_on_server(client, settings.include_blobs, reporter)
+        made = jobs.backup_on_server(client, settings.include_blobs, reporter,
+                                     keep_last=max(settings.backup_folder_keep_last, 0),
+                                     include_others=settings.backup_folder_include_others)
         return f"Backup written to {made.path or 'the backup folder'}"
     if mode == "download":
         options = jobs.DownloadOptions(include_blobs=settings.include_blobs, check_level=settings.check_level)
