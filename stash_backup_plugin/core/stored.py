@@ -400,24 +400,25 @@ def _snapshot_files(store: Store) -> Iterator[tuple[str, float, int]]:
 
 
 def collect(store: Store, plan: GcPlan, report: Reporter, batch: int = 1000) -> None:
-    """Delete what the plan says (snapshots first, then blobs), syncing each folder."""
+    """Delete what the plan says: snapshots first, then blobs in batches, syncing each
+    folder touched before the next batch."""
     for name in plan.delete_snapshots:
         discard(store.snapshot_path(name))
     if plan.delete_snapshots:
         fsync_dir(store.folder / SNAPSHOTS)
-    folders = set()
-    for index, (checksum, _) in enumerate(plan.delete_blobs, 1):
-        path = store.blob_path(checksum)
-        try:
-            discard(path)
-        except OSError as error:
-            raise storage_error("remove", path, error) from error
-        folders.add(path.parent)
-        if index % batch == 0:
-            _sync_folders(folders)
-            crash_point("gc-batch")
-            report.progress(index / len(plan.delete_blobs), "collecting garbage")
-    _sync_folders(folders)
+    crash_point("gc-snapshots")
+    for start in range(0, len(plan.delete_blobs), batch):
+        folders = set()
+        for checksum, _ in plan.delete_blobs[start:start + batch]:
+            path = store.blob_path(checksum)
+            try:
+                discard(path)
+            except OSError as error:
+                raise storage_error("remove", path, error) from error
+            folders.add(path.parent)
+        _sync_folders(folders)
+        crash_point("gc-batch")
+        report.progress(min(start + batch, len(plan.delete_blobs)) / len(plan.delete_blobs), "collecting garbage")
 
 
 def _sync_folders(folders: set) -> None:

@@ -163,7 +163,10 @@ def extra_blob_paths(config_path: Optional[str]) -> tuple:
     that file is readable from here (the plugin, a CLI on Stash's host); else none."""
     if not config_path:
         return ()
-    import yaml
+    try:
+        import yaml
+    except ImportError:  # the plugin may run where PyYAML is missing: a developer option, best effort
+        return ()
     try:
         with open(config_path, encoding="utf-8") as handle:
             values = yaml.safe_load(handle) or {}
