@@ -1,6 +1,8 @@
 """The stash-backup CLI against real Stash servers, with and without credentials."""
+import hashlib
 import json
 import socket
+import zipfile
 
 import pytest
 
@@ -30,7 +32,7 @@ def test_download_list_verify_prune_with_an_api_key(stash_server_factory, stash_
         assert result.returncode == 0, result.stderr
         outputs.append(result.stdout + result.stderr)
         entry = json.loads(result.stdout)
-        assert entry["verified_ok"] and entry["blob_count"] == 6 and entry["kind"] == "zip"
+        assert entry["verified_ok"] and entry["blob_count"] == 6 and entry["kind"] == "stored"
     listing = cli(server, "list", "--json", dest=dest)
     assert len(json.loads(listing.stdout)) == 2
     verify = cli(server, "verify", "--full-check", dest=dest)
@@ -44,12 +46,33 @@ def test_download_list_verify_prune_with_an_api_key(stash_server_factory, stash_
     assert not any(key in text for text in outputs)
 
 
-def test_backup_command_on_the_server(stash_server_factory, stash_version):
+def backup_files(server):
+    """Backups in Stash's backup folder (its anonymised database is not one)."""
+    return sorted(p.name for p in server.backups.glob("stash-go.sqlite.*") if ".anonymous." not in p.name)
+
+
+def test_backup_command_on_the_server_and_keep_last_there(stash_server_factory, stash_version):
+    """Stash never removes its backups: --keep-last counts and removes only those this
+    command made, unless --include-others (never the anonymised database)."""
+    import time
     server = stash_server_factory(stash_version, install_plugin=False)
     seed_content(server)
     result = cli(server, "backup")
     assert result.returncode == 0, result.stderr
-    assert len(list(server.backups.iterdir())) == 1
+    [first] = backup_files(server)
+    before_migration = server.backups / "stash-go.sqlite.72.20250101_000000"  # as Stash makes before a migration
+    before_migration.write_bytes((server.backups / first).read_bytes() if not first.endswith(".zip") else b"x")
+    anonymised = server.backups / "stash-go.sqlite.anonymous.85.20250102_000000"
+    anonymised.write_bytes(b"scrambled")
+    for _ in range(2):
+        time.sleep(1.05)  # backup names carry seconds
+        assert cli(server, "backup", "--keep-last", "2").returncode == 0
+    ours = [n for n in backup_files(server) if n != before_migration.name]
+    assert len(ours) == 2 and first not in ours and before_migration.exists() and anonymised.exists()
+    time.sleep(1.05)
+    result = cli(server, "backup", "--keep-last", "1", "--include-others")
+    assert result.returncode == 0 and "removed" in result.stderr, result.stderr
+    assert len(backup_files(server)) == 1 and not before_migration.exists() and anonymised.exists()
 
 
 def test_without_a_key_on_a_server_with_credentials_is_a_one_line_401(stash_server_factory, tmp_path):
@@ -97,7 +120,7 @@ def test_if_older_than_skips_a_recent_backup(stash_server_factory, tmp_path):
     assert cli(server, "download", dest=dest).returncode == 0
     skipped = cli(server, "download", "--if-older-than", "1d", "--json", dest=dest)
     assert skipped.returncode == 0 and "younger than" in json.loads(skipped.stdout)["skipped"]
-    assert len(list(dest.glob("stash-go.sqlite.*"))) == 1
+    assert len(list((dest / "backups").glob("stash-go.sqlite.*.record"))) == 1
 
 
 def test_old_server_blobs_folder_not_readable_says_what_to_do(stash_server_factory, tmp_path):
@@ -106,20 +129,32 @@ def test_old_server_blobs_folder_not_readable_says_what_to_do(stash_server_facto
     result = cli(server, "download", "--blobs-path", str(tmp_path / "nowhere"), dest=tmp_path / "a")
     assert result.returncode == 1 and "--no-blobs" in result.stderr
     no_blobs = cli(server, "download", "--no-blobs", "--json", dest=tmp_path / "a")
-    assert no_blobs.returncode == 0 and json.loads(no_blobs.stdout)["kind"] == "sqlite"
+    assert no_blobs.returncode == 0 and json.loads(no_blobs.stdout)["includes_blobs"] is False
 
 
-def test_verify_paths_flags_a_damaged_file(stash_server_factory, tmp_path):
+def test_export_writes_a_stash_zip_that_verify_checks(stash_server_factory, tmp_path):
+    """export gives one self-contained zip in Stash v0.31's layout; verify PATH checks
+    such a file and flags it once damaged."""
     server = stash_server_factory(NEW_VERSION, install_plugin=False)
     seed_content(server)
     dest = tmp_path / "archive"
     entry = json.loads(cli(server, "download", "--json", dest=dest).stdout)
-    path = dest / entry["file"]
+    path = tmp_path / "out" / "exported.zip"
+    exported = run_cli("export", entry["file"], "--output", str(path), "--dest", str(dest))
+    assert exported.returncode == 0, exported.stderr
+    again = run_cli("export", entry["file"], "--output", str(path), "--dest", str(dest))
+    assert again.returncode != 0 and "already exists" in again.stderr  # never overwritten
+    good = run_cli("verify", str(path), "--json")
+    assert good.returncode == 0 and json.loads(good.stdout)[0]["blob_count"] == 6
+    with zipfile.ZipFile(path) as packed:
+        assert hashlib.sha256(packed.read("stash-go.sqlite")).hexdigest() == entry["sha256"]
     data = bytearray(path.read_bytes())
     data[len(data) // 3] ^= 0x01
     path.write_bytes(bytes(data))
     result = run_cli("verify", str(path), "--json")
     assert result.returncode == 1 and json.loads(result.stdout)[0]["ok"] is False
+    missing = run_cli("export", "no-such-backup", "--output", str(tmp_path / "x.zip"), "--dest", str(dest))
+    assert missing.returncode != 0 and "no backup named" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_download_link_with_an_external_host_is_fetched_from_our_url(stash_server_factory, tmp_path):

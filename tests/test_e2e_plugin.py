@@ -1,9 +1,9 @@
 """The plugin inside a real Stash, on both pinned versions: every task through
 runPluginTask, checked by its effect on disk and in Stash's log (a job is FINISHED
 even when the plugin failed, so its status alone proves nothing)."""
+import gzip
 import hashlib
 import json
-import zipfile
 
 import pytest
 import yaml
@@ -44,8 +44,16 @@ def archive_dir(server):
     return server.root / "stash-backup-archive"  # the default: beside config.yml
 
 
-def manifest(server):
-    return json.loads((archive_dir(server) / "manifest.json").read_text())["entries"]
+def manifest(server, folder=None):
+    """The archive's backups, newest first, as `stash-backup list --json` shows them."""
+    from tests.conftest import run_cli
+    result = run_cli("list", "--json", "--dest", str(folder or archive_dir(server)))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def records(folder):
+    return sorted(p.name for p in (folder / "backups").glob("*.record"))
 
 
 def blob_files(server):
@@ -64,29 +72,29 @@ def test_backup_task_writes_into_stashs_backup_folder(stash_server_factory, stas
     server = stash_server_factory(stash_version)
     seed_content(server)
     messages = run_task(server, "Backup database")
-    made = sorted(server.backups.iterdir())
+    made = sorted(server.backups.glob("stash-go.sqlite.*"))
     assert len(made) == 1
     assert made[0].name.endswith(".zip") == (stash_version == NEW_VERSION)  # includeBlobs only on v0.31+
     assert any(level == "Info" and str(made[0]) in text for level, text in messages), messages
 
 
 def test_download_task_archives_a_verified_full_backup(stash_server_factory, stash_version):
+    """On Stash's host the plugin reads blobs straight from Stash's blobs folder (on
+    both versions) and stores each once, beside the compressed database."""
     server = stash_server_factory(stash_version)
     seed_content(server, performers=4)
     messages = run_task(server, "Download backup to archive")
     [entry] = manifest(server)
-    assert entry["source"] == ("server-zip" if stash_version == NEW_VERSION else "plugin-zip")
-    assert entry["verified_ok"] and entry["kind"] == "zip"
+    assert entry["source"] == "filesystem" and entry["kind"] == "stored" and entry["verified_ok"]
     on_disk = blob_files(server)
     assert entry["blob_count"] == len(on_disk) == 7  # 2 tags + 1 studio + 4 performers
-    path = archive_dir(server) / entry["file"]
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
-    with zipfile.ZipFile(path) as archive:
-        for checksum, data in on_disk.items():
-            assert archive.read(f"blobs/{checksum[:2]}/{checksum[2:4]}/{checksum}") == data
-        assert "stash-go.sqlite" in archive.namelist()
+    folder = archive_dir(server)
+    for checksum, data in on_disk.items():
+        assert (folder / "blobs" / checksum[:2] / checksum[2:4] / checksum).read_bytes() == data
+    snapshot = gzip.decompress((folder / "snapshots" / f"{entry['file']}.gz").read_bytes())
+    assert hashlib.sha256(snapshot).hexdigest() == entry["sha256"] and snapshot.startswith(b"SQLite format 3")
     assert any("Archived" in text for _, text in messages)
-    assert not [p for p in archive_dir(server).iterdir() if "tmp" in p.name]
+    assert not [p for p in folder.rglob("*") if "tmp" in p.name]
 
 
 def test_download_task_with_database_blobs_archives_the_plain_database(stash_server_factory, stash_version):
@@ -94,7 +102,8 @@ def test_download_task_with_database_blobs_archives_the_plain_database(stash_ser
     seed_content(server)
     run_task(server, "Download backup to archive")
     [entry] = manifest(server)
-    assert entry["kind"] == "sqlite" and entry["source"] == "database" and entry["blobs_not_included"] == 0
+    assert entry["kind"] == "stored" and entry["source"] == "database" and entry["blobs_not_included"] == 0
+    assert not entry["includes_blobs"] and not list((archive_dir(server) / "blobs").glob("??/??/*"))
 
 
 def test_verify_task_logs_each_bad_backup_once_and_one_summary(stash_server_factory, stash_version):
@@ -103,7 +112,7 @@ def test_verify_task_logs_each_bad_backup_once_and_one_summary(stash_server_fact
     run_task(server, "Download backup to archive")
     run_task(server, "Download backup to archive")
     good, bad = manifest(server)
-    path = archive_dir(server) / bad["file"]
+    path = archive_dir(server) / "snapshots" / f"{bad['file']}.gz"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -132,7 +141,8 @@ def test_retention_task_follows_the_settings_and_keeps_the_newest_verified(stash
     server.graphql('mutation { configurePlugin(plugin_id: "stash-backup", input: {keepLast: 1, retentionDryRun: false}) }')
     run_task(server, "Apply retention")
     assert [e["file"] for e in manifest(server)] == files[:1]
-    assert sorted(p.name for p in archive_dir(server).iterdir() if p.name.startswith("stash-go")) == files[:1]
+    assert records(archive_dir(server)) == [f"{files[0]}.record"]
+    assert sorted(p.name for p in (archive_dir(server) / "snapshots").iterdir()) == [f"{files[0]}.gz"]
 
 
 def test_retention_with_no_rule_removes_nothing(stash_server_factory):
@@ -150,7 +160,7 @@ def test_archive_folder_setting_and_progress(stash_server_factory, stash_version
     seed_content(server)
     job = server.run_plugin_task(PLUGIN, "Download backup to archive")
     assert job["status"] == "FINISHED" and job["progress"] == 1
-    assert len(list(target.glob("stash-go.sqlite.*.zip"))) == 1
+    assert len(records(target)) == 1
 
 
 def test_plugin_on_a_server_with_credentials_uses_the_api_key_and_never_logs_it(stash_server_factory,
@@ -161,7 +171,8 @@ def test_plugin_on_a_server_with_credentials_uses_the_api_key_and_never_logs_it(
     run_task(server, "Download backup to archive")
     run_task(server, "Verify archive")
     assert manifest(server)[0]["verified_ok"]
-    everything = server.log_text() + json.dumps(server.logs()) + (archive_dir(server) / "manifest.json").read_text()
+    everything = server.log_text() + json.dumps(server.logs()) + "".join(
+        p.read_text(errors="replace") for p in archive_dir(server).rglob("*") if p.suffix in (".json", ".record"))
     assert key not in everything
 
 
@@ -173,7 +184,7 @@ def test_plugin_installed_under_another_id_reads_its_own_settings(stash_server_f
                    {"i": {"archiveFolder": str(tmp_path / "mine")}})
     job = server.run_plugin_task("my-backups", "Download backup to archive")
     assert job["status"] == "FINISHED"
-    assert len(list((tmp_path / "mine").glob("stash-go.sqlite.*"))) == 1
+    assert len(records(tmp_path / "mine")) == 1
 
 
 def test_plugin_talks_https_to_a_server_whose_certificate_names_another_host(stash_server_factory, stash_version):

@@ -65,7 +65,7 @@ def test_restore_of_stashs_own_backup_by_name(stash_server_factory, stash_versio
     server = stash_server_factory(stash_version, install_plugin=False)
     seed_content(server)
     server.graphql("mutation { backupDatabase(input: {download: false}) }")
-    [made] = list(server.backups.iterdir())
+    [made] = list(server.backups.glob("stash-go.sqlite.*"))
     backed_up = content_names(server)
     server.graphql('mutation { tagCreate(input: {name: "later"}) { id } }')
     server.stop()
