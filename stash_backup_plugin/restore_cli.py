@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from . import restore as engine
 from .archive import DEFAULT_FOLDER_NAME, Archive
-from .errors import UsageError, VerificationError
+from .atomic import storage_error
+from .errors import StorageError, UsageError, VerificationError
 from .naming import is_temp_name, parse_backup_name
 from .reporting import human_size
 from .salvage import salvage
@@ -165,10 +167,23 @@ def _run(args, report) -> int:
     return 0
 
 
+def _one_line(action: Callable[[], int]) -> int:
+    """What no layer below foresaw (a full disk, an unreadable file, SQLite refusing)
+    is still one line and a non-zero exit, never a traceback."""
+    try:
+        return action()
+    except OSError as error:
+        if error.filename:
+            raise storage_error("use", Path(error.filename), error) from None
+        raise StorageError(error.strerror or str(error)) from None
+    except sqlite3.Error as error:
+        raise StorageError(f"SQLite: {error}") from None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     report = TerminalReporter()
-    return run_command(report, lambda: _run(args, report),
+    return run_command(report, lambda: _one_line(lambda: _run(args, report)),
                        interrupted="interrupted: run the same command again to finish or roll back")
 
 

@@ -37,14 +37,13 @@ def do_restore(install, backup, **options):
     return engine.restore(backup, target(install), engine.RestoreOptions(assume_yes=True, **options), Reporter())
 
 
-def test_restore_zip_puts_the_backup_in_place_and_keeps_the_old_files_with_their_wal(install):
+def test_restore_zip_puts_the_backup_in_place_and_keeps_the_old_database_with_its_wal_data(install):
     result = do_restore(install, install.backup_zip)
     assert install.names() == ["performer-0", "performer-1", "performer-2"]
     assert not any(Path(f"{install.database}{s}").exists() for s in ("-wal", "-shm", "-journal"))
     aside = result.aside
-    assert sorted(p.name for p in aside.iterdir()) == ["restore-record.json", "stash-go.sqlite",
-                                                       "stash-go.sqlite-shm", "stash-go.sqlite-wal"]
-    # the data that lived only in the old -wal is still recoverable from the aside folder
+    assert sorted(p.name for p in aside.iterdir()) == ["restore-record.json", "stash-go.sqlite"]
+    # the data that lived only in the old -wal was folded into the file kept aside
     assert "added-after-backup" in names_in(aside / "stash-go.sqlite")
 
 
