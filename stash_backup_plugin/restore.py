@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 from . import fullbackup, swap
 from .atomic import discard, fsync_dir, fsync_file, remove_stale_temps, staged_file, storage_error, temp_path_in
@@ -84,15 +84,20 @@ def ensure_stash_stopped(target: Target, options: RestoreOptions) -> None:
                              "and pass --stash-stopped to confirm. Nothing was changed")
 
 
-def recover_interrupted(database: Path, report: Reporter) -> Optional[tuple[swap.Journal, bool]]:
+class Recovered(NamedTuple):
+    journal: swap.Journal
+    finished: bool  # False: rolled back
+
+
+def recover_interrupted(database: Path, report: Reporter) -> Optional[Recovered]:
     """A journal means an earlier run was killed: finish or roll it back first, and say
-    what the database is now. Returns (its journal, whether it was finished), or None."""
+    what the database is now."""
     journal = swap.Journal.load(database)
     if journal is None:
         return None
     finished, state = swap.recover(journal)
     report.info(state)
-    return journal, finished
+    return Recovered(journal, finished)
 
 
 def warn_pending(database: Path, report: Reporter) -> None:
@@ -306,9 +311,10 @@ def _restore(backup: Path, target: Target, options: RestoreOptions, report: Repo
     else:
         recovered = recover_interrupted(target.database, report)
         remove_abandoned_temps(target)
-        if recovered and recovered[1] and recovered[0].kind == "restore" and Path(recovered[0].source) == backup:
+        if recovered and recovered.finished and recovered.journal.kind == "restore" \
+                and Path(recovered.journal.source) == backup:
             report.info(f"the interrupted restore of {backup.name} is complete; nothing more to do")
-            return RestoreResult(Plan(), restored=True, aside=recovered[0].aside_path)
+            return RestoreResult(Plan(), restored=True, aside=recovered.journal.aside_path)
     inspection = read_backup(backup)
     aside = aside_folder_for(target.database)
     early, _ = gather_facts(backup, inspection, target, options, aside, read_blobs=False)
@@ -343,7 +349,7 @@ def _restore(backup: Path, target: Target, options: RestoreOptions, report: Repo
     result.restored, result.aside = True, aside
     report.progress(1.0)
     report.info(f"restored {backup.name}: {state}"
-                + (" (stash-restore --undo puts it back)" if facts.current_files else ""))
+                + (" (stash-restore --undo puts it back)" if "" in facts.current_files else ""))
     return result
 
 
@@ -498,8 +504,8 @@ def _undo(target: Target, options: RestoreOptions, report: Reporter) -> Optional
     else:
         recovered = recover_interrupted(target.database, report)
         remove_abandoned_temps(target)
-        if recovered and _nothing_left_to_undo(*recovered, report):
-            return Path(recovered[0].source) if recovered[0].kind == "undo" else None
+        if recovered and _nothing_left_to_undo(recovered, report):
+            return Path(recovered.journal.source) if recovered.journal.kind == "undo" else None
     candidates = [f for f in aside_folders(target.database) if (f / target.database.name).is_file()]
     if not candidates:
         raise UsageError(f"no earlier restore found beside {target.database} (folders {ASIDE_PREFIX}*): nothing to undo")
@@ -518,13 +524,14 @@ def _undo(target: Target, options: RestoreOptions, report: Reporter) -> Optional
     return source
 
 
-def _nothing_left_to_undo(journal: swap.Journal, finished: bool, report: Reporter) -> bool:
+def _nothing_left_to_undo(recovered: Recovered, report: Reporter) -> bool:
     """A rerun finishes the operation that was interrupted, never the opposite one: a
     finished undo is the undo asked for; a rolled back restore left nothing to undo."""
-    if journal.kind == "undo" and finished:
+    kind, finished = recovered.journal.kind, recovered.finished
+    if kind == "undo" and finished:
         report.info("the interrupted undo is complete; nothing more to do")
         return True
-    if journal.kind == "restore" and not finished:
+    if kind == "restore" and not finished:
         report.info("the interrupted restore was rolled back, so there is nothing of it to undo; nothing more to do")
         return True
     return False

@@ -239,7 +239,6 @@ def files_and_times(folder: Path) -> dict:
 
 def schema_in_wal_only(database: Path, version: int) -> None:
     """A committed schema version that lives only in the -wal (Stash was killed)."""
-    from .restore_fixtures import add_performer_in_wal
     connection = sqlite3.connect(database)
     connection.execute("PRAGMA wal_autocheckpoint=0")
     connection.execute("UPDATE schema_migrations SET version = ?", (version,))
@@ -289,7 +288,8 @@ def test_a_hot_journal_is_read_through_a_copy_beside_the_database(tmp_path, monk
     Path(f"{database}-journal").write_bytes(journal)
     before = files_and_times(database.parent)
     made = []
-    real_mkdtemp = sqlite_check.scratch_folder.__wrapped__.__globals__["tempfile"].mkdtemp
+    import tempfile
+    real_mkdtemp = tempfile.mkdtemp
 
     def spy(*args, **kwargs):
         made.append(Path(real_mkdtemp(*args, **kwargs)))
