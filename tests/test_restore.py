@@ -489,3 +489,23 @@ def test_undo_after_a_restore_that_was_rolled_back_does_not_undo_an_older_one(in
     assert result.returncode == 0, result.stderr
     assert "rolled back the interrupted restore" in result.stderr and "nothing more to do" in result.stderr
     assert install.names() == before
+
+
+def test_undo_of_a_folder_kept_by_an_older_version_folds_its_wal_first(install):
+    """Older versions kept the -wal and -shm beside the database in the aside folder:
+    SQLite folds them into it there, so only whole files ever move into place."""
+    import json
+    import shutil
+    legacy = install.root / "stash-restore-20250101_000000"
+    legacy.mkdir()
+    for suffix in ("", "-wal", "-shm"):
+        shutil.copyfile(f"{install.database}{suffix}", legacy / f"stash-go.sqlite{suffix}")
+    (legacy / swap.RECORD_NAME).write_text(json.dumps({"kind": "restore"}))
+    old = names_in(legacy / "stash-go.sqlite")
+    for suffix in ("-wal", "-shm"):
+        Path(f"{install.database}{suffix}").unlink()
+    shutil.copyfile(install.backup_plain, install.database)
+    engine.undo(target(install), engine.RestoreOptions(assume_yes=True), Reporter())
+    assert not any(Path(f"{install.database}{s}").exists() for s in ("-wal", "-shm", "-journal"))
+    assert install.names() == old and "added-after-backup" in old
+    assert (legacy / f"{swap.RECORD_NAME}.undone").exists()
