@@ -143,16 +143,18 @@ def _blob_references(connection: sqlite3.Connection) -> tuple[set[str], int]:
         return set(), 0
     referenced: set[str] = set()
     for table in tables:
-        for fk in connection.execute(f"PRAGMA foreign_key_list({_quote(table)})"):
+        for fk in connection.execute(f"PRAGMA foreign_key_list({quote_identifier(table)})"):
             if fk[2] == "blobs":
-                column = _quote(fk[3])
+                column = quote_identifier(fk[3])
                 referenced.update(row[0] for row in connection.execute(
-                    f"SELECT DISTINCT {column} FROM {_quote(table)} WHERE {column} IS NOT NULL"))
+                    f"SELECT DISTINCT {column} FROM {quote_identifier(table)} WHERE {column} IS NOT NULL"))
     with_bytes = {row[0] for row in connection.execute("SELECT checksum FROM blobs WHERE blob IS NOT NULL")}
     return referenced - with_bytes, len(with_bytes)
 
 
-def _quote(identifier: str) -> str:
+def quote_identifier(identifier: str) -> str:
+    """An SQL identifier (a table or column name read from the schema) made safe to
+    put into a statement: SQLite's double quotes, inner quotes doubled."""
     return '"' + identifier.replace('"', '""') + '"'
 
 

@@ -8,7 +8,6 @@ or requests (a test proves it).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import stat
@@ -29,7 +28,7 @@ from .plan import Plan, RestoreFacts, build_plan, space_refusal
 from ..core.sqlite_check import QUICK, check_database, has_sqlite_header, read_schema_version
 from .stash_config import FILESYSTEM, StashConfig, Target
 from .liveness import probe
-from ..core.verify import is_zip, verify_backup
+from ..core.verify import file_digest, is_zip, verify_backup
 
 ASIDE_PREFIX = "stash-restore-"
 BLOB_BATCH = 2000  # blobs written between two syncs
@@ -79,7 +78,7 @@ def recover_interrupted(database: Path, report: Reporter) -> Optional[Recovered]
     journal = swap.Journal.load(database)
     if journal is None:
         return None
-    finished, state = swap.recover(journal)
+    finished, state = swap.finish_or_roll_back(journal)
     report.info(state)
     return Recovered(journal, finished)
 
@@ -232,15 +231,7 @@ def _blob_present(path: Path, checksum: str, size: int, read: bool) -> bool:
             return False
     except OSError:
         return False
-    return _md5(path) == checksum if read else True
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "md5") == checksum if read else True
 
 
 def _blobs_on_disk(blobs_path: Optional[Path]) -> set[str]:
@@ -324,7 +315,7 @@ def _restore(backup: Path, target: Target, options: RestoreOptions, report: Repo
         ensure_stash_stopped(target, options)  # the user may have taken a while to answer
         result.blobs_written = _extract_blobs(backup, blobs_to_write, target, aside, report.phase(0.6, 0.9))
         result.blobs_kept = facts.blobs_already_present
-        state = swap.perform(swap.Journal(kind="restore", database=str(target.database), aside=str(aside),
+        state = swap.swap_database_in(swap.Journal(kind="restore", database=str(target.database), aside=str(aside),
                                           incoming={"": [str(staged), None]}, source=str(backup),
                                           started=datetime.now().isoformat(timespec="seconds")))
     finally:
@@ -501,7 +492,7 @@ def _undo(target: Target, options: RestoreOptions, report: Reporter) -> Optional
         report.info("dry run: nothing was changed")
         return source
     _confirm(options, "Undo the last restore?")
-    state = swap.perform(swap.Journal(kind="undo", database=str(target.database), aside=str(aside),
+    state = swap.swap_database_in(swap.Journal(kind="undo", database=str(target.database), aside=str(aside),
                                       incoming={"": [str(source / target.database.name), None]}, source=str(source),
                                       started=datetime.now().isoformat(timespec="seconds")))
     report.info(f"undone: {state}")

@@ -199,7 +199,7 @@ def current_inodes(database: Path) -> dict[str, int]:
     return {suffix: ino for suffix in ALL_SUFFIXES if (ino := inode(side_path(database, suffix))) is not None}
 
 
-def perform(journal: Journal) -> str:
+def swap_database_in(journal: Journal) -> str:
     """Keep the current database aside and put the incoming one in place. The journal
     comes without `current` and `fingerprint`: they are taken under the locks, and the
     journal is written only once the locks are held, so a refusal leaves nothing behind.
@@ -226,7 +226,7 @@ def perform(journal: Journal) -> str:
 
 def _recover_at_once(journal: Journal, error: BaseException) -> None:
     try:
-        _, state = recover(journal)
+        _, state = finish_or_roll_back(journal)
     except Exception as failure:
         raise StorageError(f"the {journal.kind} stopped ({error}) and could not be rolled back ({failure}): run the "
                            f"same command again to finish or roll it back") from error
@@ -308,15 +308,15 @@ def _retire(source: Path) -> None:
         fsync_dir(source)
 
 
-def placed(journal: Journal) -> bool:
+def incoming_is_in_place(journal: Journal) -> bool:
     return inode(journal.database_path) == journal.incoming[""][1]
 
 
-def recover(journal: Journal) -> tuple[bool, str]:
+def finish_or_roll_back(journal: Journal) -> tuple[bool, str]:
     """Finish a swap whose database was already replaced; otherwise roll it back.
     Returns (finished, what the database is now, for the user)."""
     database, aside = journal.database_path, journal.aside_path
-    if placed(journal):
+    if incoming_is_in_place(journal):
         for suffix in SIDE_SUFFIXES:  # journals of older versions: none of the old side files may stay
             source, target = side_path(database, suffix), aside / f"{database.name}{suffix}"
             if suffix in journal.current and inode(source) == journal.current[suffix]:
