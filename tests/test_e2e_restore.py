@@ -3,12 +3,17 @@ stop Stash, restore, start Stash, and read back exactly the backed-up content,
 image bytes included; a running Stash makes the restore refuse; undo works."""
 import hashlib
 import json
+import os
+import signal
+import sqlite3
 import time
 
 import pytest
 
 from tests.stash_server.build import NEW_VERSION
 from tests.stash_server.server import content_names, data_url, performer_image, png_bytes, seed_content
+
+from stash_backup_plugin.offline.swap import CRASH_ENV
 
 from .conftest import run_cli, run_restore
 
@@ -108,3 +113,59 @@ def test_restore_refuses_a_backup_newer_than_the_database(stash_server_factory, 
     result = run_restore(str(backup), "--config", str(old.config_path), "--yes")
     assert result.returncode != 0 and "newer than the current database" in result.stderr
     assert files_digest(old) == before
+
+
+def kill_hard(server) -> None:
+    """Stash killed, as by a power cut: what it committed may live only in its -wal."""
+    os.killpg(server.process.pid, signal.SIGKILL)
+    server.process.wait(timeout=15)
+
+
+def add_tag(server, name: str) -> None:
+    server.graphql('mutation($i: TagCreateInput!) { tagCreate(input: $i) { id } }', {"i": {"name": name}})
+
+
+@pytest.mark.parametrize("step", ["aside-db", "placed"])
+def test_a_stash_restarted_after_a_killed_undo_serves_a_whole_database(stash_server_factory, tmp_path, step):
+    """A restart policy starts Stash between a killed --undo and its rerun: Stash serves
+    the database from before or after the undo, whole, and what it writes then is kept;
+    the rerun finishes the undo, never swaps back."""
+    server = stash_server_factory(NEW_VERSION, install_plugin=False)
+    created = seed_content(server)
+    backup = download(server, tmp_path / "archive")
+    change_content(server, created)
+    kill_hard(server)
+    assert run_restore(str(backup), "--config", str(server.config_path), "--yes").returncode == 0
+    server.start()
+    add_tag(server, "after-restore")
+    after_restore = content_names(server)
+    kill_hard(server)
+
+    crashed = run_restore("--undo", "--config", str(server.config_path), "--yes", env={CRASH_ENV: step})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    server.start()
+    seen = content_names(server)
+    undone = step == "placed"
+    assert seen == after_restore if not undone else ("added-after-backup" in seen["performers"]
+                                                     and "after-restore" not in seen["tags"])
+    add_tag(server, "written-before-the-rerun")
+    server.stop()
+
+    rerun = run_restore("--undo", "--config", str(server.config_path), "--yes")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "is now the database from" in rerun.stderr
+    server.start()
+    final = content_names(server)
+    assert "added-after-backup" in final["performers"] and "after-restore" not in final["tags"]
+    assert ("written-before-the-rerun" in final["tags"]) == undone
+    kept_with_it = [a for a in server.root.glob("stash-restore-*")
+                    if (a / "stash-go.sqlite").exists() and "written-before-the-rerun" in tag_names(a / "stash-go.sqlite")]
+    assert bool(kept_with_it) != undone  # not undone yet when Stash wrote it: kept with the restored database
+
+
+def tag_names(database) -> list:
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        return [row[0] for row in connection.execute("SELECT name FROM tags")]
+    finally:
+        connection.close()

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from stash_backup_plugin.offline import restore as engine
-from stash_backup_plugin.core.errors import RestoreRefused, UsageError, VerificationError
+from stash_backup_plugin.offline import swap
+from stash_backup_plugin.core.errors import RestoreRefused, StorageError, UsageError, VerificationError
+from stash_backup_plugin.core.naming import TEMP_MARKER
 from stash_backup_plugin.core.reporting import Reporter
 from stash_backup_plugin.offline.stash_config import load_config
 
@@ -37,14 +39,13 @@ def do_restore(install, backup, **options):
     return engine.restore(backup, target(install), engine.RestoreOptions(assume_yes=True, **options), Reporter())
 
 
-def test_restore_zip_puts_the_backup_in_place_and_keeps_the_old_files_with_their_wal(install):
+def test_restore_zip_puts_the_backup_in_place_and_keeps_the_old_database_with_its_wal_data(install):
     result = do_restore(install, install.backup_zip)
     assert install.names() == ["performer-0", "performer-1", "performer-2"]
     assert not any(Path(f"{install.database}{s}").exists() for s in ("-wal", "-shm", "-journal"))
     aside = result.aside
-    assert sorted(p.name for p in aside.iterdir()) == ["restore-record.json", "stash-go.sqlite",
-                                                       "stash-go.sqlite-shm", "stash-go.sqlite-wal"]
-    # the data that lived only in the old -wal is still recoverable from the aside folder
+    assert sorted(p.name for p in aside.iterdir()) == ["restore-record.json", "stash-go.sqlite"]
+    # the data that lived only in the old -wal was folded into the file kept aside
     assert "added-after-backup" in names_in(aside / "stash-go.sqlite")
 
 
@@ -228,3 +229,283 @@ def test_docker_paths_are_found_relative_to_the_config_folder(install, tmp_path)
     result = run_restore(str(install.backup_zip), "--config", str(install.config), "--dry-run")
     assert result.returncode == 0, result.stderr
     assert f"using {install.database}" in result.stderr
+
+
+# --- reading the current database: no copy where SQLite allows it, never in the system temp ---
+
+def files_and_times(folder: Path) -> dict:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def schema_in_wal_only(database: Path, version: int) -> None:
+    """A committed schema version that lives only in the -wal (Stash was killed)."""
+    connection = sqlite3.connect(database)
+    connection.execute("PRAGMA wal_autocheckpoint=0")
+    connection.execute("UPDATE schema_migrations SET version = ?", (version,))
+    connection.commit()
+    wal, shm, main = (Path(f"{database}{s}").read_bytes() for s in ("-wal", "-shm", ""))
+    connection.close()
+    database.write_bytes(main)
+    Path(f"{database}-wal").write_bytes(wal)
+    Path(f"{database}-shm").write_bytes(shm)
+
+
+def test_immutable_would_miss_what_lives_in_the_wal(install):
+    """Why the -wal case cannot use immutable=1: it ignores the -wal."""
+    schema_in_wal_only(install.database, 76)
+    connection = sqlite3.connect(f"file:{install.database}?immutable=1", uri=True)
+    assert connection.execute("SELECT version FROM schema_migrations").fetchone()[0] == 75
+    connection.close()
+
+
+def test_a_wal_database_is_read_without_a_copy_and_left_exactly_as_it_was(install, monkeypatch):
+    from stash_backup_plugin.core import sqlite_check
+    schema_in_wal_only(install.database, 76)
+    before = files_and_times(install.root)
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("the database was copied")
+
+    monkeypatch.setattr(sqlite_check.shutil, "copyfile", no_copy)
+    assert sqlite_check.read_schema_version(install.database) == 76
+    assert files_and_times(install.root) == before  # bytes and times; no new file, -shm untouched
+
+
+def test_a_hot_journal_is_read_through_a_copy_beside_the_database(tmp_path, monkeypatch):
+    from stash_backup_plugin.core import sqlite_check
+    database = tmp_path / "db" / "stash-go.sqlite"
+    database.parent.mkdir()
+    make_database(database, schema=75, wal=False)
+    connection = sqlite3.connect(database)
+    connection.execute("PRAGMA cache_size=1")
+    connection.execute("BEGIN")
+    connection.execute("UPDATE schema_migrations SET version = 99")
+    connection.executemany("INSERT INTO performers (name) VALUES (?)", [(f"p{i}" * 50,) for i in range(3000)])
+    main, journal = database.read_bytes(), Path(f"{database}-journal").read_bytes()  # mid-transaction
+    connection.rollback()
+    connection.close()
+    database.write_bytes(main)
+    Path(f"{database}-journal").write_bytes(journal)
+    before = files_and_times(database.parent)
+    made = []
+    import tempfile
+    real_mkdtemp = tempfile.mkdtemp
+
+    def spy(*args, **kwargs):
+        made.append(Path(real_mkdtemp(*args, **kwargs)))
+        return str(made[-1])
+
+    monkeypatch.setattr("tempfile.mkdtemp", spy)
+    assert sqlite_check.read_schema_version(database) == 75  # the hot journal rolled back, in the copy
+    assert [m.parent for m in made] == [database.parent] and not made[0].exists()
+    assert files_and_times(database.parent) == before
+
+
+def system_temp_is_full(monkeypatch) -> None:
+    """A small tmpfs that a copy of the database would fill: any file or folder made in
+    the system's temp folder fails with ENOSPC."""
+    import errno
+    import tempfile
+    system = Path(tempfile.gettempdir()).resolve()
+    for name in ("mkdtemp", "mkstemp"):
+        real = getattr(tempfile, name)
+
+        def guarded(*args, _real=real, **kwargs):
+            where = kwargs.get("dir") or (args[2] if len(args) > 2 else None)
+            if where is None or Path(where).resolve() == system:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(tempfile, name, guarded)
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "restore"])
+def test_a_wal_beside_the_database_needs_no_room_in_the_system_temp_folder(install, monkeypatch, dry_run):
+    system_temp_is_full(monkeypatch)
+    result = do_restore(install, install.backup_zip, dry_run=dry_run)
+    assert result.restored != dry_run
+    assert result.plan.steps or result.restored
+
+
+def test_cli_turns_an_unexpected_os_error_into_one_line(install, tmp_path):
+    import yaml
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_bytes(b"x")
+    config = tmp_path / "elsewhere" / "config.yml"
+    config.parent.mkdir()
+    config.write_text(yaml.safe_dump({"database": str(not_a_folder / "stash-go.sqlite"), "port": 1}))
+    result = run_restore(str(install.backup_plain), "--config", str(config), "--yes")
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].endswith(f"{not_a_folder / 'stash-go.sqlite'}: Not a directory")
+
+
+def test_cli_turns_an_unexpected_sqlite_error_into_one_line(install, monkeypatch, capsys):
+    from stash_backup_plugin.offline import cli as restore_cli
+
+    def broken(*args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(engine, "read_backup", broken)
+    code = restore_cli.main([str(install.backup_zip), "--config", str(install.config), "--yes"])
+    err = capsys.readouterr().err
+    assert code != 0 and err.strip().splitlines()[-1] == "error: SQLite: disk I/O error"
+
+
+# --- temp files: none left by an error, a killed run's removed, nothing else touched ---------
+
+def blob_path(install, checksum: str) -> Path:
+    return install.blobs / checksum[:2] / checksum[2:4] / checksum
+
+
+def temps_under(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if TEMP_MARKER in p.name]
+
+
+def test_an_error_while_extracting_blobs_leaves_no_temp_files(install, monkeypatch):
+    from stash_backup_plugin.core import backup_zip as fullbackup
+    for checksum in list(install.images)[:2]:
+        blob_path(install, checksum).unlink()
+    real, blobs_copied = fullbackup.copy_member, []
+
+    def fails_on_the_second_blob(archive, name, out, *rest):
+        if name.startswith("blobs/") and hasattr(out, "fileno"):  # written to disk, not only checked
+            blobs_copied.append(name)
+            if len(blobs_copied) == 2:
+                out.write(b"partial")
+                raise OSError(28, "No space left on device")
+        return real(archive, name, out, *rest)
+
+    monkeypatch.setattr(fullbackup, "copy_member", fails_on_the_second_blob)
+    before = install.names()
+    with pytest.raises(StorageError, match="disk is full"):
+        do_restore(install, install.backup_zip)
+    assert not temps_under(install.root)
+    assert install.names() == before and not swap.journal_path(install.database).exists()
+
+
+def test_the_next_run_removes_a_killed_runs_temp_files_and_nothing_else(install):
+    checksum = next(iter(install.images))
+    folder = blob_path(install, checksum).parent
+    ours = [folder / f".{checksum}{TEMP_MARKER}abc123",  # a blob being extracted
+            install.root / f".stash-go.sqlite.read{TEMP_MARKER}xyz",  # a read copy
+            install.root / f".stash-go.sqlite{swap.JOURNAL_SUFFIX}{TEMP_MARKER}q1"]  # the journal's temp
+    ours[0].write_bytes(b"partial blob")
+    ours[1].mkdir()
+    (ours[1] / "stash-go.sqlite").write_bytes(b"copy")
+    ours[2].write_bytes(b"{")
+    not_ours = [folder / "notes.txt", install.root / f".scratch{TEMP_MARKER}of-another-tool"]
+    not_ours[0].write_bytes(b"user's file")
+    not_ours[1].mkdir()
+    do_restore(install, install.backup_zip)
+    assert not any(p.exists() for p in ours)
+    assert all(p.exists() for p in not_ours)
+
+
+def test_undo_removes_a_killed_runs_journal_temp(install):
+    do_restore(install, install.backup_zip)
+    leftover = install.root / f".stash-go.sqlite{swap.JOURNAL_SUFFIX}{TEMP_MARKER}k9"
+    leftover.write_bytes(b'{"kind": "undo"')
+    engine.undo(target(install), engine.RestoreOptions(assume_yes=True), Reporter())
+    assert not leftover.exists()
+
+
+def test_a_second_run_on_the_same_database_is_refused_while_one_runs(install):
+    import fcntl
+    fd = os.open(install.root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a running stash-restore holds it
+        before = snapshot(install.root)
+        with pytest.raises(RestoreRefused, match="another stash-restore is running"):
+            do_restore(install, install.backup_zip)
+        assert snapshot(install.root) == before
+    finally:
+        os.close(fd)
+
+
+# --- the swap: locks before the journal; an error anywhere rolls back (or finishes) at once ---
+
+def test_a_restore_refused_at_the_lock_leaves_no_journal(install, monkeypatch):
+    import subprocess
+    import sys
+    monkeypatch.setattr(engine, "ensure_stash_stopped", lambda target, options: None)  # Stash started after the probe
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+                               "c.execute('SELECT count(*) FROM performers').fetchall(); print('ready', flush=True); "
+                               "time.sleep(60)", str(install.database)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        before = install.names()
+        with pytest.raises(RestoreRefused, match="open in another process"):
+            do_restore(install, install.backup_zip)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not swap.journal_path(install.database).exists()
+    assert install.names() == before and not list(install.root.glob("stash-restore-*"))
+    assert not temps_under(install.root)
+    assert do_restore(install, install.backup_zip).restored  # nothing blocks the next run
+
+
+SWAP_STEPS = ["journal-temp", "journal-saved", "aside-created", "aside-db", "placed", "record-temp", "recorded"]
+
+
+@pytest.mark.parametrize("step", SWAP_STEPS)
+def test_an_error_at_any_step_of_a_restore_is_recovered_at_once(install, monkeypatch, step):
+    old, new = install.names(), ["performer-0", "performer-1", "performer-2"]
+    monkeypatch.setenv(swap.FAIL_ENV, step)
+    with pytest.raises(StorageError, match=f"injected failure at {step}") as raised:
+        do_restore(install, install.backup_zip)
+    finished = SWAP_STEPS.index(step) >= SWAP_STEPS.index("placed")
+    assert ("is now the restored backup" if finished else "is the database from before it") in str(raised.value)
+    assert not swap.journal_path(install.database).exists() and not temps_under(install.root)
+    assert install.names() == (new if finished else old)
+    kept = [a for a in install.root.glob("stash-restore-*") if (a / install.database.name).exists()]
+    assert [names_in(a / install.database.name) for a in kept] == ([old] if finished else [])
+    assert do_restore(install, install.backup_zip).restored
+
+
+@pytest.mark.parametrize("step", SWAP_STEPS)
+def test_an_error_at_any_step_of_an_undo_is_recovered_at_once(install, monkeypatch, step):
+    do_restore(install, install.backup_zip)
+    old, new = ["added-after-backup", "performer-0", "performer-1", "performer-2"], install.names()
+    monkeypatch.setenv(swap.FAIL_ENV, step)
+    with pytest.raises(StorageError, match=f"injected failure at {step}"):
+        engine.undo(target(install), engine.RestoreOptions(assume_yes=True), Reporter())
+    finished = SWAP_STEPS.index(step) >= SWAP_STEPS.index("placed")
+    assert not swap.journal_path(install.database).exists() and not temps_under(install.root)
+    assert install.names() == (old if finished else new)
+    engine.undo(target(install), engine.RestoreOptions(assume_yes=True), Reporter())
+    assert install.names() == (new if finished else old)  # the next undo goes on from there
+
+
+def test_undo_after_a_restore_that_was_rolled_back_does_not_undo_an_older_one(install):
+    import signal
+    do_restore(install, install.backup_plain)  # an older restore, undoable
+    args = [str(install.backup_zip), "--config", str(install.config), "--yes"]
+    assert run_restore(*args, env={swap.CRASH_ENV: "aside-db"}).returncode == -signal.SIGKILL
+    before = install.names()
+    result = run_restore("--undo", "--config", str(install.config), "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "rolled back the interrupted restore" in result.stderr and "nothing more to do" in result.stderr
+    assert install.names() == before
+
+
+def test_undo_of_a_folder_kept_by_an_older_version_folds_its_wal_first(install):
+    """Older versions kept the -wal and -shm beside the database in the aside folder:
+    SQLite folds them into it there, so only whole files ever move into place."""
+    import json
+    import shutil
+    legacy = install.root / "stash-restore-20250101_000000"
+    legacy.mkdir()
+    for suffix in ("", "-wal", "-shm"):
+        shutil.copyfile(f"{install.database}{suffix}", legacy / f"stash-go.sqlite{suffix}")
+    (legacy / swap.RECORD_NAME).write_text(json.dumps({"kind": "restore"}))
+    old = names_in(legacy / "stash-go.sqlite")
+    for suffix in ("-wal", "-shm"):
+        Path(f"{install.database}{suffix}").unlink()
+    shutil.copyfile(install.backup_plain, install.database)
+    engine.undo(target(install), engine.RestoreOptions(assume_yes=True), Reporter())
+    assert not any(Path(f"{install.database}{s}").exists() for s in ("-wal", "-shm", "-journal"))
+    assert install.names() == old and "added-after-backup" in old
+    assert (legacy / f"{swap.RECORD_NAME}.undone").exists()

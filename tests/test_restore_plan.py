@@ -14,10 +14,12 @@ def facts(**changes):
     return RestoreFacts(**base)
 
 
-def test_normal_plan_moves_all_three_files_aside():
+def test_normal_plan_folds_the_wal_then_keeps_the_database_aside():
     plan = build_plan(facts())
     assert plan.refusal is None
-    assert any("stash-go.sqlite, stash-go.sqlite-wal, stash-go.sqlite-shm" in step for step in plan.steps)
+    fold = [i for i, step in enumerate(plan.steps) if "fold the current stash-go.sqlite-wal" in step]
+    keep = [i for i, step in enumerate(plan.steps) if "keep the current stash-go.sqlite in" in step]
+    assert fold and keep and fold[0] < keep[0]
     assert any("extract 4 blob(s)" in step and "keep 6" in step for step in plan.steps)
 
 
@@ -47,4 +49,4 @@ def test_database_storage_with_file_blobs_is_noted():
 
 def test_fresh_install_has_nothing_to_move():
     plan = build_plan(facts(current_files=[], current_schema=None))
-    assert not any("move the current" in step for step in plan.steps)
+    assert not any("keep the current" in step or "fold the current" in step for step in plan.steps)

@@ -106,11 +106,11 @@ def fsync_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def scratch_folder(near: Path) -> Iterator[Path]:
+def scratch_folder(near: Path, name: str = ".scratch") -> Iterator[Path]:
     """A private folder on the same disk as `near` when it is writable (big files
     should not land on a small /tmp), else in the system's temp folder."""
     try:
-        folder = tempfile.mkdtemp(prefix=f".scratch{TEMP_MARKER}", dir=near)
+        folder = tempfile.mkdtemp(prefix=f"{name}{TEMP_MARKER}", dir=near)
     except OSError:
         folder = tempfile.mkdtemp(prefix="stash-backup-scratch-")
     try:
@@ -119,15 +119,16 @@ def scratch_folder(near: Path) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def remove_stale_temps(folder: Path, older_than: float = 0) -> list[Path]:
-    """Remove our temp files that a killed run left behind. Callers hold the folder's
-    lock (archive.py), so no live run owns them. Returns what was removed."""
+def remove_stale_temps(folder: Path, older_than: float = 0, prefix: str = "") -> list[Path]:
+    """Remove our temp files (those whose name starts with `prefix`) that a killed run
+    left behind. Callers hold the folder's lock (archive.py, restore.py), so no live
+    run owns them. Returns what was removed."""
     removed = []
     if not folder.is_dir():
         return removed
     now = time.time()
     for entry in folder.iterdir():
-        if TEMP_MARKER not in entry.name:
+        if TEMP_MARKER not in entry.name or not entry.name.startswith(prefix):
             continue
         with contextlib.suppress(OSError):
             if now - entry.lstat().st_mtime >= older_than:

@@ -1,16 +1,16 @@
 """Checks that a file is a sound Stash database. Standard library only (the offline
-restore imports it). Reading must never change the file: backups are opened with
-`immutable=1`; a database with side files is read through a private copy."""
+restore imports it). Reading must never change the file or its folder (`open_unchanged`)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sqlite3
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
+from .atomic import scratch_folder
 from .errors import VerificationError
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -36,13 +36,25 @@ def has_sqlite_header(path: Path) -> bool:
 
 @contextlib.contextmanager
 def open_unchanged(database: Path) -> Iterator[sqlite3.Connection]:
-    """A read-only connection that leaves the file and its folder exactly as they were.
-    With a -wal beside it (committed data may live there), read a private copy of both."""
-    if not any(Path(f"{database}{s}").exists() for s in ("-wal", "-journal")):
+    """A read-only connection that leaves the file and its folder exactly as they were
+    (bytes, times, no new file), cheapest way first:
+    - no -wal or -journal: `immutable=1` (it would ignore a -wal: committed data lives there);
+    - a -wal: SQLite's own reader, read-only, through the "unix-none" VFS in exclusive
+      locking mode, which builds the WAL index in memory: it neither copies the
+      database nor touches the -shm (tests/test_restore.py proves both);
+    - else (a hot -journal, which only a writer can roll back; Windows): a private copy
+      beside the database, never in the system's temp folder (which may be a small tmpfs)."""
+    wal, journal = (Path(f"{database}{s}").exists() for s in ("-wal", "-journal"))
+    if not wal and not journal:
         with _connect(f"file:{_uri_path(database)}?immutable=1") as connection:
             yield connection
         return
-    with tempfile.TemporaryDirectory(prefix="stash-backup-read-") as private:
+    reader = _wal_reader(database) if wal and not journal else None
+    if reader is not None:
+        with contextlib.closing(reader):
+            yield reader
+        return
+    with scratch_folder(database.parent, name=f".{database.name}.read") as private:
         copy = Path(private) / database.name
         shutil.copyfile(database, copy)
         for suffix in ("-wal", "-journal"):
@@ -51,6 +63,22 @@ def open_unchanged(database: Path) -> Iterator[sqlite3.Connection]:
                 shutil.copyfile(side, Path(f"{copy}{suffix}"))
         with _connect(f"file:{_uri_path(copy)}") as connection:
             yield connection
+
+
+def _wal_reader(database: Path) -> Optional[sqlite3.Connection]:
+    if os.name == "nt":
+        return None
+    try:
+        connection = sqlite3.connect(f"file:{_uri_path(database)}?mode=ro&vfs=unix-none", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        connection.execute("PRAGMA locking_mode=EXCLUSIVE")
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error:
+        connection.close()
+        return None
+    return connection
 
 
 def _uri_path(path: Path) -> str:
@@ -115,16 +143,18 @@ def _blob_references(connection: sqlite3.Connection) -> tuple[set[str], int]:
         return set(), 0
     referenced: set[str] = set()
     for table in tables:
-        for fk in connection.execute(f"PRAGMA foreign_key_list({_quote(table)})"):
+        for fk in connection.execute(f"PRAGMA foreign_key_list({quote_identifier(table)})"):
             if fk[2] == "blobs":
-                column = _quote(fk[3])
+                column = quote_identifier(fk[3])
                 referenced.update(row[0] for row in connection.execute(
-                    f"SELECT DISTINCT {column} FROM {_quote(table)} WHERE {column} IS NOT NULL"))
+                    f"SELECT DISTINCT {column} FROM {quote_identifier(table)} WHERE {column} IS NOT NULL"))
     with_bytes = {row[0] for row in connection.execute("SELECT checksum FROM blobs WHERE blob IS NOT NULL")}
     return referenced - with_bytes, len(with_bytes)
 
 
-def _quote(identifier: str) -> str:
+def quote_identifier(identifier: str) -> str:
+    """An SQL identifier (a table or column name read from the schema) made safe to
+    put into a statement: SQLite's double quotes, inner quotes doubled."""
     return '"' + identifier.replace('"', '""') + '"'
 
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Callable, TextIO
 
-from .errors import StashBackupError
+from .errors import StashBackupError, StorageError
 from .reporting import Reporter
 
 BAR_WIDTH = 30
@@ -57,14 +58,35 @@ class TerminalReporter(Reporter):
 
 def run_command(report: TerminalReporter, action: Callable[[], int], redact=lambda text: text,
                 interrupted: str = "interrupted; nothing partial was kept") -> int:
-    """The CLIs' edge: typed errors become one line on stderr and an exit code."""
+    """The CLIs' edge: typed errors become one line on stderr and an exit code, and so
+    does what no layer below foresaw (a full disk, an unreadable file, SQLite refusing):
+    never a traceback."""
     try:
         return action()
     except StashBackupError as error:
         report.error(redact(str(error)))
         return error.exit_code
+    except OSError as error:
+        unforeseen = _storage_error(error)
+        report.error(redact(str(unforeseen)))
+        return unforeseen.exit_code
+    except Exception as error:
+        # sqlite3 is looked up, not imported: a command that never opened a database
+        # cannot have raised its errors, and --help stays free of the import.
+        sqlite3 = sys.modules.get("sqlite3")
+        if sqlite3 is None or not isinstance(error, sqlite3.Error):
+            raise
+        report.error(redact(f"SQLite: {' '.join(str(error).split())}"))
+        return StorageError.exit_code
     except KeyboardInterrupt:
         report.error(interrupted)
         return 130
     finally:
         report.finish()
+
+
+def _storage_error(error: OSError) -> StorageError:
+    from .atomic import storage_error
+    if error.filename:
+        return storage_error("use", Path(error.filename), error)
+    return StorageError(error.strerror or str(error))

@@ -33,8 +33,10 @@ class BackupReport:
     database_member: Optional[str] = None
 
 
-def sha256_of(path: Path, progress: Progress = None) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256", progress: Progress = None) -> str:
+    """The hex digest of a file read once in chunks: SHA-256 for backups, MD5 for blobs
+    (Stash names a blob by the MD5 of its bytes)."""
+    digest = hashlib.new(algorithm)
     total, done = path.stat().st_size, 0
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
@@ -60,7 +62,7 @@ def verify_backup(path: Path, level: str = QUICK, expected_size: Optional[int] =
     size = path.stat().st_size
     if expected_size is not None and size != expected_size:
         raise VerificationError(f"{path} is {size} bytes but the manifest says {expected_size}: the file changed or is truncated")
-    digest = known_sha256 or (sha256_of(path, progress) if want_sha256 or expected_sha256 else "")
+    digest = known_sha256 or (file_digest(path, progress=progress) if want_sha256 or expected_sha256 else "")
     if expected_sha256 and digest != expected_sha256:
         raise VerificationError(f"{path} has SHA-256 {digest[:12]}… but the manifest says {expected_sha256[:12]}…: the file is damaged")
     if is_zip(path):

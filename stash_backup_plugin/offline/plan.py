@@ -116,9 +116,11 @@ def _steps(facts: RestoreFacts, plan: Plan) -> None:
     if facts.blobs_in_backup:
         plan.steps.append(f"extract {facts.blobs_to_write} blob(s) ({human_size(facts.blob_bytes_to_write)}) into "
                           f"{facts.blobs_path}; keep {facts.blobs_already_present} identical one(s) already there")
-    current = [f"{facts.database.name}{suffix}" for suffix in facts.current_files]
-    if current:
-        plan.steps.append(f"move the current {', '.join(current)} into {facts.aside_folder} (kept, never deleted; "
-                          "--undo puts them back)")
+    name = facts.database.name
+    if "-wal" in facts.current_files or "-journal" in facts.current_files:
+        plan.steps.append(f"let SQLite fold the current {name}-wal into {name}, as it does when Stash stops "
+                          "(the file then holds all its data alone)")
+    if "" in facts.current_files:
+        plan.steps.append(f"keep the current {name} in {facts.aside_folder} (never deleted; --undo puts it back)")
     plan.steps.append(f"rename the checked temp file to {facts.database}; fsync the folder")
     plan.steps.append("leave no -wal, -shm or -journal beside the restored database")

@@ -7,7 +7,7 @@ or requests (a test proves it).
 """
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
 import shutil
 import stat
@@ -16,7 +16,7 @@ import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 from ..core import backup_zip as fullbackup
 from . import swap
@@ -28,7 +28,7 @@ from .plan import Plan, RestoreFacts, build_plan, space_refusal
 from ..core.sqlite_check import QUICK, check_database, has_sqlite_header, read_schema_version
 from .stash_config import FILESYSTEM, StashConfig, Target
 from .liveness import probe
-from ..core.verify import is_zip, verify_backup
+from ..core.verify import file_digest, is_zip, verify_backup
 
 ASIDE_PREFIX = "stash-restore-"
 BLOB_BATCH = 2000  # blobs written between two syncs
@@ -67,23 +67,74 @@ def ensure_stash_stopped(target: Target, options: RestoreOptions) -> None:
                              "and pass --stash-stopped to confirm. Nothing was changed")
 
 
-def recover_interrupted(database: Path, report: Reporter) -> Optional[swap.Journal]:
-    """A journal means an earlier run was killed: finish or roll it back first.
-    Returns the journal of a swap that was finished, None otherwise."""
+class Recovered(NamedTuple):
+    journal: swap.Journal
+    finished: bool  # False: rolled back
+
+
+def recover_interrupted(database: Path, report: Reporter) -> Optional[Recovered]:
+    """A journal means an earlier run was killed: finish or roll it back first, and say
+    what the database is now."""
     journal = swap.Journal.load(database)
     if journal is None:
         return None
-    finished, message = swap.recover(journal)
-    report.info(message)
-    if finished and journal.kind == "undo":
-        _retire(Path(journal.source))
-    return journal if finished else None
+    finished, state = swap.finish_or_roll_back(journal)
+    report.info(state)
+    return Recovered(journal, finished)
 
 
-def _clean_own_temps(target: Target) -> None:
-    remove_stale_temps(target.database.parent)
+def warn_pending(database: Path, report: Reporter) -> None:
+    """A dry run changes nothing, not even a pending journal: it only says so."""
+    journal = swap.Journal.load(database)
+    if journal:
+        report.warning(f"an interrupted {journal.kind} is pending: the real run finishes or rolls it back first")
+
+
+@contextlib.contextmanager
+def one_run_at_a_time(database: Path, dry_run: bool) -> Iterator[None]:
+    """Every stash-restore on a database holds a lock on its folder while it runs: real
+    runs alone, dry runs side by side. So a temp file of ours found there by a real run
+    is provably a killed run's. Where the file system cannot lock a folder (some
+    network shares, Windows), runs go ahead unguarded, as they always did."""
+    if os.name == "nt":
+        yield
+        return
+    import fcntl
+    fd = os.open(_existing_parent(database.parent), os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if dry_run else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RestoreRefused(f"another stash-restore is running on {database}: let it finish, then run this "
+                                 "again. Nothing was changed") from None
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_abandoned_temps(target: Target) -> None:
+    """Temp files a killed run left: beside the database (the staged copy, the
+    journal's temp, a read copy: all named after the database) and anywhere in the
+    blobs tree (blobs/aa/bb/). Only our own temp names, only under the run lock."""
+    remove_stale_temps(target.database.parent, prefix=f".{target.database.name}")
     if target.blobs_path and target.blobs_path.is_dir():
-        remove_stale_temps(target.blobs_path)
+        for folder in _blob_folders(target.blobs_path):
+            remove_stale_temps(folder)
+
+
+def _blob_folders(blobs_path: Path) -> Iterator[Path]:
+    """The blobs folder and its two levels of two-character folders, as Stash lays them out."""
+    yield blobs_path
+    for first in _subfolders(blobs_path):
+        yield first
+        yield from _subfolders(first)
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    with os.scandir(folder) as entries:
+        return [Path(e.path) for e in entries if len(e.name) == 2 and e.is_dir(follow_symlinks=False)]
 
 
 # --- facts ------------------------------------------------------------------------------
@@ -180,15 +231,7 @@ def _blob_present(path: Path, checksum: str, size: int, read: bool) -> bool:
             return False
     except OSError:
         return False
-    return _md5(path) == checksum if read else True
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "md5") == checksum if read else True
 
 
 def _blobs_on_disk(blobs_path: Optional[Path]) -> set[str]:
@@ -233,14 +276,20 @@ def restore(backup: Path, target: Target, options: RestoreOptions, report: Repor
     if not backup.is_file():
         raise UsageError(f"backup {backup} does not exist: give a backup file or its name (see --list)")
     ensure_stash_stopped(target, options)
-    if not options.dry_run:
-        finished = recover_interrupted(target.database, report)
-        _clean_own_temps(target)
-        if finished and finished.kind == "restore" and Path(finished.source) == backup:
+    with one_run_at_a_time(target.database, options.dry_run):
+        return _restore(backup, target, options, report)
+
+
+def _restore(backup: Path, target: Target, options: RestoreOptions, report: Reporter) -> RestoreResult:
+    if options.dry_run:
+        warn_pending(target.database, report)
+    else:
+        recovered = recover_interrupted(target.database, report)
+        remove_abandoned_temps(target)
+        if recovered and recovered.finished and recovered.journal.kind == "restore" \
+                and Path(recovered.journal.source) == backup:
             report.info(f"the interrupted restore of {backup.name} is complete; nothing more to do")
-            return RestoreResult(Plan(), restored=True, aside=finished.aside_path)
-    elif swap.Journal.load(target.database):
-        report.warning("an interrupted restore is pending: the real run will finish or roll it back first")
+            return RestoreResult(Plan(), restored=True, aside=recovered.journal.aside_path)
     inspection = read_backup(backup)
     aside = aside_folder_for(target.database)
     early, _ = gather_facts(backup, inspection, target, options, aside, read_blobs=False)
@@ -266,21 +315,16 @@ def restore(backup: Path, target: Target, options: RestoreOptions, report: Repor
         ensure_stash_stopped(target, options)  # the user may have taken a while to answer
         result.blobs_written = _extract_blobs(backup, blobs_to_write, target, aside, report.phase(0.6, 0.9))
         result.blobs_kept = facts.blobs_already_present
-        journal = swap.Journal(kind="restore", database=str(target.database), aside=str(aside),
-                               current=swap.current_inodes(target.database),
-                               incoming={"": [str(staged), swap.inode(staged)]}, source=str(backup),
-                               started=datetime.now().isoformat(timespec="seconds"),
-                               fingerprint=swap.fingerprint(target.database))
-        journal.save()
-        swap.crash_point("journal-saved")
-        swap.perform(journal)
+        state = swap.swap_database_in(swap.Journal(kind="restore", database=str(target.database), aside=str(aside),
+                                          incoming={"": [str(staged), None]}, source=str(backup),
+                                          started=datetime.now().isoformat(timespec="seconds")))
     finally:
         if staged:
             discard(staged)
     result.restored, result.aside = True, aside
     report.progress(1.0)
-    report.info(f"restored {backup.name} to {target.database}"
-                + (f"; the previous database is in {aside} (stash-restore --undo puts it back)" if facts.current_files else ""))
+    report.info(f"restored {backup.name}: {state}"
+                + (" (stash-restore --undo puts it back)" if "" in facts.current_files else ""))
     return result
 
 
@@ -347,43 +391,61 @@ def _match_ownership(path: Path, like: Path) -> None:
 
 def _extract_blobs(backup: Path, blobs: list, target: Target, aside: Path, report: Reporter) -> int:
     """Blobs go in through temp files (MD5 checked), one sync per batch, then renames.
-    A different file already under a blob's name is damaged: it moves aside."""
+    A different file already under a blob's name is damaged: it moves aside. On any
+    error the batch's temp files go; blobs already renamed are good ones and stay."""
     if not blobs:
         return 0
     written = 0
     with zipfile.ZipFile(backup) as archive:
         for start in range(0, len(blobs), BLOB_BATCH):
-            batch = blobs[start:start + BLOB_BATCH]
-            staged = [_stage_blob(archive, checksum, info, target.blobs_path) for checksum, info in batch]
-            _sync_all([path for _, path in staged])
-            for checksum, temp in staged:
-                final = target.blobs_path / blob_relative_path(checksum)
-                if final.exists():
-                    damaged = aside / "damaged-blobs" / blob_relative_path(checksum)
-                    damaged.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(final, damaged)
-                os.replace(temp, final)
-                written += 1
-            for folder in {path.parent for _, path in staged}:
-                fsync_dir(folder)
+            staged: list[tuple[str, Path]] = []
+            try:
+                for checksum, info in blobs[start:start + BLOB_BATCH]:
+                    staged.append(_stage_blob(archive, checksum, info, target.blobs_path))
+                swap.crash_point("blobs-staged")
+                _sync_all([path for _, path in staged])
+                written += _place_blobs(staged, target.blobs_path, aside)
+            except BaseException:
+                for _, temp in staged:
+                    discard(temp)  # a no-op for those already renamed
+                raise
             report.progress(written / len(blobs), "extracting blobs")
             swap.crash_point("blobs-batch")
     return written
+
+
+def _place_blobs(staged: list[tuple[str, Path]], blobs_path: Path, aside: Path) -> int:
+    for checksum, temp in staged:
+        final = blobs_path / blob_relative_path(checksum)
+        if final.exists():
+            damaged = aside / "damaged-blobs" / blob_relative_path(checksum)
+            damaged.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(final, damaged)
+        os.replace(temp, final)
+    for folder in {path.parent for _, path in staged}:
+        fsync_dir(folder)
+    return len(staged)
 
 
 def _stage_blob(archive: zipfile.ZipFile, checksum: str, info, blobs_path: Path) -> tuple[str, Path]:
     final = blobs_path / blob_relative_path(checksum)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        temp = temp_path_in(final.parent, final.name)
+    except OSError as error:
+        raise storage_error("write blobs into", blobs_path, error) from error
+    temp = temp_path_in(final.parent, final.name)
+    try:
         with open(temp, "r+b") as out:
             actual = fullbackup.copy_member(archive, info.filename, out)
         _match_ownership(temp, blobs_path)
+        if actual != checksum:
+            raise VerificationError(f"blob {info.filename} changed while restoring (MD5 {actual})")
     except OSError as error:
-        raise storage_error("write blobs into", blobs_path, error) from error
-    if actual != checksum:
         discard(temp)
-        raise VerificationError(f"blob {info.filename} changed while restoring (MD5 {actual})")
+        raise storage_error("write blobs into", blobs_path, error) from error
+    except BaseException:
+        discard(temp)
+        raise
     return checksum, temp
 
 
@@ -403,43 +465,49 @@ def aside_folders(database: Path) -> list[Path]:
     return sorted(folders, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def undo(target: Target, options: RestoreOptions, report: Reporter) -> Path:
-    """Put back the database files the last restore moved aside, moving the restored
-    ones aside in turn (so an undo can itself be undone)."""
+def undo(target: Target, options: RestoreOptions, report: Reporter) -> Optional[Path]:
+    """Put back the database the last restore kept aside, keeping the restored one
+    aside in turn (so an undo can itself be undone). Returns the folder it came from."""
     ensure_stash_stopped(target, options)
-    finished = recover_interrupted(target.database, report)
-    if finished and finished.kind == "undo":
-        return Path(finished.source)
+    with one_run_at_a_time(target.database, options.dry_run):
+        return _undo(target, options, report)
+
+
+def _undo(target: Target, options: RestoreOptions, report: Reporter) -> Optional[Path]:
+    if options.dry_run:
+        warn_pending(target.database, report)
+    else:
+        recovered = recover_interrupted(target.database, report)
+        remove_abandoned_temps(target)
+        if recovered and _nothing_left_to_undo(recovered, report):
+            return Path(recovered.journal.source) if recovered.journal.kind == "undo" else None
     candidates = [f for f in aside_folders(target.database) if (f / target.database.name).is_file()]
     if not candidates:
         raise UsageError(f"no earlier restore found beside {target.database} (folders {ASIDE_PREFIX}*): nothing to undo")
     source = candidates[0]
-    incoming = {s: [str(source / f"{target.database.name}{s}"), swap.inode(source / f"{target.database.name}{s}")]
-                for s in swap.ALL_SUFFIXES if (source / f"{target.database.name}{s}").exists()}
     aside = aside_folder_for(target.database)
-    report.info(f"Plan: move the current {target.database.name} (and side files) into {aside}; "
-                f"put back the files from {source}")
+    report.info(f"Plan: keep the current {target.database.name} in {aside}; "
+                f"put back {target.database.name} from {source}")
     if options.dry_run:
         report.info("dry run: nothing was changed")
         return source
     _confirm(options, "Undo the last restore?")
-    journal = swap.Journal(kind="undo", database=str(target.database), aside=str(aside),
-                           current=swap.current_inodes(target.database), incoming=incoming, source=str(source),
-                           started=datetime.now().isoformat(timespec="seconds"),
-                           fingerprint=swap.fingerprint(target.database))
-    journal.save()
-    swap.crash_point("journal-saved")
-    swap.perform(journal)
-    _retire(source)
-    report.info(f"put back the database from {source}; the one it replaced is in {aside}")
+    state = swap.swap_database_in(swap.Journal(kind="undo", database=str(target.database), aside=str(aside),
+                                      incoming={"": [str(source / target.database.name), None]}, source=str(source),
+                                      started=datetime.now().isoformat(timespec="seconds")))
+    report.info(f"undone: {state}")
     return source
 
 
-def _retire(source: Path) -> None:
-    """An aside folder whose database went back is marked used, so the next --undo
-    takes the folder of the undo itself (undo toggles)."""
-    record = source / swap.RECORD_NAME
-    if record.exists():
-        os.replace(record, source / f"{swap.RECORD_NAME}.undone")
-        fsync_dir(source)
+def _nothing_left_to_undo(recovered: Recovered, report: Reporter) -> bool:
+    """A rerun finishes the operation that was interrupted, never the opposite one: a
+    finished undo is the undo asked for; a rolled back restore left nothing to undo."""
+    kind, finished = recovered.journal.kind, recovered.finished
+    if kind == "undo" and finished:
+        report.info("the interrupted undo is complete; nothing more to do")
+        return True
+    if kind == "restore" and not finished:
+        report.info("the interrupted restore was rolled back, so there is nothing of it to undo; nothing more to do")
+        return True
+    return False
 

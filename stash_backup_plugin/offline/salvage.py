@@ -14,6 +14,7 @@ from typing import Optional
 
 from ..core.atomic import commit, discard, scratch_folder, temp_path_in
 from ..core.errors import RestoreRefused, StorageError, UsageError
+from ..core.sqlite_check import quote_identifier
 
 
 @dataclass
@@ -99,7 +100,7 @@ def _schema_objects(damaged: sqlite3.Connection) -> list:
 def _copy_rows(damaged: sqlite3.Connection, out: sqlite3.Connection, table: str) -> None:
     """Rows in rowid order; past an unreadable page, jump ahead (1, 2, 4, ... rowids)
     until reading works again, so one bad page costs only its own rows."""
-    quoted = '"' + table.replace('"', '""') + '"'
+    quoted = quote_identifier(table)
     last, skip = None, 1
     while True:
         where, args = ("WHERE rowid > ?", (last,)) if last is not None else ("", ())
@@ -137,7 +138,7 @@ def _tables(path: Path) -> list[str]:
 
 
 def _count(path: Path, table: str) -> Optional[int]:
-    quoted = '"' + table.replace('"', '""') + '"'
+    quoted = quote_identifier(table)
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
             return connection.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0]

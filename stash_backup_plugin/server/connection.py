@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -100,6 +99,7 @@ def certificate_fingerprint(certificate: Path) -> str:
         text = certificate.read_bytes().decode("ascii", errors="replace")
     except OSError as error:
         raise ConfigError(f"Stash serves https but its certificate {certificate} cannot be read: {error.strerror}") from error
+    import ssl  # here, not at the top: commands that never talk https start faster
     leaf = _PEM_CERTIFICATE.search(text)
     try:
         if leaf:
