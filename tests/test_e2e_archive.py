@@ -180,3 +180,112 @@ def test_kill_during_a_prune(stash_server_factory, tmp_path, step):
     assert again.returncode == 0, again.stderr
     assert set(archive_blobs(dest)) == set(record_blobs(dest, kept["file"]))
     assert sorted(p.name for p in (dest / "snapshots").iterdir()) == [f"{kept['file']}.gz"]
+
+
+# --- restoring stored backups -----------------------------------------------------------------
+
+def state_of(server) -> dict:
+    """What a user sees: names, and every performer's image bytes (served by Stash
+    from its blobs folder)."""
+    from tests.stash_server.server import content_names, performer_image
+    performers = server.graphql("{ findPerformers(filter: {per_page: -1}) { performers { id name } } }")
+    images = {p["name"]: performer_image(server, p["id"]) for p in performers["findPerformers"]["performers"]}
+    return {"names": content_names(server), "images": images}
+
+
+def restore_and_read(server, dest, name) -> dict:
+    """Stop Stash, empty its blobs folder (every image must come from the archive),
+    restore the backup by name, start Stash and read what it serves."""
+    import shutil
+    from .conftest import run_restore
+    server.stop()
+    shutil.rmtree(server.blobs)
+    server.blobs.mkdir()
+    result = run_restore(name, "--config", str(server.config_path), "--archive", str(dest), "--yes")
+    assert result.returncode == 0, result.stderr
+    server.start()
+    return state_of(server)
+
+
+def a_night(server, created, night: int) -> None:
+    """New images, a replaced one, a removed tag: what changes between two backups."""
+    new_images(server, 1, 100 * night)
+    server.graphql("mutation($i: PerformerUpdateInput!) { performerUpdate(input: $i) { id } }",
+                   {"i": {"id": created["performers"][night % 3]["id"], "image": data_url(png_bytes(50 * night))}})
+    server.graphql(f'mutation {{ tagCreate(input: {{name: "tag-of-night-{night}"}}) {{ id }} }}')
+
+
+def test_restore_of_each_backup_then_prune_and_restore_of_every_kept_one(stash_server_factory, stash_version,
+                                                                        tmp_path):
+    server = stash_server_factory(stash_version, install_plugin=False)
+    created = seed_content(server)
+    dest = tmp_path / "archive"
+    backups = []
+    for night in (1, 2, 3):
+        backups.append((download(server, dest)["file"], state_of(server)))
+        a_night(server, created, night)
+    for name, expected in backups:
+        assert restore_and_read(server, dest, name) == expected, name
+    pruned = cli(server, dest, "prune", "--keep-last", "2")
+    assert pruned.returncode == 0 and "freed" in pruned.stderr, pruned.stderr
+    assert [r["file"] for r in listing(dest)] == [name for name, _ in reversed(backups[1:])]
+    for name, expected in reversed(backups[1:]):  # after garbage collection, each kept backup is whole
+        assert restore_and_read(server, dest, name) == expected, name
+
+
+def make_old_format_archive(server, dest, stash_version) -> str:
+    """An archive as the versions before the store left it: a verified per-backup zip
+    in manifest.json (Stash's own zip on v0.31; one built in the same layout on v0.28)."""
+    import requests
+    from stash_backup_plugin.core import backup_zip
+    from stash_backup_plugin.core.archive import Archive, Entry, entry_from_name, utc_now
+    from stash_backup_plugin.core.atomic import temp_path_in
+    from stash_backup_plugin.core.verify import verify_backup
+    with_blobs = stash_version == NEW_VERSION
+    archive = Archive(dest)
+    with archive.locked():
+        extra = ", includeBlobs: true" if with_blobs else ""
+        link = server.graphql(f"mutation {{ backupDatabase(input: {{download: true{extra}}}) }}")["backupDatabase"]
+        name = link.rsplit("/", 1)[1]
+        fetched = temp_path_in(dest, name)
+        fetched.write_bytes(requests.get(server.url + "/downloads/" + link.split("/downloads/")[1], timeout=60).content)
+        if not with_blobs:
+            database, name = fetched, name + ".zip"
+            fetched = temp_path_in(dest, name)
+            files = sorted((p.name, p) for p in server.blobs.glob("??/??/*"))
+            with open(fetched, "r+b") as handle:
+                backup_zip.write_full_backup(handle, database, "stash-go.sqlite", files)
+            database.unlink()
+        verified = verify_backup(fetched)
+        archive.add(fetched, Entry(file=name, size=verified.size, sha256=verified.sha256, **entry_from_name(name),
+                                   kind="zip", blob_count=verified.blob_count, includes_blobs=True,
+                                   source="server-zip" if with_blobs else "plugin-zip", verified_at=utc_now(),
+                                   verified_level="quick", verified_ok=True))
+    return name
+
+
+def test_an_old_format_archive_keeps_working_then_is_migrated_and_restored(stash_server_factory, stash_version,
+                                                                          tmp_path):
+    server = stash_server_factory(stash_version, install_plugin=False)
+    created = seed_content(server)
+    dest = tmp_path / "archive"
+    old = make_old_format_archive(server, dest, stash_version)
+    expected_old = state_of(server)
+    time.sleep(1.05)
+    a_night(server, created, 1)
+    new = download(server, dest)["file"]  # a new backup beside the old zip: in the store
+    assert [r["kind"] for r in listing(dest)] == ["stored", "zip"]
+    assert run_cli("verify", "--dest", str(dest)).returncode == 0
+    dry = run_cli("migrate", "--dest", str(dest))
+    assert dry.returncode == 0 and f"would import {old}" in dry.stderr and "freed" in dry.stderr, dry.stderr
+    assert (dest / old).exists()
+    applied = run_cli("migrate", "--apply", "--dest", str(dest))
+    assert applied.returncode == 0 and f"migrated {old}" in applied.stderr, applied.stderr
+    assert not (dest / old).exists() and not list(dest.glob("*.zip"))
+    rows = listing(dest)
+    assert [r["kind"] for r in rows] == ["stored", "stored"] and rows[1]["migrated_from"] == old
+    assert len(archive_blobs(dest)) == len(set(record_blobs(dest, rows[0]["file"])) | set(record_blobs(dest, rows[1]["file"])))
+    assert run_cli("verify", "--read-data", "--dest", str(dest)).returncode == 0
+    assert restore_and_read(server, dest, rows[1]["file"]) == expected_old
+    assert run_cli("migrate", "--dest", str(dest)).returncode == 0  # nothing left to do
+    assert rows[0]["file"] == new

@@ -9,7 +9,7 @@ import pytest
 from stash_backup_plugin.core import stored
 from stash_backup_plugin.core.reporting import Reporter
 from stash_backup_plugin.core.store import Store
-from stash_backup_plugin.core.verify import sha256_of, verify_backup
+from stash_backup_plugin.core.verify import file_digest, verify_backup
 from tests.stashlike import make_database, make_full_backup, vacuum_copy, write_blobs
 
 
@@ -52,7 +52,7 @@ class Library:
         copy = vacuum_copy(self.database, tmp / f"{name}.sqlite")
         from stash_backup_plugin.core.sqlite_check import check_database
         checked = check_database(copy)
-        new = stored.NewBackup(name, copy, sha256_of(copy), checked.schema_version, checked.blobs_on_filesystem,
+        new = stored.NewBackup(name, copy, file_digest(copy), checked.schema_version, checked.blobs_on_filesystem,
                                includes_blobs=True, source="filesystem")
         return stored.store_backup(store, new, stored.FolderSource([self.blobs]), Reporter())
 
@@ -87,7 +87,7 @@ def test_each_backup_stores_only_new_blobs_and_records_what_it_refers_to(lib, tm
     out = tmp_path / "back.sqlite"
     with open(out, "wb") as handle:
         store.read_snapshot(second, handle)
-    assert sha256_of(out) == second.snapshot.sha256
+    assert file_digest(out) == second.snapshot.sha256
     assert second.snapshot.stored_size < second.snapshot.size
 
 

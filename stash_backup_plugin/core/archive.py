@@ -117,6 +117,32 @@ class Archive:
             self.store.clean_after_killed_runs()
             yield self
 
+    @contextlib.contextmanager
+    def reading(self, create_lock: bool = True) -> Iterator["Archive"]:
+        """Read the archive (a restore) while no run changes it: a shared hold on the
+        same lock, so a prune waits for the restore and the restore for a running
+        prune. Cleans nothing; on read-only media it cannot lock, and nothing can change."""
+        handle = None
+        # The lock file is made if missing (unless asked not to: a dry run), so a later run sees the hold.
+        for mode in (("a+b", "rb") if create_lock else ("rb",)):
+            try:
+                handle = open(self.folder / LOCK_NAME, mode)
+                break
+            except OSError:
+                continue
+        if handle is None:
+            yield self
+            return
+        with handle:
+            try:
+                import fcntl
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except ImportError:
+                pass  # Windows: the exclusive byte lock of locked() is not shared
+            except OSError:
+                raise UsageError(f"a stash-backup run is using {self.folder}: wait for it to finish") from None
+            yield self
+
     def entries(self) -> list[Entry]:
         """Every backup, newest first: the stored ones (their records are the truth;
         the manifest adds their last verification) and the older per-backup files."""

@@ -360,15 +360,11 @@ def _check_group(store: Store, group: list, read_data: Optional[ReadData], probl
 
 
 def _md5(path: Path) -> str:
-    import hashlib
-    digest = hashlib.md5()
+    from .verify import file_digest
     try:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1024 * 1024):
-                digest.update(chunk)
+        return file_digest(path, "md5")
     except OSError:
         return ""
-    return digest.hexdigest()
 
 
 def _bytes(report: Reporter, total: int, label: str) -> Callable[[int], None]:
@@ -487,10 +483,10 @@ def import_backup_file(store: Store, path: Path, name: str, level: str, report: 
     database checked, the blobs it refers to copied (MD5-checked) unless the store
     has them. For a plain file, `known_sha256` spares a second read when the caller
     hashed it while it arrived."""
-    from .verify import is_zip, sha256_of
+    from .verify import file_digest, is_zip
     if not is_zip(path):
         checked = check_database(path, level)
-        new = NewBackup(name, path, known_sha256 or sha256_of(path), checked.schema_version,
+        new = NewBackup(name, path, known_sha256 or file_digest(path), checked.schema_version,
                         set(checked.blobs_on_filesystem), includes_blobs=False, source=source,
                         server_version=server_version, verified_level=level, migrated_from=migrated_from,
                         added_at=added_at)
@@ -503,8 +499,7 @@ def import_backup_file(store: Store, path: Path, name: str, level: str, report: 
             with open(database, "wb") as out:
                 fullbackup.copy_member(packed, layout.database_member, out)
             checked = check_database(database, level)
-            from .verify import sha256_of
-            new = NewBackup(name, database, sha256_of(database), checked.schema_version,
+            new = NewBackup(name, database, file_digest(database), checked.schema_version,
                             set(checked.blobs_on_filesystem), includes_blobs=True, source=source,
                             server_version=server_version, verified_level=level,
                             database_member=layout.database_member, migrated_from=migrated_from,

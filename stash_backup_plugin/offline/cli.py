@@ -88,12 +88,39 @@ def _resolve_backup(name: str, args, target: Target) -> Path:
     given = Path(name).expanduser()
     if given.is_file():
         return given.resolve()
+    if given.parent.is_dir() and _stored_record(given.parent, given.name):  # <archive>/<name> of a stored backup
+        return _stored_record(given.parent, given.name).resolve()
     for folder in _backup_folders(args, target):
         candidate = folder / name
         if candidate.is_file():
             return candidate
+        stored = _stored_record(folder, name)
+        if stored:
+            return stored
     searched = ", ".join(str(f) for f in _backup_folders(args, target))
     raise UsageError(f"backup {name!r} not found (as a path, or in {searched}): see stash-restore --list")
+
+
+def _stored_record(folder: Path, name: str) -> Optional[Path]:
+    """A stored backup of the archive in `folder`, by its name (a `.zip` added by habit is ignored)."""
+    from ..core.store import Store
+    store = Store(folder)
+    for candidate in (name, name[:-4] if name.endswith(".zip") else None):
+        if candidate and store.record_path(candidate).is_file():
+            return store.record_path(candidate)
+    return None
+
+
+def _stored_rows(folder: Path) -> list[dict]:
+    """The stored backups of the archive in `folder`, as --list shows them."""
+    from ..core.archive import Archive
+    from ..core.store import Store
+    if not Store(folder).exists():
+        return []
+    return [{"path": str(Archive(folder).path_of(e)), "created": e.created.replace("T", " "),
+             "schema_version": e.schema_version, "size": e.size, "blobs": e.includes_blobs,
+             "verified": ("yes" if e.verified_ok else "FAILED") if e.verified_at else "no"}
+            for e in Archive(folder).entries() if e.is_stored]
 
 
 def _confirm_on_terminal(question: str) -> bool:
@@ -119,6 +146,7 @@ def cmd_list(args, target: Target) -> int:
                          "schema_version": parsed.schema_version, "size": path.stat().st_size,
                          "blobs": entry.includes_blobs if entry else parsed.is_zip,
                          "verified": ("yes" if entry.verified_ok else "FAILED") if entry and entry.verified_at else "no"})
+        rows += _stored_rows(folder)
     rows.sort(key=lambda r: r["created"], reverse=True)
     if args.json:
         print(json.dumps(rows, indent=2))

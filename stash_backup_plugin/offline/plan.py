@@ -15,7 +15,7 @@ SPACE_MARGIN = 1.05  # filesystems need a little room beyond the bytes themselve
 @dataclass
 class RestoreFacts:
     backup: Path
-    backup_kind: str  # "sqlite" or "zip"
+    backup_kind: str  # "sqlite", "zip" or "stored" (in the archive's store)
     backup_schema: Optional[int]  # None until the backup's database has been read
     database_bytes: int  # size of the database that will be written
     database: Path
@@ -110,7 +110,8 @@ def _blob_notes(facts: RestoreFacts, plan: Plan) -> None:
 
 
 def _steps(facts: RestoreFacts, plan: Plan) -> None:
-    source = f"{facts.backup}" + (" (database entry of the zip)" if facts.backup_kind == "zip" else "")
+    source = f"{facts.backup}" + {"zip": " (database entry of the zip)",
+                                  "stored": " (its compressed database in the archive)"}.get(facts.backup_kind, "")
     plan.steps.append(f"write {source} to a temp file beside {facts.database.name} "
                       f"({human_size(facts.database_bytes)}), fsync it and check it again")
     if facts.blobs_in_backup:

@@ -20,7 +20,8 @@ from typing import Callable, Iterator, NamedTuple, Optional
 
 from ..core import backup_zip as fullbackup
 from . import swap
-from ..core.atomic import discard, fsync_dir, fsync_file, remove_stale_temps, staged_file, storage_error, temp_path_in
+from ..core.atomic import (discard, fsync_dir, fsync_file, remove_stale_temps, scratch_folder, staged_file,
+                           storage_error, temp_path_in)
 from ..core.errors import RestoreRefused, UsageError, VerificationError
 from ..core.naming import TEMP_MARKER, blob_relative_path
 from ..core.reporting import Reporter
@@ -29,6 +30,8 @@ from ..core.sqlite_check import QUICK, check_database, has_sqlite_header, read_s
 from .stash_config import FILESYSTEM, StashConfig, Target
 from .liveness import probe
 from ..core.verify import file_digest, is_zip, verify_backup
+from ..core.store import Store
+from ..core.record import Header
 
 ASIDE_PREFIX = "stash-restore-"
 BLOB_BATCH = 2000  # blobs written between two syncs
@@ -141,16 +144,47 @@ def _subfolders(folder: Path) -> list[Path]:
 
 @dataclass
 class _Inspection:
-    kind: str  # "sqlite" or "zip"
+    kind: str  # "sqlite", "zip" or "stored" (a backup in the archive's store)
     database_bytes: int
     database_member: Optional[str] = None
-    blob_members: dict = field(default_factory=dict)  # checksum -> ZipInfo
+    blob_members: dict = field(default_factory=dict)  # zip: checksum -> ZipInfo
     schema_version: Optional[int] = None
     blobs_not_included: set = field(default_factory=set)
+    store: Optional[Store] = None  # stored: the archive, and the backup's record
+    header: Optional[Header] = None
+    stored_checksums: set = field(default_factory=set)
+
+    def blobs(self) -> Iterator[tuple[str, int, object]]:
+        """(checksum, size, how to read it) for every blob the backup holds, sorted."""
+        if self.kind == "stored":
+            with self.store.blob_list(self.header.name) as listed:
+                for checksum, size in listed:
+                    yield checksum, size, self.store.blob_path(checksum)
+            return
+        for checksum, info in sorted(self.blob_members.items()):
+            yield checksum, info.file_size, info
+
+    @property
+    def blob_names(self) -> set:
+        return self.stored_checksums if self.kind == "stored" else set(self.blob_members)
+
+
+def is_stored_backup(path: Path) -> bool:
+    """A stored backup is named by its record: <archive>/backups/<name>.record."""
+    from ..core.record import SUFFIX
+    from ..core.store import RECORDS
+    return path.name.endswith(SUFFIX) and path.parent.name == RECORDS
 
 
 def read_backup(backup: Path) -> _Inspection:
     """What the backup holds, from its headers alone (cheap): enough to check space."""
+    if is_stored_backup(backup):
+        store = Store(backup.parent.parent)
+        header = store.header(backup.name[:-len(".record")])
+        with store.blob_list(header.name) as listed:
+            names = {checksum for checksum, _ in listed}
+        return _Inspection("stored", header.snapshot.size, header.database_member, store=store, header=header,
+                           stored_checksums=names)
     if is_zip(backup):
         try:
             with zipfile.ZipFile(backup) as archive:
@@ -166,13 +200,39 @@ def read_backup(backup: Path) -> _Inspection:
 
 def verify_without_staging(backup: Path, inspection: _Inspection, level: str, report: Reporter) -> None:
     """The dry run's check: everything, in a scratch folder, nothing beside the database."""
+    if inspection.kind == "stored":
+        _check_stored_blobs(inspection, report.phase(0.0, 0.2))
+        with scratch_folder(inspection.store.folder) as work:
+            database = work / inspection.database_member
+            with open(database, "wb") as out:
+                inspection.store.read_snapshot(inspection.header, out)
+            _note_database(inspection, check_database(database, level))
+        return
     verified = verify_backup(backup, level, want_sha256=False, progress=report.bytes_progress("verifying backup"))
     inspection.schema_version, inspection.blobs_not_included = verified.schema_version, verified.blobs_not_included
 
 
+def _note_database(inspection: _Inspection, checked) -> None:
+    inspection.schema_version = checked.schema_version
+    inspection.blobs_not_included = checked.blobs_on_filesystem - inspection.blob_names
+
+
+def _check_stored_blobs(inspection: _Inspection, report: Reporter) -> None:
+    """Every blob the stored backup lists is in the archive with its size (their
+    contents are checked, MD5 = name, as they are copied)."""
+    from ..core.stored import check_blobs
+    problems = check_blobs(inspection.store, [inspection.header.name], None, report)[inspection.header.name]
+    if problems:
+        raise VerificationError(f"{inspection.header.name}: {len(problems)} blob problem(s) in the archive, e.g. "
+                                f"{problems[0]} (stash-backup verify says more)")
+
+
 def stage_and_verify(backup: Path, inspection: _Inspection, target: Target, level: str, report: Reporter) -> Path:
     """The real run's check, done once, on the very copy that will be put in place:
-    blob CRCs and MD5s first (zip), then the staged database."""
+    blob CRCs and MD5s first (zip; a stored backup's blobs are checked as they are
+    copied), then the staged database."""
+    if inspection.kind == "stored":
+        _check_stored_blobs(inspection, report.phase(0.0, 0.5))
     if inspection.blob_members:
         with zipfile.ZipFile(backup) as archive:
             layout = fullbackup.ZipLayout(inspection.database_member, inspection.blob_members)
@@ -189,23 +249,23 @@ def stage_and_verify(backup: Path, inspection: _Inspection, target: Target, leve
     except BaseException:
         discard(staged)
         raise
-    inspection.schema_version = checked.schema_version
-    inspection.blobs_not_included = checked.blobs_on_filesystem - set(inspection.blob_members)
+    _note_database(inspection, checked)
     report.progress(1.0)
     return staged
 
 
 def gather_facts(backup: Path, inspection: _Inspection, target: Target, options: RestoreOptions,
-                 aside: Path, read_blobs: bool = True) -> tuple[RestoreFacts, list[tuple[str, zipfile.ZipInfo]]]:
+                 aside: Path, read_blobs: bool = True) -> tuple[RestoreFacts, list[tuple[str, int, object]]]:
     """Facts for the plan. Without `read_blobs` an existing blob of the right size counts
     as present (cheap, for the early space check); with it, its MD5 decides."""
-    blobs_to_write, present = [], 0
-    for checksum, info in sorted(inspection.blob_members.items()):
+    blobs_to_write, present, in_backup = [], 0, 0
+    for checksum, size, source in inspection.blobs():
+        in_backup += 1
         existing = target.blobs_path / blob_relative_path(checksum) if target.blobs_path else None
-        if existing and _blob_present(existing, checksum, info.file_size, read_blobs):
+        if existing and _blob_present(existing, checksum, size, read_blobs):
             present += 1
         else:
-            blobs_to_write.append((checksum, info))
+            blobs_to_write.append((checksum, size, source))
     on_disk = _blobs_on_disk(target.blobs_path)
     current = swap.current_inodes(target.database)
     facts = RestoreFacts(
@@ -214,9 +274,9 @@ def gather_facts(backup: Path, inspection: _Inspection, target: Target, options:
         current_files=[s for s in swap.ALL_SUFFIXES if s in current],
         current_schema=read_schema_version(target.database) if "" in current else None,
         aside_folder=aside, blobs_path=target.blobs_path, blobs_storage=target.blobs_storage,
-        blobs_in_backup=len(inspection.blob_members), blobs_to_write=len(blobs_to_write),
-        blob_bytes_to_write=sum(info.file_size for _, info in blobs_to_write), blobs_already_present=present,
-        blobs_only_on_disk=len(on_disk - set(inspection.blob_members)) if inspection.blob_members else 0,
+        blobs_in_backup=in_backup, blobs_to_write=len(blobs_to_write),
+        blob_bytes_to_write=sum(size for _, size, _ in blobs_to_write), blobs_already_present=present,
+        blobs_only_on_disk=len(on_disk - inspection.blob_names) if in_backup else 0,
         blobs_referenced_missing=len(inspection.blobs_not_included - on_disk),
         free_database_disk=_free_space(target.database.parent),
         free_blobs_disk=_free_space(target.blobs_path) if target.blobs_path else None,
@@ -276,8 +336,17 @@ def restore(backup: Path, target: Target, options: RestoreOptions, report: Repor
     if not backup.is_file():
         raise UsageError(f"backup {backup} does not exist: give a backup file or its name (see --list)")
     ensure_stash_stopped(target, options)
-    with one_run_at_a_time(target.database, options.dry_run):
+    with one_run_at_a_time(target.database, options.dry_run), _archive_held(backup, options.dry_run):
         return _restore(backup, target, options, report)
+
+
+def _archive_held(backup: Path, dry_run: bool):
+    """A stored backup's blobs stay in the archive while it is restored: a prune
+    started meanwhile waits (and a restore waits for none: it says so)."""
+    if not is_stored_backup(backup):
+        return contextlib.nullcontext()
+    from ..core.archive import Archive
+    return Archive(backup.parent.parent).reading(create_lock=not dry_run)
 
 
 def _restore(backup: Path, target: Target, options: RestoreOptions, report: Reporter) -> RestoreResult:
@@ -313,7 +382,8 @@ def _restore(backup: Path, target: Target, options: RestoreOptions, report: Repo
             return result
         _confirm(options, "Restore now?")
         ensure_stash_stopped(target, options)  # the user may have taken a while to answer
-        result.blobs_written = _extract_blobs(backup, blobs_to_write, target, aside, report.phase(0.6, 0.9))
+        result.blobs_written = _extract_blobs(backup, inspection, blobs_to_write, target, aside,
+                                              report.phase(0.6, 0.9))
         result.blobs_kept = facts.blobs_already_present
         state = swap.swap_database_in(swap.Journal(kind="restore", database=str(target.database), aside=str(aside),
                                           incoming={"": [str(staged), None]}, source=str(backup),
@@ -349,7 +419,9 @@ def _stage_database(backup: Path, inspection: _Inspection, target: Target, repor
     """The new database as a unique temp file beside the target, fsynced."""
     target.database.parent.mkdir(parents=True, exist_ok=True)
     with staged_file(target.database.parent, target.database.name) as (out, staged):
-        if inspection.kind == "zip":
+        if inspection.kind == "stored":
+            inspection.store.read_snapshot(inspection.header, out)  # size and SHA-256 checked as it streams
+        elif inspection.kind == "zip":
             with zipfile.ZipFile(backup) as archive:
                 fullbackup.copy_member(archive, inspection.database_member, out)
         else:
@@ -389,19 +461,20 @@ def _match_ownership(path: Path, like: Path) -> None:
         os.chown(path, info.st_uid, info.st_gid)
 
 
-def _extract_blobs(backup: Path, blobs: list, target: Target, aside: Path, report: Reporter) -> int:
+def _extract_blobs(backup: Path, inspection: _Inspection, blobs: list, target: Target, aside: Path,
+                   report: Reporter) -> int:
     """Blobs go in through temp files (MD5 checked), one sync per batch, then renames.
     A different file already under a blob's name is damaged: it moves aside. On any
     error the batch's temp files go; blobs already renamed are good ones and stay."""
     if not blobs:
         return 0
     written = 0
-    with zipfile.ZipFile(backup) as archive:
+    with _blob_copier(backup, inspection) as copy_blob:
         for start in range(0, len(blobs), BLOB_BATCH):
             staged: list[tuple[str, Path]] = []
             try:
-                for checksum, info in blobs[start:start + BLOB_BATCH]:
-                    staged.append(_stage_blob(archive, checksum, info, target.blobs_path))
+                for checksum, _, source in blobs[start:start + BLOB_BATCH]:
+                    staged.append(_stage_blob(copy_blob, checksum, source, target.blobs_path))
                 swap.crash_point("blobs-staged")
                 _sync_all([path for _, path in staged])
                 written += _place_blobs(staged, target.blobs_path, aside)
@@ -412,6 +485,32 @@ def _extract_blobs(backup: Path, blobs: list, target: Target, aside: Path, repor
             report.progress(written / len(blobs), "extracting blobs")
             swap.crash_point("blobs-batch")
     return written
+
+
+@contextlib.contextmanager
+def _blob_copier(backup: Path, inspection: _Inspection) -> Iterator[Callable]:
+    """copy(source, out) -> MD5 of what was copied: from the zip's entry, or from the
+    archive's blob file."""
+    if inspection.kind == "stored":
+        def copy_stored(path: Path, out) -> str:
+            try:
+                with open(path, "rb") as blob:
+                    return _copy_with_md5(blob, out)
+            except FileNotFoundError:
+                raise VerificationError(f"blob {path} went missing from the archive while restoring") from None
+        yield copy_stored
+        return
+    with zipfile.ZipFile(backup) as archive:
+        yield lambda info, out: fullbackup.copy_member(archive, info.filename, out)
+
+
+def _copy_with_md5(source, out) -> str:
+    import hashlib
+    digest = hashlib.md5()
+    while chunk := source.read(1024 * 1024):
+        digest.update(chunk)
+        out.write(chunk)
+    return digest.hexdigest()
 
 
 def _place_blobs(staged: list[tuple[str, Path]], blobs_path: Path, aside: Path) -> int:
@@ -427,7 +526,7 @@ def _place_blobs(staged: list[tuple[str, Path]], blobs_path: Path, aside: Path) 
     return len(staged)
 
 
-def _stage_blob(archive: zipfile.ZipFile, checksum: str, info, blobs_path: Path) -> tuple[str, Path]:
+def _stage_blob(copy_blob: Callable, checksum: str, source, blobs_path: Path) -> tuple[str, Path]:
     final = blobs_path / blob_relative_path(checksum)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -436,10 +535,11 @@ def _stage_blob(archive: zipfile.ZipFile, checksum: str, info, blobs_path: Path)
     temp = temp_path_in(final.parent, final.name)
     try:
         with open(temp, "r+b") as out:
-            actual = fullbackup.copy_member(archive, info.filename, out)
+            actual = copy_blob(source, out)
         _match_ownership(temp, blobs_path)
         if actual != checksum:
-            raise VerificationError(f"blob {info.filename} changed while restoring (MD5 {actual})")
+            raise VerificationError(f"blob {blob_relative_path(checksum)} in the backup does not match its name "
+                                    f"(MD5 {actual}): the backup is damaged")
     except OSError as error:
         discard(temp)
         raise storage_error("write blobs into", blobs_path, error) from error
