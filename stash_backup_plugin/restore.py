@@ -72,14 +72,14 @@ class RestoreResult:
 # --- guards ---------------------------------------------------------------------------
 
 def ensure_stash_stopped(target: Target, options: RestoreOptions) -> None:
+    """Proof that Stash runs (its process, its lock, its /healthz) refuses, whatever the
+    user says; --stash-stopped only overrules doubts (a busy port, a probe not possible)."""
     finding = probe(target.database, target.config.path if target.config else None, target.host, target.port)
     if finding.running:
-        definite = [r for r in finding.running if not r.startswith(("something listens", "Stash answers"))]
-        if definite or not options.stash_stopped:
-            raise RestoreRefused(f"Stash seems to be running ({finding.running[0]}): stop Stash, then run this again. "
-                                 "Nothing was changed")
-    if finding.unknown and not options.stash_stopped:
-        raise RestoreRefused(f"cannot tell whether Stash is stopped here ({'; '.join(finding.unknown)}): stop Stash "
+        raise RestoreRefused(f"Stash seems to be running ({finding.running[0]}): stop Stash, then run this again. "
+                             "Nothing was changed")
+    if finding.doubts and not options.stash_stopped:
+        raise RestoreRefused(f"cannot tell whether Stash is stopped here ({'; '.join(finding.doubts)}): stop Stash "
                              "and pass --stash-stopped to confirm. Nothing was changed")
 
 

@@ -83,17 +83,25 @@ def _relocation_candidates(written: str, folder: Path) -> list[Path]:
     return [folder.joinpath(*parts[start:]) for start in range(len(parts))]
 
 
+# Stash's own variable first; STASH_CONFIG is this tool's older name, kept as an alias.
+CONFIG_ENV_NAMES = ("STASH_CONFIG_FILE", "STASH_CONFIG")
+
+
 def find_config_file(explicit: Optional[Path] = None) -> Path:
-    """Find config.yml the way Stash does: --config, STASH_CONFIG, the working
-    directory, then ~/.stash."""
+    """Find config.yml the way Stash does: --config, STASH_CONFIG_FILE, the working
+    directory, then ~/.stash. A file named explicitly (flag or variable) must exist:
+    Stash would not look elsewhere either."""
     if explicit is not None:
         if not explicit.is_file():
             raise ConfigError(f"config file {explicit} does not exist: give the path of Stash's config.yml")
         return explicit
-    candidates = []
-    if os.environ.get("STASH_CONFIG"):
-        candidates.append(Path(os.environ["STASH_CONFIG"]))
-    candidates += [Path.cwd() / CONFIG_NAME, Path.home() / ".stash" / CONFIG_NAME]
+    for variable in CONFIG_ENV_NAMES:
+        if os.environ.get(variable):
+            named = Path(os.path.expanduser(os.environ[variable]))
+            if not named.is_file():
+                raise ConfigError(f"{variable} names {named}, which does not exist: give the path of Stash's config.yml")
+            return named
+    candidates = [Path.cwd() / CONFIG_NAME, Path.home() / ".stash" / CONFIG_NAME]
     for candidate in candidates:
         if candidate.is_file():
             return candidate

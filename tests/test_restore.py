@@ -1,8 +1,13 @@
 """The offline restore on a stopped install on disk: verification first, refusals
 with nothing changed, the swap with its side files, undo, and the CLI's errors."""
+import contextlib
 import hashlib
+import json
 import os
+import socket
 import sqlite3
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -143,6 +148,62 @@ def test_a_process_holding_the_database_makes_the_restore_refuse(install):
     finally:
         holder.kill()
         holder.wait()
+
+
+@contextlib.contextmanager
+def listening_on(port: int, healthz: bool):
+    """Something on Stash's port: a web server whose /healthz answers (as Stash's
+    does, without a login), or a bare socket that never speaks HTTP."""
+    if not healthz:
+        with socket.create_server(("127.0.0.1", port)) as bare:
+            yield bare
+        return
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b".")
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", port), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_answering_healthz_is_proof_that_stash_stopped_cannot_overrule(install):
+    with listening_on(load_config(install.config).port, healthz=True):
+        before = snapshot(install.root)
+        with pytest.raises(RestoreRefused, match="Stash answers"):
+            do_restore(install, install.backup_zip, stash_stopped=True)
+        assert snapshot(install.root) == before
+
+
+def test_a_busy_port_that_is_not_stash_is_a_doubt_the_user_may_overrule(install):
+    with listening_on(load_config(install.config).port, healthz=False):
+        before = snapshot(install.root)
+        with pytest.raises(RestoreRefused, match="cannot tell.*--stash-stopped"):
+            do_restore(install, install.backup_zip)
+        assert snapshot(install.root) == before
+        assert do_restore(install, install.backup_zip, stash_stopped=True).restored
+
+
+def test_cli_finds_the_config_through_stashs_own_variable(install, tmp_path):
+    """Stash reads STASH_CONFIG_FILE (the Docker image sets it): so does --list."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"STASH_CONFIG_FILE": str(install.config), "STASH_CONFIG": "", "HOME": str(elsewhere)}
+    result = run_restore("--list", "--json", env=env, cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert str(install.backup_zip) in {row["path"] for row in json.loads(result.stdout)}
+    missing = run_restore("--list", env=dict(env, STASH_CONFIG_FILE=str(elsewhere / "none.yml")), cwd=elsewhere)
+    assert missing.returncode != 0 and "STASH_CONFIG_FILE names" in missing.stderr
 
 
 def test_undo_puts_back_the_old_database_and_its_wal_data(install):
