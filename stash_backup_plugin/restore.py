@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import fullbackup, swap
+from .archive import MANIFEST_NAME, Archive, Entry
 from .atomic import discard, fsync_dir, fsync_file, remove_stale_temps, staged_file, storage_error, temp_path_in
 from .errors import RestoreRefused, UsageError, VerificationError
 from .naming import TEMP_MARKER, blob_relative_path
@@ -31,6 +32,7 @@ from .verify import is_zip, verify_backup
 
 ASIDE_PREFIX = "stash-restore-"
 BLOB_BATCH = 2000  # blobs written between two syncs
+COPY_CHUNK = 4 * 1024 * 1024
 
 
 @dataclass
@@ -112,10 +114,23 @@ class _Inspection:
     blob_members: dict = field(default_factory=dict)  # checksum -> ZipInfo
     schema_version: Optional[int] = None
     blobs_not_included: set = field(default_factory=set)
+    recorded: Optional[Entry] = None  # the archive's record of this file, when it is in one
+
+    @property
+    def expected_sha256(self) -> Optional[str]:
+        """The SHA-256 to check while staging: a plain database's. A zip's entries
+        carry their own CRC-32 (and blobs their MD5), all checked on the staged copy;
+        its whole-file hash would cost a second read of every byte."""
+        return self.recorded.sha256 if self.recorded and self.kind == "sqlite" and self.recorded.sha256 else None
 
 
 def read_backup(backup: Path) -> _Inspection:
-    """What the backup holds, from its headers alone (cheap): enough to check space."""
+    """What the backup holds, from its headers alone (cheap): enough to check space.
+    A backup in an archive must still have the size its manifest recorded."""
+    recorded = recorded_entry(backup)
+    if recorded and backup.stat().st_size != recorded.size:
+        raise VerificationError(f"{backup} is {backup.stat().st_size} bytes but the archive's manifest says "
+                                f"{recorded.size}: the file changed or is truncated")
     if is_zip(backup):
         try:
             with zipfile.ZipFile(backup) as archive:
@@ -123,15 +138,24 @@ def read_backup(backup: Path) -> _Inspection:
                 size = archive.getinfo(layout.database_member).file_size
         except zipfile.BadZipFile as error:
             raise VerificationError(f"{backup} is not a readable zip ({error}): the file is damaged") from error
-        return _Inspection("zip", size, layout.database_member, layout.blob_members)
+        return _Inspection("zip", size, layout.database_member, layout.blob_members, recorded=recorded)
     if not has_sqlite_header(backup):
         raise VerificationError(f"{backup} is not an SQLite database (bad header): it is not a Stash backup")
-    return _Inspection("sqlite", backup.stat().st_size)
+    return _Inspection("sqlite", backup.stat().st_size, recorded=recorded)
+
+
+def recorded_entry(backup: Path) -> Optional[Entry]:
+    """The manifest entry of a backup that lies in an archive folder, else None.
+    A damaged manifest refuses (StorageError): its record cannot be checked."""
+    if not (backup.parent / MANIFEST_NAME).is_file():
+        return None
+    return Archive(backup.parent).find(backup.name)
 
 
 def verify_without_staging(backup: Path, inspection: _Inspection, level: str, report: Reporter) -> None:
     """The dry run's check: everything, in a scratch folder, nothing beside the database."""
-    verified = verify_backup(backup, level, want_sha256=False, progress=report.bytes_progress("verifying backup"))
+    verified = verify_backup(backup, level, want_sha256=False, expected_sha256=inspection.expected_sha256,
+                             progress=report.bytes_progress("verifying backup"))
     inspection.schema_version, inspection.blobs_not_included = verified.schema_version, verified.blobs_not_included
 
 
@@ -326,11 +350,27 @@ def _stage_database(backup: Path, inspection: _Inspection, target: Target, repor
                 fullbackup.copy_member(archive, inspection.database_member, out)
         else:
             with open(backup, "rb") as source:
-                copy_file(source, out)
+                _copy_checked(source, out, inspection.expected_sha256, backup)
         _match_ownership(staged, target.database)
     swap.crash_point("staged")
     report.progress(1.0)
     return staged
+
+
+def _copy_checked(source, target, expected_sha256: Optional[str], backup: Path) -> None:
+    """Copy; with a recorded SHA-256, hash the bytes as they pass (one read) and
+    refuse a copy that differs: a flipped byte in an unindexed column passes even
+    integrity_check."""
+    if not expected_sha256:
+        copy_file(source, target)
+        return
+    digest = hashlib.sha256()
+    while chunk := source.read(COPY_CHUNK):
+        digest.update(chunk)
+        target.write(chunk)
+    if digest.hexdigest() != expected_sha256:
+        raise VerificationError(f"{backup} has SHA-256 {digest.hexdigest()[:12]}… but the archive's manifest says "
+                                f"{expected_sha256[:12]}…: the file is damaged")
 
 
 def copy_file(source, target) -> None:

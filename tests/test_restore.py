@@ -4,6 +4,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from stash_backup_plugin import restore as engine
+from stash_backup_plugin.archive import Archive, Entry
 from stash_backup_plugin.errors import RestoreRefused, UsageError, VerificationError
 from stash_backup_plugin.reporting import Reporter
 from stash_backup_plugin.stash_config import load_config
@@ -98,6 +100,57 @@ def test_bad_backup_is_refused_with_nothing_changed(install, tmp_path):
     with pytest.raises(VerificationError):
         do_restore(install, bad)
     assert snapshot(install.root) == before
+
+
+def archived(install, tmp_path, backup: Path) -> Path:
+    """A copy of `backup` in an archive folder, recorded in its manifest."""
+    folder = tmp_path / "archive"
+    folder.mkdir(exist_ok=True)
+    copy = folder / backup.name
+    shutil.copyfile(backup, copy)
+    data = copy.read_bytes()
+    Archive(folder).record(Entry(file=copy.name, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                                 schema_version=75, created="2026-11-26T18:01:02", kind="sqlite", verified_ok=True))
+    return copy
+
+
+def flip_unindexed_byte(install, database: Path) -> None:
+    """Change one character of performer-0's image_blob, a column no index covers:
+    quick_check and even integrity_check still pass."""
+    checksum = list(install.images)[0].encode()
+    data = bytearray(database.read_bytes())
+    at = data.index(b"performer-0" + checksum) + len(b"performer-0")
+    data[at] = ord("0") if data[at] != ord("0") else ord("1")
+    database.write_bytes(bytes(data))
+    connection = sqlite3.connect(f"file:{database}?immutable=1", uri=True)
+    assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    connection.close()
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["restore", "dry-run"])
+def test_an_archived_database_backup_must_match_its_recorded_sha256(install, tmp_path, dry_run):
+    backup = archived(install, tmp_path, install.backup_plain)
+    flip_unindexed_byte(install, backup)
+    before = snapshot(install.root)
+    with pytest.raises(VerificationError, match="SHA-256"):
+        do_restore(install, backup, check_level="full", dry_run=dry_run)
+    assert snapshot(install.root) == before
+
+
+def test_an_archived_backup_must_have_its_recorded_size(install, tmp_path):
+    backup = archived(install, tmp_path, install.backup_zip)
+    with open(backup, "ab") as grown:
+        grown.write(b"\0")
+    before = snapshot(install.root)
+    with pytest.raises(VerificationError, match="manifest says"):
+        do_restore(install, backup)
+    assert snapshot(install.root) == before
+
+
+def test_an_intact_archived_backup_is_restored_with_its_hash_checked_on_the_way(install, tmp_path):
+    backup = archived(install, tmp_path, install.backup_plain)
+    assert do_restore(install, backup).restored
+    assert install.names() == ["performer-0", "performer-1", "performer-2"]
 
 
 def test_newer_schema_is_refused_unless_allowed(install, tmp_path):
