@@ -40,13 +40,51 @@ def storage_error(action: str, path: Path, error: OSError) -> StorageError:
     return StorageError(f"cannot {action} {path}: {hint}")
 
 
+def take_parent_owner(path: Path) -> None:
+    """Give a file or folder we just created the owner (user and group) of the folder
+    it is in. Run as root, as a restore often is, it would be root's, and a Stash that
+    runs as another user (Docker PUID, a systemd User=) could no longer write there.
+    Only root can give files away; anyone else keeps what the system gave."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    parent, mine = os.stat(Path(path).parent), os.lstat(path)
+    if (mine.st_uid, mine.st_gid) == (parent.st_uid, parent.st_gid):
+        return
+    try:
+        os.chown(path, parent.st_uid, parent.st_gid, follow_symlinks=False)
+    except OSError as error:
+        # FAT, SMB and the like fix owners by mount options: nothing to give away there.
+        if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+            raise
+
+
+def make_folders(folder: Path) -> None:
+    """`mkdir -p`, where each folder made takes the owner of the one it is in."""
+    missing = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    for each in reversed(missing):
+        try:
+            each.mkdir()
+        except FileExistsError:
+            continue  # made meanwhile by another run
+        take_parent_owner(each)
+
+
 def temp_path_in(folder: Path, final_name: str) -> Path:
-    """A new, unique, empty temp file beside where `final_name` will go."""
+    """A new, unique, empty temp file beside where `final_name` will go, owned like
+    the folder (the rename keeps that owner)."""
     try:
         fd, name = tempfile.mkstemp(prefix=f".{final_name}{TEMP_MARKER}", dir=folder)
     except OSError as error:
         raise storage_error("create a file in", folder, error) from error
     os.close(fd)
+    try:
+        take_parent_owner(Path(name))
+    except OSError as error:
+        discard(Path(name))
+        raise storage_error("create a file in", folder, error) from error
     return Path(name)
 
 
@@ -114,6 +152,7 @@ def scratch_folder(near: Path) -> Iterator[Path]:
     except OSError:
         folder = tempfile.mkdtemp(prefix="stash-backup-scratch-")
     try:
+        take_parent_owner(Path(folder))  # a killed run's leftover must be removable by Stash's user
         yield Path(folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -20,7 +20,8 @@ from typing import Callable, Optional
 
 from . import fullbackup, swap
 from .archive import MANIFEST_NAME, Archive, Entry
-from .atomic import discard, fsync_dir, fsync_file, remove_stale_temps, staged_file, storage_error, temp_path_in
+from .atomic import (discard, fsync_dir, fsync_file, make_folders, remove_stale_temps, staged_file, storage_error,
+                     temp_path_in)
 from .errors import RestoreRefused, UsageError, VerificationError
 from .naming import TEMP_MARKER, blob_relative_path
 from .reporting import Reporter
@@ -343,7 +344,7 @@ def _confirm(options: RestoreOptions, question: str) -> None:
 
 def _stage_database(backup: Path, inspection: _Inspection, target: Target, report: Reporter) -> Path:
     """The new database as a unique temp file beside the target, fsynced."""
-    target.database.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(target.database.parent)
     with staged_file(target.database.parent, target.database.name) as (out, staged):
         if inspection.kind == "zip":
             with zipfile.ZipFile(backup) as archive:
@@ -416,7 +417,7 @@ def _extract_blobs(backup: Path, blobs: list, target: Target, aside: Path, repor
                 final = target.blobs_path / blob_relative_path(checksum)
                 if final.exists():
                     damaged = aside / "damaged-blobs" / blob_relative_path(checksum)
-                    damaged.parent.mkdir(parents=True, exist_ok=True)
+                    make_folders(damaged.parent)
                     os.replace(final, damaged)
                 os.replace(temp, final)
                 written += 1
@@ -430,7 +431,7 @@ def _extract_blobs(backup: Path, blobs: list, target: Target, aside: Path, repor
 def _stage_blob(archive: zipfile.ZipFile, checksum: str, info, blobs_path: Path) -> tuple[str, Path]:
     final = blobs_path / blob_relative_path(checksum)
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(final.parent)
         temp = temp_path_in(final.parent, final.name)
         with open(temp, "r+b") as out:
             actual = fullbackup.copy_member(archive, info.filename, out)

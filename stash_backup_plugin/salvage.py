@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .atomic import commit, discard, scratch_folder, temp_path_in
+from .atomic import commit, discard, make_folders, scratch_folder, take_parent_owner, temp_path_in
 from .errors import RestoreRefused, StorageError, UsageError
 
 
@@ -30,7 +30,7 @@ def salvage(database: Path, output: Path) -> SalvageReport:
         raise RestoreRefused(f"{output} already exists: choose a new --output file (it is never overwritten)")
     if output.resolve() == database.resolve():
         raise UsageError("--output must be a new file, not the damaged database")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(output.parent)
     with scratch_folder(output.parent) as work:
         private = work / database.name
         shutil.copyfile(database, private)
@@ -45,6 +45,7 @@ def salvage(database: Path, output: Path) -> SalvageReport:
             if method is None:
                 method = _copy_table_by_table(private, temp)
             _check_output(temp)
+            take_parent_owner(temp)  # sqlite3 made it: it is ours, not the folder owner's
             commit(temp, output)
         finally:
             discard(temp)

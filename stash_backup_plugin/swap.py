@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .atomic import fsync_dir, write_bytes_atomic
+from .atomic import fsync_dir, make_folders, write_bytes_atomic
 from .errors import RestoreRefused, StorageError
 from .sqlite_check import SIDE_SUFFIXES
 from .stash_process import DB_LOCK_LENGTH, DB_LOCK_START
@@ -131,7 +131,7 @@ def current_inodes(database: Path) -> dict[str, int]:
 def perform(journal: Journal) -> None:
     """Move the current files aside and put the incoming ones in place."""
     database, aside = journal.database_path, journal.aside_path
-    aside.mkdir(parents=True, exist_ok=True)
+    make_folders(aside)
     fsync_dir(database.parent)
     crash_point("aside-created")
     incoming_db = Path(journal.incoming[""][0])

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from stash_backup_plugin.archive import Archive, Entry
-from stash_backup_plugin.atomic import temp_path_in
+from stash_backup_plugin.atomic import scratch_folder, temp_path_in
 from stash_backup_plugin.errors import StorageError
 
 
@@ -66,6 +66,28 @@ def test_temp_files_of_a_killed_run_are_removed_by_the_next_run(tmp_path):
     with archive.locked():
         pass
     assert not leftover.exists() and (tmp_path / "keep-me.txt").exists()
+
+
+STASH_USER = (1234, 1234)  # a uid/gid that is not ours, as a Docker PUID or a systemd User= is
+
+
+def owned_by_others(root):
+    """Paths under root (root included) whose owner is not STASH_USER."""
+    return [p for p in [root, *root.rglob("*")] if (os.lstat(p).st_uid, os.lstat(p).st_gid) != STASH_USER]
+
+
+def test_what_a_root_run_creates_in_the_archive_takes_the_folders_owner(tmp_path):
+    assert os.geteuid() == 0, "this test gives files away with chown: run the tests as root"
+    home = tmp_path / "stash-home"
+    home.mkdir()
+    os.chown(home, *STASH_USER)
+    archive = Archive(home / "backups" / "archive")  # two folders to make
+    with archive.locked():
+        archive.add(staged(archive), entry())
+        with scratch_folder(archive.folder) as scratch:
+            assert (os.stat(scratch).st_uid, os.stat(scratch).st_gid) == STASH_USER
+    assert owned_by_others(home) == []
+    assert {p.name for p in archive.folder.iterdir()} == {".stash-backup.lock", "manifest.json", entry().file}
 
 
 def test_unregistered_backup_files_are_found(tmp_path):

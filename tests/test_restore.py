@@ -280,6 +280,26 @@ def test_restore_into_an_empty_place(tmp_path, install):
     assert result.restored and names_in(fresh) == ["performer-0", "performer-1", "performer-2"]
 
 
+def test_what_a_root_restore_creates_takes_its_folders_owner(install):
+    """Run as root for a Stash that runs as another user: blob folders, the aside
+    folder, its record and the restored files must stay that user's."""
+    assert os.geteuid() == 0, "this test gives files away with chown: run the tests as root"
+    stash_user = (1234, 1234)
+    for path in [install.root, *install.root.rglob("*")]:
+        os.lchown(path, *stash_user)
+    checksums = sorted(install.images)
+    shutil.rmtree(install.blobs / checksums[0][:2])  # its folders must be made again
+    (install.blobs / blob_path(checksums[1])).write_bytes(b"bit rot")  # moves into damaged-blobs/aa/bb/
+    result = do_restore(install, install.backup_zip)
+    engine.undo(target(install), engine.RestoreOptions(assume_yes=True), Reporter())
+    made = [p for p in [install.root, *install.root.rglob("*")] if (os.lstat(p).st_uid, os.lstat(p).st_gid) != stash_user]
+    assert made == [] and (result.aside / "damaged-blobs").is_dir()
+
+
+def blob_path(checksum: str) -> str:
+    return f"{checksum[:2]}/{checksum[2:4]}/{checksum}"
+
+
 def test_restored_file_keeps_the_old_files_mode(install):
     os.chmod(install.database, 0o640)
     do_restore(install, install.backup_zip)
