@@ -17,7 +17,7 @@ from .graphql_client import StashClient
 from .plugin_protocol import PluginLogReporter, encode_output, read_input
 from .retention import Policy, parse_duration
 from .sqlite_check import FULL, QUICK
-from .stash_config import StashConfig, load_config
+from .stash_config import ARCHIVE_FOLDER_SETTING, StashConfig, load_config
 
 MODES = ("backup", "download", "verify", "retention")
 
@@ -50,7 +50,7 @@ def _as_count(name: str, value) -> int:
 
 def settings_from(values: dict, config_dir: Path) -> Settings:
     """Settings with defaults for what the user never set (Stash omits unset ones)."""
-    folder = values.get("archiveFolder") or ""
+    folder = values.get(ARCHIVE_FOLDER_SETTING) or ""
     within = (values.get("keepWithin") or "").strip()
     policy = Policy(
         last=_as_count("keepLast", values.get("keepLast")),

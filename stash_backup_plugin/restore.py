@@ -23,7 +23,7 @@ from .archive import MANIFEST_NAME, Archive, Entry
 from .atomic import (discard, fsync_dir, fsync_file, make_folders, remove_stale_temps, staged_file, storage_error,
                      temp_path_in)
 from .errors import RestoreRefused, UsageError, VerificationError
-from .naming import TEMP_MARKER, blob_relative_path
+from .naming import TEMP_MARKER, blob_relative_path, is_anonymised_name
 from .reporting import Reporter
 from .restore_plan import Plan, RestoreFacts, build_plan, space_refusal
 from .sqlite_check import QUICK, check_database, has_sqlite_header, read_schema_version
@@ -61,6 +61,7 @@ class RestoreOptions:
     stash_stopped: bool = False  # the user vouches that Stash is stopped (probes inconclusive)
     check_level: str = QUICK
     confirm: Optional[Callable[[str], bool]] = None
+    allow_anonymised: bool = False  # restore Stash's anonymised database in place of the real one
 
 
 @dataclass
@@ -84,6 +85,17 @@ def ensure_stash_stopped(target: Target, options: RestoreOptions) -> None:
     if finding.doubts and not options.stash_stopped:
         raise RestoreRefused(f"cannot tell whether Stash is stopped here ({'; '.join(finding.doubts)}): stop Stash "
                              "and pass --stash-stopped to confirm. Nothing was changed")
+
+
+def _guard_anonymised(backup: Path, options: RestoreOptions, report: Reporter) -> None:
+    if not is_anonymised_name(backup.name):
+        return
+    if not options.allow_anonymised:
+        raise RestoreRefused(f"{backup.name} is Stash's anonymised copy of a database, not a backup: restoring it "
+                             "would replace your library's names, paths and details with scrambled ones. If that is "
+                             "what you want, give its path with --allow-anonymised. Nothing was changed")
+    report.warning(f"{backup.name} is an anonymised database: your real data will be replaced by anonymised data "
+                   "(stash-restore --undo puts the current database back)")
 
 
 def recover_interrupted(database: Path, report: Reporter) -> Optional[swap.Journal]:
@@ -273,6 +285,7 @@ def aside_folder_for(database: Path, now: Optional[datetime] = None) -> Path:
 def restore(backup: Path, target: Target, options: RestoreOptions, report: Reporter) -> RestoreResult:
     if not backup.is_file():
         raise UsageError(f"backup {backup} does not exist: give a backup file or its name (see --list)")
+    _guard_anonymised(backup, options, report)
     ensure_stash_stopped(target, options)
     if not options.dry_run:
         finished = recover_interrupted(target.database, report)

@@ -19,7 +19,7 @@ from typing import Optional
 from . import restore as engine
 from .archive import DEFAULT_FOLDER_NAME, Archive
 from .errors import UsageError, VerificationError
-from .naming import is_temp_name, parse_backup_name
+from .naming import is_anonymised_name, is_temp_name, parse_backup_name
 from .reporting import human_size
 from .salvage import salvage
 from .sqlite_check import CHECK_LEVELS, QUICK
@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     parser.add_argument("--allow-newer-schema", action="store_true",
                         help="restore a backup whose schema is newer than the current database's")
+    parser.add_argument("--allow-anonymised", action="store_true",
+                        help="restore Stash's anonymised database (given by its path) over the real one")
     parser.add_argument("--stash-stopped", action="store_true",
                         help="you confirm Stash is stopped, where this machine cannot check it")
     parser.add_argument("--check", choices=CHECK_LEVELS, default=QUICK,
@@ -77,9 +79,10 @@ def _backup_folders(args, target: engine.Target) -> list[Path]:
     if target.config:
         folders.append(target.config.backup_directory)
     folders.append(target.database.parent)
-    archive = args.archive or (target.config.folder / DEFAULT_FOLDER_NAME if target.config else None)
-    if archive:
-        folders.append(archive.expanduser())
+    if args.archive:
+        folders.append(args.archive.expanduser())
+    elif target.config:  # the plugin's Archive folder setting, and its default
+        folders += target.config.plugin_archive_folders + [target.config.folder / DEFAULT_FOLDER_NAME]
     unique = []
     for folder in folders:
         if folder not in unique:
@@ -91,6 +94,8 @@ def _resolve_backup(name: str, args, target: engine.Target) -> Path:
     given = Path(name).expanduser()
     if given.is_file():
         return given.resolve()
+    if is_anonymised_name(given.name):  # never offered by --list, never found by name alone
+        raise UsageError(f"{name!r} is Stash's anonymised database, not a backup: it is found only by its path")
     for folder in _backup_folders(args, target):
         candidate = folder / name
         if candidate.is_file():
@@ -149,7 +154,7 @@ def _run(args, report) -> int:
     target = _target(args, report)
     options = engine.RestoreOptions(dry_run=args.dry_run, assume_yes=args.yes,
                                     allow_newer_schema=args.allow_newer_schema, stash_stopped=args.stash_stopped,
-                                    check_level=args.check,
+                                    check_level=args.check, allow_anonymised=args.allow_anonymised,
                                     confirm=_confirm_on_terminal if sys.stdin.isatty() else None)
     if args.list:
         return cmd_list(args, target)

@@ -15,6 +15,8 @@ CONFIG_NAME = "config.yml"
 DEFAULT_DATABASE_NAME = "stash-go.sqlite"
 FILESYSTEM, DATABASE = "FILESYSTEM", "DATABASE"
 DEFAULT_PORT = 9999
+# The plugin's setting, stored by Stash under `plugins.settings.<plugin id>` in config.yml.
+ARCHIVE_FOLDER_SETTING = "archiveFolder"
 
 
 @dataclass
@@ -62,6 +64,16 @@ class StashConfig:
     def host(self) -> str:
         return str(self.get("host", "0.0.0.0"))
 
+    @property
+    def plugin_archive_folders(self) -> list[Path]:
+        """Every archive folder set in a plugin's settings. Our plugin's ID is whatever
+        the user installed it as, and Stash nests an ID with dots (`a.b` -> a: b:), so
+        any plugin's `archiveFolder` counts: a folder only adds backups to look at,
+        and each is verified before anything changes."""
+        settings = self.values.get("plugins", {})
+        settings = settings.get("settings", {}) if isinstance(settings, dict) else {}
+        return [self.resolve_path(folder) for folder in _setting_values(settings, ARCHIVE_FOLDER_SETTING)]
+
     def resolve_path(self, written: str) -> Path:
         """The path as written when it exists; otherwise the same path found under the
         config folder (a Docker config names paths inside the container)."""
@@ -75,6 +87,16 @@ class StashConfig:
                 self.relocated.append((str(written), candidate))
                 return candidate
         return raw
+
+
+def _setting_values(tree, name: str, depth: int = 4) -> list[str]:
+    if not isinstance(tree, dict) or depth == 0:
+        return []
+    found = [tree[name]] if isinstance(tree.get(name), str) and tree[name].strip() else []
+    for key, value in tree.items():
+        if key != name:
+            found += _setting_values(value, name, depth - 1)
+    return found
 
 
 def _relocation_candidates(written: str, folder: Path) -> list[Path]:

@@ -21,7 +21,7 @@ from stash_backup_plugin.stash_config import load_config
 
 from .conftest import run_restore
 from .restore_fixtures import make_install
-from .stashlike import make_database, names_in
+from .stashlike import make_database, names_in, vacuum_copy
 
 
 def snapshot(folder: Path) -> dict:
@@ -351,6 +351,51 @@ def test_cli_list_shows_backups(install):
     rows = json.loads(result.stdout)
     assert {r["path"] for r in rows} == {str(install.backup_plain), str(install.backup_zip)}
     assert {r["schema_version"] for r in rows} == {75}
+
+
+def anonymised_beside_the_backups(install) -> Path:
+    return vacuum_copy(install.database, install.backup_plain.parent / "stash-go.sqlite.anonymous.75.20261127_090000")
+
+
+def test_cli_never_offers_or_finds_stashs_anonymised_database_by_name(install):
+    anonymised = anonymised_beside_the_backups(install)
+    listed = run_restore("--list", "--config", str(install.config), "--json")
+    assert listed.returncode == 0 and str(anonymised) not in {r["path"] for r in json.loads(listed.stdout)}
+    before = snapshot(install.root)
+    by_name = run_restore(anonymised.name, "--config", str(install.config), "--yes", "--allow-anonymised")
+    assert by_name.returncode != 0 and "found only by its path" in by_name.stderr
+    assert snapshot(install.root) == before
+
+
+def test_cli_restores_an_anonymised_database_only_by_path_with_the_flag_and_a_warning(install):
+    anonymised = anonymised_beside_the_backups(install)
+    before = snapshot(install.root)
+    refused = run_restore(str(anonymised), "--config", str(install.config), "--yes")
+    assert refused.returncode != 0 and "--allow-anonymised" in refused.stderr and "Traceback" not in refused.stderr
+    assert snapshot(install.root) == before
+    allowed = run_restore(str(anonymised), "--config", str(install.config), "--yes", "--allow-anonymised")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "your real data will be replaced by anonymised data" in allowed.stderr
+
+
+def test_cli_looks_in_the_plugins_archive_folder_setting(install, tmp_path):
+    """Stash stores plugin settings in config.yml under plugins.settings.<id>, and
+    nests an ID with dots (checked against a real Stash: see test_e2e_restore)."""
+    import yaml
+    folders = {"plain": tmp_path / "my-archive", "dotted": tmp_path / "dotted-archive"}
+    config = yaml.safe_load(install.config.read_text())
+    config["plugins"] = {"settings": {"my-backups": {"archiveFolder": str(folders["plain"]), "keepDaily": 7},
+                                      "my": {"backups": {"archiveFolder": str(folders["dotted"])}}}}
+    install.config.write_text(yaml.safe_dump(config))
+    copies = []
+    for folder in folders.values():
+        folder.mkdir()
+        copies.append(folder / install.backup_zip.name.replace("180103", "200000" if "dotted" in folder.name else "210000"))
+        shutil.copyfile(install.backup_zip, copies[-1])
+    listed = run_restore("--list", "--config", str(install.config), "--json")
+    assert {str(c) for c in copies} <= {r["path"] for r in json.loads(listed.stdout)}
+    by_name = run_restore(copies[0].name, "--config", str(install.config), "--dry-run")
+    assert by_name.returncode == 0, by_name.stderr
 
 
 def test_docker_paths_are_found_relative_to_the_config_folder(install, tmp_path):
