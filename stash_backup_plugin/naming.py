@@ -65,6 +65,17 @@ def is_temp_name(name: str) -> bool:
     return TEMP_MARKER in name
 
 
+# After the marker, a temp name says who made it: `<pid>.<machine>-`, the machine
+# being this boot of this host in this PID namespace (see atomic.temp_owner_tag).
+_OWNER = re.compile(re.escape(TEMP_MARKER) + r"(?P<pid>\d+)\.(?P<machine>[0-9a-f]{8})-")
+
+
+def temp_owner(name: str) -> Optional[tuple[int, str]]:
+    """(pid, machine) of the run that made a temp file, or None for older names."""
+    match = _OWNER.search(name)
+    return (int(match["pid"]), match["machine"]) if match else None
+
+
 def blob_member_name(checksum: str) -> str:
     """Where a blob lives inside a full backup zip, as Stash lays out its blobs folder."""
     return f"blobs/{checksum[0:2]}/{checksum[2:4]}/{checksum}"
