@@ -1,6 +1,7 @@
 """Is Stash running on this database? An idle Stash holds no lock on its database
 (its pools close idle connections after 30 s), so three probes are combined: SQLite's
-locks on the files, the process table, and the HTTP port. Standard library only."""
+locks on the files, the process table, and the HTTP port. Standard library (and
+PyYAML, to read another Stash's config)."""
 from __future__ import annotations
 
 import os
@@ -92,7 +93,7 @@ def _probe_processes(database: Path, config_path: Optional[Path], finding: Findi
     if Path("/proc/self/cmdline").exists():
         for process in _linux_processes():
             if process.argv and _is_stash_name(process.argv[0]):
-                _judge_linux_process(process, config_path, finding)
+                _judge_linux_process(process, database, config_path, finding)
         return
     listed = _ps_processes()
     if listed is None:
@@ -137,37 +138,71 @@ def _read_environ(entry: Path) -> Optional[dict[str, str]]:
     return {name: value for name, _, value in pairs}
 
 
-def _judge_linux_process(process: LinuxProcess, config_path: Optional[Path], finding: Finding) -> None:
-    """A Stash process counts when it serves this config. One we cannot look into
+def _judge_linux_process(process: LinuxProcess, database: Path, config_path: Optional[Path],
+                         finding: Finding) -> None:
+    """A Stash process counts when it serves this install. One we cannot look into
     (another user's, without root) cannot be ruled out: it is a doubt."""
     described = f"Stash process {process.pid} ({' '.join(process.argv)[:80]})"
-    if config_path is None:
-        finding.running.append(described)  # nothing to tell instances apart by: assume it is ours
-        return
     try:
-        same = _same_instance(process, config_path)
+        ours = _same_instance(process, database, config_path)
     except PermissionError:
         finding.unknown.append(f"{described}: its config file cannot be read here (run as its user or root)")
         return
-    if same:
+    if ours:
         finding.running.append(described)
 
 
-def _same_instance(process: LinuxProcess, config_path: Path) -> bool:
-    """Does the process use this config file? Found as Stash finds it (--config, then
-    STASH_CONFIG_FILE, then config.yml in its working directory, then ~/.stash), and
-    compared by device and inode: paths differ between a container and the host."""
-    wanted = os.stat(config_path)
+def _same_instance(process: LinuxProcess, database: Path, config_path: Optional[Path]) -> bool:
+    """With our config: does the process read that very file? Without one (a restore
+    given --database): does the process's config name this database? Files are
+    compared by device and inode: paths differ between a container and the host.
+    Whatever stays unclear counts as ours."""
+    used = _config_in_use(process)
+    if config_path is not None:
+        return used is not None and _same_file(used, config_path)
+    if used is None:
+        return True
+    written = _database_setting(used)
+    return _same_file(process.view(written), database) if written else True
+
+
+def _config_in_use(process: LinuxProcess) -> Optional[Path]:
+    """The config file the process reads, as a path into its view of the files,
+    found as Stash finds it: --config, then STASH_CONFIG_FILE, then config.yml in its
+    working directory, then ~/.stash (the first that exists). None when none does."""
     for candidate in _config_candidates(process):
+        seen = process.view(candidate)
         try:
-            found = os.stat(process.view(candidate))
+            os.stat(seen)
         except PermissionError:
             raise
         except OSError:
             continue  # not there: Stash would not use it either
-        # Stash takes the first that exists; an explicit one is taken even if missing.
-        return (found.st_dev, found.st_ino) == (wanted.st_dev, wanted.st_ino)
-    return False
+        return seen
+    return None
+
+
+def _database_setting(config: Path) -> Optional[str]:
+    import yaml  # only here: the rest of this module is standard library
+    try:
+        values = yaml.safe_load(config.read_text(encoding="utf-8", errors="replace"))
+    except PermissionError:
+        raise
+    except (OSError, yaml.YAMLError):
+        return None
+    written = values.get("database") if isinstance(values, dict) else None
+    return written if isinstance(written, str) and written else None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        first = os.stat(a)
+        second = os.stat(b)
+    except PermissionError:
+        raise
+    except OSError:
+        return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
 
 
 def _config_candidates(process: LinuxProcess) -> list[str]:

@@ -147,3 +147,19 @@ def test_a_stash_in_its_own_root_is_matched_by_inode_not_by_path(install, tmp_pa
     os.replace(tmp_path / "decoy.yml", root / "config.yml")  # same path inside, another file
     with running(fake_stash(tmp_path, "--config", "/config.yml", chroot=root)):
         assert probe(database, config, "127.0.0.1", None).certain_stopped
+
+
+def test_without_a_config_the_processs_own_config_tells_which_database_it_serves(install, tmp_path):
+    """A restore given --database has no config to compare: another Stash on the
+    machine, serving another database, is not ours; one whose config names this
+    database (here as a relative path, from its own folder) is."""
+    database, _ = install
+    other = tmp_path / "other.yml"
+    other.write_text("database: /elsewhere/stash-go.sqlite\n")
+    with running(fake_stash(tmp_path, "--config", str(other))):
+        assert probe(database, None, "127.0.0.1", None).certain_stopped
+    same_database = tmp_path / "same.yml"
+    same_database.write_text(f"database: {database.name}\n")
+    with running(fake_stash(tmp_path, "--config", str(same_database), cwd=database.parent)) as process:
+        finding = probe(database, None, "127.0.0.1", None)
+        assert any(f"Stash process {process.pid}" in r for r in finding.running)
