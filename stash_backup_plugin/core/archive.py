@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .atomic import commit, remove_stale_temps, storage_error, write_bytes_atomic
+from .atomic import commit, make_folders, remove_stale_temps, storage_error, take_parent_owner, write_bytes_atomic
 from .errors import StorageError, UsageError
 from .naming import is_temp_name, parse_backup_name, with_counter
 
@@ -69,8 +69,12 @@ class Archive:
     def locked(self) -> Iterator["Archive"]:
         """Hold the archive for this run; clean up what a killed run left."""
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            handle = open(self.folder / LOCK_NAME, "a+b")
+            make_folders(self.folder)
+            lock = self.folder / LOCK_NAME
+            created = not lock.exists()
+            handle = open(lock, "a+b")
+            if created:
+                take_parent_owner(lock)
         except OSError as error:
             raise storage_error("use the archive folder", self.folder, error) from error
         with handle:
