@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Optional
 
 from .core import backup_zip as fullbackup
-from .core.archive import Archive, Entry, entry_from_name, utc_now
+from .core.archive import Archive, Entry, backup_files, entry_from_name, utc_now
 from .core.atomic import discard, staged_file
 from .core.errors import (ConfigError, DownloadError, LinkExpiredError, StashBackupError,
                      VerificationError)
 from .server.api import UNKNOWN_SERVER, Downloaded, ServerInfo, StashAPI
-from .core.naming import blob_relative_path, parse_backup_name, zip_name_for
+from .core.naming import blob_relative_path, zip_name_for
 from .core.reporting import Reporter, human_size
 from .core.retention import Decision, Duration, Policy, plan_retention
 from .core.sqlite_check import QUICK, check_database
@@ -67,9 +67,7 @@ def _server_backup_folder(info: ServerInfo) -> Optional[Path]:
 
 
 def _backup_files(folder: Optional[Path]) -> set[Path]:
-    if not folder or not folder.is_dir():
-        return set()
-    return {p for p in folder.iterdir() if p.is_file() and parse_backup_name(p.name)}
+    return {path for path, _ in backup_files(folder)}
 
 
 # --- Download into the archive ------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 
 from .atomic import commit, make_folders, remove_stale_temps, storage_error, take_parent_owner, write_bytes_atomic
 from .errors import StorageError, UsageError
-from .naming import is_temp_name, parse_backup_name, with_counter
+from .naming import BackupName, is_temp_name, parse_backup_name, with_counter
 
 MANIFEST_NAME = "manifest.json"
 # The plugin's default archive, beside Stash's config.yml; stash-restore looks there too.
@@ -24,6 +24,20 @@ FORMAT = 1
 def utc_now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
+
+
+def backup_files(folder: Optional[Path]) -> list[tuple[Path, BackupName]]:
+    """The Stash backups in a folder (Stash's backup folder, an archive), oldest name
+    first: files named as Stash names backups, never our temps nor Stash's anonymised
+    database. One definition, so that every listing agrees."""
+    if not folder or not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.iterdir()):
+        parsed = None if is_temp_name(path.name) else parse_backup_name(path.name)
+        if parsed and path.is_file():
+            found.append((path, parsed))
+    return found
 
 @dataclass
 class Entry:
@@ -102,9 +116,7 @@ class Archive:
         if not self.folder.is_dir():
             return []
         known = {e.file for e in self.entries()}
-        return sorted(p for p in self.folder.iterdir()
-                      if p.is_file() and p.name not in known and not is_temp_name(p.name)
-                      and parse_backup_name(p.name))
+        return [path for path, _ in backup_files(self.folder) if path.name not in known]
 
     def newest_verified(self) -> Optional[Entry]:
         return next((e for e in self.entries() if e.verified_ok), None)

@@ -19,7 +19,7 @@ from typing import Optional
 # What parsing needs, and no more: the restore engine, the salvage and the config
 # reader are imported by the mode that uses them, so that --help is instant.
 from ..core.errors import UsageError, VerificationError
-from ..core.naming import is_anonymised_name, is_temp_name, parse_backup_name
+from ..core.naming import is_anonymised_name
 from ..core.sqlite_check import CHECK_LEVELS, QUICK
 from ..core.terminal import TerminalReporter, run_command
 
@@ -108,17 +108,14 @@ def _confirm_on_terminal(question: str) -> bool:
 
 
 def cmd_list(args, target: Target) -> int:
-    from ..core.archive import Archive
+    from ..core.archive import Archive, backup_files
     from ..core.reporting import human_size
     rows = []
     for folder in _backup_folders(args, target):
         if not folder.is_dir():
             continue
         recorded = {e.file: e for e in Archive(folder).entries()} if (folder / "manifest.json").exists() else {}
-        for path in sorted(folder.iterdir()):
-            parsed = parse_backup_name(path.name)
-            if not parsed or not path.is_file() or is_temp_name(path.name):
-                continue
+        for path, parsed in backup_files(folder):
             entry = recorded.get(path.name)
             rows.append({"path": str(path), "created": parsed.created.isoformat(sep=" "),
                          "schema_version": parsed.schema_version, "size": path.stat().st_size,
