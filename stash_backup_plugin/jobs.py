@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from .core import stored
-from .core.archive import Archive, Entry, entry_from_name, utc_now
+from .core.archive import Archive, Entry, backup_files, entry_from_name, utc_now
 from .core.atomic import discard
 from .core.record import Header
 from .core.store import crash_point
@@ -132,9 +132,7 @@ def _server_backup_folder(info: ServerInfo) -> Optional[Path]:
 
 
 def _backup_files(folder: Optional[Path]) -> set[Path]:
-    if not folder or not folder.is_dir():
-        return set()
-    return {p for p in folder.iterdir() if p.is_file() and parse_backup_name(p.name)}
+    return {path for path, _ in backup_files(folder)}
 
 
 # --- Download into the archive ------------------------------------------------------
@@ -452,8 +450,8 @@ def export_backup(archive: Archive, name: str, output: Path, report: Reporter) -
 
 
 def _copy_verified(source: Path, entry: Entry, output: Path, report: Reporter) -> None:
-    from .core.atomic import atomic_output
-    output.parent.mkdir(parents=True, exist_ok=True)
+    from .core.atomic import atomic_output, make_folders
+    make_folders(output.parent)
     with atomic_output(output) as (handle, temp), open(source, "rb") as original:
         while chunk := original.read(1024 * 1024):
             handle.write(chunk)

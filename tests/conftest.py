@@ -32,9 +32,10 @@ class ServerFactory:
         self.servers: list[StashServer] = []
 
     def __call__(self, version: str, blobs_storage: str = "FILESYSTEM", name: str = "stash",
-                 install_plugin: bool = True, tls: bool | str = False, host: str = "127.0.0.1", **extra) -> StashServer:
+                 install_plugin: bool = True, tls: bool | str = False, host: str = "127.0.0.1",
+                 config_via_env: bool = False, working_dir: Path | None = None, **extra) -> StashServer:
         server = StashServer(self._binaries[version], self._tmp / name, version, blobs_storage, extra_config=extra,
-                             tls=tls, host=host)
+                             tls=tls, host=host, config_via_env=config_via_env, working_dir=working_dir)
         self.servers.append(server)
         server.start()
         if install_plugin:

@@ -1,12 +1,18 @@
 """The local archive: atomic adds, manifest, lock, cleanup of a killed run's temps."""
+import contextlib
 import json
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from stash_backup_plugin.core.archive import Archive, Entry
-from stash_backup_plugin.core.atomic import temp_path_in
+from stash_backup_plugin.core.atomic import RUN_LIMIT_SECONDS, scratch_folder, temp_path_in
 from stash_backup_plugin.core.errors import StorageError
+from stash_backup_plugin.core.naming import TEMP_MARKER
 
 
 def entry(name="stash-go.sqlite.75.20261126_180102", created="2026-11-26T18:01:02", ok=True):
@@ -59,13 +65,93 @@ def test_remove_forgets_then_deletes(tmp_path):
     assert archive.entries() == [] and not (tmp_path / entry().file).exists()
 
 
+REPO = Path(__file__).resolve().parent.parent
+# A run that makes a temp file and a scratch folder (as `verify PATH` and a restore
+# dry run do, without the archive's lock), says where, and works on until killed.
+MAKES_TEMPS = ("import sys, time; from pathlib import Path\n"
+               "from stash_backup_plugin.core.atomic import scratch_folder, temp_path_in\n"
+               "folder = Path(sys.argv[1])\n"
+               "temp = temp_path_in(folder, 'stash-go.sqlite.75.20261126_180102.zip')\n"
+               "with scratch_folder(folder) as scratch:\n"
+               "    (scratch / 'stash-go.sqlite').write_bytes(b'extracted')\n"
+               "    print(temp, scratch, flush=True)\n"
+               "    time.sleep(120)\n")
+
+
+@contextlib.contextmanager
+def run_making_temps(folder):
+    """Yield (process, its temp file, its scratch folder); kill -9 it at the end."""
+    process = subprocess.Popen([sys.executable, "-c", MAKES_TEMPS, str(folder)], stdout=subprocess.PIPE, text=True,
+                               cwd=REPO)
+    try:
+        temp, scratch = process.stdout.readline().split()
+        yield process, Path(temp), Path(scratch)
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_temp_files_of_a_killed_run_are_removed_by_the_next_run(tmp_path):
     archive = Archive(tmp_path)
-    leftover = staged(archive)
+    with run_making_temps(tmp_path) as (_, temp, scratch):
+        pass  # killed here, as kill -9 would
     (tmp_path / "keep-me.txt").write_text("user file")
     with archive.locked():
         pass
-    assert not leftover.exists() and (tmp_path / "keep-me.txt").exists()
+    assert not temp.exists() and not scratch.exists() and (tmp_path / "keep-me.txt").exists()
+
+
+def test_a_live_runs_temps_survive_another_run_taking_the_lock(tmp_path):
+    """`verify PATH` or a restore dry run works in the archive without its lock: a
+    prune at that moment must not pull its scratch copy away."""
+    archive = Archive(tmp_path)
+    with run_making_temps(tmp_path) as (process, temp, scratch):
+        with archive.locked():
+            pass
+        assert process.poll() is None
+        assert temp.exists() and (scratch / "stash-go.sqlite").read_bytes() == b"extracted"
+
+
+def test_temps_whose_maker_cannot_be_asked_are_removed_only_after_a_day(tmp_path):
+    """Another host on a shared folder, another container, an older version's name:
+    the PID means nothing here, so only age tells."""
+    foreign = tmp_path / f".stash-go.sqlite.75.20261126_180102.zip{TEMP_MARKER}1.00000000-abc"
+    legacy = tmp_path / f".scratch{TEMP_MARKER}xyz"
+    foreign.write_bytes(b"partial")
+    legacy.mkdir()
+    (legacy / "stash-go.sqlite").write_bytes(b"extracted")
+    archive = Archive(tmp_path)
+    with archive.locked():
+        pass
+    assert foreign.exists() and legacy.exists()
+    day_and_a_bit = time.time() - RUN_LIMIT_SECONDS - 60
+    for path in (foreign, legacy, legacy / "stash-go.sqlite"):
+        os.utime(path, (day_and_a_bit, day_and_a_bit))
+    with archive.locked():
+        pass
+    assert not foreign.exists() and not legacy.exists()
+
+
+STASH_USER = (1234, 1234)  # a uid/gid that is not ours, as a Docker PUID or a systemd User= is
+
+
+def owned_by_others(root):
+    """Paths under root (root included) whose owner is not STASH_USER."""
+    return [p for p in [root, *root.rglob("*")] if (os.lstat(p).st_uid, os.lstat(p).st_gid) != STASH_USER]
+
+
+def test_what_a_root_run_creates_in_the_archive_takes_the_folders_owner(tmp_path):
+    assert os.geteuid() == 0, "this test gives files away with chown: run the tests as root"
+    home = tmp_path / "stash-home"
+    home.mkdir()
+    os.chown(home, *STASH_USER)
+    archive = Archive(home / "backups" / "archive")  # two folders to make
+    with archive.locked():
+        archive.add(staged(archive), entry())
+        with scratch_folder(archive.folder) as scratch:
+            assert (os.stat(scratch).st_uid, os.stat(scratch).st_gid) == STASH_USER
+    assert owned_by_others(home) == []
+    assert {p.name for p in archive.folder.iterdir()} == {".stash-backup.lock", "manifest.json", entry().file}
 
 
 def test_unregistered_backup_files_are_found(tmp_path):

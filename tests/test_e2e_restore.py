@@ -33,6 +33,17 @@ def download(server, dest, *args):
     return dest / json.loads(result.stdout)["file"]
 
 
+def wait_until_idle(server, deadline_s: float = 120):
+    """Past Stash's 30 s idle timeout its pools close: it checkpoints and removes -wal
+    and -shm itself, and holds no lock at all. Poll for that, with a deadline."""
+    wal = server.root / "stash-go.sqlite-wal"
+    deadline = time.monotonic() + deadline_s
+    while wal.exists():
+        assert time.monotonic() < deadline, f"Stash still has {wal} after {deadline_s} s"
+        assert server.running, server.log_tail()
+        time.sleep(0.5)
+
+
 def files_digest(server):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
             for p in server.root.iterdir() if p.name.startswith("stash-go.sqlite") and p.is_file()}
@@ -91,16 +102,58 @@ def test_restore_refuses_while_stash_is_busy_or_idle(stash_server_factory, stash
     busy = run_restore(str(backup), "--config", str(server.config_path), "--yes")
     assert busy.returncode != 0 and "Stash seems to be running" in busy.stderr
     assert files_digest(server) == before
-    # Past Stash's 30 s idle timeout its pools close: it checkpoints, removes -wal and
-    # -shm itself, and holds no lock at all. Only the process and port probes see it.
-    time.sleep(32)
-    assert not (server.root / "stash-go.sqlite-wal").exists()
+    wait_until_idle(server)  # no lock left: only the process and port probes see it
     before = files_digest(server)
     idle = run_restore(str(backup), "--config", str(server.config_path), "--yes")
     assert idle.returncode != 0 and "Stash seems to be running" in idle.stderr
     assert "Traceback" not in idle.stderr
     assert files_digest(server) == before
     assert not list(server.root.glob("stash-restore-*"))
+
+
+def test_restore_refuses_an_idle_stash_started_through_stash_config_file(stash_server_factory, tmp_path):
+    """As the official Docker image and many systemd units start it: STASH_CONFIG_FILE,
+    no --config, another working directory. Idle, it holds no lock; its process names
+    the config only in its environment, and its /healthz is proof that --stash-stopped
+    cannot overrule."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    server = stash_server_factory(NEW_VERSION, install_plugin=False, config_via_env=True, working_dir=elsewhere)
+    seed_content(server)
+    backup = download(server, tmp_path / "archive")
+    wait_until_idle(server)
+    before = files_digest(server)
+    for vouched in ([], ["--stash-stopped"]):
+        result = run_restore(str(backup), "--config", str(server.config_path), "--yes", *vouched)
+        assert result.returncode != 0, result.stderr
+        assert f"Stash seems to be running (Stash process {server.process.pid}" in result.stderr
+    assert files_digest(server) == before
+    assert not list(server.root.glob("stash-restore-*"))
+
+
+def test_restore_finds_backups_in_the_plugins_archive_folder_but_never_the_anonymised_database(
+        stash_server_factory, stash_version, tmp_path):
+    """The Archive folder setting as Stash really stores it in config.yml (the plugin
+    under another ID), and Stash's own "Anonymise database" output beside the backups."""
+    from tests.conftest import install_plugin_into
+    server = stash_server_factory(stash_version, install_plugin=False)
+    install_plugin_into(server, "my-backups")
+    archive = tmp_path / "my-archive"
+    server.graphql('mutation($i: Map!) { configurePlugin(plugin_id: "my-backups", input: $i) }',
+                   {"i": {"archiveFolder": str(archive)}})
+    seed_content(server)
+    assert server.run_plugin_task("my-backups", "Download backup to archive")["status"] == "FINISHED"
+    [archived] = [p for p in archive.iterdir() if p.name.startswith("stash-go.sqlite.")]
+    server.graphql("mutation { anonymiseDatabase(input: {download: false}) }")
+    [anonymised] = list(server.backups.glob("stash-go.sqlite.anonymous.*"))
+    server.stop()
+    listing = run_restore("--list", "--json", "--config", str(server.config_path))
+    listed = {row["path"] for row in json.loads(listing.stdout)}
+    assert str(archived) in listed and str(anonymised) not in listed, listing.stdout
+    by_name = run_restore(archived.name, "--config", str(server.config_path), "--dry-run")
+    assert by_name.returncode == 0, by_name.stderr
+    refused = run_restore(str(anonymised), "--config", str(server.config_path), "--yes")
+    assert refused.returncode != 0 and "--allow-anonymised" in refused.stderr
 
 
 def test_restore_refuses_a_backup_newer_than_the_database(stash_server_factory, stash_binaries, tmp_path):

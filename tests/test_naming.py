@@ -2,7 +2,8 @@ from datetime import datetime
 
 import pytest
 
-from stash_backup_plugin.core.naming import (blob_member_name, is_temp_name, parse_backup_name, zip_name_for)
+from stash_backup_plugin.core.naming import (blob_member_name, is_anonymised_name, is_temp_name, parse_backup_name,
+                                       zip_name_for)
 
 
 def test_parses_stash_backup_names():
@@ -12,6 +13,13 @@ def test_parses_stash_backup_names():
     assert parsed.created == datetime(2026, 11, 26, 18, 1, 2)
     assert not parsed.is_zip
     assert str(parsed) == "stash-go.sqlite.85.20261126_180102"
+
+
+def test_stashs_anonymised_database_is_not_a_backup():
+    """"Anonymise database" writes <db>.anonymous.<schema>.<time> beside the backups."""
+    name = "stash-go.sqlite.anonymous.75.20261126_180102"
+    assert parse_backup_name(name) is None and is_anonymised_name(name)
+    assert not is_anonymised_name("stash-go.sqlite.75.20261126_180102")
 
 
 def test_parses_full_backup_zip_names_and_custom_database_names():

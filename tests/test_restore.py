@@ -1,22 +1,29 @@
 """The offline restore on a stopped install on disk: verification first, refusals
 with nothing changed, the swap with its side files, undo, and the CLI's errors."""
+import contextlib
 import hashlib
+import json
 import os
+import shutil
+import socket
 import sqlite3
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
 
 from stash_backup_plugin.offline import restore as engine
 from stash_backup_plugin.offline import swap
+from stash_backup_plugin.core.archive import Archive, Entry
 from stash_backup_plugin.core.errors import RestoreRefused, StorageError, UsageError, VerificationError
-from stash_backup_plugin.core.naming import TEMP_MARKER
+from stash_backup_plugin.core.naming import TEMP_MARKER, blob_relative_path
 from stash_backup_plugin.core.reporting import Reporter
 from stash_backup_plugin.offline.stash_config import load_config
 
 from .conftest import run_restore
 from .restore_fixtures import make_install
-from .stashlike import make_database, names_in
+from .stashlike import make_database, names_in, vacuum_copy
 
 
 def snapshot(folder: Path) -> dict:
@@ -96,6 +103,57 @@ def test_bad_backup_is_refused_with_nothing_changed(install, tmp_path):
     assert snapshot(install.root) == before
 
 
+def archived(install, tmp_path, backup: Path) -> Path:
+    """A copy of `backup` in an archive folder, recorded in its manifest."""
+    folder = tmp_path / "archive"
+    folder.mkdir(exist_ok=True)
+    copy = folder / backup.name
+    shutil.copyfile(backup, copy)
+    data = copy.read_bytes()
+    Archive(folder).record(Entry(file=copy.name, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                                 schema_version=75, created="2026-11-26T18:01:02", kind="sqlite", verified_ok=True))
+    return copy
+
+
+def flip_unindexed_byte(install, database: Path) -> None:
+    """Change one character of performer-0's image_blob, a column no index covers:
+    quick_check and even integrity_check still pass."""
+    checksum = list(install.images)[0].encode()
+    data = bytearray(database.read_bytes())
+    at = data.index(b"performer-0" + checksum) + len(b"performer-0")
+    data[at] = ord("0") if data[at] != ord("0") else ord("1")
+    database.write_bytes(bytes(data))
+    connection = sqlite3.connect(f"file:{database}?immutable=1", uri=True)
+    assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    connection.close()
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["restore", "dry-run"])
+def test_an_archived_database_backup_must_match_its_recorded_sha256(install, tmp_path, dry_run):
+    backup = archived(install, tmp_path, install.backup_plain)
+    flip_unindexed_byte(install, backup)
+    before = snapshot(install.root)
+    with pytest.raises(VerificationError, match="SHA-256"):
+        do_restore(install, backup, check_level="full", dry_run=dry_run)
+    assert snapshot(install.root) == before
+
+
+def test_an_archived_backup_must_have_its_recorded_size(install, tmp_path):
+    backup = archived(install, tmp_path, install.backup_zip)
+    with open(backup, "ab") as grown:
+        grown.write(b"\0")
+    before = snapshot(install.root)
+    with pytest.raises(VerificationError, match="manifest says"):
+        do_restore(install, backup)
+    assert snapshot(install.root) == before
+
+
+def test_an_intact_archived_backup_is_restored_with_its_hash_checked_on_the_way(install, tmp_path):
+    backup = archived(install, tmp_path, install.backup_plain)
+    assert do_restore(install, backup).restored
+    assert install.names() == ["performer-0", "performer-1", "performer-2"]
+
+
 def test_newer_schema_is_refused_unless_allowed(install, tmp_path):
     newer = tmp_path / "newer.sqlite"
     make_database(newer, schema=99, wal=False)
@@ -146,6 +204,62 @@ def test_a_process_holding_the_database_makes_the_restore_refuse(install):
         holder.wait()
 
 
+@contextlib.contextmanager
+def listening_on(port: int, healthz: bool):
+    """Something on Stash's port: a web server whose /healthz answers (as Stash's
+    does, without a login), or a bare socket that never speaks HTTP."""
+    if not healthz:
+        with socket.create_server(("127.0.0.1", port)) as bare:
+            yield bare
+        return
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b".")
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", port), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_answering_healthz_is_proof_that_stash_stopped_cannot_overrule(install):
+    with listening_on(load_config(install.config).port, healthz=True):
+        before = snapshot(install.root)
+        with pytest.raises(RestoreRefused, match="Stash answers"):
+            do_restore(install, install.backup_zip, stash_stopped=True)
+        assert snapshot(install.root) == before
+
+
+def test_a_busy_port_that_is_not_stash_is_a_doubt_the_user_may_overrule(install):
+    with listening_on(load_config(install.config).port, healthz=False):
+        before = snapshot(install.root)
+        with pytest.raises(RestoreRefused, match="cannot tell.*--stash-stopped"):
+            do_restore(install, install.backup_zip)
+        assert snapshot(install.root) == before
+        assert do_restore(install, install.backup_zip, stash_stopped=True).restored
+
+
+def test_cli_finds_the_config_through_stashs_own_variable(install, tmp_path):
+    """Stash reads STASH_CONFIG_FILE (the Docker image sets it): so does --list."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"STASH_CONFIG_FILE": str(install.config), "STASH_CONFIG": "", "HOME": str(elsewhere)}
+    result = run_restore("--list", "--json", env=env, cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert str(install.backup_zip) in {row["path"] for row in json.loads(result.stdout)}
+    missing = run_restore("--list", env=dict(env, STASH_CONFIG_FILE=str(elsewhere / "none.yml")), cwd=elsewhere)
+    assert missing.returncode != 0 and "STASH_CONFIG_FILE names" in missing.stderr
+
+
 def test_undo_puts_back_the_old_database_and_its_wal_data(install):
     do_restore(install, install.backup_zip)
     engine.undo(target(install), engine.RestoreOptions(assume_yes=True), Reporter())
@@ -165,6 +279,22 @@ def test_restore_into_an_empty_place(tmp_path, install):
     result = engine.restore(install.backup_plain, engine.Target(fresh, None, "DATABASE"),
                             engine.RestoreOptions(assume_yes=True, stash_stopped=True), Reporter())
     assert result.restored and names_in(fresh) == ["performer-0", "performer-1", "performer-2"]
+
+
+def test_what_a_root_restore_creates_takes_its_folders_owner(install):
+    """Run as root for a Stash that runs as another user: blob folders, the aside
+    folder, its record and the restored files must stay that user's."""
+    assert os.geteuid() == 0, "this test gives files away with chown: run the tests as root"
+    stash_user = (1234, 1234)
+    for path in [install.root, *install.root.rglob("*")]:
+        os.lchown(path, *stash_user)
+    checksums = sorted(install.images)
+    shutil.rmtree(install.blobs / checksums[0][:2])  # its folders must be made again
+    (install.blobs / blob_relative_path(checksums[1])).write_bytes(b"bit rot")  # moves into damaged-blobs/aa/bb/
+    result = do_restore(install, install.backup_zip)
+    engine.undo(target(install), engine.RestoreOptions(assume_yes=True), Reporter())
+    made = [p for p in [install.root, *install.root.rglob("*")] if (os.lstat(p).st_uid, os.lstat(p).st_gid) != stash_user]
+    assert made == [] and (result.aside / "damaged-blobs").is_dir()
 
 
 def test_restored_file_keeps_the_old_files_mode(install):
@@ -218,6 +348,51 @@ def test_cli_list_shows_backups(install):
     rows = json.loads(result.stdout)
     assert {r["path"] for r in rows} == {str(install.backup_plain), str(install.backup_zip)}
     assert {r["schema_version"] for r in rows} == {75}
+
+
+def anonymised_beside_the_backups(install) -> Path:
+    return vacuum_copy(install.database, install.backup_plain.parent / "stash-go.sqlite.anonymous.75.20261127_090000")
+
+
+def test_cli_never_offers_or_finds_stashs_anonymised_database_by_name(install):
+    anonymised = anonymised_beside_the_backups(install)
+    listed = run_restore("--list", "--config", str(install.config), "--json")
+    assert listed.returncode == 0 and str(anonymised) not in {r["path"] for r in json.loads(listed.stdout)}
+    before = snapshot(install.root)
+    by_name = run_restore(anonymised.name, "--config", str(install.config), "--yes", "--allow-anonymised")
+    assert by_name.returncode != 0 and "found only by its path" in by_name.stderr
+    assert snapshot(install.root) == before
+
+
+def test_cli_restores_an_anonymised_database_only_by_path_with_the_flag_and_a_warning(install):
+    anonymised = anonymised_beside_the_backups(install)
+    before = snapshot(install.root)
+    refused = run_restore(str(anonymised), "--config", str(install.config), "--yes")
+    assert refused.returncode != 0 and "--allow-anonymised" in refused.stderr and "Traceback" not in refused.stderr
+    assert snapshot(install.root) == before
+    allowed = run_restore(str(anonymised), "--config", str(install.config), "--yes", "--allow-anonymised")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "your real data will be replaced by anonymised data" in allowed.stderr
+
+
+def test_cli_looks_in_the_plugins_archive_folder_setting(install, tmp_path):
+    """Stash stores plugin settings in config.yml under plugins.settings.<id>, and
+    nests an ID with dots (checked against a real Stash: see test_e2e_restore)."""
+    import yaml
+    folders = {"plain": tmp_path / "my-archive", "dotted": tmp_path / "dotted-archive"}
+    config = yaml.safe_load(install.config.read_text())
+    config["plugins"] = {"settings": {"my-backups": {"archiveFolder": str(folders["plain"]), "keepDaily": 7},
+                                      "my": {"backups": {"archiveFolder": str(folders["dotted"])}}}}
+    install.config.write_text(yaml.safe_dump(config))
+    copies = []
+    for folder in folders.values():
+        folder.mkdir()
+        copies.append(folder / install.backup_zip.name.replace("180103", "200000" if "dotted" in folder.name else "210000"))
+        shutil.copyfile(install.backup_zip, copies[-1])
+    listed = run_restore("--list", "--config", str(install.config), "--json")
+    assert {str(c) for c in copies} <= {r["path"] for r in json.loads(listed.stdout)}
+    by_name = run_restore(copies[0].name, "--config", str(install.config), "--dry-run")
+    assert by_name.returncode == 0, by_name.stderr
 
 
 def test_docker_paths_are_found_relative_to_the_config_folder(install, tmp_path):

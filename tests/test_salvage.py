@@ -1,6 +1,7 @@
 """--salvage on a damaged database: a recovered copy, row counts, original untouched."""
 import hashlib
 import shutil
+import subprocess
 
 import pytest
 
@@ -23,6 +24,13 @@ def damaged_database(tmp_path):
     return path
 
 
+def sqlite3_can_recover() -> bool:
+    """.recover reads pages through the sqlite_dbpage table. Debian 12's sqlite3 (3.40.1)
+    is built without it, and there .recover fails on every database, damaged or not."""
+    probe = subprocess.run(["sqlite3", ":memory:", "SELECT count(*) FROM sqlite_dbpage"], capture_output=True)
+    return probe.returncode == 0
+
+
 @pytest.mark.parametrize("use_cli", [True, False], ids=["sqlite3-recover", "table-by-table"])
 def test_salvage_recovers_rows_and_never_modifies_the_original(tmp_path, monkeypatch, use_cli):
     if use_cli and not shutil.which("sqlite3"):
@@ -34,10 +42,13 @@ def test_salvage_recovers_rows_and_never_modifies_the_original(tmp_path, monkeyp
     report = salvage(original, tmp_path / "recovered.sqlite")
     assert hashlib.sha256(original.read_bytes()).hexdigest() == digest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.sqlite", "recovered.sqlite"]
-    # sqlite3 3.40's .recover gives up on some damage; the copy then goes table by table
-    assert report.method in (("sqlite3 .recover", "table-by-table copy") if use_cli else ("table-by-table copy",))
-    assert report.rows["schema_migrations"][1] == 1
-    assert report.rows["performers"][1] > 0
+    # The method is the one this machine's tools allow, not whichever happened to run.
+    expected = "sqlite3 .recover" if use_cli and sqlite3_can_recover() else "table-by-table copy"
+    assert report.method == expected
+    # Only the last page is damaged: the rows on the others must all come back.
+    assert report.rows["schema_migrations"] == (1, 1)
+    assert report.rows["blobs"][1] == 200
+    assert 150 <= report.rows["performers"][1] <= 200
 
 
 def test_salvage_never_overwrites(tmp_path):

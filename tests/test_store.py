@@ -158,3 +158,23 @@ def test_pending_marker_and_cleanup_of_a_dead_run(tmp_path):
     (tmp_path / "incoming" / "leftover").write_bytes(b"x")
     removed = store.clean_after_killed_runs()
     assert not dead.exists() and not (tmp_path / "incoming" / "leftover").exists() and len(removed) == 2
+
+
+def test_what_the_store_creates_takes_the_archive_folders_owner(tmp_path):
+    """The plugin (Stash's user) and a CLI run as root share the archive: blobs,
+    their folders and snapshots get the archive folder's owner, as liveness's
+    take_parent_owner does for every file we create."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    owner = (4321, 4321) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    os.chown(archive, *owner)
+    store = Store(archive)
+    data = b"image bytes"
+    with store.blob_writer() as writer:
+        writer.add(hashlib.md5(data).hexdigest(), io.BytesIO(data))
+    database = tmp_path / "db"
+    database.write_bytes(b"x" * 1000)
+    commit_snapshot(store, "n.85.20261126_030000", write_snapshot(store, "n.85.20261126_030000", database)[0])
+    made = [p for p in archive.rglob("*")]
+    assert made and all((p.stat().st_uid, p.stat().st_gid) == owner for p in made), \
+        [(str(p), p.stat().st_uid) for p in made if (p.stat().st_uid, p.stat().st_gid) != owner]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import DEFAULT_PLUGIN_ID
-from ..core.atomic import storage_error, write_bytes_atomic
+from ..core.atomic import make_folders, storage_error, write_bytes_atomic
 from ..core.errors import ConfigError, UsageError
 
 PACKAGE = "stash_backup_plugin"
@@ -69,7 +69,7 @@ def install_plugin(plugins_dir: Path, plugin_id: str = DEFAULT_PLUGIN_ID) -> Pat
     files = runtime_files(plugin_id)
     manifest = f"{plugin_id}.yml"
     try:
-        (target / PACKAGE).mkdir(parents=True, exist_ok=True)
+        make_folders(target / PACKAGE)
         stray = [p for p in target.rglob("*.yml") if p.name != manifest]
         if stray:
             raise UsageError(f"{target} holds other .yml files ({stray[0].name}) that Stash would load as plugins: "
@@ -106,7 +106,7 @@ def _git_short_hash() -> Optional[str]:
 def build_package(output_dir: Path, plugin_id: str = DEFAULT_PLUGIN_ID) -> tuple[Path, Path]:
     """A plugin-manager source: <id>.zip (files at the zip root) and index.yml."""
     check_plugin_id(plugin_id)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    make_folders(output_dir)
     files = runtime_files(plugin_id)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:

@@ -14,9 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .atomic import commit, remove_stale_temps, storage_error, write_bytes_atomic
+from .atomic import commit, make_folders, remove_stale_temps, storage_error, take_parent_owner, write_bytes_atomic
 from .errors import StorageError, UsageError, VerificationError
-from .naming import is_temp_name, parse_backup_name, with_counter
+from .naming import BackupName, is_temp_name, parse_backup_name, with_counter
 from .record import Header
 from .store import Store
 
@@ -31,6 +31,20 @@ FORMAT = 1
 def utc_now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
+
+
+def backup_files(folder: Optional[Path]) -> list[tuple[Path, BackupName]]:
+    """The Stash backups in a folder (Stash's backup folder, an archive), oldest name
+    first: files named as Stash names backups, never our temps nor Stash's anonymised
+    database. One definition, so that every listing agrees."""
+    if not folder or not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.iterdir()):
+        parsed = None if is_temp_name(path.name) else parse_backup_name(path.name)
+        if parsed and path.is_file():
+            found.append((path, parsed))
+    return found
 
 @dataclass
 class Entry:
@@ -107,8 +121,12 @@ class Archive:
     def locked(self) -> Iterator["Archive"]:
         """Hold the archive for this run; clean up what a killed run left."""
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            handle = open(self.folder / LOCK_NAME, "a+b")
+            make_folders(self.folder)
+            lock = self.folder / LOCK_NAME
+            created = not lock.exists()
+            handle = open(lock, "a+b")
+            if created:
+                take_parent_owner(lock)
         except OSError as error:
             raise storage_error("use the archive folder", self.folder, error) from error
         with handle:
@@ -211,9 +229,7 @@ class Archive:
         if not self.folder.is_dir():
             return []
         known = {e.file for e in self._manifest_entries()}
-        return sorted(p for p in self.folder.iterdir()
-                      if p.is_file() and p.name not in known and not is_temp_name(p.name)
-                      and parse_backup_name(p.name))
+        return [path for path, _ in backup_files(self.folder) if path.name not in known]
 
     def newest_verified(self) -> Optional[Entry]:
         return next((e for e in self.entries() if e.verified_ok), None)

@@ -1,19 +1,27 @@
 """Atomic writes: a unique temp file in the target folder, fsync, os.replace, fsync
 the folder. A partial file never carries a final name; temp files left by a killed
-run carry TEMP_MARKER and are removed by the next run (`remove_stale_temps`)."""
+run carry TEMP_MARKER and the run's PID, and are removed by a later run once that
+process is gone (`remove_stale_temps`)."""
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import hashlib
 import os
+import socket
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Optional
 
 from .errors import StorageError
-from .naming import TEMP_MARKER
+from .naming import TEMP_MARKER, temp_owner
+
+# No run lives this long: a temp file or folder untouched for a day is abandoned, even
+# when its maker cannot be asked (another host on a shared folder, another container).
+RUN_LIMIT_SECONDS = 24 * 3600
 
 
 
@@ -40,13 +48,51 @@ def storage_error(action: str, path: Path, error: OSError) -> StorageError:
     return StorageError(f"cannot {action} {path}: {hint}")
 
 
-def temp_path_in(folder: Path, final_name: str) -> Path:
-    """A new, unique, empty temp file beside where `final_name` will go."""
+def take_parent_owner(path: Path) -> None:
+    """Give a file or folder we just created the owner (user and group) of the folder
+    it is in. Run as root, as a restore often is, it would be root's, and a Stash that
+    runs as another user (Docker PUID, a systemd User=) could no longer write there.
+    Only root can give files away; anyone else keeps what the system gave."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    parent, mine = os.stat(Path(path).parent), os.lstat(path)
+    if (mine.st_uid, mine.st_gid) == (parent.st_uid, parent.st_gid):
+        return
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{final_name}{TEMP_MARKER}", dir=folder)
+        os.chown(path, parent.st_uid, parent.st_gid, follow_symlinks=False)
+    except OSError as error:
+        # FAT, SMB and the like fix owners by mount options: nothing to give away there.
+        if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+            raise
+
+
+def make_folders(folder: Path) -> None:
+    """`mkdir -p`, where each folder made takes the owner of the one it is in."""
+    missing = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    for each in reversed(missing):
+        try:
+            each.mkdir()
+        except FileExistsError:
+            continue  # made meanwhile by another run
+        take_parent_owner(each)
+
+
+def temp_path_in(folder: Path, final_name: str) -> Path:
+    """A new, unique, empty temp file beside where `final_name` will go, owned like
+    the folder (the rename keeps that owner)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{final_name}{TEMP_MARKER}{temp_owner_tag()}-", dir=folder)
     except OSError as error:
         raise storage_error("create a file in", folder, error) from error
     os.close(fd)
+    try:
+        take_parent_owner(Path(name))
+    except OSError as error:
+        discard(Path(name))
+        raise storage_error("create a file in", folder, error) from error
     return Path(name)
 
 
@@ -110,19 +156,69 @@ def scratch_folder(near: Path, name: str = ".scratch") -> Iterator[Path]:
     """A private folder on the same disk as `near` when it is writable (big files
     should not land on a small /tmp), else in the system's temp folder."""
     try:
-        folder = tempfile.mkdtemp(prefix=f"{name}{TEMP_MARKER}", dir=near)
+        folder = tempfile.mkdtemp(prefix=f"{name}{TEMP_MARKER}{temp_owner_tag()}-", dir=near)
     except OSError:
         folder = tempfile.mkdtemp(prefix="stash-backup-scratch-")
     try:
+        take_parent_owner(Path(folder))  # a killed run's leftover must be removable by Stash's user
         yield Path(folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def remove_stale_temps(folder: Path, older_than: float = 0, prefix: str = "") -> list[Path]:
-    """Remove our temp files (those whose name starts with `prefix`) that a killed run
-    left behind. Callers hold the folder's lock (archive.py, restore.py), so no live
-    run owns them. Returns what was removed."""
+def temp_owner_tag() -> str:
+    """`<pid>.<machine>`: enough for a later run to ask whether the maker still lives."""
+    return f"{os.getpid()}.{_this_machine()}"
+
+
+@functools.lru_cache(maxsize=1)
+def _this_machine() -> str:
+    """This boot of this host, in this PID namespace: only there does a PID name the
+    same process (a container's PIDs mean nothing on its host, and a host's nothing
+    on another host sharing the folder)."""
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    with contextlib.suppress(OSError, AttributeError):
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
+
+
+def _process_alive(pid: int) -> Optional[bool]:
+    if os.name == "nt":
+        return None  # os.kill would end the process there, not ask about it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user
+    return True
+
+
+def is_abandoned(entry: Path, now: float) -> bool:
+    """A temp file or folder no live run owns: its maker, on this machine, is gone;
+    or nobody has touched it for longer than any run takes. A verify or dry run
+    works in scratch folders without the archive's lock: theirs must survive."""
+    owner = temp_owner(entry.name)
+    if owner and owner[1] == _this_machine() and _process_alive(owner[0]) is False:
+        return True
+    return now - _last_touched(entry) > RUN_LIMIT_SECONDS
+
+
+def _last_touched(entry: Path) -> float:
+    """The newest mtime of the entry and, for a folder, of what is directly in it."""
+    times = [entry.lstat().st_mtime]
+    if entry.is_dir() and not entry.is_symlink():
+        times += [child.lstat().st_mtime for child in entry.iterdir()]
+    return max(times)
+
+
+def remove_stale_temps(folder: Path, prefix: str = "", lock_excludes_makers: bool = False) -> list[Path]:
+    """Remove our temp files and folders (those whose name starts with `prefix`) that
+    killed runs left behind, and only those: see is_abandoned. A caller whose lock
+    keeps out every run that could make such temps (stash-restore's run lock on its
+    database folder) knows them all abandoned. Returns what was removed."""
     removed = []
     if not folder.is_dir():
         return removed
@@ -131,7 +227,7 @@ def remove_stale_temps(folder: Path, older_than: float = 0, prefix: str = "") ->
         if TEMP_MARKER not in entry.name or not entry.name.startswith(prefix):
             continue
         with contextlib.suppress(OSError):
-            if now - entry.lstat().st_mtime >= older_than:
+            if lock_excludes_makers or is_abandoned(entry, now):
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry)
                 else:

@@ -11,6 +11,9 @@ TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
 _NAME = re.compile(r"^(?P<db>.+)\.(?P<schema>\d+)\.(?P<stamp>\d{8}_\d{6})(?:-(?P<n>\d+))?(?P<zip>\.zip)?$")
 # Our own partial files; never a final name (see atomic.py).
 TEMP_MARKER = ".stash-backup-tmp-"
+# Stash's "Anonymise database" writes `<db>.anonymous.<schema>.<stamp>` beside its
+# backups: the same shape, but restoring it would replace real data with scrambled data.
+ANONYMISED_MARK = ".anonymous"
 
 
 @dataclass(frozen=True)
@@ -26,15 +29,22 @@ class BackupName:
 
 
 def parse_backup_name(name: str) -> Optional[BackupName]:
-    """The parts of a Stash backup file name, or None when it is not one."""
+    """The parts of a Stash backup file name, or None when it is not one (an
+    anonymised database is not a backup)."""
     match = _NAME.match(name)
-    if not match:
+    if not match or match["db"].endswith(ANONYMISED_MARK):
         return None
     try:
         created = datetime.strptime(match["stamp"], TIMESTAMP_FORMAT)
     except ValueError:
         return None
     return BackupName(match["db"], int(match["schema"]), created, bool(match["zip"]))
+
+
+def is_anonymised_name(name: str) -> bool:
+    """Stash's anonymised copy of a database, by its name."""
+    match = _NAME.match(name)
+    return bool(match) and match["db"].endswith(ANONYMISED_MARK)
 
 
 def with_counter(name: str, counter: int) -> str:
@@ -53,6 +63,17 @@ def zip_name_for(database_backup_name: str) -> str:
 
 def is_temp_name(name: str) -> bool:
     return TEMP_MARKER in name
+
+
+# After the marker, a temp name says who made it: `<pid>.<machine>-`, the machine
+# being this boot of this host in this PID namespace (see atomic.temp_owner_tag).
+_OWNER = re.compile(re.escape(TEMP_MARKER) + r"(?P<pid>\d+)\.(?P<machine>[0-9a-f]{8})-")
+
+
+def temp_owner(name: str) -> Optional[tuple[int, str]]:
+    """(pid, machine) of the run that made a temp file, or None for older names."""
+    match = _OWNER.search(name)
+    return (int(match["pid"]), match["machine"]) if match else None
 
 
 def blob_member_name(checksum: str) -> str:

@@ -33,7 +33,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Optional
 
 from . import record as records
 from . import snapshot as snapshots
-from .atomic import discard, fsync_dir, storage_error
+from .atomic import discard, fsync_dir, make_folders, storage_error, take_parent_owner
 from .errors import VerificationError
 from .naming import TEMP_MARKER, blob_relative_path
 
@@ -135,7 +135,7 @@ class Store:
             yield from merge(*streams)
 
     def write_record(self, header: records.Header, blobs: Iterable[tuple[str, int]]) -> None:
-        self.records_folder.mkdir(parents=True, exist_ok=True)
+        make_folders(self.records_folder)
         records.write(self.record_path(header.name), header, blobs)
 
     def forget(self, name: str) -> None:
@@ -173,7 +173,7 @@ class Store:
     def pending(self, name: str) -> Iterator[Path]:
         """Mark this run as adding data until the block ends (its record written)."""
         folder = self.folder / PENDING
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folders(folder)
         marker = folder / f"{name}.{os.getpid()}.json"
         payload = {"name": name, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         from .atomic import write_bytes_atomic
@@ -238,7 +238,7 @@ class BlobWriter:
         self.added_bytes = 0
 
     def __enter__(self) -> "BlobWriter":
-        self.store.incoming.mkdir(parents=True, exist_ok=True)
+        make_folders(self.store.incoming)
         return self
 
     def __exit__(self, kind, *exc) -> None:
@@ -266,7 +266,7 @@ class BlobWriter:
                     digest.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
-            os.chmod(temp, 0o644)
+            _own_like_folder(temp)
         except OSError as error:
             discard(temp)
             raise storage_error("write blobs into", self.store.incoming, error) from error
@@ -289,7 +289,7 @@ class BlobWriter:
             for checksum, temp in self._staged:
                 final = self.store.blob_path(checksum)
                 if not final.parent.is_dir():
-                    final.parent.mkdir(parents=True, exist_ok=True)
+                    make_folders(final.parent)
                     folders.update((final.parent.parent, final.parent.parent.parent))
                 os.replace(temp, final)  # a damaged copy under this name is replaced by a checked one
                 folders.add(final.parent)
@@ -305,14 +305,14 @@ def write_snapshot(store: Store, name: str, database: Path, level: int = snapsho
                    progress=None) -> tuple[Path, snapshots.Digest]:
     """Compress a database into a temp file in incoming/ (fsynced). The caller
     checks the digest, then commits it with `commit_snapshot`."""
-    store.incoming.mkdir(parents=True, exist_ok=True)
+    make_folders(store.incoming)
     temp = store.incoming / f"{name}{SNAPSHOT_SUFFIX}{TEMP_MARKER}{os.getpid()}"
     try:
         with open(database, "rb") as source, open(temp, "wb") as out:
             digest = snapshots.compress(source, out, level=level, progress=progress)
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(temp, 0o644)
+        _own_like_folder(temp)
     except OSError as error:
         discard(temp)
         raise storage_error("write the database snapshot into", store.incoming, error) from error
@@ -324,7 +324,7 @@ def write_snapshot(store: Store, name: str, database: Path, level: int = snapsho
 
 def commit_snapshot(store: Store, name: str, temp: Path) -> Path:
     final = store.snapshot_path(name)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(final.parent)
     try:
         os.replace(temp, final)
         fsync_dir(final.parent)
@@ -353,6 +353,13 @@ def _sync_files(paths: list[Path]) -> None:
     for path in paths:
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
+
+
+def _own_like_folder(path: Path) -> None:
+    """Readable by all, owned like the archive folder: the plugin (Stash's user) and a
+    CLI run as root share the archive."""
+    os.chmod(path, 0o644)
+    take_parent_owner(path)
 
 
 def _read_source(source: BinaryIO) -> Optional[bytes]:

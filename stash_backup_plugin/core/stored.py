@@ -15,7 +15,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Protocol
 
 from . import backup_zip as fullbackup
 from . import record as records
-from .atomic import atomic_output, discard, fsync_dir, scratch_folder, storage_error
+from .atomic import atomic_output, discard, fsync_dir, make_folders, scratch_folder, storage_error
 from .errors import UsageError, VerificationError
 from .naming import TEMP_MARKER as _TEMP, blob_member_name, blob_relative_path, parse_backup_name
 from .reporting import Reporter
@@ -138,7 +138,7 @@ def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Repor
     """Store a checked database and the blobs it refers to, then (last) its record.
     Blobs the store already holds are not copied again."""
     with store.pending(new.name):
-        store.incoming.mkdir(parents=True, exist_ok=True)
+        make_folders(store.incoming)
         compressor = _Compressor(store, new.name, new.database)
         compressor.start()
         blob_list = store.incoming / f"{new.name}.blobs{_TEMP}{os.getpid()}"
@@ -432,7 +432,7 @@ def export_zip(store: Store, name: str, output: Path, report: Reporter) -> Path:
     takes its final name."""
     header = store.header(name)
     from .verify import require_blobs, verify_backup
-    output.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(output.parent)
     with atomic_output(output) as (handle, temp):
         with zipfile.ZipFile(handle, "w", allowZip64=True) as packed:
             info = zipfile.ZipInfo(header.database_member, _zip_time(header.created))
@@ -491,7 +491,7 @@ def import_backup_file(store: Store, path: Path, name: str, level: str, report: 
                         server_version=server_version, verified_level=level, migrated_from=migrated_from,
                         added_at=added_at)
         return store_backup(store, new, NoBlobs(), report)
-    store.incoming.mkdir(parents=True, exist_ok=True)
+    make_folders(store.incoming)
     database = store.incoming / f"{name}.database{_TEMP}{os.getpid()}"
     try:
         with zipfile.ZipFile(path) as packed:

@@ -19,6 +19,7 @@ from typing import Optional
 # What parsing needs, and no more: the restore engine, the salvage and the config
 # reader are imported by the mode that uses them, so that --help is instant.
 from ..core.errors import UsageError, VerificationError
+from ..core.naming import is_anonymised_name
 from ..core.sqlite_check import CHECK_LEVELS, QUICK
 from ..core.terminal import TerminalReporter, run_command
 
@@ -42,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     parser.add_argument("--allow-newer-schema", action="store_true",
                         help="restore a backup whose schema is newer than the current database's")
+    parser.add_argument("--allow-anonymised", action="store_true",
+                        help="restore Stash's anonymised database (given by its path) over the real one")
     parser.add_argument("--stash-stopped", action="store_true",
                         help="you confirm Stash is stopped, where this machine cannot check it")
     parser.add_argument("--check", choices=CHECK_LEVELS, default=QUICK,
@@ -74,9 +77,10 @@ def _backup_folders(args, target: Target) -> list[Path]:
     if target.config:
         folders.append(target.config.backup_directory)
     folders.append(target.database.parent)
-    archive = args.archive or (target.config.folder / DEFAULT_FOLDER_NAME if target.config else None)
-    if archive:
-        folders.append(archive.expanduser())
+    if args.archive:
+        folders.append(args.archive.expanduser())
+    elif target.config:  # the plugin's Archive folder setting, and its default
+        folders += target.config.plugin_archive_folders + [target.config.folder / DEFAULT_FOLDER_NAME]
     unique = []
     for folder in folders:
         if folder not in unique:
@@ -90,6 +94,8 @@ def _resolve_backup(name: str, args, target: Target) -> Path:
         return given.resolve()
     if given.parent.is_dir() and _stored_record(given.parent, given.name):  # <archive>/<name> of a stored backup
         return _stored_record(given.parent, given.name).resolve()
+    if is_anonymised_name(given.name):  # never offered by --list, never found by name alone
+        raise UsageError(f"{name!r} is Stash's anonymised database, not a backup: it is found only by its path")
     for folder in _backup_folders(args, target):
         candidate = folder / name
         if candidate.is_file():
@@ -129,18 +135,14 @@ def _confirm_on_terminal(question: str) -> bool:
 
 
 def cmd_list(args, target: Target) -> int:
-    from ..core.archive import Archive
-    from ..core.naming import is_temp_name, parse_backup_name
+    from ..core.archive import Archive, backup_files
     from ..core.reporting import human_size
     rows = []
     for folder in _backup_folders(args, target):
         if not folder.is_dir():
             continue
         recorded = {e.file: e for e in Archive(folder).entries()} if (folder / "manifest.json").exists() else {}
-        for path in sorted(folder.iterdir()):
-            parsed = parse_backup_name(path.name)
-            if not parsed or not path.is_file() or is_temp_name(path.name):
-                continue
+        for path, parsed in backup_files(folder):
             entry = recorded.get(path.name)
             rows.append({"path": str(path), "created": parsed.created.isoformat(sep=" "),
                          "schema_version": parsed.schema_version, "size": path.stat().st_size,
@@ -181,7 +183,7 @@ def _run(args, report) -> int:
     from . import restore as engine
     options = engine.RestoreOptions(dry_run=args.dry_run, assume_yes=args.yes,
                                     allow_newer_schema=args.allow_newer_schema, stash_stopped=args.stash_stopped,
-                                    check_level=args.check,
+                                    check_level=args.check, allow_anonymised=args.allow_anonymised,
                                     confirm=_confirm_on_terminal if sys.stdin.isatty() else None)
     if args.undo:
         engine.undo(target, options, report)

@@ -1,12 +1,15 @@
 """Is Stash running on this database? An idle Stash holds no lock on its database
 (its pools close idle connections after 30 s), so three probes are combined: SQLite's
-locks on the files, the process table, and the HTTP port. Standard library only."""
+locks on the files, the process table, and the HTTP port. Standard library (and
+PyYAML, to read another Stash's config)."""
 from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +24,18 @@ _NOT_STASH = ("stash-restore", "stash-backup", "stashdb")
 
 @dataclass
 class Finding:
-    running: list[str] = field(default_factory=list)  # evidence that Stash runs
+    running: list[str] = field(default_factory=list)  # proof that Stash runs: nothing overrides it
+    suspected: list[str] = field(default_factory=list)  # something that may be Stash (a busy port)
     unknown: list[str] = field(default_factory=list)  # probes that could not run here
 
     @property
+    def doubts(self) -> list[str]:
+        """What the user may overrule by vouching that Stash is stopped."""
+        return self.suspected + self.unknown
+
+    @property
     def certain_stopped(self) -> bool:
-        return not self.running and not self.unknown
+        return not self.running and not self.doubts
 
 
 def probe(database: Path, config_path: Optional[Path], host: str, port: Optional[int]) -> Finding:
@@ -82,9 +91,9 @@ def _is_stash_name(name: str) -> bool:
 
 def _probe_processes(database: Path, config_path: Optional[Path], finding: Finding) -> None:
     if Path("/proc/self/cmdline").exists():
-        for pid, argv, cwd in _linux_processes():
-            if argv and _is_stash_name(argv[0]) and _same_instance(argv, cwd, database, config_path):
-                finding.running.append(f"Stash process {pid} ({' '.join(argv)[:80]})")
+        for process in _linux_processes():
+            if process.argv and _is_stash_name(process.argv[0]):
+                _judge_linux_process(process, database, config_path, finding)
         return
     listed = _ps_processes()
     if listed is None:
@@ -95,46 +104,130 @@ def _probe_processes(database: Path, config_path: Optional[Path], finding: Findi
             finding.running.append(f"Stash process {pid} ({name[:80]})")
 
 
+@dataclass
+class LinuxProcess:
+    pid: int
+    argv: list[str]
+    environ: Optional[dict[str, str]]  # None: not readable (another user's process)
+
+    def view(self, path: str) -> Path:
+        """`path` as this process sees it: relative to its working directory, absolute
+        from its root (a container's root is not ours)."""
+        if os.path.isabs(path):
+            return Path(f"/proc/{self.pid}/root") / path.lstrip("/")
+        return Path(f"/proc/{self.pid}/cwd") / path
+
+
 def _linux_processes():
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            argv = [a.decode(errors="replace") for a in argv if a]
-            cwd = os.readlink(entry / "cwd") if os.access(entry / "cwd", os.R_OK) else None
+            argv = [a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
         except OSError:
-            continue
-        yield int(entry.name), argv, cwd
+            continue  # gone meanwhile
+        yield LinuxProcess(int(entry.name), argv, _read_environ(entry))
 
 
-def _same_instance(argv: list[str], cwd: Optional[str], database: Path, config_path: Optional[Path]) -> bool:
-    """A Stash process serves this database when it runs with this config file (or
-    with none, from this config's folder). Others (another instance) are ignored."""
-    configured = _config_argument(argv)
-    if config_path is None:
-        return True  # nothing to tell instances apart by: assume it is ours
-    if configured:
-        base = Path(cwd) if cwd else Path("/")
-        return _same_file(base / configured, config_path)
-    home_config = Path.home() / ".stash" / "config.yml"
-    return bool(cwd and _same_file(Path(cwd) / "config.yml", config_path)) or _same_file(home_config, config_path)
+def _read_environ(entry: Path) -> Optional[dict[str, str]]:
+    try:
+        raw = (entry / "environ").read_bytes()
+    except OSError:
+        return None
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {name: value for name, _, value in pairs}
 
 
-def _config_argument(argv: list[str]) -> Optional[str]:
-    for index, arg in enumerate(argv):
-        if arg in ("--config", "-c") and index + 1 < len(argv):
-            return argv[index + 1]
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
+def _judge_linux_process(process: LinuxProcess, database: Path, config_path: Optional[Path],
+                         finding: Finding) -> None:
+    """A Stash process counts when it serves this install. One we cannot look into
+    (another user's, without root) cannot be ruled out: it is a doubt."""
+    described = f"Stash process {process.pid} ({' '.join(process.argv)[:80]})"
+    try:
+        ours = _same_instance(process, database, config_path)
+    except PermissionError:
+        finding.unknown.append(f"{described}: its config file cannot be read here (run as its user or root)")
+        return
+    if ours:
+        finding.running.append(described)
+
+
+def _same_instance(process: LinuxProcess, database: Path, config_path: Optional[Path]) -> bool:
+    """With our config: does the process read that very file? Without one (a restore
+    given --database): does the process's config name this database? Files are
+    compared by device and inode: paths differ between a container and the host.
+    Whatever stays unclear counts as ours."""
+    used = _config_in_use(process)
+    if config_path is not None:
+        return used is not None and _same_file(used, config_path)
+    if used is None:
+        return True
+    written = _database_setting(used)
+    return _same_file(process.view(written), database) if written else True
+
+
+def _config_in_use(process: LinuxProcess) -> Optional[Path]:
+    """The config file the process reads, as a path into its view of the files,
+    found as Stash finds it: --config, then STASH_CONFIG_FILE, then config.yml in its
+    working directory, then ~/.stash (the first that exists). None when none does."""
+    for candidate in _config_candidates(process):
+        seen = process.view(candidate)
+        try:
+            os.stat(seen)
+        except PermissionError:
+            raise
+        except OSError:
+            continue  # not there: Stash would not use it either
+        return seen
     return None
+
+
+def _database_setting(config: Path) -> Optional[str]:
+    import yaml  # only here: the rest of this module is standard library
+    try:
+        values = yaml.safe_load(config.read_text(encoding="utf-8", errors="replace"))
+    except PermissionError:
+        raise
+    except (OSError, yaml.YAMLError):
+        return None
+    written = values.get("database") if isinstance(values, dict) else None
+    return written if isinstance(written, str) and written else None
 
 
 def _same_file(a: Path, b: Path) -> bool:
     try:
-        return os.path.samefile(a, b)
+        first = os.stat(a)
+        second = os.stat(b)
+    except PermissionError:
+        raise
     except OSError:
         return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+def _config_candidates(process: LinuxProcess) -> list[str]:
+    explicit = _config_argument(process.argv)
+    if explicit:
+        return [explicit]
+    if process.environ is None:
+        raise PermissionError(f"cannot read the environment of process {process.pid}")
+    if process.environ.get("STASH_CONFIG_FILE"):
+        return [process.environ["STASH_CONFIG_FILE"]]
+    home = process.environ.get("HOME", "")
+    return ["config.yml", os.path.join(home, ".stash", "config.yml") if home else ".stash/config.yml"]
+
+
+def _config_argument(argv: list[str]) -> Optional[str]:
+    """The --config/-c value in any of the spellings Go's pflag accepts."""
+    for index, arg in enumerate(argv[1:], 1):
+        if arg in ("--config", "-c") and index + 1 < len(argv):
+            return argv[index + 1]
+        for prefix in ("--config=", "-c="):
+            if arg.startswith(prefix):
+                return arg[len(prefix):]
+        if arg.startswith("-c") and not arg.startswith("--") and len(arg) > 2:
+            return arg[2:]
+    return None
 
 
 def _ps_processes():
@@ -160,17 +253,40 @@ def _ps_processes():
 # --- port ------------------------------------------------------------------------------
 
 def _probe_port(host: str, port: int, finding: Finding) -> None:
+    """Stash's /healthz answering on its port is proof (it answers without a login);
+    anything else listening there is only a suspicion."""
     target = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     try:
         with socket.create_connection((target, port), timeout=1):
             pass
     except OSError:
         return
+    shown = f"[{target}]" if ":" in target else target
+    for scheme in ("http", "https"):  # https when Stash has a stash.crt
+        answer = _ask_healthz(f"{scheme}://{shown}:{port}/healthz")
+        if answer == HEALTHY:
+            finding.running.append(f"Stash answers on {shown}:{port}")
+            return
+        if answer == SILENT:
+            break  # a TLS server answers plain HTTP at once (with a 400): no need to wait twice
+    finding.suspected.append(f"something listens on Stash's port {shown}:{port}")
+
+
+HEALTHY, SILENT, OTHER = "healthy", "silent", "other"
+
+
+def _ask_healthz(url: str) -> str:
+    # Only liveness is asked and nothing is sent: the certificate (made for Stash's
+    # public name) need not be checked. No proxy: one from the environment would
+    # answer for a port on loopback.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                         urllib.request.HTTPSHandler(context=ssl._create_unverified_context()))
     try:
-        with urllib.request.urlopen(f"http://{target}:{port}/healthz", timeout=3) as response:
-            if response.status == 200:
-                finding.running.append(f"Stash answers on {target}:{port}")
-                return
+        with opener.open(url, timeout=3) as response:
+            return HEALTHY if response.status == 200 else OTHER
+    except (socket.timeout, TimeoutError):
+        return SILENT
+    except urllib.error.URLError as error:
+        return SILENT if isinstance(error.reason, (socket.timeout, TimeoutError)) else OTHER
     except Exception:  # noqa: BLE001 - anything but a 200 means "not sure it is Stash"
-        pass
-    finding.running.append(f"something listens on Stash's port {target}:{port}")
+        return OTHER

@@ -8,6 +8,7 @@ or requests (a test proves it).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import stat
@@ -20,10 +21,11 @@ from typing import Callable, Iterator, NamedTuple, Optional
 
 from ..core import backup_zip as fullbackup
 from . import swap
-from ..core.atomic import (discard, fsync_dir, fsync_file, remove_stale_temps, scratch_folder, staged_file,
-                           storage_error, temp_path_in)
+from ..core.archive import MANIFEST_NAME, Archive, Entry
+from ..core.atomic import (discard, fsync_dir, fsync_file, make_folders, remove_stale_temps, scratch_folder,
+                           staged_file, storage_error, temp_path_in)
 from ..core.errors import RestoreRefused, UsageError, VerificationError
-from ..core.naming import TEMP_MARKER, blob_relative_path
+from ..core.naming import TEMP_MARKER, blob_relative_path, is_anonymised_name
 from ..core.reporting import Reporter
 from .plan import Plan, RestoreFacts, build_plan, space_refusal
 from ..core.sqlite_check import QUICK, check_database, has_sqlite_header, read_schema_version
@@ -35,6 +37,7 @@ from ..core.record import Header
 
 ASIDE_PREFIX = "stash-restore-"
 BLOB_BATCH = 2000  # blobs written between two syncs
+COPY_CHUNK = 4 * 1024 * 1024
 
 
 @dataclass
@@ -45,6 +48,7 @@ class RestoreOptions:
     stash_stopped: bool = False  # the user vouches that Stash is stopped (probes inconclusive)
     check_level: str = QUICK
     confirm: Optional[Callable[[str], bool]] = None
+    allow_anonymised: bool = False  # restore Stash's anonymised database in place of the real one
 
 
 @dataclass
@@ -59,15 +63,26 @@ class RestoreResult:
 # --- guards ---------------------------------------------------------------------------
 
 def ensure_stash_stopped(target: Target, options: RestoreOptions) -> None:
+    """Proof that Stash runs (its process, its lock, its /healthz) refuses, whatever the
+    user says; --stash-stopped only overrules doubts (a busy port, a probe not possible)."""
     finding = probe(target.database, target.config.path if target.config else None, target.host, target.port)
     if finding.running:
-        definite = [r for r in finding.running if not r.startswith(("something listens", "Stash answers"))]
-        if definite or not options.stash_stopped:
-            raise RestoreRefused(f"Stash seems to be running ({finding.running[0]}): stop Stash, then run this again. "
-                                 "Nothing was changed")
-    if finding.unknown and not options.stash_stopped:
-        raise RestoreRefused(f"cannot tell whether Stash is stopped here ({'; '.join(finding.unknown)}): stop Stash "
+        raise RestoreRefused(f"Stash seems to be running ({finding.running[0]}): stop Stash, then run this again. "
+                             "Nothing was changed")
+    if finding.doubts and not options.stash_stopped:
+        raise RestoreRefused(f"cannot tell whether Stash is stopped here ({'; '.join(finding.doubts)}): stop Stash "
                              "and pass --stash-stopped to confirm. Nothing was changed")
+
+
+def _guard_anonymised(backup: Path, options: RestoreOptions, report: Reporter) -> None:
+    if not is_anonymised_name(backup.name):
+        return
+    if not options.allow_anonymised:
+        raise RestoreRefused(f"{backup.name} is Stash's anonymised copy of a database, not a backup: restoring it "
+                             "would replace your library's names, paths and details with scrambled ones. If that is "
+                             "what you want, give its path with --allow-anonymised. Nothing was changed")
+    report.warning(f"{backup.name} is an anonymised database: your real data will be replaced by anonymised data "
+                   "(stash-restore --undo puts the current database back)")
 
 
 class Recovered(NamedTuple):
@@ -121,10 +136,10 @@ def remove_abandoned_temps(target: Target) -> None:
     """Temp files a killed run left: beside the database (the staged copy, the
     journal's temp, a read copy: all named after the database) and anywhere in the
     blobs tree (blobs/aa/bb/). Only our own temp names, only under the run lock."""
-    remove_stale_temps(target.database.parent, prefix=f".{target.database.name}")
+    remove_stale_temps(target.database.parent, prefix=f".{target.database.name}", lock_excludes_makers=True)
     if target.blobs_path and target.blobs_path.is_dir():
         for folder in _blob_folders(target.blobs_path):
-            remove_stale_temps(folder)
+            remove_stale_temps(folder, lock_excludes_makers=True)
 
 
 def _blob_folders(blobs_path: Path) -> Iterator[Path]:
@@ -153,6 +168,7 @@ class _Inspection:
     store: Optional[Store] = None  # stored: the archive, and the backup's record
     header: Optional[Header] = None
     stored_checksums: set = field(default_factory=set)
+    recorded: Optional[Entry] = None  # the archive's manifest entry of this file, when it is in one
 
     def blobs(self) -> Iterator[tuple[str, int, object]]:
         """(checksum, size, how to read it) for every blob the backup holds, sorted."""
@@ -168,6 +184,13 @@ class _Inspection:
     def blob_names(self) -> set:
         return self.stored_checksums if self.kind == "stored" else set(self.blob_members)
 
+    @property
+    def expected_sha256(self) -> Optional[str]:
+        """The SHA-256 to check while staging: a plain database's. A zip's entries
+        carry their own CRC-32 (and blobs their MD5), all checked on the staged copy;
+        its whole-file hash would cost a second read of every byte."""
+        return self.recorded.sha256 if self.recorded and self.kind == "sqlite" and self.recorded.sha256 else None
+
 
 def is_stored_backup(path: Path) -> bool:
     """A stored backup is named by its record: <archive>/backups/<name>.record."""
@@ -177,7 +200,9 @@ def is_stored_backup(path: Path) -> bool:
 
 
 def read_backup(backup: Path) -> _Inspection:
-    """What the backup holds, from its headers alone (cheap): enough to check space."""
+    """What the backup holds, from its headers alone (cheap): enough to check space.
+    A backup file in an archive must still have the size its manifest recorded (a
+    stored backup's record lists its own sizes)."""
     if is_stored_backup(backup):
         store = Store(backup.parent.parent)
         header = store.header(backup.name[:-len(".record")])
@@ -185,6 +210,10 @@ def read_backup(backup: Path) -> _Inspection:
             names = {checksum for checksum, _ in listed}
         return _Inspection("stored", header.snapshot.size, header.database_member, store=store, header=header,
                            stored_checksums=names)
+    recorded = recorded_entry(backup)
+    if recorded and backup.stat().st_size != recorded.size:
+        raise VerificationError(f"{backup} is {backup.stat().st_size} bytes but the archive's manifest says "
+                                f"{recorded.size}: the file changed or is truncated")
     if is_zip(backup):
         try:
             with zipfile.ZipFile(backup) as archive:
@@ -192,10 +221,18 @@ def read_backup(backup: Path) -> _Inspection:
                 size = archive.getinfo(layout.database_member).file_size
         except zipfile.BadZipFile as error:
             raise VerificationError(f"{backup} is not a readable zip ({error}): the file is damaged") from error
-        return _Inspection("zip", size, layout.database_member, layout.blob_members)
+        return _Inspection("zip", size, layout.database_member, layout.blob_members, recorded=recorded)
     if not has_sqlite_header(backup):
         raise VerificationError(f"{backup} is not an SQLite database (bad header): it is not a Stash backup")
-    return _Inspection("sqlite", backup.stat().st_size)
+    return _Inspection("sqlite", backup.stat().st_size, recorded=recorded)
+
+
+def recorded_entry(backup: Path) -> Optional[Entry]:
+    """The manifest entry of a backup that lies in an archive folder, else None.
+    A damaged manifest refuses (StorageError): its record cannot be checked."""
+    if not (backup.parent / MANIFEST_NAME).is_file():
+        return None
+    return Archive(backup.parent).find(backup.name)
 
 
 def verify_without_staging(backup: Path, inspection: _Inspection, level: str, report: Reporter) -> None:
@@ -208,7 +245,8 @@ def verify_without_staging(backup: Path, inspection: _Inspection, level: str, re
                 inspection.store.read_snapshot(inspection.header, out)
             _note_database(inspection, check_database(database, level))
         return
-    verified = verify_backup(backup, level, want_sha256=False, progress=report.bytes_progress("verifying backup"))
+    verified = verify_backup(backup, level, want_sha256=False, expected_sha256=inspection.expected_sha256,
+                             progress=report.bytes_progress("verifying backup"))
     inspection.schema_version, inspection.blobs_not_included = verified.schema_version, verified.blobs_not_included
 
 
@@ -335,6 +373,7 @@ def aside_folder_for(database: Path, now: Optional[datetime] = None) -> Path:
 def restore(backup: Path, target: Target, options: RestoreOptions, report: Reporter) -> RestoreResult:
     if not backup.is_file():
         raise UsageError(f"backup {backup} does not exist: give a backup file or its name (see --list)")
+    _guard_anonymised(backup, options, report)
     ensure_stash_stopped(target, options)
     with one_run_at_a_time(target.database, options.dry_run), _archive_held(backup, options.dry_run):
         return _restore(backup, target, options, report)
@@ -417,7 +456,7 @@ def _confirm(options: RestoreOptions, question: str) -> None:
 
 def _stage_database(backup: Path, inspection: _Inspection, target: Target, report: Reporter) -> Path:
     """The new database as a unique temp file beside the target, fsynced."""
-    target.database.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(target.database.parent)
     with staged_file(target.database.parent, target.database.name) as (out, staged):
         if inspection.kind == "stored":
             inspection.store.read_snapshot(inspection.header, out)  # size and SHA-256 checked as it streams
@@ -426,11 +465,27 @@ def _stage_database(backup: Path, inspection: _Inspection, target: Target, repor
                 fullbackup.copy_member(archive, inspection.database_member, out)
         else:
             with open(backup, "rb") as source:
-                copy_file(source, out)
+                _copy_checked(source, out, inspection.expected_sha256, backup)
         _match_ownership(staged, target.database)
     swap.crash_point("staged")
     report.progress(1.0)
     return staged
+
+
+def _copy_checked(source, target, expected_sha256: Optional[str], backup: Path) -> None:
+    """Copy; with a recorded SHA-256, hash the bytes as they pass (one read) and
+    refuse a copy that differs: a flipped byte in an unindexed column passes even
+    integrity_check."""
+    if not expected_sha256:
+        copy_file(source, target)
+        return
+    digest = hashlib.sha256()
+    while chunk := source.read(COPY_CHUNK):
+        digest.update(chunk)
+        target.write(chunk)
+    if digest.hexdigest() != expected_sha256:
+        raise VerificationError(f"{backup} has SHA-256 {digest.hexdigest()[:12]}… but the archive's manifest says "
+                                f"{expected_sha256[:12]}…: the file is damaged")
 
 
 def copy_file(source, target) -> None:
@@ -518,7 +573,7 @@ def _place_blobs(staged: list[tuple[str, Path]], blobs_path: Path, aside: Path) 
         final = blobs_path / blob_relative_path(checksum)
         if final.exists():
             damaged = aside / "damaged-blobs" / blob_relative_path(checksum)
-            damaged.parent.mkdir(parents=True, exist_ok=True)
+            make_folders(damaged.parent)
             os.replace(final, damaged)
         os.replace(temp, final)
     for folder in {path.parent for _, path in staged}:
@@ -529,7 +584,7 @@ def _place_blobs(staged: list[tuple[str, Path]], blobs_path: Path, aside: Path) 
 def _stage_blob(copy_blob: Callable, checksum: str, source, blobs_path: Path) -> tuple[str, Path]:
     final = blobs_path / blob_relative_path(checksum)
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(final.parent)
     except OSError as error:
         raise storage_error("write blobs into", blobs_path, error) from error
     temp = temp_path_in(final.parent, final.name)

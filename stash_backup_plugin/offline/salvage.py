@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..core.atomic import commit, discard, scratch_folder, temp_path_in
+from ..core.atomic import commit, discard, make_folders, scratch_folder, take_parent_owner, temp_path_in
 from ..core.errors import RestoreRefused, StorageError, UsageError
 from ..core.sqlite_check import quote_identifier
 
@@ -31,7 +31,7 @@ def salvage(database: Path, output: Path) -> SalvageReport:
         raise RestoreRefused(f"{output} already exists: choose a new --output file (it is never overwritten)")
     if output.resolve() == database.resolve():
         raise UsageError("--output must be a new file, not the damaged database")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(output.parent)
     with scratch_folder(output.parent) as work:
         private = work / database.name
         shutil.copyfile(database, private)
@@ -46,6 +46,7 @@ def salvage(database: Path, output: Path) -> SalvageReport:
             if method is None:
                 method = _copy_table_by_table(private, temp)
             _check_output(temp)
+            take_parent_owner(temp)  # sqlite3 made it: it is ours, not the folder owner's
             commit(temp, output)
         finally:
             discard(temp)

@@ -15,6 +15,8 @@ CONFIG_NAME = "config.yml"
 DEFAULT_DATABASE_NAME = "stash-go.sqlite"
 FILESYSTEM, DATABASE = "FILESYSTEM", "DATABASE"
 DEFAULT_PORT = 9999
+# The plugin's setting, stored by Stash under `plugins.settings.<plugin id>` in config.yml.
+ARCHIVE_FOLDER_SETTING = "archiveFolder"
 
 
 @dataclass
@@ -62,6 +64,16 @@ class StashConfig:
     def host(self) -> str:
         return str(self.get("host", "0.0.0.0"))
 
+    @property
+    def plugin_archive_folders(self) -> list[Path]:
+        """Every archive folder set in a plugin's settings. Our plugin's ID is whatever
+        the user installed it as, and Stash nests an ID with dots (`a.b` -> a: b:), so
+        any plugin's `archiveFolder` counts: a folder only adds backups to look at,
+        and each is verified before anything changes."""
+        settings = self.values.get("plugins", {})
+        settings = settings.get("settings", {}) if isinstance(settings, dict) else {}
+        return [self.resolve_path(folder) for folder in _setting_values(settings, ARCHIVE_FOLDER_SETTING)]
+
     def resolve_path(self, written: str) -> Path:
         """The path as written when it exists; otherwise the same path found under the
         config folder (a Docker config names paths inside the container)."""
@@ -77,23 +89,41 @@ class StashConfig:
         return raw
 
 
+def _setting_values(tree, name: str, depth: int = 4) -> list[str]:
+    if not isinstance(tree, dict) or depth == 0:
+        return []
+    found = [tree[name]] if isinstance(tree.get(name), str) and tree[name].strip() else []
+    for key, value in tree.items():
+        if key != name:
+            found += _setting_values(value, name, depth - 1)
+    return found
+
+
 def _relocation_candidates(written: str, folder: Path) -> list[Path]:
     flavour: type[PurePath] = PureWindowsPath if ":" in written[:3] else PurePosixPath
     parts = [p for p in flavour(written).parts if p not in ("/", "\\") and not p.endswith((":", ":\\"))]
     return [folder.joinpath(*parts[start:]) for start in range(len(parts))]
 
 
+# Stash's own variable first; STASH_CONFIG is this tool's older name, kept as an alias.
+CONFIG_ENV_NAMES = ("STASH_CONFIG_FILE", "STASH_CONFIG")
+
+
 def find_config_file(explicit: Optional[Path] = None) -> Path:
-    """Find config.yml the way Stash does: --config, STASH_CONFIG, the working
-    directory, then ~/.stash."""
+    """Find config.yml the way Stash does: --config, STASH_CONFIG_FILE, the working
+    directory, then ~/.stash. A file named explicitly (flag or variable) must exist:
+    Stash would not look elsewhere either."""
     if explicit is not None:
         if not explicit.is_file():
             raise ConfigError(f"config file {explicit} does not exist: give the path of Stash's config.yml")
         return explicit
-    candidates = []
-    if os.environ.get("STASH_CONFIG"):
-        candidates.append(Path(os.environ["STASH_CONFIG"]))
-    candidates += [Path.cwd() / CONFIG_NAME, Path.home() / ".stash" / CONFIG_NAME]
+    for variable in CONFIG_ENV_NAMES:
+        if os.environ.get(variable):
+            named = Path(os.path.expanduser(os.environ[variable]))
+            if not named.is_file():
+                raise ConfigError(f"{variable} names {named}, which does not exist: give the path of Stash's config.yml")
+            return named
+    candidates = [Path.cwd() / CONFIG_NAME, Path.home() / ".stash" / CONFIG_NAME]
     for candidate in candidates:
         if candidate.is_file():
             return candidate

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ..core.atomic import atomic_output, commit, discard, fsync_dir, remove_stale_temps, staged_file
+from ..core.atomic import atomic_output, commit, discard, fsync_dir, make_folders, remove_stale_temps, staged_file
 from ..core.errors import RestoreRefused, StorageError
 from ..core.sqlite_check import SIDE_SUFFIXES, has_sqlite_header
 from .liveness import DB_LOCK_LENGTH, DB_LOCK_START, SHM_DMS_BYTE, lock_holder
@@ -246,7 +246,7 @@ def _lock_current(database: Path):
 
 def _swap(journal: Journal) -> None:
     database, aside = journal.database_path, journal.aside_path
-    aside.mkdir(parents=True, exist_ok=True)
+    make_folders(aside)
     fsync_dir(database.parent)
     crash_point("aside-created")
     _keep_current_aside(journal)
@@ -293,7 +293,7 @@ def _finish(journal: Journal) -> None:
               "database": journal.database, "moved_aside": sorted(journal.current)}
     _write_json(aside / RECORD_NAME, record, "record")
     crash_point("recorded")
-    remove_stale_temps(aside)  # a killed run's partial record or copy
+    remove_stale_temps(aside, lock_excludes_makers=True)  # a killed run's partial record or copy
     if journal.kind == "undo":
         _retire(Path(journal.source))
     journal.remove()
@@ -332,7 +332,7 @@ def finish_or_roll_back(journal: Journal) -> tuple[bool, str]:
     for suffix, ino in journal.current.items():
         _put_back(database, suffix, ino, aside / f"{database.name}{suffix}")
     fsync_dir(database.parent)
-    remove_stale_temps(aside)  # a partial copy of the database
+    remove_stale_temps(aside, lock_excludes_makers=True)  # a partial copy of the database
     with contextlib.suppress(OSError):
         aside.rmdir()  # only when empty: nothing in it is ever deleted
     journal.remove()

@@ -19,7 +19,7 @@ from ..server.graphql_client import StashClient
 from .protocol import PluginLogReporter, encode_output, read_input
 from ..core.retention import Policy, parse_duration
 from ..core.sqlite_check import FULL, QUICK
-from ..offline.stash_config import StashConfig, load_config
+from ..offline.stash_config import ARCHIVE_FOLDER_SETTING, StashConfig, load_config
 
 MODES = ("backup", "download", "verify", "retention")
 
@@ -54,7 +54,7 @@ def _as_count(name: str, value) -> int:
 
 def settings_from(values: dict, config_dir: Path) -> Settings:
     """Settings with defaults for what the user never set (Stash omits unset ones)."""
-    folder = values.get("archiveFolder") or ""
+    folder = values.get(ARCHIVE_FOLDER_SETTING) or ""
     within = (values.get("keepWithin") or "").strip()
     policy = Policy(
         last=_as_count("keepLast", values.get("keepLast")),

@@ -57,6 +57,10 @@ class StashServer:
     host: str = "127.0.0.1"
     # After enable_login: the harness's own logged-in browser (no API key exists).
     browser: Optional[requests.Session] = None
+    # Name the config file in STASH_CONFIG_FILE instead of --config (the official Docker
+    # image and many systemd units do), and run from this folder instead of the root.
+    config_via_env: bool = False
+    working_dir: Optional[Path] = None
 
     # --- layout -------------------------------------------------------------
     @property
@@ -161,10 +165,13 @@ class StashServer:
         if self.tls:
             self._make_certificate()
         log = open(self.log_path, "ab")
+        if self.config_via_env:
+            command, env = [str(self.binary), "--nobrowser"], dict(os.environ, STASH_CONFIG_FILE=str(self.config_path))
+        else:
+            command, env = [str(self.binary), "--config", str(self.config_path), "--nobrowser"], None
         self.process = subprocess.Popen(
-            [str(self.binary), "--config", str(self.config_path), "--nobrowser"],
-            cwd=self.root, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            command, cwd=self.working_dir or self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         self._wait_until_ready()
         return self
