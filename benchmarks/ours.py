@@ -45,8 +45,11 @@ def unpack(zip_path: str, blobs_dir: str) -> None:
     from stash_backup_plugin.core.reporting import Reporter
     inspection = restore.read_backup(Path(zip_path))
     target = restore.Target(Path(blobs_dir).parent / "unused.sqlite", Path(blobs_dir))
-    blobs = list(inspection.blobs())
-    restore._extract_blobs(Path(zip_path), inspection, blobs, target, Path(blobs_dir).parent / "aside", Reporter())
+    everything = restore._Selection()
+    for index, (_, size) in enumerate(inspection.blobs()):
+        everything.add(index, size)
+    restore._extract_blobs(Path(zip_path), inspection, everything, target, Path(blobs_dir).parent / "aside",
+                           Reporter())
 
 
 def store(database: str, blobs_dir: str, archive: str, name: str) -> None:
@@ -55,12 +58,10 @@ def store(database: str, blobs_dir: str, archive: str, name: str) -> None:
     from stash_backup_plugin.core import stored
     from stash_backup_plugin.core.archive import Archive
     from stash_backup_plugin.core.reporting import Reporter
-    from stash_backup_plugin.core.sqlite_check import check_database
     from stash_backup_plugin.core.verify import file_digest
     with Archive(Path(archive)).locked() as held:
-        checked = check_database(Path(database))
-        new = stored.NewBackup(name, Path(database), file_digest(Path(database)), checked.schema_version,
-                               set(checked.blobs_on_filesystem), includes_blobs=True, source="filesystem")
+        new = stored.checked_backup(name, Path(database), file_digest(Path(database)), "quick", includes_blobs=True,
+                                    source="filesystem")
         stored.store_backup(held.store, new, stored.FolderSource([Path(blobs_dir)]), Reporter())
 
 

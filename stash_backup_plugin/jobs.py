@@ -9,20 +9,20 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from .core import stored
 from .core.archive import Archive, Entry, backup_files, entry_from_name, utc_now
 from .core.atomic import discard
 from .core.record import Header
-from .core.store import crash_point
+from .core.store import SnapshotTee, crash_point
 from .core.errors import (ConfigError, DownloadError, LinkExpiredError, StashBackupError, UsageError,
                           VerificationError)
 from .server.api import UNKNOWN_SERVER, Downloaded, ServerInfo, StashAPI
 from .core.naming import parse_backup_name
 from .core.reporting import Reporter, human_size
 from .core.retention import Decision, Duration, Policy, plan_retention
-from .core.sqlite_check import QUICK, check_database
+from .core.sqlite_check import QUICK
 from .core.verify import BackupReport, require_blobs, verify_backup
 
 FRESH_BACKUP_ATTEMPTS = 3  # a link that expired mid-download needs a new backup
@@ -163,11 +163,17 @@ def download_to_archive(client: StashAPI, archive: Archive, options: DownloadOpt
                               "Stash host, pass --blobs-path DIR, or use --no-blobs")
         from_zip = want_blobs and not folders
         flag = (True if from_zip else False) if info.supports_include_blobs else None
-        fetched, name = _request_and_download(client, archive.folder, flag, report.phase(0.0, 0.5))
+        store = archive.store
+        tee_for = None if from_zip else (lambda backup_name: SnapshotTee(store, backup_name))
+        fetched, name, tee = _request_and_download(client, archive.folder, flag, report.phase(0.0, 0.5), tee_for)
         try:
-            header = _store_fetched(archive, info, options, fetched, name, folders, from_zip, report.phase(0.5, 1.0))
+            compressed = tee.finish() if tee else None
+            header = _store_fetched(archive, info, options, fetched, name, folders, from_zip, report.phase(0.5, 1.0),
+                                    compressed)
         finally:
             discard(fetched.temp_path)
+            if tee:
+                tee.discard()  # nothing left once the snapshot is in place
         entry = archive.find(header.name)
         if header.missing_blobs:
             report.warning(f"{header.missing_blobs} blob(s) the database refers to were found neither on the server "
@@ -193,21 +199,19 @@ def _readable(folder: Path) -> bool:
 
 
 def _store_fetched(archive: Archive, info: ServerInfo, options: DownloadOptions, fetched: Downloaded, name: str,
-                   folders: list[Path], from_zip: bool, report: Reporter) -> Header:
+                   folders: list[Path], from_zip: bool, report: Reporter, compressed: Optional[tuple]) -> Header:
     store = archive.store
     stored_name = archive.free_stored_name(name)
     if from_zip:
         return stored.import_backup_file(store, fetched.temp_path, stored_name, options.check_level, report,
                                          source="server-zip", server_version=info.version or "")
     report.progress(0.0, "checking the database")
-    checked = check_database(fetched.temp_path, options.check_level)
-    new = stored.NewBackup(
-        stored_name, fetched.temp_path, fetched.sha256, checked.schema_version, set(checked.blobs_on_filesystem),
-        includes_blobs=bool(folders), source="filesystem" if folders else "database",
-        server_version=info.version or "", verified_level=options.check_level,
-        database_member=Path(info.database_path).name if info.database_path else "")
+    new = stored.checked_backup(stored_name, fetched.temp_path, fetched.sha256, options.check_level,
+                                includes_blobs=bool(folders), source="filesystem" if folders else "database",
+                                server_version=info.version or "",
+                                database_member=Path(info.database_path).name if info.database_path else "")
     source = stored.FolderSource(folders) if folders else stored.NoBlobs()
-    return stored.store_backup(store, new, source, report)
+    return stored.store_backup(store, new, source, report, compressed)
 
 
 def _skip_reason(archive: Archive, if_older_than: Optional[Duration]) -> str:
@@ -222,10 +226,11 @@ def _skip_reason(archive: Archive, if_older_than: Optional[Duration]) -> str:
     return ""
 
 
-def _request_and_download(client: StashAPI, folder: Path, include_blobs: Optional[bool],
-                          report: Reporter) -> tuple[Downloaded, str]:
+def _request_and_download(client: StashAPI, folder: Path, include_blobs: Optional[bool], report: Reporter,
+                          tee_for: Optional[Callable] = None) -> tuple[Downloaded, str, Optional[SnapshotTee]]:
     """Ask for a download backup and fetch it; on an expired link or a failed transfer
-    ask for a fresh one, a bounded number of times."""
+    ask for a fresh one, a bounded number of times. `tee_for(name)` makes what sees
+    the bytes as they arrive (the snapshot compressor), one per attempt."""
     last_error: Optional[StashBackupError] = None
     for attempt in range(1, FRESH_BACKUP_ATTEMPTS + 1):
         report.progress(0.0, "backing up")
@@ -234,15 +239,22 @@ def _request_and_download(client: StashAPI, folder: Path, include_blobs: Optiona
             raise DownloadError("Stash returned no download link for the backup: is this a Stash server?")
         name = link.rstrip("/").rsplit("/", 1)[-1]
         entry_from_name(name)  # refuse anything that is not a Stash backup name
+        tee = tee_for(name) if tee_for else None
         try:
-            fetched = client.fetch_backup(link, folder, name, progress=report.bytes_progress("downloading"))
+            fetched = client.fetch_backup(link, folder, name, progress=report.bytes_progress("downloading"), tee=tee)
             if fetched.resumes:
                 report.warning(f"the connection dropped; resumed {fetched.resumes} time(s)")
-            return fetched, name
+            return fetched, name, tee
         except (LinkExpiredError, DownloadError) as error:
             last_error = error
             if isinstance(error, LinkExpiredError) or attempt < FRESH_BACKUP_ATTEMPTS:
                 report.warning(f"download attempt {attempt} failed ({error}); asking Stash for a fresh backup")
+        except BaseException:
+            if tee:
+                tee.discard()
+            raise
+        if tee:
+            tee.discard()
     raise DownloadError(f"gave up after {FRESH_BACKUP_ATTEMPTS} fresh backups: {last_error}")
 
 

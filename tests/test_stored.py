@@ -50,10 +50,7 @@ class Library:
     def backup(self, store: Store, tmp: Path, name: str):
         self.nights += 1
         copy = vacuum_copy(self.database, tmp / f"{name}.sqlite")
-        from stash_backup_plugin.core.sqlite_check import check_database
-        checked = check_database(copy)
-        new = stored.NewBackup(name, copy, file_digest(copy), checked.schema_version, checked.blobs_on_filesystem,
-                               includes_blobs=True, source="filesystem")
+        new = stored.checked_backup(name, copy, file_digest(copy), "quick", includes_blobs=True, source="filesystem")
         return stored.store_backup(store, new, stored.FolderSource([self.blobs]), Reporter())
 
 
@@ -214,3 +211,9 @@ def test_import_of_a_plain_database_records_no_blobs(lib, tmp_path):
     header = stored.import_backup_file(store, plain, names(1), "quick", Reporter(), source="database")
     assert header.includes_blobs is False and header.blob_count == 0 and list(store.stored_blobs()) == []
     assert stored.check_snapshot(store, header, "quick", Reporter()) == []
+
+
+def test_unlisted_references_is_one_merged_pass():
+    listed = [("b", 1), ("d", 1), ("e", 1)]
+    assert stored.unlisted_references(iter(["a", "b", "c", "e", "f"]), iter(listed)) == ["a", "c", "f"]
+    assert stored.unlisted_references(iter([]), iter(listed)) == []
