@@ -358,6 +358,8 @@ class SnapshotTee:
         self._compressor.close()
         self._handle.close()
         discard(self.temp)
+        with contextlib.suppress(OSError):  # a failed first download leaves no empty folder behind
+            self.temp.parent.rmdir()
 
 
 def commit_snapshot(store: Store, name: str, temp: Path) -> Path:
