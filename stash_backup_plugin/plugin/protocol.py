@@ -43,6 +43,9 @@ class PluginLogReporter(Reporter):
         self._last_fraction = -1.0
         self._last_time = 0.0
 
+    def redact(self, text: str) -> str:
+        return self._redact(text)
+
     def _emit(self, level: str, message: str) -> None:
         self._stream.write(encode_log(level, self._redact(message)))
         self._stream.flush()
