@@ -299,7 +299,8 @@ def apply_retention(archive: Archive, policy: Policy, dry_run: bool, report: Rep
 
 # --- Status: what the jobs did, for the Backups page and `stash-backup status` -------
 # One place records every job's attempt and outcome (plugin and CLI alike) and sends
-# the failure notice; status.json lives in the archive folder (core/status.py).
+# the failure notice; status.json lives in the archive folder, or where that cannot be
+# written, in the caller's fallback folder (core/status.py).
 
 Notify = Callable[[Notice], None]
 
@@ -324,39 +325,39 @@ class JobRun:
 
 
 @contextlib.contextmanager
-def recording(folder: Path, job: str, report: Reporter, notify: Optional[Notify] = None) -> Iterator[JobRun]:
+def recording(status_file: StatusFile, job: str, report: Reporter,
+              notify: Optional[Notify] = None) -> Iterator[JobRun]:
     """Record the attempt, then its outcome, in the archive's status.json; notify on
     failure. A status file that cannot be written is reported, never fatal: the
     backup itself matters more than its record."""
     run = JobRun()
-    _update_status(folder, report, lambda status: status.started(job, utc_now()))
+    _update_status(status_file, report, lambda status: status.started(job, utc_now()))
     try:
         yield run
     except StashBackupError as error:
-        _finish(folder, job, JobRun.failure(report.redact(str(error))), report, notify)
+        _finish(status_file, job, JobRun.failure(report.redact(str(error))), report, notify)
         raise
     except BaseException as error:  # a bug or an interrupt still ends the attempt
-        _finish(folder, job, JobRun.failure(f"stopped: {type(error).__name__} {report.redact(str(error))}".strip()),
-                report, notify)
+        _finish(status_file, job,
+                JobRun.failure(f"stopped: {type(error).__name__} {report.redact(str(error))}".strip()), report, notify)
         raise
     run.message = report.redact(run.message)
-    _finish(folder, job, run, report, notify)
+    _finish(status_file, job, run, report, notify)
 
 
-def _finish(folder: Path, job: str, run: JobRun, report: Reporter, notify: Optional[Notify]) -> None:
+def _finish(status_file: StatusFile, job: str, run: JobRun, report: Reporter, notify: Optional[Notify]) -> None:
     now = utc_now()
     if run.ok:
-        _update_status(folder, report, lambda status: status.succeeded(job, now, run.message))
+        _update_status(status_file, report, lambda status: status.succeeded(job, now, run.message))
         return
-    _update_status(folder, report, lambda status: status.failed(job, now, run.message))
+    _update_status(status_file, report, lambda status: status.failed(job, now, run.message))
     if notify:
-        notify(failure_notice(job, run.message, folder))
+        notify(failure_notice(job, run.message, status_file.folder))
 
 
-def _update_status(folder: Path, report: Reporter, change: Callable[[Status], None]) -> None:
+def _update_status(status_file: StatusFile, report: Reporter, change: Callable[[Status], None]) -> None:
     try:
-        with StatusFile(folder).update() as status:
-            change(status)
+        status_file.apply(change)
     except StashBackupError as error:
         report.warning(f"the backup status was not recorded: {error}")
 
@@ -371,8 +372,8 @@ def last_verified_time(archive: Archive) -> Optional[datetime]:
     return parse_time(newest.added_at) if newest else None
 
 
-def check_overdue(archive: Archive, interval: Duration, report: Reporter, notify: Optional[Notify] = None,
-                  factor: float = 1.0) -> bool:
+def check_overdue(archive: Archive, status_file: StatusFile, interval: Duration, report: Reporter,
+                  notify: Optional[Notify] = None, factor: float = 1.0) -> bool:
     """Whether the newest verified backup is older than `factor` times the interval;
     the first check of each overdue spell sends the overdue notice."""
     now = datetime.now(timezone.utc)
@@ -381,9 +382,8 @@ def check_overdue(archive: Archive, interval: Duration, report: Reporter, notify
         return False
     if notify:
         try:
-            with StatusFile(archive.folder).update() as status:
-                claimed = claim_overdue_notice(status, last, now)
-                failure = status.last_failure()
+            claimed, failure = status_file.apply(lambda status: (claim_overdue_notice(status, last, now),
+                                                                 status.last_failure()))
         except StashBackupError as error:
             report.warning(f"the overdue notice was not sent: {error}")
             return True
@@ -392,23 +392,22 @@ def check_overdue(archive: Archive, interval: Duration, report: Reporter, notify
     return True
 
 
-def claim_auto_backup(archive: Archive, interval: Duration) -> bool:
+def claim_auto_backup(archive: Archive, status_file: StatusFile, interval: Duration) -> bool:
     """Whether this caller should queue an automatic backup now: the backup is stale
     and no other caller queued one (or a backup ran) within the hold-off window."""
     now = datetime.now(timezone.utc)
     max_age = interval_timedelta(interval, now)
     if not is_stale(last_verified_time(archive), max_age, now):
         return False
-    with StatusFile(archive.folder).update() as status:
-        return claim_auto_run(status, now, auto_window(max_age))
+    return status_file.apply(lambda status: claim_auto_run(status, now, auto_window(max_age)))
 
 
-def overview(archive: Archive, interval: Duration) -> dict:
+def overview(archive: Archive, status_file: StatusFile, interval: Duration) -> dict:
     """Everything the Backups page shows, as JSON-ready values."""
     now = datetime.now(timezone.utc)
     max_age = interval_timedelta(interval, now)
     entries = archive.entries()
-    status = StatusFile(archive.folder).read()
+    status = status_file.read()
     last = last_verified_time(archive)
     failure = status.last_failure()
     return {

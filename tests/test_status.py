@@ -46,10 +46,10 @@ def test_one_overdue_notice_per_stale_spell():
 
 def test_recording_keeps_success_and_failure_with_their_messages(tmp_path):
     notices = []
-    with jobs.recording(tmp_path, "verify", Reporter(), notices.append) as run:
+    with jobs.recording(StatusFile(tmp_path), "verify", Reporter(), notices.append) as run:
         run.done("Verified 2 backup(s): 2 good, 0 bad")
     with pytest.raises(DownloadError):
-        with jobs.recording(tmp_path, "download", Reporter(), notices.append):
+        with jobs.recording(StatusFile(tmp_path), "download", Reporter(), notices.append):
             raise DownloadError("the connection dropped")
     status = StatusFile(tmp_path).read()
     assert status.job("verify").last_message == "Verified 2 backup(s): 2 good, 0 bad"
@@ -61,7 +61,7 @@ def test_recording_keeps_success_and_failure_with_their_messages(tmp_path):
 
 
 def test_a_failed_verification_without_an_exception_is_a_failure(tmp_path):
-    with jobs.recording(tmp_path, "verify", Reporter()) as run:
+    with jobs.recording(StatusFile(tmp_path), "verify", Reporter()) as run:
         run.fail("Verified 1 backup(s): 0 good, 1 bad")
     assert StatusFile(tmp_path).read().last_failure()[1].failure_message.endswith("1 bad")
 
@@ -74,14 +74,14 @@ def test_a_damaged_status_file_never_fails_the_job(tmp_path):
         def warning(self, message):
             warnings.append(message)
 
-    with jobs.recording(tmp_path, "verify", Collect()) as run:
+    with jobs.recording(StatusFile(tmp_path), "verify", Collect()) as run:
         run.done("ok")
     assert warnings and "damaged" in warnings[0]
     assert (tmp_path / "status.json").read_text() == "{not json"  # left for the user to look at
 
 
 def _claim(folder: str, results) -> None:
-    results.put(jobs.claim_auto_backup(Archive(folder), parse_duration("24h")))
+    results.put(jobs.claim_auto_backup(Archive(folder), StatusFile(folder), parse_duration("24h")))
 
 
 def test_ten_concurrent_pages_claim_one_automatic_backup(tmp_path):
@@ -96,3 +96,16 @@ def test_ten_concurrent_pages_claim_one_automatic_backup(tmp_path):
     claims = [results.get(timeout=5) for _ in workers]
     assert claims.count(True) == 1, claims
     assert json.loads((tmp_path / "status.json").read_text())["auto_queued_at"]
+
+
+def test_a_failure_to_reach_the_archive_is_recorded_in_the_fallback(tmp_path):
+    """The archive folder cannot be created (its parent is a file, like an unmounted
+    share's mount point gone wrong): exactly the failure the page must still show."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    status_file = StatusFile(blocker / "archive", fallback=tmp_path / "fallback")
+    with pytest.raises(DownloadError):
+        with jobs.recording(status_file, "download", Reporter()):
+            raise DownloadError("cannot use the archive folder")
+    assert (tmp_path / "fallback" / "status.json").is_file()
+    assert status_file.read().last_failure()[1].failure_message == "cannot use the archive folder"

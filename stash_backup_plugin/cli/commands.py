@@ -153,7 +153,7 @@ def cmd_download(args, report) -> int:
         check_level=FULL if args.full_check else QUICK,
         if_older_than=parse_duration(args.if_older_than) if args.if_older_than else None)
     archive = _archive(args)
-    with jobs.recording(archive.folder, "download", report, _notifier(args, report)) as run, \
+    with jobs.recording(_status_file(archive), "download", report, _notifier(args, report)) as run, \
             _client(args) as client:
         outcome = jobs.download_to_archive(client, archive, options, report)
         run.done(f"Archived {outcome.entry.file}" if outcome.entry else outcome.skipped_reason)
@@ -203,7 +203,7 @@ def cmd_verify(args, report) -> int:
             _print_json(results)
         return 1 if failed else 0
     archive = _archive(args)
-    with jobs.recording(archive.folder, "verify", report, _notifier(args, report)) as run:
+    with jobs.recording(_status_file(archive), "verify", report, _notifier(args, report)) as run:
         summary = jobs.verify_archive(archive, level, report)
         (run.done if summary.ok else run.fail)(summary.line())
     if args.json:
@@ -221,13 +221,22 @@ def cmd_prune(args, report) -> int:
     if policy.is_empty():
         report.warning("no --keep-* rule given: nothing will be removed")
     archive = _archive(args)
-    with jobs.recording(archive.folder, "retention", report, _notifier(args, report)) as run:
+    with jobs.recording(_status_file(archive), "retention", report, _notifier(args, report)) as run:
         decisions = jobs.apply_retention(archive, policy, args.dry_run, report)
         removed = sum(1 for d in decisions if not d.keep)
         run.done(f"Retention: kept {len(decisions) - removed}, {'would remove' if args.dry_run else 'removed'} {removed}")
     if args.json:
         _print_json([{"file": d.item.file, "keep": d.keep, "reasons": d.reasons} for d in decisions])
     return 0
+
+
+def _status_file(archive):
+    """The archive's status.json; where the archive cannot be written, the user's state folder."""
+    from ..core.status import StatusFile
+    import hashlib
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "stash-backup"
+    key = hashlib.sha256(str(archive.folder.resolve()).encode()).hexdigest()[:16]  # one per archive
+    return StatusFile(archive.folder, fallback=state / key)
 
 
 def _notifier(args, report):
@@ -243,8 +252,8 @@ def cmd_status(args, report) -> int:
     from ..core.retention import parse_duration
     max_age = parse_duration(args.max_age)
     archive = _archive(args)
-    overdue = jobs.check_overdue(archive, max_age, report, _notifier(args, report))
-    view = jobs.overview(archive, max_age)
+    overdue = jobs.check_overdue(archive, _status_file(archive), max_age, report, _notifier(args, report))
+    view = jobs.overview(archive, _status_file(archive), max_age)
     if args.json:
         _print_json(view)
         return 1 if overdue else 0

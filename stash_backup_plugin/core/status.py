@@ -16,11 +16,12 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Optional, TypeVar
 
 from .atomic import storage_error, write_bytes_atomic
 from .errors import StorageError
 
+T = TypeVar("T")
 STATUS_NAME = "status.json"
 STATUS_LOCK_NAME = ".stash-backup-status.lock"
 FORMAT = 1
@@ -168,40 +169,73 @@ def overdue_notice(last_verified: Optional[datetime], interval: timedelta, now: 
     return Notice("Stash backup overdue", body, "warning")
 
 
+def merge(first: Status, second: Status) -> Status:
+    """Two status files' knowledge as one: per job the record of the later attempt."""
+    merged = Status(dict(first.jobs), max(first.auto_queued_at, second.auto_queued_at),
+                    max(first.overdue_notified_at, second.overdue_notified_at))
+    for name, record in second.jobs.items():
+        if name not in merged.jobs or record.last_attempt > merged.jobs[name].last_attempt:
+            merged.jobs[name] = record
+    return merged
+
+
 # --- the file --------------------------------------------------------------------------
 
 class StatusFile:
-    def __init__(self, folder: Path):
+    """status.json in the archive folder; where that folder cannot be written (an
+    unmounted disk, a wrong setting: exactly when a failure must be recorded), in
+    the fallback folder instead. Reading merges both."""
+
+    def __init__(self, folder: Path, fallback: Optional[Path] = None):
         self.folder = Path(folder)
+        self.fallback = Path(fallback) if fallback else None
 
     @property
     def path(self) -> Path:
         return self.folder / STATUS_NAME
 
     def read(self) -> Status:
-        if not self.path.exists():
-            return Status()
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            return Status.from_dict(data if isinstance(data, dict) else {})
-        except (ValueError, TypeError, AttributeError) as error:
-            raise StorageError(f"{self.path} is damaged ({error}): move it aside; the next job writes a new one") from error
-        except OSError as error:
-            raise storage_error("read", self.path, error) from error
+        status = _read(self.path)
+        if self.fallback:
+            with contextlib.suppress(StorageError):
+                status = merge(status, _read(self.fallback / STATUS_NAME))
+        return status
 
-    @contextlib.contextmanager
-    def update(self) -> Iterator[Status]:
-        """Read, let the caller change, write back atomically; one writer at a time."""
+    def apply(self, change: Callable[[Status], T]) -> T:
+        """Read, change, write back atomically, one writer at a time; returns what
+        `change` returns. Falls back to the fallback folder when the archive's fails."""
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            handle = open(self.folder / STATUS_LOCK_NAME, "a+b")
-        except OSError as error:
-            raise storage_error("use the archive folder", self.folder, error) from error
-        with handle:
-            _wait_for_lock(handle, self.path)
-            status = self.read()
-            yield status
-            write_bytes_atomic(self.path, (json.dumps(status.to_dict(), indent=2) + "\n").encode(), mode=0o644)
+            return _apply(self.folder, change, self.read)
+        except StorageError:
+            if not self.fallback:
+                raise
+            return _apply(self.fallback, change, self.read)
+
+
+def _read(path: Path) -> Status:
+    try:
+        if not path.is_file():
+            return Status()
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return Status.from_dict(data if isinstance(data, dict) else {})
+    except (ValueError, TypeError, AttributeError) as error:
+        raise StorageError(f"{path} is damaged ({error}): move it aside; the next job writes a new one") from error
+    except OSError as error:
+        raise storage_error("read", path, error) from error
+
+
+def _apply(folder: Path, change: Callable[[Status], T], read: Callable[[], Status]) -> T:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / STATUS_LOCK_NAME, "a+b")
+    except OSError as error:
+        raise storage_error("write the backup status into", folder, error) from error
+    with handle:
+        _wait_for_lock(handle, folder / STATUS_NAME)
+        status = read()
+        result = change(status)
+        write_bytes_atomic(folder / STATUS_NAME, (json.dumps(status.to_dict(), indent=2) + "\n").encode(), mode=0o644)
+        return result
 
 
 def _wait_for_lock(handle, path: Path) -> None:

@@ -18,6 +18,7 @@ from ..server.notify import parse_urls, send as send_notice
 from .protocol import PluginLogReporter, encode_output, read_input
 from ..core.retention import Duration, Policy, parse_duration
 from ..core.sqlite_check import FULL, QUICK
+from ..core.status import StatusFile
 from ..offline.stash_config import StashConfig, load_config
 
 MODES = ("backup", "download", "verify", "retention")  # tasks, run in Stash's job queue
@@ -27,6 +28,7 @@ DEFAULT_INTERVAL = "24h"
 # scheduled run has clearly been missed, so that a backup a little late is no alarm.
 OVERDUE_NOTICE_FACTOR = 1.5
 CONTROL_ARGS = ("mode", "auto", "autorun")  # task/operation arguments that are not settings
+STATUS_FALLBACK_FOLDER = "stash-backup-status"  # in Stash's config folder
 
 
 @dataclass
@@ -145,10 +147,17 @@ def run_task(payload: dict, reporter: PluginLogReporter) -> str:
         settings = settings_from(values, Path(server.get("Dir") or "."))
         notify = _notifier(settings.notify_urls, reporter)
         if mode == "status":
-            return _status(client, own_id, settings, _as_bool(args.get("autorun"), False), reporter, notify)
-        with jobs.recording(settings.archive_folder, mode, reporter, notify) as run:
+            return _status(client, own_id, settings, _status_file(settings, server),
+                           _as_bool(args.get("autorun"), False), reporter, notify)
+        with jobs.recording(_status_file(settings, server), mode, reporter, notify) as run:
             run.done(_run_mode(mode, client, settings, reporter, auto=_as_bool(args.get("auto"), False)))
         return run.message
+
+
+def _status_file(settings: Settings, server: dict) -> StatusFile:
+    """status.json in the archive; in Stash's config folder when the archive cannot be
+    written, so that the page still shows why."""
+    return StatusFile(settings.archive_folder, fallback=Path(server.get("Dir") or ".") / STATUS_FALLBACK_FOLDER)
 
 
 def _notifier(urls: tuple, reporter: PluginLogReporter):
@@ -181,21 +190,20 @@ def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: Plug
     return f"Retention: kept {len(decisions) - removed}, {'would remove' if settings.retention_dry_run else 'removed'} {removed}"
 
 
-def _status(client: StashClient, own_id: str, settings: Settings, autorun: bool, reporter: PluginLogReporter,
-            notify) -> dict:
+def _status(client: StashClient, own_id: str, settings: Settings, status_file: StatusFile, autorun: bool,
+            reporter: PluginLogReporter, notify) -> dict:
     """The Backups page's data. Asked with `autorun` by every page view: when automatic
     backups are on and the backup is stale, the one caller that wins the claim in
     status.json queues the backup task (ten open tabs queue one)."""
     archive = Archive(settings.archive_folder)
     queued = None
-    if autorun and settings.auto_backup and jobs.claim_auto_backup(archive, settings.interval):
+    if autorun and settings.auto_backup and jobs.claim_auto_backup(archive, status_file, settings.interval):
         queued = client.queue_plugin_task(own_id, {"mode": "download", "auto": "true"},
-                                          "Stash Backup: automatic backup (the newest backup is older than "
-                                          f"{settings.interval})")
-        reporter.info(f"the newest backup is older than {settings.interval}: queued an automatic backup (job {queued})")
+                                          f"Stash Backup: automatic backup (none within {settings.interval})")
+        reporter.info(f"no verified backup within {settings.interval}: queued an automatic backup (job {queued})")
     if notify:
-        jobs.check_overdue(archive, settings.interval, reporter, notify, factor=OVERDUE_NOTICE_FACTOR)
-    view = jobs.overview(archive, settings.interval)
+        jobs.check_overdue(archive, status_file, settings.interval, reporter, notify, factor=OVERDUE_NOTICE_FACTOR)
+    view = jobs.overview(archive, status_file, settings.interval)
     view.update(plugin_id=own_id, modes=list(MODES), auto_backup=settings.auto_backup, auto_queued_job=queued,
                 notifications=len(settings.notify_urls))
     return view

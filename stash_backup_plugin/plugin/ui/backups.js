@@ -141,8 +141,14 @@
     );
   }
 
-  api.patch.after("MainNavBar.UtilityItems", function (props, result) {
-    return h(React.Fragment, null, h(StaleBadge), result);
+  // An after-patch gets the component's arguments (props, and React's second
+  // argument) and then the rendered result: the result is always the last one.
+  function lastOf(args) {
+    return args[args.length - 1];
+  }
+
+  api.patch.after("MainNavBar.UtilityItems", function () {
+    return h(React.Fragment, null, h(StaleBadge), lastOf(arguments));
   });
 
   // --- Settings > Tools entry ---------------------------------------------------------
@@ -153,7 +159,8 @@
     });
   }
 
-  api.patch.after("SettingsToolsSection", function (props, result) {
+  api.patch.after("SettingsToolsSection", function (props) {
+    const result = lastOf(arguments);
     if (!hasSceneTools(props.children)) return result;
     const Setting = api.components.Setting;
     const button = h(Link, { to: pagePath }, h(Button, null, "Backups"));
