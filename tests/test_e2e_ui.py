@@ -29,7 +29,7 @@ pytestmark = pytest.mark.e2e
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
-PLUGIN_ID = "stash-backup"
+PLUGIN_ID = "my-backups"  # not the default: the script finds its own ID
 DESKTOP, PHONE = {"width": 1280, "height": 860}, {"width": 390, "height": 844}
 WAIT_MS = 90_000
 

@@ -44,6 +44,12 @@ def test_one_overdue_notice_per_stale_spell():
     assert claim_overdue_notice(status, NOW + timedelta(days=1), NOW + timedelta(days=3))
 
 
+def test_no_overdue_notice_after_a_reported_failure_in_the_same_spell():
+    status, last = Status(), NOW - timedelta(days=2)
+    status.failed("download", iso(NOW - timedelta(hours=1)), "cannot reach Stash")
+    assert not claim_overdue_notice(status, last, NOW)
+
+
 def test_recording_keeps_success_and_failure_with_their_messages(tmp_path):
     notices = []
     with jobs.recording(StatusFile(tmp_path), "verify", Reporter(), notices.append) as run:

@@ -116,9 +116,14 @@ def claim_auto_run(status: Status, now: datetime, window: timedelta) -> bool:
 
 
 def claim_overdue_notice(status: Status, last_verified: Optional[datetime], now: datetime) -> bool:
-    """One overdue notice per stale spell: none sent since the last verified backup."""
-    notified = parse_time(status.overdue_notified_at)
-    if notified and (last_verified is None or notified > last_verified):
+    """One message per stale spell: no overdue notice when one went out since the last
+    verified backup, nor when a failure since then was reported already."""
+    def since_last_backup(moment: Optional[datetime]) -> bool:
+        return bool(moment) and (last_verified is None or moment > last_verified)
+
+    failure = status.last_failure()
+    if since_last_backup(parse_time(status.overdue_notified_at)) or \
+            since_last_backup(parse_time(failure[1].last_failure) if failure else None):
         return False
     status.overdue_notified_at = iso(now)
     return True
