@@ -88,7 +88,6 @@ def service_text(commands: Sequence[Sequence[str]], env_file: Path) -> str:
     exec_lines = "\n".join("ExecStart=" + " ".join(_systemd_quote(a) for a in command) for command in commands)
     return f"""[Unit]
 Description=stash-backup: a verified backup of Stash into the archive
-Documentation=https://github.com/stashapp/stash
 Wants=network-online.target
 After=network-online.target
 
@@ -131,7 +130,7 @@ def replace_cron_block(crontab: str, block: str) -> str:
         elif not inside:
             kept.append(line)
     text = "\n".join(kept).rstrip("\n")
-    text = (text + "\n" if text else "") + block
+    text = (text + "\n" if text else "") + block  # cron needs the last line ended
     return text if text.strip() else ""
 
 
