@@ -89,9 +89,13 @@ class Status:
 # --- rules (pure) --------------------------------------------------------------------
 
 def parse_time(text: str) -> Optional[datetime]:
-    if not text:
+    """A recorded UTC time; None for none, or for one a hand edit made unreadable."""
+    try:
+        moment = datetime.fromisoformat(text) if text else None
+    except ValueError:
         return None
-    moment = datetime.fromisoformat(text)
+    if moment is None:
+        return None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 

@@ -145,6 +145,7 @@ def run_task(payload: dict, reporter: PluginLogReporter) -> str:
         values = client.plugin_settings(own_id)
         values.update({k: v for k, v in args.items() if k not in CONTROL_ARGS})
         settings = settings_from(values, Path(server.get("Dir") or "."))
+        reporter.hide(*settings.notify_urls)  # they carry tokens
         notify = _notifier(settings.notify_urls, reporter)
         if mode == "status":
             return _status(client, own_id, settings, _status_file(settings, server),
@@ -219,7 +220,7 @@ def main(stdin=None, stdout=None, stderr=None) -> int:
         secrets.extend(s for s in (cookie, _api_key(_stash_config((payload.get("server_connection") or {}).get("Dir")))) if s)
         output = run_task(payload, reporter)
     except StashBackupError as error:
-        message = redact(str(error), secrets)
+        message = reporter.redact(str(error))
         reporter.error(message)
         stdout.write(encode_output(error=message))
         return 0
