@@ -82,10 +82,12 @@ def age_newest_backup(server: StashServer, days: int) -> None:
 
 def open_page(browser, server: StashServer, path: str, viewport=DESKTOP):
     page = browser.new_page(viewport=viewport)
-    errors = []
+    errors, elsewhere = [], []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("request", lambda request: None if request.url.startswith((server.url, "data:", "blob:"))
+            else elsewhere.append(request.url))
     page.goto(server.url + path)
-    page.errors = errors
+    page.errors, page.elsewhere = errors, elsewhere
     return page
 
 
@@ -144,6 +146,7 @@ def test_backups_page_runs_real_tasks_and_shows_their_real_outcome(browser, stas
     screenshot(page, "backups-failure.png", tmp_path)
     configure(stash, archiveFolder="")
     assert not page.errors, page.errors
+    assert not page.elsewhere, f"the page asked hosts other than Stash: {page.elsewhere}"
     page.close()
 
 
