@@ -159,6 +159,10 @@ def test_stale_badge_appears_on_every_page_and_goes_after_a_backup(browser, stas
     badge = visible_badge(page)
     badge.wait_for(timeout=WAIT_MS)
     assert re.search(r"Backup 3 d old", badge.inner_text()), badge.inner_text()
+    page.set_viewport_size(PHONE)  # the phone layout's navbar shows it too
+    visible_badge(page).wait_for(timeout=WAIT_MS)
+    screenshot(page, "stale-badge-phone.png", tmp_path)
+    page.set_viewport_size(DESKTOP)
     badge.click()
     page.get_by_test_id("stash-backup-page").wait_for(timeout=WAIT_MS)
     assert page.get_by_test_id("stash-backup-state").inner_text() == "Overdue"

@@ -135,7 +135,8 @@
       : "There is no verified backup yet";
     return h(
       Link,
-      { to: pagePath, className: "nav-utility stash-backup-nav", title: title, "data-testid": "stash-backup-badge" },
+      // Not "nav-utility": Stash hides those from the phone navbar, and this must show.
+      { to: pagePath, className: "stash-backup-nav", title: title, "data-testid": "stash-backup-badge" },
       h(Button, { className: "minimal d-flex align-items-center h-100" },
         h(Badge, { variant: "danger", pill: true }, status.last_verified ? "Backup " + age(status.last_verified_age_seconds) + " old" : "No backup"))
     );
