@@ -44,6 +44,8 @@ query StashBackupServerInfo {
 _BACKUP = gql("mutation StashBackup($input: BackupDatabaseInput!) { backupDatabase(input: $input) }")
 _PLUGIN_SETTINGS = gql("query StashBackupSettings($ids: [ID!]) { configuration { plugins(include: $ids) } }")
 _RELOAD_PLUGINS = gql("mutation { reloadPlugins }")
+_QUEUE_PLUGIN_TASK = gql("mutation StashBackupQueue($id: ID!, $args: Map, $description: String) "
+                         "{ runPluginTask(plugin_id: $id, args_map: $args, description: $description) }")
 
 
 class StashClient:
@@ -156,6 +158,11 @@ class StashClient:
 
     def reload_plugins(self) -> None:
         self.execute(_RELOAD_PLUGINS)
+
+    def queue_plugin_task(self, plugin_id: str, args: dict, description: str) -> str:
+        """Queue our plugin with these args in Stash's job queue; returns the job ID."""
+        data = self.execute(_QUEUE_PLUGIN_TASK, {"id": plugin_id, "args": args, "description": description})
+        return str(data["runPluginTask"])
 
 
 def extra_blob_paths(config_path: Optional[str]) -> tuple:
