@@ -696,7 +696,9 @@ def overview(archive: Archive, status_file: StatusFile, interval: Duration) -> d
     return {
         "now": iso(now),
         "archive": {"folder": str(archive.folder), "backups": len(entries),
-                    "size": sum(e.size for e in entries), "free": _free_space(archive.folder)},
+                    # what the backups added (blobs stored once), without walking every blob file
+                    "size": sum(e.new_bytes if e.is_stored else e.size for e in entries),
+                    "free": _free_space(archive.folder)},
         "interval": str(interval), "interval_seconds": int(max_age.total_seconds()),
         "last_verified": iso(last) if last else None,
         "last_verified_age_seconds": int((now - last).total_seconds()) if last else None,
