@@ -40,6 +40,7 @@ class Settings:
     check_level: str = QUICK
     policy: Policy = Policy()
     retention_dry_run: bool = False
+    verify_read_data_parts: int = 0  # 0: sizes only; 1: every image's bytes; M: a rotating 1/M of them a day
     interval: Duration = parse_duration(DEFAULT_INTERVAL)
     auto_backup: bool = False
     notify_urls: tuple = ()
@@ -83,6 +84,7 @@ def settings_from(values: dict, config_dir: Path) -> Settings:
         check_level=FULL if _as_bool(values.get("fullIntegrityCheck"), False) else QUICK,
         policy=policy,
         retention_dry_run=_as_bool(values.get("retentionDryRun"), False),
+        verify_read_data_parts=max(_as_count("verifyReadDataParts", values.get("verifyReadDataParts")), 0),
         interval=_interval(values.get("backupInterval")),
         auto_backup=_as_bool(values.get("autoBackup"), False),
         notify_urls=tuple(parse_urls(str(values.get("notifyUrls") or ""))),
@@ -188,7 +190,8 @@ def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: Plug
         outcome = jobs.download_to_archive(client, archive, options, reporter)
         return f"Archived {outcome.entry.file} in {archive.folder}" if outcome.entry else outcome.skipped_reason
     if mode == "verify":
-        summary = jobs.verify_archive(archive, settings.check_level, reporter)
+        summary = jobs.verify_archive(archive, settings.check_level, reporter,
+                                      _read_data_today(settings.verify_read_data_parts))
         if not summary.ok:
             raise VerificationError(summary.line())  # logged once, by Stash, at error level
         reporter.info(summary.line())
@@ -197,6 +200,16 @@ def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: Plug
         reporter.info("No retention rule is set (Keep last/hourly/daily/weekly/monthly/yearly/within): nothing removed")
     result = jobs.apply_retention(archive, settings.policy, settings.retention_dry_run, reporter)
     return jobs.retention_summary(settings.policy, result, settings.retention_dry_run)
+
+
+def _read_data_today(parts: int):
+    """Which images' bytes a Verify re-hashes: part (day number mod M) + 1 of M, so a
+    daily Verify reads every image once in M days (restic's --read-data-subset)."""
+    if parts <= 0:
+        return None
+    from datetime import date
+    from ..core.stored import ReadData
+    return ReadData(date.today().toordinal() % parts + 1, parts)
 
 
 def _status(client: StashClient, own_id: str, settings: Settings, status_file: StatusFile, autorun: bool,
