@@ -217,3 +217,24 @@ def test_unlisted_references_is_one_merged_pass():
     listed = [("b", 1), ("d", 1), ("e", 1)]
     assert stored.unlisted_references(iter(["a", "b", "c", "e", "f"]), iter(listed)) == ["a", "c", "f"]
     assert stored.unlisted_references(iter([]), iter(listed)) == []
+
+
+def test_a_database_failing_its_check_is_never_recorded(lib, tmp_path):
+    """The SQLite check runs beside the blob copying: a database that fails it gets no
+    record (its blobs, if any were new, are garbage for the next prune)."""
+    import contextlib
+    import sqlite3
+    from stash_backup_plugin.core.errors import VerificationError
+    copy = vacuum_copy(lib.database, tmp_path / "copy.sqlite")
+    with contextlib.closing(sqlite3.connect(f"file:{copy}?immutable=1", uri=True)) as connection:
+        [root] = connection.execute("SELECT rootpage FROM sqlite_master WHERE name = 'performers'").fetchone()
+    data = bytearray(copy.read_bytes())
+    page = (root - 1) * int.from_bytes(data[16:18], "big")
+    data[page + 1:page + 3] = (5).to_bytes(2, "big")  # one damaged page only quick_check notices
+    copy.write_bytes(bytes(data))
+    store = Store(tmp_path / "archive")
+    new = stored.checked_backup(names(1), copy, file_digest(copy), "quick", includes_blobs=True, source="filesystem")
+    with pytest.raises(VerificationError, match="quick_check"):
+        stored.store_backup(store, new, stored.FolderSource([lib.blobs]), Reporter())
+    assert store.record_names() == [] and store.snapshot_names() == []
+    assert stored.plan_collection(store).delete_blobs  # what it copied is unreferenced: the next prune takes it

@@ -19,7 +19,7 @@ from .atomic import atomic_output, discard, fsync_dir, make_folders, scratch_fol
 from .errors import UsageError, VerificationError
 from .naming import TEMP_MARKER as _TEMP, blob_member_name, blob_relative_path, parse_backup_name
 from .reporting import Reporter
-from .sqlite_check import (QUICK, check_database, count_filesystem_blob_references,
+from .sqlite_check import (NONE, QUICK, check_database, count_filesystem_blob_references,
                            filesystem_blob_references)
 from .store import SNAPSHOTS, Store, commit_snapshot, crash_point, write_snapshot
 from .store_plan import GcPlan, plan_gc, plan_snapshots
@@ -106,13 +106,34 @@ class NewBackup:
 
 
 def checked_backup(name: str, database: Path, sha256: str, level: str, includes_blobs: bool, **details) -> NewBackup:
-    """Check a database (SQLite check, schema) and describe it for `store_backup`: its
-    blob references stream from SQLite, sorted, when they are read."""
-    checked = check_database(database, level, blob_references=False)
+    """Describe a database for `store_backup`: a Stash database (header, schema) now; its
+    SQLite check at `level` runs beside the blob copying and must pass before the record
+    is written. Its blob references stream from SQLite, sorted, when they are read."""
+    checked = check_database(database, NONE, blob_references=False)
     referenced = filesystem_blob_references(database) if includes_blobs else iter(())
     count = count_filesystem_blob_references(database) if includes_blobs else 0
     return NewBackup(name, database, sha256, checked.schema_version, referenced, includes_blobs,
                      verified_level=level, referenced_count=count, **details)
+
+
+class _InThread(threading.Thread):
+    """Work beside the main thread; its result (or its exception) when joined."""
+
+    def __init__(self, work: Callable):
+        super().__init__(daemon=True)
+        self.work, self.value, self.error = work, None, None
+
+    def run(self) -> None:
+        try:
+            self.value = self.work()
+        except BaseException as error:  # handed to the caller's thread
+            self.error = error
+
+    def result(self):
+        self.join()
+        if self.error:
+            raise self.error
+        return self.value
 
 
 class _Compressor(threading.Thread):
@@ -156,10 +177,14 @@ def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Repor
         make_folders(store.incoming)
         compressor = _Compressor(store, new.name, new.database, compressed)
         compressor.start()
+        # quick_check (or integrity_check) reads the database while the blobs are copied
+        check = _InThread(lambda: check_database(new.database, new.verified_level, blob_references=False))
+        check.start()
         blob_list = store.incoming / f"{new.name}.blobs{_TEMP}{os.getpid()}"
         try:
             with open(blob_list, "w", encoding="ascii") as listing:
                 counts = _store_blobs(store, new.referenced, new.referenced_count, source, listing, report)
+            check.result()
             temp, digest = compressor.result()
             if digest.sha256 != new.sha256 or digest.size != new.database.stat().st_size:
                 discard(temp)
@@ -171,6 +196,7 @@ def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Repor
                 store.write_record(header, _read_list(listing))
             crash_point("record-written")
         finally:
+            check.join()
             compressor.join()
             if compressor.temp and compressor.temp.exists():
                 discard(compressor.temp)
