@@ -50,7 +50,8 @@ class LocalStash:
         shutil.move(made, self.root / "served" / name)
         return f"http://elsewhere.example/downloads/{self.count}/{name}"
 
-    def fetch_backup(self, link: str, folder: Path, final_name: str, progress=None, tee=None) -> Downloaded:
+    def fetch_backup(self, link: str, folder: Path, final_name: str, progress=None, tee=None,
+                     durable: bool = True) -> Downloaded:
         if self.expire:
             self.expire -= 1
             raise LinkExpiredError("the link expired")

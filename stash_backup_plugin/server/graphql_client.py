@@ -143,13 +143,15 @@ class StashClient:
         return data.get("backupDatabase")
 
     def fetch_backup(self, link: str, folder: Path, final_name: str,
-                     progress: Optional[Callable[[int, Optional[int]], None]] = None, tee=None) -> Downloaded:
+                     progress: Optional[Callable[[int, Optional[int]], None]] = None, tee=None,
+                     durable: bool = True) -> Downloaded:
         """The link is fetched from our own URL, never from the host Stash wrote
         into it (external_host): credentials go to no other host."""
         from .download import download
         if self._downloads is None:
             self._downloads = new_session(self.connection)
-        return download(self._downloads, self.connection.rebase(link), folder, final_name, progress=progress, tee=tee)
+        return download(self._downloads, self.connection.rebase(link), folder, final_name, progress=progress, tee=tee,
+                        durable=durable)
 
     def plugin_settings(self, plugin_id: str) -> dict:
         data = self.execute(_PLUGIN_SETTINGS, {"ids": [plugin_id]})
