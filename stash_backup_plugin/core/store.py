@@ -66,6 +66,7 @@ class StoredBlob:
 class Store:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
+        self._blobs = os.path.join(self.folder, BLOBS)  # a string: blob_size runs once per blob
 
     # --- layout ------------------------------------------------------------------
     @property
@@ -95,7 +96,7 @@ class Store:
     # --- blobs ---------------------------------------------------------------------
     def blob_size(self, checksum: str) -> Optional[int]:
         try:  # a plain string path: this runs once per blob of every backup
-            return os.stat(os.path.join(self.blobs_folder, checksum[0:2], checksum[2:4], checksum)).st_size
+            return os.stat(f"{self._blobs}/{checksum[0:2]}/{checksum[2:4]}/{checksum}").st_size
         except OSError:
             return None
 
