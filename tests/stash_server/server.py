@@ -50,6 +50,8 @@ class StashServer:
     # Serve https with a self-signed certificate named for another host, as a user's
     # stash.crt usually is: clients on 127.0.0.1 cannot check it by name.
     tls: bool = False
+    # Added to Stash's environment, which its plugin processes inherit.
+    env: dict = field(default_factory=dict)
 
     # --- layout -------------------------------------------------------------
     @property
@@ -128,7 +130,7 @@ class StashServer:
         self.process = subprocess.Popen(
             [str(self.binary), "--config", str(self.config_path), "--nobrowser"],
             cwd=self.root, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            start_new_session=True, env=dict(os.environ, **self.env))
         log.close()
         self._wait_until_ready()
         return self
