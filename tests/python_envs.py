@@ -60,7 +60,7 @@ def build_wheel(out: Path) -> Path:
     source = out / "source"
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
         ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "tests", "benchmarks"))
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
           "--disable-pip-version-check", "-w", out, source])
     [wheel] = out.glob("stash_backup-*.whl")
     return wheel

@@ -214,14 +214,17 @@ class StashServer:
         variables = {"id": plugin_id, "task": task, "args": args or {}}
         job_id = self.graphql("mutation($id: ID!, $task: String!, $args: Map) { runPluginTask(plugin_id: $id, task_name: $task, args_map: $args) }",
                               variables)["runPluginTask"]
+        return self.wait_for_job(job_id, timeout, f"plugin task {task!r}")
+
+    def wait_for_job(self, job_id: str, timeout: float = 300, what: str = "job") -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            job = self.graphql("query($id: ID!) { findJob(input: {id: $id}) { id status description error progress } }",
-                               {"id": job_id})["findJob"]
+            job = self.graphql("query($id: ID!) { findJob(input: {id: $id}) { id status description error progress "
+                               "startTime endTime } }", {"id": job_id})["findJob"]
             if job is None or job["status"] in ("FINISHED", "CANCELLED", "FAILED"):
                 return job or {"id": job_id, "status": "GONE"}
             time.sleep(0.2)
-        raise StashServerError(f"plugin task {task!r} did not finish within {timeout} s")
+        raise StashServerError(f"{what} did not finish within {timeout} s")
 
     def logs(self) -> list[dict]:
         return self.graphql("{ logs { time level message } }")["logs"]
