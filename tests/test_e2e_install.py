@@ -101,3 +101,39 @@ def test_the_plugin_manager_installs_the_package_runs_it_and_uninstalls_every_tr
     assert not folder.exists(), sorted(str(p) for p in folder.rglob("*"))
     assert not server.graphql("{ plugins { id } }")["plugins"]
     assert archive_dir(server).is_dir()  # the backups are the user's: an uninstall keeps them
+
+
+def test_stash_gives_its_api_key_to_a_session_cookie(stash_server_factory, stash_version):
+    """What the plugin asks instead of reading config.yml: no key while Stash has no
+    credentials; with them, the key, to a request carrying only the session cookie."""
+    import requests
+    from stash_backup_plugin.server.connection import Connection
+    from stash_backup_plugin.server.graphql_client import StashClient
+    server = stash_server_factory(stash_version, install_plugin=False)
+    with StashClient(Connection(server.url)) as client:
+        assert client.plugin_settings_and_api_key(PLUGIN) == ({}, None)
+    key = server.enable_credentials()
+    with requests.Session() as browser:
+        browser.post(f"{server.url}/login", data={"username": "admin", "password": "s3cret-pass"}, timeout=30)
+        cookie = browser.cookies["session"]
+    with StashClient(Connection(server.url, session_cookie=cookie)) as client:
+        assert client.plugin_settings_and_api_key(PLUGIN) == ({}, key)
+
+
+def test_https_pins_the_certificate_named_by_ssl_cert_path(stash_server_factory, tmp_path):
+    """config.yml's ssl_cert_path wins over stash.crt in the config folder (which the
+    harness also writes, so pinning the wrong one fails); read without PyYAML."""
+    tls = tmp_path / "my tls"
+    tls.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=nas.example.org",
+                    "-keyout", str(tls / "key.pem"), "-out", str(tls / "cert.pem"), "-days", "3"],
+                   check=True, capture_output=True)
+    server = stash_server_factory(NEW_VERSION, tls=True, ssl_cert_path=str(tls / "cert.pem"),
+                                  ssl_key_path=str(tls / "key.pem"))
+    assert (server.root / "stash.crt").read_bytes() != (tls / "cert.pem").read_bytes()
+    seed_content(server)
+    before = len(plugin_messages(server))
+    assert server.run_plugin_task(PLUGIN, "Download backup to archive")["status"] == "FINISHED"
+    messages = plugin_messages(server, before)
+    assert manifest(server)[0]["verified_ok"], messages
+    assert not [m for m in messages if m[0] == "Error"], messages
