@@ -38,10 +38,7 @@ def _fail(message):
 def arrange_path(root, plugin_dir):
     """sys.path as the module docstring orders it. Returns the bundle's path when it
     is used, else None."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    # Run as a plain script, Python put this file's folder first, where our module
-    # names would import bare: the folder (or archive) holding the package goes there.
-    rest = [p for p in sys.path if os.path.abspath(p or ".") not in (here, root)]
+    rest = [p for p in sys.path if os.path.abspath(p or ".") != root]
     local = os.path.join(plugin_dir, LOCAL_PACKAGES)
     front = [root] + ([local] if os.path.isdir(local) else [])
     sys.path[:] = front + rest
