@@ -319,13 +319,22 @@ def _seconds_to_first_log_line(stash, task: str) -> float:
     def ours():
         return [line for line in stash.logs() if "[Plugin / Stash Backup]" in line["message"]]
 
-    before = len(ours())
-    started = time.time()
-    job = _run_task_fast(stash, task)
-    assert job["status"] == "FINISHED", job
-    new = list(reversed(ours()))[before:]  # logs come newest first
-    assert new and not any(line["level"] == "Error" for line in new), new
-    return min(_epoch(line["time"]) for line in new) - started
+    for _ in range(3):
+        # Stash keeps only its latest log lines: tell the new ones by what was there.
+        seen = {(line["time"], line["message"]) for line in ours()}
+        started = time.time()
+        job = _run_task_fast(stash, task)
+        assert job["status"] == "FINISHED", job
+        # Stash ends the job without waiting for the plugin's stderr to be read, so
+        # the line can come a little later, or (rarely, under load) never.
+        deadline = time.monotonic() + 3
+        while not (new := [line for line in ours() if (line["time"], line["message"]) not in seen]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if new:
+            assert not any(line["level"] == "Error" for line in new), new
+            return min(_epoch(line["time"]) for line in new) - started
+    raise RuntimeError(f"Stash logged no line of the plugin's {task!r} task three times")
 
 
 def _epoch(stamp: str) -> float:
