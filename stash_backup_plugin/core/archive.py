@@ -17,6 +17,7 @@ from .naming import BackupName, is_temp_name, parse_backup_name, with_counter
 MANIFEST_NAME = "manifest.json"
 # The plugin's default archive, beside Stash's config.yml; stash-restore looks there too.
 DEFAULT_FOLDER_NAME = "stash-backup-archive"
+ARCHIVE_FOLDER_SETTING = "archiveFolder"  # the plugin's setting that moves the archive elsewhere
 LOCK_NAME = ".stash-backup.lock"
 FORMAT = 1
 
