@@ -42,7 +42,8 @@ query StashBackupServerInfo {
 }
 """)
 _BACKUP = gql("mutation StashBackup($input: BackupDatabaseInput!) { backupDatabase(input: $input) }")
-_PLUGIN_SETTINGS = gql("query StashBackupSettings($ids: [ID!]) { configuration { plugins(include: $ids) } }")
+_PLUGIN_SETTINGS = gql("query StashBackupSettings($ids: [ID!]) "
+                       "{ configuration { general { apiKey } plugins(include: $ids) } }")
 _RELOAD_PLUGINS = gql("mutation { reloadPlugins }")
 _QUEUE_PLUGIN_TASK = gql("mutation StashBackupQueue($id: ID!, $args: Map, $description: String) "
                          "{ runPluginTask(plugin_id: $id, args_map: $args, description: $description) }")
@@ -153,10 +154,13 @@ class StashClient:
         return download(self._downloads, self.connection.rebase(link), folder, final_name, progress=progress, tee=tee,
                         durable=durable)
 
-    def plugin_settings(self, plugin_id: str) -> dict:
+    def plugin_settings_and_api_key(self, plugin_id: str) -> tuple[dict, Optional[str]]:
+        """A plugin's settings, and Stash's API key when it has one (empty when no
+        credentials are set). A plugin asks with the session cookie Stash gave it."""
         data = self.execute(_PLUGIN_SETTINGS, {"ids": [plugin_id]})
         plugins = data["configuration"].get("plugins") or {}
-        return dict(plugins.get(plugin_id) or {})
+        api_key = ((data["configuration"].get("general") or {}).get("apiKey")) or None
+        return dict(plugins.get(plugin_id) or {}), api_key
 
     def reload_plugins(self) -> None:
         self.execute(_RELOAD_PLUGINS)
