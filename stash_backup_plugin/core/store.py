@@ -356,13 +356,23 @@ class SnapshotTee:
 
     def reset(self) -> None:
         """The server started over: so does the snapshot."""
-        self._queue.put(self._RESET)
+        self._put(self._RESET)
         self._offset, self._behind_at = 0, None
 
     def finish(self, downloaded: Path) -> None:
         """The download is complete in `downloaded`: compress what the tee let go from
         there. Returns at once; `result()` waits."""
-        self._queue.put((downloaded, self._behind_at))
+        self._put((downloaded, self._behind_at))
+
+    def _put(self, item) -> None:
+        """Hand over an instruction; never wait on a thread that has stopped (its error
+        comes out of result())."""
+        while self._thread.is_alive():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
     def result(self) -> tuple[Path, snapshots.Digest]:
         """The compressed temp file, fsynced, and the digest of what it holds."""
@@ -372,9 +382,8 @@ class SnapshotTee:
         return self._result
 
     def discard(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(self._STOP)
-            self._thread.join()
+        self._put(self._STOP)
+        self._thread.join()
         self._handle.close()
         discard(self.temp)
         with contextlib.suppress(OSError):  # a failed first download leaves no empty folder behind
