@@ -205,23 +205,17 @@ def test_a_tee_that_falls_behind_reads_the_rest_from_the_file(tmp_path):
     assert digest.sha256 == hashlib.sha256(PAYLOAD).hexdigest() and gzip.decompress(temp.read_bytes()) == PAYLOAD
 
 
-def test_a_tee_whose_disk_fails_reports_it_and_never_hangs(tmp_path):
+def test_a_tee_whose_disk_fails_reports_it_and_never_hangs(tmp_path, monkeypatch):
+    import errno
+    from stash_backup_plugin.core import snapshot
     from stash_backup_plugin.core.errors import StorageError
     from stash_backup_plugin.core.store import SnapshotTee, Store
-    import errno
 
-    class FullDisk:
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
+    def full_disk(target, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-        def seek(self, *args):
-            pass
-
-        truncate = flush = close = seek
-
+    monkeypatch.setattr(snapshot, "_write_all", full_disk)  # every compressed write fails, as on a full disk
     tee = SnapshotTee(Store(tmp_path / "archive"), NAME)
-    tee._handle.close()
-    tee._handle = FullDisk()  # every write fails, as on a full disk
     for _ in range(20):  # more chunks than the queue holds
         tee.write(b"x" * 1024 * 1024)
     tee.reset()
