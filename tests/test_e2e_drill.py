@@ -189,3 +189,23 @@ def test_kill_9_of_a_drill_leaves_no_stash_and_the_next_drill_cleans_up(stash_se
     assert code == 0 and result["ok"], stderr
     assert scratch_folders(dest) == []
     assert requests.get(f"{server.url}/healthz", timeout=10).ok
+
+
+def test_plugin_drills_after_every_download_with_the_stash_that_runs_it(stash_server_factory, tmp_path):
+    """The plugin's setting "Restore drill every 1": a Download is followed by a drill
+    with the parent Stash's own binary; the Restore drill task runs one by hand."""
+    from .test_e2e_plugin import PLUGIN, archive_dir, manifest, run_task
+    server = stash_server_factory(NEW_VERSION)
+    seed_content(server)
+    server.graphql(f'mutation {{ configurePlugin(plugin_id: "{PLUGIN}", input: {{drillEvery: "1"}}) }}')
+    lines = run_task(server, "Download backup to archive")
+    assert not [m for level, m in lines if level == "Error"], lines
+    [entry] = manifest(server)
+    assert entry["drill"]["ok"] and NEW_VERSION.lstrip("v") in entry["drill"]["stash_version"], entry
+    first = entry["drill"]["at"]
+    time.sleep(1.1)
+    lines = run_task(server, "Restore drill")
+    assert any("drill of" in m and "passed" in m for _, m in lines), lines
+    [entry] = manifest(server)
+    assert entry["drill"]["ok"] and entry["drill"]["at"] != first
+    assert scratch_folders(archive_dir(server)) == []

@@ -20,10 +20,12 @@ PACKAGE = "stash_backup_plugin"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # What the plugin runs: the package's layers below the plugin (import-linter holds
-# them to that), never the CLI or the offline restore. The plugin still reads
-# config.yml through offline/stash_config.py (PyYAML) until it asks Stash instead.
-PLUGIN_PARTS = ("__init__.py", "jobs.py", "core", "server", "plugin", "offline/__init__.py",
-                "offline/stash_config.py", "plugin/ui/backups.js", "plugin/ui/backups.css")
+# them to that), never the CLI. The restore drill runs the offline restore's engine
+# (restore and what it imports; not its command line nor salvage), which imports
+# without PyYAML: only reading a config.yml needs it.
+PLUGIN_PARTS = ("__init__.py", "jobs.py", "drill.py", "core", "server", "plugin", "offline/__init__.py",
+                "offline/stash_config.py", "offline/restore.py", "offline/swap.py", "offline/plan.py",
+                "offline/liveness.py", "plugin/ui/backups.js", "plugin/ui/backups.css")
 
 
 def manifest_source() -> Path:
