@@ -9,11 +9,13 @@ from stash_backup_plugin.core.errors import UsageError
 from stash_backup_plugin.cli.install import build_package, install_plugin, runtime_sources
 
 
-def test_the_plugin_takes_its_layers_and_leaves_out_the_cli_and_the_restore():
+def test_the_plugin_takes_its_layers_and_leaves_out_the_cli_and_the_restore_command():
     sources = set(runtime_sources())
     assert {"plugin/task.py", "plugin/run.py", "jobs.py", "server/download.py", "core/verify.py"} <= sources
     assert not {s for s in sources if s.startswith("cli/")}
-    assert not {"offline/restore.py", "offline/swap.py", "offline/cli.py"} & sources
+    # The restore drill runs the offline restore's engine; its command line and salvage stay out.
+    assert {"drill.py", "offline/restore.py", "offline/swap.py", "offline/plan.py", "offline/liveness.py"} <= sources
+    assert not {"offline/cli.py", "offline/__main__.py", "offline/salvage.py"} & sources
 
 
 def test_install_writes_one_manifest_named_for_the_id(tmp_path):
