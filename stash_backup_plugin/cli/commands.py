@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
                                   "(ntfy://, tgram://, mailto://, json://, ...) or an http(s):// webhook; repeatable "
                                   "(env STASH_BACKUP_NOTIFY, space-separated)")
 
+    def stash_binary_option(command):
+        command.add_argument("--stash-binary", type=Path, metavar="PATH",
+                             help="the Stash binary the drill starts (default: stash on PATH)")
+
     def check_option(command):
         command.add_argument("--full-check", action="store_true",
                              help="PRAGMA integrity_check instead of quick_check (much slower on big libraries)")
@@ -72,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     download.add_argument("--if-older-than", metavar="DURATION",
                           help="skip when the newest verified backup is younger, e.g. 20h or 1d")
     download.add_argument("--json", action="store_true", help="print the new archive entry as JSON")
+    download.add_argument("--drill-every", metavar="N|DURATION", default="",
+                          help="after the download, run a restore drill every N backups (e.g. 5) or when the last "
+                               "drill is older than DURATION (e.g. 7d)")
+    stash_binary_option(download)
     notify_option(download)
 
     listing = commands.add_parser("list", help="list the archive")
@@ -88,6 +96,15 @@ def _parser() -> argparse.ArgumentParser:
     reading.add_argument("--read-data-subset", metavar="N/M",
                          help="re-hash part N of M of the blobs; N = 1..M on M nights reads them all")
     notify_option(verify)
+
+    drill = commands.add_parser("drill", help="restore a backup into a scratch folder, boot Stash on it and compare")
+    archive_option(drill)
+    notify_option(drill)
+    drill.add_argument("name", nargs="?", metavar="NAME", help="the backup (default: the newest verified)")
+    stash_binary_option(drill)
+    drill.add_argument("--timeout", type=int, default=900, metavar="SECONDS",
+                       help="give up when Stash has not started, migrated and answered in this time (default %(default)s)")
+    drill.add_argument("--json", action="store_true")
 
     prune = commands.add_parser("prune", help="apply a retention policy to the archive")
     archive_option(prune)
@@ -174,15 +191,46 @@ def cmd_download(args, report) -> int:
         check_level=FULL if args.full_check else QUICK,
         if_older_than=parse_duration(args.if_older_than) if args.if_older_than else None)
     archive = _archive(args)
+    from ..drill import check_drill_every
+    drill_every = check_drill_every(args.drill_every)
     with jobs.recording(_status_file(archive), "download", report, _notifier(args, report)) as run, \
             _client(args) as client:
         outcome = jobs.download_to_archive(client, archive, options, report)
         run.done(f"Archived {outcome.entry.file}" if outcome.entry else outcome.skipped_reason)
+    drilled = _drill_if_due(args, archive, drill_every, report) if outcome.entry else True
     if args.json:
         _print_json(asdict(outcome.entry) if outcome.entry else {"skipped": outcome.skipped_reason})
     elif outcome.entry:
         print(_archive(args).path_of(outcome.entry))
-    return 0
+    return 0 if drilled else 1
+
+
+def _drill_if_due(args, archive, every: str, report) -> bool:
+    from ..drill import drill_due
+    if not drill_due(archive.entries(), every):
+        return True
+    report.info(f"a restore drill is due (--drill-every {every})")
+    return _drill(args, archive, None, report).ok
+
+
+def _drill(args, archive, name, report):
+    from .. import jobs
+    from ..drill import DEFAULT_TIMEOUT, drill, stash_on_path
+    binary = args.stash_binary or stash_on_path()
+    if not binary:
+        from ..core.errors import UsageError
+        raise UsageError("no stash on PATH: pass --stash-binary PATH (the Stash binary you run)")
+    with jobs.recording(_status_file(archive), "drill", report, _notifier(args, report)) as run:
+        result = drill(archive, name, binary.expanduser(), report, getattr(args, "timeout", DEFAULT_TIMEOUT))
+        (run.done if result.ok else run.fail)(result.line())
+    return result
+
+
+def cmd_drill(args, report) -> int:
+    result = _drill(args, _archive(args), args.name, report)
+    if args.json:
+        _print_json(asdict(result))
+    return 0 if result.ok else 1
 
 
 def cmd_list(args, report) -> int:
@@ -196,10 +244,11 @@ def cmd_list(args, report) -> int:
         print(f"no backups in {archive.folder}")
     for entry in entries:
         state = "verified" if entry.verified_ok else ("BAD" if entry.verified_at else "unverified")
+        drilled = ("booted" if entry.drill.get("ok") else "DRILL-FAILED") if entry.drill.get("at") else "-"
         blobs = f"{entry.blob_count} blobs" if entry.includes_blobs else "database only"
         own = entry.new_bytes if entry.is_stored else entry.size
         print(f"{entry.created}  schema {entry.schema_version:<3}  {entry.kind:<6}  {blobs:<14}  "
-              f"new {human_size(own):>10}  {state:<10}  {entry.file}")
+              f"new {human_size(own):>10}  {state:<10}  drill {drilled:<12}  {entry.file}")
     usage = archive.usage()
     print(f"archive total {human_size(usage.total)}: {usage.blobs} blob(s) {human_size(usage.blob_bytes)}, "
           f"database snapshots {human_size(usage.snapshot_bytes)}, records {human_size(usage.record_bytes)}"
@@ -384,7 +433,7 @@ def cmd_package(args, report) -> int:
 
 
 COMMANDS = {"backup": cmd_backup, "download": cmd_download, "list": cmd_list, "verify": cmd_verify,
-            "prune": cmd_prune, "export": cmd_export, "migrate": cmd_migrate, "status": cmd_status,
+            "prune": cmd_prune, "drill": cmd_drill, "export": cmd_export, "migrate": cmd_migrate, "status": cmd_status,
             "schedule": cmd_schedule, "install-plugin": cmd_install_plugin, "package": cmd_package}
 
 

@@ -23,7 +23,7 @@ from ..core.retention import Duration, Policy, parse_duration
 from ..core.sqlite_check import FULL, QUICK
 from ..core.status import StatusFile
 
-MODES = ("backup", "download", "verify", "retention")  # tasks, run in Stash's job queue
+MODES = ("backup", "download", "verify", "retention", "drill")  # tasks, run in Stash's job queue
 OPERATIONS = ("status",)  # runPluginOperation: answers at once, for the Backups page
 DEFAULT_INTERVAL = "24h"
 # The page's badge shows "stale" past the interval; the overdue notice waits until a
@@ -46,6 +46,7 @@ class Settings:
     notify_urls: tuple = ()
     backup_folder_keep_last: int = 0  # Stash's own backup folder: keep our N newest there
     backup_folder_include_others: bool = False
+    drill_every: str = ""  # after a download: "N" backups or a duration since the last drill; "" never
 
 
 def _as_bool(value, default: bool) -> bool:
@@ -90,7 +91,18 @@ def settings_from(values: dict, config_dir: Path) -> Settings:
         notify_urls=tuple(parse_urls(str(values.get("notifyUrls") or ""))),
         backup_folder_keep_last=_as_count("backupFolderKeepLast", values.get("backupFolderKeepLast")),
         backup_folder_include_others=_as_bool(values.get("backupFolderIncludeOthers"), False),
+        drill_every=_drill_every(values.get("drillEvery")),
     )
+
+
+def _drill_every(value) -> str:
+    from ..drill import check_drill_every
+    text = str(value or "").strip()
+    try:
+        return check_drill_every(text)
+    except UsageError:
+        raise ConfigError(f"setting Restore drill every is {text!r}: use a number of backups (e.g. 5) "
+                          "or a duration (e.g. 7d)") from None
 
 
 def _interval(value) -> Duration:
@@ -182,9 +194,34 @@ def run_task(payload: dict, reporter: PluginLogReporter, secrets: Optional[list]
         if mode == "status":
             return _status(client, own_id, settings, _status_file(settings, server),
                            _as_bool(args.get("autorun"), False), reporter, notify)
-        with jobs.recording(_status_file(settings, server), mode, reporter, notify) as run:
+        status_file = _status_file(settings, server)
+        if mode == "drill":
+            return _drill(settings, status_file, reporter, notify)
+        with jobs.recording(status_file, mode, reporter, notify) as run:
             run.done(_run_mode(mode, client, settings, reporter, auto=_as_bool(args.get("auto"), False)))
+        if mode == "download" and _drill_due(settings):
+            reporter.info(f"a restore drill is due (Restore drill every {settings.drill_every})")
+            _drill(settings, status_file, reporter, notify)
         return run.message
+
+
+def _drill_due(settings: Settings) -> bool:
+    from ..drill import drill_due
+    return drill_due(Archive(settings.archive_folder).entries(), settings.drill_every)
+
+
+def _drill(settings: Settings, status_file: StatusFile, reporter: PluginLogReporter, notify) -> str:
+    """With the Stash that runs this plugin (our parent process): the binary the user runs."""
+    from ..drill import drill, parent_stash_binary
+    binary = parent_stash_binary()
+    if not binary:
+        raise ConfigError("the restore drill cannot tell which Stash binary runs this plugin (/proc is not readable)")
+    with jobs.recording(status_file, "drill", reporter, notify) as run:
+        result = drill(Archive(settings.archive_folder), None, binary, reporter)
+        if not result.ok:
+            raise VerificationError(result.line())  # logged once, by Stash, at error level
+        run.done(result.line())
+    return run.message
 
 
 def _status_file(settings: Settings, server: dict) -> StatusFile:
