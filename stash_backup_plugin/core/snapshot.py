@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -110,26 +112,67 @@ def _write_all(target: BinaryIO, data: bytes) -> int:
 def decompress(source: BinaryIO, target, progress: Progress = None) -> Digest:
     """Stream the snapshot back into `target` (anything with write()); every member's
     CRC and length are checked by zlib. A truncated or damaged stream raises
-    VerificationError."""
-    digest, size, read = hashlib.sha256(), 0, 0
+    VerificationError. Hashing and writing run on a second thread, beside the
+    decompression (both release the GIL)."""
+    size, read = 0, 0
     worker, in_member = zlib.decompressobj(31), False
-    try:
-        while data := source.read(READ_CHUNK):
-            read += len(data)
-            while data:
-                in_member = True
-                out = worker.decompress(data)
-                if out:
-                    digest.update(out)
-                    size += len(out)
-                    _write_all(target, out)
-                    if progress:
-                        progress(len(out))
-                data = b""
-                if worker.eof:  # a member ended: the next one starts in unused_data
-                    data, worker, in_member = worker.unused_data, zlib.decompressobj(31), False
-    except zlib.error as error:
-        raise VerificationError(f"the compressed database is damaged ({error})") from error
+    with _Sink(target, progress) as sink:
+        try:
+            while data := source.read(READ_CHUNK):
+                read += len(data)
+                while data:
+                    in_member = True
+                    out = worker.decompress(data)
+                    if out:
+                        size += len(out)
+                        sink.put(out)
+                    data = b""
+                    if worker.eof:  # a member ended: the next one starts in unused_data
+                        data, worker, in_member = worker.unused_data, zlib.decompressobj(31), False
+        except zlib.error as error:
+            raise VerificationError(f"the compressed database is damaged ({error})") from error
     if in_member or read == 0:
         raise VerificationError("the compressed database ends in the middle: the file is truncated")
-    return Digest(size, digest.hexdigest(), read)
+    return Digest(size, sink.sha256, read)
+
+
+class _Sink:
+    """Hashes and writes decompressed chunks on its own thread, in order."""
+
+    _END = object()
+
+    def __init__(self, target, progress: Progress):
+        self.target, self.progress = target, progress
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        self._digest = hashlib.sha256()
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="snapshot-sink", daemon=True)
+        self.sha256 = ""
+
+    def __enter__(self) -> "_Sink":
+        self._thread.start()
+        return self
+
+    def put(self, chunk: bytes) -> None:
+        if self._error:
+            raise self._error
+        self._queue.put(chunk)
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not self._END:
+            if self._error:
+                continue  # drain: the producer stops at its next put
+            try:
+                self._digest.update(chunk)
+                _write_all(self.target, chunk)
+                if self.progress:
+                    self.progress(len(chunk))
+            except BaseException as error:
+                self._error = error
+
+    def __exit__(self, *exc) -> None:
+        self._queue.put(self._END)
+        self._thread.join()
+        if self._error and exc[0] is None:
+            raise self._error
+        self.sha256 = self._digest.hexdigest()

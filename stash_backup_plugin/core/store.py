@@ -331,7 +331,7 @@ class SnapshotTee:
     reads the rest from the downloaded file, beside the blob copying; either way every
     byte is compressed once and the download never slows down for it."""
 
-    QUEUE_CHUNKS = 8  # chunks waiting for the compressor: memory stays a few MiB
+    QUEUE_CHUNKS = 4  # chunks waiting for the compressor: memory stays a few MiB
     _RESET, _STOP = object(), object()
 
     def __init__(self, store: Store, name: str):

@@ -607,7 +607,7 @@ def _copy_with_md5(source, out) -> str:
     return digest.hexdigest()
 
 
-STAGING_THREADS = 4
+STAGING_THREADS = 8  # reads and writes of small files wait on the disk: several in flight
 
 
 def _stage_batch(copy_blob: Callable, batch: list[str], blobs_path: Path, staged: list, parallel: bool) -> None:
