@@ -54,15 +54,23 @@ def open_unchanged(database: Path) -> Iterator[sqlite3.Connection]:
         with contextlib.closing(reader):
             yield reader
         return
-    with scratch_folder(database.parent, name=f".{database.name}.read") as private:
+    with private_copy(database, database.parent) as copy:
+        with _connect(f"file:{_uri_path(copy)}") as connection:
+            yield connection
+
+
+@contextlib.contextmanager
+def private_copy(database: Path, near: Path) -> Iterator[Path]:
+    """A copy of a database together with its -wal and -journal (committed data may
+    live there), in a scratch folder on the disk of `near`, removed afterwards."""
+    with scratch_folder(near, name=f".{database.name}.read") as private:
         copy = Path(private) / database.name
         shutil.copyfile(database, copy)
         for suffix in ("-wal", "-journal"):
             side = Path(f"{database}{suffix}")
             if side.exists():
                 shutil.copyfile(side, Path(f"{copy}{suffix}"))
-        with _connect(f"file:{_uri_path(copy)}") as connection:
-            yield connection
+        yield copy
 
 
 def _wal_reader(database: Path) -> Optional[sqlite3.Connection]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..core.addresses import reachable_host, url_host
+
 # SQLite's lock bytes in the database file (PENDING, RESERVED, SHARED range) and the
 # WAL "DMS" byte in the -shm file that every open connection holds a read lock on.
 DB_LOCK_START, DB_LOCK_LENGTH = 0x40000000, 0x200
@@ -255,13 +257,13 @@ def _ps_processes():
 def _probe_port(host: str, port: int, finding: Finding) -> None:
     """Stash's /healthz answering on its port is proof (it answers without a login);
     anything else listening there is only a suspicion."""
-    target = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    target = reachable_host(host)
     try:
         with socket.create_connection((target, port), timeout=1):
             pass
     except OSError:
         return
-    shown = f"[{target}]" if ":" in target else target
+    shown = url_host(target)
     for scheme in ("http", "https"):  # https when Stash has a stash.crt
         answer = _ask_healthz(f"{scheme}://{shown}:{port}/healthz")
         if answer == HEALTHY:

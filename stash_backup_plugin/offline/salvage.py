@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..core.atomic import commit, discard, make_folders, scratch_folder, take_parent_owner, temp_path_in
+from ..core.atomic import commit, discard, make_folders, take_parent_owner, temp_path_in
 from ..core.errors import RestoreRefused, StorageError, UsageError
-from ..core.sqlite_check import quote_identifier
+from ..core.sqlite_check import private_copy, quote_identifier
 
 
 @dataclass
@@ -32,13 +32,7 @@ def salvage(database: Path, output: Path) -> SalvageReport:
     if output.resolve() == database.resolve():
         raise UsageError("--output must be a new file, not the damaged database")
     make_folders(output.parent)
-    with scratch_folder(output.parent) as work:
-        private = work / database.name
-        shutil.copyfile(database, private)
-        for suffix in ("-wal", "-journal"):
-            side = Path(f"{database}{suffix}")
-            if side.exists():
-                shutil.copyfile(side, Path(f"{private}{suffix}"))
+    with private_copy(database, output.parent) as private:
         temp = temp_path_in(output.parent, output.name)
         discard(temp)  # sqlite3 creates the file itself
         try:

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
 
+from ..core.addresses import reachable_host, url_host
 from ..core.errors import ConfigError, UsageError
 
 DEFAULT_URL = "http://localhost:9999"
 _PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
-_WILDCARD_HOSTS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,7 @@ def from_plugin_input(server_connection: dict, api_key: Optional[str] = None,
     which expires. Over https the server's own certificate (`certificate`, default
     stash.crt in its config folder) is pinned."""
     scheme = server_connection.get("Scheme") or "http"
-    host = str(server_connection.get("Host") or "")
-    host = _WILDCARD_HOSTS.get(host, host)
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
+    host = url_host(reachable_host(server_connection.get("Host") or ""))
     port = server_connection.get("Port") or 9999
     cookie = (server_connection.get("SessionCookie") or {}).get("Value")
     pinned = None
