@@ -324,9 +324,9 @@ def verify(archive_folder: Path, remote: RemoteArchive, read_data: Optional[Read
         for backup in manifest.backups:
             problems = found[backup.name]
             if problems:
-                summary.failed.append((backup.name, problems[0]))
-                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-                report.error(f"BAD {backup.name}: {problems[0]}{more}")
+                summary.failed.append((backup.name, "; ".join(problems[:3])))
+                more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+                report.error(f"BAD {backup.name}: {'; '.join(problems[:3])}{more}")
             else:
                 report.info(f"ok  {backup.name}")
         report.progress(1.0)
