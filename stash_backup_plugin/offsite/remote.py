@@ -71,8 +71,15 @@ class RemoteArchive:
     def top_files(self) -> dict[str, int]:
         """The files directly in the remote folder (the first call to a remote: an
         unknown remote or refused credentials stop here)."""
-        with self.rclone.lsjson(self.path(), recursive=False) as items:
+        with self.rclone.lsjson(self.path(), recursive=False, on_missing=self._missing_folder) as items:
             return {item["Path"]: int(item.get("Size", -1)) for item in items}
+
+    def _missing_folder(self) -> None:
+        """On a bucket-based remote (S3) a new folder lists as empty: only a missing
+        bucket is "not found". A typo in a bucket's name must not start a new archive."""
+        if (self.rclone.features(self.spec.split(":", 1)[0] + ":").get("Features") or {}).get("BucketBased"):
+            raise RemoteError(f"cannot use {self.display}: the bucket does not exist: create it "
+                              "(rclone mkdir REMOTE:bucket) or fix its name")
 
     def read_manifest(self) -> Manifest:
         if manifests.NAME not in self.top_files():

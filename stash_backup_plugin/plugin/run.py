@@ -21,7 +21,10 @@ from ..core.retention import Policy, parse_duration
 from ..core.sqlite_check import FULL, QUICK
 from ..offline.stash_config import ARCHIVE_FOLDER_SETTING, StashConfig, load_config
 
-MODES = ("backup", "download", "verify", "retention")
+MODES = ("backup", "download", "verify", "retention", "offsite")
+# Secrets an off-site remote brought (rclone's config, its environment): every line the
+# plugin logs or answers passes through these as well.
+_REDACTORS: list = []
 
 
 @dataclass
@@ -33,6 +36,10 @@ class Settings:
     retention_dry_run: bool = False
     backup_folder_keep_last: int = 0  # Stash's own backup folder: keep our N newest there
     backup_folder_include_others: bool = False
+    offsite_remote: str = ""  # an rclone remote and folder, e.g. s3:bucket/stash
+    offsite_rclone_config: Optional[Path] = None
+    offsite_after_download: bool = False
+    offsite_retention: bool = False  # the Keep rules applied on the remote too
 
 
 def _as_bool(value, default: bool) -> bool:
@@ -73,6 +80,11 @@ def settings_from(values: dict, config_dir: Path) -> Settings:
         retention_dry_run=_as_bool(values.get("retentionDryRun"), False),
         backup_folder_keep_last=_as_count("backupFolderKeepLast", values.get("backupFolderKeepLast")),
         backup_folder_include_others=_as_bool(values.get("backupFolderIncludeOthers"), False),
+        offsite_remote=str(values.get("offsiteRemote") or "").strip(),
+        offsite_rclone_config=Path(str(values["offsiteRcloneConfig"])).expanduser()
+        if values.get("offsiteRcloneConfig") else None,
+        offsite_after_download=_as_bool(values.get("offsiteAfterDownload"), False),
+        offsite_retention=_as_bool(values.get("offsiteRetention"), False),
     )
 
 
@@ -137,7 +149,15 @@ def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: Plug
     if mode == "download":
         options = jobs.DownloadOptions(include_blobs=settings.include_blobs, check_level=settings.check_level)
         outcome = jobs.download_to_archive(client, archive, options, reporter)
-        return f"Archived {outcome.entry.file} in {archive.folder}" if outcome.entry else outcome.skipped_reason
+        done = f"Archived {outcome.entry.file} in {archive.folder}" if outcome.entry else outcome.skipped_reason
+        if settings.offsite_after_download and outcome.entry:
+            try:
+                return f"{done}; {_offsite_push(archive, settings, reporter)}"
+            except StashBackupError as error:  # the local backup stands; the error says so
+                raise type(error)(f"{done}, but the off-site copy failed: {error}") from None
+        return done
+    if mode == "offsite":
+        return _offsite_push(archive, settings, reporter)
     if mode == "verify":
         summary = jobs.verify_archive(archive, settings.check_level, reporter)
         if not summary.ok:
@@ -150,13 +170,38 @@ def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: Plug
     return jobs.retention_summary(settings.policy, result, settings.retention_dry_run)
 
 
+def _offsite_push(archive: Archive, settings: Settings, reporter: PluginLogReporter) -> str:
+    from ..offsite import jobs as offsite
+    from ..offsite.rclone import Rclone
+    from ..offsite.remote import RemoteArchive
+    if not settings.offsite_remote:
+        raise ConfigError("set the plugin's Off-site remote (an rclone remote and folder, e.g. s3:bucket/stash) "
+                          "to copy the archive off-site")
+    rclone = Rclone(config=settings.offsite_rclone_config)
+    _REDACTORS.append(rclone.redact)
+    remote = RemoteArchive(rclone, settings.offsite_remote)
+    policy = settings.policy if settings.offsite_retention else None
+    result = offsite.push(archive, remote, reporter, policy)
+    line = result.line(remote.display)
+    if result.retention:
+        line += "; " + result.retention.line(settings.policy, False)
+    return line
+
+
+def _hide(text: str, secrets: list[str]) -> str:
+    text = redact(text, secrets)
+    for more in _REDACTORS:
+        text = more(text)
+    return text
+
+
 def main(stdin=None, stdout=None, stderr=None) -> int:
     """Run one task. A failure is answered as the error on stdout, once: Stash logs
     it at error level ("Plugin returned error: …"), so logging it here too would show
     it twice. Never a traceback: it could carry a secret and says nothing to a user."""
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     secrets: list[str] = []
-    reporter = PluginLogReporter(stderr, redact=lambda text: redact(text, secrets))
+    reporter = PluginLogReporter(stderr, redact=lambda text: _hide(text, secrets))
     try:
         payload = read_input(stdin)
     except json.JSONDecodeError as error:  # run by hand, not by Stash
@@ -166,9 +211,9 @@ def main(stdin=None, stdout=None, stderr=None) -> int:
         secrets.extend(_secrets(payload))
         output = run_task(payload, reporter)
     except StashBackupError as error:
-        return _answer_error(stdout, redact(str(error), secrets))
+        return _answer_error(stdout, _hide(str(error), secrets))
     except Exception as error:  # a bug: still one line, redacted
-        return _answer_error(stdout, redact(_unexpected(error), secrets))
+        return _answer_error(stdout, _hide(_unexpected(error), secrets))
     stdout.write(encode_output(output=output))
     return 0
 
