@@ -4,12 +4,12 @@
     python -m benchmarks.ours verify DATABASE quick|full
     python -m benchmarks.ours pack BLOBS_DIR DATABASE OUT_ZIP
     python -m benchmarks.ours unpack ZIP BLOBS_DIR
+    python -m benchmarks.ours store DATABASE BLOBS_DIR ARCHIVE NAME
 """
 from __future__ import annotations
 
 import os
 import sys
-import zipfile
 from pathlib import Path
 
 
@@ -42,16 +42,30 @@ def pack(blobs_dir: str, database: str, out: str) -> None:
 
 def unpack(zip_path: str, blobs_dir: str) -> None:
     from stash_backup_plugin.offline import restore
-    from stash_backup_plugin.core.backup_zip import read_layout
     from stash_backup_plugin.core.reporting import Reporter
-    with zipfile.ZipFile(zip_path) as archive:
-        layout = read_layout(archive, Path(zip_path))
+    inspection = restore.read_backup(Path(zip_path))
     target = restore.Target(Path(blobs_dir).parent / "unused.sqlite", Path(blobs_dir))
-    blobs = sorted(layout.blob_members.items())
-    restore._extract_blobs(Path(zip_path), blobs, target, Path(blobs_dir).parent / "aside", Reporter())
+    everything = restore._Selection()
+    for index, (_, size) in enumerate(inspection.blobs()):
+        everything.add(index, size)
+    restore._extract_blobs(Path(zip_path), inspection, everything, target, Path(blobs_dir).parent / "aside",
+                           Reporter())
 
 
-COMMANDS = {"fetch": fetch, "verify": verify, "pack": pack, "unpack": unpack}
+def store(database: str, blobs_dir: str, archive: str, name: str) -> None:
+    """A stored backup from a database file and Stash's blobs folder, as the nightly
+    download does once the database has arrived (the plugin path)."""
+    from stash_backup_plugin.core import stored
+    from stash_backup_plugin.core.archive import Archive
+    from stash_backup_plugin.core.reporting import Reporter
+    from stash_backup_plugin.core.verify import file_digest
+    with Archive(Path(archive)).locked() as held:
+        new = stored.checked_backup(name, Path(database), file_digest(Path(database)), "quick", includes_blobs=True,
+                                    source="filesystem")
+        stored.store_backup(held.store, new, stored.FolderSource([Path(blobs_dir)]), Reporter())
+
+
+COMMANDS = {"fetch": fetch, "verify": verify, "pack": pack, "unpack": unpack, "store": store}
 
 if __name__ == "__main__":
     COMMANDS[sys.argv[1]](*sys.argv[2:])

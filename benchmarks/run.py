@@ -3,6 +3,7 @@
     python benchmarks/run.py            # the full suite (sizes up to 4 GiB / 50k blobs)
     python benchmarks/run.py --quick    # small sizes, a few minutes: what CI runs
     python benchmarks/run.py --only download,verify --runs 5
+    python benchmarks/run.py --only archive,memory,codec --archive-issue-scale   # 1 GiB, 50k blobs, 30 nights
 
 Every figure is a median of alternating A/B runs with its spread; ratio = our time
 divided by the reference's (lower is better).
@@ -37,7 +38,7 @@ def label(size: int) -> str:
 
 
 def ensure_tools() -> None:
-    missing = [tool for tool in ("curl", "zip", "unzip", "sqlite3", "tar", "time") if not shutil.which(tool)]
+    missing = [tool for tool in ("curl", "zip", "unzip", "sqlite3", "tar", "time", "rsync") if not shutil.which(tool)]
     if missing:
         print(f"installing {', '.join(missing)} from Debian's packages", flush=True)
         subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
@@ -312,21 +313,27 @@ def bench_startup(runs, work: Path) -> list[Comparison]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
-    parser.add_argument("--only", default="download,stash,verify,blobs,restore,plugin,startup")
+    parser.add_argument("--only", default="download,stash,verify,blobs,restore,plugin,startup,codec,archive,memory")
+    parser.add_argument("--archive-issue-scale", action="store_true",
+                        help="the archive benchmark at the issue's size: 1 GiB database, 50k blobs, 30 nights")
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--large", action="store_true", help="add 4 GiB databases and 100k blobs (slow to generate)")
     args = parser.parse_args()
     only = set(args.only.split(","))
     if args.quick:
         plan = dict(download=[32 * MiB], stash=32 * MiB, verify=[16 * MiB], full=[16 * MiB], blobs=[1000],
-                    restore=[16 * MiB], runs=args.runs or 3)
+                    restore=[16 * MiB], runs=args.runs or 3, codec=(16 * MiB, 300),
+                    archive=(16 * MiB, 300, 3), memory=[1000, 5000])
     else:
         plan = dict(download=[100 * MiB, GiB, 4 * GiB], stash=GiB, verify=[100 * MiB, GiB], full=[100 * MiB],
-                    blobs=[5000, 50000], restore=[100 * MiB, GiB], runs=args.runs or 5)
+                    blobs=[5000, 50000], restore=[100 * MiB, GiB], runs=args.runs or 5, codec=(256 * MiB, 10000),
+                    archive=(256 * MiB, 10000, 10), memory=[10000, 100000])
         if args.large:
             plan["verify"].append(4 * GiB)
             plan["restore"].append(4 * GiB)
             plan["blobs"].append(100000)
+    if args.archive_issue_scale:
+        plan["archive"], plan["codec"] = (GiB, 50000, 30), (GiB, 50000)
     ensure_tools()
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{subprocess.run(['sqlite3', '--version'], capture_output=True, text=True).stdout.split()[0]} (sqlite3), "
@@ -349,8 +356,37 @@ def main() -> int:
             bench_plugin(plan["runs"], work)
         if "startup" in only:
             bench_startup(max(plan["runs"], 5), work)
+        archive_lines = _archive_benchmarks(only, plan, work)
     _summary(results, args.quick)
+    if archive_lines:
+        print("\nthe archive's store:")
+        for line in archive_lines:
+            print(line)
     return 0
+
+
+def _archive_benchmarks(only: set, plan: dict, work: Path) -> list[str]:
+    """The store: codecs, N nights against curl + rsync, memory as blobs grow."""
+    from benchmarks import archive, compression, library
+    lines = []
+    if "codec" in only:
+        size, blobs = plan["codec"]
+        lib = library.library(size, blobs)
+        print(f"\ncodecs on a Stash-shaped database ({lib.database.stat().st_size // MiB} MiB):", flush=True)
+        lines.append(f"codecs ({lib.database.stat().st_size // MiB} MiB Stash-shaped database): size, compress, decompress")
+        for name, ratio, comp, decomp in compression.measure(lib.database, max(1, plan["runs"] // 2)):
+            row = f"  {name:<28} {ratio * 100:5.1f} %  {comp:6.0f} MiB/s  {decomp:6.0f} MiB/s"
+            print(row, flush=True)
+            lines.append(row)
+    if "archive" in only:
+        size, blobs, nights = plan["archive"]
+        print(f"\narchive: {nights} nights of a {size // MiB} MiB library with {blobs} blobs", flush=True)
+        result = archive.bench_nights(size, blobs, nights, work)
+        lines += archive.report(result, size, blobs)
+    if "memory" in only:
+        print("\npeak memory as blobs grow:", flush=True)
+        lines += ["peak memory as blobs grow:"] + archive.bench_memory(plan["memory"], work)
+    return lines
 
 
 def _work_parent() -> str:

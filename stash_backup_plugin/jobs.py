@@ -6,23 +6,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 from .core import stored
 from .core.archive import Archive, Entry, backup_files, entry_from_name, utc_now
 from .core.atomic import discard
 from .core.record import Header
-from .core.store import crash_point
+from .core.store import SnapshotTee, crash_point
 from .core.errors import (ConfigError, DownloadError, LinkExpiredError, StashBackupError, UsageError,
                           VerificationError)
 from .server.api import UNKNOWN_SERVER, Downloaded, ServerInfo, StashAPI
 from .core.naming import parse_backup_name
 from .core.reporting import Reporter, human_size
 from .core.retention import Decision, Duration, Policy, plan_retention
-from .core.sqlite_check import QUICK, check_database
+from .core.sqlite_check import QUICK
+from .core.status import (Notice, Status, StatusFile, auto_window, claim_auto_run, claim_overdue_notice,
+                          failure_notice, is_stale, iso, overdue_notice, parse_time)
 from .core.verify import BackupReport, require_blobs, verify_backup
 
 FRESH_BACKUP_ATTEMPTS = 3  # a link that expired mid-download needs a new backup
@@ -163,11 +166,17 @@ def download_to_archive(client: StashAPI, archive: Archive, options: DownloadOpt
                               "Stash host, pass --blobs-path DIR, or use --no-blobs")
         from_zip = want_blobs and not folders
         flag = (True if from_zip else False) if info.supports_include_blobs else None
-        fetched, name = _request_and_download(client, archive.folder, flag, report.phase(0.0, 0.5))
+        store = archive.store
+        tee_for = None if from_zip else (lambda backup_name: SnapshotTee(store, backup_name))
+        fetched, name, tee = _request_and_download(client, archive.folder, flag, report.phase(0.0, 0.5), tee_for)
         try:
-            header = _store_fetched(archive, info, options, fetched, name, folders, from_zip, report.phase(0.5, 1.0))
+            compressed = tee.finish() if tee else None
+            header = _store_fetched(archive, info, options, fetched, name, folders, from_zip, report.phase(0.5, 1.0),
+                                    compressed)
         finally:
             discard(fetched.temp_path)
+            if tee:
+                tee.discard()  # nothing left once the snapshot is in place
         entry = archive.find(header.name)
         if header.missing_blobs:
             report.warning(f"{header.missing_blobs} blob(s) the database refers to were found neither on the server "
@@ -193,21 +202,19 @@ def _readable(folder: Path) -> bool:
 
 
 def _store_fetched(archive: Archive, info: ServerInfo, options: DownloadOptions, fetched: Downloaded, name: str,
-                   folders: list[Path], from_zip: bool, report: Reporter) -> Header:
+                   folders: list[Path], from_zip: bool, report: Reporter, compressed: Optional[tuple]) -> Header:
     store = archive.store
     stored_name = archive.free_stored_name(name)
     if from_zip:
         return stored.import_backup_file(store, fetched.temp_path, stored_name, options.check_level, report,
                                          source="server-zip", server_version=info.version or "")
     report.progress(0.0, "checking the database")
-    checked = check_database(fetched.temp_path, options.check_level)
-    new = stored.NewBackup(
-        stored_name, fetched.temp_path, fetched.sha256, checked.schema_version, set(checked.blobs_on_filesystem),
-        includes_blobs=bool(folders), source="filesystem" if folders else "database",
-        server_version=info.version or "", verified_level=options.check_level,
-        database_member=Path(info.database_path).name if info.database_path else "")
+    new = stored.checked_backup(stored_name, fetched.temp_path, fetched.sha256, options.check_level,
+                                includes_blobs=bool(folders), source="filesystem" if folders else "database",
+                                server_version=info.version or "",
+                                database_member=Path(info.database_path).name if info.database_path else "")
     source = stored.FolderSource(folders) if folders else stored.NoBlobs()
-    return stored.store_backup(store, new, source, report)
+    return stored.store_backup(store, new, source, report, compressed)
 
 
 def _skip_reason(archive: Archive, if_older_than: Optional[Duration]) -> str:
@@ -222,10 +229,11 @@ def _skip_reason(archive: Archive, if_older_than: Optional[Duration]) -> str:
     return ""
 
 
-def _request_and_download(client: StashAPI, folder: Path, include_blobs: Optional[bool],
-                          report: Reporter) -> tuple[Downloaded, str]:
+def _request_and_download(client: StashAPI, folder: Path, include_blobs: Optional[bool], report: Reporter,
+                          tee_for: Optional[Callable] = None) -> tuple[Downloaded, str, Optional[SnapshotTee]]:
     """Ask for a download backup and fetch it; on an expired link or a failed transfer
-    ask for a fresh one, a bounded number of times."""
+    ask for a fresh one, a bounded number of times. `tee_for(name)` makes what sees
+    the bytes as they arrive (the snapshot compressor), one per attempt."""
     last_error: Optional[StashBackupError] = None
     for attempt in range(1, FRESH_BACKUP_ATTEMPTS + 1):
         report.progress(0.0, "backing up")
@@ -234,15 +242,22 @@ def _request_and_download(client: StashAPI, folder: Path, include_blobs: Optiona
             raise DownloadError("Stash returned no download link for the backup: is this a Stash server?")
         name = link.rstrip("/").rsplit("/", 1)[-1]
         entry_from_name(name)  # refuse anything that is not a Stash backup name
+        tee = tee_for(name) if tee_for else None
         try:
-            fetched = client.fetch_backup(link, folder, name, progress=report.bytes_progress("downloading"))
+            fetched = client.fetch_backup(link, folder, name, progress=report.bytes_progress("downloading"), tee=tee)
             if fetched.resumes:
                 report.warning(f"the connection dropped; resumed {fetched.resumes} time(s)")
-            return fetched, name
+            return fetched, name, tee
         except (LinkExpiredError, DownloadError) as error:
             last_error = error
             if isinstance(error, LinkExpiredError) or attempt < FRESH_BACKUP_ATTEMPTS:
                 report.warning(f"download attempt {attempt} failed ({error}); asking Stash for a fresh backup")
+        except BaseException:
+            if tee:
+                tee.discard()
+            raise
+        if tee:
+            tee.discard()
     raise DownloadError(f"gave up after {FRESH_BACKUP_ATTEMPTS} fresh backups: {last_error}")
 
 
@@ -561,3 +576,153 @@ def _migration_estimate(archive: Archive, entries: list[Entry]) -> str:
     return (f"{len(entries)} backup(s) take {human_size(before)} as per-backup files; in the store about "
             f"{human_size(after)} ({len(seen)} distinct blob(s), databases compressed): about "
             f"{human_size(max(before - after, 0))} freed")
+
+
+
+
+# --- Status: what the jobs did, for the Backups page and `stash-backup status` -------
+# One place records every job's attempt and outcome (plugin and CLI alike) and sends
+# the failure notice; status.json lives in the archive folder, or where that cannot be
+# written, in the caller's fallback folder (core/status.py).
+
+Notify = Callable[[Notice], None]
+
+
+class JobRun:
+    """What a recorded job ended with; an exception inside `recording` is a failure too."""
+
+    def __init__(self):
+        self.ok, self.message = True, ""
+
+    def done(self, message: str) -> None:
+        self.ok, self.message = True, message
+
+    def fail(self, message: str) -> None:
+        self.ok, self.message = False, message
+
+    @classmethod
+    def failure(cls, message: str) -> "JobRun":
+        run = cls()
+        run.fail(message)
+        return run
+
+
+@contextlib.contextmanager
+def recording(status_file: StatusFile, job: str, report: Reporter,
+              notify: Optional[Notify] = None) -> Iterator[JobRun]:
+    """Record the attempt, then its outcome, in the archive's status.json; notify on
+    failure. A status file that cannot be written is reported, never fatal: the
+    backup itself matters more than its record."""
+    run = JobRun()
+    _update_status(status_file, report, lambda status: status.started(job, utc_now()))
+    try:
+        yield run
+    except StashBackupError as error:
+        _finish(status_file, job, JobRun.failure(report.redact(str(error))), report, notify)
+        raise
+    except BaseException as error:  # a bug or an interrupt still ends the attempt
+        _finish(status_file, job,
+                JobRun.failure(f"stopped: {type(error).__name__} {report.redact(str(error))}".strip()), report, notify)
+        raise
+    run.message = report.redact(run.message)
+    _finish(status_file, job, run, report, notify)
+
+
+def _finish(status_file: StatusFile, job: str, run: JobRun, report: Reporter, notify: Optional[Notify]) -> None:
+    now = utc_now()
+    if run.ok:
+        _update_status(status_file, report, lambda status: status.succeeded(job, now, run.message))
+        return
+    _update_status(status_file, report, lambda status: status.failed(job, now, run.message))
+    if notify:
+        notify(failure_notice(job, run.message, status_file.folder))
+
+
+def _update_status(status_file: StatusFile, report: Reporter, change: Callable[[Status], None]) -> None:
+    try:
+        status_file.apply(change)
+    except StashBackupError as error:
+        report.warning(f"the backup status was not recorded: {error}")
+
+
+def interval_timedelta(interval: Duration, now: Optional[datetime] = None) -> timedelta:
+    now = now or datetime.now(timezone.utc)
+    return now - interval.before(now)
+
+
+def last_verified_time(archive: Archive) -> Optional[datetime]:
+    newest = archive.newest_verified()
+    return parse_time(newest.added_at) if newest else None
+
+
+def check_overdue(archive: Archive, status_file: StatusFile, interval: Duration, report: Reporter,
+                  notify: Optional[Notify] = None, factor: float = 1.0) -> bool:
+    """Whether the newest verified backup is older than `factor` times the interval;
+    the first check of each overdue spell sends the overdue notice."""
+    now = datetime.now(timezone.utc)
+    max_age, last = interval_timedelta(interval, now), last_verified_time(archive)
+    if not is_stale(last, max_age * factor, now):
+        return False
+    if notify:
+        try:
+            claimed, failure = status_file.apply(lambda status: (claim_overdue_notice(status, last, now),
+                                                                 status.last_failure()))
+        except StashBackupError as error:
+            report.warning(f"the overdue notice was not sent: {error}")
+            return True
+        if claimed:
+            notify(overdue_notice(last, max_age, now, archive.folder, failure[1].failure_message if failure else ""))
+    return True
+
+
+def claim_auto_backup(archive: Archive, status_file: StatusFile, interval: Duration) -> bool:
+    """Whether this caller should queue an automatic backup now: the backup is stale
+    and no other caller queued one (or a backup ran) within the hold-off window."""
+    now = datetime.now(timezone.utc)
+    max_age = interval_timedelta(interval, now)
+    if not is_stale(last_verified_time(archive), max_age, now):
+        return False
+    return status_file.apply(lambda status: claim_auto_run(status, now, auto_window(max_age)))
+
+
+def overview(archive: Archive, status_file: StatusFile, interval: Duration) -> dict:
+    """Everything the Backups page shows, as JSON-ready values."""
+    now = datetime.now(timezone.utc)
+    max_age = interval_timedelta(interval, now)
+    entries = archive.entries()
+    status = status_file.read()
+    last = last_verified_time(archive)
+    failure = status.last_failure()
+    return {
+        "now": iso(now),
+        "archive": {"folder": str(archive.folder), "backups": len(entries),
+                    # what the backups added (blobs stored once), without walking every blob file
+                    "size": sum(e.new_bytes if e.is_stored else e.size for e in entries),
+                    "free": _free_space(archive.folder)},
+        "interval": str(interval), "interval_seconds": int(max_age.total_seconds()),
+        "last_verified": iso(last) if last else None,
+        "last_verified_age_seconds": int((now - last).total_seconds()) if last else None,
+        "stale": is_stale(last, max_age, now),
+        "backups": [_entry_view(e) for e in entries],
+        "jobs": {name: dict(asdict(record), running=record.running_or_killed) for name, record in status.jobs.items()},
+        "last_failure": {"job": failure[0], "at": failure[1].last_failure, "message": failure[1].failure_message}
+                        if failure else None,
+        "auto_queued_at": status.auto_queued_at or None,
+    }
+
+
+def _entry_view(entry: Entry) -> dict:
+    view = asdict(entry)
+    if not entry.is_stored:
+        view["new_bytes"] = entry.size  # an older per-backup file holds all it needs itself
+    return view
+
+
+def _free_space(folder: Path) -> Optional[int]:
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent  # the archive may not exist yet: the disk it will be on
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None

@@ -159,3 +159,22 @@ def test_full_disk_is_a_one_line_storage_error(tmp_path, monkeypatch):
         with pytest.raises(StorageError, match="disk is full"):
             fetch(server, tmp_path)
     assert folder_is_clean(tmp_path)
+
+
+@pytest.mark.parametrize("server_resumes", [True, False])
+def test_the_snapshot_compressed_during_the_download_is_exactly_the_file(tmp_path, server_resumes):
+    """The archive compresses the database as it arrives (a tee): after a cut it sees
+    the rest appended, or, when the server starts over, only the new stream."""
+    import gzip
+    from stash_backup_plugin.core.store import SnapshotTee, Store
+    cut = len(PAYLOAD) // 3
+    tee = SnapshotTee(Store(tmp_path / "archive"), NAME)
+    with FaultServer(PAYLOAD) as server:
+        if server_resumes:
+            server.script = lambda n, h: server.serve(h, cut_at=cut) if n == 1 else None
+        else:
+            server.script = lambda n, h: server.serve(h, cut_at=cut) if n == 1 else server.serve(h, ignore_range=True)
+        result = fetch(server, tmp_path, tee=tee)
+    temp, digest = tee.finish()
+    assert digest.sha256 == result.sha256 == hashlib.sha256(PAYLOAD).hexdigest()
+    assert gzip.decompress(temp.read_bytes()) == PAYLOAD

@@ -143,14 +143,14 @@ def test_restore_finds_backups_in_the_plugins_archive_folder_but_never_the_anony
                    {"i": {"archiveFolder": str(archive)}})
     seed_content(server)
     assert server.run_plugin_task("my-backups", "Download backup to archive")["status"] == "FINISHED"
-    [archived] = [p for p in archive.iterdir() if p.name.startswith("stash-go.sqlite.")]
+    [archived] = list((archive / "backups").glob("stash-go.sqlite.*.record"))  # a stored backup, by its record
     server.graphql("mutation { anonymiseDatabase(input: {download: false}) }")
     [anonymised] = list(server.backups.glob("stash-go.sqlite.anonymous.*"))
     server.stop()
     listing = run_restore("--list", "--json", "--config", str(server.config_path))
     listed = {row["path"] for row in json.loads(listing.stdout)}
     assert str(archived) in listed and str(anonymised) not in listed, listing.stdout
-    by_name = run_restore(archived.name, "--config", str(server.config_path), "--dry-run")
+    by_name = run_restore(archived.name[:-len(".record")], "--config", str(server.config_path), "--dry-run")
     assert by_name.returncode == 0, by_name.stderr
     refused = run_restore(str(anonymised), "--config", str(server.config_path), "--yes")
     assert refused.returncode != 0 and "--allow-anonymised" in refused.stderr

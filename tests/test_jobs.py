@@ -50,7 +50,7 @@ class LocalStash:
         shutil.move(made, self.root / "served" / name)
         return f"http://elsewhere.example/downloads/{self.count}/{name}"
 
-    def fetch_backup(self, link: str, folder: Path, final_name: str, progress=None) -> Downloaded:
+    def fetch_backup(self, link: str, folder: Path, final_name: str, progress=None, tee=None) -> Downloaded:
         if self.expire:
             self.expire -= 1
             raise LinkExpiredError("the link expired")
@@ -58,28 +58,62 @@ class LocalStash:
         temp = temp_path_in(folder, final_name)
         shutil.copyfile(source, temp)
         data = temp.read_bytes()
+        for start in range(0, len(data), 65536):  # what the real download hands the tee: the bytes, in order
+            if tee:
+                tee.write(data[start:start + 65536])
         return Downloaded(temp, len(data), hashlib.sha256(data).hexdigest(), 0)
 
 
 def test_a_database_only_install_gets_the_plain_database_verified_into_the_archive(tmp_path):
     stash = LocalStash(tmp_path / "stash")
     outcome = jobs.download_to_archive(stash, Archive(tmp_path / "archive"), jobs.DownloadOptions(), Reporter())
-    assert outcome.entry.kind == "sqlite" and outcome.entry.verified_ok and outcome.entry.source == "database"
+    assert outcome.entry.kind == "stored" and outcome.entry.verified_ok and outcome.entry.source == "database"
+    assert not outcome.entry.includes_blobs
     assert stash.requests == [(True, False)]  # includeBlobs asked off: there are no filesystem blobs
 
 
-def test_filesystem_blobs_on_v031_take_the_servers_zip(tmp_path):
+def test_filesystem_blobs_readable_here_come_from_stashs_folder_on_both_versions(tmp_path):
+    """The plugin and a CLI on Stash's host: the plain database, the blobs straight from
+    blobs_path, never a zip of everything."""
+    for supports, asked in ((True, False), (False, None)):  # None: never the field an old server would reject
+        stash = LocalStash(tmp_path / f"stash-{supports}", blobs_storage="FILESYSTEM", supports_include_blobs=supports)
+        archive = Archive(tmp_path / f"archive-{supports}")
+        outcome = jobs.download_to_archive(stash, archive, jobs.DownloadOptions(), Reporter())
+        assert outcome.entry.source == "filesystem" and outcome.entry.blob_count == len(stash.images)
+        assert stash.requests == [(True, asked)]
+        assert {b.checksum for b in archive.store.stored_blobs()} == set(stash.images)
+
+
+def test_blobs_not_readable_here_come_from_v031s_zip(tmp_path):
     stash = LocalStash(tmp_path / "stash", blobs_storage="FILESYSTEM")
-    outcome = jobs.download_to_archive(stash, Archive(tmp_path / "archive"), jobs.DownloadOptions(), Reporter())
-    assert outcome.entry.kind == "zip" and outcome.entry.blob_count == len(stash.images)
+    options = jobs.DownloadOptions(blobs_path=tmp_path / "not-here")
+    outcome = jobs.download_to_archive(stash, Archive(tmp_path / "archive"), options, Reporter())
+    assert outcome.entry.source == "server-zip" and outcome.entry.blob_count == len(stash.images)
     assert stash.requests == [(True, True)]
 
 
-def test_an_older_server_gets_a_zip_we_pack_from_its_blobs_folder(tmp_path):
+def test_blobs_not_readable_on_an_older_server_say_what_to_do(tmp_path):
+    from stash_backup_plugin.core.errors import ConfigError
     stash = LocalStash(tmp_path / "stash", blobs_storage="FILESYSTEM", supports_include_blobs=False)
-    outcome = jobs.download_to_archive(stash, Archive(tmp_path / "archive"), jobs.DownloadOptions(), Reporter())
-    assert outcome.entry.source == "plugin-zip" and outcome.entry.blob_count == len(stash.images)
-    assert stash.requests == [(True, None)]  # never the field an old server would reject
+    with pytest.raises(ConfigError, match="--no-blobs"):
+        jobs.download_to_archive(stash, Archive(tmp_path / "archive"), jobs.DownloadOptions(blobs_path=tmp_path / "x"),
+                                 Reporter())
+    assert stash.requests == []
+
+
+def test_extra_blob_paths_are_read_too(tmp_path):
+    """v0.31's developer_options.extra_blob_paths: Stash reads blobs there as well."""
+    import dataclasses
+    stash = LocalStash(tmp_path / "stash", blobs_storage="FILESYSTEM")
+    moved = sorted(stash.images)[0]
+    extra = tmp_path / "extra-blobs"
+    (extra / moved[:2] / moved[2:4]).mkdir(parents=True)
+    (stash.blobs / moved[:2] / moved[2:4] / moved).rename(extra / moved[:2] / moved[2:4] / moved)
+    stash.info = dataclasses.replace(stash.info, extra_blob_paths=(str(extra), str(tmp_path / "unreadable")))
+    archive = Archive(tmp_path / "archive")
+    outcome = jobs.download_to_archive(stash, archive, jobs.DownloadOptions(), Reporter())
+    assert outcome.entry.blob_count == len(stash.images) and outcome.entry.blobs_not_included == 0
+    assert archive.store.blob_size(moved) == len(stash.images[moved])
 
 
 def test_an_expired_link_asks_for_a_fresh_backup_a_bounded_number_of_times(tmp_path):
@@ -91,7 +125,7 @@ def test_an_expired_link_asks_for_a_fresh_backup_a_bounded_number_of_times(tmp_p
         jobs.download_to_archive(stash, Archive(tmp_path / "archive2"), jobs.DownloadOptions(), Reporter())
     assert len(stash.requests) == jobs.FRESH_BACKUP_ATTEMPTS
     assert Archive(tmp_path / "archive2").entries() == []
-    assert not [p for p in (tmp_path / "archive2").iterdir() if p.name.startswith("stash-go")]
+    assert not [p for p in (tmp_path / "archive2").rglob("*") if p.name.startswith("stash-go")]
 
 
 def test_if_older_than_skips_without_asking_stash(tmp_path):

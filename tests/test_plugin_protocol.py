@@ -119,3 +119,11 @@ def test_missing_python_packages_name_the_pip_command():
     error = json.loads(result.stdout)["error"]
     assert "gql[requests]" in error and "requests" in error and sys.executable in error and "pip install" in error
     assert result.stderr == ""  # answered once, as the error: Stash logs it
+
+
+def test_verify_reads_a_rotating_part_of_the_images_each_day():
+    from stash_backup_plugin.plugin.run import _read_data_today, settings_from
+    assert _read_data_today(0) is None and str(_read_data_today(1)) == "all"
+    settings = settings_from({"verifyReadDataParts": "7"}, Path("."))
+    today = _read_data_today(settings.verify_read_data_parts)
+    assert today.parts == 7 and 1 <= today.part <= 7

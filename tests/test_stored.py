@@ -50,10 +50,7 @@ class Library:
     def backup(self, store: Store, tmp: Path, name: str):
         self.nights += 1
         copy = vacuum_copy(self.database, tmp / f"{name}.sqlite")
-        from stash_backup_plugin.core.sqlite_check import check_database
-        checked = check_database(copy)
-        new = stored.NewBackup(name, copy, file_digest(copy), checked.schema_version, checked.blobs_on_filesystem,
-                               includes_blobs=True, source="filesystem")
+        new = stored.checked_backup(name, copy, file_digest(copy), "quick", includes_blobs=True, source="filesystem")
         return stored.store_backup(store, new, stored.FolderSource([self.blobs]), Reporter())
 
 
@@ -214,3 +211,30 @@ def test_import_of_a_plain_database_records_no_blobs(lib, tmp_path):
     header = stored.import_backup_file(store, plain, names(1), "quick", Reporter(), source="database")
     assert header.includes_blobs is False and header.blob_count == 0 and list(store.stored_blobs()) == []
     assert stored.check_snapshot(store, header, "quick", Reporter()) == []
+
+
+def test_unlisted_references_is_one_merged_pass():
+    listed = [("b", 1), ("d", 1), ("e", 1)]
+    assert stored.unlisted_references(iter(["a", "b", "c", "e", "f"]), iter(listed)) == ["a", "c", "f"]
+    assert stored.unlisted_references(iter([]), iter(listed)) == []
+
+
+def test_a_database_failing_its_check_is_never_recorded(lib, tmp_path):
+    """The SQLite check runs beside the blob copying: a database that fails it gets no
+    record (its blobs, if any were new, are garbage for the next prune)."""
+    import contextlib
+    import sqlite3
+    from stash_backup_plugin.core.errors import VerificationError
+    copy = vacuum_copy(lib.database, tmp_path / "copy.sqlite")
+    with contextlib.closing(sqlite3.connect(f"file:{copy}?immutable=1", uri=True)) as connection:
+        [root] = connection.execute("SELECT rootpage FROM sqlite_master WHERE name = 'performers'").fetchone()
+    data = bytearray(copy.read_bytes())
+    page = (root - 1) * int.from_bytes(data[16:18], "big")
+    data[page + 1:page + 3] = (5).to_bytes(2, "big")  # one damaged page only quick_check notices
+    copy.write_bytes(bytes(data))
+    store = Store(tmp_path / "archive")
+    new = stored.checked_backup(names(1), copy, file_digest(copy), "quick", includes_blobs=True, source="filesystem")
+    with pytest.raises(VerificationError, match="quick_check"):
+        stored.store_backup(store, new, stored.FolderSource([lib.blobs]), Reporter())
+    assert store.record_names() == [] and store.snapshot_names() == []
+    assert stored.plan_collection(store).delete_blobs  # what it copied is unreferenced: the next prune takes it

@@ -45,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--dest", default=os.environ.get("STASH_BACKUP_ARCHIVE", DEFAULT_ARCHIVE),
                              help="archive folder (env STASH_BACKUP_ARCHIVE, default %(default)s)")
 
+    def notify_option(command):
+        command.add_argument("--notify", action="append", metavar="URL",
+                             default=[u for u in os.environ.get("STASH_BACKUP_NOTIFY", "").replace(",", " ").split() if u],
+                             help="where a failure (or, for status, an overdue backup) is reported: an Apprise URL "
+                                  "(ntfy://, tgram://, mailto://, json://, ...) or an http(s):// webhook; repeatable "
+                                  "(env STASH_BACKUP_NOTIFY, space-separated)")
+
     def check_option(command):
         command.add_argument("--full-check", action="store_true",
                              help="PRAGMA integrity_check instead of quick_check (much slower on big libraries)")
@@ -65,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     download.add_argument("--if-older-than", metavar="DURATION",
                           help="skip when the newest verified backup is younger, e.g. 20h or 1d")
     download.add_argument("--json", action="store_true", help="print the new archive entry as JSON")
+    notify_option(download)
 
     listing = commands.add_parser("list", help="list the archive")
     archive_option(listing)
@@ -79,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     reading.add_argument("--read-data", action="store_true", help="re-hash every blob's content (MD5 = its name)")
     reading.add_argument("--read-data-subset", metavar="N/M",
                          help="re-hash part N of M of the blobs; N = 1..M on M nights reads them all")
+    notify_option(verify)
 
     prune = commands.add_parser("prune", help="apply a retention policy to the archive")
     archive_option(prune)
@@ -87,6 +96,30 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--keep-within", metavar="DURATION", help="keep all newer than the newest minus DURATION")
     prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     prune.add_argument("--json", action="store_true")
+    notify_option(prune)
+
+    status = commands.add_parser("status", help="the last backup's age and each job's last outcome; exit 1 when overdue")
+    archive_option(status)
+    status.add_argument("--max-age", metavar="DURATION", default="24h",
+                        help="overdue when the newest verified backup is older (default %(default)s)")
+    status.add_argument("--json", action="store_true")
+    notify_option(status)
+
+    schedule = commands.add_parser("schedule", help="run download (and prune) on a schedule: systemd timer or crontab")
+    schedule.add_argument("action", choices=("install", "show", "remove"))
+    schedule.add_argument("--every", metavar="DURATION", default="1d", help="how often, e.g. 6h, 1d, 1w (default %(default)s)")
+    schedule.add_argument("--at", default="03:30", metavar="HH:MM", help="time of day for daily and longer periods")
+    schedule.add_argument("--via", choices=("auto", "systemd-user", "systemd-system", "cron"), default="auto",
+                          help="auto: a running systemd (system units as root), else crontab")
+    schedule.add_argument("--unit-dir", type=Path, help="where the systemd units go (default: systemd's user or system folder)")
+    schedule.add_argument("--env-file", type=Path, help="where the settings go, mode 0600 "
+                          "(default ~/.config/stash-backup/schedule.env, /etc/stash-backup/schedule.env for system units)")
+    schedule.add_argument("--no-enable", action="store_true", help="write the systemd units, do not enable them")
+    archive_option(schedule)
+    notify_option(schedule)
+    for rule in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        schedule.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N", help=f"prune after each backup: keep {rule}")
+    schedule.add_argument("--keep-within", metavar="DURATION", help="prune after each backup: keep within")
 
     export = commands.add_parser("export", help="write one backup as a self-contained zip (Stash v0.31's layout)")
     archive_option(export)
@@ -184,8 +217,11 @@ def cmd_download(args, report) -> int:
         include_blobs=not args.no_blobs, blobs_path=args.blobs_path,
         check_level=FULL if args.full_check else QUICK,
         if_older_than=parse_duration(args.if_older_than) if args.if_older_than else None)
-    with _client(args) as client:
-        outcome = jobs.download_to_archive(client, _archive(args), options, report)
+    archive = _archive(args)
+    with jobs.recording(_status_file(archive), "download", report, _notifier(args, report)) as run, \
+            _client(args) as client:
+        outcome = jobs.download_to_archive(client, archive, options, report)
+        run.done(f"Archived {outcome.entry.file}" if outcome.entry else outcome.skipped_reason)
     if args.json:
         _print_json(asdict(outcome.entry) if outcome.entry else {"skipped": outcome.skipped_reason})
     elif outcome.entry:
@@ -242,8 +278,11 @@ def cmd_verify(args, report) -> int:
     if args.read_data or args.read_data_subset:
         from ..core.stored import ReadData
         read_data = ReadData.parse(args.read_data_subset) if args.read_data_subset else ReadData()
-    summary = jobs.verify_archive(_archive(args), level, report, read_data)
-    (report.info if summary.ok else report.error)(summary.line())
+    archive = _archive(args)
+    with jobs.recording(_status_file(archive), "verify", report, _notifier(args, report)) as run:
+        summary = jobs.verify_archive(archive, level, report, read_data)
+        (report.info if summary.ok else report.error)(summary.line())
+        (run.done if summary.ok else run.fail)(summary.line())
     if args.json:
         _print_json({"checked": summary.checked, "failed": [{"file": f, "error": e} for f, e in summary.failed],
                      "adopted": summary.adopted})
@@ -258,7 +297,10 @@ def cmd_prune(args, report) -> int:
                     within=parse_duration(args.keep_within) if args.keep_within else None)
     if policy.is_empty():
         report.warning("no --keep-* rule given: nothing will be removed")
-    result = jobs.apply_retention(_archive(args), policy, args.dry_run, report)
+    archive = _archive(args)
+    with jobs.recording(_status_file(archive), "retention", report, _notifier(args, report)) as run:
+        result = jobs.apply_retention(archive, policy, args.dry_run, report)
+        run.done(jobs.retention_summary(policy, result, args.dry_run))
     if args.json:  # one object per backup, as before; the space freed is in the summary line
         _print_json([{"file": d.item.file, "keep": d.keep, "failed_verification": d.failed, "reasons": d.reasons}
                      for d in result.decisions])
@@ -338,6 +380,86 @@ def cmd_offsite(args, report) -> int:
     return 0
 
 
+def _status_file(archive):
+    """The archive's status.json; where the archive cannot be written, the user's state folder."""
+    from ..core.status import StatusFile
+    import hashlib
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "stash-backup"
+    key = hashlib.sha256(str(archive.folder.resolve()).encode()).hexdigest()[:16]  # one per archive
+    return StatusFile(archive.folder, fallback=state / key)
+
+
+def _notifier(args, report):
+    """Deliver notices to --notify URLs; None when there are none."""
+    if not args.notify:
+        return None
+    from ..server.notify import send
+    return lambda notice: send(args.notify, notice, report)
+
+
+def cmd_status(args, report) -> int:
+    from .. import jobs
+    from ..core.retention import parse_duration
+    max_age = parse_duration(args.max_age)
+    archive = _archive(args)
+    overdue = jobs.check_overdue(archive, _status_file(archive), max_age, report, _notifier(args, report))
+    view = jobs.overview(archive, _status_file(archive), max_age)
+    if args.json:
+        _print_json(view)
+        return 1 if overdue else 0
+    age = view["last_verified_age_seconds"]
+    print(f"archive: {archive.folder} ({view['archive']['backups']} backup(s))")
+    print("newest verified backup: " + (f"{view['last_verified']} ({_age(age)} old)" if age is not None else "none"))
+    for name, job in sorted(view["jobs"].items()):
+        outcome = "failed" if job["last_failure"] and job["last_failure"] > job["last_success"] else "ok"
+        print(f"{name:<10} last run {job['last_attempt'] or 'never'}: {outcome}: {job['last_message']}")
+    if overdue:
+        report.error(f"overdue: no verified backup within {max_age}")
+    return 1 if overdue else 0
+
+
+def _age(seconds: int) -> str:
+    from datetime import timedelta
+    from ..core.status import describe_age
+    return describe_age(timedelta(seconds=seconds))
+
+
+def cmd_schedule(args, report) -> int:
+    from . import schedule
+    via = schedule.choose_via(args.via)
+    unit_dir = (args.unit_dir or schedule.default_unit_dir(via)).expanduser()
+    env_file = (args.env_file or schedule.default_env_file(via)).expanduser()
+    if args.action == "show":
+        lines = schedule.show(via, unit_dir)
+        print("\n".join(lines) if lines else f"no stash-backup schedule ({via})")
+        return 0
+    if args.action == "remove":
+        lines = schedule.remove(via, unit_dir, env_file)
+        report.info("; ".join(lines) if lines else f"no stash-backup schedule to remove ({via})")
+        return 0
+    plan = _schedule_plan(args, via, unit_dir, env_file)
+    for line in schedule.install(plan, enable=not args.no_enable):
+        report.info(line)
+    return 0
+
+
+def _schedule_plan(args, via, unit_dir, env_file):
+    from ..core.retention import Policy, parse_duration
+    from . import schedule
+    every = parse_duration(args.every)
+    hour, minute = schedule.parse_at(args.at)
+    keep = [f"--keep-{rule}={count}" for rule, count in
+            Policy(last=args.keep_last, hourly=args.keep_hourly, daily=args.keep_daily, weekly=args.keep_weekly,
+                   monthly=args.keep_monthly, yearly=args.keep_yearly).counts() if count]
+    if args.keep_within:
+        keep.append(f"--keep-within={parse_duration(args.keep_within)}")
+    env = {"STASH_URL": args.url, "STASH_API_KEY": args.api_key or "",
+           "STASH_BACKUP_ARCHIVE": str(Path(args.dest).expanduser().resolve()),
+           "STASH_BACKUP_NOTIFY": " ".join(args.notify)}
+    return schedule.Plan(via, schedule.calendar_for(every, hour, minute), schedule.job_commands(keep),
+                         env_file, env, unit_dir, every)
+
+
 def cmd_install_plugin(args, report) -> int:
     from .install import install_plugin
     target = install_plugin(args.plugins_dir.expanduser(), args.id)
@@ -359,12 +481,15 @@ def cmd_package(args, report) -> int:
 
 
 COMMANDS = {"backup": cmd_backup, "download": cmd_download, "list": cmd_list, "verify": cmd_verify,
-            "prune": cmd_prune, "export": cmd_export, "migrate": cmd_migrate, "offsite": cmd_offsite, "install-plugin": cmd_install_plugin, "package": cmd_package}
+            "prune": cmd_prune, "export": cmd_export, "migrate": cmd_migrate, "status": cmd_status,
+            "schedule": cmd_schedule, "offsite": cmd_offsite, "install-plugin": cmd_install_plugin,
+            "package": cmd_package}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     secrets = [args.api_key] if args.api_key else []
+    secrets += getattr(args, "notify", None) or []  # notification URLs carry tokens
     args.redactors = []  # a remote's secrets, once its command knows them
 
     def hide(text: str) -> str:

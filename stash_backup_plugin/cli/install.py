@@ -23,7 +23,7 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # them to that), never the CLI or the offline restore. The plugin still reads
 # config.yml through offline/stash_config.py (PyYAML) until it asks Stash instead.
 PLUGIN_PARTS = ("__init__.py", "jobs.py", "core", "server", "offsite", "plugin", "offline/__init__.py",
-                "offline/stash_config.py")
+                "offline/stash_config.py", "plugin/ui/backups.js", "plugin/ui/backups.css")
 
 
 def manifest_source() -> Path:

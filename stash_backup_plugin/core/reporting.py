@@ -21,6 +21,11 @@ class Reporter:
     def progress(self, fraction: float, label: str = "") -> None:
         pass
 
+    def redact(self, text: str) -> str:
+        """`text` as this reporter would show it (secrets hidden): for messages that
+        are kept elsewhere, such as the status file or a notification."""
+        return text
+
     def phase(self, start: float, end: float) -> "Reporter":
         """A reporter whose progress 0..1 maps onto start..end of this one."""
         return _Phase(self, start, end)

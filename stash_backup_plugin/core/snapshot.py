@@ -20,7 +20,8 @@ from .errors import VerificationError
 
 CODEC = "gzip"
 LEVEL = 1
-CHUNK = 2 * 1024 * 1024  # bytes of database per gzip member
+CHUNK = 1024 * 1024  # bytes of database per gzip member
+READ_CHUNK = 256 * 1024  # compressed bytes read at a time: what they expand to stays small
 THREADS = max(1, min(4, os.cpu_count() or 1))
 GZIP_MAGIC = b"\x1f\x8b"
 Progress = Optional[Callable[[int], None]]
@@ -40,30 +41,63 @@ def _member(data: bytes, level: int) -> bytes:
     return worker.compress(data) + worker.flush()
 
 
+class StreamCompressor:
+    """Compresses what is written to it, in order, into `target`, a chunk per gzip
+    member on several threads; fed as a download arrives, compression overlaps the
+    transfer. The SHA-256 is of the uncompressed bytes. Memory stays a few chunks."""
+
+    def __init__(self, target: BinaryIO, level: int = LEVEL, threads: int = THREADS, progress: Progress = None):
+        self.target, self.level, self.threads, self.progress = target, level, threads, progress
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="snapshot")
+        self._pending: deque = deque()
+        self._buffer = bytearray()
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self.written = 0
+
+    def write(self, data) -> int:
+        self._digest.update(data)
+        self.size += len(data)
+        self._buffer += data
+        while len(self._buffer) >= CHUNK:
+            self._submit(bytes(self._buffer[:CHUNK]))
+            del self._buffer[:CHUNK]
+        return len(data)
+
+    def _submit(self, chunk: bytes) -> None:
+        self._pending.append((self._pool.submit(_member, chunk, self.level), len(chunk)))
+        while len(self._pending) > self.threads:  # the oldest is written first: the order is the stream's
+            self._drain_one()
+
+    def _drain_one(self) -> None:
+        future, raw = self._pending.popleft()
+        self.written += _write_all(self.target, future.result())
+        if self.progress:
+            self.progress(raw)
+
+    def finish(self) -> Digest:
+        if self._buffer or self.size == 0:  # an empty stream is still one valid gzip member
+            self._submit(bytes(self._buffer))
+            self._buffer.clear()
+        while self._pending:
+            self._drain_one()
+        self.close()
+        return Digest(self.size, self._digest.hexdigest(), self.written)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def compress(source: BinaryIO, target: BinaryIO, level: int = LEVEL, threads: int = THREADS,
              progress: Progress = None) -> Digest:
-    """Compress `source` into `target` (both open binary files); the SHA-256 is of the
-    uncompressed bytes, so it matches the database Stash made. Memory stays a few
-    chunks whatever the size."""
-    digest, size, written = hashlib.sha256(), 0, 0
-    pending: deque = deque()
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="snapshot") as pool:
-        while True:
-            chunk = source.read(CHUNK)
-            if chunk:
-                digest.update(chunk)
-                size += len(chunk)
-                pending.append((pool.submit(_member, chunk, level), len(chunk)))
-            while pending and (len(pending) > threads or not chunk):
-                future, raw = pending.popleft()
-                written += _write_all(target, future.result())
-                if progress:
-                    progress(raw)
-            if not chunk:
-                break
-    if size == 0:  # an empty stream is still one valid gzip member
-        written += _write_all(target, _member(b"", level))
-    return Digest(size, digest.hexdigest(), written)
+    """Compress `source` into `target` (both open binary files)."""
+    compressor = StreamCompressor(target, level, threads, progress)
+    try:
+        while chunk := source.read(CHUNK):
+            compressor.write(chunk)
+        return compressor.finish()
+    finally:
+        compressor.close()
 
 
 def _write_all(target: BinaryIO, data: bytes) -> int:
@@ -80,7 +114,7 @@ def decompress(source: BinaryIO, target, progress: Progress = None) -> Digest:
     digest, size, read = hashlib.sha256(), 0, 0
     worker, in_member = zlib.decompressobj(31), False
     try:
-        while data := source.read(CHUNK):
+        while data := source.read(READ_CHUNK):
             read += len(data)
             while data:
                 in_member = True

@@ -103,8 +103,10 @@ def _connect(uri: str) -> Iterator[sqlite3.Connection]:
         connection.close()
 
 
-def check_database(path: Path, level: str = QUICK) -> DatabaseReport:
-    """Verify `path` is an intact Stash database; raise VerificationError if not."""
+def check_database(path: Path, level: str = QUICK, blob_references: bool = True) -> DatabaseReport:
+    """Verify `path` is an intact Stash database; raise VerificationError if not.
+    Without `blob_references`, the referenced blobs are not collected into a set (the
+    archive streams them, sorted, with `filesystem_blob_references`)."""
     if not path.is_file():
         raise VerificationError(f"{path} does not exist or is not a file")
     if not has_sqlite_header(path):
@@ -113,7 +115,7 @@ def check_database(path: Path, level: str = QUICK) -> DatabaseReport:
         with open_unchanged(path) as connection:
             _integrity(connection, path, level)
             version = schema_version(connection, path)
-            on_filesystem, in_database = _blob_references(connection)
+            on_filesystem, in_database = _blob_references(connection) if blob_references else (set(), 0)
     except sqlite3.DatabaseError as error:
         raise VerificationError(f"{path} cannot be read as a database: {error}") from error
     return DatabaseReport(version, level, on_filesystem, in_database)
@@ -158,6 +160,45 @@ def _blob_references(connection: sqlite3.Connection) -> tuple[set[str], int]:
                     f"SELECT DISTINCT {column} FROM {quote_identifier(table)} WHERE {column} IS NOT NULL"))
     with_bytes = {row[0] for row in connection.execute("SELECT checksum FROM blobs WHERE blob IS NOT NULL")}
     return referenced - with_bytes, len(with_bytes)
+
+
+def filesystem_blob_references(path: Path) -> Iterator[str]:
+    """The checksums of `check_database`'s blobs_on_filesystem, sorted and unique,
+    streamed: SQLite sorts and de-duplicates them in its own bounded memory (spilling
+    to a temp file), so a library's 100k blobs never become 100k Python objects."""
+    try:
+        with open_unchanged(path) as connection:
+            query = _references_query(connection)
+            if query:
+                for (checksum,) in connection.execute(query):
+                    yield checksum
+    except sqlite3.DatabaseError as error:
+        raise VerificationError(f"{path} cannot be read as a database: {error}") from error
+
+
+def count_filesystem_blob_references(path: Path) -> int:
+    try:
+        with open_unchanged(path) as connection:
+            query = _references_query(connection)
+            return connection.execute(f"SELECT count(*) FROM ({query})").fetchone()[0] if query else 0
+    except sqlite3.DatabaseError as error:
+        raise VerificationError(f"{path} cannot be read as a database: {error}") from error
+
+
+def _references_query(connection: sqlite3.Connection) -> Optional[str]:
+    """One query for what `_blob_references` gathers by hand: every column with a
+    foreign key to `blobs`, minus the blobs whose bytes are in the database."""
+    tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    if "blobs" not in tables:
+        return None
+    sources = [f"SELECT {quote_identifier(fk[3])} AS checksum FROM {quote_identifier(table)} "
+               f"WHERE {quote_identifier(fk[3])} IS NOT NULL"
+               for table in tables for fk in connection.execute(f"PRAGMA foreign_key_list({quote_identifier(table)})")
+               if fk[2] == "blobs"]
+    if not sources:
+        return None
+    return (f"SELECT checksum FROM ({' UNION '.join(sources)}) "
+            "WHERE checksum NOT IN (SELECT checksum FROM blobs WHERE blob IS NOT NULL) ORDER BY checksum")
 
 
 def quote_identifier(identifier: str) -> str:

@@ -322,6 +322,46 @@ def write_snapshot(store: Store, name: str, database: Path, level: int = snapsho
     return temp, digest
 
 
+class SnapshotTee:
+    """The database compressed into incoming/ while it downloads: the download writes
+    each chunk here too (and resets it when the server makes it start over)."""
+
+    def __init__(self, store: Store, name: str):
+        make_folders(store.incoming)
+        self.temp = store.incoming / f"{name}{SNAPSHOT_SUFFIX}{TEMP_MARKER}{os.getpid()}"
+        self._handle = open(self.temp, "w+b")
+        self._compressor = snapshots.StreamCompressor(self._handle)
+
+    def write(self, chunk: bytes) -> None:
+        self._compressor.write(chunk)
+
+    def reset(self) -> None:
+        self._compressor.close()
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._compressor = snapshots.StreamCompressor(self._handle)
+
+    def finish(self) -> tuple[Path, snapshots.Digest]:
+        """The compressed temp file, fsynced, and the digest of what it holds."""
+        try:
+            digest = self._compressor.finish()
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            _own_like_folder(self.temp)
+        except OSError as error:
+            self.discard()
+            raise storage_error("write the database snapshot into", self.temp.parent, error) from error
+        return self.temp, digest
+
+    def discard(self) -> None:
+        self._compressor.close()
+        self._handle.close()
+        discard(self.temp)
+        with contextlib.suppress(OSError):  # a failed first download leaves no empty folder behind
+            self.temp.parent.rmdir()
+
+
 def commit_snapshot(store: Store, name: str, temp: Path) -> Path:
     final = store.snapshot_path(name)
     make_folders(final.parent)

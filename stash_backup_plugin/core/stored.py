@@ -19,7 +19,8 @@ from .atomic import atomic_output, discard, fsync_dir, make_folders, scratch_fol
 from .errors import UsageError, VerificationError
 from .naming import TEMP_MARKER as _TEMP, blob_member_name, blob_relative_path, parse_backup_name
 from .reporting import Reporter
-from .sqlite_check import QUICK, check_database
+from .sqlite_check import (NONE, QUICK, check_database, count_filesystem_blob_references,
+                           filesystem_blob_references)
 from .store import SNAPSHOTS, Store, commit_snapshot, crash_point, write_snapshot
 from .store_plan import GcPlan, plan_gc, plan_snapshots
 
@@ -93,7 +94,7 @@ class NewBackup:
     database: Path  # the checked database file (temp); not modified
     sha256: str
     schema_version: int
-    referenced: set  # checksums of blobs the database keeps on the filesystem
+    referenced: Iterable[str]  # checksums of blobs the database keeps on the filesystem: sorted, unique
     includes_blobs: bool
     source: str
     server_version: str = ""
@@ -101,22 +102,55 @@ class NewBackup:
     database_member: str = ""
     migrated_from: str = ""
     added_at: str = ""
+    referenced_count: int = 0  # for progress only
+
+
+def checked_backup(name: str, database: Path, sha256: str, level: str, includes_blobs: bool, **details) -> NewBackup:
+    """Describe a database for `store_backup`: a Stash database (header, schema) now; its
+    SQLite check at `level` runs beside the blob copying and must pass before the record
+    is written. Its blob references stream from SQLite, sorted, when they are read."""
+    checked = check_database(database, NONE, blob_references=False)
+    referenced = filesystem_blob_references(database) if includes_blobs else iter(())
+    count = count_filesystem_blob_references(database) if includes_blobs else 0
+    return NewBackup(name, database, sha256, checked.schema_version, referenced, includes_blobs,
+                     verified_level=level, referenced_count=count, **details)
+
+
+class _InThread(threading.Thread):
+    """Work beside the main thread; its result (or its exception) when joined."""
+
+    def __init__(self, work: Callable):
+        super().__init__(daemon=True)
+        self.work, self.value, self.error = work, None, None
+
+    def run(self) -> None:
+        try:
+            self.value = self.work()
+        except BaseException as error:  # handed to the caller's thread
+            self.error = error
+
+    def result(self):
+        self.join()
+        if self.error:
+            raise self.error
+        return self.value
 
 
 class _Compressor(threading.Thread):
     """Compresses the snapshot beside the blob copying (different resources: CPU here,
-    disk there), then reads it back to prove it decompresses to the same bytes."""
+    disk there), unless the download already did, then reads it back to prove it
+    decompresses to the same bytes."""
 
-    def __init__(self, store: Store, name: str, database: Path):
+    def __init__(self, store: Store, name: str, database: Path, compressed: Optional[tuple] = None):
         super().__init__(name="snapshot", daemon=True)
         self.store, self.backup_name, self.database = store, name, database
-        self.temp: Optional[Path] = None
-        self.digest = None
+        self.temp, self.digest = compressed or (None, None)
         self.error: Optional[BaseException] = None
 
     def run(self) -> None:
         try:
-            self.temp, self.digest = write_snapshot(self.store, self.backup_name, self.database)
+            if self.temp is None:
+                self.temp, self.digest = write_snapshot(self.store, self.backup_name, self.database)
             with open(self.temp, "rb") as packed:
                 from .snapshot import decompress
                 back = decompress(packed, _Discard())
@@ -134,17 +168,23 @@ class _Compressor(threading.Thread):
         return self.temp, self.digest
 
 
-def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Reporter) -> records.Header:
+def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Reporter,
+                 compressed: Optional[tuple] = None) -> records.Header:
     """Store a checked database and the blobs it refers to, then (last) its record.
-    Blobs the store already holds are not copied again."""
+    Blobs the store already holds are not copied again. `compressed` is the snapshot
+    (temp file, digest) when the download already compressed the database."""
     with store.pending(new.name):
         make_folders(store.incoming)
-        compressor = _Compressor(store, new.name, new.database)
+        compressor = _Compressor(store, new.name, new.database, compressed)
         compressor.start()
+        # quick_check (or integrity_check) reads the database while the blobs are copied
+        check = _InThread(lambda: check_database(new.database, new.verified_level, blob_references=False))
+        check.start()
         blob_list = store.incoming / f"{new.name}.blobs{_TEMP}{os.getpid()}"
         try:
             with open(blob_list, "w", encoding="ascii") as listing:
-                counts = _store_blobs(store, sorted(new.referenced), source, listing, report)
+                counts = _store_blobs(store, new.referenced, new.referenced_count, source, listing, report)
+            check.result()
             temp, digest = compressor.result()
             if digest.sha256 != new.sha256 or digest.size != new.database.stat().st_size:
                 discard(temp)
@@ -156,6 +196,7 @@ def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Repor
                 store.write_record(header, _read_list(listing))
             crash_point("record-written")
         finally:
+            check.join()
             compressor.join()
             if compressor.temp and compressor.temp.exists():
                 discard(compressor.temp)
@@ -173,11 +214,14 @@ class _Counts:
     missing_count: int = 0
 
 
-def _store_blobs(store: Store, checksums: list, source: BlobSource, listing, report: Reporter) -> _Counts:
-    counts = _Counts()
-    total = len(checksums)
+def _store_blobs(store: Store, checksums: Iterable[str], total: int, source: BlobSource, listing,
+                 report: Reporter) -> _Counts:
+    counts, previous = _Counts(), ""
     with store.blob_writer() as writer:
         for index, checksum in enumerate(checksums):
+            if checksum <= previous:
+                raise ValueError(f"blob references not sorted at {checksum}")
+            previous = checksum
             size = _store_one(store, writer, checksum, source, counts)
             if size is None:
                 counts.missing_count += 1
@@ -187,8 +231,8 @@ def _store_blobs(store: Store, checksums: list, source: BlobSource, listing, rep
                 counts.count += 1
                 counts.bytes += size
                 listing.write(f"{checksum} {size}\n")
-            if index % 500 == 0:
-                report.progress(index / total if total else 1.0, "storing blobs")
+            if index % 500 == 0 and total:
+                report.progress(min(index / total, 1.0), "storing blobs")
     report.progress(1.0, "storing blobs")
     return counts
 
@@ -283,7 +327,8 @@ def check_snapshot(store: Store, header: records.Header, level: str, report: Rep
             database = work / header.database_member
             with open(database, "wb") as out:
                 store.read_snapshot(header, out, progress=_bytes(report, header.snapshot.size, "checking database"))
-            checked = check_database(database, level)
+            checked = check_database(database, level, blob_references=False)
+            unlisted = _unlisted(store, header, database) if header.includes_blobs else []
     except VerificationError as error:
         return [str(error)]
     except OSError as error:
@@ -292,20 +337,29 @@ def check_snapshot(store: Store, header: records.Header, level: str, report: Rep
     if checked.schema_version != header.schema_version:
         problems.append(f"{header.name}: the database has schema {checked.schema_version}, the record says "
                         f"{header.schema_version}")
-    if header.includes_blobs:
-        unlisted = _count_unlisted(store, header, checked.blobs_on_filesystem)
-        if unlisted > header.missing_blobs:
-            problems.append(f"{header.name}: the database refers to {unlisted} blob(s) the record does not list "
-                            f"(recorded as missing when it was made: {header.missing_blobs})")
+    if len(unlisted) > header.missing_blobs:
+        problems.append(f"{header.name}: the database refers to {len(unlisted)} blob(s) the record does not list "
+                        f"(recorded as missing when it was made: {header.missing_blobs})")
     return problems
 
 
-def _count_unlisted(store: Store, header: records.Header, referenced: set) -> int:
-    remaining = set(referenced)
+def unlisted_references(referenced: Iterable[str], listed: Iterable[tuple[str, int]]) -> list[str]:
+    """Checksums in `referenced` that `listed` lacks; both sorted: one merged pass."""
+    missing, listed = [], iter(listed)
+    current = next(listed, None)
+    for checksum in referenced:
+        while current is not None and current[0] < checksum:
+            current = next(listed, None)
+        if current is None or current[0] != checksum:
+            missing.append(checksum)
+    for _ in listed:  # read to the end: a damaged list raises only there
+        pass
+    return missing
+
+
+def _unlisted(store: Store, header: records.Header, database: Path) -> list[str]:
     with store.blob_list(header.name) as blobs:
-        for checksum, _ in blobs:
-            remaining.discard(checksum)
-    return len(remaining)
+        return unlisted_references(filesystem_blob_references(database), blobs)
 
 
 def check_blobs(store: Store, names: list[str], read_data: Optional[ReadData], report: Reporter,
@@ -484,12 +538,9 @@ def import_backup_file(store: Store, path: Path, name: str, level: str, report: 
     has them. For a plain file, `known_sha256` spares a second read when the caller
     hashed it while it arrived."""
     from .verify import file_digest, is_zip
+    details = dict(source=source, server_version=server_version, migrated_from=migrated_from, added_at=added_at)
     if not is_zip(path):
-        checked = check_database(path, level)
-        new = NewBackup(name, path, known_sha256 or file_digest(path), checked.schema_version,
-                        set(checked.blobs_on_filesystem), includes_blobs=False, source=source,
-                        server_version=server_version, verified_level=level, migrated_from=migrated_from,
-                        added_at=added_at)
+        new = checked_backup(name, path, known_sha256 or file_digest(path), level, includes_blobs=False, **details)
         return store_backup(store, new, NoBlobs(), report)
     make_folders(store.incoming)
     database = store.incoming / f"{name}.database{_TEMP}{os.getpid()}"
@@ -498,12 +549,8 @@ def import_backup_file(store: Store, path: Path, name: str, level: str, report: 
             layout = fullbackup.read_layout(packed, path)
             with open(database, "wb") as out:
                 fullbackup.copy_member(packed, layout.database_member, out)
-            checked = check_database(database, level)
-            new = NewBackup(name, database, file_digest(database), checked.schema_version,
-                            set(checked.blobs_on_filesystem), includes_blobs=True, source=source,
-                            server_version=server_version, verified_level=level,
-                            database_member=layout.database_member, migrated_from=migrated_from,
-                            added_at=added_at)
+            new = checked_backup(name, database, file_digest(database), level, includes_blobs=True,
+                                 database_member=layout.database_member, **details)
             return store_backup(store, new, ZipSource(packed, layout), report)
     except zipfile.BadZipFile as error:
         raise VerificationError(f"{path} is not a readable zip ({error}): the file is damaged") from error

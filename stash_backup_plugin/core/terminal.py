@@ -21,6 +21,9 @@ class TerminalReporter(Reporter):
         self._bar_shown = False
         self._last = 0.0
 
+    def redact(self, text: str) -> str:
+        return self._redact(text)
+
     def _line(self, text: str) -> None:
         if self._bar_shown:
             self._stream.write("\r\x1b[K")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import shutil
 import stat
@@ -167,22 +168,44 @@ class _Inspection:
     blobs_not_included: set = field(default_factory=set)
     store: Optional[Store] = None  # stored: the archive, and the backup's record
     header: Optional[Header] = None
-    stored_checksums: set = field(default_factory=set)
     recorded: Optional[Entry] = None  # the archive's manifest entry of this file, when it is in one
 
-    def blobs(self) -> Iterator[tuple[str, int, object]]:
-        """(checksum, size, how to read it) for every blob the backup holds, sorted."""
+    def blobs(self) -> Iterator[tuple[str, int]]:
+        """(checksum, size) of every blob the backup holds, sorted; a stored backup's
+        are streamed from its record (no object per blob is kept)."""
         if self.kind == "stored":
             with self.store.blob_list(self.header.name) as listed:
-                for checksum, size in listed:
-                    yield checksum, size, self.store.blob_path(checksum)
+                yield from listed
             return
-        for checksum, info in sorted(self.blob_members.items()):
-            yield checksum, info.file_size, info
+        for checksum in sorted(self.blob_members):
+            yield checksum, self.blob_members[checksum].file_size
 
     @property
-    def blob_names(self) -> set:
-        return self.stored_checksums if self.kind == "stored" else set(self.blob_members)
+    def expected_sha256(self) -> Optional[str]:
+        """The SHA-256 to check while staging: a plain database's. A zip's entries
+        carry their own CRC-32 (and blobs their MD5), all checked on the staged copy;
+        its whole-file hash would cost a second read of every byte. (A stored backup's
+        snapshot is checked against its record as it is decompressed.)"""
+        return self.recorded.sha256 if self.recorded and self.kind == "sqlite" and self.recorded.sha256 else None
+
+
+@dataclass
+class _Selection:
+    """Which of the backup's blobs (by position in `_Inspection.blobs()`) to write: one
+    bit each, so an empty blobs folder and 100k blobs cost 12.5 KiB, not 100k objects."""
+    bits: bytearray = field(default_factory=bytearray)
+    count: int = 0
+    bytes: int = 0
+
+    def add(self, index: int, size: int) -> None:
+        while len(self.bits) <= index // 8:
+            self.bits.append(0)
+        self.bits[index // 8] |= 1 << (index % 8)
+        self.count += 1
+        self.bytes += size
+
+    def __contains__(self, index: int) -> bool:
+        return index // 8 < len(self.bits) and bool(self.bits[index // 8] & (1 << (index % 8)))
 
     @property
     def expected_sha256(self) -> Optional[str]:
@@ -206,10 +229,7 @@ def read_backup(backup: Path) -> _Inspection:
     if is_stored_backup(backup):
         store = Store(backup.parent.parent)
         header = store.header(backup.name[:-len(".record")])
-        with store.blob_list(header.name) as listed:
-            names = {checksum for checksum, _ in listed}
-        return _Inspection("stored", header.snapshot.size, header.database_member, store=store, header=header,
-                           stored_checksums=names)
+        return _Inspection("stored", header.snapshot.size, header.database_member, store=store, header=header)
     recorded = recorded_entry(backup)
     if recorded and backup.stat().st_size != recorded.size:
         raise VerificationError(f"{backup} is {backup.stat().st_size} bytes but the archive's manifest says "
@@ -243,16 +263,26 @@ def verify_without_staging(backup: Path, inspection: _Inspection, level: str, re
             database = work / inspection.database_member
             with open(database, "wb") as out:
                 inspection.store.read_snapshot(inspection.header, out)
-            _note_database(inspection, check_database(database, level))
+            _note_database(inspection, database, level)
         return
     verified = verify_backup(backup, level, want_sha256=False, expected_sha256=inspection.expected_sha256,
                              progress=report.bytes_progress("verifying backup"))
     inspection.schema_version, inspection.blobs_not_included = verified.schema_version, verified.blobs_not_included
 
 
-def _note_database(inspection: _Inspection, checked) -> None:
-    inspection.schema_version = checked.schema_version
-    inspection.blobs_not_included = checked.blobs_on_filesystem - inspection.blob_names
+def _note_database(inspection: _Inspection, database: Path, level: str) -> None:
+    """Check the database; note its schema and the blobs it refers to but the backup
+    lacks (a stored backup's found in one merged pass over two sorted streams)."""
+    if inspection.kind != "stored":
+        checked = check_database(database, level)
+        inspection.schema_version = checked.schema_version
+        inspection.blobs_not_included = checked.blobs_on_filesystem - set(inspection.blob_members)
+        return
+    from ..core.sqlite_check import filesystem_blob_references
+    from ..core.stored import unlisted_references
+    inspection.schema_version = check_database(database, level, blob_references=False).schema_version
+    with inspection.store.blob_list(inspection.header.name) as listed:
+        inspection.blobs_not_included = set(unlisted_references(filesystem_blob_references(database), listed))
 
 
 def _check_stored_blobs(inspection: _Inspection, report: Reporter) -> None:
@@ -283,28 +313,29 @@ def stage_and_verify(backup: Path, inspection: _Inspection, target: Target, leve
             fullbackup.check_blob_members(archive, layout, advance)
     staged = _stage_database(backup, inspection, target, report.phase(0.5, 0.8))
     try:
-        checked = check_database(staged, level)
+        _note_database(inspection, staged, level)
     except BaseException:
         discard(staged)
         raise
-    _note_database(inspection, checked)
     report.progress(1.0)
     return staged
 
 
 def gather_facts(backup: Path, inspection: _Inspection, target: Target, options: RestoreOptions,
-                 aside: Path, read_blobs: bool = True) -> tuple[RestoreFacts, list[tuple[str, int, object]]]:
-    """Facts for the plan. Without `read_blobs` an existing blob of the right size counts
-    as present (cheap, for the early space check); with it, its MD5 decides."""
-    blobs_to_write, present, in_backup = [], 0, 0
-    for checksum, size, source in inspection.blobs():
+                 aside: Path, read_blobs: bool = True) -> tuple[RestoreFacts, _Selection]:
+    """Facts for the plan, and which blobs to write. Without `read_blobs` an existing
+    blob of the right size counts as present (cheap, for the early space check); with
+    it, its MD5 decides."""
+    to_write, present, in_backup, also_on_disk = _Selection(), 0, 0, 0
+    on_disk = _blobs_on_disk(target.blobs_path)
+    for index, (checksum, size) in enumerate(inspection.blobs()):
         in_backup += 1
+        also_on_disk += checksum in on_disk
         existing = target.blobs_path / blob_relative_path(checksum) if target.blobs_path else None
         if existing and _blob_present(existing, checksum, size, read_blobs):
             present += 1
         else:
-            blobs_to_write.append((checksum, size, source))
-    on_disk = _blobs_on_disk(target.blobs_path)
+            to_write.add(index, size)
     current = swap.current_inodes(target.database)
     facts = RestoreFacts(
         backup=backup, backup_kind=inspection.kind, backup_schema=inspection.schema_version,
@@ -312,15 +343,15 @@ def gather_facts(backup: Path, inspection: _Inspection, target: Target, options:
         current_files=[s for s in swap.ALL_SUFFIXES if s in current],
         current_schema=read_schema_version(target.database) if "" in current else None,
         aside_folder=aside, blobs_path=target.blobs_path, blobs_storage=target.blobs_storage,
-        blobs_in_backup=in_backup, blobs_to_write=len(blobs_to_write),
-        blob_bytes_to_write=sum(size for _, size, _ in blobs_to_write), blobs_already_present=present,
-        blobs_only_on_disk=len(on_disk - inspection.blob_names) if in_backup else 0,
+        blobs_in_backup=in_backup, blobs_to_write=to_write.count,
+        blob_bytes_to_write=to_write.bytes, blobs_already_present=present,
+        blobs_only_on_disk=len(on_disk) - also_on_disk if in_backup else 0,
         blobs_referenced_missing=len(inspection.blobs_not_included - on_disk),
         free_database_disk=_free_space(target.database.parent),
         free_blobs_disk=_free_space(target.blobs_path) if target.blobs_path else None,
         same_disk=_same_disk(target.database.parent, target.blobs_path),
         allow_newer_schema=options.allow_newer_schema)
-    return facts, blobs_to_write
+    return facts, to_write
 
 
 def _blob_present(path: Path, checksum: str, size: int, read: bool) -> bool:
@@ -333,9 +364,15 @@ def _blob_present(path: Path, checksum: str, size: int, read: bool) -> bool:
 
 
 def _blobs_on_disk(blobs_path: Optional[Path]) -> set[str]:
+    """Names of the blob files in Stash's folder (names only: no object per file)."""
     if not blobs_path or not blobs_path.is_dir():
         return set()
-    return {p.name for p in blobs_path.glob("??/??/*") if p.is_file() and TEMP_MARKER not in p.name}
+    names = set()
+    for first in _subfolders(blobs_path):
+        for second in _subfolders(first):
+            with os.scandir(second) as entries:
+                names.update(e.name for e in entries if TEMP_MARKER not in e.name and e.is_file(follow_symlinks=False))
+    return names
 
 
 def _existing_parent(path: Path) -> Path:
@@ -410,7 +447,7 @@ def _restore(backup: Path, target: Target, options: RestoreOptions, report: Repo
             verify_without_staging(backup, inspection, options.check_level, report.phase(0.0, 0.6))
         else:
             staged = stage_and_verify(backup, inspection, target, options.check_level, report.phase(0.0, 0.6))
-        facts, blobs_to_write = gather_facts(backup, inspection, target, options, aside)
+        facts, to_write = gather_facts(backup, inspection, target, options, aside)
         plan = build_plan(facts)
         result = RestoreResult(plan)
         _show_plan(plan, report)
@@ -421,7 +458,7 @@ def _restore(backup: Path, target: Target, options: RestoreOptions, report: Repo
             return result
         _confirm(options, "Restore now?")
         ensure_stash_stopped(target, options)  # the user may have taken a while to answer
-        result.blobs_written = _extract_blobs(backup, inspection, blobs_to_write, target, aside,
+        result.blobs_written = _extract_blobs(backup, inspection, to_write, target, aside,
                                               report.phase(0.6, 0.9))
         result.blobs_kept = facts.blobs_already_present
         state = swap.swap_database_in(swap.Journal(kind="restore", database=str(target.database), aside=str(aside),
@@ -516,20 +553,21 @@ def _match_ownership(path: Path, like: Path) -> None:
         os.chown(path, info.st_uid, info.st_gid)
 
 
-def _extract_blobs(backup: Path, inspection: _Inspection, blobs: list, target: Target, aside: Path,
+def _extract_blobs(backup: Path, inspection: _Inspection, to_write: _Selection, target: Target, aside: Path,
                    report: Reporter) -> int:
     """Blobs go in through temp files (MD5 checked), one sync per batch, then renames.
     A different file already under a blob's name is damaged: it moves aside. On any
     error the batch's temp files go; blobs already renamed are good ones and stay."""
-    if not blobs:
+    if not to_write.count:
         return 0
     written = 0
+    chosen = (checksum for index, (checksum, _) in enumerate(inspection.blobs()) if index in to_write)
     with _blob_copier(backup, inspection) as copy_blob:
-        for start in range(0, len(blobs), BLOB_BATCH):
+        while batch := list(itertools.islice(chosen, BLOB_BATCH)):
             staged: list[tuple[str, Path]] = []
             try:
-                for checksum, _, source in blobs[start:start + BLOB_BATCH]:
-                    staged.append(_stage_blob(copy_blob, checksum, source, target.blobs_path))
+                for checksum in batch:
+                    staged.append(_stage_blob(copy_blob, checksum, target.blobs_path))
                 swap.crash_point("blobs-staged")
                 _sync_all([path for _, path in staged])
                 written += _place_blobs(staged, target.blobs_path, aside)
@@ -537,17 +575,18 @@ def _extract_blobs(backup: Path, inspection: _Inspection, blobs: list, target: T
                 for _, temp in staged:
                     discard(temp)  # a no-op for those already renamed
                 raise
-            report.progress(written / len(blobs), "extracting blobs")
+            report.progress(written / to_write.count, "extracting blobs")
             swap.crash_point("blobs-batch")
     return written
 
 
 @contextlib.contextmanager
 def _blob_copier(backup: Path, inspection: _Inspection) -> Iterator[Callable]:
-    """copy(source, out) -> MD5 of what was copied: from the zip's entry, or from the
+    """copy(checksum, out) -> MD5 of what was copied: from the zip's entry, or from the
     archive's blob file."""
     if inspection.kind == "stored":
-        def copy_stored(path: Path, out) -> str:
+        def copy_stored(checksum: str, out) -> str:
+            path = inspection.store.blob_path(checksum)
             try:
                 with open(path, "rb") as blob:
                     return _copy_with_md5(blob, out)
@@ -556,11 +595,10 @@ def _blob_copier(backup: Path, inspection: _Inspection) -> Iterator[Callable]:
         yield copy_stored
         return
     with zipfile.ZipFile(backup) as archive:
-        yield lambda info, out: fullbackup.copy_member(archive, info.filename, out)
+        yield lambda checksum, out: fullbackup.copy_member(archive, inspection.blob_members[checksum].filename, out)
 
 
 def _copy_with_md5(source, out) -> str:
-    import hashlib
     digest = hashlib.md5()
     while chunk := source.read(1024 * 1024):
         digest.update(chunk)
@@ -581,7 +619,7 @@ def _place_blobs(staged: list[tuple[str, Path]], blobs_path: Path, aside: Path) 
     return len(staged)
 
 
-def _stage_blob(copy_blob: Callable, checksum: str, source, blobs_path: Path) -> tuple[str, Path]:
+def _stage_blob(copy_blob: Callable, checksum: str, blobs_path: Path) -> tuple[str, Path]:
     final = blobs_path / blob_relative_path(checksum)
     try:
         make_folders(final.parent)
@@ -590,7 +628,7 @@ def _stage_blob(copy_blob: Callable, checksum: str, source, blobs_path: Path) ->
     temp = temp_path_in(final.parent, final.name)
     try:
         with open(temp, "r+b") as out:
-            actual = copy_blob(source, out)
+            actual = copy_blob(checksum, out)
         _match_ownership(temp, blobs_path)
         if actual != checksum:
             raise VerificationError(f"blob {blob_relative_path(checksum)} in the backup does not match its name "

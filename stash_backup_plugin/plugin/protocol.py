@@ -40,11 +40,21 @@ class PluginLogReporter(Reporter):
     def __init__(self, stream: TextIO = None, redact=lambda text: text):
         self._stream = stream or sys.stderr
         self._redact = redact
+        self._hidden: list[str] = []
         self._last_fraction = -1.0
         self._last_time = 0.0
 
+    def hide(self, *secrets: str) -> None:
+        """Secrets learnt after start-up (notification URLs from the settings)."""
+        self._hidden.extend(s for s in secrets if s)
+
+    def redact(self, text: str) -> str:
+        for secret in self._hidden:
+            text = text.replace(secret, "***")
+        return self._redact(text)
+
     def _emit(self, level: str, message: str) -> None:
-        self._stream.write(encode_log(level, self._redact(message)))
+        self._stream.write(encode_log(level, self.redact(message)))
         self._stream.flush()
 
     def info(self, message: str) -> None:

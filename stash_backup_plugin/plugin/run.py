@@ -16,12 +16,21 @@ from ..core.archive import DEFAULT_FOLDER_NAME, Archive
 from ..server.connection import from_plugin_input, redact
 from ..core.errors import ConfigError, StashBackupError, UsageError, VerificationError
 from ..server.graphql_client import StashClient
+from ..server.notify import parse_urls, send as send_notice
 from .protocol import PluginLogReporter, encode_output, read_input
-from ..core.retention import Policy, parse_duration
+from ..core.retention import Duration, Policy, parse_duration
 from ..core.sqlite_check import FULL, QUICK
+from ..core.status import StatusFile
 from ..offline.stash_config import ARCHIVE_FOLDER_SETTING, StashConfig, load_config
 
-MODES = ("backup", "download", "verify", "retention", "offsite")
+MODES = ("backup", "download", "verify", "retention", "offsite")  # tasks, run in Stash's job queue
+OPERATIONS = ("status",)  # runPluginOperation: answers at once, for the Backups page
+DEFAULT_INTERVAL = "24h"
+# The page's badge shows "stale" past the interval; the overdue notice waits until a
+# scheduled run has clearly been missed, so that a backup a little late is no alarm.
+OVERDUE_NOTICE_FACTOR = 1.5
+CONTROL_ARGS = ("mode", "auto", "autorun")  # task/operation arguments that are not settings
+STATUS_FALLBACK_FOLDER = "stash-backup-status"  # in Stash's config folder
 # Secrets an off-site remote brought (rclone's config, its environment): every line the
 # plugin logs or answers passes through these as well.
 _REDACTORS: list = []
@@ -34,6 +43,10 @@ class Settings:
     check_level: str = QUICK
     policy: Policy = Policy()
     retention_dry_run: bool = False
+    verify_read_data_parts: int = 0  # 0: sizes only; 1: every image's bytes; M: a rotating 1/M of them a day
+    interval: Duration = parse_duration(DEFAULT_INTERVAL)
+    auto_backup: bool = False
+    notify_urls: tuple = ()
     backup_folder_keep_last: int = 0  # Stash's own backup folder: keep our N newest there
     backup_folder_include_others: bool = False
     offsite_remote: str = ""  # an rclone remote and folder, e.g. s3:bucket/stash
@@ -78,6 +91,10 @@ def settings_from(values: dict, config_dir: Path) -> Settings:
         check_level=FULL if _as_bool(values.get("fullIntegrityCheck"), False) else QUICK,
         policy=policy,
         retention_dry_run=_as_bool(values.get("retentionDryRun"), False),
+        verify_read_data_parts=max(_as_count("verifyReadDataParts", values.get("verifyReadDataParts")), 0),
+        interval=_interval(values.get("backupInterval")),
+        auto_backup=_as_bool(values.get("autoBackup"), False),
+        notify_urls=tuple(parse_urls(str(values.get("notifyUrls") or ""))),
         backup_folder_keep_last=_as_count("backupFolderKeepLast", values.get("backupFolderKeepLast")),
         backup_folder_include_others=_as_bool(values.get("backupFolderIncludeOthers"), False),
         offsite_remote=str(values.get("offsiteRemote") or "").strip(),
@@ -86,6 +103,17 @@ def settings_from(values: dict, config_dir: Path) -> Settings:
         offsite_after_download=_as_bool(values.get("offsiteAfterDownload"), False),
         offsite_retention=_as_bool(values.get("offsiteRetention"), False),
     )
+
+
+def _interval(value) -> Duration:
+    text = str(value or "").strip() or DEFAULT_INTERVAL
+    try:
+        interval = parse_duration(text)
+    except UsageError:
+        raise ConfigError(f"setting Backup interval is {text!r}: use a number and a unit, e.g. 24h, 2d or 1w") from None
+    if interval == Duration():
+        raise ConfigError("setting Backup interval is 0: use at least 1h")
+    return interval
 
 
 def plugin_id(plugin_dir: Path) -> str:
@@ -128,18 +156,39 @@ def run_task(payload: dict, reporter: PluginLogReporter) -> str:
     server = payload.get("server_connection") or {}
     args = payload.get("args") or {}
     mode = str(args.get("mode", "")).strip()
-    if mode not in MODES:
+    if mode not in MODES + OPERATIONS:
         raise UsageError(f"unknown task mode {mode!r}: the plugin manifest must set mode to one of {', '.join(MODES)}")
     config = _stash_config(server.get("Dir"))
     connection = from_plugin_input(server, _api_key(config), _certificate(config, server.get("Dir")))
     with StashClient(connection) as client:
-        values = client.plugin_settings(plugin_id(Path(server.get("PluginDir") or ".")))
-        values.update({k: v for k, v in args.items() if k != "mode"})
+        own_id = plugin_id(Path(server.get("PluginDir") or "."))
+        values = client.plugin_settings(own_id)
+        values.update({k: v for k, v in args.items() if k not in CONTROL_ARGS})
         settings = settings_from(values, Path(server.get("Dir") or "."))
-        return _run_mode(mode, client, settings, reporter)
+        reporter.hide(*settings.notify_urls)  # they carry tokens
+        notify = _notifier(settings.notify_urls, reporter)
+        if mode == "status":
+            return _status(client, own_id, settings, _status_file(settings, server),
+                           _as_bool(args.get("autorun"), False), reporter, notify)
+        with jobs.recording(_status_file(settings, server), mode, reporter, notify) as run:
+            run.done(_run_mode(mode, client, settings, reporter, auto=_as_bool(args.get("auto"), False)))
+        return run.message
 
 
-def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: PluginLogReporter) -> str:
+def _status_file(settings: Settings, server: dict) -> StatusFile:
+    """status.json in the archive; in Stash's config folder when the archive cannot be
+    written, so that the page still shows why."""
+    return StatusFile(settings.archive_folder, fallback=Path(server.get("Dir") or ".") / STATUS_FALLBACK_FOLDER)
+
+
+def _notifier(urls: tuple, reporter: PluginLogReporter):
+    if not urls:
+        return None
+    return lambda notice: send_notice(urls, notice, reporter)
+
+
+def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: PluginLogReporter,
+              auto: bool = False) -> str:
     archive = Archive(settings.archive_folder)
     if mode == "backup":
         made = jobs.backup_on_server(client, settings.include_blobs, reporter,
@@ -147,7 +196,9 @@ def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: Plug
                                      include_others=settings.backup_folder_include_others)
         return f"Backup written to {made.path or 'the backup folder'}"
     if mode == "download":
-        options = jobs.DownloadOptions(include_blobs=settings.include_blobs, check_level=settings.check_level)
+        # An automatic run queued twice (two pages, a slow queue) skips the second time.
+        options = jobs.DownloadOptions(include_blobs=settings.include_blobs, check_level=settings.check_level,
+                                       if_older_than=settings.interval if auto else None)
         outcome = jobs.download_to_archive(client, archive, options, reporter)
         done = f"Archived {outcome.entry.file} in {archive.folder}" if outcome.entry else outcome.skipped_reason
         if settings.offsite_after_download and outcome.entry:
@@ -159,7 +210,8 @@ def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: Plug
     if mode == "offsite":
         return _offsite_push(archive, settings, reporter)
     if mode == "verify":
-        summary = jobs.verify_archive(archive, settings.check_level, reporter)
+        summary = jobs.verify_archive(archive, settings.check_level, reporter,
+                                      _read_data_today(settings.verify_read_data_parts))
         if not summary.ok:
             raise VerificationError(summary.line())  # logged once, by Stash, at error level
         reporter.info(summary.line())
@@ -193,6 +245,33 @@ def _hide(text: str, secrets: list[str]) -> str:
     for more in _REDACTORS:
         text = more(text)
     return text
+def _read_data_today(parts: int):
+    """Which images' bytes a Verify re-hashes: part (day number mod M) + 1 of M, so a
+    daily Verify reads every image once in M days (restic's --read-data-subset)."""
+    if parts <= 0:
+        return None
+    from datetime import date
+    from ..core.stored import ReadData
+    return ReadData(date.today().toordinal() % parts + 1, parts)
+
+
+def _status(client: StashClient, own_id: str, settings: Settings, status_file: StatusFile, autorun: bool,
+            reporter: PluginLogReporter, notify) -> dict:
+    """The Backups page's data. Asked with `autorun` by every page view: when automatic
+    backups are on and the backup is stale, the one caller that wins the claim in
+    status.json queues the backup task (ten open tabs queue one)."""
+    archive = Archive(settings.archive_folder)
+    queued = None
+    if autorun and settings.auto_backup and jobs.claim_auto_backup(archive, status_file, settings.interval):
+        queued = client.queue_plugin_task(own_id, {"mode": "download", "auto": "true"},
+                                          f"Stash Backup: automatic backup (none within {settings.interval})")
+        reporter.info(f"no verified backup within {settings.interval}: queued an automatic backup (job {queued})")
+    if notify:
+        jobs.check_overdue(archive, status_file, settings.interval, reporter, notify, factor=OVERDUE_NOTICE_FACTOR)
+    view = jobs.overview(archive, status_file, settings.interval)
+    view.update(plugin_id=own_id, modes=list(MODES), auto_backup=settings.auto_backup, auto_queued_job=queued,
+                notifications=len(settings.notify_urls))
+    return view
 
 
 def main(stdin=None, stdout=None, stderr=None) -> int:
@@ -211,9 +290,9 @@ def main(stdin=None, stdout=None, stderr=None) -> int:
         secrets.extend(_secrets(payload))
         output = run_task(payload, reporter)
     except StashBackupError as error:
-        return _answer_error(stdout, _hide(str(error), secrets))
+        return _answer_error(stdout, reporter.redact(str(error)))
     except Exception as error:  # a bug: still one line, redacted
-        return _answer_error(stdout, _hide(_unexpected(error), secrets))
+        return _answer_error(stdout, reporter.redact(_unexpected(error)))
     stdout.write(encode_output(output=output))
     return 0
 

@@ -53,6 +53,6 @@ class StashAPI(Protocol):
         """Run `backupDatabase`; the download link when `download` is true."""
 
     def fetch_backup(self, link: str, folder: Path, final_name: str,
-                     progress: Optional[Callable[[int, Optional[int]], None]] = None) -> Downloaded:
+                     progress: Optional[Callable[[int, Optional[int]], None]] = None, tee=None) -> Downloaded:
         """Fetch a download link into a temp file in `folder` (raises LinkExpiredError
-        or DownloadError)."""
+        or DownloadError); `tee` (write, reset) sees every byte as it arrives."""

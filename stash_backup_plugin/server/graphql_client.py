@@ -44,6 +44,8 @@ query StashBackupServerInfo {
 _BACKUP = gql("mutation StashBackup($input: BackupDatabaseInput!) { backupDatabase(input: $input) }")
 _PLUGIN_SETTINGS = gql("query StashBackupSettings($ids: [ID!]) { configuration { plugins(include: $ids) } }")
 _RELOAD_PLUGINS = gql("mutation { reloadPlugins }")
+_QUEUE_PLUGIN_TASK = gql("mutation StashBackupQueue($id: ID!, $args: Map, $description: String) "
+                         "{ runPluginTask(plugin_id: $id, args_map: $args, description: $description) }")
 
 
 class StashClient:
@@ -141,13 +143,13 @@ class StashClient:
         return data.get("backupDatabase")
 
     def fetch_backup(self, link: str, folder: Path, final_name: str,
-                     progress: Optional[Callable[[int, Optional[int]], None]] = None) -> Downloaded:
+                     progress: Optional[Callable[[int, Optional[int]], None]] = None, tee=None) -> Downloaded:
         """The link is fetched from our own URL, never from the host Stash wrote
         into it (external_host): credentials go to no other host."""
         from .download import download
         if self._downloads is None:
             self._downloads = new_session(self.connection)
-        return download(self._downloads, self.connection.rebase(link), folder, final_name, progress=progress)
+        return download(self._downloads, self.connection.rebase(link), folder, final_name, progress=progress, tee=tee)
 
     def plugin_settings(self, plugin_id: str) -> dict:
         data = self.execute(_PLUGIN_SETTINGS, {"ids": [plugin_id]})
@@ -156,6 +158,11 @@ class StashClient:
 
     def reload_plugins(self) -> None:
         self.execute(_RELOAD_PLUGINS)
+
+    def queue_plugin_task(self, plugin_id: str, args: dict, description: str) -> str:
+        """Queue our plugin with these args in Stash's job queue; returns the job ID."""
+        data = self.execute(_QUEUE_PLUGIN_TASK, {"id": plugin_id, "args": args, "description": description})
+        return str(data["runPluginTask"])
 
 
 def extra_blob_paths(config_path: Optional[str]) -> tuple:

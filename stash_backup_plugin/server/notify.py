@@ -1,0 +1,106 @@
+"""Send a notice (a failed or overdue backup) to the user's notification URLs.
+
+An `http://` or `https://` URL is a plain webhook: we POST the notice as JSON, with
+the standard library. Every other URL (ntfy://, gotify://, tgram://, discord://,
+mailto://, json://, ...) goes through Apprise, an optional extra
+(`pip install 'stash-backup[notify]'`). Notification URLs carry tokens and
+passwords: nothing here logs or returns a URL beyond its scheme and host, and
+Apprise's own log (which names URLs) is silenced while it sends."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import urllib.error
+import urllib.request
+from typing import Iterator, Sequence
+from urllib.parse import urlsplit
+
+from ..core.reporting import Reporter
+from ..core.status import Notice
+
+WEBHOOK_TIMEOUT = 10
+_SEPARATORS = re.compile(r"[\s,]+")
+USER_AGENT = "stash-backup"
+
+
+def parse_urls(text: str) -> list[str]:
+    """URLs from a setting or an environment variable: separated by spaces, commas or lines."""
+    return [url for url in _SEPARATORS.split(text or "") if url]
+
+
+def describe_url(url: str) -> str:
+    """A URL as it may be shown: scheme and host only, never user, password, path or query."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(unparsable URL)"
+    return f"{parts.scheme or '?'}://{host}{port}/…"
+
+
+def is_webhook(url: str) -> bool:
+    return url.lower().startswith(("http://", "https://"))
+
+
+def send(urls: Sequence[str], notice: Notice, report: Reporter) -> int:
+    """Deliver to every URL; a failure is reported (redacted) and never raised, since
+    a notification must not fail the backup it reports on. Returns how many failed."""
+    failed = 0
+    for url in urls:
+        problem = _send_webhook(url, notice) if is_webhook(url) else _send_apprise(url, notice)
+        if problem:
+            failed += 1
+            report.warning(f"notification to {describe_url(url)} failed: {problem}")
+        else:
+            report.info(f"notification sent to {describe_url(url)}")
+    return failed
+
+
+def _send_webhook(url: str, notice: Notice) -> str:
+    payload = json.dumps({"title": notice.title, "message": notice.body, "type": notice.kind,
+                          "source": "stash-backup"}).encode()
+    request = urllib.request.Request(url, data=payload, method="POST",
+                                     headers={"Content-Type": "application/json", "User-Agent": USER_AGENT})
+    try:
+        with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT) as response:
+            response.read(65536)
+    except urllib.error.HTTPError as error:
+        return f"HTTP {error.code}"
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        return type(reason).__name__ if isinstance(reason, BaseException) else "cannot connect"
+    return ""
+
+
+def _send_apprise(url: str, notice: Notice) -> str:
+    try:
+        import apprise
+    except ImportError:
+        return ("this URL needs Apprise, which is not installed: pip install 'stash-backup[notify]' "
+                "(or use an http(s):// webhook URL)")
+    with _silenced("apprise"):
+        sender = apprise.Apprise()
+        if not sender.add(url):
+            return "Apprise does not understand this URL (see Apprise's list of services)"
+        kind = apprise.NotifyType.FAILURE if notice.kind == "failure" else apprise.NotifyType.WARNING
+        if not sender.notify(title=notice.title, body=notice.body, notify_type=kind):
+            return "the service did not accept the message"
+    return ""
+
+
+@contextlib.contextmanager
+def _silenced(name: str) -> Iterator[None]:
+    """Apprise logs the URLs it handles (with their tokens); in the plugin, stderr is
+    Stash's log. Nothing of it may come out while we send."""
+    logger = logging.getLogger(name)
+    saved = (logger.level, logger.propagate, logger.disabled)
+    logger.setLevel(logging.CRITICAL + 1)
+    logger.propagate, logger.disabled = False, True
+    try:
+        yield
+    finally:
+        logger.setLevel(saved[0])
+        logger.propagate, logger.disabled = saved[1], saved[2]

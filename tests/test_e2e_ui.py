@@ -1,0 +1,209 @@
+"""The Backups page in a real browser: Debian's Chromium (headless, driven by Playwright)
+on Stash v0.31.1's real web UI (built from the Go module's source by build_ui.py and
+served by the real server through `ui_location`), with the plugin installed as a
+user installs it. The page shows real archive data; its buttons run real tasks and
+show their real outcome, a failure included; the navbar badge appears when the newest
+backup is made old and goes away after a backup; ten open tabs queue one automatic
+backup. Screenshots at desktop and phone width land in $STASH_BACKUP_SCREENSHOTS
+(the README's come from there)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import install_plugin_into
+from tests.stash_server.build import NEW_VERSION, build
+from tests.stash_server.build_ui import build_ui
+from tests.stash_server.server import StashServer, seed_content
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+PLUGIN_ID = "my-backups"  # not the default: the script finds its own ID
+DESKTOP, PHONE = {"width": 1280, "height": 860}, {"width": 390, "height": 844}
+WAIT_MS = 90_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} is missing: apt-get install chromium (./scripts/test does)"
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def stash(tmp_path_factory):
+    binary = build(NEW_VERSION, log=lambda m: print(m, file=sys.stderr))
+    ui = build_ui(NEW_VERSION, log=lambda m: print(m, file=sys.stderr))
+    server = StashServer(binary, tmp_path_factory.mktemp("ui") / "stash", NEW_VERSION,
+                         extra_config={"ui_location": str(ui)})
+    server.start()
+    try:
+        install_plugin_into(server, PLUGIN_ID)
+        # Stash shows its release notes once to a new install; a user closes them.
+        server.graphql('mutation { configureUISetting(key: "lastNoteSeen", value: 99991231) }')
+        seed_content(server, performers=2)
+        yield server
+    finally:
+        server.stop()
+
+
+def configure(server: StashServer, **settings) -> None:
+    server.graphql("mutation($id: ID!, $input: Map!) { configurePlugin(plugin_id: $id, input: $input) }",
+                   {"id": PLUGIN_ID, "input": settings})
+
+
+def archive_of(server: StashServer) -> Path:
+    return server.root / "stash-backup-archive"
+
+
+def age_newest_backup(server: StashServer, days: int) -> None:
+    """Make the newest backup `days` old, as if no backup had run since."""
+    manifest = archive_of(server) / "manifest.json"
+    data = json.loads(manifest.read_text())
+    old = (datetime.now(timezone.utc) - timedelta(days=days)).replace(microsecond=0).isoformat()
+    for entry in data["entries"]:
+        entry["added_at"] = old
+    manifest.write_text(json.dumps(data))
+
+
+def open_page(browser, server: StashServer, path: str, viewport=DESKTOP):
+    page = browser.new_page(viewport=viewport)
+    errors, elsewhere = [], []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("request", lambda request: None if request.url.startswith((server.url, "data:", "blob:"))
+            else elsewhere.append(request.url))
+    page.goto(server.url + path)
+    page.errors, page.elsewhere = errors, elsewhere
+    return page
+
+
+def screenshot(page, name: str, tmp_path: Path) -> None:
+    page.screenshot(path=str(tmp_path / name))
+    target = os.environ.get("STASH_BACKUP_SCREENSHOTS")
+    if target:
+        shutil.copy(tmp_path / name, Path(target) / name)
+
+
+def visible_badge(page):
+    # The navbar renders its utility items twice (menu and buttons); CSS shows one.
+    return page.locator("[data-testid=stash-backup-badge]:visible").first
+
+
+def run_action(page, mode: str) -> str:
+    """Press a button and wait for its real outcome; returns the outcome's CSS classes and text."""
+    action = page.get_by_test_id(f"stash-backup-action-{mode}")
+    action.get_by_role("button").click()
+    outcome = page.get_by_test_id(f"stash-backup-outcome-{mode}")
+    outcome.wait_for(timeout=WAIT_MS)
+    return outcome.get_attribute("class") + " | " + outcome.inner_text()
+
+
+def test_backups_page_runs_real_tasks_and_shows_their_real_outcome(browser, stash, tmp_path):
+    configure(stash, autoBackup=False, archiveFolder="")
+    page = open_page(browser, stash, f"/plugins/{PLUGIN_ID}")  # a full load of the page's own URL
+    page.get_by_test_id("stash-backup-page").wait_for(timeout=WAIT_MS)
+    visible_badge(page).wait_for(timeout=WAIT_MS)  # no backup yet: stale
+    assert page.get_by_test_id("stash-backup-age").inner_text() == "none"
+
+    outcome = run_action(page, "download")
+    assert "alert-success" in outcome and "Archived stash-go.sqlite.85." in outcome, outcome
+    table = page.get_by_test_id("stash-backup-table")
+    table.wait_for()
+    assert "verified" in table.inner_text()
+    assert page.get_by_test_id("stash-backup-state").inner_text() == "Up to date"
+    page.get_by_test_id("stash-backup-badge").first.wait_for(state="detached", timeout=WAIT_MS)
+    assert "alert-success" in run_action(page, "verify")
+    screenshot(page, "backups-desktop.png", tmp_path)
+    page.set_viewport_size(PHONE)
+    page.wait_for_timeout(300)
+    screenshot(page, "backups-phone.png", tmp_path)
+    page.set_viewport_size(DESKTOP)
+
+    # A failure: the archive folder cannot be created (its parent is a file). Stash's
+    # job still ends FINISHED; the page shows what really happened.
+    blocker = stash.root / "not-a-folder"
+    blocker.write_text("a file")
+    configure(stash, archiveFolder=str(blocker / "archive"))
+    outcome = run_action(page, "download")
+    assert "alert-danger" in outcome and "not-a-folder" in outcome, outcome
+    failure = page.get_by_test_id("stash-backup-last-failure")
+    failure.wait_for()
+    assert "Backup failed" in failure.inner_text()
+    screenshot(page, "backups-failure.png", tmp_path)
+    configure(stash, archiveFolder="")
+    assert not page.errors, page.errors
+    assert not page.elsewhere, f"the page asked hosts other than Stash: {page.elsewhere}"
+    page.close()
+
+
+def test_stale_badge_appears_on_every_page_and_goes_after_a_backup(browser, stash, tmp_path):
+    configure(stash, autoBackup=False, archiveFolder="")
+    if not (archive_of(stash) / "manifest.json").exists():
+        stash.run_plugin_task(PLUGIN_ID, "Download backup to archive")
+    age_newest_backup(stash, days=3)
+    page = open_page(browser, stash, "/performers")
+    badge = visible_badge(page)
+    badge.wait_for(timeout=WAIT_MS)
+    assert re.search(r"Backup 3 d old", badge.inner_text()), badge.inner_text()
+    page.set_viewport_size(PHONE)  # the phone layout's navbar shows it too
+    visible_badge(page).wait_for(timeout=WAIT_MS)
+    screenshot(page, "stale-badge-phone.png", tmp_path)
+    page.set_viewport_size(DESKTOP)
+    badge.click()
+    page.get_by_test_id("stash-backup-page").wait_for(timeout=WAIT_MS)
+    assert page.get_by_test_id("stash-backup-state").inner_text() == "Overdue"
+    screenshot(page, "backups-stale.png", tmp_path)
+    assert "alert-success" in run_action(page, "download")
+    page.get_by_test_id("stash-backup-badge").first.wait_for(state="detached", timeout=WAIT_MS)
+    # Settings > Tools links to the page too.
+    page.goto(stash.url + "/settings?tab=tools")
+    page.get_by_role("link", name="Backups").first.wait_for(timeout=WAIT_MS)
+    assert not page.errors, page.errors
+    page.close()
+
+
+def test_ten_open_tabs_queue_one_automatic_backup(browser, stash):
+    configure(stash, autoBackup=True, archiveFolder="", backupInterval="24h")
+    if not (archive_of(stash) / "manifest.json").exists():
+        stash.run_plugin_task(PLUGIN_ID, "Download backup to archive")
+    age_newest_backup(stash, days=2)
+    status_file = archive_of(stash) / "status.json"
+    status = json.loads(status_file.read_text())
+    status["auto_queued_at"] = ""
+    status["jobs"]["download"]["last_attempt"] = "2000-01-01T00:00:00+00:00"  # no recent attempt holds it off
+    status_file.write_text(json.dumps(status))
+    # The failure test's attempt, recorded beside Stash's config when the archive was unusable.
+    (stash.root / "stash-backup-status" / "status.json").unlink(missing_ok=True)
+    before = len(json.loads((archive_of(stash) / "manifest.json").read_text())["entries"])
+
+    context = browser.new_context(viewport=DESKTOP)
+    pages = [context.new_page() for _ in range(10)]
+    for page in pages:
+        page.goto(stash.url + "/scenes", wait_until="commit")
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while time.monotonic() < deadline:
+        entries = json.loads((archive_of(stash) / "manifest.json").read_text())["entries"]
+        if len(entries) > before:
+            break
+        time.sleep(0.5)
+    time.sleep(3)  # let any second (wrongly) queued backup show itself
+    context.close()
+    queued = [line["message"] for line in stash.logs() if "queued an automatic backup" in line["message"]]
+    entries = json.loads((archive_of(stash) / "manifest.json").read_text())["entries"]
+    assert len(queued) == 1, queued
+    assert len(entries) == before + 1
+    configure(stash, autoBackup=False)
