@@ -50,9 +50,10 @@ def test_finds_rclone_on_path_and_says_how_to_install_when_missing(monkeypatch, 
 def test_listing_streams_objects_sorted_and_keeps_strays_apart(alias_config, tmp_path):
     config, folder = alias_config
     remote = RemoteArchive(Rclone(config), "here:")
-    with remote.blobs(tmp_path) as (blobs, strays):
-        assert [(b.checksum, b.size) for b in blobs] == [("abcd" + "0" * 28, 10)]
-    assert strays == ["blobs/ab/cd/stray.partial"]
+    (folder / "offsite-manifest.json").write_text("{}")
+    with remote.listing(tmp_path) as there:
+        assert [(b.checksum, b.size) for b in there.blobs] == [("abcd" + "0" * 28, 10)]
+    assert there.strays == ["blobs/ab/cd/stray.partial"] and there.files == {"offsite-manifest.json": 2}
     assert RemoteArchive(Rclone(config), "here:not/there").top_files() == {}  # a new folder lists as empty
 
 
@@ -65,8 +66,8 @@ def test_listing_is_sorted_across_sort_runs(alias_config, tmp_path, monkeypatch)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(str(checksum).encode())
     monkeypatch.setattr("stash_backup_plugin.offsite.remote.SORT_RUN", 4)
-    with RemoteArchive(Rclone(config), "here:").blobs(tmp_path) as (blobs, _):
-        listed = [b.checksum for b in blobs]
+    with RemoteArchive(Rclone(config), "here:").listing(tmp_path) as there:
+        listed = [b.checksum for b in there.blobs]
     assert listed == sorted(checksums + ["abcd" + "0" * 28])
     assert not list(tmp_path.glob("listing-*"))  # sort runs are removed
 

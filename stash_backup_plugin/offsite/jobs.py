@@ -119,23 +119,25 @@ def _send_backups(archive: Archive, remote: RemoteArchive, manifest: Manifest, t
     headers = [store.header(entry.file) for entry in todo]
     names = [header.name for header in headers]
     listing = scratch / "send.txt"
-    there = {**remote.files(SNAPSHOTS), **remote.files(RECORDS)}
+    sent_snapshots = []
     with open(listing, "w", encoding="utf-8") as out, contextlib.ExitStack() as stack:
-        present, _ = stack.enter_context(remote.blobs(scratch, hashes=remote.has_cheap_md5()))
-        for checksum, size in to_send(_sized_blobs(store, names, stack), present):
+        there = stack.enter_context(remote.listing(scratch, hashes=remote.has_cheap_md5()))
+        for checksum, size in to_send(_sized_blobs(store, names, stack), there.blobs):
             out.write(_blob_path(checksum) + "\n")
             result.blobs_sent += 1
         for header in headers:
-            if there.get(header.snapshot.file) != header.snapshot.stored_size:
+            if there.files.get(header.snapshot.file) != header.snapshot.stored_size:
                 out.write(header.snapshot.file + "\n")
+                sent_snapshots.append(header.snapshot.file)
     report.info(f"sending {result.blobs_sent} blob(s) and the databases of {len(names)} backup(s) to {remote.display}")
     sent = remote.send(archive.folder, listing, "copy the archive to", _progress(report.phase(0.0, 0.9), "sending"))
     crash_point("offsite-data-sent")
-    listing.write_text("".join(f"{RECORDS}/{records.record_name(name)}\n" for name in names))
+    record_files = [f"{RECORDS}/{records.record_name(name)}" for name in names]
+    listing.write_text("".join(f + "\n" for f in record_files))
     sent_records = remote.send(archive.folder, listing, "copy the backups' records to")
     result.bytes_sent = sent.bytes + sent_records.bytes
     crash_point("offsite-records-sent")
-    _confirm_arrived(remote, store, headers)
+    _confirm_arrived(remote, sent_snapshots + record_files, set(sent.transferred) | set(sent_records.transferred))
     pushed_at = utc_now()
     added = [backup_from_header(h, store.record_path(h.name).stat().st_size, _md5(store.record_path(h.name)), pushed_at)
              for h in headers]
@@ -147,17 +149,13 @@ def _send_backups(archive: Archive, remote: RemoteArchive, manifest: Manifest, t
                     f"{human_size(header.snapshot.stored_size)} compressed")
 
 
-def _confirm_arrived(remote: RemoteArchive, store: Store, headers: list[records.Header]) -> None:
-    """Each snapshot and record is on the remote with its size before the manifest names
-    it (rclone checked each transfer; this checks the remote's own listing)."""
-    there = {**remote.files(SNAPSHOTS), **remote.files(RECORDS)}
-    for header in headers:
-        record_file = f"{RECORDS}/{records.record_name(header.name)}"
-        for relative, size in ((header.snapshot.file, header.snapshot.stored_size),
-                               (record_file, store.record_path(header.name).stat().st_size)):
-            if there.get(relative) != size:
-                raise RemoteError(f"{remote.display}/{relative} is not on the remote with its {size} bytes after the "
-                                  "upload: nothing was counted; push again")
+def _confirm_arrived(remote: RemoteArchive, expected: list[str], copied: set[str]) -> None:
+    """Each snapshot and record sent was reported copied by rclone (which checked its
+    size, and MD5 where both sides have one) before the manifest names it."""
+    for relative in expected:
+        if relative not in copied:
+            raise RemoteError(f"rclone did not report {remote.display}/{relative} as copied: nothing was counted; "
+                              "push again")
 
 
 def _progress(report: Reporter, label: str):
@@ -230,19 +228,19 @@ def _collect(archive: Archive, remote: RemoteArchive, kept: Manifest, dry_run: b
     wanted_records = {b.record.file for b in kept.backups}
     doomed = scratch / "delete.txt"
     with open(doomed, "w", encoding="utf-8") as out, contextlib.ExitStack() as stack:
-        present, strays = stack.enter_context(remote.blobs(scratch))
+        there = stack.enter_context(remote.listing(scratch))
         referenced = (checksum for checksum, _ in heapq.merge(*[stack.enter_context(records.BlobList(p)) for p in lists]))
-        plan = plan_gc(present, referenced)
+        plan = plan_gc(there.blobs, referenced)
         for checksum, size in plan.delete_blobs:
             out.write(_blob_path(checksum) + "\n")
             result.freed_bytes += size
-        others = list(strays)
+        others = list(there.strays)
         for folder, wanted in ((SNAPSHOTS, wanted_snapshots), (RECORDS, wanted_records), (PENDING, set())):
-            for relative, size in remote.files(folder).items():
+            for relative, size in there.under(folder).items():
                 if relative not in wanted and (folder != PENDING or TEMP_TAG in relative):
                     others.append(relative)
                     result.freed_bytes += max(size, 0)
-        others += [name for name in remote.top_files() if TEMP_TAG in name]
+        others += [name for name in there.files if "/" not in name and TEMP_TAG in name]
         for relative in others:
             out.write(relative + "\n")
         result.deleted_files = len(plan.delete_blobs) + len(others)
@@ -303,18 +301,16 @@ def verify(archive_folder: Path, remote: RemoteArchive, read_data: Optional[Read
         manifest = remote.read_manifest()
         summary = RemoteVerifySummary(checked=len(manifest.backups), read_data=str(read_data) if read_data else "")
         found: dict[str, list[str]] = {b.name: [] for b in manifest.backups}
-        snapshots = remote.files(SNAPSHOTS)
-        for backup in manifest.backups:
-            if snapshots.get(backup.snapshot.file) != backup.snapshot.size:
-                found[backup.name].append(f"its database {backup.snapshot.file} is missing or not "
-                                          f"{backup.snapshot.size} bytes on the remote")
-        lists = _fetched_records(remote, manifest.backups, scratch, found)
-        report.progress(0.2, "checking blobs")
-        hashes = remote.has_cheap_md5()
         with contextlib.ExitStack() as stack:
-            present, _ = stack.enter_context(remote.blobs(scratch, hashes=hashes))
+            there = stack.enter_context(remote.listing(scratch, hashes=remote.has_cheap_md5()))
+            for backup in manifest.backups:
+                if there.files.get(backup.snapshot.file) != backup.snapshot.size:
+                    found[backup.name].append(f"its database {backup.snapshot.file} is missing or not "
+                                              f"{backup.snapshot.size} bytes on the remote")
+            lists = _fetched_records(remote, manifest.backups, there.under(RECORDS), scratch, found)
+            report.progress(0.2, "checking blobs")
             streams = [_tagged(stack.enter_context(records.BlobList(path)), name, found) for name, path in lists]
-            for _, problem, names in blob_problems(heapq.merge(*streams), present):
+            for _, problem, names in blob_problems(heapq.merge(*streams), there.blobs):
                 for name in names:
                     found[name].append(problem)
         if read_data:
@@ -339,10 +335,9 @@ def _tagged(blobs, name: str, found: dict) -> Iterator[tuple[str, int, str]]:
         found[name].append(str(error))
 
 
-def _fetched_records(remote: RemoteArchive, backups: list[RemoteBackup], scratch: Path,
+def _fetched_records(remote: RemoteArchive, backups: list[RemoteBackup], there: dict[str, int], scratch: Path,
                      found: dict) -> list[tuple[str, Path]]:
     listing = scratch / "records.txt"
-    there = remote.files(RECORDS)
     fetchable = [b for b in backups if there.get(b.record.file) is not None]
     listing.write_text("".join(b.record.file + "\n" for b in fetchable))
     if fetchable:

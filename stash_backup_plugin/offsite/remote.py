@@ -38,6 +38,16 @@ TEMP_TAG = ".stash-backup-tmp-"
 
 
 @dataclass
+class Listing:
+    blobs: Iterator[RemoteBlob]  # sorted by checksum; read once
+    strays: list[str]  # files under blobs/ that are no blob (an interrupted upload's .partial)
+    files: dict[str, int]  # every other file: relative path -> size
+
+    def under(self, folder: str) -> dict[str, int]:
+        return {path: size for path, size in self.files.items() if path.startswith(folder + "/")}
+
+
+@dataclass
 class Marker:
     file: str
     host: str
@@ -61,6 +71,7 @@ class RemoteArchive:
         self.rclone, self.spec = rclone, spec
         self.display = rclone.redact(spec)
         self._hashes: Optional[bool] = None
+        self._info: Optional[dict] = None
 
     def path(self, relative: str = "") -> str:
         if not relative:
@@ -74,10 +85,15 @@ class RemoteArchive:
         with self.rclone.lsjson(self.path(), recursive=False, on_missing=self._missing_folder) as items:
             return {item["Path"]: int(item.get("Size", -1)) for item in items}
 
+    def _features(self) -> dict:
+        if self._info is None:
+            self._info = self.rclone.features(self.spec.split(":", 1)[0] + ":") if ":" in self.spec else {}
+        return self._info
+
     def _missing_folder(self) -> None:
         """On a bucket-based remote (S3) a new folder lists as empty: only a missing
         bucket is "not found". A typo in a bucket's name must not start a new archive."""
-        if (self.rclone.features(self.spec.split(":", 1)[0] + ":").get("Features") or {}).get("BucketBased"):
+        if (self._features().get("Features") or {}).get("BucketBased"):
             raise RemoteError(f"cannot use {self.display}: the bucket does not exist: create it "
                               "(rclone mkdir REMOTE:bucket) or fix its name")
 
@@ -95,23 +111,29 @@ class RemoteArchive:
     def has_cheap_md5(self) -> bool:
         """Does a listing carry each object's MD5 at no extra cost (S3: the ETag)?"""
         if self._hashes is None:
-            info = self.rclone.features(self.path())
+            info = self._features()
             slow = (info.get("Features") or {}).get("SlowHash", True)
             self._hashes = "md5" in (info.get("Hashes") or []) and not slow
         return self._hashes
 
     @contextlib.contextmanager
-    def blobs(self, scratch: Path, hashes: bool = False) -> Iterator[tuple[Iterator[RemoteBlob], list[str]]]:
-        """Every blob on the remote, sorted by checksum (an external sort in `scratch`:
-        listings come in no promised order), and the stray files under blobs/."""
+    def listing(self, scratch: Path, hashes: bool = False) -> Iterator["Listing"]:
+        """Everything on the remote in one listing (on S3 a few requests per thousand
+        objects): the blobs sorted by checksum (an external sort in `scratch`: listings
+        come in no promised order), the stray files under blobs/, and every other file."""
         strays: list[str] = []
+        others: dict[str, int] = {}
         runs = []
-        with self.rclone.lsjson(self.path(BLOBS), hashes=hashes) as items:
+        with self.rclone.lsjson(self.path(), hashes=hashes, on_missing=self._missing_folder) as items:
             batch: list[tuple[str, int, str]] = []
             for item in items:
-                checksum = blob_checksum(item["Path"])
+                path = item["Path"]
+                if not path.startswith(BLOBS + "/"):
+                    others[path] = int(item.get("Size", -1))
+                    continue
+                checksum = blob_checksum(path[len(BLOBS) + 1:])
                 if checksum is None:
-                    strays.append(f"{BLOBS}/{item['Path']}")
+                    strays.append(path)
                     continue
                 md5 = ((item.get("Hashes") or {}).get("md5") or "").lower()
                 batch.append((checksum, int(item.get("Size", -1)), md5))
@@ -122,7 +144,7 @@ class RemoteArchive:
                 runs.append(_write_run(scratch, len(runs), batch))
         with contextlib.ExitStack() as stack:
             streams = [_read_run(stack.enter_context(open(run, encoding="ascii"))) for run in runs]
-            yield heapq.merge(*streams, key=lambda b: b.checksum), strays
+            yield Listing(heapq.merge(*streams, key=lambda b: b.checksum), strays, others)
         for run in runs:
             discard(run)
 
@@ -175,10 +197,10 @@ class RemoteArchive:
                               "writing there; run offsite verify")
 
     # --- the remote's lock ------------------------------------------------------------------
-    def markers(self) -> list[Marker]:
+    def markers(self, skip: str = "") -> list[Marker]:
         found = []
         for relative in self.files(PENDING):
-            if TEMP_TAG in relative:
+            if TEMP_TAG in relative or relative == skip:
                 continue
             try:
                 data = json.loads(self.rclone.cat(self.path(relative)))
@@ -190,19 +212,25 @@ class RemoteArchive:
 
     @contextlib.contextmanager
     def held(self, action: str, scratch: Path, report: Callable[[str], None]) -> Iterator[None]:
-        """Mark the remote as in use for this run: refuse when another live run marked
-        it; remove markers of runs that died (on this host, or two days ago)."""
-        now = time.time()
-        for marker in self.markers():
-            if marker.stale(now):
-                self._remove(marker.file, scratch)
-                report(f"removed the marker of an interrupted {marker.action or 'run'} from {marker.host}")
+        """Mark the remote as in use for this run, then look at the other marks: refuse
+        when another live run marked it; remove marks of runs that died (on this host,
+        or two days ago). Two runs that mark at once both refuse: fail closed."""
         mine = f"{PENDING}/{socket.gethostname()}.{os.getpid()}.json"
-        body = {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "action": action,
+        body = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "action": action,
                 "at": utc_now()}
-        self.put_bytes(mine, json.dumps(body).encode(), scratch)
+        local = scratch / "marker.json"
+        local.write_text(json.dumps(body))
+        # No temp name needed: an unreadable marker counts as a live one.
+        self.rclone.check(self.rclone.run(["copyto", str(local), self.path(mine)]), "mark", self.display)
         try:
-            others = [m for m in self.markers() if m.file != mine and not m.stale(time.time())]
+            now = time.time()
+            others = []
+            for marker in self.markers(skip=mine):
+                if marker.stale(now):
+                    self._remove(marker.file)
+                    report(f"removed the marker of an interrupted {marker.action or 'run'} from {marker.host}")
+                else:
+                    others.append(marker)
             if others:
                 other = others[0]
                 raise UsageError(f"another stash-backup {other.action or 'run'} from {other.host} (pid {other.pid}) "
@@ -213,12 +241,10 @@ class RemoteArchive:
             # Best effort: a marker left behind (the remote went away) is this host's,
             # and the next run here removes it once this process is gone.
             with contextlib.suppress(RemoteError):
-                self._remove(mine, scratch)
+                self._remove(mine)
 
-    def _remove(self, relative: str, scratch: Path) -> None:
-        listing = scratch / "remove.txt"
-        listing.write_text(relative + "\n")
-        self.delete(listing)
+    def _remove(self, relative: str) -> None:
+        self.rclone.check(self.rclone.run(["deletefile", self.path(relative)]), "delete from", self.display)
 
 
 def _write_run(scratch: Path, index: int, batch: list[tuple[str, int, str]]) -> Path:
