@@ -20,7 +20,7 @@ from stash_backup_plugin.offsite.remote import RemoteArchive
 from .conftest import run_cli
 from .offsite_fixtures import (bucket, local_archive, rclone_s3, seaweed, sshd,  # noqa: F401
                                write_config)
-from .offsite_servers import make_bucket
+from .offsite_servers import ACCESS_KEY, SECRET_KEY, make_bucket
 
 
 class Lines(Reporter):
@@ -150,6 +150,8 @@ def test_cli_push_list_verify_pull(bucket, tmp_path, local_archive):
     assert listing.returncode == 0 and len(json.loads(listing.stdout)) == 1
     check = run_cli("offsite", "verify", "--read-data-subset", "1/2", "--dest", str(tmp_path / "v"), env=env)
     assert check.returncode == 0 and "1 good, 0 bad" in check.stderr, check.stderr
+    manifest = Rclone(config).cat(f"sw:{name}/stash/offsite-manifest.json").decode()
+    assert SECRET_KEY not in manifest and ACCESS_KEY not in manifest and "sw:" not in manifest  # no remote named
     backup = json.loads(listing.stdout)[0]["name"]
     pull = run_cli("offsite", "pull", backup, "--to", str(tmp_path / "new-archive"), env=env)
     assert pull.returncode == 0, pull.stderr

@@ -86,6 +86,8 @@ def test_unknown_remote_is_one_line_that_says_what_to_do(alias_config):
     ("write: no space left on device", "remote is full"),
     ("dial tcp 127.0.0.1:9: connect: connection refused", "cannot reach the remote"),
     ("read tcp: i/o timeout", "stopped answering"),
+    # a hex name holding "507" or "401" is no HTTP status
+    ('Put "http://h/b/blobs/2e/4e/2e4e507401aa": net/http: timeout awaiting response headers', "stopped answering"),
 ])
 def test_rclone_errors_are_mapped_to_what_they_mean(text, meaning):
     error = classify(Outcome(1, errors=[text]), "copy the archive to", "r:x")

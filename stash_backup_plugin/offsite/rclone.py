@@ -295,7 +295,7 @@ _KINDS = [
     (("nosuchbucket", "bucket does not exist", "the specified bucket does not exist"),
      "the bucket does not exist: create it (rclone mkdir REMOTE:bucket) or fix its name"),
     (("no space left", "quotaexceeded", "quota exceeded", "disk quota", "insufficientstorage",
-      "insufficient storage", "507", "remaining disk space", "not enough space", "entitytoolarge", "storage full", "over quota", "file too large"),
+      "insufficient storage", "statuscode: 507", "status code: 507", "remaining disk space", "not enough space", "entitytoolarge", "storage full", "over quota", "file too large"),
      "the remote is full: free space there (or raise its quota), then push again"),
     (("ssh_fx_failure", "ssh_fx_permission_denied"),
      "the SFTP server refused the write (often: its disk is full, a quota is reached, or no permission): "
