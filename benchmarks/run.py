@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -276,6 +278,73 @@ def _run_task_fast(stash, task):
         time.sleep(0.01)
 
 
+def bench_plugin_cold_start(runs, work: Path) -> None:
+    """Stash starts a new Python for every task: the time from runPluginTask to the
+    plugin's first log line (an empty archive's Verify, which logs once after reading
+    its settings), with gql from the plugin's bundle (Stash's python_path a venv
+    holding only requests, as its Docker image offers) against gql installed in
+    Stash's Python, alternating; and the size of what is installed."""
+    import statistics as st
+    from tests.python_envs import RUNNER, make_venv, python_for
+    from tests.stash_server.build import NEW_VERSION, build
+    from tests.stash_server.server import StashServer
+    other = "3.12" if RUNNER != "3.12" else "3.11"
+    pythons = {"bundled gql (venv with only requests)": make_venv(work / "requests-only", PY, ("requests",)),
+               "installed gql (Stash's Python has it)": PY,
+               f"bundled gql, built on {RUNNER}, run by {other} (no byte code)":
+                   make_venv(work / "requests-only-other", python_for(other), ("requests",))}
+    stash = StashServer(build(NEW_VERSION), work / "cold-start-stash", NEW_VERSION)
+    stash.start()
+    try:
+        subprocess.run([PY, "-m", "stash_backup_plugin", "install-plugin", "--plugins-dir", str(stash.plugins),
+                        "--url", stash.url], env=ENV, check=True, capture_output=True)
+        subprocess.run([PY, "-m", "stash_backup_plugin", "package", "--output", str(work / "plugin-source")],
+                       env=ENV, check=True, capture_output=True)
+        seconds = {name: [] for name in pythons}
+        for trial in range(runs):
+            for name, python in (list(pythons.items())[::-1] if trial % 2 else pythons.items()):
+                stash.graphql("mutation($p: String) { configureGeneral(input: {pythonPath: $p}) { pythonPath } }",
+                              {"p": python})
+                seconds[name].append(_seconds_to_first_log_line(stash, "Verify archive"))
+    finally:
+        stash.stop()
+    for name, values in seconds.items():
+        print(f"{'task cold start, ' + name:<66} {st.median(values):.3f}s ({min(values):.3f}–{max(values):.3f})")
+    installed = sum(p.stat().st_size for p in (stash.plugins / "stash-backup").iterdir())
+    package = (work / "plugin-source" / "stash-backup.zip").stat().st_size
+    print(f"{'installed plugin folder (manifest + archive)':<66} {installed / MiB:.2f} MiB")
+    print(f"{'plugin-manager package zip':<66} {package / MiB:.2f} MiB", flush=True)
+
+
+def _seconds_to_first_log_line(stash, task: str) -> float:
+    def ours():
+        return [line for line in stash.logs() if "[Plugin / Stash Backup]" in line["message"]]
+
+    for _ in range(3):
+        # Stash keeps only its latest log lines: tell the new ones by what was there.
+        seen = {(line["time"], line["message"]) for line in ours()}
+        started = time.time()
+        job = _run_task_fast(stash, task)
+        assert job["status"] == "FINISHED", job
+        # Stash ends the job without waiting for the plugin's stderr to be read, so
+        # the line can come a little later, or (rarely, under load) never.
+        deadline = time.monotonic() + 3
+        while not (new := [line for line in ours() if (line["time"], line["message"]) not in seen]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if new:
+            assert not any(line["level"] == "Error" for line in new), new
+            return min(_epoch(line["time"]) for line in new) - started
+    raise RuntimeError(f"Stash logged no line of the plugin's {task!r} task three times")
+
+
+def _epoch(stamp: str) -> float:
+    """Stash's log times are RFC 3339 with nanoseconds, which datetime does not parse."""
+    whole, fraction, zone = re.match(r"(.*?T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", stamp).groups()
+    moment = datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone))
+    return moment.timestamp() + float("0." + (fraction or "0"))
+
+
 # --- 6. start-up of the commands -------------------------------------------------------------
 
 STARTUP_BUDGET = 0.1  # seconds over a bare Python start
@@ -313,7 +382,8 @@ def bench_startup(runs, work: Path) -> list[Comparison]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
-    parser.add_argument("--only", default="download,stash,verify,blobs,restore,plugin,startup,codec,archive,memory,offsite")
+    parser.add_argument("--only",
+                        default="download,stash,verify,blobs,restore,plugin,coldstart,startup,codec,archive,memory,offsite")
     parser.add_argument("--archive-issue-scale", action="store_true",
                         help="the archive benchmark at the issue's size: 1 GiB database, 50k blobs, 30 nights")
     parser.add_argument("--runs", type=int, default=None)
@@ -355,6 +425,8 @@ def main() -> int:
             results += bench_restore(plan["restore"], plan["runs"], work)
         if "plugin" in only:
             bench_plugin(plan["runs"], work)
+        if "coldstart" in only:
+            bench_plugin_cold_start(max(plan["runs"], 5), work)
         if "startup" in only:
             bench_startup(max(plan["runs"], 5), work)
         if "offsite" in only:

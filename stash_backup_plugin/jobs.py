@@ -170,13 +170,14 @@ def download_to_archive(client: StashAPI, archive: Archive, options: DownloadOpt
         tee_for = None if from_zip else (lambda backup_name: SnapshotTee(store, backup_name))
         fetched, name, tee = _request_and_download(client, archive.folder, flag, report.phase(0.0, 0.5), tee_for)
         try:
-            compressed = tee.finish() if tee else None
-            header = _store_fetched(archive, info, options, fetched, name, folders, from_zip, report.phase(0.5, 1.0),
-                                    compressed)
-        finally:
-            discard(fetched.temp_path)
             if tee:
-                tee.discard()  # nothing left once the snapshot is in place
+                tee.finish(fetched.temp_path)  # compression goes on beside the blob copying
+            header = _store_fetched(archive, info, options, fetched, name, folders, from_zip, report.phase(0.5, 1.0),
+                                    tee)
+        finally:
+            if tee:
+                tee.discard()  # first: its thread may still read the downloaded file; nothing left on success
+            discard(fetched.temp_path)
         entry = archive.find(header.name)
         if header.missing_blobs:
             report.warning(f"{header.missing_blobs} blob(s) the database refers to were found neither on the server "
@@ -202,7 +203,7 @@ def _readable(folder: Path) -> bool:
 
 
 def _store_fetched(archive: Archive, info: ServerInfo, options: DownloadOptions, fetched: Downloaded, name: str,
-                   folders: list[Path], from_zip: bool, report: Reporter, compressed: Optional[tuple]) -> Header:
+                   folders: list[Path], from_zip: bool, report: Reporter, compressed) -> Header:
     store = archive.store
     stored_name = archive.free_stored_name(name)
     if from_zip:
@@ -244,7 +245,9 @@ def _request_and_download(client: StashAPI, folder: Path, include_blobs: Optiona
         entry_from_name(name)  # refuse anything that is not a Stash backup name
         tee = tee_for(name) if tee_for else None
         try:
-            fetched = client.fetch_backup(link, folder, name, progress=report.bytes_progress("downloading"), tee=tee)
+            # never committed as it is: the store keeps its compressed copy, or what it takes from the zip
+            fetched = client.fetch_backup(link, folder, name, progress=report.bytes_progress("downloading"), tee=tee,
+                                          durable=False)
             if fetched.resumes:
                 report.warning(f"the connection dropped; resumed {fetched.resumes} time(s)")
             return fetched, name, tee

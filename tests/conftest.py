@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.python_envs import RUNNER, build_wheel, make_venv, python_for, wheel_venv
 from tests.stash_server.build import PINNED_VERSIONS, build
 from tests.stash_server.server import StashServer
 
@@ -26,16 +27,53 @@ def stash_version(request) -> str:
     return request.param
 
 
+class PythonEnvs:
+    """Session-wide Pythons for the plugin, made once each (PyPI through the runner's pip)."""
+
+    def __init__(self, root: Path):
+        self._root, self._made = root, {}
+
+    def _once(self, key, make):
+        if key not in self._made:
+            self._made[key] = make(self._root / "-".join(key))
+        return self._made[key]
+
+    def requests_only(self, version: str = RUNNER) -> str:
+        """What Stash's official Docker image offers a plugin: the standard library and requests."""
+        return self._once(("requests", version), lambda f: make_venv(f, python_for(version), ("requests",)))
+
+    def bare(self, version: str = RUNNER) -> str:
+        return self._once(("bare", version), lambda f: make_venv(f, python_for(version)))
+
+    def wheel(self) -> Path:
+        return self._once(("wheel",), lambda f: build_wheel(f))
+
+    def wheel_cli(self, version: str = RUNNER) -> Path:
+        """The bin folder of a clean venv with the wheel installed (not editable)."""
+        return self._once(("cli", version), lambda f: wheel_venv(f, python_for(version), self.wheel()))
+
+
+@pytest.fixture(scope="session")
+def python_envs(tmp_path_factory) -> PythonEnvs:
+    return PythonEnvs(tmp_path_factory.mktemp("pythons"))
+
+
 class ServerFactory:
-    def __init__(self, binaries: dict, tmp_path: Path, request):
+    def __init__(self, binaries: dict, tmp_path: Path, request, plugin_python: str):
         self._binaries, self._tmp, self._request = binaries, tmp_path, request
+        self._plugin_python = plugin_python
         self.servers: list[StashServer] = []
 
     def __call__(self, version: str, blobs_storage: str = "FILESYSTEM", name: str = "stash",
                  install_plugin: bool = True, tls: bool | str = False, host: str = "127.0.0.1",
-                 config_via_env: bool = False, working_dir: Path | None = None, **extra) -> StashServer:
+                 config_via_env: bool = False, working_dir: Path | None = None, env: dict | None = None,
+                 **extra) -> StashServer:
+        """Stash's python_path is a venv with only requests unless `python_path` says
+        otherwise, and no plugin process may reach a package index."""
+        extra.setdefault("python_path", self._plugin_python)
         server = StashServer(self._binaries[version], self._tmp / name, version, blobs_storage, extra_config=extra,
-                             tls=tls, host=host, config_via_env=config_via_env, working_dir=working_dir)
+                             tls=tls, host=host, config_via_env=config_via_env, working_dir=working_dir,
+                             env={"PIP_NO_INDEX": "1", **(env or {})})
         self.servers.append(server)
         server.start()
         if install_plugin:
@@ -61,8 +99,8 @@ def install_plugin_into(server: StashServer, plugin_id: str = "stash-backup") ->
 
 
 @pytest.fixture
-def stash_server_factory(stash_binaries, tmp_path, request):
-    factory = ServerFactory(stash_binaries, tmp_path, request)
+def stash_server_factory(stash_binaries, tmp_path, request, python_envs):
+    factory = ServerFactory(stash_binaries, tmp_path, request, python_envs.requests_only())
     yield factory
     factory.close()
 

@@ -175,6 +175,31 @@ def test_the_snapshot_compressed_during_the_download_is_exactly_the_file(tmp_pat
         else:
             server.script = lambda n, h: server.serve(h, cut_at=cut) if n == 1 else server.serve(h, ignore_range=True)
         result = fetch(server, tmp_path, tee=tee)
-    temp, digest = tee.finish()
+    tee.finish(result.temp_path)
+    temp, digest = tee.result()
     assert digest.sha256 == result.sha256 == hashlib.sha256(PAYLOAD).hexdigest()
     assert gzip.decompress(temp.read_bytes()) == PAYLOAD
+
+
+def test_a_tee_that_falls_behind_reads_the_rest_from_the_file(tmp_path):
+    """The download never waits for compression: a tee that cannot keep up lets go and
+    compresses the rest from the downloaded file."""
+    import gzip
+    import time as clock
+    from stash_backup_plugin.core import snapshot
+    from stash_backup_plugin.core.store import SnapshotTee, Store
+    class OneChunkQueue(SnapshotTee):
+        QUEUE_CHUNKS = 1
+
+    tee = OneChunkQueue(Store(tmp_path / "archive"), NAME)
+    slow = snapshot.StreamCompressor.write
+    snapshot.StreamCompressor.write = lambda self, data: (clock.sleep(0.05), slow(self, data))[1]
+    try:
+        with FaultServer(PAYLOAD) as server:
+            result = fetch(server, tmp_path, tee=tee)
+        assert tee._behind_at is not None  # it did fall behind
+        tee.finish(result.temp_path)
+        temp, digest = tee.result()
+    finally:
+        snapshot.StreamCompressor.write = slow
+    assert digest.sha256 == hashlib.sha256(PAYLOAD).hexdigest() and gzip.decompress(temp.read_bytes()) == PAYLOAD

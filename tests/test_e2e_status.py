@@ -4,6 +4,7 @@ fails still ends FINISHED in Stash's queue, but the status and a notification (a
 webhook and Apprise's json://, both to a local receiver) say what failed; an overdue
 backup is reported once; no notification secret reaches Stash's log."""
 import json
+import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -27,7 +28,8 @@ def configure(server, **settings) -> None:
 
 
 def test_status_operation_and_notifications_on_a_real_server(stash_server_factory, stash_version):
-    server = stash_server_factory(stash_version, install_plugin=False)
+    # Apprise is an optional extra the user installs into Stash's Python: this one has it.
+    server = stash_server_factory(stash_version, install_plugin=False, python_path=sys.executable)
     from .conftest import install_plugin_into
     install_plugin_into(server, PLUGIN_ID)
     with Receiver() as receiver:

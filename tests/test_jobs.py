@@ -50,7 +50,8 @@ class LocalStash:
         shutil.move(made, self.root / "served" / name)
         return f"http://elsewhere.example/downloads/{self.count}/{name}"
 
-    def fetch_backup(self, link: str, folder: Path, final_name: str, progress=None, tee=None) -> Downloaded:
+    def fetch_backup(self, link: str, folder: Path, final_name: str, progress=None, tee=None,
+                     durable: bool = True) -> Downloaded:
         if self.expire:
             self.expire -= 1
             raise LinkExpiredError("the link expired")
@@ -136,3 +137,15 @@ def test_if_older_than_skips_without_asking_stash(tmp_path):
     outcome = jobs.download_to_archive(stash, archive, jobs.DownloadOptions(if_older_than=parse_duration("1d")),
                                        Reporter())
     assert outcome.entry is None and "younger" in outcome.skipped_reason and len(stash.requests) == 1
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("developer_options:\n  extra_blob_paths:\n  - /a\n  - '/b c'\n", ("/a", "/b c")),  # PyYAML's style
+    ("developer_options:\n    extra_blob_paths:\n        - /a\n        - \"/b\"  # note\nport: 9999\n", ("/a", "/b")),  # Go's
+    ("developer_options:\n  extra_blob_paths: [/a, '/b']\n", ("/a", "/b")),
+    ("developer_options:\n  other: 1\nextra_blob_paths:\n- /not-in-the-section\n", ()),
+    ("blobs_path: /blobs\n", ()), ("developer_options:\n  extra_blob_paths: *alias\n", ()),
+])
+def test_extra_blob_paths_are_read_from_config_yml_without_a_yaml_parser(text, expected):
+    from stash_backup_plugin.server.graphql_client import extra_blob_paths_in
+    assert extra_blob_paths_in(text) == expected

@@ -476,7 +476,9 @@ def cmd_install_plugin(args, report) -> int:
 def cmd_package(args, report) -> int:
     from .install import build_package
     zip_path, index_path = build_package(args.output, args.id)
-    report.info(f"built {zip_path} and {index_path}: add {index_path.resolve()} as a plugin source in Stash")
+    # Stash takes a source as a URL: a plain path is refused ("unsupported protocol scheme").
+    report.info(f"built {zip_path} and {index_path}: in Stash, Settings > Plugins > Available Plugins > Add Source "
+                f"with the URL {index_path.resolve().as_uri()}")
     return 0
 
 

@@ -24,6 +24,7 @@ STORED = "stored"  # Entry.kind of a backup in the store
 MANIFEST_NAME = "manifest.json"
 # The plugin's default archive, beside Stash's config.yml; stash-restore looks there too.
 DEFAULT_FOLDER_NAME = "stash-backup-archive"
+ARCHIVE_FOLDER_SETTING = "archiveFolder"  # the plugin's setting that moves the archive elsewhere
 LOCK_NAME = ".stash-backup.lock"
 FORMAT = 1
 

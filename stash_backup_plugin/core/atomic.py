@@ -97,16 +97,19 @@ def temp_path_in(folder: Path, final_name: str) -> Path:
 
 
 @contextlib.contextmanager
-def staged_file(folder: Path, final_name: str, buffering: int = -1) -> Iterator[tuple[BinaryIO, Path]]:
+def staged_file(folder: Path, final_name: str, buffering: int = -1,
+                durable: bool = True) -> Iterator[tuple[BinaryIO, Path]]:
     """Yield (file, temp path): a unique temp file beside where `final_name` will go,
-    fsynced when the block ends. On any failure it is removed; on success the caller
-    checks it and then commits it (or discards it)."""
+    fsynced when the block ends (unless not `durable`: a file only read, then
+    discarded). On any failure it is removed; on success the caller checks it and then
+    commits it (or discards it)."""
     temp = temp_path_in(folder, final_name)
     try:
         with open(temp, "r+b", buffering=buffering) as handle:
             yield handle, temp
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
     except OSError as error:
         discard(temp)
         raise storage_error("write", temp, error) from error

@@ -37,7 +37,7 @@ class Digest:
 
 def _member(data: bytes, level: int) -> bytes:
     # zlib releases the GIL while it works: members compress in parallel.
-    worker = zlib.compressobj(level, zlib.DEFLATED, 31)
+    worker = zlib.compressobj(level, zlib.DEFLATED, 31, 9)  # memLevel 9: a little smaller, as fast
     return worker.compress(data) + worker.flush()
 
 

@@ -21,8 +21,10 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
 import signal
 import socket
+import threading
 import time
 import zipfile
 import zlib
@@ -64,6 +66,7 @@ class StoredBlob:
 class Store:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
+        self._blobs = os.path.join(self.folder, BLOBS)  # a string: blob_size runs once per blob
 
     # --- layout ------------------------------------------------------------------
     @property
@@ -92,8 +95,8 @@ class Store:
 
     # --- blobs ---------------------------------------------------------------------
     def blob_size(self, checksum: str) -> Optional[int]:
-        try:
-            return self.blob_path(checksum).stat().st_size
+        try:  # a plain string path: this runs once per blob of every backup
+            return os.stat(f"{self._blobs}/{checksum[0:2]}/{checksum[2:4]}/{checksum}").st_size
         except OSError:
             return None
 
@@ -293,8 +296,7 @@ class BlobWriter:
                     folders.update((final.parent.parent, final.parent.parent.parent))
                 os.replace(temp, final)  # a damaged copy under this name is replaced by a checked one
                 folders.add(final.parent)
-            for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
-                fsync_dir(folder)
+            sync_folders(folders)
         except OSError as error:
             raise storage_error("store blobs in", self.store.blobs_folder, error) from error
         self._staged.clear()
@@ -323,43 +325,97 @@ def write_snapshot(store: Store, name: str, database: Path, level: int = snapsho
 
 
 class SnapshotTee:
-    """The database compressed into incoming/ while it downloads: the download writes
-    each chunk here too (and resets it when the server makes it start over)."""
+    """The database compressed into incoming/ while it downloads, on its own thread:
+    the download hands each chunk over without waiting. When compression falls behind
+    (the transfer is faster), the tee stops taking chunks and, once the download ends,
+    reads the rest from the downloaded file, beside the blob copying; either way every
+    byte is compressed once and the download never slows down for it."""
+
+    QUEUE_CHUNKS = 8  # chunks waiting for the compressor: memory stays a few MiB
+    _RESET, _STOP = object(), object()
 
     def __init__(self, store: Store, name: str):
         make_folders(store.incoming)
         self.temp = store.incoming / f"{name}{SNAPSHOT_SUFFIX}{TEMP_MARKER}{os.getpid()}"
         self._handle = open(self.temp, "w+b")
-        self._compressor = snapshots.StreamCompressor(self._handle)
+        self._queue: queue.Queue = queue.Queue(self.QUEUE_CHUNKS)
+        self._offset, self._behind_at = 0, None  # the download's view: bytes seen, where the tee let go
+        self._result: Optional[tuple[Path, snapshots.Digest]] = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="snapshot-tee", daemon=True)
+        self._thread.start()
 
+    # --- the download's side ---------------------------------------------------------
     def write(self, chunk: bytes) -> None:
-        self._compressor.write(chunk)
+        if self._behind_at is None:
+            try:
+                self._queue.put_nowait(chunk)
+            except queue.Full:
+                self._behind_at = self._offset  # the rest comes from the file
+        self._offset += len(chunk)
 
     def reset(self) -> None:
-        self._compressor.close()
-        self._handle.seek(0)
-        self._handle.truncate()
-        self._compressor = snapshots.StreamCompressor(self._handle)
+        """The server started over: so does the snapshot."""
+        self._queue.put(self._RESET)
+        self._offset, self._behind_at = 0, None
 
-    def finish(self) -> tuple[Path, snapshots.Digest]:
+    def finish(self, downloaded: Path) -> None:
+        """The download is complete in `downloaded`: compress what the tee let go from
+        there. Returns at once; `result()` waits."""
+        self._queue.put((downloaded, self._behind_at))
+
+    def result(self) -> tuple[Path, snapshots.Digest]:
         """The compressed temp file, fsynced, and the digest of what it holds."""
-        try:
-            digest = self._compressor.finish()
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-            _own_like_folder(self.temp)
-        except OSError as error:
-            self.discard()
-            raise storage_error("write the database snapshot into", self.temp.parent, error) from error
-        return self.temp, digest
+        self._thread.join()
+        if self._error:
+            raise self._error
+        return self._result
 
     def discard(self) -> None:
-        self._compressor.close()
+        if self._thread.is_alive():
+            self._queue.put(self._STOP)
+            self._thread.join()
         self._handle.close()
         discard(self.temp)
         with contextlib.suppress(OSError):  # a failed first download leaves no empty folder behind
             self.temp.parent.rmdir()
+
+    # --- the compressor's thread ---------------------------------------------------------
+    def _run(self) -> None:
+        compressor = snapshots.StreamCompressor(self._handle)
+        try:
+            while True:
+                item = self._queue.get()
+                if item is self._STOP:
+                    return
+                if item is self._RESET:
+                    compressor.close()
+                    self._handle.seek(0)
+                    self._handle.truncate()
+                    compressor = snapshots.StreamCompressor(self._handle)
+                elif isinstance(item, tuple):
+                    self._result = self._complete(compressor, *item)
+                    return
+                else:
+                    compressor.write(item)
+        except BaseException as error:  # handed to result()
+            self._error = error if not isinstance(error, OSError) else \
+                storage_error("write the database snapshot into", self.temp.parent, error)
+        finally:
+            compressor.close()
+
+    def _complete(self, compressor, downloaded: Path, behind_at: Optional[int]):
+        if behind_at is not None:
+            with open(downloaded, "rb") as rest:
+                rest.seek(behind_at)
+                while chunk := rest.read(snapshots.CHUNK):
+                    compressor.write(chunk)
+        digest = compressor.finish()
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        _own_like_folder(self.temp)
+        return self.temp, digest
 
 
 def commit_snapshot(store: Store, name: str, temp: Path) -> Path:
@@ -386,13 +442,44 @@ def _sorted_dirs(folder: Path) -> list[Path]:
                 if e.is_dir(follow_symlinks=False) and len(e.name) == 2]
 
 
+# Up to this many files (or folders) are synced one by one, several at a time; more
+# take one sync of everything. A night adds a few hundred images: syncing each costs
+# less than flushing the whole machine's dirty pages (the downloaded database among them).
+SYNC_ONE_BY_ONE = 256
+SYNC_THREADS = 8
+
+
 def _sync_files(paths: list[Path]) -> None:
-    if hasattr(os, "sync") and len(paths) > 8:
-        os.sync()  # one flush for the batch instead of one per small file
+    if hasattr(os, "sync") and len(paths) > SYNC_ONE_BY_ONE:
+        os.sync()
         return
-    for path in paths:
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
+    _in_parallel(_fsync_file, paths)
+
+
+def sync_folders(folders) -> None:
+    """Make renames in these folders durable (deepest first when one by one)."""
+    folders = sorted(folders, key=lambda p: len(Path(p).parts), reverse=True)
+    if hasattr(os, "sync") and len(folders) > SYNC_ONE_BY_ONE:
+        os.sync()
+        return
+    _in_parallel(lambda folder: fsync_dir(Path(folder)), folders)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _in_parallel(work, items) -> None:
+    """fsync waits on the disk, not the CPU: several at once share the journal's commits."""
+    if len(items) <= 1:
+        for item in items:
+            work(item)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=min(SYNC_THREADS, len(items))) as pool:
+        for _ in pool.map(work, items):
+            pass
 
 
 def _own_like_folder(path: Path) -> None:

@@ -9,6 +9,7 @@ from typing import Optional
 
 import yaml
 
+from ..core.archive import ARCHIVE_FOLDER_SETTING
 from ..core.errors import ConfigError
 
 CONFIG_NAME = "config.yml"
@@ -16,7 +17,6 @@ DEFAULT_DATABASE_NAME = "stash-go.sqlite"
 FILESYSTEM, DATABASE = "FILESYSTEM", "DATABASE"
 DEFAULT_PORT = 9999
 # The plugin's setting, stored by Stash under `plugins.settings.<plugin id>` in config.yml.
-ARCHIVE_FOLDER_SETTING = "archiveFolder"
 
 
 @dataclass

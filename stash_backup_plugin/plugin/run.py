@@ -5,14 +5,15 @@ level (the job still ends FINISHED: the log is where a user sees it)."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 from .. import jobs
-from ..core.archive import DEFAULT_FOLDER_NAME, Archive
+from ..core.archive import ARCHIVE_FOLDER_SETTING, DEFAULT_FOLDER_NAME, Archive
 from ..server.connection import from_plugin_input, redact
 from ..core.errors import ConfigError, StashBackupError, UsageError, VerificationError
 from ..server.graphql_client import StashClient
@@ -21,7 +22,6 @@ from .protocol import PluginLogReporter, encode_output, read_input
 from ..core.retention import Duration, Policy, parse_duration
 from ..core.sqlite_check import FULL, QUICK
 from ..core.status import StatusFile
-from ..offline.stash_config import ARCHIVE_FOLDER_SETTING, StashConfig, load_config
 
 MODES = ("backup", "download", "verify", "retention", "offsite")  # tasks, run in Stash's job queue
 OPERATIONS = ("status",)  # runPluginOperation: answers at once, for the Backups page
@@ -126,45 +126,69 @@ def plugin_id(plugin_dir: Path) -> str:
     return chosen[0].stem
 
 
-def _stash_config(config_dir: Optional[str]) -> Optional[StashConfig]:
-    if not config_dir:
-        return None
-    path = Path(config_dir) / "config.yml"
-    try:
-        return load_config(path) if path.is_file() else None
-    except ConfigError:
-        return None
-
-
-def _api_key(config: Optional[StashConfig]) -> Optional[str]:
-    """The API key, when Stash has one: it does not expire like the session cookie."""
-    return config.get("api_key") if config else None
-
-
-def _certificate(config: Optional[StashConfig], config_dir: Optional[str]) -> Optional[Path]:
-    """Where Stash finds its TLS certificate: ssl_cert_path, else stash.crt in its
-    config folder, else in ~/.stash (Config.InitTLS)."""
-    if config and config.get("ssl_cert_path"):
-        return Path(config.get("ssl_cert_path"))
-    for folder in (Path(config_dir or "."), Path.home() / ".stash"):
-        if (folder / "stash.crt").is_file():
-            return folder / "stash.crt"
+def config_line_value(text: str, key: str) -> Optional[str]:
+    """The value of one top-level `key: value` line of config.yml, read without a YAML
+    parser (Stash's Python may have none). Stash writes config.yml with Go's yaml: one
+    top-level key per line at column 0, a path as a plain, 'single' or "double" quoted
+    scalar. Anything else (block, flow, anchor, alias, tag) gives None. A misread can
+    only pin a certificate the server does not present, which refuses the connection;
+    it never makes another server trusted."""
+    for line in text.splitlines():
+        match = re.match(rf"{re.escape(key)}[ \t]*:(?:[ \t]+(.*))?$", line)
+        if not match:
+            continue
+        value = (match.group(1) or "").strip()
+        if value.startswith("'"):
+            quoted = re.match(r"'((?:[^']|'')*)'\s*(#.*)?$", value)
+            return quoted.group(1).replace("''", "'") if quoted else None
+        if value.startswith('"'):
+            quoted = re.match(r'("(?:[^"\\]|\\.)*")\s*(#.*)?$', value)
+            try:
+                return json.loads(quoted.group(1)) if quoted else None
+            except ValueError:  # a YAML escape JSON lacks
+                return None
+        if not value or value[0] in "|>&*!{[%@`#":
+            return None
+        return re.split(r"\s+#", value, maxsplit=1)[0]
     return None
 
 
-def run_task(payload: dict, reporter: PluginLogReporter) -> str:
+def _certificate(config_dir: Optional[str]) -> Optional[Path]:
+    """Where Stash finds its TLS certificate (Config.InitTLS): ssl_cert_path in
+    config.yml, else stash.crt in its config folder, else in ~/.stash. Stash does not
+    tell it over GraphQL, and GraphQL over https needs it first."""
+    folder = Path(config_dir or ".")
+    try:
+        configured = config_line_value((folder / "config.yml").read_text(errors="replace"), "ssl_cert_path")
+    except OSError:
+        configured = None
+    if configured:
+        return Path(configured)
+    for candidate in (folder, Path.home() / ".stash"):
+        if (candidate / "stash.crt").is_file():
+            return candidate / "stash.crt"
+    return None
+
+
+def run_task(payload: dict, reporter: PluginLogReporter, secrets: Optional[list] = None) -> str:
+    """`secrets` receives what must never be logged (the API key read from Stash)."""
+    secrets = [] if secrets is None else secrets
     server = payload.get("server_connection") or {}
     args = payload.get("args") or {}
     mode = str(args.get("mode", "")).strip()
     if mode not in MODES + OPERATIONS:
         raise UsageError(f"unknown task mode {mode!r}: the plugin manifest must set mode to one of {', '.join(MODES)}")
-    config = _stash_config(server.get("Dir"))
-    connection = from_plugin_input(server, _api_key(config), _certificate(config, server.get("Dir")))
+    https = server.get("Scheme") == "https"
+    connection = from_plugin_input(server, None, _certificate(server.get("Dir")) if https else None)
+    with StashClient(connection) as client:
+        values, api_key = client.plugin_settings_and_api_key(plugin_id(Path(server.get("PluginDir") or ".")))
+    if api_key:  # it does not expire like the session cookie, which a long backup can outlive
+        secrets.append(api_key)
+        connection = replace(connection, api_key=api_key)
+    values.update({k: v for k, v in args.items() if k not in CONTROL_ARGS})
+    settings = settings_from(values, Path(server.get("Dir") or "."))
     with StashClient(connection) as client:
         own_id = plugin_id(Path(server.get("PluginDir") or "."))
-        values = client.plugin_settings(own_id)
-        values.update({k: v for k, v in args.items() if k not in CONTROL_ARGS})
-        settings = settings_from(values, Path(server.get("Dir") or "."))
         reporter.hide(*settings.notify_urls)  # they carry tokens
         notify = _notifier(settings.notify_urls, reporter)
         if mode == "status":
@@ -287,20 +311,15 @@ def main(stdin=None, stdout=None, stderr=None) -> int:
         return _answer_error(stdout, f"the plugin expects Stash's task input as JSON on stdin ({error}); "
                                      "run it from Stash's Tasks page")
     try:
-        secrets.extend(_secrets(payload))
-        output = run_task(payload, reporter)
+        cookie = ((payload.get("server_connection") or {}).get("SessionCookie") or {}).get("Value")
+        secrets.extend([cookie] if cookie else [])
+        output = run_task(payload, reporter, secrets)
     except StashBackupError as error:
         return _answer_error(stdout, reporter.redact(str(error)))
     except Exception as error:  # a bug: still one line, redacted
         return _answer_error(stdout, reporter.redact(_unexpected(error)))
     stdout.write(encode_output(output=output))
     return 0
-
-
-def _secrets(payload: dict) -> list[str]:
-    server = payload.get("server_connection") or {}
-    cookie = (server.get("SessionCookie") or {}).get("Value")
-    return [s for s in (cookie, _api_key(_stash_config(server.get("Dir")))) if s]
 
 
 def _unexpected(error: Exception) -> str:

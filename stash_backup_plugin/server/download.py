@@ -96,13 +96,14 @@ class _State:
 def download(session: requests.Session, url: str, folder: Path, final_name: str,
              progress: Optional[Callable[[int, Optional[int]], None]] = None,
              max_resumes: int = MAX_RESUMES, read_timeout: float = READ_TIMEOUT,
-             pause: Callable[[float], None] = time.sleep, tee=None) -> Downloaded:
+             pause: Callable[[float], None] = time.sleep, tee=None, durable: bool = True) -> Downloaded:
     """Fetch `url` into a temp file in `folder`. On any failure the temp file is gone.
     `tee` (write, reset) sees the same bytes as they arrive: the archive compresses the
-    database during the transfer instead of after it."""
+    database during the transfer instead of after it. Not `durable`: the file is not
+    fsynced (the archive keeps its compressed copy, never this one)."""
     hasher = _BackgroundHasher()
     try:
-        with staged_file(folder, final_name, buffering=0) as (handle, temp):
+        with staged_file(folder, final_name, buffering=0, durable=durable) as (handle, temp):
             state = _State(handle, hasher, tee=tee)
             resumes = _fetch_with_resumes(session, url, state, progress, max_resumes, read_timeout, pause)
         return Downloaded(temp, state.received, hasher.hexdigest(), resumes)

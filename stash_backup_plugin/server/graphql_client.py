@@ -3,6 +3,7 @@ Transport and GraphQL failures become typed errors with one-line messages."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -42,7 +43,8 @@ query StashBackupServerInfo {
 }
 """)
 _BACKUP = gql("mutation StashBackup($input: BackupDatabaseInput!) { backupDatabase(input: $input) }")
-_PLUGIN_SETTINGS = gql("query StashBackupSettings($ids: [ID!]) { configuration { plugins(include: $ids) } }")
+_PLUGIN_SETTINGS = gql("query StashBackupSettings($ids: [ID!]) "
+                       "{ configuration { general { apiKey } plugins(include: $ids) } }")
 _RELOAD_PLUGINS = gql("mutation { reloadPlugins }")
 _QUEUE_PLUGIN_TASK = gql("mutation StashBackupQueue($id: ID!, $args: Map, $description: String) "
                          "{ runPluginTask(plugin_id: $id, args_map: $args, description: $description) }")
@@ -143,18 +145,23 @@ class StashClient:
         return data.get("backupDatabase")
 
     def fetch_backup(self, link: str, folder: Path, final_name: str,
-                     progress: Optional[Callable[[int, Optional[int]], None]] = None, tee=None) -> Downloaded:
+                     progress: Optional[Callable[[int, Optional[int]], None]] = None, tee=None,
+                     durable: bool = True) -> Downloaded:
         """The link is fetched from our own URL, never from the host Stash wrote
         into it (external_host): credentials go to no other host."""
         from .download import download
         if self._downloads is None:
             self._downloads = new_session(self.connection)
-        return download(self._downloads, self.connection.rebase(link), folder, final_name, progress=progress, tee=tee)
+        return download(self._downloads, self.connection.rebase(link), folder, final_name, progress=progress, tee=tee,
+                        durable=durable)
 
-    def plugin_settings(self, plugin_id: str) -> dict:
+    def plugin_settings_and_api_key(self, plugin_id: str) -> tuple[dict, Optional[str]]:
+        """A plugin's settings, and Stash's API key when it has one (empty when no
+        credentials are set). A plugin asks with the session cookie Stash gave it."""
         data = self.execute(_PLUGIN_SETTINGS, {"ids": [plugin_id]})
         plugins = data["configuration"].get("plugins") or {}
-        return dict(plugins.get(plugin_id) or {})
+        api_key = ((data["configuration"].get("general") or {}).get("apiKey")) or None
+        return dict(plugins.get(plugin_id) or {}), api_key
 
     def reload_plugins(self) -> None:
         self.execute(_RELOAD_PLUGINS)
@@ -171,16 +178,61 @@ def extra_blob_paths(config_path: Optional[str]) -> tuple:
     if not config_path:
         return ()
     try:
-        import yaml
-    except ImportError:  # the plugin may run where PyYAML is missing: a developer option, best effort
-        return ()
-    try:
         with open(config_path, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
-        extra = (values.get("developer_options") or {}).get("extra_blob_paths") or []
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
-        return ()  # not readable here, or not a mapping: it tells us nothing about blobs
-    return tuple(str(path) for path in extra if isinstance(path, str) and path)
+            return extra_blob_paths_in(handle.read())
+    except (OSError, UnicodeDecodeError):
+        return ()  # not readable here: it tells us nothing about blobs
+
+
+def extra_blob_paths_in(text: str) -> tuple:
+    """The list under `developer_options:` / `extra_blob_paths:`, read without a YAML
+    parser (Stash's Python may have none) in the block style Go's yaml writes:
+
+        developer_options:
+          extra_blob_paths:
+          - /some/folder
+          - "/another folder"
+
+    or as a flow list `[a, b]`. Anything else gives no path: a developer option, and a
+    folder missed here only means its blobs are taken from v0.31's zip or reported missing."""
+    lines = text.splitlines()
+    section = next((i for i, line in enumerate(lines) if re.match(r"developer_options\s*:\s*(#.*)?$", line)), None)
+    if section is None:
+        return ()
+    for index in range(section + 1, len(lines)):
+        line = lines[index]
+        if line.strip() and not line[0].isspace():
+            return ()  # the next top-level key: not in this section
+        key = re.match(r"(\s+)extra_blob_paths\s*:\s*(.*?)\s*$", line)
+        if key:
+            return _yaml_list(key.group(2), lines[index + 1:], len(key.group(1)))
+    return ()
+
+
+def _yaml_list(inline: str, following: list[str], indent: int) -> tuple:
+    if inline.startswith("["):
+        flow = re.match(r"\[(.*)\]\s*(#.*)?$", inline)
+        items = flow.group(1).split(",") if flow else []
+    elif inline and not inline.startswith("#"):
+        return ()
+    else:
+        items = []
+        for line in following:
+            item = re.match(r"(\s*)- (.*)$", line)
+            if not item or len(item.group(1)) < indent:
+                break
+            items.append(item.group(2))
+    paths = [_yaml_scalar(item.strip()) for item in items if item.strip()]
+    return tuple(path for path in paths if path)
+
+
+def _yaml_scalar(value: str) -> str:
+    if value[:1] in ("'", '"'):
+        quoted = re.match(r"(['\"])(.*)\1\s*(#.*)?$", value)
+        return quoted.group(2).replace("''", "'") if quoted else ""
+    if value[:1] in "|>&*!{[%@`#":
+        return ""
+    return re.split(r"\s+#", value, maxsplit=1)[0]
 
 
 def _first_message(error: TransportQueryError) -> str:

@@ -61,6 +61,8 @@ class StashServer:
     # image and many systemd units do), and run from this folder instead of the root.
     config_via_env: bool = False
     working_dir: Optional[Path] = None
+    # Added to Stash's environment, which its plugin processes inherit.
+    env: dict = field(default_factory=dict)
 
     # --- layout -------------------------------------------------------------
     @property
@@ -165,10 +167,12 @@ class StashServer:
         if self.tls:
             self._make_certificate()
         log = open(self.log_path, "ab")
+        env = dict(os.environ, **self.env)
         if self.config_via_env:
-            command, env = [str(self.binary), "--nobrowser"], dict(os.environ, STASH_CONFIG_FILE=str(self.config_path))
+            command = [str(self.binary), "--nobrowser"]
+            env["STASH_CONFIG_FILE"] = str(self.config_path)
         else:
-            command, env = [str(self.binary), "--config", str(self.config_path), "--nobrowser"], None
+            command = [str(self.binary), "--config", str(self.config_path), "--nobrowser"]
         self.process = subprocess.Popen(
             command, cwd=self.working_dir or self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True)
@@ -269,14 +273,17 @@ class StashServer:
         variables = {"id": plugin_id, "task": task, "args": args or {}}
         job_id = self.graphql("mutation($id: ID!, $task: String!, $args: Map) { runPluginTask(plugin_id: $id, task_name: $task, args_map: $args) }",
                               variables)["runPluginTask"]
+        return self.wait_for_job(job_id, timeout, f"plugin task {task!r}")
+
+    def wait_for_job(self, job_id: str, timeout: float = 300, what: str = "job") -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            job = self.graphql("query($id: ID!) { findJob(input: {id: $id}) { id status description error progress } }",
-                               {"id": job_id})["findJob"]
+            job = self.graphql("query($id: ID!) { findJob(input: {id: $id}) { id status description error progress "
+                               "startTime endTime } }", {"id": job_id})["findJob"]
             if job is None or job["status"] in ("FINISHED", "CANCELLED", "FAILED"):
                 return job or {"id": job_id, "status": "GONE"}
             time.sleep(0.2)
-        raise StashServerError(f"plugin task {task!r} did not finish within {timeout} s")
+        raise StashServerError(f"{what} did not finish within {timeout} s")
 
     def logs(self) -> list[dict]:
         return self.graphql("{ logs { time level message } }")["logs"]
