@@ -149,6 +149,8 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--apply", action="store_true", help="do it (without it: only show the plan)")
     migrate.add_argument("--json", action="store_true")
 
+    _offsite_parser(commands, archive_option, check_option)
+
     install = commands.add_parser("install-plugin", help="install the plugin into Stash's plugins folder")
     install.add_argument("--plugins-dir", type=Path, required=True, help="Stash's plugins folder")
     install.add_argument("--id", default=DEFAULT_PLUGIN_ID, help="plugin ID (the manifest's name)")
@@ -157,6 +159,48 @@ def _parser() -> argparse.ArgumentParser:
     package.add_argument("--output", type=Path, default=Path("dist/plugin-source"))
     package.add_argument("--id", default=DEFAULT_PLUGIN_ID)
     return parser
+
+
+def _keep_options(command, what: str) -> None:
+    for rule in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        command.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N", help=f"{what}: keep {rule} (-1 = unlimited)")
+    command.add_argument("--keep-within", metavar="DURATION", help=f"{what}: keep all newer than the newest minus DURATION")
+
+
+def _offsite_parser(commands, archive_option, check_option) -> None:
+    offsite = commands.add_parser("offsite", help="copies of the archive on a remote (S3, SFTP, any rclone remote)")
+    actions = offsite.add_subparsers(dest="offsite_command", required=True, metavar="ACTION")
+
+    def action(name: str, **kwargs):
+        command = actions.add_parser(name, **kwargs)
+        command.add_argument("--remote", default=os.environ.get("STASH_BACKUP_REMOTE"), metavar="REMOTE:PATH",
+                             help="the rclone remote and folder (env STASH_BACKUP_REMOTE), e.g. s3:bucket/stash")
+        command.add_argument("--rclone-config", type=Path, metavar="FILE",
+                             help="rclone's config file (default: rclone's own, or env RCLONE_CONFIG)")
+        command.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+        return command
+
+    push = action("push", help="copy the backups the remote lacks (then, with --keep-*, prune the remote)")
+    archive_option(push)
+    _keep_options(push, "then on the remote")
+    push.add_argument("--json", action="store_true")
+    verify = action("verify", help="check every backup the remote lists (sizes, hashes where the backend has them)")
+    archive_option(verify)
+    reading = verify.add_mutually_exclusive_group()
+    reading.add_argument("--read-data", action="store_true", help="download and hash every blob and database")
+    reading.add_argument("--read-data-subset", metavar="N/M", help="download and hash part N of M")
+    verify.add_argument("--json", action="store_true")
+    listing = action("list", help="the backups the remote holds")
+    listing.add_argument("--json", action="store_true")
+    prune = action("prune", help="apply keep rules on the remote and collect what no kept backup needs")
+    archive_option(prune)
+    _keep_options(prune, "on the remote")
+    prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    pull = action("pull", help="bring one backup from the remote into a local archive, verified")
+    pull.add_argument("name", metavar="NAME", help="the backup's name (see offsite list)")
+    archive_option(pull)
+    pull.add_argument("--to", type=Path, metavar="DIR", help="the local archive to pull into (default: --dest)")
+    check_option(pull)
 
 
 def _client(args):
@@ -330,6 +374,61 @@ def cmd_migrate(args, report) -> int:
     return 0 if outcome.ok else 1
 
 
+def _policy(args):
+    from ..core.retention import Policy, parse_duration
+    return Policy(last=args.keep_last, hourly=args.keep_hourly, daily=args.keep_daily, weekly=args.keep_weekly,
+                  monthly=args.keep_monthly, yearly=args.keep_yearly,
+                  within=parse_duration(args.keep_within) if args.keep_within else None)
+
+
+def cmd_offsite(args, report) -> int:
+    from ..offsite import jobs as offsite
+    from ..offsite.rclone import Rclone
+    from ..offsite.remote import RemoteArchive
+    rclone = Rclone(config=args.rclone_config)
+    args.redactors.append(rclone.redact)
+    remote = RemoteArchive(rclone, args.remote)
+    action = args.offsite_command
+    if action == "push":
+        result = offsite.push(_archive(args), remote, report, _policy(args))
+        if args.json:
+            _print_json({"pushed": result.pushed, "skipped": [{"file": f, "reason": r} for f, r in result.skipped],
+                         "blobs_sent": result.blobs_sent, "bytes_sent": result.bytes_sent})
+        return 0
+    if action == "verify":
+        from ..core.stored import ReadData
+        read_data = None
+        if args.read_data or args.read_data_subset:
+            read_data = ReadData.parse(args.read_data_subset) if args.read_data_subset else ReadData()
+        summary = offsite.verify(_archive(args).folder, remote, read_data, report)
+        (report.info if summary.ok else report.error)(summary.line(remote.display))
+        if args.json:
+            _print_json({"checked": summary.checked, "failed": [{"file": f, "error": e} for f, e in summary.failed]})
+        return 0 if summary.ok else 1
+    if action == "list":
+        from ..core.reporting import human_size
+        backups = offsite.remote_backups(remote)
+        if args.json:
+            _print_json([asdict(b) for b in backups])
+        elif not backups:
+            print(f"no backups on {remote.display}")
+        for backup in [] if args.json else backups:
+            print(f"{backup.created}  schema {backup.schema_version:<3}  {backup.blob_count:>7} blobs  "
+                  f"database {human_size(backup.snapshot.size):>10}  {backup.name}")
+        return 0
+    if action == "prune":
+        policy = _policy(args)
+        if policy.is_empty():
+            report.warning("no --keep-* rule given: nothing will be removed")
+        offsite.prune(_archive(args), remote, policy, args.dry_run, report)
+        return 0
+    from ..core.archive import Archive
+    from ..core.sqlite_check import FULL, QUICK
+    target = Archive(args.to.expanduser()) if args.to else _archive(args)
+    offsite.pull(target, remote, args.name, FULL if args.full_check else QUICK, report)
+    return 0
+
+
 def _status_file(archive):
     """The archive's status.json; where the archive cannot be written, the user's state folder."""
     from ..core.status import StatusFile
@@ -434,14 +533,21 @@ def cmd_package(args, report) -> int:
 
 COMMANDS = {"backup": cmd_backup, "download": cmd_download, "list": cmd_list, "verify": cmd_verify,
             "prune": cmd_prune, "drill": cmd_drill, "export": cmd_export, "migrate": cmd_migrate, "status": cmd_status,
-            "schedule": cmd_schedule, "install-plugin": cmd_install_plugin, "package": cmd_package}
+            "schedule": cmd_schedule, "offsite": cmd_offsite, "install-plugin": cmd_install_plugin,
+            "package": cmd_package}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     secrets = [args.api_key] if args.api_key else []
     secrets += getattr(args, "notify", None) or []  # notification URLs carry tokens
-    hide = lambda text: redact(text, secrets)  # noqa: E731
+    args.redactors = []  # a remote's secrets, once its command knows them
+
+    def hide(text: str) -> str:
+        text = redact(text, secrets)
+        for more in args.redactors:
+            text = more(text)
+        return text
     report = TerminalReporter(quiet=args.quiet, redact=hide)
     return run_command(report, lambda: COMMANDS[args.command](args, report), redact=hide)
 

@@ -23,7 +23,7 @@ from ..core.retention import Duration, Policy, parse_duration
 from ..core.sqlite_check import FULL, QUICK
 from ..core.status import StatusFile
 
-MODES = ("backup", "download", "verify", "retention", "drill")  # tasks, run in Stash's job queue
+MODES = ("backup", "download", "verify", "retention", "drill", "offsite")  # tasks, run in Stash's job queue
 OPERATIONS = ("status",)  # runPluginOperation: answers at once, for the Backups page
 DEFAULT_INTERVAL = "24h"
 # The page's badge shows "stale" past the interval; the overdue notice waits until a
@@ -31,6 +31,9 @@ DEFAULT_INTERVAL = "24h"
 OVERDUE_NOTICE_FACTOR = 1.5
 CONTROL_ARGS = ("mode", "auto", "autorun")  # task/operation arguments that are not settings
 STATUS_FALLBACK_FOLDER = "stash-backup-status"  # in Stash's config folder
+# Secrets an off-site remote brought (rclone's config, its environment): every line the
+# plugin logs or answers passes through these as well.
+_REDACTORS: list = []
 
 
 @dataclass
@@ -47,6 +50,10 @@ class Settings:
     backup_folder_keep_last: int = 0  # Stash's own backup folder: keep our N newest there
     backup_folder_include_others: bool = False
     drill_every: str = ""  # after a download: "N" backups or a duration since the last drill; "" never
+    offsite_remote: str = ""  # an rclone remote and folder, e.g. s3:bucket/stash
+    offsite_rclone_config: Optional[Path] = None
+    offsite_after_download: bool = False
+    offsite_retention: bool = False  # the Keep rules applied on the remote too
 
 
 def _as_bool(value, default: bool) -> bool:
@@ -92,6 +99,11 @@ def settings_from(values: dict, config_dir: Path) -> Settings:
         backup_folder_keep_last=_as_count("backupFolderKeepLast", values.get("backupFolderKeepLast")),
         backup_folder_include_others=_as_bool(values.get("backupFolderIncludeOthers"), False),
         drill_every=_drill_every(values.get("drillEvery")),
+        offsite_remote=str(values.get("offsiteRemote") or "").strip(),
+        offsite_rclone_config=Path(str(values["offsiteRcloneConfig"])).expanduser()
+        if values.get("offsiteRcloneConfig") else None,
+        offsite_after_download=_as_bool(values.get("offsiteAfterDownload"), False),
+        offsite_retention=_as_bool(values.get("offsiteRetention"), False),
     )
 
 
@@ -224,7 +236,15 @@ def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: Plug
         options = jobs.DownloadOptions(include_blobs=settings.include_blobs, check_level=settings.check_level,
                                        if_older_than=settings.interval if auto else None)
         outcome = jobs.download_to_archive(client, archive, options, reporter)
-        return f"Archived {outcome.entry.file} in {archive.folder}" if outcome.entry else outcome.skipped_reason
+        done = f"Archived {outcome.entry.file} in {archive.folder}" if outcome.entry else outcome.skipped_reason
+        if settings.offsite_after_download and outcome.entry:
+            try:
+                return f"{done}; {_offsite_push(archive, settings, reporter)}"
+            except StashBackupError as error:  # the local backup stands; the error says so
+                raise type(error)(f"{done}, but the off-site copy failed: {error}") from None
+        return done
+    if mode == "offsite":
+        return _offsite_push(archive, settings, reporter)
     if mode == "verify":
         summary = jobs.verify_archive(archive, settings.check_level, reporter,
                                       _read_data_today(settings.verify_read_data_parts))
@@ -238,6 +258,29 @@ def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: Plug
     return jobs.retention_summary(settings.policy, result, settings.retention_dry_run)
 
 
+def _offsite_push(archive: Archive, settings: Settings, reporter: PluginLogReporter) -> str:
+    from ..offsite import jobs as offsite
+    from ..offsite.rclone import Rclone
+    from ..offsite.remote import RemoteArchive
+    if not settings.offsite_remote:
+        raise ConfigError("set the plugin's Off-site remote (an rclone remote and folder, e.g. s3:bucket/stash) "
+                          "to copy the archive off-site")
+    rclone = Rclone(config=settings.offsite_rclone_config)
+    _REDACTORS.append(rclone.redact)
+    remote = RemoteArchive(rclone, settings.offsite_remote)
+    policy = settings.policy if settings.offsite_retention else None
+    result = offsite.push(archive, remote, reporter, policy)
+    line = result.line(remote.display)
+    if result.retention:
+        line += "; " + result.retention.line(settings.policy, False)
+    return line
+
+
+def _hide(text: str, secrets: list[str]) -> str:
+    text = redact(text, secrets)
+    for more in _REDACTORS:
+        text = more(text)
+    return text
 def _read_data_today(parts: int):
     """Which images' bytes a Verify re-hashes: part (day number mod M) + 1 of M, so a
     daily Verify reads every image once in M days (restic's --read-data-subset)."""
@@ -273,7 +316,7 @@ def main(stdin=None, stdout=None, stderr=None) -> int:
     it twice. Never a traceback: it could carry a secret and says nothing to a user."""
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     secrets: list[str] = []
-    reporter = PluginLogReporter(stderr, redact=lambda text: redact(text, secrets))
+    reporter = PluginLogReporter(stderr, redact=lambda text: _hide(text, secrets))
     try:
         payload = read_input(stdin)
     except json.JSONDecodeError as error:  # run by hand, not by Stash
