@@ -31,11 +31,23 @@ def _options(parser: argparse.ArgumentParser) -> set:
 BACKUP_COMMANDS = _subcommands(commands._parser())
 
 
-@pytest.mark.parametrize("name", sorted(BACKUP_COMMANDS))
+def _command_paths() -> dict:
+    """Every command, and every action of a command that has actions (`offsite push`)."""
+    found = {}
+    for name, parser in BACKUP_COMMANDS.items():
+        actions = _subcommands(parser)
+        found.update({f"{name} {action}": sub for action, sub in actions.items()} if actions else {name: parser})
+    return found
+
+
+ALL_COMMANDS = _command_paths()
+
+
+@pytest.mark.parametrize("name", sorted(ALL_COMMANDS))
 def test_every_stash_backup_command_and_option_is_in_the_readme(name):
     assert re.search(rf"stash-backup {re.escape(name)}\b", README), f"stash-backup {name} is not in the README"
     section = _reference_section(f"stash-backup {name}")
-    missing = sorted(o for o in _options(BACKUP_COMMANDS[name]) if o not in section)
+    missing = sorted(o for o in _options(ALL_COMMANDS[name]) if o not in section)
     assert not missing, f"stash-backup {name}: options missing from its README reference: {missing}"
 
 
@@ -52,7 +64,7 @@ def _reference_section(command: str) -> str:
     return match.group(1)
 
 
-@pytest.mark.parametrize("args", [["--help"]] + [[name, "--help"] for name in sorted(BACKUP_COMMANDS)])
+@pytest.mark.parametrize("args", [["--help"]] + [[*name.split(), "--help"] for name in sorted(ALL_COMMANDS)])
 def test_stash_backup_help_works(args):
     result = run_cli(*args)
     assert result.returncode == 0 and "usage: stash-backup" in result.stdout, result.stderr

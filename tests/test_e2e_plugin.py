@@ -13,7 +13,8 @@ from tests.stash_server.server import seed_content
 
 pytestmark = pytest.mark.e2e
 PLUGIN = "stash-backup"
-TASKS = ["Backup database", "Download backup to archive", "Verify archive", "Apply retention"]
+TASKS = ["Backup database", "Download backup to archive", "Verify archive", "Restore drill", "Apply retention",
+         "Copy archive off-site"]
 
 
 def stash_log(server):

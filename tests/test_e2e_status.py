@@ -5,10 +5,10 @@ webhook and Apprise's json://, both to a local receiver) say what failed; an ove
 backup is reported once; no notification secret reaches Stash's log."""
 import json
 import sys
-from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from .archive_age import age_backups
 from .notify_receiver import Receiver
 
 pytestmark = pytest.mark.e2e
@@ -44,10 +44,7 @@ def test_status_operation_and_notifications_on_a_real_server(stash_server_factor
         assert receiver.requests == []
 
         # Two days without a backup (interval 24h): one overdue notice, not one per page view.
-        manifest = server.root / "stash-backup-archive" / "manifest.json"
-        data = json.loads(manifest.read_text())
-        data["entries"][0]["added_at"] = (datetime.now(timezone.utc) - timedelta(days=2)).isoformat()
-        manifest.write_text(json.dumps(data))
+        age_backups(server.root / "stash-backup-archive", days=2)
         assert status_of(server)["stale"] is True
         status_of(server)
         overdue = receiver.wait_for(2)

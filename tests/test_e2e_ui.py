@@ -14,11 +14,11 @@ import re
 import shutil
 import sys
 import time
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from tests.archive_age import age_backups, backup_count
 from tests.conftest import install_plugin_into
 from tests.stash_server.build import NEW_VERSION, build
 from tests.stash_server.build_ui import build_ui
@@ -72,12 +72,7 @@ def archive_of(server: StashServer) -> Path:
 
 def age_newest_backup(server: StashServer, days: int) -> None:
     """Make the newest backup `days` old, as if no backup had run since."""
-    manifest = archive_of(server) / "manifest.json"
-    data = json.loads(manifest.read_text())
-    old = (datetime.now(timezone.utc) - timedelta(days=days)).replace(microsecond=0).isoformat()
-    for entry in data["entries"]:
-        entry["added_at"] = old
-    manifest.write_text(json.dumps(data))
+    age_backups(archive_of(server), days)
 
 
 def open_page(browser, server: StashServer, path: str, viewport=DESKTOP):
@@ -152,7 +147,7 @@ def test_backups_page_runs_real_tasks_and_shows_their_real_outcome(browser, stas
 
 def test_stale_badge_appears_on_every_page_and_goes_after_a_backup(browser, stash, tmp_path):
     configure(stash, autoBackup=False, archiveFolder="")
-    if not (archive_of(stash) / "manifest.json").exists():
+    if not backup_count(archive_of(stash)):
         stash.run_plugin_task(PLUGIN_ID, "Download backup to archive")
     age_newest_backup(stash, days=3)
     page = open_page(browser, stash, "/performers")
@@ -178,7 +173,7 @@ def test_stale_badge_appears_on_every_page_and_goes_after_a_backup(browser, stas
 
 def test_ten_open_tabs_queue_one_automatic_backup(browser, stash):
     configure(stash, autoBackup=True, archiveFolder="", backupInterval="24h")
-    if not (archive_of(stash) / "manifest.json").exists():
+    if not backup_count(archive_of(stash)):
         stash.run_plugin_task(PLUGIN_ID, "Download backup to archive")
     age_newest_backup(stash, days=2)
     status_file = archive_of(stash) / "status.json"
@@ -188,7 +183,7 @@ def test_ten_open_tabs_queue_one_automatic_backup(browser, stash):
     status_file.write_text(json.dumps(status))
     # The failure test's attempt, recorded beside Stash's config when the archive was unusable.
     (stash.root / "stash-backup-status" / "status.json").unlink(missing_ok=True)
-    before = len(json.loads((archive_of(stash) / "manifest.json").read_text())["entries"])
+    before = backup_count(archive_of(stash))
 
     context = browser.new_context(viewport=DESKTOP)
     pages = [context.new_page() for _ in range(10)]
@@ -196,14 +191,12 @@ def test_ten_open_tabs_queue_one_automatic_backup(browser, stash):
         page.goto(stash.url + "/scenes", wait_until="commit")
     deadline = time.monotonic() + WAIT_MS / 1000
     while time.monotonic() < deadline:
-        entries = json.loads((archive_of(stash) / "manifest.json").read_text())["entries"]
-        if len(entries) > before:
+        if backup_count(archive_of(stash)) > before:
             break
         time.sleep(0.5)
     time.sleep(3)  # let any second (wrongly) queued backup show itself
     context.close()
     queued = [line["message"] for line in stash.logs() if "queued an automatic backup" in line["message"]]
-    entries = json.loads((archive_of(stash) / "manifest.json").read_text())["entries"]
     assert len(queued) == 1, queued
-    assert len(entries) == before + 1
+    assert backup_count(archive_of(stash)) == before + 1
     configure(stash, autoBackup=False)

@@ -26,10 +26,13 @@ MANIFEST_KEYS = {"name", "description", "version", "url", "ui", "exec", "interfa
                  "settings"}
 
 
-def test_the_plugin_takes_its_layers_and_leaves_out_the_cli_and_the_restore():
+def test_the_plugin_takes_its_layers_and_leaves_out_the_cli_and_the_restore_command():
     sources = set(runtime_sources())
     assert {"plugin/task.py", "plugin/run.py", "jobs.py", "server/download.py", "core/verify.py"} <= sources
-    assert not {s for s in sources if s.startswith(("cli/", "offline/"))}
+    assert not {s for s in sources if s.startswith("cli/")}
+    # The restore drill runs the offline restore's engine; its command line and salvage stay out.
+    assert {"drill.py", "offline/restore.py", "offline/swap.py", "offline/plan.py", "offline/liveness.py"} <= sources
+    assert not {"offline/cli.py", "offline/__main__.py", "offline/salvage.py"} & sources
 
 
 def test_install_writes_the_manifest_and_the_archive_and_no_folder(tmp_path):
@@ -66,7 +69,8 @@ def test_the_archive_holds_our_modules_and_gql_but_not_requests_nor_compiled_cod
     assert all(files[n + "c"].startswith(importlib.util.MAGIC_NUMBER) for n in sources)  # byte code for this Python
     assert len([n for n in files if n.endswith(".pyc")]) == len(sources)
     assert "stash_backup_plugin/plugin/task.py" in files and "__main__.py" in files
-    assert not [n for n in files if n.startswith(("stash_backup_plugin/cli/", "stash_backup_plugin/offline/"))]
+    assert not [n for n in files if n.startswith("stash_backup_plugin/cli/")]
+    assert not {"stash_backup_plugin/offline/cli.py", "stash_backup_plugin/offline/salvage.py"} & set(files)
 
 
 def test_what_the_bundle_leaves_out_is_never_imported_by_the_plugin():

@@ -163,3 +163,23 @@ def test_without_a_config_the_processs_own_config_tells_which_database_it_serves
     with running(fake_stash(tmp_path, "--config", str(same_database), cwd=database.parent)) as process:
         finding = probe(database, None, "127.0.0.1", None)
         assert any(f"Stash process {process.pid}" in r for r in finding.running)
+
+
+def test_another_stashs_database_setting_is_read_without_pyyaml(tmp_path, monkeypatch):
+    """The plugin's Python (which runs the restore drill's probe) may lack PyYAML: the
+    setting is read from its line, and what cannot be read counts as ours (fail closed)."""
+    import builtins
+    from stash_backup_plugin.offline import liveness
+    real_import = builtins.__import__
+
+    def no_yaml(name, *args, **kwargs):
+        if name == "yaml":
+            raise ImportError("no yaml here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_yaml)
+    config = tmp_path / "config.yml"
+    config.write_text("host: 0.0.0.0\ndatabase: /srv/stash/stash-go.sqlite\nport: 9999\n")
+    assert liveness._database_setting(config) == "/srv/stash/stash-go.sqlite"
+    config.write_text("database: |\n  /odd\n")
+    assert liveness._database_setting(config) is None

@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
                                   "(ntfy://, tgram://, mailto://, json://, ...) or an http(s):// webhook; repeatable "
                                   "(env STASH_BACKUP_NOTIFY, space-separated)")
 
+    def stash_binary_option(command):
+        command.add_argument("--stash-binary", type=Path, metavar="PATH",
+                             help="the Stash binary the drill starts (default: stash on PATH)")
+
     def check_option(command):
         command.add_argument("--full-check", action="store_true",
                              help="PRAGMA integrity_check instead of quick_check (much slower on big libraries)")
@@ -72,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     download.add_argument("--if-older-than", metavar="DURATION",
                           help="skip when the newest verified backup is younger, e.g. 20h or 1d")
     download.add_argument("--json", action="store_true", help="print the new archive entry as JSON")
+    download.add_argument("--drill-every", metavar="N|DURATION", default="",
+                          help="after the download, run a restore drill every N backups (e.g. 5) or when the last "
+                               "drill is older than DURATION (e.g. 7d)")
+    stash_binary_option(download)
     notify_option(download)
 
     listing = commands.add_parser("list", help="list the archive")
@@ -88,6 +96,15 @@ def _parser() -> argparse.ArgumentParser:
     reading.add_argument("--read-data-subset", metavar="N/M",
                          help="re-hash part N of M of the blobs; N = 1..M on M nights reads them all")
     notify_option(verify)
+
+    drill = commands.add_parser("drill", help="restore a backup into a scratch folder, boot Stash on it and compare")
+    archive_option(drill)
+    notify_option(drill)
+    drill.add_argument("name", nargs="?", metavar="NAME", help="the backup (default: the newest verified)")
+    stash_binary_option(drill)
+    drill.add_argument("--timeout", type=int, default=900, metavar="SECONDS",
+                       help="give up when Stash has not started, migrated and answered in this time (default %(default)s)")
+    drill.add_argument("--json", action="store_true")
 
     prune = commands.add_parser("prune", help="apply a retention policy to the archive")
     archive_option(prune)
@@ -132,6 +149,8 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--apply", action="store_true", help="do it (without it: only show the plan)")
     migrate.add_argument("--json", action="store_true")
 
+    _offsite_parser(commands, archive_option, check_option)
+
     install = commands.add_parser("install-plugin", help="install the plugin into Stash's plugins folder")
     install.add_argument("--plugins-dir", type=Path, required=True, help="Stash's plugins folder")
     install.add_argument("--id", default=DEFAULT_PLUGIN_ID, help="plugin ID (the manifest's name)")
@@ -140,6 +159,48 @@ def _parser() -> argparse.ArgumentParser:
     package.add_argument("--output", type=Path, default=Path("dist/plugin-source"))
     package.add_argument("--id", default=DEFAULT_PLUGIN_ID)
     return parser
+
+
+def _keep_options(command, what: str) -> None:
+    for rule in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        command.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N", help=f"{what}: keep {rule} (-1 = unlimited)")
+    command.add_argument("--keep-within", metavar="DURATION", help=f"{what}: keep all newer than the newest minus DURATION")
+
+
+def _offsite_parser(commands, archive_option, check_option) -> None:
+    offsite = commands.add_parser("offsite", help="copies of the archive on a remote (S3, SFTP, any rclone remote)")
+    actions = offsite.add_subparsers(dest="offsite_command", required=True, metavar="ACTION")
+
+    def action(name: str, **kwargs):
+        command = actions.add_parser(name, **kwargs)
+        command.add_argument("--remote", default=os.environ.get("STASH_BACKUP_REMOTE"), metavar="REMOTE:PATH",
+                             help="the rclone remote and folder (env STASH_BACKUP_REMOTE), e.g. s3:bucket/stash")
+        command.add_argument("--rclone-config", type=Path, metavar="FILE",
+                             help="rclone's config file (default: rclone's own, or env RCLONE_CONFIG)")
+        command.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+        return command
+
+    push = action("push", help="copy the backups the remote lacks (then, with --keep-*, prune the remote)")
+    archive_option(push)
+    _keep_options(push, "then on the remote")
+    push.add_argument("--json", action="store_true")
+    verify = action("verify", help="check every backup the remote lists (sizes, hashes where the backend has them)")
+    archive_option(verify)
+    reading = verify.add_mutually_exclusive_group()
+    reading.add_argument("--read-data", action="store_true", help="download and hash every blob and database")
+    reading.add_argument("--read-data-subset", metavar="N/M", help="download and hash part N of M")
+    verify.add_argument("--json", action="store_true")
+    listing = action("list", help="the backups the remote holds")
+    listing.add_argument("--json", action="store_true")
+    prune = action("prune", help="apply keep rules on the remote and collect what no kept backup needs")
+    archive_option(prune)
+    _keep_options(prune, "on the remote")
+    prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    pull = action("pull", help="bring one backup from the remote into a local archive, verified")
+    pull.add_argument("name", metavar="NAME", help="the backup's name (see offsite list)")
+    archive_option(pull)
+    pull.add_argument("--to", type=Path, metavar="DIR", help="the local archive to pull into (default: --dest)")
+    check_option(pull)
 
 
 def _client(args):
@@ -174,15 +235,46 @@ def cmd_download(args, report) -> int:
         check_level=FULL if args.full_check else QUICK,
         if_older_than=parse_duration(args.if_older_than) if args.if_older_than else None)
     archive = _archive(args)
+    from ..drill import check_drill_every
+    drill_every = check_drill_every(args.drill_every)
     with jobs.recording(_status_file(archive), "download", report, _notifier(args, report)) as run, \
             _client(args) as client:
         outcome = jobs.download_to_archive(client, archive, options, report)
         run.done(f"Archived {outcome.entry.file}" if outcome.entry else outcome.skipped_reason)
+    drilled = _drill_if_due(args, archive, drill_every, report) if outcome.entry else True
     if args.json:
         _print_json(asdict(outcome.entry) if outcome.entry else {"skipped": outcome.skipped_reason})
     elif outcome.entry:
         print(_archive(args).path_of(outcome.entry))
-    return 0
+    return 0 if drilled else 1
+
+
+def _drill_if_due(args, archive, every: str, report) -> bool:
+    from ..drill import drill_due
+    if not drill_due(archive.entries(), every):
+        return True
+    report.info(f"a restore drill is due (--drill-every {every})")
+    return _drill(args, archive, None, report).ok
+
+
+def _drill(args, archive, name, report):
+    from .. import jobs
+    from ..drill import DEFAULT_TIMEOUT, drill, stash_on_path
+    binary = args.stash_binary or stash_on_path()
+    if not binary:
+        from ..core.errors import UsageError
+        raise UsageError("no stash on PATH: pass --stash-binary PATH (the Stash binary you run)")
+    with jobs.recording(_status_file(archive), "drill", report, _notifier(args, report)) as run:
+        result = drill(archive, name, binary.expanduser(), report, getattr(args, "timeout", DEFAULT_TIMEOUT))
+        (run.done if result.ok else run.fail)(result.line())
+    return result
+
+
+def cmd_drill(args, report) -> int:
+    result = _drill(args, _archive(args), args.name, report)
+    if args.json:
+        _print_json(asdict(result))
+    return 0 if result.ok else 1
 
 
 def cmd_list(args, report) -> int:
@@ -196,10 +288,11 @@ def cmd_list(args, report) -> int:
         print(f"no backups in {archive.folder}")
     for entry in entries:
         state = "verified" if entry.verified_ok else ("BAD" if entry.verified_at else "unverified")
+        drilled = ("booted" if entry.drill.get("ok") else "DRILL-FAILED") if entry.drill.get("at") else "-"
         blobs = f"{entry.blob_count} blobs" if entry.includes_blobs else "database only"
         own = entry.new_bytes if entry.is_stored else entry.size
         print(f"{entry.created}  schema {entry.schema_version:<3}  {entry.kind:<6}  {blobs:<14}  "
-              f"new {human_size(own):>10}  {state:<10}  {entry.file}")
+              f"new {human_size(own):>10}  {state:<10}  drill {drilled:<12}  {entry.file}")
     usage = archive.usage()
     print(f"archive total {human_size(usage.total)}: {usage.blobs} blob(s) {human_size(usage.blob_bytes)}, "
           f"database snapshots {human_size(usage.snapshot_bytes)}, records {human_size(usage.record_bytes)}"
@@ -279,6 +372,61 @@ def cmd_migrate(args, report) -> int:
         _print_json([{"file": s.old.file, "action": s.action, "record": s.record_name, "reason": s.reason}
                      for s in outcome.steps])
     return 0 if outcome.ok else 1
+
+
+def _policy(args):
+    from ..core.retention import Policy, parse_duration
+    return Policy(last=args.keep_last, hourly=args.keep_hourly, daily=args.keep_daily, weekly=args.keep_weekly,
+                  monthly=args.keep_monthly, yearly=args.keep_yearly,
+                  within=parse_duration(args.keep_within) if args.keep_within else None)
+
+
+def cmd_offsite(args, report) -> int:
+    from ..offsite import jobs as offsite
+    from ..offsite.rclone import Rclone
+    from ..offsite.remote import RemoteArchive
+    rclone = Rclone(config=args.rclone_config)
+    args.redactors.append(rclone.redact)
+    remote = RemoteArchive(rclone, args.remote)
+    action = args.offsite_command
+    if action == "push":
+        result = offsite.push(_archive(args), remote, report, _policy(args))
+        if args.json:
+            _print_json({"pushed": result.pushed, "skipped": [{"file": f, "reason": r} for f, r in result.skipped],
+                         "blobs_sent": result.blobs_sent, "bytes_sent": result.bytes_sent})
+        return 0
+    if action == "verify":
+        from ..core.stored import ReadData
+        read_data = None
+        if args.read_data or args.read_data_subset:
+            read_data = ReadData.parse(args.read_data_subset) if args.read_data_subset else ReadData()
+        summary = offsite.verify(_archive(args).folder, remote, read_data, report)
+        (report.info if summary.ok else report.error)(summary.line(remote.display))
+        if args.json:
+            _print_json({"checked": summary.checked, "failed": [{"file": f, "error": e} for f, e in summary.failed]})
+        return 0 if summary.ok else 1
+    if action == "list":
+        from ..core.reporting import human_size
+        backups = offsite.remote_backups(remote)
+        if args.json:
+            _print_json([asdict(b) for b in backups])
+        elif not backups:
+            print(f"no backups on {remote.display}")
+        for backup in [] if args.json else backups:
+            print(f"{backup.created}  schema {backup.schema_version:<3}  {backup.blob_count:>7} blobs  "
+                  f"database {human_size(backup.snapshot.size):>10}  {backup.name}")
+        return 0
+    if action == "prune":
+        policy = _policy(args)
+        if policy.is_empty():
+            report.warning("no --keep-* rule given: nothing will be removed")
+        offsite.prune(_archive(args), remote, policy, args.dry_run, report)
+        return 0
+    from ..core.archive import Archive
+    from ..core.sqlite_check import FULL, QUICK
+    target = Archive(args.to.expanduser()) if args.to else _archive(args)
+    offsite.pull(target, remote, args.name, FULL if args.full_check else QUICK, report)
+    return 0
 
 
 def _status_file(archive):
@@ -384,15 +532,22 @@ def cmd_package(args, report) -> int:
 
 
 COMMANDS = {"backup": cmd_backup, "download": cmd_download, "list": cmd_list, "verify": cmd_verify,
-            "prune": cmd_prune, "export": cmd_export, "migrate": cmd_migrate, "status": cmd_status,
-            "schedule": cmd_schedule, "install-plugin": cmd_install_plugin, "package": cmd_package}
+            "prune": cmd_prune, "drill": cmd_drill, "export": cmd_export, "migrate": cmd_migrate, "status": cmd_status,
+            "schedule": cmd_schedule, "offsite": cmd_offsite, "install-plugin": cmd_install_plugin,
+            "package": cmd_package}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     secrets = [args.api_key] if args.api_key else []
     secrets += getattr(args, "notify", None) or []  # notification URLs carry tokens
-    hide = lambda text: redact(text, secrets)  # noqa: E731
+    args.redactors = []  # a remote's secrets, once its command knows them
+
+    def hide(text: str) -> str:
+        text = redact(text, secrets)
+        for more in args.redactors:
+            text = more(text)
+        return text
     report = TerminalReporter(quiet=args.quiet, redact=hide)
     return run_command(report, lambda: COMMANDS[args.command](args, report), redact=hide)
 

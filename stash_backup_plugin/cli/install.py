@@ -42,8 +42,12 @@ MANIFEST_TEMPLATE = PACKAGE_DIR / "plugin" / "manifest.yml.in"
 UI_ASSETS = (PACKAGE_DIR / "plugin" / "ui" / "backups.js", PACKAGE_DIR / "plugin" / "ui" / "backups.css")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # What the plugin runs: the package's layers below the plugin (import-linter holds
-# them to that), never the CLI or the offline restore.
-PLUGIN_PARTS = ("__init__.py", "jobs.py", "core", "server", "plugin")
+# them to that), never the CLI. The restore drill runs the offline restore's engine
+# (restore and what it imports; not its command line nor salvage), which imports
+# without PyYAML: only reading a config.yml needs it.
+PLUGIN_PARTS = ("__init__.py", "jobs.py", "drill.py", "core", "server", "offsite", "plugin", "offline/__init__.py",
+                "offline/stash_config.py", "offline/restore.py", "offline/swap.py", "offline/plan.py",
+                "offline/liveness.py")
 ARCHIVE_MAIN = b'''"""Python runs this when Stash runs the plugin archive."""
 import sys
 

@@ -67,6 +67,8 @@ class Entry:
     verify_error: str = ""
     new_bytes: int = 0  # stored backups: what this one added to the archive (its snapshot, its new blobs)
     migrated_from: str = ""  # stored backups imported from an old file by migrate
+    # The last restore drill (drill.py): {"at", "ok", "seconds", "stash_version", "migrated", "differences", ...}
+    drill: dict = field(default_factory=dict)
 
     @property
     def is_stored(self) -> bool:
@@ -200,6 +202,8 @@ class Archive:
             except VerificationError as error:  # listed, and failed: verify says what is wrong
                 entry = Entry(name, 0, "", 0, _created_from(name), STORED, verified_at=utc_now(), verify_error=str(error))
             check = checks.get(name)
+            if check:
+                entry.drill = check.drill
             if check and check.verified_at:
                 entry.verified_at, entry.verified_level = check.verified_at, check.verified_level
                 entry.verified_ok, entry.verify_error = check.verified_ok and entry.verified_ok, check.verify_error
@@ -266,6 +270,13 @@ class Archive:
     def record(self, entry: Entry) -> None:
         """Insert or replace an entry's record (after a re-verification)."""
         self._save([e for e in self._manifest_entries() if e.file != entry.file] + [entry])
+
+    def record_drill(self, name: str, result: dict) -> None:
+        """Keep a drill's outcome beside the backup (the caller holds the lock)."""
+        entry = self.find(name)
+        if entry:
+            entry.drill = result
+            self.record(entry)
 
     def remove(self, entry: Entry) -> None:
         """Forget a backup. A stored one loses its record (its data goes at the next

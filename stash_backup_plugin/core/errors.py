@@ -46,5 +46,10 @@ class RestoreRefused(StashBackupError):
     """The restore would lose data or cannot be done safely; nothing was changed."""
 
 
+class RemoteError(StashBackupError):
+    """The off-site remote could not be used as asked: unknown, refused our
+    credentials, missing, full, unreachable or silent (offsite/)."""
+
+
 class MissingDependency(StashBackupError):
     """A Python package the plugin needs is not installed in Stash's Python."""

@@ -60,6 +60,9 @@ class Header:
     added_at: str = ""
     verified_level: str = ""
     migrated_from: str = ""  # the old zip this backup was made from, if any
+    # The library's size when it was backed up (sqlite_check.library_counts): what a
+    # restore drill expects Stash to report. Empty in records made before it existed.
+    counts: dict = field(default_factory=dict)
     format: int = FORMAT
 
     @property

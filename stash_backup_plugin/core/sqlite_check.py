@@ -214,3 +214,47 @@ def read_schema_version(path: Path) -> Optional[int]:
             return schema_version(connection, path)
     except (sqlite3.DatabaseError, VerificationError):
         return None
+
+
+# What Stash's `stats` query counts, by the table each count comes from. Stash renamed
+# movies to groups (schema 61); an older database names the same rows `movies`.
+LIBRARY_TABLES = {"scenes": ("scenes",), "images": ("images",), "galleries": ("galleries",),
+                  "performers": ("performers",), "studios": ("studios",), "tags": ("tags",),
+                  "groups": ("groups", "movies")}
+# Where a sample of images lives: the table, its blob column, Stash's route for it.
+IMAGE_ROUTES = (("performers", "image_blob", "performer"), ("studios", "image_blob", "studio"),
+                ("tags", "image_blob", "tag"))
+
+
+def library_counts(path: Path) -> dict[str, int]:
+    """The library's size as Stash's `stats` reports it (rows per table), read from a
+    database without changing it: recorded with each backup, compared by the drill."""
+    try:
+        with open_unchanged(path) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            counts = {}
+            for kind, names in LIBRARY_TABLES.items():
+                table = next((n for n in names if n in tables), None)
+                if table:
+                    counts[kind] = connection.execute(f"SELECT count(*) FROM {quote_identifier(table)}").fetchone()[0]
+            return counts
+    except sqlite3.DatabaseError as error:
+        raise VerificationError(f"{path}: cannot count the library ({error})") from error
+
+
+def image_samples(path: Path, per_kind: int = 3) -> list[tuple[str, int, str]]:
+    """A few (route, id, blob checksum) whose image Stash serves from a blob: the
+    lowest ids of each kind, so every drill of a backup asks for the same ones."""
+    samples = []
+    try:
+        with open_unchanged(path) as connection:
+            for table, column, route in IMAGE_ROUTES:
+                columns = {row[1] for row in connection.execute(f"PRAGMA table_info({quote_identifier(table)})")}
+                if column not in columns:
+                    continue
+                rows = connection.execute(f"SELECT id, {column} FROM {quote_identifier(table)} WHERE {column} "
+                                          f"IS NOT NULL ORDER BY id LIMIT ?", (per_kind,))
+                samples += [(route, row[0], row[1]) for row in rows]
+    except sqlite3.DatabaseError as error:
+        raise VerificationError(f"{path}: cannot read the image references ({error})") from error
+    return samples

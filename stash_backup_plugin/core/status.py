@@ -29,7 +29,7 @@ LOCK_WAIT_SECONDS = 10.0  # status updates take milliseconds; longer means a stu
 # The jobs that count for "the last backup": a verified copy in the archive.
 BACKUP_JOB = "download"
 JOB_TITLES = {"backup": "Backup database", "download": "Back up to archive", "verify": "Verify archive",
-              "retention": "Apply retention", "offsite": "Copy off-site"}
+              "retention": "Apply retention", "offsite": "Copy off-site", "drill": "Restore drill"}
 
 
 @dataclass

@@ -19,7 +19,7 @@ from .atomic import atomic_output, discard, fsync_dir, make_folders, scratch_fol
 from .errors import UsageError, VerificationError
 from .naming import TEMP_MARKER as _TEMP, blob_member_name, blob_relative_path, parse_backup_name
 from .reporting import Reporter
-from .sqlite_check import (NONE, QUICK, check_database, count_filesystem_blob_references,
+from .sqlite_check import (NONE, QUICK, check_database, count_filesystem_blob_references, library_counts,
                            filesystem_blob_references)
 from .store import SNAPSHOTS, Store, commit_snapshot, crash_point, write_snapshot
 from .store_plan import GcPlan, plan_gc, plan_snapshots
@@ -103,6 +103,7 @@ class NewBackup:
     migrated_from: str = ""
     added_at: str = ""
     referenced_count: int = 0  # for progress only
+    counts: dict = field(default_factory=dict)  # sqlite_check.library_counts
 
 
 def checked_backup(name: str, database: Path, sha256: str, level: str, includes_blobs: bool, **details) -> NewBackup:
@@ -113,7 +114,7 @@ def checked_backup(name: str, database: Path, sha256: str, level: str, includes_
     referenced = filesystem_blob_references(database) if includes_blobs else iter(())
     count = count_filesystem_blob_references(database) if includes_blobs else 0
     return NewBackup(name, database, sha256, checked.schema_version, referenced, includes_blobs,
-                     verified_level=level, referenced_count=count, **details)
+                     verified_level=level, referenced_count=count, counts=library_counts(database), **details)
 
 
 class _InThread(threading.Thread):
@@ -277,7 +278,7 @@ def _header(new: NewBackup, snapshot_path: Path, store: Store, digest, counts: _
         includes_blobs=new.includes_blobs, blob_count=counts.count, blob_bytes=counts.bytes, new_blobs=counts.new,
         new_blob_bytes=counts.new_bytes, missing_blobs=counts.missing_count, missing_examples=counts.missing,
         source=new.source, server_version=new.server_version, added_at=new.added_at or utc_now(),
-        verified_level=new.verified_level, migrated_from=new.migrated_from)
+        verified_level=new.verified_level, migrated_from=new.migrated_from, counts=new.counts)
 
 
 # --- verification ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..core.addresses import reachable_host, url_host
+from ..core.config_text import config_line_value
 
 # SQLite's lock bytes in the database file (PENDING, RESERVED, SHARED range) and the
 # WAL "DMS" byte in the -shm file that every open connection holds a read lock on.
@@ -185,12 +186,22 @@ def _config_in_use(process: LinuxProcess) -> Optional[Path]:
 
 
 def _database_setting(config: Path) -> Optional[str]:
-    import yaml  # only here: the rest of this module is standard library
+    """The `database` another Stash's config names; None when it cannot be told (the
+    caller then counts that Stash as ours: fail closed). Without PyYAML (the plugin's
+    Python, which runs the restore drill) its top-level line is read as Stash writes it."""
     try:
-        values = yaml.safe_load(config.read_text(encoding="utf-8", errors="replace"))
+        text = config.read_text(encoding="utf-8", errors="replace")
     except PermissionError:
         raise
-    except (OSError, yaml.YAMLError):
+    except OSError:
+        return None
+    try:
+        import yaml  # only here: the rest of this module is standard library
+    except ImportError:
+        return config_line_value(text, "database") or None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError:
         return None
     written = values.get("database") if isinstance(values, dict) else None
     return written if isinstance(written, str) and written else None

@@ -50,6 +50,7 @@ class RestoreOptions:
     check_level: str = QUICK
     confirm: Optional[Callable[[str], bool]] = None
     allow_anonymised: bool = False  # restore Stash's anonymised database in place of the real one
+    archive_held: bool = False  # the caller holds the archive's lock already (the restore drill)
 
 
 @dataclass
@@ -412,7 +413,8 @@ def restore(backup: Path, target: Target, options: RestoreOptions, report: Repor
         raise UsageError(f"backup {backup} does not exist: give a backup file or its name (see --list)")
     _guard_anonymised(backup, options, report)
     ensure_stash_stopped(target, options)
-    with one_run_at_a_time(target.database, options.dry_run), _archive_held(backup, options.dry_run):
+    held = contextlib.nullcontext() if options.archive_held else _archive_held(backup, options.dry_run)
+    with one_run_at_a_time(target.database, options.dry_run), held:
         return _restore(backup, target, options, report)
 
 

@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 from typing import Optional
 
-import yaml
-
 from ..core.archive import ARCHIVE_FOLDER_SETTING
 from ..core.errors import ConfigError
 
@@ -132,6 +130,12 @@ def find_config_file(explicit: Optional[Path] = None) -> Path:
 
 
 def load_config(path: Path) -> StashConfig:
+    # Imported here: the plugin runs the drill (which uses this module) on a Python
+    # with only `requests`; only reading a config.yml needs PyYAML.
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError(f"reading {path} needs PyYAML: pip install pyyaml") from None
     try:
         with open(path, encoding="utf-8") as handle:
             values = yaml.safe_load(handle) or {}

@@ -5,7 +5,6 @@ level (the job still ends FINISHED: the log is where a user sees it)."""
 from __future__ import annotations
 
 import json
-import re
 import sys
 import traceback
 from dataclasses import dataclass, replace
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import jobs
+from ..core.config_text import config_line_value
 from ..core.archive import ARCHIVE_FOLDER_SETTING, DEFAULT_FOLDER_NAME, Archive
 from ..server.connection import from_plugin_input, redact
 from ..core.errors import ConfigError, StashBackupError, UsageError, VerificationError
@@ -23,7 +23,7 @@ from ..core.retention import Duration, Policy, parse_duration
 from ..core.sqlite_check import FULL, QUICK
 from ..core.status import StatusFile
 
-MODES = ("backup", "download", "verify", "retention")  # tasks, run in Stash's job queue
+MODES = ("backup", "download", "verify", "retention", "drill", "offsite")  # tasks, run in Stash's job queue
 OPERATIONS = ("status",)  # runPluginOperation: answers at once, for the Backups page
 DEFAULT_INTERVAL = "24h"
 # The page's badge shows "stale" past the interval; the overdue notice waits until a
@@ -31,6 +31,9 @@ DEFAULT_INTERVAL = "24h"
 OVERDUE_NOTICE_FACTOR = 1.5
 CONTROL_ARGS = ("mode", "auto", "autorun")  # task/operation arguments that are not settings
 STATUS_FALLBACK_FOLDER = "stash-backup-status"  # in Stash's config folder
+# Secrets an off-site remote brought (rclone's config, its environment): every line the
+# plugin logs or answers passes through these as well.
+_REDACTORS: list = []
 
 
 @dataclass
@@ -46,6 +49,11 @@ class Settings:
     notify_urls: tuple = ()
     backup_folder_keep_last: int = 0  # Stash's own backup folder: keep our N newest there
     backup_folder_include_others: bool = False
+    drill_every: str = ""  # after a download: "N" backups or a duration since the last drill; "" never
+    offsite_remote: str = ""  # an rclone remote and folder, e.g. s3:bucket/stash
+    offsite_rclone_config: Optional[Path] = None
+    offsite_after_download: bool = False
+    offsite_retention: bool = False  # the Keep rules applied on the remote too
 
 
 def _as_bool(value, default: bool) -> bool:
@@ -90,7 +98,23 @@ def settings_from(values: dict, config_dir: Path) -> Settings:
         notify_urls=tuple(parse_urls(str(values.get("notifyUrls") or ""))),
         backup_folder_keep_last=_as_count("backupFolderKeepLast", values.get("backupFolderKeepLast")),
         backup_folder_include_others=_as_bool(values.get("backupFolderIncludeOthers"), False),
+        drill_every=_drill_every(values.get("drillEvery")),
+        offsite_remote=str(values.get("offsiteRemote") or "").strip(),
+        offsite_rclone_config=Path(str(values["offsiteRcloneConfig"])).expanduser()
+        if values.get("offsiteRcloneConfig") else None,
+        offsite_after_download=_as_bool(values.get("offsiteAfterDownload"), False),
+        offsite_retention=_as_bool(values.get("offsiteRetention"), False),
     )
+
+
+def _drill_every(value) -> str:
+    from ..drill import check_drill_every
+    text = str(value or "").strip()
+    try:
+        return check_drill_every(text)
+    except UsageError:
+        raise ConfigError(f"setting Restore drill every is {text!r}: use a number of backups (e.g. 5) "
+                          "or a duration (e.g. 7d)") from None
 
 
 def _interval(value) -> Duration:
@@ -114,31 +138,6 @@ def plugin_id(plugin_dir: Path) -> str:
     return chosen[0].stem
 
 
-def config_line_value(text: str, key: str) -> Optional[str]:
-    """The value of one top-level `key: value` line of config.yml, read without a YAML
-    parser (Stash's Python may have none). Stash writes config.yml with Go's yaml: one
-    top-level key per line at column 0, a path as a plain, 'single' or "double" quoted
-    scalar. Anything else (block, flow, anchor, alias, tag) gives None. A misread can
-    only pin a certificate the server does not present, which refuses the connection;
-    it never makes another server trusted."""
-    for line in text.splitlines():
-        match = re.match(rf"{re.escape(key)}[ \t]*:(?:[ \t]+(.*))?$", line)
-        if not match:
-            continue
-        value = (match.group(1) or "").strip()
-        if value.startswith("'"):
-            quoted = re.match(r"'((?:[^']|'')*)'\s*(#.*)?$", value)
-            return quoted.group(1).replace("''", "'") if quoted else None
-        if value.startswith('"'):
-            quoted = re.match(r'("(?:[^"\\]|\\.)*")\s*(#.*)?$', value)
-            try:
-                return json.loads(quoted.group(1)) if quoted else None
-            except ValueError:  # a YAML escape JSON lacks
-                return None
-        if not value or value[0] in "|>&*!{[%@`#":
-            return None
-        return re.split(r"\s+#", value, maxsplit=1)[0]
-    return None
 
 
 def _certificate(config_dir: Optional[str]) -> Optional[Path]:
@@ -182,9 +181,34 @@ def run_task(payload: dict, reporter: PluginLogReporter, secrets: Optional[list]
         if mode == "status":
             return _status(client, own_id, settings, _status_file(settings, server),
                            _as_bool(args.get("autorun"), False), reporter, notify)
-        with jobs.recording(_status_file(settings, server), mode, reporter, notify) as run:
+        status_file = _status_file(settings, server)
+        if mode == "drill":
+            return _drill(settings, status_file, reporter, notify)
+        with jobs.recording(status_file, mode, reporter, notify) as run:
             run.done(_run_mode(mode, client, settings, reporter, auto=_as_bool(args.get("auto"), False)))
+        if mode == "download" and _drill_due(settings):
+            reporter.info(f"a restore drill is due (Restore drill every {settings.drill_every})")
+            _drill(settings, status_file, reporter, notify)
         return run.message
+
+
+def _drill_due(settings: Settings) -> bool:
+    from ..drill import drill_due
+    return drill_due(Archive(settings.archive_folder).entries(), settings.drill_every)
+
+
+def _drill(settings: Settings, status_file: StatusFile, reporter: PluginLogReporter, notify) -> str:
+    """With the Stash that runs this plugin (our parent process): the binary the user runs."""
+    from ..drill import drill, parent_stash_binary
+    binary = parent_stash_binary()
+    if not binary:
+        raise ConfigError("the restore drill cannot tell which Stash binary runs this plugin (/proc is not readable)")
+    with jobs.recording(status_file, "drill", reporter, notify) as run:
+        result = drill(Archive(settings.archive_folder), None, binary, reporter)
+        if not result.ok:
+            raise VerificationError(result.line())  # logged once, by Stash, at error level
+        run.done(result.line())
+    return run.message
 
 
 def _status_file(settings: Settings, server: dict) -> StatusFile:
@@ -212,7 +236,15 @@ def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: Plug
         options = jobs.DownloadOptions(include_blobs=settings.include_blobs, check_level=settings.check_level,
                                        if_older_than=settings.interval if auto else None)
         outcome = jobs.download_to_archive(client, archive, options, reporter)
-        return f"Archived {outcome.entry.file} in {archive.folder}" if outcome.entry else outcome.skipped_reason
+        done = f"Archived {outcome.entry.file} in {archive.folder}" if outcome.entry else outcome.skipped_reason
+        if settings.offsite_after_download and outcome.entry:
+            try:
+                return f"{done}; {_offsite_push(archive, settings, reporter)}"
+            except StashBackupError as error:  # the local backup stands; the error says so
+                raise type(error)(f"{done}, but the off-site copy failed: {error}") from None
+        return done
+    if mode == "offsite":
+        return _offsite_push(archive, settings, reporter)
     if mode == "verify":
         summary = jobs.verify_archive(archive, settings.check_level, reporter,
                                       _read_data_today(settings.verify_read_data_parts))
@@ -226,6 +258,29 @@ def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: Plug
     return jobs.retention_summary(settings.policy, result, settings.retention_dry_run)
 
 
+def _offsite_push(archive: Archive, settings: Settings, reporter: PluginLogReporter) -> str:
+    from ..offsite import jobs as offsite
+    from ..offsite.rclone import Rclone
+    from ..offsite.remote import RemoteArchive
+    if not settings.offsite_remote:
+        raise ConfigError("set the plugin's Off-site remote (an rclone remote and folder, e.g. s3:bucket/stash) "
+                          "to copy the archive off-site")
+    rclone = Rclone(config=settings.offsite_rclone_config)
+    _REDACTORS.append(rclone.redact)
+    remote = RemoteArchive(rclone, settings.offsite_remote)
+    policy = settings.policy if settings.offsite_retention else None
+    result = offsite.push(archive, remote, reporter, policy)
+    line = result.line(remote.display)
+    if result.retention:
+        line += "; " + result.retention.line(settings.policy, False)
+    return line
+
+
+def _hide(text: str, secrets: list[str]) -> str:
+    text = redact(text, secrets)
+    for more in _REDACTORS:
+        text = more(text)
+    return text
 def _read_data_today(parts: int):
     """Which images' bytes a Verify re-hashes: part (day number mod M) + 1 of M, so a
     daily Verify reads every image once in M days (restic's --read-data-subset)."""
@@ -261,7 +316,7 @@ def main(stdin=None, stdout=None, stderr=None) -> int:
     it twice. Never a traceback: it could carry a secret and says nothing to a user."""
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     secrets: list[str] = []
-    reporter = PluginLogReporter(stderr, redact=lambda text: redact(text, secrets))
+    reporter = PluginLogReporter(stderr, redact=lambda text: _hide(text, secrets))
     try:
         payload = read_input(stdin)
     except json.JSONDecodeError as error:  # run by hand, not by Stash

@@ -39,7 +39,7 @@
   };
   const JOB_NAMES = {
     backup: "Backup on the server", download: "Backup", verify: "Verify",
-    retention: "Retention", offsite: "Off-site copy",
+    retention: "Retention", offsite: "Off-site copy", drill: "Restore drill",
   };
 
   const STATUS = gql`
@@ -255,8 +255,8 @@
   function BackupsTable(props) {
     const rows = props.backups;
     if (!rows.length) return h("p", { className: "text-muted" }, "No backups in the archive yet: press Back up now.");
-    const header = ["Time", "Schema", "Size", "New", "Images", "Verified", "Off-site"];
-    const hideOnPhone = { New: true, Schema: true, "Off-site": true };
+    const header = ["Time", "Schema", "Size", "New", "Images", "Verified", "Drill", "Off-site"];
+    const hideOnPhone = { New: true, Schema: true, Drill: true, "Off-site": true };
     return h("div", { className: "table-responsive" }, h(Table, { striped: true, size: "sm", className: "stash-backup-table", "data-testid": "stash-backup-table" },
       h("thead", null, h("tr", null, header.map((name) => h("th", { key: name, className: hideOnPhone[name] ? "d-none d-md-table-cell" : "" }, name)))),
       h("tbody", null, rows.map((b) => h("tr", { key: b.file, title: b.file },
@@ -267,6 +267,9 @@
         h("td", null, b.includes_blobs ? b.blob_count : "db only"),
         h("td", null, b.verified_ok ? h(Badge, { variant: "success" }, "verified")
           : h(Badge, { variant: b.verified_at ? "danger" : "secondary", title: b.verify_error || "" }, b.verified_at ? "BAD" : "unverified")),
+        h("td", { className: "d-none d-md-table-cell", "data-testid": "stash-backup-drill" }, !(b.drill && b.drill.at) ? "—"
+          : h(Badge, { variant: b.drill.ok ? "success" : "danger", title: (b.drill.ok ? "" : [b.drill.error].concat(b.drill.differences || []).filter(Boolean).join("; ") + " — ") + "Stash " + (b.drill.stash_version || "?") + (b.drill.migrated ? ", migrated" : "") + ", " + b.drill.seconds + " s, " + when(b.drill.at) },
+            b.drill.ok ? "booted" : "FAILED")),
         h("td", { className: "d-none d-md-table-cell" }, b.offsite ? h(Badge, { variant: "info" }, b.offsite) : "—"))))));
   }
 
@@ -274,7 +277,7 @@
     const { status, error } = useStatus(true);
     React.useEffect(() => { refreshStatus(false); }, []);
     const modes = (status && status.modes) || [];
-    const actions = ["download", "verify", "retention", "offsite"].filter((mode) => modes.includes(mode));
+    const actions = ["download", "verify", "drill", "retention", "offsite"].filter((mode) => modes.includes(mode));
     return h("div", { className: "stash-backup-page container-lg mt-3", "data-testid": "stash-backup-page" },
       h("h2", null, "Backups"),
       error ? h(Alert, { variant: "danger" }, "The backup status could not be read: " + error) : null,

@@ -1,0 +1,385 @@
+"""The restore drill: prove that a backup boots. Restore it with the offline restore's
+own engine into a scratch folder beside the archive, start the Stash binary the user
+runs on it (its own config: its own database, blobs, generated, cache, an empty
+library, no plugins, no scrapers, no credentials, a free 127.0.0.1 port), migrate when
+the backup's schema is older, compare what Stash reports with what the archive
+recorded when the backup was made, stop that Stash and remove the folder.
+
+Why a module of its own, above jobs: it joins the offline restore (which jobs may not
+import) with a Stash process, and both products run it. It speaks to its scratch
+Stash with the standard library (no auth, loopback only), so it runs wherever the
+restore runs."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from .core.archive import Archive, Entry, utc_now
+from .core.atomic import is_abandoned, scratch_folder
+from .core.errors import RestoreRefused, StashBackupError, UsageError
+from .core.naming import TEMP_MARKER
+from .core.reporting import Reporter, human_size
+from .core.retention import parse_duration
+from .core.status import parse_time
+from .core.sqlite_check import image_samples, library_counts
+from .offline.restore import RestoreOptions, restore
+from .offline.stash_config import FILESYSTEM, StashConfig, Target
+
+SCRATCH_PREFIX = ".drill"
+PID_FILE = "stash.pid"  # the scratch Stash's process group: the next drill ends it if a kill left it
+DEFAULT_TIMEOUT = 900  # seconds for Stash to start, migrate and answer
+SPACE_MARGIN = 64 * 1024 * 1024
+STATS_QUERY = ("{ stats { scene_count image_count gallery_count performer_count studio_count tag_count group_count } "
+               "version { version } }")
+STATS_FIELDS = {"scenes": "scene_count", "images": "image_count", "galleries": "gallery_count",
+                "performers": "performer_count", "studios": "studio_count", "tags": "tag_count",
+                "groups": "group_count"}
+
+
+@dataclass
+class DrillResult:
+    backup: str
+    ok: bool = False
+    at: str = field(default_factory=utc_now)
+    seconds: float = 0.0
+    stash_version: str = ""
+    migrated: bool = False
+    schema_version: int = 0
+    counts: dict = field(default_factory=dict)  # what Stash reported
+    images_checked: int = 0
+    differences: list = field(default_factory=list)
+    error: str = ""  # the drill could not finish (Stash did not start, timed out, ...)
+
+    def line(self) -> str:
+        took = f"{self.seconds:.1f} s"
+        version = f"Stash {self.stash_version}" if self.stash_version else "Stash"
+        if self.ok:
+            counts = ", ".join(f"{n} {k}" for k, n in self.counts.items())
+            return (f"drill of {self.backup} passed in {took} on {version}"
+                    f"{' after a migration' if self.migrated else ''}: {counts}; {self.images_checked} image(s) "
+                    "served from blobs with their bytes")
+        return f"drill of {self.backup} FAILED after {took} on {version}: {'; '.join(self.problems())}"
+
+    def problems(self) -> list[str]:
+        return ([self.error] if self.error else []) + list(self.differences)
+
+
+# --- pure: what differs -------------------------------------------------------------------
+
+def compare_counts(expected: dict, reported: dict) -> list[str]:
+    return [f"{kind}: the backup recorded {count}, Stash reports {reported.get(kind)}"
+            for kind, count in expected.items() if kind in STATS_FIELDS and reported.get(kind) != count]
+
+
+def counts_from_stats(stats: dict) -> dict:
+    return {kind: stats.get(name) for kind, name in STATS_FIELDS.items()}
+
+
+def drill_due(entries: list[Entry], every: str, now: Optional[datetime] = None) -> bool:
+    """Whether an automatic drill is due: `every` is a number of backups ("3": after
+    every third backup since the last drill) or a duration ("7d": when the last drill
+    is older). "" or "0": never."""
+    every = (every or "").strip()
+    if every in ("", "0"):
+        return False
+    drilled = [e for e in entries if e.drill.get("at")]  # entries: newest first
+    if every.isdigit():
+        since = next((i for i, e in enumerate(entries) if e.drill.get("at")), len(entries))
+        return since >= int(every)
+    interval = parse_duration(every)
+    times = [t for t in (parse_time(e.drill["at"]) for e in drilled) if t]
+    now = now or datetime.now(timezone.utc)
+    return not times or max(times) <= interval.before(now)
+
+
+def check_drill_every(every: str) -> str:
+    """A --drill-every / setting value, refused early when it is neither a count nor a duration."""
+    every = (every or "").strip()
+    if every and not every.isdigit():
+        parse_duration(every)
+    return every
+
+
+def needed_space(database_size: int, blob_bytes: int) -> int:
+    """The database restored, plus the copy Stash makes before it migrates, plus the blobs."""
+    return 2 * database_size + blob_bytes + SPACE_MARGIN
+
+
+# --- the drill -------------------------------------------------------------------------------
+
+def drill(archive: Archive, name: Optional[str], stash_binary: Path, report: Reporter,
+          timeout: float = DEFAULT_TIMEOUT) -> DrillResult:
+    """Drill one backup (default: the newest verified) and record the outcome beside
+    it. A failed drill is a result, not an exception; refusals (busy archive, no
+    space, no such backup) raise before anything is written."""
+    stash_binary = _usable_binary(stash_binary)
+    stop_abandoned_stashes(archive.folder)  # before the lock's cleanup removes their folders
+    with archive.locked():
+        entry = _chosen(archive, name)
+        _check_space(archive, entry)
+        started = time.monotonic()
+        result = DrillResult(entry.file, schema_version=entry.schema_version)
+        try:
+            with scratch_folder(archive.folder, SCRATCH_PREFIX) as scratch:
+                _drill_in(archive, entry, scratch, stash_binary, timeout, result, report)
+        except StashBackupError as error:
+            result.error = report.redact(str(error))
+        result.seconds = round(time.monotonic() - started, 1)
+        result.ok = not result.problems()
+        archive.record_drill(entry.file, asdict(result))
+    (report.info if result.ok else report.error)(result.line())
+    return result
+
+
+def _usable_binary(path: Path) -> Path:
+    if not path or not Path(path).is_file() or not os.access(path, os.X_OK):
+        raise UsageError(f"no Stash binary at {path}: pass --stash-binary PATH (the Stash you run)")
+    return Path(path)
+
+
+def _chosen(archive: Archive, name: Optional[str]) -> Entry:
+    if name:
+        entry = archive.find(name)
+        if not entry:
+            raise UsageError(f"no backup named {name} in {archive.folder} (see list)")
+        return entry
+    entry = archive.newest_verified()
+    if not entry:
+        raise UsageError(f"no verified backup in {archive.folder} to drill")
+    return entry
+
+
+def _check_space(archive: Archive, entry: Entry) -> None:
+    if entry.is_stored:
+        header = archive.store.header(entry.file)
+        database, blobs = header.snapshot.size, header.blob_bytes
+    else:
+        database, blobs = entry.size, entry.size  # a zip: at most its own size again, unpacked
+    needed, free = needed_space(database, blobs), shutil.disk_usage(archive.folder).free
+    if needed > free:
+        raise RestoreRefused(f"not enough space for a restore drill in {archive.folder}: it needs "
+                             f"{human_size(needed)}, {human_size(free)} free. Nothing was changed")
+
+
+def _drill_in(archive: Archive, entry: Entry, scratch: Path, binary: Path, timeout: float, result: DrillResult,
+              report: Reporter) -> None:
+    target = _scratch_target(scratch)
+    restore(archive.path_of(entry), target, RestoreOptions(assume_yes=True, stash_stopped=True, archive_held=True),
+            report.phase(0.0, 0.5))
+    recorded = archive.store.header(entry.file).counts if entry.is_stored else {}
+    expected = recorded or library_counts(target.database)  # older records: the restored database's own
+    samples = image_samples(target.database)
+    deadline = time.monotonic() + timeout
+    report.progress(0.5, "starting Stash on the restored backup")
+    with scratch_stash(binary, target.config, scratch) as stash:
+        result.migrated = stash.wait_ready(deadline)
+        report.progress(0.8, "comparing")
+        data = stash.graphql(STATS_QUERY)
+        result.stash_version = (data.get("version") or {}).get("version") or ""
+        result.counts = counts_from_stats(data["stats"])
+        result.differences += compare_counts(expected, result.counts)
+        for route, key, checksum in samples:
+            problem = stash.image_problem(route, key, checksum)
+            result.images_checked += 1
+            if problem:
+                result.differences.append(problem)
+    report.progress(1.0)
+
+
+def _scratch_target(scratch: Path) -> Target:
+    folders = {key: scratch / key for key in ("blobs", "generated", "cache", "backups", "plugins", "scrapers",
+                                               "library")}
+    for folder in folders.values():
+        folder.mkdir()
+    values = {
+        "database": str(scratch / "stash-go.sqlite"), "blobs_path": str(folders["blobs"]),
+        "blobs_storage": FILESYSTEM, "generated": str(folders["generated"]), "cache": str(folders["cache"]),
+        "backup_directory_path": str(folders["backups"]), "plugins_path": str(folders["plugins"]),
+        "scrapers_path": str(folders["scrapers"]), "stash": [{"path": str(folders["library"])}],
+        "host": "127.0.0.1", "port": free_port(), "nobrowser": True,
+        "logFile": str(scratch / "stash.log"), "logLevel": "Info",
+    }
+    config = StashConfig(scratch / "config.yml", values)
+    # YAML is a superset of JSON: written without PyYAML, which the plugin's Python may lack.
+    (scratch / "config.yml").write_text(json.dumps(values, indent=1) + "\n", encoding="utf-8")
+    os.chmod(scratch / "config.yml", 0o600)
+    return Target(database=scratch / "stash-go.sqlite", blobs_path=folders["blobs"], blobs_storage=FILESYSTEM,
+                  config=config)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --- the scratch Stash -----------------------------------------------------------------------
+
+class ScratchStash:
+    def __init__(self, process: subprocess.Popen, port: int, log: Path):
+        self.process, self.url, self.log = process, f"http://127.0.0.1:{port}", log
+
+    def graphql(self, query: str, variables: Optional[dict] = None, timeout: float = 60) -> dict:
+        body = json.dumps({"query": query, "variables": variables or {}}).encode()
+        request = urllib.request.Request(f"{self.url}/graphql", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                answer = json.loads(response.read())
+        except (OSError, ValueError) as error:
+            raise StashBackupError(f"the drill's Stash did not answer ({error})") from error
+        if answer.get("errors"):
+            raise StashBackupError(f"the drill's Stash answered with an error: {answer['errors'][0].get('message')}")
+        return answer.get("data") or {}
+
+    def status(self) -> str:
+        self._alive()
+        try:
+            return self.graphql("{ systemStatus { status } }", timeout=5)["systemStatus"]["status"]
+        except StashBackupError:
+            return "starting"
+
+    def wait_ready(self, deadline: float) -> bool:
+        """Wait until Stash serves the library; migrate first when it asks to. Whether it migrated."""
+        status = self._poll_until(deadline, lambda s: s != "starting")
+        migrated = status == "NEEDS_MIGRATION"
+        if migrated:
+            self.graphql('mutation { migrate(input: {backupPath: ""}) }')
+            status = self._poll_until(deadline, lambda s: s not in ("starting", "NEEDS_MIGRATION"), migrating=True)
+        if status != "OK":
+            raise StashBackupError(f"the drill's Stash reports {status}{self._last_error()}")
+        return migrated
+
+    def _poll_until(self, deadline: float, settled: Callable[[str], bool], migrating: bool = False) -> str:
+        while time.monotonic() < deadline:
+            status = self.status()
+            if settled(status):
+                return status
+            if migrating and self._migration_failed():
+                raise StashBackupError(f"the drill's Stash could not migrate the backup{self._last_error()}")
+            time.sleep(0.3)
+        raise StashBackupError(f"the drill's Stash was not ready in time (timeout){self._last_error()}")
+
+    def _migration_failed(self) -> bool:
+        with contextlib.suppress(OSError):
+            return "error performing migration" in self.log.read_text(errors="replace")
+        return False
+
+    def _alive(self) -> None:
+        if self.process.poll() is not None:
+            raise StashBackupError(f"the drill's Stash exited with {self.process.returncode}{self._last_error()}")
+
+    def _last_error(self) -> str:
+        with contextlib.suppress(OSError):
+            lines = [l for l in self.log.read_text(errors="replace").splitlines() if "Error" in l or "Fatal" in l]
+            if lines:
+                return f": {lines[-1].strip()[:300]}"
+        return ""
+
+    def image_problem(self, route: str, key: int, checksum: str) -> str:
+        try:
+            with urllib.request.urlopen(f"{self.url}/{route}/{key}/image", timeout=60) as response:
+                served = hashlib.md5(response.read()).hexdigest()  # a blob's name is its MD5
+        except (OSError, ValueError) as error:
+            return f"{route} {key}'s image was not served ({error})"
+        return "" if served == checksum else f"{route} {key}'s image is not blob {checksum} (missing or damaged)"
+
+    def stop(self) -> None:
+        stop_group(self.process.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=15)
+
+
+@contextlib.contextmanager
+def scratch_stash(binary: Path, config: StashConfig, scratch: Path) -> Iterator[ScratchStash]:
+    """The Stash binary on the scratch config, in a session of its own so that stopping
+    it (or a timeout) ends it and its children and nothing else; on Linux it also dies
+    with the drill (a kill -9 of the drill leaves no Stash behind)."""
+    with open(scratch / "stash.out", "ab") as out:
+        process = subprocess.Popen([str(binary), "--config", str(config.path), "--nobrowser"], cwd=scratch,
+                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True, preexec_fn=_die_with_parent,
+                                   env=_scratch_environment())
+    (scratch / PID_FILE).write_text(f"{process.pid}\n", encoding="ascii")
+    stash = ScratchStash(process, config.port, scratch / "stash.log")
+    try:
+        yield stash
+    finally:
+        stash.stop()
+
+
+def _scratch_environment() -> dict:
+    """Ours without what would point Stash at the user's install."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("STASH_")}
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the drill's thread ends (Linux prctl)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(Exception):
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def stop_group(pid: int) -> None:
+    """TERM the process group the scratch Stash leads, then KILL what is left."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+        for _ in range(50):
+            time.sleep(0.1)
+            os.killpg(pid, 0)
+        os.killpg(pid, signal.SIGKILL)
+
+
+def stop_abandoned_stashes(folder: Path) -> list[int]:
+    """A killed drill's Stash, where it outlived the drill (not Linux): ended by the
+    process group its pid file names, only when that process still runs from the
+    abandoned scratch folder. The archive lock's cleanup then removes the folder."""
+    stopped = []
+    if not folder.is_dir():
+        return stopped
+    now = time.time()
+    for scratch in folder.glob(f"{SCRATCH_PREFIX}{TEMP_MARKER}*"):
+        with contextlib.suppress(OSError, ValueError):
+            if not is_abandoned(scratch, now):
+                continue
+            pid = int((scratch / PID_FILE).read_text(encoding="ascii").strip())
+            if _runs_from(pid, scratch):
+                stop_group(pid)
+                stopped.append(pid)
+    return stopped
+
+
+def _runs_from(pid: int, scratch: Path) -> bool:
+    try:
+        return str(scratch / "config.yml") in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def parent_stash_binary() -> Optional[Path]:
+    """The plugin's parent process is the Stash that runs it: the same binary to drill with."""
+    with contextlib.suppress(OSError):
+        return Path(os.readlink(f"/proc/{os.getppid()}/exe"))
+    return None
+
+
+def stash_on_path() -> Optional[Path]:
+    found = shutil.which("stash")
+    return Path(found) if found else None

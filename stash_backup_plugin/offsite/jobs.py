@@ -1,0 +1,557 @@
+"""Off-site jobs: push the archive's backups to a remote, verify the remote, apply
+retention there, pull one backup back into a local archive.
+
+Crash safety is the local store's (store.py), on the remote: data first, each backup's
+record next, the manifest (the remote's commit point) last; forgetting writes the
+manifest first and deletes afterwards; collection deletes only what no listed backup
+refers to, while no other run holds the remote. A run killed anywhere leaves at worst
+unlisted objects: the next push reuses those that are whole and the next prune
+removes the rest. Every job holds the local archive's lock too."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import heapq
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator, Optional
+
+from ..core import record as records
+from ..core.archive import Archive, Entry, utc_now
+from ..core.atomic import atomic_output, discard, fsync_dir, make_folders, scratch_folder, take_parent_owner
+from ..core.errors import RemoteError, UsageError, VerificationError
+from ..core.reporting import Reporter, human_size
+from ..core.retention import Decision, Policy, plan_retention
+from ..core.snapshot import decompress
+from ..core.sqlite_check import QUICK, check_database
+from ..core.store import Store, commit_snapshot, crash_point
+from ..core.store_plan import plan_gc
+from ..core.stored import ReadData
+from .manifest import BLOBS, PENDING, RECORDS, SNAPSHOTS, Manifest, RemoteBackup, backup_from_header
+from .manifest import NAME as MANIFEST_NAME
+from .plan import RemoteBlob, problems as blob_problems, to_send
+from .remote import TEMP_TAG, RemoteArchive
+
+FETCH_BATCH_BYTES = 256 * 1024 * 1024  # verify --read-data downloads at most this much at a time
+
+
+def _blob_path(checksum: str) -> str:
+    return f"{BLOBS}/{checksum[:2]}/{checksum[2:4]}/{checksum}"
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sized_blobs(store: Store, names: list[str], stack: contextlib.ExitStack) -> Iterator[tuple[str, int]]:
+    """(checksum, size) of every blob the records list, merged in order (with repeats)."""
+    return heapq.merge(*[stack.enter_context(store.blob_list(name)) for name in names])
+
+
+# --- push ------------------------------------------------------------------------------------
+
+@dataclass
+class PushResult:
+    pushed: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (backup, why it was not pushed)
+    already: int = 0  # backups the remote held before
+    blobs_sent: int = 0
+    bytes_sent: int = 0
+    retention: Optional["RemoteRetention"] = None
+
+    def line(self, remote: str) -> str:
+        if not self.pushed:
+            text = f"{remote} is up to date: it holds {self.already} backup(s)"
+        else:
+            text = (f"Pushed {len(self.pushed)} backup(s) to {remote} ({self.blobs_sent} new blob(s), "
+                    f"{human_size(self.bytes_sent)} sent); it holds {self.already + len(self.pushed)} backup(s)")
+        return text + (f"; {len(self.skipped)} not pushed" if self.skipped else "")
+
+
+def choose_pushes(entries: list[Entry], manifest: Manifest) -> tuple[list[Entry], list[tuple[str, str]], int]:
+    """Which local backups go to the remote: stored ones that verified good and that the
+    remote does not list. Pure. Returns (to push, skipped with reasons, already there)."""
+    todo, skipped, already = [], [], 0
+    for entry in sorted(entries, key=lambda e: e.created):
+        there = manifest.find(entry.file)
+        if there and there.database_sha256 == entry.sha256:
+            already += 1
+        elif there:
+            skipped.append((entry.file, "the remote holds another backup under this name"))
+        elif not entry.is_stored:
+            skipped.append((entry.file, "an older per-backup file: run stash-backup migrate --apply first"))
+        elif not entry.verified_ok:
+            skipped.append((entry.file, f"it failed verification ({entry.verify_error or 'not verified'})"))
+        else:
+            todo.append(entry)
+    return todo, skipped, already
+
+
+def push(archive: Archive, remote: RemoteArchive, report: Reporter, policy: Optional[Policy] = None) -> PushResult:
+    """Send what the remote lacks of the archive's good backups, then (with `policy`)
+    apply retention on the remote."""
+    with archive.locked(), scratch_folder(archive.folder, ".offsite") as scratch:
+        manifest = remote.read_manifest()
+        todo, skipped, already = choose_pushes(archive.entries(), manifest)
+        result = PushResult(skipped=skipped, already=already)
+        for name, why in skipped:
+            report.warning(f"not pushed: {name}: {why}")
+        # Held even with nothing to send: it clears what an interrupted run of ours left.
+        with remote.held("push", scratch, report.info):
+            if todo:
+                _send_backups(archive, remote, manifest, todo, scratch, result, report.phase(0.0, 0.9))
+            report.info(result.line(remote.display))
+            if policy and not policy.is_empty():
+                result.retention = _retention(archive, remote, policy, False, scratch, report.phase(0.9, 1.0))
+        report.progress(1.0)
+        return result
+
+
+def _send_backups(archive: Archive, remote: RemoteArchive, manifest: Manifest, todo: list[Entry], scratch: Path,
+                  result: PushResult, report: Reporter) -> None:
+    store = archive.store
+    headers = [store.header(entry.file) for entry in todo]
+    names = [header.name for header in headers]
+    listing = scratch / "send.txt"
+    sent_snapshots = []
+    with open(listing, "w", encoding="utf-8") as out, contextlib.ExitStack() as stack:
+        there = stack.enter_context(remote.listing(scratch, hashes=remote.has_cheap_md5()))
+        for checksum, size in to_send(_sized_blobs(store, names, stack), there.blobs):
+            out.write(_blob_path(checksum) + "\n")
+            result.blobs_sent += 1
+        for header in headers:
+            if there.files.get(header.snapshot.file) != header.snapshot.stored_size:
+                out.write(header.snapshot.file + "\n")
+                sent_snapshots.append(header.snapshot.file)
+    report.info(f"sending {result.blobs_sent} blob(s) and the databases of {len(names)} backup(s) to {remote.display}")
+    sent = remote.send(archive.folder, listing, "copy the archive to", _progress(report.phase(0.0, 0.9), "sending"))
+    crash_point("offsite-data-sent")
+    record_files = [f"{RECORDS}/{records.record_name(name)}" for name in names]
+    listing.write_text("".join(f + "\n" for f in record_files))
+    sent_records = remote.send(archive.folder, listing, "copy the backups' records to")
+    result.bytes_sent = sent.bytes + sent_records.bytes
+    crash_point("offsite-records-sent")
+    _confirm_arrived(remote, sent_snapshots + record_files, set(sent.transferred) | set(sent_records.transferred))
+    pushed_at = utc_now()
+    added = [backup_from_header(h, store.record_path(h.name).stat().st_size, _md5(store.record_path(h.name)), pushed_at)
+             for h in headers]
+    remote.write_manifest(manifest.with_backups(added, pushed_at), scratch)
+    crash_point("offsite-manifest-written")
+    result.pushed = names
+    for header in headers:
+        report.info(f"pushed {header.name}: {header.blob_count} blob(s), database "
+                    f"{human_size(header.snapshot.stored_size)} compressed")
+
+
+def _confirm_arrived(remote: RemoteArchive, expected: list[str], copied: set[str]) -> None:
+    """Each snapshot and record sent was reported copied by rclone (which checked its
+    size, and MD5 where both sides have one) before the manifest names it."""
+    for relative in expected:
+        if relative not in copied:
+            raise RemoteError(f"rclone did not report {remote.display}/{relative} as copied: nothing was counted; "
+                              "push again")
+
+
+def _progress(report: Reporter, label: str):
+    def callback(done: int, total: int) -> None:
+        if total:
+            report.progress(min(done / total, 1.0), label)
+    return callback
+
+
+# --- retention and garbage collection on the remote -----------------------------------------
+
+@dataclass
+class RemoteRetention:
+    decisions: list[Decision]
+    forgotten: list[str] = field(default_factory=list)
+    deleted_files: int = 0
+    freed_bytes: int = 0
+
+    def line(self, policy: Policy, dry_run: bool) -> str:
+        kept = sum(1 for d in self.decisions if d.keep)
+        verb = "would remove" if dry_run else "removed"
+        return (f"Remote retention ({policy.describe()}){' [dry run]' if dry_run else ''}: kept {kept}, {verb} "
+                f"{len(self.decisions) - kept}; {'would free' if dry_run else 'freed'} {human_size(self.freed_bytes)} "
+                f"({self.deleted_files} object(s))")
+
+
+def prune(archive: Archive, remote: RemoteArchive, policy: Policy, dry_run: bool, report: Reporter) -> RemoteRetention:
+    with archive.locked(), scratch_folder(archive.folder, ".offsite") as scratch:
+        if dry_run:
+            return _retention(archive, remote, policy, True, scratch, report)
+        with remote.held("prune", scratch, report.info):
+            return _retention(archive, remote, policy, False, scratch, report)
+
+
+def _created(backup: RemoteBackup) -> datetime:
+    try:
+        return datetime.fromisoformat(backup.created)
+    except ValueError:
+        return datetime(1970, 1, 1)
+
+
+def _retention(archive: Archive, remote: RemoteArchive, policy: Policy, dry_run: bool, scratch: Path,
+               report: Reporter) -> RemoteRetention:
+    """Forget by the policy (the manifest rewritten first), then collect what no
+    remaining backup refers to."""
+    manifest = remote.read_manifest()
+    decisions = plan_retention([(b, _created(b), True) for b in manifest.backups], policy)
+    result = RemoteRetention(decisions)
+    verb = "would remove" if dry_run else "removed"
+    for decision in decisions:
+        backup: RemoteBackup = decision.item
+        if decision.keep:
+            report.info(f"keep   {backup.name} on the remote ({', '.join(decision.reasons)})")
+        else:
+            result.forgotten.append(backup.name)
+            report.info(f"{verb} {backup.name} from the remote")
+    kept = manifest.without(set(result.forgotten), utc_now())
+    if result.forgotten and not dry_run:
+        remote.write_manifest(kept, scratch)
+        crash_point("offsite-forgotten")
+    _collect(archive, remote, kept, dry_run, scratch, result, report)
+    report.info(result.line(policy, dry_run))
+    return result
+
+
+def _collect(archive: Archive, remote: RemoteArchive, kept: Manifest, dry_run: bool, scratch: Path,
+             result: RemoteRetention, report: Reporter) -> None:
+    lists = _record_files(archive, remote, kept.backups, scratch)
+    wanted_snapshots = {b.snapshot.file for b in kept.backups}
+    wanted_records = {b.record.file for b in kept.backups}
+    doomed = scratch / "delete.txt"
+    with open(doomed, "w", encoding="utf-8") as out, contextlib.ExitStack() as stack:
+        there = stack.enter_context(remote.listing(scratch))
+        referenced = (checksum for checksum, _ in heapq.merge(*[stack.enter_context(records.BlobList(p)) for p in lists]))
+        plan = plan_gc(there.blobs, referenced)
+        for checksum, size in plan.delete_blobs:
+            out.write(_blob_path(checksum) + "\n")
+            result.freed_bytes += size
+        others = list(there.strays)
+        for folder, wanted in ((SNAPSHOTS, wanted_snapshots), (RECORDS, wanted_records), (PENDING, set())):
+            for relative, size in there.under(folder).items():
+                if relative not in wanted and (folder != PENDING or TEMP_TAG in relative):
+                    others.append(relative)
+                    result.freed_bytes += max(size, 0)
+        others += [name for name in there.files if "/" not in name and TEMP_TAG in name]
+        for relative in others:
+            out.write(relative + "\n")
+        result.deleted_files = len(plan.delete_blobs) + len(others)
+    if result.deleted_files and not dry_run:
+        remote.delete(doomed)
+        crash_point("offsite-collected")
+
+
+def _record_files(archive: Archive, remote: RemoteArchive, backups: list[RemoteBackup], scratch: Path) -> list[Path]:
+    """A checked copy of each backup's record: the local archive's when it is the same
+    file (size and MD5), else fetched. A record that does not match the manifest stops
+    the collection: its blobs must not be taken for garbage."""
+    store, paths, fetch = archive.store, {}, []
+    for backup in backups:
+        local = store.record_path(backup.name)
+        if local.is_file() and local.stat().st_size == backup.record.size and _md5(local) == backup.record.md5:
+            paths[backup.name] = local
+        else:
+            fetch.append(backup)
+    if fetch:
+        listing = scratch / "records.txt"
+        listing.write_text("".join(b.record.file + "\n" for b in fetch))
+        remote.fetch(listing, scratch / "fetched", "fetch the records from")
+        for backup in fetch:
+            path = scratch / "fetched" / backup.record.file
+            if not path.is_file() or path.stat().st_size != backup.record.size or _md5(path) != backup.record.md5:
+                raise VerificationError(f"the record of {backup.name} on {remote.display} does not match the manifest: "
+                                        "nothing was collected; run offsite verify")
+            paths[backup.name] = path
+    return [paths[b.name] for b in backups]
+
+
+# --- verify --------------------------------------------------------------------------------------
+
+@dataclass
+class RemoteVerifySummary:
+    checked: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    read_data: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def line(self, remote: str) -> str:
+        text = (f"Verified {self.checked} backup(s) on {remote}: {self.checked - len(self.failed)} good, "
+                f"{len(self.failed)} bad")
+        return text + (f"; contents read: {self.read_data}" if self.read_data else "")
+
+
+def verify(archive_folder: Path, remote: RemoteArchive, read_data: Optional[ReadData], report: Reporter) -> RemoteVerifySummary:
+    """Every backup the remote's manifest lists: its record matches the manifest, its
+    snapshot and every blob it lists are there with their sizes (and the backend's MD5,
+    where it has one, equals the blob's name). With `read_data`, part of the blobs and
+    snapshots are downloaded and hashed. Changes nothing."""
+    make_folders(archive_folder)
+    with scratch_folder(archive_folder, ".offsite-verify") as scratch:
+        manifest = remote.read_manifest()
+        summary = RemoteVerifySummary(checked=len(manifest.backups), read_data=str(read_data) if read_data else "")
+        found: dict[str, list[str]] = {b.name: [] for b in manifest.backups}
+        with contextlib.ExitStack() as stack:
+            there = stack.enter_context(remote.listing(scratch, hashes=remote.has_cheap_md5()))
+            for backup in manifest.backups:
+                if there.files.get(backup.snapshot.file) != backup.snapshot.size:
+                    found[backup.name].append(f"its database {backup.snapshot.file} is missing or not "
+                                              f"{backup.snapshot.size} bytes on the remote")
+            lists = _fetched_records(remote, manifest.backups, there.under(RECORDS), scratch, found)
+            report.progress(0.2, "checking blobs")
+            streams = [_tagged(stack.enter_context(records.BlobList(path)), name, found) for name, path in lists]
+            for _, problem, names in blob_problems(heapq.merge(*streams), there.blobs):
+                for name in names:
+                    found[name].append(problem)
+        if read_data:
+            _read_data(remote, manifest.backups, lists, read_data, scratch, found, report.phase(0.4, 1.0))
+        for backup in manifest.backups:
+            problems = found[backup.name]
+            if problems:
+                summary.failed.append((backup.name, "; ".join(problems[:3])))
+                more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+                report.error(f"BAD {backup.name}: {'; '.join(problems[:3])}{more}")
+            else:
+                report.info(f"ok  {backup.name}")
+        report.progress(1.0)
+        return summary
+
+
+def _tagged(blobs, name: str, found: dict) -> Iterator[tuple[str, int, str]]:
+    try:
+        for checksum, size in blobs:
+            yield checksum, size, name
+    except VerificationError as error:
+        found[name].append(str(error))
+
+
+def _fetched_records(remote: RemoteArchive, backups: list[RemoteBackup], there: dict[str, int], scratch: Path,
+                     found: dict) -> list[tuple[str, Path]]:
+    listing = scratch / "records.txt"
+    fetchable = [b for b in backups if there.get(b.record.file) is not None]
+    listing.write_text("".join(b.record.file + "\n" for b in fetchable))
+    if fetchable:
+        remote.fetch(listing, scratch / "fetched", "fetch the records from")
+    lists = []
+    for backup in backups:
+        path = scratch / "fetched" / backup.record.file
+        if backup not in fetchable or not path.is_file():
+            found[backup.name].append(f"its record {backup.record.file} is missing on the remote")
+        elif path.stat().st_size != backup.record.size or _md5(path) != backup.record.md5:
+            found[backup.name].append(f"its record {backup.record.file} does not match the manifest (size or MD5)")
+        else:
+            lists.append((backup.name, path))
+    return lists
+
+
+def _read_data(remote: RemoteArchive, backups: list[RemoteBackup], lists: list[tuple[str, Path]], read_data: ReadData,
+               scratch: Path, found: dict, report: Reporter) -> None:
+    """Download part N/M of the blobs (by checksum) and of the databases (by SHA-256),
+    in batches, and hash them."""
+    batch, batch_bytes, owners = [], 0, {}
+    with contextlib.ExitStack() as stack:
+        streams = [_tagged(stack.enter_context(records.BlobList(path)), name, {name: []}) for name, path in lists]
+        for checksum, size, name in heapq.merge(*streams):
+            if not read_data.includes(checksum):
+                continue
+            if checksum not in owners:
+                if batch_bytes >= FETCH_BATCH_BYTES:  # a new checksum: the batch's owners are all known
+                    _check_blob_batch(remote, batch, owners, scratch, found)
+                    batch, batch_bytes, owners = [], 0, {}
+                batch.append((checksum, size))
+                batch_bytes += size
+            owners.setdefault(checksum, []).append(name)
+        if batch:
+            _check_blob_batch(remote, batch, owners, scratch, found)
+    for backup in backups:
+        if read_data.includes(backup.database_sha256[:32]):
+            problem = _check_snapshot(remote, backup, scratch)
+            if problem:
+                found[backup.name].append(problem)
+    report.progress(1.0, "reading data")
+
+
+def _check_blob_batch(remote: RemoteArchive, batch: list[tuple[str, int]], owners: dict, scratch: Path,
+                      found: dict) -> None:
+    folder = scratch / "read"
+    listing = scratch / "read.txt"
+    listing.write_text("".join(_blob_path(c) + "\n" for c, _ in batch))
+    with contextlib.suppress(RemoteError):  # a missing blob was already reported by the listing
+        remote.fetch(listing, folder, "download blobs from")
+    for checksum, _ in batch:
+        path = folder / _blob_path(checksum)
+        if path.is_file() and _md5(path) != checksum:
+            for name in owners.get(checksum, []):
+                found[name].append(f"blob {_blob_path(checksum)} does not match its name (MD5) on the remote: it is damaged")
+        discard(path)
+
+
+def _check_snapshot(remote: RemoteArchive, backup: RemoteBackup, scratch: Path) -> str:
+    target = scratch / "snapshot.gz"
+    try:
+        remote.fetch_file(backup.snapshot.file, target)
+        with open(target, "rb") as packed:
+            digest = decompress(packed, _Discard())
+    except (RemoteError, VerificationError) as error:
+        return f"its database {backup.snapshot.file}: {error}"
+    finally:
+        discard(target)
+    if (digest.size, digest.sha256) != (backup.database_size, backup.database_sha256):
+        return f"its database {backup.snapshot.file} does not decompress to the recorded size and SHA-256: it is damaged"
+    return ""
+
+
+class _Discard:
+    def write(self, data) -> int:
+        return len(data)
+
+
+# --- pull ----------------------------------------------------------------------------------------
+
+def pull(archive: Archive, remote: RemoteArchive, name: str, level: str, report: Reporter) -> Entry:
+    """One backup from the remote into a local archive: its record, its database and
+    the blobs the archive lacks, each checked (record against the manifest, blobs
+    against their MD5 names, the database against its SHA-256 and SQLite's check),
+    the record written last. Then stash-restore takes it from there."""
+    with archive.locked(), scratch_folder(archive.folder, ".offsite-pull") as scratch:
+        manifest = remote.read_manifest()
+        backup = manifest.find(name)
+        if backup is None:
+            shown = ", ".join(manifest.names()[-5:]) or "none"
+            raise UsageError(f"{remote.display} holds no backup named {name!r} (newest: {shown}): see stash-backup offsite list")
+        store = archive.store
+        if store.record_path(backup.name).exists():
+            return _already_here(archive, backup, report)
+        if archive.find(backup.name) or archive.find(backup.name + ".zip"):
+            raise UsageError(f"{archive.folder} already has a backup named {backup.name}: pull into another --to folder")
+        record_path = scratch / "fetched" / backup.record.file
+        make_folders(record_path.parent)
+        remote.fetch_file(backup.record.file, record_path)
+        if record_path.stat().st_size != backup.record.size or _md5(record_path) != backup.record.md5:
+            raise VerificationError(f"the record of {backup.name} on {remote.display} does not match the manifest: "
+                                    "nothing was pulled; run offsite verify")
+        header = records.read_header(record_path)
+        listing, count, size = _missing_locally(store, record_path, scratch)
+        with open(listing, "a", encoding="utf-8") as out:
+            out.write(backup.snapshot.file + "\n")
+        report.info(f"pulling {backup.name}: {count} blob(s) the archive lacks ({human_size(size)}) and its "
+                    f"database ({human_size(backup.snapshot.size)})")
+        remote.fetch(listing, scratch / "fetched", "download the backup from",
+                     _progress(report.phase(0.0, 0.7), "downloading"))
+        with store.pending(backup.name):
+            _check_pulled_database(scratch, header, record_path, level, report.phase(0.7, 0.85))
+            _adopt_blobs(store, scratch / "fetched", listing)
+            packed = scratch / "fetched" / header.snapshot.file
+            os.chmod(packed, 0o644)
+            commit_snapshot(store, header.name, packed)
+            take_parent_owner(store.snapshot_path(header.name))
+            crash_point("pull-data-stored")
+            _install_record(store, header.name, record_path)
+        entry = archive.find(header.name)
+        report.progress(1.0)
+        report.info(f"Pulled {header.name} into {archive.folder}: {header.blob_count} blob(s), {count} of them "
+                    f"downloaded, database checked ({level}); restore it with: stash-restore {header.name} "
+                    f"--archive {archive.folder}")
+        return entry
+
+
+def _already_here(archive: Archive, backup: RemoteBackup, report: Reporter) -> Entry:
+    header = archive.store.header(backup.name)
+    if header.snapshot.sha256 != backup.database_sha256:
+        raise UsageError(f"{archive.folder} already has another backup named {backup.name}: pull into another --to folder")
+    report.info(f"{backup.name} is already in {archive.folder}: nothing to pull (stash-backup verify checks it)")
+    return archive.find(backup.name)
+
+
+def _missing_locally(store: Store, record_path: Path, scratch: Path) -> tuple[Path, int, int]:
+    """The remote paths of the record's blobs that the local store lacks (or holds with
+    another size), one a line; their count and bytes."""
+    listing = scratch / "pull.txt"
+    count = size = 0
+    present = (RemoteBlob(b.checksum, b.size) for b in store.stored_blobs())
+    with open(listing, "w", encoding="utf-8") as out, records.BlobList(record_path) as wanted:
+        for checksum, blob_size in to_send(wanted, present):
+            out.write(_blob_path(checksum) + "\n")
+            count += 1
+            size += blob_size
+    return listing, count, size
+
+
+def _check_pulled_database(scratch: Path, header: records.Header, record_path: Path, level: str,
+                           report: Reporter) -> None:
+    packed = scratch / "fetched" / header.snapshot.file
+    database = scratch / header.database_member
+    try:
+        with open(packed, "rb") as source, open(database, "wb") as out:
+            digest = decompress(source, out)
+    except FileNotFoundError:
+        raise RemoteError(f"the database of {header.name} did not arrive from the remote: pull again") from None
+    if (digest.size, digest.sha256) != (header.snapshot.size, header.snapshot.sha256):
+        raise VerificationError(f"the database of {header.name} from the remote does not match its record "
+                                "(size or SHA-256): nothing was pulled; run offsite verify --read-data")
+    report.progress(0.5, "checking the database")
+    checked = check_database(database, level)
+    if checked.schema_version != header.schema_version:
+        raise VerificationError(f"the database of {header.name} has schema {checked.schema_version}, its record says "
+                                f"{header.schema_version}: nothing was pulled")
+    if header.includes_blobs:
+        remaining = set(checked.blobs_on_filesystem)
+        with records.BlobList(record_path) as blobs:
+            for checksum, _ in blobs:
+                remaining.discard(checksum)
+        if len(remaining) > header.missing_blobs:
+            raise VerificationError(f"the database of {header.name} refers to {len(remaining)} blob(s) its record does "
+                                    "not list: nothing was pulled")
+    discard(database)
+
+
+def _adopt_blobs(store: Store, fetched: Path, listing: Path) -> None:
+    """Move the downloaded blobs into the store, each only after its MD5 equals its
+    name; synced before their names count, their folders after."""
+    lines = [line.strip() for line in listing.read_text().splitlines() if line.startswith(BLOBS + "/")]
+    for relative in lines:
+        path = fetched / relative
+        checksum = relative.rsplit("/", 1)[-1]
+        if not path.is_file():
+            raise RemoteError(f"{relative} did not arrive from the remote: nothing was pulled; pull again")
+        if _md5(path) != checksum:
+            raise VerificationError(f"{relative} arrived damaged from the remote (MD5): nothing was pulled; "
+                                    "run offsite verify --read-data")
+    if lines and hasattr(os, "sync"):
+        os.sync()
+    folders = set()
+    for relative in lines:
+        final = store.blob_path(relative.rsplit("/", 1)[-1])
+        if not final.parent.is_dir():
+            make_folders(final.parent)
+            folders.update((final.parent.parent, final.parent.parent.parent))
+        os.chmod(fetched / relative, 0o644)
+        os.replace(fetched / relative, final)
+        take_parent_owner(final)
+        folders.add(final.parent)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        fsync_dir(folder)
+
+
+def _install_record(store: Store, name: str, source: Path) -> None:
+    make_folders(store.records_folder)
+    with atomic_output(store.record_path(name)) as (handle, temp), open(source, "rb") as original:
+        while chunk := original.read(1024 * 1024):
+            handle.write(chunk)
+        os.chmod(temp, 0o644)
+
+
+# --- list -------------------------------------------------------------------------------------------
+
+def remote_backups(remote: RemoteArchive) -> list[RemoteBackup]:
+    return sorted(remote.read_manifest().backups, key=lambda b: b.created, reverse=True)

@@ -1,0 +1,100 @@
+"""The remote's manifest: which backups the remote holds. It is the remote's commit
+point: a backup counts there only once the manifest lists it, and the manifest lists it
+only after its snapshot, every blob it refers to and its record were uploaded and
+checked (size, and MD5 where rclone compares it). It is replaced whole, from the
+remote's point of view atomically (uploaded under a temp name, then moved).
+
+    {"format": 1, "updated": ..., "backups": [{"name": ..., "record": {...}, "snapshot": {...}, ...}]}
+
+Each backup names its record with the record's size and MD5, so a damaged or replaced
+record is noticed before its blob list is believed. Pure logic: no I/O."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from ..core.errors import VerificationError
+from ..core.record import Header
+
+FORMAT = 1
+NAME = "offsite-manifest.json"
+BLOBS, SNAPSHOTS, RECORDS, PENDING = "blobs", "snapshots", "backups", "pending"
+
+
+@dataclass
+class RemoteFile:
+    file: str  # relative to the remote's folder
+    size: int
+    md5: str = ""
+
+
+@dataclass
+class RemoteBackup:
+    name: str
+    created: str
+    schema_version: int
+    record: RemoteFile
+    snapshot: RemoteFile  # the compressed file as stored (size = stored size)
+    database_size: int
+    database_sha256: str
+    blob_count: int
+    blob_bytes: int
+    missing_blobs: int = 0
+    includes_blobs: bool = True
+    pushed_at: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RemoteBackup":
+        known = set(cls.__dataclass_fields__)
+        values = {k: v for k, v in data.items() if k in known}
+        values["record"], values["snapshot"] = RemoteFile(**data["record"]), RemoteFile(**data["snapshot"])
+        return cls(**values)
+
+
+@dataclass
+class Manifest:
+    backups: list[RemoteBackup] = field(default_factory=list)
+    updated: str = ""
+
+    def find(self, name: str) -> Optional[RemoteBackup]:
+        bare = name[:-4] if name.endswith(".zip") else name
+        return next((b for b in self.backups if b.name == bare), None)
+
+    def names(self) -> list[str]:
+        return [b.name for b in self.backups]
+
+    def with_backups(self, added: list[RemoteBackup], updated: str) -> "Manifest":
+        names = {b.name for b in added}
+        return Manifest([b for b in self.backups if b.name not in names] + added, updated)
+
+    def without(self, names: set[str], updated: str) -> "Manifest":
+        return Manifest([b for b in self.backups if b.name not in names], updated)
+
+
+def encode(manifest: Manifest) -> bytes:
+    ordered = sorted(manifest.backups, key=lambda b: (b.created, b.name))
+    payload = {"format": FORMAT, "updated": manifest.updated, "backups": [asdict(b) for b in ordered]}
+    return (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
+def decode(data: bytes, where: str) -> Manifest:
+    try:
+        payload = json.loads(data.decode("utf-8"))
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise ValueError(f"unknown format {payload.get('format') if isinstance(payload, dict) else payload!r}")
+        return Manifest([RemoteBackup.from_dict(item) for item in payload.get("backups", [])],
+                        str(payload.get("updated", "")))
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as error:
+        raise VerificationError(f"{where} is damaged ({error}): nothing was changed; run offsite verify, "
+                                "or push to a new remote folder") from None
+
+
+def backup_from_header(header: Header, record_size: int, record_md5: str, pushed_at: str) -> RemoteBackup:
+    return RemoteBackup(
+        name=header.name, created=header.created, schema_version=header.schema_version,
+        record=RemoteFile(f"{RECORDS}/{header.name}.record", record_size, record_md5),
+        snapshot=RemoteFile(header.snapshot.file, header.snapshot.stored_size),
+        database_size=header.snapshot.size, database_sha256=header.snapshot.sha256,
+        blob_count=header.blob_count, blob_bytes=header.blob_bytes, missing_blobs=header.missing_blobs,
+        includes_blobs=header.includes_blobs, pushed_at=pushed_at)

@@ -1,0 +1,137 @@
+"""The restore drill's pure parts and its refusals, without a server: when an
+automatic drill is due, what a difference says, what a backup records for it, that
+it imports without PyYAML, and that a busy archive, a missing binary or too little
+space refuse with one line and change nothing. End to end: test_e2e_drill.py."""
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from stash_backup_plugin.core.archive import Archive, Entry
+from stash_backup_plugin.core.errors import RestoreRefused, UsageError
+from stash_backup_plugin.core.reporting import Reporter
+from stash_backup_plugin.core.sqlite_check import QUICK, image_samples, library_counts
+from stash_backup_plugin.core.stored import import_backup_file
+from stash_backup_plugin.drill import (check_drill_every, compare_counts, drill, drill_due, needed_space,
+                                       stop_abandoned_stashes)
+from stash_backup_plugin import drill as drill_module
+
+from .conftest import REPO, run_cli
+from .stashlike import make_database
+
+NOW = datetime(2026, 1, 10, tzinfo=timezone.utc)
+
+
+def entry(name: str, drilled_at: str = "") -> Entry:
+    return Entry(name, 1, "", 75, "2026-01-01T00:00:00", "stored",
+                 drill={"at": drilled_at, "ok": True} if drilled_at else {})
+
+
+def test_drill_every_n_backups_counts_the_backups_since_the_last_drill():
+    newest_first = [entry("c"), entry("b"), entry("a", "2026-01-01T00:00:00+00:00")]
+    assert drill_due(newest_first, "2") and not drill_due(newest_first, "3")
+    assert drill_due([entry("a")], "1")  # never drilled: due
+    assert not drill_due(newest_first, "") and not drill_due(newest_first, "0")
+
+
+def test_drill_every_duration_looks_at_the_last_drill():
+    recent = [entry("b"), entry("a", (NOW - timedelta(days=2)).isoformat())]
+    assert not drill_due(recent, "7d", NOW) and drill_due(recent, "1d", NOW)
+    assert drill_due([entry("a")], "7d", NOW)
+
+
+def test_a_bad_drill_every_is_refused():
+    assert check_drill_every(" 5 ") == "5" and check_drill_every("7d") == "7d"
+    with pytest.raises(UsageError):
+        check_drill_every("weekly")
+
+
+def test_differences_name_the_kind_and_both_counts():
+    assert compare_counts({"tags": 2, "studios": 1}, {"tags": 2, "studios": 0}) == [
+        "studios: the backup recorded 1, Stash reports 0"]
+
+
+def test_counts_and_samples_read_from_a_database_without_changing_it(tmp_path):
+    database = tmp_path / "stash-go.sqlite"
+    images = make_database(database, performers=4, wal=False)
+    before = database.read_bytes()
+    assert library_counts(database) == {"performers": 4}
+    samples = image_samples(database, per_kind=3)
+    assert [s[0] for s in samples] == ["performer"] * 3 and {s[2] for s in samples} <= set(images)
+    assert database.read_bytes() == before
+
+
+def test_a_stored_backup_records_the_librarys_counts(tmp_path):
+    [record] = Archive(archived(tmp_path)).store.headers()
+    assert record.counts == {"performers": 2}
+
+
+def test_the_drill_and_the_restore_engine_import_without_pyyaml():
+    """The plugin runs the drill on a Python with only `requests`."""
+    code = ("import sys; sys.modules['yaml'] = None; import stash_backup_plugin.drill, "
+            "stash_backup_plugin.plugin.run; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60, stdin=subprocess.DEVNULL)
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+def fake_binary(tmp_path):
+    binary = tmp_path / "stash"
+    binary.write_text("#!/bin/sh\nexit 1\n")
+    binary.chmod(0o755)
+    return binary
+
+
+def archived(tmp_path):
+    """An archive holding one stored backup of a small Stash-shaped database."""
+    folder = tmp_path / "archive"
+    database = tmp_path / "stash-go.sqlite.75.20260101_000000"
+    make_database(database, performers=2, wal=False)
+    with Archive(folder).locked() as archive:
+        import_backup_file(archive.store, database, database.name, QUICK, Reporter(), source="test")
+    return folder
+
+
+def listing(folder):
+    """The archive's files, but the status file (which records the refused attempt, as for every job)."""
+    return sorted(p.name for p in folder.rglob("*") if "status" not in p.name)
+
+
+def test_refusals_are_one_line_and_change_nothing(tmp_path, monkeypatch):
+    folder = archived(tmp_path)
+    before = listing(folder)
+    result = run_cli("drill", "--dest", str(folder), "--stash-binary", str(tmp_path / "nope"))
+    assert result.returncode != 0 and "no Stash binary at" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("drill", "no-such-backup", "--dest", str(folder), "--stash-binary", str(fake_binary(tmp_path)))
+    assert result.returncode != 0 and "no backup named no-such-backup" in result.stderr
+    monkeypatch.setattr(drill_module, "needed_space", lambda database, blobs: 1 << 60)
+    with pytest.raises(RestoreRefused, match="not enough space for a restore drill"):
+        drill(Archive(folder), None, fake_binary(tmp_path), Reporter())
+    assert listing(folder) == before
+    assert needed_space(100, 50) > 250
+
+
+def test_a_drill_waits_for_no_other_job(tmp_path):
+    folder = archived(tmp_path)
+    with Archive(folder).locked():
+        with pytest.raises(UsageError, match="another stash-backup run is using"):
+            drill(Archive(folder), None, fake_binary(tmp_path), Reporter())
+
+
+def test_a_stash_that_does_not_start_fails_the_drill_and_leaves_nothing(tmp_path):
+    folder = archived(tmp_path)
+    result = drill(Archive(folder), None, fake_binary(tmp_path), Reporter(), timeout=30)
+    assert not result.ok and "exited with 1" in result.error
+    assert not [p for p in folder.iterdir() if p.name.startswith(".drill")]
+    [listed] = Archive(folder).entries()
+    assert listed.drill["ok"] is False and "exited with 1" in listed.drill["error"]
+
+
+def test_a_leftover_scratch_folder_of_a_live_drill_is_left_alone(tmp_path):
+    folder = tmp_path / "archive"
+    live = folder / f".drill.stash-backup-tmp-{os.getpid()}.x-abc"
+    live.mkdir(parents=True)
+    (live / "stash.pid").write_text(f"{os.getpid()}\n")
+    assert stop_abandoned_stashes(folder) == []
