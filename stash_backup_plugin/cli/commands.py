@@ -122,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     notify_option(status)
 
-    schedule = commands.add_parser("schedule", help="run download (and prune) on a schedule: systemd timer or crontab")
+    schedule = commands.add_parser("schedule", help="run download (then offsite push, prune) on a schedule: "
+                                                    "systemd timer or crontab")
     schedule.add_argument("action", choices=("install", "show", "remove"))
     schedule.add_argument("--every", metavar="DURATION", default="1d", help="how often, e.g. 6h, 1d, 1w (default %(default)s)")
     schedule.add_argument("--at", default="03:30", metavar="HH:MM", help="time of day for daily and longer periods")
@@ -137,6 +138,10 @@ def _parser() -> argparse.ArgumentParser:
     for rule in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
         schedule.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N", help=f"prune after each backup: keep {rule}")
     schedule.add_argument("--keep-within", metavar="DURATION", help="prune after each backup: keep within")
+    schedule.add_argument("--offsite", action="store_true",
+                          help="after each backup, copy the archive off-site (offsite push to --remote); a failed "
+                               "copy fails the run")
+    _remote_options(schedule)
 
     export = commands.add_parser("export", help="write one backup as a self-contained zip (Stash v0.31's layout)")
     archive_option(export)
@@ -149,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--apply", action="store_true", help="do it (without it: only show the plan)")
     migrate.add_argument("--json", action="store_true")
 
-    _offsite_parser(commands, archive_option, check_option)
+    _offsite_parser(commands, archive_option, check_option, notify_option)
 
     install = commands.add_parser("install-plugin", help="install the plugin into Stash's plugins folder")
     install.add_argument("--plugins-dir", type=Path, required=True, help="Stash's plugins folder")
@@ -167,16 +172,20 @@ def _keep_options(command, what: str) -> None:
     command.add_argument("--keep-within", metavar="DURATION", help=f"{what}: keep all newer than the newest minus DURATION")
 
 
-def _offsite_parser(commands, archive_option, check_option) -> None:
+def _remote_options(command) -> None:
+    command.add_argument("--remote", default=os.environ.get("STASH_BACKUP_REMOTE"), metavar="REMOTE:PATH",
+                         help="the rclone remote and folder (env STASH_BACKUP_REMOTE), e.g. s3:bucket/stash")
+    command.add_argument("--rclone-config", type=Path, metavar="FILE",
+                         help="rclone's config file (default: rclone's own, or env RCLONE_CONFIG)")
+
+
+def _offsite_parser(commands, archive_option, check_option, notify_option) -> None:
     offsite = commands.add_parser("offsite", help="copies of the archive on a remote (S3, SFTP, any rclone remote)")
     actions = offsite.add_subparsers(dest="offsite_command", required=True, metavar="ACTION")
 
     def action(name: str, **kwargs):
         command = actions.add_parser(name, **kwargs)
-        command.add_argument("--remote", default=os.environ.get("STASH_BACKUP_REMOTE"), metavar="REMOTE:PATH",
-                             help="the rclone remote and folder (env STASH_BACKUP_REMOTE), e.g. s3:bucket/stash")
-        command.add_argument("--rclone-config", type=Path, metavar="FILE",
-                             help="rclone's config file (default: rclone's own, or env RCLONE_CONFIG)")
+        _remote_options(command)
         command.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
         return command
 
@@ -184,6 +193,7 @@ def _offsite_parser(commands, archive_option, check_option) -> None:
     archive_option(push)
     _keep_options(push, "then on the remote")
     push.add_argument("--json", action="store_true")
+    notify_option(push)
     verify = action("verify", help="check every backup the remote lists (sizes, hashes where the backend has them)")
     archive_option(verify)
     reading = verify.add_mutually_exclusive_group()
@@ -390,7 +400,12 @@ def cmd_offsite(args, report) -> int:
     remote = RemoteArchive(rclone, args.remote)
     action = args.offsite_command
     if action == "push":
-        result = offsite.push(_archive(args), remote, report, _policy(args))
+        from .. import jobs
+        archive = _archive(args)
+        # Recorded and notified like a backup: a nightly copy that fails must be seen.
+        with jobs.recording(_status_file(archive), "offsite", report, _notifier(args, report)) as run:
+            result = offsite.push(archive, remote, report, _policy(args))
+            run.done(result.line(remote.display))
         if args.json:
             _print_json({"pushed": result.pushed, "skipped": [{"file": f, "reason": r} for f, r in result.skipped],
                          "blobs_sent": result.blobs_sent, "bytes_sent": result.bytes_sent})
@@ -505,8 +520,24 @@ def _schedule_plan(args, via, unit_dir, env_file):
     env = {"STASH_URL": args.url, "STASH_API_KEY": args.api_key or "",
            "STASH_BACKUP_ARCHIVE": str(Path(args.dest).expanduser().resolve()),
            "STASH_BACKUP_NOTIFY": " ".join(args.notify)}
-    return schedule.Plan(via, schedule.calendar_for(every, hour, minute), schedule.job_commands(keep),
-                         env_file, env, unit_dir, every)
+    if args.offsite:
+        env.update(_offsite_env(args))
+    return schedule.Plan(via, schedule.calendar_for(every, hour, minute),
+                         schedule.job_commands(keep, offsite=args.offsite), env_file, env, unit_dir, every)
+
+
+def _offsite_env(args) -> dict:
+    """What the scheduled `offsite push` needs, pinned now: cron's PATH and a system
+    unit's missing HOME would otherwise hide the rclone and the config found here."""
+    from ..core.errors import UsageError
+    from ..offsite.rclone import BINARY_ENV, find_binary
+    if not args.remote:
+        raise UsageError("--offsite needs --remote REMOTE:PATH (or env STASH_BACKUP_REMOTE), e.g. s3:bucket/stash")
+    config = args.rclone_config or (Path(os.environ["RCLONE_CONFIG"]) if os.environ.get("RCLONE_CONFIG") else None)
+    if config and not config.expanduser().is_file():
+        raise UsageError(f"--rclone-config {config}: no such file")
+    return {"STASH_BACKUP_REMOTE": args.remote, BINARY_ENV: find_binary(),
+            "RCLONE_CONFIG": str(config.expanduser().resolve()) if config else ""}
 
 
 def cmd_install_plugin(args, report) -> int:

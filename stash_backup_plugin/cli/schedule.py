@@ -1,8 +1,12 @@
-"""`stash-backup schedule install|show|remove`: run `stash-backup download` (and
-`prune`) on a schedule with a systemd timer (user or system) or, where there is no
-systemd, a crontab line. The settings (URL, API key, archive, notification URLs) go
-into an environment file only its owner can read, never into the unit or the
-crontab, which other tools print."""
+"""`stash-backup schedule install|show|remove`: run `stash-backup download` (then
+`offsite push` and `prune`) on a schedule with a systemd timer (user or system) or,
+where there is no systemd, a crontab line. The settings (URL, API key, archive,
+notification URLs, the off-site remote and where rclone and its config are) go into
+an environment file only its owner can read, never into the unit or the crontab,
+which other tools print. The remote's credentials stay in rclone's own config.
+
+Each step runs only when the one before succeeded (ExecStart= lines of a oneshot
+service, `&&` in cron), and any failure is the run's exit code."""
 from __future__ import annotations
 
 import os
@@ -146,11 +150,14 @@ def cron_block_of(crontab: str) -> str:
     return "\n".join(lines)
 
 
-def job_commands(keep_args: Sequence[str], quiet: bool = True) -> list[list[str]]:
+def job_commands(keep_args: Sequence[str], quiet: bool = True, offsite: bool = False) -> list[list[str]]:
     """What the schedule runs: this interpreter's stash-backup, so that the packages it
-    was installed with are the ones found."""
+    was installed with are the ones found. The off-site copy comes before the local
+    prune: a push that fails leaves the local backups it has not copied yet."""
     base = [sys.executable, "-m", "stash_backup_plugin"]
     commands = [base + ["download"] + (["--quiet"] if quiet else [])]
+    if offsite:
+        commands.append(base + ["offsite", "push"] + (["--quiet"] if quiet else []))
     if keep_args:
         commands.append(base + ["prune"] + (["--quiet"] if quiet else []) + list(keep_args))
     return commands

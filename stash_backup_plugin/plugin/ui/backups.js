@@ -34,6 +34,7 @@
   const TITLES = {
     download: "Back up now",
     verify: "Verify",
+    drill: "Restore drill",
     retention: "Apply retention",
     offsite: "Copy off-site",
   };
