@@ -36,6 +36,7 @@ class Night:
     ours: Sample
     reference: Sample
     compressing_reference: Sample
+    uncompressed: Sample  # ours with --no-compress
     compress_seconds: float
     database_bytes: int
 
@@ -120,6 +121,7 @@ def bench_nights(database_bytes: int, blob_count: int, nights: int, work: Path) 
     lib = library.working_copy(pristine, stash_root)
     server = StashServer(build(NEW_VERSION), stash_root, NEW_VERSION)
     ours_archive, reference, gz_reference = work / "ours-archive", work / "reference", work / "reference-gz"
+    plain_archive = work / "ours-uncompressed"
     for folder in (reference, gz_reference):
         (folder / "db").mkdir(parents=True)
         (folder / "blobs").mkdir()
@@ -134,22 +136,26 @@ def bench_nights(database_bytes: int, blob_count: int, nights: int, work: Path) 
             server.start()
             database_size = lib.database.stat().st_size
             ours_cmd = _ours("download", "--url", server.url, "--dest", str(ours_archive), "-q")
+            plain_cmd = _ours("download", "--url", server.url, "--dest", str(plain_archive), "-q", "--no-compress")
             order = [("ours", ours_cmd), ("reference", _reference_command(server.url, lib.blobs, reference)),
+                     ("plain", plain_cmd),
                      ("gzip", _reference_command(server.url, lib.blobs, gz_reference, compress=True))]
             samples = {}
             for which, command in (order if number % 2 else order[::-1]):
                 samples[which] = run_measured(command, env=_env())
             server.stop()
             reference_databases += _take_databases(reference / "db") + _take_databases(gz_reference / "db", 0)
+            _take_databases(plain_archive / "snapshots", 0)  # timed only: its uncompressed nights need no disk
             sizes = _blob_sizes(lib.blobs)
             seen_blobs.update(sizes)
             zips += database_size + sum(sizes.values()) + ZIP_ENTRY_OVERHEAD * (len(sizes) + 1)
-            night = Night(number, samples["ours"], samples["reference"], samples["gzip"],
+            night = Night(number, samples["ours"], samples["reference"], samples["gzip"], samples["plain"],
                           _compress_seconds(lib.database), database_size)
             result.nights.append(night)
             print(f"  night {number:>2}: ours {night.ours.seconds:6.2f}s (peak RSS {night.ours.max_rss / MiB:5.1f} MiB)"
                   f"  curl+rsync {night.reference.seconds:6.2f}s  ratio {night.ours.seconds / night.reference.seconds:4.2f}x"
                   f"  curl|gzip -1+rsync {night.compressing_reference.seconds:6.2f}s"
+                  f"  ours --no-compress {night.uncompressed.seconds:6.2f}s"
                   f"  compression alone {night.compress_seconds:5.2f}s", flush=True)
         result.archive_bytes, result.archive_disk_bytes = _bytes(ours_archive)
         snapshots = sum(p.stat().st_size for p in (ours_archive / "snapshots").iterdir())
@@ -202,6 +208,7 @@ def report(result: ArchiveResult, database_bytes: int, blob_count: int) -> list[
     ours = statistics.median(n.ours.seconds for n in result.nights[1:] or result.nights)
     ref = statistics.median(n.reference.seconds for n in result.nights[1:] or result.nights)
     gz_ref = statistics.median(n.compressing_reference.seconds for n in result.nights[1:] or result.nights)
+    plain = statistics.median(n.uncompressed.seconds for n in result.nights[1:] or result.nights)
     compress = statistics.median(n.compress_seconds for n in result.nights)
     peak = max(n.ours.max_rss for n in result.nights) / MiB
     nights = len(result.nights)
@@ -214,6 +221,8 @@ def report(result: ArchiveResult, database_bytes: int, blob_count: int) -> list[
         f"[goal <= 1.2x: {'met' if ours / ref <= 1.2 else 'MISSED'}]; peak RSS {peak:.1f} MiB",
         f"  compression alone (gzip -1, threads): {compress:.2f}s a night, overlapped with the blob copy",
         f"  against a script that compresses too (curl | gzip -1, rsync): {gz_ref:.2f}s: {ours / gz_ref:.2f}x",
+        f"  ours with --no-compress: {plain:.2f}s: {plain / ref:.2f}x curl+rsync [goal <= 1.2x: "
+        f"{'met' if plain / ref <= 1.2 else 'MISSED'}]",
         f"  archive after {nights} nights: {result.archive_bytes / MiB:.0f} MiB ({result.archive_disk_bytes / MiB:.0f} MiB "
         f"on disk) vs blobs once + {nights} snapshots {result.ideal_bytes / MiB:.0f} MiB: {ratio:.3f}x "
         f"[goal <= 1.05x: {'met' if ratio <= 1.05 else 'MISSED'}]",

@@ -289,3 +289,28 @@ def test_an_old_format_archive_keeps_working_then_is_migrated_and_restored(stash
     assert restore_and_read(server, dest, rows[1]["file"]) == expected_old
     assert run_cli("migrate", "--dest", str(dest)).returncode == 0  # nothing left to do
     assert rows[0]["file"] == new
+
+
+def test_an_uncompressed_snapshot_is_stored_verified_and_restored_like_a_compressed_one(stash_server_factory,
+                                                                                       tmp_path):
+    """`--no-compress` (faster nights on a slow CPU): the snapshot is still a gzip
+    file, in stored blocks, so verify and stash-restore read it as they read the rest."""
+    server = stash_server_factory(NEW_VERSION, install_plugin=False)
+    seed_content(server)
+    dest = tmp_path / "archive"
+    plain = download(server, dest, "--no-compress")["file"]
+    expected = state_of(server)
+    packed = download(server, dest)["file"]
+    sizes = {}
+    for name in (plain, packed):
+        (snapshot,) = (dest / "snapshots").glob(f"{name}*")
+        with gzip.open(snapshot) as data:
+            database = data.read()
+        assert database[:16] == b"SQLite format 3\x00"
+        sizes[name] = (snapshot.stat().st_size, len(database))
+    stored, database = sizes[plain]
+    assert database < stored < database * 1.01  # stored blocks: a few bytes a block over the database
+    assert sizes[packed][0] < database / 2  # the default compresses (gzip -1)
+    verified = cli(server, dest, "verify", "--read-data")
+    assert verified.returncode == 0, verified.stderr
+    assert restore_and_read(server, dest, plain) == expected

@@ -46,14 +46,16 @@ def test_reporter_redacts_secrets():
 def test_settings_defaults_when_the_user_set_nothing(tmp_path):
     settings = plugin.settings_from({}, tmp_path)
     assert settings.archive_folder == tmp_path / "stash-backup-archive"
-    assert settings.include_blobs is True and settings.check_level == QUICK
+    assert settings.include_blobs is True and settings.check_level == QUICK and settings.compress is True
     assert settings.policy.is_empty() and settings.retention_dry_run is False
 
 
 def test_settings_as_stash_stores_them(tmp_path):
     values = {"archiveFolder": str(tmp_path / "a"), "includeBlobs": False, "fullIntegrityCheck": True,
-              "keepDaily": 7, "keepWeekly": 4.0, "keepLast": "2", "keepWithin": "3d", "retentionDryRun": "true"}
+              "keepDaily": 7, "keepWeekly": 4.0, "keepLast": "2", "keepWithin": "3d", "retentionDryRun": "true",
+              "storeUncompressed": True}
     settings = plugin.settings_from(values, tmp_path)
+    assert settings.compress is False
     assert settings.archive_folder == tmp_path / "a" and not settings.include_blobs and settings.check_level == FULL
     assert settings.policy == Policy(last=2, daily=7, weekly=4, within=Duration(days=3))
     assert settings.retention_dry_run

@@ -22,6 +22,7 @@ from .errors import VerificationError
 
 CODEC = "gzip"
 LEVEL = 1
+STORED = 0  # --no-compress: gzip's stored blocks, so every reader stays the same; CRC-32 only
 CHUNK = 1024 * 1024  # bytes of database per gzip member
 READ_CHUNK = 256 * 1024  # compressed bytes read at a time: what they expand to stays small
 THREADS = max(1, min(4, os.cpu_count() or 1))

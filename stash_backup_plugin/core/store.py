@@ -334,8 +334,9 @@ class SnapshotTee:
     QUEUE_CHUNKS = 4  # chunks waiting for the compressor: memory stays a few MiB
     _RESET, _STOP = object(), object()
 
-    def __init__(self, store: Store, name: str):
+    def __init__(self, store: Store, name: str, level: int = snapshots.LEVEL):
         make_folders(store.incoming)
+        self.level = level
         self.temp = store.incoming / f"{name}{SNAPSHOT_SUFFIX}{TEMP_MARKER}{os.getpid()}"
         self._handle = open(self.temp, "w+b")
         self._queue: queue.Queue = queue.Queue(self.QUEUE_CHUNKS)
@@ -391,7 +392,7 @@ class SnapshotTee:
 
     # --- the compressor's thread ---------------------------------------------------------
     def _run(self) -> None:
-        compressor = snapshots.StreamCompressor(self._handle)
+        compressor = snapshots.StreamCompressor(self._handle, self.level)
         try:
             while True:
                 item = self._queue.get()
@@ -401,7 +402,7 @@ class SnapshotTee:
                     compressor.close()
                     self._handle.seek(0)
                     self._handle.truncate()
-                    compressor = snapshots.StreamCompressor(self._handle)
+                    compressor = snapshots.StreamCompressor(self._handle, self.level)
                 elif isinstance(item, tuple):
                     self._result = self._complete(compressor, *item)
                     return

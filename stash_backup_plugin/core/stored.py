@@ -21,6 +21,7 @@ from .naming import TEMP_MARKER as _TEMP, blob_member_name, blob_relative_path, 
 from .reporting import Reporter
 from .sqlite_check import (NONE, QUICK, check_database, count_filesystem_blob_references, library_counts,
                            filesystem_blob_references)
+from .snapshot import LEVEL
 from .store import SNAPSHOTS, Store, commit_snapshot, crash_point, write_snapshot
 from .store_plan import GcPlan, plan_gc, plan_snapshots
 
@@ -104,6 +105,7 @@ class NewBackup:
     added_at: str = ""
     referenced_count: int = 0  # for progress only
     counts: dict = field(default_factory=dict)  # sqlite_check.library_counts
+    compression_level: int = LEVEL  # gzip level of the stored snapshot (STORED: no compression)
 
 
 def checked_backup(name: str, database: Path, sha256: str, level: str, includes_blobs: bool, **details) -> NewBackup:
@@ -144,8 +146,9 @@ class _Compressor(threading.Thread):
     each gzip member's CRC; `verify` reads the file back from the disk later (a read
     right after writing would come from memory and prove little)."""
 
-    def __init__(self, store: Store, name: str, database: Path, compressed=None):
+    def __init__(self, store: Store, name: str, database: Path, compressed=None, level: int = LEVEL):
         super().__init__(name="snapshot", daemon=True)
+        self.level = level
         self.store, self.backup_name, self.database, self.compressed = store, name, database, compressed
         self.temp, self.digest = None, None
         self.error: Optional[BaseException] = None
@@ -155,7 +158,7 @@ class _Compressor(threading.Thread):
             if self.compressed:
                 self.temp, self.digest = self.compressed.result()
             else:
-                self.temp, self.digest = write_snapshot(self.store, self.backup_name, self.database)
+                self.temp, self.digest = write_snapshot(self.store, self.backup_name, self.database, self.level)
             if self.temp.stat().st_size != self.digest.written:
                 raise VerificationError(f"the compressed database {self.temp} is not the size it was written at")
         except BaseException as error:  # handed to the caller's thread
@@ -177,7 +180,7 @@ def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Repor
     (`result()`: temp file, digest) when the download is compressing the database."""
     with store.pending(new.name):
         make_folders(store.incoming)
-        compressor = _Compressor(store, new.name, new.database, compressed)
+        compressor = _Compressor(store, new.name, new.database, compressed, new.compression_level)
         compressor.start()
         # quick_check (or integrity_check) reads the database while the blobs are copied
         check = _InThread(lambda: check_database(new.database, new.verified_level, blob_references=False))

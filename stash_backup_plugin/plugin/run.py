@@ -41,6 +41,7 @@ class Settings:
     archive_folder: Path
     include_blobs: bool = True
     check_level: str = QUICK
+    compress: bool = True
     policy: Policy = Policy()
     retention_dry_run: bool = False
     verify_read_data_parts: int = 0  # 0: sizes only; 1: every image's bytes; M: a rotating 1/M of them a day
@@ -90,6 +91,7 @@ def settings_from(values: dict, config_dir: Path) -> Settings:
         archive_folder=Path(folder).expanduser() if folder else config_dir / DEFAULT_FOLDER_NAME,
         include_blobs=_as_bool(values.get("includeBlobs"), True),
         check_level=FULL if _as_bool(values.get("fullIntegrityCheck"), False) else QUICK,
+        compress=not _as_bool(values.get("storeUncompressed"), False),
         policy=policy,
         retention_dry_run=_as_bool(values.get("retentionDryRun"), False),
         verify_read_data_parts=max(_as_count("verifyReadDataParts", values.get("verifyReadDataParts")), 0),
@@ -234,6 +236,7 @@ def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: Plug
     if mode == "download":
         # An automatic run queued twice (two pages, a slow queue) skips the second time.
         options = jobs.DownloadOptions(include_blobs=settings.include_blobs, check_level=settings.check_level,
+                                       compress=settings.compress,
                                        if_older_than=settings.interval if auto else None)
         outcome = jobs.download_to_archive(client, archive, options, reporter)
         done = f"Archived {outcome.entry.file} in {archive.folder}" if outcome.entry else outcome.skipped_reason
