@@ -233,7 +233,10 @@ class _Filler:
     def gallery(self, size: int) -> None:
         studio = self.rng.choice(self.studios)
         name = self.words(2, 5).title()
-        folder = self._folder(f"/data/media/photos/studio-{studio}/{name}")
+        path = f"/data/media/photos/studio-{studio}/{name}"
+        folder = self._folder(path)
+        if self.db.execute("SELECT 1 FROM galleries WHERE folder_id = ?", (folder,)).fetchone():
+            folder = self._folder(f"{path} ({self.images})")  # a gallery per folder: the name came up twice
         gallery = self.db.execute("INSERT INTO galleries (folder_id, title, studio_id, created_at, updated_at) "
                                   "VALUES (?, ?, ?, ?, ?)", (folder, name, studio, NOW, NOW)).lastrowid
         for index in range(size):
