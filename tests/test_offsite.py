@@ -4,6 +4,7 @@ damaged there, pull brings one backup back verified, retention and collection on
 remote keep exactly what the kept backups need."""
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 
@@ -20,7 +21,7 @@ from stash_backup_plugin.offsite.remote import RemoteArchive
 from .conftest import run_cli
 from .offsite_fixtures import (bucket, local_archive, rclone_s3, seaweed, sshd,  # noqa: F401
                                write_config)
-from .offsite_servers import ACCESS_KEY, SECRET_KEY, make_bucket
+from .offsite_servers import ACCESS_KEY, SECRET_KEY, CountingProxy, make_bucket
 
 
 class Lines(Reporter):
@@ -156,3 +157,27 @@ def test_cli_push_list_verify_pull(bucket, tmp_path, local_archive):
     pull = run_cli("offsite", "pull", backup, "--to", str(tmp_path / "new-archive"), env=env)
     assert pull.returncode == 0, pull.stderr
     assert f"stash-restore {backup}" in pull.stderr
+
+
+def test_a_listing_costs_a_few_requests_however_many_blobs_the_remote_holds(seaweed, bucket, tmp_path):
+    """One page request per thousand objects, no request per blob (on S3 a modification
+    time is a HEAD each): what the server receives for a nightly push stays the new data."""
+    config, name = bucket
+    folder = tmp_path / "many"
+    for index in range(300):
+        data = f"blob {index}".encode()
+        checksum = hashlib.md5(data).hexdigest()
+        path = folder / "blobs" / checksum[:2] / checksum[2:4] / checksum
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    Rclone(config).check(Rclone(config).run(["copy", str(folder), f"sw:{name}/stash"]), "seed", "x")
+    proxy = CountingProxy(seaweed.ports["s3"])
+    try:
+        counted = tmp_path / "counted.conf"
+        counted.write_text(seaweed.config("sw").replace(f":{seaweed.ports['s3']}", f":{proxy.port}"))
+        remote = RemoteArchive(Rclone(counted), f"sw:{name}/stash")
+        with remote.listing(tmp_path, hashes=True) as there:
+            assert sum(1 for blob in there.blobs if blob.md5 == blob.checksum) == 300
+    finally:
+        proxy.close()
+    assert proxy.received < 10_000, proxy.received  # a HEAD per blob would be ~200 kB
