@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import signal
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +26,10 @@ from .conftest import run_cli
 from .offsite_fixtures import (bucket, local_archive, rclone_s3, seaweed, sshd,  # noqa: F401
                                write_config)
 from .offsite_servers import ACCESS_KEY, SECRET_KEY, CountingProxy, make_bucket
+
+
+# Every test here starts a real server (SeaweedFS, sshd or rclone's): -m "not e2e" leaves them out.
+pytestmark = pytest.mark.e2e
 
 
 class Lines(Reporter):
@@ -181,3 +189,50 @@ def test_a_listing_costs_a_few_requests_however_many_blobs_the_remote_holds(seaw
     finally:
         proxy.close()
     assert proxy.received < 10_000, proxy.received  # a HEAD per blob would be ~200 kB
+
+
+def _rclone_logging_its_runs(tmp_path):
+    """An rclone that notes each start (its pid and arguments), then becomes rclone."""
+    log = tmp_path / "rclone-runs.txt"
+    wrapper = tmp_path / "rclone-logged"
+    wrapper.write_text(f'#!/bin/sh\necho "$$ $*" >> {log}\nexec {shutil.which("rclone")} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper, log
+
+
+def _gone(pid: int, seconds: float = 5) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] in ("Z", "X"):
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_nightly_push_starts_three_rclone_processes_and_leaves_none(bucket, tmp_path, local_archive):
+    """The small steps (manifest, marker, records, the manifest's temp, move and read-back)
+    go to one rclone daemon; only it, the listing and the copy are processes. The daemon
+    ends with the push, even one killed with -9."""
+    config, name = bucket
+    spec = f"sw:{name}/stash"
+    wrapper, log = _rclone_logging_its_runs(tmp_path)
+    env = {"RCLONE_CONFIG": str(config), "STASH_BACKUP_REMOTE": spec, "STASH_BACKUP_RCLONE": str(wrapper)}
+    local_archive.backup()
+    assert run_cli("offsite", "push", "--dest", str(local_archive.folder), env=env).returncode == 0
+    local_archive.backup(new_images=3)
+    log.unlink()
+    nightly = run_cli("offsite", "push", "--dest", str(local_archive.folder), env=env)
+    assert nightly.returncode == 0 and "3 new blob(s)" in nightly.stderr, nightly.stderr
+    runs = log.read_text().splitlines()
+    assert len(runs) == 3 and " rcd " in runs[0], runs
+    assert _gone(int(runs[0].split()[0]))
+    local_archive.backup(new_images=1)
+    log.unlink()
+    killed = run_cli("offsite", "push", "--dest", str(local_archive.folder),
+                     env={**env, "STASH_BACKUP_CRASH_AT": "offsite-data-sent"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    daemon = int(next(line for line in log.read_text().splitlines() if " rcd " in line).split()[0])
+    assert _gone(daemon)  # the kernel ended it with us
