@@ -236,3 +236,20 @@ def test_a_nightly_push_starts_three_rclone_processes_and_leaves_none(bucket, tm
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     daemon = int(next(line for line in log.read_text().splitlines() if " rcd " in line).split()[0])
     assert _gone(daemon)  # the kernel ended it with us
+
+
+def test_without_the_daemon_each_step_runs_as_its_own_process(bucket, tmp_path, local_archive):
+    """Where no daemon can run (not Linux, an rclone too old to serve a socket) a push
+    works the same, one process per step."""
+    config, name = bucket
+    wrapper, log = _rclone_logging_its_runs(tmp_path)
+    env = {"RCLONE_CONFIG": str(config), "STASH_BACKUP_REMOTE": f"sw:{name}/stash", "STASH_BACKUP_RCLONE": str(wrapper),
+           "STASH_BACKUP_RCLONE_RCD": "0"}
+    local_archive.backup()
+    local_archive.backup(new_images=2)
+    push = run_cli("offsite", "push", "--dest", str(local_archive.folder), env=env)
+    assert push.returncode == 0 and "Pushed 2 backup(s)" in push.stderr, push.stderr
+    runs = log.read_text().splitlines()
+    assert len(runs) > 3 and not any(" rcd " in run for run in runs), runs
+    check = run_cli("offsite", "verify", "--dest", str(tmp_path / "v"), env=env)
+    assert check.returncode == 0 and "2 good, 0 bad" in check.stderr, check.stderr
