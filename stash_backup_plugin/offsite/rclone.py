@@ -112,7 +112,8 @@ class Rclone:
             return
         self._secrets_learned = True
         if self._daemon:
-            sections, code, _ = self._daemon.call("config/dump", {})
+            answer, code, _ = self._daemon.call("config/dump", {})
+            sections = answer if code == 0 else {}
         else:
             try:
                 done = subprocess.run(self._base() + ["config", "dump"], capture_output=True, text=True,
