@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -35,50 +33,6 @@ RSS_WRAPPER = ("import os, resource, sys\n"
                "code = main(sys.argv[2:])\n"
                "open(os.environ['BENCH_RSS_FILE'], 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
                "sys.exit(code)\n")
-
-
-class CountingProxy:
-    """127.0.0.1:port -> the server; counts the bytes clients send (what the server receives)."""
-
-    def __init__(self, target_port: int):
-        self.target = target_port
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
-        self.received = 0
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
-        try:
-            while data := source.recv(1 << 16):
-                sink.sendall(data)
-                if upstream:
-                    with self._lock:
-                        self.received += len(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, sink):
-                try:
-                    end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def _archive_from(lib: library.Library, archive: Path, name: str) -> None:
@@ -179,6 +133,7 @@ def _bench_size(server, config: Path, database_bytes: int, blob_count: int, runs
                                                  str(archive), f"sw:{night_bucket}/copy"))
     print(nightly.row(), flush=True)
     # What the server receives, counted apart: the proxy (Python) would slow the timed runs.
+    from tests.offsite_servers import CountingProxy
     proxy = CountingProxy(server.ports["s3"])
     counted = work / "counted.conf"
     counted.write_text(server.config("sw").replace(f":{server.ports['s3']}", f":{proxy.port}"))

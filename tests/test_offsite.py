@@ -4,8 +4,13 @@ damaged there, pull brings one backup back verified, retention and collection on
 remote keep exactly what the kept backups need."""
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import signal
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +25,11 @@ from stash_backup_plugin.offsite.remote import RemoteArchive
 from .conftest import run_cli
 from .offsite_fixtures import (bucket, local_archive, rclone_s3, seaweed, sshd,  # noqa: F401
                                write_config)
-from .offsite_servers import ACCESS_KEY, SECRET_KEY, make_bucket
+from .offsite_servers import ACCESS_KEY, SECRET_KEY, CountingProxy, make_bucket
+
+
+# Every test here starts a real server (SeaweedFS, sshd or rclone's): -m "not e2e" leaves them out.
+pytestmark = pytest.mark.e2e
 
 
 class Lines(Reporter):
@@ -156,3 +165,91 @@ def test_cli_push_list_verify_pull(bucket, tmp_path, local_archive):
     pull = run_cli("offsite", "pull", backup, "--to", str(tmp_path / "new-archive"), env=env)
     assert pull.returncode == 0, pull.stderr
     assert f"stash-restore {backup}" in pull.stderr
+
+
+def test_a_listing_costs_a_few_requests_however_many_blobs_the_remote_holds(seaweed, bucket, tmp_path):
+    """One page request per thousand objects, no request per blob (on S3 a modification
+    time is a HEAD each): what the server receives for a nightly push stays the new data."""
+    config, name = bucket
+    folder = tmp_path / "many"
+    for index in range(300):
+        data = f"blob {index}".encode()
+        checksum = hashlib.md5(data).hexdigest()
+        path = folder / "blobs" / checksum[:2] / checksum[2:4] / checksum
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    Rclone(config).check(Rclone(config).run(["copy", str(folder), f"sw:{name}/stash"]), "seed", "x")
+    proxy = CountingProxy(seaweed.ports["s3"])
+    try:
+        counted = tmp_path / "counted.conf"
+        counted.write_text(seaweed.config("sw").replace(f":{seaweed.ports['s3']}", f":{proxy.port}"))
+        remote = RemoteArchive(Rclone(counted), f"sw:{name}/stash")
+        with remote.listing(tmp_path, hashes=True) as there:
+            assert sum(1 for blob in there.blobs if blob.md5 == blob.checksum) == 300
+    finally:
+        proxy.close()
+    assert proxy.received < 10_000, proxy.received  # a HEAD per blob would be ~200 kB
+
+
+def _rclone_logging_its_runs(tmp_path):
+    """An rclone that notes each start (its pid and arguments), then becomes rclone."""
+    log = tmp_path / "rclone-runs.txt"
+    wrapper = tmp_path / "rclone-logged"
+    wrapper.write_text(f'#!/bin/sh\necho "$$ $*" >> {log}\nexec {shutil.which("rclone")} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper, log
+
+
+def _gone(pid: int, seconds: float = 5) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] in ("Z", "X"):
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_nightly_push_starts_three_rclone_processes_and_leaves_none(bucket, tmp_path, local_archive):
+    """The small steps (manifest, marker, records, the manifest's temp, move and read-back)
+    go to one rclone daemon; only it, the listing and the copy are processes. The daemon
+    ends with the push, even one killed with -9."""
+    config, name = bucket
+    spec = f"sw:{name}/stash"
+    wrapper, log = _rclone_logging_its_runs(tmp_path)
+    env = {"RCLONE_CONFIG": str(config), "STASH_BACKUP_REMOTE": spec, "STASH_BACKUP_RCLONE": str(wrapper)}
+    local_archive.backup()
+    assert run_cli("offsite", "push", "--dest", str(local_archive.folder), env=env).returncode == 0
+    local_archive.backup(new_images=3)
+    log.unlink()
+    nightly = run_cli("offsite", "push", "--dest", str(local_archive.folder), env=env)
+    assert nightly.returncode == 0 and "3 new blob(s)" in nightly.stderr, nightly.stderr
+    runs = log.read_text().splitlines()
+    assert len(runs) == 3 and " rcd " in runs[0], runs
+    assert _gone(int(runs[0].split()[0]))
+    local_archive.backup(new_images=1)
+    log.unlink()
+    killed = run_cli("offsite", "push", "--dest", str(local_archive.folder),
+                     env={**env, "STASH_BACKUP_CRASH_AT": "offsite-data-sent"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    daemon = int(next(line for line in log.read_text().splitlines() if " rcd " in line).split()[0])
+    assert _gone(daemon)  # the kernel ended it with us
+
+
+def test_without_the_daemon_each_step_runs_as_its_own_process(bucket, tmp_path, local_archive):
+    """Where no daemon can run (not Linux, an rclone too old to serve a socket) a push
+    works the same, one process per step."""
+    config, name = bucket
+    wrapper, log = _rclone_logging_its_runs(tmp_path)
+    env = {"RCLONE_CONFIG": str(config), "STASH_BACKUP_REMOTE": f"sw:{name}/stash", "STASH_BACKUP_RCLONE": str(wrapper),
+           "STASH_BACKUP_RCLONE_RCD": "0"}
+    local_archive.backup()
+    local_archive.backup(new_images=2)
+    push = run_cli("offsite", "push", "--dest", str(local_archive.folder), env=env)
+    assert push.returncode == 0 and "Pushed 2 backup(s)" in push.stderr, push.stderr
+    runs = log.read_text().splitlines()
+    assert len(runs) > 3 and not any(" rcd " in run for run in runs), runs
+    check = run_cli("offsite", "verify", "--dest", str(tmp_path / "v"), env=env)
+    assert check.returncode == 0 and "2 good, 0 bad" in check.stderr, check.stderr

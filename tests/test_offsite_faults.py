@@ -25,6 +25,10 @@ from .offsite_servers import SECRET_KEY, RcloneSftp, SeaweedFS, SmallDisk, make_
 from .stashlike import write_blobs
 
 
+# Every test here starts a real server (SeaweedFS, sshd or rclone's): -m "not e2e" leaves them out.
+pytestmark = pytest.mark.e2e
+
+
 def cli(config, spec, *args, env=None):
     return run_cli("offsite", *args, env={"RCLONE_CONFIG": str(config), "STASH_BACKUP_REMOTE": spec, **(env or {})})
 

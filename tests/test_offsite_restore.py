@@ -24,6 +24,10 @@ NAME = "stash-go.sqlite.75.20261126_180103"
 BACKED_UP = ["performer-0", "performer-1", "performer-2"]
 
 
+# Every test here starts a real server (SeaweedFS, sshd or rclone's): -m "not e2e" leaves them out.
+pytestmark = pytest.mark.e2e
+
+
 @pytest.mark.parametrize("through", ["s3", "crypt"])
 def test_lost_server_new_machine_pulls_and_restores(through, seaweed, tmp_path):
     bucket = "t-" + uuid.uuid4().hex[:10]

@@ -96,7 +96,7 @@ def choose_pushes(entries: list[Entry], manifest: Manifest) -> tuple[list[Entry]
 def push(archive: Archive, remote: RemoteArchive, report: Reporter, policy: Optional[Policy] = None) -> PushResult:
     """Send what the remote lacks of the archive's good backups, then (with `policy`)
     apply retention on the remote."""
-    with archive.locked(), scratch_folder(archive.folder, ".offsite") as scratch:
+    with archive.locked(), scratch_folder(archive.folder, ".offsite") as scratch, remote.session():
         manifest = remote.read_manifest()
         todo, skipped, already = choose_pushes(archive.entries(), manifest)
         result = PushResult(skipped=skipped, already=already)
@@ -133,11 +133,11 @@ def _send_backups(archive: Archive, remote: RemoteArchive, manifest: Manifest, t
     sent = remote.send(archive.folder, listing, "copy the archive to", _progress(report.phase(0.0, 0.9), "sending"))
     crash_point("offsite-data-sent")
     record_files = [f"{RECORDS}/{records.record_name(name)}" for name in names]
-    listing.write_text("".join(f + "\n" for f in record_files))
-    sent_records = remote.send(archive.folder, listing, "copy the backups' records to")
-    result.bytes_sent = sent.bytes + sent_records.bytes
+    record_bytes, records_copied = remote.send_small(archive.folder, record_files, listing,
+                                                     "copy the backups' records to")
+    result.bytes_sent = sent.bytes + record_bytes
     crash_point("offsite-records-sent")
-    _confirm_arrived(remote, sent_snapshots + record_files, set(sent.transferred) | set(sent_records.transferred))
+    _confirm_arrived(remote, sent_snapshots + record_files, set(sent.transferred) | records_copied)
     pushed_at = utc_now()
     added = [backup_from_header(h, store.record_path(h.name).stat().st_size, _md5(store.record_path(h.name)), pushed_at)
              for h in headers]
@@ -183,7 +183,7 @@ class RemoteRetention:
 
 
 def prune(archive: Archive, remote: RemoteArchive, policy: Policy, dry_run: bool, report: Reporter) -> RemoteRetention:
-    with archive.locked(), scratch_folder(archive.folder, ".offsite") as scratch:
+    with archive.locked(), scratch_folder(archive.folder, ".offsite") as scratch, remote.session():
         if dry_run:
             return _retention(archive, remote, policy, True, scratch, report)
         with remote.held("prune", scratch, report.info):
@@ -297,7 +297,7 @@ def verify(archive_folder: Path, remote: RemoteArchive, read_data: Optional[Read
     where it has one, equals the blob's name). With `read_data`, part of the blobs and
     snapshots are downloaded and hashed. Changes nothing."""
     make_folders(archive_folder)
-    with scratch_folder(archive_folder, ".offsite-verify") as scratch:
+    with scratch_folder(archive_folder, ".offsite-verify") as scratch, remote.session():
         manifest = remote.read_manifest()
         summary = RemoteVerifySummary(checked=len(manifest.backups), read_data=str(read_data) if read_data else "")
         found: dict[str, list[str]] = {b.name: [] for b in manifest.backups}
@@ -423,7 +423,7 @@ def pull(archive: Archive, remote: RemoteArchive, name: str, level: str, report:
     the blobs the archive lacks, each checked (record against the manifest, blobs
     against their MD5 names, the database against its SHA-256 and SQLite's check),
     the record written last. Then stash-restore takes it from there."""
-    with archive.locked(), scratch_folder(archive.folder, ".offsite-pull") as scratch:
+    with archive.locked(), scratch_folder(archive.folder, ".offsite-pull") as scratch, remote.session():
         manifest = remote.read_manifest()
         backup = manifest.find(name)
         if backup is None:
@@ -554,4 +554,5 @@ def _install_record(store: Store, name: str, source: Path) -> None:
 # --- list -------------------------------------------------------------------------------------------
 
 def remote_backups(remote: RemoteArchive) -> list[RemoteBackup]:
-    return sorted(remote.read_manifest().backups, key=lambda b: b.created, reverse=True)
+    with remote.session():
+        return sorted(remote.read_manifest().backups, key=lambda b: b.created, reverse=True)

@@ -1,5 +1,9 @@
 """rclone as a subprocess: the transport to every kind of remote (S3, SFTP, crypt, ...).
 
+Inside a `session()` (a job's length) the small operations go to one long-lived
+`rclone rcd` (rcd.py) instead of a new process each; the long ones (the recursive
+listing, streamed; the bulk copies, with progress and the stall watch) stay processes.
+
 Only rclone's machine-readable output is read: `lsjson` (one JSON object per line),
 `config dump` and `backend features` (JSON), and the log as JSON lines
 (`--use-json-log`), whose `stats` objects give progress and whose error lines, with
@@ -13,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from ..core.errors import MissingDependency, RemoteError
+from . import rcd
 from .secrets import Redactor, secrets_in_config, secrets_in_environment, secrets_in_remote
 
 BINARY_ENV = "STASH_BACKUP_RCLONE"
@@ -85,7 +91,9 @@ class Rclone:
         self.config = Path(config).expanduser() if config else None
         self.env = {**DEFAULT_ENV, **(environ if environ is not None else os.environ)}
         self.redact = Redactor(secrets_in_environment(self.env))
-        self._learn_config_secrets()
+        self._daemon: Optional[rcd.Daemon] = None
+        self._sessions = 0
+        self._secrets_learned = False
 
     def watch(self, spec: str) -> None:
         """Hide the secrets a remote's own name carries (a connection string)."""
@@ -98,13 +106,45 @@ class Rclone:
         return base
 
     def _learn_config_secrets(self) -> None:
-        try:
-            done = subprocess.run(self._base() + ["config", "dump"], capture_output=True, text=True,
-                                  env=self.env, stdin=subprocess.DEVNULL, timeout=60)
-            sections = json.loads(done.stdout) if done.returncode == 0 else {}
-        except (OSError, ValueError, subprocess.TimeoutExpired):
-            sections = {}
+        """Before rclone says anything: every secret its config holds (learned once,
+        from the daemon when one runs, else from `config dump`)."""
+        if self._secrets_learned:
+            return
+        self._secrets_learned = True
+        if self._daemon:
+            answer, code, _ = self._daemon.call("config/dump", {})
+            sections = answer if code == 0 else {}
+        else:
+            try:
+                done = subprocess.run(self._base() + ["config", "dump"], capture_output=True, text=True,
+                                      env=self.env, stdin=subprocess.DEVNULL, timeout=60)
+                sections = json.loads(done.stdout) if done.returncode == 0 else {}
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                sections = {}
         self.redact.add(secrets_in_config(sections if isinstance(sections, dict) else {}))
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """One rclone daemon for the small operations of the block (nested blocks share
+        it); without one (not Linux, an old rclone) each runs as its own process."""
+        if self._sessions == 0 and rcd.possible(self.env):
+            self._daemon = rcd.Daemon.start(self._base(), self.env)
+        self._sessions += 1
+        try:
+            yield
+        finally:
+            self._sessions -= 1
+            if self._sessions == 0 and self._daemon:
+                daemon, self._daemon = self._daemon, None
+                daemon.stop()
+
+    def in_session(self) -> bool:
+        return self._daemon is not None
+
+    def _call(self, method: str, params: dict) -> tuple[dict, Outcome]:
+        self._learn_config_secrets()
+        answer, code, errors = self._daemon.call(method, params)
+        return answer, Outcome(code, errors=errors)
 
     # --- running -----------------------------------------------------------------------
     def run(self, args: list[str], progress: Progress = None, stats: bool = False) -> Outcome:
@@ -151,6 +191,7 @@ class Rclone:
             reader.join()
 
     def _start(self, command: list[str], stdout) -> subprocess.Popen:
+        self._learn_config_secrets()
         try:
             return subprocess.Popen(command, stdout=stdout, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                     env=self.env, text=True, encoding="utf-8", errors="replace")
@@ -159,6 +200,10 @@ class Rclone:
 
     # --- commands --------------------------------------------------------------------------
     def features(self, remote: str) -> dict:
+        if self._daemon:
+            info, outcome = self._call("operations/fsinfo", {"fs": remote})
+            self.check(outcome, "read the features of", remote)
+            return info
         text, outcome = self.output(["backend", "features", remote])
         self.check(outcome, "read the features of", remote)
         try:
@@ -168,14 +213,27 @@ class Rclone:
 
     @contextlib.contextmanager
     def lsjson(self, path: str, recursive: bool = True, hashes: bool = False,
-               on_missing: Callable[[], None] = lambda: None) -> Iterator[Iterator[dict]]:
+               on_missing: Callable[[], None] = lambda: None, small: bool = False) -> Iterator[Iterator[dict]]:
         """The files under `path`, one dict per file (Path relative to it, Size, and
         Hashes when asked), as rclone lists them; a missing folder lists as empty
-        after `on_missing()` (which may raise) was told."""
-        args = ["lsjson", "--files-only", "--no-mimetype", "--fast-list"] + (["-R"] if recursive else [])
+        after `on_missing()` (which may raise) was told. A `small` folder is listed in
+        one answer by the daemon when one runs; a large one streams from a process
+        (memory stays flat)."""
+        if small and self._daemon:
+            opt = {"recurse": recursive, "noModTime": True, "noMimeType": True, "filesOnly": True,
+                   "showHash": hashes, "hashTypes": ["md5"] if hashes else []}
+            fs, folder = _place(path, "")
+            answer, outcome = self._call("operations/list", {"fs": fs, "remote": folder, "opt": opt})
+            prefix = len(folder) + 1 if folder else 0
+            items = ({**item, "Path": item["Path"][prefix:]} for item in answer.get("list") or [])
+            yield _listed(items, outcome, self, path, on_missing)
+            return
+        # --no-modtime: on S3 each modification time is a HEAD request per object (its
+        # metadata), a request per blob on every listing; nothing here reads it.
+        args = ["lsjson", "--files-only", "--no-mimetype", "--no-modtime", "--fast-list"] + (["-R"] if recursive else [])
         args += (["--hash", "--hash-type", "md5"] if hashes else []) + [path]
         with self.lines(args) as (lines, outcome):
-            yield _objects(lines, outcome, self, path, on_missing)
+            yield _listed(_parsed(lines, self, path), outcome, self, path, on_missing)
 
     def cat(self, path: str) -> bytes:
         process = self._start(self._base() + ["cat", path], stdout=subprocess.PIPE)
@@ -188,22 +246,97 @@ class Rclone:
         self.check(outcome, "read", path)
         return data
 
+    # --- small operations: the daemon's when one runs, else a process each -------------------
+    def read(self, root: str, relative: str) -> bytes:
+        """A small file's bytes."""
+        if not self._daemon:
+            return self.cat(join(root, relative))
+        folder = self._daemon.folder / "read"
+        target = folder / Path(relative).name
+        try:
+            self.download(root, relative, target)
+            return target.read_bytes()
+        finally:
+            target.unlink(missing_ok=True)
+
+    def download(self, root: str, relative: str, target: Path) -> None:
+        if self._daemon:
+            fs, remote = _place(root, relative)
+            _, outcome = self._call("operations/copyfile", {"srcFs": fs, "srcRemote": remote,
+                                                            "dstFs": str(target.parent), "dstRemote": target.name})
+        else:
+            outcome = self.run(["copyto", join(root, relative), str(target)])
+        self.check(outcome, "read", join(root, relative))
+
+    def upload(self, local: Path, root: str, relative: str) -> Outcome:
+        """One local file to `relative` under `root`, checked as any copy (size, MD5
+        where both sides have it)."""
+        if self._daemon:
+            fs, remote = _place(root, relative)
+            return self._call("operations/copyfile", {"srcFs": str(local.parent), "srcRemote": local.name,
+                                                      "dstFs": fs, "dstRemote": remote})[1]
+        return self.run(["copyto", str(local), join(root, relative)])
+
+    def move(self, root: str, source: str, target: str) -> Outcome:
+        """A rename on the remote (a server-side copy, then a delete, on S3)."""
+        if self._daemon:
+            (fs, old), (_, new) = _place(root, source), _place(root, target)
+            return self._call("operations/movefile", {"srcFs": fs, "srcRemote": old, "dstFs": fs, "dstRemote": new})[1]
+        return self.run(["moveto", join(root, source), join(root, target)])
+
+    def delete_file(self, root: str, relative: str) -> Outcome:
+        if self._daemon:
+            fs, remote = _place(root, relative)
+            return self._call("operations/deletefile", {"fs": fs, "remote": remote})[1]
+        return self.run(["deletefile", join(root, relative)])
+
     def check(self, outcome: Outcome, action: str, target: str) -> None:
         if outcome.code != 0:
             raise classify(outcome, action, self.redact(target), self.redact)
 
 
-def _objects(lines: Iterator[str], outcome: Outcome, rclone: Rclone, path: str,
-             on_missing: Callable[[], None]) -> Iterator[dict]:
+def join(root: str, relative: str) -> str:
+    """`relative` under the remote path `root` (REMOTE:, REMOTE:path or a local folder)."""
+    if not relative:
+        return root
+    return (root if root.endswith(":") else root.rstrip("/") + "/") + relative
+
+
+_REMOTE_NAME = re.compile(r"^[\w][\w.+@ -]*:")
+
+
+def _place(root: str, relative: str) -> tuple[str, str]:
+    """(fs, path in it) for the daemon: the remote's root and the whole path. An fs of
+    the folder itself would make rclone look the folder up as a file first (S3: a
+    HEAD), and the daemon, unlike the commands, takes an answer there for "is a file"
+    (SeaweedFS's to refused credentials): errors would lose their meaning."""
+    path = join(root, relative)
+    named = _REMOTE_NAME.match(path)
+    if named:
+        rest = path[named.end():]
+        if rest.startswith("/"):  # an absolute path (SFTP, local): from the server's root
+            return named.group() + "/", rest.lstrip("/")
+        return named.group(), rest
+    if not path.startswith(":"):  # a local folder
+        return "/", os.path.abspath(path).lstrip("/")
+    return root, relative  # a connection string (:s3,...:path): as given
+
+
+def _parsed(lines: Iterator[str], rclone: Rclone, path: str) -> Iterator[dict]:
+    """lsjson's output (one object a line, in brackets) as dicts."""
     for line in lines:
         text = line.strip().rstrip(",")
         if text in ("", "[", "]"):
             continue
         try:
-            item = json.loads(text)
+            yield json.loads(text)
         except ValueError:
             raise RemoteError(f"rclone listed {rclone.redact(path)} in a form this version does not read: "
                               "use rclone 1.60 or later") from None
+
+
+def _listed(items, outcome: Outcome, rclone: Rclone, path: str, on_missing: Callable[[], None]) -> Iterator[dict]:
+    for item in items:
         if not item.get("IsDir"):
             yield item
     if outcome.code == 3 and not any(_is(e, "bucket") for e in outcome.errors):

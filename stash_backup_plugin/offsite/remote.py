@@ -30,7 +30,7 @@ from ..core.store import crash_point
 from . import manifest as manifests
 from .manifest import BLOBS, PENDING, Manifest
 from .plan import RemoteBlob, blob_checksum
-from .rclone import Outcome, Progress, Rclone
+from .rclone import Outcome, Progress, Rclone, join
 
 SORT_RUN = 100_000  # listing entries sorted in memory at once
 MARKER_STALE_SECONDS = 48 * 3600  # a push that died on another machine
@@ -74,15 +74,17 @@ class RemoteArchive:
         self._info: Optional[dict] = None
 
     def path(self, relative: str = "") -> str:
-        if not relative:
-            return self.spec
-        return (self.spec if self.spec.endswith(":") else self.spec.rstrip("/") + "/") + relative
+        return join(self.spec, relative)
+
+    def session(self):
+        """One rclone daemon for a job's small operations (rclone.py)."""
+        return self.rclone.session()
 
     # --- reading --------------------------------------------------------------------------
     def top_files(self) -> dict[str, int]:
         """The files directly in the remote folder (the first call to a remote: an
         unknown remote or refused credentials stop here)."""
-        with self.rclone.lsjson(self.path(), recursive=False, on_missing=self._missing_folder) as items:
+        with self.rclone.lsjson(self.path(), recursive=False, on_missing=self._missing_folder, small=True) as items:
             return {item["Path"]: int(item.get("Size", -1)) for item in items}
 
     def _features(self) -> dict:
@@ -100,12 +102,12 @@ class RemoteArchive:
     def read_manifest(self) -> Manifest:
         if manifests.NAME not in self.top_files():
             return Manifest()
-        data = self.rclone.cat(self.path(manifests.NAME))
+        data = self.rclone.read(self.spec, manifests.NAME)
         return manifests.decode(data, f"{self.display}/{manifests.NAME}")
 
     def files(self, folder: str) -> dict[str, int]:
         """relative path -> size of every file under a small folder (snapshots, backups, pending)."""
-        with self.rclone.lsjson(self.path(folder)) as items:
+        with self.rclone.lsjson(self.path(folder), small=True) as items:
             return {f"{folder}/{item['Path']}": int(item.get("Size", -1)) for item in items}
 
     def has_cheap_md5(self) -> bool:
@@ -165,8 +167,20 @@ class RemoteArchive:
         return outcome
 
     def fetch_file(self, relative: str, target: Path) -> None:
-        outcome = self.rclone.run(["copyto", self.path(relative), str(target)])
-        self.rclone.check(outcome, "fetch", f"{self.display}/{relative}")
+        self.rclone.download(self.spec, relative, target)
+
+    def send_small(self, local_root: Path, relatives: list[str], listing: Path, action: str) -> tuple[int, set[str]]:
+        """A few small files (the backups' records): a request each to the daemon, else
+        one copy. Returns (bytes sent, the paths copied)."""
+        if not self.rclone.in_session():
+            listing.write_text("".join(f + "\n" for f in relatives))
+            outcome = self.send(local_root, listing, action)
+            return outcome.bytes, set(outcome.transferred)
+        sent = 0
+        for relative in relatives:
+            self.rclone.check(self.rclone.upload(local_root / relative, self.spec, relative), action, self.display)
+            sent += (local_root / relative).stat().st_size
+        return sent, set(relatives)
 
     def delete(self, listing: Path) -> Outcome:
         outcome = self.rclone.run(["delete", "--files-from-raw", str(listing), self.path()])
@@ -181,10 +195,9 @@ class RemoteArchive:
         local.write_bytes(data)
         temp = f"{relative}{TEMP_TAG}{socket.gethostname()}-{os.getpid()}"
         try:
-            self.rclone.check(self.rclone.run(["copyto", str(local), self.path(temp)]), "upload to", self.display)
+            self.rclone.check(self.rclone.upload(local, self.spec, temp), "upload to", self.display)
             crash_point(f"offsite-temp-{Path(relative).name}")
-            self.rclone.check(self.rclone.run(["moveto", self.path(temp), self.path(relative)]),
-                              "move into place on", self.display)
+            self.rclone.check(self.rclone.move(self.spec, temp, relative), "move into place on", self.display)
         finally:
             discard(local)
 
@@ -192,7 +205,7 @@ class RemoteArchive:
         """Replace the manifest, then read it back: the commit is proven, not assumed."""
         data = manifests.encode(manifest)
         self.put_bytes(manifests.NAME, data, scratch)
-        if hashlib.sha256(self.rclone.cat(self.path(manifests.NAME))).digest() != hashlib.sha256(data).digest():
+        if hashlib.sha256(self.rclone.read(self.spec, manifests.NAME)).digest() != hashlib.sha256(data).digest():
             raise RemoteError(f"the manifest on {self.display} does not read back as written: another run may be "
                               "writing there; run offsite verify")
 
@@ -203,7 +216,7 @@ class RemoteArchive:
             if TEMP_TAG in relative or relative == skip:
                 continue
             try:
-                data = json.loads(self.rclone.cat(self.path(relative)))
+                data = json.loads(self.rclone.read(self.spec, relative))
                 found.append(Marker(relative, str(data["host"]), int(data["pid"]), float(data["started"]),
                                     str(data.get("action", ""))))
             except (RemoteError, ValueError, KeyError, TypeError):
@@ -221,7 +234,7 @@ class RemoteArchive:
         local = scratch / "marker.json"
         local.write_text(json.dumps(body))
         # No temp name needed: an unreadable marker counts as a live one.
-        self.rclone.check(self.rclone.run(["copyto", str(local), self.path(mine)]), "mark", self.display)
+        self.rclone.check(self.rclone.upload(local, self.spec, mine), "mark", self.display)
         try:
             now = time.time()
             others = []
@@ -244,7 +257,7 @@ class RemoteArchive:
                 self._remove(mine)
 
     def _remove(self, relative: str) -> None:
-        self.rclone.check(self.rclone.run(["deletefile", self.path(relative)]), "delete from", self.display)
+        self.rclone.check(self.rclone.delete_file(self.spec, relative), "delete from", self.display)
 
 
 def _write_run(scratch: Path, index: int, batch: list[tuple[str, int, str]]) -> Path:
