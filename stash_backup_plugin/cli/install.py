@@ -18,7 +18,6 @@ import importlib.util
 import io
 import json
 import marshal
-import os
 import platform
 import re
 import shutil

@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 # What parsing needs, and no more: the restore engine, the salvage and the config
 # reader are imported by the mode that uses them, so that --help is instant.
@@ -22,6 +22,9 @@ from ..core.errors import UsageError, VerificationError
 from ..core.naming import is_anonymised_name
 from ..core.sqlite_check import CHECK_LEVELS, QUICK
 from ..core.terminal import TerminalReporter, run_command
+
+if TYPE_CHECKING:  # annotations only: the config reader is imported by the mode that uses it
+    from .stash_config import Target
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -13,7 +13,6 @@ import itertools
 import os
 import shutil
 import stat
-import sys
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,7 +29,7 @@ from ..core.naming import TEMP_MARKER, blob_relative_path, is_anonymised_name
 from ..core.reporting import Reporter
 from .plan import Plan, RestoreFacts, build_plan, space_refusal
 from ..core.sqlite_check import QUICK, check_database, has_sqlite_header, read_schema_version
-from .stash_config import FILESYSTEM, StashConfig, Target
+from .stash_config import Target
 from .liveness import probe
 from ..core.verify import file_digest, is_zip, verify_backup
 from ..core.store import Store, sync_folders

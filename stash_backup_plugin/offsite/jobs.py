@@ -25,12 +25,11 @@ from ..core.errors import RemoteError, UsageError, VerificationError
 from ..core.reporting import Reporter, human_size
 from ..core.retention import Decision, Policy, plan_retention
 from ..core.snapshot import decompress
-from ..core.sqlite_check import QUICK, check_database
+from ..core.sqlite_check import check_database
 from ..core.store import Store, commit_snapshot, crash_point
 from ..core.store_plan import plan_gc
 from ..core.stored import ReadData
 from .manifest import BLOBS, PENDING, RECORDS, SNAPSHOTS, Manifest, RemoteBackup, backup_from_header
-from .manifest import NAME as MANIFEST_NAME
 from .plan import RemoteBlob, problems as blob_problems, to_send
 from .remote import TEMP_TAG, RemoteArchive
 
