@@ -36,13 +36,15 @@ def _ours(*args: str) -> list[str]:
 
 
 def _disk_bytes(folder: Path) -> int:
+    """Blocks of every file and folder under `folder`; what the drill removes while we
+    walk is skipped (os.walk ignores folders gone before it lists them)."""
     total = 0
-    for path in folder.rglob("*"):
-        try:
-            info = path.lstat()
-        except OSError:
-            continue  # removed while we walked
-        total += info.st_blocks * 512
+    for parent, folders, files in os.walk(folder):
+        for name in folders + files:
+            try:
+                total += os.lstat(os.path.join(parent, name)).st_blocks * 512
+            except OSError:
+                continue
     return total
 
 

@@ -160,7 +160,7 @@ def scratch_stash_started(drill_process, dest, deadline_s: float = 120) -> tuple
                 pid = int((folder / "stash.pid").read_text())
                 return pid, folder, json.loads((folder / "config.yml").read_text())["port"]
         time.sleep(0.02)
-    raise AssertionError("the drill never started Stash")
+    raise AssertionError(f"the drill never started Stash: {sorted(str(p) for p in dest.glob('.drill*/*'))}")
 
 
 def answers(port: int, deadline_s: float = 120) -> bool:
@@ -183,15 +183,32 @@ def alive(pid: int) -> bool:
     return False
 
 
-def running_from(folder) -> list[int]:
-    """Every live process started on that scratch folder's config, whatever its pid file says."""
+def running_from(folder, inside: bool = False) -> list[int]:
+    """Every live process started on that scratch folder's config, whatever its pid file
+    says (inside: on the config of any folder in it)."""
     config = str(folder / "config.yml")
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError, ValueError):
-            if config in cmdline.read_bytes().decode(errors="replace").split("\0") and alive(int(cmdline.parent.name)):
+            arguments = cmdline.read_bytes().decode(errors="replace").split("\0")
+            if (any(a.startswith(f"{folder}/") for a in arguments) if inside else config in arguments) \
+                    and alive(int(cmdline.parent.name)):
                 found.append(int(cmdline.parent.name))
     return found
+
+
+@contextlib.contextmanager
+def no_process_left(drill_process, dest):
+    """Whatever the test's outcome, neither the drill nor a Stash of its scratch folders outlives it."""
+    try:
+        yield
+    finally:
+        if drill_process.poll() is None:
+            drill_process.kill()
+            drill_process.wait()
+        for pid in running_from(dest, inside=True):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 WITHOUT_PDEATHSIG = """import sys
@@ -252,13 +269,15 @@ def test_kill_9_of_a_drill_leaves_no_stash_and_the_next_drill_cleans_up(stash_se
     dest = tmp_path / "archive"
     download(server, dest)
     before = live_files(server)
-    stash_pid, scratch = kill_9_once_stash_answers(start_drill(dest, stash_binaries[NEW_VERSION], tmp_path), dest)
-    deadline = time.monotonic() + 20
-    while running_from(scratch) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not alive(stash_pid) and running_from(scratch) == [], "the drill's Stash outlived the killed drill"
-    assert scratch_folders(dest) == [scratch.name]  # what the kill left behind
-    assert_next_drill_cleans_up(server, dest, stash_binaries[NEW_VERSION], scratch, before)
+    drill_process = start_drill(dest, stash_binaries[NEW_VERSION], tmp_path)
+    with no_process_left(drill_process, dest):
+        stash_pid, scratch = kill_9_once_stash_answers(drill_process, dest)
+        deadline = time.monotonic() + 20
+        while running_from(scratch) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(stash_pid) and running_from(scratch) == [], "the drill's Stash outlived the killed drill"
+        assert scratch_folders(dest) == [scratch.name]  # what the kill left behind
+        assert_next_drill_cleans_up(server, dest, stash_binaries[NEW_VERSION], scratch, before)
 
 
 def test_the_next_drill_stops_a_stash_that_outlived_a_killed_drill(stash_server_factory, stash_binaries, tmp_path):
@@ -271,15 +290,12 @@ def test_the_next_drill_stops_a_stash_that_outlived_a_killed_drill(stash_server_
     download(server, dest)
     before = live_files(server)
     drill_process = start_drill(dest, stash_binaries[NEW_VERSION], tmp_path, pdeathsig=False)
-    stash_pid, scratch = kill_9_once_stash_answers(drill_process, dest)
-    time.sleep(2)
-    try:
+    with no_process_left(drill_process, dest):
+        stash_pid, scratch = kill_9_once_stash_answers(drill_process, dest)
+        time.sleep(2)
         assert running_from(scratch) == [stash_pid], "the simulated survivor did not survive"
         assert_next_drill_cleans_up(server, dest, stash_binaries[NEW_VERSION], scratch, before)
         assert not alive(stash_pid)
-    finally:
-        if alive(stash_pid):
-            os.killpg(stash_pid, signal.SIGKILL)
 
 
 def test_plugin_drills_after_every_download_with_the_stash_that_runs_it(stash_server_factory, tmp_path):
