@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick    # small sizes, a few minutes: what CI runs
     python benchmarks/run.py --only download,verify --runs 5
     python benchmarks/run.py --only archive,memory,codec --archive-issue-scale   # 1 GiB, 50k blobs, 30 nights
+    python benchmarks/run.py --only drill --runs 3                                # restore drill vs stash-restore
 
 Every figure is a median of alternating A/B runs with its spread; ratio = our time
 divided by the reference's (lower is better).
@@ -383,9 +384,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
     parser.add_argument("--only",
-                        default="download,stash,verify,blobs,restore,plugin,coldstart,startup,codec,archive,memory,offsite")
+                        default="download,stash,verify,blobs,restore,plugin,coldstart,startup,codec,archive,memory,offsite,drill")
     parser.add_argument("--archive-issue-scale", action="store_true",
-                        help="the archive benchmark at the issue's size: 1 GiB database, 50k blobs, 30 nights")
+                        help="the archive and drill benchmarks at the issues' size: 1 GiB database, 50k blobs (30 nights)")
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--large", action="store_true", help="add 4 GiB databases and 100k blobs (slow to generate)")
     args = parser.parse_args()
@@ -393,18 +394,19 @@ def main() -> int:
     if args.quick:
         plan = dict(download=[32 * MiB], stash=32 * MiB, verify=[16 * MiB], full=[16 * MiB], blobs=[1000],
                     restore=[16 * MiB], runs=args.runs or 3, codec=(16 * MiB, 300),
-                    archive=(16 * MiB, 300, 3), memory=[1000, 5000], offsite=[(16 * MiB, 300)])
+                    archive=(16 * MiB, 300, 3), memory=[1000, 5000], offsite=[(16 * MiB, 300)],
+                    drill=(16 * MiB, 300))
     else:
         plan = dict(download=[100 * MiB, GiB, 4 * GiB], stash=GiB, verify=[100 * MiB, GiB], full=[100 * MiB],
                     blobs=[5000, 50000], restore=[100 * MiB, GiB], runs=args.runs or 5, codec=(256 * MiB, 10000),
                     archive=(256 * MiB, 10000, 10), memory=[10000, 100000],
-                    offsite=[(64 * MiB, 2000), (256 * MiB, 10000)])
+                    offsite=[(64 * MiB, 2000), (256 * MiB, 10000)], drill=(256 * MiB, 10000))
         if args.large:
             plan["verify"].append(4 * GiB)
             plan["restore"].append(4 * GiB)
             plan["blobs"].append(100000)
     if args.archive_issue_scale:
-        plan["archive"], plan["codec"] = (GiB, 50000, 30), (GiB, 50000)
+        plan["archive"], plan["codec"], plan["drill"] = (GiB, 50000, 30), (GiB, 50000), (GiB, 50000)
     ensure_tools()
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{subprocess.run(['sqlite3', '--version'], capture_output=True, text=True).stdout.split()[0]} (sqlite3), "
@@ -463,6 +465,11 @@ def _archive_benchmarks(only: set, plan: dict, work: Path) -> list[str]:
     if "memory" in only:
         print("\npeak memory as blobs grow:", flush=True)
         lines += ["peak memory as blobs grow:"] + archive.bench_memory(plan["memory"], work)
+    if "drill" in only:
+        from benchmarks import drill
+        size, blobs = plan["drill"]
+        print(f"\nrestore drill of a {size // MiB} MiB library with {blobs} blobs", flush=True)
+        lines += drill.bench_drill(size, blobs, min(plan["runs"], 3), work)
     return lines
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from .core.archive import Archive, Entry, utc_now
-from .core.atomic import is_abandoned, scratch_folder
+from .core.atomic import _process_alive, is_abandoned, scratch_folder, write_bytes_atomic
 from .core.errors import RestoreRefused, StashBackupError, UsageError
 from .core.naming import TEMP_MARKER
 from .core.reporting import Reporter, human_size
@@ -299,7 +299,7 @@ class ScratchStash:
         return "" if served == checksum else f"{route} {key}'s image is not blob {checksum} (missing or damaged)"
 
     def stop(self) -> None:
-        stop_group(self.process.pid)
+        stop_group(self.process.pid, reap=self.process.poll)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=15)
 
@@ -312,9 +312,9 @@ def scratch_stash(binary: Path, config: StashConfig, scratch: Path) -> Iterator[
     with open(scratch / "stash.out", "ab") as out:
         process = subprocess.Popen([str(binary), "--config", str(config.path), "--nobrowser"], cwd=scratch,
                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True, preexec_fn=_die_with_parent,
+                                   start_new_session=True, preexec_fn=_dies_with(os.getpid()),
                                    env=_scratch_environment())
-    (scratch / PID_FILE).write_text(f"{process.pid}\n", encoding="ascii")
+    write_bytes_atomic(scratch / PID_FILE, f"{process.pid}\n".encode("ascii"))
     stash = ScratchStash(process, config.port, scratch / "stash.log")
     try:
         yield stash
@@ -327,50 +327,140 @@ def _scratch_environment() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith("STASH_")}
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the drill's thread ends (Linux prctl)."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(Exception):
-        import ctypes
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+def _dies_with(drill_pid: int) -> Callable[[], None]:
+    """What the child runs before exec: on Linux, SIGKILL when the drill's thread ends
+    (prctl PR_SET_PDEATHSIG); and if the drill was killed before that took hold, the
+    child is already an orphan and ends itself rather than start a Stash nobody waits for."""
+    def in_child() -> None:
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(Exception):
+                import ctypes
+                PR_SET_PDEATHSIG = 1
+                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != drill_pid:
+            os._exit(1)
+    return in_child
 
 
-def stop_group(pid: int) -> None:
-    """TERM the process group the scratch Stash leads, then KILL what is left."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+def stop_group(pid: int, reap: Callable[[], object] = lambda: None, grace: float = 5.0) -> bool:
+    """TERM the process group the scratch Stash leads, KILL what is left after `grace`
+    seconds; whether the group is gone. `reap`: the parent's poll, without which its
+    own child's zombie would count as running until the grace ran out."""
+    try:
         os.killpg(pid, signal.SIGTERM)
-        for _ in range(50):
-            time.sleep(0.1)
-            os.killpg(pid, 0)
+        if _group_gone(pid, reap, grace):
+            return True
         os.killpg(pid, signal.SIGKILL)
+        return _group_gone(pid, reap, 5.0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+
+
+def _group_gone(pid: int, reap: Callable[[], object], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        reap()
+        if not _group_runs(pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _group_runs(pgid: int) -> bool:
+    """Whether a process of the group still runs. Zombies do not: a Stash whose drill
+    was killed is reaped by whoever adopted it, which may never do so."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    if not os.path.isdir("/proc/self"):
+        return True  # no /proc: a zombie counts as running, and a refusal is the safe side
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(command name)"
+            if int(fields[2]) == pgid and fields[0] not in "ZX":
+                return True
+    return False
 
 
 def stop_abandoned_stashes(folder: Path) -> list[int]:
-    """A killed drill's Stash, where it outlived the drill (not Linux): ended by the
-    process group its pid file names, only when that process still runs from the
-    abandoned scratch folder. The archive lock's cleanup then removes the folder."""
+    """The Stash a killed drill left running (where it outlived the drill: not Linux,
+    or started in the instant before the kill), ended by the process group its pid
+    file names, and only when that process is the Stash of that very folder: never
+    the user's Stash, nor a process that reused the pid. Refuses when it cannot tell,
+    or cannot stop it: the archive lock's cleanup would remove the folder under it."""
     stopped = []
     if not folder.is_dir():
         return stopped
     now = time.time()
-    for scratch in folder.glob(f"{SCRATCH_PREFIX}{TEMP_MARKER}*"):
-        with contextlib.suppress(OSError, ValueError):
-            if not is_abandoned(scratch, now):
-                continue
-            pid = int((scratch / PID_FILE).read_text(encoding="ascii").strip())
-            if _runs_from(pid, scratch):
-                stop_group(pid)
-                stopped.append(pid)
+    for scratch in sorted(folder.glob(f"{SCRATCH_PREFIX}{TEMP_MARKER}*")):
+        if not _abandoned(scratch, now):
+            continue
+        pid = _pid_in(scratch)
+        ours = scratch_stash_runs(pid, scratch) if pid else False
+        if ours is None:
+            raise RestoreRefused(f"process {pid} may be the Stash of a killed drill in {scratch}, and cannot be "
+                                 "told apart from others here: stop it, then drill again. Nothing was changed")
+        if ours and not stop_group(pid):
+            raise RestoreRefused(f"the Stash of a killed drill (process {pid}, from {scratch}) would not stop: "
+                                 "stop it, then drill again. Nothing was changed")
+        if ours:
+            stopped.append(pid)
     return stopped
 
 
-def _runs_from(pid: int, scratch: Path) -> bool:
+def _abandoned(scratch: Path, now: float) -> bool:
     try:
-        return str(scratch / "config.yml") in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        return is_abandoned(scratch, now)
     except OSError:
+        return False  # gone meanwhile, or unreadable: not ours to judge
+
+
+def _pid_in(scratch: Path) -> Optional[int]:
+    """The pid file's pid; none when the drill died before it wrote one (the child then
+    dies on its own: see _dies_with)."""
+    try:
+        return int((scratch / PID_FILE).read_text(encoding="ascii").strip()) or None
+    except (OSError, ValueError):
+        return None
+
+
+def scratch_stash_runs(pid: int, scratch: Path) -> Optional[bool]:
+    """Whether `pid` is the Stash a drill started in `scratch`: alive, leading its own
+    process group, started with `--config <scratch>/config.yml`, and (where the system
+    says) working in `scratch`. None: it lives but the system cannot say what it is."""
+    if _process_alive(pid) is False:
         return False
+    command = _command_line(pid)
+    if command is None:
+        return False if _process_alive(pid) is False else None  # it may have ended while we looked
+    if f" --config {scratch / 'config.yml'} " not in f" {command} ":
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(pid) != pid:
+            return False
+    working_in = _working_folder(pid)
+    return working_in is None or working_in == scratch.resolve()
+
+
+def _command_line(pid: int) -> Optional[str]:
+    """A process's arguments joined by spaces: Linux's /proc, else POSIX ps."""
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").rstrip("\0").replace("\0", " ")
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        shown = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True, timeout=10)
+        if shown.returncode == 0 and shown.stdout.strip():
+            return shown.stdout.strip()
+    return None
+
+
+def _working_folder(pid: int) -> Optional[Path]:
+    with contextlib.suppress(OSError):
+        return Path(os.readlink(f"/proc/{pid}/cwd")).resolve()
+    return None
 
 
 def parent_stash_binary() -> Optional[Path]:

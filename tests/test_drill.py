@@ -5,11 +5,15 @@ space refuse with one line and change nothing. End to end: test_e2e_drill.py."""
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
 from stash_backup_plugin.core.archive import Archive, Entry
+from stash_backup_plugin.core.atomic import temp_owner_tag
 from stash_backup_plugin.core.errors import RestoreRefused, UsageError
 from stash_backup_plugin.core.reporting import Reporter
 from stash_backup_plugin.core.sqlite_check import QUICK, image_samples, library_counts
@@ -135,3 +139,87 @@ def test_a_leftover_scratch_folder_of_a_live_drill_is_left_alone(tmp_path):
     live.mkdir(parents=True)
     (live / "stash.pid").write_text(f"{os.getpid()}\n")
     assert stop_abandoned_stashes(folder) == []
+
+
+# --- a killed drill's Stash: told apart from every other process, stopped, and quickly ------
+
+DEAD_PID = 2 ** 22 - 3  # above any pid_max in use here: a drill that no longer runs
+
+
+def abandoned_scratch(folder):
+    """A scratch folder named as the drill names them, by a drill of this machine that is gone."""
+    folder.mkdir(exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".drill.stash-backup-tmp-{DEAD_PID}.{temp_owner_tag().split('.')[1]}-",
+                                 dir=folder))
+
+
+def stand_in(config, cwd, own_group=True) -> subprocess.Popen:
+    """A process that looks like a scratch Stash to the system: `--config <path>` among
+    its arguments, working in `cwd`, leading its own process group (or not)."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "--config", str(config)],
+                            cwd=cwd, start_new_session=own_group, stdin=subprocess.DEVNULL)
+
+
+def with_pid_file(scratch, process):
+    (scratch / "stash.pid").write_text(f"{process.pid}\n")
+    return process
+
+
+def test_only_the_stash_of_that_very_folder_is_stopped(tmp_path):
+    """The user's Stash, a reused pid with our path elsewhere, a process outside its own
+    group: all left running; the scratch Stash itself ended, the whole group."""
+    folder = tmp_path / "archive"
+    started = []
+    try:
+        users_stash = abandoned_scratch(folder)
+        started.append(with_pid_file(users_stash, stand_in(tmp_path / "config.yml", tmp_path)))
+        elsewhere = folder / f".drill.stash-backup-tmp-{DEAD_PID}.x-def"  # another machine's, run long ago
+        elsewhere.mkdir()
+        started.append(with_pid_file(elsewhere, stand_in(elsewhere / "config.yml", tmp_path)))  # not in that folder
+        for path in (elsewhere / "stash.pid", elsewhere):
+            os.utime(path, (0, 0))
+        not_leader = abandoned_scratch(folder)
+        started.append(with_pid_file(not_leader, stand_in(not_leader / "config.yml", not_leader, own_group=False)))
+        survivor = abandoned_scratch(folder)
+        ours = with_pid_file(survivor, stand_in(survivor / "config.yml", survivor))
+        assert stop_abandoned_stashes(folder) == [ours.pid]
+        assert ours.wait(timeout=10) is not None
+        assert all(process.poll() is None for process in started)
+    finally:
+        for process in started:
+            process.kill()
+            process.wait()
+
+
+def test_a_survivor_that_cannot_be_told_apart_refuses_the_drill(tmp_path, monkeypatch):
+    """Where the system will not say what a live pid runs, the drill refuses and kills nothing."""
+    folder = tmp_path / "archive"
+    scratch = abandoned_scratch(folder)
+    process = with_pid_file(scratch, stand_in(scratch / "config.yml", scratch))
+    try:
+        monkeypatch.setattr(drill_module, "_command_line", lambda pid: None)
+        with pytest.raises(RestoreRefused, match=f"process {process.pid} may be the Stash of a killed drill"):
+            stop_abandoned_stashes(folder)
+        assert process.poll() is None and scratch.is_dir()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_stopping_the_scratch_stash_does_not_wait_out_its_own_zombie(tmp_path):
+    process = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    started = time.monotonic()
+    drill_module.ScratchStash(process, 1, tmp_path / "stash.log").stop()
+    assert process.returncode == -15 and time.monotonic() - started < 2
+
+
+def test_a_child_whose_drill_died_before_it_started_ends_itself():
+    """The instant between fork and PR_SET_PDEATHSIG: the orphan does not start Stash."""
+    orphan = subprocess.Popen(["sleep", "60"], preexec_fn=drill_module._dies_with(DEAD_PID))
+    assert orphan.wait(timeout=10) == 1
+    child = subprocess.Popen(["sleep", "60"], preexec_fn=drill_module._dies_with(os.getpid()))
+    try:
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()

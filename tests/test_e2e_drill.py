@@ -3,6 +3,7 @@ backup boots and shows the recorded counts while the live server keeps answering
 its files stay byte for byte; a backup of the older version boots on the newer binary
 after a migration; missing blobs and an emptied table fail with the difference named;
 kill -9 of a drill leaves no Stash running and the next drill removes its folder."""
+import contextlib
 import gzip
 import hashlib
 import json
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -146,15 +148,29 @@ def test_missing_blobs_or_an_emptied_table_fail_with_the_difference_named(stash_
     assert scratch_folders(dest) == []
 
 
-def stash_pid_in(dest, deadline_s: float = 120) -> int:
+def scratch_stash_started(drill_process, dest, deadline_s: float = 120) -> tuple[int, Path, int]:
+    """The drill's Stash as soon as its pid file is written: pid, scratch folder, port."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
+        if drill_process.poll() is not None:
+            raise AssertionError(f"the drill ended ({drill_process.returncode}) before it started Stash: "
+                                 f"{(dest.parent / 'drill.err').read_text()[-2000:]}")
         for folder in dest.glob(".drill*"):
-            pid_file = folder / "stash.pid"
-            if pid_file.exists() and pid_file.read_text().strip():
-                return int(pid_file.read_text())
-        time.sleep(0.1)
-    raise AssertionError("the drill never started Stash")
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                pid = int((folder / "stash.pid").read_text())
+                return pid, folder, json.loads((folder / "config.yml").read_text())["port"]
+        time.sleep(0.02)
+    raise AssertionError(f"the drill never started Stash: {sorted(str(p) for p in dest.glob('.drill*/*'))}")
+
+
+def answers(port: int, deadline_s: float = 120) -> bool:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok:
+                return True
+        time.sleep(0.2)
+    return False
 
 
 def alive(pid: int) -> bool:
@@ -162,33 +178,124 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    status = open(f"/proc/{pid}/stat").read().split(") ")[-1].split()[0]
-    return status != "Z"
+    with contextlib.suppress(OSError):
+        return open(f"/proc/{pid}/stat").read().rsplit(") ", 1)[-1].split()[0] != "Z"
+    return False
+
+
+def running_from(folder, inside: bool = False) -> list[int]:
+    """Every live process started on that scratch folder's config, whatever its pid file
+    says (inside: on the config of any folder in it)."""
+    config = str(folder / "config.yml")
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError, ValueError):
+            arguments = cmdline.read_bytes().decode(errors="replace").split("\0")
+            if (any(a.startswith(f"{folder}/") for a in arguments) if inside else config in arguments) \
+                    and alive(int(cmdline.parent.name)):
+                found.append(int(cmdline.parent.name))
+    return found
+
+
+@contextlib.contextmanager
+def no_process_left(drill_process, dest):
+    """Whatever the test's outcome, neither the drill nor a Stash of its scratch folders outlives it."""
+    try:
+        yield
+    finally:
+        if drill_process.poll() is None:
+            drill_process.kill()
+            drill_process.wait()
+        for pid in running_from(dest, inside=True):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+WITHOUT_PDEATHSIG = """import sys
+from stash_backup_plugin import drill
+drill._dies_with = lambda drill_pid: (lambda: None)  # as where PR_SET_PDEATHSIG does not exist
+from stash_backup_plugin.cli.commands import main
+sys.exit(main())
+"""
+
+
+HELD_STASH = """#!/bin/sh
+# The Stash binary, started by a drill that is then held still (SIGSTOP) once it has
+# written the pid file, so that the drill cannot finish before the test kills it.
+while [ ! -s stash.pid ]; do sleep 0.02; done
+kill -STOP $PPID
+exec "{binary}" "$@"
+"""
+
+
+def start_drill(dest, binary, tmp_path, pdeathsig: bool = True) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    if pdeathsig:
+        entry = ["-m", "stash_backup_plugin"]
+    else:
+        script = tmp_path / "drill_without_pdeathsig.py"
+        script.write_text(WITHOUT_PDEATHSIG)
+        entry = [str(script)]
+    held = tmp_path / "held-stash"
+    held.write_text(HELD_STASH.format(binary=binary))
+    held.chmod(0o755)
+    return subprocess.Popen([sys.executable, *entry, "drill", "--dest", str(dest), "--stash-binary", str(held)],
+                            env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "drill.err", "w+"))
+
+
+def kill_9_once_stash_answers(drill_process, dest) -> tuple[int, Path]:
+    """kill -9 of the drill (held still since it started Stash) once that Stash serves."""
+    stash_pid, scratch, port = scratch_stash_started(drill_process, dest)
+    assert answers(port), "the drill's Stash never answered"
+    os.kill(drill_process.pid, signal.SIGKILL)
+    drill_process.wait(timeout=30)
+    return stash_pid, scratch
+
+
+def assert_next_drill_cleans_up(server, dest, binary, scratch, before: dict) -> None:
+    code, result, stderr = drill(dest, binary)
+    assert code == 0 and result["ok"], stderr
+    assert running_from(scratch) == [] and not scratch.exists() and scratch_folders(dest) == []
+    assert server.process.poll() is None and requests.get(f"{server.url}/healthz", timeout=10).ok
+    assert live_files(server) == before
 
 
 def test_kill_9_of_a_drill_leaves_no_stash_and_the_next_drill_cleans_up(stash_server_factory, stash_binaries,
                                                                        tmp_path):
+    """Linux: the drill's Stash dies with it (PR_SET_PDEATHSIG), at once."""
     server = stash_server_factory(NEW_VERSION, install_plugin=False)
     seed_content(server)
     dest = tmp_path / "archive"
     download(server, dest)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    drill_process = subprocess.Popen([sys.executable, "-m", "stash_backup_plugin", "drill", "--dest", str(dest),
-                                      "--stash-binary", str(stash_binaries[NEW_VERSION])], env=env, cwd=REPO,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    stash_pid = stash_pid_in(dest)
-    os.kill(drill_process.pid, signal.SIGKILL)
-    drill_process.wait(timeout=30)
-    deadline = time.monotonic() + 20
-    while alive(stash_pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not alive(stash_pid), "the drill's Stash outlived the killed drill"
-    left = scratch_folders(dest)
-    assert len(left) == 1  # what the kill left behind
-    code, result, stderr = drill(dest, stash_binaries[NEW_VERSION])
-    assert code == 0 and result["ok"], stderr
-    assert scratch_folders(dest) == []
-    assert requests.get(f"{server.url}/healthz", timeout=10).ok
+    before = live_files(server)
+    drill_process = start_drill(dest, stash_binaries[NEW_VERSION], tmp_path)
+    with no_process_left(drill_process, dest):
+        stash_pid, scratch = kill_9_once_stash_answers(drill_process, dest)
+        deadline = time.monotonic() + 20
+        while running_from(scratch) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(stash_pid) and running_from(scratch) == [], "the drill's Stash outlived the killed drill"
+        assert scratch_folders(dest) == [scratch.name]  # what the kill left behind
+        assert_next_drill_cleans_up(server, dest, stash_binaries[NEW_VERSION], scratch, before)
+
+
+def test_the_next_drill_stops_a_stash_that_outlived_a_killed_drill(stash_server_factory, stash_binaries, tmp_path):
+    """Where the Stash survives the kill (no PR_SET_PDEATHSIG: simulated), the next drill
+    finds it by the pid file, makes sure it is that folder's Stash, stops it and removes
+    the folder; the live Stash, also running on this machine, is left alone."""
+    server = stash_server_factory(NEW_VERSION, install_plugin=False)
+    seed_content(server)
+    dest = tmp_path / "archive"
+    download(server, dest)
+    before = live_files(server)
+    drill_process = start_drill(dest, stash_binaries[NEW_VERSION], tmp_path, pdeathsig=False)
+    with no_process_left(drill_process, dest):
+        stash_pid, scratch = kill_9_once_stash_answers(drill_process, dest)
+        time.sleep(2)
+        assert running_from(scratch) == [stash_pid], "the simulated survivor did not survive"
+        assert_next_drill_cleans_up(server, dest, stash_binaries[NEW_VERSION], scratch, before)
+        assert not alive(stash_pid)
 
 
 def test_plugin_drills_after_every_download_with_the_stash_that_runs_it(stash_server_factory, tmp_path):
