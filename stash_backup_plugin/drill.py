@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from .core.archive import Archive, Entry, utc_now
-from .core.atomic import _process_alive, is_abandoned, scratch_folder, write_bytes_atomic
+from .core.atomic import RUNNING_PID_FILE, _process_alive, discard, is_abandoned, scratch_folder, write_bytes_atomic
 from .core.errors import RestoreRefused, StashBackupError, UsageError
 from .core.naming import TEMP_MARKER
 from .core.reporting import Reporter, human_size
@@ -40,7 +40,8 @@ from .offline.restore import RestoreOptions, restore
 from .offline.stash_config import FILESYSTEM, StashConfig, Target
 
 SCRATCH_PREFIX = ".drill"
-PID_FILE = "stash.pid"  # the scratch Stash's process group: the next drill ends it if a kill left it
+PID_FILE = RUNNING_PID_FILE  # the scratch Stash's process group: the next drill ends it if a kill left it;
+# while that process lives, no run's cleanup removes the folder (core/atomic.py)
 DEFAULT_TIMEOUT = 900  # seconds for Stash to start, migrate and answer
 SPACE_MARGIN = 64 * 1024 * 1024
 STATS_QUERY = ("{ stats { scene_count image_count gallery_count performer_count studio_count tag_count group_count } "
@@ -409,7 +410,18 @@ def stop_abandoned_stashes(folder: Path) -> list[int]:
                                  "stop it, then drill again. Nothing was changed")
         if ours:
             stopped.append(pid)
+        elif pid and _unrelated(pid, scratch):
+            discard(scratch / PID_FILE)  # the pid is gone, or now another process's: the folder may go
     return stopped
+
+
+def _unrelated(pid: int, scratch: Path) -> bool:
+    """The pid no longer runs, or runs something that does not name this folder (the
+    pid was reused): the pid file no longer protects anything."""
+    if _process_alive(pid) is False:
+        return True
+    command = _command_line(pid)
+    return command is not None and str(scratch) not in command
 
 
 def _abandoned(scratch: Path, now: float) -> bool:

@@ -223,3 +223,33 @@ def test_a_child_whose_drill_died_before_it_started_ends_itself():
     finally:
         child.kill()
         child.wait()
+
+
+def test_no_runs_cleanup_removes_a_folder_whose_stash_still_runs(tmp_path):
+    """A download or prune takes the archive lock and cleans up killed runs' temps: a
+    drill's scratch folder whose Stash outlived the drill stays until the next drill
+    has told whether that Stash is ours; one whose pid now runs something else goes."""
+    from stash_backup_plugin.core.archive import Archive
+    folder = tmp_path / "archive"
+    survivor = abandoned_scratch(folder)
+    reused = abandoned_scratch(folder)
+    running = with_pid_file(survivor, stand_in(survivor / "config.yml", tmp_path, own_group=False))
+    other = with_pid_file(reused, stand_in(tmp_path / "config.yml", tmp_path))
+    try:
+        with Archive(folder).locked():
+            pass
+        assert survivor.is_dir() and reused.is_dir()  # both name a live process
+        assert stop_abandoned_stashes(folder) == []  # neither is a Stash the drill started there
+        assert (survivor / "stash.pid").exists() and not (reused / "stash.pid").exists()
+        with Archive(folder).locked():
+            pass
+        assert survivor.is_dir() and not reused.exists()
+        running.kill()
+        running.wait()
+        with Archive(folder).locked():
+            pass
+        assert not survivor.exists()
+    finally:
+        for process in (running, other):
+            process.kill()
+            process.wait()

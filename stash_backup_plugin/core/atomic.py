@@ -217,6 +217,21 @@ def _last_touched(entry: Path) -> float:
     return max(times)
 
 
+RUNNING_PID_FILE = "stash.pid"  # in a temp folder: the process working there (a drill's scratch Stash)
+
+
+def _runs_a_process(folder: Path) -> bool:
+    """Whether a temp folder names, in its pid file, a process that still lives (or
+    may: the system cannot say). Such a folder is left alone, even by a run whose
+    lock keeps out every maker: the restore drill's Stash outlives a killed drill
+    where the kernel does not end it, and only the next drill can tell it is ours."""
+    try:
+        pid = int((folder / RUNNING_PID_FILE).read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return False
+    return pid > 0 and _process_alive(pid) is not False
+
+
 def remove_stale_temps(folder: Path, prefix: str = "", lock_excludes_makers: bool = False) -> list[Path]:
     """Remove our temp files and folders (those whose name starts with `prefix`) that
     killed runs left behind, and only those: see is_abandoned. A caller whose lock
@@ -232,6 +247,8 @@ def remove_stale_temps(folder: Path, prefix: str = "", lock_excludes_makers: boo
         with contextlib.suppress(OSError):
             if lock_excludes_makers or is_abandoned(entry, now):
                 if entry.is_dir() and not entry.is_symlink():
+                    if _runs_a_process(entry):
+                        continue
                     shutil.rmtree(entry)
                 else:
                     entry.unlink()
