@@ -410,6 +410,7 @@ def stop_abandoned_stashes(folder: Path) -> list[int]:
                                  "stop it, then drill again. Nothing was changed")
         if ours:
             stopped.append(pid)
+            discard(scratch / PID_FILE)  # stopped (a zombie until its new parent reaps it): the folder may go
         elif pid and _unrelated(pid, scratch):
             discard(scratch / PID_FILE)  # the pid is gone, or now another process's: the folder may go
     return stopped
