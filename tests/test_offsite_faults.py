@@ -5,10 +5,8 @@ prune. Each failure is one line that says what and what to do, a non-zero exit, 
 half-written counted as a backup on the remote, and the next run completes the work."""
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +20,6 @@ from stash_backup_plugin.offsite.remote import RemoteArchive
 from .conftest import REPO, run_cli
 from .offsite_fixtures import bucket, local_archive, seaweed, write_config  # noqa: F401
 from .offsite_servers import SECRET_KEY, RcloneSftp, SeaweedFS, SmallDisk, make_bucket
-from .stashlike import write_blobs
 
 
 # Every test here starts a real server (SeaweedFS, sshd or rclone's): -m "not e2e" leaves them out.
@@ -50,18 +47,7 @@ def manifest_names(config, spec):
 
 def add_big_images(library, count: int, size: int) -> None:
     """Images of `size` random bytes: enough data that a push takes a while."""
-    connection = sqlite3.connect(library.database)
-    new = {}
-    for index in range(count):
-        data = os.urandom(size)
-        checksum = hashlib.md5(data).hexdigest()
-        new[checksum] = data
-        connection.execute("INSERT INTO blobs VALUES (?, NULL)", (checksum,))
-        connection.execute("INSERT INTO performers (name, image_blob) VALUES (?, ?)", (f"big-{checksum[:6]}", checksum))
-    connection.commit()
-    connection.close()
-    write_blobs(library.blobs, new)
-    library.images.update(new)
+    library.add_images(count, lambda index: os.urandom(size))
 
 
 # --- bad input ----------------------------------------------------------------------------

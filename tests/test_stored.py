@@ -23,11 +23,13 @@ class Library:
         write_blobs(self.blobs, self.images)
         self.nights = 0
 
-    def add_images(self, count: int) -> dict:
+    def add_images(self, count: int, make=None) -> dict:
+        """`count` new performers with new images; `make(index)` gives an image's bytes
+        (default: small ones named by the night)."""
         new = {}
         connection = sqlite3.connect(self.database)
         for index in range(count):
-            data = f"night-{self.nights}-image-{index}".encode() * 40
+            data = make(index) if make else f"night-{self.nights}-image-{index}".encode() * 40
             checksum = hashlib.md5(data).hexdigest()
             new[checksum] = data
             connection.execute("INSERT INTO blobs VALUES (?, NULL)", (checksum,))
