@@ -19,7 +19,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from .core.archive import Archive, Entry, utc_now
+from .core.children import dies_with_us
 from .core.atomic import RUNNING_PID_FILE, _process_alive, discard, is_abandoned, scratch_folder, write_bytes_atomic
 from .core.errors import RestoreRefused, StashBackupError, UsageError
 from .core.naming import TEMP_MARKER
@@ -313,7 +313,7 @@ def scratch_stash(binary: Path, config: StashConfig, scratch: Path) -> Iterator[
     with open(scratch / "stash.out", "ab") as out:
         process = subprocess.Popen([str(binary), "--config", str(config.path), "--nobrowser"], cwd=scratch,
                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True, preexec_fn=_dies_with(os.getpid()),
+                                   start_new_session=True, preexec_fn=dies_with_us(),
                                    env=_scratch_environment())
     write_bytes_atomic(scratch / PID_FILE, f"{process.pid}\n".encode("ascii"))
     stash = ScratchStash(process, config.port, scratch / "stash.log")
@@ -326,21 +326,6 @@ def scratch_stash(binary: Path, config: StashConfig, scratch: Path) -> Iterator[
 def _scratch_environment() -> dict:
     """Ours without what would point Stash at the user's install."""
     return {k: v for k, v in os.environ.items() if not k.startswith("STASH_")}
-
-
-def _dies_with(drill_pid: int) -> Callable[[], None]:
-    """What the child runs before exec: on Linux, SIGKILL when the drill's thread ends
-    (prctl PR_SET_PDEATHSIG); and if the drill was killed before that took hold, the
-    child is already an orphan and ends itself rather than start a Stash nobody waits for."""
-    def in_child() -> None:
-        if sys.platform.startswith("linux"):
-            with contextlib.suppress(Exception):
-                import ctypes
-                PR_SET_PDEATHSIG = 1
-                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != drill_pid:
-            os._exit(1)
-    return in_child
 
 
 def stop_group(pid: int, reap: Callable[[], object] = lambda: None, grace: float = 5.0) -> bool:
@@ -434,7 +419,7 @@ def _abandoned(scratch: Path, now: float) -> bool:
 
 def _pid_in(scratch: Path) -> Optional[int]:
     """The pid file's pid; none when the drill died before it wrote one (the child then
-    dies on its own: see _dies_with)."""
+    dies on its own: see core/children.py)."""
     try:
         return int((scratch / PID_FILE).read_text(encoding="ascii").strip()) or None
     except (OSError, ValueError):

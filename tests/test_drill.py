@@ -14,6 +14,7 @@ import pytest
 
 from stash_backup_plugin.core.archive import Archive, Entry
 from stash_backup_plugin.core.atomic import temp_owner_tag
+from stash_backup_plugin.core.children import dies_with_us
 from stash_backup_plugin.core.errors import RestoreRefused, UsageError
 from stash_backup_plugin.core.reporting import Reporter
 from stash_backup_plugin.core.sqlite_check import QUICK, image_samples, library_counts
@@ -215,9 +216,9 @@ def test_stopping_the_scratch_stash_does_not_wait_out_its_own_zombie(tmp_path):
 
 def test_a_child_whose_drill_died_before_it_started_ends_itself():
     """The instant between fork and PR_SET_PDEATHSIG: the orphan does not start Stash."""
-    orphan = subprocess.Popen(["sleep", "60"], preexec_fn=drill_module._dies_with(DEAD_PID))
+    orphan = subprocess.Popen(["sleep", "60"], preexec_fn=dies_with_us(DEAD_PID))
     assert orphan.wait(timeout=10) == 1
-    child = subprocess.Popen(["sleep", "60"], preexec_fn=drill_module._dies_with(os.getpid()))
+    child = subprocess.Popen(["sleep", "60"], preexec_fn=dies_with_us())
     try:
         assert child.poll() is None
     finally:

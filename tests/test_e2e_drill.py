@@ -213,7 +213,7 @@ def no_process_left(drill_process, dest):
 
 WITHOUT_PDEATHSIG = """import sys
 from stash_backup_plugin import drill
-drill._dies_with = lambda drill_pid: (lambda: None)  # as where PR_SET_PDEATHSIG does not exist
+drill.dies_with_us = lambda: (lambda: None)  # as where PR_SET_PDEATHSIG does not exist
 from stash_backup_plugin.cli.commands import main
 sys.exit(main())
 """

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..core.children import dies_with_us
+
 DISABLE_ENV = "STASH_BACKUP_RCLONE_RCD"  # "0": one rclone process per operation
 START_SECONDS = 15.0
 # A request that gets no answer for this long: rclone's own timeouts (RCLONE_TIMEOUT,
@@ -48,20 +50,6 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = handle
 
 
-def _die_with_parent():
-    """The child's first act: ask the kernel for SIGKILL when our process dies."""
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig, sigkill = 1, 9
-    parent = os.getpid()  # ours: the child's parent
-
-    def arm() -> None:
-        libc.prctl(pr_set_pdeathsig, sigkill, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the line above
-            os._exit(1)
-    return arm
-
-
 class Daemon:
     """A running `rclone rcd`; `call` sends one operation and waits for its answer. Its
     JSON log is read all along: the error lines of a failed call explain it."""
@@ -80,7 +68,7 @@ class Daemon:
         try:
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                        stdin=subprocess.DEVNULL, env=env, text=True, encoding="utf-8",
-                                       errors="replace", preexec_fn=_die_with_parent(),
+                                       errors="replace", preexec_fn=dies_with_us(),
                                        start_new_session=True)  # its own group: stop() ends a wrapper's child too
         except OSError:
             shutil.rmtree(folder, ignore_errors=True)
