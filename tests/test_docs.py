@@ -1,70 +1,44 @@
-"""The README documents every command and every option of both commands, and every
-command's --help works (as sqlite-utils' test_docs does)."""
-import argparse
+"""The documentation keeps up with the code: docs/cli.md holds every command's real
+`--help` (scripts/cli_docs.py writes it, as sqlite-utils does with cog), every command's
+--help works, docs/architecture.md names every module the package has, and the README
+stays an onboarding page whose links resolve."""
+import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 
-from stash_backup_plugin.cli import commands
-from stash_backup_plugin.offline import cli as restore_cli
+from .conftest import REPO, run_cli
 
-from .conftest import run_cli
-
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README = (REPO / "README.md").read_text()
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> dict:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
+def _cli_docs():
+    spec = importlib.util.spec_from_file_location("cli_docs", REPO / "scripts" / "cli_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _options(parser: argparse.ArgumentParser) -> set:
-    found = set()
-    for action in parser._actions:
-        found.update(o for o in action.option_strings if o.startswith("--") and o not in ("--help",))
-    return found
+CLI_DOCS = _cli_docs()
+COMMANDS = CLI_DOCS.parsers()
 
 
-BACKUP_COMMANDS = _subcommands(commands._parser())
+def test_the_cli_reference_is_every_commands_real_help():
+    doc = CLI_DOCS.DOC.read_text()
+    assert CLI_DOCS.documented(doc) == set(COMMANDS), "run: python scripts/cli_docs.py"
+    assert CLI_DOCS.rendered(doc, COMMANDS) == doc, "docs/cli.md is out of date: run python scripts/cli_docs.py"
 
 
-def _command_paths() -> dict:
-    """Every command, and every action of a command that has actions (`offsite push`)."""
-    found = {}
-    for name, parser in BACKUP_COMMANDS.items():
-        actions = _subcommands(parser)
-        found.update({f"{name} {action}": sub for action, sub in actions.items()} if actions else {name: parser})
-    return found
+def test_the_cli_reference_check_catches_a_stale_block():
+    doc = CLI_DOCS.DOC.read_text()
+    start = doc.index("<!-- help: stash-backup prune -->")
+    stale = doc[:start] + doc[start:].replace("--dry-run", "--dry-walk", 1)
+    assert CLI_DOCS.rendered(stale, COMMANDS) == doc
 
 
-ALL_COMMANDS = _command_paths()
-
-
-@pytest.mark.parametrize("name", sorted(ALL_COMMANDS))
-def test_every_stash_backup_command_and_option_is_in_the_readme(name):
-    assert re.search(rf"stash-backup {re.escape(name)}\b", README), f"stash-backup {name} is not in the README"
-    section = _reference_section(f"stash-backup {name}")
-    missing = sorted(o for o in _options(ALL_COMMANDS[name]) if o not in section)
-    assert not missing, f"stash-backup {name}: options missing from its README reference: {missing}"
-
-
-def test_every_stash_restore_option_is_in_the_readme():
-    section = _reference_section("stash-restore")
-    missing = sorted(o for o in _options(restore_cli._parser()) if o not in section)
-    assert not missing, f"stash-restore options missing from its README reference: {missing}"
-
-
-def _reference_section(command: str) -> str:
-    """The README's reference entry for a command: from its `#### command` heading to the next heading."""
-    match = re.search(rf"^#### `{re.escape(command)}`\n(.*?)(?=^#)", README, re.S | re.M)
-    assert match, f"the README has no reference entry '#### `{command}`'"
-    return match.group(1)
-
-
-@pytest.mark.parametrize("args", [["--help"]] + [[*name.split(), "--help"] for name in sorted(ALL_COMMANDS)])
+@pytest.mark.parametrize("args", [["--help"]] + [[*name.split()[1:], "--help"] for name in sorted(COMMANDS)
+                                                  if name.startswith("stash-backup ")])
 def test_stash_backup_help_works(args):
     result = run_cli(*args)
     assert result.returncode == 0 and "usage: stash-backup" in result.stdout, result.stderr
@@ -73,3 +47,45 @@ def test_stash_backup_help_works(args):
 def test_stash_restore_help_works():
     result = run_cli("--help", module="stash_backup_plugin.offline")
     assert result.returncode == 0 and "usage: stash-restore" in result.stdout, result.stderr
+
+
+def _listed_modules(text: str) -> set:
+    """The files docs/architecture.md's tree names under stash_backup_plugin/ (two spaces a level)."""
+    block = re.search(r"```\n(stash_backup_plugin/.*?)```", text, re.S).group(1)
+    stack, found = [], set()
+    for line in block.splitlines():
+        match = re.match(r"^( *)(\S+)", line)
+        if not match:
+            continue
+        depth, name = len(match.group(1)) // 2, match.group(2)
+        stack = stack[:depth]
+        if name.endswith("/"):
+            stack.append(name)
+        else:
+            found.add("".join(stack) + name)
+    return {f for f in found if f.startswith("stash_backup_plugin/")}
+
+
+def _package_modules() -> set:
+    package = REPO / "stash_backup_plugin"
+    return {str(p.relative_to(REPO)) for p in package.rglob("*")
+            if p.is_file() and p.suffix in (".py", ".js", ".css", ".in") and "__pycache__" not in p.parts
+            and p.name not in ("__init__.py", "__main__.py")}
+
+
+def test_the_architecture_page_names_every_module_and_no_other():
+    listed = _listed_modules((REPO / "docs" / "architecture.md").read_text())
+    actual = _package_modules()
+    assert not actual - listed, f"modules missing from docs/architecture.md: {sorted(actual - listed)}"
+    assert not listed - actual, f"docs/architecture.md names modules that do not exist: {sorted(listed - actual)}"
+
+
+def test_the_readme_is_an_onboarding_page_whose_links_resolve():
+    assert len(README.splitlines()) <= 250
+    for folder, text in [(REPO, README)] + [(REPO / "docs", p.read_text()) for p in (REPO / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if "://" in target:
+                continue
+            assert (folder / target).exists(), f"a link to {target} that does not exist"
+    for command in ("./scripts/demo", "./scripts/test"):
+        assert command in README
