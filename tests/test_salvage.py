@@ -64,3 +64,17 @@ def test_salvage_cli_prints_row_counts(tmp_path):
     result = run_restore("--salvage", str(original), "--output", str(tmp_path / "out.sqlite"))
     assert result.returncode == 0, result.stderr
     assert "performers" in result.stdout and "original" in result.stdout
+
+
+@pytest.mark.parametrize("folder", ["backups #1", "what?", "100%25 sure"])
+def test_salvage_into_a_folder_whose_name_a_uri_would_cut(tmp_path, monkeypatch, folder):
+    """The recovered copy is read back as a URI: an unescaped `#` or `?` ended the path
+    there (opening, even creating, another file) and `%25` became `%`."""
+    monkeypatch.setattr(module.shutil, "which", lambda name: None)
+    original = damaged_database(tmp_path)
+    out_folder = tmp_path / folder
+    report = salvage(original, out_folder / "recovered.sqlite")
+    assert report.method == "table-by-table copy"
+    assert report.rows["blobs"] == (200, 200)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["broken.sqlite", folder])
+    assert [p.name for p in out_folder.iterdir()] == ["recovered.sqlite"]

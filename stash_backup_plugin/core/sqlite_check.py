@@ -95,6 +95,15 @@ def _uri_path(path: Path) -> str:
 
 
 @contextlib.contextmanager
+def open_read_only(database: Path) -> Iterator[sqlite3.Connection]:
+    """SQLite's plain read-only open (`mode=ro`), closed afterwards. The one place a path
+    becomes a URI: escaped, since `#`, `?` or `%` in a folder's name would otherwise end
+    the path early and open (or create) another file."""
+    with _connect(f"file:{_uri_path(database)}?mode=ro") as connection:
+        yield connection
+
+
+@contextlib.contextmanager
 def _connect(uri: str) -> Iterator[sqlite3.Connection]:
     connection = sqlite3.connect(uri, uri=True)
     try:

@@ -14,7 +14,7 @@ from typing import Optional
 
 from ..core.atomic import commit, discard, make_folders, take_parent_owner, temp_path_in
 from ..core.errors import RestoreRefused, StorageError, UsageError
-from ..core.sqlite_check import private_copy, quote_identifier
+from ..core.sqlite_check import open_read_only, private_copy, quote_identifier
 
 
 @dataclass
@@ -63,9 +63,7 @@ def _recover_with_cli(source: Path, target: Path) -> Optional[str]:
 def _copy_table_by_table(source: Path, target: Path) -> str:
     """Best effort: the schema, then each table's rows up to the first unreadable
     page, then the indexes (those that the recovered rows allow)."""
-    damaged = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-    out = sqlite3.connect(target)
-    try:
+    with open_read_only(source) as damaged, contextlib.closing(sqlite3.connect(target)) as out:
         objects = _schema_objects(damaged)
         for kind, name, sql in objects:
             if kind == "table":
@@ -78,9 +76,6 @@ def _copy_table_by_table(source: Path, target: Path) -> str:
                 with contextlib.suppress(sqlite3.DatabaseError):
                     out.execute(sql)
                     out.commit()
-    finally:
-        damaged.close()
-        out.close()
     return "table-by-table copy"
 
 
@@ -117,7 +112,7 @@ def _copy_rows(damaged: sqlite3.Connection, out: sqlite3.Connection, table: str)
 def _check_output(path: Path) -> None:
     if not path.exists():
         raise StorageError("nothing could be recovered from the database")
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as check:
+    with open_read_only(path) as check:
         result = check.execute("PRAGMA quick_check").fetchone()[0]
     if result != "ok":
         raise StorageError(f"the recovered copy fails quick_check ({result})")
@@ -125,7 +120,7 @@ def _check_output(path: Path) -> None:
 
 def _tables(path: Path) -> list[str]:
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+        with open_read_only(path) as connection:
             return [r[0] for r in connection.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
     except sqlite3.DatabaseError:
@@ -135,7 +130,7 @@ def _tables(path: Path) -> list[str]:
 def _count(path: Path, table: str) -> Optional[int]:
     quoted = quote_identifier(table)
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+        with open_read_only(path) as connection:
             return connection.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0]
     except sqlite3.DatabaseError:
         return None
