@@ -26,13 +26,19 @@ def step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    print("$ " + " ".join(args), flush=True)
-    result = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True)
+# What a user types, and the module behind it (run with this Python, so the demo uses
+# this checkout whatever else is on PATH).
+COMMANDS = {"stash-backup": "stash_backup_plugin", "stash-restore": "stash_backup_plugin.offline"}
+
+
+def run(command: str, *args: str) -> subprocess.CompletedProcess:
+    print("$ " + " ".join((command, *args)), flush=True)
+    result = subprocess.run([sys.executable, "-m", COMMANDS[command], *args], cwd=REPO, capture_output=True,
+                            text=True)
     for line in (result.stderr + result.stdout).strip().splitlines():
         print("  " + line)
     if result.returncode != 0:
-        raise SystemExit(f"demo failed: {' '.join(args)} exited {result.returncode}")
+        raise SystemExit(f"demo failed: {command} {' '.join(args)} exited {result.returncode}")
     return result
 
 
@@ -56,7 +62,7 @@ def main() -> int:
         print(f"  sample content: {json.dumps(content_names(server))}")
 
         step("Installing the plugin the way a user does")
-        run("stash_backup_plugin", "install-plugin", "--plugins-dir", str(server.plugins), "--url", server.url)
+        run("stash-backup", "install-plugin", "--plugins-dir", str(server.plugins), "--url", server.url)
 
         for task in ("Backup database", "Download backup to archive", "Verify archive"):
             step(f"Running the plugin task '{task}' through Stash's task queue")
@@ -64,6 +70,7 @@ def main() -> int:
             print(f"  job {job['id']}: {job['status']}")
         for line in plugin_lines(server):
             print("  " + line)
+        print(f"  the Backups page: {server.url}/plugins/stash-backup (also Settings > Tools > Backups)")
 
         archive = server.root / "stash-backup-archive"
         step("What the tasks produced")
@@ -83,7 +90,7 @@ def main() -> int:
 
         step("Stopping Stash and restoring the archived backup offline")
         server.stop()
-        run("stash_backup_plugin.offline", str(archive / entry["file"]), "--config", str(server.config_path), "--yes")
+        run("stash-restore", entry["file"], "--archive", str(archive), "--config", str(server.config_path), "--yes")
 
         step("Starting Stash again and reading the content back from the server")
         server.start()
