@@ -17,7 +17,8 @@ from .core.snapshot import LEVEL as COMPRESSED, STORED
 from .core.archive import Archive, Entry, backup_files, entry_from_name, utc_now
 from .core.atomic import discard
 from .core.record import Header
-from .core.store import SnapshotTee, crash_point
+from .core.faults import crash_point
+from .core.store import SnapshotTee
 from .core.errors import (ConfigError, DownloadError, LinkExpiredError, StashBackupError, UsageError,
                           VerificationError)
 from .server.api import UNKNOWN_SERVER, Downloaded, ServerInfo, StashAPI

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from stash_backup_plugin.core.store import CRASH_ENV
+from stash_backup_plugin.core.faults import CRASH_ENV
 from tests.stash_server.build import NEW_VERSION
 from tests.stash_server.server import data_url, png_bytes, seed_content
 

@@ -13,7 +13,7 @@ import pytest
 from tests.stash_server.build import NEW_VERSION
 from tests.stash_server.server import content_names, data_url, performer_image, png_bytes, seed_content
 
-from stash_backup_plugin.offline.swap import CRASH_ENV
+from stash_backup_plugin.core.faults import CRASH_ENV
 
 from .conftest import run_cli, run_restore
 

@@ -8,7 +8,7 @@ import pytest
 
 from stash_backup_plugin.core.archive import Archive, Entry, entry_from_name, utc_now
 from stash_backup_plugin.core.atomic import temp_path_in
-from stash_backup_plugin.core.store import CRASH_ENV
+from stash_backup_plugin.core.faults import CRASH_ENV
 from stash_backup_plugin.core.verify import verify_backup
 
 from .conftest import run_cli

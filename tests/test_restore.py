@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from stash_backup_plugin.offline import restore as engine
+from stash_backup_plugin.core import faults
 from stash_backup_plugin.offline import swap
 from stash_backup_plugin.core.archive import Archive, Entry
 from stash_backup_plugin.core.errors import RestoreRefused, StorageError, UsageError, VerificationError
@@ -628,7 +629,7 @@ SWAP_STEPS = ["journal-temp", "journal-saved", "aside-created", "aside-db", "pla
 @pytest.mark.parametrize("step", SWAP_STEPS)
 def test_an_error_at_any_step_of_a_restore_is_recovered_at_once(install, monkeypatch, step):
     old, new = install.names(), ["performer-0", "performer-1", "performer-2"]
-    monkeypatch.setenv(swap.FAIL_ENV, step)
+    monkeypatch.setenv(faults.FAIL_ENV, step)
     with pytest.raises(StorageError, match=f"injected failure at {step}") as raised:
         do_restore(install, install.backup_zip)
     finished = SWAP_STEPS.index(step) >= SWAP_STEPS.index("placed")
@@ -644,7 +645,7 @@ def test_an_error_at_any_step_of_a_restore_is_recovered_at_once(install, monkeyp
 def test_an_error_at_any_step_of_an_undo_is_recovered_at_once(install, monkeypatch, step):
     do_restore(install, install.backup_zip)
     old, new = ["added-after-backup", "performer-0", "performer-1", "performer-2"], install.names()
-    monkeypatch.setenv(swap.FAIL_ENV, step)
+    monkeypatch.setenv(faults.FAIL_ENV, step)
     with pytest.raises(StorageError, match=f"injected failure at {step}"):
         engine.undo(target(install), engine.RestoreOptions(assume_yes=True), Reporter())
     finished = SWAP_STEPS.index(step) >= SWAP_STEPS.index("placed")
@@ -658,7 +659,7 @@ def test_undo_after_a_restore_that_was_rolled_back_does_not_undo_an_older_one(in
     import signal
     do_restore(install, install.backup_plain)  # an older restore, undoable
     args = [str(install.backup_zip), "--config", str(install.config), "--yes"]
-    assert run_restore(*args, env={swap.CRASH_ENV: "aside-db"}).returncode == -signal.SIGKILL
+    assert run_restore(*args, env={faults.CRASH_ENV: "aside-db"}).returncode == -signal.SIGKILL
     before = install.names()
     result = run_restore("--undo", "--config", str(install.config), "--yes")
     assert result.returncode == 0, result.stderr

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from stash_backup_plugin.offline.swap import CRASH_ENV, journal_path
+from stash_backup_plugin.core.faults import CRASH_ENV
+from stash_backup_plugin.offline.swap import journal_path
 
 from .conftest import REPO, run_restore
 from .restore_fixtures import add_performer_in_wal, make_install

@@ -11,7 +11,8 @@ import pytest
 from stash_backup_plugin.core import stored
 from stash_backup_plugin.core.reporting import Reporter
 from stash_backup_plugin.core.store import Store
-from stash_backup_plugin.offline.swap import CRASH_ENV, journal_path
+from stash_backup_plugin.core.faults import CRASH_ENV
+from stash_backup_plugin.offline.swap import journal_path
 
 from .conftest import run_restore
 from .restore_fixtures import make_install

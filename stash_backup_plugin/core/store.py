@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import queue
-import signal
 import socket
 import threading
 import time
@@ -37,23 +36,17 @@ from . import record as records
 from . import snapshot as snapshots
 from .atomic import discard, fsync_dir, make_folders, storage_error, take_parent_owner
 from .errors import VerificationError
+from .faults import crash_point
 from .naming import TEMP_MARKER, blob_relative_path
 
 BLOBS, SNAPSHOTS, RECORDS, PENDING, INCOMING = "blobs", "snapshots", "backups", "pending", "incoming"
 SNAPSHOT_SUFFIX = ".gz"
-CRASH_ENV = "STASH_BACKUP_CRASH_AT"
 # Spares blobs written shortly before a pending run's recorded start (clock steps,
 # file systems whose times come from another machine).
 PENDING_SLACK_SECONDS = 300
 # A marker older than this belongs to a run that died on another machine.
 PENDING_STALE_SECONDS = 48 * 3600
 COPY_CHUNK = 1024 * 1024
-
-
-def crash_point(step: str) -> None:
-    """Test hook: die exactly here, as kill -9 would, when the environment says so."""
-    if os.environ.get(CRASH_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)

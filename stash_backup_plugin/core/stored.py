@@ -22,7 +22,8 @@ from .reporting import Reporter
 from .sqlite_check import (NONE, QUICK, check_database, count_filesystem_blob_references, library_counts,
                            filesystem_blob_references)
 from .snapshot import LEVEL
-from .store import SNAPSHOTS, Store, commit_snapshot, crash_point, write_snapshot
+from .faults import crash_point
+from .store import SNAPSHOTS, Store, commit_snapshot, write_snapshot
 from .store_plan import GcPlan, plan_gc, plan_snapshots
 
 MISSING_EXAMPLES = 5

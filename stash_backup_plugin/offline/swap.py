@@ -16,11 +16,9 @@ by inode, so recovery knows exactly which file is which. Standard library only."
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import shutil
-import signal
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Iterator, Optional
 
 from ..core.atomic import atomic_output, commit, discard, fsync_dir, make_folders, remove_stale_temps, staged_file
 from ..core.errors import RestoreRefused, StorageError
+from ..core.faults import crash_point
 from ..core.sqlite_check import SIDE_SUFFIXES, has_sqlite_header
 from .liveness import DB_LOCK_LENGTH, DB_LOCK_START, SHM_DMS_BYTE, lock_holder
 
@@ -35,16 +34,6 @@ ALL_SUFFIXES = ("",) + SIDE_SUFFIXES
 DATA_SUFFIXES = ("-wal", "-journal")  # side files that can hold committed data; -shm never does
 JOURNAL_SUFFIX = ".stash-restore-journal"
 RECORD_NAME = "restore-record.json"
-CRASH_ENV = "STASH_RESTORE_CRASH_AT"  # test hook: die here, as kill -9 would
-FAIL_ENV = "STASH_RESTORE_FAIL_AT"  # test hook: fail here, as a full disk would
-
-
-def crash_point(step: str) -> None:
-    if os.environ.get(CRASH_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
-    if os.environ.get(FAIL_ENV) == step:
-        del os.environ[FAIL_ENV]  # once, as a passing fault would: the recovery then runs clean
-        raise OSError(errno.EIO, f"injected failure at {step}")
 
 
 def journal_path(database: Path) -> Path:

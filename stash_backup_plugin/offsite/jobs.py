@@ -26,7 +26,8 @@ from ..core.reporting import Reporter, human_size
 from ..core.retention import Decision, Policy, plan_retention
 from ..core.snapshot import decompress
 from ..core.sqlite_check import check_database
-from ..core.store import Store, commit_snapshot, crash_point
+from ..core.faults import crash_point
+from ..core.store import Store, commit_snapshot
 from ..core.store_plan import plan_gc
 from ..core.stored import ReadData
 from .manifest import BLOBS, PENDING, RECORDS, SNAPSHOTS, Manifest, RemoteBackup, backup_from_header

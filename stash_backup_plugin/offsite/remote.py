@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Optional
 from ..core.archive import utc_now
 from ..core.atomic import discard
 from ..core.errors import RemoteError, UsageError
-from ..core.store import crash_point
+from ..core.faults import crash_point
 from . import manifest as manifests
 from .manifest import BLOBS, PENDING, Manifest
 from .plan import RemoteBlob, blob_checksum
