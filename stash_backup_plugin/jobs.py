@@ -421,6 +421,9 @@ def apply_retention(archive: Archive, policy: Policy, dry_run: bool, report: Rep
         return result
 
 
+STRAYS_SHOWN = 5  # stray file names named in prune's output; the rest counted
+
+
 def _collect_garbage(archive: Archive, decisions: list[Decision], dry_run: bool, result: RetentionResult,
                      report: Reporter) -> None:
     store = archive.store
@@ -434,6 +437,14 @@ def _collect_garbage(archive: Archive, decisions: list[Decision], dry_run: bool,
     if plan.spared_blobs:
         report.info(f"spared {plan.spared_blobs} unreferenced blob(s) written since a run still marked in progress "
                     "began; a later prune collects them")
+    if plan.strays:
+        shown = ", ".join(plan.strays[:STRAYS_SHOWN]) + (f" and {len(plan.strays) - STRAYS_SHOWN} more"
+                                                         if len(plan.strays) > STRAYS_SHOWN else "")
+        report.warning(f"ignored {len(plan.strays)} file(s) in the archive's blobs folder that are not blobs "
+                       f"(left alone): {shown}")
+    if plan.rescued_blobs:
+        report.warning(f"kept {plan.rescued_blobs} blob(s) a kept backup refers to that the sorted walk missed "
+                       "(the blobs folder lists out of order): please report this")
     if not dry_run:
         stored.collect(store, plan, report.phase(0.5, 1.0))
 

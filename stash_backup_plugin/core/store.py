@@ -37,7 +37,7 @@ from . import record as records
 from . import snapshot as snapshots
 from .atomic import discard, fsync_dir, make_folders, storage_error, take_parent_owner
 from .errors import VerificationError
-from .naming import TEMP_MARKER, blob_relative_path
+from .naming import TEMP_MARKER, blob_checksum, blob_relative_path
 
 BLOBS, SNAPSHOTS, RECORDS, PENDING, INCOMING = "blobs", "snapshots", "backups", "pending", "incoming"
 SNAPSHOT_SUFFIX = ".gz"
@@ -100,18 +100,22 @@ class Store:
         except OSError:
             return None
 
-    def stored_blobs(self) -> Iterator[StoredBlob]:
-        """Every blob file, sorted by checksum (folder by folder: the layout sorts)."""
+    def stored_blobs(self, strays: Optional[list[str]] = None) -> Iterator[StoredBlob]:
+        """Every blob file, sorted by checksum (folder by folder: the layout sorts).
+        Anything else in the blobs folder (`Thumbs.db`, `.DS_Store`, an upper-case copy
+        of a name) is no blob: it is skipped, and its path (relative to the blobs
+        folder) added to `strays` when given. Our own temp names are skipped silently."""
         if not self.blobs_folder.is_dir():
             return
-        for first in _sorted_dirs(self.blobs_folder):
-            for second in _sorted_dirs(first):
-                with os.scandir(second) as entries:
-                    found = sorted((e.name, e) for e in entries if e.is_file(follow_symlinks=False)
-                                   and TEMP_MARKER not in e.name)
-                for name, entry in found:
-                    info = entry.stat(follow_symlinks=False)
-                    yield StoredBlob(name, info.st_size, info.st_mtime)
+        for first in _entries(self.blobs_folder, strays, ""):
+            if not first.is_dir(follow_symlinks=False):
+                _stray(strays, first.name)
+                continue
+            for second in _entries(first.path, strays, first.name + "/"):
+                if not second.is_dir(follow_symlinks=False):
+                    _stray(strays, f"{first.name}/{second.name}")
+                    continue
+                yield from _blobs_in(second.path, f"{first.name}/{second.name}/", strays)
 
     # --- records -------------------------------------------------------------------
     def record_names(self) -> list[str]:
@@ -446,10 +450,39 @@ def _checksums(blobs: Iterator[tuple[str, int]]) -> Iterator[str]:
         yield checksum
 
 
-def _sorted_dirs(folder: Path) -> list[Path]:
+def _entries(folder, strays: Optional[list[str]], prefix: str) -> list[os.DirEntry]:
+    """The entries of a blobs folder level, sorted by name; names that cannot be a
+    level of the layout (`@eaDir`, `desktop.ini`) go to `strays`."""
+    levels = []
+    for entry in _entries_sorted(folder):
+        if TEMP_MARKER in entry.name:
+            continue
+        if len(entry.name) == 2:
+            levels.append(entry)
+        else:
+            _stray(strays, prefix + entry.name)
+    return levels
+
+
+def _blobs_in(folder: str, prefix: str, strays: Optional[list[str]]) -> Iterator[StoredBlob]:
+    for entry in _entries_sorted(folder):
+        if TEMP_MARKER in entry.name:
+            continue
+        if not entry.is_file(follow_symlinks=False) or blob_checksum(prefix + entry.name) is None:
+            _stray(strays, prefix + entry.name)
+            continue
+        info = entry.stat(follow_symlinks=False)
+        yield StoredBlob(entry.name, info.st_size, info.st_mtime)
+
+
+def _entries_sorted(folder: str) -> list[os.DirEntry]:
     with os.scandir(folder) as entries:
-        return [Path(e.path) for e in sorted(entries, key=lambda e: e.name)
-                if e.is_dir(follow_symlinks=False) and len(e.name) == 2]
+        return sorted(entries, key=lambda e: e.name)
+
+
+def _stray(strays: Optional[list[str]], relative: str) -> None:
+    if strays is not None:
+        strays.append(relative)
 
 
 # Up to this many files (or folders) are synced one by one, several at a time; more

@@ -22,8 +22,8 @@ from .reporting import Reporter
 from .sqlite_check import (NONE, QUICK, check_database, count_filesystem_blob_references, library_counts,
                            filesystem_blob_references)
 from .snapshot import LEVEL
-from .store import SNAPSHOTS, Store, commit_snapshot, crash_point, write_snapshot
-from .store_plan import GcPlan, plan_gc, plan_snapshots
+from .store import BLOBS, SNAPSHOTS, Store, commit_snapshot, crash_point, write_snapshot
+from .store_plan import GcPlan, plan_gc, plan_snapshots, spare_referenced
 
 MISSING_EXAMPLES = 5
 
@@ -437,7 +437,11 @@ def plan_collection(store: Store, keep: Optional[list[str]] = None) -> GcPlan:
     remained. Raises VerificationError if any kept record cannot be read whole."""
     names = store.record_names() if keep is None else keep
     protect = store.protect_since()
-    plan = plan_gc(store.stored_blobs(), store.referenced(names), protect)
+    strays: list[str] = []
+    plan = plan_gc(store.stored_blobs(strays), store.referenced(names), protect)
+    plan.strays = [f"{BLOBS}/{relative}" for relative in strays]
+    if plan.delete_blobs:
+        spare_referenced(plan, store.referenced(names))
     pending = [m.get("name", "") for m in store.pending_markers()]
     return plan_snapshots(_snapshot_files(store), names, pending, protect, plan)
 
