@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
-import hashlib
 import os
-import socket
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import BinaryIO, Iterator, Optional
+from typing import BinaryIO, Iterator
 
 from .errors import StorageError
 from .naming import TEMP_MARKER, temp_owner
+from .processes import alive, dead_here, machine_id
 
 # No run lives this long: a temp file or folder untouched for a day is abandoned, even
 # when its maker cannot be asked (another host on a shared folder, another container).
@@ -171,32 +169,7 @@ def scratch_folder(near: Path, name: str = ".scratch") -> Iterator[Path]:
 
 def temp_owner_tag() -> str:
     """`<pid>.<machine>`: enough for a later run to ask whether the maker still lives."""
-    return f"{os.getpid()}.{_this_machine()}"
-
-
-@functools.lru_cache(maxsize=1)
-def _this_machine() -> str:
-    """This boot of this host, in this PID namespace: only there does a PID name the
-    same process (a container's PIDs mean nothing on its host, and a host's nothing
-    on another host sharing the folder)."""
-    parts = [socket.gethostname()]
-    with contextlib.suppress(OSError):
-        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
-    with contextlib.suppress(OSError, AttributeError):
-        parts.append(os.readlink("/proc/self/ns/pid"))
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
-
-
-def _process_alive(pid: int) -> Optional[bool]:
-    if os.name == "nt":
-        return None  # os.kill would end the process there, not ask about it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, as another user
-    return True
+    return f"{os.getpid()}.{machine_id()}"
 
 
 def is_abandoned(entry: Path, now: float) -> bool:
@@ -204,7 +177,7 @@ def is_abandoned(entry: Path, now: float) -> bool:
     or nobody has touched it for longer than any run takes. A verify or dry run
     works in scratch folders without the archive's lock: theirs must survive."""
     owner = temp_owner(entry.name)
-    if owner and owner[1] == _this_machine() and _process_alive(owner[0]) is False:
+    if owner and dead_here(owner[1], owner[0]):
         return True
     return now - _last_touched(entry) > RUN_LIMIT_SECONDS
 
@@ -229,7 +202,7 @@ def _runs_a_process(folder: Path) -> bool:
         pid = int((folder / RUNNING_PID_FILE).read_text(encoding="ascii").strip())
     except (OSError, ValueError):
         return False
-    return pid > 0 and _process_alive(pid) is not False
+    return pid > 0 and alive(pid) is not False
 
 
 def remove_stale_temps(folder: Path, prefix: str = "", lock_excludes_makers: bool = False) -> list[Path]:

@@ -23,7 +23,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import threading
 import time
 import zipfile
@@ -38,6 +37,7 @@ from . import snapshot as snapshots
 from .atomic import discard, fsync_dir, make_folders, storage_error, take_parent_owner
 from .errors import VerificationError
 from .naming import TEMP_MARKER, blob_checksum, blob_relative_path
+from .processes import dead_here, identity
 
 BLOBS, SNAPSHOTS, RECORDS, PENDING, INCOMING = "blobs", "snapshots", "backups", "pending", "incoming"
 SNAPSHOT_SUFFIX = ".gz"
@@ -181,8 +181,9 @@ class Store:
         """Mark this run as adding data until the block ends (its record written)."""
         folder = self.folder / PENDING
         make_folders(folder)
-        marker = folder / f"{name}.{os.getpid()}.json"
-        payload = {"name": name, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        me = identity()
+        marker = folder / f"{name}.{me['machine']}.{me['pid']}.json"
+        payload = {"name": name, **me, "started": time.time()}
         from .atomic import write_bytes_atomic
         write_bytes_atomic(marker, json.dumps(payload).encode(), mode=0o644)
         try:
@@ -213,17 +214,18 @@ class Store:
 
     def clean_after_killed_runs(self) -> list[Path]:
         """With the archive's lock held: temp files in incoming/ are a killed run's, and
-        so are markers of this host's processes that no longer exist (or any marker
-        older than two days). Returns what was removed."""
+        so are markers of this machine's processes that no longer exist (processes.
+        dead_here: a marker of another machine, or of an older version that named the
+        host alone, may be a live run's), and any marker older than two days.
+        Returns what was removed."""
         removed = []
         if self.incoming.is_dir():
             for path in self.incoming.iterdir():
                 discard(path)
                 removed.append(path)
-        now, host = time.time(), socket.gethostname()
+        now = time.time()
         for marker in self.pending_markers():
-            dead_here = marker.get("host") == host and not _process_alive(marker.get("pid"))
-            if dead_here or now - float(marker.get("started", now)) > PENDING_STALE_SECONDS:
+            if dead_here(marker.get("machine"), marker.get("pid")) or now - float(marker.get("started", now)) > PENDING_STALE_SECONDS:
                 discard(Path(marker["path"]))
                 removed.append(Path(marker["path"]))
         return removed
@@ -539,16 +541,6 @@ def _read_source(source: BinaryIO) -> Optional[bytes]:
         return source.read(COPY_CHUNK)
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error):
         return None
-
-
-def _process_alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (TypeError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 ProgressBytes = Optional[Callable[[int], None]]
