@@ -725,7 +725,8 @@ def overview(archive: Archive, status_file: StatusFile, interval: Duration) -> d
         "last_verified_age_seconds": int((now - last).total_seconds()) if last else None,
         "stale": is_stale(last, max_age, now),
         "backups": [_entry_view(e) for e in entries],
-        "jobs": {name: dict(asdict(record), running=record.running_or_killed) for name, record in status.jobs.items()},
+        "jobs": {name: dict(asdict(record), running=record.running_or_killed, failing=record.failing)
+                 for name, record in status.jobs.items()},
         "last_failure": {"job": failure[0], "at": failure[1].last_failure, "message": failure[1].failure_message}
                         if failure else None,
         "auto_queued_at": status.auto_queued_at or None,

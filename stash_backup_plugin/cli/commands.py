@@ -478,7 +478,7 @@ def cmd_status(args, report) -> int:
     print(f"archive: {archive.folder} ({view['archive']['backups']} backup(s))")
     print("newest verified backup: " + (f"{view['last_verified']} ({_age(age)} old)" if age is not None else "none"))
     for name, job in sorted(view["jobs"].items()):
-        outcome = "failed" if job["last_failure"] and job["last_failure"] > job["last_success"] else "ok"
+        outcome = "failed" if job["failing"] else "ok"
         print(f"{name:<10} last run {job['last_attempt'] or 'never'}: {outcome}: {job['last_message']}")
     if overdue:
         report.error(f"overdue: no verified backup within {max_age}")
