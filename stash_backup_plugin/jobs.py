@@ -305,6 +305,8 @@ def verify_archive(archive: Archive, level: str, report: Reporter,
     summary = VerifySummary()
     with archive.locked():
         entries = archive.entries()
+        for problem in archive.manifest_problems:
+            report.warning(problem)
         work = [(e, archive.path_of(e)) for e in entries if not e.is_stored]
         work += [(None, p) for p in archive.unregistered_files()]
         kept = [e for e in entries if e.is_stored]

@@ -294,6 +294,8 @@ def cmd_list(args, report) -> int:
     from ..core.reporting import human_size
     archive = _archive(args)
     entries = archive.entries()
+    for problem in archive.manifest_problems:
+        report.warning(problem)
     if args.json:
         _print_json([asdict(e) for e in entries])
         return 0

@@ -80,8 +80,45 @@ class Entry:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Entry":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """An entry as read from the manifest (a file anyone may have edited): every
+        field of its type, the name a plain file name, the time a time. Raises
+        ValueError naming the first field that is not."""
+        if not isinstance(data, dict):
+            raise ValueError(f"an entry is {type(data).__name__}, not an object")
+        known = {f.name: f for f in fields(cls)}
+        missing = [f.name for f in known.values() if f.name not in data and _required(f)]
+        if missing:
+            raise ValueError(f"{missing[0]} is missing")
+        for name, value in data.items():
+            if name in known and not _of_type(value, known[name].type):
+                raise ValueError(f"{name} is {json.dumps(value)[:40]}, not {_TYPE_WORDS[known[name].type]}")
+        entry = cls(**{k: v for k, v in data.items() if k in known})
+        if entry.file in ("", ".", "..") or "/" in entry.file or "\\" in entry.file:
+            raise ValueError(f"file {entry.file!r} is not a file name in the archive folder")
+        try:
+            entry.created_time
+        except ValueError:
+            raise ValueError(f"created {entry.created!r} is not a time") from None
+        return entry
+
+
+def _label(raw) -> str:
+    name = raw.get("file") if isinstance(raw, dict) else None
+    return repr(name[:120]) if isinstance(name, str) and name else "without a file name"
+
+
+_TYPE_WORDS = {"str": "text", "int": "a whole number", "bool": "true or false", "dict": "an object"}
+
+
+def _of_type(value, kind: str) -> bool:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, {"str": str, "bool": bool, "dict": dict}[kind])
+
+
+def _required(spec) -> bool:
+    from dataclasses import MISSING
+    return spec.default is MISSING and spec.default_factory is MISSING
 
 
 @dataclass
@@ -107,6 +144,15 @@ def _size(path: Path) -> int:
 class Archive:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
+        # Manifest entries that could not be read: kept in the file as they are (a rewrite
+        # never drops them), skipped otherwise, each named by `manifest_problems`.
+        self._damaged: list[tuple[dict, str]] = []
+
+    @property
+    def manifest_problems(self) -> list[str]:
+        """One line per damaged manifest entry: which one, what is wrong, what to do."""
+        return [f"{self.manifest_path}: the entry {_label(raw)} is damaged ({reason}): skipped; fix or remove "
+                "it (verify registers a backup file it no longer names)" for raw, reason in self._damaged]
 
     @property
     def manifest_path(self) -> Path:
@@ -186,13 +232,25 @@ class Archive:
         return [e for e in self._manifest_entries() if not e.is_stored and e.file in imported]
 
     def _manifest_entries(self) -> list[Entry]:
+        """The manifest's readable entries; a damaged one is skipped and remembered
+        (manifest_problems), so the rest of the archive still lists and verifies."""
+        self._damaged = []
         if not self.manifest_path.exists():
             return []
         try:
             data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-            return [Entry.from_dict(item) for item in data.get("entries", [])]
+            items = data.get("entries", [])
+            if not isinstance(items, list):
+                raise TypeError("its entries are not a list")
         except (ValueError, TypeError, AttributeError) as error:
             raise StorageError(f"{self.manifest_path} is damaged ({error}): move it aside and run verify to rebuild it") from error
+        entries = []
+        for item in items:
+            try:
+                entries.append(Entry.from_dict(item))
+            except ValueError as error:
+                self._damaged.append((item, str(error)))
+        return entries
 
     def _stored_entries(self, checks: dict[str, Entry]) -> list[Entry]:
         entries = []
@@ -298,7 +356,10 @@ class Archive:
         recorded = set(self.store.record_names())
         entries = [e for e in entries if not e.is_stored or e.file in recorded]  # forgotten ones go too
         ordered = sorted(entries, key=lambda e: e.created, reverse=True)
-        payload = {"format": FORMAT, "entries": [asdict(e) for e in ordered]}
+        named = {e.file for e in ordered}
+        # A damaged entry stays as it was, until a good one for the same file replaces it.
+        kept = [raw for raw, _ in self._damaged if not (isinstance(raw, dict) and raw.get("file") in named)]
+        payload = {"format": FORMAT, "entries": [asdict(e) for e in ordered] + kept}
         write_bytes_atomic(self.manifest_path, (json.dumps(payload, indent=2) + "\n").encode())
 
 
