@@ -95,7 +95,7 @@ def _write_ours(folder: Path, names) -> None:
     from .core.atomic import write_bytes_atomic
     payload = json.dumps({"made_by_stash_backup": sorted(names)}, indent=1) + "\n"
     with contextlib.suppress(StashBackupError):  # readable but not writable here: nothing of ours to count later
-        write_bytes_atomic(folder / OURS_LEDGER, payload.encode(), mode=0o644)
+        write_bytes_atomic(folder / OURS_LEDGER, payload.encode())
 
 
 def _ours(folder: Path) -> list[str]:
@@ -488,7 +488,7 @@ def export_backup(archive: Archive, name: str, output: Path, report: Reporter) -
 
 
 def _copy_verified(source: Path, entry: Entry, output: Path, report: Reporter) -> None:
-    from .core.atomic import atomic_output, make_folders
+    from .core.atomic import atomic_output, make_folders, private_mode
     make_folders(output.parent)
     with atomic_output(output) as (handle, temp), open(source, "rb") as original:
         while chunk := original.read(1024 * 1024):
@@ -496,7 +496,7 @@ def _copy_verified(source: Path, entry: Entry, output: Path, report: Reporter) -
         handle.flush()
         verify_backup(temp, QUICK, expected_size=entry.size, expected_sha256=entry.sha256,
                       progress=report.bytes_progress("verifying the copy"))
-        os.chmod(temp, 0o644)
+        os.chmod(temp, private_mode(output.parent))  # the whole library: private as the archive
 
 
 # --- Migrate older per-backup files into the store -------------------------------------

@@ -250,3 +250,17 @@ def test_a_damaged_manifest_entry_is_one_line_and_the_rest_still_lists_and_verif
     assert verified.returncode == 0 and "3 good, 0 bad" in verified.stdout + verified.stderr, verified.stderr
     again = run_cli("list", "--dest", str(store.folder))  # verify wrote good entries in their place
     assert again.returncode == 0 and "damaged" not in again.stderr, again.stderr
+
+
+@pytest.mark.parametrize("parent, folder, file", [(0o755, "0o700", "0o600"), (0o700, "0o700", "0o600"),
+                                                  (0o750, "0o750", "0o640"), (0o770, "0o770", "0o640")])
+def test_what_we_make_is_private_unless_its_folder_is_shared_with_the_group_alone(tmp_path, parent, folder, file):
+    """0600 and 0700 by default; a folder its owner shared with the group (and closed to
+    others) shares what we make in it with that group, to read; others never."""
+    from stash_backup_plugin.core.atomic import make_folders, write_bytes_atomic
+    tmp_path.chmod(parent)
+    make_folders(tmp_path / "a" / "b")
+    write_bytes_atomic(tmp_path / "a" / "f", b"x")
+    assert oct((tmp_path / "a").stat().st_mode & 0o777) == folder
+    assert oct((tmp_path / "a" / "b").stat().st_mode & 0o777) == folder
+    assert oct((tmp_path / "a" / "f").stat().st_mode & 0o777) == file

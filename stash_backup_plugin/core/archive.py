@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import stat
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .atomic import commit, make_folders, remove_stale_temps, storage_error, take_parent_owner, write_bytes_atomic
+from .atomic import (commit, make_folders, open_lock_file, remove_stale_temps, storage_error, take_parent_owner,
+                     write_bytes_atomic)
 from .errors import StorageError, UsageError, VerificationError
 from .naming import BackupName, is_temp_name, parse_backup_name, with_counter
 from .record import Header
@@ -171,9 +174,10 @@ class Archive:
         """Hold the archive for this run; clean up what a killed run left."""
         try:
             make_folders(self.folder)
+            close_to_others(self.folder)
             lock = self.folder / LOCK_NAME
             created = not lock.exists()
-            handle = open(lock, "a+b")
+            handle = open_lock_file(lock)
             if created:
                 take_parent_owner(lock)
         except OSError as error:
@@ -193,7 +197,7 @@ class Archive:
         # The lock file is made if missing (unless asked not to: a dry run), so a later run sees the hold.
         for mode in (("a+b", "rb") if create_lock else ("rb",)):
             try:
-                handle = open(self.folder / LOCK_NAME, mode)
+                handle = open_lock_file(self.folder / LOCK_NAME, mode)
                 break
             except OSError:
                 continue
@@ -361,6 +365,17 @@ class Archive:
         kept = [raw for raw, _ in self._damaged if not (isinstance(raw, dict) and raw.get("file") in named)]
         payload = {"format": FORMAT, "entries": [asdict(e) for e in ordered] + kept}
         write_bytes_atomic(self.manifest_path, (json.dumps(payload, indent=2) + "\n").encode())
+
+
+def close_to_others(folder: Path) -> None:
+    """Older versions made the archive folder 0755 and its files 0644: any local user
+    could read every snapshot, and flock the lock file. The first run under the lock
+    closes the archive folder (0700): what is inside is then out of other users' reach,
+    whatever its own modes, without touching each of a million blobs; what is written
+    from then on is private. A folder already closed to others is the owner's choice
+    (0750 shares it with the group) and is left as it is."""
+    if stat.S_IMODE(os.stat(folder).st_mode) & 0o007:
+        os.chmod(folder, 0o700)
 
 
 def _lock(handle, folder: Path) -> None:

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
-from .atomic import storage_error, write_bytes_atomic
+from .atomic import make_folders, open_lock_file, storage_error, write_bytes_atomic
 from .errors import StorageError
 
 T = TypeVar("T")
@@ -269,15 +269,15 @@ def _read(path: Path) -> Status:
 
 def _apply(folder: Path, change: Callable[[Status], T], read: Callable[[], Status]) -> T:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / STATUS_LOCK_NAME, "a+b")
+        make_folders(folder)
+        handle = open_lock_file(folder / STATUS_LOCK_NAME)
     except OSError as error:
         raise storage_error("write the backup status into", folder, error) from error
     with handle:
         _wait_for_lock(handle, folder / STATUS_NAME)
         status = read()
         result = change(status)
-        write_bytes_atomic(folder / STATUS_NAME, (json.dumps(status.to_dict(), indent=2) + "\n").encode(), mode=0o644)
+        write_bytes_atomic(folder / STATUS_NAME, (json.dumps(status.to_dict(), indent=2) + "\n").encode())
         return result
 
 

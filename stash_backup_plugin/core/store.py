@@ -34,7 +34,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Optional
 
 from . import record as records
 from . import snapshot as snapshots
-from .atomic import discard, fsync_dir, make_folders, storage_error, take_parent_owner
+from .atomic import discard, fsync_dir, make_folders, own_like_folder, storage_error
 from .errors import VerificationError
 from .naming import TEMP_MARKER, blob_checksum, blob_relative_path
 from .processes import dead_here, identity
@@ -185,7 +185,7 @@ class Store:
         marker = folder / f"{name}.{me['machine']}.{me['pid']}.json"
         payload = {"name": name, **me, "started": time.time()}
         from .atomic import write_bytes_atomic
-        write_bytes_atomic(marker, json.dumps(payload).encode(), mode=0o644)
+        write_bytes_atomic(marker, json.dumps(payload).encode())
         try:
             yield marker
         finally:
@@ -275,7 +275,7 @@ class BlobWriter:
                     digest.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
-            _own_like_folder(temp)
+            own_like_folder(temp)
         except OSError as error:
             discard(temp)
             raise storage_error("write blobs into", self.store.incoming, error) from error
@@ -320,7 +320,7 @@ def write_snapshot(store: Store, name: str, database: Path, level: int = snapsho
             digest = snapshots.compress(source, out, level=level, progress=progress)
             out.flush()
             os.fsync(out.fileno())
-        _own_like_folder(temp)
+        own_like_folder(temp)
     except OSError as error:
         discard(temp)
         raise storage_error("write the database snapshot into", store.incoming, error) from error
@@ -430,7 +430,7 @@ class SnapshotTee:
         self._handle.flush()
         os.fsync(self._handle.fileno())
         self._handle.close()
-        _own_like_folder(self.temp)
+        own_like_folder(self.temp)
         return self.temp, digest
 
 
@@ -525,13 +525,6 @@ def _in_parallel(work, items) -> None:
     with ThreadPoolExecutor(max_workers=min(SYNC_THREADS, len(items))) as pool:
         for _ in pool.map(work, items):
             pass
-
-
-def _own_like_folder(path: Path) -> None:
-    """Readable by all, owned like the archive folder: the plugin (Stash's user) and a
-    CLI run as root share the archive."""
-    os.chmod(path, 0o644)
-    take_parent_owner(path)
 
 
 def _read_source(source: BinaryIO) -> Optional[bytes]:
