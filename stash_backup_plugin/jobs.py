@@ -489,10 +489,10 @@ def export_backup(archive: Archive, name: str, output: Path, report: Reporter) -
 
 def _copy_verified(source: Path, entry: Entry, output: Path, report: Reporter) -> None:
     from .core.atomic import atomic_output, make_folders, private_mode
+    from .core.hashing import copy_and_hash
     make_folders(output.parent)
     with atomic_output(output) as (handle, temp), open(source, "rb") as original:
-        while chunk := original.read(1024 * 1024):
-            handle.write(chunk)
+        copy_and_hash(original, handle)
         handle.flush()
         verify_backup(temp, QUICK, expected_size=entry.size, expected_sha256=entry.sha256,
                       progress=report.bytes_progress("verifying the copy"))

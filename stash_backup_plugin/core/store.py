@@ -18,7 +18,6 @@ Standard library only (stash-restore reads the store)."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import queue
@@ -35,6 +34,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Optional
 from . import record as records
 from . import snapshot as snapshots
 from .atomic import discard, fsync_dir, make_folders, own_like_folder, storage_error
+from .hashing import copy_and_hash
 from .errors import VerificationError
 from .naming import TEMP_MARKER, blob_checksum, blob_relative_path
 from .processes import dead_here, identity
@@ -47,7 +47,6 @@ CRASH_ENV = "STASH_BACKUP_CRASH_AT"
 PENDING_SLACK_SECONDS = 300
 # A marker older than this belongs to a run that died on another machine.
 PENDING_STALE_SECONDS = 48 * 3600
-COPY_CHUNK = 1024 * 1024
 
 
 def crash_point(step: str) -> None:
@@ -262,24 +261,17 @@ class BlobWriter:
         """Copy one blob from an open file; returns its size, or None (nothing kept)
         when its content does not match its name."""
         temp = self.store.incoming / f"{checksum}{TEMP_MARKER}{os.getpid()}"
-        digest, size = hashlib.md5(), 0
         try:
             with open(temp, "wb") as out:
-                while True:
-                    chunk = _read_source(source)
-                    if chunk is None:  # unreadable at the source (I/O error, bad zip CRC)
-                        discard(temp)
-                        return None
-                    if not chunk:
-                        break
-                    digest.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
+                digest, size = copy_and_hash(_Guarded(source), out, "md5")
             own_like_folder(temp)
+        except _Unreadable:  # at the source (an I/O error on Stash's disk, a bad zip CRC)
+            discard(temp)
+            return None
         except OSError as error:
             discard(temp)
             raise storage_error("write blobs into", self.store.incoming, error) from error
-        if digest.hexdigest() != checksum:
+        if digest != checksum:
             discard(temp)
             return None
         self._staged.append((checksum, temp))
@@ -527,13 +519,22 @@ def _in_parallel(work, items) -> None:
             pass
 
 
-def _read_source(source: BinaryIO) -> Optional[bytes]:
-    """The next chunk, or None when the source cannot be read (an I/O error on Stash's
-    disk, a zip entry whose CRC is wrong): the blob is unavailable, not the run failed."""
-    try:
-        return source.read(COPY_CHUNK)
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error):
-        return None
+class _Unreadable(Exception):
+    """The source of a blob cannot be read: the blob is unavailable, not the run failed."""
+
+
+class _Guarded:
+    """A blob's source whose read errors (an I/O error on Stash's disk, a zip entry
+    whose CRC is wrong) are told apart from errors writing into the archive."""
+
+    def __init__(self, source: BinaryIO):
+        self.source = source
+
+    def read(self, size: int) -> bytes:
+        try:
+            return self.source.read(size)
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+            raise _Unreadable() from error
 
 
 ProgressBytes = Optional[Callable[[int], None]]

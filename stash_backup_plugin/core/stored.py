@@ -22,6 +22,7 @@ from .reporting import Reporter
 from .sqlite_check import (NONE, QUICK, check_database, count_filesystem_blob_references, library_counts,
                            filesystem_blob_references)
 from .snapshot import LEVEL
+from .hashing import copy_and_hash
 from .store import BLOBS, SNAPSHOTS, Store, commit_snapshot, crash_point, write_snapshot
 from .store_plan import GcPlan, plan_gc, plan_snapshots, spare_referenced
 
@@ -519,8 +520,7 @@ def _copy_blob_into(packed: zipfile.ZipFile, path: Path, member: str, size: int)
     info.compress_type, info.external_attr, info.file_size = zipfile.ZIP_STORED, ZIP_MEMBER_MODE << 16, size
     try:
         with open(path, "rb") as source, packed.open(info, "w") as sink:
-            while chunk := source.read(1024 * 1024):
-                sink.write(chunk)
+            copy_and_hash(source, sink)
     except FileNotFoundError:
         raise VerificationError(f"blob {path} is missing from the archive: run verify") from None
 
