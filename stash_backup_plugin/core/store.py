@@ -224,7 +224,8 @@ class Store:
                 removed.append(path)
         now = time.time()
         for marker in self.pending_markers():
-            if dead_here(marker.get("machine"), marker.get("pid")) or now - float(marker.get("started", now)) > PENDING_STALE_SECONDS:
+            stale = now - float(marker.get("started", now)) > PENDING_STALE_SECONDS
+            if stale or dead_here(marker.get("machine"), marker.get("pid")):
                 discard(Path(marker["path"]))
                 removed.append(Path(marker["path"]))
         return removed

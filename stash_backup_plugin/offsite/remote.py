@@ -228,7 +228,7 @@ class RemoteArchive:
     @contextlib.contextmanager
     def held(self, action: str, scratch: Path, report: Callable[[str], None]) -> Iterator[None]:
         """Mark the remote as in use for this run, then look at the other marks: refuse
-        when another live run marked it; remove marks of runs that died (on this host,
+        when another live run marked it; remove marks of runs that died (on this machine,
         or two days ago). Two runs that mark at once both refuse: fail closed."""
         me = identity()  # the machine in the name too: two containers named alike may share a pid
         mine = f"{PENDING}/{me['host']}.{me['machine']}.{me['pid']}.json"
