@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -28,10 +27,10 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from .core.archive import Archive, Entry, utc_now
-from .core.children import dies_with_us
-from .core.atomic import RUNNING_PID_FILE, _process_alive, discard, is_abandoned, scratch_folder, write_bytes_atomic
+from .core.atomic import RUNNING_PID_FILE, discard, is_abandoned, scratch_folder, write_bytes_atomic
 from .core.errors import RestoreRefused, StashBackupError, UsageError
 from .core.naming import TEMP_MARKER
+from .core.processes import alive, dies_with_us, stop_group
 from .core.reporting import Reporter, human_size
 from .core.retention import parse_duration
 from .core.status import parse_time
@@ -328,50 +327,6 @@ def _scratch_environment() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith("STASH_")}
 
 
-def stop_group(pid: int, reap: Callable[[], object] = lambda: None, grace: float = 5.0) -> bool:
-    """TERM the process group the scratch Stash leads, KILL what is left after `grace`
-    seconds; whether the group is gone. `reap`: the parent's poll, without which its
-    own child's zombie would count as running until the grace ran out."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-        if _group_gone(pid, reap, grace):
-            return True
-        os.killpg(pid, signal.SIGKILL)
-        return _group_gone(pid, reap, 5.0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-
-
-def _group_gone(pid: int, reap: Callable[[], object], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while True:
-        reap()
-        if not _group_runs(pid):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-
-
-def _group_runs(pgid: int) -> bool:
-    """Whether a process of the group still runs. Zombies do not: a Stash whose drill
-    was killed is reaped by whoever adopted it, which may never do so."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    if not os.path.isdir("/proc/self"):
-        return True  # no /proc: a zombie counts as running, and a refusal is the safe side
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(command name)"
-            if int(fields[2]) == pgid and fields[0] not in "ZX":
-                return True
-    return False
-
-
 def stop_abandoned_stashes(folder: Path) -> list[int]:
     """The Stash a killed drill left running (where it outlived the drill: not Linux,
     or started in the instant before the kill), ended by the process group its pid
@@ -404,7 +359,7 @@ def stop_abandoned_stashes(folder: Path) -> list[int]:
 def _unrelated(pid: int, scratch: Path) -> bool:
     """The pid no longer runs, or runs something that does not name this folder (the
     pid was reused): the pid file no longer protects anything."""
-    if _process_alive(pid) is False:
+    if alive(pid) is False:
         return True
     command = _command_line(pid)
     return command is not None and str(scratch) not in command
@@ -419,7 +374,7 @@ def _abandoned(scratch: Path, now: float) -> bool:
 
 def _pid_in(scratch: Path) -> Optional[int]:
     """The pid file's pid; none when the drill died before it wrote one (the child then
-    dies on its own: see core/children.py)."""
+    dies on its own: see core/processes.py)."""
     try:
         return int((scratch / PID_FILE).read_text(encoding="ascii").strip()) or None
     except (OSError, ValueError):
@@ -430,11 +385,11 @@ def scratch_stash_runs(pid: int, scratch: Path) -> Optional[bool]:
     """Whether `pid` is the Stash a drill started in `scratch`: alive, leading its own
     process group, started with `--config <scratch>/config.yml`, and (where the system
     says) working in `scratch`. None: it lives but the system cannot say what it is."""
-    if _process_alive(pid) is False:
+    if alive(pid) is False:
         return False
     command = _command_line(pid)
     if command is None:
-        return False if _process_alive(pid) is False else None  # it may have ended while we looked
+        return False if alive(pid) is False else None  # it may have ended while we looked
     if f" --config {scratch / 'config.yml'} " not in f" {command} ":
         return False
     with contextlib.suppress(ProcessLookupError):

@@ -96,7 +96,7 @@ def _write_ours(folder: Path, names) -> None:
     from .core.atomic import write_bytes_atomic
     payload = json.dumps({"made_by_stash_backup": sorted(names)}, indent=1) + "\n"
     with contextlib.suppress(StashBackupError):  # readable but not writable here: nothing of ours to count later
-        write_bytes_atomic(folder / OURS_LEDGER, payload.encode(), mode=0o644)
+        write_bytes_atomic(folder / OURS_LEDGER, payload.encode())
 
 
 def _ours(folder: Path) -> list[str]:
@@ -306,6 +306,8 @@ def verify_archive(archive: Archive, level: str, report: Reporter,
     summary = VerifySummary()
     with archive.locked():
         entries = archive.entries()
+        for problem in archive.manifest_problems:
+            report.warning(problem)
         work = [(e, archive.path_of(e)) for e in entries if not e.is_stored]
         work += [(None, p) for p in archive.unregistered_files()]
         kept = [e for e in entries if e.is_stored]
@@ -422,6 +424,9 @@ def apply_retention(archive: Archive, policy: Policy, dry_run: bool, report: Rep
         return result
 
 
+STRAYS_SHOWN = 5  # stray file names named in prune's output; the rest counted
+
+
 def _collect_garbage(archive: Archive, decisions: list[Decision], dry_run: bool, result: RetentionResult,
                      report: Reporter) -> None:
     store = archive.store
@@ -435,6 +440,14 @@ def _collect_garbage(archive: Archive, decisions: list[Decision], dry_run: bool,
     if plan.spared_blobs:
         report.info(f"spared {plan.spared_blobs} unreferenced blob(s) written since a run still marked in progress "
                     "began; a later prune collects them")
+    if plan.strays:
+        shown = ", ".join(plan.strays[:STRAYS_SHOWN]) + (f" and {len(plan.strays) - STRAYS_SHOWN} more"
+                                                         if len(plan.strays) > STRAYS_SHOWN else "")
+        report.warning(f"ignored {len(plan.strays)} file(s) in the archive's blobs folder that are not blobs "
+                       f"(left alone): {shown}")
+    if plan.rescued_blobs:
+        report.warning(f"kept {plan.rescued_blobs} blob(s) a kept backup refers to that the sorted walk missed "
+                       "(the blobs folder lists out of order): please report this")
     if not dry_run:
         stored.collect(store, plan, report.phase(0.5, 1.0))
 
@@ -476,15 +489,15 @@ def export_backup(archive: Archive, name: str, output: Path, report: Reporter) -
 
 
 def _copy_verified(source: Path, entry: Entry, output: Path, report: Reporter) -> None:
-    from .core.atomic import atomic_output, make_folders
+    from .core.atomic import atomic_output, make_folders, private_mode
+    from .core.hashing import copy_and_hash
     make_folders(output.parent)
     with atomic_output(output) as (handle, temp), open(source, "rb") as original:
-        while chunk := original.read(1024 * 1024):
-            handle.write(chunk)
+        copy_and_hash(original, handle)
         handle.flush()
         verify_backup(temp, QUICK, expected_size=entry.size, expected_sha256=entry.sha256,
                       progress=report.bytes_progress("verifying the copy"))
-        os.chmod(temp, 0o644)
+        os.chmod(temp, private_mode(output.parent))  # the whole library: private as the archive
 
 
 # --- Migrate older per-backup files into the store -------------------------------------
@@ -715,7 +728,8 @@ def overview(archive: Archive, status_file: StatusFile, interval: Duration) -> d
         "last_verified_age_seconds": int((now - last).total_seconds()) if last else None,
         "stale": is_stale(last, max_age, now),
         "backups": [_entry_view(e) for e in entries],
-        "jobs": {name: dict(asdict(record), running=record.running_or_killed) for name, record in status.jobs.items()},
+        "jobs": {name: dict(asdict(record), running=record.running_or_killed, failing=record.failing)
+                 for name, record in status.jobs.items()},
         "last_failure": {"job": failure[0], "at": failure[1].last_failure, "message": failure[1].failure_message}
                         if failure else None,
         "auto_queued_at": status.auto_queued_at or None,

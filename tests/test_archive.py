@@ -223,3 +223,44 @@ def test_retention_keeps_a_days_good_backup_and_leaves_the_failed_one_apart(tmp_
     assert ("warning", "failed a.1.20261123_200000: failed verification (no detail); not counted by any rule and "
             "not removed: re-verify it, or delete it yourself") in report.lines
     assert report.lines[-1] == ("info", "Retention (keep-daily 7): kept 3, removed 0, left 1 that failed verification")
+
+
+def test_a_damaged_manifest_entry_is_one_line_and_the_rest_still_lists_and_verifies(tmp_path):
+    """`"created": null`, a size that is text: each names its entry in one line; the
+    backups still list and verify (a stored backup's record is the truth), and verify
+    writes good entries in the damaged ones' place."""
+    from tests.conftest import run_cli
+    from tests.test_stored import Library, names
+    from stash_backup_plugin.core.store import Store
+    lib, store = Library(tmp_path / "stash"), Store(tmp_path / "archive")
+    for night in (1, 2, 3):
+        lib.backup(store, tmp_path, names(night))
+    assert run_cli("verify", "--dest", str(store.folder)).returncode == 0
+    manifest = json.loads((store.folder / "manifest.json").read_text())
+    by_name = {e["file"]: e for e in manifest["entries"]}
+    by_name[names(1)]["created"] = None
+    by_name[names(2)]["drill"] = "booted"
+    (store.folder / "manifest.json").write_text(json.dumps(manifest))
+    listed = run_cli("list", "--dest", str(store.folder))
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    damaged = [line for line in listed.stderr.splitlines() if "damaged" in line]
+    assert len(damaged) == 2 and names(1) in damaged[0] + damaged[1] and "created is null" in listed.stderr
+    assert all(name in listed.stdout for name in (names(1), names(2), names(3)))  # their records are the truth
+    verified = run_cli("verify", "--dest", str(store.folder))
+    assert verified.returncode == 0 and "3 good, 0 bad" in verified.stdout + verified.stderr, verified.stderr
+    again = run_cli("list", "--dest", str(store.folder))  # verify wrote good entries in their place
+    assert again.returncode == 0 and "damaged" not in again.stderr, again.stderr
+
+
+@pytest.mark.parametrize("parent, folder, file", [(0o755, "0o700", "0o600"), (0o700, "0o700", "0o600"),
+                                                  (0o750, "0o750", "0o640"), (0o770, "0o770", "0o640")])
+def test_what_we_make_is_private_unless_its_folder_is_shared_with_the_group_alone(tmp_path, parent, folder, file):
+    """0600 and 0700 by default; a folder its owner shared with the group (and closed to
+    others) shares what we make in it with that group, to read; others never."""
+    from stash_backup_plugin.core.atomic import make_folders, write_bytes_atomic
+    tmp_path.chmod(parent)
+    make_folders(tmp_path / "a" / "b")
+    write_bytes_atomic(tmp_path / "a" / "f", b"x")
+    assert oct((tmp_path / "a").stat().st_mode & 0o777) == folder
+    assert oct((tmp_path / "a" / "b").stat().st_mode & 0o777) == folder
+    assert oct((tmp_path / "a" / "f").stat().st_mode & 0o777) == file

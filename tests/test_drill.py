@@ -14,7 +14,7 @@ import pytest
 
 from stash_backup_plugin.core.archive import Archive, Entry
 from stash_backup_plugin.core.atomic import temp_owner_tag
-from stash_backup_plugin.core.children import dies_with_us
+from stash_backup_plugin.core.processes import dies_with_us
 from stash_backup_plugin.core.errors import RestoreRefused, UsageError
 from stash_backup_plugin.core.reporting import Reporter
 from stash_backup_plugin.core.sqlite_check import QUICK, image_samples, library_counts

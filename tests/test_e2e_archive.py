@@ -5,8 +5,13 @@ kept backup with a missing blob. Restores of stored backups: test_e2e_restore.py
 import gzip
 import hashlib
 import json
+import shutil
 import signal
+import stat
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -314,3 +319,48 @@ def test_an_uncompressed_snapshot_is_stored_verified_and_restored_like_a_compres
     verified = cli(server, dest, "verify", "--read-data")
     assert verified.returncode == 0, verified.stderr
     assert restore_and_read(server, dest, plain) == expected
+
+
+# --- private by default -----------------------------------------------------------------------
+
+def as_nobody(*command):
+    """Run a command as another local user (nobody), as a second user of the machine would."""
+    return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command],
+                          capture_output=True, text=True, errors="replace", timeout=60)
+
+
+def test_a_download_makes_an_archive_no_other_local_user_can_read(stash_server_factory):
+    """Every file and folder a real download creates is its owner's alone (0600, 0700,
+    as restic and borg): another user can neither zcat a snapshot nor flock the lock.
+    An archive an older version left open (0755, 0644) is closed by the next run."""
+    server = stash_server_factory(NEW_VERSION, install_plugin=False)
+    seed_content(server)
+    shared = Path(tempfile.mkdtemp(prefix="stash-backup-modes-", dir="/tmp"))
+    try:
+        shared.chmod(0o755)  # a home or /srv folder: other users may pass through it
+        (shared / "public").write_text("readable by all")
+        (shared / "public").chmod(0o644)
+        assert as_nobody("cat", str(shared / "public")).returncode == 0  # the second user is real
+        dest = shared / "archive"
+        first = download(server, dest)
+        made = [dest, *dest.rglob("*")]
+        modes = {str(p.relative_to(shared)): oct(stat.S_IMODE(p.lstat().st_mode)) for p in made}
+        assert {"archive/blobs", "archive/snapshots", "archive/backups", "archive/status.json",
+                "archive/.stash-backup.lock", f"archive/snapshots/{first['file']}.gz"} <= set(modes)
+        assert {m for p, m in modes.items() if (shared / p).is_dir()} == {"0o700"}, modes
+        assert {m for p, m in modes.items() if not (shared / p).is_dir()} == {"0o600"}, modes
+        snapshot = dest / "snapshots" / f"{first['file']}.gz"
+        read = as_nobody("cat", str(snapshot))
+        assert read.returncode != 0 and "Permission denied" in read.stderr, read
+        held = as_nobody("flock", "-n", str(dest / ".stash-backup.lock"), "true")
+        assert held.returncode != 0 and "Permission denied" in held.stderr, held
+        # What an older version left: the folders 0755, the files 0644.
+        for path in made:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        assert as_nobody("cat", str(snapshot)).returncode == 0
+        verified = run_cli("verify", "--dest", str(dest))
+        assert verified.returncode == 0, verified.stderr
+        assert oct(stat.S_IMODE(dest.stat().st_mode)) == "0o700"
+        assert as_nobody("cat", str(snapshot)).returncode != 0
+    finally:
+        shutil.rmtree(shared)

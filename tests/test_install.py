@@ -37,12 +37,15 @@ def test_the_plugin_takes_its_layers_and_leaves_out_the_cli_and_the_restore_comm
 
 def test_install_writes_the_manifest_and_the_archive_and_no_folder(tmp_path):
     """Stash's plugin manager removes listed files, then the plugin folder without
-    recursing: a subfolder would outlive an uninstall."""
+    recursing: a subfolder would outlive an uninstall. Its files are as readable as
+    the plugins folder Stash reads them from (a usual 0755 one here)."""
+    tmp_path.chmod(0o755)
     target = install_plugin(tmp_path, "my-backup")
     assert sorted(p.name for p in target.iterdir()) == sorted(["my-backup.yml", PLUGIN_ARCHIVE, "backups.js",
                                                                  "backups.css"])
     assert all(p.is_file() for p in target.iterdir())
     assert oct((target / "my-backup.yml").stat().st_mode & 0o777) == "0o644"
+    assert oct(target.stat().st_mode & 0o777) == "0o755"
     manifest = yaml.safe_load((target / "my-backup.yml").read_text())
     assert set(manifest) <= MANIFEST_KEYS
     assert manifest["exec"] == ["python", "{pluginDir}/" + PLUGIN_ARCHIVE]

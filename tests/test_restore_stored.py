@@ -118,3 +118,16 @@ def test_kill_at_every_step_of_a_stored_restore(install, step):
     assert install.names() == NEW and not journal_path(install.database).exists()
     assert blob(install, checksum).read_bytes() == install.images[checksum]
     assert not [p for p in install.root.rglob("*stash-backup-tmp*")]
+
+
+def test_restoring_a_stored_backups_snapshot_file_restores_that_backup(install):
+    """`stash-restore <archive>/snapshots/<name>.gz`: the snapshot of a stored backup,
+    restored as that backup (checked against its record, its images with it)."""
+    snapshot = install.archive / "snapshots" / f"{NAME}.gz"
+    result = run_restore(str(snapshot), "--config", str(install.config), "--yes")
+    assert result.returncode == 0, result.stderr
+    assert install.names() == NEW and f"restored {NAME}.record" in result.stderr, result.stderr
+    Store(install.archive).forget(NAME)  # a snapshot no backup records any more: refused, with the command
+    refused = run_restore(str(snapshot), "--config", str(install.config), "--yes")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert f"gzip -dc {snapshot} > {NAME}.sqlite && stash-restore {NAME}.sqlite" in refused.stderr, refused.stderr

@@ -115,3 +115,45 @@ def test_a_failure_to_reach_the_archive_is_recorded_in_the_fallback(tmp_path):
             raise DownloadError("cannot use the archive folder")
     assert (tmp_path / "fallback" / "status.json").is_file()
     assert status_file.read().last_failure()[1].failure_message == "cannot use the archive folder"
+
+
+def test_a_failure_in_the_same_second_as_a_success_is_a_failure_everywhere(tmp_path):
+    """A good verify, a byte flipped, a second verify in the same second: the status
+    file's counter orders them, so `status`, last_failure() and the page (which reads
+    the overview's `failing`) all say failed."""
+    from tests.conftest import run_cli
+    same_second = "2026-11-27T12:00:00+00:00"
+    status_file = StatusFile(tmp_path)
+    for change in (lambda s: s.started("verify", same_second),
+                   lambda s: s.succeeded("verify", same_second, "Verified 1 backup(s): 1 good, 0 bad"),
+                   lambda s: s.started("verify", same_second),
+                   lambda s: s.failed("verify", same_second, "Verified 1 backup(s): 0 good, 1 bad")):
+        status_file.apply(change)
+    status = status_file.read()
+    assert status.last_failure() is not None and status.last_failure()[0] == "verify"
+    assert status.job("verify").failing
+    assert not status.job("verify").running_or_killed
+    view = jobs.overview(Archive(tmp_path), status_file, parse_duration("1d"))
+    assert view["jobs"]["verify"]["failing"] is True and view["last_failure"]["job"] == "verify"
+    shown = run_cli("status", "--dest", str(tmp_path), "--max-age", "1d")
+    assert "verify     last run 2026-11-27T12:00:00+00:00: failed: Verified 1 backup(s): 0 good, 1 bad" in shown.stdout, \
+        shown.stdout + shown.stderr
+    status_file.apply(lambda s: s.succeeded("verify", same_second, "fixed"))  # and a success after it counts again
+    assert not status_file.read().job("verify").failing and status_file.read().last_failure() is None
+
+
+def test_a_status_file_of_an_older_version_is_still_read(tmp_path):
+    """Times alone: the later one wins; a tie cannot be told apart and counts as failed
+    (never hide a failure); the next event, numbered, is later than all of them."""
+    old = {"format": 1, "jobs": {
+        "verify": {"last_attempt": "2026-11-27T12:00:00+00:00", "last_success": "2026-11-27T12:00:00+00:00",
+                   "last_failure": "2026-11-27T12:00:00+00:00", "last_message": "?", "failure_message": "1 bad"},
+        "download": {"last_attempt": "2026-11-27T11:00:00+00:00", "last_success": "2026-11-27T11:00:00+00:00",
+                     "last_failure": "2026-11-26T11:00:00+00:00", "last_message": "ok", "failure_message": "x",
+                     "success_seq": "not a number"}}}
+    (tmp_path / "status.json").write_text(json.dumps(old))
+    status = StatusFile(tmp_path).read()
+    assert status.last_failure() is not None and status.last_failure()[0] == "verify"
+    assert status.job("verify").failing and not status.job("download").failing
+    StatusFile(tmp_path).apply(lambda s: s.succeeded("verify", "2026-11-27T11:59:59+00:00", "good again"))
+    assert not StatusFile(tmp_path).read().job("verify").failing  # numbered: after every unnumbered event

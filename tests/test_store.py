@@ -178,3 +178,75 @@ def test_what_the_store_creates_takes_the_archive_folders_owner(tmp_path):
     made = [p for p in archive.rglob("*")]
     assert made and all((p.stat().st_uid, p.stat().st_gid) == owner for p in made), \
         [(str(p), p.stat().st_uid) for p in made if (p.stat().st_uid, p.stat().st_gid) != owner]
+
+
+# --- pending markers of another machine that shares our host name ----------------------------
+
+CONTAINER_RUN = """
+import os, sys, time
+with open("/proc/sys/kernel/ns_last_pid", "w") as last:  # the run's pid: one that is free on the host
+    last.write(str(int(sys.argv[2]) - 1))
+child = os.fork()
+if child == 0:
+    from stash_backup_plugin.core.store import Store
+    with Store(sys.argv[1]).pending("stash-go.sqlite.85.20261126_030000"):
+        print(os.getpid(), flush=True)
+        time.sleep(120)
+    os._exit(0)
+os.waitpid(child, 0)
+"""
+
+
+def _free_pid() -> int:
+    pid = int(open("/proc/sys/kernel/pid_max").read()) - 10
+    while os.path.exists(f"/proc/{pid}"):
+        pid -= 1
+    return pid
+
+
+def test_a_live_run_in_a_container_with_our_host_name_keeps_its_marker(tmp_path):
+    """A real run in its own PID namespace (as in a container named like the host, same
+    boot) marks the store; its pid does not exist out here. The cleanup here must not
+    take it for a dead run of ours: that would let a prune collect what it is adding."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    pid = _free_pid()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    run = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", CONTAINER_RUN,
+                            str(tmp_path), str(pid)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert run.stdout.readline().strip() == str(pid)
+        assert not os.path.exists(f"/proc/{pid}")  # out here that pid names no process
+        store = Store(tmp_path)
+        [marker] = store.pending_markers()
+        assert marker["host"] == __import__("socket").gethostname() and marker["pid"] == pid
+        assert store.clean_after_killed_runs() == [] and len(store.pending_markers()) == 1
+        assert store.protect_since() is not None
+    finally:
+        run.kill()
+        run.wait()
+
+
+def test_only_a_marker_of_this_machine_counts_as_dead_here(tmp_path):
+    """Same host name, another machine id (another boot or PID namespace), or an older
+    marker with the host name alone: kept. This machine's, of a pid that is gone: removed."""
+    import json
+    import socket
+    import time
+    from stash_backup_plugin.core.processes import machine_id
+    from stash_backup_plugin.offsite.remote import Marker
+    store = Store(tmp_path)
+    (tmp_path / "pending").mkdir()
+    dead, now, host = _free_pid(), time.time(), socket.gethostname()
+    markers = {"container": {"machine": "0badf00d"}, "older": {}, "ours": {"machine": machine_id()}}
+    for name, extra in markers.items():
+        (tmp_path / "pending" / f"{name}.json").write_text(
+            json.dumps({"name": name, "pid": dead, "host": host, "started": now, **extra}))
+    removed = store.clean_after_killed_runs()
+    assert [p.name for p in removed] == ["ours.json"]
+    assert sorted(m["name"] for m in store.pending_markers()) == ["container", "older"]
+    assert not Marker("pending/c.json", host, dead, now, "push", "0badf00d").stale(now)
+    assert not Marker("pending/o.json", host, dead, now, "push").stale(now)
+    assert Marker("pending/m.json", host, dead, now, "push", machine_id()).stale(now)
+    assert Marker("pending/old.json", "elsewhere", 1, now - 49 * 3600, "push").stale(now)

@@ -240,3 +240,34 @@ def test_a_database_failing_its_check_is_never_recorded(lib, tmp_path):
         stored.store_backup(store, new, stored.FolderSource([lib.blobs]), Reporter())
     assert store.record_names() == [] and store.snapshot_names() == []
     assert stored.plan_collection(store).delete_blobs  # what it copied is unreferenced: the next prune takes it
+
+
+def test_a_stray_file_in_the_blobs_folder_never_gets_a_referenced_blob_collected(lib, tmp_path):
+    """Thumbs.db (Windows Explorer on a NAS share) sorts after `1aec…` but before every
+    name that starts with a letter: the sorted walk once took the referenced blobs after
+    it for unreferenced ones, and deleted them (and the stray) on every prune."""
+    from tests.conftest import run_cli
+    lib.add_images(12)
+    store = Store(tmp_path / "archive")
+    lib.backup(store, tmp_path, names(1))
+    stray = store.blobs_folder / "1a" / "ec" / "Thumbs.db"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"explorer's thumbnail cache")
+    after = [c for c in lib.images if "1aec" < c[:4] and c[0].isdigit()]
+    assert after, "the test needs referenced blobs that sort between the stray's folder and 'T'"
+    pruned = run_cli("prune", "--keep-last", "10", "--dest", str(store.folder))
+    assert pruned.returncode == 0, pruned.stderr
+    assert "(0 blob(s)" in pruned.stderr or "freed" not in pruned.stderr, pruned.stderr
+    assert "blobs/1a/ec/Thumbs.db" in pruned.stderr and stray.exists()
+    assert blobs_on_disk(store) == lib.images
+    verified = run_cli("verify", "--read-data", "--dest", str(store.folder))
+    assert verified.returncode == 0 and "1 bad" not in verified.stderr, verified.stderr
+
+
+def test_no_ordering_can_get_a_referenced_blob_deleted(lib, tmp_path):
+    """The check by name before deleting: a plan that (by any ordering mistake) lists a
+    referenced blob for deletion loses it again."""
+    from stash_backup_plugin.core.store_plan import GcPlan, spare_referenced
+    plan = GcPlan(delete_blobs=[("b" * 32, 5), ("a" * 32, 7), ("c" * 32, 1)])
+    spare_referenced(plan, iter(["c" * 32, "0" * 32, "a" * 32]))
+    assert plan.delete_blobs == [("b" * 32, 5)] and plan.rescued_blobs == 2 and plan.kept_bytes == 8

@@ -294,6 +294,8 @@ def cmd_list(args, report) -> int:
     from ..core.reporting import human_size
     archive = _archive(args)
     entries = archive.entries()
+    for problem in archive.manifest_problems:
+        report.warning(problem)
     if args.json:
         _print_json([asdict(e) for e in entries])
         return 0
@@ -478,7 +480,7 @@ def cmd_status(args, report) -> int:
     print(f"archive: {archive.folder} ({view['archive']['backups']} backup(s))")
     print("newest verified backup: " + (f"{view['last_verified']} ({_age(age)} old)" if age is not None else "none"))
     for name, job in sorted(view["jobs"].items()):
-        outcome = "failed" if job["last_failure"] and job["last_failure"] > job["last_success"] else "ok"
+        outcome = "failed" if job["failing"] else "ok"
         print(f"{name:<10} last run {job['last_attempt'] or 'never'}: {outcome}: {job['last_message']}")
     if overdue:
         report.error(f"overdue: no verified backup within {max_age}")

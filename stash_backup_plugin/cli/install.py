@@ -20,7 +20,9 @@ import json
 import marshal
 import platform
 import re
+import os
 import shutil
+import stat
 import subprocess
 import zipfile
 from datetime import datetime, timezone
@@ -222,8 +224,13 @@ def runtime_files(plugin_id: str) -> dict[str, bytes]:
 
 def write_owned(path: Path, content: bytes) -> None:
     # Stash may run as another user (Docker, services): it must read these; the temp
-    # file, and so the file, takes the folder's owner (core/atomic.py).
-    write_bytes_atomic(path, content, mode=0o644)
+    # file, and so the file, takes the folder's owner (core/atomic.py), and is as
+    # readable as the folder it is in (code, never a secret).
+    write_bytes_atomic(path, content, mode=0o600 | (_mode(path.parent) & 0o044))
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
 
 
 def install_plugin(plugins_dir: Path, plugin_id: str = DEFAULT_PLUGIN_ID) -> Path:
@@ -239,6 +246,7 @@ def install_plugin(plugins_dir: Path, plugin_id: str = DEFAULT_PLUGIN_ID) -> Pat
     manifest = f"{plugin_id}.yml"
     try:
         make_folders(target)
+        os.chmod(target, 0o700 | (_mode(plugins_dir) & 0o055))  # as readable as the plugins folder Stash reads
         stray = [p for p in target.rglob("*.yml") if p.name != manifest]
         if stray:
             raise UsageError(f"{target} holds other .yml files ({stray[0].name}) that Stash would load as plugins: "

@@ -246,8 +246,10 @@ def install(plan: Plan, enable: bool = True) -> list[str]:
             done.append(f"crontab: {plan.calendar.cron} (see 'crontab -l')")
             return done
         service, timer = plan.unit_dir / f"{UNIT}.service", plan.unit_dir / f"{UNIT}.timer"
-        _write(service, service_text(plan.commands, plan.env_file).encode(), 0o644, backups)
-        _write(timer, timer_text(plan.calendar, plan.every).encode(), 0o644, backups)
+        # 0600 as well: systemd reads them as their owner (root, or the user's manager); they
+        # name the archive and the settings file, which no other user needs to know.
+        _write(service, service_text(plan.commands, plan.env_file).encode(), 0o600, backups)
+        _write(timer, timer_text(plan.calendar, plan.every).encode(), 0o600, backups)
         done.append(f"units: {service} and {timer} (OnCalendar={plan.calendar.systemd})")
         if enable:
             for args in (("daemon-reload",), ("enable", "--now", f"{UNIT}.timer")):
@@ -278,7 +280,7 @@ def _restore(backups: dict) -> None:
         if content is None:
             discard(path)
         else:
-            write_bytes_atomic(path, content, mode=0o600 if path.suffix == ".env" else 0o644)
+            write_bytes_atomic(path, content, mode=0o600)
 
 
 def show(via: str, unit_dir: Path) -> list[str]:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import stat
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .atomic import commit, make_folders, remove_stale_temps, storage_error, take_parent_owner, write_bytes_atomic
+from .atomic import (commit, make_folders, open_lock_file, remove_stale_temps, storage_error, take_parent_owner,
+                     write_bytes_atomic)
 from .errors import StorageError, UsageError, VerificationError
 from .naming import BackupName, is_temp_name, parse_backup_name, with_counter
 from .record import Header
@@ -80,8 +83,45 @@ class Entry:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Entry":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """An entry as read from the manifest (a file anyone may have edited): every
+        field of its type, the name a plain file name, the time a time. Raises
+        ValueError naming the first field that is not."""
+        if not isinstance(data, dict):
+            raise ValueError(f"an entry is {type(data).__name__}, not an object")
+        known = {f.name: f for f in fields(cls)}
+        missing = [f.name for f in known.values() if f.name not in data and _required(f)]
+        if missing:
+            raise ValueError(f"{missing[0]} is missing")
+        for name, value in data.items():
+            if name in known and not _of_type(value, known[name].type):
+                raise ValueError(f"{name} is {json.dumps(value)[:40]}, not {_TYPE_WORDS[known[name].type]}")
+        entry = cls(**{k: v for k, v in data.items() if k in known})
+        if entry.file in ("", ".", "..") or "/" in entry.file or "\\" in entry.file:
+            raise ValueError(f"file {entry.file!r} is not a file name in the archive folder")
+        try:
+            entry.created_time
+        except ValueError:
+            raise ValueError(f"created {entry.created!r} is not a time") from None
+        return entry
+
+
+def _label(raw) -> str:
+    name = raw.get("file") if isinstance(raw, dict) else None
+    return repr(name[:120]) if isinstance(name, str) and name else "without a file name"
+
+
+_TYPE_WORDS = {"str": "text", "int": "a whole number", "bool": "true or false", "dict": "an object"}
+
+
+def _of_type(value, kind: str) -> bool:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, {"str": str, "bool": bool, "dict": dict}[kind])
+
+
+def _required(spec) -> bool:
+    from dataclasses import MISSING
+    return spec.default is MISSING and spec.default_factory is MISSING
 
 
 @dataclass
@@ -107,6 +147,15 @@ def _size(path: Path) -> int:
 class Archive:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
+        # Manifest entries that could not be read: kept in the file as they are (a rewrite
+        # never drops them), skipped otherwise, each named by `manifest_problems`.
+        self._damaged: list[tuple[dict, str]] = []
+
+    @property
+    def manifest_problems(self) -> list[str]:
+        """One line per damaged manifest entry: which one, what is wrong, what to do."""
+        return [f"{self.manifest_path}: the entry {_label(raw)} is damaged ({reason}): skipped; fix or remove "
+                "it (verify registers a backup file it no longer names)" for raw, reason in self._damaged]
 
     @property
     def manifest_path(self) -> Path:
@@ -125,9 +174,10 @@ class Archive:
         """Hold the archive for this run; clean up what a killed run left."""
         try:
             make_folders(self.folder)
+            close_to_others(self.folder)
             lock = self.folder / LOCK_NAME
             created = not lock.exists()
-            handle = open(lock, "a+b")
+            handle = open_lock_file(lock)
             if created:
                 take_parent_owner(lock)
         except OSError as error:
@@ -147,7 +197,7 @@ class Archive:
         # The lock file is made if missing (unless asked not to: a dry run), so a later run sees the hold.
         for mode in (("a+b", "rb") if create_lock else ("rb",)):
             try:
-                handle = open(self.folder / LOCK_NAME, mode)
+                handle = open_lock_file(self.folder / LOCK_NAME, mode)
                 break
             except OSError:
                 continue
@@ -186,13 +236,25 @@ class Archive:
         return [e for e in self._manifest_entries() if not e.is_stored and e.file in imported]
 
     def _manifest_entries(self) -> list[Entry]:
+        """The manifest's readable entries; a damaged one is skipped and remembered
+        (manifest_problems), so the rest of the archive still lists and verifies."""
+        self._damaged = []
         if not self.manifest_path.exists():
             return []
         try:
             data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-            return [Entry.from_dict(item) for item in data.get("entries", [])]
+            items = data.get("entries", [])
+            if not isinstance(items, list):
+                raise TypeError("its entries are not a list")
         except (ValueError, TypeError, AttributeError) as error:
             raise StorageError(f"{self.manifest_path} is damaged ({error}): move it aside and run verify to rebuild it") from error
+        entries = []
+        for item in items:
+            try:
+                entries.append(Entry.from_dict(item))
+            except ValueError as error:
+                self._damaged.append((item, str(error)))
+        return entries
 
     def _stored_entries(self, checks: dict[str, Entry]) -> list[Entry]:
         entries = []
@@ -298,8 +360,22 @@ class Archive:
         recorded = set(self.store.record_names())
         entries = [e for e in entries if not e.is_stored or e.file in recorded]  # forgotten ones go too
         ordered = sorted(entries, key=lambda e: e.created, reverse=True)
-        payload = {"format": FORMAT, "entries": [asdict(e) for e in ordered]}
+        named = {e.file for e in ordered}
+        # A damaged entry stays as it was, until a good one for the same file replaces it.
+        kept = [raw for raw, _ in self._damaged if not (isinstance(raw, dict) and raw.get("file") in named)]
+        payload = {"format": FORMAT, "entries": [asdict(e) for e in ordered] + kept}
         write_bytes_atomic(self.manifest_path, (json.dumps(payload, indent=2) + "\n").encode())
+
+
+def close_to_others(folder: Path) -> None:
+    """Older versions made the archive folder 0755 and its files 0644: any local user
+    could read every snapshot, and flock the lock file. The first run under the lock
+    closes the archive folder (0700): what is inside is then out of other users' reach,
+    whatever its own modes, without touching each of a million blobs; what is written
+    from then on is private. A folder already closed to others is the owner's choice
+    (0750 shares it with the group) and is left as it is."""
+    if stat.S_IMODE(os.stat(folder).st_mode) & 0o007:
+        os.chmod(folder, 0o700)
 
 
 def _lock(handle, folder: Path) -> None:

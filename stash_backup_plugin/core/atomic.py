@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
-import hashlib
 import os
-import socket
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import BinaryIO, Iterator, Optional
 
 from .errors import StorageError
 from .naming import TEMP_MARKER, temp_owner
+from .processes import alive, dead_here, machine_id
 
 # No run lives this long: a temp file or folder untouched for a day is abandoned, even
 # when its maker cannot be asked (another host on a shared folder, another container).
@@ -66,18 +65,49 @@ def take_parent_owner(path: Path) -> None:
             raise
 
 
+def private_mode(parent: Path, folder: bool = False) -> int:
+    """The mode of a file (or folder) we make in `parent`: its owner's alone (0600,
+    0700), as restic and borg make theirs. Its group gets what `parent` gives it (read
+    files; enter, list, and where granted add to folders) only where `parent` is shared
+    with the group and closed to others: the owner's choice (chmod 750 or 770 on the
+    archive, Stash's group in Docker), never a umask's default (a 755 home or config
+    folder). Others: never. The owner is Stash's user where it matters: run as root
+    we give what we make the folder's owner (take_parent_owner)."""
+    mode = stat.S_IMODE(os.stat(parent).st_mode)
+    shared = 0 if mode & 0o007 else mode & 0o070
+    return (0o700 | shared) if folder else (0o600 | (shared & 0o040))
+
+
+def own_like_folder(path: Path) -> None:
+    """A file or folder we just made: private (private_mode of the folder it is in),
+    owned like that folder (the plugin, as Stash's user, and a CLI run as root share
+    the archive)."""
+    os.chmod(path, private_mode(Path(path).parent, folder=os.path.isdir(path)))
+    take_parent_owner(path)
+
+
+def open_lock_file(path: Path, mode: str = "a+b"):
+    """A lock file, made private if missing (anyone who can open it could flock it and
+    hold every run up); "rb" only opens an existing one."""
+    if "a" not in mode:
+        return open(path, mode)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, private_mode(Path(path).parent))
+    return os.fdopen(fd, mode)
+
+
 def make_folders(folder: Path) -> None:
-    """`mkdir -p`, where each folder made takes the owner of the one it is in."""
+    """`mkdir -p`, where each folder made is private (private_mode) and takes the owner
+    of the one it is in."""
     missing = []
     while not folder.exists() and folder.parent != folder:
         missing.append(folder)
         folder = folder.parent
     for each in reversed(missing):
         try:
-            each.mkdir()
+            each.mkdir(mode=0o700)
         except FileExistsError:
             continue  # made meanwhile by another run
-        take_parent_owner(each)
+        own_like_folder(each)
 
 
 def temp_path_in(folder: Path, final_name: str) -> Path:
@@ -142,11 +172,12 @@ def discard(path: Path) -> None:
         os.unlink(path)
 
 
-def write_bytes_atomic(final_path: Path, data: bytes, mode: int = 0o600) -> None:
-    """mkstemp makes private (0600) files; `mode` widens that where others must read."""
+def write_bytes_atomic(final_path: Path, data: bytes, mode: Optional[int] = None) -> None:
+    """`mode`: default private_mode of the folder (a caller may narrow it, as 0600 for
+    a file of secrets in a shared folder)."""
     with atomic_output(final_path) as (handle, temp):
         handle.write(data)
-        os.chmod(temp, mode)
+        os.chmod(temp, private_mode(final_path.parent) if mode is None else mode)
 
 
 def fsync_file(path: Path) -> None:
@@ -171,32 +202,7 @@ def scratch_folder(near: Path, name: str = ".scratch") -> Iterator[Path]:
 
 def temp_owner_tag() -> str:
     """`<pid>.<machine>`: enough for a later run to ask whether the maker still lives."""
-    return f"{os.getpid()}.{_this_machine()}"
-
-
-@functools.lru_cache(maxsize=1)
-def _this_machine() -> str:
-    """This boot of this host, in this PID namespace: only there does a PID name the
-    same process (a container's PIDs mean nothing on its host, and a host's nothing
-    on another host sharing the folder)."""
-    parts = [socket.gethostname()]
-    with contextlib.suppress(OSError):
-        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
-    with contextlib.suppress(OSError, AttributeError):
-        parts.append(os.readlink("/proc/self/ns/pid"))
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
-
-
-def _process_alive(pid: int) -> Optional[bool]:
-    if os.name == "nt":
-        return None  # os.kill would end the process there, not ask about it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, as another user
-    return True
+    return f"{os.getpid()}.{machine_id()}"
 
 
 def is_abandoned(entry: Path, now: float) -> bool:
@@ -204,7 +210,7 @@ def is_abandoned(entry: Path, now: float) -> bool:
     or nobody has touched it for longer than any run takes. A verify or dry run
     works in scratch folders without the archive's lock: theirs must survive."""
     owner = temp_owner(entry.name)
-    if owner and owner[1] == _this_machine() and _process_alive(owner[0]) is False:
+    if owner and dead_here(owner[1], owner[0]):
         return True
     return now - _last_touched(entry) > RUN_LIMIT_SECONDS
 
@@ -229,7 +235,7 @@ def _runs_a_process(folder: Path) -> bool:
         pid = int((folder / RUNNING_PID_FILE).read_text(encoding="ascii").strip())
     except (OSError, ValueError):
         return False
-    return pid > 0 and _process_alive(pid) is not False
+    return pid > 0 and alive(pid) is not False
 
 
 def remove_stale_temps(folder: Path, prefix: str = "", lock_excludes_makers: bool = False) -> list[Path]:

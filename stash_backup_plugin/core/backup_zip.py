@@ -4,7 +4,6 @@ older servers). Reading is defensive: a zip from elsewhere may try to escape its
 target (absolute names, `..`, links) or carry damaged entries. Standard library only."""
 from __future__ import annotations
 
-import hashlib
 import re
 import stat
 import zipfile
@@ -14,9 +13,9 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Optional
 
 from .errors import VerificationError
+from .hashing import Discard, copy_and_hash
 from .naming import blob_member_name
 
-CHUNK = 1024 * 1024
 _BLOB_MEMBER = re.compile(r"^blobs/([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{32})$")
 Progress = Optional[Callable[[int], None]]
 
@@ -69,30 +68,19 @@ def read_layout(archive: zipfile.ZipFile, source: Path) -> ZipLayout:
 
 def copy_member(archive: zipfile.ZipFile, name: str, target, progress: Progress = None) -> str:
     """Stream an entry into an open file; returns its MD5. zipfile checks the CRC at the end."""
-    digest = hashlib.md5()
     try:
         with archive.open(name) as source:
-            while chunk := source.read(CHUNK):
-                digest.update(chunk)
-                target.write(chunk)
-                if progress:
-                    progress(len(chunk))
+            return copy_and_hash(source, target, "md5", progress)[0]
     except (zipfile.BadZipFile, EOFError, zlib.error) as error:
         raise VerificationError(f"zip entry {name!r} is damaged: {error}") from error
-    return digest.hexdigest()
 
 
 def check_blob_members(archive: zipfile.ZipFile, layout: ZipLayout, progress: Progress = None) -> None:
     """Read every blob (checks its CRC) and compare its MD5 with its name."""
     for checksum, info in layout.blob_members.items():
-        actual = copy_member(archive, info.filename, _Discard(), progress)
+        actual = copy_member(archive, info.filename, Discard(), progress)
         if actual != checksum:
             raise VerificationError(f"blob {info.filename} has MD5 {actual}: its content does not match its name")
-
-
-class _Discard:
-    def write(self, data: bytes) -> int:
-        return len(data)
 
 
 def write_full_backup(target, database: Path, database_member: str,
@@ -114,7 +102,4 @@ def _write_file(archive: zipfile.ZipFile, path: Path, member: str, progress: Pro
     info.compress_type = zipfile.ZIP_STORED
     size = info.file_size
     with open(path, "rb") as source, archive.open(info, "w", force_zip64=size > 0x7FFFFFFF) as sink:
-        while chunk := source.read(CHUNK):
-            sink.write(chunk)
-            if progress:
-                progress(len(chunk))
+        copy_and_hash(source, sink, progress=progress)

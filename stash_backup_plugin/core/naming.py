@@ -83,3 +83,16 @@ def blob_member_name(checksum: str) -> str:
 
 def blob_relative_path(checksum: str) -> str:
     return f"{checksum[0:2]}/{checksum[2:4]}/{checksum}"
+
+
+_CHECKSUM = re.compile(r"^[0-9a-f]{32}$")
+
+
+def blob_checksum(relative: str) -> Optional[str]:
+    """The checksum of `aa/bb/<md5>` (a path inside the blobs folder), or None for
+    anything else there: an interrupted upload's `.partial`, `Thumbs.db`, an upper-case
+    copy of a blob's name. Only such a checksum is ever treated as a blob."""
+    parts = relative.split("/")
+    if len(parts) != 3 or not _CHECKSUM.match(parts[2]) or parts[0] != parts[2][:2] or parts[1] != parts[2][2:4]:
+        return None
+    return parts[2]

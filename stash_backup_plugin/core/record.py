@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from .atomic import atomic_output
+from .atomic import atomic_output, private_mode
 from .errors import VerificationError
 
 FORMAT = 1
@@ -144,7 +144,7 @@ def write(path: Path, header: Header, blobs: Iterable[tuple[str, int]]) -> None:
                 text.write(line)
             text.flush()
             text.detach()
-        os.chmod(temp, 0o644)
+        os.chmod(temp, private_mode(path.parent))
 
 
 def read_header(path: Path) -> Header:

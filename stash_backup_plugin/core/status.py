@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
-from .atomic import storage_error, write_bytes_atomic
+from .atomic import make_folders, open_lock_file, storage_error, write_bytes_atomic
 from .errors import StorageError
 
 T = TypeVar("T")
@@ -39,16 +39,40 @@ class JobRecord:
     last_failure: str = ""
     last_message: str = ""  # the last finished attempt's outcome line or error
     failure_message: str = ""  # the last failure's error, kept after later successes
+    # The order of events: the status file's counter when each was recorded (under its
+    # lock), so that two events in the same second cannot tie. 0: recorded by a version
+    # that kept times alone; any numbered event is later than every unnumbered one.
+    attempt_seq: int = 0
+    success_seq: int = 0
+    failure_seq: int = 0
 
     @property
     def running_or_killed(self) -> bool:
         """An attempt started after the last one that ended."""
-        return bool(self.last_attempt) and self.last_attempt > max(self.last_success, self.last_failure)
+        return bool(self.last_attempt) and _order(self.attempt_seq, self.last_attempt) > max(
+            _order(self.success_seq, self.last_success), _order(self.failure_seq, self.last_failure))
+
+    @property
+    def failing(self) -> bool:
+        """Its last outcome was a failure: the one rule, also for the Backups page (which
+        reads it from the overview). Two unnumbered events in the same second cannot be
+        told apart: that counts as failing (a failure is never hidden)."""
+        return bool(self.last_failure) and _order(self.failure_seq, self.last_failure) >= \
+            _order(self.success_seq, self.last_success)
 
     @classmethod
     def from_dict(cls, data: dict) -> "JobRecord":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: str(v) for k, v in data.items() if k in known})
+        known = {f.name: f.type for f in fields(cls)}
+        return cls(**{k: _number(v) if known[k] == "int" else str(v) for k, v in data.items() if k in known})
+
+
+def _order(seq: int, moment: str) -> tuple[int, str]:
+    return seq, moment
+
+
+def _number(value) -> int:
+    """A sequence number as read from the file: anything but a whole number >= 0 is 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 @dataclass
@@ -56,34 +80,44 @@ class Status:
     jobs: dict = field(default_factory=dict)  # job name -> JobRecord
     auto_queued_at: str = ""
     overdue_notified_at: str = ""
+    sequence: int = 0  # the last event's number (JobRecord's *_seq)
 
     def job(self, name: str) -> JobRecord:
         return self.jobs.setdefault(name, JobRecord())
 
+    def _next(self) -> int:
+        numbers = [self.sequence] + [max(r.attempt_seq, r.success_seq, r.failure_seq) for r in self.jobs.values()]
+        self.sequence = max(numbers) + 1
+        return self.sequence
+
     def started(self, name: str, now: str) -> None:
-        self.job(name).last_attempt = now
+        record = self.job(name)
+        record.last_attempt, record.attempt_seq = now, self._next()
 
     def succeeded(self, name: str, now: str, message: str) -> None:
         record = self.job(name)
-        record.last_success, record.last_message = now, message
+        record.last_success, record.last_message, record.success_seq = now, message, self._next()
 
     def failed(self, name: str, now: str, message: str) -> None:
         record = self.job(name)
         record.last_failure, record.last_message, record.failure_message = now, message, message
+        record.failure_seq = self._next()
 
     def last_failure(self) -> Optional[tuple[str, JobRecord]]:
         """The most recent failure of any job that has not succeeded since."""
-        failing = [(name, r) for name, r in self.jobs.items() if r.last_failure and r.last_failure > r.last_success]
-        return max(failing, key=lambda item: item[1].last_failure, default=None)
+        failing = [(name, r) for name, r in self.jobs.items() if r.failing]
+        return max(failing, key=lambda item: (item[1].last_failure, item[1].failure_seq), default=None)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "jobs": {name: asdict(r) for name, r in sorted(self.jobs.items())},
-                "auto_queued_at": self.auto_queued_at, "overdue_notified_at": self.overdue_notified_at}
+                "auto_queued_at": self.auto_queued_at, "overdue_notified_at": self.overdue_notified_at,
+                "sequence": self.sequence}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Status":
         jobs = {str(name): JobRecord.from_dict(r) for name, r in (data.get("jobs") or {}).items() if isinstance(r, dict)}
-        return cls(jobs, str(data.get("auto_queued_at") or ""), str(data.get("overdue_notified_at") or ""))
+        return cls(jobs, str(data.get("auto_queued_at") or ""), str(data.get("overdue_notified_at") or ""),
+                   _number(data.get("sequence")))
 
 
 # --- rules (pure) --------------------------------------------------------------------
@@ -181,7 +215,7 @@ def overdue_notice(last_verified: Optional[datetime], interval: timedelta, now: 
 def merge(first: Status, second: Status) -> Status:
     """Two status files' knowledge as one: per job the record of the later attempt."""
     merged = Status(dict(first.jobs), max(first.auto_queued_at, second.auto_queued_at),
-                    max(first.overdue_notified_at, second.overdue_notified_at))
+                    max(first.overdue_notified_at, second.overdue_notified_at), max(first.sequence, second.sequence))
     for name, record in second.jobs.items():
         if name not in merged.jobs or record.last_attempt > merged.jobs[name].last_attempt:
             merged.jobs[name] = record
@@ -235,15 +269,15 @@ def _read(path: Path) -> Status:
 
 def _apply(folder: Path, change: Callable[[Status], T], read: Callable[[], Status]) -> T:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / STATUS_LOCK_NAME, "a+b")
+        make_folders(folder)
+        handle = open_lock_file(folder / STATUS_LOCK_NAME)
     except OSError as error:
         raise storage_error("write the backup status into", folder, error) from error
     with handle:
         _wait_for_lock(handle, folder / STATUS_NAME)
         status = read()
         result = change(status)
-        write_bytes_atomic(folder / STATUS_NAME, (json.dumps(status.to_dict(), indent=2) + "\n").encode(), mode=0o644)
+        write_bytes_atomic(folder / STATUS_NAME, (json.dumps(status.to_dict(), indent=2) + "\n").encode())
         return result
 
 

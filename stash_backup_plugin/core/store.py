@@ -18,11 +18,9 @@ Standard library only (stash-restore reads the store)."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import queue
-import socket
 import threading
 import time
 import zipfile
@@ -34,10 +32,12 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Optional
 
 from . import record as records
 from . import snapshot as snapshots
-from .atomic import discard, fsync_dir, make_folders, storage_error, take_parent_owner
+from .atomic import discard, fsync_dir, make_folders, own_like_folder, storage_error
+from .hashing import copy_and_hash
 from .errors import VerificationError
 from .faults import crash_point
-from .naming import TEMP_MARKER, blob_relative_path
+from .naming import TEMP_MARKER, blob_checksum, blob_relative_path
+from .processes import dead_here, identity
 
 BLOBS, SNAPSHOTS, RECORDS, PENDING, INCOMING = "blobs", "snapshots", "backups", "pending", "incoming"
 SNAPSHOT_SUFFIX = ".gz"
@@ -46,7 +46,6 @@ SNAPSHOT_SUFFIX = ".gz"
 PENDING_SLACK_SECONDS = 300
 # A marker older than this belongs to a run that died on another machine.
 PENDING_STALE_SECONDS = 48 * 3600
-COPY_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -93,18 +92,22 @@ class Store:
         except OSError:
             return None
 
-    def stored_blobs(self) -> Iterator[StoredBlob]:
-        """Every blob file, sorted by checksum (folder by folder: the layout sorts)."""
+    def stored_blobs(self, strays: Optional[list[str]] = None) -> Iterator[StoredBlob]:
+        """Every blob file, sorted by checksum (folder by folder: the layout sorts).
+        Anything else in the blobs folder (`Thumbs.db`, `.DS_Store`, an upper-case copy
+        of a name) is no blob: it is skipped, and its path (relative to the blobs
+        folder) added to `strays` when given. Our own temp names are skipped silently."""
         if not self.blobs_folder.is_dir():
             return
-        for first in _sorted_dirs(self.blobs_folder):
-            for second in _sorted_dirs(first):
-                with os.scandir(second) as entries:
-                    found = sorted((e.name, e) for e in entries if e.is_file(follow_symlinks=False)
-                                   and TEMP_MARKER not in e.name)
-                for name, entry in found:
-                    info = entry.stat(follow_symlinks=False)
-                    yield StoredBlob(name, info.st_size, info.st_mtime)
+        for first in _entries(self.blobs_folder, strays, ""):
+            if not first.is_dir(follow_symlinks=False):
+                _stray(strays, first.name)
+                continue
+            for second in _entries(first.path, strays, first.name + "/"):
+                if not second.is_dir(follow_symlinks=False):
+                    _stray(strays, f"{first.name}/{second.name}")
+                    continue
+                yield from _blobs_in(second.path, f"{first.name}/{second.name}/", strays)
 
     # --- records -------------------------------------------------------------------
     def record_names(self) -> list[str]:
@@ -170,10 +173,11 @@ class Store:
         """Mark this run as adding data until the block ends (its record written)."""
         folder = self.folder / PENDING
         make_folders(folder)
-        marker = folder / f"{name}.{os.getpid()}.json"
-        payload = {"name": name, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        me = identity()
+        marker = folder / f"{name}.{me['machine']}.{me['pid']}.json"
+        payload = {"name": name, **me, "started": time.time()}
         from .atomic import write_bytes_atomic
-        write_bytes_atomic(marker, json.dumps(payload).encode(), mode=0o644)
+        write_bytes_atomic(marker, json.dumps(payload).encode())
         try:
             yield marker
         finally:
@@ -202,17 +206,19 @@ class Store:
 
     def clean_after_killed_runs(self) -> list[Path]:
         """With the archive's lock held: temp files in incoming/ are a killed run's, and
-        so are markers of this host's processes that no longer exist (or any marker
-        older than two days). Returns what was removed."""
+        so are markers of this machine's processes that no longer exist (processes.
+        dead_here: a marker of another machine, or of an older version that named the
+        host alone, may be a live run's), and any marker older than two days.
+        Returns what was removed."""
         removed = []
         if self.incoming.is_dir():
             for path in self.incoming.iterdir():
                 discard(path)
                 removed.append(path)
-        now, host = time.time(), socket.gethostname()
+        now = time.time()
         for marker in self.pending_markers():
-            dead_here = marker.get("host") == host and not _process_alive(marker.get("pid"))
-            if dead_here or now - float(marker.get("started", now)) > PENDING_STALE_SECONDS:
+            stale = now - float(marker.get("started", now)) > PENDING_STALE_SECONDS
+            if stale or dead_here(marker.get("machine"), marker.get("pid")):
                 discard(Path(marker["path"]))
                 removed.append(Path(marker["path"]))
         return removed
@@ -249,24 +255,17 @@ class BlobWriter:
         """Copy one blob from an open file; returns its size, or None (nothing kept)
         when its content does not match its name."""
         temp = self.store.incoming / f"{checksum}{TEMP_MARKER}{os.getpid()}"
-        digest, size = hashlib.md5(), 0
         try:
             with open(temp, "wb") as out:
-                while True:
-                    chunk = _read_source(source)
-                    if chunk is None:  # unreadable at the source (I/O error, bad zip CRC)
-                        discard(temp)
-                        return None
-                    if not chunk:
-                        break
-                    digest.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-            _own_like_folder(temp)
+                digest, size = copy_and_hash(_Guarded(source), out, "md5")
+            own_like_folder(temp)
+        except _Unreadable:  # at the source (an I/O error on Stash's disk, a bad zip CRC)
+            discard(temp)
+            return None
         except OSError as error:
             discard(temp)
             raise storage_error("write blobs into", self.store.incoming, error) from error
-        if digest.hexdigest() != checksum:
+        if digest != checksum:
             discard(temp)
             return None
         self._staged.append((checksum, temp))
@@ -307,7 +306,7 @@ def write_snapshot(store: Store, name: str, database: Path, level: int = snapsho
             digest = snapshots.compress(source, out, level=level, progress=progress)
             out.flush()
             os.fsync(out.fileno())
-        _own_like_folder(temp)
+        own_like_folder(temp)
     except OSError as error:
         discard(temp)
         raise storage_error("write the database snapshot into", store.incoming, error) from error
@@ -417,7 +416,7 @@ class SnapshotTee:
         self._handle.flush()
         os.fsync(self._handle.fileno())
         self._handle.close()
-        _own_like_folder(self.temp)
+        own_like_folder(self.temp)
         return self.temp, digest
 
 
@@ -439,10 +438,39 @@ def _checksums(blobs: Iterator[tuple[str, int]]) -> Iterator[str]:
         yield checksum
 
 
-def _sorted_dirs(folder: Path) -> list[Path]:
+def _entries(folder, strays: Optional[list[str]], prefix: str) -> list[os.DirEntry]:
+    """The entries of a blobs folder level, sorted by name; names that cannot be a
+    level of the layout (`@eaDir`, `desktop.ini`) go to `strays`."""
+    levels = []
+    for entry in _entries_sorted(folder):
+        if TEMP_MARKER in entry.name:
+            continue
+        if len(entry.name) == 2:
+            levels.append(entry)
+        else:
+            _stray(strays, prefix + entry.name)
+    return levels
+
+
+def _blobs_in(folder: str, prefix: str, strays: Optional[list[str]]) -> Iterator[StoredBlob]:
+    for entry in _entries_sorted(folder):
+        if TEMP_MARKER in entry.name:
+            continue
+        if not entry.is_file(follow_symlinks=False) or blob_checksum(prefix + entry.name) is None:
+            _stray(strays, prefix + entry.name)
+            continue
+        info = entry.stat(follow_symlinks=False)
+        yield StoredBlob(entry.name, info.st_size, info.st_mtime)
+
+
+def _entries_sorted(folder: str) -> list[os.DirEntry]:
     with os.scandir(folder) as entries:
-        return [Path(e.path) for e in sorted(entries, key=lambda e: e.name)
-                if e.is_dir(follow_symlinks=False) and len(e.name) == 2]
+        return sorted(entries, key=lambda e: e.name)
+
+
+def _stray(strays: Optional[list[str]], relative: str) -> None:
+    if strays is not None:
+        strays.append(relative)
 
 
 # Up to this many files (or folders) are synced one by one, several at a time; more
@@ -485,30 +513,22 @@ def _in_parallel(work, items) -> None:
             pass
 
 
-def _own_like_folder(path: Path) -> None:
-    """Readable by all, owned like the archive folder: the plugin (Stash's user) and a
-    CLI run as root share the archive."""
-    os.chmod(path, 0o644)
-    take_parent_owner(path)
+class _Unreadable(Exception):
+    """The source of a blob cannot be read: the blob is unavailable, not the run failed."""
 
 
-def _read_source(source: BinaryIO) -> Optional[bytes]:
-    """The next chunk, or None when the source cannot be read (an I/O error on Stash's
-    disk, a zip entry whose CRC is wrong): the blob is unavailable, not the run failed."""
-    try:
-        return source.read(COPY_CHUNK)
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error):
-        return None
+class _Guarded:
+    """A blob's source whose read errors (an I/O error on Stash's disk, a zip entry
+    whose CRC is wrong) are told apart from errors writing into the archive."""
 
+    def __init__(self, source: BinaryIO):
+        self.source = source
 
-def _process_alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (TypeError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
+    def read(self, size: int) -> bytes:
+        try:
+            return self.source.read(size)
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+            raise _Unreadable() from error
 
 
 ProgressBytes = Optional[Callable[[int], None]]

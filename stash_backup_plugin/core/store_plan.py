@@ -21,6 +21,8 @@ class GcPlan:
     kept_blobs: int = 0
     kept_bytes: int = 0
     snapshot_bytes: int = 0  # of the snapshots to delete, when known
+    strays: list[str] = field(default_factory=list)  # files in the blobs folder that are no blob: left alone
+    rescued_blobs: int = 0  # the sorted walk would have deleted them, but a kept record refers to them
 
     @property
     def blob_bytes(self) -> int:
@@ -51,6 +53,22 @@ def plan_gc(stored: Iterable, referenced: Iterable[str], protect_since: Optional
             plan.delete_blobs.append((blob.checksum, blob.size))
     for _ in wanted:  # read to the end: a damaged record raises only there
         pass
+    return plan
+
+
+def spare_referenced(plan: GcPlan, referenced: Iterable[str]) -> GcPlan:
+    """Take out of the plan every blob that `referenced` (in any order) names: the
+    check by name before anything is deleted, so that no ordering assumption (a
+    folder listed out of order, a record not sorted) can delete a referenced image.
+    Memory: the set of blobs to delete, which the plan holds anyway."""
+    doomed = {checksum for checksum, _ in plan.delete_blobs}
+    wanted = doomed.intersection(referenced)
+    if wanted:
+        kept = [(checksum, size) for checksum, size in plan.delete_blobs if checksum in wanted]
+        plan.delete_blobs = [(checksum, size) for checksum, size in plan.delete_blobs if checksum not in wanted]
+        plan.rescued_blobs += len(kept)
+        plan.kept_blobs += len(kept)
+        plan.kept_bytes += sum(size for _, size in kept)
     return plan
 
 

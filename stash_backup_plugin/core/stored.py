@@ -15,7 +15,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Protocol
 
 from . import backup_zip as fullbackup
 from . import record as records
-from .atomic import atomic_output, discard, fsync_dir, make_folders, scratch_folder, storage_error
+from .atomic import atomic_output, discard, fsync_dir, make_folders, private_mode, scratch_folder, storage_error
 from .errors import UsageError, VerificationError
 from .naming import TEMP_MARKER as _TEMP, blob_member_name, blob_relative_path, parse_backup_name
 from .reporting import Reporter
@@ -23,8 +23,9 @@ from .sqlite_check import (NONE, QUICK, check_database, count_filesystem_blob_re
                            filesystem_blob_references)
 from .snapshot import LEVEL
 from .faults import crash_point
-from .store import SNAPSHOTS, Store, commit_snapshot, write_snapshot
-from .store_plan import GcPlan, plan_gc, plan_snapshots
+from .hashing import copy_and_hash
+from .store import BLOBS, SNAPSHOTS, Store, commit_snapshot, write_snapshot
+from .store_plan import GcPlan, plan_gc, plan_snapshots, spare_referenced
 
 MISSING_EXAMPLES = 5
 
@@ -438,7 +439,11 @@ def plan_collection(store: Store, keep: Optional[list[str]] = None) -> GcPlan:
     remained. Raises VerificationError if any kept record cannot be read whole."""
     names = store.record_names() if keep is None else keep
     protect = store.protect_since()
-    plan = plan_gc(store.stored_blobs(), store.referenced(names), protect)
+    strays: list[str] = []
+    plan = plan_gc(store.stored_blobs(strays), store.referenced(names), protect)
+    plan.strays = [f"{BLOBS}/{relative}" for relative in strays]
+    if plan.delete_blobs:
+        spare_referenced(plan, store.referenced(names))
     pending = [m.get("name", "") for m in store.pending_markers()]
     return plan_snapshots(_snapshot_files(store), names, pending, protect, plan)
 
@@ -481,6 +486,8 @@ def _sync_folders(folders: set) -> None:
 
 # --- export as one zip --------------------------------------------------------------------------
 
+ZIP_MEMBER_MODE = 0o600  # what unzip gives the extracted library: private, as the archive holds it
+
 def export_zip(store: Store, name: str, output: Path, report: Reporter) -> Path:
     """A self-contained zip in Stash v0.31's layout: the database (deflated, as Stash
     writes it) at the root and every blob at blobs/aa/bb/<md5>, verified before it
@@ -491,7 +498,7 @@ def export_zip(store: Store, name: str, output: Path, report: Reporter) -> Path:
     with atomic_output(output) as (handle, temp):
         with zipfile.ZipFile(handle, "w", allowZip64=True) as packed:
             info = zipfile.ZipInfo(header.database_member, _zip_time(header.created))
-            info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+            info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, ZIP_MEMBER_MODE << 16
             info.file_size = header.snapshot.size
             with packed.open(info, "w", force_zip64=header.snapshot.size > 0x7FFFFFFF) as member:
                 store.read_snapshot(header, member, progress=_bytes(report.phase(0, 0.4), header.snapshot.size,
@@ -505,17 +512,16 @@ def export_zip(store: Store, name: str, output: Path, report: Reporter) -> Path:
         verified = verify_backup(temp, QUICK, want_sha256=False,
                                  progress=report.phase(0.8, 1.0).bytes_progress("verifying the zip"))
         require_blobs(verified, tolerated=header.missing_blobs if header.includes_blobs else len(verified.blobs_not_included))
-        os.chmod(temp, 0o644)
+        os.chmod(temp, private_mode(output.parent))  # the whole library: private as the archive
     return output
 
 
 def _copy_blob_into(packed: zipfile.ZipFile, path: Path, member: str, size: int) -> None:
     info = zipfile.ZipInfo(member, (2020, 1, 1, 0, 0, 0))
-    info.compress_type, info.external_attr, info.file_size = zipfile.ZIP_STORED, 0o644 << 16, size
+    info.compress_type, info.external_attr, info.file_size = zipfile.ZIP_STORED, ZIP_MEMBER_MODE << 16, size
     try:
         with open(path, "rb") as source, packed.open(info, "w") as sink:
-            while chunk := source.read(1024 * 1024):
-                sink.write(chunk)
+            copy_and_hash(source, sink)
     except FileNotFoundError:
         raise VerificationError(f"blob {path} is missing from the archive: run verify") from None
 

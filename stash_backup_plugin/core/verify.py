@@ -2,7 +2,6 @@
 Standard library only (the offline restore uses it before touching anything)."""
 from __future__ import annotations
 
-import hashlib
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -12,9 +11,9 @@ from typing import Callable, Optional
 from . import backup_zip as fullbackup
 from .atomic import scratch_folder
 from .errors import VerificationError
+from .hashing import file_digest  # noqa: F401 (its callers import it from here too)
 from .sqlite_check import QUICK, DatabaseReport, check_database
 
-CHUNK = 1024 * 1024
 # progress(done_bytes, total_bytes, phase)
 Progress = Optional[Callable[[int, int, str], None]]
 
@@ -31,20 +30,6 @@ class BackupReport:
     # Blobs the database needs from the filesystem that this file does not hold.
     blobs_not_included: set[str] = field(default_factory=set)
     database_member: Optional[str] = None
-
-
-def file_digest(path: Path, algorithm: str = "sha256", progress: Progress = None) -> str:
-    """The hex digest of a file read once in chunks: SHA-256 for backups, MD5 for blobs
-    (Stash names a blob by the MD5 of its bytes)."""
-    digest = hashlib.new(algorithm)
-    total, done = path.stat().st_size, 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, total, "checksum")
-    return digest.hexdigest()
 
 
 def is_zip(path: Path) -> bool:

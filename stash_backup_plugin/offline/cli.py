@@ -94,7 +94,7 @@ def _backup_folders(args, target: Target) -> list[Path]:
 def _resolve_backup(name: str, args, target: Target) -> Path:
     given = Path(name).expanduser()
     if given.is_file():
-        return given.resolve()
+        return _stored_of_snapshot(given) or given.resolve()
     if given.parent.is_dir() and _stored_record(given.parent, given.name):  # <archive>/<name> of a stored backup
         return _stored_record(given.parent, given.name).resolve()
     if is_anonymised_name(given.name):  # never offered by --list, never found by name alone
@@ -118,6 +118,26 @@ def _stored_record(folder: Path, name: str) -> Optional[Path]:
         if candidate and store.record_path(candidate).is_file():
             return store.record_path(candidate)
     return None
+
+
+def _stored_of_snapshot(path: Path) -> Optional[Path]:
+    """`<archive>/snapshots/<name>.gz` is the compressed database of a stored backup:
+    the user means that backup, so its record is restored (the record gives the
+    snapshot's size and SHA-256 to check, and the images that belong with it). A
+    snapshot no record names is refused, with the command that recovers it by hand."""
+    import shlex
+    from ..core.store import SNAPSHOT_SUFFIX, SNAPSHOTS
+    if path.parent.name != SNAPSHOTS or not path.name.endswith(SNAPSHOT_SUFFIX):
+        return None
+    archive, name = path.parent.parent, path.name[:-len(SNAPSHOT_SUFFIX)]
+    record = _stored_record(archive, name)
+    if record is None:
+        plain = shlex.quote(name + ".sqlite")
+        raise UsageError(f"{path} is a database snapshot that no backup in {archive} records (its backup was "
+                         "forgotten, and the next prune removes it): nothing checks it, and no images go with it. "
+                         f"To restore its database anyway: gzip -dc {shlex.quote(str(path))} > {plain} && "
+                         f"stash-restore {plain}")
+    return record.resolve()
 
 
 def _stored_rows(folder: Path) -> list[dict]:

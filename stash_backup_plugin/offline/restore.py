@@ -22,7 +22,7 @@ from typing import Callable, Iterator, NamedTuple, Optional
 from ..core import backup_zip as fullbackup
 from . import swap
 from ..core.archive import MANIFEST_NAME, Archive, Entry
-from ..core.atomic import (discard, fsync_file, make_folders, remove_stale_temps, scratch_folder,
+from ..core.atomic import (discard, fsync_file, make_folders, private_mode, remove_stale_temps, scratch_folder,
                            staged_file, storage_error, temp_path_in)
 from ..core.errors import RestoreRefused, UsageError, VerificationError
 from ..core.naming import TEMP_MARKER, blob_relative_path, is_anonymised_name
@@ -548,8 +548,8 @@ def _match_ownership(path: Path, like: Path) -> None:
     temp files are private, and Stash may run as another user (Docker, services)."""
     reference = like if like.exists() else like.parent
     info = os.stat(reference)
-    mode = stat.S_IMODE(info.st_mode) if like.exists() else 0o644
-    os.chmod(path, mode & 0o666)
+    mode = stat.S_IMODE(info.st_mode) if like.exists() else private_mode(like.parent)  # none to copy: private
+    os.chmod(path, mode & ~0o7111)  # a database: never executable, no set-id bits
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         os.chown(path, info.st_uid, info.st_gid)
 

@@ -20,7 +20,7 @@ from typing import Iterator, Optional
 
 from ..core import record as records
 from ..core.archive import Archive, Entry, utc_now
-from ..core.atomic import atomic_output, discard, fsync_dir, make_folders, scratch_folder, take_parent_owner
+from ..core.atomic import atomic_output, discard, fsync_dir, make_folders, own_like_folder, private_mode, scratch_folder
 from ..core.errors import RemoteError, UsageError, VerificationError
 from ..core.reporting import Reporter, human_size
 from ..core.retention import Decision, Policy, plan_retention
@@ -452,9 +452,8 @@ def pull(archive: Archive, remote: RemoteArchive, name: str, level: str, report:
             _check_pulled_database(scratch, header, record_path, level, report.phase(0.7, 0.85))
             _adopt_blobs(store, scratch / "fetched", listing)
             packed = scratch / "fetched" / header.snapshot.file
-            os.chmod(packed, 0o644)
             commit_snapshot(store, header.name, packed)
-            take_parent_owner(store.snapshot_path(header.name))
+            own_like_folder(store.snapshot_path(header.name))
             crash_point("pull-data-stored")
             _install_record(store, header.name, record_path)
         entry = archive.find(header.name)
@@ -535,9 +534,8 @@ def _adopt_blobs(store: Store, fetched: Path, listing: Path) -> None:
         if not final.parent.is_dir():
             make_folders(final.parent)
             folders.update((final.parent.parent, final.parent.parent.parent))
-        os.chmod(fetched / relative, 0o644)
         os.replace(fetched / relative, final)
-        take_parent_owner(final)
+        own_like_folder(final)
         folders.add(final.parent)
     for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
         fsync_dir(folder)
@@ -548,7 +546,7 @@ def _install_record(store: Store, name: str, source: Path) -> None:
     with atomic_output(store.record_path(name)) as (handle, temp), open(source, "rb") as original:
         while chunk := original.read(1024 * 1024):
             handle.write(chunk)
-        os.chmod(temp, 0o644)
+        os.chmod(temp, private_mode(store.records_folder))
 
 
 # --- list -------------------------------------------------------------------------------------------

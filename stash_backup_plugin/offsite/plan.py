@@ -3,11 +3,10 @@ there. Like store_plan.py, memory does not grow with the number of blobs: the lo
 records' lists and the remote's listing are walked side by side. Pure logic: no I/O."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
-CHECKSUM = re.compile(r"^[0-9a-f]{32}$")
+from ..core.naming import blob_checksum  # noqa: F401 (the remote's listing names blobs as the store does)
 
 
 @dataclass(frozen=True)
@@ -16,15 +15,6 @@ class RemoteBlob:
     size: int
     md5: str = ""  # the hash the backend reports, when it has one
     mtime: float = 0.0  # unused on the remote (store_plan.plan_gc reads it)
-
-
-def blob_checksum(relative: str) -> Optional[str]:
-    """The checksum of `aa/bb/<md5>`, or None for anything else under blobs/ (an
-    interrupted upload's `.partial`, a stray file)."""
-    parts = relative.split("/")
-    if len(parts) != 3 or not CHECKSUM.match(parts[2]) or parts[0] != parts[2][:2] or parts[1] != parts[2][2:4]:
-        return None
-    return parts[2]
 
 
 def to_send(wanted: Iterable[tuple[str, int]], present: Iterable[RemoteBlob]) -> Iterator[tuple[str, int]]:

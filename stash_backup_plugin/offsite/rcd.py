@@ -10,11 +10,11 @@ kill -9; elsewhere (or when this rclone cannot serve a socket) `start` returns N
 every operation runs as its own rclone process, as before. Standard library only."""
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ..core.children import dies_with_us
+from ..core.processes import dies_with_us, stop_group
 
 DISABLE_ENV = "STASH_BACKUP_RCLONE_RCD"  # "0": one rclone process per operation
 START_SECONDS = 15.0
@@ -122,21 +122,11 @@ class Daemon:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self._signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._signal(signal.SIGKILL)
-                self.process.wait()
+            # its own process group: an rclone wrapper script's child ends too
+            stop_group(self.process.pid, reap=self.process.poll, grace=10)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=5)
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-    def _signal(self, number: int) -> None:
-        """To the daemon's own process group (an rclone wrapper script's child too)."""
-        try:
-            os.killpg(self.process.pid, number)
-        except OSError:
-            pass
 
 
 def _collect(stream, log: list, lock: threading.Lock) -> None:

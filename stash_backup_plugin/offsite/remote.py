@@ -6,7 +6,7 @@ an archive too:
     <remote>/snapshots/<name>.gz          one compressed database per backup
     <remote>/backups/<name>.record        what a backup consists of (core/record.py)
     <remote>/offsite-manifest.json        the backups the remote holds: written last
-    <remote>/pending/<host>.<pid>.json    a push or prune at work (the remote's lock)
+    <remote>/pending/<host>.<machine>.<pid>.json  a push or prune at work (the remote's lock)
 
 Everything is sent and fetched with rclone's checks (size always; MD5 where both sides
 have it) and listed through `lsjson`. Standard library only."""
@@ -27,6 +27,7 @@ from ..core.archive import utc_now
 from ..core.atomic import discard
 from ..core.errors import RemoteError, UsageError
 from ..core.faults import crash_point
+from ..core.processes import dead_here, identity
 from . import manifest as manifests
 from .manifest import BLOBS, PENDING, Manifest
 from .plan import RemoteBlob, blob_checksum
@@ -54,11 +55,12 @@ class Marker:
     pid: int
     started: float
     action: str
+    machine: str = ""  # processes.machine_id of its writer; "" from older versions (host alone)
 
     def stale(self, now: float) -> bool:
-        if now - self.started > MARKER_STALE_SECONDS:
-            return True
-        return self.host == socket.gethostname() and not _alive(self.pid)
+        """Two days old, or provably a dead run of this machine (never one that only
+        shares the host name: a container's, or an older version's marker)."""
+        return now - self.started > MARKER_STALE_SECONDS or dead_here(self.machine, self.pid)
 
 
 class RemoteArchive:
@@ -218,7 +220,7 @@ class RemoteArchive:
             try:
                 data = json.loads(self.rclone.read(self.spec, relative))
                 found.append(Marker(relative, str(data["host"]), int(data["pid"]), float(data["started"]),
-                                    str(data.get("action", ""))))
+                                    str(data.get("action", "")), str(data.get("machine") or "")))
             except (RemoteError, ValueError, KeyError, TypeError):
                 found.append(Marker(relative, "?", 0, time.time(), "unreadable"))
         return found
@@ -226,11 +228,11 @@ class RemoteArchive:
     @contextlib.contextmanager
     def held(self, action: str, scratch: Path, report: Callable[[str], None]) -> Iterator[None]:
         """Mark the remote as in use for this run, then look at the other marks: refuse
-        when another live run marked it; remove marks of runs that died (on this host,
+        when another live run marked it; remove marks of runs that died (on this machine,
         or two days ago). Two runs that mark at once both refuse: fail closed."""
-        mine = f"{PENDING}/{socket.gethostname()}.{os.getpid()}.json"
-        body = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "action": action,
-                "at": utc_now()}
+        me = identity()  # the machine in the name too: two containers named alike may share a pid
+        mine = f"{PENDING}/{me['host']}.{me['machine']}.{me['pid']}.json"
+        body = {**me, "started": time.time(), "action": action, "at": utc_now()}
         local = scratch / "marker.json"
         local.write_text(json.dumps(body))
         # No temp name needed: an unreadable marker counts as a live one.
@@ -251,7 +253,7 @@ class RemoteArchive:
                                  f"wait for it; if it died, remove {self.display}/{other.file} (or wait two days)")
             yield
         finally:
-            # Best effort: a marker left behind (the remote went away) is this host's,
+            # Best effort: a marker left behind (the remote went away) is this machine's,
             # and the next run here removes it once this process is gone.
             with contextlib.suppress(RemoteError):
                 self._remove(mine)
@@ -273,13 +275,3 @@ def _read_run(lines) -> Iterator[RemoteBlob]:
     for line in lines:
         checksum, size, md5 = line.split()
         yield RemoteBlob(checksum, int(size), "" if md5 == "-" else md5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True

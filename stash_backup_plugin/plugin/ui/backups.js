@@ -177,7 +177,7 @@
     if (!after || JSON.stringify(before || {}) === JSON.stringify(after)) {
       return { ok: false, message: "The task ended without recording an outcome: see Settings > Logs." };
     }
-    const failed = after.last_failure && after.last_failure >= (after.last_success || "");
+    const failed = Boolean(after.failing); // the status file's rule (core/status.py JobRecord.failing)
     return { ok: !failed, message: after.last_message || (failed ? "failed" : "done") };
   }
 
