@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -29,8 +28,9 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from ..core.errors import MissingDependency, RemoteError
-from . import rcd
-from .secrets import Redactor, secrets_in_config, secrets_in_environment, secrets_in_remote
+from . import fspath, rcd
+from .fspath import RemotePath
+from .secrets import Redactor, is_secret_option, secrets_in_config, secrets_in_environment, secrets_in_remote
 
 BINARY_ENV = "STASH_BACKUP_RCLONE"
 # A transfer that moves no byte for this long is stopped: rclone alone would give each
@@ -98,6 +98,17 @@ class Rclone:
     def watch(self, spec: str) -> None:
         """Hide the secrets a remote's own name carries (a connection string)."""
         self.redact.add(secrets_in_remote(spec))
+
+    def prepare(self, spec: str) -> RemotePath:
+        """The remote `spec` as rclone is to be given it: parsed as rclone parses it,
+        its secret options moved out of it into this runner's environment (a command
+        line is visible to every user in `ps`; an environment only to its owner), every
+        secret hidden from what we show. Call it before `session()`."""
+        self.watch(spec)
+        remote, environment = secrets_to_environment(fspath.parse(spec))
+        self.redact.add(environment.values())
+        self.env.update(environment)
+        return remote
 
     def _base(self) -> list[str]:
         base = [self.binary, "--use-json-log", "--ask-password=false"]
@@ -295,14 +306,36 @@ class Rclone:
             raise classify(outcome, action, self.redact(target), self.redact)
 
 
+def config_variable(remote: str, option: str) -> str:
+    """The environment variable that sets `option` of the remote named `remote`
+    (rclone's fs.ConfigToEnv, fs/config.go)."""
+    return "RCLONE_CONFIG_" + (remote + "_" + option.replace("-", "_")).upper()
+
+
+def secrets_to_environment(remote: RemotePath) -> tuple[RemotePath, dict[str, str]]:
+    """The remote without its secret options, and the environment variables that give
+    them to rclone instead. rclone reads a remote's options from the string first, then
+    from RCLONE_CONFIG_<NAME>_<OPTION>, then from the config file (fs.ConfigMap,
+    fs/configmap.go): moved there, they still win over the config file. A remote made
+    on the fly (`:s3,...`) has no name to hang them on: it becomes a remote defined
+    by the environment (RCLONE_CONFIG_<NAME>_TYPE). Pure."""
+    moved = [(key, value) for key, value in remote.options if is_secret_option(key) or secrets_in_remote(value)]
+    if not moved:
+        return remote, {}
+    name, environment = remote.name, {}
+    if remote.on_the_fly:
+        name = f"stash_backup_{remote.backend}"
+        environment[config_variable(name, "type")] = remote.backend
+    environment.update({config_variable(name, key): value for key, value in moved})
+    kept = tuple(pair for pair in remote.options if pair not in moved)
+    return RemotePath(name, remote.path, kept), environment
+
+
 def join(root: str, relative: str) -> str:
     """`relative` under the remote path `root` (REMOTE:, REMOTE:path or a local folder)."""
     if not relative:
         return root
     return (root if root.endswith(":") else root.rstrip("/") + "/") + relative
-
-
-_REMOTE_NAME = re.compile(r"^[\w][\w.+@ -]*:")
 
 
 def _place(root: str, relative: str) -> tuple[str, str]:
@@ -311,15 +344,12 @@ def _place(root: str, relative: str) -> tuple[str, str]:
     HEAD), and the daemon, unlike the commands, takes an answer there for "is a file"
     (SeaweedFS's to refused credentials): errors would lose their meaning."""
     path = join(root, relative)
-    named = _REMOTE_NAME.match(path)
-    if named:
-        rest = path[named.end():]
-        if rest.startswith("/"):  # an absolute path (SFTP, local): from the server's root
-            return named.group() + "/", rest.lstrip("/")
-        return named.group(), rest
-    if not path.startswith(":"):  # a local folder
+    where = fspath.parse(path)
+    if where.is_local:
         return "/", os.path.abspath(path).lstrip("/")
-    return root, relative  # a connection string (:s3,...:path): as given
+    if where.path.startswith("/"):  # an absolute path (SFTP, local): from the server's root
+        return where.root + "/", where.path.lstrip("/")
+    return where.root, where.path
 
 
 def _parsed(lines: Iterator[str], rclone: Rclone, path: str) -> Iterator[dict]:

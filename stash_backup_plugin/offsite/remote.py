@@ -67,8 +67,8 @@ class RemoteArchive:
         if not spec:
             raise UsageError("no remote given: pass --remote REMOTE:path (a remote from rclone config), "
                              "or set STASH_BACKUP_REMOTE")
-        rclone.watch(spec)
-        self.rclone, self.spec = rclone, spec
+        self.location = rclone.prepare(spec)  # as rclone reads it, its secrets moved out
+        self.rclone, self.spec = rclone, str(self.location)
         self.display = rclone.redact(spec)
         self._hashes: Optional[bool] = None
         self._info: Optional[dict] = None
@@ -89,7 +89,7 @@ class RemoteArchive:
 
     def _features(self) -> dict:
         if self._info is None:
-            self._info = self.rclone.features(self.spec.split(":", 1)[0] + ":") if ":" in self.spec else {}
+            self._info = {} if self.location.is_local else self.rclone.features(self.location.root)
         return self._info
 
     def _missing_folder(self) -> None:
