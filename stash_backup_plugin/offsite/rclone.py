@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from ..core.errors import MissingDependency, RemoteError
+from ..core.errors import MissingDependency, RemoteError, UsageError
 from . import fspath, rcd
 from .fspath import RemotePath
 from .secrets import Redactor, is_secret_option, secrets_in_config, secrets_in_environment, secrets_in_remote
@@ -94,6 +94,7 @@ class Rclone:
         self._daemon: Optional[rcd.Daemon] = None
         self._sessions = 0
         self._secrets_learned = False
+        self._sections: dict = {}
 
     def watch(self, spec: str) -> None:
         """Hide the secrets a remote's own name carries (a connection string)."""
@@ -132,7 +133,29 @@ class Rclone:
                 sections = json.loads(done.stdout) if done.returncode == 0 else {}
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 sections = {}
-        self.redact.add(secrets_in_config(sections if isinstance(sections, dict) else {}))
+        self._sections = sections if isinstance(sections, dict) else {}
+        self.redact.add(secrets_in_config(self._sections))
+
+    def backend(self, remote: RemotePath, depth: int = 0) -> str:
+        """The kind of storage behind a remote ("s3", "crypt", "local", ...; an alias
+        followed), as rclone would find it: the string's `type`, then the environment's,
+        then the config file's; "" when it cannot tell."""
+        if remote.is_local or remote.on_the_fly:
+            return remote.backend or "local"
+        self._learn_config_secrets()
+        section = self._sections.get(remote.name) or {}
+        options = dict(remote.options)
+
+        def option(key: str) -> str:
+            found = options.get(key) or self.env.get(config_variable(remote.name, key)) or section.get(key) or ""
+            return found if isinstance(found, str) else ""
+        kind = option("type")
+        if kind == "alias" and depth < 8:
+            try:
+                return self.backend(fspath.parse(option("remote")), depth + 1)
+            except UsageError:
+                return ""
+        return kind
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -224,14 +247,16 @@ class Rclone:
 
     @contextlib.contextmanager
     def lsjson(self, path: str, recursive: bool = True, hashes: bool = False,
-               on_missing: Callable[[], None] = lambda: None, small: bool = False) -> Iterator[Iterator[dict]]:
+               on_missing: Callable[[], None] = lambda: None, small: bool = False,
+               modtimes: bool = False) -> Iterator[Iterator[dict]]:
         """The files under `path`, one dict per file (Path relative to it, Size, and
         Hashes when asked), as rclone lists them; a missing folder lists as empty
         after `on_missing()` (which may raise) was told. A `small` folder is listed in
         one answer by the daemon when one runs; a large one streams from a process
-        (memory stays flat)."""
+        (memory stays flat). `modtimes` adds each file's ModTime (on S3 a request per
+        object: for small folders only)."""
         if small and self._daemon:
-            opt = {"recurse": recursive, "noModTime": True, "noMimeType": True, "filesOnly": True,
+            opt = {"recurse": recursive, "noModTime": not modtimes, "noMimeType": True, "filesOnly": True,
                    "showHash": hashes, "hashTypes": ["md5"] if hashes else []}
             fs, folder = _place(path, "")
             answer, outcome = self._call("operations/list", {"fs": fs, "remote": folder, "opt": opt})
@@ -241,7 +266,8 @@ class Rclone:
             return
         # --no-modtime: on S3 each modification time is a HEAD request per object (its
         # metadata), a request per blob on every listing; nothing here reads it.
-        args = ["lsjson", "--files-only", "--no-mimetype", "--no-modtime", "--fast-list"] + (["-R"] if recursive else [])
+        args = ["lsjson", "--files-only", "--no-mimetype", "--fast-list"] + ([] if modtimes else ["--no-modtime"])
+        args += ["-R"] if recursive else []
         args += (["--hash", "--hash-type", "md5"] if hashes else []) + [path]
         with self.lines(args) as (lines, outcome):
             yield _listed(_parsed(lines, self, path), outcome, self, path, on_missing)

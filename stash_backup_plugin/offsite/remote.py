@@ -17,9 +17,11 @@ import hashlib
 import heapq
 import json
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -35,6 +37,21 @@ from .rclone import Outcome, Progress, Rclone, join
 SORT_RUN = 100_000  # listing entries sorted in memory at once
 MARKER_STALE_SECONDS = 48 * 3600  # a push that died on another machine
 TEMP_TAG = ".stash-backup-tmp-"
+# A lock marker is `pending/<host>.<pid>.json` (held() writes it); nothing else in
+# pending/ is one. An upload cut short leaves rclone's partial file beside it on SFTP
+# or a local remote: `<name>.<8 hex digits>.partial` (fs/operations/copy.go: ".%08x"
+# + --partial-suffix), or one of our temp names: a leftover, never a lock.
+_MARKER_NAME = re.compile(r"^" + re.escape(PENDING) + r"/[^/]+\.\d+\.json$")
+_UPLOAD_LEFTOVER = re.compile(r"\.[0-9a-f]{8}\.partial$|" + re.escape(TEMP_TAG))
+
+
+def is_marker_name(relative: str) -> bool:
+    return bool(_MARKER_NAME.match(relative))
+
+
+def is_upload_leftover(relative: str) -> bool:
+    """An upload that did not finish (rclone's .partial, or our temp name): by its name."""
+    return bool(_UPLOAD_LEFTOVER.search(relative))
 
 
 @dataclass
@@ -72,6 +89,15 @@ class RemoteArchive:
         self.display = rclone.redact(spec)
         self._hashes: Optional[bool] = None
         self._info: Optional[dict] = None
+
+    def unauthenticated_note(self) -> str:
+        """A line for the user when nothing proves that what the remote holds is what
+        we sent: only rclone crypt authenticates (a key the user keeps); a bucket
+        writer can replace a backup on any other remote with a consistent fake."""
+        if self.rclone.backend(self.location) == "crypt":
+            return ""
+        return (f"note: {self.display} is not an rclone crypt remote: nothing authenticates what it holds, so anyone "
+                "who can write there can replace a backup with a consistent fake; use a crypt remote to rule that out")
 
     def path(self, relative: str = "") -> str:
         return join(self.spec, relative)
@@ -210,18 +236,39 @@ class RemoteArchive:
                               "writing there; run offsite verify")
 
     # --- the remote's lock ------------------------------------------------------------------
-    def markers(self, skip: str = "") -> list[Marker]:
-        found = []
-        for relative in self.files(PENDING):
-            if TEMP_TAG in relative or relative == skip:
+    def pending(self, skip: str = "") -> tuple[list[Marker], dict[str, float]]:
+        """The lock markers in pending/ (but `skip`), and every other file there (a
+        leftover: never a lock) with its modification time."""
+        found, leftovers = [], {}
+        with self.rclone.lsjson(self.path(PENDING), small=True, modtimes=True) as items:
+            listed = {f"{PENDING}/{item['Path']}": _modified(item.get("ModTime")) for item in items}
+        for relative, modified in listed.items():
+            if relative == skip:
+                continue
+            if not is_marker_name(relative):
+                leftovers[relative] = modified
                 continue
             try:
                 data = json.loads(self.rclone.read(self.spec, relative))
                 found.append(Marker(relative, str(data["host"]), int(data["pid"]), float(data["started"]),
                                     str(data.get("action", ""))))
             except (RemoteError, ValueError, KeyError, TypeError):
-                found.append(Marker(relative, "?", 0, time.time(), "unreadable"))
-        return found
+                # Counts as live, from when it was written: it is stale two days later.
+                found.append(Marker(relative, "?", 0, min(modified, time.time()), "unreadable"))
+        return found, leftovers
+
+    def markers(self, skip: str = "") -> list[Marker]:
+        return self.pending(skip)[0]
+
+    def _clear_leftovers(self, leftovers: dict[str, float], now: float, report: Callable[[str], None]) -> None:
+        """Remove the uploads cut short long ago (no marker upload takes two days: its
+        age proves it is no run's); name the other files, which are left alone."""
+        for relative, modified in sorted(leftovers.items()):
+            if is_upload_leftover(relative) and now - modified > MARKER_STALE_SECONDS:
+                self._remove(relative)
+                report(f"removed {self.display}/{relative}: an upload interrupted two days ago or more")
+            else:
+                report(f"ignored {self.display}/{relative}: not a lock marker")
 
     @contextlib.contextmanager
     def held(self, action: str, scratch: Path, report: Callable[[str], None]) -> Iterator[None]:
@@ -238,7 +285,9 @@ class RemoteArchive:
         try:
             now = time.time()
             others = []
-            for marker in self.markers(skip=mine):
+            markers, leftovers = self.pending(skip=mine)
+            self._clear_leftovers(leftovers, now, report)
+            for marker in markers:
                 if marker.stale(now):
                     self._remove(marker.file)
                     report(f"removed the marker of an interrupted {marker.action or 'run'} from {marker.host}")
@@ -273,6 +322,15 @@ def _read_run(lines) -> Iterator[RemoteBlob]:
     for line in lines:
         checksum, size, md5 = line.split()
         yield RemoteBlob(checksum, int(size), "" if md5 == "-" else md5)
+
+
+def _modified(stamp: object) -> float:
+    """A listing's ModTime (RFC 3339, nanoseconds) as a POSIX time; now when unreadable."""
+    text = re.sub(r"(\.\d{6})\d+", r"\1", str(stamp or "")).replace("Z", "+00:00")
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return time.time()
 
 
 def _alive(pid: int) -> bool:
