@@ -26,19 +26,16 @@ from ..core.reporting import Reporter, human_size
 from ..core.retention import Decision, Policy, plan_retention
 from ..core.snapshot import decompress
 from ..core.sqlite_check import check_database
-from ..core.naming import parse_backup_name
-from ..core.store import SNAPSHOT_SUFFIX, Store, commit_snapshot, crash_point
+from ..core.naming import blob_member_name, parse_backup_name
+from ..core.store import Store, commit_snapshot, crash_point
 from ..core.store_plan import plan_gc
 from ..core.stored import ReadData
-from .manifest import BLOBS, PENDING, RECORDS, SNAPSHOTS, Manifest, RemoteBackup, backup_from_header
+from .manifest import (BLOBS, PENDING, RECORDS, SNAPSHOTS, Manifest, RemoteBackup, backup_from_header, record_file,
+                       snapshot_file)
 from .plan import RemoteBlob, problems as blob_problems, to_send
 from .remote import TEMP_TAG, RemoteArchive
 
 FETCH_BATCH_BYTES = 256 * 1024 * 1024  # verify --read-data downloads at most this much at a time
-
-
-def _blob_path(checksum: str) -> str:
-    return f"{BLOBS}/{checksum[:2]}/{checksum[2:4]}/{checksum}"
 
 
 def _md5(path: Path) -> str:
@@ -123,7 +120,7 @@ def _send_backups(archive: Archive, remote: RemoteArchive, manifest: Manifest, t
     with open(listing, "w", encoding="utf-8") as out, contextlib.ExitStack() as stack:
         there = stack.enter_context(remote.listing(scratch, hashes=remote.has_cheap_md5()))
         for checksum, size in to_send(_sized_blobs(store, names, stack), there.blobs):
-            out.write(_blob_path(checksum) + "\n")
+            out.write(blob_member_name(checksum) + "\n")
             result.blobs_sent += 1
         for header in headers:
             if there.files.get(header.snapshot.file) != header.snapshot.stored_size:
@@ -132,7 +129,7 @@ def _send_backups(archive: Archive, remote: RemoteArchive, manifest: Manifest, t
     report.info(f"sending {result.blobs_sent} blob(s) and the databases of {len(names)} backup(s) to {remote.display}")
     sent = remote.send(archive.folder, listing, "copy the archive to", _progress(report.phase(0.0, 0.9), "sending"))
     crash_point("offsite-data-sent")
-    record_files = [f"{RECORDS}/{records.record_name(name)}" for name in names]
+    record_files = [record_file(name) for name in names]
     record_bytes, records_copied = remote.send_small(archive.folder, record_files, listing,
                                                      "copy the backups' records to")
     result.bytes_sent = sent.bytes + record_bytes
@@ -232,7 +229,7 @@ def _collect(archive: Archive, remote: RemoteArchive, kept: Manifest, dry_run: b
         referenced = (checksum for checksum, _ in heapq.merge(*[stack.enter_context(records.BlobList(p)) for p in lists]))
         plan = plan_gc(there.blobs, referenced)
         for checksum, size in plan.delete_blobs:
-            out.write(_blob_path(checksum) + "\n")
+            out.write(blob_member_name(checksum) + "\n")
             result.freed_bytes += size
         others = list(there.strays)
         for folder, wanted in ((SNAPSHOTS, wanted_snapshots), (RECORDS, wanted_records), (PENDING, set())):
@@ -398,14 +395,14 @@ def _check_blob_batch(remote: RemoteArchive, batch: list[tuple[str, int]], owner
                       found: dict) -> None:
     folder = scratch / "read"
     listing = scratch / "read.txt"
-    listing.write_text("".join(_blob_path(c) + "\n" for c, _ in batch))
+    listing.write_text("".join(blob_member_name(c) + "\n" for c, _ in batch))
     with contextlib.suppress(RemoteError):  # a missing blob was already reported by the listing
         remote.fetch(listing, folder, "download blobs from")
     for checksum, _ in batch:
-        path = folder / _blob_path(checksum)
+        path = folder / blob_member_name(checksum)
         if path.is_file() and _md5(path) != checksum:
             for name in owners.get(checksum, []):
-                found[name].append(f"blob {_blob_path(checksum)} does not match its name (MD5) on the remote: it is damaged")
+                found[name].append(f"blob {blob_member_name(checksum)} does not match its name (MD5) on the remote: it is damaged")
         discard(path)
 
 
@@ -450,7 +447,7 @@ def pull(archive: Archive, remote: RemoteArchive, name: str, level: str, report:
         if archive.find(backup.name) or archive.find(backup.name + ".zip"):
             raise UsageError(f"{archive.folder} already has a backup named {backup.name}: pull into another --to folder")
         fetched = scratch / "fetched"
-        record_path = _inside(fetched, _record_file(backup.name))
+        record_path = _inside(fetched, record_file(backup.name))
         make_folders(record_path.parent)
         remote.fetch_file(backup.record.file, record_path)
         if record_path.stat().st_size != backup.record.size or _md5(record_path) != backup.record.md5:
@@ -468,7 +465,7 @@ def pull(archive: Archive, remote: RemoteArchive, name: str, level: str, report:
         with store.pending(backup.name):
             _check_pulled_database(scratch, header, record_path, level, report.phase(0.7, 0.85))
             _adopt_blobs(store, scratch / "fetched", listing)
-            packed = _inside(fetched, _snapshot_file(header.name))
+            packed = _inside(fetched, snapshot_file(header.name))
             os.chmod(packed, 0o644)
             commit_snapshot(store, header.name, packed)
             take_parent_owner(store.snapshot_path(header.name))
@@ -480,14 +477,6 @@ def pull(archive: Archive, remote: RemoteArchive, name: str, level: str, report:
                     f"downloaded, database checked ({level}); restore it with: stash-restore {header.name} "
                     f"--archive {archive.folder}")
         return entry
-
-
-def _record_file(name: str) -> str:
-    return f"{RECORDS}/{records.record_name(name)}"
-
-
-def _snapshot_file(name: str) -> str:
-    return f"{SNAPSHOTS}/{name}{SNAPSHOT_SUFFIX}"
 
 
 def _plain_name(name: object) -> bool:
@@ -503,7 +492,7 @@ def _entry_problem(backup: RemoteBackup) -> str:
     name = backup.name
     if not (_plain_name(name) and parse_backup_name(name) and not name.endswith(".zip")):
         return f"the manifest lists a backup whose name is not a backup name ({name!r})"
-    if backup.record.file != _record_file(name) or backup.snapshot.file != _snapshot_file(name):
+    if backup.record.file != record_file(name) or backup.snapshot.file != snapshot_file(name):
         return f"the manifest places the files of {name} outside their folders"
     return ""
 
@@ -548,7 +537,7 @@ def _missing_locally(store: Store, record_path: Path, scratch: Path) -> tuple[Pa
     present = (RemoteBlob(b.checksum, b.size) for b in store.stored_blobs())
     with open(listing, "w", encoding="utf-8") as out, records.BlobList(record_path) as wanted:
         for checksum, blob_size in to_send(wanted, present):
-            out.write(_blob_path(checksum) + "\n")
+            out.write(blob_member_name(checksum) + "\n")
             count += 1
             size += blob_size
     return listing, count, size
@@ -556,7 +545,7 @@ def _missing_locally(store: Store, record_path: Path, scratch: Path) -> tuple[Pa
 
 def _check_pulled_database(scratch: Path, header: records.Header, record_path: Path, level: str,
                            report: Reporter) -> None:
-    packed = _inside(scratch / "fetched", _snapshot_file(header.name))
+    packed = _inside(scratch / "fetched", snapshot_file(header.name))
     database = _inside(scratch, "pulled-database")  # a fixed name: the record's is the remote's choice
     try:
         with open(packed, "rb") as source, open(database, "wb") as out:

@@ -28,6 +28,7 @@ from typing import Callable, Iterator, Optional
 from ..core.archive import utc_now
 from ..core.atomic import discard
 from ..core.errors import RemoteError, UsageError
+from ..core.naming import TEMP_MARKER
 from ..core.store import crash_point
 from . import manifest as manifests
 from .manifest import BLOBS, PENDING, Manifest
@@ -36,7 +37,7 @@ from .rclone import Outcome, Progress, Rclone, join
 
 SORT_RUN = 100_000  # listing entries sorted in memory at once
 MARKER_STALE_SECONDS = 48 * 3600  # a push that died on another machine
-TEMP_TAG = ".stash-backup-tmp-"
+TEMP_TAG = TEMP_MARKER  # our temp names, on the remote as in the archive (core/naming.py)
 # A lock marker is `pending/<host>.<pid>.json` (held() writes it); nothing else in
 # pending/ is one. An upload cut short leaves rclone's partial file beside it on SFTP
 # or a local remote: `<name>.<8 hex digits>.partial` (fs/operations/copy.go: ".%08x"
