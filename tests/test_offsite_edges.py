@@ -19,7 +19,7 @@ from stash_backup_plugin.offsite.rclone import Rclone
 from stash_backup_plugin.offsite.remote import RemoteArchive
 
 from .conftest import run_cli
-from .offsite_fixtures import bucket, local_archive, seaweed, sshd, write_config  # noqa: F401
+from .offsite_fixtures import bucket, local_archive, seaweed, sshd, write_config  # noqa: F401  (sshd: by name)
 from .offsite_servers import ACCESS_KEY, SECRET_KEY, make_bucket
 
 # Every test here starts a real server (SeaweedFS or sshd): -m "not e2e" leaves them out.
@@ -157,17 +157,23 @@ def test_a_hostile_bucket_cannot_make_a_pull_write_outside_its_folder(attack, bu
 
 # --- the remote's lock ------------------------------------------------------------------------
 
-def test_a_lock_marker_whose_upload_was_cut_short_is_no_lock(sshd, tmp_path, local_archive):
+@pytest.mark.parametrize("kind", ["sftp", "local"])
+def test_a_lock_marker_whose_upload_was_cut_short_is_no_lock(kind, request, tmp_path, local_archive):
     """A push killed while SFTP uploads its marker leaves rclone's partial file,
     `pending/<host>.<pid>.json.<8 hex>.partial`, half written. It is no run's lock: later
     runs go on, name it, and remove it once its age proves no upload is behind it."""
-    name = "t-" + uuid.uuid4().hex[:10]
-    config = write_config(tmp_path / "rclone.conf", sshd=sshd)
-    spec = f"ssh:{sshd.home}/{name}"
+    if kind == "sftp":
+        server = request.getfixturevalue("sshd")
+        folder = server.home / ("t-" + uuid.uuid4().hex[:10])
+        config = write_config(tmp_path / "rclone.conf", sshd=server)
+        spec = f"ssh:{folder}"
+    else:
+        folder = tmp_path / "remote-folder"
+        config, spec = write_config(tmp_path / "rclone.conf"), str(folder)
     env = {"RCLONE_CONFIG": str(config), "STASH_BACKUP_REMOTE": spec}
     local_archive.backup()
     assert run_cli("offsite", "push", "--dest", str(local_archive.folder), env=env).returncode == 0
-    partial = sshd.home / name / "pending" / "otherhost.4242.json.1a2b3c4d.partial"
+    partial = folder / "pending" / "otherhost.4242.json.1a2b3c4d.partial"
     partial.parent.mkdir(exist_ok=True)
     partial.write_text('{"host": "otherhost", "pi')  # the upload's first bytes
 
@@ -184,4 +190,4 @@ def test_a_lock_marker_whose_upload_was_cut_short_is_no_lock(sshd, tmp_path, loc
     again = run_cli("offsite", "push", "--dest", str(local_archive.folder), env=env)
     assert again.returncode == 0 and "an upload interrupted two days ago or more" in again.stderr, again.stderr
     assert not partial.exists()
-    assert sorted(p.name for p in (sshd.home / name / "pending").iterdir()) == []
+    assert sorted(p.name for p in (folder / "pending").iterdir()) == []

@@ -22,11 +22,11 @@ from ..core import record as records
 from ..core.archive import Archive, Entry, utc_now
 from ..core.atomic import atomic_output, discard, fsync_dir, make_folders, scratch_folder, take_parent_owner
 from ..core.errors import RemoteError, UsageError, VerificationError
+from ..core.naming import blob_member_name, parse_backup_name
 from ..core.reporting import Reporter, human_size
 from ..core.retention import Decision, Policy, plan_retention
 from ..core.snapshot import decompress
 from ..core.sqlite_check import check_database
-from ..core.naming import blob_member_name, parse_backup_name
 from ..core.store import Store, commit_snapshot, crash_point
 from ..core.store_plan import plan_gc
 from ..core.stored import ReadData
