@@ -134,3 +134,22 @@ def test_rclone_version_is_recent_enough():
     out = subprocess.run([find_binary(), "version"], capture_output=True, text=True).stdout
     major, minor = (int(x) for x in out.split()[1].lstrip("v").split(".")[:2])
     assert (major, minor) >= (1, 60)
+
+
+def test_the_backend_behind_a_remote_is_found_as_rclone_finds_it(alias_config, tmp_path):
+    """From the string, the environment or the config file, an alias followed: only
+    "crypt" counts as authenticated (offsite verify and pull say so otherwise)."""
+    from stash_backup_plugin.offsite.fspath import parse
+    config, folder = alias_config
+    with open(config, "a") as more:
+        more.write("[vault]\ntype = crypt\nremote = here:enc\npassword = x\n\n[to-vault]\ntype = alias\n"
+                   "remote = vault:sub\n\n")
+    runner = Rclone(config, environ={"RCLONE_CONFIG_ENVCRYPT_TYPE": "crypt"})
+    found = {spec: runner.backend(parse(spec, windows=False)) for spec in
+             ("here:", "s3like:b", "vault:", "to-vault:x", "envcrypt:", "s3like,type=crypt:x", ":crypt,remote=x:",
+              ":s3:b", str(folder), "nosuch:x")}
+    assert found == {"here:": "local", "s3like:b": "s3", "vault:": "crypt", "to-vault:x": "crypt", "envcrypt:": "crypt",
+                     "s3like,type=crypt:x": "crypt", ":crypt,remote=x:": "crypt", ":s3:b": "s3", str(folder): "local",
+                     "nosuch:x": ""}
+    assert RemoteArchive(runner, "to-vault:x").unauthenticated_note() == ""
+    assert "not an rclone crypt remote" in RemoteArchive(runner, "here:x").unauthenticated_note()

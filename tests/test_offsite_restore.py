@@ -54,6 +54,8 @@ def test_lost_server_new_machine_pulls_and_restores(through, seaweed, tmp_path):
     assert [b["name"] for b in json.loads(listing.stdout)] == [NAME], listing.stderr
     pulled = run_cli("offsite", "pull", NAME, "--to", str(archive), env=env)
     assert pulled.returncode == 0, pulled.stderr
+    # Only crypt authenticates what the remote holds: said once elsewhere, never there.
+    assert pulled.stderr.count("is not an rclone crypt remote") == (0 if through == "crypt" else 1), pulled.stderr
     restored = run_restore(NAME, "--archive", str(archive), "--config", str(new.config), "--yes")
     assert restored.returncode == 0, restored.stderr
     assert new.names() == BACKED_UP

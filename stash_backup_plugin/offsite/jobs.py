@@ -22,6 +22,7 @@ from ..core import record as records
 from ..core.archive import Archive, Entry, utc_now
 from ..core.atomic import atomic_output, discard, fsync_dir, make_folders, own_like_folder, private_mode, scratch_folder
 from ..core.errors import RemoteError, UsageError, VerificationError
+from ..core.naming import blob_member_name, parse_backup_name
 from ..core.reporting import Reporter, human_size
 from ..core.retention import Decision, Policy, plan_retention
 from ..core.snapshot import decompress
@@ -30,15 +31,12 @@ from ..core.faults import crash_point
 from ..core.store import Store, commit_snapshot
 from ..core.store_plan import plan_gc
 from ..core.stored import ReadData
-from .manifest import BLOBS, PENDING, RECORDS, SNAPSHOTS, Manifest, RemoteBackup, backup_from_header
+from .manifest import (BLOBS, PENDING, RECORDS, SNAPSHOTS, Manifest, RemoteBackup, backup_from_header, record_file,
+                       snapshot_file)
 from .plan import RemoteBlob, problems as blob_problems, to_send
 from .remote import TEMP_TAG, RemoteArchive
 
 FETCH_BATCH_BYTES = 256 * 1024 * 1024  # verify --read-data downloads at most this much at a time
-
-
-def _blob_path(checksum: str) -> str:
-    return f"{BLOBS}/{checksum[:2]}/{checksum[2:4]}/{checksum}"
 
 
 def _md5(path: Path) -> str:
@@ -123,7 +121,7 @@ def _send_backups(archive: Archive, remote: RemoteArchive, manifest: Manifest, t
     with open(listing, "w", encoding="utf-8") as out, contextlib.ExitStack() as stack:
         there = stack.enter_context(remote.listing(scratch, hashes=remote.has_cheap_md5()))
         for checksum, size in to_send(_sized_blobs(store, names, stack), there.blobs):
-            out.write(_blob_path(checksum) + "\n")
+            out.write(blob_member_name(checksum) + "\n")
             result.blobs_sent += 1
         for header in headers:
             if there.files.get(header.snapshot.file) != header.snapshot.stored_size:
@@ -132,7 +130,7 @@ def _send_backups(archive: Archive, remote: RemoteArchive, manifest: Manifest, t
     report.info(f"sending {result.blobs_sent} blob(s) and the databases of {len(names)} backup(s) to {remote.display}")
     sent = remote.send(archive.folder, listing, "copy the archive to", _progress(report.phase(0.0, 0.9), "sending"))
     crash_point("offsite-data-sent")
-    record_files = [f"{RECORDS}/{records.record_name(name)}" for name in names]
+    record_files = [record_file(name) for name in names]
     record_bytes, records_copied = remote.send_small(archive.folder, record_files, listing,
                                                      "copy the backups' records to")
     result.bytes_sent = sent.bytes + record_bytes
@@ -232,7 +230,7 @@ def _collect(archive: Archive, remote: RemoteArchive, kept: Manifest, dry_run: b
         referenced = (checksum for checksum, _ in heapq.merge(*[stack.enter_context(records.BlobList(p)) for p in lists]))
         plan = plan_gc(there.blobs, referenced)
         for checksum, size in plan.delete_blobs:
-            out.write(_blob_path(checksum) + "\n")
+            out.write(blob_member_name(checksum) + "\n")
             result.freed_bytes += size
         others = list(there.strays)
         for folder, wanted in ((SNAPSHOTS, wanted_snapshots), (RECORDS, wanted_records), (PENDING, set())):
@@ -255,6 +253,7 @@ def _record_files(archive: Archive, remote: RemoteArchive, backups: list[RemoteB
     the collection: its blobs must not be taken for garbage."""
     store, paths, fetch = archive.store, {}, []
     for backup in backups:
+        _check_entry(backup, remote.display, "nothing was collected")
         local = store.record_path(backup.name)
         if local.is_file() and local.stat().st_size == backup.record.size and _md5(local) == backup.record.md5:
             paths[backup.name] = local
@@ -298,6 +297,7 @@ def verify(archive_folder: Path, remote: RemoteArchive, read_data: Optional[Read
     snapshots are downloaded and hashed. Changes nothing."""
     make_folders(archive_folder)
     with scratch_folder(archive_folder, ".offsite-verify") as scratch, remote.session():
+        _note_authentication(remote, report)
         manifest = remote.read_manifest()
         summary = RemoteVerifySummary(checked=len(manifest.backups), read_data=str(read_data) if read_data else "")
         found: dict[str, list[str]] = {b.name: [] for b in manifest.backups}
@@ -327,6 +327,12 @@ def verify(archive_folder: Path, remote: RemoteArchive, read_data: Optional[Read
         return summary
 
 
+def _note_authentication(remote: RemoteArchive, report: Reporter) -> None:
+    note = remote.unauthenticated_note()
+    if note:
+        report.warning(note)
+
+
 def _tagged(blobs, name: str, found: dict) -> Iterator[tuple[str, int, str]]:
     try:
         for checksum, size in blobs:
@@ -338,12 +344,17 @@ def _tagged(blobs, name: str, found: dict) -> Iterator[tuple[str, int, str]]:
 def _fetched_records(remote: RemoteArchive, backups: list[RemoteBackup], there: dict[str, int], scratch: Path,
                      found: dict) -> list[tuple[str, Path]]:
     listing = scratch / "records.txt"
-    fetchable = [b for b in backups if there.get(b.record.file) is not None]
+    for backup in backups:
+        if _entry_problem(backup):
+            found[backup.name].append(_entry_problem(backup))
+    fetchable = [b for b in backups if not _entry_problem(b) and there.get(b.record.file) is not None]
     listing.write_text("".join(b.record.file + "\n" for b in fetchable))
     if fetchable:
         remote.fetch(listing, scratch / "fetched", "fetch the records from")
     lists = []
     for backup in backups:
+        if _entry_problem(backup):
+            continue
         path = scratch / "fetched" / backup.record.file
         if backup not in fetchable or not path.is_file():
             found[backup.name].append(f"its record {backup.record.file} is missing on the remote")
@@ -385,14 +396,14 @@ def _check_blob_batch(remote: RemoteArchive, batch: list[tuple[str, int]], owner
                       found: dict) -> None:
     folder = scratch / "read"
     listing = scratch / "read.txt"
-    listing.write_text("".join(_blob_path(c) + "\n" for c, _ in batch))
+    listing.write_text("".join(blob_member_name(c) + "\n" for c, _ in batch))
     with contextlib.suppress(RemoteError):  # a missing blob was already reported by the listing
         remote.fetch(listing, folder, "download blobs from")
     for checksum, _ in batch:
-        path = folder / _blob_path(checksum)
+        path = folder / blob_member_name(checksum)
         if path.is_file() and _md5(path) != checksum:
             for name in owners.get(checksum, []):
-                found[name].append(f"blob {_blob_path(checksum)} does not match its name (MD5) on the remote: it is damaged")
+                found[name].append(f"blob {blob_member_name(checksum)} does not match its name (MD5) on the remote: it is damaged")
         discard(path)
 
 
@@ -424,23 +435,27 @@ def pull(archive: Archive, remote: RemoteArchive, name: str, level: str, report:
     against their MD5 names, the database against its SHA-256 and SQLite's check),
     the record written last. Then stash-restore takes it from there."""
     with archive.locked(), scratch_folder(archive.folder, ".offsite-pull") as scratch, remote.session():
+        _note_authentication(remote, report)
         manifest = remote.read_manifest()
         backup = manifest.find(name)
         if backup is None:
             shown = ", ".join(manifest.names()[-5:]) or "none"
             raise UsageError(f"{remote.display} holds no backup named {name!r} (newest: {shown}): see stash-backup offsite list")
+        _check_entry(backup, remote.display, "nothing was pulled")
         store = archive.store
         if store.record_path(backup.name).exists():
             return _already_here(archive, backup, report)
         if archive.find(backup.name) or archive.find(backup.name + ".zip"):
             raise UsageError(f"{archive.folder} already has a backup named {backup.name}: pull into another --to folder")
-        record_path = scratch / "fetched" / backup.record.file
+        fetched = scratch / "fetched"
+        record_path = _inside(fetched, record_file(backup.name))
         make_folders(record_path.parent)
         remote.fetch_file(backup.record.file, record_path)
         if record_path.stat().st_size != backup.record.size or _md5(record_path) != backup.record.md5:
             raise VerificationError(f"the record of {backup.name} on {remote.display} does not match the manifest: "
                                     "nothing was pulled; run offsite verify")
         header = records.read_header(record_path)
+        _check_header(header, backup, remote.display)
         listing, count, size = _missing_locally(store, record_path, scratch)
         with open(listing, "a", encoding="utf-8") as out:
             out.write(backup.snapshot.file + "\n")
@@ -451,7 +466,7 @@ def pull(archive: Archive, remote: RemoteArchive, name: str, level: str, report:
         with store.pending(backup.name):
             _check_pulled_database(scratch, header, record_path, level, report.phase(0.7, 0.85))
             _adopt_blobs(store, scratch / "fetched", listing)
-            packed = scratch / "fetched" / header.snapshot.file
+            packed = _inside(fetched, snapshot_file(header.name))
             commit_snapshot(store, header.name, packed)
             own_like_folder(store.snapshot_path(header.name))
             crash_point("pull-data-stored")
@@ -462,6 +477,48 @@ def pull(archive: Archive, remote: RemoteArchive, name: str, level: str, report:
                     f"downloaded, database checked ({level}); restore it with: stash-restore {header.name} "
                     f"--archive {archive.folder}")
         return entry
+
+
+def _plain_name(name: object) -> bool:
+    """One file name: no folder, no parent, nothing hidden, nothing absolute."""
+    return (isinstance(name, str) and name.strip() == name and name not in ("", ".", "..")
+            and not name.startswith(".") and not any(c in name for c in "/\\\0:"))
+
+
+def _entry_problem(backup: RemoteBackup) -> str:
+    """What is wrong with a manifest entry's names, or "". Its name must be a Stash
+    backup name and one plain file name, its files where that name puts them: the
+    bucket is not ours, its names must not pick our paths."""
+    name = backup.name
+    if not (_plain_name(name) and parse_backup_name(name) and not name.endswith(".zip")):
+        return f"the manifest lists a backup whose name is not a backup name ({name!r})"
+    if backup.record.file != record_file(name) or backup.snapshot.file != snapshot_file(name):
+        return f"the manifest places the files of {name} outside their folders"
+    return ""
+
+
+def _check_entry(backup: RemoteBackup, where: str, outcome: str) -> None:
+    problem = _entry_problem(backup)
+    if problem:
+        raise VerificationError(f"{where}: {problem}: {outcome}; run offsite verify")
+
+
+def _check_header(header: records.Header, backup: RemoteBackup, where: str) -> None:
+    """The pulled record says what the manifest said, and names its database plainly."""
+    if header.name != backup.name or header.snapshot.file != backup.snapshot.file:
+        raise VerificationError(f"the record of {backup.name} on {where} is another backup's (its name or database "
+                                "file differs from the manifest's): nothing was pulled")
+    if not _plain_name(header.database_member):
+        raise VerificationError(f"the record of {backup.name} on {where} names its database "
+                                f"{header.database_member!r}, not a plain file name: nothing was pulled")
+
+
+def _inside(folder: Path, relative: str) -> Path:
+    """`relative` under `folder`, refused if it would lead anywhere else."""
+    target = folder / relative
+    if not os.path.realpath(target).startswith(os.path.realpath(folder) + os.sep):
+        raise VerificationError(f"{relative!r} leads outside {folder}: nothing was pulled")
+    return target
 
 
 def _already_here(archive: Archive, backup: RemoteBackup, report: Reporter) -> Entry:
@@ -480,7 +537,7 @@ def _missing_locally(store: Store, record_path: Path, scratch: Path) -> tuple[Pa
     present = (RemoteBlob(b.checksum, b.size) for b in store.stored_blobs())
     with open(listing, "w", encoding="utf-8") as out, records.BlobList(record_path) as wanted:
         for checksum, blob_size in to_send(wanted, present):
-            out.write(_blob_path(checksum) + "\n")
+            out.write(blob_member_name(checksum) + "\n")
             count += 1
             size += blob_size
     return listing, count, size
@@ -488,8 +545,8 @@ def _missing_locally(store: Store, record_path: Path, scratch: Path) -> tuple[Pa
 
 def _check_pulled_database(scratch: Path, header: records.Header, record_path: Path, level: str,
                            report: Reporter) -> None:
-    packed = scratch / "fetched" / header.snapshot.file
-    database = scratch / header.database_member
+    packed = _inside(scratch / "fetched", snapshot_file(header.name))
+    database = _inside(scratch, "pulled-database")  # a fixed name: the record's is the remote's choice
     try:
         with open(packed, "rb") as source, open(database, "wb") as out:
             digest = decompress(source, out)

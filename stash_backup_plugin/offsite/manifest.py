@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from ..core.errors import VerificationError
-from ..core.record import Header
+from ..core.record import Header, record_name
+from ..core.store import BLOBS, PENDING, RECORDS, SNAPSHOT_SUFFIX, SNAPSHOTS  # noqa: F401  the archive's layout
 
 FORMAT = 1
 NAME = "offsite-manifest.json"
-BLOBS, SNAPSHOTS, RECORDS, PENDING = "blobs", "snapshots", "backups", "pending"
 
 
 @dataclass
@@ -90,10 +90,19 @@ def decode(data: bytes, where: str) -> Manifest:
                                 "or push to a new remote folder") from None
 
 
+def record_file(name: str) -> str:
+    """Where a backup's record is, relative to the remote's folder (as in the archive)."""
+    return f"{RECORDS}/{record_name(name)}"
+
+
+def snapshot_file(name: str) -> str:
+    return f"{SNAPSHOTS}/{name}{SNAPSHOT_SUFFIX}"
+
+
 def backup_from_header(header: Header, record_size: int, record_md5: str, pushed_at: str) -> RemoteBackup:
     return RemoteBackup(
         name=header.name, created=header.created, schema_version=header.schema_version,
-        record=RemoteFile(f"{RECORDS}/{header.name}.record", record_size, record_md5),
+        record=RemoteFile(record_file(header.name), record_size, record_md5),
         snapshot=RemoteFile(header.snapshot.file, header.snapshot.stored_size),
         database_size=header.snapshot.size, database_sha256=header.snapshot.sha256,
         blob_count=header.blob_count, blob_bytes=header.blob_bytes, missing_blobs=header.missing_blobs,

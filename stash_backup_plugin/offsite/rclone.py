@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -28,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from ..core.errors import MissingDependency, RemoteError
-from . import rcd
-from .secrets import Redactor, secrets_in_config, secrets_in_environment, secrets_in_remote
+from ..core.errors import MissingDependency, RemoteError, UsageError
+from . import fspath, rcd
+from .fspath import RemotePath
+from .secrets import Redactor, is_secret_option, secrets_in_config, secrets_in_environment, secrets_in_remote
 
 BINARY_ENV = "STASH_BACKUP_RCLONE"
 # A transfer that moves no byte for this long is stopped: rclone alone would give each
@@ -94,10 +94,22 @@ class Rclone:
         self._daemon: Optional[rcd.Daemon] = None
         self._sessions = 0
         self._secrets_learned = False
+        self._sections: dict = {}
 
     def watch(self, spec: str) -> None:
         """Hide the secrets a remote's own name carries (a connection string)."""
         self.redact.add(secrets_in_remote(spec))
+
+    def prepare(self, spec: str) -> RemotePath:
+        """The remote `spec` as rclone is to be given it: parsed as rclone parses it,
+        its secret options moved out of it into this runner's environment (a command
+        line is visible to every user in `ps`; an environment only to its owner), every
+        secret hidden from what we show. Call it before `session()`."""
+        self.watch(spec)
+        remote, environment = secrets_to_environment(fspath.parse(spec))
+        self.redact.add(environment.values())
+        self.env.update(environment)
+        return remote
 
     def _base(self) -> list[str]:
         base = [self.binary, "--use-json-log", "--ask-password=false"]
@@ -121,7 +133,29 @@ class Rclone:
                 sections = json.loads(done.stdout) if done.returncode == 0 else {}
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 sections = {}
-        self.redact.add(secrets_in_config(sections if isinstance(sections, dict) else {}))
+        self._sections = sections if isinstance(sections, dict) else {}
+        self.redact.add(secrets_in_config(self._sections))
+
+    def backend(self, remote: RemotePath, depth: int = 0) -> str:
+        """The kind of storage behind a remote ("s3", "crypt", "local", ...; an alias
+        followed), as rclone would find it: the string's `type`, then the environment's,
+        then the config file's; "" when it cannot tell."""
+        if remote.is_local or remote.on_the_fly:
+            return remote.backend or "local"
+        self._learn_config_secrets()
+        section = self._sections.get(remote.name) or {}
+        options = dict(remote.options)
+
+        def option(key: str) -> str:
+            found = options.get(key) or self.env.get(config_variable(remote.name, key)) or section.get(key) or ""
+            return found if isinstance(found, str) else ""
+        kind = option("type")
+        if kind == "alias" and depth < 8:
+            try:
+                return self.backend(fspath.parse(option("remote")), depth + 1)
+            except UsageError:
+                return ""
+        return kind
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -213,14 +247,16 @@ class Rclone:
 
     @contextlib.contextmanager
     def lsjson(self, path: str, recursive: bool = True, hashes: bool = False,
-               on_missing: Callable[[], None] = lambda: None, small: bool = False) -> Iterator[Iterator[dict]]:
+               on_missing: Callable[[], None] = lambda: None, small: bool = False,
+               modtimes: bool = False) -> Iterator[Iterator[dict]]:
         """The files under `path`, one dict per file (Path relative to it, Size, and
         Hashes when asked), as rclone lists them; a missing folder lists as empty
         after `on_missing()` (which may raise) was told. A `small` folder is listed in
         one answer by the daemon when one runs; a large one streams from a process
-        (memory stays flat)."""
+        (memory stays flat). `modtimes` adds each file's ModTime (on S3 a request per
+        object: for small folders only)."""
         if small and self._daemon:
-            opt = {"recurse": recursive, "noModTime": True, "noMimeType": True, "filesOnly": True,
+            opt = {"recurse": recursive, "noModTime": not modtimes, "noMimeType": True, "filesOnly": True,
                    "showHash": hashes, "hashTypes": ["md5"] if hashes else []}
             fs, folder = _place(path, "")
             answer, outcome = self._call("operations/list", {"fs": fs, "remote": folder, "opt": opt})
@@ -230,7 +266,8 @@ class Rclone:
             return
         # --no-modtime: on S3 each modification time is a HEAD request per object (its
         # metadata), a request per blob on every listing; nothing here reads it.
-        args = ["lsjson", "--files-only", "--no-mimetype", "--no-modtime", "--fast-list"] + (["-R"] if recursive else [])
+        args = ["lsjson", "--files-only", "--no-mimetype", "--fast-list"] + ([] if modtimes else ["--no-modtime"])
+        args += ["-R"] if recursive else []
         args += (["--hash", "--hash-type", "md5"] if hashes else []) + [path]
         with self.lines(args) as (lines, outcome):
             yield _listed(_parsed(lines, self, path), outcome, self, path, on_missing)
@@ -295,14 +332,36 @@ class Rclone:
             raise classify(outcome, action, self.redact(target), self.redact)
 
 
+def config_variable(remote: str, option: str) -> str:
+    """The environment variable that sets `option` of the remote named `remote`
+    (rclone's fs.ConfigToEnv, fs/config.go)."""
+    return "RCLONE_CONFIG_" + (remote + "_" + option.replace("-", "_")).upper()
+
+
+def secrets_to_environment(remote: RemotePath) -> tuple[RemotePath, dict[str, str]]:
+    """The remote without its secret options, and the environment variables that give
+    them to rclone instead. rclone reads a remote's options from the string first, then
+    from RCLONE_CONFIG_<NAME>_<OPTION>, then from the config file (fs.ConfigMap,
+    fs/configmap.go): moved there, they still win over the config file. A remote made
+    on the fly (`:s3,...`) has no name to hang them on: it becomes a remote defined
+    by the environment (RCLONE_CONFIG_<NAME>_TYPE). Pure."""
+    moved = [(key, value) for key, value in remote.options if is_secret_option(key) or secrets_in_remote(value)]
+    if not moved:
+        return remote, {}
+    name, environment = remote.name, {}
+    if remote.on_the_fly:
+        name = f"stash_backup_{remote.backend}"
+        environment[config_variable(name, "type")] = remote.backend
+    environment.update({config_variable(name, key): value for key, value in moved})
+    kept = tuple(pair for pair in remote.options if pair not in moved)
+    return RemotePath(name, remote.path, kept), environment
+
+
 def join(root: str, relative: str) -> str:
     """`relative` under the remote path `root` (REMOTE:, REMOTE:path or a local folder)."""
     if not relative:
         return root
     return (root if root.endswith(":") else root.rstrip("/") + "/") + relative
-
-
-_REMOTE_NAME = re.compile(r"^[\w][\w.+@ -]*:")
 
 
 def _place(root: str, relative: str) -> tuple[str, str]:
@@ -311,15 +370,12 @@ def _place(root: str, relative: str) -> tuple[str, str]:
     HEAD), and the daemon, unlike the commands, takes an answer there for "is a file"
     (SeaweedFS's to refused credentials): errors would lose their meaning."""
     path = join(root, relative)
-    named = _REMOTE_NAME.match(path)
-    if named:
-        rest = path[named.end():]
-        if rest.startswith("/"):  # an absolute path (SFTP, local): from the server's root
-            return named.group() + "/", rest.lstrip("/")
-        return named.group(), rest
-    if not path.startswith(":"):  # a local folder
+    where = fspath.parse(path)
+    if where.is_local:
         return "/", os.path.abspath(path).lstrip("/")
-    return root, relative  # a connection string (:s3,...:path): as given
+    if where.path.startswith("/"):  # an absolute path (SFTP, local): from the server's root
+        return where.root + "/", where.path.lstrip("/")
+    return where.root, where.path
 
 
 def _parsed(lines: Iterator[str], rclone: Rclone, path: str) -> Iterator[dict]:

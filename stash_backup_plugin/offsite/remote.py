@@ -17,9 +17,11 @@ import hashlib
 import heapq
 import json
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -27,6 +29,7 @@ from ..core.archive import utc_now
 from ..core.atomic import discard
 from ..core.errors import RemoteError, UsageError
 from ..core.faults import crash_point
+from ..core.naming import TEMP_MARKER
 from ..core.processes import dead_here, identity
 from . import manifest as manifests
 from .manifest import BLOBS, PENDING, Manifest
@@ -35,7 +38,22 @@ from .rclone import Outcome, Progress, Rclone, join
 
 SORT_RUN = 100_000  # listing entries sorted in memory at once
 MARKER_STALE_SECONDS = 48 * 3600  # a push that died on another machine
-TEMP_TAG = ".stash-backup-tmp-"
+TEMP_TAG = TEMP_MARKER  # our temp names, on the remote as in the archive (core/naming.py)
+# A lock marker is `pending/<host>.<pid>.json` (held() writes it); nothing else in
+# pending/ is one. An upload cut short leaves rclone's partial file beside it on SFTP
+# or a local remote: `<name>.<8 hex digits>.partial` (fs/operations/copy.go: ".%08x"
+# + --partial-suffix), or one of our temp names: a leftover, never a lock.
+_MARKER_NAME = re.compile(r"^" + re.escape(PENDING) + r"/[^/]+\.\d+\.json$")
+_UPLOAD_LEFTOVER = re.compile(r"\.[0-9a-f]{8}\.partial$|" + re.escape(TEMP_TAG))
+
+
+def is_marker_name(relative: str) -> bool:
+    return bool(_MARKER_NAME.match(relative))
+
+
+def is_upload_leftover(relative: str) -> bool:
+    """An upload that did not finish (rclone's .partial, or our temp name): by its name."""
+    return bool(_UPLOAD_LEFTOVER.search(relative))
 
 
 @dataclass
@@ -69,11 +87,20 @@ class RemoteArchive:
         if not spec:
             raise UsageError("no remote given: pass --remote REMOTE:path (a remote from rclone config), "
                              "or set STASH_BACKUP_REMOTE")
-        rclone.watch(spec)
-        self.rclone, self.spec = rclone, spec
+        self.location = rclone.prepare(spec)  # as rclone reads it, its secrets moved out
+        self.rclone, self.spec = rclone, str(self.location)
         self.display = rclone.redact(spec)
         self._hashes: Optional[bool] = None
         self._info: Optional[dict] = None
+
+    def unauthenticated_note(self) -> str:
+        """A line for the user when nothing proves that what the remote holds is what
+        we sent: only rclone crypt authenticates (a key the user keeps); a bucket
+        writer can replace a backup on any other remote with a consistent fake."""
+        if self.rclone.backend(self.location) == "crypt":
+            return ""
+        return (f"note: {self.display} is not an rclone crypt remote: nothing authenticates what it holds, so anyone "
+                "who can write there can replace a backup with a consistent fake; use a crypt remote to rule that out")
 
     def path(self, relative: str = "") -> str:
         return join(self.spec, relative)
@@ -91,7 +118,7 @@ class RemoteArchive:
 
     def _features(self) -> dict:
         if self._info is None:
-            self._info = self.rclone.features(self.spec.split(":", 1)[0] + ":") if ":" in self.spec else {}
+            self._info = {} if self.location.is_local else self.rclone.features(self.location.root)
         return self._info
 
     def _missing_folder(self) -> None:
@@ -212,18 +239,39 @@ class RemoteArchive:
                               "writing there; run offsite verify")
 
     # --- the remote's lock ------------------------------------------------------------------
-    def markers(self, skip: str = "") -> list[Marker]:
-        found = []
-        for relative in self.files(PENDING):
-            if TEMP_TAG in relative or relative == skip:
+    def pending(self, skip: str = "") -> tuple[list[Marker], dict[str, float]]:
+        """The lock markers in pending/ (but `skip`), and every other file there (a
+        leftover: never a lock) with its modification time."""
+        found, leftovers = [], {}
+        with self.rclone.lsjson(self.path(PENDING), small=True, modtimes=True) as items:
+            listed = {f"{PENDING}/{item['Path']}": _modified(item.get("ModTime")) for item in items}
+        for relative, modified in listed.items():
+            if relative == skip:
+                continue
+            if not is_marker_name(relative):
+                leftovers[relative] = modified
                 continue
             try:
                 data = json.loads(self.rclone.read(self.spec, relative))
                 found.append(Marker(relative, str(data["host"]), int(data["pid"]), float(data["started"]),
                                     str(data.get("action", "")), str(data.get("machine") or "")))
             except (RemoteError, ValueError, KeyError, TypeError):
-                found.append(Marker(relative, "?", 0, time.time(), "unreadable"))
-        return found
+                # Counts as live, from when it was written: it is stale two days later.
+                found.append(Marker(relative, "?", 0, min(modified, time.time()), "unreadable"))
+        return found, leftovers
+
+    def markers(self, skip: str = "") -> list[Marker]:
+        return self.pending(skip)[0]
+
+    def _clear_leftovers(self, leftovers: dict[str, float], now: float, report: Callable[[str], None]) -> None:
+        """Remove the uploads cut short long ago (no marker upload takes two days: its
+        age proves it is no run's); name the other files, which are left alone."""
+        for relative, modified in sorted(leftovers.items()):
+            if is_upload_leftover(relative) and now - modified > MARKER_STALE_SECONDS:
+                self._remove(relative)
+                report(f"removed {self.display}/{relative}: an upload interrupted two days ago or more")
+            else:
+                report(f"ignored {self.display}/{relative}: not a lock marker")
 
     @contextlib.contextmanager
     def held(self, action: str, scratch: Path, report: Callable[[str], None]) -> Iterator[None]:
@@ -240,7 +288,9 @@ class RemoteArchive:
         try:
             now = time.time()
             others = []
-            for marker in self.markers(skip=mine):
+            markers, leftovers = self.pending(skip=mine)
+            self._clear_leftovers(leftovers, now, report)
+            for marker in markers:
                 if marker.stale(now):
                     self._remove(marker.file)
                     report(f"removed the marker of an interrupted {marker.action or 'run'} from {marker.host}")
@@ -275,3 +325,13 @@ def _read_run(lines) -> Iterator[RemoteBlob]:
     for line in lines:
         checksum, size, md5 = line.split()
         yield RemoteBlob(checksum, int(size), "" if md5 == "-" else md5)
+
+
+def _modified(stamp: object) -> float:
+    """A listing's ModTime (RFC 3339, nanoseconds) as a POSIX time; now when unreadable."""
+    text = re.sub(r"(\.\d{6})\d+", r"\1", str(stamp or "")).replace("Z", "+00:00")
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return time.time()
+
