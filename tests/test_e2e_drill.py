@@ -327,6 +327,14 @@ def test_plugin_drills_after_every_download_with_the_stash_that_runs_it(stash_se
 
 # --- the scratch Stash: no way in without its own credentials; Stash's own reasons, at once ---
 
+def archived_from(stash_server_factory, version: str, tmp_path) -> tuple:
+    """A live Stash with some content, and an archive of one downloaded backup of it."""
+    server = stash_server_factory(version, install_plugin=False)
+    seed_content(server)
+    dest = tmp_path / "archive"
+    return server, dest, download(server, dest)
+
+
 def graphql_status(port: int, query: str, headers: dict | None = None) -> int:
     return requests.post(f"http://127.0.0.1:{port}/graphql", json={"query": query}, headers=headers or {},
                          timeout=10, allow_redirects=False).status_code
@@ -337,10 +345,7 @@ def test_the_drills_stash_lets_no_one_in_without_its_own_credentials(stash_serve
     """While a drill runs (held still once its Stash starts), its Stash refuses a query,
     a mutation that would point its scrapers elsewhere, and the web page to anyone
     without its API key, whatever key they guess; the drill itself still passes."""
-    server = stash_server_factory(stash_version, install_plugin=False)
-    seed_content(server)
-    dest = tmp_path / "archive"
-    download(server, dest)
+    _, dest, _ = archived_from(stash_server_factory, stash_version, tmp_path)
     drill_process = start_drill(dest, stash_binaries[stash_version], tmp_path)
     with no_process_left(drill_process, dest):
         _, scratch, port = scratch_stash_started(drill_process, dest)
@@ -361,10 +366,7 @@ def test_the_drills_stash_lets_no_one_in_without_its_own_credentials(stash_serve
 
 def test_a_backup_newer_than_the_binary_fails_at_once_with_stashs_own_reason(stash_server_factory, stash_binaries,
                                                                               tmp_path):
-    server = stash_server_factory(NEW_VERSION, install_plugin=False)
-    seed_content(server)
-    dest = tmp_path / "archive"
-    download(server, dest)
+    _, dest, _ = archived_from(stash_server_factory, NEW_VERSION, tmp_path)
     started = time.monotonic()
     code, result, stderr = drill(dest, stash_binaries[OLD_VERSION], "--timeout", "120")
     assert code == 1 and not result["ok"], stderr
@@ -375,10 +377,7 @@ def test_a_backup_newer_than_the_binary_fails_at_once_with_stashs_own_reason(sta
 
 def test_a_failing_migration_fails_at_once_with_its_reason(stash_server_factory, stash_binaries, tmp_path):
     """A table in the way of the newer binary's first migration (73 creates studio_urls)."""
-    server = stash_server_factory(OLD_VERSION, install_plugin=False)
-    seed_content(server)
-    dest = tmp_path / "archive"
-    made = download(server, dest)
+    _, dest, made = archived_from(stash_server_factory, OLD_VERSION, tmp_path)
     change_snapshot(dest, made["file"], "CREATE TABLE studio_urls (in_the_way integer)")
     started = time.monotonic()
     code, result, stderr = drill(dest, stash_binaries[NEW_VERSION], "--timeout", "120")
@@ -429,10 +428,7 @@ def test_a_certificate_in_the_users_stash_folder_is_followed_not_waited_out(stas
     (InitTLS), and the drill speaks https to it, pinned to that certificate. A client
     that spoke http would get Stash's "HTTP request to an HTTPS server": not GraphQL,
     a failure at once, not 900 s of "starting"."""
-    server = stash_server_factory(NEW_VERSION, install_plugin=False)
-    seed_content(server)
-    dest = tmp_path / "archive"
-    download(server, dest)
+    _, dest, _ = archived_from(stash_server_factory, NEW_VERSION, tmp_path)
     home = tmp_path / "home"
     (home / ".stash").mkdir(parents=True)
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=users.stash.example",
