@@ -1,26 +1,28 @@
 """The restore drill: prove that a backup boots. Restore it with the offline restore's
 own engine into a scratch folder beside the archive, start the Stash binary the user
 runs on it (its own config: its own database, blobs, generated, cache, an empty
-library, no plugins, no scrapers, no credentials, a free 127.0.0.1 port), migrate when
+library, no plugins, no scrapers, credentials of its own, a free 127.0.0.1 port), migrate when
 the backup's schema is older, compare what Stash reports with what the archive
 recorded when the backup was made, stop that Stash and remove the folder.
 
 Why a module of its own, above jobs: it joins the offline restore (which jobs may not
 import) with a Stash process, and both products run it. It speaks to its scratch
-Stash with the standard library (no auth, loopback only), so it runs wherever the
-restore runs."""
+Stash with the standard library (its own API key, loopback only), so it runs wherever
+the restore runs."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import os
+import re
+import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +30,7 @@ from typing import Callable, Iterator, Optional
 
 from .core.archive import Archive, Entry, utc_now
 from .core.atomic import RUNNING_PID_FILE, discard, is_abandoned, scratch_folder, write_bytes_atomic
+from .core.bounded import one_line, read_bounded
 from .core.errors import RestoreRefused, StashBackupError, UsageError
 from .core.naming import TEMP_MARKER
 from .core.processes import alive, dies_with_us, stop_group
@@ -37,6 +40,7 @@ from .core.status import parse_time
 from .core.sqlite_check import image_samples, library_counts
 from .offline.restore import RestoreOptions, restore
 from .offline.stash_config import FILESYSTEM, StashConfig, Target
+from .server.connection import certificate_fingerprint
 
 SCRATCH_PREFIX = ".drill"
 PID_FILE = RUNNING_PID_FILE  # the scratch Stash's process group: the next drill ends it if a kill left it;
@@ -189,8 +193,8 @@ def _drill_in(archive: Archive, entry: Entry, scratch: Path, binary: Path, timeo
         result.migrated = stash.wait_ready(deadline)
         report.progress(0.8, "comparing")
         data = stash.graphql(STATS_QUERY)
-        result.stash_version = (data.get("version") or {}).get("version") or ""
-        result.counts = counts_from_stats(data["stats"])
+        result.stash_version = str(_answered(data, "version").get("version") or "")
+        result.counts = counts_from_stats(_answered(data, "stats"))
         result.differences += compare_counts(expected, result.counts)
         for route, key, checksum in samples:
             problem = stash.image_problem(route, key, checksum)
@@ -211,7 +215,9 @@ def _scratch_target(scratch: Path) -> Target:
         "backup_directory_path": str(folders["backups"]), "plugins_path": str(folders["plugins"]),
         "scrapers_path": str(folders["scrapers"]), "stash": [{"path": str(folders["library"])}],
         "host": "127.0.0.1", "port": free_port(), "nobrowser": True,
-        "logFile": str(scratch / "stash.log"), "logLevel": "Info",
+        # lowercase: Stash matches its keys case-sensitively and ignores "logFile"
+        "logfile": str(scratch / "stash.log"), "loglevel": "Info",
+        **scratch_credentials(), **_tls_settings(),
     }
     config = StashConfig(scratch / "config.yml", values)
     # YAML is a superset of JSON: written without PyYAML, which the plugin's Python may lack.
@@ -219,6 +225,45 @@ def _scratch_target(scratch: Path) -> Target:
     os.chmod(scratch / "config.yml", 0o600)
     return Target(database=scratch / "stash-go.sqlite", blobs_path=folders["blobs"], blobs_storage=FILESYSTEM,
                   config=config)
+
+
+def scratch_credentials() -> dict:
+    """Credentials of the scratch Stash's own, new for every drill and never the live
+    ones. With a username and a password set, Stash refuses every request that does
+    not carry them (HasCredentials: both non-empty) or the API key, which it compares
+    as a plain string (pkg/session Authenticate): the key is all the drill sends.
+    The password is deliberately no bcrypt hash (the standard library has no bcrypt):
+    bcrypt.CompareHashAndPassword fails on it, so no password opens the login page;
+    the signing and cookie keys are Stash's own and fresh too."""
+    return {"username": f"drill-{secrets.token_hex(8)}", "password": f"!no-login-{secrets.token_hex(16)}",
+            "api_key": secrets.token_urlsafe(32), "jwt_secret_key": secrets.token_hex(32),
+            "session_store_key": secrets.token_hex(32)}
+
+
+def _tls_settings() -> dict:
+    """Stash serves https when it finds stash.crt and stash.key in its config folder
+    (the scratch folder: never) or in ~/.stash of the account it runs as, which Go
+    takes from the password database, not from $HOME (InitTLS, user.Current). That
+    cannot be switched off from the config, so the drill follows it: the files named
+    in the scratch config, the decision written down rather than guessed twice, and
+    its client speaking https pinned to that certificate."""
+    folder = _account_home() / ".stash"
+    certificate, key = folder / "stash.crt", folder / "stash.key"
+    if _exists_as_file(certificate) and _exists_as_file(key):
+        return {"ssl_cert_path": str(certificate), "ssl_key_path": str(key)}
+    return {}
+
+
+def _account_home() -> Path:
+    with contextlib.suppress(ImportError, KeyError):
+        import pwd
+        return Path(pwd.getpwuid(os.getuid()).pw_dir)
+    return Path.home()
+
+
+def _exists_as_file(path: Path) -> bool:
+    """Stash's own test (fsutil.FileExists): it exists and is no folder."""
+    return path.exists() and not path.is_dir()
 
 
 def free_port() -> int:
@@ -229,29 +274,95 @@ def free_port() -> int:
 
 # --- the scratch Stash -----------------------------------------------------------------------
 
+class _NotAnswering(StashBackupError):
+    """Nothing answers on the port yet (refused, reset, silent): Stash is starting."""
+
+
+class _AnsweredWithError(StashBackupError):
+    """A GraphQL answer that carries errors."""
+
+
+class _PinnedConnection(http.client.HTTPSConnection):
+    """https to the drill's own Stash: the certificate it serves must be the one its
+    config names (by SHA-256; names and CAs mean nothing on 127.0.0.1), checked
+    before the API key is sent."""
+
+    def __init__(self, port: int, pin: str, timeout: float):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        super().__init__("127.0.0.1", port, timeout=timeout, context=context)
+        self._pin = pin
+
+    def connect(self) -> None:
+        super().connect()
+        if hashlib.sha256(self.sock.getpeercert(binary_form=True)).hexdigest() != self._pin:
+            self.close()
+            raise StashBackupError("the drill's Stash served another certificate than its config names: "
+                                   "something else answers on its port")
+
+
 class ScratchStash:
-    def __init__(self, process: subprocess.Popen, port: int, log: Path):
-        self.process, self.url, self.log = process, f"http://127.0.0.1:{port}", log
+    def __init__(self, process: subprocess.Popen, port: int, log: Path, api_key: str = "",
+                 pin: Optional[str] = None):
+        """`pin`: the SHA-256 of the certificate it serves https with; None: http."""
+        self.process, self.port, self.log, self.api_key, self.pin = process, port, log, api_key, pin
+        self.console = log.with_name("stash.out")  # its stdout and stderr
+        self.url = f"{'https' if pin else 'http'}://127.0.0.1:{port}"
 
     def graphql(self, query: str, variables: Optional[dict] = None, timeout: float = 60) -> dict:
         body = json.dumps({"query": query, "variables": variables or {}}).encode()
-        request = urllib.request.Request(f"{self.url}/graphql", data=body,
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                answer = json.loads(response.read())
-        except (OSError, ValueError) as error:
-            raise StashBackupError(f"the drill's Stash did not answer ({error})") from error
+        with self._response("POST", "/graphql", body, timeout) as response:
+            status, text = response.status, read_bounded(response.read, "the drill's Stash",
+                                                          response.getheader("Content-Encoding", ""))
+        answer = self._graphql_answer(status, text)
         if answer.get("errors"):
-            raise StashBackupError(f"the drill's Stash answered with an error: {answer['errors'][0].get('message')}")
-        return answer.get("data") or {}
+            errors = answer["errors"]
+            first = errors[0] if isinstance(errors, list) else errors
+            message = first.get("message") if isinstance(first, dict) else first
+            raise _AnsweredWithError(f"the drill's Stash answered with an error: {one_line(str(message))}")
+        return answer["data"]
+
+    @staticmethod
+    def _graphql_answer(status: int, text: bytes) -> dict:
+        """The answer when it is GraphQL; else, at once, what came instead."""
+        if status in (401, 403):
+            raise StashBackupError(f"the drill's Stash refused its own API key (HTTP {status})")
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            answer = None
+        if isinstance(answer, dict) and (isinstance(answer.get("data"), dict) or answer.get("errors")):
+            return answer
+        raise StashBackupError(f"the drill's Stash answered HTTP {status}, not GraphQL: "
+                               f"{one_line(text.decode('utf-8', 'replace'), 160) or '(nothing)'}")
+
+    @contextlib.contextmanager
+    def _response(self, method: str, path: str, body: Optional[bytes] = None,
+                  timeout: float = 60) -> Iterator[http.client.HTTPResponse]:
+        connection = (_PinnedConnection(self.port, self.pin, timeout) if self.pin
+                      else http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout))
+        try:
+            connection.request(method, path, body=body, headers={"ApiKey": self.api_key,
+                                                                 "Content-Type": "application/json"})
+            yield connection.getresponse()
+        except ssl.SSLError as error:
+            raise StashBackupError(f"TLS with the drill's Stash at {self.url} failed ({error.reason or error})") from None
+        except (ConnectionError, socket.timeout) as error:
+            raise _NotAnswering(f"the drill's Stash did not answer ({_described(error)})") from None
+        except (OSError, http.client.HTTPException) as error:
+            raise StashBackupError(f"the drill's Stash did not answer in HTTP ({_described(error)})") from None
+        finally:
+            connection.close()
 
     def status(self) -> str:
         self._alive()
         try:
-            return self.graphql("{ systemStatus { status } }", timeout=5)["systemStatus"]["status"]
-        except StashBackupError:
+            status = _answered(self.graphql("{ systemStatus { status } }", timeout=5), "systemStatus").get("status")
+        except (_NotAnswering, _AnsweredWithError):
             return "starting"
+        if not isinstance(status, str):
+            raise StashBackupError(f"the drill's Stash answered a status of {one_line(json.dumps(status), 60)}")
+        return status
 
     def wait_ready(self, deadline: float) -> bool:
         """Wait until Stash serves the library; migrate first when it asks to. Whether it migrated."""
@@ -275,27 +386,32 @@ class ScratchStash:
         raise StashBackupError(f"the drill's Stash was not ready in time (timeout){self._last_error()}")
 
     def _migration_failed(self) -> bool:
-        with contextlib.suppress(OSError):
-            return "error performing migration" in self.log.read_text(errors="replace")
-        return False
+        return any("error performing migration" in _tail(path) for path in (self.log, self.console))
 
     def _alive(self) -> None:
         if self.process.poll() is not None:
             raise StashBackupError(f"the drill's Stash exited with {self.process.returncode}{self._last_error()}")
 
     def _last_error(self) -> str:
-        with contextlib.suppress(OSError):
-            lines = [l for l in self.log.read_text(errors="replace").splitlines() if "Error" in l or "Fatal" in l]
-            if lines:
-                return f": {lines[-1].strip()[:300]}"
+        """Stash's own reason: the last error its log file holds, else its console's
+        (which alone has what came before the log file was open, and a Go panic)."""
+        for text in (_tail(self.log), _tail(self.console)):
+            found = stash_errors(text)
+            if found:
+                return f": {found[-1]}"
         return ""
 
     def image_problem(self, route: str, key: int, checksum: str) -> str:
+        digest = hashlib.md5()  # a blob's name is its MD5
         try:
-            with urllib.request.urlopen(f"{self.url}/{route}/{key}/image", timeout=60) as response:
-                served = hashlib.md5(response.read()).hexdigest()  # a blob's name is its MD5
-        except (OSError, ValueError) as error:
+            with self._response("GET", f"/{route}/{key}/image") as response:
+                if response.status != 200:
+                    return f"{route} {key}'s image was not served (HTTP {response.status})"
+                while chunk := response.read(1024 * 1024):
+                    digest.update(chunk)
+        except StashBackupError as error:
             return f"{route} {key}'s image was not served ({error})"
+        served = digest.hexdigest()
         return "" if served == checksum else f"{route} {key}'s image is not blob {checksum} (missing or damaged)"
 
     def stop(self) -> None:
@@ -309,17 +425,58 @@ def scratch_stash(binary: Path, config: StashConfig, scratch: Path) -> Iterator[
     """The Stash binary on the scratch config, in a session of its own so that stopping
     it (or a timeout) ends it and its children and nothing else; on Linux it also dies
     with the drill (a kill -9 of the drill leaves no Stash behind)."""
+    pin = certificate_fingerprint(Path(config.get("ssl_cert_path"))) if config.get("ssl_cert_path") else None
     with open(scratch / "stash.out", "ab") as out:
         process = subprocess.Popen([str(binary), "--config", str(config.path), "--nobrowser"], cwd=scratch,
                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True, preexec_fn=dies_with_us(),
                                    env=_scratch_environment())
     write_bytes_atomic(scratch / PID_FILE, f"{process.pid}\n".encode("ascii"))
-    stash = ScratchStash(process, config.port, scratch / "stash.log")
+    stash = ScratchStash(process, config.port, scratch / "stash.log", config.get("api_key"), pin)
     try:
         yield stash
     finally:
         stash.stop()
+
+
+def _described(error: BaseException) -> str:
+    return str(error) or type(error).__name__
+
+
+def _answered(data: dict, key: str) -> dict:
+    value = data.get(key)
+    if not isinstance(value, dict):
+        raise StashBackupError(f"the drill's Stash answered without {key} ({one_line(json.dumps(value), 60)})")
+    return value
+
+
+# Console lines (ERRO[time] message, colour codes aside), log file lines (time=… level=error
+# msg="…") and a Go panic.
+_ERROR_LINE = re.compile(r'^(?:(?:ERRO|FATA|PANI)\[[^\]]*\]\s*(?P<console>.*)'
+                         r'|time="[^"]*" level=(?:error|fatal|panic) msg="(?P<log>.*)"|(?P<panic>panic: .*))$')
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+_NOT_THE_REASON = ("Couldn't retrieve latest version",)  # its check for updates on GitHub, offline
+
+
+def stash_errors(text: str) -> list[str]:
+    """The error messages in Stash's console output or log file, oldest first, each on one line."""
+    found = []
+    for line in _COLOUR.sub("", text).splitlines():
+        match = _ERROR_LINE.match(line.strip())
+        if match:
+            message = match.group("console") or match.group("panic") or \
+                (match.group("log") or "").replace("\\n", " ").replace('\\"', '"')
+            if message and not message.startswith(_NOT_THE_REASON):
+                found.append(one_line(message, 400))
+    return found
+
+
+def _tail(path: Path, size: int = 64 * 1024) -> str:
+    """The end of a file Stash writes (its log may grow): what its last lines say."""
+    with contextlib.suppress(OSError), open(path, "rb") as handle:
+        handle.seek(max(0, handle.seek(0, os.SEEK_END) - size))
+        return handle.read().decode("utf-8", "replace")
+    return ""
 
 
 def _scratch_environment() -> dict:

@@ -3,10 +3,17 @@ failure modes a real Stash cannot be made to produce on demand."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that stopped reading, on purpose
+            super().handle_error(request, client_address)
 
 
 class FaultServer:
@@ -36,16 +43,16 @@ class FaultServer:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 outer.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                if outer.raw_graphql:
+                    outer.answer(self, *outer.raw_graphql(body))
+                    return
                 answer = outer.graphql(body) if outer.graphql else {"data": {}}
-                data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                outer.answer(self, json.dumps(answer).encode(), {"Content-Type": "application/json"})
 
         self.graphql: Optional[Callable[[dict], dict]] = None
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # (body, headers) as sent, for answers that are not JSON or not honest
+        self.raw_graphql: Optional[Callable[[dict], tuple]] = None
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
@@ -91,6 +98,18 @@ class FaultServer:
         if cut_at is not None:
             handler.close_connection = True
         return True
+
+    @staticmethod
+    def answer(handler, data: bytes, headers: dict, code: int = 200) -> None:
+        handler.send_response(code)
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        try:
+            handler.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            handler.close_connection = True  # the client stopped reading: what a bounded reader does
 
     @staticmethod
     def status(handler, code: int, headers: Optional[dict] = None) -> bool:

@@ -2,6 +2,7 @@
 automatic drill is due, what a difference says, what a backup records for it, that
 it imports without PyYAML, and that a busy archive, a missing binary or too little
 space refuse with one line and change nothing. End to end: test_e2e_drill.py."""
+import json
 import os
 import subprocess
 import sys
@@ -254,3 +255,93 @@ def test_no_runs_cleanup_removes_a_folder_whose_stash_still_runs(tmp_path):
         for process in (running, other):
             process.kill()
             process.wait()
+
+
+# --- the scratch Stash: its own credentials, its own reasons, no waiting on what is not GraphQL ---
+
+def test_the_scratch_config_has_credentials_of_its_own_and_stashs_own_key_names(tmp_path):
+    """Fresh for every drill (never the live ones); the password no bcrypt hash, so no
+    password logs in; the log settings spelled as Stash reads them."""
+    targets = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        targets.append(drill_module._scratch_target(tmp_path / name))
+    first, second = targets
+    for target in targets:
+        values = json.loads(target.config.path.read_text())
+        assert all(values.get(key) for key in ("username", "password", "api_key", "jwt_secret_key",
+                                               "session_store_key"))
+        assert not values["password"].startswith("$2")  # not bcrypt: CompareHashAndPassword always fails
+        assert values["logfile"] == str(target.config.path.parent / "stash.log") and values["loglevel"] == "Info"
+        assert "logFile" not in values and "logLevel" not in values
+        assert oct(target.config.path.stat().st_mode & 0o777) == "0o600"
+    assert all(first.config.values[key] != second.config.values[key]
+               for key in ("username", "password", "api_key", "jwt_secret_key", "session_store_key"))
+
+
+FAKE_STASH = """#!{python}
+# Stands in for the Stash binary: {behaviour}
+import json, sys, http.server
+config = json.load(open(sys.argv[sys.argv.index("--config") + 1]))
+{body}
+"""
+
+SERVES_A_PAGE = """
+class Page(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<html>\\n<body>a login page</body>\\n</html>")
+    do_GET = do_POST
+http.server.HTTPServer(("127.0.0.1", config["port"]), Page).serve_forever()
+"""
+
+FAILS_ON_ITS_CONSOLE = """
+print("\\x1b[36mINFO\\x1b[0m[2026-12-02 21:48:26] using config file: " + sys.argv[2], flush=True)
+print("\\x1b[31mERRO\\x1b[0m[2026-12-02 21:48:26] Couldn't retrieve latest version: offline", flush=True)
+print("\\x1b[31mERRO\\x1b[0m[2026-12-02 21:48:26] manager initialization error: schema version 85 is "
+      "incompatible with required schema version 72 ", flush=True)
+sys.exit(1)
+"""
+
+
+def fake_stash(tmp_path, behaviour: str, body: str) -> Path:
+    binary = tmp_path / "fake-stash"
+    binary.write_text(FAKE_STASH.format(python=sys.executable, behaviour=behaviour, body=body))
+    binary.chmod(0o755)
+    return binary
+
+
+def test_an_answer_that_is_not_graphql_fails_the_drill_at_once(tmp_path):
+    folder = archived(tmp_path)
+    binary = fake_stash(tmp_path, "a web page on its port", SERVES_A_PAGE)
+    started = time.monotonic()
+    result = drill(Archive(folder), None, binary, Reporter(), timeout=60)
+    assert not result.ok and time.monotonic() - started < 20, result.error
+    assert "answered HTTP 200, not GraphQL: <html> <body>a login page</body> </html>" in result.error
+
+
+def test_stashs_own_reason_comes_from_its_console_output(tmp_path):
+    """Written before any log file is open: only the console has it (the update check's
+    error, which says nothing about the drill, is passed over)."""
+    folder = archived(tmp_path)
+    result = drill(Archive(folder), None, fake_stash(tmp_path, "fails as Stash does", FAILS_ON_ITS_CONSOLE),
+                   Reporter(), timeout=60)
+    assert result.error == ("the drill's Stash exited with 1: manager initialization error: schema version 85 is "
+                            "incompatible with required schema version 72"), result.error
+
+
+def test_stash_errors_are_read_from_its_console_and_its_log_file():
+    console = ("\x1b[36mINFO\x1b[0m[2026-12-02 21:48:26] using config file: /x/config.yml\n"
+               "\x1b[31mERRO\x1b[0m[2026-12-02 21:48:27] task failed due to error: An error occurred.\n"
+               "error performing migration: table `studio_urls` already exists\n"
+               "panic: runtime error: invalid memory address\n")
+    log = ('time="2026-12-02 21:48:26" level=info msg="using config file"\n'
+           'time="2026-12-02 21:48:27" level=error msg="Couldn\'t retrieve latest version: offline"\n'
+           'time="2026-12-02 21:48:27" level=error msg="task failed: An error occurred.\\nerror performing '
+           'migration: table \\"studio_urls\\" already exists"\n')
+    assert drill_module.stash_errors(console) == ["task failed due to error: An error occurred.",
+                                                  "panic: runtime error: invalid memory address"]
+    assert drill_module.stash_errors(log) == [
+        'task failed: An error occurred. error performing migration: table "studio_urls" already exists']

@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -107,12 +108,16 @@ def test_backup_of_the_older_version_migrates_on_the_newer_binary(stash_server_f
 def empty_table_in_snapshot(dest, name: str, table: str) -> None:
     """A backup whose database is consistent but wrong (a table emptied by hand): the
     snapshot rewritten, its record made to match it, the recorded counts kept."""
+    change_snapshot(dest, name, f"DELETE FROM {table}")
+
+
+def change_snapshot(dest, name: str, sql: str) -> None:
     store = Store(dest)
     header = store.header(name)
     database = dest / "tampered.sqlite"
     database.write_bytes(gzip.decompress(store.snapshot_path(name).read_bytes()))
     with sqlite3.connect(database) as connection:
-        connection.execute(f"DELETE FROM {table}")
+        connection.execute(sql)
     temp, digest = write_snapshot(store, name, database)
     store.snapshot_path(name).unlink()
     path = commit_snapshot(store, name, temp)
@@ -156,9 +161,11 @@ def scratch_stash_started(drill_process, dest, deadline_s: float = 120) -> tuple
             raise AssertionError(f"the drill ended ({drill_process.returncode}) before it started Stash: "
                                  f"{(dest.parent / 'drill.err').read_text()[-2000:]}")
         for folder in dest.glob(".drill*"):
-            with contextlib.suppress(OSError, ValueError, KeyError):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
                 pid = int((folder / "stash.pid").read_text())
-                return pid, folder, json.loads((folder / "config.yml").read_text())["port"]
+                # the drill writes JSON; Stash may have rewritten it as YAML already
+                return pid, folder, int(re.search(r'^ *"?port"?: *(\d+)', (folder / "config.yml").read_text(),
+                                                  re.MULTILINE).group(1))
         time.sleep(0.02)
     raise AssertionError(f"the drill never started Stash: {sorted(str(p) for p in dest.glob('.drill*/*'))}")
 
@@ -316,3 +323,138 @@ def test_plugin_drills_after_every_download_with_the_stash_that_runs_it(stash_se
     [entry] = manifest(server)
     assert entry["drill"]["ok"] and entry["drill"]["at"] != first
     assert scratch_folders(archive_dir(server)) == []
+
+
+# --- the scratch Stash: no way in without its own credentials; Stash's own reasons, at once ---
+
+def archived_from(stash_server_factory, version: str, tmp_path) -> tuple:
+    """A live Stash with some content, and an archive of one downloaded backup of it."""
+    server = stash_server_factory(version, install_plugin=False)
+    seed_content(server)
+    dest = tmp_path / "archive"
+    return server, dest, download(server, dest)
+
+
+def graphql_status(port: int, query: str, headers: dict | None = None) -> int:
+    return requests.post(f"http://127.0.0.1:{port}/graphql", json={"query": query}, headers=headers or {},
+                         timeout=10, allow_redirects=False).status_code
+
+
+def test_the_drills_stash_lets_no_one_in_without_its_own_credentials(stash_server_factory, stash_version,
+                                                                    stash_binaries, tmp_path):
+    """While a drill runs (held still once its Stash starts), its Stash refuses a query,
+    a mutation that would point its scrapers elsewhere, and the web page to anyone
+    without its API key, whatever key they guess; the drill itself still passes."""
+    _, dest, _ = archived_from(stash_server_factory, stash_version, tmp_path)
+    drill_process = start_drill(dest, stash_binaries[stash_version], tmp_path)
+    with no_process_left(drill_process, dest):
+        _, scratch, port = scratch_stash_started(drill_process, dest)
+        assert answers(port), "the drill's Stash never answered"
+        assert graphql_status(port, "{ stats { performer_count } }") == 401
+        assert graphql_status(port, '{ stats { performer_count } }', {"ApiKey": "a-guess"}) == 401
+        assert graphql_status(port, 'mutation { configureGeneral(input: {scrapersPath: "/tmp/x"}) '
+                                    '{ scrapersPath } }') == 401
+        page = requests.get(f"http://127.0.0.1:{port}/performers", timeout=10, allow_redirects=False)
+        assert page.status_code == 302 and page.headers["Location"].startswith("/login")
+        login = requests.post(f"http://127.0.0.1:{port}/login", data={"username": "admin", "password": ""},
+                              timeout=10, allow_redirects=False)
+        assert "session" not in login.cookies
+        os.kill(drill_process.pid, signal.SIGCONT)
+        assert drill_process.wait(timeout=300) == 0, (tmp_path / "drill.err").read_text()[-2000:]
+    assert scratch_folders(dest) == []
+
+
+def test_a_backup_newer_than_the_binary_fails_at_once_with_stashs_own_reason(stash_server_factory, stash_binaries,
+                                                                              tmp_path):
+    _, dest, _ = archived_from(stash_server_factory, NEW_VERSION, tmp_path)
+    started = time.monotonic()
+    code, result, stderr = drill(dest, stash_binaries[OLD_VERSION], "--timeout", "120")
+    assert code == 1 and not result["ok"], stderr
+    assert result["error"] == ("the drill's Stash exited with 1: manager initialization error: schema version 85 "
+                               "is incompatible with required schema version 72"), result["error"]
+    assert time.monotonic() - started < 60 and scratch_folders(dest) == []
+
+
+def test_a_failing_migration_fails_at_once_with_its_reason(stash_server_factory, stash_binaries, tmp_path):
+    """A table in the way of the newer binary's first migration (73 creates studio_urls)."""
+    _, dest, made = archived_from(stash_server_factory, OLD_VERSION, tmp_path)
+    change_snapshot(dest, made["file"], "CREATE TABLE studio_urls (in_the_way integer)")
+    started = time.monotonic()
+    code, result, stderr = drill(dest, stash_binaries[NEW_VERSION], "--timeout", "120")
+    assert code == 1 and not result["ok"], stderr
+    assert "could not migrate the backup" in result["error"], result["error"]
+    assert "table `studio_urls` already exists" in result["error"], result["error"]
+    assert time.monotonic() - started < 60 and scratch_folders(dest) == []
+
+
+TEES_ITS_CONSOLE = """#!/bin/sh
+# The Stash binary, its console output also kept outside the scratch folder.
+"{binary}" "$@" 2>&1 | tee -a "{record}"
+"""
+
+IN_A_HOME_OF_ITS_OWN = """
+mount --bind "{passwd}" /etc/passwd && exec "$@"
+"""
+
+FOLLOWS_NO_CERTIFICATE = """import sys
+from stash_backup_plugin import drill
+drill._tls_settings = lambda: {}  # a client that speaks http whatever Stash serves
+from stash_backup_plugin.cli.commands import main
+sys.exit(main())
+"""
+
+
+def with_a_home_of_its_own(home: Path, tmp_path: Path) -> list:
+    """A command prefix: a mount namespace in which this account's home (from the
+    password database, where Stash's user.Current looks; $HOME it ignores) is `home`."""
+    import pwd
+    account = pwd.getpwuid(os.getuid())
+    lines = []
+    for line in Path("/etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == account.pw_name:
+            fields[5] = str(home)
+        lines.append(":".join(fields))
+    passwd = tmp_path / "passwd"
+    passwd.write_text("\n".join(lines) + "\n")
+    script = tmp_path / "own-home.sh"
+    script.write_text(IN_A_HOME_OF_ITS_OWN.format(passwd=passwd))
+    return ["unshare", "--mount", *([] if os.geteuid() == 0 else ["--map-root-user"]), "sh", str(script)]
+
+
+def test_a_certificate_in_the_users_stash_folder_is_followed_not_waited_out(stash_server_factory, stash_binaries,
+                                                                            tmp_path):
+    """stash.crt and stash.key in ~/.stash: Stash serves https on the scratch config too
+    (InitTLS), and the drill speaks https to it, pinned to that certificate. A client
+    that spoke http would get Stash's "HTTP request to an HTTPS server": not GraphQL,
+    a failure at once, not 900 s of "starting"."""
+    _, dest, _ = archived_from(stash_server_factory, NEW_VERSION, tmp_path)
+    home = tmp_path / "home"
+    (home / ".stash").mkdir(parents=True)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=users.stash.example",
+                    "-days", "2", "-keyout", str(home / ".stash" / "stash.key"), "-out",
+                    str(home / ".stash" / "stash.crt")], check=True, capture_output=True)
+    record = tmp_path / "console.txt"
+    binary = tmp_path / "stash-teed"
+    binary.write_text(TEES_ITS_CONSOLE.format(binary=stash_binaries[NEW_VERSION], record=record))
+    binary.chmod(0o755)
+    own_home = with_a_home_of_its_own(home, tmp_path)
+    arguments = ["drill", "--dest", str(dest), "--stash-binary", str(binary), "--json", "--timeout", "120"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    started = time.monotonic()
+    passed = subprocess.run([*own_home, sys.executable, "-m", "stash_backup_plugin", *arguments], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert passed.returncode == 0 and json.loads(passed.stdout)["ok"], passed.stderr
+    assert "stash is running at https://127.0.0.1:" in record.read_text()
+    assert time.monotonic() - started < 90
+
+    script = tmp_path / "drill_without_tls.py"
+    script.write_text(FOLLOWS_NO_CERTIFICATE)
+    started = time.monotonic()
+    failed = subprocess.run([*own_home, sys.executable, str(script), *arguments], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    error = json.loads(failed.stdout)["error"]
+    assert failed.returncode == 1 and "answered HTTP 400, not GraphQL: Client sent an HTTP request to an HTTPS " \
+        "server." in error, error
+    assert time.monotonic() - started < 60 and scratch_folders(dest) == []

@@ -26,7 +26,8 @@ except ImportError:  # gql 3
 
 from .api import Downloaded, ServerInfo
 from .connection import Connection, redact
-from ..core.errors import AuthError, ServerError
+from ..core.bounded import one_line
+from ..core.errors import AuthError, ServerError, StashBackupError
 from .http_session import harden, new_session
 
 TIMEOUT_SECONDS = 60
@@ -75,7 +76,8 @@ class StashClient:
     def _connected(self):
         if self._client is None:
             transport = RequestsHTTPTransport(url=self.connection.graphql_url, timeout=self._timeout,
-                                              verify=not self.connection.pinned_certificate)
+                                              verify=not self.connection.pinned_certificate,
+                                              json_deserialize=_graphql_answer)
             self._client = Client(transport=transport, fetch_schema_from_transport=False)
             self._session = self._client.connect_sync()
             harden(transport.session, self.connection)
@@ -94,14 +96,16 @@ class StashClient:
         except TransportQueryError as error:
             raise ServerError(self._clean(f"Stash answered with an error: {_first_message(error)}")) from None
         except TransportProtocolError as error:
-            raise ServerError(self._clean(
-                f"{self.connection.base_url} did not answer like a Stash GraphQL server ({error}): check the URL")) from None
+            raise ServerError(self._clean(f"{self.connection.base_url} did not answer like a Stash GraphQL server "
+                                          f"({one_line(str(error))}): check the URL")) from None
         except (requests.exceptions.RequestException, _ConnectionFailed) as error:
             # gql 4 wraps the requests error; gql 3 lets it through
             raise self._connection_error(error.__cause__ or error, transport.timeout) from None
 
-    def _connection_error(self, cause: BaseException, timeout) -> ServerError:
+    def _connection_error(self, cause: BaseException, timeout) -> StashBackupError:
         base = self.connection.base_url
+        if isinstance(cause, StashBackupError):
+            return cause  # the answer itself was refused (too large): http_session's own words
         if isinstance(cause, requests.exceptions.SSLError):
             return ServerError(f"TLS to {base} failed ({type(cause).__name__}): check the URL or certificate")
         if isinstance(cause, requests.exceptions.Timeout):
@@ -112,27 +116,44 @@ class StashClient:
         if code in (401, 403):
             return AuthError(f"Stash at {self.connection.base_url} refused the request ({code}) with "
                              f"{self.connection.auth_description}: give a valid API key (--api-key or STASH_API_KEY)")
-        return ServerError(self._clean(f"Stash at {self.connection.base_url} answered HTTP {code}: {text[:200]}"))
+        return ServerError(self._clean(f"Stash at {self.connection.base_url} answered HTTP {code}: {one_line(text)}"))
 
     def _clean(self, text: str) -> str:
         return redact(text, self.connection.secrets())
+
+    def _part(self, data: dict, key: str, kind, optional: bool = False):
+        """data[key], checked to be a `kind` (None when absent and `optional`): an
+        answer of another shape is one line, never a KeyError."""
+        value = data.get(key)
+        if value is None and optional:
+            return None
+        if isinstance(value, kind) and not isinstance(value, bool):
+            return value
+        raise ServerError(self._clean(f"Stash at {self.connection.base_url} answered with {key!r} "
+                                      f"{one_line(json.dumps(value), 60)}, not what this tool knows: check the URL "
+                                      "and that this Stash is a version this tool supports"))
 
     # --- the calls -------------------------------------------------------------
 
     def server_info(self) -> ServerInfo:
         data = self.execute(_SERVER_INFO)
-        general = data["configuration"]["general"]
-        status = data["systemStatus"]
-        fields = {f["name"] for f in ((data.get("backupInput") or {}).get("inputFields") or [])}
+        general = self._part(self._part(data, "configuration", dict), "general", dict)
+        status = self._part(data, "systemStatus", dict)
+        backup_input = self._part(data, "backupInput", dict, optional=True) or {}
+        fields = {f.get("name") for f in self._part(backup_input, "inputFields", list, optional=True) or []
+                  if isinstance(f, dict)}
+
+        def text(part: dict, key: str) -> Optional[str]:
+            return self._part(part, key, str, optional=True)
         return ServerInfo(
-            version=(data.get("version") or {}).get("version"),
-            schema_version=status.get("databaseSchema"),
-            database_path=general.get("databasePath") or status.get("databasePath"),
-            backup_directory=general.get("backupDirectoryPath"),
-            blobs_path=general.get("blobsPath"),
-            blobs_storage=general.get("blobsStorage"),
+            version=text(self._part(data, "version", dict, optional=True) or {}, "version"),
+            schema_version=self._part(status, "databaseSchema", int, optional=True),
+            database_path=text(general, "databasePath") or text(status, "databasePath"),
+            backup_directory=text(general, "backupDirectoryPath"),
+            blobs_path=text(general, "blobsPath"),
+            blobs_storage=text(general, "blobsStorage"),
             supports_include_blobs="includeBlobs" in fields,
-            extra_blob_paths=extra_blob_paths(status.get("configPath")),
+            extra_blob_paths=extra_blob_paths(text(status, "configPath")),
         )
 
     def backup_database(self, download: bool, include_blobs: Optional[bool] = None) -> Optional[str]:
@@ -142,7 +163,7 @@ class StashClient:
         if include_blobs is not None:
             backup_input["includeBlobs"] = include_blobs
         data = self.execute(_BACKUP, {"input": backup_input}, timeout=BACKUP_TIMEOUT_SECONDS)
-        return data.get("backupDatabase")
+        return self._part(data, "backupDatabase", str, optional=True)
 
     def fetch_backup(self, link: str, folder: Path, final_name: str,
                      progress: Optional[Callable[[int, Optional[int]], None]] = None, tee=None,
@@ -159,9 +180,11 @@ class StashClient:
         """A plugin's settings, and Stash's API key when it has one (empty when no
         credentials are set). A plugin asks with the session cookie Stash gave it."""
         data = self.execute(_PLUGIN_SETTINGS, {"ids": [plugin_id]})
-        plugins = data["configuration"].get("plugins") or {}
-        api_key = ((data["configuration"].get("general") or {}).get("apiKey")) or None
-        return dict(plugins.get(plugin_id) or {}), api_key
+        configuration = self._part(data, "configuration", dict)
+        plugins = self._part(configuration, "plugins", dict, optional=True) or {}
+        general = self._part(configuration, "general", dict, optional=True) or {}
+        api_key = self._part(general, "apiKey", str, optional=True) or None
+        return dict(self._part(plugins, plugin_id, dict, optional=True) or {}), api_key
 
     def reload_plugins(self) -> None:
         self.execute(_RELOAD_PLUGINS)
@@ -169,7 +192,7 @@ class StashClient:
     def queue_plugin_task(self, plugin_id: str, args: dict, description: str) -> str:
         """Queue our plugin with these args in Stash's job queue; returns the job ID."""
         data = self.execute(_QUEUE_PLUGIN_TASK, {"id": plugin_id, "args": args, "description": description})
-        return str(data["runPluginTask"])
+        return str(self._part(data, "runPluginTask", (str, int)))
 
 
 def extra_blob_paths(config_path: Optional[str]) -> tuple:
@@ -235,8 +258,19 @@ def _yaml_scalar(value: str) -> str:
     return re.split(r"\s+#", value, maxsplit=1)[0]
 
 
+def _graphql_answer(text: str) -> dict:
+    """gql's JSON reader: only an object with `data` or `errors` is an answer (gql
+    reports anything else as "not a GraphQL result" instead of failing on it later)."""
+    answer = json.loads(text)
+    if not isinstance(answer, dict) or not (isinstance(answer.get("data"), dict) or answer.get("errors")):
+        raise ValueError("not a GraphQL answer")
+    return answer
+
+
 def _first_message(error: TransportQueryError) -> str:
-    errors = error.errors or []
-    if errors and isinstance(errors[0], dict):
-        return str(errors[0].get("message", errors[0]))
-    return str(error) if not errors else json.dumps(errors[0])[:300]
+    errors = error.errors
+    first = errors[0] if isinstance(errors, list) and errors else errors
+    if isinstance(first, dict) and "message" in first:
+        return one_line(str(first["message"]), 300)
+    return one_line(str(error) if first is None else json.dumps(first, default=str), 300)
+
