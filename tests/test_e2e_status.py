@@ -3,6 +3,7 @@ v0.28.1): `runPluginOperation` returns the plugin's JSON object as is; a task th
 fails still ends FINISHED in Stash's queue, but the status and a notification (a plain
 webhook and Apprise's json://, both to a local receiver) say what failed; an overdue
 backup is reported once; no notification secret reaches Stash's log."""
+import hashlib
 import json
 import sys
 
@@ -16,6 +17,10 @@ pytestmark = pytest.mark.e2e
 PLUGIN_ID = "backups-here"  # not the default: nothing may assume the plugin's ID
 SECRET = "hook-s3cret"
 STATUS = "mutation($id: ID!, $args: Map) { runPluginOperation(plugin_id: $id, args: $args) }"
+
+
+def fingerprint(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:8]
 
 
 def status_of(server) -> dict:
@@ -68,3 +73,5 @@ def test_status_operation_and_notifications_on_a_real_server(stash_server_factor
         assert notices[0]["json"]["title"] == "Stash backup failed: Back up to archive"
     assert SECRET not in server.log_text()
     assert SECRET not in json.dumps(server.logs())
+    for url in urls.split():  # each named by its scheme and fingerprint (`printf %s URL | sha256sum`)
+        assert f"notification sent to {url.split(':')[0]}://… (fingerprint {fingerprint(url)})" in server.log_text()

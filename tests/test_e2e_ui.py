@@ -35,6 +35,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
 PLUGIN_ID = "my-backups"  # not the default: the script finds its own ID
 DESKTOP, PHONE = {"width": 1280, "height": 860}, {"width": 390, "height": 844}
+WIDE = {"width": 1600, "height": 860}
 WAIT_MS = 90_000
 VERSION = os.environ.get("STASH_BACKUP_UI_STASH", NEW_VERSION)
 
@@ -160,7 +161,13 @@ def test_stale_badge_appears_on_every_page_and_goes_after_a_backup(browser, stas
     page = open_page(browser, stash, "/performers")
     badge = visible_badge(page)
     badge.wait_for(timeout=WAIT_MS)
-    assert re.search(r"Backup 3 d old", badge.inner_text()), badge.inner_text()
+    # At 1280 px, beside /performers' New button, only its compact form fits (the next
+    # test): the full text is its tooltip, and its face where the navbar has room.
+    assert re.search(r"newest verified backup is 3 d old", badge.get_attribute("title")), badge.get_attribute("title")
+    page.set_viewport_size(WIDE)
+    page.wait_for_function("() => /Backup 3 d old/.test(document.querySelector("
+                           "'.navbar-buttons [data-testid=stash-backup-badge]').innerText)", timeout=WAIT_MS)
+    assert re.search(r"Backup 3 d old", visible_badge(page).inner_text()), visible_badge(page).inner_text()
     page.set_viewport_size(PHONE)  # the phone layout's navbar shows it too
     visible_badge(page).wait_for(timeout=WAIT_MS)
     screenshot(page, "stale-badge-phone.png", tmp_path)
@@ -207,3 +214,100 @@ def test_ten_open_tabs_queue_one_automatic_backup(browser, stash):
     assert len(queued) == 1, queued
     assert backup_count(archive_of(stash)) == before + 1
     configure(stash, autoBackup=False)
+
+
+def request_id(days) -> str:
+    return "no-backup" if days is None else f"{days}-days-old"
+
+
+# Every button and link Stash itself puts in its navbar (brand, menu, New, donate,
+# statistics, settings, help, log out, the phone menu's toggle): rendered, inside the
+# viewport and the navbar's own box, and not covered by anything (elementFromPoint).
+NAVBAR_LAYOUT = """() => {
+  const nav = document.querySelector("nav.top-nav");
+  const box = nav.getBoundingClientRect();
+  const shown = (e) => e.getClientRects().length > 0 && getComputedStyle(e).visibility !== "hidden";
+  const ours = (e) => !!e.closest(".stash-backup-nav");
+  const controls = [...nav.querySelectorAll(".btn, button, a[href]")].filter((e) => shown(e) && !ours(e)
+    && !(e.matches("a[href]") && e.querySelector(".btn")));  // a link around a button: the button counts
+  const problems = [];
+  for (const e of controls) {
+    const r = e.getBoundingClientRect();
+    const name = e.title || e.getAttribute("aria-label") || e.textContent.trim() || e.className;
+    if (r.left < 0 || r.right > innerWidth || r.left < box.left || r.right > box.right + 0.5
+        || r.top < box.top - 0.5 || r.bottom > box.bottom + 0.5)
+      problems.push(name + " is outside the navbar or the viewport: " + JSON.stringify(r));
+    else {
+      const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+      if (!hit || !(e.contains(hit) || hit.contains(e))) problems.push(name + " is covered by " + (hit && hit.outerHTML.slice(0, 80)));
+    }
+  }
+  const items = [...nav.children].filter(shown).map((e) => e.getBoundingClientRect());
+  const row = [...nav.children].filter((e) => shown(e) && !e.classList.contains("navbar-collapse"))
+    .map((e) => e.getBoundingClientRect());
+  if (Math.max(...row.map((r) => r.top)) >= Math.min(...row.map((r) => r.bottom)))
+    problems.push("the navbar wrapped to a second row, over the page: " + JSON.stringify(row));
+  const badges = [...nav.querySelectorAll("[data-testid=stash-backup-badge]")].filter(shown);
+  return {
+    problems: problems,
+    controls: controls.map((e) => e.title || e.textContent.trim() || e.className),
+    viewport: innerWidth,
+    navbar: Math.round(box.width),
+    content: Math.round(items.reduce((sum, r) => sum + r.width, 0)
+                        + parseFloat(getComputedStyle(nav).paddingLeft) + parseFloat(getComputedStyle(nav).paddingRight)),
+    scroll_width: nav.scrollWidth,
+    badge: badges.map((b) => ({ text: b.innerText, title: b.title, width: Math.round(b.getBoundingClientRect().width) })),
+  };
+}"""
+
+
+CROWDED = {"width": 1250, "height": 860}  # Stash's own navbar content on /scenes is 1249 px: no room at all
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE, CROWDED], ids=["1280px", "390px", "1250px"])
+@pytest.mark.parametrize("days", [None, 120], ids=["no-backup", "120-days-old"])
+def test_the_badge_never_pushes_stashs_own_navbar_controls_away(browser, stash, tmp_path, viewport, days):
+    """/scenes has a New button: with it, the badge's full form made the navbar's content
+    1341 px at 1280 px wide, and Help and Log out fell off its right edge. The badge
+    takes the widest form that fits ("No backup", "!"), never Stash's room."""
+    if days is None:
+        configure(stash, autoBackup=False, archiveFolder=str(tmp_path / "no-backups-yet"))
+        title = "There is no verified backup yet"
+    else:
+        configure(stash, autoBackup=False, archiveFolder="")
+        if not backup_count(archive_of(stash)):
+            stash.run_plugin_task(PLUGIN_ID, "Download backup to archive")
+        age_newest_backup(stash, days=days)
+        title = f"The newest verified backup is {days} d old (interval 24h)"
+    try:
+        context = browser.new_context(viewport=DESKTOP if viewport is CROWDED else viewport)
+        # The session cookie a login leaves is what makes Stash show its Log out button
+        # (SessionUtils.isLoggedIn); this Stash has no password, so it changes nothing else.
+        context.add_cookies([{"name": "session", "value": "x", "url": stash.url}])
+        page = context.new_page()
+        page.goto(stash.url + "/scenes")
+        visible_badge(page).wait_for(timeout=WAIT_MS)
+        page.get_by_role("button", name="New").wait_for(timeout=WAIT_MS)
+        if viewport is CROWDED:  # a window made narrower: the badge must give way
+            page.set_viewport_size(CROWDED)
+            page.locator("[data-testid=stash-backup-badge]:visible").wait_for(state="detached", timeout=WAIT_MS)
+        page.wait_for_timeout(500)  # let the layout settle
+        layout = page.evaluate(NAVBAR_LAYOUT)
+        print(f"navbar at {viewport['width']} px:", json.dumps(layout))
+        screenshot(page, f"navbar-badge-{viewport['width']}-{request_id(days)}.png", tmp_path)
+        assert layout["problems"] == [], layout
+        if viewport is CROWDED:  # it yields: the Backups page still says it, and wider windows show it
+            assert layout["badge"] == [], layout
+            page.set_viewport_size(DESKTOP)
+            visible_badge(page).wait_for(timeout=WAIT_MS)
+            layout = page.evaluate(NAVBAR_LAYOUT)
+            assert layout["problems"] == [], layout
+        assert layout["badge"] and layout["badge"][0]["title"] == title, layout
+        names = " ".join(layout["controls"])
+        assert "New" in names and "Stash" in names
+        if viewport is not PHONE:
+            assert all(name in layout["controls"] for name in ("Help", "Log out", "Settings")), layout
+            assert layout["content"] <= layout["viewport"], layout
+        context.close()
+    finally:
+        configure(stash, archiveFolder="")

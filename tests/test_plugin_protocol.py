@@ -125,3 +125,41 @@ def test_verify_reads_a_rotating_part_of_the_images_each_day():
     settings = settings_from({"verifyReadDataParts": "7"}, Path("."))
     today = _read_data_today(settings.verify_read_data_parts)
     assert today.parts == 7 and 1 <= today.part <= 7
+
+
+def archive_of_two_backups(folder):
+    """Two verified backups, a day apart: Keep last 1 would remove the older."""
+    entries = []
+    for day in (1, 2):
+        name = f"stash-go.sqlite.85.2026010{day}_030000.zip"
+        (folder / name).write_bytes(b"a backup")
+        entries.append({"file": name, "size": 8, "sha256": "0" * 64, "schema_version": 85,
+                        "created": f"2026-01-0{day}T03:00:00", "kind": "zip", "added_at": f"2026-01-0{day}T03:00:00",
+                        "verified_at": f"2026-01-0{day}T03:00:00", "verified_level": "quick", "verified_ok": True})
+    (folder / "manifest.json").write_text(json.dumps({"format": 1, "entries": entries}))
+
+
+def files_in(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_misspelt_mode_runs_nothing_and_says_so(tmp_path):
+    """A mode is looked up in the table of modes; nothing else runs (the if-chain's last
+    branch ran retention for any mode it had not matched)."""
+    archive_of_two_backups(tmp_path)
+    before = files_in(tmp_path)
+    answer, log = run_main(json.dumps({"server_connection": {"Dir": str(tmp_path)},
+                                       "args": {"mode": "pruen", "archiveFolder": str(tmp_path), "keepLast": 1}}))
+    assert answer["error"] == ("unknown task mode 'pruen': the plugin manifest must set mode to one of "
+                               "backup, download, verify, retention, drill, offsite")
+    assert answer["output"] is None and log == ""
+    assert files_in(tmp_path) == before  # nothing removed, no status.json
+
+
+def test_every_mode_is_a_handler_in_the_table_and_the_manifest_names_only_those():
+    import yaml
+    from stash_backup_plugin.cli.install import manifest_text
+    assert all(callable(handler) for handler in [*plugin.MODES.values(), *plugin.OPERATIONS.values()])
+    assert not set(plugin.MODES) & set(plugin.OPERATIONS)
+    tasks = yaml.safe_load(manifest_text())["tasks"]
+    assert tasks and all(task["defaultArgs"]["mode"] in plugin.MODES for task in tasks), tasks

@@ -9,7 +9,7 @@ import sys
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Union
 
 from .. import jobs
 from ..core.config_text import config_line_value
@@ -21,10 +21,8 @@ from ..server.notify import parse_urls, send as send_notice
 from .protocol import PluginLogReporter, encode_output, read_input
 from ..core.retention import Duration, Policy, parse_duration
 from ..core.sqlite_check import FULL, QUICK
-from ..core.status import StatusFile
+from ..core.status import Notice, StatusFile
 
-MODES = ("backup", "download", "verify", "retention", "drill", "offsite")  # tasks, run in Stash's job queue
-OPERATIONS = ("status",)  # runPluginOperation: answers at once, for the Backups page
 DEFAULT_INTERVAL = "24h"
 # The page's badge shows "stale" past the interval; the overdue notice waits until a
 # scheduled run has clearly been missed, so that a backup a little late is no alarm.
@@ -159,13 +157,31 @@ def _certificate(config_dir: Optional[str]) -> Optional[Path]:
     return None
 
 
-def run_task(payload: dict, reporter: PluginLogReporter, secrets: Optional[list] = None) -> str:
+@dataclass
+class Task:
+    """What a mode's handler works with: one task or operation, as Stash asked for it."""
+    mode: str
+    args: dict
+    client: StashClient
+    own_id: str
+    settings: Settings
+    status_file: StatusFile
+    reporter: PluginLogReporter
+    notify: Optional[Callable[[Notice], None]]
+
+    @property
+    def archive(self) -> Archive:
+        return Archive(self.settings.archive_folder)
+
+
+def run_task(payload: dict, reporter: PluginLogReporter, secrets: Optional[list] = None) -> Union[str, dict]:
     """`secrets` receives what must never be logged (the API key read from Stash)."""
     secrets = [] if secrets is None else secrets
     server = payload.get("server_connection") or {}
     args = payload.get("args") or {}
     mode = str(args.get("mode", "")).strip()
-    if mode not in MODES + OPERATIONS:
+    handler = MODES.get(mode) or OPERATIONS.get(mode)
+    if handler is None:  # before anything is read or done: a misspelt mode runs nothing
         raise UsageError(f"unknown task mode {mode!r}: the plugin manifest must set mode to one of {', '.join(MODES)}")
     https = server.get("Scheme") == "https"
     connection = from_plugin_input(server, None, _certificate(server.get("Dir")) if https else None)
@@ -177,21 +193,18 @@ def run_task(payload: dict, reporter: PluginLogReporter, secrets: Optional[list]
     values.update({k: v for k, v in args.items() if k not in CONTROL_ARGS})
     settings = settings_from(values, Path(server.get("Dir") or "."))
     with StashClient(connection) as client:
-        own_id = plugin_id(Path(server.get("PluginDir") or "."))
         reporter.hide(*settings.notify_urls)  # they carry tokens
-        notify = _notifier(settings.notify_urls, reporter)
-        if mode == "status":
-            return _status(client, own_id, settings, _status_file(settings, server),
-                           _as_bool(args.get("autorun"), False), reporter, notify)
-        status_file = _status_file(settings, server)
-        if mode == "drill":
-            return _drill(settings, status_file, reporter, notify)
-        with jobs.recording(status_file, mode, reporter, notify) as run:
-            run.done(_run_mode(mode, client, settings, reporter, auto=_as_bool(args.get("auto"), False)))
-        if mode == "download" and _drill_due(settings):
-            reporter.info(f"a restore drill is due (Restore drill every {settings.drill_every})")
-            _drill(settings, status_file, reporter, notify)
+        return handler(Task(mode, args, client, plugin_id(Path(server.get("PluginDir") or ".")), settings,
+                            _status_file(settings, server), reporter, _notifier(settings.notify_urls, reporter)))
+
+
+def _recorded(job: Callable[[Task], str]) -> Callable[[Task], str]:
+    """A task whose outcome status.json records (and a failure notifies)."""
+    def run(task: Task) -> str:
+        with jobs.recording(task.status_file, task.mode, task.reporter, task.notify) as run:
+            run.done(job(task))
         return run.message
+    return run
 
 
 def _drill_due(settings: Settings) -> bool:
@@ -199,14 +212,14 @@ def _drill_due(settings: Settings) -> bool:
     return drill_due(Archive(settings.archive_folder).entries(), settings.drill_every)
 
 
-def _drill(settings: Settings, status_file: StatusFile, reporter: PluginLogReporter, notify) -> str:
+def _drill(task: Task) -> str:
     """With the Stash that runs this plugin (our parent process): the binary the user runs."""
     from ..drill import drill, parent_stash_binary
     binary = parent_stash_binary()
     if not binary:
         raise ConfigError("the restore drill cannot tell which Stash binary runs this plugin (/proc is not readable)")
-    with jobs.recording(status_file, "drill", reporter, notify) as run:
-        result = drill(Archive(settings.archive_folder), None, binary, reporter)
+    with jobs.recording(task.status_file, "drill", task.reporter, task.notify) as run:
+        result = drill(task.archive, None, binary, task.reporter)
         if not result.ok:
             raise VerificationError(result.line())  # logged once, by Stash, at error level
         run.done(result.line())
@@ -225,36 +238,54 @@ def _notifier(urls: tuple, reporter: PluginLogReporter):
     return lambda notice: send_notice(urls, notice, reporter)
 
 
-def _run_mode(mode: str, client: StashClient, settings: Settings, reporter: PluginLogReporter,
-              auto: bool = False) -> str:
-    archive = Archive(settings.archive_folder)
-    if mode == "backup":
-        made = jobs.backup_on_server(client, settings.include_blobs, reporter,
-                                     keep_last=max(settings.backup_folder_keep_last, 0),
-                                     include_others=settings.backup_folder_include_others)
-        return f"Backup written to {made.path or 'the backup folder'}"
-    if mode == "download":
-        # An automatic run queued twice (two pages, a slow queue) skips the second time.
-        options = jobs.DownloadOptions(include_blobs=settings.include_blobs, check_level=settings.check_level,
-                                       compress=settings.compress,
-                                       if_older_than=settings.interval if auto else None)
-        outcome = jobs.download_to_archive(client, archive, options, reporter)
-        done = f"Archived {outcome.entry.file} in {archive.folder}" if outcome.entry else outcome.skipped_reason
-        if settings.offsite_after_download and outcome.entry:
-            try:
-                return f"{done}; {_offsite_push(archive, settings, reporter)}"
-            except StashBackupError as error:  # the local backup stands; the error says so
-                raise type(error)(f"{done}, but the off-site copy failed: {error}") from None
-        return done
-    if mode == "offsite":
-        return _offsite_push(archive, settings, reporter)
-    if mode == "verify":
-        summary = jobs.verify_archive(archive, settings.check_level, reporter,
-                                      _read_data_today(settings.verify_read_data_parts))
-        if not summary.ok:
-            raise VerificationError(summary.line())  # logged once, by Stash, at error level
-        reporter.info(summary.line())
-        return summary.line()
+def _backup(task: Task) -> str:
+    settings = task.settings
+    made = jobs.backup_on_server(task.client, settings.include_blobs, task.reporter,
+                                 keep_last=max(settings.backup_folder_keep_last, 0),
+                                 include_others=settings.backup_folder_include_others)
+    return f"Backup written to {made.path or 'the backup folder'}"
+
+
+def _download(task: Task) -> str:
+    settings, archive, reporter = task.settings, task.archive, task.reporter
+    auto = _as_bool(task.args.get("auto"), False)
+    # An automatic run queued twice (two pages, a slow queue) skips the second time.
+    options = jobs.DownloadOptions(include_blobs=settings.include_blobs, check_level=settings.check_level,
+                                   compress=settings.compress,
+                                   if_older_than=settings.interval if auto else None)
+    outcome = jobs.download_to_archive(task.client, archive, options, reporter)
+    done = f"Archived {outcome.entry.file} in {archive.folder}" if outcome.entry else outcome.skipped_reason
+    if settings.offsite_after_download and outcome.entry:
+        try:
+            return f"{done}; {_offsite_push(archive, settings, reporter)}"
+        except StashBackupError as error:  # the local backup stands; the error says so
+            raise type(error)(f"{done}, but the off-site copy failed: {error}") from None
+    return done
+
+
+def _download_then_due_drill(task: Task) -> str:
+    message = _recorded(_download)(task)
+    if _drill_due(task.settings):
+        task.reporter.info(f"a restore drill is due (Restore drill every {task.settings.drill_every})")
+        _drill(task)
+    return message
+
+
+def _offsite(task: Task) -> str:
+    return _offsite_push(task.archive, task.settings, task.reporter)
+
+
+def _verify(task: Task) -> str:
+    summary = jobs.verify_archive(task.archive, task.settings.check_level, task.reporter,
+                                  _read_data_today(task.settings.verify_read_data_parts))
+    if not summary.ok:
+        raise VerificationError(summary.line())  # logged once, by Stash, at error level
+    task.reporter.info(summary.line())
+    return summary.line()
+
+
+def _retention(task: Task) -> str:
+    settings, archive, reporter = task.settings, task.archive, task.reporter
     if settings.policy.is_empty():
         reporter.info("No retention rule is set (Keep last/hourly/daily/weekly/monthly/yearly/within): nothing removed")
     result = jobs.apply_retention(archive, settings.policy, settings.retention_dry_run, reporter)
@@ -294,23 +325,38 @@ def _read_data_today(parts: int):
     return ReadData(date.today().toordinal() % parts + 1, parts)
 
 
-def _status(client: StashClient, own_id: str, settings: Settings, status_file: StatusFile, autorun: bool,
-            reporter: PluginLogReporter, notify) -> dict:
+def _status(task: Task) -> dict:
     """The Backups page's data. Asked with `autorun` by every page view: when automatic
     backups are on and the backup is stale, the one caller that wins the claim in
     status.json queues the backup task (ten open tabs queue one)."""
-    archive = Archive(settings.archive_folder)
+    settings, archive, reporter = task.settings, task.archive, task.reporter
     queued = None
-    if autorun and settings.auto_backup and jobs.claim_auto_backup(archive, status_file, settings.interval):
-        queued = client.queue_plugin_task(own_id, {"mode": "download", "auto": "true"},
-                                          f"Stash Backup: automatic backup (none within {settings.interval})")
+    if (_as_bool(task.args.get("autorun"), False) and settings.auto_backup
+            and jobs.claim_auto_backup(archive, task.status_file, settings.interval)):
+        queued = task.client.queue_plugin_task(task.own_id, {"mode": "download", "auto": "true"},
+                                               f"Stash Backup: automatic backup (none within {settings.interval})")
         reporter.info(f"no verified backup within {settings.interval}: queued an automatic backup (job {queued})")
-    if notify:
-        jobs.check_overdue(archive, status_file, settings.interval, reporter, notify, factor=OVERDUE_NOTICE_FACTOR)
-    view = jobs.overview(archive, status_file, settings.interval)
-    view.update(plugin_id=own_id, modes=list(MODES), auto_backup=settings.auto_backup, auto_queued_job=queued,
+    if task.notify:
+        jobs.check_overdue(archive, task.status_file, settings.interval, reporter, task.notify,
+                           factor=OVERDUE_NOTICE_FACTOR)
+    view = jobs.overview(archive, task.status_file, settings.interval)
+    view.update(plugin_id=task.own_id, modes=list(MODES), auto_backup=settings.auto_backup, auto_queued_job=queued,
                 notifications=len(settings.notify_urls))
     return view
+
+
+# Each mode Stash may ask for, and what runs it: a mode not here runs nothing.
+MODES: dict[str, Callable[[Task], str]] = {  # tasks, run in Stash's job queue
+    "backup": _recorded(_backup),
+    "download": _download_then_due_drill,
+    "verify": _recorded(_verify),
+    "retention": _recorded(_retention),
+    "drill": _drill,
+    "offsite": _recorded(_offsite),
+}
+OPERATIONS: dict[str, Callable[[Task], dict]] = {  # runPluginOperation: answers at once, for the Backups page
+    "status": _status,
+}
 
 
 def main(stdin=None, stdout=None, stderr=None) -> int:

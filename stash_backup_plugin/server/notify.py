@@ -4,24 +4,27 @@ An `http://` or `https://` URL is a plain webhook: we POST the notice as JSON, w
 the standard library. Every other URL (ntfy://, gotify://, tgram://, discord://,
 mailto://, json://, ...) goes through Apprise, an optional extra
 (`pip install 'stash-backup[notify]'`). Notification URLs carry tokens and
-passwords: nothing here logs or returns a URL beyond its scheme and host, and
-Apprise's own log (which names URLs) is silenced while it sends."""
+passwords, and for some services the host part *is* the token (`pover://<user>@<token>`,
+`prowl://<key>`): nothing here logs or returns a URL beyond its scheme and a short
+fingerprint (`describe_url`), and Apprise's own log (which names URLs) is silenced
+while it sends."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import re
 import urllib.error
 import urllib.request
 from typing import Iterator, Sequence
-from urllib.parse import urlsplit
 
 from ..core.reporting import Reporter
 from ..core.status import Notice
 
 WEBHOOK_TIMEOUT = 10
 _SEPARATORS = re.compile(r"[\s,]+")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,31}")
 USER_AGENT = "stash-backup"
 
 
@@ -31,14 +34,18 @@ def parse_urls(text: str) -> list[str]:
 
 
 def describe_url(url: str) -> str:
-    """A URL as it may be shown: scheme and host only, never user, password, path or query."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or "?"
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "(unparsable URL)"
-    return f"{parts.scheme or '?'}://{host}{port}/…"
+    """A URL as it may be shown: its scheme and a fingerprint, the first 8 hex digits of
+    the SHA-256 of the whole URL (`printf %s URL | sha256sum` tells which URL it is).
+    No part of the URL is shown, since any part (user, host, path, query) may be the
+    token. 32 bits of a hash do not give the token back: each fingerprint fits about
+    2^(bits of the token - 32) URLs, and a token's 100+ random bits leave far too many."""
+    scheme, separator, _ = url.partition("://")
+    shown = scheme.lower() if separator and _SCHEME.fullmatch(scheme) else "?"
+    return f"{shown}://… (fingerprint {url_fingerprint(url)})"
+
+
+def url_fingerprint(url: str) -> str:
+    return hashlib.sha256(url.encode("utf-8", "surrogateescape")).hexdigest()[:8]
 
 
 def is_webhook(url: str) -> bool:
@@ -82,12 +89,15 @@ def _send_apprise(url: str, notice: Notice) -> str:
         return ("this URL needs Apprise, which is not installed: pip install 'stash-backup[notify]' "
                 "(or use an http(s):// webhook URL)")
     with _silenced("apprise"):
-        sender = apprise.Apprise()
-        if not sender.add(url):
-            return "Apprise does not understand this URL (see Apprise's list of services)"
-        kind = apprise.NotifyType.FAILURE if notice.kind == "failure" else apprise.NotifyType.WARNING
-        if not sender.notify(title=notice.title, body=notice.body, notify_type=kind):
-            return "the service did not accept the message"
+        try:
+            sender = apprise.Apprise()
+            if not sender.add(url):
+                return "Apprise does not understand this URL (see Apprise's list of services)"
+            kind = apprise.NotifyType.FAILURE if notice.kind == "failure" else apprise.NotifyType.WARNING
+            if not sender.notify(title=notice.title, body=notice.body, notify_type=kind):
+                return "the service did not accept the message"
+        except Exception as error:  # Apprise's own bug: its message may quote the URL, so the type only
+            return f"Apprise failed ({type(error).__name__})"
     return ""
 
 

@@ -126,20 +126,63 @@
   }
 
   // --- the navbar badge -------------------------------------------------------------
+  // The badge's forms, widest first. From 1200 px Stash's navbar is one row of fixed
+  // height: what does not fit falls off its edge. Below, it wraps to a second row, which
+  // covers the page (Stash pads the page by one row). So the badge takes the widest form
+  // that keeps the navbar in one row inside its box, and no room at all when even "!"
+  // would push Stash's own controls (Help, Log out) out: they come first.
+  const BADGE_FORMS = ["full", "compact", "none"];
+
+  function navbarCrowded(element) {
+    const nav = element && element.closest("nav");
+    if (!nav) return false;
+    // The phone menu, once opened, is a row of its own: not a wrap.
+    const rows = Array.from(nav.children)
+      .filter((child) => !child.classList.contains("navbar-collapse") && child.getClientRects().length)
+      .map((child) => child.getBoundingClientRect());
+    const wrapped = rows.length > 1 && Math.max(...rows.map((r) => r.top)) >= Math.min(...rows.map((r) => r.bottom));
+    return wrapped || nav.scrollWidth > nav.clientWidth;
+  }
+
+  // Measured after each render, before the browser paints: one form narrower while the
+  // navbar is crowded. A new width, page (the New button comes and goes) or text starts
+  // again from the widest.
+  function useFittingForm(ref, text) {
+    const [width, setWidth] = React.useState(window.innerWidth);
+    React.useEffect(() => {
+      const resized = () => setWidth(window.innerWidth);
+      window.addEventListener("resize", resized);
+      return () => window.removeEventListener("resize", resized);
+    }, []);
+    const key = [text, width, window.location.pathname].join("|");
+    const [fit, setFit] = React.useState({ key: key, form: 0 });
+    const form = fit.key === key ? fit.form : 0;
+    React.useLayoutEffect(() => {
+      if (form < BADGE_FORMS.length - 1 && navbarCrowded(ref.current)) setFit({ key: key, form: form + 1 });
+    });
+    return BADGE_FORMS[form];
+  }
+
   function StaleBadge() {
     // Every page view asks with autorun: the plugin queues the automatic backup
     // when that setting is on and the backup is stale (once, whatever the tabs).
     const { status } = useStatus(true);
-    if (!status || !status.stale) return null;
+    const ref = React.useRef(null);
+    const stale = !!(status && status.stale);
+    const text = !stale ? "" : status.last_verified ? "Backup " + age(status.last_verified_age_seconds) + " old" : "No backup";
+    const form = useFittingForm(ref, text);
+    if (!stale || form === "none") return null;
     const title = status.last_verified
       ? "The newest verified backup is " + age(status.last_verified_age_seconds) + " old (interval " + status.interval + ")"
       : "There is no verified backup yet";
+    const compact = form === "compact";
     return h(
-      Link,
+      "span",
       // Not "nav-utility": Stash hides those from the phone navbar, and this must show.
-      { to: pagePath, className: "stash-backup-nav", title: title, "data-testid": "stash-backup-badge" },
-      h(Button, { className: "minimal d-flex align-items-center h-100" },
-        h(Badge, { variant: "danger", pill: true }, status.last_verified ? "Backup " + age(status.last_verified_age_seconds) + " old" : "No backup"))
+      { ref: ref, className: "stash-backup-nav" + (compact ? " stash-backup-nav-compact" : "") },
+      h(Link, { to: pagePath, title: title, "aria-label": title, "data-testid": "stash-backup-badge", className: "d-flex" },
+        h(Button, { className: "minimal d-flex align-items-center h-100" },
+          h(Badge, { variant: "danger", pill: true }, compact ? "!" : text)))
     );
   }
 
