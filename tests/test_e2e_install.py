@@ -176,6 +176,7 @@ def test_a_clone_in_the_plugins_folder_is_the_plugin(stash_server_factory, stash
     subprocess.run(shlex.split(fix.split(" (Stash's Python has no pip")[0]), check=True, capture_output=True,
                    timeout=600, env=clean_env())  # the user's fix, from PyPI
     server.reload_plugins()
+    assert [p["id"] for p in server.graphql("{ plugins { id } }")["plugins"]] == ["plugin"]  # none from python-packages
     assert server.run_plugin_task("plugin", "Backup database")["status"] == "FINISHED"
     made = sorted(server.backups.glob("stash-go.sqlite.*"))
     [done] = logged(server, "[Plugin / Stash Backup] Stash backed up its database")
