@@ -41,7 +41,7 @@ def commands(work: Path) -> dict[str, tuple[list[str], float]]:
     config.write_text(f"database: {config.parent / 'stash-go.sqlite'}\nport: 1\n")
     backup = [PY, "-m", "stash_backup_plugin"]
     restore = [PY, "-m", "stash_backup_plugin.offline"]
-    plugins = work / "plugins"
+    plugins = work / "startup-plugins"
     plugins.mkdir()
     subprocess.run(backup + ["install-plugin", "--plugins-dir", str(plugins)], env=ENV, check=True,
                    capture_output=True)

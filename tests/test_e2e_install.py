@@ -168,6 +168,10 @@ def test_a_clone_in_the_plugins_folder_is_the_plugin(stash_server_factory, stash
     server.reload_plugins()
     plugins = server.graphql("{ plugins { id tasks { name } } }")["plugins"]
     assert [(p["id"], [t["name"] for t in p["tasks"]]) for p in plugins] == [("plugin", TASKS)]
+    import requests
+    for kind, path in (("javascript", "backups.js"), ("css", "backups.css")):  # the Backups page, from the package
+        served = requests.get(f"{server.url}/plugin/plugin/{kind}", timeout=30)
+        assert served.status_code == 200 and (clone / "stash_backup_plugin/plugin/ui" / path).read_bytes() in served.content
     seed_content(server)
     assert server.run_plugin_task("plugin", "Backup database")["status"] == "FINISHED"
     [line] = logged(server, "No module named 'gql'")
