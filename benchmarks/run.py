@@ -346,36 +346,9 @@ def _epoch(stamp: str) -> float:
     return moment.timestamp() + float("0." + (fraction or "0"))
 
 
-# --- 6. start-up of the commands -------------------------------------------------------------
+# --- 6. start-up of the commands: benchmarks/startup.py -------------------------------------
 
-STARTUP_BUDGET = 0.1  # seconds over a bare Python start
-
-
-def bench_startup(runs, work: Path) -> list[Comparison]:
-    """Commands that never talk to Stash must not pay for importing the HTTP stack."""
-    archive, config = work / "startup-archive", work / "startup-stash" / "config.yml"
-    archive.mkdir()
-    config.parent.mkdir()
-    config.write_text(f"database: {config.parent / 'stash-go.sqlite'}\nport: 1\n")
-    backup = [PY, "-m", "stash_backup_plugin"]
-    restore = [PY, "-m", "stash_backup_plugin.offline"]
-    commands = {
-        "stash-backup --help": backup + ["--help"],
-        "stash-backup list": backup + ["list", "--dest", str(archive)],
-        "stash-backup verify": backup + ["verify", "--dest", str(archive)],
-        "stash-backup prune": backup + ["prune", "--dest", str(archive), "--keep-last", "1"],
-        "stash-restore --help": restore + ["--help"],
-        "stash-restore --list": restore + ["--list", "--config", str(config)],
-    }
-    results = []
-    for name, command in commands.items():
-        result = compare(f"start-up {name}", "", "python -c pass", lambda: run_measured([PY, "-c", "pass"], env=ENV),
-                         lambda command=command: run_measured(command, env=ENV), runs)
-        extra = result._median(result.ours) - result._median(result.reference)
-        print(f"  {name}: +{extra:.3f} s over a bare Python start "
-              f"[target <= +{STARTUP_BUDGET} s: {'met' if extra <= STARTUP_BUDGET else 'MISSED'}]", flush=True)
-        results.append(result)
-    return results
+from benchmarks.startup import bench_startup  # noqa: E402
 
 
 # --- driver -----------------------------------------------------------------------------------------------

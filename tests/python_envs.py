@@ -66,6 +66,17 @@ def build_wheel(out: Path) -> Path:
     return wheel
 
 
+def copy_of_checkout(target: Path) -> Path:
+    """This checkout's tracked files laid out as a `git clone` of it would be, with
+    their working-tree content: what a user who clones the repository has."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        if (REPO / name).is_file():  # not a file deleted and not yet committed
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, target / name)
+    return target
+
+
 def wheel_venv(folder: Path, python: str, wheel: Path) -> Path:
     """The wheel installed (not editable) into a clean venv with its dependencies from
     PyPI; returns the venv's bin folder (stash-backup, stash-restore)."""

@@ -2,12 +2,13 @@
 Python that has only the standard library and requests (Stash's official Docker
 image) with no package index in reach, on each CPython from our floor up; and the
 plugin-manager route through Stash's own package API, uninstall included."""
+import shlex
 import subprocess
 import time
 
 import pytest
 
-from tests.python_envs import SUPPORTED, clean_env
+from tests.python_envs import SUPPORTED, clean_env, copy_of_checkout
 from tests.stash_server.build import NEW_VERSION
 from tests.stash_server.server import seed_content
 
@@ -144,3 +145,45 @@ def test_https_pins_the_certificate_named_by_ssl_cert_path(stash_server_factory,
     assert server.run_plugin_task(PLUGIN, "Download backup to archive")["status"] == "FINISHED"
     assert not plugin_errors(server)
     assert manifest(server)[0]["verified_ok"]
+
+
+def logged(server, text: str, timeout: float = 5) -> list:
+    """Stash's log lines holding `text`; it may log a plugin's answer after it ends the job."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [line for line in server.log_text().splitlines() if text in line]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def test_a_clone_in_the_plugins_folder_is_the_plugin(stash_server_factory, stash_version, python_envs):
+    """The repository as a user clones it into Stash's plugins folder, on a Python with
+    only requests: Stash loads plugin.yml (the ID is its name, "plugin") and no other
+    file as a plugin; the first Backup answers the one-line fix, which puts gql into the
+    clone's python-packages; then the task backs up. Stash then loads no .yml from
+    python-packages either."""
+    server = stash_server_factory(stash_version, install_plugin=False)
+    clone = copy_of_checkout(server.plugins / "stash-backup")
+    server.reload_plugins()
+    plugins = server.graphql("{ plugins { id tasks { name } } }")["plugins"]
+    assert [(p["id"], [t["name"] for t in p["tasks"]]) for p in plugins] == [("plugin", TASKS)]
+    import requests
+    for kind, path in (("javascript", "backups.js"), ("css", "backups.css")):  # the Backups page, from the package
+        served = requests.get(f"{server.url}/plugin/plugin/{kind}", timeout=30)
+        assert served.status_code == 200 and (clone / "stash_backup_plugin/plugin/ui" / path).read_bytes() in served.content
+    seed_content(server)
+    assert server.run_plugin_task("plugin", "Backup database")["status"] == "FINISHED"
+    [line] = logged(server, "No module named 'gql'")
+    assert "ERRO" in line and f'--target "{clone / "python-packages"}" "gql[requests]>=3.5"' in line
+    fix = line.split("Fix, inside Stash's container: " if "container" in line else "Fix: ")[1]
+    subprocess.run(shlex.split(fix.split(" (Stash's Python has no pip")[0]), check=True, capture_output=True,
+                   timeout=600, env=clean_env())  # the user's fix, from PyPI
+    server.reload_plugins()
+    assert [p["id"] for p in server.graphql("{ plugins { id } }")["plugins"]] == ["plugin"]  # none from python-packages
+    assert server.run_plugin_task("plugin", "Backup database")["status"] == "FINISHED"
+    made = sorted(server.backups.glob("stash-go.sqlite.*"))
+    [done] = logged(server, "[Plugin / Stash Backup] Stash backed up its database")
+    assert len(made) == 1 and str(made[0]) in done
+    assert not plugin_errors(server)
+    assert not logged(server, "Error loading plugin", timeout=0)

@@ -18,6 +18,7 @@ from stash_backup_plugin import PLUGIN_ARCHIVE
 from stash_backup_plugin import __version__
 from stash_backup_plugin.cli.install import (NOT_IMPORTED, _requirements, archive_files, build_package,
                                              distribution_closure, install_plugin, manifest_text, runtime_sources)
+from stash_backup_plugin.cli import install
 from stash_backup_plugin.core.errors import MissingDependency, UsageError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,12 +51,44 @@ def test_install_writes_the_manifest_and_the_archive_and_no_folder(tmp_path):
     assert set(manifest) <= MANIFEST_KEYS
     assert manifest["exec"] == ["python", "{pluginDir}/" + PLUGIN_ARCHIVE]
     assert manifest["ui"]["javascript"] == ["backups.js"] and manifest["ui"]["css"] == ["backups.css"]
+    # Derived from plugin.yml: only the paths differ (the clone's layout there, the installed one here).
+    source = yaml.safe_load((REPO / "plugin.yml").read_text())
+    assert {k: v for k, v in manifest.items() if k not in ("exec", "ui")} == {
+        k: v for k, v in source.items() if k not in ("exec", "ui")}
 
 
-def test_the_manifest_is_package_data_under_a_name_stash_never_loads():
-    """A .yml inside an installed package folder would be loaded by Stash as a plugin."""
-    assert not list((REPO / "stash_backup_plugin").rglob("*.yml")) and not (REPO / "plugin.yml").exists()
-    assert yaml.safe_load(manifest_text())["version"] == __version__
+def test_plugin_yml_at_the_top_is_the_only_manifest_and_the_only_yml_stash_would_load():
+    """A clone in Stash's plugins folder is the plugin: Stash loads every *.yml under that
+    folder (recursively, strictly parsed) as a plugin, so the repository holds no other;
+    a .yml inside an installed package folder would be loaded too."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    assert [name for name in tracked if name.endswith((".yml", ".yaml"))] == ["plugin.yml"]
+    assert not [name for name in tracked if name.endswith(".yml.in")]  # no second copy: the wheel's is built
+    source = yaml.safe_load((REPO / "plugin.yml").read_text())
+    assert source["version"] == __version__ and yaml.safe_load(manifest_text())["version"] == __version__
+    assert source["exec"] == ["python", "{pluginDir}/plugin.py"] and (REPO / "plugin.py").is_file()
+    assert all((REPO / path).is_file() for path in source["ui"]["javascript"] + source["ui"]["css"])
+
+
+def test_the_wheel_carries_plugin_yml_under_a_name_stash_never_loads(python_envs):
+    """install-plugin and package from a pip-installed wheel read it there."""
+    with zipfile.ZipFile(python_envs.wheel()) as wheel:
+        names = wheel.namelist()
+        assert wheel.read("stash_backup_plugin/plugin/manifest.yml.in") == (REPO / "plugin.yml").read_bytes()
+    assert not [name for name in names if name.endswith((".yml", ".yaml"))]
+
+
+def test_a_manifest_whose_paths_moved_is_one_clear_error(tmp_path, monkeypatch):
+    """The installed layout is derived by replacing each path plugin.yml names; one it
+    no longer names must stop the install, not leave a manifest pointing at nothing."""
+    moved = tmp_path / "plugin.yml"
+    moved.write_text((REPO / "plugin.yml").read_text().replace("{pluginDir}/plugin.py", "{pluginDir}/main.py"))
+    monkeypatch.setattr(install, "CHECKOUT_MANIFEST", moved)
+    with pytest.raises(MissingDependency, match="names {pluginDir}/plugin.py 0 times"):
+        manifest_text()
+    with pytest.raises(MissingDependency):
+        install_plugin(tmp_path)
+    assert not (tmp_path / "stash-backup").exists()
 
 
 def test_the_archive_holds_our_modules_and_gql_but_not_requests_nor_compiled_code(tmp_path):

@@ -14,7 +14,7 @@ from stash_backup_plugin import PLUGIN_ARCHIVE
 from stash_backup_plugin.cli.install import install_plugin
 from stash_backup_plugin.plugin.task import fix_command
 
-from .python_envs import clean_env
+from .python_envs import clean_env, copy_of_checkout
 
 PAYLOAD = json.dumps({"server_connection": {}, "args": {"mode": "no-such-mode"}})
 REACHED_THE_PLUGIN = "unknown task mode 'no-such-mode'"  # run.py answered: every import worked
@@ -95,3 +95,22 @@ def test_where_gql_comes_from(python_envs, tmp_path, which):
                 "python-packages": str(plugin_dir / "python-packages" / "gql")}[which]
     assert expected in gql_file
     assert "site-packages" in requests_file
+
+
+def test_a_clone_of_the_repository_runs_the_plugin_and_names_python_packages_in_its_fix(python_envs, tmp_path):
+    """plugin.yml runs plugin.py at the clone's top: with the runner's Python (it has
+    gql) the task reaches the plugin; with only requests there is no bundle to fall
+    back on, and the one error line's fix installs gql into the clone's python-packages."""
+    clone = copy_of_checkout(tmp_path / "stash-backup")
+
+    def run(python):
+        result = subprocess.run([python, str(clone / "plugin.py")], input=PAYLOAD, capture_output=True, text=True,
+                                env=clean_env(PIP_NO_INDEX="1"), timeout=120, cwd=tmp_path)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        return json.loads(result.stdout)["error"]
+
+    assert REACHED_THE_PLUGIN in run(sys.executable)
+    requests_only = python_envs.requests_only()
+    error = run(requests_only)
+    assert "the gql in Stash's Python" in error and "No module named 'gql'" in error
+    assert f'install --target "{clone / "python-packages"}" "gql[requests]>=3.5"' in error

@@ -178,3 +178,46 @@ def test_backup_folder_keep_last_counts_and_removes_only_ours():
     # the backup just made is never removed, even when the clock put it in the past
     assert "stash-go.sqlite.85.20261101_030000.zip" not in plan_backup_folder(
         names, ours, 1, "stash-go.sqlite", protected=["stash-go.sqlite.85.20261101_030000.zip"])
+
+
+# --- the keep rules, declared once (core/keep_rules.py) ------------------------------
+
+def test_the_policy_has_one_field_per_keep_rule_in_the_tables_order():
+    from dataclasses import fields
+    from stash_backup_plugin.core.keep_rules import KEEP_RULES
+    assert [f.name for f in fields(Policy)] == [rule.name for rule in KEEP_RULES]
+
+
+def test_plugin_yml_declares_each_keep_rule_as_the_table_does():
+    """The manifest is the one file Stash reads: it cannot import the table, so this
+    test holds it to it (and prints the block to paste when they differ)."""
+    from pathlib import Path
+    import yaml
+    from stash_backup_plugin.core.keep_rules import KEEP_RULES
+    settings = yaml.safe_load((Path(__file__).resolve().parent.parent / "plugin.yml").read_text())["settings"]
+    expected = {rule.setting: {"displayName": rule.display_name, "description": rule.description,
+                               "type": rule.setting_type} for rule in KEEP_RULES}
+    declared = {name: value for name, value in settings.items() if name.startswith("keep")}
+    assert declared == expected, "plugin.yml's keep settings should read:\n" + yaml.safe_dump(
+        expected, sort_keys=False, width=1000)
+
+
+@pytest.mark.parametrize("command", ["prune", "schedule", "offsite push", "offsite prune"])
+def test_every_command_that_prunes_takes_the_tables_keep_options(command):
+    from stash_backup_plugin.cli import commands
+    from stash_backup_plugin.core.keep_rules import KEEP_RULES
+    from tests.test_docs import ALL_COMMANDS, _options
+    assert {o for o in _options(ALL_COMMANDS[command]) if o.startswith("--keep-")} == {r.option for r in KEEP_RULES}
+    extra = ["install"] if command == "schedule" else []
+    args = commands._parser().parse_args([*command.split(), *extra, "--keep-last", "2", "--keep-weekly", "-1",
+                                          "--keep-within", "1m2w"])
+    assert commands._policy(args) == Policy(last=2, weekly=-1, within=Duration(months=1, days=14))
+
+
+def test_the_scheduled_prune_gets_the_same_policy_back():
+    from stash_backup_plugin.cli import commands
+    given = commands._parser().parse_args(["schedule", "install", "--keep-daily", "7", "--keep-yearly", "-1",
+                                           "--keep-within", "2w1d"])
+    keep = commands._keep_arguments(commands._policy(given))
+    assert keep == ["--keep-daily=7", "--keep-yearly=-1", "--keep-within=15d"]
+    assert commands._policy(commands._parser().parse_args(["prune", *keep])) == commands._policy(given)

@@ -111,9 +111,7 @@ def _parser() -> argparse.ArgumentParser:
 
     prune = commands.add_parser("prune", help="apply a retention policy to the archive")
     archive_option(prune)
-    for rule in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
-        prune.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N", help=f"keep {rule} (-1 = unlimited)")
-    prune.add_argument("--keep-within", metavar="DURATION", help="keep all newer than the newest minus DURATION")
+    _keep_options(prune, "")
     prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     prune.add_argument("--json", action="store_true")
     notify_option(prune)
@@ -138,9 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     schedule.add_argument("--no-enable", action="store_true", help="write the systemd units, do not enable them")
     archive_option(schedule)
     notify_option(schedule)
-    for rule in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
-        schedule.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N", help=f"prune after each backup: keep {rule}")
-    schedule.add_argument("--keep-within", metavar="DURATION", help="prune after each backup: keep within")
+    _keep_options(schedule, "prune after each backup: ")
     schedule.add_argument("--offsite", action="store_true",
                           help="after each backup, copy the archive off-site (offsite push to --remote); a failed "
                                "copy fails the run")
@@ -169,10 +165,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _keep_options(command, what: str) -> None:
-    for rule in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
-        command.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N", help=f"{what}: keep {rule} (-1 = unlimited)")
-    command.add_argument("--keep-within", metavar="DURATION", help=f"{what}: keep all newer than the newest minus DURATION")
+def _keep_options(command, where: str) -> None:
+    """--keep-last N … --keep-within DURATION, from the one table of keep rules."""
+    from ..core.keep_rules import KEEP_RULES
+    for rule in KEEP_RULES:
+        text = where + rule.description[:1].lower() + rule.description[1:].rstrip(".")
+        if rule.is_count:
+            command.add_argument(rule.option, type=int, default=0, metavar="N", help=text)
+        else:
+            command.add_argument(rule.option, metavar="DURATION", help=text)
 
 
 def _remote_options(command) -> None:
@@ -194,7 +195,7 @@ def _offsite_parser(commands, archive_option, check_option, notify_option) -> No
 
     push = action("push", help="copy the backups the remote lacks (then, with --keep-*, prune the remote)")
     archive_option(push)
-    _keep_options(push, "then on the remote")
+    _keep_options(push, "then on the remote: ")
     push.add_argument("--json", action="store_true")
     notify_option(push)
     verify = action("verify", help="check every backup the remote lists (sizes, hashes where the backend has them)")
@@ -207,7 +208,7 @@ def _offsite_parser(commands, archive_option, check_option, notify_option) -> No
     listing.add_argument("--json", action="store_true")
     prune = action("prune", help="apply keep rules on the remote and collect what no kept backup needs")
     archive_option(prune)
-    _keep_options(prune, "on the remote")
+    _keep_options(prune, "on the remote: ")
     prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     pull = action("pull", help="bring one backup from the remote into a local archive, verified")
     pull.add_argument("name", metavar="NAME", help="the backup's name (see offsite list)")
@@ -355,10 +356,7 @@ def cmd_verify(args, report) -> int:
 
 def cmd_prune(args, report) -> int:
     from .. import jobs
-    from ..core.retention import Policy, parse_duration
-    policy = Policy(last=args.keep_last, hourly=args.keep_hourly, daily=args.keep_daily, weekly=args.keep_weekly,
-                    monthly=args.keep_monthly, yearly=args.keep_yearly,
-                    within=parse_duration(args.keep_within) if args.keep_within else None)
+    policy = _policy(args)
     if policy.is_empty():
         report.warning("no --keep-* rule given: nothing will be removed")
     archive = _archive(args)
@@ -390,10 +388,17 @@ def cmd_migrate(args, report) -> int:
 
 
 def _policy(args):
-    from ..core.retention import Policy, parse_duration
-    return Policy(last=args.keep_last, hourly=args.keep_hourly, daily=args.keep_daily, weekly=args.keep_weekly,
-                  monthly=args.keep_monthly, yearly=args.keep_yearly,
-                  within=parse_duration(args.keep_within) if args.keep_within else None)
+    """The --keep-* options (_keep_options) as a policy."""
+    from ..core.keep_rules import COUNT_RULES
+    from ..core.retention import Policy
+    return Policy.of({rule.name: getattr(args, f"keep_{rule.name}") for rule in COUNT_RULES}, args.keep_within)
+
+
+def _keep_arguments(policy) -> list[str]:
+    """The --keep-* options that give `policy` again (the scheduled prune's)."""
+    from ..core.keep_rules import COUNT_RULES, WITHIN_RULE
+    keep = [f"{rule.option}={getattr(policy, rule.name)}" for rule in COUNT_RULES if getattr(policy, rule.name)]
+    return keep + ([f"{WITHIN_RULE.option}={policy.within}"] if policy.within else [])
 
 
 def cmd_offsite(args, report) -> int:
@@ -513,15 +518,11 @@ def cmd_schedule(args, report) -> int:
 
 
 def _schedule_plan(args, via, unit_dir, env_file):
-    from ..core.retention import Policy, parse_duration
+    from ..core.retention import parse_duration
     from . import schedule
     every = parse_duration(args.every)
     hour, minute = schedule.parse_at(args.at)
-    keep = [f"--keep-{rule}={count}" for rule, count in
-            Policy(last=args.keep_last, hourly=args.keep_hourly, daily=args.keep_daily, weekly=args.keep_weekly,
-                   monthly=args.keep_monthly, yearly=args.keep_yearly).counts() if count]
-    if args.keep_within:
-        keep.append(f"--keep-within={parse_duration(args.keep_within)}")
+    keep = _keep_arguments(_policy(args))
     env = {"STASH_URL": args.url, "STASH_API_KEY": args.api_key or "",
            "STASH_BACKUP_ARCHIVE": str(Path(args.dest).expanduser().resolve()),
            "STASH_BACKUP_NOTIFY": " ".join(args.notify)}

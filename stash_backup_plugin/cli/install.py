@@ -36,11 +36,18 @@ from ..core.errors import MissingDependency, UsageError
 
 PACKAGE = "stash_backup_plugin"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
-# Package data, not a .yml: inside an installed package folder Stash would load a .yml
-# as a plugin. It is the only manifest; the installer names it `<id>.yml`.
-MANIFEST_TEMPLATE = PACKAGE_DIR / "plugin" / "manifest.yml.in"
-# The Backups page: files beside the manifest, as its `ui:` block names them.
+# The manifest is plugin.yml at the repository's top level, where a clone in Stash's
+# plugins folder is a working plugin. A wheel carries it as package data under a name
+# Stash never loads (setup.py's build step copies it there): a .yml inside an
+# installed package folder would be loaded as a plugin. The installer names it `<id>.yml`.
+CHECKOUT_MANIFEST = PACKAGE_DIR.parent / "plugin.yml"
+PACKAGED_MANIFEST = PACKAGE_DIR / "plugin" / "manifest.yml.in"
+# What plugin.yml names by its path in a clone, and what the installed plugin folder
+# (files only, no subfolder) holds instead: the archive for plugin.py, the Backups
+# page's script and style (served by Stash from the plugin folder) by their names.
 UI_ASSETS = (PACKAGE_DIR / "plugin" / "ui" / "backups.js", PACKAGE_DIR / "plugin" / "ui" / "backups.css")
+INSTALLED_PATHS = {"{pluginDir}/plugin.py": "{pluginDir}/" + PLUGIN_ARCHIVE,
+                   **{asset.relative_to(PACKAGE_DIR.parent).as_posix(): asset.name for asset in UI_ASSETS}}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # What the plugin runs: the package's layers below the plugin (import-linter holds
 # them to that), never the CLI. The restore drill runs the offline restore's engine
@@ -79,8 +86,24 @@ def check_plugin_id(plugin_id: str) -> str:
 
 # --- what the plugin is made of ------------------------------------------------------
 
+def source_manifest() -> bytes:
+    """plugin.yml: the wheel's copy, else the checkout's (a checkout has no copy)."""
+    for path in (PACKAGED_MANIFEST, CHECKOUT_MANIFEST):
+        if path.is_file():
+            return path.read_bytes()
+    raise MissingDependency(f"the plugin manifest is missing (neither {PACKAGED_MANIFEST} nor {CHECKOUT_MANIFEST}): "
+                            "reinstall stash-backup (pip install --force-reinstall stash-backup)")
+
+
 def manifest_text() -> bytes:
-    return MANIFEST_TEMPLATE.read_bytes()
+    """The installed plugin's manifest: plugin.yml with the installed layout's paths."""
+    text = source_manifest().decode()
+    for clone_path, installed in INSTALLED_PATHS.items():
+        if text.count(clone_path) != 1:
+            raise MissingDependency(f"the plugin manifest names {clone_path} {text.count(clone_path)} times, not once: "
+                                    "reinstall stash-backup (pip install --force-reinstall stash-backup)")
+        text = text.replace(clone_path, installed)
+    return text.encode()
 
 
 def runtime_sources() -> list[str]:

@@ -18,9 +18,10 @@ import calendar
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable, Hashable, Iterable, Optional, Sequence
+from typing import Callable, Hashable, Iterable, Mapping, Optional, Sequence
 
 from .errors import UsageError
+from .keep_rules import COUNT_RULES
 
 UNLIMITED = -1
 _DURATION = re.compile(r"(\d+)([ymwdh])")
@@ -84,9 +85,16 @@ class Policy:
             if count < UNLIMITED:
                 raise UsageError(f"keep-{name} is {count}: use a count of 0 or more, or -1 for unlimited")
 
+    @classmethod
+    def of(cls, counts: Mapping[str, int], within: Optional[str] = None) -> "Policy":
+        """From each count rule's count by name (missing: 0) and the within rule's text
+        (empty or None: no rule): how the CLI's options and the plugin's settings become
+        a policy."""
+        return cls(**{rule.name: counts.get(rule.name, 0) for rule in COUNT_RULES},
+                   within=parse_duration(within) if within else None)
+
     def counts(self) -> list[tuple[str, int]]:
-        return [("last", self.last), ("hourly", self.hourly), ("daily", self.daily),
-                ("weekly", self.weekly), ("monthly", self.monthly), ("yearly", self.yearly)]
+        return [(rule.name, getattr(self, rule.name)) for rule in COUNT_RULES]
 
     def is_empty(self) -> bool:
         return all(count == 0 for _, count in self.counts()) and self.within is None

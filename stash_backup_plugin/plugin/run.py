@@ -19,6 +19,7 @@ from ..core.errors import ConfigError, StashBackupError, UsageError, Verificatio
 from ..server.graphql_client import StashClient
 from ..server.notify import parse_urls, send as send_notice
 from .protocol import PluginLogReporter, encode_output, read_input
+from ..core.keep_rules import COUNT_RULES, WITHIN_RULE
 from ..core.retention import Duration, Policy, parse_duration
 from ..core.sqlite_check import FULL, QUICK
 from ..core.status import Notice, StatusFile
@@ -75,16 +76,8 @@ def _as_count(name: str, value) -> int:
 def settings_from(values: dict, config_dir: Path) -> Settings:
     """Settings with defaults for what the user never set (Stash omits unset ones)."""
     folder = values.get(ARCHIVE_FOLDER_SETTING) or ""
-    within = (values.get("keepWithin") or "").strip()
-    policy = Policy(
-        last=_as_count("keepLast", values.get("keepLast")),
-        hourly=_as_count("keepHourly", values.get("keepHourly")),
-        daily=_as_count("keepDaily", values.get("keepDaily")),
-        weekly=_as_count("keepWeekly", values.get("keepWeekly")),
-        monthly=_as_count("keepMonthly", values.get("keepMonthly")),
-        yearly=_as_count("keepYearly", values.get("keepYearly")),
-        within=parse_duration(within) if within else None,
-    )
+    policy = Policy.of({rule.name: _as_count(rule.setting, values.get(rule.setting)) for rule in COUNT_RULES},
+                       (values.get(WITHIN_RULE.setting) or "").strip())
     return Settings(
         archive_folder=Path(folder).expanduser() if folder else config_dir / DEFAULT_FOLDER_NAME,
         include_blobs=_as_bool(values.get("includeBlobs"), True),

@@ -1,5 +1,6 @@
 """The entry Stash runs for every task: `python {pluginDir}/stash_backup_plugin.pyz`
-runs this through the archive's __main__.py.
+runs this through the archive's __main__.py; in a clone of the repository (plugin.yml
+at its top), `python {pluginDir}/plugin.py` runs it from the package folder beside it.
 
 Standard library only: whatever Stash's Python lacks ends in one error line with the
 exact fix for that environment, never in a traceback. It decides where imports come
@@ -9,7 +10,8 @@ from, in this order:
 2. `<plugin>/python-packages`, when someone ran the fix printed here (pip --target):
    inside the plugin folder it survives re-creating a container;
 3. the archive's bundle (gql and its pure-Python dependencies, taken by the installer
-   from its own Python), only when neither the above nor Stash's Python has gql. It
+   from its own Python), only when neither the above nor Stash's Python has gql (a
+   clone has no bundle: there the fix names python-packages). It
    then goes before site-packages: gql runs with the very dependencies it was
    installed with, never half with a system copy of another version (gql pins
    graphql-core tightly). A gql that Stash's Python has is never shadowed;
@@ -42,7 +44,7 @@ def arrange_path(root, plugin_dir):
     local = os.path.join(plugin_dir, LOCAL_PACKAGES)
     front = [root] + ([local] if os.path.isdir(local) else [])
     sys.path[:] = front + rest
-    if importlib.util.find_spec("gql") is not None:
+    if importlib.util.find_spec("gql") is not None or os.path.isdir(root):  # a clone: no bundle
         return None
     bundle = os.path.join(root, BUNDLE_FOLDER)
     sys.path.insert(len(front), bundle)
@@ -125,9 +127,10 @@ def environment(plugin_dir):
 
 
 def main():
-    # .../<plugin>/stash_backup_plugin.pyz/stash_backup_plugin/plugin/task.py
+    # .../<plugin>/stash_backup_plugin.pyz/stash_backup_plugin/plugin/task.py, or in a
+    # clone .../<plugin>/stash_backup_plugin/plugin/task.py: the clone is the plugin folder
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    plugin_dir = os.path.dirname(root)
+    plugin_dir = root if os.path.isdir(root) else os.path.dirname(root)
     bundle = arrange_path(root, plugin_dir)
     problem = import_problem()
     if problem:
