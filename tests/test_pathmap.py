@@ -1,11 +1,13 @@
 """stash-restore --map-path: the pure rewrite (a table of cases), the preview the dry
 run shows, the SQL on Stash's own folders/files tables, and the restore around it."""
+import signal
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from stash_backup_plugin.core.errors import RestoreRefused, UsageError
+from stash_backup_plugin.core.faults import CRASH_ENV
 from stash_backup_plugin.core.sqlite_check import check_database
 from stash_backup_plugin.offline.pathmap import (SHOWN_UNCOVERED, map_library_setting, map_path, outside_library,
                                                  parse_mappings, preview)
@@ -198,3 +200,17 @@ def test_map_path_is_refused_beside_undo(moved_install):
     install, _, _ = moved_install
     result = run_restore("--undo", "--config", str(install.config), "--yes", "--map-path", "/a=/b")
     assert result.returncode != 0 and "not with --undo" in result.stderr
+
+
+@pytest.mark.parametrize("step", ["paths-parked", "paths-mapped"])
+def test_a_kill_during_the_rewrite_leaves_the_database_as_it_was_and_a_rerun_finishes(moved_install, step):
+    install, backup, library = moved_install
+    before = install.database.read_bytes()
+    args = [str(backup), "--config", str(install.config), "--yes", "--map-path", f"/media/a={library}"]
+    crashed = run_restore(*args, env={CRASH_ENV: step})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert install.database.read_bytes() == before  # the rewrite only ever touched the temp copy
+    rerun = run_restore(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert str(library / "x") in folder_paths(install.database)
+    assert not [p for p in install.root.rglob("*stash-backup-tmp*")]

@@ -11,6 +11,7 @@ from typing import Iterator
 
 from ..core.atomic import fsync_file
 from ..core.errors import RestoreRefused, VerificationError
+from ..core.faults import crash_point
 from ..core.sqlite_check import SIDE_SUFFIXES, open_unchanged
 from .pathmap import PathMapping, Preview, basename, mapping_for, preview
 
@@ -68,6 +69,7 @@ def _rewrite(connection: sqlite3.Connection, mappings: list[PathMapping]) -> int
     basename_park = ", basename = char(0) || id" if has_basename else ""
     basename_move = ", basename = ?" if has_basename else ""
     connection.executemany(PARK.format(basename=basename_park), [(move[-1],) for move in moves])
+    crash_point("paths-parked")  # a kill here leaves the temp copy with a hot journal: both are temp files
     connection.executemany(MOVE.format(basename=basename_move), moves)
     return len(moves)
 

@@ -519,6 +519,7 @@ def _map_paths(staged: Path, options: RestoreOptions, report: Reporter) -> None:
     from .pathmap_db import rewrite_database
     moved = rewrite_database(staged, options.path_mappings)
     check_database(staged, QUICK, blob_references=False)
+    swap.crash_point("paths-mapped")
     report.info(f"rewrote the paths of {moved} folder(s) in the restored database; it passes quick_check")
 
 
