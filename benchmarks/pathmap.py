@@ -5,16 +5,24 @@ hand-written SQL users post for a move (one UPDATE ... LIKE, then quick_check, i
 sqlite3); and the dry run's preview. Seconds (median of alternating runs, spread) and
 our peak RSS.
 
-    python benchmarks/pathmap.py [--files 200000] [--runs 3]
+With --scan-videos N: the first scan of a real Stash v0.31.1 after its library of N
+small real videos moved (renamed: modification times kept; copied: new ones),
+restored with --map-path against restored without it (Stash then re-links by its
+own folder-move detection or by fingerprint).
+
+    python benchmarks/pathmap.py [--files 200000] [--runs 3] [--scan-videos 200]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,7 +42,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=200_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--scan-videos", type=int, default=0, help="also time Stash's first scan after a move")
     args = parser.parse_args()
+    if args.scan_videos:
+        scan_after_move(args.scan_videos)
     pristine = library.files_library(args.files)
     with sqlite3.connect(f"file:{pristine}?mode=ro", uri=True) as db:
         folders, files = (db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("folders", "files"))
@@ -67,6 +78,83 @@ def main() -> int:
                                       f"{OLD}={NEW}"], env=env),
                 args.runs)
     return 0
+
+
+# --- Stash's first scan after the move ------------------------------------------------------
+
+def videos(count: int) -> Path:
+    """`count` small real videos (3 s, 320x240), each its own picture, cached."""
+    folder = library.CACHE / f"pathmap-videos-{count}"
+    if (folder / ".complete").exists():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for index in range(count):
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=duration=3:size=320x240:rate=25",
+                        "-vf", f"drawbox=x={index % 300}:y={index // 300 % 230}:w=10:h=10:color=red:t=fill",
+                        "-pix_fmt", "yuv420p", str(folder / f"video {index:05d}.mp4")], check=True)
+    (folder / ".complete").write_text("ok")
+    return folder
+
+
+def scan_after_move(count: int) -> None:
+    from tests.stash_server.build import NEW_VERSION, build
+    from tests.stash_server.server import StashServer
+    binary = build(NEW_VERSION)
+    source = videos(count)
+    with tempfile.TemporaryDirectory(prefix="bench-pathmap-scan-") as work:
+        root = Path(work)
+        for how in ("renamed", "copied"):
+            old, new = root / how / "media" / "a", root / how / "data" / "library"
+            for index, video in enumerate(sorted(source.glob("*.mp4"))):  # ten folders
+                (old / f"part {index % 10}").mkdir(parents=True, exist_ok=True)
+                shutil.copy2(video, old / f"part {index % 10}" / video.name)
+            server = _stash(StashServer, binary, root / how / "stash", old)
+            _scan(server, old)
+            backup = _backup(server, root / how / "archive")
+            server.stop()
+            new.parent.mkdir(parents=True)
+            if how == "renamed":
+                old.rename(new)
+            else:
+                shutil.copytree(old, new, copy_function=shutil.copy)
+                shutil.rmtree(old)
+            for mapped in (True, False):
+                fresh = _stash(StashServer, binary, root / how / f"stash-{mapped}", new)
+                fresh.stop()
+                mapping = ["--map-path", f"{old}={new}"] if mapped else []
+                subprocess.run([sys.executable, "-m", "stash_backup_plugin.offline", str(backup), "--config",
+                                str(fresh.config_path), "--yes", *mapping], check=True, capture_output=True,
+                               env=dict(os.environ, PYTHONPATH=str(REPO)))
+                fresh.start()
+                seconds = _scan(fresh, new)
+                found = fresh.graphql("{ findScenes(filter: {per_page: -1}) { count scenes { id } } }")["findScenes"]
+                print(f"first scan after the move ({how}, {count} videos) {'with' if mapped else 'without'} "
+                      f"--map-path: {seconds:6.2f} s; {found['count']} scenes, ids 1..{count} kept: "
+                      f"{sorted(int(s['id']) for s in found['scenes']) == list(range(1, count + 1))}", flush=True)
+                fresh.stop()
+
+
+def _stash(server_class, binary: Path, root: Path, library_folder: Path):
+    server = server_class(binary, root, "bench", extra_config={"stash": [
+        {"path": str(library_folder), "excludevideo": False, "excludeimage": False}]})
+    return server.start()
+
+
+def _scan(server, folder: Path) -> float:
+    started = time.monotonic()
+    job = server.graphql("mutation($p: [String!]) { metadataScan(input: {paths: $p}) }", {"p": [str(folder)]})
+    finished = server.wait_for_job(job["metadataScan"], timeout=3600, what="scan")
+    if finished["status"] != "FINISHED":
+        raise RuntimeError(f"scan {finished['status']}: {server.log_tail()}")
+    return time.monotonic() - started
+
+
+def _backup(server, archive: Path) -> Path:
+    result = subprocess.run([sys.executable, "-m", "stash_backup_plugin", "download", "--url", server.url, "--dest",
+                             str(archive), "--json"], check=True, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    return archive / json.loads(result.stdout)["file"]
 
 
 if __name__ == "__main__":

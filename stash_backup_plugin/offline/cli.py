@@ -5,6 +5,7 @@
     stash-restore --undo --yes
     stash-restore --list
     stash-restore --salvage broken.sqlite --output recovered.sqlite
+    stash-restore stash-go.sqlite.85.20261126_180102.zip --map-path 'D:\\Media=/data/media' --dry-run
 
 Standard library and PyYAML only.
 """
@@ -30,7 +31,7 @@ if TYPE_CHECKING:  # annotations only: the config reader is imported by the mode
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stash-restore", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:8]))
+                                     epilog="\n".join(__doc__.splitlines()[2:9]))
     parser.add_argument("backup", nargs="?", help="backup file, or its name in the backup folder or archive")
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument("--undo", action="store_true", help="put back the database the last restore moved aside")
