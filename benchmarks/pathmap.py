@@ -83,15 +83,17 @@ def main() -> int:
 # --- Stash's first scan after the move ------------------------------------------------------
 
 def videos(count: int) -> Path:
-    """`count` small real videos (3 s, 320x240), each its own picture, cached."""
-    folder = library.CACHE / f"pathmap-videos-{count}"
+    """`count` small real videos (3 s, 320x240), each its own picture (a box of its own
+    colour and place: Stash's oshash reads a file's first and last 64 KiB), cached."""
+    folder = library.CACHE / f"pathmap-videos-v2-{count}"
     if (folder / ".complete").exists():
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     for index in range(count):
         subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=duration=3:size=320x240:rate=25",
-                        "-vf", f"drawbox=x={index % 300}:y={index // 300 % 230}:w=10:h=10:color=red:t=fill",
+                        "-vf", f"drawbox=x={index * 7 % 290}:y={index * 13 % 210}:w=30:h=30:"
+                        f"color=0x{index * 2654435761 % 0xFFFFFF:06x}:t=fill",
                         "-pix_fmt", "yuv420p", str(folder / f"video {index:05d}.mp4")], check=True)
     (folder / ".complete").write_text("ok")
     return folder
@@ -111,6 +113,7 @@ def scan_after_move(count: int) -> None:
                 shutil.copy2(video, old / f"part {index % 10}" / video.name)
             server = _stash(StashServer, binary, root / how / "stash", old)
             _scan(server, old)
+            before = _scene_ids(server)
             backup = _backup(server, root / how / "archive")
             server.stop()
             new.parent.mkdir(parents=True)
@@ -128,10 +131,10 @@ def scan_after_move(count: int) -> None:
                                env=dict(os.environ, PYTHONPATH=str(REPO)))
                 fresh.start()
                 seconds = _scan(fresh, new)
-                found = fresh.graphql("{ findScenes(filter: {per_page: -1}) { count scenes { id } } }")["findScenes"]
+                after = _scene_ids(fresh)
                 print(f"first scan after the move ({how}, {count} videos) {'with' if mapped else 'without'} "
-                      f"--map-path: {seconds:6.2f} s; {found['count']} scenes, ids 1..{count} kept: "
-                      f"{sorted(int(s['id']) for s in found['scenes']) == list(range(1, count + 1))}", flush=True)
+                      f"--map-path: {seconds:6.2f} s; {len(after)} scenes (before {len(before)}), "
+                      f"the same ids: {after == before}", flush=True)
                 fresh.stop()
 
 
@@ -139,6 +142,11 @@ def _stash(server_class, binary: Path, root: Path, library_folder: Path):
     server = server_class(binary, root, "bench", extra_config={"stash": [
         {"path": str(library_folder), "excludevideo": False, "excludeimage": False}]})
     return server.start()
+
+
+def _scene_ids(server) -> list[int]:
+    found = server.graphql("{ findScenes(filter: {per_page: -1}) { scenes { id } } }")["findScenes"]["scenes"]
+    return sorted(int(scene["id"]) for scene in found)
 
 
 def _scan(server, folder: Path) -> float:

@@ -43,6 +43,14 @@ def scan(server, folder: Path) -> float:
     return time.monotonic() - started
 
 
+def clean(server) -> None:
+    """Stash's Clean task (not a dry run): it deletes the files it cannot find, and the
+    scenes left without a file."""
+    job = server.graphql("mutation { metadataClean(input: {dryRun: false}) }")
+    finished = server.wait_for_job(job["metadataClean"], timeout=300, what="clean")
+    assert finished["status"] == "FINISHED", (finished, server.log_tail())
+
+
 def scenes(server) -> dict:
     """scene id -> what must survive the move (paths relative to the library)."""
     found = server.graphql(SCENES)["findScenes"]["scenes"]
@@ -116,6 +124,8 @@ def test_a_moved_library_keeps_its_scenes_after_restore_with_map_path(stash_serv
         folders = [row[0] for row in connection.execute("SELECT path FROM folders")]
     assert folders and all(f == str(new_library) or f.startswith(f"{new_library}/") for f in folders), folders
     mapped.start()
+    clean(mapped)  # a Clean before the first scan finds every file where the database says
+    assert scenes(mapped) == before
     log_start = len(mapped.log_text())
     mapped_seconds = scan(mapped, new_library)
     log = scan_log(mapped, log_start)
@@ -131,7 +141,14 @@ def test_a_moved_library_keeps_its_scenes_after_restore_with_map_path(stash_serv
     unmapped_seconds = scan(unmapped, new_library)
     log = scan_log(unmapped, log_start)
     after_unmapped = scenes(unmapped)
+
+    cleaned = fresh_stash(stash_server_factory, stash_version, "stash-unmapped-cleaned", new_library)
+    assert run_restore(str(backup), "--config", str(cleaned.config_path), "--yes").returncode == 0
+    cleaned.start()
+    clean(cleaned)
+    left_after_clean = len(scenes(cleaned))
     print(f"\n[{stash_version}, {how}] first scan after the move: {mapped_seconds:.2f} s with --map-path, "
           f"{unmapped_seconds:.2f} s without; without it: {len(after_unmapped)} scene(s), same as before: "
           f"{after_unmapped == before}; folder moves detected {log.count('moved to')}, files fingerprinted "
-          f"{log.count('Calculating fingerprints')}, new scenes {log.count('Creating new scene')}")
+          f"{log.count('Calculating fingerprints')}, new scenes {log.count('Creating new scene')}; a Clean before "
+          f"the first scan leaves {left_after_clean} of {len(before)} scene(s) without the mapping")
