@@ -22,7 +22,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,7 +100,7 @@ def videos(count: int) -> Path:
 
 def scan_after_move(count: int) -> None:
     from tests.stash_server.build import NEW_VERSION, build
-    from tests.stash_server.server import StashServer
+    from tests.stash_server.server import StashServer, move_library
     binary = build(NEW_VERSION)
     source = videos(count)
     with tempfile.TemporaryDirectory(prefix="bench-pathmap-scan-") as work:
@@ -112,16 +111,11 @@ def scan_after_move(count: int) -> None:
                 (old / f"part {index % 10}").mkdir(parents=True, exist_ok=True)
                 shutil.copy2(video, old / f"part {index % 10}" / video.name)
             server = _stash(StashServer, binary, root / how / "stash", old)
-            _scan(server, old)
+            server.scan(old)
             before = _scene_ids(server)
             backup = _backup(server, root / how / "archive")
             server.stop()
-            new.parent.mkdir(parents=True)
-            if how == "renamed":
-                old.rename(new)
-            else:
-                shutil.copytree(old, new, copy_function=shutil.copy)
-                shutil.rmtree(old)
+            move_library(old, new, how)
             for mapped in (True, False):
                 fresh = _stash(StashServer, binary, root / how / f"stash-{mapped}", new)
                 fresh.stop()
@@ -130,7 +124,7 @@ def scan_after_move(count: int) -> None:
                                 str(fresh.config_path), "--yes", *mapping], check=True, capture_output=True,
                                env=dict(os.environ, PYTHONPATH=str(REPO)))
                 fresh.start()
-                seconds = _scan(fresh, new)
+                seconds = fresh.scan(new)
                 after = _scene_ids(fresh)
                 print(f"first scan after the move ({how}, {count} videos) {'with' if mapped else 'without'} "
                       f"--map-path: {seconds:6.2f} s; {len(after)} scenes (before {len(before)}), "
@@ -147,15 +141,6 @@ def _stash(server_class, binary: Path, root: Path, library_folder: Path):
 def _scene_ids(server) -> list[int]:
     found = server.graphql("{ findScenes(filter: {per_page: -1}) { scenes { id } } }")["findScenes"]["scenes"]
     return sorted(int(scene["id"]) for scene in found)
-
-
-def _scan(server, folder: Path) -> float:
-    started = time.monotonic()
-    job = server.graphql("mutation($p: [String!]) { metadataScan(input: {paths: $p}) }", {"p": [str(folder)]})
-    finished = server.wait_for_job(job["metadataScan"], timeout=3600, what="scan")
-    if finished["status"] != "FINISHED":
-        raise RuntimeError(f"scan {finished['status']}: {server.log_tail()}")
-    return time.monotonic() - started
 
 
 def _backup(server, archive: Path) -> Path:

@@ -7,10 +7,11 @@ import json
 import shutil
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.stash_server.server import move_library
 
 from .conftest import run_cli, run_restore
 
@@ -32,15 +33,6 @@ def make_videos(folder: Path) -> None:
 
 def library_setting(folder: Path) -> list:
     return [{"path": str(folder), "excludevideo": False, "excludeimage": False}]
-
-
-def scan(server, folder: Path) -> float:
-    """Stash's own scan of `folder`; seconds it took."""
-    started = time.monotonic()
-    job = server.graphql("mutation($p: [String!]) { metadataScan(input: {paths: $p}) }", {"p": [str(folder)]})
-    finished = server.wait_for_job(job["metadataScan"], timeout=300, what="scan")
-    assert finished["status"] == "FINISHED", (finished, server.log_tail())
-    return time.monotonic() - started
 
 
 def clean(server) -> None:
@@ -72,17 +64,6 @@ def fresh_stash(factory, version, name, library):
     return server
 
 
-def move(old: Path, new: Path, how: str) -> None:
-    """"renamed" keeps the files' modification times (mv, rsync -a, cp -a); "copied"
-    gives them new ones (a plain cp, many NAS and Windows copies)."""
-    new.parent.mkdir(parents=True)
-    if how == "renamed":
-        old.rename(new)
-    else:
-        shutil.copytree(old, new, copy_function=shutil.copy)
-        shutil.rmtree(old)
-
-
 def scan_log(server, since: int) -> str:
     return server.log_text()[since:]
 
@@ -93,7 +74,7 @@ def test_a_moved_library_keeps_its_scenes_after_restore_with_map_path(stash_serv
     old_library, new_library = tmp_path / "media" / "a", tmp_path / "data" / "library"
     make_videos(old_library)
     server = stash_server_factory(stash_version, install_plugin=False, stash=library_setting(old_library))
-    scan(server, old_library)
+    server.scan(old_library)
     first = scenes(server)
     assert len(first) == len(VIDEOS)
     watched = sorted(first)[0]
@@ -109,7 +90,7 @@ def test_a_moved_library_keeps_its_scenes_after_restore_with_map_path(stash_serv
     backup = tmp_path / "archive" / json.loads(result.stdout)["file"]
     server.stop()
 
-    move(old_library, new_library, how)
+    move_library(old_library, new_library, how)
     shutil.rmtree(tmp_path / "media")
 
     mapped = fresh_stash(stash_server_factory, stash_version, "stash-mapped", new_library)
@@ -127,7 +108,7 @@ def test_a_moved_library_keeps_its_scenes_after_restore_with_map_path(stash_serv
     clean(mapped)  # a Clean before the first scan finds every file where the database says
     assert scenes(mapped) == before
     log_start = len(mapped.log_text())
-    mapped_seconds = scan(mapped, new_library)
+    mapped_seconds = mapped.scan(new_library)
     log = scan_log(mapped, log_start)
     assert "moved to" not in log and "Creating new" not in log, log  # the paths were right: nothing to re-link
     assert scenes(mapped) == before  # same ids, same files and fingerprints, play history, o-counter, tags
@@ -138,7 +119,7 @@ def test_a_moved_library_keeps_its_scenes_after_restore_with_map_path(stash_serv
     assert restored.returncode == 0, restored.stderr
     unmapped.start()
     log_start = len(unmapped.log_text())
-    unmapped_seconds = scan(unmapped, new_library)
+    unmapped_seconds = unmapped.scan(new_library)
     log = scan_log(unmapped, log_start)
     after_unmapped = scenes(unmapped)
 
