@@ -68,6 +68,29 @@ def library(database_bytes: int, blob_count: int) -> Library:
     return Library(root, root / "stash-go.sqlite", root / "blobs")
 
 
+def files_library(files: int, per_folder: int = 25) -> Path:
+    """A cached Stash v0.31 database holding `files` video files, `per_folder` to a
+    folder, in a tree under /data/media/videos (studio/year/title), each folder with
+    its parent's id as Stash's scan records them: the rows --map-path rewrites."""
+    path = CACHE / f"files-{files}-{per_folder}.sqlite"
+    if path.exists():
+        return path
+    partial = path.with_suffix(".partial")
+    shutil.copyfile(empty_stash_database(), partial)
+    rng = random.Random(files)
+    with _open(partial) as db:
+        filler = _Filler(db, rng, CACHE / "unused-blobs")
+        for made in range(0, files, per_folder):
+            folder = filler.folder_tree(f"/data/media/videos/studio-{made // 2000}/{2010 + made // 100 % 17}/"
+                                        f"{filler.words(2, 5).title()} {made}")
+            for index in range(min(per_folder, files - made)):
+                filler._file(folder, f"{filler.words(2, 6).title()} {index} [1080p].mp4", rng.randint(100 << 20, 4 << 30))
+            if made % 20000 == 0:
+                db.commit()
+    partial.replace(path)
+    return path
+
+
 def working_copy(pristine: Library, where: Path) -> Library:
     """A copy to change night after night; blob files are hard links (never modified,
     only added and removed, as Stash does)."""
@@ -180,6 +203,15 @@ class _Filler:
             return row[0]
         return self.db.execute("INSERT INTO folders (basename, path, mod_time, created_at, updated_at) "
                                "VALUES (?, ?, ?, ?, ?)", (os.path.basename(path), path, NOW, NOW, NOW)).lastrowid
+
+    def folder_tree(self, path: str) -> int:
+        """A folder and its missing ancestors up to /data/media, each with its parent's id."""
+        row = self.db.execute("SELECT id FROM folders WHERE path = ?", (path,)).fetchone()
+        if row:
+            return row[0]
+        parent = None if path == "/data/media" else self.folder_tree(os.path.dirname(path))
+        return self.db.execute("INSERT INTO folders (basename, path, parent_folder_id, mod_time, created_at, updated_at) "
+                               "VALUES (?, ?, ?, ?, ?, ?)", (os.path.basename(path), path, parent, NOW, NOW, NOW)).lastrowid
 
     def _file(self, folder: int, basename: str, size: int) -> int:
         file_id = self.db.execute("INSERT INTO files (basename, parent_folder_id, size, mod_time, created_at, updated_at) "

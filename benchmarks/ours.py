@@ -5,6 +5,8 @@
     python -m benchmarks.ours pack BLOBS_DIR DATABASE OUT_ZIP
     python -m benchmarks.ours unpack ZIP BLOBS_DIR
     python -m benchmarks.ours store DATABASE BLOBS_DIR ARCHIVE NAME
+    python -m benchmarks.ours pathmap DATABASE OLD=NEW...
+    python -m benchmarks.ours pathmap-preview DATABASE OLD=NEW...
 """
 from __future__ import annotations
 
@@ -65,7 +67,24 @@ def store(database: str, blobs_dir: str, archive: str, name: str) -> None:
         stored.store_backup(held.store, new, stored.FolderSource([Path(blobs_dir)]), Reporter())
 
 
-COMMANDS = {"fetch": fetch, "verify": verify, "pack": pack, "unpack": unpack, "store": store}
+def pathmap(database: str, *mappings: str) -> None:
+    """What stash-restore --map-path does to the staged copy: the rewrite, then quick_check."""
+    from stash_backup_plugin.core.sqlite_check import check_database
+    from stash_backup_plugin.offline.pathmap import parse_mappings
+    from stash_backup_plugin.offline.pathmap_db import rewrite_database
+    rewrite_database(Path(database), parse_mappings(mappings))
+    check_database(Path(database), "quick", blob_references=False)
+
+
+def pathmap_preview(database: str, *mappings: str) -> None:
+    """The dry run's part of --map-path: counts per mapping and the uncovered folders."""
+    from stash_backup_plugin.offline.pathmap import parse_mappings
+    from stash_backup_plugin.offline.pathmap_db import preview_database
+    preview_database(Path(database), parse_mappings(mappings))
+
+
+COMMANDS = {"fetch": fetch, "verify": verify, "pack": pack, "unpack": unpack, "store": store, "pathmap": pathmap,
+            "pathmap-preview": pathmap_preview}
 
 if __name__ == "__main__":
     COMMANDS[sys.argv[1]](*sys.argv[2:])

@@ -67,3 +67,63 @@ def names_in(database: Path) -> list[str]:
         return [row[0] for row in connection.execute("SELECT name FROM performers ORDER BY name")]
     finally:
         connection.close()
+
+
+# Stash v0.31.1's own folders and files tables (schema 85), as its migrations make them.
+LIBRARY_TABLES = """
+CREATE TABLE IF NOT EXISTS "folders" (
+  `id` integer not null primary key autoincrement,
+  `basename` varchar(255) NOT NULL,
+  `path` varchar(255) NOT NULL,
+  `parent_folder_id` integer,
+  `zip_file_id` integer REFERENCES `files`(`id`),
+  `mod_time` datetime not null,
+  `created_at` datetime not null,
+  `updated_at` datetime not null,
+  foreign key(`parent_folder_id`) references `folders`(`id`) on delete SET NULL
+);
+CREATE UNIQUE INDEX `index_folders_on_path_unique` on `folders` (`path`);
+CREATE UNIQUE INDEX `index_folders_on_parent_folder_id_basename_unique` on `folders` (`parent_folder_id`, `basename`);
+CREATE TABLE `files` (
+  `id` integer not null primary key autoincrement,
+  `basename` varchar(255) NOT NULL,
+  `zip_file_id` integer,
+  `parent_folder_id` integer not null,
+  `size` integer NOT NULL,
+  `mod_time` datetime not null,
+  `created_at` datetime not null,
+  `updated_at` datetime not null,
+  foreign key(`parent_folder_id`) references `folders`(`id`),
+  foreign key(`zip_file_id`) references `files`(`id`),
+  CHECK (`basename` != '')
+);
+CREATE UNIQUE INDEX `index_files_on_parent_folder_id_basename_unique` on `files` (`parent_folder_id`, `basename`);
+"""
+
+
+def add_library(database: Path, folders: dict[str, int], separator: str = "/") -> None:
+    """Folders (path -> number of files in it) as Stash's scan records them: each with
+    its parent folder's id (a folder whose parent is not listed is a library root)."""
+    connection = sqlite3.connect(database)
+    connection.executescript(LIBRARY_TABLES)
+    ids: dict[str, int] = {}
+    now = "2026-11-26T03:00:00Z"
+    for path in sorted(folders):
+        parent, _, name = path.rpartition(separator)
+        ids[path] = connection.execute(
+            "INSERT INTO folders (basename, path, parent_folder_id, mod_time, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)", (name, path, ids.get(parent), now, now, now)).lastrowid
+        connection.executemany(
+            "INSERT INTO files (basename, parent_folder_id, size, mod_time, created_at, updated_at) "
+            "VALUES (?, ?, 1, ?, ?, ?)", [(f"video {n}.mp4", ids[path], now, now, now) for n in range(folders[path])])
+    connection.commit()
+    connection.close()
+
+
+def folder_paths(database: Path) -> dict[str, str]:
+    """path -> basename of every folder."""
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        return dict(connection.execute("SELECT path, basename FROM folders ORDER BY path"))
+    finally:
+        connection.close()

@@ -5,6 +5,7 @@
     stash-restore --undo --yes
     stash-restore --list
     stash-restore --salvage broken.sqlite --output recovered.sqlite
+    stash-restore stash-go.sqlite.85.20261126_180102.zip --map-path 'D:\\Media=/data/media' --dry-run
 
 Standard library and PyYAML only.
 """
@@ -30,7 +31,7 @@ if TYPE_CHECKING:  # annotations only: the config reader is imported by the mode
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stash-restore", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:8]))
+                                     epilog="\n".join(__doc__.splitlines()[2:9]))
     parser.add_argument("backup", nargs="?", help="backup file, or its name in the backup folder or archive")
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument("--undo", action="store_true", help="put back the database the last restore moved aside")
@@ -53,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--check", choices=CHECK_LEVELS, default=QUICK,
                         help="SQLite check of the backup: quick (default), full or none")
     parser.add_argument("--json", action="store_true", help="with --list: JSON output")
+    parser.add_argument("--map-path", action="append", default=[], metavar="OLD=NEW",
+                        help="the library moved: rewrite folder paths under OLD to NEW in the restored database "
+                             "(repeatable; the longest OLD wins; Windows and POSIX paths both work)")
     return parser
 
 
@@ -198,13 +202,17 @@ def cmd_salvage(args, report) -> int:
 
 
 def _run(args, report) -> int:
+    from .pathmap import parse_mappings
+    if args.map_path and (args.undo or args.list or args.salvage):
+        raise UsageError("--map-path goes with a BACKUP to restore, not with --undo, --list or --salvage")
+    mappings = parse_mappings(args.map_path)  # a malformed one stops before anything is read
     if args.salvage:
         return cmd_salvage(args, report)
     target = _target(args, report)
     if args.list:
         return cmd_list(args, target)
     from . import restore as engine
-    options = engine.RestoreOptions(dry_run=args.dry_run, assume_yes=args.yes,
+    options = engine.RestoreOptions(path_mappings=mappings, dry_run=args.dry_run, assume_yes=args.yes,
                                     allow_newer_schema=args.allow_newer_schema, stash_stopped=args.stash_stopped,
                                     check_level=args.check, allow_anonymised=args.allow_anonymised,
                                     confirm=_confirm_on_terminal if sys.stdin.isatty() else None)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..core.reporting import human_size
+from .pathmap import Preview, outside_library
 from .stash_config import DATABASE
 
 SPACE_MARGIN = 1.05  # filesystems need a little room beyond the bytes themselves
@@ -34,6 +35,7 @@ class RestoreFacts:
     free_blobs_disk: Optional[int] = None
     same_disk: bool = False
     allow_newer_schema: bool = False
+    path_mapping: Optional[Preview] = None  # --map-path: what it rewrites (pathmap.preview)
 
 
 @dataclass
@@ -45,11 +47,33 @@ class Plan:
 
 def build_plan(facts: RestoreFacts) -> Plan:
     plan = Plan()
-    plan.refusal = _schema_refusal(facts) or _blobs_refusal(facts) or space_refusal(facts)
+    plan.refusal = _schema_refusal(facts) or _blobs_refusal(facts) or space_refusal(facts) \
+        or (facts.path_mapping.refusal if facts.path_mapping else None)
     _schema_notes(facts, plan)
     _blob_notes(facts, plan)
     _steps(facts, plan)
+    if facts.path_mapping:
+        _mapping_plan(facts.path_mapping, plan)
     return plan
+
+
+def _mapping_plan(preview: Preview, plan: Plan) -> None:
+    """The rewrite is a step of its own, right after the temp copy is written and
+    checked (so before anything is swapped); what it covers, and what not, are notes."""
+    exists = {True: "exists here", False: "does NOT exist here", None: "another OS's path: not checked"}
+    lines = [f"\n       {c.mapping.old} -> {c.mapping.new}: {c.folders} folder(s), {c.files} file(s) "
+             f"({c.mapping.new} {exists[c.new_exists]})" for c in sorted(preview.counts, key=lambda c: c.mapping.old)]
+    plan.steps.insert(1, "in that temp copy, rewrite the library paths in one transaction, then quick_check it "
+                         "again:" + "".join(lines))
+    if preview.uncovered_folders:
+        more = preview.uncovered_trees - len(preview.uncovered_shown)
+        plan.notes.append(f"{preview.uncovered_folders} folder(s) with {preview.uncovered_files} file(s) are under no "
+                          f"--map-path and keep their paths: {', '.join(preview.uncovered_shown)}"
+                          + (f" and {more} more folder tree(s)" if more > 0 else ""))
+    missing = outside_library([c.mapping for c in preview.counts], preview.library_roots or [])
+    if preview.library_roots is not None and missing:
+        plan.notes.append(f"config.yml's library folders (stash:) do not hold {', '.join(missing)}: add them in "
+                          "Settings > Library before scanning, or Stash will not look there")
 
 
 def _schema_refusal(facts: RestoreFacts) -> Optional[str]:

@@ -50,6 +50,7 @@ class RestoreOptions:
     confirm: Optional[Callable[[str], bool]] = None
     allow_anonymised: bool = False  # restore Stash's anonymised database in place of the real one
     archive_held: bool = False  # the caller holds the archive's lock already (the restore drill)
+    path_mappings: list = field(default_factory=list)  # --map-path, parsed (pathmap.PathMapping), longest first
 
 
 @dataclass
@@ -449,6 +450,7 @@ def _restore(backup: Path, target: Target, options: RestoreOptions, report: Repo
         else:
             staged = stage_and_verify(backup, inspection, target, options.check_level, report.phase(0.0, 0.6))
         facts, to_write = gather_facts(backup, inspection, target, options, aside)
+        facts.path_mapping = _preview_mapping(backup, inspection, staged, target, options)
         plan = build_plan(facts)
         result = RestoreResult(plan)
         _show_plan(plan, report)
@@ -459,6 +461,7 @@ def _restore(backup: Path, target: Target, options: RestoreOptions, report: Repo
             return result
         _confirm(options, "Restore now?")
         ensure_stash_stopped(target, options)  # the user may have taken a while to answer
+        _map_paths(staged, options, report)
         result.blobs_written = _extract_blobs(backup, inspection, to_write, target, aside,
                                               report.phase(0.6, 0.9))
         result.blobs_kept = facts.blobs_already_present
@@ -473,6 +476,51 @@ def _restore(backup: Path, target: Target, options: RestoreOptions, report: Repo
     report.info(f"restored {backup.name}: {state}"
                 + (" (stash-restore --undo puts it back)" if "" in facts.current_files else ""))
     return result
+
+
+def _preview_mapping(backup: Path, inspection: _Inspection, staged: Optional[Path], target: Target,
+                     options: RestoreOptions):
+    """--map-path's preview for the plan: from the staged copy, or in a dry run from
+    the backup's database (a zip's or stored backup's read out into a scratch folder)."""
+    if not options.path_mappings:
+        return None
+    from .pathmap import POSIX, WINDOWS, library_roots
+    from .pathmap_db import preview_database
+    with _readable_database(backup, inspection, staged) as database:
+        preview = preview_database(database, options.path_mappings)
+    here = WINDOWS if os.name == "nt" else POSIX
+    for count in preview.counts:
+        count.new_exists = Path(count.mapping.new).is_dir() if count.mapping.new_style == here else None
+    preview.library_roots = library_roots(target.config.get("stash")) if target.config else None
+    return preview
+
+
+@contextlib.contextmanager
+def _readable_database(backup: Path, inspection: _Inspection, staged: Optional[Path]) -> Iterator[Path]:
+    if staged is not None or inspection.kind == "sqlite":
+        yield staged or backup
+        return
+    with scratch_folder(backup.parent if inspection.kind == "zip" else inspection.store.folder) as work:
+        database = work / "database.sqlite"
+        with open(database, "wb") as out:
+            if inspection.kind == "stored":
+                inspection.store.read_snapshot(inspection.header, out)
+            else:
+                with zipfile.ZipFile(backup) as archive:
+                    fullbackup.copy_member(archive, inspection.database_member, out)
+        yield database
+
+
+def _map_paths(staged: Path, options: RestoreOptions, report: Reporter) -> None:
+    """Rewrite the library paths in the verified temp copy, before the swap (so --undo
+    and an interrupted run's roll back cover it), then check the copy again."""
+    if not options.path_mappings:
+        return
+    from .pathmap_db import rewrite_database
+    moved = rewrite_database(staged, options.path_mappings)
+    check_database(staged, QUICK, blob_references=False)
+    swap.crash_point("paths-mapped")
+    report.info(f"rewrote the paths of {moved} folder(s) in the restored database; it passes quick_check")
 
 
 def _show_plan(plan: Plan, report: Reporter) -> None:

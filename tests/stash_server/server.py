@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -285,11 +286,33 @@ class StashServer:
             time.sleep(0.2)
         raise StashServerError(f"{what} did not finish within {timeout} s")
 
+    def scan(self, folder: Path, timeout: float = 3600) -> float:
+        """Stash's own scan of `folder` (metadataScan, waited for); the seconds it took."""
+        started = time.monotonic()
+        job_id = self.graphql("mutation($p: [String!]) { metadataScan(input: {paths: $p}) }",
+                              {"p": [str(folder)]})["metadataScan"]
+        job = self.wait_for_job(job_id, timeout, "scan")
+        if job["status"] != "FINISHED":
+            raise StashServerError(f"scan of {folder} ended {job['status']}: {job.get('error')}\n{self.log_tail()}")
+        return time.monotonic() - started
+
     def logs(self) -> list[dict]:
         return self.graphql("{ logs { time level message } }")["logs"]
 
 
 # --- sample content ---------------------------------------------------------------
+
+def move_library(old: Path, new: Path, how: str) -> None:
+    """Move a library folder as users do: "renamed" keeps the files' modification times
+    (mv, rsync -a, cp -a); "copied" gives them new ones (a plain cp, many NAS and
+    Windows copies)."""
+    new.parent.mkdir(parents=True, exist_ok=True)
+    if how == "renamed":
+        old.rename(new)
+    else:
+        shutil.copytree(old, new, copy_function=shutil.copy)
+        shutil.rmtree(old)
+
 
 def png_bytes(seed: int, size: int = 16) -> bytes:
     """A small valid PNG whose pixels depend on `seed`, so every image is unique."""
