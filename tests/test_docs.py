@@ -4,7 +4,6 @@
 stays an onboarding page whose links resolve."""
 import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 
