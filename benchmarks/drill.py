@@ -114,7 +114,7 @@ def _backup_sizes(archive: Path, name: str) -> dict:
     """The backup restored (database + blobs), and as the archive keeps it (its
     compressed snapshot + its blobs, which later backups share)."""
     from stash_backup_plugin.core.store import Store
-    from stash_backup_plugin.drill import needed_space
+    from stash_backup_plugin.jobs.drill import needed_space
     header = Store(archive).header(name)
     return {"restored": header.snapshot.size + header.blob_bytes,
             "archived": header.snapshot.stored_size + header.blob_bytes,

@@ -207,7 +207,7 @@ class Recorder:
 def test_retention_keeps_a_days_good_backup_and_leaves_the_failed_one_apart(tmp_path):
     """Issue 8, item 1: with keep-daily 7, a failed backup at 20:00 must not stand in
     for the good one of 03:00 the same day."""
-    from stash_backup_plugin import jobs
+    from stash_backup_plugin.jobs.retention import apply_retention
     from stash_backup_plugin.core.retention import Policy
     archive = Archive(tmp_path)
     stamps = [("a.1.20261124_090000", "2026-11-24T09:00:00", True), ("a.1.20261123_200000", "2026-11-23T20:00:00", False),
@@ -216,7 +216,7 @@ def test_retention_keeps_a_days_good_backup_and_leaves_the_failed_one_apart(tmp_
         for name, created, ok in stamps:
             archive.add(staged(archive), entry(name, created, ok))
     report = Recorder()
-    decisions = jobs.apply_retention(archive, Policy(daily=7), dry_run=False, report=report).decisions
+    decisions = apply_retention(archive, Policy(daily=7), dry_run=False, report=report).decisions
     assert sorted(e.file for e in archive.entries()) == sorted(name for name, _, _ in stamps)
     assert all((tmp_path / name).exists() for name, _, _ in stamps)
     assert [d.item.file for d in decisions if d.failed] == ["a.1.20261123_200000"]

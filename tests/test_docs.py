@@ -88,3 +88,12 @@ def test_the_readme_is_an_onboarding_page_whose_links_resolve():
             assert (folder / target).exists(), f"a link to {target} that does not exist"
     for command in ("./scripts/demo", "./scripts/test"):
         assert command in README
+
+
+# Other tests ask which options a command takes (tests/test_retention.py).
+ALL_COMMANDS = {name[len("stash-backup "):]: parser for name, parser in COMMANDS.items()
+                if name.startswith("stash-backup ")}
+
+
+def _options(parser) -> set:
+    return {o for action in parser._actions for o in action.option_strings if o.startswith("--") and o != "--help"}

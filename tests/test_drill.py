@@ -20,9 +20,9 @@ from stash_backup_plugin.core.errors import RestoreRefused, UsageError
 from stash_backup_plugin.core.reporting import Reporter
 from stash_backup_plugin.core.sqlite_check import QUICK, image_samples, library_counts
 from stash_backup_plugin.core.stored import import_backup_file
-from stash_backup_plugin.drill import (check_drill_every, compare_counts, drill, drill_due, needed_space,
+from stash_backup_plugin.jobs.drill import (check_drill_every, compare_counts, drill, drill_due, needed_space,
                                        stop_abandoned_stashes)
-from stash_backup_plugin import drill as drill_module
+from stash_backup_plugin.jobs import drill as drill_module
 
 from .conftest import REPO, run_cli
 from .stashlike import make_database
@@ -76,7 +76,7 @@ def test_a_stored_backup_records_the_librarys_counts(tmp_path):
 
 def test_the_drill_and_the_restore_engine_import_without_pyyaml():
     """The plugin runs the drill on a Python with only `requests`."""
-    code = ("import sys; sys.modules['yaml'] = None; import stash_backup_plugin.drill, "
+    code = ("import sys; sys.modules['yaml'] = None; import stash_backup_plugin.jobs.drill, "
             "stash_backup_plugin.plugin.run; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                             env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60, stdin=subprocess.DEVNULL)

@@ -219,7 +219,7 @@ def no_process_left(drill_process, dest):
 
 
 WITHOUT_PDEATHSIG = """import sys
-from stash_backup_plugin import drill
+from stash_backup_plugin.jobs import drill
 drill.dies_with_us = lambda: (lambda: None)  # as where PR_SET_PDEATHSIG does not exist
 from stash_backup_plugin.cli.commands import main
 sys.exit(main())
@@ -397,7 +397,7 @@ mount --bind "{passwd}" /etc/passwd && exec "$@"
 """
 
 FOLLOWS_NO_CERTIFICATE = """import sys
-from stash_backup_plugin import drill
+from stash_backup_plugin.jobs import drill
 drill._tls_settings = lambda: {}  # a client that speaks http whatever Stash serves
 from stash_backup_plugin.cli.commands import main
 sys.exit(main())

@@ -2,7 +2,7 @@
 (a local server plays Stash: a real one cannot be made to expire a link on demand)."""
 import pytest
 
-from stash_backup_plugin import jobs
+from stash_backup_plugin.jobs.download import DownloadOptions, download_to_archive
 from stash_backup_plugin.core.archive import Archive
 from stash_backup_plugin.server.connection import Connection
 from stash_backup_plugin.core.errors import DownloadError, UsageError
@@ -39,7 +39,7 @@ def test_expired_link_leads_to_a_fresh_backup(tmp_path, backup_bytes):
         gets = []
         server.script = lambda n, h: gets.append(h.path) or (server.status(h, 404) if len(gets) == 1 else None)
         with StashClient(Connection(server.url, api_key="k")) as client:
-            outcome = jobs.download_to_archive(client, Archive(tmp_path / "a"), jobs.DownloadOptions(), Reporter())
+            outcome = download_to_archive(client, Archive(tmp_path / "a"), DownloadOptions(), Reporter())
         assert outcome.entry.file == "stash-go.sqlite.75.20260101_000001"
         assert [r["headers"].get("ApiKey") for r in server.requests] == ["k"] * len(server.requests)
         assert all(r["path"].startswith(("/graphql", "/downloads/")) for r in server.requests)
@@ -51,7 +51,7 @@ def test_gives_up_after_bounded_fresh_backups(tmp_path, backup_bytes):
         server.script = lambda n, h: server.status(h, 404)
         with StashClient(Connection(server.url)) as client:
             with pytest.raises(DownloadError, match="gave up after 3 fresh backups"):
-                jobs.download_to_archive(client, Archive(tmp_path / "a"), jobs.DownloadOptions(), Reporter())
+                download_to_archive(client, Archive(tmp_path / "a"), DownloadOptions(), Reporter())
     assert [p.name for p in (tmp_path / "a").iterdir() if not p.name.startswith(".stash-backup.lock")] == []
 
 
@@ -60,6 +60,6 @@ def test_a_link_that_is_not_a_backup_name_is_refused(tmp_path, backup_bytes):
         fake_stash(server, ["evil.sh"])
         with StashClient(Connection(server.url)) as client:
             with pytest.raises(UsageError, match=r"^'evil.sh' is not a Stash backup name"):
-                jobs.download_to_archive(client, Archive(tmp_path / "a"), jobs.DownloadOptions(), Reporter())
+                download_to_archive(client, Archive(tmp_path / "a"), DownloadOptions(), Reporter())
         assert not [r for r in server.requests if r["path"].startswith("/downloads/")]  # never fetched
     assert [p.name for p in (tmp_path / "a").iterdir() if not p.name.startswith(".stash-backup.lock")] == []

@@ -29,10 +29,10 @@ MANIFEST_KEYS = {"name", "description", "version", "url", "ui", "exec", "interfa
 
 def test_the_plugin_takes_its_layers_and_leaves_out_the_cli_and_the_restore_command():
     sources = set(runtime_sources())
-    assert {"plugin/task.py", "plugin/run.py", "jobs.py", "server/download.py", "core/verify.py"} <= sources
+    assert {"plugin/task.py", "plugin/run.py", "jobs/download.py", "server/download.py", "core/verify.py"} <= sources
     assert not {s for s in sources if s.startswith("cli/")}
     # The restore drill runs the offline restore's engine; its command line and salvage stay out.
-    assert {"drill.py", "offline/restore.py", "offline/swap.py", "offline/plan.py", "offline/liveness.py"} <= sources
+    assert {"jobs/drill.py", "jobs/offsite.py", "offline/restore.py", "offline/swap.py", "offline/plan.py", "offline/liveness.py"} <= sources
     assert not {"offline/cli.py", "offline/__main__.py", "offline/salvage.py"} & sources
 
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 import pytest
 
-from stash_backup_plugin import jobs
+from stash_backup_plugin.jobs.download import DownloadOptions, FRESH_BACKUP_ATTEMPTS, download_to_archive
 from stash_backup_plugin.core.archive import Archive
 from stash_backup_plugin.core.atomic import temp_path_in
 from stash_backup_plugin.core.errors import DownloadError, LinkExpiredError
@@ -67,7 +67,7 @@ class LocalStash:
 
 def test_a_database_only_install_gets_the_plain_database_verified_into_the_archive(tmp_path):
     stash = LocalStash(tmp_path / "stash")
-    outcome = jobs.download_to_archive(stash, Archive(tmp_path / "archive"), jobs.DownloadOptions(), Reporter())
+    outcome = download_to_archive(stash, Archive(tmp_path / "archive"), DownloadOptions(), Reporter())
     assert outcome.entry.kind == "stored" and outcome.entry.verified_ok and outcome.entry.source == "database"
     assert not outcome.entry.includes_blobs
     assert stash.requests == [(True, False)]  # includeBlobs asked off: there are no filesystem blobs
@@ -79,7 +79,7 @@ def test_filesystem_blobs_readable_here_come_from_stashs_folder_on_both_versions
     for supports, asked in ((True, False), (False, None)):  # None: never the field an old server would reject
         stash = LocalStash(tmp_path / f"stash-{supports}", blobs_storage="FILESYSTEM", supports_include_blobs=supports)
         archive = Archive(tmp_path / f"archive-{supports}")
-        outcome = jobs.download_to_archive(stash, archive, jobs.DownloadOptions(), Reporter())
+        outcome = download_to_archive(stash, archive, DownloadOptions(), Reporter())
         assert outcome.entry.source == "filesystem" and outcome.entry.blob_count == len(stash.images)
         assert stash.requests == [(True, asked)]
         assert {b.checksum for b in archive.store.stored_blobs()} == set(stash.images)
@@ -87,8 +87,8 @@ def test_filesystem_blobs_readable_here_come_from_stashs_folder_on_both_versions
 
 def test_blobs_not_readable_here_come_from_v031s_zip(tmp_path):
     stash = LocalStash(tmp_path / "stash", blobs_storage="FILESYSTEM")
-    options = jobs.DownloadOptions(blobs_path=tmp_path / "not-here")
-    outcome = jobs.download_to_archive(stash, Archive(tmp_path / "archive"), options, Reporter())
+    options = DownloadOptions(blobs_path=tmp_path / "not-here")
+    outcome = download_to_archive(stash, Archive(tmp_path / "archive"), options, Reporter())
     assert outcome.entry.source == "server-zip" and outcome.entry.blob_count == len(stash.images)
     assert stash.requests == [(True, True)]
 
@@ -97,7 +97,7 @@ def test_blobs_not_readable_on_an_older_server_say_what_to_do(tmp_path):
     from stash_backup_plugin.core.errors import ConfigError
     stash = LocalStash(tmp_path / "stash", blobs_storage="FILESYSTEM", supports_include_blobs=False)
     with pytest.raises(ConfigError, match="--no-blobs"):
-        jobs.download_to_archive(stash, Archive(tmp_path / "archive"), jobs.DownloadOptions(blobs_path=tmp_path / "x"),
+        download_to_archive(stash, Archive(tmp_path / "archive"), DownloadOptions(blobs_path=tmp_path / "x"),
                                  Reporter())
     assert stash.requests == []
 
@@ -112,19 +112,19 @@ def test_extra_blob_paths_are_read_too(tmp_path):
     (stash.blobs / moved[:2] / moved[2:4] / moved).rename(extra / moved[:2] / moved[2:4] / moved)
     stash.info = dataclasses.replace(stash.info, extra_blob_paths=(str(extra), str(tmp_path / "unreadable")))
     archive = Archive(tmp_path / "archive")
-    outcome = jobs.download_to_archive(stash, archive, jobs.DownloadOptions(), Reporter())
+    outcome = download_to_archive(stash, archive, DownloadOptions(), Reporter())
     assert outcome.entry.blob_count == len(stash.images) and outcome.entry.blobs_not_included == 0
     assert archive.store.blob_size(moved) == len(stash.images[moved])
 
 
 def test_an_expired_link_asks_for_a_fresh_backup_a_bounded_number_of_times(tmp_path):
     stash = LocalStash(tmp_path / "stash", expire=1)
-    outcome = jobs.download_to_archive(stash, Archive(tmp_path / "archive"), jobs.DownloadOptions(), Reporter())
+    outcome = download_to_archive(stash, Archive(tmp_path / "archive"), DownloadOptions(), Reporter())
     assert outcome.entry and len(stash.requests) == 2
-    stash = LocalStash(tmp_path / "stash2", expire=jobs.FRESH_BACKUP_ATTEMPTS)
+    stash = LocalStash(tmp_path / "stash2", expire=FRESH_BACKUP_ATTEMPTS)
     with pytest.raises(DownloadError, match="gave up"):
-        jobs.download_to_archive(stash, Archive(tmp_path / "archive2"), jobs.DownloadOptions(), Reporter())
-    assert len(stash.requests) == jobs.FRESH_BACKUP_ATTEMPTS
+        download_to_archive(stash, Archive(tmp_path / "archive2"), DownloadOptions(), Reporter())
+    assert len(stash.requests) == FRESH_BACKUP_ATTEMPTS
     assert Archive(tmp_path / "archive2").entries() == []
     assert not [p for p in (tmp_path / "archive2").rglob("*") if p.name.startswith("stash-go")]
 
@@ -133,8 +133,8 @@ def test_if_older_than_skips_without_asking_stash(tmp_path):
     from stash_backup_plugin.core.retention import parse_duration
     stash = LocalStash(tmp_path / "stash")
     archive = Archive(tmp_path / "archive")
-    jobs.download_to_archive(stash, archive, jobs.DownloadOptions(), Reporter())
-    outcome = jobs.download_to_archive(stash, archive, jobs.DownloadOptions(if_older_than=parse_duration("1d")),
+    download_to_archive(stash, archive, DownloadOptions(), Reporter())
+    outcome = download_to_archive(stash, archive, DownloadOptions(if_older_than=parse_duration("1d")),
                                        Reporter())
     assert outcome.entry is None and "younger" in outcome.skipped_reason and len(stash.requests) == 1
 

@@ -18,7 +18,7 @@ from stash_backup_plugin.core.archive import Archive
 from stash_backup_plugin.core.reporting import Reporter
 from stash_backup_plugin.core.retention import Policy
 from stash_backup_plugin.core.stored import ReadData, check_blobs, check_snapshot
-from stash_backup_plugin.offsite import jobs as offsite
+from stash_backup_plugin.jobs import offsite
 from stash_backup_plugin.offsite.rclone import Rclone
 from stash_backup_plugin.offsite.remote import RemoteArchive
 

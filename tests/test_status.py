@@ -1,4 +1,4 @@
-"""The status the jobs keep (core/status.py, jobs.recording): attempts and outcomes,
+"""The status the jobs keep (core/status.py, recording): attempts and outcomes,
 staleness, the automatic-run claim that lets ten tabs queue one backup, and the
 once-per-spell overdue notice."""
 import json
@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from stash_backup_plugin import jobs
+from stash_backup_plugin.jobs.status import claim_auto_backup, overview, recording
 from stash_backup_plugin.core.archive import Archive
 from stash_backup_plugin.core.errors import DownloadError
 from stash_backup_plugin.core.reporting import Reporter
@@ -52,10 +52,10 @@ def test_no_overdue_notice_after_a_reported_failure_in_the_same_spell():
 
 def test_recording_keeps_success_and_failure_with_their_messages(tmp_path):
     notices = []
-    with jobs.recording(StatusFile(tmp_path), "verify", Reporter(), notices.append) as run:
+    with recording(StatusFile(tmp_path), "verify", Reporter(), notices.append) as run:
         run.done("Verified 2 backup(s): 2 good, 0 bad")
     with pytest.raises(DownloadError):
-        with jobs.recording(StatusFile(tmp_path), "download", Reporter(), notices.append):
+        with recording(StatusFile(tmp_path), "download", Reporter(), notices.append):
             raise DownloadError("the connection dropped")
     status = StatusFile(tmp_path).read()
     assert status.job("verify").last_message == "Verified 2 backup(s): 2 good, 0 bad"
@@ -67,7 +67,7 @@ def test_recording_keeps_success_and_failure_with_their_messages(tmp_path):
 
 
 def test_a_failed_verification_without_an_exception_is_a_failure(tmp_path):
-    with jobs.recording(StatusFile(tmp_path), "verify", Reporter()) as run:
+    with recording(StatusFile(tmp_path), "verify", Reporter()) as run:
         run.fail("Verified 1 backup(s): 0 good, 1 bad")
     assert StatusFile(tmp_path).read().last_failure()[1].failure_message.endswith("1 bad")
 
@@ -80,14 +80,14 @@ def test_a_damaged_status_file_never_fails_the_job(tmp_path):
         def warning(self, message):
             warnings.append(message)
 
-    with jobs.recording(StatusFile(tmp_path), "verify", Collect()) as run:
+    with recording(StatusFile(tmp_path), "verify", Collect()) as run:
         run.done("ok")
     assert warnings and "damaged" in warnings[0]
     assert (tmp_path / "status.json").read_text() == "{not json"  # left for the user to look at
 
 
 def _claim(folder: str, results) -> None:
-    results.put(jobs.claim_auto_backup(Archive(folder), StatusFile(folder), parse_duration("24h")))
+    results.put(claim_auto_backup(Archive(folder), StatusFile(folder), parse_duration("24h")))
 
 
 def test_ten_concurrent_pages_claim_one_automatic_backup(tmp_path):
@@ -111,7 +111,7 @@ def test_a_failure_to_reach_the_archive_is_recorded_in_the_fallback(tmp_path):
     blocker.write_text("x")
     status_file = StatusFile(blocker / "archive", fallback=tmp_path / "fallback")
     with pytest.raises(DownloadError):
-        with jobs.recording(status_file, "download", Reporter()):
+        with recording(status_file, "download", Reporter()):
             raise DownloadError("cannot use the archive folder")
     assert (tmp_path / "fallback" / "status.json").is_file()
     assert status_file.read().last_failure()[1].failure_message == "cannot use the archive folder"
@@ -133,7 +133,7 @@ def test_a_failure_in_the_same_second_as_a_success_is_a_failure_everywhere(tmp_p
     assert status.last_failure() is not None and status.last_failure()[0] == "verify"
     assert status.job("verify").failing
     assert not status.job("verify").running_or_killed
-    view = jobs.overview(Archive(tmp_path), status_file, parse_duration("1d"))
+    view = overview(Archive(tmp_path), status_file, parse_duration("1d"))
     assert view["jobs"]["verify"]["failing"] is True and view["last_failure"]["job"] == "verify"
     shown = run_cli("status", "--dest", str(tmp_path), "--max-age", "1d")
     assert "verify     last run 2026-11-27T12:00:00+00:00: failed: Verified 1 backup(s): 0 good, 1 bad" in shown.stdout, \

@@ -233,27 +233,28 @@ def _print_json(value) -> None:
 
 
 def cmd_backup(args, report) -> int:
-    from .. import jobs
+    from ..jobs.backup import backup_on_server
     with _client(args) as client:
-        jobs.backup_on_server(client, not args.no_blobs, report, keep_last=args.keep_last,
+        backup_on_server(client, not args.no_blobs, report, keep_last=args.keep_last,
                               include_others=args.include_others)
     return 0
 
 
 def cmd_download(args, report) -> int:
-    from .. import jobs
+    from ..jobs.download import DownloadOptions, download_to_archive
+    from ..jobs.status import recording
     from ..core.retention import parse_duration
     from ..core.sqlite_check import FULL, QUICK
-    options = jobs.DownloadOptions(
+    options = DownloadOptions(
         include_blobs=not args.no_blobs, blobs_path=args.blobs_path,
         check_level=FULL if args.full_check else QUICK, compress=not args.no_compress,
         if_older_than=parse_duration(args.if_older_than) if args.if_older_than else None)
     archive = _archive(args)
-    from ..drill import check_drill_every
+    from ..jobs.drill import check_drill_every
     drill_every = check_drill_every(args.drill_every)
-    with jobs.recording(_status_file(archive), "download", report, _notifier(args, report)) as run, \
+    with recording(_status_file(archive), "download", report, _notifier(args, report)) as run, \
             _client(args) as client:
-        outcome = jobs.download_to_archive(client, archive, options, report)
+        outcome = download_to_archive(client, archive, options, report)
         run.done(f"Archived {outcome.entry.file}" if outcome.entry else outcome.skipped_reason)
     drilled = _drill_if_due(args, archive, drill_every, report) if outcome.entry else True
     if args.json:
@@ -264,7 +265,7 @@ def cmd_download(args, report) -> int:
 
 
 def _drill_if_due(args, archive, every: str, report) -> bool:
-    from ..drill import drill_due
+    from ..jobs.drill import drill_due
     if not drill_due(archive.entries(), every):
         return True
     report.info(f"a restore drill is due (--drill-every {every})")
@@ -272,13 +273,13 @@ def _drill_if_due(args, archive, every: str, report) -> bool:
 
 
 def _drill(args, archive, name, report):
-    from .. import jobs
-    from ..drill import DEFAULT_TIMEOUT, drill, stash_on_path
+    from ..jobs.status import recording
+    from ..jobs.drill import DEFAULT_TIMEOUT, drill, stash_on_path
     binary = args.stash_binary or stash_on_path()
     if not binary:
         from ..core.errors import UsageError
         raise UsageError("no stash on PATH: pass --stash-binary PATH (the Stash binary you run)")
-    with jobs.recording(_status_file(archive), "drill", report, _notifier(args, report)) as run:
+    with recording(_status_file(archive), "drill", report, _notifier(args, report)) as run:
         result = drill(archive, name, binary.expanduser(), report, getattr(args, "timeout", DEFAULT_TIMEOUT))
         (run.done if result.ok else run.fail)(result.line())
     return result
@@ -317,7 +318,8 @@ def cmd_list(args, report) -> int:
 
 
 def cmd_verify(args, report) -> int:
-    from .. import jobs
+    from ..jobs.status import recording
+    from ..jobs.verify import verify_archive
     from ..core.errors import VerificationError
     from ..core.sqlite_check import FULL, QUICK
     from ..core.verify import require_blobs, verify_backup
@@ -344,8 +346,8 @@ def cmd_verify(args, report) -> int:
         from ..core.stored import ReadData
         read_data = ReadData.parse(args.read_data_subset) if args.read_data_subset else ReadData()
     archive = _archive(args)
-    with jobs.recording(_status_file(archive), "verify", report, _notifier(args, report)) as run:
-        summary = jobs.verify_archive(archive, level, report, read_data)
+    with recording(_status_file(archive), "verify", report, _notifier(args, report)) as run:
+        summary = verify_archive(archive, level, report, read_data)
         (report.info if summary.ok else report.error)(summary.line())
         (run.done if summary.ok else run.fail)(summary.line())
     if args.json:
@@ -355,14 +357,15 @@ def cmd_verify(args, report) -> int:
 
 
 def cmd_prune(args, report) -> int:
-    from .. import jobs
+    from ..jobs.retention import apply_retention, retention_summary
+    from ..jobs.status import recording
     policy = _policy(args)
     if policy.is_empty():
         report.warning("no --keep-* rule given: nothing will be removed")
     archive = _archive(args)
-    with jobs.recording(_status_file(archive), "retention", report, _notifier(args, report)) as run:
-        result = jobs.apply_retention(archive, policy, args.dry_run, report)
-        run.done(jobs.retention_summary(policy, result, args.dry_run))
+    with recording(_status_file(archive), "retention", report, _notifier(args, report)) as run:
+        result = apply_retention(archive, policy, args.dry_run, report)
+        run.done(retention_summary(policy, result, args.dry_run))
     if args.json:  # one object per backup, as before; the space freed is in the summary line
         _print_json([{"file": d.item.file, "keep": d.keep, "failed_verification": d.failed, "reasons": d.reasons}
                      for d in result.decisions])
@@ -370,16 +373,16 @@ def cmd_prune(args, report) -> int:
 
 
 def cmd_export(args, report) -> int:
-    from .. import jobs
-    path = jobs.export_backup(_archive(args), args.name, args.output.expanduser(), report)
+    from ..jobs.export import export_backup
+    path = export_backup(_archive(args), args.name, args.output.expanduser(), report)
     print(path)
     return 0
 
 
 def cmd_migrate(args, report) -> int:
-    from .. import jobs
+    from ..jobs.migrate import migrate_archive
     from ..core.sqlite_check import FULL, QUICK
-    outcome = jobs.migrate_archive(_archive(args), dry_run=not args.apply,
+    outcome = migrate_archive(_archive(args), dry_run=not args.apply,
                                    level=FULL if args.full_check else QUICK, report=report)
     if args.json:
         _print_json([{"file": s.old.file, "action": s.action, "record": s.record_name, "reason": s.reason}
@@ -402,7 +405,7 @@ def _keep_arguments(policy) -> list[str]:
 
 
 def cmd_offsite(args, report) -> int:
-    from ..offsite import jobs as offsite
+    from ..jobs import offsite
     from ..offsite.rclone import Rclone
     from ..offsite.remote import RemoteArchive
     rclone = Rclone(config=args.rclone_config)
@@ -410,10 +413,10 @@ def cmd_offsite(args, report) -> int:
     remote = RemoteArchive(rclone, args.remote)
     action = args.offsite_command
     if action == "push":
-        from .. import jobs
+        from ..jobs.status import recording
         archive = _archive(args)
         # Recorded and notified like a backup: a nightly copy that fails must be seen.
-        with jobs.recording(_status_file(archive), "offsite", report, _notifier(args, report)) as run:
+        with recording(_status_file(archive), "offsite", report, _notifier(args, report)) as run:
             result = offsite.push(archive, remote, report, _policy(args))
             run.done(result.line(remote.display))
         if args.json:
@@ -472,12 +475,12 @@ def _notifier(args, report):
 
 
 def cmd_status(args, report) -> int:
-    from .. import jobs
+    from ..jobs.status import check_overdue, overview
     from ..core.retention import parse_duration
     max_age = parse_duration(args.max_age)
     archive = _archive(args)
-    overdue = jobs.check_overdue(archive, _status_file(archive), max_age, report, _notifier(args, report))
-    view = jobs.overview(archive, _status_file(archive), max_age)
+    overdue = check_overdue(archive, _status_file(archive), max_age, report, _notifier(args, report))
+    view = overview(archive, _status_file(archive), max_age)
     if args.json:
         _print_json(view)
         return 1 if overdue else 0

@@ -53,9 +53,9 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # them to that), never the CLI. The restore drill runs the offline restore's engine
 # (restore and what it imports; not its command line nor salvage), which imports
 # without PyYAML: only reading a config.yml needs it.
-PLUGIN_PARTS = ("__init__.py", "jobs.py", "drill.py", "core", "server", "offsite", "plugin", "offline/__init__.py",
+PLUGIN_PARTS = ("__init__.py", "jobs", "core", "server", "offsite", "plugin", "offline/__init__.py",
                 "offline/stash_config.py", "offline/restore.py", "offline/swap.py", "offline/plan.py",
-                "offline/liveness.py")
+                "offline/liveness.py", "offline/pathmap.py")
 ARCHIVE_MAIN = b'''"""Python runs this when Stash runs the plugin archive."""
 import sys
 

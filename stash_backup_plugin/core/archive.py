@@ -70,7 +70,7 @@ class Entry:
     verify_error: str = ""
     new_bytes: int = 0  # stored backups: what this one added to the archive (its snapshot, its new blobs)
     migrated_from: str = ""  # stored backups imported from an old file by migrate
-    # The last restore drill (drill.py): {"at", "ok", "seconds", "stash_version", "migrated", "differences", ...}
+    # The last restore drill (jobs/drill.py): {"at", "ok", "seconds", "stash_version", "migrated", "differences", ...}
     drill: dict = field(default_factory=dict)
 
     @property

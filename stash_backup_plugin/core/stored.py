@@ -1,6 +1,6 @@
 """Stored backups (store.py's layout): make one from a checked database and a source
 of blobs, verify one or all, collect garbage, export one as a self-contained zip,
-import an old per-backup zip. The application layer (jobs.py) calls these under the
+import an old per-backup zip. The application layer (jobs/) calls these under the
 archive's lock; stash-restore reads with the same parts. Standard library only."""
 from __future__ import annotations
 

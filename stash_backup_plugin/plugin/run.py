@@ -11,7 +11,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from .. import jobs
+from ..jobs.backup import backup_on_server
+from ..jobs.download import DownloadOptions, download_to_archive
+from ..jobs.retention import apply_retention, retention_summary
+from ..jobs.status import check_overdue, claim_auto_backup, overview, recording
+from ..jobs.verify import verify_archive
 from ..core.config_text import config_line_value
 from ..core.archive import ARCHIVE_FOLDER_SETTING, DEFAULT_FOLDER_NAME, Archive
 from ..server.connection import from_plugin_input, redact
@@ -101,7 +105,7 @@ def settings_from(values: dict, config_dir: Path) -> Settings:
 
 
 def _drill_every(value) -> str:
-    from ..drill import check_drill_every
+    from ..jobs.drill import check_drill_every
     text = str(value or "").strip()
     try:
         return check_drill_every(text)
@@ -194,24 +198,24 @@ def run_task(payload: dict, reporter: PluginLogReporter, secrets: Optional[list]
 def _recorded(job: Callable[[Task], str]) -> Callable[[Task], str]:
     """A task whose outcome status.json records (and a failure notifies)."""
     def run(task: Task) -> str:
-        with jobs.recording(task.status_file, task.mode, task.reporter, task.notify) as run:
+        with recording(task.status_file, task.mode, task.reporter, task.notify) as run:
             run.done(job(task))
         return run.message
     return run
 
 
 def _drill_due(settings: Settings) -> bool:
-    from ..drill import drill_due
+    from ..jobs.drill import drill_due
     return drill_due(Archive(settings.archive_folder).entries(), settings.drill_every)
 
 
 def _drill(task: Task) -> str:
     """With the Stash that runs this plugin (our parent process): the binary the user runs."""
-    from ..drill import drill, parent_stash_binary
+    from ..jobs.drill import drill, parent_stash_binary
     binary = parent_stash_binary()
     if not binary:
         raise ConfigError("the restore drill cannot tell which Stash binary runs this plugin (/proc is not readable)")
-    with jobs.recording(task.status_file, "drill", task.reporter, task.notify) as run:
+    with recording(task.status_file, "drill", task.reporter, task.notify) as run:
         result = drill(task.archive, None, binary, task.reporter)
         if not result.ok:
             raise VerificationError(result.line())  # logged once, by Stash, at error level
@@ -233,7 +237,7 @@ def _notifier(urls: tuple, reporter: PluginLogReporter):
 
 def _backup(task: Task) -> str:
     settings = task.settings
-    made = jobs.backup_on_server(task.client, settings.include_blobs, task.reporter,
+    made = backup_on_server(task.client, settings.include_blobs, task.reporter,
                                  keep_last=max(settings.backup_folder_keep_last, 0),
                                  include_others=settings.backup_folder_include_others)
     return f"Backup written to {made.path or 'the backup folder'}"
@@ -243,10 +247,10 @@ def _download(task: Task) -> str:
     settings, archive, reporter = task.settings, task.archive, task.reporter
     auto = _as_bool(task.args.get("auto"), False)
     # An automatic run queued twice (two pages, a slow queue) skips the second time.
-    options = jobs.DownloadOptions(include_blobs=settings.include_blobs, check_level=settings.check_level,
+    options = DownloadOptions(include_blobs=settings.include_blobs, check_level=settings.check_level,
                                    compress=settings.compress,
                                    if_older_than=settings.interval if auto else None)
-    outcome = jobs.download_to_archive(task.client, archive, options, reporter)
+    outcome = download_to_archive(task.client, archive, options, reporter)
     done = f"Archived {outcome.entry.file} in {archive.folder}" if outcome.entry else outcome.skipped_reason
     if settings.offsite_after_download and outcome.entry:
         try:
@@ -269,7 +273,7 @@ def _offsite(task: Task) -> str:
 
 
 def _verify(task: Task) -> str:
-    summary = jobs.verify_archive(task.archive, task.settings.check_level, task.reporter,
+    summary = verify_archive(task.archive, task.settings.check_level, task.reporter,
                                   _read_data_today(task.settings.verify_read_data_parts))
     if not summary.ok:
         raise VerificationError(summary.line())  # logged once, by Stash, at error level
@@ -281,12 +285,12 @@ def _retention(task: Task) -> str:
     settings, archive, reporter = task.settings, task.archive, task.reporter
     if settings.policy.is_empty():
         reporter.info("No retention rule is set (Keep last/hourly/daily/weekly/monthly/yearly/within): nothing removed")
-    result = jobs.apply_retention(archive, settings.policy, settings.retention_dry_run, reporter)
-    return jobs.retention_summary(settings.policy, result, settings.retention_dry_run)
+    result = apply_retention(archive, settings.policy, settings.retention_dry_run, reporter)
+    return retention_summary(settings.policy, result, settings.retention_dry_run)
 
 
 def _offsite_push(archive: Archive, settings: Settings, reporter: PluginLogReporter) -> str:
-    from ..offsite import jobs as offsite
+    from ..jobs import offsite
     from ..offsite.rclone import Rclone
     from ..offsite.remote import RemoteArchive
     if not settings.offsite_remote:
@@ -325,14 +329,14 @@ def _status(task: Task) -> dict:
     settings, archive, reporter = task.settings, task.archive, task.reporter
     queued = None
     if (_as_bool(task.args.get("autorun"), False) and settings.auto_backup
-            and jobs.claim_auto_backup(archive, task.status_file, settings.interval)):
+            and claim_auto_backup(archive, task.status_file, settings.interval)):
         queued = task.client.queue_plugin_task(task.own_id, {"mode": "download", "auto": "true"},
                                                f"Stash Backup: automatic backup (none within {settings.interval})")
         reporter.info(f"no verified backup within {settings.interval}: queued an automatic backup (job {queued})")
     if task.notify:
-        jobs.check_overdue(archive, task.status_file, settings.interval, reporter, task.notify,
+        check_overdue(archive, task.status_file, settings.interval, reporter, task.notify,
                            factor=OVERDUE_NOTICE_FACTOR)
-    view = jobs.overview(archive, task.status_file, settings.interval)
+    view = overview(archive, task.status_file, settings.interval)
     view.update(plugin_id=task.own_id, modes=list(MODES), auto_backup=settings.auto_backup, auto_queued_job=queued,
                 notifications=len(settings.notify_urls))
     return view

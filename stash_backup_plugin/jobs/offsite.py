@@ -31,10 +31,10 @@ from ..core.faults import crash_point
 from ..core.store import Store, commit_snapshot
 from ..core.store_plan import plan_gc
 from ..core.stored import ReadData
-from .manifest import (BLOBS, PENDING, RECORDS, SNAPSHOTS, Manifest, RemoteBackup, backup_from_header, record_file,
+from ..offsite.manifest import (BLOBS, PENDING, RECORDS, SNAPSHOTS, Manifest, RemoteBackup, backup_from_header, record_file,
                        snapshot_file)
-from .plan import RemoteBlob, problems as blob_problems, to_send
-from .remote import TEMP_TAG, RemoteArchive
+from ..offsite.plan import RemoteBlob, problems as blob_problems, to_send
+from ..offsite.remote import TEMP_TAG, RemoteArchive
 
 FETCH_BATCH_BYTES = 256 * 1024 * 1024  # verify --read-data downloads at most this much at a time
 

@@ -28,19 +28,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from .core.archive import Archive, Entry, utc_now
-from .core.atomic import RUNNING_PID_FILE, discard, is_abandoned, scratch_folder, write_bytes_atomic
-from .core.bounded import one_line, read_bounded
-from .core.errors import RestoreRefused, StashBackupError, UsageError
-from .core.naming import TEMP_MARKER
-from .core.processes import alive, dies_with_us, stop_group
-from .core.reporting import Reporter, human_size
-from .core.retention import parse_duration
-from .core.status import parse_time
-from .core.sqlite_check import image_samples, library_counts
-from .offline.restore import RestoreOptions, restore
-from .offline.stash_config import FILESYSTEM, StashConfig, Target
-from .server.connection import certificate_fingerprint
+from ..core.archive import Archive, Entry, utc_now
+from ..core.atomic import RUNNING_PID_FILE, discard, is_abandoned, scratch_folder, write_bytes_atomic
+from ..core.bounded import one_line, read_bounded
+from ..core.errors import RestoreRefused, StashBackupError, UsageError
+from ..core.naming import TEMP_MARKER
+from ..core.processes import alive, dies_with_us, stop_group
+from ..core.reporting import Reporter, human_size
+from ..core.retention import parse_duration
+from ..core.status import parse_time
+from ..core.sqlite_check import image_samples, library_counts
+from ..offline.restore import RestoreOptions, restore
+from ..offline.stash_config import FILESYSTEM, StashConfig, Target
+from ..server.connection import certificate_fingerprint
 
 SCRATCH_PREFIX = ".drill"
 PID_FILE = RUNNING_PID_FILE  # the scratch Stash's process group: the next drill ends it if a kill left it;

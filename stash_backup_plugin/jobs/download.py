@@ -1,0 +1,167 @@
+"""The *Download backup to archive* job: a verified backup of the server into the
+archive's store: the database checked and compressed as it downloads, only the images
+the archive lacks."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..core import stored
+from ..core.archive import Archive, Entry, entry_from_name
+from ..core.atomic import discard
+from ..core.errors import ConfigError, DownloadError, LinkExpiredError, StashBackupError
+from ..core.record import Header
+from ..core.reporting import Reporter, human_size
+from ..core.retention import Duration
+from ..core.snapshot import LEVEL as COMPRESSED
+from ..core.snapshot import STORED
+from ..core.sqlite_check import QUICK
+from ..core.store import SnapshotTee
+from ..server.api import Downloaded, ServerInfo, StashAPI
+
+FRESH_BACKUP_ATTEMPTS = 3  # a link that expired mid-download needs a new backup
+
+
+@dataclass
+class DownloadOptions:
+    include_blobs: bool = True
+    blobs_path: Optional[Path] = None  # Stash's blobs folder as seen from here (default: the server's)
+    check_level: str = QUICK
+    if_older_than: Optional[Duration] = None
+    compress: bool = True  # False: the snapshot in gzip's stored blocks (faster nights, about 3x the space)
+
+    @property
+    def compression_level(self) -> int:
+        return COMPRESSED if self.compress else STORED
+
+
+
+
+
+
+@dataclass
+class DownloadOutcome:
+    entry: Optional[Entry]
+    skipped_reason: str = ""
+
+
+def download_to_archive(client: StashAPI, archive: Archive, options: DownloadOptions,
+                        report: Reporter) -> DownloadOutcome:
+    """A verified backup into the archive's store: the database (compressed) and the
+    blobs the archive does not hold yet. Blobs come straight from Stash's blob folders
+    when they are readable here (the plugin, a CLI on Stash's host); otherwise from
+    v0.31's includeBlobs zip, of which only the missing blobs are kept."""
+    with archive.locked():
+        skip = _skip_reason(archive, options.if_older_than)
+        if skip:
+            report.info(skip)
+            return DownloadOutcome(None, skip)
+        info = client.server_info()
+        want_blobs = options.include_blobs and info.blobs_on_filesystem
+        folders = _blob_folders(info, options) if want_blobs else []
+        if want_blobs and not folders and not info.supports_include_blobs:
+            where = options.blobs_path or info.blobs_path or "(unknown)"
+            raise ConfigError(f"blobs are stored on the filesystem at {where}, which is not readable here: run on the "
+                              "Stash host, pass --blobs-path DIR, or use --no-blobs")
+        from_zip = want_blobs and not folders
+        flag = (True if from_zip else False) if info.supports_include_blobs else None
+        store = archive.store
+        tee_for = None if from_zip else (lambda backup_name: SnapshotTee(store, backup_name, options.compression_level))
+        fetched, name, tee = _request_and_download(client, archive.folder, flag, report.phase(0.0, 0.5), tee_for)
+        try:
+            if tee:
+                tee.finish(fetched.temp_path)  # compression goes on beside the blob copying
+            header = _store_fetched(archive, info, options, fetched, name, folders, from_zip, report.phase(0.5, 1.0),
+                                    tee)
+        finally:
+            if tee:
+                tee.discard()  # first: its thread may still read the downloaded file; nothing left on success
+            discard(fetched.temp_path)
+        entry = archive.find(header.name)
+        if header.missing_blobs:
+            report.warning(f"{header.missing_blobs} blob(s) the database refers to were found neither on the server "
+                           f"nor in the archive (e.g. {header.missing_examples[0]}): the backup cannot hold them")
+        report.info(f"Archived {header.name}: database {human_size(header.snapshot.size)} stored as "
+                    f"{human_size(header.snapshot.stored_size)}, schema {header.schema_version}, {header.blob_count} "
+                    f"blob(s) of which {header.new_blobs} new ({human_size(header.new_blob_bytes)}); "
+                    f"sha256 {header.snapshot.sha256[:16]}…, verified ({header.verified_level})")
+        return DownloadOutcome(entry)
+
+
+def _blob_folders(info: ServerInfo, options: DownloadOptions) -> list[Path]:
+    """Stash's blob folders that this process can read: the blobs path first, then
+    v0.31's extra (read-only) blob paths."""
+    primary = options.blobs_path or (Path(info.blobs_path) if info.blobs_path else None)
+    if not primary or not _readable(primary):
+        return []
+    return [primary] + [Path(p) for p in info.extra_blob_paths if _readable(Path(p))]
+
+
+def _readable(folder: Path) -> bool:
+    return folder.is_dir() and os.access(folder, os.R_OK | os.X_OK)
+
+
+def _store_fetched(archive: Archive, info: ServerInfo, options: DownloadOptions, fetched: Downloaded, name: str,
+                   folders: list[Path], from_zip: bool, report: Reporter, compressed) -> Header:
+    store = archive.store
+    stored_name = archive.free_stored_name(name)
+    if from_zip:
+        return stored.import_backup_file(store, fetched.temp_path, stored_name, options.check_level, report,
+                                         source="server-zip", server_version=info.version or "")
+    report.progress(0.0, "checking the database")
+    new = stored.checked_backup(stored_name, fetched.temp_path, fetched.sha256, options.check_level,
+                                includes_blobs=bool(folders), source="filesystem" if folders else "database",
+                                server_version=info.version or "",
+                                database_member=Path(info.database_path).name if info.database_path else "",
+                                compression_level=options.compression_level)
+    source = stored.FolderSource(folders) if folders else stored.NoBlobs()
+    return stored.store_backup(store, new, source, report, compressed)
+
+
+def _skip_reason(archive: Archive, if_older_than: Optional[Duration]) -> str:
+    if not if_older_than:
+        return ""
+    newest = archive.newest_verified()
+    if not newest:
+        return ""
+    added = datetime.fromisoformat(newest.added_at)
+    if added > if_older_than.before(datetime.now(timezone.utc)):
+        return f"Skipped: the newest verified backup {newest.file} is younger than {if_older_than}"
+    return ""
+
+
+def _request_and_download(client: StashAPI, folder: Path, include_blobs: Optional[bool], report: Reporter,
+                          tee_for: Optional[Callable] = None) -> tuple[Downloaded, str, Optional[SnapshotTee]]:
+    """Ask for a download backup and fetch it; on an expired link or a failed transfer
+    ask for a fresh one, a bounded number of times. `tee_for(name)` makes what sees
+    the bytes as they arrive (the snapshot compressor), one per attempt."""
+    last_error: Optional[StashBackupError] = None
+    for attempt in range(1, FRESH_BACKUP_ATTEMPTS + 1):
+        report.progress(0.0, "backing up")
+        link = client.backup_database(download=True, include_blobs=include_blobs)
+        if not link:
+            raise DownloadError("Stash returned no download link for the backup: is this a Stash server?")
+        name = link.rstrip("/").rsplit("/", 1)[-1]
+        entry_from_name(name)  # refuse anything that is not a Stash backup name
+        tee = tee_for(name) if tee_for else None
+        try:
+            # never committed as it is: the store keeps its compressed copy, or what it takes from the zip
+            fetched = client.fetch_backup(link, folder, name, progress=report.bytes_progress("downloading"), tee=tee,
+                                          durable=False)
+            if fetched.resumes:
+                report.warning(f"the connection dropped; resumed {fetched.resumes} time(s)")
+            return fetched, name, tee
+        except (LinkExpiredError, DownloadError) as error:
+            last_error = error
+            if isinstance(error, LinkExpiredError) or attempt < FRESH_BACKUP_ATTEMPTS:
+                report.warning(f"download attempt {attempt} failed ({error}); asking Stash for a fresh backup")
+        except BaseException:
+            if tee:
+                tee.discard()
+            raise
+        if tee:
+            tee.discard()
+    raise DownloadError(f"gave up after {FRESH_BACKUP_ATTEMPTS} fresh backups: {last_error}")

@@ -1,0 +1,173 @@
+"""What the jobs did, for the Backups page and `stash-backup status`: one place records
+every job's attempt and outcome (plugin and CLI alike) and sends the failure notice;
+status.json lives in the archive folder, or where that cannot be written, in the
+caller's fallback folder (core/status.py). Also the overdue check and the page's overview."""
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import asdict
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from ..core.archive import Archive, Entry, utc_now
+from ..core.errors import StashBackupError
+from ..core.reporting import Reporter
+from ..core.retention import Duration
+from ..core.status import (
+    Notice,
+    Status,
+    StatusFile,
+    auto_window,
+    claim_auto_run,
+    claim_overdue_notice,
+    failure_notice,
+    is_stale,
+    iso,
+    overdue_notice,
+    parse_time,
+)
+
+Notify = Callable[[Notice], None]
+
+
+class JobRun:
+    """What a recorded job ended with; an exception inside `recording` is a failure too."""
+
+    def __init__(self):
+        self.ok, self.message = True, ""
+
+    def done(self, message: str) -> None:
+        self.ok, self.message = True, message
+
+    def fail(self, message: str) -> None:
+        self.ok, self.message = False, message
+
+    @classmethod
+    def failure(cls, message: str) -> "JobRun":
+        run = cls()
+        run.fail(message)
+        return run
+
+
+@contextlib.contextmanager
+def recording(status_file: StatusFile, job: str, report: Reporter,
+              notify: Optional[Notify] = None) -> Iterator[JobRun]:
+    """Record the attempt, then its outcome, in the archive's status.json; notify on
+    failure. A status file that cannot be written is reported, never fatal: the
+    backup itself matters more than its record."""
+    run = JobRun()
+    _update_status(status_file, report, lambda status: status.started(job, utc_now()))
+    try:
+        yield run
+    except StashBackupError as error:
+        _finish(status_file, job, JobRun.failure(report.redact(str(error))), report, notify)
+        raise
+    except BaseException as error:  # a bug or an interrupt still ends the attempt
+        _finish(status_file, job,
+                JobRun.failure(f"stopped: {type(error).__name__} {report.redact(str(error))}".strip()), report, notify)
+        raise
+    run.message = report.redact(run.message)
+    _finish(status_file, job, run, report, notify)
+
+
+def _finish(status_file: StatusFile, job: str, run: JobRun, report: Reporter, notify: Optional[Notify]) -> None:
+    now = utc_now()
+    if run.ok:
+        _update_status(status_file, report, lambda status: status.succeeded(job, now, run.message))
+        return
+    _update_status(status_file, report, lambda status: status.failed(job, now, run.message))
+    if notify:
+        notify(failure_notice(job, run.message, status_file.folder))
+
+
+def _update_status(status_file: StatusFile, report: Reporter, change: Callable[[Status], None]) -> None:
+    try:
+        status_file.apply(change)
+    except StashBackupError as error:
+        report.warning(f"the backup status was not recorded: {error}")
+
+
+def interval_timedelta(interval: Duration, now: Optional[datetime] = None) -> timedelta:
+    now = now or datetime.now(timezone.utc)
+    return now - interval.before(now)
+
+
+def last_verified_time(archive: Archive) -> Optional[datetime]:
+    newest = archive.newest_verified()
+    return parse_time(newest.added_at) if newest else None
+
+
+def check_overdue(archive: Archive, status_file: StatusFile, interval: Duration, report: Reporter,
+                  notify: Optional[Notify] = None, factor: float = 1.0) -> bool:
+    """Whether the newest verified backup is older than `factor` times the interval;
+    the first check of each overdue spell sends the overdue notice."""
+    now = datetime.now(timezone.utc)
+    max_age, last = interval_timedelta(interval, now), last_verified_time(archive)
+    if not is_stale(last, max_age * factor, now):
+        return False
+    if notify:
+        try:
+            claimed, failure = status_file.apply(lambda status: (claim_overdue_notice(status, last, now),
+                                                                 status.last_failure()))
+        except StashBackupError as error:
+            report.warning(f"the overdue notice was not sent: {error}")
+            return True
+        if claimed:
+            notify(overdue_notice(last, max_age, now, archive.folder, failure[1].failure_message if failure else ""))
+    return True
+
+
+def claim_auto_backup(archive: Archive, status_file: StatusFile, interval: Duration) -> bool:
+    """Whether this caller should queue an automatic backup now: the backup is stale
+    and no other caller queued one (or a backup ran) within the hold-off window."""
+    now = datetime.now(timezone.utc)
+    max_age = interval_timedelta(interval, now)
+    if not is_stale(last_verified_time(archive), max_age, now):
+        return False
+    return status_file.apply(lambda status: claim_auto_run(status, now, auto_window(max_age)))
+
+
+def overview(archive: Archive, status_file: StatusFile, interval: Duration) -> dict:
+    """Everything the Backups page shows, as JSON-ready values."""
+    now = datetime.now(timezone.utc)
+    max_age = interval_timedelta(interval, now)
+    entries = archive.entries()
+    status = status_file.read()
+    last = last_verified_time(archive)
+    failure = status.last_failure()
+    return {
+        "now": iso(now),
+        "archive": {"folder": str(archive.folder), "backups": len(entries),
+                    # what the backups added (blobs stored once), without walking every blob file
+                    "size": sum(e.new_bytes if e.is_stored else e.size for e in entries),
+                    "free": _free_space(archive.folder)},
+        "interval": str(interval), "interval_seconds": int(max_age.total_seconds()),
+        "last_verified": iso(last) if last else None,
+        "last_verified_age_seconds": int((now - last).total_seconds()) if last else None,
+        "stale": is_stale(last, max_age, now),
+        "backups": [_entry_view(e) for e in entries],
+        "jobs": {name: dict(asdict(record), running=record.running_or_killed, failing=record.failing)
+                 for name, record in status.jobs.items()},
+        "last_failure": {"job": failure[0], "at": failure[1].last_failure, "message": failure[1].failure_message}
+                        if failure else None,
+        "auto_queued_at": status.auto_queued_at or None,
+    }
+
+
+def _entry_view(entry: Entry) -> dict:
+    view = asdict(entry)
+    if not entry.is_stored:
+        view["new_bytes"] = entry.size  # an older per-backup file holds all it needs itself
+    return view
+
+
+def _free_space(folder: Path) -> Optional[int]:
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent  # the archive may not exist yet: the disk it will be on
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
