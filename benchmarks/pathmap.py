@@ -45,7 +45,14 @@ def main() -> int:
     args = parser.parse_args()
     if args.scan_videos:
         scan_after_move(args.scan_videos)
-    pristine = library.files_library(args.files)
+    bench_pathmap(args.files, args.runs)
+    return 0
+
+
+def bench_pathmap(file_count: int, runs: int) -> None:
+    """The rewrite and the dry run's preview against their hand-written SQL (run.py calls
+    this too: --only pathmap)."""
+    pristine = library.files_library(file_count)
     with sqlite3.connect(f"file:{pristine}?mode=ro", uri=True) as db:
         folders, files = (db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("folders", "files"))
     print(f"database {pristine} ({pristine.stat().st_size >> 20} MiB): {folders} folders, {files} files")
@@ -60,7 +67,7 @@ def main() -> int:
                 lambda: run_measured(["sqlite3", str(copy), HAND_WRITTEN]),
                 lambda: run_measured([sys.executable, "-m", "benchmarks.ours", "pathmap", str(copy), f"{OLD}={NEW}"],
                                      env=env),
-                args.runs, before_each=fresh_copy)
+                runs, before_each=fresh_copy)
         fresh_copy()
         with sqlite3.connect(copy) as db:
             db.executescript(HAND_WRITTEN.split(";")[0])
@@ -75,8 +82,7 @@ def main() -> int:
                 lambda: run_measured(["sqlite3", str(copy), COUNT]),
                 lambda: run_measured([sys.executable, "-m", "benchmarks.ours", "pathmap-preview", str(copy),
                                       f"{OLD}={NEW}"], env=env),
-                args.runs)
-    return 0
+                runs)
 
 
 # --- Stash's first scan after the move ------------------------------------------------------

@@ -357,7 +357,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
     parser.add_argument("--only",
-                        default="download,stash,verify,blobs,restore,plugin,coldstart,startup,codec,archive,memory,offsite,drill")
+                        default="download,stash,verify,blobs,restore,plugin,coldstart,startup,codec,archive,memory,offsite,drill,pathmap")
     parser.add_argument("--archive-issue-scale", action="store_true",
                         help="the archive and drill benchmarks at the issues' size: 1 GiB database, 50k blobs (30 nights)")
     parser.add_argument("--runs", type=int, default=None)
@@ -404,6 +404,10 @@ def main() -> int:
             bench_plugin_cold_start(max(plan["runs"], 5), work)
         if "startup" in only:
             bench_startup(max(plan["runs"], 5), work)
+        if "pathmap" in only:
+            from benchmarks.pathmap import bench_pathmap
+            print("\nstash-restore --map-path:", flush=True)
+            bench_pathmap(20_000 if args.quick else 200_000, max(1, min(plan["runs"], 3)))
         if "offsite" in only:
             from benchmarks.offsite import bench_offsite
             print("\noff-site copies to SeaweedFS's S3 on 127.0.0.1:", flush=True)
