@@ -212,8 +212,8 @@ def report(result: ArchiveResult, database_bytes: int, blob_count: int) -> list[
     compress = statistics.median(n.compress_seconds for n in result.nights)
     peak = max(n.ours.max_rss for n in result.nights) / MiB
     nights = len(result.nights)
-    restore = {label: statistics.median(s.seconds for l, s in result.restore if l == label) for label in ("store", "zip")}
-    restore_rss = {label: max(s.max_rss for l, s in result.restore if l == label) / MiB for label in ("store", "zip")}
+    restore = {label: statistics.median(s.seconds for kind, s in result.restore if kind == label) for label in ("store", "zip")}
+    restore_rss = {label: max(s.max_rss for kind, s in result.restore if kind == label) / MiB for label in ("store", "zip")}
     ratio = result.archive_bytes / result.ideal_bytes
     lines = [
         f"archive: {database_bytes // MiB} MiB database, {result.blob_count} blobs, {nights} nights",

@@ -78,7 +78,7 @@ def blob_folder(count: int) -> Path:
     if marker.exists():
         return folder
     rng = random.Random(count)
-    for index in range(count):
+    for _ in range(count):
         draw, acc = rng.random(), 0.0
         for share, low, high in SIZE_MIX:
             acc += share

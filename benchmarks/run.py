@@ -248,7 +248,7 @@ def bench_plugin(runs, work: Path) -> None:
         subprocess.run([PY, "-m", "stash_backup_plugin", "install-plugin", "--plugins-dir", str(stash.plugins),
                         "--url", stash.url], env=ENV, check=True, capture_output=True)
         bare, task = [], []
-        for trial in range(runs):
+        for _ in range(runs):
             started = time.perf_counter()
             stash.graphql("mutation { backupDatabase(input: {download: false, includeBlobs: true}) }")
             bare.append(time.perf_counter() - started)

@@ -43,7 +43,8 @@ def run(command: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def plugin_lines(server: StashServer) -> list[str]:
-    return [f"{l['level']:<7} {l['message']}" for l in reversed(server.logs()) if "[Plugin / Stash Backup]" in l["message"]]
+    return [f"{line['level']:<7} {line['message']}" for line in reversed(server.logs())
+            if "[Plugin / Stash Backup]" in line["message"]]
 
 
 def main() -> int:

@@ -163,7 +163,8 @@ def test_unregistered_backup_files_are_found(tmp_path):
 def test_second_run_at_once_is_refused(tmp_path):
     archive = Archive(tmp_path)
     with archive.locked():
-        import subprocess, sys
+        import subprocess
+        import sys
         code = ("import sys; from pathlib import Path; from stash_backup_plugin.core.archive import Archive\n"
                 "try:\n    Archive(Path(sys.argv[1])).locked().__enter__()\nexcept Exception as e:\n    print(e); sys.exit(3)")
         result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,

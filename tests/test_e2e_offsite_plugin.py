@@ -11,7 +11,7 @@ from tests.offsite_fixtures import seaweed, write_config  # noqa: F401
 from tests.offsite_servers import SECRET_KEY, make_bucket
 from tests.stash_server.build import NEW_VERSION
 from tests.stash_server.server import seed_content
-from tests.test_e2e_plugin import PLUGIN, run_task
+from tests.test_e2e_plugin import run_task
 
 pytestmark = pytest.mark.e2e
 

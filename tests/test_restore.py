@@ -189,7 +189,8 @@ def test_no_confirmation_without_a_terminal(install):
 
 
 def test_a_process_holding_the_database_makes_the_restore_refuse(install):
-    import subprocess, sys
+    import subprocess
+    import sys
     holder = subprocess.Popen([sys.executable, "-c",
                                "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
                                "c.execute('SELECT count(*) FROM performers').fetchall(); print('ready', flush=True); "

@@ -43,7 +43,7 @@ def storage_error(action: str, path: Path, error: OSError) -> StorageError:
         errno.EPERM: "permission denied: choose a folder this user can write to",
         errno.EROFS: "the file system is read-only: choose another folder",
         errno.ENOENT: "the folder does not exist: create it or choose another",
-    }.get(error.errno, error.strerror or str(error))
+    }.get(error.errno or -1, error.strerror or str(error))
     return StorageError(f"cannot {action} {path}: {hint}")
 
 
@@ -243,7 +243,7 @@ def remove_stale_temps(folder: Path, prefix: str = "", lock_excludes_makers: boo
     killed runs left behind, and only those: see is_abandoned. A caller whose lock
     keeps out every run that could make such temps (stash-restore's run lock on its
     database folder) knows them all abandoned. Returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
     now = time.time()

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import Callable, Optional, Protocol
 
 CHUNK = 1024 * 1024  # bytes read at a time by every copy and hash: memory stays flat
 
 
-def copy_and_hash(source: BinaryIO, target, algorithm: Optional[str] = None,
+class Readable(Protocol):
+    def read(self, __size: int) -> bytes: ...
+
+
+def copy_and_hash(source: Readable, target, algorithm: Optional[str] = None,
                   progress: Optional[Callable[[int], None]] = None) -> tuple[str, int]:
     """Copy an open file into another in chunks: (hex digest, or "" without an
     algorithm; bytes copied). `target` needs only `write` (a zip member, a hasher's
@@ -42,7 +46,8 @@ def file_digest(path: Path, algorithm: str = "sha256",
     def advance(count: int) -> None:
         nonlocal done
         done += count
-        progress(done, total, "checksum")
+        if progress:
+            progress(done, total, "checksum")
 
     with open(path, "rb") as handle:
         return copy_and_hash(handle, Discard(), algorithm, advance if progress else None)[0]

@@ -44,7 +44,7 @@ def parse_backup_name(name: str) -> Optional[BackupName]:
 def is_anonymised_name(name: str) -> bool:
     """Stash's anonymised copy of a database, by its name."""
     match = _NAME.match(name)
-    return bool(match) and match["db"].endswith(ANONYMISED_MARK)
+    return match is not None and match["db"].endswith(ANONYMISED_MARK)
 
 
 def with_counter(name: str, counter: int) -> str:

@@ -63,7 +63,8 @@ class JobRecord:
     @classmethod
     def from_dict(cls, data: dict) -> "JobRecord":
         known = {f.name: f.type for f in fields(cls)}
-        return cls(**{k: _number(v) if known[k] == "int" else str(v) for k, v in data.items() if k in known})
+        values: dict = {k: _number(v) if known[k] == "int" else str(v) for k, v in data.items() if k in known}
+        return cls(**values)
 
 
 def _order(seq: int, moment: str) -> tuple[int, str]:
@@ -157,7 +158,7 @@ def claim_overdue_notice(status: Status, last_verified: Optional[datetime], now:
     """One message per stale spell: no overdue notice when one went out since the last
     verified backup, nor when a failure since then was reported already."""
     def since_last_backup(moment: Optional[datetime]) -> bool:
-        return bool(moment) and (last_verified is None or moment > last_verified)
+        return moment is not None and (last_verified is None or moment > last_verified)
 
     failure = status.last_failure()
     if since_last_backup(parse_time(status.overdue_notified_at)) or \
@@ -297,7 +298,7 @@ def _wait_for_lock(handle, path: Path) -> None:
 def _try_lock(handle) -> None:
     if os.name == "nt":
         import msvcrt
-        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]  # Windows only
         return
     import fcntl
     fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -280,7 +280,7 @@ class BlobWriter:
             return
         try:
             _sync_files([temp for _, temp in self._staged])
-            folders = set()
+            folders: set[Path] = set()
             for checksum, temp in self._staged:
                 final = self.store.blob_path(checksum)
                 if not final.parent.is_dir():
@@ -332,7 +332,8 @@ class SnapshotTee:
         self.temp = store.incoming / f"{name}{SNAPSHOT_SUFFIX}{TEMP_MARKER}{os.getpid()}"
         self._handle = open(self.temp, "w+b")
         self._queue: queue.Queue = queue.Queue(self.QUEUE_CHUNKS)
-        self._offset, self._behind_at = 0, None  # the download's view: bytes seen, where the tee let go
+        self._offset = 0  # the download's view: bytes seen, and where the tee let go
+        self._behind_at: Optional[int] = None
         self._result: Optional[tuple[Path, snapshots.Digest]] = None
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name="snapshot-tee", daemon=True)
@@ -372,6 +373,7 @@ class SnapshotTee:
         self._thread.join()
         if self._error:
             raise self._error
+        assert self._result is not None  # the thread ended without an error: it set the result
         return self._result
 
     def discard(self) -> None:

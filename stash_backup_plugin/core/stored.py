@@ -11,7 +11,7 @@ import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Protocol
+from typing import IO, Callable, Iterable, Iterator, Optional, Protocol
 
 from . import backup_zip as fullbackup
 from . import record as records
@@ -21,7 +21,7 @@ from .naming import TEMP_MARKER as _TEMP, blob_member_name, blob_relative_path, 
 from .reporting import Reporter
 from .sqlite_check import (NONE, QUICK, check_database, count_filesystem_blob_references, library_counts,
                            filesystem_blob_references)
-from .snapshot import LEVEL
+from .snapshot import LEVEL, Digest
 from .faults import crash_point
 from .hashing import copy_and_hash
 from .store import BLOBS, SNAPSHOTS, Store, commit_snapshot, write_snapshot
@@ -36,7 +36,7 @@ class BlobSource(Protocol):
     def size(self, checksum: str) -> Optional[int]:
         """The blob's size, or None when this source does not have it."""
 
-    def open(self, checksum: str) -> BinaryIO:
+    def open(self, checksum: str) -> IO[bytes]:
         """The blob's bytes (only called after size() found it)."""
 
 
@@ -59,7 +59,7 @@ class FolderSource:
         found = self._path(checksum)
         return found[1] if found else None
 
-    def open(self, checksum: str) -> BinaryIO:
+    def open(self, checksum: str) -> IO[bytes]:
         found = self._path(checksum)
         if not found:
             raise FileNotFoundError(checksum)
@@ -76,7 +76,7 @@ class ZipSource:
         info = self.members.get(checksum)
         return info.file_size if info else None
 
-    def open(self, checksum: str) -> BinaryIO:
+    def open(self, checksum: str) -> IO[bytes]:
         return self.archive.open(self.members[checksum])
 
 
@@ -84,7 +84,7 @@ class NoBlobs:
     def size(self, checksum: str) -> Optional[int]:
         return None
 
-    def open(self, checksum: str) -> BinaryIO:
+    def open(self, checksum: str) -> IO[bytes]:
         raise FileNotFoundError(checksum)
 
 
@@ -126,7 +126,8 @@ class _InThread(threading.Thread):
 
     def __init__(self, work: Callable):
         super().__init__(daemon=True)
-        self.work, self.value, self.error = work, None, None
+        self.work, self.value = work, None
+        self.error: Optional[BaseException] = None
 
     def run(self) -> None:
         try:
@@ -152,16 +153,18 @@ class _Compressor(threading.Thread):
         super().__init__(name="snapshot", daemon=True)
         self.level = level
         self.store, self.backup_name, self.database, self.compressed = store, name, database, compressed
-        self.temp, self.digest = None, None
+        self.temp: Optional[Path] = None
+        self.digest: Optional[Digest] = None
         self.error: Optional[BaseException] = None
 
     def run(self) -> None:
         try:
             if self.compressed:
-                self.temp, self.digest = self.compressed.result()
+                temp, digest = self.compressed.result()
             else:
-                self.temp, self.digest = write_snapshot(self.store, self.backup_name, self.database, self.level)
-            if self.temp.stat().st_size != self.digest.written:
+                temp, digest = write_snapshot(self.store, self.backup_name, self.database, self.level)
+            self.temp, self.digest = temp, digest
+            if temp.stat().st_size != digest.written:
                 raise VerificationError(f"the compressed database {self.temp} is not the size it was written at")
         except BaseException as error:  # handed to the caller's thread
             self.error = error

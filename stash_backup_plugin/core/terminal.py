@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Callable, Optional, TextIO
 
 from .errors import StashBackupError, StorageError
 from .reporting import Reporter
@@ -13,7 +13,7 @@ BAR_WIDTH = 30
 
 
 class TerminalReporter(Reporter):
-    def __init__(self, stream: TextIO = None, quiet: bool = False, redact=lambda text: text):
+    def __init__(self, stream: Optional[TextIO] = None, quiet: bool = False, redact=lambda text: text):
         self._stream = stream or sys.stderr
         self._quiet = quiet
         self._redact = redact

@@ -120,7 +120,7 @@ def _send_backups(archive: Archive, remote: RemoteArchive, manifest: Manifest, t
     sent_snapshots = []
     with open(listing, "w", encoding="utf-8") as out, contextlib.ExitStack() as stack:
         there = stack.enter_context(remote.listing(scratch, hashes=remote.has_cheap_md5()))
-        for checksum, size in to_send(_sized_blobs(store, names, stack), there.blobs):
+        for checksum, _size in to_send(_sized_blobs(store, names, stack), there.blobs):
             out.write(blob_member_name(checksum) + "\n")
             result.blobs_sent += 1
         for header in headers:

@@ -71,7 +71,7 @@ def _copy_table_by_table(source: Path, target: Path) -> str:
                     out.execute(sql)
                     _copy_rows(damaged, out, name)
                     out.commit()
-        for kind, name, sql in objects:
+        for kind, _name, sql in objects:
             if kind != "table":
                 with contextlib.suppress(sqlite3.DatabaseError):
                     out.execute(sql)
