@@ -114,8 +114,8 @@ def _blob_sizes(blobs: Path) -> dict:
 
 
 def bench_nights(database_bytes: int, blob_count: int, nights: int, work: Path) -> ArchiveResult:
-    from tests.stash_server.build import NEW_VERSION, build
-    from tests.stash_server.server import StashServer
+    from tests.support.stash_server.build import NEW_VERSION, build
+    from tests.support.stash_server.server import StashServer
     pristine = library.library(database_bytes, blob_count)
     stash_root = work / "stash"
     lib = library.working_copy(pristine, stash_root)

@@ -63,8 +63,8 @@ class ScratchSampler(threading.Thread):
 
 
 def bench_drill(database_bytes: int, blob_count: int, runs: int, work: Path) -> list[str]:
-    from tests.stash_server.build import NEW_VERSION, build
-    from tests.stash_server.server import StashServer
+    from tests.support.stash_server.build import NEW_VERSION, build
+    from tests.support.stash_server.server import StashServer
     binary = build(NEW_VERSION)
     lib = library.working_copy(library.library(database_bytes, blob_count), work / "drill-stash")
     server = StashServer(binary, lib.root, NEW_VERSION)

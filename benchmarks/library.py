@@ -43,8 +43,8 @@ def empty_stash_database() -> Path:
     path = CACHE / "empty-stash-v0.31.1.sqlite"
     if path.exists():
         return path
-    from tests.stash_server.build import NEW_VERSION, build
-    from tests.stash_server.server import StashServer
+    from tests.support.stash_server.build import NEW_VERSION, build
+    from tests.support.stash_server.server import StashServer
     with tempfile.TemporaryDirectory(prefix="empty-stash-") as folder:
         server = StashServer(build(NEW_VERSION), Path(folder) / "stash", NEW_VERSION)
         server.start()

@@ -70,7 +70,7 @@ def _bucket(config: Path) -> str:
 
 def bench_offsite(sizes: list[tuple[int, int]], runs: int, work: Path) -> list[Comparison]:
     sys.path.insert(0, str(REPO))
-    from tests.offsite_servers import SeaweedFS
+    from tests.support.offsite_servers import SeaweedFS
     server = SeaweedFS(work / "seaweedfs").start()
     config = work / "rclone.conf"
     results: list[Comparison] = []
@@ -132,7 +132,7 @@ def _bench_size(server, config: Path, database_bytes: int, blob_count: int, runs
                                                  str(archive), f"sw:{night_bucket}/copy"))
     print(nightly.row(), flush=True)
     # What the server receives, counted apart: the proxy (Python) would slow the timed runs.
-    from tests.offsite_servers import CountingProxy
+    from tests.support.offsite_servers import CountingProxy
     proxy = CountingProxy(server.ports["s3"])
     counted = work / "counted.conf"
     counted.write_text(server.config("sw").replace(f":{server.ports['s3']}", f":{proxy.port}"))

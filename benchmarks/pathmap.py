@@ -105,8 +105,8 @@ def videos(count: int) -> Path:
 
 
 def scan_after_move(count: int) -> None:
-    from tests.stash_server.build import NEW_VERSION, build
-    from tests.stash_server.server import StashServer, move_library
+    from tests.support.stash_server.build import NEW_VERSION, build
+    from tests.support.stash_server.server import StashServer, move_library
     binary = build(NEW_VERSION)
     source = videos(count)
     with tempfile.TemporaryDirectory(prefix="bench-pathmap-scan-") as work:

@@ -99,8 +99,8 @@ def _download_targets(work: Path, memory, name: str, url: str):
 def bench_download_from_stash(size, runs, work: Path) -> Comparison:
     """The real /downloads endpoint: one fresh backup link per trial, both clients
     fetch it inside its 30 s window."""
-    from tests.stash_server.build import NEW_VERSION, build
-    from tests.stash_server.server import StashServer
+    from tests.support.stash_server.build import NEW_VERSION, build
+    from tests.support.stash_server.server import StashServer
     stash = StashServer(build(NEW_VERSION), work / "stash", NEW_VERSION, blobs_storage="DATABASE")
     stash.start()
     stash.stop()
@@ -239,8 +239,8 @@ def bench_restore(sizes, runs, work: Path) -> list[Comparison]:
 # --- 5. plugin overhead -----------------------------------------------------------------------------
 
 def bench_plugin(runs, work: Path) -> None:
-    from tests.stash_server.build import NEW_VERSION, build
-    from tests.stash_server.server import StashServer, seed_content
+    from tests.support.stash_server.build import NEW_VERSION, build
+    from tests.support.stash_server.server import StashServer, seed_content
     stash = StashServer(build(NEW_VERSION), work / "plugin-stash", NEW_VERSION)
     stash.start()
     try:
@@ -286,9 +286,9 @@ def bench_plugin_cold_start(runs, work: Path) -> None:
     holding only requests, as its Docker image offers) against gql installed in
     Stash's Python, alternating; and the size of what is installed."""
     import statistics as st
-    from tests.python_envs import RUNNER, make_venv, python_for
-    from tests.stash_server.build import NEW_VERSION, build
-    from tests.stash_server.server import StashServer
+    from tests.support.python_envs import RUNNER, make_venv, python_for
+    from tests.support.stash_server.build import NEW_VERSION, build
+    from tests.support.stash_server.server import StashServer
     other = "3.12" if RUNNER != "3.12" else "3.11"
     pythons = {"bundled gql (venv with only requests)": make_venv(work / "requests-only", PY, ("requests",)),
                "installed gql (Stash's Python has it)": PY,

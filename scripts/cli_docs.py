@@ -1,6 +1,6 @@
 """Keeps docs/cli.md's help blocks equal to the commands' real `--help` (as sqlite-utils
 does with cog): `python scripts/cli_docs.py` rewrites them, `--check` only compares
-(tests/test_docs.py runs the check). The prose around each block is written by hand.
+(tests/unit/test_docs.py runs the check). The prose around each block is written by hand.
 
 A block is
     <!-- help: stash-backup offsite push -->

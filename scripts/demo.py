@@ -17,8 +17,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.stash_server.build import NEW_VERSION, BuildError, build  # noqa: E402
-from tests.stash_server.server import (StashServer, content_names, performer_image,  # noqa: E402
+from tests.support.stash_server.build import NEW_VERSION, BuildError, build  # noqa: E402
+from tests.support.stash_server.server import (StashServer, content_names, performer_image,  # noqa: E402
                                        seed_content)
 
 

@@ -1,20 +1,15 @@
 """Shared fixtures. End-to-end tests run against real Stash servers built from the Go
-module proxy (tests/stash_server/build.py); a missing Go toolchain or a failed build
-fails them loudly, it never skips them."""
+module proxy (tests/support/stash_server/build.py); a missing Go toolchain or a failed
+build fails them loudly, it never skips them. The helpers behind them are in
+tests/support/harness.py."""
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.python_envs import RUNNER, build_wheel, make_venv, python_for, wheel_venv
-from tests.stash_server.build import PINNED_VERSIONS, build
-from tests.stash_server.server import StashServer
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.harness import PythonEnvs, ServerFactory
+from tests.support.stash_server.build import PINNED_VERSIONS, build
 
 
 @pytest.fixture(scope="session")
@@ -27,75 +22,9 @@ def stash_version(request) -> str:
     return request.param
 
 
-class PythonEnvs:
-    """Session-wide Pythons for the plugin, made once each (PyPI through the runner's pip)."""
-
-    def __init__(self, root: Path):
-        self._root, self._made = root, {}
-
-    def _once(self, key, make):
-        if key not in self._made:
-            self._made[key] = make(self._root / "-".join(key))
-        return self._made[key]
-
-    def requests_only(self, version: str = RUNNER) -> str:
-        """What Stash's official Docker image offers a plugin: the standard library and requests."""
-        return self._once(("requests", version), lambda f: make_venv(f, python_for(version), ("requests",)))
-
-    def bare(self, version: str = RUNNER) -> str:
-        return self._once(("bare", version), lambda f: make_venv(f, python_for(version)))
-
-    def wheel(self) -> Path:
-        return self._once(("wheel",), lambda f: build_wheel(f))
-
-    def wheel_cli(self, version: str = RUNNER) -> Path:
-        """The bin folder of a clean venv with the wheel installed (not editable)."""
-        return self._once(("cli", version), lambda f: wheel_venv(f, python_for(version), self.wheel()))
-
-
 @pytest.fixture(scope="session")
 def python_envs(tmp_path_factory) -> PythonEnvs:
     return PythonEnvs(tmp_path_factory.mktemp("pythons"))
-
-
-class ServerFactory:
-    def __init__(self, binaries: dict, tmp_path: Path, request, plugin_python: str):
-        self._binaries, self._tmp, self._request = binaries, tmp_path, request
-        self._plugin_python = plugin_python
-        self.servers: list[StashServer] = []
-
-    def __call__(self, version: str, blobs_storage: str = "FILESYSTEM", name: str = "stash",
-                 install_plugin: bool = True, tls: bool | str = False, host: str = "127.0.0.1",
-                 config_via_env: bool = False, working_dir: Path | None = None, env: dict | None = None,
-                 **extra) -> StashServer:
-        """Stash's python_path is a venv with only requests unless `python_path` says
-        otherwise, and no plugin process may reach a package index."""
-        extra.setdefault("python_path", self._plugin_python)
-        server = StashServer(self._binaries[version], self._tmp / name, version, blobs_storage, extra_config=extra,
-                             tls=tls, host=host, config_via_env=config_via_env, working_dir=working_dir,
-                             env={"PIP_NO_INDEX": "1", **(env or {})})
-        self.servers.append(server)
-        server.start()
-        if install_plugin:
-            install_plugin_into(server)
-        return server
-
-    def close(self) -> None:
-        failed = getattr(self._request.node, "rep_call", None)
-        for server in self.servers:
-            server.stop()
-            if failed is not None and failed.failed:
-                print(f"\n--- log of Stash {server.version} in {server.root} ---\n{server.log_tail(80)}")
-
-
-def install_plugin_into(server: StashServer, plugin_id: str = "stash-backup") -> Path:
-    """Install as a user does: the CLI's install-plugin into the plugins folder."""
-    result = run_cli("install-plugin", "--plugins-dir", str(server.plugins), "--id", plugin_id,
-                     "--url", server.url.replace("https://", "http://"),  # reload is best effort; the test reloads
-                     *(["--api-key", server.api_key] if server.api_key else []))
-    assert result.returncode == 0, result.stderr
-    server.reload_plugins()
-    return server.plugins / plugin_id
 
 
 @pytest.fixture
@@ -110,16 +39,3 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
-
-
-def run_cli(*args: str, env: dict | None = None, module: str = "stash_backup_plugin", cwd: Path | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, **(env or {}))
-    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          cwd=cwd or REPO, env=full_env, input=input, timeout=600)
-
-
-def run_restore(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return run_cli(*args, module="stash_backup_plugin.offline", **kwargs)
-

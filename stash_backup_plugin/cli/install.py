@@ -68,7 +68,7 @@ ZIP_TIME = (2020, 1, 1, 0, 0, 0)  # no build time in the zip
 # The bundle: gql with the `requests` extra and what it needs, except what Stash's
 # Python brings (requests and its own dependencies: Stash's official image has them),
 # and what gql declares but imports only in its aiohttp/websockets transports and its
-# CLI (they carry C extensions; tests/test_install.py checks our path never imports them).
+# CLI (they carry C extensions; tests/unit/test_install.py checks our path never imports them).
 BUNDLE_ROOT = ("gql", frozenset({"requests"}))
 PROVIDED_ROOT = "requests"
 NOT_IMPORTED = frozenset({"yarl", "multidict", "propcache"})

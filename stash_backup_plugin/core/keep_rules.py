@@ -1,7 +1,7 @@
 """The keep rules, declared once: this table feeds the retention Policy
 (core/retention.py), the CLI's --keep-* options (cli/commands.py), the plugin's
 keep settings as it reads them (plugin/run.py) and as plugin.yml declares them
-(tests/test_retention.py checks that file against this table). Standard library
+(tests/unit/test_retention.py checks that file against this table). Standard library
 only (dataclasses, which the CLI loads anyway): the CLI builds its options from it at
 every start."""
 from dataclasses import dataclass
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 class KeepRule:
     """One keep rule, declared once: the Policy field `name`, the CLI option
     --keep-<name>, the plugin setting keep<Name> (plugin.yml, checked against this by
-    tests/test_retention.py) and what it keeps, as --help and the settings page say it."""
+    tests/unit/test_retention.py) and what it keeps, as --help and the settings page say it."""
 
     name: str
     keeps: str  # completes "Keep …"

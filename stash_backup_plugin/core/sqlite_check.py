@@ -41,7 +41,7 @@ def open_unchanged(database: Path) -> Iterator[sqlite3.Connection]:
     - no -wal or -journal: `immutable=1` (it would ignore a -wal: committed data lives there);
     - a -wal: SQLite's own reader, read-only, through the "unix-none" VFS in exclusive
       locking mode, which builds the WAL index in memory: it neither copies the
-      database nor touches the -shm (tests/test_restore.py proves both);
+      database nor touches the -shm (tests/unit/test_restore.py proves both);
     - else (a hot -journal, which only a writer can roll back; Windows): a private copy
       beside the database, never in the system's temp folder (which may be a small tmpfs)."""
     wal, journal = (Path(f"{database}{s}").exists() for s in ("-wal", "-journal"))
