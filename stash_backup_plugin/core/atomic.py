@@ -54,15 +54,48 @@ def take_parent_owner(path: Path) -> None:
     Only root can give files away; anyone else keeps what the system gave."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return
-    parent, mine = os.stat(Path(path).parent), os.lstat(path)
-    if (mine.st_uid, mine.st_gid) == (parent.st_uid, parent.st_gid):
+    parent = os.stat(Path(path).parent)
+    give_owner(path, parent.st_uid, parent.st_gid)
+
+
+def give_owner(path: Path, uid: int, gid: int) -> None:
+    """As root, make `path` (not a link's target) belong to uid:gid; anyone else keeps
+    what the system gave. Where the file system fixes owners by mount options (FAT, SMB
+    and the like), there is nothing to give away: not an error."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    mine = os.lstat(path)
+    if (mine.st_uid, mine.st_gid) == (uid, gid):
         return
     try:
-        os.chown(path, parent.st_uid, parent.st_gid, follow_symlinks=False)
+        os.chown(path, uid, gid, follow_symlinks=False)
     except OSError as error:
-        # FAT, SMB and the like fix owners by mount options: nothing to give away there.
         if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
             raise
+
+
+def existing_parent(path: Path) -> Path:
+    """The path itself, or its nearest ancestor that exists (a folder not made yet is
+    on the disk of the folder it will be made in)."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def free_space(folder: Optional[Path]) -> Optional[int]:
+    """Free bytes on the disk `folder` is (or will be) on; None when unknown."""
+    try:
+        return shutil.disk_usage(existing_parent(folder)).free if folder else None
+    except OSError:
+        return None
+
+
+def write_all(handle, data: bytes) -> int:
+    """Write every byte (a raw file's write may take only part); returns the length."""
+    view = memoryview(data)
+    while view:
+        view = view[handle.write(view):]
+    return len(data)
 
 
 def private_mode(parent: Path, folder: bool = False) -> int:

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional
 
+from .atomic import write_all
 from .errors import VerificationError
 
 CODEC = "gzip"
@@ -74,7 +75,7 @@ class StreamCompressor:
 
     def _drain_one(self) -> None:
         future, raw = self._pending.popleft()
-        self.written += _write_all(self.target, future.result())
+        self.written += write_all(self.target, future.result())
         if self.progress:
             self.progress(raw)
 
@@ -101,13 +102,6 @@ def compress(source: BinaryIO, target: BinaryIO, level: int = LEVEL, threads: in
         return compressor.finish()
     finally:
         compressor.close()
-
-
-def _write_all(target: BinaryIO, data: bytes) -> int:
-    view = memoryview(data)
-    while view:
-        view = view[target.write(view):]
-    return len(data)
 
 
 def decompress(source: BinaryIO, target, progress: Progress = None) -> Digest:
@@ -165,7 +159,7 @@ class _Sink:
                 continue  # drain: the producer stops at its next put
             try:
                 self._digest.update(chunk)
-                _write_all(self.target, chunk)
+                write_all(self.target, chunk)
                 if self.progress:
                     self.progress(len(chunk))
             except BaseException as error:

@@ -5,13 +5,12 @@ caller's fallback folder (core/status.py). Also the overdue check and the page's
 from __future__ import annotations
 
 import contextlib
-import shutil
 from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from ..core.archive import Archive, Entry, utc_now
+from ..core.atomic import free_space
 from ..core.errors import StashBackupError
 from ..core.reporting import Reporter
 from ..core.retention import Duration
@@ -142,7 +141,7 @@ def overview(archive: Archive, status_file: StatusFile, interval: Duration) -> d
         "archive": {"folder": str(archive.folder), "backups": len(entries),
                     # what the backups added (blobs stored once), without walking every blob file
                     "size": sum(e.new_bytes if e.is_stored else e.size for e in entries),
-                    "free": _free_space(archive.folder)},
+                    "free": free_space(archive.folder)},
         "interval": str(interval), "interval_seconds": int(max_age.total_seconds()),
         "last_verified": iso(last) if last else None,
         "last_verified_age_seconds": int((now - last).total_seconds()) if last else None,
@@ -161,13 +160,3 @@ def _entry_view(entry: Entry) -> dict:
     if not entry.is_stored:
         view["new_bytes"] = entry.size  # an older per-backup file holds all it needs itself
     return view
-
-
-def _free_space(folder: Path) -> Optional[int]:
-    probe = folder
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent  # the archive may not exist yet: the disk it will be on
-    try:
-        return shutil.disk_usage(probe).free
-    except OSError:
-        return None

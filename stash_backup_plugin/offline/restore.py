@@ -22,7 +22,7 @@ from typing import Callable, Iterator, NamedTuple, Optional
 from ..core import backup_zip as fullbackup
 from . import swap
 from ..core.archive import MANIFEST_NAME, Archive, Entry
-from ..core.atomic import (discard, fsync_file, make_folders, private_mode, remove_stale_temps, scratch_folder,
+from ..core.atomic import (discard, existing_parent, free_space, fsync_file, give_owner, make_folders, private_mode, remove_stale_temps, scratch_folder,
                            staged_file, storage_error, temp_path_in)
 from ..core.errors import RestoreRefused, UsageError, VerificationError
 from ..core.naming import TEMP_MARKER, blob_relative_path, is_anonymised_name
@@ -120,7 +120,7 @@ def one_run_at_a_time(database: Path, dry_run: bool) -> Iterator[None]:
         yield
         return
     import fcntl
-    fd = os.open(_existing_parent(database.parent), os.O_RDONLY)
+    fd = os.open(existing_parent(database.parent), os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if dry_run else fcntl.LOCK_EX) | fcntl.LOCK_NB)
@@ -348,8 +348,8 @@ def gather_facts(backup: Path, inspection: _Inspection, target: Target, options:
         blob_bytes_to_write=to_write.bytes, blobs_already_present=present,
         blobs_only_on_disk=len(on_disk) - also_on_disk if in_backup else 0,
         blobs_referenced_missing=len(inspection.blobs_not_included - on_disk),
-        free_database_disk=_free_space(target.database.parent),
-        free_blobs_disk=_free_space(target.blobs_path) if target.blobs_path else None,
+        free_database_disk=free_space(target.database.parent),
+        free_blobs_disk=free_space(target.blobs_path) if target.blobs_path else None,
         same_disk=_same_disk(target.database.parent, target.blobs_path),
         allow_newer_schema=options.allow_newer_schema)
     return facts, to_write
@@ -376,22 +376,9 @@ def _blobs_on_disk(blobs_path: Optional[Path]) -> set[str]:
     return names
 
 
-def _existing_parent(path: Path) -> Path:
-    while not path.exists() and path.parent != path:
-        path = path.parent
-    return path
-
-
-def _free_space(folder: Optional[Path]) -> Optional[int]:
-    try:
-        return shutil.disk_usage(_existing_parent(folder)).free if folder else None
-    except OSError:
-        return None
-
-
 def _same_disk(a: Path, b: Optional[Path]) -> bool:
     try:
-        return bool(b) and os.stat(_existing_parent(a)).st_dev == os.stat(_existing_parent(b)).st_dev
+        return bool(b) and os.stat(existing_parent(a)).st_dev == os.stat(existing_parent(b)).st_dev
     except OSError:
         return False
 
@@ -598,8 +585,7 @@ def _match_ownership(path: Path, like: Path) -> None:
     info = os.stat(reference)
     mode = stat.S_IMODE(info.st_mode) if like.exists() else private_mode(like.parent)  # none to copy: private
     os.chmod(path, mode & ~0o7111)  # a database: never executable, no set-id bits
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        os.chown(path, info.st_uid, info.st_gid)
+    give_owner(path, info.st_uid, info.st_gid)
 
 
 def _extract_blobs(backup: Path, inspection: _Inspection, to_write: _Selection, target: Target, aside: Path,

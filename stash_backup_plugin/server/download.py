@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import requests
 
-from ..core.atomic import staged_file
+from ..core.atomic import staged_file, write_all
 from .api import Downloaded
 from ..core.errors import AuthError, DownloadError, LinkExpiredError
 
@@ -170,7 +170,7 @@ def _stream(response: requests.Response, state: _State, progress) -> None:
     raw = response.raw
     try:
         while chunk := raw.read(CHUNK):
-            _write_all(state.handle, chunk)
+            write_all(state.handle, chunk)
             state.hasher.update(chunk)
             if state.tee:
                 state.tee.write(chunk)
@@ -185,12 +185,6 @@ def _stream(response: requests.Response, state: _State, progress) -> None:
         raise _Cut(f"connection closed at {state.received} of {state.total} bytes")
     if state.total is not None and state.received > state.total:
         raise DownloadError(f"the server sent {state.received} bytes but announced {state.total}: retry later")
-
-
-def _write_all(handle, chunk: bytes) -> None:
-    view = memoryview(chunk)
-    while view:
-        view = view[handle.write(view):]
 
 
 def _urllib3_errors():

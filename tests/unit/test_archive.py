@@ -265,3 +265,24 @@ def test_what_we_make_is_private_unless_its_folder_is_shared_with_the_group_alon
     assert oct((tmp_path / "a").stat().st_mode & 0o777) == folder
     assert oct((tmp_path / "a" / "b").stat().st_mode & 0o777) == folder
     assert oct((tmp_path / "a" / "f").stat().st_mode & 0o777) == file
+
+
+def test_giving_a_file_away_tolerates_a_file_system_that_fixes_owners_and_nothing_else(tmp_path, monkeypatch):
+    """The restore gave restored files their owner with a bare os.chown: on FAT or SMB
+    (owners fixed by mount options) that raised EPERM and failed the restore."""
+    import errno
+    from stash_backup_plugin.core import atomic
+    target = tmp_path / "restored.sqlite"
+    target.write_bytes(b"x")
+    monkeypatch.setattr(atomic.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(atomic.os, "lstat", lambda path: os.stat_result((0o100600, 0, 0, 1, 0, 0, 1, 0, 0, 0)))
+
+    def refuse(code):
+        def chown(*args, **kwargs):
+            raise OSError(code, os.strerror(code))
+        return chown
+    monkeypatch.setattr(atomic.os, "chown", refuse(errno.EPERM))
+    atomic.give_owner(target, 1000, 1000)
+    monkeypatch.setattr(atomic.os, "chown", refuse(errno.EIO))
+    with pytest.raises(OSError):
+        atomic.give_owner(target, 1000, 1000)

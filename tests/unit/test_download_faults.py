@@ -214,7 +214,7 @@ def test_a_tee_whose_disk_fails_reports_it_and_never_hangs(tmp_path, monkeypatch
     def full_disk(target, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(snapshot, "_write_all", full_disk)  # every compressed write fails, as on a full disk
+    monkeypatch.setattr(snapshot, "write_all", full_disk)  # every compressed write fails, as on a full disk
     tee = SnapshotTee(Store(tmp_path / "archive"), NAME)
     for _ in range(20):  # more chunks than the queue holds
         tee.write(b"x" * 1024 * 1024)

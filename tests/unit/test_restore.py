@@ -174,7 +174,7 @@ def test_older_schema_goes_ahead_and_says_stash_will_migrate(install, tmp_path):
 
 
 def test_not_enough_space_is_refused(install, monkeypatch):
-    monkeypatch.setattr(engine, "_free_space", lambda folder: 10)
+    monkeypatch.setattr(engine, "free_space", lambda folder: 10)
     before = snapshot(install.root)
     with pytest.raises(RestoreRefused, match="not enough free space"):
         do_restore(install, install.backup_zip)
