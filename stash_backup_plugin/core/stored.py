@@ -419,7 +419,7 @@ def _check_group(store: Store, group: list, read_data: Optional[ReadData], probl
 
 
 def _md5(path: Path) -> str:
-    from .verify import file_digest
+    from .hashing import file_digest
     try:
         return file_digest(path, "md5")
     except OSError:

@@ -10,7 +10,6 @@ removes the rest. Every job holds the local archive's lock too."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import heapq
 import os
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from ..core.retention import Decision, Policy, plan_retention
 from ..core.snapshot import decompress
 from ..core.sqlite_check import check_database
 from ..core.faults import crash_point
+from ..core.hashing import Discard, copy_and_hash, file_digest
 from ..core.store import Store, commit_snapshot
 from ..core.store_plan import plan_gc
 from ..core.stored import ReadData
@@ -37,14 +37,6 @@ from ..offsite.plan import RemoteBlob, problems as blob_problems, to_send
 from ..offsite.remote import TEMP_TAG, RemoteArchive
 
 FETCH_BATCH_BYTES = 256 * 1024 * 1024  # verify --read-data downloads at most this much at a time
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _sized_blobs(store: Store, names: list[str], stack: contextlib.ExitStack) -> Iterator[tuple[str, int]]:
@@ -137,7 +129,8 @@ def _send_backups(archive: Archive, remote: RemoteArchive, manifest: Manifest, t
     crash_point("offsite-records-sent")
     _confirm_arrived(remote, sent_snapshots + record_files, set(sent.transferred) | records_copied)
     pushed_at = utc_now()
-    added = [backup_from_header(h, store.record_path(h.name).stat().st_size, _md5(store.record_path(h.name)), pushed_at)
+    added = [backup_from_header(h, store.record_path(h.name).stat().st_size,
+                                file_digest(store.record_path(h.name), "md5"), pushed_at)
              for h in headers]
     remote.write_manifest(manifest.with_backups(added, pushed_at), scratch)
     crash_point("offsite-manifest-written")
@@ -255,7 +248,8 @@ def _record_files(archive: Archive, remote: RemoteArchive, backups: list[RemoteB
     for backup in backups:
         _check_entry(backup, remote.display, "nothing was collected")
         local = store.record_path(backup.name)
-        if local.is_file() and local.stat().st_size == backup.record.size and _md5(local) == backup.record.md5:
+        if local.is_file() and local.stat().st_size == backup.record.size \
+                and file_digest(local, "md5") == backup.record.md5:
             paths[backup.name] = local
         else:
             fetch.append(backup)
@@ -265,7 +259,8 @@ def _record_files(archive: Archive, remote: RemoteArchive, backups: list[RemoteB
         remote.fetch(listing, scratch / "fetched", "fetch the records from")
         for backup in fetch:
             path = scratch / "fetched" / backup.record.file
-            if not path.is_file() or path.stat().st_size != backup.record.size or _md5(path) != backup.record.md5:
+            if not path.is_file() or path.stat().st_size != backup.record.size \
+                    or file_digest(path, "md5") != backup.record.md5:
                 raise VerificationError(f"the record of {backup.name} on {remote.display} does not match the manifest: "
                                         "nothing was collected; run offsite verify")
             paths[backup.name] = path
@@ -358,7 +353,7 @@ def _fetched_records(remote: RemoteArchive, backups: list[RemoteBackup], there: 
         path = scratch / "fetched" / backup.record.file
         if backup not in fetchable or not path.is_file():
             found[backup.name].append(f"its record {backup.record.file} is missing on the remote")
-        elif path.stat().st_size != backup.record.size or _md5(path) != backup.record.md5:
+        elif path.stat().st_size != backup.record.size or file_digest(path, "md5") != backup.record.md5:
             found[backup.name].append(f"its record {backup.record.file} does not match the manifest (size or MD5)")
         else:
             lists.append((backup.name, path))
@@ -401,7 +396,7 @@ def _check_blob_batch(remote: RemoteArchive, batch: list[tuple[str, int]], owner
         remote.fetch(listing, folder, "download blobs from")
     for checksum, _ in batch:
         path = folder / blob_member_name(checksum)
-        if path.is_file() and _md5(path) != checksum:
+        if path.is_file() and file_digest(path, "md5") != checksum:
             for name in owners.get(checksum, []):
                 found[name].append(f"blob {blob_member_name(checksum)} does not match its name (MD5) on the remote: it is damaged")
         discard(path)
@@ -412,7 +407,7 @@ def _check_snapshot(remote: RemoteArchive, backup: RemoteBackup, scratch: Path) 
     try:
         remote.fetch_file(backup.snapshot.file, target)
         with open(target, "rb") as packed:
-            digest = decompress(packed, _Discard())
+            digest = decompress(packed, Discard())
     except (RemoteError, VerificationError) as error:
         return f"its database {backup.snapshot.file}: {error}"
     finally:
@@ -420,11 +415,6 @@ def _check_snapshot(remote: RemoteArchive, backup: RemoteBackup, scratch: Path) 
     if (digest.size, digest.sha256) != (backup.database_size, backup.database_sha256):
         return f"its database {backup.snapshot.file} does not decompress to the recorded size and SHA-256: it is damaged"
     return ""
-
-
-class _Discard:
-    def write(self, data) -> int:
-        return len(data)
 
 
 # --- pull ----------------------------------------------------------------------------------------
@@ -451,7 +441,7 @@ def pull(archive: Archive, remote: RemoteArchive, name: str, level: str, report:
         record_path = _inside(fetched, record_file(backup.name))
         make_folders(record_path.parent)
         remote.fetch_file(backup.record.file, record_path)
-        if record_path.stat().st_size != backup.record.size or _md5(record_path) != backup.record.md5:
+        if record_path.stat().st_size != backup.record.size or file_digest(record_path, "md5") != backup.record.md5:
             raise VerificationError(f"the record of {backup.name} on {remote.display} does not match the manifest: "
                                     "nothing was pulled; run offsite verify")
         header = records.read_header(record_path)
@@ -580,7 +570,7 @@ def _adopt_blobs(store: Store, fetched: Path, listing: Path) -> None:
         checksum = relative.rsplit("/", 1)[-1]
         if not path.is_file():
             raise RemoteError(f"{relative} did not arrive from the remote: nothing was pulled; pull again")
-        if _md5(path) != checksum:
+        if file_digest(path, "md5") != checksum:
             raise VerificationError(f"{relative} arrived damaged from the remote (MD5): nothing was pulled; "
                                     "run offsite verify --read-data")
     if lines and hasattr(os, "sync"):
@@ -601,8 +591,7 @@ def _adopt_blobs(store: Store, fetched: Path, listing: Path) -> None:
 def _install_record(store: Store, name: str, source: Path) -> None:
     make_folders(store.records_folder)
     with atomic_output(store.record_path(name)) as (handle, temp), open(source, "rb") as original:
-        while chunk := original.read(1024 * 1024):
-            handle.write(chunk)
+        copy_and_hash(original, handle)
         os.chmod(temp, private_mode(store.records_folder))
 
 

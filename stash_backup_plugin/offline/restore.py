@@ -8,7 +8,6 @@ or requests (a test proves it).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import os
 import shutil
@@ -22,8 +21,9 @@ from typing import Callable, Iterator, NamedTuple, Optional
 from ..core import backup_zip as fullbackup
 from . import swap
 from ..core.archive import MANIFEST_NAME, Archive, Entry
-from ..core.atomic import (discard, existing_parent, free_space, fsync_file, give_owner, make_folders, private_mode, remove_stale_temps, scratch_folder,
-                           staged_file, storage_error, temp_path_in)
+from ..core.atomic import (discard, existing_parent, free_space, fsync_file, give_owner, make_folders, private_mode,
+                           remove_stale_temps, scratch_folder, staged_file, storage_error, temp_path_in)
+from ..core.hashing import copy_and_hash
 from ..core.errors import RestoreRefused, UsageError, VerificationError
 from ..core.naming import TEMP_MARKER, blob_relative_path, is_anonymised_name
 from ..core.reporting import Reporter
@@ -37,7 +37,6 @@ from ..core.record import Header
 
 ASIDE_PREFIX = "stash-restore-"
 BLOB_BATCH = 2000  # blobs written between two syncs
-COPY_CHUNK = 4 * 1024 * 1024
 
 
 @dataclass
@@ -552,12 +551,9 @@ def _copy_checked(source, target, expected_sha256: Optional[str], backup: Path) 
     if not expected_sha256:
         copy_file(source, target)
         return
-    digest = hashlib.sha256()
-    while chunk := source.read(COPY_CHUNK):
-        digest.update(chunk)
-        target.write(chunk)
-    if digest.hexdigest() != expected_sha256:
-        raise VerificationError(f"{backup} has SHA-256 {digest.hexdigest()[:12]}… but the archive's manifest says "
+    digest, _ = copy_and_hash(source, target, "sha256")
+    if digest != expected_sha256:
+        raise VerificationError(f"{backup} has SHA-256 {digest[:12]}… but the archive's manifest says "
                                 f"{expected_sha256[:12]}…: the file is damaged")
 
 
@@ -623,21 +619,13 @@ def _blob_copier(backup: Path, inspection: _Inspection) -> Iterator[Callable]:
             path = inspection.store.blob_path(checksum)
             try:
                 with open(path, "rb") as blob:
-                    return _copy_with_md5(blob, out)
+                    return copy_and_hash(blob, out, "md5")[0]
             except FileNotFoundError:
                 raise VerificationError(f"blob {path} went missing from the archive while restoring") from None
         yield copy_stored
         return
     with zipfile.ZipFile(backup) as archive:
         yield lambda checksum, out: fullbackup.copy_member(archive, inspection.blob_members[checksum].filename, out)
-
-
-def _copy_with_md5(source, out) -> str:
-    digest = hashlib.md5()
-    while chunk := source.read(1024 * 1024):
-        digest.update(chunk)
-        out.write(chunk)
-    return digest.hexdigest()
 
 
 STAGING_THREADS = 8  # reads and writes of small files wait on the disk: several in flight
