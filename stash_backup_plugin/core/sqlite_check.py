@@ -148,6 +148,7 @@ def integrity_problems(connection: sqlite3.Connection, level: str = QUICK) -> st
     rows = [row[0] for row in connection.execute(f"PRAGMA {_pragma(level)}")]
     if rows == ["ok"]:
         return ""
+    rows = ["; ".join(line for line in str(row).splitlines() if line.strip()) for row in rows]  # one line
     return "; ".join(rows[:3]) + (f" (+{len(rows) - 3} more)" if len(rows) > 3 else "")
 
 

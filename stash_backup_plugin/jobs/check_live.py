@@ -30,6 +30,7 @@ DAMAGED = "live database damaged"
 # A page torn by a checkpoint running while we read could look like damage: damage is
 # only reported when a second, fresh read finds it too.
 CONFIRMING_READS = 2
+DETAIL_LIMIT = 300  # characters of SQLite's findings in the one line (a damaged page can list hundreds)
 
 
 @dataclass
@@ -44,7 +45,8 @@ class LiveCheck:
         if self.ok:
             return (f"live database healthy: PRAGMA quick_check ok ({self.database}, {human_size(self.size)}, "
                     f"{self.seconds:.1f} s)")
-        return f"{DAMAGED}: {self.database} failed PRAGMA quick_check: {self.detail}"
+        detail = self.detail if len(self.detail) <= DETAIL_LIMIT else self.detail[:DETAIL_LIMIT] + "…"
+        return f"{DAMAGED}: {self.database} failed PRAGMA quick_check: {detail}"
 
 
 def quick_check_live(database: Path) -> LiveCheck:
