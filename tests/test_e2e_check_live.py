@@ -96,3 +96,16 @@ def test_a_damaged_live_database_is_reported_and_holds_retention(stash_server_fa
     pruned = run_cli("prune", "--dest", str(archive), "--keep-last", "1")
     assert pruned.returncode == 0, pruned.stderr
     assert len(backups_in(archive)) == 1 and "removed 2" in pruned.stderr
+
+
+def test_the_plugins_ping_url_hears_each_task_start_and_end(stash_server_factory, stash_version):
+    server = stash_server_factory(stash_version)
+    with Receiver() as receiver:
+        url = f"http://127.0.0.1:{receiver.port}/ping/0b7c-secret-uuid"
+        server.graphql("mutation($id: ID!, $input: Map!) { configurePlugin(plugin_id: $id, input: $input) }",
+                       {"id": "stash-backup", "input": {"pingUrl": url}})
+        server.run_plugin_task("stash-backup", "Check live database")
+        server.run_plugin_task("stash-backup", "Download backup to archive")
+        pings = receiver.wait_for(4)
+    assert [p["path"] for p in pings] == ["/ping/0b7c-secret-uuid/start", "/ping/0b7c-secret-uuid"] * 2
+    assert "secret-uuid" not in server.log_text()
