@@ -17,6 +17,7 @@ from stash_backup_plugin.jobs.status import recording
 from stash_backup_plugin.server.notify import describe_url, ping_url
 
 from .notify_receiver import Receiver
+from .offsite_fixtures import bucket, local_archive, seaweed  # noqa: F401
 from .stash_server.server import free_port
 
 PAGE = 4096
@@ -154,3 +155,30 @@ def test_an_unreachable_ping_is_a_warning_and_the_job_succeeds(tmp_path):
     assert record["last_success"] and not record["last_failure"]
     warnings = [line for line in report.lines if line.startswith("warning: ping")]
     assert len(warnings) == 2 and all(describe_url(url) in w and "secret-uuid" not in w for w in warnings)
+
+
+def test_a_known_damage_holds_local_and_off_site_retention(bucket, tmp_path, local_archive):  # noqa: F811
+    from stash_backup_plugin.core.archive import Archive
+    from stash_backup_plugin.core.retention import Policy
+    from stash_backup_plugin.jobs import offsite
+    from stash_backup_plugin.jobs.retention import apply_retention, retention_summary
+    from stash_backup_plugin.offsite.rclone import Rclone
+    from stash_backup_plugin.offsite.remote import RemoteArchive
+    config, name = bucket
+    remote = RemoteArchive(Rclone(config), f"sw:{name}/stash")
+    archive = Archive(local_archive.folder)
+    for day in (1, 2, 3):
+        local_archive.backup(new_images=1, day=day)
+    offsite.push(archive, remote, Lines())
+    path, writer = live_database(tmp_path)
+    damage_one_page(path, writer)
+    assert not check_live(path, StatusFile(archive.folder), Lines()).ok
+
+    report = Lines()
+    result = apply_retention(archive, Policy(last=1), False, report)
+    assert len(archive.entries()) == 3 and result.held
+    held = [line for line in report.lines if "retention holds every backup" in line]
+    assert len(held) == 1 and retention_summary(Policy(last=1), result, False).endswith(result.held)
+    remote_result = offsite.prune(archive, remote, Policy(last=1), False, Lines())
+    assert remote_result.held and not remote_result.forgotten
+    assert len(offsite.remote_backups(remote)) == 3
