@@ -7,6 +7,7 @@ restore (jobs/retention.retention_hold). A healthy backup ends it (`healthy_back
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -106,7 +107,7 @@ def live_database(server_path: Optional[str], given: Optional[Path], report: Rep
     if given:
         return given.expanduser()
     candidate = Path(server_path) if server_path else None
-    if candidate and candidate.is_file():
+    if candidate and candidate.is_file() and os.access(candidate, os.R_OK):
         return candidate
     report.info("the live database is not readable here (run on Stash's host, or pass --database PATH): "
                 "its health check is skipped")
