@@ -182,3 +182,15 @@ def test_a_known_damage_holds_local_and_off_site_retention(bucket, tmp_path, loc
     remote_result = offsite.prune(archive, remote, Policy(last=1), False, Lines())
     assert remote_result.held and not remote_result.forgotten
     assert len(offsite.remote_backups(remote)) == 3
+
+
+def test_schedule_keeps_the_ping_url_in_the_private_settings_file_only(tmp_path):
+    from .conftest import run_cli
+    units, env_file = tmp_path / "units", tmp_path / "schedule.env"
+    url = "https://hc-ping.com/0b7c-secret-uuid"
+    result = run_cli("schedule", "install", "--via", "systemd-user", "--unit-dir", str(units), "--env-file",
+                     str(env_file), "--no-enable", "--dest", str(tmp_path / "archive"), "--ping", url)
+    assert result.returncode == 0, result.stderr
+    assert f"STASH_BACKUP_PING='{url}'" in env_file.read_text() and env_file.stat().st_mode & 0o777 == 0o600
+    assert not any("secret-uuid" in p.read_text() for p in units.iterdir())
+    assert "secret-uuid" not in result.stdout + result.stderr
