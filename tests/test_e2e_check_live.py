@@ -8,7 +8,10 @@ newest copy of a page may sit in the -wal, where damage to the main file would b
 hidden. The test checkpoints the WAL (an ordinary SQLite connection, as any tool may),
 then overwrites the head of the `tags` table's root page in the file: its b-tree page
 type becomes invalid, which `quick_check` reports every time, and nothing Stash does
-meanwhile rewrites that page (no tag is written while it is damaged)."""
+meanwhile rewrites that page (no tag is written while it is damaged). A running Stash
+may still hold the good copy in its page cache, so its own backup is not reliably
+failed that way; for that, Stash is stopped, the page damaged, Stash started: its
+VACUUM INTO then fails with "database disk image is malformed" every time."""
 import json
 import sqlite3
 import time
@@ -109,3 +112,28 @@ def test_the_plugins_ping_url_hears_each_task_start_and_end(stash_server_factory
         pings = receiver.wait_for(4)
     assert [p["path"] for p in pings] == ["/ping/0b7c-secret-uuid/start", "/ping/0b7c-secret-uuid"] * 2
     assert "secret-uuid" not in server.log_text()
+
+
+def test_stash_backup_failing_on_a_malformed_database_counts_as_damage(stash_server_factory, stash_version, tmp_path):
+    """Stopped, damaged, started again: Stash starts, and its own backup (VACUUM INTO)
+    then fails with "database disk image is malformed" every time (no page cache of a
+    running Stash holds the page's good copy)."""
+    server = stash_server_factory(stash_version, install_plugin=False)
+    for i in range(3):
+        server.graphql("mutation($n: String!) { tagCreate(input: {name: $n}) { id } }", {"n": f"tag {i}"})
+    server.stop()
+    offset, original = damage_tags_page(server.database)
+    server.start()
+    archive = tmp_path / "archive"
+    connect = ["--url", server.url, *(["--api-key", server.api_key] if server.api_key else [])]
+    failed = run_cli("download", *connect, "--dest", str(archive))
+    assert failed.returncode == 1 and "database disk image is malformed" in failed.stderr, failed.stderr
+    record = json.loads((archive / "status.json").read_text())["jobs"]["check-live"]
+    assert record["damaged_since"] and "Stash's own backup failed" in record["damage_reason"]
+
+    server.stop()
+    repair(server.database, offset, original)
+    server.start()
+    healed = run_cli("download", *connect, "--dest", str(archive))
+    assert healed.returncode == 0 and "retention runs again" in healed.stderr, healed.stderr
+    assert not json.loads((archive / "status.json").read_text())["jobs"]["check-live"]["damaged_since"]
