@@ -357,7 +357,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
     parser.add_argument("--only",
-                        default="download,stash,verify,blobs,restore,plugin,coldstart,startup,codec,archive,memory,offsite,drill,pathmap")
+                        default="download,stash,verify,blobs,restore,plugin,coldstart,startup,codec,archive,memory,offsite,drill,pathmap,"
+                                "checklive")
     parser.add_argument("--archive-issue-scale", action="store_true",
                         help="the archive and drill benchmarks at the issues' size: 1 GiB database, 50k blobs (30 nights)")
     parser.add_argument("--runs", type=int, default=None)
@@ -408,6 +409,10 @@ def main() -> int:
             from benchmarks.pathmap import bench_pathmap
             print("\nstash-restore --map-path:", flush=True)
             bench_pathmap(20_000 if args.quick else 200_000, max(1, min(plan["runs"], 3)))
+        if "checklive" in only:
+            from benchmarks.check_live import bench_check_live
+            print("\ncheck-live on a database in WAL mode held open by a writer:", flush=True)
+            results.append(bench_check_live(16 * MiB if args.quick else GiB, plan["runs"]))
         if "offsite" in only:
             from benchmarks.offsite import bench_offsite
             print("\noff-site copies to SeaweedFS's S3 on 127.0.0.1:", flush=True)

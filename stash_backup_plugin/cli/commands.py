@@ -52,6 +52,17 @@ def _parser() -> argparse.ArgumentParser:
                                   "(ntfy://, tgram://, mailto://, json://, ...) or an http(s):// webhook; repeatable "
                                   "(env STASH_BACKUP_NOTIFY, space-separated)")
 
+    def ping_option(command):
+        command.add_argument("--ping", metavar="URL", default=os.environ.get("STASH_BACKUP_PING") or None,
+                             help="an outside monitor's URL (healthchecks.io style): URL/start when the job starts, "
+                                  "URL on success, URL/fail on failure; undeliverable pings are warnings "
+                                  "(env STASH_BACKUP_PING)")
+
+    def database_option(command, what: str):
+        command.add_argument("--database", type=Path, metavar="PATH",
+                             help=f"Stash's live database file{what} (default: the path in the server's configuration, "
+                                  "when readable here)")
+
     def stash_binary_option(command):
         command.add_argument("--stash-binary", type=Path, metavar="PATH",
                              help="the Stash binary the drill starts (default: stash on PATH)")
@@ -84,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
                                "drill is older than DURATION (e.g. 7d)")
     stash_binary_option(download)
     notify_option(download)
+    ping_option(download)
+    database_option(download, ", checked read-only (PRAGMA quick_check) before each download")
 
     listing = commands.add_parser("list", help="list the archive")
     archive_option(listing)
@@ -99,10 +112,12 @@ def _parser() -> argparse.ArgumentParser:
     reading.add_argument("--read-data-subset", metavar="N/M",
                          help="re-hash part N of M of the blobs; N = 1..M on M nights reads them all")
     notify_option(verify)
+    ping_option(verify)
 
     drill = commands.add_parser("drill", help="restore a backup into a scratch folder, boot Stash on it and compare")
     archive_option(drill)
     notify_option(drill)
+    ping_option(drill)
     drill.add_argument("name", nargs="?", metavar="NAME", help="the backup (default: the newest verified)")
     stash_binary_option(drill)
     drill.add_argument("--timeout", type=int, default=900, metavar="SECONDS",
@@ -115,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     prune.add_argument("--json", action="store_true")
     notify_option(prune)
+    ping_option(prune)
 
     status = commands.add_parser("status", help="the last backup's age and each job's last outcome; exit 1 when overdue")
     archive_option(status)
@@ -136,6 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     schedule.add_argument("--no-enable", action="store_true", help="write the systemd units, do not enable them")
     archive_option(schedule)
     notify_option(schedule)
+    ping_option(schedule)
     _keep_options(schedule, "prune after each backup: ")
     schedule.add_argument("--offsite", action="store_true",
                           help="after each backup, copy the archive off-site (offsite push to --remote); a failed "
@@ -153,7 +170,15 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--apply", action="store_true", help="do it (without it: only show the plan)")
     migrate.add_argument("--json", action="store_true")
 
-    _offsite_parser(commands, archive_option, check_option, notify_option)
+    _offsite_parser(commands, archive_option, check_option, notify_option, ping_option)
+
+    check_live = commands.add_parser("check-live", help="check Stash's live database read-only (PRAGMA quick_check) "
+                                                        "while Stash runs; exit 1 when damaged")
+    archive_option(check_live)
+    database_option(check_live, "")
+    check_live.add_argument("--json", action="store_true")
+    notify_option(check_live)
+    ping_option(check_live)
 
     install = commands.add_parser("install-plugin", help="install the plugin into Stash's plugins folder")
     install.add_argument("--plugins-dir", type=Path, required=True, help="Stash's plugins folder")
@@ -183,7 +208,7 @@ def _remote_options(command) -> None:
                          help="rclone's config file (default: rclone's own, or env RCLONE_CONFIG)")
 
 
-def _offsite_parser(commands, archive_option, check_option, notify_option) -> None:
+def _offsite_parser(commands, archive_option, check_option, notify_option, ping_option=None) -> None:
     offsite = commands.add_parser("offsite", help="copies of the archive on a remote (S3, SFTP, any rclone remote)")
     actions = offsite.add_subparsers(dest="offsite_command", required=True, metavar="ACTION")
 
@@ -198,6 +223,8 @@ def _offsite_parser(commands, archive_option, check_option, notify_option) -> No
     _keep_options(push, "then on the remote: ")
     push.add_argument("--json", action="store_true")
     notify_option(push)
+    if ping_option:
+        ping_option(push)
     verify = action("verify", help="check every backup the remote lists (sizes, hashes where the backend has them)")
     archive_option(verify)
     reading = verify.add_mutually_exclusive_group()
@@ -241,7 +268,7 @@ def cmd_backup(args, report) -> int:
 
 
 def cmd_download(args, report) -> int:
-    from ..jobs.download import DownloadOptions, download_to_archive
+    from ..jobs.download import DownloadOptions
     from ..jobs.status import recording
     from ..core.retention import parse_duration
     from ..core.sqlite_check import FULL, QUICK
@@ -252,9 +279,9 @@ def cmd_download(args, report) -> int:
     archive = _archive(args)
     from ..jobs.drill import check_drill_every
     drill_every = check_drill_every(args.drill_every)
-    with recording(_status_file(archive), "download", report, _notifier(args, report)) as run, \
+    with recording(_status_file(archive), "download", report, _notifier(args, report), ping=args.ping or "") as run, \
             _client(args) as client:
-        outcome = download_to_archive(client, archive, options, report)
+        outcome = _checked_download(args, client, archive, options, report)
         run.done(f"Archived {outcome.entry.file}" if outcome.entry else outcome.skipped_reason)
     drilled = _drill_if_due(args, archive, drill_every, report) if outcome.entry else True
     if args.json:
@@ -262,6 +289,40 @@ def cmd_download(args, report) -> int:
     elif outcome.entry:
         print(_archive(args).path_of(outcome.entry))
     return 0 if drilled else 1
+
+
+def _checked_download(args, client, archive, options, report):
+    """The live database's check, then the download, watched for Stash's own backup
+    failing on a malformed database (jobs/check_live)."""
+    from ..jobs.check_live import check_before_download, download_watch, healthy_backup_made, live_database
+    from ..jobs.download import download_to_archive
+    status_file = _status_file(archive)
+    database = live_database(client.server_info().database_path, args.database, report)
+    check_before_download(database, status_file, report, _notifier(args, report))
+    with download_watch(status_file, report):
+        outcome = download_to_archive(client, archive, options, report)
+    if outcome.entry:
+        healthy_backup_made(status_file, report)
+    return outcome
+
+
+def cmd_check_live(args, report) -> int:
+    from ..jobs.check_live import check_live, live_database
+    archive = _archive(args)
+    database = args.database
+    if database is None:
+        with _client(args) as client:
+            database = live_database(client.server_info().database_path, None, report)
+        if database is None:
+            from ..core.errors import UsageError
+            raise UsageError("the live database is not readable here: run on Stash's host, or pass --database PATH")
+    result = check_live(database.expanduser(), _status_file(archive), report, _notifier(args, report),
+                        args.ping or "")
+    if args.json:
+        _print_json(asdict(result))
+    elif not result.ok:
+        report.error(result.line())
+    return 0 if result.ok else 1
 
 
 def _drill_if_due(args, archive, every: str, report) -> bool:
@@ -279,7 +340,8 @@ def _drill(args, archive, name, report):
     if not binary:
         from ..core.errors import UsageError
         raise UsageError("no stash on PATH: pass --stash-binary PATH (the Stash binary you run)")
-    with recording(_status_file(archive), "drill", report, _notifier(args, report)) as run:
+    with recording(_status_file(archive), "drill", report, _notifier(args, report),
+                   ping=getattr(args, "ping", None) or "") as run:
         result = drill(archive, name, binary.expanduser(), report, getattr(args, "timeout", DEFAULT_TIMEOUT))
         (run.done if result.ok else run.fail)(result.line())
     return result
@@ -346,7 +408,7 @@ def cmd_verify(args, report) -> int:
         from ..core.stored import ReadData
         read_data = ReadData.parse(args.read_data_subset) if args.read_data_subset else ReadData()
     archive = _archive(args)
-    with recording(_status_file(archive), "verify", report, _notifier(args, report)) as run:
+    with recording(_status_file(archive), "verify", report, _notifier(args, report), ping=args.ping or "") as run:
         summary = verify_archive(archive, level, report, read_data)
         (report.info if summary.ok else report.error)(summary.line())
         (run.done if summary.ok else run.fail)(summary.line())
@@ -363,7 +425,7 @@ def cmd_prune(args, report) -> int:
     if policy.is_empty():
         report.warning("no --keep-* rule given: nothing will be removed")
     archive = _archive(args)
-    with recording(_status_file(archive), "retention", report, _notifier(args, report)) as run:
+    with recording(_status_file(archive), "retention", report, _notifier(args, report), ping=args.ping or "") as run:
         result = apply_retention(archive, policy, args.dry_run, report)
         run.done(retention_summary(policy, result, args.dry_run))
     if args.json:  # one object per backup, as before; the space freed is in the summary line
@@ -416,7 +478,8 @@ def cmd_offsite(args, report) -> int:
         from ..jobs.status import recording
         archive = _archive(args)
         # Recorded and notified like a backup: a nightly copy that fails must be seen.
-        with recording(_status_file(archive), "offsite", report, _notifier(args, report)) as run:
+        with recording(_status_file(archive), "offsite", report, _notifier(args, report),
+                       ping=args.ping or "") as run:
             result = offsite.push(archive, remote, report, _policy(args))
             run.done(result.line(remote.display))
         if args.json:
@@ -528,7 +591,7 @@ def _schedule_plan(args, via, unit_dir, env_file):
     keep = _keep_arguments(_policy(args))
     env = {"STASH_URL": args.url, "STASH_API_KEY": args.api_key or "",
            "STASH_BACKUP_ARCHIVE": str(Path(args.dest).expanduser().resolve()),
-           "STASH_BACKUP_NOTIFY": " ".join(args.notify)}
+           "STASH_BACKUP_NOTIFY": " ".join(args.notify), "STASH_BACKUP_PING": args.ping or ""}
     if args.offsite:
         env.update(_offsite_env(args))
     return schedule.Plan(via, schedule.calendar_for(every, hour, minute),
@@ -574,13 +637,14 @@ def cmd_package(args, report) -> int:
 COMMANDS = {"backup": cmd_backup, "download": cmd_download, "list": cmd_list, "verify": cmd_verify,
             "prune": cmd_prune, "drill": cmd_drill, "export": cmd_export, "migrate": cmd_migrate, "status": cmd_status,
             "schedule": cmd_schedule, "offsite": cmd_offsite, "install-plugin": cmd_install_plugin,
-            "package": cmd_package}
+            "package": cmd_package, "check-live": cmd_check_live}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     secrets = [args.api_key] if args.api_key else []
     secrets += getattr(args, "notify", None) or []  # notification URLs carry tokens
+    secrets += [args.ping] if getattr(args, "ping", None) else []  # a ping URL's UUID is its key
     args.redactors = []  # a remote's secrets, once its command knows them
 
     def hide(text: str) -> str:

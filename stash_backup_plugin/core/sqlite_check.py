@@ -133,11 +133,23 @@ def check_database(path: Path, level: str = QUICK, blob_references: bool = True)
 def _integrity(connection: sqlite3.Connection, path: Path, level: str) -> None:
     if level == NONE:
         return
-    pragma = "integrity_check" if level == FULL else "quick_check"
-    rows = [row[0] for row in connection.execute(f"PRAGMA {pragma}")]
-    if rows != ["ok"]:
-        detail = "; ".join(rows[:3]) + (f" (+{len(rows) - 3} more)" if len(rows) > 3 else "")
-        raise VerificationError(f"{path} failed PRAGMA {pragma}: {detail}")
+    detail = integrity_problems(connection, level)
+    if detail:
+        raise VerificationError(f"{path} failed PRAGMA {_pragma(level)}: {detail}")
+
+
+def _pragma(level: str) -> str:
+    return "integrity_check" if level == FULL else "quick_check"
+
+
+def integrity_problems(connection: sqlite3.Connection, level: str = QUICK) -> str:
+    """What SQLite's check finds, as one line ("" when it says ok). Its errors
+    (sqlite3.DatabaseError: a page it cannot even read) are the caller's to judge."""
+    rows = [row[0] for row in connection.execute(f"PRAGMA {_pragma(level)}")]
+    if rows == ["ok"]:
+        return ""
+    rows = ["; ".join(line for line in str(row).splitlines() if line.strip()) for row in rows]  # one line
+    return "; ".join(rows[:3]) + (f" (+{len(rows) - 3} more)" if len(rows) > 3 else "")
 
 
 def schema_version(connection: sqlite3.Connection, path: Path) -> int:

@@ -45,6 +45,10 @@ class JobRecord:
     attempt_seq: int = 0
     success_seq: int = 0
     failure_seq: int = 0
+    # check-live only: when the live database was first seen damaged in this spell ("": not known damaged)
+    damaged_since: str = ""
+    damaged_seq: int = 0
+    damage_reason: str = ""  # what showed it: the check's finding, or Stash's failed backup
 
     @property
     def running_or_killed(self) -> bool:
@@ -302,3 +306,39 @@ def _try_lock(handle) -> None:
         return
     import fcntl
     fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+# --- the live database's health (pure) ---------------------------------------------------
+# The *Check live database* job's record also carries the damage spell: when damage was
+# first seen (by the check, or by Stash's own backup failing on a malformed database).
+# While that is set, retention removes nothing: the backups from before the damage are
+# the ones to restore. A healthy backup (a download after the live check passed) ends it.
+
+LIVE_CHECK_JOB = "check-live"
+JOB_TITLES[LIVE_CHECK_JOB] = "Check live database"
+MALFORMED = "database disk image is malformed"  # SQLite's SQLITE_CORRUPT message, as Stash passes it on
+
+
+def record_live_damage(status: Status, now: str, reason: str) -> None:
+    """Damage seen now; the spell's first sighting is kept, the reason is the latest."""
+    record = status.job(LIVE_CHECK_JOB)
+    if not record.damaged_since:
+        record.damaged_since, record.damaged_seq = now, status._next()
+    record.damage_reason = reason
+
+
+def record_healthy_backup(status: Status) -> bool:
+    """A verified backup was made: it ends the damage spell unless the live database's
+    last check still failed (then the backup was made of a damaged database). Returns
+    whether a spell ended."""
+    record = status.jobs.get(LIVE_CHECK_JOB)
+    if not record or not record.damaged_since or record.failing:
+        return False
+    record.damaged_since, record.damaged_seq, record.damage_reason = "", 0, ""
+    return True
+
+
+def live_damage(status: Status) -> Optional[JobRecord]:
+    """The check-live record while the live database is known damaged, else None."""
+    record = status.jobs.get(LIVE_CHECK_JOB)
+    return record if record and record.damaged_since else None

@@ -35,6 +35,7 @@ from ..offsite.manifest import (BLOBS, PENDING, RECORDS, SNAPSHOTS, Manifest, Re
                        snapshot_file)
 from ..offsite.plan import RemoteBlob, problems as blob_problems, to_send
 from ..offsite.remote import TEMP_TAG, RemoteArchive
+from .retention import retention_hold
 
 FETCH_BATCH_BYTES = 256 * 1024 * 1024  # verify --read-data downloads at most this much at a time
 
@@ -164,8 +165,11 @@ class RemoteRetention:
     forgotten: list[str] = field(default_factory=list)
     deleted_files: int = 0
     freed_bytes: int = 0
+    held: str = ""  # why nothing was removed (jobs/retention.retention_hold)
 
     def line(self, policy: Policy, dry_run: bool) -> str:
+        if self.held:
+            return f"Remote retention ({policy.describe()}): {self.held}"
         kept = sum(1 for d in self.decisions if d.keep)
         verb = "would remove" if dry_run else "removed"
         return (f"Remote retention ({policy.describe()}){' [dry run]' if dry_run else ''}: kept {kept}, {verb} "
@@ -192,6 +196,10 @@ def _retention(archive: Archive, remote: RemoteArchive, policy: Policy, dry_run:
                report: Reporter) -> RemoteRetention:
     """Forget by the policy (the manifest rewritten first), then collect what no
     remaining backup refers to."""
+    held = retention_hold(archive)
+    if held:
+        report.warning(f"remote: {held}")
+        return RemoteRetention([], held=held)
     manifest = remote.read_manifest()
     decisions = plan_retention([(b, _created(b), True) for b in manifest.backups], policy)
     result = RemoteRetention(decisions)

@@ -3,12 +3,14 @@ collection of what no kept backup refers to."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from ..core import stored
 from ..core.archive import Archive, Entry
 from ..core.faults import crash_point
 from ..core.reporting import Reporter, human_size
 from ..core.retention import Decision, Policy, plan_retention
+from ..core.status import StatusFile, live_damage, parse_time
 
 
 @dataclass
@@ -18,6 +20,7 @@ class RetentionResult:
     collected_blobs: int = 0
     collected_snapshots: int = 0
     spared_blobs: int = 0  # unreferenced but possibly a run in progress's
+    held: str = ""  # why nothing was removed (retention_hold)
 
 
 def apply_retention(archive: Archive, policy: Policy, dry_run: bool, report: Reporter) -> RetentionResult:
@@ -25,6 +28,10 @@ def apply_retention(archive: Archive, policy: Policy, dry_run: bool, report: Rep
     backup refers to (restic's prune). Only verified-good backups count; those that
     failed verification are reported apart and left in place (retention.plan_retention)."""
     with archive.locked():
+        held = retention_hold(archive)
+        if held:  # the backups from before the damage must all stay, and what they refer to
+            report.warning(held)
+            return RetentionResult([], held=held)
         decisions = plan_retention([(e, e.created_time, e.verified_ok) for e in archive.entries()], policy)
         result = RetentionResult(decisions)
         verb = "would remove" if dry_run else "removed"
@@ -77,6 +84,8 @@ def _collect_garbage(archive: Archive, decisions: list[Decision], dry_run: bool,
 
 
 def retention_summary(policy: Policy, result: RetentionResult, dry_run: bool) -> str:
+    if result.held:
+        return f"Retention ({policy.describe()}): {result.held}"
     decisions = result.decisions
     failed = sum(1 for d in decisions if d.failed)
     kept = sum(1 for d in decisions if d.keep and not d.failed)
@@ -88,3 +97,25 @@ def retention_summary(policy: Policy, result: RetentionResult, dry_run: bool) ->
                  f"({result.collected_blobs} blob(s), {result.collected_snapshots} database snapshot(s) collected)")
     return (f"Retention ({policy.describe()}){' [dry run]' if dry_run else ''}: kept {kept}, {verb} {removed}"
             + (f", left {failed} that failed verification" if failed else "") + freed)
+
+
+def restore_candidate(archive: Archive, damaged_since: str) -> Optional[Entry]:
+    """The newest verified backup added before the damage was first seen."""
+    first_seen = parse_time(damaged_since)
+    if first_seen is None:
+        return None
+    return next((e for e in archive.entries()
+                 if e.verified_ok and (parse_time(e.added_at) or first_seen) < first_seen), None)
+
+
+def retention_hold(archive: Archive) -> str:
+    """Why retention must remove nothing now ("" when it may): the live database is
+    known damaged. The status is read from the archive (fail closed: a status.json that
+    cannot be read stops retention with its error)."""
+    record = live_damage(StatusFile(archive.folder).read())
+    if record is None:
+        return ""
+    candidate = restore_candidate(archive, record.damaged_since)
+    restore = f"restore {candidate.file}" if candidate else "no verified backup predates it"
+    return (f"retention holds every backup: the live database is known damaged since {record.damaged_since} "
+            f"({restore}); it resumes after a healthy backup")

@@ -13,8 +13,11 @@ from ..core.archive import Archive, Entry, utc_now
 from ..core.atomic import free_space
 from ..core.errors import StashBackupError
 from ..core.reporting import Reporter
+from ..server.notify import PING_FAIL, PING_START, PING_SUCCESS, send_ping
 from ..core.retention import Duration
+from .retention import restore_candidate
 from ..core.status import (
+    LIVE_CHECK_JOB,
     Notice,
     Status,
     StatusFile,
@@ -52,27 +55,36 @@ class JobRun:
 
 @contextlib.contextmanager
 def recording(status_file: StatusFile, job: str, report: Reporter,
-              notify: Optional[Notify] = None) -> Iterator[JobRun]:
+              notify: Optional[Notify] = None, ping: str = "") -> Iterator[JobRun]:
     """Record the attempt, then its outcome, in the archive's status.json; notify on
-    failure. A status file that cannot be written is reported, never fatal: the
-    backup itself matters more than its record."""
+    failure; with a `ping` URL, tell an outside monitor (healthchecks.io style) that
+    the job started, succeeded or failed. A status file that cannot be written or a
+    ping that cannot be delivered is reported, never fatal: the backup itself matters
+    more than its record."""
     run = JobRun()
     _update_status(status_file, report, lambda status: status.started(job, utc_now()))
+    if ping:
+        send_ping(ping, PING_START, f"stash-backup {job}: started", report)
     try:
         yield run
     except StashBackupError as error:
-        _finish(status_file, job, JobRun.failure(report.redact(str(error))), report, notify)
+        _finish(status_file, job, JobRun.failure(report.redact(str(error))), report, notify, ping)
         raise
     except BaseException as error:  # a bug or an interrupt still ends the attempt
         _finish(status_file, job,
-                JobRun.failure(f"stopped: {type(error).__name__} {report.redact(str(error))}".strip()), report, notify)
+                JobRun.failure(f"stopped: {type(error).__name__} {report.redact(str(error))}".strip()), report, notify,
+                ping)
         raise
     run.message = report.redact(run.message)
-    _finish(status_file, job, run, report, notify)
+    _finish(status_file, job, run, report, notify, ping)
 
 
-def _finish(status_file: StatusFile, job: str, run: JobRun, report: Reporter, notify: Optional[Notify]) -> None:
+def _finish(status_file: StatusFile, job: str, run: JobRun, report: Reporter, notify: Optional[Notify],
+            ping: str = "") -> None:
     now = utc_now()
+    if ping:
+        send_ping(ping, PING_SUCCESS if run.ok else PING_FAIL,
+                  f"stash-backup {job}: {'ok' if run.ok else 'failed'}: {run.message}", report)
     if run.ok:
         _update_status(status_file, report, lambda status: status.succeeded(job, now, run.message))
         return
@@ -152,7 +164,19 @@ def overview(archive: Archive, status_file: StatusFile, interval: Duration) -> d
         "last_failure": {"job": failure[0], "at": failure[1].last_failure, "message": failure[1].failure_message}
                         if failure else None,
         "auto_queued_at": status.auto_queued_at or None,
+        "live_database": live_database_view(archive, status),
     }
+
+
+def live_database_view(archive: Archive, status: Status) -> Optional[dict]:
+    """The live database's last check and damage spell, with the backup to restore."""
+    record = status.jobs.get(LIVE_CHECK_JOB)
+    if record is None:
+        return None
+    candidate = restore_candidate(archive, record.damaged_since) if record.damaged_since else None
+    return {"checked_at": record.last_attempt or None, "ok": not record.failing and not record.damaged_since,
+            "message": record.last_message, "damaged_since": record.damaged_since or None,
+            "damage_reason": record.damage_reason or None, "restore": candidate.file if candidate else None}
 
 
 def _entry_view(entry: Entry) -> dict:

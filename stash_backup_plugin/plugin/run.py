@@ -58,6 +58,7 @@ class Settings:
     offsite_rclone_config: Optional[Path] = None
     offsite_after_download: bool = False
     offsite_retention: bool = False  # the Keep rules applied on the remote too
+    ping_url: str = ""  # healthchecks.io style monitor: a secret, never logged
 
 
 def _as_bool(value, default: bool) -> bool:
@@ -101,6 +102,7 @@ def settings_from(values: dict, config_dir: Path) -> Settings:
         if values.get("offsiteRcloneConfig") else None,
         offsite_after_download=_as_bool(values.get("offsiteAfterDownload"), False),
         offsite_retention=_as_bool(values.get("offsiteRetention"), False),
+        ping_url=str(values.get("pingUrl") or "").strip(),
     )
 
 
@@ -191,6 +193,7 @@ def run_task(payload: dict, reporter: PluginLogReporter, secrets: Optional[list]
     settings = settings_from(values, Path(server.get("Dir") or "."))
     with StashClient(connection) as client:
         reporter.hide(*settings.notify_urls)  # they carry tokens
+        reporter.hide(settings.ping_url)  # its UUID is the key
         return handler(Task(mode, args, client, plugin_id(Path(server.get("PluginDir") or ".")), settings,
                             _status_file(settings, server), reporter, _notifier(settings.notify_urls, reporter)))
 
@@ -198,7 +201,7 @@ def run_task(payload: dict, reporter: PluginLogReporter, secrets: Optional[list]
 def _recorded(job: Callable[[Task], str]) -> Callable[[Task], str]:
     """A task whose outcome status.json records (and a failure notifies)."""
     def run(task: Task) -> str:
-        with recording(task.status_file, task.mode, task.reporter, task.notify) as run:
+        with recording(task.status_file, task.mode, task.reporter, task.notify, ping=task.settings.ping_url) as run:
             run.done(job(task))
         return run.message
     return run
@@ -215,7 +218,7 @@ def _drill(task: Task) -> str:
     binary = parent_stash_binary()
     if not binary:
         raise ConfigError("the restore drill cannot tell which Stash binary runs this plugin (/proc is not readable)")
-    with recording(task.status_file, "drill", task.reporter, task.notify) as run:
+    with recording(task.status_file, "drill", task.reporter, task.notify, ping=task.settings.ping_url) as run:
         result = drill(task.archive, None, binary, task.reporter)
         if not result.ok:
             raise VerificationError(result.line())  # logged once, by Stash, at error level
@@ -250,7 +253,7 @@ def _download(task: Task) -> str:
     options = DownloadOptions(include_blobs=settings.include_blobs, check_level=settings.check_level,
                                    compress=settings.compress,
                                    if_older_than=settings.interval if auto else None)
-    outcome = download_to_archive(task.client, archive, options, reporter)
+    outcome = _checked_download(task, options)
     done = f"Archived {outcome.entry.file} in {archive.folder}" if outcome.entry else outcome.skipped_reason
     if settings.offsite_after_download and outcome.entry:
         try:
@@ -258,6 +261,31 @@ def _download(task: Task) -> str:
         except StashBackupError as error:  # the local backup stands; the error says so
             raise type(error)(f"{done}, but the off-site copy failed: {error}") from None
     return done
+
+
+def _checked_download(task: Task, options: DownloadOptions):
+    """The live database's check (Stash's own file: the plugin runs on its host), then
+    the download, watched for Stash's backup failing on a malformed database."""
+    from ..jobs.check_live import check_before_download, download_watch, healthy_backup_made, live_database
+    database = live_database(task.client.server_info().database_path, None, task.reporter)
+    check_before_download(database, task.status_file, task.reporter, task.notify)
+    with download_watch(task.status_file, task.reporter):
+        outcome = download_to_archive(task.client, task.archive, options, task.reporter)
+    if outcome.entry:
+        healthy_backup_made(task.status_file, task.reporter)
+    return outcome
+
+
+def _check_live(task: Task) -> str:
+    """The *Check live database* task; damage is answered as the error (Stash logs it)."""
+    from ..jobs.check_live import check_live, live_database
+    database = live_database(task.client.server_info().database_path, None, task.reporter)
+    if database is None:
+        raise ConfigError("Stash's database file is not readable by the plugin: its health cannot be checked")
+    result = check_live(database, task.status_file, task.reporter, task.notify, task.settings.ping_url)
+    if not result.ok:
+        raise VerificationError(result.line())
+    return result.line()
 
 
 def _download_then_due_drill(task: Task) -> str:
@@ -350,6 +378,7 @@ MODES: dict[str, Callable[[Task], str]] = {  # tasks, run in Stash's job queue
     "retention": _recorded(_retention),
     "drill": _drill,
     "offsite": _recorded(_offsite),
+    "check-live": _check_live,
 }
 OPERATIONS: dict[str, Callable[[Task], dict]] = {  # runPluginOperation: answers at once, for the Backups page
     "status": _status,

@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Iterator, Sequence
 
@@ -69,10 +70,16 @@ def send(urls: Sequence[str], notice: Notice, report: Reporter) -> int:
 def _send_webhook(url: str, notice: Notice) -> str:
     payload = json.dumps({"title": notice.title, "message": notice.body, "type": notice.kind,
                           "source": "stash-backup"}).encode()
+    return _post(url, payload, "application/json", WEBHOOK_TIMEOUT)
+
+
+def _post(url: str, payload: bytes, content_type: str, timeout: float) -> str:
+    """POST, the answer read (bounded) and dropped; "" on success, else why not, in
+    words that never quote the URL."""
     request = urllib.request.Request(url, data=payload, method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": USER_AGENT})
+                                     headers={"Content-Type": content_type, "User-Agent": USER_AGENT})
     try:
-        with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read(65536)
     except urllib.error.HTTPError as error:
         return f"HTTP {error.code}"
@@ -80,6 +87,36 @@ def _send_webhook(url: str, notice: Notice) -> str:
         reason = getattr(error, "reason", error)
         return type(reason).__name__ if isinstance(reason, BaseException) else "cannot connect"
     return ""
+
+
+# --- pings: an outside monitor (healthchecks.io's protocol) that raises the alarm when
+# no job ran at all. The ping URL is a secret (its UUID is the key): shown only as
+# `describe_url` shows it.
+PING_START, PING_SUCCESS, PING_FAIL = "start", "", "fail"
+PING_TIMEOUT = 10  # seconds per ping: a monitor that hangs must not hold the backup
+PING_BODY_LIMIT = 500  # characters: the outcome line, not a log
+
+
+def ping_url(url: str, event: str) -> str:
+    """healthchecks.io's addresses: URL/start, URL (success), URL/fail; a query stays last."""
+    if not event:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + event))
+
+
+def send_ping(url: str, event: str, body: str, report: Reporter) -> bool:
+    """POST the outcome line (already redacted by the caller) to the event's address; a
+    ping that cannot be delivered is a warning, never a failure of the job."""
+    if not is_webhook(url):
+        report.warning(f"ping to {describe_url(url)} skipped: a ping URL is an http(s):// address")
+        return False
+    problem = _post(ping_url(url, event), body[:PING_BODY_LIMIT].encode("utf-8", "replace"),
+                    "text/plain; charset=utf-8", PING_TIMEOUT)
+    if problem:
+        report.warning(f"ping ({event or 'success'}) to {describe_url(url)} failed: {problem}")
+        return False
+    return True
 
 
 def _send_apprise(url: str, notice: Notice) -> str:

@@ -14,7 +14,7 @@ from tests.support.stash_server.server import seed_content
 pytestmark = pytest.mark.e2e
 PLUGIN = "stash-backup"
 TASKS = ["Backup database", "Download backup to archive", "Verify archive", "Restore drill", "Apply retention",
-         "Copy archive off-site"]
+         "Copy archive off-site", "Check live database"]
 
 
 def stash_log(server):

@@ -311,3 +311,31 @@ def test_the_badge_never_pushes_stashs_own_navbar_controls_away(browser, stash, 
         context.close()
     finally:
         configure(stash, archiveFolder="")
+
+
+def test_the_page_shows_a_damaged_live_database_and_the_backup_to_restore(browser, stash, tmp_path):
+    from tests.e2e.test_e2e_check_live import damage_tags_page, repair
+    configure(stash, autoBackup=False, archiveFolder="")
+    if not backup_count(archive_of(stash)):
+        stash.run_plugin_task(PLUGIN_ID, "Download backup to archive")
+    age_newest_backup(stash, days=1)  # every backup made before the damage is first seen
+    from tests.support.harness import run_cli
+    listed = json.loads(run_cli("list", "--dest", str(archive_of(stash)), "--json").stdout)
+    newest = next(e["file"] for e in listed if e["verified_ok"])  # newest first
+    offset, original = damage_tags_page(stash.database)
+    try:
+        stash.run_plugin_task(PLUGIN_ID, "Check live database")
+        page = open_page(browser, stash, f"/plugins/{PLUGIN_ID}")
+        alert = page.get_by_test_id("stash-backup-live-damaged")
+        alert.wait_for(timeout=WAIT_MS)
+        text = alert.inner_text()
+        assert "live database is damaged" in text and f"Restore {newest}" in text, text
+        assert "Retention removes nothing" in text
+        screenshot(page, "backups-live-damaged.png", tmp_path)
+    finally:
+        repair(stash.database, offset, original)
+    assert "alert-success" in run_action(page, "download")  # checked healthy first, then a healthy backup
+    alert.wait_for(state="detached", timeout=WAIT_MS)
+    assert page.get_by_test_id("stash-backup-live-ok").inner_text().startswith("Live database: healthy")
+    assert not page.errors, page.errors
+    page.close()

@@ -42,6 +42,7 @@
     backup: "Backup on the server", download: "Backup", verify: "Verify",
     retention: "Retention", offsite: "Off-site copy", drill: "Restore drill",
   };
+  JOB_NAMES["check-live"] = "Live database check";
 
   const STATUS = gql`
     mutation StashBackupStatus($id: ID!, $args: Map) { runPluginOperation(plugin_id: $id, args: $args) }`;
@@ -296,6 +297,24 @@
       h("strong", null, (JOB_NAMES[failure.job] || failure.job) + " failed " + when(failure.at) + ": "), failure.message);
   }
 
+  // The live database's health (the Check live database task, and the check before each
+  // backup): damage holds retention, and the page names the backup to restore.
+  function LiveDatabase(props) {
+    const live = props.live;
+    if (!live) return null;
+    if (live.damaged_since) {
+      return h(Alert, { variant: "danger", "data-testid": "stash-backup-live-damaged" },
+        h("strong", null, "Stash's live database is damaged (first seen " + when(live.damaged_since) + "). "),
+        (live.damage_reason || live.message) + ". ",
+        live.restore ? h(React.Fragment, null, "Restore ", h("code", null, live.restore),
+          " (the newest verified backup from before the damage) with stash-restore. ")
+          : "No verified backup predates the damage. ",
+        "Retention removes nothing until a healthy backup is made.");
+    }
+    return h("p", { className: "text-muted", "data-testid": "stash-backup-live-ok" },
+      "Live database: " + (live.ok ? "healthy" : "check failed: " + live.message) + (live.checked_at ? " (checked " + when(live.checked_at) + ")" : ""));
+  }
+
   function BackupsTable(props) {
     const rows = props.backups;
     if (!rows.length) return h("p", { className: "text-muted" }, "No backups in the archive yet: press Back up now.");
@@ -329,6 +348,7 @@
       status ? h(React.Fragment, null,
         h(Summary, { status: status }),
         h(LastFailure, { failure: status.last_failure }),
+        h(LiveDatabase, { live: status.live_database }),
         h("div", { className: "stash-backup-actions mb-3" },
           actions.map((mode) => h(ActionButton, { key: mode, mode: mode, variant: mode === "download" ? "primary" : "secondary" }))),
         h("h4", null, "In the archive"),
