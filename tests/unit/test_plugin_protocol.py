@@ -151,7 +151,7 @@ def test_a_misspelt_mode_runs_nothing_and_says_so(tmp_path):
     answer, log = run_main(json.dumps({"server_connection": {"Dir": str(tmp_path)},
                                        "args": {"mode": "pruen", "archiveFolder": str(tmp_path), "keepLast": 1}}))
     assert answer["error"] == ("unknown task mode 'pruen': the plugin manifest must set mode to one of "
-                               "backup, download, verify, retention, drill, offsite")
+                               "backup, download, verify, retention, drill, offsite, check-live")
     assert answer["output"] is None and log == ""
     assert files_in(tmp_path) == before  # nothing removed, no status.json
 
