@@ -364,6 +364,36 @@ def _print_night(night: NightFigures) -> None:
           f" MiB in {night.restic_seconds:.2f}s", flush=True)
 
 
+def bench_live_copies(database_bytes: int, blob_count: int, nights: int, work: Path) -> list[str]:
+    """The same nights, but each snapshot taken with SQLite's online backup of the live
+    file (what a run on Stash's host could read) instead of Stash's `VACUUM INTO`,
+    which repacks every page after the first changed row: unchanged pages stay
+    byte-identical, so only pages that really changed are new."""
+    from benchmarks import library
+    import sqlite3
+    lib = library.working_copy(library.library(database_bytes, blob_count), work / "live")
+    store = PageStore(work / "live-pages")
+    lines = [f"page-level snapshots of SQLite online-backup copies (not VACUUM INTO), {nights} nights + an hourly run:"]
+    for number in range(1, nights + 2):
+        hourly = number == nights + 1
+        if number > 1:
+            library.night(lib, number, new_blob_share=(1 if hourly else 50) / max(blob_count, 1),
+                          changed_row_share=0.0005 if hourly else 0.01)
+        copy = work / "live-copy.sqlite"
+        source, target = sqlite3.connect(lib.database), sqlite3.connect(copy)
+        source.backup(target)
+        target.close()
+        source.close()
+        added = store.add(f"{number}", copy)
+        size = copy.stat().st_size
+        copy.unlink()
+        new = added["pack_bytes"] + added["list_bytes"]
+        lines.append(f"  {'hourly' if hourly else f'night {number}'}: {added['new_pages']} of {added['pages']} pages new, "
+                     f"{new / MiB:.2f} MiB = {100 * new / size:.2f} % of the {size / MiB:.0f} MiB database")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def report(result: Result) -> list[str]:
     later = result.nights[1:] or result.nights
     ours_growth = statistics.median(n.page_bytes + n.new_blob_bytes for n in later)
@@ -415,6 +445,8 @@ def main(argv=None) -> int:
     parser.add_argument("--size-mib", type=int, default=166)
     parser.add_argument("--blobs", type=int, default=4000)
     parser.add_argument("--nights", type=int, default=5)
+    parser.add_argument("--live-copy", action="store_true",
+                        help="also: snapshots taken with SQLite's online backup of the live file")
     args = parser.parse_args(argv)
     if args.command == "add":
         print(json.dumps(PageStore(args.store).add(args.name, args.database)))
@@ -426,7 +458,10 @@ def main(argv=None) -> int:
     from benchmarks.data import CACHE
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-pages-", dir=CACHE) as folder:
-        for line in report(bench_pages(size * MiB, blobs, nights, Path(folder))):
+        lines = report(bench_pages(size * MiB, blobs, nights, Path(folder)))
+        if args.live_copy:
+            lines += bench_live_copies(size * MiB, blobs, nights, Path(folder))
+        for line in lines:
             print(line)
     return 0
 

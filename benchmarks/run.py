@@ -456,6 +456,7 @@ def _archive_benchmarks(only: set, plan: dict, work: Path) -> list[str]:
         print(f"\npage-level snapshots (prototype) vs restic: {nights} nights of a {size // MiB} MiB library with "
               f"{blobs} blobs", flush=True)
         lines += pages.report(pages.bench_pages(size, blobs, nights, work))
+        lines += pages.bench_live_copies(size, blobs, nights, work)
     return lines
 
 
