@@ -5,6 +5,7 @@
     python benchmarks/run.py --only download,verify --runs 5
     python benchmarks/run.py --only archive,memory,codec --archive-issue-scale   # 1 GiB, 50k blobs, 30 nights
     python benchmarks/run.py --only drill --runs 3                                # restore drill vs stash-restore
+    python benchmarks/run.py --only pages                                         # page-level snapshots vs restic
 
 Every figure is a median of alternating A/B runs with its spread; ratio = our time
 divided by the reference's (lower is better).
@@ -357,8 +358,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
     parser.add_argument("--only",
-                        default="download,stash,verify,blobs,restore,plugin,coldstart,startup,codec,archive,memory,offsite,drill,pathmap,"
-                                "checklive")
+                        default="download,stash,verify,blobs,restore,plugin,coldstart,startup,codec,archive,memory,offsite,drill,"
+                                "pathmap,checklive,pages")
     parser.add_argument("--archive-issue-scale", action="store_true",
                         help="the archive and drill benchmarks at the issues' size: 1 GiB database, 50k blobs (30 nights)")
     parser.add_argument("--runs", type=int, default=None)
@@ -369,18 +370,20 @@ def main() -> int:
         plan = dict(download=[32 * MiB], stash=32 * MiB, verify=[16 * MiB], full=[16 * MiB], blobs=[1000],
                     restore=[16 * MiB], runs=args.runs or 3, codec=(16 * MiB, 300),
                     archive=(16 * MiB, 300, 3), memory=[1000, 5000], offsite=[(16 * MiB, 300)],
-                    drill=(16 * MiB, 300))
+                    drill=(16 * MiB, 300), pages=(16 * MiB, 300, 3))
     else:
         plan = dict(download=[100 * MiB, GiB, 4 * GiB], stash=GiB, verify=[100 * MiB, GiB], full=[100 * MiB],
                     blobs=[5000, 50000], restore=[100 * MiB, GiB], runs=args.runs or 5, codec=(256 * MiB, 10000),
                     archive=(256 * MiB, 10000, 10), memory=[10000, 100000],
-                    offsite=[(64 * MiB, 2000), (256 * MiB, 10000)], drill=(256 * MiB, 10000))
+                    offsite=[(64 * MiB, 2000), (256 * MiB, 10000)], drill=(256 * MiB, 10000),
+                    pages=(166 * MiB, 4000, 5))
         if args.large:
             plan["verify"].append(4 * GiB)
             plan["restore"].append(4 * GiB)
             plan["blobs"].append(100000)
     if args.archive_issue_scale:
         plan["archive"], plan["codec"], plan["drill"] = (GiB, 50000, 30), (GiB, 50000), (GiB, 50000)
+        plan["pages"] = (GiB, 50000, 30)
     ensure_tools()
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{subprocess.run(['sqlite3', '--version'], capture_output=True, text=True).stdout.split()[0]} (sqlite3), "
@@ -452,6 +455,13 @@ def _archive_benchmarks(only: set, plan: dict, work: Path) -> list[str]:
         size, blobs = plan["drill"]
         print(f"\nrestore drill of a {size // MiB} MiB library with {blobs} blobs", flush=True)
         lines += drill.bench_drill(size, blobs, min(plan["runs"], 3), work)
+    if "pages" in only:
+        from benchmarks import pages
+        size, blobs, nights = plan["pages"]
+        print(f"\npage-level snapshots (prototype) vs restic: {nights} nights of a {size // MiB} MiB library with "
+              f"{blobs} blobs", flush=True)
+        lines += pages.report(pages.bench_pages(size, blobs, nights, work))
+        lines += pages.bench_live_copies(size, blobs, nights, work)
     return lines
 
 
