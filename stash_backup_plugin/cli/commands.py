@@ -154,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--json", action="store_true")
 
     _offsite_parser(commands, archive_option, check_option, notify_option)
+    _snapshot_parser(commands, archive_option, check_option, notify_option)
 
     install = commands.add_parser("install-plugin", help="install the plugin into Stash's plugins folder")
     install.add_argument("--plugins-dir", type=Path, required=True, help="Stash's plugins folder")
@@ -215,6 +216,24 @@ def _offsite_parser(commands, archive_option, check_option, notify_option) -> No
     archive_option(pull)
     pull.add_argument("--to", type=Path, metavar="DIR", help="the local archive to pull into (default: --dest)")
     check_option(pull)
+
+
+def _snapshot_parser(commands, archive_option, check_option, notify_option) -> None:
+    snapshot = commands.add_parser("snapshot", help="a verified backup of a stopped Stash straight from its files "
+                                                    "(before an upgrade), stored as download stores")
+    snapshot.add_argument("--offline", action="store_true", required=True,
+                          help="read the stopped Stash's database and blobs folder (refused while Stash runs)")
+    snapshot.add_argument("--config", type=Path, help="Stash's config.yml (default: found as Stash finds it)")
+    snapshot.add_argument("--salvage", action="store_true",
+                          help="the database is damaged: store what SQLite can recover, marked salvaged (never "
+                               "counted as a good backup; stash-restore --allow-salvaged restores it)")
+    snapshot.add_argument("--stash-stopped", action="store_true",
+                          help="you confirm Stash is stopped, where this machine cannot check it")
+    snapshot.add_argument("--no-compress", action="store_true", help="store the database snapshot uncompressed")
+    snapshot.add_argument("--json", action="store_true", help="print the new archive entry as JSON")
+    archive_option(snapshot)
+    check_option(snapshot)
+    notify_option(snapshot)
 
 
 def _client(args):
@@ -305,6 +324,7 @@ def cmd_list(args, report) -> int:
         print(f"no backups in {archive.folder}")
     for entry in entries:
         state = "verified" if entry.verified_ok else ("BAD" if entry.verified_at else "unverified")
+        state = "SALVAGED" if entry.salvaged else state
         drilled = ("booted" if entry.drill.get("ok") else "DRILL-FAILED") if entry.drill.get("at") else "-"
         blobs = f"{entry.blob_count} blobs" if entry.includes_blobs else "database only"
         own = entry.new_bytes if entry.is_stored else entry.size
@@ -575,6 +595,27 @@ COMMANDS = {"backup": cmd_backup, "download": cmd_download, "list": cmd_list, "v
             "prune": cmd_prune, "drill": cmd_drill, "export": cmd_export, "migrate": cmd_migrate, "status": cmd_status,
             "schedule": cmd_schedule, "offsite": cmd_offsite, "install-plugin": cmd_install_plugin,
             "package": cmd_package}
+
+
+def cmd_snapshot(args, report) -> int:
+    from ..core.sqlite_check import FULL, QUICK
+    from ..jobs.snapshot import SnapshotOptions, snapshot_offline
+    from ..jobs.status import recording
+    options = SnapshotOptions(config=args.config.expanduser() if args.config else None,
+                              check_level=FULL if args.full_check else QUICK, compress=not args.no_compress,
+                              salvage=args.salvage, stash_stopped=args.stash_stopped)
+    archive = _archive(args)
+    with recording(_status_file(archive), "snapshot", report, _notifier(args, report)) as run:
+        entry = snapshot_offline(archive, options, report)
+        run.done(f"Archived {entry.file} from the stopped Stash" + (" (salvaged)" if entry.salvaged else ""))
+    if args.json:
+        _print_json(asdict(entry))
+    else:
+        print(archive.path_of(entry))
+    return 0
+
+
+COMMANDS["snapshot"] = cmd_snapshot
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -51,6 +51,7 @@ class RestoreOptions:
     allow_anonymised: bool = False  # restore Stash's anonymised database in place of the real one
     archive_held: bool = False  # the caller holds the archive's lock already (the restore drill)
     path_mappings: list = field(default_factory=list)  # --map-path, parsed (pathmap.PathMapping), longest first
+    allow_salvaged: bool = False  # restore a backup marked salvaged (recovered from a damaged database)
 
 
 @dataclass
@@ -74,6 +75,14 @@ def ensure_stash_stopped(target: Target, options: RestoreOptions) -> None:
     if finding.doubts and not options.stash_stopped:
         raise RestoreRefused(f"cannot tell whether Stash is stopped here ({'; '.join(finding.doubts)}): stop Stash "
                              "and pass --stash-stopped to confirm. Nothing was changed")
+
+
+def _guard_salvaged(inspection: "_Inspection", options: RestoreOptions) -> None:
+    """A salvaged backup holds what SQLite recovered from a damaged database: rows may be
+    missing. It replaces the live database only when the user says so."""
+    if inspection.header and inspection.header.salvaged and not options.allow_salvaged:
+        raise RestoreRefused(f"{inspection.header.name} is a salvaged backup (recovered from a damaged database; "
+                             "rows may be missing): pass --allow-salvaged to restore it. Nothing was changed")
 
 
 def _guard_anonymised(backup: Path, options: RestoreOptions, report: Reporter) -> None:
@@ -438,6 +447,7 @@ def _restore(backup: Path, target: Target, options: RestoreOptions, report: Repo
             report.info(f"the interrupted restore of {backup.name} is complete; nothing more to do")
             return RestoreResult(Plan(), restored=True, aside=recovered.journal.aside_path)
     inspection = read_backup(backup)
+    _guard_salvaged(inspection, options)
     aside = aside_folder_for(target.database)
     early, _ = gather_facts(backup, inspection, target, options, aside, read_blobs=False)
     space = space_refusal(early)  # before writing anything, even a temp file
