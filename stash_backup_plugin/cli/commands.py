@@ -141,6 +141,10 @@ def _parser() -> argparse.ArgumentParser:
                           help="after each backup, copy the archive off-site (offsite push to --remote); a failed "
                                "copy fails the run")
     _remote_options(schedule)
+    schedule.add_argument("--before-start", metavar="UNIT",
+                          help="instead of a timer: a systemd drop-in for Stash's unit whose ExecStartPre= takes "
+                               "snapshot --offline before every start (needs --config)")
+    schedule.add_argument("--config", type=Path, help="with --before-start: Stash's config.yml")
 
     export = commands.add_parser("export", help="write one backup as a self-contained zip (Stash v0.31's layout)")
     archive_option(export)
@@ -525,6 +529,8 @@ def cmd_schedule(args, report) -> int:
     from . import schedule
     via = schedule.choose_via(args.via)
     unit_dir = (args.unit_dir or schedule.default_unit_dir(via)).expanduser()
+    if args.before_start:
+        return _schedule_before_start(args, via, unit_dir, report)
     env_file = (args.env_file or schedule.default_env_file(via)).expanduser()
     if args.action == "show":
         lines = schedule.show(via, unit_dir)
@@ -536,6 +542,26 @@ def cmd_schedule(args, report) -> int:
         return 0
     plan = _schedule_plan(args, via, unit_dir, env_file)
     for line in schedule.install(plan, enable=not args.no_enable):
+        report.info(line)
+    return 0
+
+
+def _schedule_before_start(args, via, unit_dir, report) -> int:
+    from ..core.errors import UsageError
+    from . import schedule
+    if args.action == "show":
+        path = schedule.drop_in_path(unit_dir, args.before_start)
+        print(f"{path}:\n{path.read_text().rstrip()}" if path.is_file() else f"no drop-in at {path}")
+        return 0
+    if args.action == "remove":
+        lines = schedule.remove_before_start(via, unit_dir, args.before_start)
+        report.info("; ".join(lines) if lines else "no stash-backup drop-in to remove")
+        return 0
+    if not args.config or not args.config.expanduser().is_file():
+        raise UsageError("--before-start needs --config FILE: Stash's config.yml (the unit's working folder is not "
+                         "this one)" + (f"; {args.config} does not exist" if args.config else ""))
+    command = schedule.snapshot_command(args.config.expanduser().resolve(), Path(args.dest).expanduser().resolve())
+    for line in schedule.install_before_start(via, unit_dir, args.before_start, command, reload=not args.no_enable):
         report.info(line)
     return 0
 
