@@ -329,11 +329,12 @@ def cmd_list(args, report) -> int:
     for entry in entries:
         state = "verified" if entry.verified_ok else ("BAD" if entry.verified_at else "unverified")
         state = "SALVAGED" if entry.salvaged else state
+        tag = f"  (pre-upgrade {entry.pre_upgrade})" if entry.pre_upgrade else ""
         drilled = ("booted" if entry.drill.get("ok") else "DRILL-FAILED") if entry.drill.get("at") else "-"
         blobs = f"{entry.blob_count} blobs" if entry.includes_blobs else "database only"
         own = entry.new_bytes if entry.is_stored else entry.size
         print(f"{entry.created}  schema {entry.schema_version:<3}  {entry.kind:<6}  {blobs:<14}  "
-              f"new {human_size(own):>10}  {state:<10}  drill {drilled:<12}  {entry.file}")
+              f"new {human_size(own):>10}  {state:<10}  drill {drilled:<12}  {entry.file}{tag}")
     usage = archive.usage()
     print(f"archive total {human_size(usage.total)}: {usage.blobs} blob(s) {human_size(usage.blob_bytes)}, "
           f"database snapshots {human_size(usage.snapshot_bytes)}, records {human_size(usage.record_bytes)}"

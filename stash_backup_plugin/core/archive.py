@@ -73,6 +73,7 @@ class Entry:
     # The last restore drill (jobs/drill.py): {"at", "ok", "seconds", "stash_version", "migrated", "differences", ...}
     drill: dict = field(default_factory=dict)
     salvaged: bool = False  # recovered from a damaged database (record.Header.salvaged): never verified-ok
+    pre_upgrade: str = ""  # Stash's pre-migration backup, adopted: "<from>→<to>" (record.Header.pre_upgrade)
 
     @property
     def is_stored(self) -> bool:
@@ -411,7 +412,7 @@ def entry_from_header(header: Header) -> Entry:
                  blobs_not_included=header.missing_blobs, source=header.source, server_version=header.server_version,
                  added_at=header.added_at, verified_at=header.added_at, verified_level=header.verified_level,
                  verified_ok=not header.salvaged, new_bytes=header.new_bytes, migrated_from=header.migrated_from,
-                 salvaged=header.salvaged)
+                 salvaged=header.salvaged, pre_upgrade=header.pre_upgrade)
 
 
 def _created_from(name: str) -> str:

@@ -66,6 +66,9 @@ class Header:
     # Recovered from a damaged database (snapshot --offline --salvage): what SQLite could
     # read, never counted as a good backup; stash-restore restores it only when asked.
     salvaged: bool = False
+    # Stash's own pre-migration backup adopted into the archive: "<from>→<to>" schemas.
+    # Retention keeps it until a verified backup of schema <to> has passed a restore drill.
+    pre_upgrade: str = ""
     format: int = FORMAT
 
     @property

@@ -110,6 +110,7 @@ class NewBackup:
     compression_level: int = LEVEL  # gzip level of the stored snapshot (STORED: no compression)
     salvaged: bool = False  # recovered from a damaged database: never a good backup (record.Header.salvaged)
     prechecked: bool = False  # the caller checked the database at verified_level already: not read twice
+    pre_upgrade: str = ""  # Stash's own pre-migration backup, adopted: "<from>→<to>" (record.Header.pre_upgrade)
 
 
 def checked_backup(name: str, database: Path, sha256: str, level: str, includes_blobs: bool, **details) -> NewBackup:
@@ -286,7 +287,8 @@ def _header(new: NewBackup, snapshot_path: Path, store: Store, digest, counts: _
         includes_blobs=new.includes_blobs, blob_count=counts.count, blob_bytes=counts.bytes, new_blobs=counts.new,
         new_blob_bytes=counts.new_bytes, missing_blobs=counts.missing_count, missing_examples=counts.missing,
         source=new.source, server_version=new.server_version, added_at=new.added_at or utc_now(),
-        verified_level=new.verified_level, migrated_from=new.migrated_from, counts=new.counts, salvaged=new.salvaged)
+        verified_level=new.verified_level, migrated_from=new.migrated_from, counts=new.counts, salvaged=new.salvaged,
+        pre_upgrade=new.pre_upgrade)
 
 
 # --- verification ---------------------------------------------------------------------------

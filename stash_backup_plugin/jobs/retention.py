@@ -8,7 +8,7 @@ from ..core import stored
 from ..core.archive import Archive, Entry
 from ..core.faults import crash_point
 from ..core.reporting import Reporter, human_size
-from ..core.retention import Decision, Policy, plan_retention
+from ..core.retention import Decision, Policy, held_before_upgrade, plan_retention
 
 
 @dataclass
@@ -25,7 +25,10 @@ def apply_retention(archive: Archive, policy: Policy, dry_run: bool, report: Rep
     backup refers to (restic's prune). Only verified-good backups count; those that
     failed verification are reported apart and left in place (retention.plan_retention)."""
     with archive.locked():
-        decisions = plan_retention([(e, e.created_time, e.verified_ok) for e in archive.entries()], policy)
+        entries = archive.entries()
+        held = held_before_upgrade(entries)  # Stash's pre-migration backups: out of the rules' reach
+        decisions = plan_retention([(e, e.created_time, e.verified_ok) for e in entries if e.file not in held], policy)
+        decisions += [Decision(e, e.created_time, [held[e.file]]) for e in entries if e.file in held]
         result = RetentionResult(decisions)
         verb = "would remove" if dry_run else "removed"
         for decision in decisions:

@@ -23,6 +23,7 @@ from ..core.snapshot import STORED
 from ..core.sqlite_check import QUICK, check_database, has_sqlite_header, open_unchanged
 from ..offline.liveness import probe
 from ..offline.stash_config import FILESYSTEM, StashConfig, find_config_file, load_config
+from .adopt import adopt_pre_upgrade
 
 SOURCE = "offline"
 SALVAGED_SOURCE = "offline (salvaged)"
@@ -54,6 +55,10 @@ def snapshot_offline(archive: Archive, options: SnapshotOptions, report: Reporte
         if damage:
             copy = _salvage(database, work, report)
         header = _store(archive, config, copy, options, salvaged, report.phase(0.1, 1.0))
+        if not salvaged:  # a salvaged schema is no sure "to" for Stash's pre-migration backups
+            blobs = [config.blobs_path] if config.blobs_storage == FILESYSTEM and config.blobs_path else []
+            adopt_pre_upgrade(archive, [config.backup_directory, database.parent], database.name,
+                              header.schema_version, blobs, options.check_level, report)
     return _reported(archive, header, report)
 
 
