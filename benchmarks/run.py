@@ -5,6 +5,7 @@
     python benchmarks/run.py --only download,verify --runs 5
     python benchmarks/run.py --only archive,memory,codec --archive-issue-scale   # 1 GiB, 50k blobs, 30 nights
     python benchmarks/run.py --only drill --runs 3                                # restore drill vs stash-restore
+    python benchmarks/run.py --only snapshot                                      # snapshot --offline vs .backup+rsync
 
 Every figure is a median of alternating A/B runs with its spread; ratio = our time
 divided by the reference's (lower is better).
@@ -357,7 +358,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
     parser.add_argument("--only",
-                        default="download,stash,verify,blobs,restore,plugin,coldstart,startup,codec,archive,memory,offsite,drill,pathmap")
+                        default="download,stash,verify,blobs,restore,plugin,coldstart,startup,codec,archive,memory,offsite,drill,pathmap,snapshot")
     parser.add_argument("--archive-issue-scale", action="store_true",
                         help="the archive and drill benchmarks at the issues' size: 1 GiB database, 50k blobs (30 nights)")
     parser.add_argument("--runs", type=int, default=None)
@@ -408,6 +409,13 @@ def main() -> int:
             from benchmarks.pathmap import bench_pathmap
             print("\nstash-restore --map-path:", flush=True)
             bench_pathmap(20_000 if args.quick else 200_000, max(1, min(plan["runs"], 3)))
+        if "snapshot" in only:
+            from benchmarks.snapshot import bench_snapshot
+            print("\nsnapshot --offline of an unchanged stopped Stash:", flush=True)
+            snapshot, parts = bench_snapshot(*((16 * MiB, 300) if args.quick else (GiB, 50000)),
+                                             max(1, min(plan["runs"], 3)), work)
+            results.append(snapshot)
+            print("\n".join(parts), flush=True)
         if "offsite" in only:
             from benchmarks.offsite import bench_offsite
             print("\noff-site copies to SeaweedFS's S3 on 127.0.0.1:", flush=True)
