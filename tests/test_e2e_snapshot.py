@@ -49,7 +49,7 @@ def test_snapshot_offline_refused_while_stash_runs_and_exact_when_stopped(stash_
 
     refused = snapshot(server, dest)
     assert refused.returncode != 0
-    assert len(error_lines(refused)) == 1 and "Stash is running" in refused.stderr, refused.stderr
+    assert len(error_lines(refused)) == 1 and "Stash seems to be running" in refused.stderr, refused.stderr
     assert not Store(dest).record_names()
 
     backed_up = content_names(server)

@@ -14,14 +14,14 @@ from typing import Optional
 from ..core import stored
 from ..core.archive import Archive, Entry
 from ..core.atomic import scratch_folder
-from ..core.errors import RestoreRefused, UsageError, VerificationError
+from ..core.errors import UsageError, VerificationError
 from ..core.hashing import file_digest
 from ..core.record import Header
 from ..core.reporting import Reporter, human_size
 from ..core.snapshot import LEVEL as COMPRESSED
 from ..core.snapshot import STORED
 from ..core.sqlite_check import QUICK, check_database, has_sqlite_header, open_unchanged
-from ..offline.liveness import probe
+from ..offline.liveness import ensure_stopped
 from ..offline.stash_config import FILESYSTEM, StashConfig, find_config_file, load_config
 from .adopt import adopt_pre_upgrade
 
@@ -42,7 +42,7 @@ def snapshot_offline(archive: Archive, options: SnapshotOptions, report: Reporte
     config = load_config(find_config_file(options.config))
     database = config.database
     report.info(f"using {config.path}: database {database}")
-    _refuse_while_running(config, options.stash_stopped)
+    ensure_stopped(database, config.path, config.host, config.port, options.stash_stopped)
     if not database.is_file() or not has_sqlite_header(database):
         raise UsageError(f"{database} is not an SQLite database: is `database` in {config.path} right?")
     with archive.locked(), scratch_folder(archive.folder, ".snapshot") as work:
@@ -60,18 +60,6 @@ def snapshot_offline(archive: Archive, options: SnapshotOptions, report: Reporte
             adopt_pre_upgrade(archive, [config.backup_directory, database.parent], database.name,
                               header.schema_version, blobs, options.check_level, report)
     return _reported(archive, header, report)
-
-
-def _refuse_while_running(config: StashConfig, vouched: bool) -> None:
-    """offline/liveness's three probes: proof that Stash runs refuses, whatever the
-    user says; a doubt (a busy port, a probe not possible here) refuses unless vouched."""
-    finding = probe(config.database, config.path, config.host, config.port)
-    if finding.running:
-        raise RestoreRefused(f"Stash is running ({finding.running[0]}): snapshot --offline reads a stopped Stash; "
-                             "stop it first, or use `stash-backup download` while it runs. Nothing was stored")
-    if finding.doubts and not vouched:
-        raise RestoreRefused(f"cannot tell whether Stash is stopped ({'; '.join(finding.doubts)}): stop Stash and "
-                             "pass --stash-stopped to confirm. Nothing was stored")
 
 
 def _copy_database(database: Path, copy: Path, level: str) -> str:

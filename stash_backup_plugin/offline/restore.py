@@ -30,7 +30,7 @@ from ..core.reporting import Reporter
 from .plan import Plan, RestoreFacts, build_plan, space_refusal
 from ..core.sqlite_check import QUICK, check_database, has_sqlite_header, read_schema_version
 from .stash_config import Target
-from .liveness import probe
+from .liveness import ensure_stopped
 from ..core.verify import file_digest, is_zip, verify_backup
 from ..core.store import Store, sync_folders
 from ..core.record import Header
@@ -66,15 +66,8 @@ class RestoreResult:
 # --- guards ---------------------------------------------------------------------------
 
 def ensure_stash_stopped(target: Target, options: RestoreOptions) -> None:
-    """Proof that Stash runs (its process, its lock, its /healthz) refuses, whatever the
-    user says; --stash-stopped only overrules doubts (a busy port, a probe not possible)."""
-    finding = probe(target.database, target.config.path if target.config else None, target.host, target.port)
-    if finding.running:
-        raise RestoreRefused(f"Stash seems to be running ({finding.running[0]}): stop Stash, then run this again. "
-                             "Nothing was changed")
-    if finding.doubts and not options.stash_stopped:
-        raise RestoreRefused(f"cannot tell whether Stash is stopped here ({'; '.join(finding.doubts)}): stop Stash "
-                             "and pass --stash-stopped to confirm. Nothing was changed")
+    ensure_stopped(target.database, target.config.path if target.config else None, target.host, target.port,
+                   options.stash_stopped)
 
 
 def _guard_salvaged(inspection: "_Inspection", options: RestoreOptions) -> None:
