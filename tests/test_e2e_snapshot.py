@@ -119,6 +119,7 @@ def test_salvage_of_a_damaged_database_is_stored_marked_and_restored_only_when_a
     prune = run_cli("prune", "--dest", str(dest), "--keep-last", "1", "--json")
     assert prune.returncode == 0, prune.stderr
     assert Store(dest).record_names() == [entry["file"]]  # never counted as good, never removed
+    assert f"keep   {entry['file']} (salvaged" in prune.stderr, prune.stderr
 
     refused = run_restore(entry["file"], "--config", str(server.config_path), "--archive", str(dest), "--yes")
     assert refused.returncode != 0 and "--allow-salvaged" in refused.stderr, refused.stderr

@@ -44,8 +44,9 @@ def adopt_pre_upgrade(archive: Archive, folders: Iterable[Optional[Path]], datab
                                         database_member=database_name, pre_upgrade=tag)
             source = stored.FolderSource(blob_folders) if blob_folders else stored.NoBlobs()
             header = stored.store_backup(archive.store, new, source, report)
-        except VerificationError as error:
-            report.warning(f"Stash's backup {path} (schema {parsed.schema_version}) does not check out ({error}): "
+        except (VerificationError, OSError) as error:  # Stash's file: unreadable or unsound, never fatal here
+            detail = error if isinstance(error, VerificationError) else (error.strerror or error)
+            report.warning(f"Stash's backup {path} (schema {parsed.schema_version}) does not check out ({detail}): "
                            "not adopted")
             continue
         adopted[path.name] = sha256

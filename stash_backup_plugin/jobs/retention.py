@@ -33,7 +33,9 @@ def apply_retention(archive: Archive, policy: Policy, dry_run: bool, report: Rep
         verb = "would remove" if dry_run else "removed"
         for decision in decisions:
             entry: Entry = decision.item
-            if decision.failed:
+            if decision.failed and entry.salvaged:
+                report.info(f"keep   {entry.file} (salvaged: never counted as a good backup, never removed by prune)")
+            elif decision.failed:
                 report.warning(f"failed {entry.file}: failed verification ({entry.verify_error or 'no detail'}); "
                                "not counted by any rule and not removed: re-verify it, or delete it yourself")
             elif decision.keep:
