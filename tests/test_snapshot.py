@@ -45,3 +45,13 @@ def test_snapshot_without_a_config_refuses_in_one_line(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and "missing.yml" in result.stderr, result.stderr
     assert not Store(tmp_path / "a").record_names()  # (status.json records the failed attempt)
+
+
+def test_a_stash_without_a_database_yet_is_skipped_so_its_first_start_goes_ahead(tmp_path):
+    """ExecStartPre= before Stash's very first start: no database, nothing at risk, exit 0."""
+    config = tmp_path / "config.yml"
+    config.write_text(f"database: {tmp_path / 'stash-go.sqlite'}\nport: 1\n")
+    result = run_cli("snapshot", "--offline", "--config", str(config), "--dest", str(tmp_path / "a"), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"skipped": "Stash has no database yet"}
+    assert not (tmp_path / "stash-go.sqlite").exists() and not Store(tmp_path / "a").record_names()

@@ -634,10 +634,11 @@ def cmd_snapshot(args, report) -> int:
     archive = _archive(args)
     with recording(_status_file(archive), "snapshot", report, _notifier(args, report)) as run:
         entry = snapshot_offline(archive, options, report)
-        run.done(f"Archived {entry.file} from the stopped Stash" + (" (salvaged)" if entry.salvaged else ""))
+        run.done(f"Archived {entry.file} from the stopped Stash" + (" (salvaged)" if entry.salvaged else "")
+                 if entry else "Skipped: Stash has no database yet")
     if args.json:
-        _print_json(asdict(entry))
-    else:
+        _print_json(asdict(entry) if entry else {"skipped": "Stash has no database yet"})
+    elif entry:
         print(archive.path_of(entry))
     return 0
 

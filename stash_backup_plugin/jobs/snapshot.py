@@ -38,11 +38,16 @@ class SnapshotOptions:
     stash_stopped: bool = False  # the user vouches that Stash is stopped where the probes cannot tell
 
 
-def snapshot_offline(archive: Archive, options: SnapshotOptions, report: Reporter) -> Entry:
+def snapshot_offline(archive: Archive, options: SnapshotOptions, report: Reporter) -> Optional[Entry]:
+    """The new backup's entry; None when Stash has no database yet (a first start:
+    nothing is at risk, and ExecStartPre= must not keep a new Stash from starting)."""
     config = load_config(find_config_file(options.config))
     database = config.database
     report.info(f"using {config.path}: database {database}")
     ensure_stopped(database, config.path, config.host, config.port, options.stash_stopped)
+    if not database.exists():
+        report.info(f"Skipped: {database} does not exist yet (Stash creates it on its first start): nothing to back up")
+        return None
     if not database.is_file() or not has_sqlite_header(database):
         raise UsageError(f"{database} is not an SQLite database: is `database` in {config.path} right?")
     with archive.locked(), scratch_folder(archive.folder, ".snapshot") as work:
