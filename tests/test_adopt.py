@@ -54,3 +54,23 @@ def test_a_pre_upgrade_backup_is_held_until_a_new_schema_backup_passes_a_drill()
     assert held_before_upgrade([old, entry("new", 75, drilled=True)]) == {}
     assert held_before_upgrade([old, entry("newer", 80, drilled=True)]) == {}
     assert "odd" in held_before_upgrade([entry("odd", 70, "70→?"), entry("new", 99, drilled=True)])  # fail closed
+
+
+def test_the_plugins_verify_adopts_too(tmp_path):
+    """The plugin's verify knows the server (its database path, backup folder, schema):
+    it adopts what a download or snapshot would."""
+    from stash_backup_plugin.core.archive import Archive
+    from stash_backup_plugin.core.reporting import Reporter
+    from stash_backup_plugin.jobs.verify import verify_archive
+    from stash_backup_plugin.server.api import ServerInfo
+    install = make_install(tmp_path / "stash", schema=75)
+    older = install.root / "backups" / "stash-go.sqlite.70.20261120_100000"
+    write_blobs(install.blobs, make_database(older, schema=70, wal=False))
+    info = ServerInfo("v0.31.1", 75, str(install.database), str(install.root / "backups"), str(install.blobs),
+                      "FILESYSTEM", True)
+    archive = Archive(tmp_path / "archive")
+    summary = verify_archive(archive, "quick", Reporter(), stash=info)
+    assert summary.ok and [(e.file, e.pre_upgrade) for e in archive.entries()] == \
+        [("stash-go.sqlite.70.20261120_100000", "70→75")]
+    verify_archive(archive, "quick", Reporter(), stash=info)
+    assert len(archive.entries()) == 1  # once
