@@ -284,8 +284,8 @@ def bench_pages(database_bytes: int, blob_count: int, nights: int, work: Path) -
     from benchmarks import library
     from benchmarks.archive import _env, _ours
     from benchmarks.harness import run_measured
-    from tests.stash_server.build import NEW_VERSION, build
-    from tests.stash_server.server import StashServer
+    from tests.support.stash_server.build import NEW_VERSION, build
+    from tests.support.stash_server.server import StashServer
     ensure_restic()
     lib = library.working_copy(library.library(database_bytes, blob_count), work / "stash")
     server = StashServer(build(NEW_VERSION), work / "stash", NEW_VERSION)

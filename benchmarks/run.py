@@ -6,6 +6,7 @@
     python benchmarks/run.py --only archive,memory,codec --archive-issue-scale   # 1 GiB, 50k blobs, 30 nights
     python benchmarks/run.py --only drill --runs 3                                # restore drill vs stash-restore
     python benchmarks/run.py --only pages                                         # page-level snapshots vs restic
+    python benchmarks/run.py --only snapshot                                      # snapshot --offline vs .backup+rsync
 
 Every figure is a median of alternating A/B runs with its spread; ratio = our time
 divided by the reference's (lower is better).
@@ -359,7 +360,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
     parser.add_argument("--only",
                         default="download,stash,verify,blobs,restore,plugin,coldstart,startup,codec,archive,memory,offsite,drill,"
-                                "pathmap,checklive,pages")
+                                "pathmap,checklive,snapshot,pages")
     parser.add_argument("--archive-issue-scale", action="store_true",
                         help="the archive and drill benchmarks at the issues' size: 1 GiB database, 50k blobs (30 nights)")
     parser.add_argument("--runs", type=int, default=None)
@@ -416,6 +417,13 @@ def main() -> int:
             from benchmarks.check_live import bench_check_live
             print("\ncheck-live on a database in WAL mode held open by a writer:", flush=True)
             results.append(bench_check_live(16 * MiB if args.quick else GiB, plan["runs"]))
+        if "snapshot" in only:
+            from benchmarks.snapshot import bench_snapshot
+            print("\nsnapshot --offline of an unchanged stopped Stash:", flush=True)
+            snapshot, parts = bench_snapshot(*((16 * MiB, 300) if args.quick else (GiB, 50000)),
+                                             max(1, min(plan["runs"], 3)), work)
+            results.append(snapshot)
+            print("\n".join(parts), flush=True)
         if "offsite" in only:
             from benchmarks.offsite import bench_offsite
             print("\noff-site copies to SeaweedFS's S3 on 127.0.0.1:", flush=True)

@@ -158,6 +158,10 @@ def _parser() -> argparse.ArgumentParser:
                           help="after each backup, copy the archive off-site (offsite push to --remote); a failed "
                                "copy fails the run")
     _remote_options(schedule)
+    schedule.add_argument("--before-start", metavar="UNIT",
+                          help="instead of a timer: a systemd drop-in for Stash's unit whose ExecStartPre= takes "
+                               "snapshot --offline before every start (needs --config)")
+    schedule.add_argument("--config", type=Path, help="with --before-start: Stash's config.yml")
 
     export = commands.add_parser("export", help="write one backup as a self-contained zip (Stash v0.31's layout)")
     archive_option(export)
@@ -179,6 +183,7 @@ def _parser() -> argparse.ArgumentParser:
     check_live.add_argument("--json", action="store_true")
     notify_option(check_live)
     ping_option(check_live)
+    _snapshot_parser(commands, archive_option, check_option, notify_option)
 
     install = commands.add_parser("install-plugin", help="install the plugin into Stash's plugins folder")
     install.add_argument("--plugins-dir", type=Path, required=True, help="Stash's plugins folder")
@@ -242,6 +247,24 @@ def _offsite_parser(commands, archive_option, check_option, notify_option, ping_
     archive_option(pull)
     pull.add_argument("--to", type=Path, metavar="DIR", help="the local archive to pull into (default: --dest)")
     check_option(pull)
+
+
+def _snapshot_parser(commands, archive_option, check_option, notify_option) -> None:
+    snapshot = commands.add_parser("snapshot", help="a verified backup of a stopped Stash straight from its files "
+                                                    "(before an upgrade), stored as download stores")
+    snapshot.add_argument("--offline", action="store_true", required=True,
+                          help="read the stopped Stash's database and blobs folder (refused while Stash runs)")
+    snapshot.add_argument("--config", type=Path, help="Stash's config.yml (default: found as Stash finds it)")
+    snapshot.add_argument("--salvage", action="store_true",
+                          help="the database is damaged: store what SQLite can recover, marked salvaged (never "
+                               "counted as a good backup; stash-restore --allow-salvaged restores it)")
+    snapshot.add_argument("--stash-stopped", action="store_true",
+                          help="you confirm Stash is stopped, where this machine cannot check it")
+    snapshot.add_argument("--no-compress", action="store_true", help="store the database snapshot uncompressed")
+    snapshot.add_argument("--json", action="store_true", help="print the new archive entry as JSON")
+    archive_option(snapshot)
+    check_option(snapshot)
+    notify_option(snapshot)
 
 
 def _client(args):
@@ -367,11 +390,13 @@ def cmd_list(args, report) -> int:
         print(f"no backups in {archive.folder}")
     for entry in entries:
         state = "verified" if entry.verified_ok else ("BAD" if entry.verified_at else "unverified")
+        state = "SALVAGED" if entry.salvaged else state
+        tag = f"  (pre-upgrade {entry.pre_upgrade})" if entry.pre_upgrade else ""
         drilled = ("booted" if entry.drill.get("ok") else "DRILL-FAILED") if entry.drill.get("at") else "-"
         blobs = f"{entry.blob_count} blobs" if entry.includes_blobs else "database only"
         own = entry.new_bytes if entry.is_stored else entry.size
         print(f"{entry.created}  schema {entry.schema_version:<3}  {entry.kind:<6}  {blobs:<14}  "
-              f"new {human_size(own):>10}  {state:<10}  drill {drilled:<12}  {entry.file}")
+              f"new {human_size(own):>10}  {state:<10}  drill {drilled:<12}  {entry.file}{tag}")
     usage = archive.usage()
     print(f"archive total {human_size(usage.total)}: {usage.blobs} blob(s) {human_size(usage.blob_bytes)}, "
           f"database snapshots {human_size(usage.snapshot_bytes)}, records {human_size(usage.record_bytes)}"
@@ -568,6 +593,8 @@ def cmd_schedule(args, report) -> int:
     from . import schedule
     via = schedule.choose_via(args.via)
     unit_dir = (args.unit_dir or schedule.default_unit_dir(via)).expanduser()
+    if args.before_start:
+        return _schedule_before_start(args, via, unit_dir, report)
     env_file = (args.env_file or schedule.default_env_file(via)).expanduser()
     if args.action == "show":
         lines = schedule.show(via, unit_dir)
@@ -579,6 +606,26 @@ def cmd_schedule(args, report) -> int:
         return 0
     plan = _schedule_plan(args, via, unit_dir, env_file)
     for line in schedule.install(plan, enable=not args.no_enable):
+        report.info(line)
+    return 0
+
+
+def _schedule_before_start(args, via, unit_dir, report) -> int:
+    from ..core.errors import UsageError
+    from . import schedule
+    if args.action == "show":
+        path = schedule.drop_in_path(unit_dir, args.before_start)
+        print(f"{path}:\n{path.read_text().rstrip()}" if path.is_file() else f"no drop-in at {path}")
+        return 0
+    if args.action == "remove":
+        lines = schedule.remove_before_start(via, unit_dir, args.before_start)
+        report.info("; ".join(lines) if lines else "no stash-backup drop-in to remove")
+        return 0
+    if not args.config or not args.config.expanduser().is_file():
+        raise UsageError("--before-start needs --config FILE: Stash's config.yml (the unit's working folder is not "
+                         "this one)" + (f"; {args.config} does not exist" if args.config else ""))
+    command = schedule.snapshot_command(args.config.expanduser().resolve(), Path(args.dest).expanduser().resolve())
+    for line in schedule.install_before_start(via, unit_dir, args.before_start, command, reload=not args.no_enable):
         report.info(line)
     return 0
 
@@ -638,6 +685,28 @@ COMMANDS = {"backup": cmd_backup, "download": cmd_download, "list": cmd_list, "v
             "prune": cmd_prune, "drill": cmd_drill, "export": cmd_export, "migrate": cmd_migrate, "status": cmd_status,
             "schedule": cmd_schedule, "offsite": cmd_offsite, "install-plugin": cmd_install_plugin,
             "package": cmd_package, "check-live": cmd_check_live}
+
+
+def cmd_snapshot(args, report) -> int:
+    from ..core.sqlite_check import FULL, QUICK
+    from ..jobs.snapshot import SnapshotOptions, snapshot_offline
+    from ..jobs.status import recording
+    options = SnapshotOptions(config=args.config.expanduser() if args.config else None,
+                              check_level=FULL if args.full_check else QUICK, compress=not args.no_compress,
+                              salvage=args.salvage, stash_stopped=args.stash_stopped)
+    archive = _archive(args)
+    with recording(_status_file(archive), "snapshot", report, _notifier(args, report)) as run:
+        entry = snapshot_offline(archive, options, report)
+        run.done(f"Archived {entry.file} from the stopped Stash" + (" (salvaged)" if entry.salvaged else "")
+                 if entry else "Skipped: Stash has no database yet")
+    if args.json:
+        _print_json(asdict(entry) if entry else {"skipped": "Stash has no database yet"})
+    elif entry:
+        print(archive.path_of(entry))
+    return 0
+
+
+COMMANDS["snapshot"] = cmd_snapshot
 
 
 def main(argv: Optional[list[str]] = None) -> int:

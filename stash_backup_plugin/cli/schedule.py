@@ -315,3 +315,62 @@ def remove(via: str, unit_dir: Path, env_file: Path) -> list[str]:
         discard(env_file)
         done.append(f"removed {env_file}")
     return done
+
+
+# --- before Stash starts: a snapshot of the stopped Stash (systemd drop-in) ----------------
+
+DROP_IN = "stash-backup.conf"
+_UNIT_NAME = __import__("re").compile(r"^[A-Za-z0-9:_.@-]+$")
+
+
+def service_unit_name(unit: str) -> str:
+    """Stash's unit as systemd names it (`stash` becomes `stash.service`); a name that
+    could leave the unit folder, or is not a service, is refused."""
+    name = unit if unit.endswith(".service") else f"{unit}.service"
+    if not _UNIT_NAME.match(name) or name.startswith(".") or ".." in name or name == ".service":
+        raise UsageError(f"--before-start {unit!r} is not a systemd service name (e.g. stash or stash.service)")
+    return name
+
+
+def drop_in_path(unit_dir: Path, unit: str) -> Path:
+    return unit_dir / f"{service_unit_name(unit)}.d" / DROP_IN
+
+
+def snapshot_command(config: Path, archive: Path) -> list[str]:
+    return [sys.executable, "-m", "stash_backup_plugin", "snapshot", "--offline", "--quiet", "--config", str(config),
+            "--dest", str(archive)]
+
+
+def drop_in_text(command: Sequence[str]) -> str:
+    """Runs as Stash's own User= before every start (an upgraded binary migrates the
+    database on its first start): a snapshot that fails keeps Stash stopped, so no
+    migration runs without a verified backup before it. It names only paths: no secret."""
+    return ("# Written by 'stash-backup schedule install --before-start': a verified backup of the stopped\n"
+            "# Stash before every start. Remove with 'stash-backup schedule remove --before-start UNIT'.\n"
+            "[Service]\n"
+            "ExecStartPre=" + " ".join(_systemd_quote(a) for a in command) + "\n")
+
+
+def install_before_start(via: str, unit_dir: Path, unit: str, command: Sequence[str], reload: bool) -> list[str]:
+    if via == "cron":
+        raise UsageError("--before-start writes a systemd drop-in: use --via systemd-system or systemd-user (without "
+                         "systemd: run 'stash-backup snapshot --offline' in Stash's start script, docs/scheduling.md)")
+    path = drop_in_path(unit_dir, unit)
+    _write(path, drop_in_text(command).encode(), 0o644, {})  # systemd reads drop-ins of system units as root
+    done = [f"drop-in: {path} (ExecStartPre= stash-backup snapshot --offline)"]
+    if reload and systemd_running():
+        result = _systemctl(via, "daemon-reload")
+        if result.returncode != 0:
+            raise ConfigError(f"systemctl daemon-reload failed: {result.stderr.strip()}")
+        done.append("systemd reloaded: the snapshot runs before each start of " + service_unit_name(unit))
+    return done
+
+
+def remove_before_start(via: str, unit_dir: Path, unit: str) -> list[str]:
+    path = drop_in_path(unit_dir, unit)
+    if not path.is_file():
+        return []
+    discard(path)
+    if systemd_running():
+        _systemctl(via, "daemon-reload")
+    return [f"removed {path}"]

@@ -72,6 +72,8 @@ class Entry:
     migrated_from: str = ""  # stored backups imported from an old file by migrate
     # The last restore drill (jobs/drill.py): {"at", "ok", "seconds", "stash_version", "migrated", "differences", ...}
     drill: dict = field(default_factory=dict)
+    salvaged: bool = False  # recovered from a damaged database (record.Header.salvaged): never verified-ok
+    pre_upgrade: str = ""  # Stash's pre-migration backup, adopted: "<from>→<to>" (record.Header.pre_upgrade)
 
     @property
     def is_stored(self) -> bool:
@@ -410,7 +412,8 @@ def entry_from_header(header: Header) -> Entry:
                  kind=STORED, blob_count=header.blob_count, includes_blobs=header.includes_blobs,
                  blobs_not_included=header.missing_blobs, source=header.source, server_version=header.server_version,
                  added_at=header.added_at, verified_at=header.added_at, verified_level=header.verified_level,
-                 verified_ok=True, new_bytes=header.new_bytes, migrated_from=header.migrated_from)
+                 verified_ok=not header.salvaged, new_bytes=header.new_bytes, migrated_from=header.migrated_from,
+                 salvaged=header.salvaged, pre_upgrade=header.pre_upgrade)
 
 
 def _created_from(name: str) -> str:

@@ -63,6 +63,12 @@ class Header:
     # The library's size when it was backed up (sqlite_check.library_counts): what a
     # restore drill expects Stash to report. Empty in records made before it existed.
     counts: dict = field(default_factory=dict)
+    # Recovered from a damaged database (snapshot --offline --salvage): what SQLite could
+    # read, never counted as a good backup; stash-restore restores it only when asked.
+    salvaged: bool = False
+    # Stash's own pre-migration backup adopted into the archive: "<from>→<to>" schemas.
+    # Retention keeps it until a verified backup of schema <to> has passed a restore drill.
+    pre_upgrade: str = ""
     format: int = FORMAT
 
     @property

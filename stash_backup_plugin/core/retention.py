@@ -210,3 +210,25 @@ def plan_backup_folder(names: Iterable[str], ours: Iterable[str], keep_last: int
     candidates.sort(reverse=True)
     kept = [name for _, name in candidates[:keep_last]]
     return [name for _, name in candidates[keep_last:] if name not in protected and name not in kept]
+
+
+PRE_UPGRADE_REASON = "pre-upgrade {tag}: until a verified backup of schema {to} passes a restore drill"
+
+
+def upgrade_target(tag: str) -> Optional[int]:
+    """The schema a pre-upgrade backup was migrated to ("75→84" gives 84), or None."""
+    _, _, to = tag.partition("→")
+    return int(to) if to.isdigit() else None
+
+
+def held_before_upgrade(entries: list) -> dict:
+    """Stash's pre-migration backups that retention must keep, with the reason: each
+    until a verified backup of its new schema (or later) has passed a restore drill;
+    one whose tag cannot be read is held for good (fail closed)."""
+    drilled = [e.schema_version for e in entries if e.verified_ok and e.drill.get("ok")]
+    held = {}
+    for entry in entries:
+        to = upgrade_target(entry.pre_upgrade) if entry.pre_upgrade else None
+        if entry.pre_upgrade and (to is None or not any(schema >= to for schema in drilled)):
+            held[entry.file] = PRE_UPGRADE_REASON.format(tag=entry.pre_upgrade, to=to if to is not None else "?")
+    return held

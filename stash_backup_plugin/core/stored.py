@@ -108,6 +108,9 @@ class NewBackup:
     referenced_count: int = 0  # for progress only
     counts: dict = field(default_factory=dict)  # sqlite_check.library_counts
     compression_level: int = LEVEL  # gzip level of the stored snapshot (STORED: no compression)
+    salvaged: bool = False  # recovered from a damaged database: never a good backup (record.Header.salvaged)
+    prechecked: bool = False  # the caller checked the database at verified_level already: not read twice
+    pre_upgrade: str = ""  # Stash's own pre-migration backup, adopted: "<from>→<to>" (record.Header.pre_upgrade)
 
 
 def checked_backup(name: str, database: Path, sha256: str, level: str, includes_blobs: bool, **details) -> NewBackup:
@@ -188,7 +191,8 @@ def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Repor
         compressor = _Compressor(store, new.name, new.database, compressed, new.compression_level)
         compressor.start()
         # quick_check (or integrity_check) reads the database while the blobs are copied
-        check = _InThread(lambda: check_database(new.database, new.verified_level, blob_references=False))
+        level = NONE if new.prechecked else new.verified_level
+        check = _InThread(lambda: check_database(new.database, level, blob_references=False))
         check.start()
         blob_list = store.incoming / f"{new.name}.blobs{_TEMP}{os.getpid()}"
         try:
@@ -286,7 +290,8 @@ def _header(new: NewBackup, snapshot_path: Path, store: Store, digest, counts: _
         includes_blobs=new.includes_blobs, blob_count=counts.count, blob_bytes=counts.bytes, new_blobs=counts.new,
         new_blob_bytes=counts.new_bytes, missing_blobs=counts.missing_count, missing_examples=counts.missing,
         source=new.source, server_version=new.server_version, added_at=new.added_at or utc_now(),
-        verified_level=new.verified_level, migrated_from=new.migrated_from, counts=new.counts)
+        verified_level=new.verified_level, migrated_from=new.migrated_from, counts=new.counts, salvaged=new.salvaged,
+        pre_upgrade=new.pre_upgrade)
 
 
 # --- verification ---------------------------------------------------------------------------

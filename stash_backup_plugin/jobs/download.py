@@ -21,6 +21,7 @@ from ..core.snapshot import STORED
 from ..core.sqlite_check import QUICK
 from ..core.store import SnapshotTee
 from ..server.api import Downloaded, ServerInfo, StashAPI
+from .adopt import adopt_pre_upgrade, stash_backup_folders
 
 FRESH_BACKUP_ATTEMPTS = 3  # a link that expired mid-download needs a new backup
 
@@ -80,6 +81,9 @@ def download_to_archive(client: StashAPI, archive: Archive, options: DownloadOpt
             if tee:
                 tee.discard()  # first: its thread may still read the downloaded file; nothing left on success
             discard(fetched.temp_path)
+        if info.database_path:  # Stash's own pre-migration backups, where this process can read them
+            adopt_pre_upgrade(archive, stash_backup_folders(info.database_path, info.backup_directory),
+                              Path(info.database_path).name, header.schema_version, folders, options.check_level, report)
         entry = archive.find(header.name)
         if header.missing_blobs:
             report.warning(f"{header.missing_blobs} blob(s) the database refers to were found neither on the server "

@@ -9,7 +9,7 @@ from ..core import stored
 from ..core.archive import Archive, Entry
 from ..core.faults import crash_point
 from ..core.reporting import Reporter, human_size
-from ..core.retention import Decision, Policy, plan_retention
+from ..core.retention import Decision, Policy, held_before_upgrade, plan_retention
 from ..core.status import StatusFile, live_damage, parse_time
 
 
@@ -32,12 +32,17 @@ def apply_retention(archive: Archive, policy: Policy, dry_run: bool, report: Rep
         if held:  # the backups from before the damage must all stay, and what they refer to
             report.warning(held)
             return RetentionResult([], held=held)
-        decisions = plan_retention([(e, e.created_time, e.verified_ok) for e in archive.entries()], policy)
+        entries = archive.entries()
+        held = held_before_upgrade(entries)  # Stash's pre-migration backups: out of the rules' reach
+        decisions = plan_retention([(e, e.created_time, e.verified_ok) for e in entries if e.file not in held], policy)
+        decisions += [Decision(e, e.created_time, [held[e.file]]) for e in entries if e.file in held]
         result = RetentionResult(decisions)
         verb = "would remove" if dry_run else "removed"
         for decision in decisions:
             entry: Entry = decision.item
-            if decision.failed:
+            if decision.failed and entry.salvaged:
+                report.info(f"keep   {entry.file} (salvaged: never counted as a good backup, never removed by prune)")
+            elif decision.failed:
                 report.warning(f"failed {entry.file}: failed verification ({entry.verify_error or 'no detail'}); "
                                "not counted by any rule and not removed: re-verify it, or delete it yourself")
             elif decision.keep:

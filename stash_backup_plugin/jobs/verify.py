@@ -33,11 +33,14 @@ class VerifySummary:
 
 
 def verify_archive(archive: Archive, level: str, report: Reporter,
-                   read_data: Optional[stored.ReadData] = None) -> VerifySummary:
+                   read_data: Optional[stored.ReadData] = None, stash: Optional[ServerInfo] = None) -> VerifySummary:
     """Every backup: stored ones (database and blobs, each blob looked at once; with
-    `read_data` its content re-hashed) and older per-backup files."""
+    `read_data` its content re-hashed) and older per-backup files. Given the server
+    (`stash`, the plugin's verify), Stash's pre-migration backups are adopted first."""
     summary = VerifySummary()
     with archive.locked():
+        if stash is not None:
+            _adopt_from(archive, stash, level, report)
         entries = archive.entries()
         for problem in archive.manifest_problems:
             report.warning(problem)
@@ -122,3 +125,14 @@ def _entry(name: str, verified: BackupReport, info: ServerInfo, source: str, lev
                  kind=verified.kind, blob_count=verified.blob_count, includes_blobs=verified.kind == "zip",
                  blobs_not_included=len(verified.blobs_not_included), source=source,
                  server_version=info.version or "", verified_at=utc_now(), verified_level=level, verified_ok=True)
+
+
+def _adopt_from(archive: Archive, stash: ServerInfo, level: str, report: Reporter) -> None:
+    """jobs/adopt, where this process reads Stash's folders (the plugin, on Stash's host)."""
+    from .adopt import adopt_pre_upgrade, stash_backup_folders
+    if not stash.database_path or stash.schema_version is None:
+        return
+    blobs = Path(stash.blobs_path) if stash.blobs_on_filesystem and stash.blobs_path else None
+    adopt_pre_upgrade(archive, stash_backup_folders(stash.database_path, stash.backup_directory),
+                      Path(stash.database_path).name, stash.schema_version,
+                      [blobs] if blobs is not None and blobs.is_dir() else [], level, report)

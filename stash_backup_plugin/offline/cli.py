@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="restore a backup whose schema is newer than the current database's")
     parser.add_argument("--allow-anonymised", action="store_true",
                         help="restore Stash's anonymised database (given by its path) over the real one")
+    parser.add_argument("--allow-salvaged", action="store_true",
+                        help="restore a salvaged backup (what SQLite recovered from a damaged database)")
     parser.add_argument("--stash-stopped", action="store_true",
                         help="you confirm Stash is stopped, where this machine cannot check it")
     parser.add_argument("--check", choices=CHECK_LEVELS, default=QUICK,
@@ -215,6 +217,7 @@ def _run(args, report) -> int:
     options = engine.RestoreOptions(path_mappings=mappings, dry_run=args.dry_run, assume_yes=args.yes,
                                     allow_newer_schema=args.allow_newer_schema, stash_stopped=args.stash_stopped,
                                     check_level=args.check, allow_anonymised=args.allow_anonymised,
+                                    allow_salvaged=args.allow_salvaged,
                                     confirm=_confirm_on_terminal if sys.stdin.isatty() else None)
     if args.undo:
         engine.undo(target, options, report)

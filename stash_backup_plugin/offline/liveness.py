@@ -17,6 +17,7 @@ from typing import Optional
 
 from ..core.addresses import reachable_host, url_host
 from ..core.config_text import config_line_value
+from ..core.errors import RestoreRefused
 
 # SQLite's lock bytes in the database file (PENDING, RESERVED, SHARED range) and the
 # WAL "DMS" byte in the -shm file that every open connection holds a read lock on.
@@ -39,6 +40,20 @@ class Finding:
     @property
     def certain_stopped(self) -> bool:
         return not self.running and not self.doubts
+
+
+def ensure_stopped(database: Path, config_path: Optional[Path], host: str, port: Optional[int],
+                   vouched: bool) -> None:
+    """Proof that Stash runs (its process, its lock, its /healthz) refuses, whatever the
+    user says; `vouched` (--stash-stopped) only overrules doubts (a busy port, a probe
+    not possible here). The restore and `snapshot --offline` both ask this."""
+    finding = probe(database, config_path, host, port)
+    if finding.running:
+        raise RestoreRefused(f"Stash seems to be running ({finding.running[0]}): stop Stash, then run this again. "
+                             "Nothing was changed")
+    if finding.doubts and not vouched:
+        raise RestoreRefused(f"cannot tell whether Stash is stopped here ({'; '.join(finding.doubts)}): stop Stash "
+                             "and pass --stash-stopped to confirm. Nothing was changed")
 
 
 def probe(database: Path, config_path: Optional[Path], host: str, port: Optional[int]) -> Finding:

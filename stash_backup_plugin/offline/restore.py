@@ -30,7 +30,7 @@ from ..core.reporting import Reporter
 from .plan import Plan, RestoreFacts, build_plan, space_refusal
 from ..core.sqlite_check import QUICK, check_database, has_sqlite_header, read_schema_version
 from .stash_config import Target
-from .liveness import probe
+from .liveness import ensure_stopped
 from ..core.verify import file_digest, is_zip, verify_backup
 from ..core.store import Store, sync_folders
 from ..core.record import Header
@@ -50,6 +50,7 @@ class RestoreOptions:
     allow_anonymised: bool = False  # restore Stash's anonymised database in place of the real one
     archive_held: bool = False  # the caller holds the archive's lock already (the restore drill)
     path_mappings: list = field(default_factory=list)  # --map-path, parsed (pathmap.PathMapping), longest first
+    allow_salvaged: bool = False  # restore a backup marked salvaged (recovered from a damaged database)
 
 
 @dataclass
@@ -64,15 +65,16 @@ class RestoreResult:
 # --- guards ---------------------------------------------------------------------------
 
 def ensure_stash_stopped(target: Target, options: RestoreOptions) -> None:
-    """Proof that Stash runs (its process, its lock, its /healthz) refuses, whatever the
-    user says; --stash-stopped only overrules doubts (a busy port, a probe not possible)."""
-    finding = probe(target.database, target.config.path if target.config else None, target.host, target.port)
-    if finding.running:
-        raise RestoreRefused(f"Stash seems to be running ({finding.running[0]}): stop Stash, then run this again. "
-                             "Nothing was changed")
-    if finding.doubts and not options.stash_stopped:
-        raise RestoreRefused(f"cannot tell whether Stash is stopped here ({'; '.join(finding.doubts)}): stop Stash "
-                             "and pass --stash-stopped to confirm. Nothing was changed")
+    ensure_stopped(target.database, target.config.path if target.config else None, target.host, target.port,
+                   options.stash_stopped)
+
+
+def _guard_salvaged(inspection: "_Inspection", options: RestoreOptions) -> None:
+    """A salvaged backup holds what SQLite recovered from a damaged database: rows may be
+    missing. It replaces the live database only when the user says so."""
+    if inspection.header and inspection.header.salvaged and not options.allow_salvaged:
+        raise RestoreRefused(f"{inspection.header.name} is a salvaged backup (recovered from a damaged database; "
+                             "rows may be missing): pass --allow-salvaged to restore it. Nothing was changed")
 
 
 def _guard_anonymised(backup: Path, options: RestoreOptions, report: Reporter) -> None:
@@ -424,6 +426,7 @@ def _restore(backup: Path, target: Target, options: RestoreOptions, report: Repo
             report.info(f"the interrupted restore of {backup.name} is complete; nothing more to do")
             return RestoreResult(Plan(), restored=True, aside=recovered.journal.aside_path)
     inspection = read_backup(backup)
+    _guard_salvaged(inspection, options)
     aside = aside_folder_for(target.database)
     early, _ = gather_facts(backup, inspection, target, options, aside, read_blobs=False)
     space = space_refusal(early)  # before writing anything, even a temp file

@@ -302,7 +302,8 @@ def _offsite(task: Task) -> str:
 
 def _verify(task: Task) -> str:
     summary = verify_archive(task.archive, task.settings.check_level, task.reporter,
-                                  _read_data_today(task.settings.verify_read_data_parts))
+                                  _read_data_today(task.settings.verify_read_data_parts),
+                                  stash=task.client.server_info())  # to adopt Stash's pre-migration backups
     if not summary.ok:
         raise VerificationError(summary.line())  # logged once, by Stash, at error level
     task.reporter.info(summary.line())

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -339,3 +340,28 @@ def test_the_page_shows_a_damaged_live_database_and_the_backup_to_restore(browse
     assert page.get_by_test_id("stash-backup-live-ok").inner_text().startswith("Live database: healthy")
     assert not page.errors, page.errors
     page.close()
+
+
+def test_a_salvaged_backup_is_shown_salvaged(browser, stash, tmp_path):
+    """snapshot --offline --salvage of a damaged (stopped) install: the page marks it salvaged,
+    never "verified"."""
+    from tests.support.harness import run_cli
+    from tests.support.restore_fixtures import make_install
+    from tests.e2e.test_e2e_snapshot import damage_an_index_page
+    install = make_install(tmp_path / "other-stash")
+    with sqlite3.connect(install.database) as connection:  # the -wal folded in: the damage is what SQLite reads
+        connection.execute("PRAGMA journal_mode=DELETE")
+    damage_an_index_page(install.database)
+    archive = tmp_path / "salvaged-archive"
+    salvaged = run_cli("snapshot", "--offline", "--salvage", "--config", str(install.config), "--dest", str(archive))
+    assert salvaged.returncode == 0, salvaged.stderr
+    configure(stash, autoBackup=False, archiveFolder=str(archive))
+    try:
+        page = open_page(browser, stash, f"/plugins/{PLUGIN_ID}")
+        badge = page.get_by_test_id("stash-backup-salvaged")
+        badge.wait_for(timeout=WAIT_MS)
+        assert badge.inner_text() == "salvaged" and "--allow-salvaged" in badge.get_attribute("title")
+        assert "verified" not in page.get_by_test_id("stash-backup-table").inner_text()
+        assert not page.errors, page.errors
+    finally:
+        configure(stash, archiveFolder="")

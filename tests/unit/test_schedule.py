@@ -222,3 +222,43 @@ def test_the_scheduled_offsite_run_pushes_the_new_backup_and_a_failed_push_fails
     assert SECRET_KEY not in everything and SECRET_KEY[::-1] not in everything and SECRET not in everything
     assert len(json.loads(run_cli("list", "--json", "--dest", str(archive)).stdout)) == 2  # the download stood
     assert len(remote.read_manifest().backups) == 1
+
+
+def test_before_start_drop_in_passes_systemd_analyze_verify_and_holds_no_secret(tmp_path):
+    """`schedule install --before-start stash`: Stash's unit gets ExecStartPre= snapshot
+    --offline in a drop-in that systemd accepts; the settings (an API key) are not in it."""
+    units = tmp_path / "units"
+    units.mkdir()
+    stash_unit = units / "stash.service"
+    stash_unit.write_text("[Unit]\nDescription=Stash\n[Service]\nExecStart=/bin/true\n[Install]\n"
+                          "WantedBy=multi-user.target\n")
+    config = tmp_path / "stash" / "config.yml"
+    config.parent.mkdir()
+    config.write_text("database: /var/lib/stash/stash-go.sqlite\n")
+    result = run_cli("schedule", "install", "--via", "systemd-system", "--unit-dir", str(units), "--no-enable",
+                     "--before-start", "stash", "--config", str(config), "--dest", str(tmp_path / "archive"),
+                     "--api-key", SECRET)
+    assert result.returncode == 0, result.stderr
+    drop_in = units / "stash.service.d" / "stash-backup.conf"
+    text = drop_in.read_text()
+    assert f"ExecStartPre={sys.executable} -m stash_backup_plugin snapshot --offline --quiet --config {config}" in text
+    assert SECRET not in text + result.stderr
+    verify = subprocess.run(["systemd-analyze", "verify", str(stash_unit)], capture_output=True, text=True)
+    assert verify.returncode == 0 and "stash-backup.conf" not in verify.stderr, verify.stderr
+    # The check can fail: systemd-analyze reads the drop-in and names what is wrong in it (a warning).
+    drop_in.write_text(text.replace("ExecStartPre=", "ExecStartPre=relative/not-allowed "))
+    broken = subprocess.run(["systemd-analyze", "verify", str(stash_unit)], capture_output=True, text=True)
+    assert "stash-backup.conf:4: Neither a valid executable" in broken.stderr, broken.stderr
+    removed = run_cli("schedule", "remove", "--via", "systemd-system", "--unit-dir", str(units),
+                      "--before-start", "stash")
+    assert removed.returncode == 0 and not drop_in.exists(), removed.stderr
+
+
+@pytest.mark.parametrize("unit", ["../etc/passwd", ".service", "a/b"])
+def test_before_start_refuses_a_name_outside_the_unit_folder(tmp_path, unit):
+    config = tmp_path / "config.yml"
+    config.write_text("database: x\n")
+    result = run_cli("schedule", "install", "--via", "systemd-system", "--unit-dir", str(tmp_path / "units"),
+                     "--no-enable", "--before-start", unit, "--config", str(config))
+    assert result.returncode != 0 and "not a systemd service name" in result.stderr, result.stderr
+    assert not (tmp_path / "units").exists()

@@ -328,8 +328,10 @@
         h("td", null, size(b.size)),
         h("td", { className: "d-none d-md-table-cell" }, size(b.new_bytes)),
         h("td", null, b.includes_blobs ? b.blob_count : "db only"),
-        h("td", null, b.verified_ok ? h(Badge, { variant: "success" }, "verified")
-          : h(Badge, { variant: b.verified_at ? "danger" : "secondary", title: b.verify_error || "" }, b.verified_at ? "BAD" : "unverified")),
+        h("td", null, b.salvaged ? h(Badge, { variant: "warning", "data-testid": "stash-backup-salvaged", title: "Recovered from a damaged database: rows may be missing; never counted as a good backup. Restore only with stash-restore --allow-salvaged." }, "salvaged")
+          : b.verified_ok ? h(Badge, { variant: "success" }, "verified")
+          : h(Badge, { variant: b.verified_at ? "danger" : "secondary", title: b.verify_error || "" }, b.verified_at ? "BAD" : "unverified"),
+          b.pre_upgrade ? h(Badge, { variant: "info", className: "ml-1", title: "Stash's own backup from before a schema migration: kept until a verified backup of the new schema passes a restore drill" }, "pre-upgrade " + b.pre_upgrade) : null),
         h("td", { className: "d-none d-md-table-cell", "data-testid": "stash-backup-drill" }, !(b.drill && b.drill.at) ? "—"
           : h(Badge, { variant: b.drill.ok ? "success" : "danger", title: (b.drill.ok ? "" : [b.drill.error].concat(b.drill.differences || []).filter(Boolean).join("; ") + " — ") + "Stash " + (b.drill.stash_version || "?") + (b.drill.migrated ? ", migrated" : "") + ", " + b.drill.seconds + " s, " + when(b.drill.at) },
             b.drill.ok ? "booted" : "FAILED")),
