@@ -204,20 +204,20 @@ def test_plugin_yml_declares_each_keep_rule_as_the_table_does():
 
 @pytest.mark.parametrize("command", ["prune", "schedule", "offsite push", "offsite prune"])
 def test_every_command_that_prunes_takes_the_tables_keep_options(command):
-    from stash_backup_plugin.cli import commands
+    from stash_backup_plugin.cli import commands, options
     from stash_backup_plugin.core.keep_rules import KEEP_RULES
     from tests.unit.test_docs import ALL_COMMANDS, _options
     assert {o for o in _options(ALL_COMMANDS[command]) if o.startswith("--keep-")} == {r.option for r in KEEP_RULES}
     extra = ["install"] if command == "schedule" else []
     args = commands._parser().parse_args([*command.split(), *extra, "--keep-last", "2", "--keep-weekly", "-1",
                                           "--keep-within", "1m2w"])
-    assert commands._policy(args) == Policy(last=2, weekly=-1, within=Duration(months=1, days=14))
+    assert options.policy_of(args) == Policy(last=2, weekly=-1, within=Duration(months=1, days=14))
 
 
 def test_the_scheduled_prune_gets_the_same_policy_back():
-    from stash_backup_plugin.cli import commands
+    from stash_backup_plugin.cli import commands, options
     given = commands._parser().parse_args(["schedule", "install", "--keep-daily", "7", "--keep-yearly", "-1",
                                            "--keep-within", "2w1d"])
-    keep = commands._keep_arguments(commands._policy(given))
+    keep = options.keep_arguments(options.policy_of(given))
     assert keep == ["--keep-daily=7", "--keep-yearly=-1", "--keep-within=15d"]
-    assert commands._policy(commands._parser().parse_args(["prune", *keep])) == commands._policy(given)
+    assert options.policy_of(commands._parser().parse_args(["prune", *keep])) == options.policy_of(given)
