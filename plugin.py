@@ -2,6 +2,7 @@
 beside it names it. An installed plugin runs its archive's __main__.py instead
 (cli/install.py); both go through plugin/task.py, which finds gql (Stash's Python's
 own, or `python-packages/` here) or answers the one-line fix."""
+
 import sys
 
 from stash_backup_plugin.plugin.task import main

@@ -2,6 +2,7 @@
 repository's top-level plugin manifest (its only copy), as package data under a name
 Stash never loads, so that install-plugin and package work from an installed wheel
 (cli/install.py reads it there)."""
+
 from pathlib import Path
 
 from setuptools import setup

@@ -8,6 +8,7 @@ Reported: nightly time (and compression's own cost), the archive's size after N
 nights against (each blob once + the N snapshots) and against per-backup zips, a
 restore into an empty blobs folder against the same backup as a Stash v0.31 zip, and
 peak memory (RSS) as the number of blobs grows."""
+
 from __future__ import annotations
 
 import hashlib
@@ -65,11 +66,16 @@ def _reference_command(url: str, blobs: Path, target: Path, compress: bool = Fal
     """What a user would script: ask Stash for a backup, curl it (piped through
     `gzip -1` when `compress`: the user who compresses too), rsync the blobs."""
     query = '{"query": "mutation { backupDatabase(input: {download: true}) }"}'
-    fetch = ('curl -sf "$link" | gzip -1 > \'{db}/\'"$(basename "$link").gz"' if compress
-             else 'curl -sf -o \'{db}/\'"$(basename "$link")" "$link"').format(db=target / "db")
-    script = (f"set -eo pipefail; link=$(curl -sf -H 'Content-Type: application/json' --data '{query}' '{url}/graphql' "
-              "| sed -E 's/.*\"backupDatabase\":\"([^\"]+)\".*/\\1/'); "
-              f"{fetch}; rsync -a --ignore-existing '{blobs}/' '{target}/blobs/'")
+    fetch = (
+        'curl -sf "$link" | gzip -1 > \'{db}/\'"$(basename "$link").gz"'
+        if compress
+        else 'curl -sf -o \'{db}/\'"$(basename "$link")" "$link"'
+    ).format(db=target / "db")
+    script = (
+        f"set -eo pipefail; link=$(curl -sf -H 'Content-Type: application/json' --data '{query}' '{url}/graphql' "
+        '| sed -E \'s/.*"backupDatabase":"([^"]+)".*/\\1/\'); '
+        f"{fetch}; rsync -a --ignore-existing '{blobs}/' '{target}/blobs/'"
+    )
     return ["bash", "-c", script]
 
 
@@ -116,6 +122,7 @@ def _blob_sizes(blobs: Path) -> dict:
 def bench_nights(database_bytes: int, blob_count: int, nights: int, work: Path) -> ArchiveResult:
     from tests.support.stash_server.build import NEW_VERSION, build
     from tests.support.stash_server.server import StashServer
+
     pristine = library.library(database_bytes, blob_count)
     stash_root = work / "stash"
     lib = library.working_copy(pristine, stash_root)
@@ -137,11 +144,14 @@ def bench_nights(database_bytes: int, blob_count: int, nights: int, work: Path) 
             database_size = lib.database.stat().st_size
             ours_cmd = _ours("download", "--url", server.url, "--dest", str(ours_archive), "-q")
             plain_cmd = _ours("download", "--url", server.url, "--dest", str(plain_archive), "-q", "--no-compress")
-            order = [("ours", ours_cmd), ("reference", _reference_command(server.url, lib.blobs, reference)),
-                     ("plain", plain_cmd),
-                     ("gzip", _reference_command(server.url, lib.blobs, gz_reference, compress=True))]
+            order = [
+                ("ours", ours_cmd),
+                ("reference", _reference_command(server.url, lib.blobs, reference)),
+                ("plain", plain_cmd),
+                ("gzip", _reference_command(server.url, lib.blobs, gz_reference, compress=True)),
+            ]
             samples = {}
-            for which, command in (order if number % 2 else order[::-1]):
+            for which, command in order if number % 2 else order[::-1]:
                 samples[which] = run_measured(command, env=_env())
             server.stop()
             reference_databases += _take_databases(reference / "db") + _take_databases(gz_reference / "db", 0)
@@ -149,14 +159,24 @@ def bench_nights(database_bytes: int, blob_count: int, nights: int, work: Path) 
             sizes = _blob_sizes(lib.blobs)
             seen_blobs.update(sizes)
             zips += database_size + sum(sizes.values()) + ZIP_ENTRY_OVERHEAD * (len(sizes) + 1)
-            night = Night(number, samples["ours"], samples["reference"], samples["gzip"], samples["plain"],
-                          _compress_seconds(lib.database), database_size)
+            night = Night(
+                number,
+                samples["ours"],
+                samples["reference"],
+                samples["gzip"],
+                samples["plain"],
+                _compress_seconds(lib.database),
+                database_size,
+            )
             result.nights.append(night)
-            print(f"  night {number:>2}: ours {night.ours.seconds:6.2f}s (peak RSS {night.ours.max_rss / MiB:5.1f} MiB)"
-                  f"  curl+rsync {night.reference.seconds:6.2f}s  ratio {night.ours.seconds / night.reference.seconds:4.2f}x"
-                  f"  curl|gzip -1+rsync {night.compressing_reference.seconds:6.2f}s"
-                  f"  ours --no-compress {night.uncompressed.seconds:6.2f}s"
-                  f"  compression alone {night.compress_seconds:5.2f}s", flush=True)
+            print(
+                f"  night {number:>2}: ours {night.ours.seconds:6.2f}s (peak RSS {night.ours.max_rss / MiB:5.1f} MiB)"
+                f"  curl+rsync {night.reference.seconds:6.2f}s  ratio {night.ours.seconds / night.reference.seconds:4.2f}x"
+                f"  curl|gzip -1+rsync {night.compressing_reference.seconds:6.2f}s"
+                f"  ours --no-compress {night.uncompressed.seconds:6.2f}s"
+                f"  compression alone {night.compress_seconds:5.2f}s",
+                flush=True,
+            )
         result.archive_bytes, result.archive_disk_bytes = _bytes(ours_archive)
         snapshots = sum(p.stat().st_size for p in (ours_archive / "snapshots").iterdir())
         result.ideal_bytes = sum(seen_blobs.values()) + snapshots
@@ -172,22 +192,40 @@ def bench_nights(database_bytes: int, blob_count: int, nights: int, work: Path) 
 def _bench_restore(archive: Path, stash_root: Path, work: Path) -> list[tuple[str, Sample]]:
     """The newest backup into an empty blobs folder and a fresh database place: from
     the store, and from the same backup exported as a Stash v0.31 zip (today's)."""
-    newest = sorted(p.name[:-len(".record")] for p in (archive / "backups").glob("*.record"))[-1]
+    newest = sorted(p.name[: -len(".record")] for p in (archive / "backups").glob("*.record"))[-1]
     exported = work / "today.zip"
-    subprocess.run(_ours("export", newest, "--output", str(exported), "--dest", str(archive), "-q"), env=_env(),
-                   check=True, capture_output=True)
+    subprocess.run(
+        _ours("export", newest, "--output", str(exported), "--dest", str(archive), "-q"),
+        env=_env(),
+        check=True,
+        capture_output=True,
+    )
     place = work / "restore-place"
     samples = []
     for trial in range(2):
-        for label, backup in ((("store", newest), ("zip", str(exported))) if trial % 2 == 0
-                              else (("zip", str(exported)), ("store", newest))):
+        for label, backup in (
+            (("store", newest), ("zip", str(exported)))
+            if trial % 2 == 0
+            else (("zip", str(exported)), ("store", newest))
+        ):
             shutil.rmtree(place, ignore_errors=True)
             (place / "blobs").mkdir(parents=True)
             config = place / "config.yml"
-            config.write_text(f"database: {place / 'stash-go.sqlite'}\nblobs_path: {place / 'blobs'}\n"
-                              f"blobs_storage: FILESYSTEM\nport: 1\n")
-            command = [PY, "-m", "stash_backup_plugin.offline", backup, "--config", str(config), "--archive",
-                       str(archive), "--yes"]
+            config.write_text(
+                f"database: {place / 'stash-go.sqlite'}\nblobs_path: {place / 'blobs'}\n"
+                f"blobs_storage: FILESYSTEM\nport: 1\n"
+            )
+            command = [
+                PY,
+                "-m",
+                "stash_backup_plugin.offline",
+                backup,
+                "--config",
+                str(config),
+                "--archive",
+                str(archive),
+                "--yes",
+            ]
             _cold_cache()
             samples.append((label, run_measured(command, env=_env())))
     shutil.rmtree(place, ignore_errors=True)
@@ -212,8 +250,12 @@ def report(result: ArchiveResult, database_bytes: int, blob_count: int) -> list[
     compress = statistics.median(n.compress_seconds for n in result.nights)
     peak = max(n.ours.max_rss for n in result.nights) / MiB
     nights = len(result.nights)
-    restore = {label: statistics.median(s.seconds for kind, s in result.restore if kind == label) for label in ("store", "zip")}
-    restore_rss = {label: max(s.max_rss for kind, s in result.restore if kind == label) / MiB for label in ("store", "zip")}
+    restore = {
+        label: statistics.median(s.seconds for kind, s in result.restore if kind == label) for label in ("store", "zip")
+    }
+    restore_rss = {
+        label: max(s.max_rss for kind, s in result.restore if kind == label) / MiB for label in ("store", "zip")
+    }
     ratio = result.archive_bytes / result.ideal_bytes
     lines = [
         f"archive: {database_bytes // MiB} MiB database, {result.blob_count} blobs, {nights} nights",
@@ -240,6 +282,7 @@ def report(result: ArchiveResult, database_bytes: int, blob_count: int) -> list[
 
 
 # --- memory as blobs grow ------------------------------------------------------------------
+
 
 def memory_library(count: int) -> tuple[Path, Path]:
     """`count` small blobs (1 KiB: the number is what matters here) and a Stash-like
@@ -280,27 +323,64 @@ def bench_memory(counts: list[int], work: Path) -> list[str]:
         archive, place = work / f"memory-archive-{count}", work / f"memory-place-{count}"
         shutil.rmtree(archive, ignore_errors=True)
         peaks = {}
-        peaks["backup"] = run_measured([PY, "-m", "benchmarks.ours", "store", str(database), str(blobs), str(archive),
-                                        "stash-go.sqlite.85.20260101_000000"], env=_env()).max_rss
+        peaks["backup"] = run_measured(
+            [
+                PY,
+                "-m",
+                "benchmarks.ours",
+                "store",
+                str(database),
+                str(blobs),
+                str(archive),
+                "stash-go.sqlite.85.20260101_000000",
+            ],
+            env=_env(),
+        ).max_rss
         half = work / f"memory-half-{count}.sqlite"
         shutil.copyfile(database, half)
         connection = sqlite3.connect(half)
         connection.execute("UPDATE performers SET image_blob = NULL WHERE id % 2 = 0")
         connection.commit()
         connection.close()
-        run_measured([PY, "-m", "benchmarks.ours", "store", str(half), str(blobs), str(archive),
-                      "stash-go.sqlite.85.20260102_000000"], env=_env())
-        peaks["verify --read-data"] = run_measured(_ours("verify", "--read-data", "--dest", str(archive), "-q"),
-                                                   env=_env()).max_rss
+        run_measured(
+            [
+                PY,
+                "-m",
+                "benchmarks.ours",
+                "store",
+                str(half),
+                str(blobs),
+                str(archive),
+                "stash-go.sqlite.85.20260102_000000",
+            ],
+            env=_env(),
+        )
+        peaks["verify --read-data"] = run_measured(
+            _ours("verify", "--read-data", "--dest", str(archive), "-q"), env=_env()
+        ).max_rss
         shutil.rmtree(place, ignore_errors=True)
         (place / "blobs").mkdir(parents=True)
-        (place / "config.yml").write_text(f"database: {place / 'stash-go.sqlite'}\nblobs_path: {place / 'blobs'}\n"
-                                          "blobs_storage: FILESYSTEM\nport: 1\n")
-        peaks["restore"] = run_measured([PY, "-m", "stash_backup_plugin.offline", "stash-go.sqlite.85.20260101_000000",
-                                         "--config", str(place / "config.yml"), "--archive", str(archive), "--yes"],
-                                        env=_env()).max_rss
-        peaks["prune + GC"] = run_measured(_ours("prune", "--keep-last", "1", "--dest", str(archive), "-q"),
-                                           env=_env()).max_rss
+        (place / "config.yml").write_text(
+            f"database: {place / 'stash-go.sqlite'}\nblobs_path: {place / 'blobs'}\n"
+            "blobs_storage: FILESYSTEM\nport: 1\n"
+        )
+        peaks["restore"] = run_measured(
+            [
+                PY,
+                "-m",
+                "stash_backup_plugin.offline",
+                "stash-go.sqlite.85.20260101_000000",
+                "--config",
+                str(place / "config.yml"),
+                "--archive",
+                str(archive),
+                "--yes",
+            ],
+            env=_env(),
+        ).max_rss
+        peaks["prune + GC"] = run_measured(
+            _ours("prune", "--keep-last", "1", "--dest", str(archive), "-q"), env=_env()
+        ).max_rss
         line = f"  {count:>7} blobs: " + ", ".join(f"{name} {rss / MiB:.1f} MiB" for name, rss in peaks.items())
         worst = max(peaks.values()) / MiB
         line += f"  [goal <= 64 MiB: {'met' if worst <= 64 else 'MISSED'}]"

@@ -7,6 +7,7 @@ writer is never made to wait by it; what remains is disk and CPU contention).
 
     python benchmarks/check_live.py [--size-mib 1024] [--runs 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,11 +51,25 @@ def bench_check_live(size: int, runs: int):
         writer.execute("CREATE TABLE IF NOT EXISTS bench_writes (id INTEGER PRIMARY KEY, at REAL)")
         writer.commit()  # the -wal and -shm now exist, as beside a running Stash
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        ours = [sys.executable, "-m", "stash_backup_plugin", "check-live", "-q", "--database", str(live),
-                "--dest", str(Path(work) / "archive")]
-        result = compare("check-live (quick_check)", f"{live.stat().st_size >> 20} MiB", "sqlite3 quick_check",
-                         lambda: run_measured(["sqlite3", str(live), "PRAGMA quick_check"]),
-                         lambda: run_measured(ours, env=env), runs)
+        ours = [
+            sys.executable,
+            "-m",
+            "stash_backup_plugin",
+            "check-live",
+            "-q",
+            "--database",
+            str(live),
+            "--dest",
+            str(Path(work) / "archive"),
+        ]
+        result = compare(
+            "check-live (quick_check)",
+            f"{live.stat().st_size >> 20} MiB",
+            "sqlite3 quick_check",
+            lambda: run_measured(["sqlite3", str(live), "PRAGMA quick_check"]),
+            lambda: run_measured(ours, env=env),
+            runs,
+        )
         _writer_latency(writer, ours, env)
         writer.close()
     return result
@@ -62,12 +77,16 @@ def bench_check_live(size: int, runs: int):
 
 def _writer_latency(writer: sqlite3.Connection, ours: list, env: dict) -> None:
     idle = _commit_latencies(writer, lambda: time.sleep(3))
-    during = _commit_latencies(writer, lambda: subprocess.run(ours, env=env, check=True,
-                                                              stdout=subprocess.DEVNULL))
-    print(f"a writer's commit while idle:           median {statistics.median(idle) * 1000:6.2f} ms, "
-          f"max {max(idle) * 1000:7.2f} ms ({len(idle)} commits)")
-    print(f"a writer's commit during check-live:    median {statistics.median(during) * 1000:6.2f} ms, "
-          f"max {max(during) * 1000:7.2f} ms ({len(during)} commits)", flush=True)
+    during = _commit_latencies(writer, lambda: subprocess.run(ours, env=env, check=True, stdout=subprocess.DEVNULL))
+    print(
+        f"a writer's commit while idle:           median {statistics.median(idle) * 1000:6.2f} ms, "
+        f"max {max(idle) * 1000:7.2f} ms ({len(idle)} commits)"
+    )
+    print(
+        f"a writer's commit during check-live:    median {statistics.median(during) * 1000:6.2f} ms, "
+        f"max {max(during) * 1000:7.2f} ms ({len(during)} commits)",
+        flush=True,
+    )
 
 
 def _commit_latencies(writer: sqlite3.Connection, meanwhile) -> list[float]:

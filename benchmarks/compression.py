@@ -6,6 +6,7 @@ can read back (stash-restore needs nothing else), on a Stash-shaped database.
 Prints size ratio, compress and decompress speed (MiB/s of database, median of runs,
 one core unless the row says threads), and the same for our snapshot writer
 (core/snapshot.py), which compresses chunks on several threads."""
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ def _stream(data: bytes, make) -> tuple[bytes, float]:
     worker, out = make(), []
     view = memoryview(data)
     for offset in range(0, len(data), CHUNK):
-        out.append(worker.compress(view[offset:offset + CHUNK]))
+        out.append(worker.compress(view[offset : offset + CHUNK]))
     out.append(worker.flush())
     return b"".join(out), time.perf_counter() - started
 
@@ -54,7 +55,7 @@ def _unstream(data: bytes, make) -> float:
     started = time.perf_counter()
     worker, view = make(), memoryview(data)
     for offset in range(0, len(data), CHUNK):
-        worker.decompress(view[offset:offset + CHUNK])
+        worker.decompress(view[offset : offset + CHUNK])
     return time.perf_counter() - started
 
 
@@ -67,14 +68,21 @@ def measure(database: Path, runs: int) -> list[tuple[str, float, float, float]]:
             packed, seconds = _stream(data, compressor)
             times.append(seconds)
         back = [_unstream(packed, decompressor) for _ in range(runs)]
-        rows.append((name, len(packed) / len(data), len(data) / MiB / statistics.median(times),
-                     len(data) / MiB / statistics.median(back)))
+        rows.append(
+            (
+                name,
+                len(packed) / len(data),
+                len(data) / MiB / statistics.median(times),
+                len(data) / MiB / statistics.median(back),
+            )
+        )
     rows += _ours(database, runs)
     return rows
 
 
 def _ours(database: Path, runs: int) -> list[tuple[str, float, float, float]]:
     from stash_backup_plugin.core import snapshot
+
     rows = []
     with tempfile.TemporaryDirectory(dir=database.parent) as folder:
         target = Path(folder) / "snap"
@@ -90,8 +98,14 @@ def _ours(database: Path, runs: int) -> list[tuple[str, float, float, float]]:
                     snapshot.decompress(source, _Null())
                 back.append(time.perf_counter() - started)
             size = database.stat().st_size
-            rows.append((f"ours: gzip -{level}, {snapshot.THREADS} threads", target.stat().st_size / size,
-                         size / MiB / statistics.median(times), size / MiB / statistics.median(back)))
+            rows.append(
+                (
+                    f"ours: gzip -{level}, {snapshot.THREADS} threads",
+                    target.stat().st_size / size,
+                    size / MiB / statistics.median(times),
+                    size / MiB / statistics.median(back),
+                )
+            )
     return rows
 
 
@@ -108,8 +122,10 @@ def main() -> int:
     args = parser.parse_args()
     lib = library.library(args.size_mib * MiB, args.blobs)
     size = lib.database.stat().st_size
-    print(f"Stash-shaped database: {size / MiB:.0f} MiB (Stash v0.31 schema, {args.blobs} blobs referenced); "
-          f"{os.cpu_count()} cores; median of {args.runs}")
+    print(
+        f"Stash-shaped database: {size / MiB:.0f} MiB (Stash v0.31 schema, {args.blobs} blobs referenced); "
+        f"{os.cpu_count()} cores; median of {args.runs}"
+    )
     print("| Codec | Size | Compress | Decompress |\n| --- | --- | --- | --- |")
     for name, ratio, comp, decomp in measure(lib.database, args.runs):
         print(f"| {name} | {ratio * 100:.1f} % | {comp:.0f} MiB/s | {decomp:.0f} MiB/s |", flush=True)

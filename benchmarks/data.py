@@ -1,5 +1,6 @@
 """Benchmark inputs, made here and cached under ~/.cache/stash-backup/bench so a
 second run starts at once."""
+
 from __future__ import annotations
 
 import hashlib
@@ -53,10 +54,20 @@ def stash_shaped_database(size: int) -> Path:
     words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 10))) for _ in range(5000)]
     batch, next_id = 20000, 1
     while temp.stat().st_size < size:
-        scenes = [(next_id + i, " ".join(rng.choices(words, k=5)), " ".join(rng.choices(words, k=12)),
-                   f"20{rng.randint(10, 26)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}", rng.randint(0, 100),
-                   rng.randint(1, 3000), rng.random() < 0.5, "2026-01-01 00:00:00", "2026-01-01 00:00:00")
-                  for i in range(batch)]
+        scenes = [
+            (
+                next_id + i,
+                " ".join(rng.choices(words, k=5)),
+                " ".join(rng.choices(words, k=12)),
+                f"20{rng.randint(10, 26)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+                rng.randint(0, 100),
+                rng.randint(1, 3000),
+                rng.random() < 0.5,
+                "2026-01-01 00:00:00",
+                "2026-01-01 00:00:00",
+            )
+            for i in range(batch)
+        ]
         tags = [(next_id + i, rng.randint(1, 8000)) for i in range(batch) for _ in range(3)]
         connection.executemany("INSERT INTO scenes VALUES (?,?,?,?,?,?,?,?,?)", scenes)
         connection.executemany("INSERT OR IGNORE INTO scenes_tags VALUES (?,?)", tags)

@@ -8,6 +8,7 @@ Reported: both times (medians, spreads), the ratio, and the drill's peak scratch
 disk space (measured on a run of its own, sampling the folder's blocks, so that the
 sampling costs no timed run anything) against the backup's restored size and its
 size in the archive, and against the space the drill checks for before it starts."""
+
 from __future__ import annotations
 
 import json
@@ -65,14 +66,20 @@ class ScratchSampler(threading.Thread):
 def bench_drill(database_bytes: int, blob_count: int, runs: int, work: Path) -> list[str]:
     from tests.support.stash_server.build import NEW_VERSION, build
     from tests.support.stash_server.server import StashServer
+
     binary = build(NEW_VERSION)
     lib = library.working_copy(library.library(database_bytes, blob_count), work / "drill-stash")
     server = StashServer(binary, lib.root, NEW_VERSION)
     archive = work / "drill-archive"
     server.start()
     try:
-        made = subprocess.run(_ours("download", "--url", server.url, "--dest", str(archive), "--json"), env=_env(),
-                              check=True, capture_output=True, text=True)
+        made = subprocess.run(
+            _ours("download", "--url", server.url, "--dest", str(archive), "--json"),
+            env=_env(),
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     finally:
         server.stop()
     name = json.loads(made.stdout)["file"]
@@ -80,9 +87,11 @@ def bench_drill(database_bytes: int, blob_count: int, runs: int, work: Path) -> 
     place = work / "drill-restore-place"
     samples: dict[str, list[Sample]] = {"drill": [], "restore": []}
     for trial in range(runs):
-        order = [("drill", lambda: run_measured(drill_command, env=_env())),
-                 ("restore", lambda: _plain_restore(name, archive, place))]
-        for which, action in (order if trial % 2 == 0 else order[::-1]):
+        order = [
+            ("drill", lambda: run_measured(drill_command, env=_env())),
+            ("restore", lambda: _plain_restore(name, archive, place)),
+        ]
+        for which, action in order if trial % 2 == 0 else order[::-1]:
             samples[which].append(action())
     peak = _peak_scratch(drill_command, archive)
     shutil.rmtree(place, ignore_errors=True)
@@ -93,10 +102,13 @@ def _plain_restore(name: str, archive: Path, place: Path) -> Sample:
     shutil.rmtree(place, ignore_errors=True)
     (place / "blobs").mkdir(parents=True)
     config = place / "config.yml"
-    config.write_text(f"database: {place / 'stash-go.sqlite'}\nblobs_path: {place / 'blobs'}\n"
-                      "blobs_storage: FILESYSTEM\nport: 1\n")
-    return run_measured([PY, "-m", "stash_backup_plugin.offline", name, "--config", str(config), "--archive",
-                         str(archive), "--yes"], env=_env())
+    config.write_text(
+        f"database: {place / 'stash-go.sqlite'}\nblobs_path: {place / 'blobs'}\nblobs_storage: FILESYSTEM\nport: 1\n"
+    )
+    return run_measured(
+        [PY, "-m", "stash_backup_plugin.offline", name, "--config", str(config), "--archive", str(archive), "--yes"],
+        env=_env(),
+    )
 
 
 def _peak_scratch(drill_command: list[str], archive: Path) -> int:
@@ -115,10 +127,13 @@ def _backup_sizes(archive: Path, name: str) -> dict:
     compressed snapshot + its blobs, which later backups share)."""
     from stash_backup_plugin.core.store import Store
     from stash_backup_plugin.jobs.drill import needed_space
+
     header = Store(archive).header(name)
-    return {"restored": header.snapshot.size + header.blob_bytes,
-            "archived": header.snapshot.stored_size + header.blob_bytes,
-            "checked": needed_space(header.snapshot.size, header.blob_bytes)}
+    return {
+        "restored": header.snapshot.size + header.blob_bytes,
+        "archived": header.snapshot.stored_size + header.blob_bytes,
+        "checked": needed_space(header.snapshot.size, header.blob_bytes),
+    }
 
 
 def _report(samples: dict, peak: int, sizes: dict, lib: library.Library, runs: int) -> list[str]:

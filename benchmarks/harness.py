@@ -1,6 +1,7 @@
 """Side-by-side timing: each trial runs the reference tool and ours one after the
 other, alternating which goes first, in separate processes; per-process peak RSS
 comes from wait4. Medians and spreads, never a single run."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,14 @@ def run_measured(command: Sequence[str], cwd: Optional[str] = None, env: Optiona
     report = tempfile.NamedTemporaryFile(prefix="bench-rss-", delete=False)
     report.close()
     started = time.perf_counter()
-    result = subprocess.run([TIME, "-f", "%M", "-o", report.name, *command], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [TIME, "-f", "%M", "-o", report.name, *command],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     elapsed = time.perf_counter() - started
     text = open(report.name).read().strip().splitlines()
     os.unlink(report.name)
@@ -59,18 +66,27 @@ class Comparison:
     def row(self) -> str:
         ref, ours = self._median(self.reference), self._median(self.ours)
         spread = lambda xs: f"{min(s.seconds for s in xs):.2f}–{max(s.seconds for s in xs):.2f}"  # noqa: E731
-        rss = max(s.max_rss for s in self.ours) / 2 ** 20
+        rss = max(s.max_rss for s in self.ours) / 2**20
         speed = ""
         if self.payload_bytes:
-            speed = f"{self.payload_bytes / ours / 2 ** 20:8.0f} / {self.payload_bytes / ref / 2 ** 20:8.0f} MiB/s"
-        return (f"{self.name:<34} {self.size_label:>9}  ours {ours:7.2f}s ({spread(self.ours)})  "
-                f"{self.reference_name or 'ref'} {ref:7.2f}s ({spread(self.reference)})  "
-                f"ratio {self.ratio:5.2f}x  peak RSS {rss:6.1f} MiB  {speed}")
+            speed = f"{self.payload_bytes / ours / 2**20:8.0f} / {self.payload_bytes / ref / 2**20:8.0f} MiB/s"
+        return (
+            f"{self.name:<34} {self.size_label:>9}  ours {ours:7.2f}s ({spread(self.ours)})  "
+            f"{self.reference_name or 'ref'} {ref:7.2f}s ({spread(self.reference)})  "
+            f"ratio {self.ratio:5.2f}x  peak RSS {rss:6.1f} MiB  {speed}"
+        )
 
 
-def compare(name: str, size_label: str, reference_name: str, reference: Callable[[], Sample],
-            ours: Callable[[], Sample], runs: int, before_each: Optional[Callable[[], None]] = None,
-            payload_bytes: Optional[int] = None) -> Comparison:
+def compare(
+    name: str,
+    size_label: str,
+    reference_name: str,
+    reference: Callable[[], Sample],
+    ours: Callable[[], Sample],
+    runs: int,
+    before_each: Optional[Callable[[], None]] = None,
+    payload_bytes: Optional[int] = None,
+) -> Comparison:
     result = Comparison(name, size_label, payload_bytes=payload_bytes, reference_name=reference_name)
     for trial in range(runs):
         order = [("reference", reference), ("ours", ours)]

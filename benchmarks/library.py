@@ -7,6 +7,7 @@ the rows changed.
 
 Rows are generated, not random bytes: paths, titles and hex fingerprints compress the
 way a real library's do. Cached under ~/.cache/stash-backup/bench by size."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,9 +22,11 @@ from pathlib import Path
 
 from benchmarks.data import CACHE, SIZE_MIX
 
-WORDS = ("the a of and in on at with blue red night summer city house beach party secret office garden "
-         "studio session morning evening weekend holiday hotel pool kitchen classic special edition part "
-         "scene behind story first last new old big little wild sweet golden silver private live").split()
+WORDS = (
+    "the a of and in on at with blue red night summer city house beach party secret office garden "
+    "studio session morning evening weekend holiday hotel pool kitchen classic special edition part "
+    "scene behind story first last new old big little wild sweet golden silver private live"
+).split()
 CODECS = [("h264", "mp4"), ("hevc", "mkv"), ("h264", "mov"), ("vp9", "webm")]
 NOW = "2026-11-26T03:00:00Z"
 
@@ -45,6 +48,7 @@ def empty_stash_database() -> Path:
         return path
     from tests.support.stash_server.build import NEW_VERSION, build
     from tests.support.stash_server.server import StashServer
+
     with tempfile.TemporaryDirectory(prefix="empty-stash-") as folder:
         server = StashServer(build(NEW_VERSION), Path(folder) / "stash", NEW_VERSION)
         server.start()
@@ -81,10 +85,14 @@ def files_library(files: int, per_folder: int = 25) -> Path:
     with _open(partial) as db:
         filler = _Filler(db, rng, CACHE / "unused-blobs")
         for made in range(0, files, per_folder):
-            folder = filler.folder_tree(f"/data/media/videos/studio-{made // 2000}/{2010 + made // 100 % 17}/"
-                                        f"{filler.words(2, 5).title()} {made}")
+            folder = filler.folder_tree(
+                f"/data/media/videos/studio-{made // 2000}/{2010 + made // 100 % 17}/"
+                f"{filler.words(2, 5).title()} {made}"
+            )
             for index in range(min(per_folder, files - made)):
-                filler._file(folder, f"{filler.words(2, 6).title()} {index} [1080p].mp4", rng.randint(100 << 20, 4 << 30))
+                filler._file(
+                    folder, f"{filler.words(2, 6).title()} {index} [1080p].mp4", rng.randint(100 << 20, 4 << 30)
+                )
             if made % 20000 == 0:
                 db.commit()
     partial.replace(path)
@@ -132,7 +140,9 @@ def night(lib: Library, number: int, new_blob_share: float = 0.01, changed_row_s
         filler.replace_covers(replaced)
         for table in ("scenes", "images"):
             rows = db.execute(f"SELECT max(id) FROM {table}").fetchone()[0] or 0
-            ids = [(rng.random() * 100, NOW, rng.randint(1, rows)) for _ in range(max(1, int(rows * changed_row_share)))]
+            ids = [
+                (rng.random() * 100, NOW, rng.randint(1, rows)) for _ in range(max(1, int(rows * changed_row_share)))
+            ]
             column = "play_duration" if table == "scenes" else "rating"
             db.executemany(f"UPDATE {table} SET {column} = ?, updated_at = ? WHERE id = ?", ids)
         db.commit()
@@ -183,26 +193,44 @@ class _Filler:
 
     def people(self, count: int) -> None:
         for index in range(max(3, count // 10)):
-            self.studios.append(self.db.execute(
-                "INSERT INTO studios (name, created_at, updated_at, image_blob) VALUES (?, ?, ?, ?)",
-                (f"{self.words(1, 3).title()} Studio {index}", NOW, NOW, self.blob())).lastrowid)
+            self.studios.append(
+                self.db.execute(
+                    "INSERT INTO studios (name, created_at, updated_at, image_blob) VALUES (?, ?, ?, ?)",
+                    (f"{self.words(1, 3).title()} Studio {index}", NOW, NOW, self.blob()),
+                ).lastrowid
+            )
         for index in range(max(3, count // 10)):
-            self.tags.append(self.db.execute(
-                "INSERT INTO tags (name, created_at, updated_at, image_blob) VALUES (?, ?, ?, ?)",
-                (f"{self.words(1, 2)} {index}", NOW, NOW, self.blob() if index % 3 == 0 else None)).lastrowid)
+            self.tags.append(
+                self.db.execute(
+                    "INSERT INTO tags (name, created_at, updated_at, image_blob) VALUES (?, ?, ?, ?)",
+                    (f"{self.words(1, 2)} {index}", NOW, NOW, self.blob() if index % 3 == 0 else None),
+                ).lastrowid
+            )
         for index in range(count - 2 * max(3, count // 10)):
-            self.performers.append(self.db.execute(
-                "INSERT INTO performers (name, gender, country, created_at, updated_at, details, image_blob) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (f"{self.words(2, 2).title()} {index}", self.rng.choice(["FEMALE", "MALE"]), "US", NOW, NOW,
-                 self.words(5, 30), self.blob())).lastrowid)
+            self.performers.append(
+                self.db.execute(
+                    "INSERT INTO performers (name, gender, country, created_at, updated_at, details, image_blob) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        f"{self.words(2, 2).title()} {index}",
+                        self.rng.choice(["FEMALE", "MALE"]),
+                        "US",
+                        NOW,
+                        NOW,
+                        self.words(5, 30),
+                        self.blob(),
+                    ),
+                ).lastrowid
+            )
 
     def _folder(self, path: str) -> int:
         row = self.db.execute("SELECT id FROM folders WHERE path = ?", (path,)).fetchone()
         if row:
             return row[0]
-        return self.db.execute("INSERT INTO folders (basename, path, mod_time, created_at, updated_at) "
-                               "VALUES (?, ?, ?, ?, ?)", (os.path.basename(path), path, NOW, NOW, NOW)).lastrowid
+        return self.db.execute(
+            "INSERT INTO folders (basename, path, mod_time, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            (os.path.basename(path), path, NOW, NOW, NOW),
+        ).lastrowid
 
     def folder_tree(self, path: str) -> int:
         """A folder and its missing ancestors up to /data/media, each with its parent's id."""
@@ -210,14 +238,22 @@ class _Filler:
         if row:
             return row[0]
         parent = None if path == "/data/media" else self.folder_tree(os.path.dirname(path))
-        return self.db.execute("INSERT INTO folders (basename, path, parent_folder_id, mod_time, created_at, updated_at) "
-                               "VALUES (?, ?, ?, ?, ?, ?)", (os.path.basename(path), path, parent, NOW, NOW, NOW)).lastrowid
+        return self.db.execute(
+            "INSERT INTO folders (basename, path, parent_folder_id, mod_time, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (os.path.basename(path), path, parent, NOW, NOW, NOW),
+        ).lastrowid
 
     def _file(self, folder: int, basename: str, size: int) -> int:
-        file_id = self.db.execute("INSERT INTO files (basename, parent_folder_id, size, mod_time, created_at, updated_at) "
-                                  "VALUES (?, ?, ?, ?, ?, ?)", (basename, folder, size, NOW, NOW, NOW)).lastrowid
+        file_id = self.db.execute(
+            "INSERT INTO files (basename, parent_folder_id, size, mod_time, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (basename, folder, size, NOW, NOW, NOW),
+        ).lastrowid
         fingerprints = [("oshash", "%016x" % self.rng.getrandbits(64)), ("md5", "%032x" % self.rng.getrandbits(128))]
-        self.db.executemany("INSERT INTO files_fingerprints VALUES (?, ?, ?)", [(file_id, t, f) for t, f in fingerprints])
+        self.db.executemany(
+            "INSERT INTO files_fingerprints VALUES (?, ?, ?)", [(file_id, t, f) for t, f in fingerprints]
+        )
         return file_id
 
     def scenes(self, count: int) -> None:
@@ -226,28 +262,51 @@ class _Filler:
             title = self.words(3, 8).title()
             folder = self._folder(f"/data/media/videos/studio-{studio}/{self.rng.randint(2010, 2026)}")
             codec, ext = self.rng.choice(CODECS)
-            file_id = self._file(folder, f"{title} [{self.rng.choice(['720p', '1080p', '2160p'])}].{ext}",
-                                 self.rng.randint(100 << 20, 4 << 30))
-            self.db.execute("INSERT INTO files_fingerprints VALUES (?, 'phash', ?)", (file_id, self.rng.getrandbits(63)))
-            self.db.execute("INSERT INTO video_files (file_id, duration, video_codec, format, audio_codec, width, height, "
-                            "frame_rate, bit_rate) VALUES (?, ?, ?, ?, 'aac', 1920, 1080, 29.97, ?)",
-                            (file_id, self.rng.random() * 3600, codec, ext, self.rng.randint(1000000, 20000000)))
+            file_id = self._file(
+                folder,
+                f"{title} [{self.rng.choice(['720p', '1080p', '2160p'])}].{ext}",
+                self.rng.randint(100 << 20, 4 << 30),
+            )
+            self.db.execute(
+                "INSERT INTO files_fingerprints VALUES (?, 'phash', ?)", (file_id, self.rng.getrandbits(63))
+            )
+            self.db.execute(
+                "INSERT INTO video_files (file_id, duration, video_codec, format, audio_codec, width, height, "
+                "frame_rate, bit_rate) VALUES (?, ?, ?, ?, 'aac', 1920, 1080, 29.97, ?)",
+                (file_id, self.rng.random() * 3600, codec, ext, self.rng.randint(1000000, 20000000)),
+            )
             scene = self.db.execute(
                 "INSERT INTO scenes (title, details, date, rating, studio_id, created_at, updated_at, cover_blob) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (title, self.words(10, 60) if self.rng.random() < 0.4 else None,
-                 f"20{self.rng.randint(10, 26)}-{self.rng.randint(1, 12):02d}-{self.rng.randint(1, 28):02d}",
-                 self.rng.choice([None, 20, 40, 60, 80, 100]), studio, NOW, NOW, self.blob())).lastrowid
+                (
+                    title,
+                    self.words(10, 60) if self.rng.random() < 0.4 else None,
+                    f"20{self.rng.randint(10, 26)}-{self.rng.randint(1, 12):02d}-{self.rng.randint(1, 28):02d}",
+                    self.rng.choice([None, 20, 40, 60, 80, 100]),
+                    studio,
+                    NOW,
+                    NOW,
+                    self.blob(),
+                ),
+            ).lastrowid
             self.db.execute("INSERT INTO scenes_files VALUES (?, ?, 1)", (scene, file_id))
-            self.db.executemany("INSERT OR IGNORE INTO performers_scenes VALUES (?, ?)",
-                                [(p, scene) for p in self.rng.sample(self.performers, self.rng.randint(1, 3))])
-            self.db.executemany("INSERT OR IGNORE INTO scenes_tags VALUES (?, ?)",
-                                [(scene, t) for t in self.rng.sample(self.tags, min(len(self.tags), self.rng.randint(2, 8)))])
-            self.db.execute("INSERT INTO scene_urls VALUES (?, 0, ?)",
-                            (scene, f"https://www.example-studio-{studio}.com/scenes/{scene}/{title.lower().replace(' ', '-')}"))
+            self.db.executemany(
+                "INSERT OR IGNORE INTO performers_scenes VALUES (?, ?)",
+                [(p, scene) for p in self.rng.sample(self.performers, self.rng.randint(1, 3))],
+            )
+            self.db.executemany(
+                "INSERT OR IGNORE INTO scenes_tags VALUES (?, ?)",
+                [(scene, t) for t in self.rng.sample(self.tags, min(len(self.tags), self.rng.randint(2, 8)))],
+            )
+            self.db.execute(
+                "INSERT INTO scene_urls VALUES (?, 0, ?)",
+                (scene, f"https://www.example-studio-{studio}.com/scenes/{scene}/{title.lower().replace(' ', '-')}"),
+            )
             if self.rng.random() < 0.3:
-                self.db.execute("INSERT INTO scene_stash_ids (scene_id, endpoint, stash_id) VALUES (?, ?, ?)",
-                                (scene, "https://stashdb.org/graphql", str(uuid.UUID(int=self.rng.getrandbits(128)))))
+                self.db.execute(
+                    "INSERT INTO scene_stash_ids (scene_id, endpoint, stash_id) VALUES (?, ?, ?)",
+                    (scene, "https://stashdb.org/graphql", str(uuid.UUID(int=self.rng.getrandbits(128)))),
+                )
 
     def replace_covers(self, count: int) -> None:
         """New covers for existing scenes; the old blob goes, as Stash deletes it."""
@@ -269,14 +328,22 @@ class _Filler:
         folder = self._folder(path)
         if self.db.execute("SELECT 1 FROM galleries WHERE folder_id = ?", (folder,)).fetchone():
             folder = self._folder(f"{path} ({self.images})")  # a gallery per folder: the name came up twice
-        gallery = self.db.execute("INSERT INTO galleries (folder_id, title, studio_id, created_at, updated_at) "
-                                  "VALUES (?, ?, ?, ?, ?)", (folder, name, studio, NOW, NOW)).lastrowid
+        gallery = self.db.execute(
+            "INSERT INTO galleries (folder_id, title, studio_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            (folder, name, studio, NOW, NOW),
+        ).lastrowid
         for index in range(size):
-            file_id = self._file(folder, f"{name.replace(' ', '_')}_{index:04d}.jpg", self.rng.randint(200 << 10, 8 << 20))
-            self.db.execute("INSERT INTO image_files VALUES (?, 'jpeg', ?, ?)",
-                            (file_id, self.rng.choice([1920, 3000, 4000]), self.rng.choice([1080, 2000, 2667])))
-            image = self.db.execute("INSERT INTO images (title, studio_id, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                                    (None, studio, NOW, NOW)).lastrowid
+            file_id = self._file(
+                folder, f"{name.replace(' ', '_')}_{index:04d}.jpg", self.rng.randint(200 << 10, 8 << 20)
+            )
+            self.db.execute(
+                "INSERT INTO image_files VALUES (?, 'jpeg', ?, ?)",
+                (file_id, self.rng.choice([1920, 3000, 4000]), self.rng.choice([1080, 2000, 2667])),
+            )
+            image = self.db.execute(
+                "INSERT INTO images (title, studio_id, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                (None, studio, NOW, NOW),
+            ).lastrowid
             self.db.execute("INSERT INTO images_files VALUES (?, ?, 1)", (image, file_id))
             self.db.execute("INSERT INTO galleries_images VALUES (?, ?, ?)", (gallery, image, index == 0))
             self.images += 1

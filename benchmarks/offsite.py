@@ -10,6 +10,7 @@ rclone itself:
   of blobs grows: it should stay flat.
 
     python benchmarks/run.py --only offsite [--quick]"""
+
 from __future__ import annotations
 
 import os
@@ -27,11 +28,13 @@ REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 MiB = 1 << 20
 # Our CLI in-process, then its own peak RSS (GNU time's would be rclone's when larger).
-RSS_WRAPPER = ("import os, resource, sys\n"
-               "from stash_backup_plugin.cli.commands import main\n"
-               "code = main(sys.argv[2:])\n"
-               "open(os.environ['BENCH_RSS_FILE'], 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
-               "sys.exit(code)\n")
+RSS_WRAPPER = (
+    "import os, resource, sys\n"
+    "from stash_backup_plugin.cli.commands import main\n"
+    "code = main(sys.argv[2:])\n"
+    "open(os.environ['BENCH_RSS_FILE'], 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+    "sys.exit(code)\n"
+)
 
 
 def _archive_from(lib: library.Library, archive: Path, name: str) -> None:
@@ -41,8 +44,10 @@ def _archive_from(lib: library.Library, archive: Path, name: str) -> None:
     from stash_backup_plugin.core.reporting import Reporter
     from stash_backup_plugin.core.store import Store
     from stash_backup_plugin.core.verify import file_digest
+
     copy = archive.parent / f"{name}.sqlite"
     import sqlite3
+
     connection = sqlite3.connect(lib.database)
     connection.execute("VACUUM INTO ?", (str(copy),))
     connection.close()
@@ -53,8 +58,9 @@ def _archive_from(lib: library.Library, archive: Path, name: str) -> None:
 
 def _ours(config: Path, remote: str, archive: Path, rss_file: Path) -> tuple[Sample, int]:
     env = dict(os.environ, PYTHONPATH=str(REPO), RCLONE_CONFIG=str(config), BENCH_RSS_FILE=str(rss_file))
-    sample = run_measured([PY, "-c", RSS_WRAPPER, "x", "offsite", "push", "-q", "--remote", remote,
-                           "--dest", str(archive)], env=env)
+    sample = run_measured(
+        [PY, "-c", RSS_WRAPPER, "x", "offsite", "push", "-q", "--remote", remote, "--dest", str(archive)], env=env
+    )
     return sample, int(rss_file.read_text()) * 1024
 
 
@@ -71,6 +77,7 @@ def _bucket(config: Path) -> str:
 def bench_offsite(sizes: list[tuple[int, int]], runs: int, work: Path) -> list[Comparison]:
     sys.path.insert(0, str(REPO))
     from tests.support.offsite_servers import SeaweedFS
+
     server = SeaweedFS(work / "seaweedfs").start()
     config = work / "rclone.conf"
     results: list[Comparison] = []
@@ -103,17 +110,23 @@ def _bench_size(server, config: Path, database_bytes: int, blob_count: int, runs
                 first.ours.append(Sample(sample.seconds, peak))
                 rss.append(peak)
             else:
-                first.reference.append(_rclone(config, "copy", "--exclude", ".stash-backup.lock", str(archive),
-                                               f"sw:{bucket}/copy"))
+                first.reference.append(
+                    _rclone(config, "copy", "--exclude", ".stash-backup.lock", str(archive), f"sw:{bucket}/copy")
+                )
     print(first.row(), flush=True)
 
     # One night: change the library, store the night's backup.
     before = {p.relative_to(archive).as_posix() for p in archive.rglob("*") if p.is_file()}
     library.night(lib, 1)
     _archive_from(lib, archive, "stash-go.sqlite.85.20261127_030000")
-    new_files = sorted(p.relative_to(archive).as_posix() for p in archive.rglob("*")
-                       if p.is_file() and p.relative_to(archive).as_posix() not in before
-                       and not p.name.startswith(".") and "pending" not in p.parts)
+    new_files = sorted(
+        p.relative_to(archive).as_posix()
+        for p in archive.rglob("*")
+        if p.is_file()
+        and p.relative_to(archive).as_posix() not in before
+        and not p.name.startswith(".")
+        and "pending" not in p.parts
+    )
     new_bytes = sum((archive / f).stat().st_size for f in new_files)
     listing = work / "new-files.txt"
     listing.write_text("".join(f + "\n" for f in new_files))
@@ -128,11 +141,21 @@ def _bench_size(server, config: Path, database_bytes: int, blob_count: int, runs
                 sample, peak = _ours(config, f"sw:{night_bucket}/stash", archive, work / "rss")
                 nightly.ours.append(Sample(sample.seconds, peak))
             else:
-                nightly.reference.append(_rclone(config, "copy", "--files-from-raw", str(listing), "--no-traverse",
-                                                 str(archive), f"sw:{night_bucket}/copy"))
+                nightly.reference.append(
+                    _rclone(
+                        config,
+                        "copy",
+                        "--files-from-raw",
+                        str(listing),
+                        "--no-traverse",
+                        str(archive),
+                        f"sw:{night_bucket}/copy",
+                    )
+                )
     print(nightly.row(), flush=True)
     # What the server receives, counted apart: the proxy (Python) would slow the timed runs.
     from tests.support.offsite_servers import CountingProxy
+
     proxy = CountingProxy(server.ports["s3"])
     counted = work / "counted.conf"
     counted.write_text(server.config("sw").replace(f":{server.ports['s3']}", f":{proxy.port}"))
@@ -142,9 +165,11 @@ def _bench_size(server, config: Path, database_bytes: int, blob_count: int, runs
     sent = [proxy.received]
     proxy.close()
     ratio = statistics.median(sent) / new_bytes
-    print(f"offsite nightly push {label}: server received {statistics.median(sent):,} bytes for {new_bytes:,} bytes of "
-          f"new data ({len(new_files)} new files): {ratio:.3f}x (target <= 1.05x) {'met' if ratio <= 1.05 else 'MISSED'}",
-          flush=True)
+    print(
+        f"offsite nightly push {label}: server received {statistics.median(sent):,} bytes for {new_bytes:,} bytes of "
+        f"new data ({len(new_files)} new files): {ratio:.3f}x (target <= 1.05x) {'met' if ratio <= 1.05 else 'MISSED'}",
+        flush=True,
+    )
     print(f"offsite first push {label}: our peak RSS {max(rss) / MiB:.1f} MiB ({blob_count} blobs)", flush=True)
     return [first, nightly]
 
@@ -158,6 +183,21 @@ def _seed_first_backup(config: Path, bucket: str, archive: Path, new_files: list
     for relative in new_files:
         (seed / relative).unlink()
     env = dict(os.environ, PYTHONPATH=str(REPO), RCLONE_CONFIG=str(config))
-    subprocess.run([PY, "-m", "stash_backup_plugin", "offsite", "push", "-q", "--remote", f"sw:{bucket}/stash",
-                    "--dest", str(seed)], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            PY,
+            "-m",
+            "stash_backup_plugin",
+            "offsite",
+            "push",
+            "-q",
+            "--remote",
+            f"sw:{bucket}/stash",
+            "--dest",
+            str(seed),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     shutil.rmtree(seed)

@@ -18,6 +18,7 @@ Then: restore of the newest database (page reassembly, SHA-256 checked, against
     python -m benchmarks.pages --size-mib 166 --blobs 4000 --nights 5
 
 Needs restic (`apt-get install restic`; installed here when missing)."""
+
 from __future__ import annotations
 
 import argparse
@@ -118,13 +119,19 @@ class PageStore:
         written, sealed = writer.close()
         places = [(sealed[pack] if isinstance(pack, int) else pack, number) for pack, number in places]
         packs, runs = _runs(places)
-        header = json.dumps({"size": database.stat().st_size, "sha256": whole.hexdigest(), "page_size": size,
-                             "packs": packs})
+        header = json.dumps(
+            {"size": database.stat().st_size, "sha256": whole.hexdigest(), "page_size": size, "packs": packs}
+        )
         body = b"".join(struct.pack("<III", *run) for run in runs)
         listing = zlib.compress(header.encode() + b"\n" + body, 6)
         _write_durable(self.folder / "lists" / f"{name}.list", listing)
-        return {"pack_bytes": written, "list_bytes": len(listing), "pages": len(places), "new_pages": new_pages,
-                "runs": len(runs)}
+        return {
+            "pack_bytes": written,
+            "list_bytes": len(listing),
+            "pages": len(places),
+            "new_pages": new_pages,
+            "runs": len(runs),
+        }
 
     def restore(self, name: str, target: Path) -> None:
         """Frame by frame, each decompressed once, its pages written where the list puts
@@ -153,7 +160,7 @@ class PageStore:
                     handle.seek(offset)
                     data = zlib.decompress(handle.read(length))
                 for index, at in pages:
-                    os.pwrite(descriptor, data[index * size:(index + 1) * size], at * size)
+                    os.pwrite(descriptor, data[index * size : (index + 1) * size], at * size)
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
@@ -244,6 +251,7 @@ def _write_durable(path: Path, data: bytes) -> None:
 
 # --- the side-by-side run ------------------------------------------------------------------
 
+
 @dataclass
 class NightFigures:
     number: int
@@ -271,7 +279,12 @@ def _tree_bytes(folder: Path) -> int:
 
 
 def _restic_env(repo: Path) -> dict:
-    return dict(os.environ, RESTIC_REPOSITORY=str(repo), RESTIC_PASSWORD="benchmark", RESTIC_CACHE_DIR=str(repo.parent / "restic-cache"))
+    return dict(
+        os.environ,
+        RESTIC_REPOSITORY=str(repo),
+        RESTIC_PASSWORD="benchmark",
+        RESTIC_CACHE_DIR=str(repo.parent / "restic-cache"),
+    )
 
 
 def ensure_restic() -> None:
@@ -286,6 +299,7 @@ def bench_pages(database_bytes: int, blob_count: int, nights: int, work: Path) -
     from benchmarks.harness import run_measured
     from tests.support.stash_server.build import NEW_VERSION, build
     from tests.support.stash_server.server import StashServer
+
     ensure_restic()
     lib = library.working_copy(library.library(database_bytes, blob_count), work / "stash")
     server = StashServer(build(NEW_VERSION), work / "stash", NEW_VERSION)
@@ -304,9 +318,15 @@ def bench_pages(database_bytes: int, blob_count: int, nights: int, work: Path) -
         result.restore = _bench_restore(pages, repo, source, work, run_measured)
         library.night(lib, nights + 1, new_blob_share=1 / max(blob_count, 1), changed_row_share=0.0005)
         hourly = _night(nights + 1, lib, server, ours, pages, repo, source, run_measured, _ours, _env)
-        result.hourly = {"database": hourly.database_bytes, "pages": hourly.page_bytes, "list": hourly.list_bytes,
-                         "snapshot": hourly.snapshot_bytes, "restic": hourly.restic_growth,
-                         "restic_seconds": hourly.restic_seconds, "page_seconds": hourly.page_seconds}
+        result.hourly = {
+            "database": hourly.database_bytes,
+            "pages": hourly.page_bytes,
+            "list": hourly.list_bytes,
+            "snapshot": hourly.snapshot_bytes,
+            "restic": hourly.restic_growth,
+            "restic_seconds": hourly.restic_seconds,
+            "page_seconds": hourly.page_seconds,
+        }
     finally:
         server.stop()
     return result
@@ -325,43 +345,76 @@ def _night(number, lib, server, ours, pages, repo, source, run_measured, ours_co
         shutil.copyfileobj(gzip.GzipFile(fileobj=packed), out, MiB)
     name = snapshot.name[:-3]
     before_pages, before_restic = _tree_bytes(pages) if pages.exists() else 0, _tree_bytes(repo)
-    page_run = run_measured([sys.executable, "-m", "benchmarks.pages", "add", str(pages), name, str(database)], env=env())
+    page_run = run_measured(
+        [sys.executable, "-m", "benchmarks.pages", "add", str(pages), name, str(database)], env=env()
+    )
     list_bytes = (pages / "lists" / f"{name}.list").stat().st_size
-    restic = run_measured(["restic", "backup", "-q", "--compression", "auto", str(database), str(lib.blobs)],
-                          env=_restic_env(repo))
-    return NightFigures(number, database.stat().st_size, today.seconds, snapshot.stat().st_size,
-                        _tree_bytes(ours / "blobs") - before_blobs, page_run.seconds, page_run.max_rss,
-                        _tree_bytes(pages) - before_pages, list_bytes, restic.seconds, _tree_bytes(repo) - before_restic)
+    restic = run_measured(
+        ["restic", "backup", "-q", "--compression", "auto", str(database), str(lib.blobs)], env=_restic_env(repo)
+    )
+    return NightFigures(
+        number,
+        database.stat().st_size,
+        today.seconds,
+        snapshot.stat().st_size,
+        _tree_bytes(ours / "blobs") - before_blobs,
+        page_run.seconds,
+        page_run.max_rss,
+        _tree_bytes(pages) - before_pages,
+        list_bytes,
+        restic.seconds,
+        _tree_bytes(repo) - before_restic,
+    )
 
 
 def _bench_restore(pages: Path, repo: Path, source: Path, work: Path, run_measured) -> dict:
     """The newest database into an empty place, page cache dropped, durable at the end."""
     from benchmarks.archive import _cold_cache, _env
+
     newest = sorted(p.name[:-5] for p in (pages / "lists").glob("*.list"))[-1]
     times: dict = {"pages": [], "restic": []}
     for trial in range(3):
-        for which in (("pages", "restic") if trial % 2 == 0 else ("restic", "pages")):
+        for which in ("pages", "restic") if trial % 2 == 0 else ("restic", "pages"):
             place = work / "restore-place"
             shutil.rmtree(place, ignore_errors=True)
             place.mkdir()
             _cold_cache()
             if which == "pages":
-                sample = run_measured([sys.executable, "-m", "benchmarks.pages", "restore", str(pages), newest,
-                                       str(place / "stash-go.sqlite")], env=_env())
+                sample = run_measured(
+                    [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.pages",
+                        "restore",
+                        str(pages),
+                        newest,
+                        str(place / "stash-go.sqlite"),
+                    ],
+                    env=_env(),
+                )
             else:
-                sample = run_measured(["bash", "-c", f"restic restore -q latest --target '{place}' "
-                                       f"--include '{source / 'stash-go.sqlite'}' && sync"], env=_restic_env(repo))
+                sample = run_measured(
+                    [
+                        "bash",
+                        "-c",
+                        f"restic restore -q latest --target '{place}' --include '{source / 'stash-go.sqlite'}' && sync",
+                    ],
+                    env=_restic_env(repo),
+                )
             times[which].append(sample.seconds)
     shutil.rmtree(work / "restore-place", ignore_errors=True)
     return {which: statistics.median(seconds) for which, seconds in times.items()}
 
 
 def _print_night(night: NightFigures) -> None:
-    print(f"  night {night.number}: database {night.database_bytes / MiB:.1f} MiB; today's snapshot "
-          f"{night.snapshot_bytes / MiB:.2f} MiB + blobs {night.new_blob_bytes / MiB:.2f} MiB in "
-          f"{night.ours_today_seconds:.2f}s; pages {night.page_bytes / MiB:.2f} MiB (list {night.list_bytes / 1024:.0f} KiB)"
-          f" in {night.page_seconds:.2f}s, peak RSS {night.page_rss / MiB:.0f} MiB; restic +{night.restic_growth / MiB:.2f}"
-          f" MiB in {night.restic_seconds:.2f}s", flush=True)
+    print(
+        f"  night {night.number}: database {night.database_bytes / MiB:.1f} MiB; today's snapshot "
+        f"{night.snapshot_bytes / MiB:.2f} MiB + blobs {night.new_blob_bytes / MiB:.2f} MiB in "
+        f"{night.ours_today_seconds:.2f}s; pages {night.page_bytes / MiB:.2f} MiB (list {night.list_bytes / 1024:.0f} KiB)"
+        f" in {night.page_seconds:.2f}s, peak RSS {night.page_rss / MiB:.0f} MiB; restic +{night.restic_growth / MiB:.2f}"
+        f" MiB in {night.restic_seconds:.2f}s",
+        flush=True,
+    )
 
 
 def bench_live_copies(database_bytes: int, blob_count: int, nights: int, work: Path) -> list[str]:
@@ -371,14 +424,19 @@ def bench_live_copies(database_bytes: int, blob_count: int, nights: int, work: P
     byte-identical, so only pages that really changed are new."""
     from benchmarks import library
     import sqlite3
+
     lib = library.working_copy(library.library(database_bytes, blob_count), work / "live")
     store = PageStore(work / "live-pages")
     lines = [f"page-level snapshots of SQLite online-backup copies (not VACUUM INTO), {nights} nights + an hourly run:"]
     for number in range(1, nights + 2):
         hourly = number == nights + 1
         if number > 1:
-            library.night(lib, number, new_blob_share=(1 if hourly else 50) / max(blob_count, 1),
-                          changed_row_share=0.0005 if hourly else 0.01)
+            library.night(
+                lib,
+                number,
+                new_blob_share=(1 if hourly else 50) / max(blob_count, 1),
+                changed_row_share=0.0005 if hourly else 0.01,
+            )
         copy = work / "live-copy.sqlite"
         source, target = sqlite3.connect(lib.database), sqlite3.connect(copy)
         source.backup(target)
@@ -388,8 +446,10 @@ def bench_live_copies(database_bytes: int, blob_count: int, nights: int, work: P
         size = copy.stat().st_size
         copy.unlink()
         new = added["pack_bytes"] + added["list_bytes"]
-        lines.append(f"  {'hourly' if hourly else f'night {number}'}: {added['new_pages']} of {added['pages']} pages new, "
-                     f"{new / MiB:.2f} MiB = {100 * new / size:.2f} % of the {size / MiB:.0f} MiB database")
+        lines.append(
+            f"  {'hourly' if hourly else f'night {number}'}: {added['new_pages']} of {added['pages']} pages new, "
+            f"{new / MiB:.2f} MiB = {100 * new / size:.2f} % of the {size / MiB:.0f} MiB database"
+        )
         print(lines[-1], flush=True)
     return lines
 
@@ -445,8 +505,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size-mib", type=int, default=166)
     parser.add_argument("--blobs", type=int, default=4000)
     parser.add_argument("--nights", type=int, default=5)
-    parser.add_argument("--live-copy", action="store_true",
-                        help="also: snapshots taken with SQLite's online backup of the live file")
+    parser.add_argument(
+        "--live-copy", action="store_true", help="also: snapshots taken with SQLite's online backup of the live file"
+    )
     args = parser.parse_args(argv)
     if args.command == "add":
         print(json.dumps(PageStore(args.store).add(args.name, args.database)))
@@ -456,6 +517,7 @@ def main(argv=None) -> int:
         return 0
     size, blobs, nights = (16, 300, 3) if args.quick else (args.size_mib, args.blobs, args.nights)
     from benchmarks.data import CACHE
+
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-pages-", dir=CACHE) as folder:
         lines = report(bench_pages(size * MiB, blobs, nights, Path(folder)))

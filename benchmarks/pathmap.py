@@ -12,6 +12,7 @@ own folder-move detection or by fingerprint).
 
     python benchmarks/pathmap.py [--files 200000] [--runs 3] [--scan-videos 200]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,14 @@ from benchmarks import library  # noqa: E402
 from benchmarks.harness import compare, run_measured  # noqa: E402
 
 OLD, NEW = "/data/media", "/mnt/library"
-HAND_WRITTEN = (f"UPDATE folders SET path = '{NEW}' || substr(path, {len(OLD) + 1}) "
-                f"WHERE path = '{OLD}' OR path LIKE '{OLD}/%'; PRAGMA quick_check;")
-COUNT = (f"SELECT count(DISTINCT folders.id), count(files.id) FROM folders LEFT JOIN files "
-         f"ON files.parent_folder_id = folders.id WHERE folders.path = '{OLD}' OR folders.path LIKE '{OLD}/%'")
+HAND_WRITTEN = (
+    f"UPDATE folders SET path = '{NEW}' || substr(path, {len(OLD) + 1}) "
+    f"WHERE path = '{OLD}' OR path LIKE '{OLD}/%'; PRAGMA quick_check;"
+)
+COUNT = (
+    f"SELECT count(DISTINCT folders.id), count(files.id) FROM folders LEFT JOIN files "
+    f"ON files.parent_folder_id = folders.id WHERE folders.path = '{OLD}' OR folders.path LIKE '{OLD}/%'"
+)
 
 
 def main() -> int:
@@ -63,29 +68,45 @@ def bench_pathmap(file_count: int, runs: int) -> None:
         def fresh_copy() -> None:
             shutil.copyfile(pristine, copy)
 
-        compare("map-path rewrite + quick_check", f"{files // 1000}k files", "sqlite3 UPDATE",
-                lambda: run_measured(["sqlite3", str(copy), HAND_WRITTEN]),
-                lambda: run_measured([sys.executable, "-m", "benchmarks.ours", "pathmap", str(copy), f"{OLD}={NEW}"],
-                                     env=env),
-                runs, before_each=fresh_copy)
+        compare(
+            "map-path rewrite + quick_check",
+            f"{files // 1000}k files",
+            "sqlite3 UPDATE",
+            lambda: run_measured(["sqlite3", str(copy), HAND_WRITTEN]),
+            lambda: run_measured(
+                [sys.executable, "-m", "benchmarks.ours", "pathmap", str(copy), f"{OLD}={NEW}"], env=env
+            ),
+            runs,
+            before_each=fresh_copy,
+        )
         fresh_copy()
         with sqlite3.connect(copy) as db:
             db.executescript(HAND_WRITTEN.split(";")[0])
-            expected = db.execute("SELECT group_concat(path, '|') FROM (SELECT path FROM folders ORDER BY id)").fetchone()
+            expected = db.execute(
+                "SELECT group_concat(path, '|') FROM (SELECT path FROM folders ORDER BY id)"
+            ).fetchone()
         fresh_copy()
         run_measured([sys.executable, "-m", "benchmarks.ours", "pathmap", str(copy), f"{OLD}={NEW}"], env=env)
         with sqlite3.connect(copy) as db:
-            assert db.execute("SELECT group_concat(path, '|') FROM (SELECT path FROM folders ORDER BY id)").fetchone() \
-                == expected, "the rewrite differs from the hand-written SQL's"
+            assert (
+                db.execute("SELECT group_concat(path, '|') FROM (SELECT path FROM folders ORDER BY id)").fetchone()
+                == expected
+            ), "the rewrite differs from the hand-written SQL's"
         fresh_copy()
-        compare("map-path dry-run preview", f"{files // 1000}k files", "sqlite3 count",
-                lambda: run_measured(["sqlite3", str(copy), COUNT]),
-                lambda: run_measured([sys.executable, "-m", "benchmarks.ours", "pathmap-preview", str(copy),
-                                      f"{OLD}={NEW}"], env=env),
-                runs)
+        compare(
+            "map-path dry-run preview",
+            f"{files // 1000}k files",
+            "sqlite3 count",
+            lambda: run_measured(["sqlite3", str(copy), COUNT]),
+            lambda: run_measured(
+                [sys.executable, "-m", "benchmarks.ours", "pathmap-preview", str(copy), f"{OLD}={NEW}"], env=env
+            ),
+            runs,
+        )
 
 
 # --- Stash's first scan after the move ------------------------------------------------------
+
 
 def videos(count: int) -> Path:
     """`count` small real videos (3 s, 320x240), each its own picture (a box of its own
@@ -96,10 +117,24 @@ def videos(count: int) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     for index in range(count):
-        subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=duration=3:size=320x240:rate=25",
-                        "-vf", f"drawbox=x={index * 7 % 290}:y={index * 13 % 210}:w=30:h=30:"
-                        f"color=0x{index * 2654435761 % 0xFFFFFF:06x}:t=fill",
-                        "-pix_fmt", "yuv420p", str(folder / f"video {index:05d}.mp4")], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-loglevel",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=duration=3:size=320x240:rate=25",
+                "-vf",
+                f"drawbox=x={index * 7 % 290}:y={index * 13 % 210}:w=30:h=30:"
+                f"color=0x{index * 2654435761 % 0xFFFFFF:06x}:t=fill",
+                "-pix_fmt",
+                "yuv420p",
+                str(folder / f"video {index:05d}.mp4"),
+            ],
+            check=True,
+        )
     (folder / ".complete").write_text("ok")
     return folder
 
@@ -107,6 +142,7 @@ def videos(count: int) -> Path:
 def scan_after_move(count: int) -> None:
     from tests.support.stash_server.build import NEW_VERSION, build
     from tests.support.stash_server.server import StashServer, move_library
+
     binary = build(NEW_VERSION)
     source = videos(count)
     with tempfile.TemporaryDirectory(prefix="bench-pathmap-scan-") as work:
@@ -126,21 +162,40 @@ def scan_after_move(count: int) -> None:
                 fresh = _stash(StashServer, binary, root / how / f"stash-{mapped}", new)
                 fresh.stop()
                 mapping = ["--map-path", f"{old}={new}"] if mapped else []
-                subprocess.run([sys.executable, "-m", "stash_backup_plugin.offline", str(backup), "--config",
-                                str(fresh.config_path), "--yes", *mapping], check=True, capture_output=True,
-                               env=dict(os.environ, PYTHONPATH=str(REPO)))
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "stash_backup_plugin.offline",
+                        str(backup),
+                        "--config",
+                        str(fresh.config_path),
+                        "--yes",
+                        *mapping,
+                    ],
+                    check=True,
+                    capture_output=True,
+                    env=dict(os.environ, PYTHONPATH=str(REPO)),
+                )
                 fresh.start()
                 seconds = fresh.scan(new)
                 after = _scene_ids(fresh)
-                print(f"first scan after the move ({how}, {count} videos) {'with' if mapped else 'without'} "
-                      f"--map-path: {seconds:6.2f} s; {len(after)} scenes (before {len(before)}), "
-                      f"the same ids: {after == before}", flush=True)
+                print(
+                    f"first scan after the move ({how}, {count} videos) {'with' if mapped else 'without'} "
+                    f"--map-path: {seconds:6.2f} s; {len(after)} scenes (before {len(before)}), "
+                    f"the same ids: {after == before}",
+                    flush=True,
+                )
                 fresh.stop()
 
 
 def _stash(server_class, binary: Path, root: Path, library_folder: Path):
-    server = server_class(binary, root, "bench", extra_config={"stash": [
-        {"path": str(library_folder), "excludevideo": False, "excludeimage": False}]})
+    server = server_class(
+        binary,
+        root,
+        "bench",
+        extra_config={"stash": [{"path": str(library_folder), "excludevideo": False, "excludeimage": False}]},
+    )
     return server.start()
 
 
@@ -150,9 +205,23 @@ def _scene_ids(server) -> list[int]:
 
 
 def _backup(server, archive: Path) -> Path:
-    result = subprocess.run([sys.executable, "-m", "stash_backup_plugin", "download", "--url", server.url, "--dest",
-                             str(archive), "--json"], check=True, capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stash_backup_plugin",
+            "download",
+            "--url",
+            server.url,
+            "--dest",
+            str(archive),
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     return archive / json.loads(result.stdout)["file"]
 
 

@@ -11,6 +11,7 @@
 Every figure is a median of alternating A/B runs with its spread; ratio = our time
 divided by the reference's (lower is better).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,13 +54,18 @@ def ensure_tools() -> None:
 def fileserver(root: Path) -> tuple[subprocess.Popen, int]:
     binary = data.CACHE / "fileserver"
     if not binary.exists():
-        subprocess.run(["go", "build", "-o", str(binary), "."], cwd=Path(__file__).parent / "fileserver",
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["go", "build", "-o", str(binary), "."],
+            cwd=Path(__file__).parent / "fileserver",
+            check=True,
+            capture_output=True,
+        )
     process = subprocess.Popen([str(binary), str(root)], stdout=subprocess.PIPE, text=True)
     return process, int(process.stdout.readline())
 
 
 # --- 1. download ------------------------------------------------------------------------
+
 
 def bench_download(sizes, runs, work: Path) -> list[Comparison]:
     """Into memory (/dev/shm): the clients' own cost, no disk. Onto disk: with an
@@ -76,13 +82,23 @@ def bench_download(sizes, runs, work: Path) -> list[Comparison]:
             os.link(data.random_file(size), served / name)
             url = f"http://127.0.0.1:{port}/{name}"
             for where, out, reference_name, reference in _download_targets(work, memory, name, url):
+
                 def reset(out=out):
                     shutil.rmtree(out, ignore_errors=True)
                     out.mkdir()
 
-                results.append(compare(f"download to {where} (file server)", label(size), reference_name, reference,
-                                       lambda out=out: run_measured(OURS + ["fetch", url, str(out)], env=ENV),
-                                       runs, reset, payload_bytes=size))
+                results.append(
+                    compare(
+                        f"download to {where} (file server)",
+                        label(size),
+                        reference_name,
+                        reference,
+                        lambda out=out: run_measured(OURS + ["fetch", url, str(out)], env=ENV),
+                        runs,
+                        reset,
+                        payload_bytes=size,
+                    )
+                )
                 shutil.rmtree(out, ignore_errors=True)
     finally:
         server.kill()
@@ -94,8 +110,12 @@ def _download_targets(work: Path, memory, name: str, url: str):
         out = memory / f"stash-backup-bench-{os.getpid()}"
         yield "memory", out, "curl", lambda: run_measured(["curl", "-sf", "-o", str(out / name), url])
     disk = work / "out"
-    yield "disk", disk, "curl+fsync", lambda: run_measured(
-        ["sh", "-c", f"curl -sf -o '{disk / name}' '{url}' && sync '{disk / name}'"])
+    yield (
+        "disk",
+        disk,
+        "curl+fsync",
+        lambda: run_measured(["sh", "-c", f"curl -sf -o '{disk / name}' '{url}' && sync '{disk / name}'"]),
+    )
 
 
 def bench_download_from_stash(size, runs, work: Path) -> Comparison:
@@ -103,10 +123,12 @@ def bench_download_from_stash(size, runs, work: Path) -> Comparison:
     fetch it inside its 30 s window."""
     from tests.support.stash_server.build import NEW_VERSION, build
     from tests.support.stash_server.server import StashServer
+
     stash = StashServer(build(NEW_VERSION), work / "stash", NEW_VERSION, blobs_storage="DATABASE")
     stash.start()
     stash.stop()
     import sqlite3
+
     connection = sqlite3.connect(stash.database)
     connection.execute("CREATE TABLE bench_ballast (data blob)")
     for _ in range(max(1, size // (8 * MiB))):
@@ -123,9 +145,11 @@ def bench_download_from_stash(size, runs, work: Path) -> Comparison:
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
             copy = out / ("c-" + name)
-            order = [("reference", lambda: run_measured(["sh", "-c", f"curl -sf -o '{copy}' '{link}' && sync '{copy}'"])),
-                     ("ours", lambda: run_measured(OURS + ["fetch", link, str(out)], env=ENV))]
-            for which, action in (order if trial % 2 == 0 else order[::-1]):
+            order = [
+                ("reference", lambda: run_measured(["sh", "-c", f"curl -sf -o '{copy}' '{link}' && sync '{copy}'"])),
+                ("ours", lambda: run_measured(OURS + ["fetch", link, str(out)], env=ENV)),
+            ]
+            for which, action in order if trial % 2 == 0 else order[::-1]:
                 getattr(result, which).append(action())
         result.payload_bytes = (out / name).stat().st_size
     finally:
@@ -136,22 +160,37 @@ def bench_download_from_stash(size, runs, work: Path) -> Comparison:
 
 # --- 2. verification -----------------------------------------------------------------------
 
+
 def bench_verify(sizes, runs, full_sizes) -> list[Comparison]:
     results = []
     for size in sizes:
         database = data.stash_shaped_database(size)
-        results.append(compare("verify quick_check", label(size), "sqlite3",
-                               lambda: run_measured(["sqlite3", str(database), "PRAGMA quick_check"]),
-                               lambda: run_measured(OURS + ["verify", str(database), "quick"], env=ENV), runs))
+        results.append(
+            compare(
+                "verify quick_check",
+                label(size),
+                "sqlite3",
+                lambda: run_measured(["sqlite3", str(database), "PRAGMA quick_check"]),
+                lambda: run_measured(OURS + ["verify", str(database), "quick"], env=ENV),
+                runs,
+            )
+        )
         if size in full_sizes:
-            results.append(compare("verify integrity_check (full)", label(size), "sqlite3",
-                                   lambda: run_measured(["sqlite3", str(database), "PRAGMA integrity_check"]),
-                                   lambda: run_measured(OURS + ["verify", str(database), "full"], env=ENV),
-                                   max(1, runs // 2)))
+            results.append(
+                compare(
+                    "verify integrity_check (full)",
+                    label(size),
+                    "sqlite3",
+                    lambda: run_measured(["sqlite3", str(database), "PRAGMA integrity_check"]),
+                    lambda: run_measured(OURS + ["verify", str(database), "full"], env=ENV),
+                    max(1, runs // 2),
+                )
+            )
     return results
 
 
 # --- 3. blob packing and unpacking -------------------------------------------------------------
+
 
 def bench_blobs(counts, runs, work: Path) -> list[Comparison]:
     results = []
@@ -166,15 +205,32 @@ def bench_blobs(counts, runs, work: Path) -> list[Comparison]:
             for path in (zip_ref, zip_ours, tar_ref):
                 path.unlink(missing_ok=True)
 
-        results.append(compare(f"pack blobs ({label(total)})", tag, "zip -0",
-                               lambda: run_measured(["zip", "-r", "-0", "-q", str(zip_ref), blobs.name, "-x", "*/.complete"],
-                                                    cwd=str(blobs.parent)),
-                               lambda: run_measured(OURS + ["pack", str(blobs), str(database), str(zip_ours)], env=ENV),
-                               runs, clean_outputs, payload_bytes=total))
-        results.append(compare(f"pack blobs ({label(total)})", tag, "tar",
-                               lambda: run_measured(["tar", "cf", str(tar_ref), "-C", str(blobs.parent), blobs.name]),
-                               lambda: run_measured(OURS + ["pack", str(blobs), str(database), str(zip_ours)], env=ENV),
-                               runs, clean_outputs, payload_bytes=total))
+        results.append(
+            compare(
+                f"pack blobs ({label(total)})",
+                tag,
+                "zip -0",
+                lambda: run_measured(
+                    ["zip", "-r", "-0", "-q", str(zip_ref), blobs.name, "-x", "*/.complete"], cwd=str(blobs.parent)
+                ),
+                lambda: run_measured(OURS + ["pack", str(blobs), str(database), str(zip_ours)], env=ENV),
+                runs,
+                clean_outputs,
+                payload_bytes=total,
+            )
+        )
+        results.append(
+            compare(
+                f"pack blobs ({label(total)})",
+                tag,
+                "tar",
+                lambda: run_measured(["tar", "cf", str(tar_ref), "-C", str(blobs.parent), blobs.name]),
+                lambda: run_measured(OURS + ["pack", str(blobs), str(database), str(zip_ours)], env=ENV),
+                runs,
+                clean_outputs,
+                payload_bytes=total,
+            )
+        )
         run_measured(OURS + ["pack", str(blobs), str(database), str(zip_ours)], env=ENV)
         run_measured(["tar", "cf", str(tar_ref), "-C", str(blobs.parent), blobs.name])
         target = work / "unpacked"
@@ -183,24 +239,49 @@ def bench_blobs(counts, runs, work: Path) -> list[Comparison]:
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir()
 
-        results.append(compare(f"unpack blobs ({label(total)})", tag, "unzip",
-                               lambda: run_measured(["unzip", "-q", str(zip_ours), "-d", str(target)]),
-                               lambda: run_measured(OURS + ["unpack", str(zip_ours), str(target / "blobs")], env=ENV),
-                               runs, clean_target, payload_bytes=total))
-        results.append(compare(f"unpack blobs ({label(total)})", tag, "unzip+sync",
-                               lambda: run_measured(["sh", "-c", f"unzip -q '{zip_ours}' -d '{target}' && sync"]),
-                               lambda: run_measured(OURS + ["unpack", str(zip_ours), str(target / "blobs")], env=ENV),
-                               runs, clean_target, payload_bytes=total))
-        results.append(compare(f"unpack blobs ({label(total)})", tag, "tar x",
-                               lambda: run_measured(["tar", "xf", str(tar_ref), "-C", str(target)]),
-                               lambda: run_measured(OURS + ["unpack", str(zip_ours), str(target / "blobs")], env=ENV),
-                               runs, clean_target, payload_bytes=total))
+        results.append(
+            compare(
+                f"unpack blobs ({label(total)})",
+                tag,
+                "unzip",
+                lambda: run_measured(["unzip", "-q", str(zip_ours), "-d", str(target)]),
+                lambda: run_measured(OURS + ["unpack", str(zip_ours), str(target / "blobs")], env=ENV),
+                runs,
+                clean_target,
+                payload_bytes=total,
+            )
+        )
+        results.append(
+            compare(
+                f"unpack blobs ({label(total)})",
+                tag,
+                "unzip+sync",
+                lambda: run_measured(["sh", "-c", f"unzip -q '{zip_ours}' -d '{target}' && sync"]),
+                lambda: run_measured(OURS + ["unpack", str(zip_ours), str(target / "blobs")], env=ENV),
+                runs,
+                clean_target,
+                payload_bytes=total,
+            )
+        )
+        results.append(
+            compare(
+                f"unpack blobs ({label(total)})",
+                tag,
+                "tar x",
+                lambda: run_measured(["tar", "xf", str(tar_ref), "-C", str(target)]),
+                lambda: run_measured(OURS + ["unpack", str(zip_ours), str(target / "blobs")], env=ENV),
+                runs,
+                clean_target,
+                payload_bytes=total,
+            )
+        )
         clean_outputs()
         shutil.rmtree(target, ignore_errors=True)
     return results
 
 
 # --- 4. restore ------------------------------------------------------------------------------------
+
 
 def bench_restore(sizes, runs, work: Path) -> list[Comparison]:
     results = []
@@ -222,17 +303,50 @@ def bench_restore(sizes, runs, work: Path) -> list[Comparison]:
             copy.unlink(missing_ok=True)
 
         ours = [PY, "-m", "stash_backup_plugin.offline", str(backup), "--config", str(config), "--yes"]
-        results.append(compare("restore (verify, swap)", label(size), "cp+quick_check",
-                               lambda: run_measured(["sh", "-c", f"cp '{backup}' '{copy}' && "
-                                                                 f"sqlite3 '{copy}' 'PRAGMA quick_check' >/dev/null"]),
-                               lambda: run_measured(ours, env=ENV), runs, reset, payload_bytes=size))
-        results.append(compare("restore (verify, swap)", label(size), "cp+quick_check+sync",
-                               lambda: run_measured(["sh", "-c", f"cp '{backup}' '{copy}' && sync '{copy}' && "
-                                                                 f"sqlite3 '{copy}' 'PRAGMA quick_check' >/dev/null"]),
-                               lambda: run_measured(ours, env=ENV), runs, reset, payload_bytes=size))
-        results.append(compare("restore (verify, swap)", label(size), "cp",
-                               lambda: run_measured(["cp", str(backup), str(copy)]),
-                               lambda: run_measured(ours, env=ENV), runs, reset, payload_bytes=size))
+        results.append(
+            compare(
+                "restore (verify, swap)",
+                label(size),
+                "cp+quick_check",
+                lambda: run_measured(
+                    ["sh", "-c", f"cp '{backup}' '{copy}' && sqlite3 '{copy}' 'PRAGMA quick_check' >/dev/null"]
+                ),
+                lambda: run_measured(ours, env=ENV),
+                runs,
+                reset,
+                payload_bytes=size,
+            )
+        )
+        results.append(
+            compare(
+                "restore (verify, swap)",
+                label(size),
+                "cp+quick_check+sync",
+                lambda: run_measured(
+                    [
+                        "sh",
+                        "-c",
+                        f"cp '{backup}' '{copy}' && sync '{copy}' && sqlite3 '{copy}' 'PRAGMA quick_check' >/dev/null",
+                    ]
+                ),
+                lambda: run_measured(ours, env=ENV),
+                runs,
+                reset,
+                payload_bytes=size,
+            )
+        )
+        results.append(
+            compare(
+                "restore (verify, swap)",
+                label(size),
+                "cp",
+                lambda: run_measured(["cp", str(backup), str(copy)]),
+                lambda: run_measured(ours, env=ENV),
+                runs,
+                reset,
+                payload_bytes=size,
+            )
+        )
         shutil.rmtree(place, ignore_errors=True)
         copy.unlink(missing_ok=True)
     return results
@@ -240,15 +354,30 @@ def bench_restore(sizes, runs, work: Path) -> list[Comparison]:
 
 # --- 5. plugin overhead -----------------------------------------------------------------------------
 
+
 def bench_plugin(runs, work: Path) -> None:
     from tests.support.stash_server.build import NEW_VERSION, build
     from tests.support.stash_server.server import StashServer, seed_content
+
     stash = StashServer(build(NEW_VERSION), work / "plugin-stash", NEW_VERSION)
     stash.start()
     try:
         seed_content(stash)
-        subprocess.run([PY, "-m", "stash_backup_plugin", "install-plugin", "--plugins-dir", str(stash.plugins),
-                        "--url", stash.url], env=ENV, check=True, capture_output=True)
+        subprocess.run(
+            [
+                PY,
+                "-m",
+                "stash_backup_plugin",
+                "install-plugin",
+                "--plugins-dir",
+                str(stash.plugins),
+                "--url",
+                stash.url,
+            ],
+            env=ENV,
+            check=True,
+            capture_output=True,
+        )
         bare, task = [], []
         for _ in range(runs):
             started = time.perf_counter()
@@ -258,22 +387,30 @@ def bench_plugin(runs, work: Path) -> None:
             job = _run_task_fast(stash, "Backup database")
             task.append(time.perf_counter() - started)
             assert job["status"] == "FINISHED"
-        imports = [run_measured([PY, "-c", "import stash_backup_plugin.plugin.run"], env=ENV).seconds for _ in range(runs)]
+        imports = [
+            run_measured([PY, "-c", "import stash_backup_plugin.plugin.run"], env=ENV).seconds for _ in range(runs)
+        ]
         bare_python = [run_measured([PY, "-c", "pass"]).seconds for _ in range(runs)]
     finally:
         stash.stop()
     import statistics as st
+
     overhead = st.median(task) - st.median(bare)
-    print(f"{'plugin Backup task vs bare mutation':<34} {'':>9}  task {st.median(task):.3f}s ({min(task):.3f}–{max(task):.3f})  "
-          f"bare {st.median(bare):.3f}s ({min(bare):.3f}–{max(bare):.3f})  overhead {overhead:.3f}s "
-          f"[target <= 0.5 s: {'met' if overhead <= 0.5 else 'MISSED'}]")
-    print(f"{'cold import of the plugin entry':<34} {'':>9}  {st.median(imports):.3f}s vs bare python "
-          f"{st.median(bare_python):.3f}s: +{st.median(imports) - st.median(bare_python):.3f}s")
+    print(
+        f"{'plugin Backup task vs bare mutation':<34} {'':>9}  task {st.median(task):.3f}s ({min(task):.3f}–{max(task):.3f})  "
+        f"bare {st.median(bare):.3f}s ({min(bare):.3f}–{max(bare):.3f})  overhead {overhead:.3f}s "
+        f"[target <= 0.5 s: {'met' if overhead <= 0.5 else 'MISSED'}]"
+    )
+    print(
+        f"{'cold import of the plugin entry':<34} {'':>9}  {st.median(imports):.3f}s vs bare python "
+        f"{st.median(bare_python):.3f}s: +{st.median(imports) - st.median(bare_python):.3f}s"
+    )
 
 
 def _run_task_fast(stash, task):
-    job_id = stash.graphql('mutation($t: String!) { runPluginTask(plugin_id: "stash-backup", task_name: $t) }',
-                           {"t": task})["runPluginTask"]
+    job_id = stash.graphql(
+        'mutation($t: String!) { runPluginTask(plugin_id: "stash-backup", task_name: $t) }', {"t": task}
+    )["runPluginTask"]
     while True:
         job = stash.graphql("query($id: ID!) { findJob(input: {id: $id}) { status } }", {"id": job_id})["findJob"]
         if job is None or job["status"] in ("FINISHED", "FAILED", "CANCELLED"):
@@ -291,23 +428,45 @@ def bench_plugin_cold_start(runs, work: Path) -> None:
     from tests.support.python_envs import RUNNER, make_venv, python_for
     from tests.support.stash_server.build import NEW_VERSION, build
     from tests.support.stash_server.server import StashServer
+
     other = "3.12" if RUNNER != "3.12" else "3.11"
-    pythons = {"bundled gql (venv with only requests)": make_venv(work / "requests-only", PY, ("requests",)),
-               "installed gql (Stash's Python has it)": PY,
-               f"bundled gql, built on {RUNNER}, run by {other} (no byte code)":
-                   make_venv(work / "requests-only-other", python_for(other), ("requests",))}
+    pythons = {
+        "bundled gql (venv with only requests)": make_venv(work / "requests-only", PY, ("requests",)),
+        "installed gql (Stash's Python has it)": PY,
+        f"bundled gql, built on {RUNNER}, run by {other} (no byte code)": make_venv(
+            work / "requests-only-other", python_for(other), ("requests",)
+        ),
+    }
     stash = StashServer(build(NEW_VERSION), work / "cold-start-stash", NEW_VERSION)
     stash.start()
     try:
-        subprocess.run([PY, "-m", "stash_backup_plugin", "install-plugin", "--plugins-dir", str(stash.plugins),
-                        "--url", stash.url], env=ENV, check=True, capture_output=True)
-        subprocess.run([PY, "-m", "stash_backup_plugin", "package", "--output", str(work / "plugin-source")],
-                       env=ENV, check=True, capture_output=True)
+        subprocess.run(
+            [
+                PY,
+                "-m",
+                "stash_backup_plugin",
+                "install-plugin",
+                "--plugins-dir",
+                str(stash.plugins),
+                "--url",
+                stash.url,
+            ],
+            env=ENV,
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [PY, "-m", "stash_backup_plugin", "package", "--output", str(work / "plugin-source")],
+            env=ENV,
+            check=True,
+            capture_output=True,
+        )
         seconds = {name: [] for name in pythons}
         for trial in range(runs):
-            for name, python in (list(pythons.items())[::-1] if trial % 2 else pythons.items()):
-                stash.graphql("mutation($p: String) { configureGeneral(input: {pythonPath: $p}) { pythonPath } }",
-                              {"p": python})
+            for name, python in list(pythons.items())[::-1] if trial % 2 else pythons.items():
+                stash.graphql(
+                    "mutation($p: String) { configureGeneral(input: {pythonPath: $p}) { pythonPath } }", {"p": python}
+                )
                 seconds[name].append(_seconds_to_first_log_line(stash, "Verify archive"))
     finally:
         stash.stop()
@@ -332,8 +491,10 @@ def _seconds_to_first_log_line(stash, task: str) -> float:
         # Stash ends the job without waiting for the plugin's stderr to be read, so
         # the line can come a little later, or (rarely, under load) never.
         deadline = time.monotonic() + 3
-        while not (new := [line for line in ours() if (line["time"], line["message"]) not in seen]) \
-                and time.monotonic() < deadline:
+        while (
+            not (new := [line for line in ours() if (line["time"], line["message"]) not in seen])
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         if new:
             assert not any(line["level"] == "Error" for line in new), new
@@ -355,29 +516,56 @@ from benchmarks.startup import bench_startup  # noqa: E402
 
 # --- driver -----------------------------------------------------------------------------------------------
 
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
-    parser.add_argument("--only",
-                        default="download,stash,verify,blobs,restore,plugin,coldstart,startup,codec,archive,memory,offsite,drill,"
-                                "pathmap,checklive,snapshot,pages")
-    parser.add_argument("--archive-issue-scale", action="store_true",
-                        help="the archive and drill benchmarks at the issues' size: 1 GiB database, 50k blobs (30 nights)")
+    parser.add_argument(
+        "--only",
+        default="download,stash,verify,blobs,restore,plugin,coldstart,startup,codec,archive,memory,offsite,drill,"
+        "pathmap,checklive,snapshot,pages",
+    )
+    parser.add_argument(
+        "--archive-issue-scale",
+        action="store_true",
+        help="the archive and drill benchmarks at the issues' size: 1 GiB database, 50k blobs (30 nights)",
+    )
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--large", action="store_true", help="add 4 GiB databases and 100k blobs (slow to generate)")
     args = parser.parse_args()
     only = set(args.only.split(","))
     if args.quick:
-        plan = dict(download=[32 * MiB], stash=32 * MiB, verify=[16 * MiB], full=[16 * MiB], blobs=[1000],
-                    restore=[16 * MiB], runs=args.runs or 3, codec=(16 * MiB, 300),
-                    archive=(16 * MiB, 300, 3), memory=[1000, 5000], offsite=[(16 * MiB, 300)],
-                    drill=(16 * MiB, 300), pages=(16 * MiB, 300, 3))
+        plan = dict(
+            download=[32 * MiB],
+            stash=32 * MiB,
+            verify=[16 * MiB],
+            full=[16 * MiB],
+            blobs=[1000],
+            restore=[16 * MiB],
+            runs=args.runs or 3,
+            codec=(16 * MiB, 300),
+            archive=(16 * MiB, 300, 3),
+            memory=[1000, 5000],
+            offsite=[(16 * MiB, 300)],
+            drill=(16 * MiB, 300),
+            pages=(16 * MiB, 300, 3),
+        )
     else:
-        plan = dict(download=[100 * MiB, GiB, 4 * GiB], stash=GiB, verify=[100 * MiB, GiB], full=[100 * MiB],
-                    blobs=[5000, 50000], restore=[100 * MiB, GiB], runs=args.runs or 5, codec=(256 * MiB, 10000),
-                    archive=(256 * MiB, 10000, 10), memory=[10000, 100000],
-                    offsite=[(64 * MiB, 2000), (256 * MiB, 10000)], drill=(256 * MiB, 10000),
-                    pages=(166 * MiB, 4000, 5))
+        plan = dict(
+            download=[100 * MiB, GiB, 4 * GiB],
+            stash=GiB,
+            verify=[100 * MiB, GiB],
+            full=[100 * MiB],
+            blobs=[5000, 50000],
+            restore=[100 * MiB, GiB],
+            runs=args.runs or 5,
+            codec=(256 * MiB, 10000),
+            archive=(256 * MiB, 10000, 10),
+            memory=[10000, 100000],
+            offsite=[(64 * MiB, 2000), (256 * MiB, 10000)],
+            drill=(256 * MiB, 10000),
+            pages=(166 * MiB, 4000, 5),
+        )
         if args.large:
             plan["verify"].append(4 * GiB)
             plan["restore"].append(4 * GiB)
@@ -386,9 +574,11 @@ def main() -> int:
         plan["archive"], plan["codec"], plan["drill"] = (GiB, 50000, 30), (GiB, 50000), (GiB, 50000)
         plan["pages"] = (GiB, 50000, 30)
     ensure_tools()
-    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"{subprocess.run(['sqlite3', '--version'], capture_output=True, text=True).stdout.split()[0]} (sqlite3), "
-          f"{subprocess.run(['curl', '--version'], capture_output=True, text=True).stdout.split()[1]} (curl)")
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{subprocess.run(['sqlite3', '--version'], capture_output=True, text=True).stdout.split()[0]} (sqlite3), "
+        f"{subprocess.run(['curl', '--version'], capture_output=True, text=True).stdout.split()[1]} (curl)"
+    )
     print(f"runs per figure: {plan['runs']} (alternating A/B); ratio = ours / reference time\n", flush=True)
     results: list[Comparison] = []
     with tempfile.TemporaryDirectory(prefix="bench-", dir=_work_parent()) as folder:
@@ -411,21 +601,26 @@ def main() -> int:
             bench_startup(max(plan["runs"], 5), work)
         if "pathmap" in only:
             from benchmarks.pathmap import bench_pathmap
+
             print("\nstash-restore --map-path:", flush=True)
             bench_pathmap(20_000 if args.quick else 200_000, max(1, min(plan["runs"], 3)))
         if "checklive" in only:
             from benchmarks.check_live import bench_check_live
+
             print("\ncheck-live on a database in WAL mode held open by a writer:", flush=True)
             results.append(bench_check_live(16 * MiB if args.quick else GiB, plan["runs"]))
         if "snapshot" in only:
             from benchmarks.snapshot import bench_snapshot
+
             print("\nsnapshot --offline of an unchanged stopped Stash:", flush=True)
-            snapshot, parts = bench_snapshot(*((16 * MiB, 300) if args.quick else (GiB, 50000)),
-                                             max(1, min(plan["runs"], 3)), work)
+            snapshot, parts = bench_snapshot(
+                *((16 * MiB, 300) if args.quick else (GiB, 50000)), max(1, min(plan["runs"], 3)), work
+            )
             results.append(snapshot)
             print("\n".join(parts), flush=True)
         if "offsite" in only:
             from benchmarks.offsite import bench_offsite
+
             print("\noff-site copies to SeaweedFS's S3 on 127.0.0.1:", flush=True)
             results += bench_offsite(plan["offsite"], min(plan["runs"], 3), work)
         archive_lines = _archive_benchmarks(only, plan, work)
@@ -440,12 +635,15 @@ def main() -> int:
 def _archive_benchmarks(only: set, plan: dict, work: Path) -> list[str]:
     """The store: codecs, N nights against curl + rsync, memory as blobs grow."""
     from benchmarks import archive, compression, library
+
     lines = []
     if "codec" in only:
         size, blobs = plan["codec"]
         lib = library.library(size, blobs)
         print(f"\ncodecs on a Stash-shaped database ({lib.database.stat().st_size // MiB} MiB):", flush=True)
-        lines.append(f"codecs ({lib.database.stat().st_size // MiB} MiB Stash-shaped database): size, compress, decompress")
+        lines.append(
+            f"codecs ({lib.database.stat().st_size // MiB} MiB Stash-shaped database): size, compress, decompress"
+        )
         for name, ratio, comp, decomp in compression.measure(lib.database, max(1, plan["runs"] // 2)):
             row = f"  {name:<28} {ratio * 100:5.1f} %  {comp:6.0f} MiB/s  {decomp:6.0f} MiB/s"
             print(row, flush=True)
@@ -460,14 +658,19 @@ def _archive_benchmarks(only: set, plan: dict, work: Path) -> list[str]:
         lines += ["peak memory as blobs grow:"] + archive.bench_memory(plan["memory"], work)
     if "drill" in only:
         from benchmarks import drill
+
         size, blobs = plan["drill"]
         print(f"\nrestore drill of a {size // MiB} MiB library with {blobs} blobs", flush=True)
         lines += drill.bench_drill(size, blobs, min(plan["runs"], 3), work)
     if "pages" in only:
         from benchmarks import pages
+
         size, blobs, nights = plan["pages"]
-        print(f"\npage-level snapshots (prototype) vs restic: {nights} nights of a {size // MiB} MiB library with "
-              f"{blobs} blobs", flush=True)
+        print(
+            f"\npage-level snapshots (prototype) vs restic: {nights} nights of a {size // MiB} MiB library with "
+            f"{blobs} blobs",
+            flush=True,
+        )
         lines += pages.report(pages.bench_pages(size, blobs, nights, work))
         lines += pages.bench_live_copies(size, blobs, nights, work)
     return lines
@@ -479,16 +682,31 @@ def _work_parent() -> str:
 
 
 def _summary(results: list[Comparison], quick: bool) -> None:
-    print("\ntargets:" + (" (quick sizes: a fixed ~0.1-0.2 s Python start-up dominates; the targets are for the "
-                           "full sizes, see the README)" if quick else ""))
+    print(
+        "\ntargets:"
+        + (
+            " (quick sizes: a fixed ~0.1-0.2 s Python start-up dominates; the targets are for the "
+            "full sizes, see the README)"
+            if quick
+            else ""
+        )
+    )
     for result in results:
         key = next((k for k in TARGETS if result.name.startswith(k)), None)
-        if key is None or "full" in result.name or result.reference_name in ("tar", "tar x", "unzip+sync", "cp", "cp+quick_check+sync"):
+        if (
+            key is None
+            or "full" in result.name
+            or result.reference_name in ("tar", "tar x", "unzip+sync", "cp", "cp+quick_check+sync")
+        ):
             continue
         met = result.ratio <= TARGETS[key]
-        print(f"  {result.name} {result.size_label} vs {result.reference_name}: {result.ratio:.2f}x "
-              f"(target <= {TARGETS[key]:.2f}x) {'met' if met else 'MISSED'}")
-    rss = [(r.name, r.size_label, max(s.max_rss for s in r.ours) / MiB) for r in results if r.name.startswith("download")]
+        print(
+            f"  {result.name} {result.size_label} vs {result.reference_name}: {result.ratio:.2f}x "
+            f"(target <= {TARGETS[key]:.2f}x) {'met' if met else 'MISSED'}"
+        )
+    rss = [
+        (r.name, r.size_label, max(s.max_rss for s in r.ours) / MiB) for r in results if r.name.startswith("download")
+    ]
     for name, size, peak in rss:
         print(f"  {name} {size}: peak RSS {peak:.1f} MiB (target <= 64 MiB) {'met' if peak <= 64 else 'MISSED'}")
 

@@ -6,6 +6,7 @@ changed" case. Ours also checks the copy (quick_check) and compresses it (gzip -
 breakdown says which part dominates.
 
     python benchmarks/snapshot.py --size-mib 256 --blobs 10000 --runs 3"""
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,12 @@ ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
 def _stopped_stash(lib: library.Library, folder: Path) -> Path:
     """A config.yml naming the (pristine, only read) library's database and blobs."""
     from tests.support.stash_server.server import free_port
+
     config = folder / "config.yml"
-    config.write_text(f"database: {lib.database}\nblobs_path: {lib.blobs}\nblobs_storage: FILESYSTEM\n"
-                      f"backup_directory_path: {folder / 'backups'}\nport: {free_port()}\n")
+    config.write_text(
+        f"database: {lib.database}\nblobs_path: {lib.blobs}\nblobs_storage: FILESYSTEM\n"
+        f"backup_directory_path: {folder / 'backups'}\nport: {free_port()}\n"
+    )
     return config
 
 
@@ -40,15 +44,35 @@ def bench_snapshot(database_bytes: int, blob_count: int, runs: int, work: Path) 
     config = _stopped_stash(lib, work)
     archive, copy = work / "snapshot-archive", work / "reference"
     (copy / "blobs").mkdir(parents=True)
-    ours_command = [sys.executable, "-m", "stash_backup_plugin", "snapshot", "--offline", "--quiet", "--config",
-                    str(config), "--dest", str(archive)]
-    reference_command = ["sh", "-c", f"sqlite3 '{lib.database}' \".backup '{copy / 'stash-go.sqlite'}'\" && "
-                                     f"rsync -a --ignore-existing '{lib.blobs}/' '{copy}/blobs/'"]
+    ours_command = [
+        sys.executable,
+        "-m",
+        "stash_backup_plugin",
+        "snapshot",
+        "--offline",
+        "--quiet",
+        "--config",
+        str(config),
+        "--dest",
+        str(archive),
+    ]
+    reference_command = [
+        "sh",
+        "-c",
+        f"sqlite3 '{lib.database}' \".backup '{copy / 'stash-go.sqlite'}'\" && "
+        f"rsync -a --ignore-existing '{lib.blobs}/' '{copy}/blobs/'",
+    ]
     subprocess.run(ours_command, env=ENV, check=True)  # the first, full run of each: not measured
     subprocess.run(reference_command, check=True)
     size = f"{lib.database.stat().st_size // MiB} MiB + {blob_count} blobs"
-    result = compare("snapshot --offline, unchanged", size, "sqlite3 .backup+rsync",
-                     lambda: run_measured(reference_command), lambda: run_measured(ours_command, env=ENV), runs)
+    result = compare(
+        "snapshot --offline, unchanged",
+        size,
+        "sqlite3 .backup+rsync",
+        lambda: run_measured(reference_command),
+        lambda: run_measured(ours_command, env=ENV),
+        runs,
+    )
     return result, _breakdown(lib, work)
 
 
@@ -60,6 +84,7 @@ def _breakdown(lib: library.Library, work: Path) -> list[str]:
     from stash_backup_plugin.core.stored import FolderSource
     from stash_backup_plugin.core.sqlite_check import filesystem_blob_references
     from stash_backup_plugin.core.store import Store
+
     store = Store(work / "snapshot-archive")
     copy = work / "breakdown.sqlite"
     parts = []
@@ -72,14 +97,17 @@ def _breakdown(lib: library.Library, work: Path) -> list[str]:
     def backup_api():
         with open_unchanged(lib.database) as source, sqlite3.connect(copy) as target:
             source.backup(target)
+
     timed("copy (SQLite backup API)", backup_api)
     timed("quick_check of the copy", lambda: check_database(copy, QUICK, blob_references=False))
     timed("SHA-256 of the copy", lambda: file_digest(copy))
     with open(copy, "rb") as source:
         timed("gzip -1 (beside the blobs)", lambda: compress(source, open(os.devnull, "wb")))
     source = FolderSource([lib.blobs])
-    timed("blob walk (all present: stat only)", lambda: [store.blob_size(c) or source.size(c)
-                                                         for c in filesystem_blob_references(copy)])
+    timed(
+        "blob walk (all present: stat only)",
+        lambda: [store.blob_size(c) or source.size(c) for c in filesystem_blob_references(copy)],
+    )
     copy.unlink()
     return ["  " + "  ".join(f"{label} {seconds:.2f}s" for label, seconds in parts)]
 

@@ -11,6 +11,7 @@ talks to no server; +0.3 s for the plugin's task entry, measured as the installe
 plugin's archive run by this Python with no task input: it imports everything a task
 imports (requests, gql, our jobs layer), then answers that it expects Stash's input.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,7 @@ def commands(work: Path) -> dict[str, tuple[list[str], float]]:
     restore = [PY, "-m", "stash_backup_plugin.offline"]
     plugins = work / "startup-plugins"
     plugins.mkdir()
-    subprocess.run(backup + ["install-plugin", "--plugins-dir", str(plugins)], env=ENV, check=True,
-                   capture_output=True)
+    subprocess.run(backup + ["install-plugin", "--plugins-dir", str(plugins)], env=ENV, check=True, capture_output=True)
     return {
         "stash-backup --help": (backup + ["--help"], COMMAND_BUDGET),
         "stash-backup list": (backup + ["list", "--dest", str(archive)], COMMAND_BUDGET),
@@ -52,16 +52,19 @@ def commands(work: Path) -> dict[str, tuple[list[str], float]]:
         "stash-backup prune": (backup + ["prune", "--dest", str(archive), "--keep-last", "1"], COMMAND_BUDGET),
         "stash-restore --help": (restore + ["--help"], COMMAND_BUDGET),
         "stash-restore --list": (restore + ["--list", "--config", str(config)], COMMAND_BUDGET),
-        "plugin task entry (installed archive)": ([PY, str(plugins / "stash-backup" / "stash_backup_plugin.pyz")],
-                                                  TASK_BUDGET),
+        "plugin task entry (installed archive)": (
+            [PY, str(plugins / "stash-backup" / "stash_backup_plugin.pyz")],
+            TASK_BUDGET,
+        ),
     }
 
 
 def measured(command: list[str]) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of one run, its output discarded."""
     before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    result = subprocess.run(command, env=ENV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    result = subprocess.run(
+        command, env=ENV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     wall, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.decode()[-800:]}")
@@ -73,10 +76,12 @@ def side_by_side(command: list[str], runs: int) -> dict[str, tuple[float, float]
     samples = {"bare": [], "ours": []}
     for trial in range(runs):
         order = [("bare", [PY, "-c", "pass"]), ("ours", command)]
-        for which, argv in (order[::-1] if trial % 2 else order):
+        for which, argv in order[::-1] if trial % 2 else order:
             samples[which].append(measured(argv))
-    return {which: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
-            for which, values in samples.items()}
+    return {
+        which: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
+        for which, values in samples.items()
+    }
 
 
 def bench_startup(runs: int, work: Path) -> dict[str, dict]:
@@ -85,9 +90,12 @@ def bench_startup(runs: int, work: Path) -> dict[str, dict]:
         medians = results[name] = side_by_side(command, runs)
         (bare_wall, bare_cpu), (wall, cpu) = medians["bare"], medians["ours"]
         extra = wall - bare_wall
-        print(f"start-up {name:<40} wall {wall:.3f}s (bare {bare_wall:.3f}s) +{extra:.3f}s {wall / bare_wall:.2f}x"
-              f"  CPU {cpu:.3f}s (bare {bare_cpu:.3f}s) +{cpu - bare_cpu:.3f}s"
-              f"  [target <= +{budget} s: {'met' if extra <= budget else 'MISSED'}]", flush=True)
+        print(
+            f"start-up {name:<40} wall {wall:.3f}s (bare {bare_wall:.3f}s) +{extra:.3f}s {wall / bare_wall:.2f}x"
+            f"  CPU {cpu:.3f}s (bare {bare_cpu:.3f}s) +{cpu - bare_cpu:.3f}s"
+            f"  [target <= +{budget} s: {'met' if extra <= budget else 'MISSED'}]",
+            flush=True,
+        )
     return results
 
 

@@ -9,6 +9,7 @@ A block is
     ```
     <!-- end help -->
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,6 +71,7 @@ def rendered(doc: str, known: dict) -> str:
         if command not in known:
             raise SystemExit(f"docs/cli.md has a help block for '{command}', which is no command")
         return f"<!-- help: {command} -->\n```text\n{help_text(known[command])}```\n<!-- end help -->"
+
     return BLOCK.sub(block, doc)
 
 

@@ -5,6 +5,7 @@ Download tasks run through Stash, then an offline restore read back from Stash.
 
 It only ever talks to the Stash it starts itself (in a temp folder, on a free port).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.support.stash_server.build import NEW_VERSION, BuildError, build  # noqa: E402
-from tests.support.stash_server.server import (StashServer, content_names, performer_image,  # noqa: E402
-                                       seed_content)
+from tests.support.stash_server.server import StashServer, content_names, performer_image  # noqa: E402
+from tests.support.stash_server.server import seed_content  # noqa: E402
 
 
 def step(text: str) -> None:
@@ -33,8 +34,7 @@ COMMANDS = {"stash-backup": "stash_backup_plugin", "stash-restore": "stash_backu
 
 def run(command: str, *args: str) -> subprocess.CompletedProcess:
     print("$ " + " ".join((command, *args)), flush=True)
-    result = subprocess.run([sys.executable, "-m", COMMANDS[command], *args], cwd=REPO, capture_output=True,
-                            text=True)
+    result = subprocess.run([sys.executable, "-m", COMMANDS[command], *args], cwd=REPO, capture_output=True, text=True)
     for line in (result.stderr + result.stdout).strip().splitlines():
         print("  " + line)
     if result.returncode != 0:
@@ -43,8 +43,11 @@ def run(command: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def plugin_lines(server: StashServer) -> list[str]:
-    return [f"{line['level']:<7} {line['message']}" for line in reversed(server.logs())
-            if "[Plugin / Stash Backup]" in line["message"]]
+    return [
+        f"{line['level']:<7} {line['message']}"
+        for line in reversed(server.logs())
+        if "[Plugin / Stash Backup]" in line["message"]
+    ]
 
 
 def main() -> int:
@@ -80,13 +83,19 @@ def main() -> int:
                 if not path.name.startswith("."):
                     print(f"  {path}  ({path.stat().st_size:,} bytes)")
         entry = json.loads((archive / "manifest.json").read_text())["entries"][0]
-        print("  manifest entry: " + json.dumps({k: entry[k] for k in ("file", "size", "schema_version", "blob_count",
-                                                                      "source", "verified_ok")}))
+        print(
+            "  manifest entry: "
+            + json.dumps(
+                {k: entry[k] for k in ("file", "size", "schema_version", "blob_count", "source", "verified_ok")}
+            )
+        )
         backed_up = content_names(server)
 
         step("Changing content after the backup")
         server.graphql('mutation { performerCreate(input: {name: "added-after-backup"}) { id } }')
-        server.graphql('mutation($id: ID!) { performerDestroy(input: {id: $id}) }', {"id": created["performers"][1]["id"]})
+        server.graphql(
+            "mutation($id: ID!) { performerDestroy(input: {id: $id}) }", {"id": created["performers"][1]["id"]}
+        )
         print(f"  now: {json.dumps(content_names(server))}")
 
         step("Stopping Stash and restoring the archived backup offline")

@@ -2,6 +2,7 @@
 module proxy (tests/support/stash_server/build.py); a missing Go toolchain or a failed
 build fails them loudly, it never skips them. The helpers behind them are in
 tests/support/harness.py."""
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """The commands that read or tend the archive: list, verify, prune, export, migrate, status."""
+
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -29,8 +30,11 @@ def add_commands(commands) -> None:
     verify.add_argument("--json", action="store_true")
     reading = verify.add_mutually_exclusive_group()
     reading.add_argument("--read-data", action="store_true", help="re-hash every blob's content (MD5 = its name)")
-    reading.add_argument("--read-data-subset", metavar="N/M",
-                         help="re-hash part N of M of the blobs; N = 1..M on M nights reads them all")
+    reading.add_argument(
+        "--read-data-subset",
+        metavar="N/M",
+        help="re-hash part N of M of the blobs; N = 1..M on M nights reads them all",
+    )
     notify_option(verify)
     ping_option(verify)
     prune = commands.add_parser("prune", help="apply a retention policy to the archive")
@@ -40,10 +44,16 @@ def add_commands(commands) -> None:
     prune.add_argument("--json", action="store_true")
     notify_option(prune)
     ping_option(prune)
-    status = commands.add_parser("status", help="the last backup's age and each job's last outcome; exit 1 when overdue")
+    status = commands.add_parser(
+        "status", help="the last backup's age and each job's last outcome; exit 1 when overdue"
+    )
     archive_option(status)
-    status.add_argument("--max-age", metavar="DURATION", default="24h",
-                        help="overdue when the newest verified backup is older (default %(default)s)")
+    status.add_argument(
+        "--max-age",
+        metavar="DURATION",
+        default="24h",
+        help="overdue when the newest verified backup is older (default %(default)s)",
+    )
     status.add_argument("--json", action="store_true")
     notify_option(status)
     export = commands.add_parser("export", help="write one backup as a self-contained zip (Stash v0.31's layout)")
@@ -59,6 +69,7 @@ def add_commands(commands) -> None:
 
 def cmd_list(args, report) -> int:
     from ..core.reporting import human_size
+
     archive = archive_of(args)
     entries = archive.entries()
     for problem in archive.manifest_problems:
@@ -75,13 +86,18 @@ def cmd_list(args, report) -> int:
         drilled = ("booted" if entry.drill.get("ok") else "DRILL-FAILED") if entry.drill.get("at") else "-"
         blobs = f"{entry.blob_count} blobs" if entry.includes_blobs else "database only"
         own = entry.new_bytes if entry.is_stored else entry.size
-        print(f"{entry.created}  schema {entry.schema_version:<3}  {entry.kind:<6}  {blobs:<14}  "
-              f"new {human_size(own):>10}  {state:<10}  drill {drilled:<12}  {entry.file}{tag}")
+        print(
+            f"{entry.created}  schema {entry.schema_version:<3}  {entry.kind:<6}  {blobs:<14}  "
+            f"new {human_size(own):>10}  {state:<10}  drill {drilled:<12}  {entry.file}{tag}"
+        )
     usage = archive.usage()
-    print(f"archive total {human_size(usage.total)}: {usage.blobs} blob(s) {human_size(usage.blob_bytes)}, "
-          f"database snapshots {human_size(usage.snapshot_bytes)}, records {human_size(usage.record_bytes)}"
-          + (f", older per-backup files {human_size(usage.old_bytes)}" if usage.old_bytes else ""))
+    print(
+        f"archive total {human_size(usage.total)}: {usage.blobs} blob(s) {human_size(usage.blob_bytes)}, "
+        f"database snapshots {human_size(usage.snapshot_bytes)}, records {human_size(usage.record_bytes)}"
+        + (f", older per-backup files {human_size(usage.old_bytes)}" if usage.old_bytes else "")
+    )
     return 0
+
 
 def cmd_verify(args, report) -> int:
     from ..core.errors import VerificationError
@@ -89,6 +105,7 @@ def cmd_verify(args, report) -> int:
     from ..core.verify import require_blobs, verify_backup
     from ..jobs.status import recording
     from ..jobs.verify import verify_archive
+
     level = FULL if args.full_check else QUICK
     if args.paths:
         results, failed = [], 0
@@ -96,9 +113,16 @@ def cmd_verify(args, report) -> int:
             try:
                 verified = verify_backup(path, level, progress=report.bytes_progress(f"verifying {path.name}"))
                 require_blobs(verified)
-                results.append({"path": str(path), "ok": True, "kind": verified.kind,
-                                "schema_version": verified.schema_version, "blob_count": verified.blob_count,
-                                "sha256": verified.sha256})
+                results.append(
+                    {
+                        "path": str(path),
+                        "ok": True,
+                        "kind": verified.kind,
+                        "schema_version": verified.schema_version,
+                        "blob_count": verified.blob_count,
+                        "sha256": verified.sha256,
+                    }
+                )
                 report.info(f"ok  {path}: schema {verified.schema_version}, {verified.blob_count} blob(s)")
             except VerificationError as error:
                 failed += 1
@@ -110,6 +134,7 @@ def cmd_verify(args, report) -> int:
     read_data = None
     if args.read_data or args.read_data_subset:
         from ..core.stored import ReadData
+
         read_data = ReadData.parse(args.read_data_subset) if args.read_data_subset else ReadData()
     archive = archive_of(args)
     with recording(status_file_of(archive), "verify", report, notifier_of(args, report), ping=args.ping or "") as run:
@@ -117,44 +142,68 @@ def cmd_verify(args, report) -> int:
         (report.info if summary.ok else report.error)(summary.line())
         (run.done if summary.ok else run.fail)(summary.line())
     if args.json:
-        print_json({"checked": summary.checked, "failed": [{"file": f, "error": e} for f, e in summary.failed],
-                     "adopted": summary.adopted})
+        print_json(
+            {
+                "checked": summary.checked,
+                "failed": [{"file": f, "error": e} for f, e in summary.failed],
+                "adopted": summary.adopted,
+            }
+        )
     return 0 if summary.ok else 1
+
 
 def cmd_prune(args, report) -> int:
     from ..jobs.retention import apply_retention, retention_summary
     from ..jobs.status import recording
+
     policy = policy_of(args)
     if policy.is_empty():
         report.warning("no --keep-* rule given: nothing will be removed")
     archive = archive_of(args)
-    with recording(status_file_of(archive), "retention", report, notifier_of(args, report), ping=args.ping or "") as run:
+    with recording(
+        status_file_of(archive), "retention", report, notifier_of(args, report), ping=args.ping or ""
+    ) as run:
         result = apply_retention(archive, policy, args.dry_run, report)
         run.done(retention_summary(policy, result, args.dry_run))
     if args.json:  # one object per backup, as before; the space freed is in the summary line
-        print_json([{"file": d.item.file, "keep": d.keep, "failed_verification": d.failed, "reasons": d.reasons}
-                     for d in result.decisions])
+        print_json(
+            [
+                {"file": d.item.file, "keep": d.keep, "failed_verification": d.failed, "reasons": d.reasons}
+                for d in result.decisions
+            ]
+        )
     return 0
+
 
 def cmd_export(args, report) -> int:
     from ..jobs.export import export_backup
+
     path = export_backup(archive_of(args), args.name, args.output.expanduser(), report)
     print(path)
     return 0
 
+
 def cmd_migrate(args, report) -> int:
     from ..core.sqlite_check import FULL, QUICK
     from ..jobs.migrate import migrate_archive
-    outcome = migrate_archive(archive_of(args), dry_run=not args.apply,
-                                   level=FULL if args.full_check else QUICK, report=report)
+
+    outcome = migrate_archive(
+        archive_of(args), dry_run=not args.apply, level=FULL if args.full_check else QUICK, report=report
+    )
     if args.json:
-        print_json([{"file": s.old.file, "action": s.action, "record": s.record_name, "reason": s.reason}
-                     for s in outcome.steps])
+        print_json(
+            [
+                {"file": s.old.file, "action": s.action, "record": s.record_name, "reason": s.reason}
+                for s in outcome.steps
+            ]
+        )
     return 0 if outcome.ok else 1
+
 
 def cmd_status(args, report) -> int:
     from ..core.retention import parse_duration
     from ..jobs.status import check_overdue, overview
+
     max_age = parse_duration(args.max_age)
     archive = archive_of(args)
     overdue = check_overdue(archive, status_file_of(archive), max_age, report, notifier_of(args, report))
@@ -172,11 +221,20 @@ def cmd_status(args, report) -> int:
         report.error(f"overdue: no verified backup within {max_age}")
     return 1 if overdue else 0
 
+
 def _age(seconds: int) -> str:
     from datetime import timedelta
 
     from ..core.status import describe_age
+
     return describe_age(timedelta(seconds=seconds))
 
 
-COMMANDS = {'list': cmd_list, 'verify': cmd_verify, 'prune': cmd_prune, 'export': cmd_export, 'migrate': cmd_migrate, 'status': cmd_status}
+COMMANDS = {
+    "list": cmd_list,
+    "verify": cmd_verify,
+    "prune": cmd_prune,
+    "export": cmd_export,
+    "migrate": cmd_migrate,
+    "status": cmd_status,
+}

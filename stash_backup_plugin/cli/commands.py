@@ -7,6 +7,7 @@ This module assembles the command line from its groups (one module each: backup,
 archive, offsite, scheduling, plugin; shared options in options.py) and runs the
 command asked for.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,10 +28,16 @@ COMMANDS = {name: run for group in GROUPS for name, run in group.COMMANDS.items(
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=os.environ.get("STASH_URL", DEFAULT_URL),
-                        help="Stash server URL (env STASH_URL, default %(default)s)")
-    common.add_argument("--api-key", default=os.environ.get("STASH_API_KEY"),
-                        help="Stash API key (env STASH_API_KEY; Settings > Security)")
+    common.add_argument(
+        "--url",
+        default=os.environ.get("STASH_URL", DEFAULT_URL),
+        help="Stash server URL (env STASH_URL, default %(default)s)",
+    )
+    common.add_argument(
+        "--api-key",
+        default=os.environ.get("STASH_API_KEY"),
+        help="Stash API key (env STASH_API_KEY; Settings > Security)",
+    )
     common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser = argparse.ArgumentParser(prog="stash-backup", description="Verified backups of a Stash server.")
     parser.add_argument("--version", action="version", version=f"stash-backup {__version__}")
@@ -58,6 +65,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for more in args.redactors:
             text = more(text)
         return text
+
     report = TerminalReporter(quiet=args.quiet, redact=hide)
     return run_command(report, lambda: COMMANDS[args.command](args, report), redact=hide)
 

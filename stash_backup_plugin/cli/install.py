@@ -11,6 +11,7 @@ subfolder would outlive an uninstall; and zipimport writes no __pycache__. So th
 Python need not compile the sources at every start (a task's cold start measured
 0.6 s with byte code, 2.0 s without), the archive carries byte code for the installing
 Python beside them; another Python version ignores it and compiles."""
+
 from __future__ import annotations
 
 import hashlib
@@ -46,16 +47,30 @@ PACKAGED_MANIFEST = PACKAGE_DIR / "plugin" / "manifest.yml.in"
 # (files only, no subfolder) holds instead: the archive for plugin.py, the Backups
 # page's script and style (served by Stash from the plugin folder) by their names.
 UI_ASSETS = (PACKAGE_DIR / "plugin" / "ui" / "backups.js", PACKAGE_DIR / "plugin" / "ui" / "backups.css")
-INSTALLED_PATHS = {"{pluginDir}/plugin.py": "{pluginDir}/" + PLUGIN_ARCHIVE,
-                   **{asset.relative_to(PACKAGE_DIR.parent).as_posix(): asset.name for asset in UI_ASSETS}}
+INSTALLED_PATHS = {
+    "{pluginDir}/plugin.py": "{pluginDir}/" + PLUGIN_ARCHIVE,
+    **{asset.relative_to(PACKAGE_DIR.parent).as_posix(): asset.name for asset in UI_ASSETS},
+}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # What the plugin runs: the package's layers below the plugin (import-linter holds
 # them to that), never the CLI. The restore drill runs the offline restore's engine
 # (restore and what it imports; not its command line nor salvage), which imports
 # without PyYAML: only reading a config.yml needs it.
-PLUGIN_PARTS = ("__init__.py", "jobs", "core", "server", "offsite", "plugin", "offline/__init__.py",
-                "offline/stash_config.py", "offline/restore.py", "offline/swap.py", "offline/plan.py",
-                "offline/liveness.py", "offline/pathmap.py")
+PLUGIN_PARTS = (
+    "__init__.py",
+    "jobs",
+    "core",
+    "server",
+    "offsite",
+    "plugin",
+    "offline/__init__.py",
+    "offline/stash_config.py",
+    "offline/restore.py",
+    "offline/swap.py",
+    "offline/plan.py",
+    "offline/liveness.py",
+    "offline/pathmap.py",
+)
 ARCHIVE_MAIN = b'''"""Python runs this when Stash runs the plugin archive."""
 import sys
 
@@ -86,13 +101,16 @@ def check_plugin_id(plugin_id: str) -> str:
 
 # --- what the plugin is made of ------------------------------------------------------
 
+
 def source_manifest() -> bytes:
     """plugin.yml: the wheel's copy, else the checkout's (a checkout has no copy)."""
     for path in (PACKAGED_MANIFEST, CHECKOUT_MANIFEST):
         if path.is_file():
             return path.read_bytes()
-    raise MissingDependency(f"the plugin manifest is missing (neither {PACKAGED_MANIFEST} nor {CHECKOUT_MANIFEST}): "
-                            "reinstall stash-backup (pip install --force-reinstall stash-backup)")
+    raise MissingDependency(
+        f"the plugin manifest is missing (neither {PACKAGED_MANIFEST} nor {CHECKOUT_MANIFEST}): "
+        "reinstall stash-backup (pip install --force-reinstall stash-backup)"
+    )
 
 
 def manifest_text() -> bytes:
@@ -100,8 +118,10 @@ def manifest_text() -> bytes:
     text = source_manifest().decode()
     for clone_path, installed in INSTALLED_PATHS.items():
         if text.count(clone_path) != 1:
-            raise MissingDependency(f"the plugin manifest names {clone_path} {text.count(clone_path)} times, not once: "
-                                    "reinstall stash-backup (pip install --force-reinstall stash-backup)")
+            raise MissingDependency(
+                f"the plugin manifest names {clone_path} {text.count(clone_path)} times, not once: "
+                "reinstall stash-backup (pip install --force-reinstall stash-backup)"
+            )
         text = text.replace(clone_path, installed)
     return text.encode()
 
@@ -111,8 +131,9 @@ def runtime_sources() -> list[str]:
     found = []
     for part in PLUGIN_PARTS:
         path = PACKAGE_DIR / part
-        found.extend([part] if path.is_file() else
-                     sorted(p.relative_to(PACKAGE_DIR).as_posix() for p in path.rglob("*.py")))
+        found.extend(
+            [part] if path.is_file() else sorted(p.relative_to(PACKAGE_DIR).as_posix() for p in path.rglob("*.py"))
+        )
     return found
 
 
@@ -138,8 +159,9 @@ def _requirements(dist: metadata.Distribution, extras: frozenset) -> Iterator[tu
         yield match.group(1), wanted, bool(rest)
 
 
-def distribution_closure(root: str, extras: frozenset = frozenset(),
-                         skip: frozenset = frozenset()) -> dict[str, metadata.Distribution]:
+def distribution_closure(
+    root: str, extras: frozenset = frozenset(), skip: frozenset = frozenset()
+) -> dict[str, metadata.Distribution]:
     """`root` and everything it needs, as installed in this Python, by normalised name."""
     found: dict[str, metadata.Distribution] = {}
     pending = [(root, frozenset(_normalise(e) for e in extras), False)]
@@ -153,8 +175,10 @@ def distribution_closure(root: str, extras: frozenset = frozenset(),
         except metadata.PackageNotFoundError:
             if optional:
                 continue
-            raise MissingDependency(f"the plugin bundles {name}, which this Python lacks: install stash-backup with "
-                                    "its dependencies (pip install stash-backup, or pip install 'gql[requests]')") from None
+            raise MissingDependency(
+                f"the plugin bundles {name}, which this Python lacks: install stash-backup with "
+                "its dependencies (pip install stash-backup, or pip install 'gql[requests]')"
+            ) from None
         found[key] = dist
         pending.extend(_requirements(dist, wanted))
     return found
@@ -171,8 +195,10 @@ def _distribution_files(dist: metadata.Distribution) -> dict[str, bytes]:
     scripts, byte code or install records."""
     name = dist.metadata["Name"]
     if dist.files is None:
-        raise MissingDependency(f"cannot bundle {name}: its installation lists no files (no RECORD); "
-                                f"reinstall it with pip (pip install --force-reinstall {name})")
+        raise MissingDependency(
+            f"cannot bundle {name}: its installation lists no files (no RECORD); "
+            f"reinstall it with pip (pip install --force-reinstall {name})"
+        )
     files = {}
     for entry in dist.files:
         path = entry.as_posix()
@@ -181,13 +207,17 @@ def _distribution_files(dist: metadata.Distribution) -> dict[str, bytes]:
         if ".dist-info/" in path and not _KEPT_METADATA.search(path):
             continue
         if path.endswith(_COMPILED):
-            raise MissingDependency(f"cannot bundle {name} {dist.version}: it has compiled extension modules "
-                                    f"({path}) that load in this Python only; install a pure-Python build of it")
+            raise MissingDependency(
+                f"cannot bundle {name} {dist.version}: it has compiled extension modules "
+                f"({path}) that load in this Python only; install a pure-Python build of it"
+            )
         try:
             files[path] = Path(dist.locate_file(entry)).read_bytes()
         except OSError as error:
-            raise MissingDependency(f"cannot bundle {name}: {path} is listed but unreadable ({error.strerror}); "
-                                    f"reinstall it (pip install --force-reinstall {name})") from None
+            raise MissingDependency(
+                f"cannot bundle {name}: {path} is listed but unreadable ({error.strerror}); "
+                f"reinstall it (pip install --force-reinstall {name})"
+            ) from None
     return files
 
 
@@ -245,6 +275,7 @@ def runtime_files(plugin_id: str) -> dict[str, bytes]:
 
 # --- writing it -----------------------------------------------------------------------
 
+
 def write_owned(path: Path, content: bytes) -> None:
     # Stash may run as another user (Docker, services): it must read these; the temp
     # file, and so the file, takes the folder's owner (core/atomic.py), and is as
@@ -262,8 +293,10 @@ def install_plugin(plugins_dir: Path, plugin_id: str = DEFAULT_PLUGIN_ID) -> Pat
     what an install of the older layout (a package folder) left."""
     check_plugin_id(plugin_id)
     if not plugins_dir.is_dir():
-        raise UsageError(f"plugins folder {plugins_dir} does not exist: give Stash's plugins folder "
-                         "(Settings > System > Plugins path)")
+        raise UsageError(
+            f"plugins folder {plugins_dir} does not exist: give Stash's plugins folder "
+            "(Settings > System > Plugins path)"
+        )
     target = plugins_dir / plugin_id
     files = runtime_files(plugin_id)  # before touching the disk: a missing dependency changes nothing
     manifest = f"{plugin_id}.yml"
@@ -272,8 +305,10 @@ def install_plugin(plugins_dir: Path, plugin_id: str = DEFAULT_PLUGIN_ID) -> Pat
         os.chmod(target, 0o700 | (_mode(plugins_dir) & 0o055))  # as readable as the plugins folder Stash reads
         stray = [p for p in target.rglob("*.yml") if p.name != manifest]
         if stray:
-            raise UsageError(f"{target} holds other .yml files ({stray[0].name}) that Stash would load as plugins: "
-                             "remove them or choose another --id")
+            raise UsageError(
+                f"{target} holds other .yml files ({stray[0].name}) that Stash would load as plugins: "
+                "remove them or choose another --id"
+            )
         for relative, content in sorted(files.items(), key=lambda item: item[0] == manifest):
             write_owned(target / relative, content)
         shutil.rmtree(target / PACKAGE, ignore_errors=True)  # the layout before the archive
@@ -284,8 +319,9 @@ def install_plugin(plugins_dir: Path, plugin_id: str = DEFAULT_PLUGIN_ID) -> Pat
 
 def _git_short_hash() -> Optional[str]:
     try:
-        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PACKAGE_DIR.parent,
-                                capture_output=True, text=True, timeout=10)
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=PACKAGE_DIR.parent, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() if result.returncode == 0 else None
@@ -298,20 +334,23 @@ def build_package(output_dir: Path, plugin_id: str = DEFAULT_PLUGIN_ID) -> tuple
     files = runtime_files(plugin_id)
     data = _zip(files)
     import yaml  # only here: install-plugin and --help do without it
+
     manifest = yaml.safe_load(files[f"{plugin_id}.yml"])
     version = str(manifest.get("version", "0"))
     short = _git_short_hash()
     zip_path = output_dir / f"{plugin_id}.zip"
-    index = [{
-        "id": plugin_id,
-        "name": manifest.get("name", plugin_id),
-        "metadata": {"description": manifest.get("description", "")},
-        "version": f"{version}-{short}" if short else version,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-        "requires": [],
-        "path": zip_path.name,
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }]
+    index = [
+        {
+            "id": plugin_id,
+            "name": manifest.get("name", plugin_id),
+            "metadata": {"description": manifest.get("description", "")},
+            "version": f"{version}-{short}" if short else version,
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+            "requires": [],
+            "path": zip_path.name,
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    ]
     index_path = output_dir / "index.yml"
     try:
         make_folders(output_dir)

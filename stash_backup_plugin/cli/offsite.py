@@ -1,4 +1,5 @@
 """`stash-backup offsite push|verify|list|prune|pull`: copies of the archive on a remote."""
+
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -59,24 +60,34 @@ def cmd_offsite(args, report) -> int:
     from ..jobs import offsite
     from ..offsite.rclone import Rclone
     from ..offsite.remote import RemoteArchive
+
     rclone = Rclone(config=args.rclone_config)
     args.redactors.append(rclone.redact)
     remote = RemoteArchive(rclone, args.remote)
     action = args.offsite_command
     if action == "push":
         from ..jobs.status import recording
+
         archive = archive_of(args)
         # Recorded and notified like a backup: a nightly copy that fails must be seen.
-        with recording(status_file_of(archive), "offsite", report, notifier_of(args, report),
-                       ping=args.ping or "") as run:
+        with recording(
+            status_file_of(archive), "offsite", report, notifier_of(args, report), ping=args.ping or ""
+        ) as run:
             result = offsite.push(archive, remote, report, policy_of(args))
             run.done(result.line(remote.display))
         if args.json:
-            print_json({"pushed": result.pushed, "skipped": [{"file": f, "reason": r} for f, r in result.skipped],
-                         "blobs_sent": result.blobs_sent, "bytes_sent": result.bytes_sent})
+            print_json(
+                {
+                    "pushed": result.pushed,
+                    "skipped": [{"file": f, "reason": r} for f, r in result.skipped],
+                    "blobs_sent": result.blobs_sent,
+                    "bytes_sent": result.bytes_sent,
+                }
+            )
         return 0
     if action == "verify":
         from ..core.stored import ReadData
+
         read_data = None
         if args.read_data or args.read_data_subset:
             read_data = ReadData.parse(args.read_data_subset) if args.read_data_subset else ReadData()
@@ -87,14 +98,17 @@ def cmd_offsite(args, report) -> int:
         return 0 if summary.ok else 1
     if action == "list":
         from ..core.reporting import human_size
+
         backups = offsite.remote_backups(remote)
         if args.json:
             print_json([asdict(b) for b in backups])
         elif not backups:
             print(f"no backups on {remote.display}")
         for backup in [] if args.json else backups:
-            print(f"{backup.created}  schema {backup.schema_version:<3}  {backup.blob_count:>7} blobs  "
-                  f"database {human_size(backup.snapshot.size):>10}  {backup.name}")
+            print(
+                f"{backup.created}  schema {backup.schema_version:<3}  {backup.blob_count:>7} blobs  "
+                f"database {human_size(backup.snapshot.size):>10}  {backup.name}"
+            )
         return 0
     if action == "prune":
         policy = policy_of(args)
@@ -104,6 +118,7 @@ def cmd_offsite(args, report) -> int:
         return 0
     from ..core.archive import Archive
     from ..core.sqlite_check import FULL, QUICK
+
     target = Archive(args.to.expanduser()) if args.to else archive_of(args)
     offsite.pull(target, remote, args.name, FULL if args.full_check else QUICK, report)
     return 0

@@ -1,5 +1,6 @@
 """The commands that put the plugin into Stash: install-plugin, package (the work is in
 cli/install.py, imported when a command runs)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,6 +21,7 @@ def add_commands(commands) -> None:
 
 def cmd_install_plugin(args, report) -> int:
     from .install import install_plugin
+
     target = install_plugin(args.plugins_dir.expanduser(), args.id)
     report.info(f"installed the plugin into {target}")
     try:
@@ -30,13 +32,17 @@ def cmd_install_plugin(args, report) -> int:
         report.info(f"Stash was not reloaded ({error}); use Settings > Plugins > Reload plugins")
     return 0
 
+
 def cmd_package(args, report) -> int:
     from .install import build_package
+
     zip_path, index_path = build_package(args.output, args.id)
     # Stash takes a source as a URL: a plain path is refused ("unsupported protocol scheme").
-    report.info(f"built {zip_path} and {index_path}: in Stash, Settings > Plugins > Available Plugins > Add Source "
-                f"with the URL {index_path.resolve().as_uri()}")
+    report.info(
+        f"built {zip_path} and {index_path}: in Stash, Settings > Plugins > Available Plugins > Add Source "
+        f"with the URL {index_path.resolve().as_uri()}"
+    )
     return 0
 
 
-COMMANDS = {'install-plugin': cmd_install_plugin, 'package': cmd_package}
+COMMANDS = {"install-plugin": cmd_install_plugin, "package": cmd_package}

@@ -7,6 +7,7 @@ which other tools print. The remote's credentials stay in rclone's own config.
 
 Each step runs only when the one before succeeded (ExecStart= lines of a oneshot
 service, `&&` in cron), and any failure is the run's exit code."""
+
 from __future__ import annotations
 
 import os
@@ -32,6 +33,7 @@ SUPPORTED = "1h, 2h, 3h, 4h, 6h, 8h, 12h, 1d (24h), 1w (7d), 1m or 1y"
 
 # --- pure: when, what, and the files ---------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Calendar:
     systemd: str  # OnCalendar=
@@ -53,8 +55,10 @@ def calendar_for(every: Duration, hour: int, minute: int) -> Calendar:
         return Calendar(f"Mon *-*-* {hour:02d}:{minute:02d}:00", f"{minute} {hour} * * 1")
     if total_hours in EVEN_HOURS:
         first = hour % total_hours
-        return Calendar(f"*-*-* {first:02d}/{total_hours}:{minute:02d}:00",
-                        f"{minute} {first}-23/{total_hours} * * *" if total_hours > 1 else f"{minute} * * * *")
+        return Calendar(
+            f"*-*-* {first:02d}/{total_hours}:{minute:02d}:00",
+            f"{minute} {first}-23/{total_hours} * * *" if total_hours > 1 else f"{minute} * * * *",
+        )
     raise UsageError(f"--every {every} cannot be scheduled evenly: use {SUPPORTED}")
 
 
@@ -75,8 +79,9 @@ def env_file_text(values: dict) -> str:
         if value is None or value == "":
             continue
         if "'" in value or "\n" in value or "\\" in value:
-            raise UsageError(f"the value for {key} contains a quote, backslash or newline, which the schedule "
-                             "cannot carry safely")
+            raise UsageError(
+                f"the value for {key} contains a quote, backslash or newline, which the schedule cannot carry safely"
+            )
         lines.append(f"{key}='{value}'")
     return "\n".join(lines) + "\n"
 
@@ -118,8 +123,12 @@ WantedBy=timers.target
 
 def cron_block(calendar: Calendar, commands: Sequence[Sequence[str]], env_file: Path) -> str:
     # cron runs the line with /bin/sh; `%` means newline there and must be escaped.
-    shell = "set -a && . " + shlex.quote(str(env_file)) + " && set +a && " + \
-            " && ".join(" ".join(shlex.quote(a) for a in command) for command in commands)
+    shell = (
+        "set -a && . "
+        + shlex.quote(str(env_file))
+        + " && set +a && "
+        + " && ".join(" ".join(shlex.quote(a) for a in command) for command in commands)
+    )
     return f"{CRON_BEGIN}\n{calendar.cron} {shell.replace('%', chr(92) + '%')}\n{CRON_END}\n"
 
 
@@ -165,6 +174,7 @@ def job_commands(keep_args: Sequence[str], quiet: bool = True, offsite: bool = F
 
 # --- where: systemd or cron ---------------------------------------------------------
 
+
 def systemd_running() -> bool:
     return Path("/run/systemd/system").is_dir() and shutil.which("systemctl") is not None
 
@@ -176,8 +186,10 @@ def choose_via(via: str) -> str:
         return "systemd-system" if os.geteuid() == 0 else "systemd-user"
     if shutil.which("crontab"):
         return "cron"
-    raise ConfigError("neither a running systemd nor crontab was found: see the README for Docker (a sidecar "
-                      "container) and Windows (schtasks)")
+    raise ConfigError(
+        "neither a running systemd nor crontab was found: see the README for Docker (a sidecar "
+        "container) and Windows (schtasks)"
+    )
 
 
 def default_unit_dir(via: str) -> Path:
@@ -222,6 +234,7 @@ def write_crontab(text: str) -> None:
 
 # --- the commands ----------------------------------------------------------------------
 
+
 @dataclass
 class Plan:
     via: str
@@ -258,8 +271,10 @@ def install(plan: Plan, enable: bool = True) -> list[str]:
                     raise ConfigError(f"systemctl {' '.join(args)} failed: {result.stderr.strip()}")
             done.append(f"enabled and started {UNIT}.timer")
         else:
-            done.append("not enabled (--no-enable): run 'systemctl "
-                        f"{'--user ' if plan.via == 'systemd-user' else ''}enable --now {UNIT}.timer'")
+            done.append(
+                "not enabled (--no-enable): run 'systemctl "
+                f"{'--user ' if plan.via == 'systemd-user' else ''}enable --now {UNIT}.timer'"
+            )
         return done
     except BaseException:
         _restore(backups)
@@ -287,8 +302,11 @@ def show(via: str, unit_dir: Path) -> list[str]:
     if via == "cron":
         block = cron_block_of(read_crontab())
         return [f"crontab:\n{block}"] if block else []
-    lines = [f"{path}:\n{path.read_text().rstrip()}" for path in
-             (unit_dir / f"{UNIT}.timer", unit_dir / f"{UNIT}.service") if path.is_file()]
+    lines = [
+        f"{path}:\n{path.read_text().rstrip()}"
+        for path in (unit_dir / f"{UNIT}.timer", unit_dir / f"{UNIT}.service")
+        if path.is_file()
+    ]
     if lines and systemd_running():
         lines.append(_systemctl(via, "list-timers", f"{UNIT}.timer", "--all", "--no-pager").stdout.rstrip())
     return lines
@@ -337,24 +355,38 @@ def drop_in_path(unit_dir: Path, unit: str) -> Path:
 
 
 def snapshot_command(config: Path, archive: Path) -> list[str]:
-    return [sys.executable, "-m", "stash_backup_plugin", "snapshot", "--offline", "--quiet", "--config", str(config),
-            "--dest", str(archive)]
+    return [
+        sys.executable,
+        "-m",
+        "stash_backup_plugin",
+        "snapshot",
+        "--offline",
+        "--quiet",
+        "--config",
+        str(config),
+        "--dest",
+        str(archive),
+    ]
 
 
 def drop_in_text(command: Sequence[str]) -> str:
     """Runs as Stash's own User= before every start (an upgraded binary migrates the
     database on its first start): a snapshot that fails keeps Stash stopped, so no
     migration runs without a verified backup before it. It names only paths: no secret."""
-    return ("# Written by 'stash-backup schedule install --before-start': a verified backup of the stopped\n"
-            "# Stash before every start. Remove with 'stash-backup schedule remove --before-start UNIT'.\n"
-            "[Service]\n"
-            "ExecStartPre=" + " ".join(_systemd_quote(a) for a in command) + "\n")
+    return (
+        "# Written by 'stash-backup schedule install --before-start': a verified backup of the stopped\n"
+        "# Stash before every start. Remove with 'stash-backup schedule remove --before-start UNIT'.\n"
+        "[Service]\n"
+        "ExecStartPre=" + " ".join(_systemd_quote(a) for a in command) + "\n"
+    )
 
 
 def install_before_start(via: str, unit_dir: Path, unit: str, command: Sequence[str], reload: bool) -> list[str]:
     if via == "cron":
-        raise UsageError("--before-start writes a systemd drop-in: use --via systemd-system or systemd-user (without "
-                         "systemd: run 'stash-backup snapshot --offline' in Stash's start script, docs/scheduling.md)")
+        raise UsageError(
+            "--before-start writes a systemd drop-in: use --via systemd-system or systemd-user (without "
+            "systemd: run 'stash-backup snapshot --offline' in Stash's start script, docs/scheduling.md)"
+        )
     path = drop_in_path(unit_dir, unit)
     _write(path, drop_in_text(command).encode(), 0o644, {})  # systemd reads drop-ins of system units as root
     done = [f"drop-in: {path} (ExecStartPre= stash-backup snapshot --offline)"]

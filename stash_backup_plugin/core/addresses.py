@@ -2,6 +2,7 @@
 plugin input's Host) is a bind address: a wildcard means "every interface", which a
 client reaches through loopback. Stash writes an IPv6 address in brackets when it
 joins host and port ("[::]:9999"), so either spelling may come in."""
+
 from __future__ import annotations
 
 _WILDCARD_TO_LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}

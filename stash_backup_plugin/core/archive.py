@@ -5,6 +5,7 @@ size, SHA-256, schema version, time and blob count. Both kinds are listed, verif
 pruned and restored alike; the manifest also keeps the last verification of each
 stored backup. One run at a time holds the archive's lock; it removes temp files a
 killed run left behind."""
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .atomic import (commit, make_folders, open_lock_file, remove_stale_temps, storage_error, take_parent_owner,
-                     write_bytes_atomic)
+from .atomic import (
+    commit,
+    make_folders,
+    open_lock_file,
+    remove_stale_temps,
+    storage_error,
+    take_parent_owner,
+    write_bytes_atomic,
+)
 from .errors import StorageError, UsageError, VerificationError
 from .naming import BackupName, is_temp_name, parse_backup_name, with_counter
 from .record import Header
@@ -36,7 +44,6 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
-
 def backup_files(folder: Optional[Path]) -> list[tuple[Path, BackupName]]:
     """The Stash backups in a folder (Stash's backup folder, an archive), oldest name
     first: files named as Stash names backups, never our temps nor Stash's anonymised
@@ -49,6 +56,7 @@ def backup_files(folder: Optional[Path]) -> list[tuple[Path, BackupName]]:
         if parsed and path.is_file():
             found.append((path, parsed))
     return found
+
 
 @dataclass
 class Entry:
@@ -124,6 +132,7 @@ def _of_type(value, kind: str) -> bool:
 
 def _required(spec) -> bool:
     from dataclasses import MISSING
+
     return spec.default is MISSING and spec.default_factory is MISSING
 
 
@@ -157,8 +166,11 @@ class Archive:
     @property
     def manifest_problems(self) -> list[str]:
         """One line per damaged manifest entry: which one, what is wrong, what to do."""
-        return [f"{self.manifest_path}: the entry {_label(raw)} is damaged ({reason}): skipped; fix or remove "
-                "it (verify registers a backup file it no longer names)" for raw, reason in self._damaged]
+        return [
+            f"{self.manifest_path}: the entry {_label(raw)} is damaged ({reason}): skipped; fix or remove "
+            "it (verify registers a backup file it no longer names)"
+            for raw, reason in self._damaged
+        ]
 
     @property
     def manifest_path(self) -> Path:
@@ -198,7 +210,7 @@ class Archive:
         prune. Cleans nothing; on read-only media it cannot lock, and nothing can change."""
         handle = None
         # The lock file is made if missing (unless asked not to: a dry run), so a later run sees the hold.
-        for mode in (("a+b", "rb") if create_lock else ("rb",)):
+        for mode in ("a+b", "rb") if create_lock else ("rb",):
             try:
                 handle = open_lock_file(self.folder / LOCK_NAME, mode)
                 break
@@ -210,6 +222,7 @@ class Archive:
         with handle:
             try:
                 import fcntl
+
                 fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
             except ImportError:
                 pass  # Windows: the exclusive byte lock of locked() is not shared
@@ -250,7 +263,9 @@ class Archive:
             if not isinstance(items, list):
                 raise TypeError("its entries are not a list")
         except (ValueError, TypeError, AttributeError) as error:
-            raise StorageError(f"{self.manifest_path} is damaged ({error}): move it aside and run verify to rebuild it") from error
+            raise StorageError(
+                f"{self.manifest_path} is damaged ({error}): move it aside and run verify to rebuild it"
+            ) from error
         entries = []
         for item in items:
             try:
@@ -265,7 +280,9 @@ class Archive:
             try:
                 entry = entry_from_header(self.store.header(name))
             except VerificationError as error:  # listed, and failed: verify says what is wrong
-                entry = Entry(name, 0, "", 0, _created_from(name), STORED, verified_at=utc_now(), verify_error=str(error))
+                entry = Entry(
+                    name, 0, "", 0, _created_from(name), STORED, verified_at=utc_now(), verify_error=str(error)
+                )
             check = checks.get(name)
             if check:
                 entry.drill = check.drill
@@ -329,8 +346,15 @@ class Archive:
 
     def _taken(self, name: str) -> bool:
         bare = name[:-4] if name.endswith(".zip") else name
-        return any(p.exists() for p in (self.folder / bare, self.folder / f"{bare}.zip",
-                                        self.store.record_path(bare), self.store.snapshot_path(bare)))
+        return any(
+            p.exists()
+            for p in (
+                self.folder / bare,
+                self.folder / f"{bare}.zip",
+                self.store.record_path(bare),
+                self.store.snapshot_path(bare),
+            )
+        )
 
     def record(self, entry: Entry) -> None:
         """Insert or replace an entry's record (after a re-verification)."""
@@ -386,6 +410,7 @@ def _lock(handle, folder: Path) -> None:
         import fcntl
     except ImportError:  # Windows: msvcrt locks the first byte instead
         import msvcrt
+
         try:
             msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]  # Windows only
         except OSError:
@@ -407,13 +432,27 @@ def entry_from_name(name: str) -> dict:
 
 def entry_from_header(header: Header) -> Entry:
     """A stored backup as the archive lists it, verified when it was made."""
-    return Entry(file=header.name, size=header.snapshot.size + header.blob_bytes, sha256=header.snapshot.sha256,
-                 schema_version=header.schema_version, created=header.created or _created_from(header.name),
-                 kind=STORED, blob_count=header.blob_count, includes_blobs=header.includes_blobs,
-                 blobs_not_included=header.missing_blobs, source=header.source, server_version=header.server_version,
-                 added_at=header.added_at, verified_at=header.added_at, verified_level=header.verified_level,
-                 verified_ok=not header.salvaged, new_bytes=header.new_bytes, migrated_from=header.migrated_from,
-                 salvaged=header.salvaged, pre_upgrade=header.pre_upgrade)
+    return Entry(
+        file=header.name,
+        size=header.snapshot.size + header.blob_bytes,
+        sha256=header.snapshot.sha256,
+        schema_version=header.schema_version,
+        created=header.created or _created_from(header.name),
+        kind=STORED,
+        blob_count=header.blob_count,
+        includes_blobs=header.includes_blobs,
+        blobs_not_included=header.missing_blobs,
+        source=header.source,
+        server_version=header.server_version,
+        added_at=header.added_at,
+        verified_at=header.added_at,
+        verified_level=header.verified_level,
+        verified_ok=not header.salvaged,
+        new_bytes=header.new_bytes,
+        migrated_from=header.migrated_from,
+        salvaged=header.salvaged,
+        pre_upgrade=header.pre_upgrade,
+    )
 
 
 def _created_from(name: str) -> str:

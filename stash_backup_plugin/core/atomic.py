@@ -2,6 +2,7 @@
 the folder. A partial file never carries a final name; temp files left by a killed
 run carry TEMP_MARKER and the run's PID, and are removed by a later run once that
 process is gone (`remove_stale_temps`)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,7 +22,6 @@ from .processes import alive, dead_here, machine_id
 # No run lives this long: a temp file or folder untouched for a day is abandoned, even
 # when its maker cannot be asked (another host on a shared folder, another container).
 RUN_LIMIT_SECONDS = 24 * 3600
-
 
 
 def fsync_dir(folder: Path) -> None:
@@ -94,7 +94,7 @@ def write_all(handle, data: bytes) -> int:
     """Write every byte (a raw file's write may take only part); returns the length."""
     view = memoryview(data)
     while view:
-        view = view[handle.write(view):]
+        view = view[handle.write(view) :]
     return len(data)
 
 
@@ -160,8 +160,9 @@ def temp_path_in(folder: Path, final_name: str) -> Path:
 
 
 @contextlib.contextmanager
-def staged_file(folder: Path, final_name: str, buffering: int = -1,
-                durable: bool = True) -> Iterator[tuple[BinaryIO, Path]]:
+def staged_file(
+    folder: Path, final_name: str, buffering: int = -1, durable: bool = True
+) -> Iterator[tuple[BinaryIO, Path]]:
     """Yield (file, temp path): a unique temp file beside where `final_name` will go,
     fsynced when the block ends (unless not `durable`: a file only read, then
     discarded). On any failure it is removed; on success the caller checks it and then

@@ -2,6 +2,7 @@
 `blobs/<aa>/<bb>/<checksum>` (Stash v0.31's layout, which the plugin also writes for
 older servers). Reading is defensive: a zip from elsewhere may try to escape its
 target (absolute names, `..`, links) or carry damaged entries. Standard library only."""
+
 from __future__ import annotations
 
 import re
@@ -62,7 +63,8 @@ def read_layout(archive: zipfile.ZipFile, source: Path) -> ZipLayout:
             raise VerificationError(f"{source}: unexpected entry {info.filename!r}: not a Stash backup zip")
     if len(database_members) != 1:
         raise VerificationError(
-            f"{source}: expected one database file at the zip's root, found {len(database_members)}: not a Stash backup zip")
+            f"{source}: expected one database file at the zip's root, found {len(database_members)}: not a Stash backup zip"
+        )
     return ZipLayout(database_members[0], blobs)
 
 
@@ -83,8 +85,9 @@ def check_blob_members(archive: zipfile.ZipFile, layout: ZipLayout, progress: Pr
             raise VerificationError(f"blob {info.filename} has MD5 {actual}: its content does not match its name")
 
 
-def write_full_backup(target, database: Path, database_member: str,
-                      blob_files: Iterable[tuple[str, Path]], progress: Progress = None) -> int:
+def write_full_backup(
+    target, database: Path, database_member: str, blob_files: Iterable[tuple[str, Path]], progress: Progress = None
+) -> int:
     """Write the full-backup zip into an open binary file. Entries are stored, not
     deflated: images are already compressed and storing costs only the copy.
     Returns the number of blobs written."""

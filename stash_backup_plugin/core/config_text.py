@@ -1,10 +1,12 @@
 """One value of Stash's config.yml, read without a YAML parser: Stash's own Python (the
 plugin's) may have none. Standard library only."""
+
 from __future__ import annotations
 
 import json
 import re
 from typing import Optional
+
 
 def config_line_value(text: str, key: str) -> Optional[str]:
     """The value of one top-level `key: value` line of config.yml, read without a YAML

@@ -1,6 +1,7 @@
 """Test hooks that put a fault exactly at a named step of a real run (the crash-safety
 tests kill or fail every step of a backup, a prune, an off-site push and a restore).
 They cost an environment lookup and do nothing unless a test set the variable."""
+
 from __future__ import annotations
 
 import errno

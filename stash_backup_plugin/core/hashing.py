@@ -1,6 +1,7 @@
 """Hashing, one home: a file's digest, and a copy that hashes what passes through it
 (one read of every byte). SHA-256 for backups, MD5 for blobs (Stash names a blob by
 the MD5 of its bytes). Standard library only."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,9 @@ class Readable(Protocol):
     def read(self, __size: int) -> bytes: ...
 
 
-def copy_and_hash(source: Readable, target, algorithm: Optional[str] = None,
-                  progress: Optional[Callable[[int], None]] = None) -> tuple[str, int]:
+def copy_and_hash(
+    source: Readable, target, algorithm: Optional[str] = None, progress: Optional[Callable[[int], None]] = None
+) -> tuple[str, int]:
     """Copy an open file into another in chunks: (hex digest, or "" without an
     algorithm; bytes copied). `target` needs only `write` (a zip member, a hasher's
     sink); `progress(count)` is told each chunk's size."""
@@ -38,8 +40,9 @@ class Discard:
         return len(data)
 
 
-def file_digest(path: Path, algorithm: str = "sha256",
-                progress: Optional[Callable[[int, int, str], None]] = None) -> str:
+def file_digest(
+    path: Path, algorithm: str = "sha256", progress: Optional[Callable[[int, int, str], None]] = None
+) -> str:
     """The hex digest of a file read once; `progress(done, total, "checksum")`."""
     total, done = path.stat().st_size, 0
 

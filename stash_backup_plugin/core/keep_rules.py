@@ -4,6 +4,7 @@ keep settings as it reads them (plugin/run.py) and as plugin.yml declares them
 (tests/unit/test_retention.py checks that file against this table). Standard library
 only (dataclasses, which the CLI loads anyway): the CLI builds its options from it at
 every start."""
+
 from dataclasses import dataclass
 
 
@@ -49,8 +50,10 @@ KEEP_RULES = (
     KeepRule("weekly", "the newest backup of each of the last N ISO weeks that have one"),
     KeepRule("monthly", "the newest backup of each of the last N months that have one"),
     KeepRule("yearly", "the newest backup of each of the last N years that have one"),
-    KeepRule("within", "every backup newer than the newest one minus this duration, e.g. 7d, 2w, 1m15d "
-                       "(y, m = months, w, d, h)"),
+    KeepRule(
+        "within",
+        "every backup newer than the newest one minus this duration, e.g. 7d, 2w, 1m15d (y, m = months, w, d, h)",
+    ),
 )
 COUNT_RULES = tuple(rule for rule in KEEP_RULES if rule.is_count)
 WITHIN_RULE = next(rule for rule in KEEP_RULES if not rule.is_count)

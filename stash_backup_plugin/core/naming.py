@@ -1,4 +1,5 @@
 """Stash's backup file names: `<db file>.<schema>.<YYYYMMDD_HHMMSS>[.zip]`. Pure logic."""
+
 from __future__ import annotations
 
 import re

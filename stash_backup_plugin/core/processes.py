@@ -5,6 +5,7 @@ temp files and pending markers, the remote's lock, the drill's Stash and rclone'
 daemon all ask here, so the answers cannot drift apart.
 
 Standard library only (stash-restore uses it)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,6 +23,7 @@ PR_SET_PDEATHSIG = 1
 
 
 # --- is it alive ---------------------------------------------------------------------------
+
 
 def alive(pid) -> Optional[bool]:
     """Whether process `pid` exists here: True (also when it is another user's), False
@@ -45,6 +47,7 @@ def alive(pid) -> Optional[bool]:
 
 
 # --- which machine -------------------------------------------------------------------------
+
 
 @functools.lru_cache(maxsize=1)
 def machine_id() -> str:
@@ -75,6 +78,7 @@ def dead_here(machine, pid) -> bool:
 
 
 # --- stopping a process group ----------------------------------------------------------------
+
 
 def stop_group(pid: int, reap: Callable[[], object] = lambda: None, grace: float = 5.0) -> bool:
     """TERM the process group `pid` leads, KILL what is left after `grace` seconds;
@@ -122,6 +126,7 @@ def group_runs(pgid: int) -> bool:
 
 # --- children that die with us ---------------------------------------------------------------
 
+
 def dies_with_us(parent: Optional[int] = None) -> Callable[[], None]:
     """A `preexec_fn`: on Linux the kernel sends the child SIGKILL when this process
     dies (prctl PR_SET_PDEATHSIG), kill -9 included; and a child whose parent died
@@ -132,6 +137,7 @@ def dies_with_us(parent: Optional[int] = None) -> Callable[[], None]:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             import ctypes
+
             prctl = ctypes.CDLL(None, use_errno=True).prctl
 
     def in_child() -> None:
@@ -139,4 +145,5 @@ def dies_with_us(parent: Optional[int] = None) -> Callable[[], None]:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:
             os._exit(1)
+
     return in_child

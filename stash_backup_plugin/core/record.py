@@ -11,6 +11,7 @@ number of blobs):
     end <count> <bytes>                                                 proves the list is complete
 
 Standard library only."""
+
 from __future__ import annotations
 
 import gzip
@@ -96,6 +97,7 @@ def record_name(backup_name: str) -> str:
 
 # --- pure: lines <-> entries -------------------------------------------------------
 
+
 def encode(header: Header, blobs: Iterable[tuple[str, int]]) -> Iterator[str]:
     """The record's lines. `blobs` must be sorted by checksum; counts and bytes in
     the header are checked against the list (a record never lies about itself)."""
@@ -109,7 +111,9 @@ def encode(header: Header, blobs: Iterable[tuple[str, int]]) -> Iterator[str]:
         total += size
         yield f"{checksum} {size}\n"
     if (count, total) != (header.blob_count, header.blob_bytes):
-        raise ValueError(f"header says {header.blob_count} blobs / {header.blob_bytes} bytes, list has {count} / {total}")
+        raise ValueError(
+            f"header says {header.blob_count} blobs / {header.blob_bytes} bytes, list has {count} / {total}"
+        )
     yield f"end {count} {total}\n"
 
 
@@ -133,13 +137,18 @@ def decode_blobs(lines: Iterable[str], where: str) -> Iterator[tuple[str, int]]:
         end = _END.match(line.rstrip("\n"))
         if end and (int(end.group(1)), int(end.group(2))) == (count, total):
             for extra in lines:  # read to the very end: gzip checks its CRC only there
-                raise VerificationError(f"{where}: unexpected line {extra[:60]!r} after the end line: the record is damaged")
+                raise VerificationError(
+                    f"{where}: unexpected line {extra[:60]!r} after the end line: the record is damaged"
+                )
             return
         raise VerificationError(f"{where}: unexpected line {line[:60]!r} after {count} blob(s): the record is damaged")
-    raise VerificationError(f"{where}: the blob list ends after {count} blob(s) without its end line: the record is truncated")
+    raise VerificationError(
+        f"{where}: the blob list ends after {count} blob(s) without its end line: the record is truncated"
+    )
 
 
 # --- files --------------------------------------------------------------------------
+
 
 def write(path: Path, header: Header, blobs: Iterable[tuple[str, int]]) -> None:
     """Atomically: a temp file beside `path`, fsynced, renamed, folder fsynced."""

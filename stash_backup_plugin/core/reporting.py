@@ -1,6 +1,7 @@
 """How a job tells the user what is happening. The plugin reports through Stash's
 log protocol, the CLI through stderr and a terminal progress bar; jobs only see this
 narrow interface."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -32,9 +33,11 @@ class Reporter:
 
     def bytes_progress(self, label: str):
         """A callback (done, total) that reports a fraction when the total is known."""
+
         def callback(done: int, total: Optional[int], *_):
             if total:
                 self.progress(min(done / total, 1.0), label)
+
         return callback
 
 

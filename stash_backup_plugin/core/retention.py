@@ -12,6 +12,7 @@ always kept.
 Backups that failed verification never compete for a rule's slot (`plan_retention`):
 otherwise a bad backup could be a day's "newest" and push out that day's good one.
 """
+
 from __future__ import annotations
 
 import calendar
@@ -61,7 +62,9 @@ def parse_duration(text: str) -> Duration:
     """Parse `2y`, `6m`, `2w`, `7d`, `12h` or a combination such as `1m15d`."""
     cleaned = text.strip().lower()
     if not cleaned or _DURATION.sub("", cleaned):
-        raise UsageError(f"invalid duration {text!r}: use a number and a unit y, m (months), w, d or h, e.g. 7d or 1m15d")
+        raise UsageError(
+            f"invalid duration {text!r}: use a number and a unit y, m (months), w, d or h, e.g. 7d or 1m15d"
+        )
     totals = {"y": 0, "m": 0, "w": 0, "d": 0, "h": 0}
     for number, unit in _DURATION.findall(cleaned):
         totals[unit] += int(number)
@@ -90,8 +93,10 @@ class Policy:
         """From each count rule's count by name (missing: 0) and the within rule's text
         (empty or None: no rule): how the CLI's options and the plugin's settings become
         a policy."""
-        return cls(**{rule.name: counts.get(rule.name, 0) for rule in COUNT_RULES},
-                   within=parse_duration(within) if within else None)
+        return cls(
+            **{rule.name: counts.get(rule.name, 0) for rule in COUNT_RULES},
+            within=parse_duration(within) if within else None,
+        )
 
     def counts(self) -> list[tuple[str, int]]:
         return [(rule.name, getattr(self, rule.name)) for rule in COUNT_RULES]
@@ -131,12 +136,19 @@ _PERIODS: dict[str, Callable[[datetime], Hashable]] = {
     "yearly": lambda t: t.year,
 }
 
-_REASON = {"last": "last snapshot", "hourly": "hourly snapshot", "daily": "daily snapshot",
-           "weekly": "weekly snapshot", "monthly": "monthly snapshot", "yearly": "yearly snapshot"}
+_REASON = {
+    "last": "last snapshot",
+    "hourly": "hourly snapshot",
+    "daily": "daily snapshot",
+    "weekly": "weekly snapshot",
+    "monthly": "monthly snapshot",
+    "yearly": "yearly snapshot",
+}
 
 
-def apply_policy(items: Iterable[tuple[object, datetime]], policy: Policy,
-                 protected: Sequence[object] = ()) -> list[Decision]:
+def apply_policy(
+    items: Iterable[tuple[object, datetime]], policy: Policy, protected: Sequence[object] = ()
+) -> list[Decision]:
     """Decide for every (item, time) whether it is kept, and why. Newest first."""
     decisions = sorted((Decision(item, time) for item, time in items), key=lambda d: d.time, reverse=True)
     if not decisions:
@@ -189,14 +201,21 @@ def plan_retention(backups: Iterable[tuple[object, datetime, bool]], policy: Pol
     return sorted(decisions, key=lambda d: d.time, reverse=True)
 
 
-def plan_backup_folder(names: Iterable[str], ours: Iterable[str], keep_last: int, database_name: str,
-                       include_others: bool = False, protected: Iterable[str] = ()) -> list[str]:
+def plan_backup_folder(
+    names: Iterable[str],
+    ours: Iterable[str],
+    keep_last: int,
+    database_name: str,
+    include_others: bool = False,
+    protected: Iterable[str] = (),
+) -> list[str]:
     """Which backups in Stash's own backup folder to delete so that `keep_last` remain.
     Only backups our task made there (`ours`) are counted and removed; with
     `include_others`, every backup of this database too (those Stash made before a
     schema migration, or a user's clicks), never the anonymised copies. `protected`
     (the backup just made) is always kept. Newest by the time in the name."""
     from .naming import parse_backup_name
+
     if keep_last <= 0:
         return []
     ours, protected = set(ours), set(protected)

@@ -6,6 +6,7 @@ stash-restore read it back with nothing beyond the standard library.
 Why gzip at level 1: measured on a Stash-shaped database (README, *Compression*),
 level 1 keeps most of the gain of level 6 at several times its speed, and xz/bz2
 cost far more time than they save space. Standard library only."""
+
 from __future__ import annotations
 
 import hashlib
@@ -34,6 +35,7 @@ Progress = Optional[Callable[[int], None]]
 @dataclass
 class Digest:
     """What was read (the database): its size and SHA-256; and what was written."""
+
     size: int
     sha256: str
     written: int = 0
@@ -92,8 +94,9 @@ class StreamCompressor:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def compress(source: BinaryIO, target: BinaryIO, level: int = LEVEL, threads: int = THREADS,
-             progress: Progress = None) -> Digest:
+def compress(
+    source: BinaryIO, target: BinaryIO, level: int = LEVEL, threads: int = THREADS, progress: Progress = None
+) -> Digest:
     """Compress `source` into `target` (both open binary files)."""
     compressor = StreamCompressor(target, level, threads, progress)
     try:

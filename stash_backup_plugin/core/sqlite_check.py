@@ -1,5 +1,6 @@
 """Checks that a file is a sound Stash database. Standard library only (the offline
 restore imports it). Reading must never change the file or its folder (`open_unchanged`)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -91,6 +92,7 @@ def _wal_reader(database: Path) -> Optional[sqlite3.Connection]:
 
 def _uri_path(path: Path) -> str:
     from urllib.parse import quote
+
     return quote(str(path.resolve()))
 
 
@@ -157,12 +159,16 @@ def schema_version(connection: sqlite3.Connection, path: Path) -> int:
     try:
         row = connection.execute("SELECT version, dirty FROM schema_migrations").fetchone()
     except sqlite3.OperationalError as error:
-        raise VerificationError(f"{path} is an SQLite file but not a Stash database (no schema_migrations table)") from error
+        raise VerificationError(
+            f"{path} is an SQLite file but not a Stash database (no schema_migrations table)"
+        ) from error
     if row is None:
         raise VerificationError(f"{path} has an empty schema_migrations table: not a usable Stash database")
     version, dirty = row
     if dirty:
-        raise VerificationError(f"{path} records a failed (dirty) migration at schema {version}: Stash will not open it")
+        raise VerificationError(
+            f"{path} records a failed (dirty) migration at schema {version}: Stash will not open it"
+        )
     return int(version)
 
 
@@ -177,8 +183,12 @@ def _blob_references(connection: sqlite3.Connection) -> tuple[set[str], int]:
         for fk in connection.execute(f"PRAGMA foreign_key_list({quote_identifier(table)})"):
             if fk[2] == "blobs":
                 column = quote_identifier(fk[3])
-                referenced.update(row[0] for row in connection.execute(
-                    f"SELECT DISTINCT {column} FROM {quote_identifier(table)} WHERE {column} IS NOT NULL"))
+                referenced.update(
+                    row[0]
+                    for row in connection.execute(
+                        f"SELECT DISTINCT {column} FROM {quote_identifier(table)} WHERE {column} IS NOT NULL"
+                    )
+                )
     with_bytes = {row[0] for row in connection.execute("SELECT checksum FROM blobs WHERE blob IS NOT NULL")}
     return referenced - with_bytes, len(with_bytes)
 
@@ -212,14 +222,19 @@ def _references_query(connection: sqlite3.Connection) -> Optional[str]:
     tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     if "blobs" not in tables:
         return None
-    sources = [f"SELECT {quote_identifier(fk[3])} AS checksum FROM {quote_identifier(table)} "
-               f"WHERE {quote_identifier(fk[3])} IS NOT NULL"
-               for table in tables for fk in connection.execute(f"PRAGMA foreign_key_list({quote_identifier(table)})")
-               if fk[2] == "blobs"]
+    sources = [
+        f"SELECT {quote_identifier(fk[3])} AS checksum FROM {quote_identifier(table)} "
+        f"WHERE {quote_identifier(fk[3])} IS NOT NULL"
+        for table in tables
+        for fk in connection.execute(f"PRAGMA foreign_key_list({quote_identifier(table)})")
+        if fk[2] == "blobs"
+    ]
     if not sources:
         return None
-    return (f"SELECT checksum FROM ({' UNION '.join(sources)}) "
-            "WHERE checksum NOT IN (SELECT checksum FROM blobs WHERE blob IS NOT NULL) ORDER BY checksum")
+    return (
+        f"SELECT checksum FROM ({' UNION '.join(sources)}) "
+        "WHERE checksum NOT IN (SELECT checksum FROM blobs WHERE blob IS NOT NULL) ORDER BY checksum"
+    )
 
 
 def quote_identifier(identifier: str) -> str:
@@ -239,12 +254,21 @@ def read_schema_version(path: Path) -> Optional[int]:
 
 # What Stash's `stats` query counts, by the table each count comes from. Stash renamed
 # movies to groups (schema 61); an older database names the same rows `movies`.
-LIBRARY_TABLES = {"scenes": ("scenes",), "images": ("images",), "galleries": ("galleries",),
-                  "performers": ("performers",), "studios": ("studios",), "tags": ("tags",),
-                  "groups": ("groups", "movies")}
+LIBRARY_TABLES = {
+    "scenes": ("scenes",),
+    "images": ("images",),
+    "galleries": ("galleries",),
+    "performers": ("performers",),
+    "studios": ("studios",),
+    "tags": ("tags",),
+    "groups": ("groups", "movies"),
+}
 # Where a sample of images lives: the table, its blob column, Stash's route for it.
-IMAGE_ROUTES = (("performers", "image_blob", "performer"), ("studios", "image_blob", "studio"),
-                ("tags", "image_blob", "tag"))
+IMAGE_ROUTES = (
+    ("performers", "image_blob", "performer"),
+    ("studios", "image_blob", "studio"),
+    ("tags", "image_blob", "tag"),
+)
 
 
 def library_counts(path: Path) -> dict[str, int]:
@@ -273,8 +297,11 @@ def image_samples(path: Path, per_kind: int = 3) -> list[tuple[str, int, str]]:
                 columns = {row[1] for row in connection.execute(f"PRAGMA table_info({quote_identifier(table)})")}
                 if column not in columns:
                     continue
-                rows = connection.execute(f"SELECT id, {column} FROM {quote_identifier(table)} WHERE {column} "
-                                          f"IS NOT NULL ORDER BY id LIMIT ?", (per_kind,))
+                rows = connection.execute(
+                    f"SELECT id, {column} FROM {quote_identifier(table)} WHERE {column} "
+                    f"IS NOT NULL ORDER BY id LIMIT ?",
+                    (per_kind,),
+                )
                 samples += [(route, row[0], row[1]) for row in rows]
     except sqlite3.DatabaseError as error:
         raise VerificationError(f"{path}: cannot read the image references ({error})") from error

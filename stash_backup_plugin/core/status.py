@@ -7,6 +7,7 @@ queue says a plugin task FINISHED even when it failed, so the Backups page and
 The model and its rules are pure; `StatusFile` reads and rewrites the file
 atomically under a short lock of its own (not the archive's: a page asks for the
 status while a backup holds the archive)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,14 @@ FORMAT = 1
 LOCK_WAIT_SECONDS = 10.0  # status updates take milliseconds; longer means a stuck process
 # The jobs that count for "the last backup": a verified copy in the archive.
 BACKUP_JOB = "download"
-JOB_TITLES = {"backup": "Backup database", "download": "Back up to archive", "verify": "Verify archive",
-              "retention": "Apply retention", "offsite": "Copy off-site", "drill": "Restore drill"}
+JOB_TITLES = {
+    "backup": "Backup database",
+    "download": "Back up to archive",
+    "verify": "Verify archive",
+    "retention": "Apply retention",
+    "offsite": "Copy off-site",
+    "drill": "Restore drill",
+}
 
 
 @dataclass
@@ -54,15 +61,17 @@ class JobRecord:
     def running_or_killed(self) -> bool:
         """An attempt started after the last one that ended."""
         return bool(self.last_attempt) and _order(self.attempt_seq, self.last_attempt) > max(
-            _order(self.success_seq, self.last_success), _order(self.failure_seq, self.last_failure))
+            _order(self.success_seq, self.last_success), _order(self.failure_seq, self.last_failure)
+        )
 
     @property
     def failing(self) -> bool:
         """Its last outcome was a failure: the one rule, also for the Backups page (which
         reads it from the overview). Two unnumbered events in the same second cannot be
         told apart: that counts as failing (a failure is never hidden)."""
-        return bool(self.last_failure) and _order(self.failure_seq, self.last_failure) >= \
-            _order(self.success_seq, self.last_success)
+        return bool(self.last_failure) and _order(self.failure_seq, self.last_failure) >= _order(
+            self.success_seq, self.last_success
+        )
 
     @classmethod
     def from_dict(cls, data: dict) -> "JobRecord":
@@ -114,18 +123,29 @@ class Status:
         return max(failing, key=lambda item: (item[1].last_failure, item[1].failure_seq), default=None)
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "jobs": {name: asdict(r) for name, r in sorted(self.jobs.items())},
-                "auto_queued_at": self.auto_queued_at, "overdue_notified_at": self.overdue_notified_at,
-                "sequence": self.sequence}
+        return {
+            "format": FORMAT,
+            "jobs": {name: asdict(r) for name, r in sorted(self.jobs.items())},
+            "auto_queued_at": self.auto_queued_at,
+            "overdue_notified_at": self.overdue_notified_at,
+            "sequence": self.sequence,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> "Status":
-        jobs = {str(name): JobRecord.from_dict(r) for name, r in (data.get("jobs") or {}).items() if isinstance(r, dict)}
-        return cls(jobs, str(data.get("auto_queued_at") or ""), str(data.get("overdue_notified_at") or ""),
-                   _number(data.get("sequence")))
+        jobs = {
+            str(name): JobRecord.from_dict(r) for name, r in (data.get("jobs") or {}).items() if isinstance(r, dict)
+        }
+        return cls(
+            jobs,
+            str(data.get("auto_queued_at") or ""),
+            str(data.get("overdue_notified_at") or ""),
+            _number(data.get("sequence")),
+        )
 
 
 # --- rules (pure) --------------------------------------------------------------------
+
 
 def parse_time(text: str) -> Optional[datetime]:
     """A recorded UTC time; None for none, or for one a hand edit made unreadable."""
@@ -161,12 +181,14 @@ def claim_auto_run(status: Status, now: datetime, window: timedelta) -> bool:
 def claim_overdue_notice(status: Status, last_verified: Optional[datetime], now: datetime) -> bool:
     """One message per stale spell: no overdue notice when one went out since the last
     verified backup, nor when a failure since then was reported already."""
+
     def since_last_backup(moment: Optional[datetime]) -> bool:
         return moment is not None and (last_verified is None or moment > last_verified)
 
     failure = status.last_failure()
-    if since_last_backup(parse_time(status.overdue_notified_at)) or \
-            since_last_backup(parse_time(failure[1].last_failure) if failure else None):
+    if since_last_backup(parse_time(status.overdue_notified_at)) or since_last_backup(
+        parse_time(failure[1].last_failure) if failure else None
+    ):
         return False
     status.overdue_notified_at = iso(now)
     return True
@@ -188,6 +210,7 @@ def describe_age(age: timedelta) -> str:
 
 # --- notices (pure): what a failed or overdue backup says ------------------------------
 
+
 @dataclass(frozen=True)
 class Notice:
     title: str
@@ -197,30 +220,39 @@ class Notice:
 
 def failure_notice(job: str, message: str, archive_folder: Path) -> Notice:
     title = f"Stash backup failed: {JOB_TITLES.get(job, job)}"
-    body = (f"{JOB_TITLES.get(job, job)} failed: {message}\n"
-            f"Archive: {archive_folder}\n"
-            "What to do: fix the cause named above, then run the job again (Stash > Backups, or "
-            "stash-backup on the command line). Until then your newest backup gets older.")
+    body = (
+        f"{JOB_TITLES.get(job, job)} failed: {message}\n"
+        f"Archive: {archive_folder}\n"
+        "What to do: fix the cause named above, then run the job again (Stash > Backups, or "
+        "stash-backup on the command line). Until then your newest backup gets older."
+    )
     return Notice(title, body, "failure")
 
 
-def overdue_notice(last_verified: Optional[datetime], interval: timedelta, now: datetime,
-                   archive_folder: Path, last_failure: str = "") -> Notice:
+def overdue_notice(
+    last_verified: Optional[datetime], interval: timedelta, now: datetime, archive_folder: Path, last_failure: str = ""
+) -> Notice:
     if last_verified is None:
         age_line = "There is no verified backup yet"
     else:
         age_line = f"The newest verified backup is {describe_age(now - last_verified)} old"
-    body = (f"{age_line} (expected every {describe_age(interval)}).\nArchive: {archive_folder}\n"
-            + (f"Last failure: {last_failure}\n" if last_failure else "")
-            + "What to do: open Stash > Backups and press Back up now, and check that the schedule "
-              "(stash-backup schedule show, or the plugin's automatic backups) is running.")
+    body = (
+        f"{age_line} (expected every {describe_age(interval)}).\nArchive: {archive_folder}\n"
+        + (f"Last failure: {last_failure}\n" if last_failure else "")
+        + "What to do: open Stash > Backups and press Back up now, and check that the schedule "
+        "(stash-backup schedule show, or the plugin's automatic backups) is running."
+    )
     return Notice("Stash backup overdue", body, "warning")
 
 
 def merge(first: Status, second: Status) -> Status:
     """Two status files' knowledge as one: per job the record of the later attempt."""
-    merged = Status(dict(first.jobs), max(first.auto_queued_at, second.auto_queued_at),
-                    max(first.overdue_notified_at, second.overdue_notified_at), max(first.sequence, second.sequence))
+    merged = Status(
+        dict(first.jobs),
+        max(first.auto_queued_at, second.auto_queued_at),
+        max(first.overdue_notified_at, second.overdue_notified_at),
+        max(first.sequence, second.sequence),
+    )
     for name, record in second.jobs.items():
         if name not in merged.jobs or record.last_attempt > merged.jobs[name].last_attempt:
             merged.jobs[name] = record
@@ -228,6 +260,7 @@ def merge(first: Status, second: Status) -> Status:
 
 
 # --- the file --------------------------------------------------------------------------
+
 
 class StatusFile:
     """status.json in the archive folder; where that folder cannot be written (an
@@ -294,17 +327,20 @@ def _wait_for_lock(handle, path: Path) -> None:
             return
         except OSError:
             if time.monotonic() > deadline:
-                raise StorageError(f"{path} stayed locked for {LOCK_WAIT_SECONDS:.0f} s by another stash-backup "
-                                   "process: try again") from None
+                raise StorageError(
+                    f"{path} stayed locked for {LOCK_WAIT_SECONDS:.0f} s by another stash-backup process: try again"
+                ) from None
             time.sleep(0.05)
 
 
 def _try_lock(handle) -> None:
     if os.name == "nt":
         import msvcrt
+
         msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]  # Windows only
         return
     import fcntl
+
     fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 

@@ -15,6 +15,7 @@ collection spares everything written since the oldest marker. kill -9 at any poi
 leaves at worst unreferenced files, which the next collection removes.
 
 Standard library only (stash-restore reads the store)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -114,8 +115,11 @@ class Store:
         if not self.records_folder.is_dir():
             return []
         suffix = records.SUFFIX
-        return sorted(p.name[:-len(suffix)] for p in self.records_folder.iterdir()
-                      if p.name.endswith(suffix) and TEMP_MARKER not in p.name)
+        return sorted(
+            p.name[: -len(suffix)]
+            for p in self.records_folder.iterdir()
+            if p.name.endswith(suffix) and TEMP_MARKER not in p.name
+        )
 
     def header(self, name: str) -> records.Header:
         return records.read_header(self.record_path(name))
@@ -148,8 +152,11 @@ class Store:
         folder = self.folder / SNAPSHOTS
         if not folder.is_dir():
             return []
-        return sorted(p.name[:-len(SNAPSHOT_SUFFIX)] for p in folder.iterdir()
-                      if p.name.endswith(SNAPSHOT_SUFFIX) and TEMP_MARKER not in p.name)
+        return sorted(
+            p.name[: -len(SNAPSHOT_SUFFIX)]
+            for p in folder.iterdir()
+            if p.name.endswith(SNAPSHOT_SUFFIX) and TEMP_MARKER not in p.name
+        )
 
     def read_snapshot(self, header: records.Header, target, progress=None) -> snapshots.Digest:
         """Decompress a backup's database into `target`, checking size and SHA-256."""
@@ -162,9 +169,11 @@ class Store:
         except VerificationError as error:
             raise VerificationError(f"{path}: {error}") from None
         if (digest.size, digest.sha256) != (header.snapshot.size, header.snapshot.sha256):
-            raise VerificationError(f"{path} decompresses to {digest.size} bytes with SHA-256 {digest.sha256[:12]}…, "
-                                    f"the record says {header.snapshot.size} bytes, {header.snapshot.sha256[:12]}…: "
-                                    "the snapshot is damaged")
+            raise VerificationError(
+                f"{path} decompresses to {digest.size} bytes with SHA-256 {digest.sha256[:12]}…, "
+                f"the record says {header.snapshot.size} bytes, {header.snapshot.sha256[:12]}…: "
+                "the snapshot is damaged"
+            )
         return digest
 
     # --- pending markers -------------------------------------------------------------
@@ -177,6 +186,7 @@ class Store:
         marker = folder / f"{name}.{me['machine']}.{me['pid']}.json"
         payload = {"name": name, **me, "started": time.time()}
         from .atomic import write_bytes_atomic
+
         write_bytes_atomic(marker, json.dumps(payload).encode())
         try:
             yield marker
@@ -295,8 +305,9 @@ class BlobWriter:
         crash_point("blobs-batch")
 
 
-def write_snapshot(store: Store, name: str, database: Path, level: int = snapshots.LEVEL,
-                   progress=None) -> tuple[Path, snapshots.Digest]:
+def write_snapshot(
+    store: Store, name: str, database: Path, level: int = snapshots.LEVEL, progress=None
+) -> tuple[Path, snapshots.Digest]:
     """Compress a database into a temp file in incoming/ (fsynced). The caller
     checks the digest, then commits it with `commit_snapshot`."""
     make_folders(store.incoming)
@@ -403,8 +414,11 @@ class SnapshotTee:
                 else:
                     compressor.write(item)
         except BaseException as error:  # handed to result()
-            self._error = error if not isinstance(error, OSError) else \
-                storage_error("write the database snapshot into", self.temp.parent, error)
+            self._error = (
+                error
+                if not isinstance(error, OSError)
+                else storage_error("write the database snapshot into", self.temp.parent, error)
+            )
         finally:
             compressor.close()
 
@@ -434,6 +448,7 @@ def commit_snapshot(store: Store, name: str, temp: Path) -> Path:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
 
 def _checksums(blobs: Iterator[tuple[str, int]]) -> Iterator[str]:
     for checksum, _ in blobs:
@@ -510,6 +525,7 @@ def _in_parallel(work, items) -> None:
             work(item)
         return
     from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=min(SYNC_THREADS, len(items))) as pool:
         for _ in pool.map(work, items):
             pass

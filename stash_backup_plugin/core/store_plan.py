@@ -4,6 +4,7 @@ so garbage collection and migration can be tested case by case.
 Garbage collection walks two sorted streams at once, the stored blobs and the
 checksums the kept records refer to (merged, with repeats), so its memory does not
 grow with the number of blobs; only what it will delete is collected."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -72,8 +73,13 @@ def spare_referenced(plan: GcPlan, referenced: Iterable[str]) -> GcPlan:
     return plan
 
 
-def plan_snapshots(snapshots: Iterable[tuple[str, float, int]], recorded: Iterable[str], pending: Iterable[str],
-                   protect_since: Optional[float] = None, plan: Optional[GcPlan] = None) -> GcPlan:
+def plan_snapshots(
+    snapshots: Iterable[tuple[str, float, int]],
+    recorded: Iterable[str],
+    pending: Iterable[str],
+    protect_since: Optional[float] = None,
+    plan: Optional[GcPlan] = None,
+) -> GcPlan:
     """Snapshot files (name, mtime, size) that no record names and no pending run is
     writing: left by a killed run, or by a forget that was cut short."""
     plan = plan or GcPlan()
@@ -99,9 +105,11 @@ def _unique(checksums: Iterator[str]) -> Iterator[str]:
 
 # --- migration of per-backup zips ---------------------------------------------------------
 
+
 @dataclass
 class OldBackup:
     """A backup in the old layout (a zip or a plain sqlite file, manifest.json)."""
+
     file: str
     size: int
     verified_ok: bool
@@ -122,7 +130,9 @@ def stored_name_for(file: str) -> str:
     return file[:-4] if file.endswith(".zip") else file
 
 
-def plan_migration(old: Iterable[OldBackup], imported_from: dict[str, str], record_names: Iterable[str]) -> list[MigrationStep]:
+def plan_migration(
+    old: Iterable[OldBackup], imported_from: dict[str, str], record_names: Iterable[str]
+) -> list[MigrationStep]:
     """For every old backup: import it, finish an import a killed run left (record
     written, old file still there: remove it), or skip it (it failed verification, or
     was never verified: migrating must not launder a bad backup into a good-looking
@@ -131,14 +141,19 @@ def plan_migration(old: Iterable[OldBackup], imported_from: dict[str, str], reco
     steps = []
     for backup in sorted(old, key=lambda b: b.file):
         if backup.file in imported_from:
-            steps.append(MigrationStep(backup, "remove-old", imported_from[backup.file],
-                                       "already imported by an earlier run"))
+            steps.append(
+                MigrationStep(backup, "remove-old", imported_from[backup.file], "already imported by an earlier run")
+            )
             continue
         if not parse_backup_name(backup.file):
             steps.append(MigrationStep(backup, "skip", reason="not a Stash backup name"))
             continue
         if not backup.verified_ok:
-            why = f"its last verification failed: {backup.verify_error}" if backup.verified_at else "it was never verified"
+            why = (
+                f"its last verification failed: {backup.verify_error}"
+                if backup.verified_at
+                else "it was never verified"
+            )
             steps.append(MigrationStep(backup, "skip", reason=f"{why} (run verify first)"))
             continue
         name = _free(stored_name_for(backup.file), taken)
@@ -149,6 +164,7 @@ def plan_migration(old: Iterable[OldBackup], imported_from: dict[str, str], reco
 
 def _free(name: str, taken: set[str]) -> str:
     from .naming import with_counter
+
     candidate, counter = name, 1
     while candidate in taken:
         counter += 1

@@ -2,6 +2,7 @@
 of blobs, verify one or all, collect garbage, export one as a self-contained zip,
 import an old per-backup zip. The application layer (jobs/) calls these under the
 archive's lock; stash-restore reads with the same parts. Standard library only."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,14 @@ from .atomic import atomic_output, discard, fsync_dir, make_folders, private_mod
 from .errors import UsageError, VerificationError
 from .naming import TEMP_MARKER as _TEMP, blob_member_name, blob_relative_path, parse_backup_name
 from .reporting import Reporter
-from .sqlite_check import (NONE, QUICK, check_database, count_filesystem_blob_references, library_counts,
-                           filesystem_blob_references)
+from .sqlite_check import (
+    NONE,
+    QUICK,
+    check_database,
+    count_filesystem_blob_references,
+    library_counts,
+    filesystem_blob_references,
+)
 from .snapshot import LEVEL, Digest
 from .faults import crash_point
 from .hashing import copy_and_hash
@@ -31,6 +38,7 @@ MISSING_EXAMPLES = 5
 
 
 # --- where blobs come from ------------------------------------------------------------
+
 
 class BlobSource(Protocol):
     def size(self, checksum: str) -> Optional[int]:
@@ -90,9 +98,11 @@ class NoBlobs:
 
 # --- making a stored backup -------------------------------------------------------------
 
+
 @dataclass
 class NewBackup:
     """What the caller knows about the database it fetched and checked."""
+
     name: str
     database: Path  # the checked database file (temp); not modified
     sha256: str
@@ -120,8 +130,18 @@ def checked_backup(name: str, database: Path, sha256: str, level: str, includes_
     checked = check_database(database, NONE, blob_references=False)
     referenced = filesystem_blob_references(database) if includes_blobs else iter(())
     count = count_filesystem_blob_references(database) if includes_blobs else 0
-    return NewBackup(name, database, sha256, checked.schema_version, referenced, includes_blobs,
-                     verified_level=level, referenced_count=count, counts=library_counts(database), **details)
+    return NewBackup(
+        name,
+        database,
+        sha256,
+        checked.schema_version,
+        referenced,
+        includes_blobs,
+        verified_level=level,
+        referenced_count=count,
+        counts=library_counts(database),
+        **details,
+    )
 
 
 class _InThread(threading.Thread):
@@ -181,8 +201,7 @@ class _Compressor(threading.Thread):
         return self.temp, self.digest
 
 
-def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Reporter,
-                 compressed=None) -> records.Header:
+def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Reporter, compressed=None) -> records.Header:
     """Store a checked database and the blobs it refers to, then (last) its record.
     Blobs the store already holds are not copied again. `compressed` gives the snapshot
     (`result()`: temp file, digest) when the download is compressing the database."""
@@ -228,8 +247,9 @@ class _Counts:
     missing_count: int = 0
 
 
-def _store_blobs(store: Store, checksums: Iterable[str], total: int, source: BlobSource, listing,
-                 report: Reporter) -> _Counts:
+def _store_blobs(
+    store: Store, checksums: Iterable[str], total: int, source: BlobSource, listing, report: Reporter
+) -> _Counts:
     counts, previous = _Counts(), ""
     with store.blob_writer() as writer:
         for index, checksum in enumerate(checksums):
@@ -281,26 +301,46 @@ def _read_list(listing) -> Iterator[tuple[str, int]]:
 
 def _header(new: NewBackup, snapshot_path: Path, store: Store, digest, counts: _Counts) -> records.Header:
     from .archive import utc_now
+
     parsed = parse_backup_name(new.name)
     return records.Header(
-        name=new.name, created=parsed.created.isoformat() if parsed else "", schema_version=new.schema_version,
+        name=new.name,
+        created=parsed.created.isoformat() if parsed else "",
+        schema_version=new.schema_version,
         database_member=new.database_member or (parsed.database_name if parsed else "stash-go.sqlite"),
-        snapshot=records.Snapshot(str(snapshot_path.relative_to(store.folder).as_posix()), digest.size, digest.sha256,
-                                  snapshot_path.stat().st_size),
-        includes_blobs=new.includes_blobs, blob_count=counts.count, blob_bytes=counts.bytes, new_blobs=counts.new,
-        new_blob_bytes=counts.new_bytes, missing_blobs=counts.missing_count, missing_examples=counts.missing,
-        source=new.source, server_version=new.server_version, added_at=new.added_at or utc_now(),
-        verified_level=new.verified_level, migrated_from=new.migrated_from, counts=new.counts, salvaged=new.salvaged,
-        pre_upgrade=new.pre_upgrade)
+        snapshot=records.Snapshot(
+            str(snapshot_path.relative_to(store.folder).as_posix()),
+            digest.size,
+            digest.sha256,
+            snapshot_path.stat().st_size,
+        ),
+        includes_blobs=new.includes_blobs,
+        blob_count=counts.count,
+        blob_bytes=counts.bytes,
+        new_blobs=counts.new,
+        new_blob_bytes=counts.new_bytes,
+        missing_blobs=counts.missing_count,
+        missing_examples=counts.missing,
+        source=new.source,
+        server_version=new.server_version,
+        added_at=new.added_at or utc_now(),
+        verified_level=new.verified_level,
+        migrated_from=new.migrated_from,
+        counts=new.counts,
+        salvaged=new.salvaged,
+        pre_upgrade=new.pre_upgrade,
+    )
 
 
 # --- verification ---------------------------------------------------------------------------
+
 
 @dataclass
 class ReadData:
     """Which blobs to re-hash: all (1/1), or the N-th of M parts (restic's
     --read-data-subset n/m): a blob is in part N when its checksum's first 32 bits
     modulo M is N-1, so M nights with N = 1..M read every blob once."""
+
     part: int = 1
     parts: int = 1
 
@@ -345,11 +385,14 @@ def check_snapshot(store: Store, header: records.Header, level: str, report: Rep
         return [f"{header.name}: cannot check its database ({error.strerror or error})"]
     problems = []
     if checked.schema_version != header.schema_version:
-        problems.append(f"{header.name}: the database has schema {checked.schema_version}, the record says "
-                        f"{header.schema_version}")
+        problems.append(
+            f"{header.name}: the database has schema {checked.schema_version}, the record says {header.schema_version}"
+        )
     if len(unlisted) > header.missing_blobs:
-        problems.append(f"{header.name}: the database refers to {len(unlisted)} blob(s) the record does not list "
-                        f"(recorded as missing when it was made: {header.missing_blobs})")
+        problems.append(
+            f"{header.name}: the database refers to {len(unlisted)} blob(s) the record does not list "
+            f"(recorded as missing when it was made: {header.missing_blobs})"
+        )
     return problems
 
 
@@ -372,8 +415,9 @@ def _unlisted(store: Store, header: records.Header, database: Path) -> list[str]
         return unlisted_references(filesystem_blob_references(database), blobs)
 
 
-def check_blobs(store: Store, names: list[str], read_data: Optional[ReadData], report: Reporter,
-                total_hint: int = 0) -> dict[str, list[str]]:
+def check_blobs(
+    store: Store, names: list[str], read_data: Optional[ReadData], report: Reporter, total_hint: int = 0
+) -> dict[str, list[str]]:
     """Every blob the records list: present with the listed size; with `read_data`,
     its MD5 equals its name. Each blob is looked at once however many backups refer
     to it (the lists are merged as streams). Returns problems per backup name."""
@@ -425,6 +469,7 @@ def _check_group(store: Store, group: list, read_data: Optional[ReadData], probl
 
 def _md5(path: Path) -> str:
     from .hashing import file_digest
+
     try:
         return file_digest(path, "md5")
     except OSError:
@@ -437,10 +482,12 @@ def _bytes(report: Reporter, total: int, label: str) -> Callable[[int], None]:
     def advance(count: int) -> None:
         done[0] += count
         report.progress(done[0] / total if total else 1.0, label)
+
     return advance
 
 
 # --- garbage collection ----------------------------------------------------------------------
+
 
 def plan_collection(store: Store, keep: Optional[list[str]] = None) -> GcPlan:
     """What collecting garbage would delete if only the records `keep` (default: all)
@@ -473,7 +520,7 @@ def collect(store: Store, plan: GcPlan, report: Reporter, batch: int = 1000) -> 
     crash_point("gc-snapshots")
     for start in range(0, len(plan.delete_blobs), batch):
         folders = set()
-        for checksum, _ in plan.delete_blobs[start:start + batch]:
+        for checksum, _ in plan.delete_blobs[start : start + batch]:
             path = store.blob_path(checksum)
             try:
                 discard(path)
@@ -496,12 +543,14 @@ def _sync_folders(folders: set) -> None:
 
 ZIP_MEMBER_MODE = 0o600  # what unzip gives the extracted library: private, as the archive holds it
 
+
 def export_zip(store: Store, name: str, output: Path, report: Reporter) -> Path:
     """A self-contained zip in Stash v0.31's layout: the database (deflated, as Stash
     writes it) at the root and every blob at blobs/aa/bb/<md5>, verified before it
     takes its final name."""
     header = store.header(name)
     from .verify import require_blobs, verify_backup
+
     make_folders(output.parent)
     with atomic_output(output) as (handle, temp):
         with zipfile.ZipFile(handle, "w", allowZip64=True) as packed:
@@ -509,17 +558,21 @@ def export_zip(store: Store, name: str, output: Path, report: Reporter) -> Path:
             info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, ZIP_MEMBER_MODE << 16
             info.file_size = header.snapshot.size
             with packed.open(info, "w", force_zip64=header.snapshot.size > 0x7FFFFFFF) as member:
-                store.read_snapshot(header, member, progress=_bytes(report.phase(0, 0.4), header.snapshot.size,
-                                                                     "writing database"))
+                store.read_snapshot(
+                    header, member, progress=_bytes(report.phase(0, 0.4), header.snapshot.size, "writing database")
+                )
             done = _bytes(report.phase(0.4, 0.8), header.blob_bytes, "writing blobs")
             with store.blob_list(name) as blobs:
                 for checksum, size in blobs:
                     _copy_blob_into(packed, store.blob_path(checksum), blob_member_name(checksum), size)
                     done(size)
         handle.flush()
-        verified = verify_backup(temp, QUICK, want_sha256=False,
-                                 progress=report.phase(0.8, 1.0).bytes_progress("verifying the zip"))
-        require_blobs(verified, tolerated=header.missing_blobs if header.includes_blobs else len(verified.blobs_not_included))
+        verified = verify_backup(
+            temp, QUICK, want_sha256=False, progress=report.phase(0.8, 1.0).bytes_progress("verifying the zip")
+        )
+        require_blobs(
+            verified, tolerated=header.missing_blobs if header.includes_blobs else len(verified.blobs_not_included)
+        )
         os.chmod(temp, private_mode(output.parent))  # the whole library: private as the archive
     return output
 
@@ -536,6 +589,7 @@ def _copy_blob_into(packed: zipfile.ZipFile, path: Path, member: str, size: int)
 
 def _zip_time(created: str) -> tuple:
     from datetime import datetime
+
     try:
         moment = datetime.fromisoformat(created)
         return (max(moment.year, 1980), moment.month, moment.day, moment.hour, moment.minute, moment.second)
@@ -545,14 +599,25 @@ def _zip_time(created: str) -> tuple:
 
 # --- importing a backup file (a server's zip, an old archive's zip or sqlite file) ---------
 
-def import_backup_file(store: Store, path: Path, name: str, level: str, report: Reporter, source: str,
-                       server_version: str = "", migrated_from: str = "", known_sha256: str = "",
-                       added_at: str = "") -> records.Header:
+
+def import_backup_file(
+    store: Store,
+    path: Path,
+    name: str,
+    level: str,
+    report: Reporter,
+    source: str,
+    server_version: str = "",
+    migrated_from: str = "",
+    known_sha256: str = "",
+    added_at: str = "",
+) -> records.Header:
     """Store a full-backup zip or a plain database file as a stored backup: its
     database checked, the blobs it refers to copied (MD5-checked) unless the store
     has them. For a plain file, `known_sha256` spares a second read when the caller
     hashed it while it arrived."""
     from .verify import file_digest, is_zip
+
     details = dict(source=source, server_version=server_version, migrated_from=migrated_from, added_at=added_at)
     if not is_zip(path):
         new = checked_backup(name, path, known_sha256 or file_digest(path), level, includes_blobs=False, **details)
@@ -564,8 +629,15 @@ def import_backup_file(store: Store, path: Path, name: str, level: str, report: 
             layout = fullbackup.read_layout(packed, path)
             with open(database, "wb") as out:
                 fullbackup.copy_member(packed, layout.database_member, out)
-            new = checked_backup(name, database, file_digest(database), level, includes_blobs=True,
-                                 database_member=layout.database_member, **details)
+            new = checked_backup(
+                name,
+                database,
+                file_digest(database),
+                level,
+                includes_blobs=True,
+                database_member=layout.database_member,
+                **details,
+            )
             return store_backup(store, new, ZipSource(packed, layout), report)
     except zipfile.BadZipFile as error:
         raise VerificationError(f"{path} is not a readable zip ({error}): the file is damaged") from error

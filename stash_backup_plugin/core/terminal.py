@@ -1,4 +1,5 @@
 """CLI output: messages on stderr and, on a terminal, a one-line progress bar."""
+
 from __future__ import annotations
 
 import sys
@@ -59,8 +60,12 @@ class TerminalReporter(Reporter):
             self._bar_shown = False
 
 
-def run_command(report: TerminalReporter, action: Callable[[], int], redact=lambda text: text,
-                interrupted: str = "interrupted; nothing partial was kept") -> int:
+def run_command(
+    report: TerminalReporter,
+    action: Callable[[], int],
+    redact=lambda text: text,
+    interrupted: str = "interrupted; nothing partial was kept",
+) -> int:
     """The CLIs' edge: typed errors become one line on stderr and an exit code, and so
     does what no layer below foresaw (a full disk, an unreadable file, SQLite refusing):
     never a traceback."""
@@ -90,6 +95,7 @@ def run_command(report: TerminalReporter, action: Callable[[], int], redact=lamb
 
 def _storage_error(error: OSError) -> StorageError:
     from .atomic import storage_error
+
     if error.filename:
         return storage_error("use", Path(error.filename), error)
     return StorageError(error.strerror or str(error))

@@ -1,5 +1,6 @@
 """Verification of one backup file: a plain sqlite backup or a full-backup zip.
 Standard library only (the offline restore uses it before touching anything)."""
+
 from __future__ import annotations
 
 import os
@@ -36,9 +37,15 @@ def is_zip(path: Path) -> bool:
     return path.suffix == ".zip" or zipfile.is_zipfile(path)
 
 
-def verify_backup(path: Path, level: str = QUICK, expected_size: Optional[int] = None,
-                  expected_sha256: Optional[str] = None, known_sha256: Optional[str] = None,
-                  progress: Progress = None, want_sha256: bool = True) -> BackupReport:
+def verify_backup(
+    path: Path,
+    level: str = QUICK,
+    expected_size: Optional[int] = None,
+    expected_sha256: Optional[str] = None,
+    known_sha256: Optional[str] = None,
+    progress: Progress = None,
+    want_sha256: bool = True,
+) -> BackupReport:
     """Check `path` completely; raise VerificationError on the first problem.
     `known_sha256` is a hash computed while the file streamed in (no second read);
     without `want_sha256` and an expected hash, the file is not hashed at all."""
@@ -46,15 +53,26 @@ def verify_backup(path: Path, level: str = QUICK, expected_size: Optional[int] =
         raise VerificationError(f"{path} does not exist")
     size = path.stat().st_size
     if expected_size is not None and size != expected_size:
-        raise VerificationError(f"{path} is {size} bytes but the manifest says {expected_size}: the file changed or is truncated")
+        raise VerificationError(
+            f"{path} is {size} bytes but the manifest says {expected_size}: the file changed or is truncated"
+        )
     digest = known_sha256 or (file_digest(path, progress=progress) if want_sha256 or expected_sha256 else "")
     if expected_sha256 and digest != expected_sha256:
-        raise VerificationError(f"{path} has SHA-256 {digest[:12]}… but the manifest says {expected_sha256[:12]}…: the file is damaged")
+        raise VerificationError(
+            f"{path} has SHA-256 {digest[:12]}… but the manifest says {expected_sha256[:12]}…: the file is damaged"
+        )
     if is_zip(path):
         return _verify_zip(path, size, digest, level, progress)
     database = check_database(path, level)
-    return BackupReport(path, "sqlite", size, digest, database.schema_version, level,
-                        blobs_not_included=set(database.blobs_on_filesystem))
+    return BackupReport(
+        path,
+        "sqlite",
+        size,
+        digest,
+        database.schema_version,
+        level,
+        blobs_not_included=set(database.blobs_on_filesystem),
+    )
 
 
 def _verify_zip(path: Path, size: int, digest: str, level: str, progress: Progress) -> BackupReport:
@@ -74,9 +92,17 @@ def _verify_zip(path: Path, size: int, digest: str, level: str, progress: Progre
     except zipfile.BadZipFile as error:
         raise VerificationError(f"{path} is not a readable zip ({error}): the file is damaged") from error
     missing = database.blobs_on_filesystem - set(layout.blob_members)
-    return BackupReport(path, "zip", size, digest, database.schema_version, level,
-                        blob_count=len(layout.blob_members), blobs_not_included=missing,
-                        database_member=layout.database_member)
+    return BackupReport(
+        path,
+        "zip",
+        size,
+        digest,
+        database.schema_version,
+        level,
+        blob_count=len(layout.blob_members),
+        blobs_not_included=missing,
+        database_member=layout.database_member,
+    )
 
 
 def require_blobs(report: BackupReport, tolerated: int = 0) -> None:
@@ -84,12 +110,15 @@ def require_blobs(report: BackupReport, tolerated: int = 0) -> None:
     were already missing from the server when it was made (recorded then, with a warning)."""
     if report.kind == "zip" and len(report.blobs_not_included) > tolerated:
         example = sorted(report.blobs_not_included)[0]
-        raise VerificationError(f"{report.path}: the database refers to {len(report.blobs_not_included)} blob(s) the zip "
-                                f"does not hold (e.g. {example}): images would be lost on restore")
+        raise VerificationError(
+            f"{report.path}: the database refers to {len(report.blobs_not_included)} blob(s) the zip "
+            f"does not hold (e.g. {example}): images would be lost on restore"
+        )
 
 
-def _check_database_member(archive: zipfile.ZipFile, member: str, source: Path, level: str,
-                           advance: Callable[[int], None]) -> DatabaseReport:
+def _check_database_member(
+    archive: zipfile.ZipFile, member: str, source: Path, level: str, advance: Callable[[int], None]
+) -> DatabaseReport:
     # SQLite cannot read inside a zip: check a private extracted copy.
     with scratch_folder(source.parent) as work:
         extracted = Path(work) / os.path.basename(member)

@@ -6,6 +6,7 @@ only copy of the old schema is easily used up. The first job that sees one (down
 snapshot) verifies it and stores it like its own backups, tagged `pre-upgrade <from>→<to>`;
 retention keeps it until a verified backup of the new schema has passed a restore drill
 (core/retention.held_before_upgrade). Stash's file is only read, never moved or removed."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,15 @@ SOURCE = "pre-upgrade"
 ADOPTED_NAME = "adopted.json"
 
 
-def adopt_pre_upgrade(archive: Archive, folders: Iterable[Optional[Path]], database_name: str, current_schema: int,
-                      blob_folders: list[Path], level: str, report: Reporter) -> list[str]:
+def adopt_pre_upgrade(
+    archive: Archive,
+    folders: Iterable[Optional[Path]],
+    database_name: str,
+    current_schema: int,
+    blob_folders: list[Path],
+    level: str,
+    report: Reporter,
+) -> list[str]:
     """Adopt every plain database backup of `database_name` in `folders` whose schema is
     older than the current database's (the caller holds the archive's lock). A file
     that does not check out is named and left alone. Returns the adopted backups' names."""
@@ -39,21 +47,31 @@ def adopt_pre_upgrade(archive: Archive, folders: Iterable[Optional[Path]], datab
         tag = f"{parsed.schema_version}→{current_schema}"
         try:
             sha256 = file_digest(path)
-            new = stored.checked_backup(archive.free_stored_name(path.name), path, sha256, level,
-                                        includes_blobs=bool(blob_folders), source=SOURCE,
-                                        database_member=database_name, pre_upgrade=tag)
+            new = stored.checked_backup(
+                archive.free_stored_name(path.name),
+                path,
+                sha256,
+                level,
+                includes_blobs=bool(blob_folders),
+                source=SOURCE,
+                database_member=database_name,
+                pre_upgrade=tag,
+            )
             source = stored.FolderSource(blob_folders) if blob_folders else stored.NoBlobs()
             header = stored.store_backup(archive.store, new, source, report)
         except (VerificationError, OSError) as error:  # Stash's file: unreadable or unsound, never fatal here
             detail = error if isinstance(error, VerificationError) else (error.strerror or error)
-            report.warning(f"Stash's backup {path} (schema {parsed.schema_version}) does not check out ({detail}): "
-                           "not adopted")
+            report.warning(
+                f"Stash's backup {path} (schema {parsed.schema_version}) does not check out ({detail}): not adopted"
+            )
             continue
         adopted[path.name] = sha256
         _remember(archive, adopted)
         names.append(header.name)
-        report.info(f"Adopted Stash's pre-upgrade backup {path} as {header.name} (pre-upgrade {tag}): verified, "
-                    f"kept until a verified backup of schema {current_schema} passes a restore drill")
+        report.info(
+            f"Adopted Stash's pre-upgrade backup {path} as {header.name} (pre-upgrade {tag}): verified, "
+            f"kept until a verified backup of schema {current_schema} passes a restore drill"
+        )
     return names
 
 
@@ -92,8 +110,9 @@ def _adopted(archive: Archive) -> dict:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as error:
-        raise VerificationError(f"{path} is damaged ({error}): move it aside (adopted backups are then "
-                                "adopted again)") from error
+        raise VerificationError(
+            f"{path} is damaged ({error}): move it aside (adopted backups are then adopted again)"
+        ) from error
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise VerificationError(f"{path} is not a map of names to SHA-256: move it aside")
     return data

@@ -1,5 +1,6 @@
 """The *Backup database* job: Stash writes a backup into its own backup folder, and
 with keep-last only the newest of those our task made are kept there."""
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,9 @@ class ServerBackup:
     includes_blobs: bool
 
 
-def backup_on_server(client: StashAPI, include_blobs: bool, report: Reporter, keep_last: int = 0,
-                     include_others: bool = False) -> ServerBackup:
+def backup_on_server(
+    client: StashAPI, include_blobs: bool, report: Reporter, keep_last: int = 0, include_others: bool = False
+) -> ServerBackup:
     """Stash's own backup into its backup folder, with blobs where the server can.
     Stash never removes those: with `keep_last`, the backups this task made there
     beyond the newest `keep_last` are removed (with `include_others`, Stash's own
@@ -42,8 +44,10 @@ def backup_on_server(client: StashAPI, include_blobs: bool, report: Reporter, ke
     where = f"{path} ({human_size(size)})" if path else f"Stash's backup folder {folder or ''} (not readable from here)"
     report.info(f"Stash backed up its database{' with blobs' if with_blobs else ''} to {where}")
     if include_blobs and info.blobs_on_filesystem and not info.supports_include_blobs:
-        report.warning(f"Stash {info.version} cannot include blobs in its own backup: use 'Download backup to archive' "
-                       "for a full backup with images")
+        report.warning(
+            f"Stash {info.version} cannot include blobs in its own backup: use 'Download backup to archive' "
+            "for a full backup with images"
+        )
     if path:
         _remember_ours(path)
     if keep_last > 0:
@@ -61,6 +65,7 @@ def _remember_ours(path: Path) -> None:
 
 def _write_ours(folder: Path, names) -> None:
     from ..core.atomic import write_bytes_atomic
+
     payload = json.dumps({"made_by_stash_backup": sorted(names)}, indent=1) + "\n"
     with contextlib.suppress(StashBackupError):  # readable but not writable here: nothing of ours to count later
         write_bytes_atomic(folder / OURS_LEDGER, payload.encode())
@@ -74,11 +79,15 @@ def _ours(folder: Path) -> list[str]:
         return []
 
 
-def _keep_last_in_backup_folder(folder: Optional[Path], made: Optional[Path], keep_last: int, include_others: bool,
-                                report: Reporter) -> None:
+def _keep_last_in_backup_folder(
+    folder: Optional[Path], made: Optional[Path], keep_last: int, include_others: bool, report: Reporter
+) -> None:
     from ..core.retention import plan_backup_folder
+
     if not made:
-        report.warning(f"keep last {keep_last}: Stash's backup folder {folder or ''} is not readable here; nothing removed")
+        report.warning(
+            f"keep last {keep_last}: Stash's backup folder {folder or ''} is not readable here; nothing removed"
+        )
         return
     try:
         verify_backup(made, QUICK, want_sha256=False)  # nothing goes before its replacement is proven good
@@ -87,8 +96,9 @@ def _keep_last_in_backup_folder(folder: Optional[Path], made: Optional[Path], ke
         return
     database_name = parse_backup_name(made.name).database_name
     ours = _ours(folder)
-    doomed = plan_backup_folder([p.name for p in _backup_files(folder)], ours, keep_last, database_name,
-                                include_others, protected=[made.name])
+    doomed = plan_backup_folder(
+        [p.name for p in _backup_files(folder)], ours, keep_last, database_name, include_others, protected=[made.name]
+    )
     for name in doomed:
         try:
             (folder / name).unlink()

@@ -4,6 +4,7 @@ SQLite's own read-only reader, which touches neither the file, its -wal nor its 
 A damaged result starts a damage spell in status.json, and while it lasts retention
 removes nothing (`retention_hold`): the backups from before the damage are the ones to
 restore (jobs/retention.retention_hold). A healthy backup ends it (`healthy_backup_made`)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,10 @@ class LiveCheck:
 
     def line(self) -> str:
         if self.ok:
-            return (f"live database healthy: PRAGMA quick_check ok ({self.database}, {human_size(self.size)}, "
-                    f"{self.seconds:.1f} s)")
+            return (
+                f"live database healthy: PRAGMA quick_check ok ({self.database}, {human_size(self.size)}, "
+                f"{self.seconds:.1f} s)"
+            )
         detail = self.detail if len(self.detail) <= DETAIL_LIMIT else self.detail[:DETAIL_LIMIT] + "…"
         return f"{DAMAGED}: {self.database} failed PRAGMA quick_check: {detail}"
 
@@ -79,8 +82,9 @@ def _findings(database: Path) -> str:
         raise VerificationError(f"cannot check the live database {database}: {text}") from None
 
 
-def check_live(database: Path, status_file: StatusFile, report: Reporter, notify: Optional[Notify] = None,
-               ping: str = "") -> LiveCheck:
+def check_live(
+    database: Path, status_file: StatusFile, report: Reporter, notify: Optional[Notify] = None, ping: str = ""
+) -> LiveCheck:
     """The recorded job: its outcome in status.json (a damaged database is a failure,
     notified like any), and damage starts the spell that holds retention."""
     with recording(status_file, LIVE_CHECK_JOB, report, notify, ping=ping) as run:
@@ -109,13 +113,16 @@ def live_database(server_path: Optional[str], given: Optional[Path], report: Rep
     candidate = Path(server_path) if server_path else None
     if candidate and candidate.is_file() and os.access(candidate, os.R_OK):
         return candidate
-    report.info("the live database is not readable here (run on Stash's host, or pass --database PATH): "
-                "its health check is skipped")
+    report.info(
+        "the live database is not readable here (run on Stash's host, or pass --database PATH): "
+        "its health check is skipped"
+    )
     return None
 
 
-def check_before_download(database: Optional[Path], status_file: StatusFile, report: Reporter,
-                          notify: Optional[Notify] = None, ping: str = "") -> Optional[LiveCheck]:
+def check_before_download(
+    database: Optional[Path], status_file: StatusFile, report: Reporter, notify: Optional[Notify] = None, ping: str = ""
+) -> Optional[LiveCheck]:
     """The check that runs with every download: a damaged database is recorded and
     notified, and the download goes on (a backup of it may still be worth having; the
     spell keeps retention from removing older ones). One that cannot run is a warning."""

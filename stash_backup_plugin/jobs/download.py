@@ -1,6 +1,7 @@
 """The *Download backup to archive* job: a verified backup of the server into the
 archive's store: the database checked and compressed as it downloads, only the images
 the archive lacks."""
+
 from __future__ import annotations
 
 import os
@@ -39,18 +40,15 @@ class DownloadOptions:
         return COMPRESSED if self.compress else STORED
 
 
-
-
-
-
 @dataclass
 class DownloadOutcome:
     entry: Optional[Entry]
     skipped_reason: str = ""
 
 
-def download_to_archive(client: StashAPI, archive: Archive, options: DownloadOptions,
-                        report: Reporter) -> DownloadOutcome:
+def download_to_archive(
+    client: StashAPI, archive: Archive, options: DownloadOptions, report: Reporter
+) -> DownloadOutcome:
     """A verified backup into the archive's store: the database (compressed) and the
     blobs the archive does not hold yet. Blobs come straight from Stash's blob folders
     when they are readable here (the plugin, a CLI on Stash's host); otherwise from
@@ -65,8 +63,10 @@ def download_to_archive(client: StashAPI, archive: Archive, options: DownloadOpt
         folders = _blob_folders(info, options) if want_blobs else []
         if want_blobs and not folders and not info.supports_include_blobs:
             where = options.blobs_path or info.blobs_path or "(unknown)"
-            raise ConfigError(f"blobs are stored on the filesystem at {where}, which is not readable here: run on the "
-                              "Stash host, pass --blobs-path DIR, or use --no-blobs")
+            raise ConfigError(
+                f"blobs are stored on the filesystem at {where}, which is not readable here: run on the "
+                "Stash host, pass --blobs-path DIR, or use --no-blobs"
+            )
         from_zip = want_blobs and not folders
         flag = (True if from_zip else False) if info.supports_include_blobs else None
         store = archive.store
@@ -75,23 +75,35 @@ def download_to_archive(client: StashAPI, archive: Archive, options: DownloadOpt
         try:
             if tee:
                 tee.finish(fetched.temp_path)  # compression goes on beside the blob copying
-            header = _store_fetched(archive, info, options, fetched, name, folders, from_zip, report.phase(0.5, 1.0),
-                                    tee)
+            header = _store_fetched(
+                archive, info, options, fetched, name, folders, from_zip, report.phase(0.5, 1.0), tee
+            )
         finally:
             if tee:
                 tee.discard()  # first: its thread may still read the downloaded file; nothing left on success
             discard(fetched.temp_path)
         if info.database_path:  # Stash's own pre-migration backups, where this process can read them
-            adopt_pre_upgrade(archive, stash_backup_folders(info.database_path, info.backup_directory),
-                              Path(info.database_path).name, header.schema_version, folders, options.check_level, report)
+            adopt_pre_upgrade(
+                archive,
+                stash_backup_folders(info.database_path, info.backup_directory),
+                Path(info.database_path).name,
+                header.schema_version,
+                folders,
+                options.check_level,
+                report,
+            )
         entry = archive.find(header.name)
         if header.missing_blobs:
-            report.warning(f"{header.missing_blobs} blob(s) the database refers to were found neither on the server "
-                           f"nor in the archive (e.g. {header.missing_examples[0]}): the backup cannot hold them")
-        report.info(f"Archived {header.name}: database {human_size(header.snapshot.size)} stored as "
-                    f"{human_size(header.snapshot.stored_size)}, schema {header.schema_version}, {header.blob_count} "
-                    f"blob(s) of which {header.new_blobs} new ({human_size(header.new_blob_bytes)}); "
-                    f"sha256 {header.snapshot.sha256[:16]}…, verified ({header.verified_level})")
+            report.warning(
+                f"{header.missing_blobs} blob(s) the database refers to were found neither on the server "
+                f"nor in the archive (e.g. {header.missing_examples[0]}): the backup cannot hold them"
+            )
+        report.info(
+            f"Archived {header.name}: database {human_size(header.snapshot.size)} stored as "
+            f"{human_size(header.snapshot.stored_size)}, schema {header.schema_version}, {header.blob_count} "
+            f"blob(s) of which {header.new_blobs} new ({human_size(header.new_blob_bytes)}); "
+            f"sha256 {header.snapshot.sha256[:16]}…, verified ({header.verified_level})"
+        )
         return DownloadOutcome(entry)
 
 
@@ -108,19 +120,41 @@ def _readable(folder: Path) -> bool:
     return folder.is_dir() and os.access(folder, os.R_OK | os.X_OK)
 
 
-def _store_fetched(archive: Archive, info: ServerInfo, options: DownloadOptions, fetched: Downloaded, name: str,
-                   folders: list[Path], from_zip: bool, report: Reporter, compressed) -> Header:
+def _store_fetched(
+    archive: Archive,
+    info: ServerInfo,
+    options: DownloadOptions,
+    fetched: Downloaded,
+    name: str,
+    folders: list[Path],
+    from_zip: bool,
+    report: Reporter,
+    compressed,
+) -> Header:
     store = archive.store
     stored_name = archive.free_stored_name(name)
     if from_zip:
-        return stored.import_backup_file(store, fetched.temp_path, stored_name, options.check_level, report,
-                                         source="server-zip", server_version=info.version or "")
+        return stored.import_backup_file(
+            store,
+            fetched.temp_path,
+            stored_name,
+            options.check_level,
+            report,
+            source="server-zip",
+            server_version=info.version or "",
+        )
     report.progress(0.0, "checking the database")
-    new = stored.checked_backup(stored_name, fetched.temp_path, fetched.sha256, options.check_level,
-                                includes_blobs=bool(folders), source="filesystem" if folders else "database",
-                                server_version=info.version or "",
-                                database_member=Path(info.database_path).name if info.database_path else "",
-                                compression_level=options.compression_level)
+    new = stored.checked_backup(
+        stored_name,
+        fetched.temp_path,
+        fetched.sha256,
+        options.check_level,
+        includes_blobs=bool(folders),
+        source="filesystem" if folders else "database",
+        server_version=info.version or "",
+        database_member=Path(info.database_path).name if info.database_path else "",
+        compression_level=options.compression_level,
+    )
     source = stored.FolderSource(folders) if folders else stored.NoBlobs()
     return stored.store_backup(store, new, source, report, compressed)
 
@@ -137,8 +171,9 @@ def _skip_reason(archive: Archive, if_older_than: Optional[Duration]) -> str:
     return ""
 
 
-def _request_and_download(client: StashAPI, folder: Path, include_blobs: Optional[bool], report: Reporter,
-                          tee_for: Optional[Callable] = None) -> tuple[Downloaded, str, Optional[SnapshotTee]]:
+def _request_and_download(
+    client: StashAPI, folder: Path, include_blobs: Optional[bool], report: Reporter, tee_for: Optional[Callable] = None
+) -> tuple[Downloaded, str, Optional[SnapshotTee]]:
     """Ask for a download backup and fetch it; on an expired link or a failed transfer
     ask for a fresh one, a bounded number of times. `tee_for(name)` makes what sees
     the bytes as they arrive (the snapshot compressor), one per attempt."""
@@ -153,8 +188,9 @@ def _request_and_download(client: StashAPI, folder: Path, include_blobs: Optiona
         tee = tee_for(name) if tee_for else None
         try:
             # never committed as it is: the store keeps its compressed copy, or what it takes from the zip
-            fetched = client.fetch_backup(link, folder, name, progress=report.bytes_progress("downloading"), tee=tee,
-                                          durable=False)
+            fetched = client.fetch_backup(
+                link, folder, name, progress=report.bytes_progress("downloading"), tee=tee, durable=False
+            )
             if fetched.resumes:
                 report.warning(f"the connection dropped; resumed {fetched.resumes} time(s)")
             return fetched, name, tee

@@ -9,6 +9,7 @@ Why a module of its own, above jobs: it joins the offline restore (which jobs ma
 import) with a Stash process, and both products run it. It speaks to its scratch
 Stash with the standard library (its own API key, loopback only), so it runs wherever
 the restore runs."""
+
 from __future__ import annotations
 
 import contextlib
@@ -47,11 +48,19 @@ PID_FILE = RUNNING_PID_FILE  # the scratch Stash's process group: the next drill
 # while that process lives, no run's cleanup removes the folder (core/atomic.py)
 DEFAULT_TIMEOUT = 900  # seconds for Stash to start, migrate and answer
 SPACE_MARGIN = 64 * 1024 * 1024
-STATS_QUERY = ("{ stats { scene_count image_count gallery_count performer_count studio_count tag_count group_count } "
-               "version { version } }")
-STATS_FIELDS = {"scenes": "scene_count", "images": "image_count", "galleries": "gallery_count",
-                "performers": "performer_count", "studios": "studio_count", "tags": "tag_count",
-                "groups": "group_count"}
+STATS_QUERY = (
+    "{ stats { scene_count image_count gallery_count performer_count studio_count tag_count group_count } "
+    "version { version } }"
+)
+STATS_FIELDS = {
+    "scenes": "scene_count",
+    "images": "image_count",
+    "galleries": "gallery_count",
+    "performers": "performer_count",
+    "studios": "studio_count",
+    "tags": "tag_count",
+    "groups": "group_count",
+}
 
 
 @dataclass
@@ -73,9 +82,11 @@ class DrillResult:
         version = f"Stash {self.stash_version}" if self.stash_version else "Stash"
         if self.ok:
             counts = ", ".join(f"{n} {k}" for k, n in self.counts.items())
-            return (f"drill of {self.backup} passed in {took} on {version}"
-                    f"{' after a migration' if self.migrated else ''}: {counts}; {self.images_checked} image(s) "
-                    "served from blobs with their bytes")
+            return (
+                f"drill of {self.backup} passed in {took} on {version}"
+                f"{' after a migration' if self.migrated else ''}: {counts}; {self.images_checked} image(s) "
+                "served from blobs with their bytes"
+            )
         return f"drill of {self.backup} FAILED after {took} on {version}: {'; '.join(self.problems())}"
 
     def problems(self) -> list[str]:
@@ -84,9 +95,13 @@ class DrillResult:
 
 # --- pure: what differs -------------------------------------------------------------------
 
+
 def compare_counts(expected: dict, reported: dict) -> list[str]:
-    return [f"{kind}: the backup recorded {count}, Stash reports {reported.get(kind)}"
-            for kind, count in expected.items() if kind in STATS_FIELDS and reported.get(kind) != count]
+    return [
+        f"{kind}: the backup recorded {count}, Stash reports {reported.get(kind)}"
+        for kind, count in expected.items()
+        if kind in STATS_FIELDS and reported.get(kind) != count
+    ]
 
 
 def counts_from_stats(stats: dict) -> dict:
@@ -125,8 +140,10 @@ def needed_space(database_size: int, blob_bytes: int) -> int:
 
 # --- the drill -------------------------------------------------------------------------------
 
-def drill(archive: Archive, name: Optional[str], stash_binary: Path, report: Reporter,
-          timeout: float = DEFAULT_TIMEOUT) -> DrillResult:
+
+def drill(
+    archive: Archive, name: Optional[str], stash_binary: Path, report: Reporter, timeout: float = DEFAULT_TIMEOUT
+) -> DrillResult:
     """Drill one backup (default: the newest verified) and record the outcome beside
     it. A failed drill is a result, not an exception; refusals (busy archive, no
     space, no such backup) raise before anything is written."""
@@ -175,15 +192,22 @@ def _check_space(archive: Archive, entry: Entry) -> None:
         database, blobs = entry.size, entry.size  # a zip: at most its own size again, unpacked
     needed, free = needed_space(database, blobs), shutil.disk_usage(archive.folder).free
     if needed > free:
-        raise RestoreRefused(f"not enough space for a restore drill in {archive.folder}: it needs "
-                             f"{human_size(needed)}, {human_size(free)} free. Nothing was changed")
+        raise RestoreRefused(
+            f"not enough space for a restore drill in {archive.folder}: it needs "
+            f"{human_size(needed)}, {human_size(free)} free. Nothing was changed"
+        )
 
 
-def _drill_in(archive: Archive, entry: Entry, scratch: Path, binary: Path, timeout: float, result: DrillResult,
-              report: Reporter) -> None:
+def _drill_in(
+    archive: Archive, entry: Entry, scratch: Path, binary: Path, timeout: float, result: DrillResult, report: Reporter
+) -> None:
     target = _scratch_target(scratch)
-    restore(archive.path_of(entry), target, RestoreOptions(assume_yes=True, stash_stopped=True, archive_held=True),
-            report.phase(0.0, 0.5))
+    restore(
+        archive.path_of(entry),
+        target,
+        RestoreOptions(assume_yes=True, stash_stopped=True, archive_held=True),
+        report.phase(0.0, 0.5),
+    )
     recorded = archive.store.header(entry.file).counts if entry.is_stored else {}
     expected = recorded or library_counts(target.database)  # older records: the restored database's own
     samples = image_samples(target.database)
@@ -205,26 +229,37 @@ def _drill_in(archive: Archive, entry: Entry, scratch: Path, binary: Path, timeo
 
 
 def _scratch_target(scratch: Path) -> Target:
-    folders = {key: scratch / key for key in ("blobs", "generated", "cache", "backups", "plugins", "scrapers",
-                                               "library")}
+    folders = {
+        key: scratch / key for key in ("blobs", "generated", "cache", "backups", "plugins", "scrapers", "library")
+    }
     for folder in folders.values():
         folder.mkdir()
     values = {
-        "database": str(scratch / "stash-go.sqlite"), "blobs_path": str(folders["blobs"]),
-        "blobs_storage": FILESYSTEM, "generated": str(folders["generated"]), "cache": str(folders["cache"]),
-        "backup_directory_path": str(folders["backups"]), "plugins_path": str(folders["plugins"]),
-        "scrapers_path": str(folders["scrapers"]), "stash": [{"path": str(folders["library"])}],
-        "host": "127.0.0.1", "port": free_port(), "nobrowser": True,
+        "database": str(scratch / "stash-go.sqlite"),
+        "blobs_path": str(folders["blobs"]),
+        "blobs_storage": FILESYSTEM,
+        "generated": str(folders["generated"]),
+        "cache": str(folders["cache"]),
+        "backup_directory_path": str(folders["backups"]),
+        "plugins_path": str(folders["plugins"]),
+        "scrapers_path": str(folders["scrapers"]),
+        "stash": [{"path": str(folders["library"])}],
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "nobrowser": True,
         # lowercase: Stash matches its keys case-sensitively and ignores "logFile"
-        "logfile": str(scratch / "stash.log"), "loglevel": "Info",
-        **scratch_credentials(), **_tls_settings(),
+        "logfile": str(scratch / "stash.log"),
+        "loglevel": "Info",
+        **scratch_credentials(),
+        **_tls_settings(),
     }
     config = StashConfig(scratch / "config.yml", values)
     # YAML is a superset of JSON: written without PyYAML, which the plugin's Python may lack.
     (scratch / "config.yml").write_text(json.dumps(values, indent=1) + "\n", encoding="utf-8")
     os.chmod(scratch / "config.yml", 0o600)
-    return Target(database=scratch / "stash-go.sqlite", blobs_path=folders["blobs"], blobs_storage=FILESYSTEM,
-                  config=config)
+    return Target(
+        database=scratch / "stash-go.sqlite", blobs_path=folders["blobs"], blobs_storage=FILESYSTEM, config=config
+    )
 
 
 def scratch_credentials() -> dict:
@@ -235,9 +270,13 @@ def scratch_credentials() -> dict:
     The password is deliberately no bcrypt hash (the standard library has no bcrypt):
     bcrypt.CompareHashAndPassword fails on it, so no password opens the login page;
     the signing and cookie keys are Stash's own and fresh too."""
-    return {"username": f"drill-{secrets.token_hex(8)}", "password": f"!no-login-{secrets.token_hex(16)}",
-            "api_key": secrets.token_urlsafe(32), "jwt_secret_key": secrets.token_hex(32),
-            "session_store_key": secrets.token_hex(32)}
+    return {
+        "username": f"drill-{secrets.token_hex(8)}",
+        "password": f"!no-login-{secrets.token_hex(16)}",
+        "api_key": secrets.token_urlsafe(32),
+        "jwt_secret_key": secrets.token_hex(32),
+        "session_store_key": secrets.token_hex(32),
+    }
 
 
 def _tls_settings() -> dict:
@@ -257,6 +296,7 @@ def _tls_settings() -> dict:
 def _account_home() -> Path:
     with contextlib.suppress(ImportError, KeyError):
         import pwd
+
         return Path(pwd.getpwuid(os.getuid()).pw_dir)
     return Path.home()
 
@@ -273,6 +313,7 @@ def free_port() -> int:
 
 
 # --- the scratch Stash -----------------------------------------------------------------------
+
 
 class _NotAnswering(StashBackupError):
     """Nothing answers on the port yet (refused, reset, silent): Stash is starting."""
@@ -297,13 +338,13 @@ class _PinnedConnection(http.client.HTTPSConnection):
         super().connect()
         if hashlib.sha256(self.sock.getpeercert(binary_form=True)).hexdigest() != self._pin:
             self.close()
-            raise StashBackupError("the drill's Stash served another certificate than its config names: "
-                                   "something else answers on its port")
+            raise StashBackupError(
+                "the drill's Stash served another certificate than its config names: something else answers on its port"
+            )
 
 
 class ScratchStash:
-    def __init__(self, process: subprocess.Popen, port: int, log: Path, api_key: str = "",
-                 pin: Optional[str] = None):
+    def __init__(self, process: subprocess.Popen, port: int, log: Path, api_key: str = "", pin: Optional[str] = None):
         """`pin`: the SHA-256 of the certificate it serves https with; None: http."""
         self.process, self.port, self.log, self.api_key, self.pin = process, port, log, api_key, pin
         self.console = log.with_name("stash.out")  # its stdout and stderr
@@ -312,8 +353,10 @@ class ScratchStash:
     def graphql(self, query: str, variables: Optional[dict] = None, timeout: float = 60) -> dict:
         body = json.dumps({"query": query, "variables": variables or {}}).encode()
         with self._response("POST", "/graphql", body, timeout) as response:
-            status, text = response.status, read_bounded(response.read, "the drill's Stash",
-                                                          response.getheader("Content-Encoding", ""))
+            status, text = (
+                response.status,
+                read_bounded(response.read, "the drill's Stash", response.getheader("Content-Encoding", "")),
+            )
         answer = self._graphql_answer(status, text)
         if answer.get("errors"):
             errors = answer["errors"]
@@ -333,20 +376,29 @@ class ScratchStash:
             answer = None
         if isinstance(answer, dict) and (isinstance(answer.get("data"), dict) or answer.get("errors")):
             return answer
-        raise StashBackupError(f"the drill's Stash answered HTTP {status}, not GraphQL: "
-                               f"{one_line(text.decode('utf-8', 'replace'), 160) or '(nothing)'}")
+        raise StashBackupError(
+            f"the drill's Stash answered HTTP {status}, not GraphQL: "
+            f"{one_line(text.decode('utf-8', 'replace'), 160) or '(nothing)'}"
+        )
 
     @contextlib.contextmanager
-    def _response(self, method: str, path: str, body: Optional[bytes] = None,
-                  timeout: float = 60) -> Iterator[http.client.HTTPResponse]:
-        connection = (_PinnedConnection(self.port, self.pin, timeout) if self.pin
-                      else http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout))
+    def _response(
+        self, method: str, path: str, body: Optional[bytes] = None, timeout: float = 60
+    ) -> Iterator[http.client.HTTPResponse]:
+        connection = (
+            _PinnedConnection(self.port, self.pin, timeout)
+            if self.pin
+            else http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        )
         try:
-            connection.request(method, path, body=body, headers={"ApiKey": self.api_key,
-                                                                 "Content-Type": "application/json"})
+            connection.request(
+                method, path, body=body, headers={"ApiKey": self.api_key, "Content-Type": "application/json"}
+            )
             yield connection.getresponse()
         except ssl.SSLError as error:
-            raise StashBackupError(f"TLS with the drill's Stash at {self.url} failed ({error.reason or error})") from None
+            raise StashBackupError(
+                f"TLS with the drill's Stash at {self.url} failed ({error.reason or error})"
+            ) from None
         except (ConnectionError, socket.timeout) as error:
             raise _NotAnswering(f"the drill's Stash did not answer ({_described(error)})") from None
         except (OSError, http.client.HTTPException) as error:
@@ -427,10 +479,16 @@ def scratch_stash(binary: Path, config: StashConfig, scratch: Path) -> Iterator[
     with the drill (a kill -9 of the drill leaves no Stash behind)."""
     pin = certificate_fingerprint(Path(config.get("ssl_cert_path"))) if config.get("ssl_cert_path") else None
     with open(scratch / "stash.out", "ab") as out:
-        process = subprocess.Popen([str(binary), "--config", str(config.path), "--nobrowser"], cwd=scratch,
-                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True, preexec_fn=dies_with_us(),
-                                   env=_scratch_environment())
+        process = subprocess.Popen(
+            [str(binary), "--config", str(config.path), "--nobrowser"],
+            cwd=scratch,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=dies_with_us(),
+            env=_scratch_environment(),
+        )
     write_bytes_atomic(scratch / PID_FILE, f"{process.pid}\n".encode("ascii"))
     stash = ScratchStash(process, config.port, scratch / "stash.log", config.get("api_key"), pin)
     try:
@@ -452,8 +510,10 @@ def _answered(data: dict, key: str) -> dict:
 
 # Console lines (ERRO[time] message, colour codes aside), log file lines (time=… level=error
 # msg="…") and a Go panic.
-_ERROR_LINE = re.compile(r'^(?:(?:ERRO|FATA|PANI)\[[^\]]*\]\s*(?P<console>.*)'
-                         r'|time="[^"]*" level=(?:error|fatal|panic) msg="(?P<log>.*)"|(?P<panic>panic: .*))$')
+_ERROR_LINE = re.compile(
+    r"^(?:(?:ERRO|FATA|PANI)\[[^\]]*\]\s*(?P<console>.*)"
+    r'|time="[^"]*" level=(?:error|fatal|panic) msg="(?P<log>.*)"|(?P<panic>panic: .*))$'
+)
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 _NOT_THE_REASON = ("Couldn't retrieve latest version",)  # its check for updates on GitHub, offline
 
@@ -464,8 +524,11 @@ def stash_errors(text: str) -> list[str]:
     for line in _COLOUR.sub("", text).splitlines():
         match = _ERROR_LINE.match(line.strip())
         if match:
-            message = match.group("console") or match.group("panic") or \
-                (match.group("log") or "").replace("\\n", " ").replace('\\"', '"')
+            message = (
+                match.group("console")
+                or match.group("panic")
+                or (match.group("log") or "").replace("\\n", " ").replace('\\"', '"')
+            )
             if message and not message.startswith(_NOT_THE_REASON):
                 found.append(one_line(message, 400))
     return found
@@ -500,11 +563,15 @@ def stop_abandoned_stashes(folder: Path) -> list[int]:
         pid = _pid_in(scratch)
         ours = scratch_stash_runs(pid, scratch) if pid else False
         if ours is None:
-            raise RestoreRefused(f"process {pid} may be the Stash of a killed drill in {scratch}, and cannot be "
-                                 "told apart from others here: stop it, then drill again. Nothing was changed")
+            raise RestoreRefused(
+                f"process {pid} may be the Stash of a killed drill in {scratch}, and cannot be "
+                "told apart from others here: stop it, then drill again. Nothing was changed"
+            )
         if ours and not stop_group(pid):
-            raise RestoreRefused(f"the Stash of a killed drill (process {pid}, from {scratch}) would not stop: "
-                                 "stop it, then drill again. Nothing was changed")
+            raise RestoreRefused(
+                f"the Stash of a killed drill (process {pid}, from {scratch}) would not stop: "
+                "stop it, then drill again. Nothing was changed"
+            )
         if ours:
             stopped.append(pid)
             discard(scratch / PID_FILE)  # stopped (a zombie until its new parent reaps it): the folder may go

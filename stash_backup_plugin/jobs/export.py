@@ -1,4 +1,5 @@
 """`stash-backup export`: one backup as a self-contained zip in Stash v0.31's layout."""
+
 from __future__ import annotations
 
 import os
@@ -35,10 +36,16 @@ def export_backup(archive: Archive, name: str, output: Path, report: Reporter) -
 def _copy_verified(source: Path, entry: Entry, output: Path, report: Reporter) -> None:
     from ..core.atomic import atomic_output, make_folders, private_mode
     from ..core.hashing import copy_and_hash
+
     make_folders(output.parent)
     with atomic_output(output) as (handle, temp), open(source, "rb") as original:
         copy_and_hash(original, handle)
         handle.flush()
-        verify_backup(temp, QUICK, expected_size=entry.size, expected_sha256=entry.sha256,
-                      progress=report.bytes_progress("verifying the copy"))
+        verify_backup(
+            temp,
+            QUICK,
+            expected_size=entry.size,
+            expected_sha256=entry.sha256,
+            progress=report.bytes_progress("verifying the copy"),
+        )
         os.chmod(temp, private_mode(output.parent))  # the whole library: private as the archive

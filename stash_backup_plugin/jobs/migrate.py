@@ -1,5 +1,6 @@
 """`stash-backup migrate`: the older per-backup zips folded into the store, one at a
 time, each removed only once its stored copy checks out."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,12 +33,16 @@ def migrate_archive(archive: Archive, dry_run: bool, level: str, report: Reporte
     verify the old file, import it (record written last), check the new backup,
     only then remove the old file. A run killed anywhere is finished by the next."""
     from ..core.store_plan import OldBackup, plan_migration
+
     with archive.locked():
         store = archive.store
         old = {e.file: e for e in archive.file_entries()}
         imported_from = {e.migrated_from: e.file for e in archive.entries() if e.is_stored and e.migrated_from}
-        steps = plan_migration([OldBackup(e.file, e.size, e.verified_ok, e.verified_at, e.verify_error)
-                                for e in old.values()], imported_from, store.record_names())
+        steps = plan_migration(
+            [OldBackup(e.file, e.size, e.verified_ok, e.verified_at, e.verify_error) for e in old.values()],
+            imported_from,
+            store.record_names(),
+        )
         outcome = MigrationOutcome(steps)
         for step in steps:
             report.info(_step_line(step, dry_run))
@@ -55,9 +60,11 @@ def migrate_archive(archive: Archive, dry_run: bool, level: str, report: Reporte
                 outcome.failed.append((step.old.file, str(error)))
                 report.error(f"BAD {step.old.file}: {error}; it stays as it is")
         report.progress(1.0)
-        report.info(f"Migrated {len(outcome.imported)} backup(s) into the store; {len(outcome.failed)} failed, "
-                    f"{sum(1 for s in steps if s.action == 'skip')} skipped; archive now "
-                    f"{human_size(archive.usage().total)}")
+        report.info(
+            f"Migrated {len(outcome.imported)} backup(s) into the store; {len(outcome.failed)} failed, "
+            f"{sum(1 for s in steps if s.action == 'skip')} skipped; archive now "
+            f"{human_size(archive.usage().total)}"
+        )
         return outcome
 
 
@@ -73,11 +80,24 @@ def _migrate_one(archive: Archive, entry: Entry, step, level: str, report: Repor
     path = archive.folder / entry.file
     store = archive.store
     if step.action == "import":
-        verify_backup(path, level, expected_size=entry.size, expected_sha256=entry.sha256,
-                      progress=report.phase(0.0, 0.3).bytes_progress(f"verifying {entry.file}"))
-        stored.import_backup_file(store, path, step.record_name, level, report.phase(0.3, 0.8),
-                                  source=f"{entry.source or entry.kind} (migrated)", server_version=entry.server_version,
-                                  migrated_from=entry.file, added_at=entry.added_at)
+        verify_backup(
+            path,
+            level,
+            expected_size=entry.size,
+            expected_sha256=entry.sha256,
+            progress=report.phase(0.0, 0.3).bytes_progress(f"verifying {entry.file}"),
+        )
+        stored.import_backup_file(
+            store,
+            path,
+            step.record_name,
+            level,
+            report.phase(0.3, 0.8),
+            source=f"{entry.source or entry.kind} (migrated)",
+            server_version=entry.server_version,
+            migrated_from=entry.file,
+            added_at=entry.added_at,
+        )
         crash_point("migrated")
     header = store.header(step.record_name)
     problems = stored.check_snapshot(store, header, level, report.phase(0.8, 0.95))
@@ -92,6 +112,7 @@ def _migration_estimate(archive: Archive, entries: list[Entry]) -> str:
     """What the archive would take after migrating, from the zips' directories alone:
     each blob once, databases at the snapshot codec's typical ratio."""
     import zipfile
+
     store, seen, blob_bytes, database_bytes = archive.store, set(), 0, 0
     for entry in entries:
         path = archive.folder / entry.file
@@ -111,6 +132,8 @@ def _migration_estimate(archive: Archive, entries: list[Entry]) -> str:
             continue
     before = sum(e.size for e in entries)
     after = blob_bytes + int(database_bytes * ESTIMATED_SNAPSHOT_RATIO)
-    return (f"{len(entries)} backup(s) take {human_size(before)} as per-backup files; in the store about "
-            f"{human_size(after)} ({len(seen)} distinct blob(s), databases compressed): about "
-            f"{human_size(max(before - after, 0))} freed")
+    return (
+        f"{len(entries)} backup(s) take {human_size(before)} as per-backup files; in the store about "
+        f"{human_size(after)} ({len(seen)} distinct blob(s), databases compressed): about "
+        f"{human_size(max(before - after, 0))} freed"
+    )

@@ -7,6 +7,7 @@ manifest first and deletes afterwards; collection deletes only what no listed ba
 refers to, while no other run holds the remote. A run killed anywhere leaves at worst
 unlisted objects: the next push reuses those that are whole and the next prune
 removes the rest. Every job holds the local archive's lock too."""
+
 from __future__ import annotations
 
 import contextlib
@@ -31,8 +32,17 @@ from ..core.hashing import Discard, copy_and_hash, file_digest
 from ..core.store import Store, commit_snapshot
 from ..core.store_plan import plan_gc
 from ..core.stored import ReadData
-from ..offsite.manifest import (BLOBS, PENDING, RECORDS, SNAPSHOTS, Manifest, RemoteBackup, backup_from_header, record_file,
-                       snapshot_file)
+from ..offsite.manifest import (
+    BLOBS,
+    PENDING,
+    RECORDS,
+    SNAPSHOTS,
+    Manifest,
+    RemoteBackup,
+    backup_from_header,
+    record_file,
+    snapshot_file,
+)
 from ..offsite.plan import RemoteBlob, problems as blob_problems, to_send
 from ..offsite.remote import TEMP_TAG, RemoteArchive
 from .retention import retention_hold
@@ -47,6 +57,7 @@ def _sized_blobs(store: Store, names: list[str], stack: contextlib.ExitStack) ->
 
 # --- push ------------------------------------------------------------------------------------
 
+
 @dataclass
 class PushResult:
     pushed: list[str] = field(default_factory=list)
@@ -60,8 +71,10 @@ class PushResult:
         if not self.pushed:
             text = f"{remote} is up to date: it holds {self.already} backup(s)"
         else:
-            text = (f"Pushed {len(self.pushed)} backup(s) to {remote} ({self.blobs_sent} new blob(s), "
-                    f"{human_size(self.bytes_sent)} sent); it holds {self.already + len(self.pushed)} backup(s)")
+            text = (
+                f"Pushed {len(self.pushed)} backup(s) to {remote} ({self.blobs_sent} new blob(s), "
+                f"{human_size(self.bytes_sent)} sent); it holds {self.already + len(self.pushed)} backup(s)"
+            )
         return text + (f"; {len(self.skipped)} not pushed" if self.skipped else "")
 
 
@@ -104,8 +117,15 @@ def push(archive: Archive, remote: RemoteArchive, report: Reporter, policy: Opti
         return result
 
 
-def _send_backups(archive: Archive, remote: RemoteArchive, manifest: Manifest, todo: list[Entry], scratch: Path,
-                  result: PushResult, report: Reporter) -> None:
+def _send_backups(
+    archive: Archive,
+    remote: RemoteArchive,
+    manifest: Manifest,
+    todo: list[Entry],
+    scratch: Path,
+    result: PushResult,
+    report: Reporter,
+) -> None:
     store = archive.store
     headers = [store.header(entry.file) for entry in todo]
     names = [header.name for header in headers]
@@ -124,21 +144,27 @@ def _send_backups(archive: Archive, remote: RemoteArchive, manifest: Manifest, t
     sent = remote.send(archive.folder, listing, "copy the archive to", _progress(report.phase(0.0, 0.9), "sending"))
     crash_point("offsite-data-sent")
     record_files = [record_file(name) for name in names]
-    record_bytes, records_copied = remote.send_small(archive.folder, record_files, listing,
-                                                     "copy the backups' records to")
+    record_bytes, records_copied = remote.send_small(
+        archive.folder, record_files, listing, "copy the backups' records to"
+    )
     result.bytes_sent = sent.bytes + record_bytes
     crash_point("offsite-records-sent")
     _confirm_arrived(remote, sent_snapshots + record_files, set(sent.transferred) | records_copied)
     pushed_at = utc_now()
-    added = [backup_from_header(h, store.record_path(h.name).stat().st_size,
-                                file_digest(store.record_path(h.name), "md5"), pushed_at)
-             for h in headers]
+    added = [
+        backup_from_header(
+            h, store.record_path(h.name).stat().st_size, file_digest(store.record_path(h.name), "md5"), pushed_at
+        )
+        for h in headers
+    ]
     remote.write_manifest(manifest.with_backups(added, pushed_at), scratch)
     crash_point("offsite-manifest-written")
     result.pushed = names
     for header in headers:
-        report.info(f"pushed {header.name}: {header.blob_count} blob(s), database "
-                    f"{human_size(header.snapshot.stored_size)} compressed")
+        report.info(
+            f"pushed {header.name}: {header.blob_count} blob(s), database "
+            f"{human_size(header.snapshot.stored_size)} compressed"
+        )
 
 
 def _confirm_arrived(remote: RemoteArchive, expected: list[str], copied: set[str]) -> None:
@@ -146,18 +172,21 @@ def _confirm_arrived(remote: RemoteArchive, expected: list[str], copied: set[str
     size, and MD5 where both sides have one) before the manifest names it."""
     for relative in expected:
         if relative not in copied:
-            raise RemoteError(f"rclone did not report {remote.display}/{relative} as copied: nothing was counted; "
-                              "push again")
+            raise RemoteError(
+                f"rclone did not report {remote.display}/{relative} as copied: nothing was counted; push again"
+            )
 
 
 def _progress(report: Reporter, label: str):
     def callback(done: int, total: int) -> None:
         if total:
             report.progress(min(done / total, 1.0), label)
+
     return callback
 
 
 # --- retention and garbage collection on the remote -----------------------------------------
+
 
 @dataclass
 class RemoteRetention:
@@ -172,9 +201,11 @@ class RemoteRetention:
             return f"Remote retention ({policy.describe()}): {self.held}"
         kept = sum(1 for d in self.decisions if d.keep)
         verb = "would remove" if dry_run else "removed"
-        return (f"Remote retention ({policy.describe()}){' [dry run]' if dry_run else ''}: kept {kept}, {verb} "
-                f"{len(self.decisions) - kept}; {'would free' if dry_run else 'freed'} {human_size(self.freed_bytes)} "
-                f"({self.deleted_files} object(s))")
+        return (
+            f"Remote retention ({policy.describe()}){' [dry run]' if dry_run else ''}: kept {kept}, {verb} "
+            f"{len(self.decisions) - kept}; {'would free' if dry_run else 'freed'} {human_size(self.freed_bytes)} "
+            f"({self.deleted_files} object(s))"
+        )
 
 
 def prune(archive: Archive, remote: RemoteArchive, policy: Policy, dry_run: bool, report: Reporter) -> RemoteRetention:
@@ -192,8 +223,9 @@ def _created(backup: RemoteBackup) -> datetime:
         return datetime(1970, 1, 1)
 
 
-def _retention(archive: Archive, remote: RemoteArchive, policy: Policy, dry_run: bool, scratch: Path,
-               report: Reporter) -> RemoteRetention:
+def _retention(
+    archive: Archive, remote: RemoteArchive, policy: Policy, dry_run: bool, scratch: Path, report: Reporter
+) -> RemoteRetention:
     """Forget by the policy (the manifest rewritten first), then collect what no
     remaining backup refers to."""
     held = retention_hold(archive)
@@ -220,15 +252,24 @@ def _retention(archive: Archive, remote: RemoteArchive, policy: Policy, dry_run:
     return result
 
 
-def _collect(archive: Archive, remote: RemoteArchive, kept: Manifest, dry_run: bool, scratch: Path,
-             result: RemoteRetention, report: Reporter) -> None:
+def _collect(
+    archive: Archive,
+    remote: RemoteArchive,
+    kept: Manifest,
+    dry_run: bool,
+    scratch: Path,
+    result: RemoteRetention,
+    report: Reporter,
+) -> None:
     lists = _record_files(archive, remote, kept.backups, scratch)
     wanted_snapshots = {b.snapshot.file for b in kept.backups}
     wanted_records = {b.record.file for b in kept.backups}
     doomed = scratch / "delete.txt"
     with open(doomed, "w", encoding="utf-8") as out, contextlib.ExitStack() as stack:
         there = stack.enter_context(remote.listing(scratch))
-        referenced = (checksum for checksum, _ in heapq.merge(*[stack.enter_context(records.BlobList(p)) for p in lists]))
+        referenced = (
+            checksum for checksum, _ in heapq.merge(*[stack.enter_context(records.BlobList(p)) for p in lists])
+        )
         plan = plan_gc(there.blobs, referenced)
         for checksum, size in plan.delete_blobs:
             out.write(blob_member_name(checksum) + "\n")
@@ -256,8 +297,11 @@ def _record_files(archive: Archive, remote: RemoteArchive, backups: list[RemoteB
     for backup in backups:
         _check_entry(backup, remote.display, "nothing was collected")
         local = store.record_path(backup.name)
-        if local.is_file() and local.stat().st_size == backup.record.size \
-                and file_digest(local, "md5") == backup.record.md5:
+        if (
+            local.is_file()
+            and local.stat().st_size == backup.record.size
+            and file_digest(local, "md5") == backup.record.md5
+        ):
             paths[backup.name] = local
         else:
             fetch.append(backup)
@@ -267,15 +311,21 @@ def _record_files(archive: Archive, remote: RemoteArchive, backups: list[RemoteB
         remote.fetch(listing, scratch / "fetched", "fetch the records from")
         for backup in fetch:
             path = scratch / "fetched" / backup.record.file
-            if not path.is_file() or path.stat().st_size != backup.record.size \
-                    or file_digest(path, "md5") != backup.record.md5:
-                raise VerificationError(f"the record of {backup.name} on {remote.display} does not match the manifest: "
-                                        "nothing was collected; run offsite verify")
+            if (
+                not path.is_file()
+                or path.stat().st_size != backup.record.size
+                or file_digest(path, "md5") != backup.record.md5
+            ):
+                raise VerificationError(
+                    f"the record of {backup.name} on {remote.display} does not match the manifest: "
+                    "nothing was collected; run offsite verify"
+                )
             paths[backup.name] = path
     return [paths[b.name] for b in backups]
 
 
 # --- verify --------------------------------------------------------------------------------------
+
 
 @dataclass
 class RemoteVerifySummary:
@@ -288,12 +338,16 @@ class RemoteVerifySummary:
         return not self.failed
 
     def line(self, remote: str) -> str:
-        text = (f"Verified {self.checked} backup(s) on {remote}: {self.checked - len(self.failed)} good, "
-                f"{len(self.failed)} bad")
+        text = (
+            f"Verified {self.checked} backup(s) on {remote}: {self.checked - len(self.failed)} good, "
+            f"{len(self.failed)} bad"
+        )
         return text + (f"; contents read: {self.read_data}" if self.read_data else "")
 
 
-def verify(archive_folder: Path, remote: RemoteArchive, read_data: Optional[ReadData], report: Reporter) -> RemoteVerifySummary:
+def verify(
+    archive_folder: Path, remote: RemoteArchive, read_data: Optional[ReadData], report: Reporter
+) -> RemoteVerifySummary:
     """Every backup the remote's manifest lists: its record matches the manifest, its
     snapshot and every blob it lists are there with their sizes (and the backend's MD5,
     where it has one, equals the blob's name). With `read_data`, part of the blobs and
@@ -308,8 +362,10 @@ def verify(archive_folder: Path, remote: RemoteArchive, read_data: Optional[Read
             there = stack.enter_context(remote.listing(scratch, hashes=remote.has_cheap_md5()))
             for backup in manifest.backups:
                 if there.files.get(backup.snapshot.file) != backup.snapshot.size:
-                    found[backup.name].append(f"its database {backup.snapshot.file} is missing or not "
-                                              f"{backup.snapshot.size} bytes on the remote")
+                    found[backup.name].append(
+                        f"its database {backup.snapshot.file} is missing or not "
+                        f"{backup.snapshot.size} bytes on the remote"
+                    )
             lists = _fetched_records(remote, manifest.backups, there.under(RECORDS), scratch, found)
             report.progress(0.2, "checking blobs")
             streams = [_tagged(stack.enter_context(records.BlobList(path)), name, found) for name, path in lists]
@@ -344,8 +400,9 @@ def _tagged(blobs, name: str, found: dict) -> Iterator[tuple[str, int, str]]:
         found[name].append(str(error))
 
 
-def _fetched_records(remote: RemoteArchive, backups: list[RemoteBackup], there: dict[str, int], scratch: Path,
-                     found: dict) -> list[tuple[str, Path]]:
+def _fetched_records(
+    remote: RemoteArchive, backups: list[RemoteBackup], there: dict[str, int], scratch: Path, found: dict
+) -> list[tuple[str, Path]]:
     listing = scratch / "records.txt"
     for backup in backups:
         if _entry_problem(backup):
@@ -368,8 +425,15 @@ def _fetched_records(remote: RemoteArchive, backups: list[RemoteBackup], there: 
     return lists
 
 
-def _read_data(remote: RemoteArchive, backups: list[RemoteBackup], lists: list[tuple[str, Path]], read_data: ReadData,
-               scratch: Path, found: dict, report: Reporter) -> None:
+def _read_data(
+    remote: RemoteArchive,
+    backups: list[RemoteBackup],
+    lists: list[tuple[str, Path]],
+    read_data: ReadData,
+    scratch: Path,
+    found: dict,
+    report: Reporter,
+) -> None:
     """Download part N/M of the blobs (by checksum) and of the databases (by SHA-256),
     in batches, and hash them."""
     batch, batch_bytes, owners = [], 0, {}
@@ -395,8 +459,9 @@ def _read_data(remote: RemoteArchive, backups: list[RemoteBackup], lists: list[t
     report.progress(1.0, "reading data")
 
 
-def _check_blob_batch(remote: RemoteArchive, batch: list[tuple[str, int]], owners: dict, scratch: Path,
-                      found: dict) -> None:
+def _check_blob_batch(
+    remote: RemoteArchive, batch: list[tuple[str, int]], owners: dict, scratch: Path, found: dict
+) -> None:
     folder = scratch / "read"
     listing = scratch / "read.txt"
     listing.write_text("".join(blob_member_name(c) + "\n" for c, _ in batch))
@@ -406,7 +471,9 @@ def _check_blob_batch(remote: RemoteArchive, batch: list[tuple[str, int]], owner
         path = folder / blob_member_name(checksum)
         if path.is_file() and file_digest(path, "md5") != checksum:
             for name in owners.get(checksum, []):
-                found[name].append(f"blob {blob_member_name(checksum)} does not match its name (MD5) on the remote: it is damaged")
+                found[name].append(
+                    f"blob {blob_member_name(checksum)} does not match its name (MD5) on the remote: it is damaged"
+                )
         discard(path)
 
 
@@ -421,11 +488,14 @@ def _check_snapshot(remote: RemoteArchive, backup: RemoteBackup, scratch: Path) 
     finally:
         discard(target)
     if (digest.size, digest.sha256) != (backup.database_size, backup.database_sha256):
-        return f"its database {backup.snapshot.file} does not decompress to the recorded size and SHA-256: it is damaged"
+        return (
+            f"its database {backup.snapshot.file} does not decompress to the recorded size and SHA-256: it is damaged"
+        )
     return ""
 
 
 # --- pull ----------------------------------------------------------------------------------------
+
 
 def pull(archive: Archive, remote: RemoteArchive, name: str, level: str, report: Reporter) -> Entry:
     """One backup from the remote into a local archive: its record, its database and
@@ -438,29 +508,38 @@ def pull(archive: Archive, remote: RemoteArchive, name: str, level: str, report:
         backup = manifest.find(name)
         if backup is None:
             shown = ", ".join(manifest.names()[-5:]) or "none"
-            raise UsageError(f"{remote.display} holds no backup named {name!r} (newest: {shown}): see stash-backup offsite list")
+            raise UsageError(
+                f"{remote.display} holds no backup named {name!r} (newest: {shown}): see stash-backup offsite list"
+            )
         _check_entry(backup, remote.display, "nothing was pulled")
         store = archive.store
         if store.record_path(backup.name).exists():
             return _already_here(archive, backup, report)
         if archive.find(backup.name) or archive.find(backup.name + ".zip"):
-            raise UsageError(f"{archive.folder} already has a backup named {backup.name}: pull into another --to folder")
+            raise UsageError(
+                f"{archive.folder} already has a backup named {backup.name}: pull into another --to folder"
+            )
         fetched = scratch / "fetched"
         record_path = _inside(fetched, record_file(backup.name))
         make_folders(record_path.parent)
         remote.fetch_file(backup.record.file, record_path)
         if record_path.stat().st_size != backup.record.size or file_digest(record_path, "md5") != backup.record.md5:
-            raise VerificationError(f"the record of {backup.name} on {remote.display} does not match the manifest: "
-                                    "nothing was pulled; run offsite verify")
+            raise VerificationError(
+                f"the record of {backup.name} on {remote.display} does not match the manifest: "
+                "nothing was pulled; run offsite verify"
+            )
         header = records.read_header(record_path)
         _check_header(header, backup, remote.display)
         listing, count, size = _missing_locally(store, record_path, scratch)
         with open(listing, "a", encoding="utf-8") as out:
             out.write(backup.snapshot.file + "\n")
-        report.info(f"pulling {backup.name}: {count} blob(s) the archive lacks ({human_size(size)}) and its "
-                    f"database ({human_size(backup.snapshot.size)})")
-        remote.fetch(listing, scratch / "fetched", "download the backup from",
-                     _progress(report.phase(0.0, 0.7), "downloading"))
+        report.info(
+            f"pulling {backup.name}: {count} blob(s) the archive lacks ({human_size(size)}) and its "
+            f"database ({human_size(backup.snapshot.size)})"
+        )
+        remote.fetch(
+            listing, scratch / "fetched", "download the backup from", _progress(report.phase(0.0, 0.7), "downloading")
+        )
         with store.pending(backup.name):
             _check_pulled_database(scratch, header, record_path, level, report.phase(0.7, 0.85))
             _adopt_blobs(store, scratch / "fetched", listing)
@@ -471,16 +550,23 @@ def pull(archive: Archive, remote: RemoteArchive, name: str, level: str, report:
             _install_record(store, header.name, record_path)
         entry = archive.find(header.name)
         report.progress(1.0)
-        report.info(f"Pulled {header.name} into {archive.folder}: {header.blob_count} blob(s), {count} of them "
-                    f"downloaded, database checked ({level}); restore it with: stash-restore {header.name} "
-                    f"--archive {archive.folder}")
+        report.info(
+            f"Pulled {header.name} into {archive.folder}: {header.blob_count} blob(s), {count} of them "
+            f"downloaded, database checked ({level}); restore it with: stash-restore {header.name} "
+            f"--archive {archive.folder}"
+        )
         return entry
 
 
 def _plain_name(name: object) -> bool:
     """One file name: no folder, no parent, nothing hidden, nothing absolute."""
-    return (isinstance(name, str) and name.strip() == name and name not in ("", ".", "..")
-            and not name.startswith(".") and not any(c in name for c in "/\\\0:"))
+    return (
+        isinstance(name, str)
+        and name.strip() == name
+        and name not in ("", ".", "..")
+        and not name.startswith(".")
+        and not any(c in name for c in "/\\\0:")
+    )
 
 
 def _entry_problem(backup: RemoteBackup) -> str:
@@ -504,11 +590,15 @@ def _check_entry(backup: RemoteBackup, where: str, outcome: str) -> None:
 def _check_header(header: records.Header, backup: RemoteBackup, where: str) -> None:
     """The pulled record says what the manifest said, and names its database plainly."""
     if header.name != backup.name or header.snapshot.file != backup.snapshot.file:
-        raise VerificationError(f"the record of {backup.name} on {where} is another backup's (its name or database "
-                                "file differs from the manifest's): nothing was pulled")
+        raise VerificationError(
+            f"the record of {backup.name} on {where} is another backup's (its name or database "
+            "file differs from the manifest's): nothing was pulled"
+        )
     if not _plain_name(header.database_member):
-        raise VerificationError(f"the record of {backup.name} on {where} names its database "
-                                f"{header.database_member!r}, not a plain file name: nothing was pulled")
+        raise VerificationError(
+            f"the record of {backup.name} on {where} names its database "
+            f"{header.database_member!r}, not a plain file name: nothing was pulled"
+        )
 
 
 def _inside(folder: Path, relative: str) -> Path:
@@ -522,7 +612,9 @@ def _inside(folder: Path, relative: str) -> Path:
 def _already_here(archive: Archive, backup: RemoteBackup, report: Reporter) -> Entry:
     header = archive.store.header(backup.name)
     if header.snapshot.sha256 != backup.database_sha256:
-        raise UsageError(f"{archive.folder} already has another backup named {backup.name}: pull into another --to folder")
+        raise UsageError(
+            f"{archive.folder} already has another backup named {backup.name}: pull into another --to folder"
+        )
     report.info(f"{backup.name} is already in {archive.folder}: nothing to pull (stash-backup verify checks it)")
     return archive.find(backup.name)
 
@@ -541,8 +633,9 @@ def _missing_locally(store: Store, record_path: Path, scratch: Path) -> tuple[Pa
     return listing, count, size
 
 
-def _check_pulled_database(scratch: Path, header: records.Header, record_path: Path, level: str,
-                           report: Reporter) -> None:
+def _check_pulled_database(
+    scratch: Path, header: records.Header, record_path: Path, level: str, report: Reporter
+) -> None:
     packed = _inside(scratch / "fetched", snapshot_file(header.name))
     database = _inside(scratch, "pulled-database")  # a fixed name: the record's is the remote's choice
     try:
@@ -551,21 +644,27 @@ def _check_pulled_database(scratch: Path, header: records.Header, record_path: P
     except FileNotFoundError:
         raise RemoteError(f"the database of {header.name} did not arrive from the remote: pull again") from None
     if (digest.size, digest.sha256) != (header.snapshot.size, header.snapshot.sha256):
-        raise VerificationError(f"the database of {header.name} from the remote does not match its record "
-                                "(size or SHA-256): nothing was pulled; run offsite verify --read-data")
+        raise VerificationError(
+            f"the database of {header.name} from the remote does not match its record "
+            "(size or SHA-256): nothing was pulled; run offsite verify --read-data"
+        )
     report.progress(0.5, "checking the database")
     checked = check_database(database, level)
     if checked.schema_version != header.schema_version:
-        raise VerificationError(f"the database of {header.name} has schema {checked.schema_version}, its record says "
-                                f"{header.schema_version}: nothing was pulled")
+        raise VerificationError(
+            f"the database of {header.name} has schema {checked.schema_version}, its record says "
+            f"{header.schema_version}: nothing was pulled"
+        )
     if header.includes_blobs:
         remaining = set(checked.blobs_on_filesystem)
         with records.BlobList(record_path) as blobs:
             for checksum, _ in blobs:
                 remaining.discard(checksum)
         if len(remaining) > header.missing_blobs:
-            raise VerificationError(f"the database of {header.name} refers to {len(remaining)} blob(s) its record does "
-                                    "not list: nothing was pulled")
+            raise VerificationError(
+                f"the database of {header.name} refers to {len(remaining)} blob(s) its record does "
+                "not list: nothing was pulled"
+            )
     discard(database)
 
 
@@ -579,8 +678,9 @@ def _adopt_blobs(store: Store, fetched: Path, listing: Path) -> None:
         if not path.is_file():
             raise RemoteError(f"{relative} did not arrive from the remote: nothing was pulled; pull again")
         if file_digest(path, "md5") != checksum:
-            raise VerificationError(f"{relative} arrived damaged from the remote (MD5): nothing was pulled; "
-                                    "run offsite verify --read-data")
+            raise VerificationError(
+                f"{relative} arrived damaged from the remote (MD5): nothing was pulled; run offsite verify --read-data"
+            )
     if lines and hasattr(os, "sync"):
         os.sync()
     folders = set()
@@ -604,6 +704,7 @@ def _install_record(store: Store, name: str, source: Path) -> None:
 
 
 # --- list -------------------------------------------------------------------------------------------
+
 
 def remote_backups(remote: RemoteArchive) -> list[RemoteBackup]:
     with remote.session():

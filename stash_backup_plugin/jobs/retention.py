@@ -1,5 +1,6 @@
 """The *Apply retention* job: restic's keep rules over the verified backups, then the
 collection of what no kept backup refers to."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,8 +44,10 @@ def apply_retention(archive: Archive, policy: Policy, dry_run: bool, report: Rep
             if decision.failed and entry.salvaged:
                 report.info(f"keep   {entry.file} (salvaged: never counted as a good backup, never removed by prune)")
             elif decision.failed:
-                report.warning(f"failed {entry.file}: failed verification ({entry.verify_error or 'no detail'}); "
-                               "not counted by any rule and not removed: re-verify it, or delete it yourself")
+                report.warning(
+                    f"failed {entry.file}: failed verification ({entry.verify_error or 'no detail'}); "
+                    "not counted by any rule and not removed: re-verify it, or delete it yourself"
+                )
             elif decision.keep:
                 report.info(f"keep   {entry.file} ({', '.join(decision.reasons)})")
             else:
@@ -63,8 +66,9 @@ def apply_retention(archive: Archive, policy: Policy, dry_run: bool, report: Rep
 STRAYS_SHOWN = 5  # stray file names named in prune's output; the rest counted
 
 
-def _collect_garbage(archive: Archive, decisions: list[Decision], dry_run: bool, result: RetentionResult,
-                     report: Reporter) -> None:
+def _collect_garbage(
+    archive: Archive, decisions: list[Decision], dry_run: bool, result: RetentionResult, report: Reporter
+) -> None:
     store = archive.store
     if not store.exists():
         return
@@ -74,16 +78,22 @@ def _collect_garbage(archive: Archive, decisions: list[Decision], dry_run: bool,
     result.collected_blobs, result.collected_snapshots = len(plan.delete_blobs), len(plan.delete_snapshots)
     result.spared_blobs = plan.spared_blobs
     if plan.spared_blobs:
-        report.info(f"spared {plan.spared_blobs} unreferenced blob(s) written since a run still marked in progress "
-                    "began; a later prune collects them")
+        report.info(
+            f"spared {plan.spared_blobs} unreferenced blob(s) written since a run still marked in progress "
+            "began; a later prune collects them"
+        )
     if plan.strays:
-        shown = ", ".join(plan.strays[:STRAYS_SHOWN]) + (f" and {len(plan.strays) - STRAYS_SHOWN} more"
-                                                         if len(plan.strays) > STRAYS_SHOWN else "")
-        report.warning(f"ignored {len(plan.strays)} file(s) in the archive's blobs folder that are not blobs "
-                       f"(left alone): {shown}")
+        shown = ", ".join(plan.strays[:STRAYS_SHOWN]) + (
+            f" and {len(plan.strays) - STRAYS_SHOWN} more" if len(plan.strays) > STRAYS_SHOWN else ""
+        )
+        report.warning(
+            f"ignored {len(plan.strays)} file(s) in the archive's blobs folder that are not blobs (left alone): {shown}"
+        )
     if plan.rescued_blobs:
-        report.warning(f"kept {plan.rescued_blobs} blob(s) a kept backup refers to that the sorted walk missed "
-                       "(the blobs folder lists out of order): please report this")
+        report.warning(
+            f"kept {plan.rescued_blobs} blob(s) a kept backup refers to that the sorted walk missed "
+            "(the blobs folder lists out of order): please report this"
+        )
     if not dry_run:
         stored.collect(store, plan, report.phase(0.5, 1.0))
 
@@ -98,10 +108,15 @@ def retention_summary(policy: Policy, result: RetentionResult, dry_run: bool) ->
     verb = "would remove" if dry_run else "removed"
     freed = ""
     if result.freed_bytes or result.collected_blobs or result.collected_snapshots:
-        freed = (f"; {'would free' if dry_run else 'freed'} {human_size(result.freed_bytes)} "
-                 f"({result.collected_blobs} blob(s), {result.collected_snapshots} database snapshot(s) collected)")
-    return (f"Retention ({policy.describe()}){' [dry run]' if dry_run else ''}: kept {kept}, {verb} {removed}"
-            + (f", left {failed} that failed verification" if failed else "") + freed)
+        freed = (
+            f"; {'would free' if dry_run else 'freed'} {human_size(result.freed_bytes)} "
+            f"({result.collected_blobs} blob(s), {result.collected_snapshots} database snapshot(s) collected)"
+        )
+    return (
+        f"Retention ({policy.describe()}){' [dry run]' if dry_run else ''}: kept {kept}, {verb} {removed}"
+        + (f", left {failed} that failed verification" if failed else "")
+        + freed
+    )
 
 
 def restore_candidate(archive: Archive, damaged_since: str) -> Optional[Entry]:
@@ -109,8 +124,9 @@ def restore_candidate(archive: Archive, damaged_since: str) -> Optional[Entry]:
     first_seen = parse_time(damaged_since)
     if first_seen is None:
         return None
-    return next((e for e in archive.entries()
-                 if e.verified_ok and (parse_time(e.added_at) or first_seen) < first_seen), None)
+    return next(
+        (e for e in archive.entries() if e.verified_ok and (parse_time(e.added_at) or first_seen) < first_seen), None
+    )
 
 
 def retention_hold(archive: Archive) -> str:
@@ -122,5 +138,7 @@ def retention_hold(archive: Archive) -> str:
         return ""
     candidate = restore_candidate(archive, record.damaged_since)
     restore = f"restore {candidate.file}" if candidate else "no verified backup predates it"
-    return (f"retention holds every backup: the live database is known damaged since {record.damaged_since} "
-            f"({restore}); it resumes after a healthy backup")
+    return (
+        f"retention holds every backup: the live database is known damaged since {record.damaged_since} "
+        f"({restore}); it resumes after a healthy backup"
+    )

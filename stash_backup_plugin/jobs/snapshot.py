@@ -3,6 +3,7 @@ from its files (before an upgrade: systemd's ExecStartPre=, a Docker entrypoint,
 before `docker compose pull`), stored as `download` stores: the snapshot, only the blobs
 the archive lacks, the record last. `--salvage` stores what SQLite can recover from a
 damaged database, marked salvaged: never a good backup, restored only when asked."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -55,15 +56,24 @@ def snapshot_offline(archive: Archive, options: SnapshotOptions, report: Reporte
         damage = _copy_database(database, copy, options.check_level)
         salvaged = bool(damage)
         if damage and not options.salvage:
-            raise VerificationError(f"{database} is damaged ({damage}): nothing was stored; with Stash stopped, "
-                                    "`stash-backup snapshot --offline --salvage` stores what SQLite can recover")
+            raise VerificationError(
+                f"{database} is damaged ({damage}): nothing was stored; with Stash stopped, "
+                "`stash-backup snapshot --offline --salvage` stores what SQLite can recover"
+            )
         if damage:
             copy = _salvage(database, work, report)
         header = _store(archive, config, copy, options, salvaged, report.phase(0.1, 1.0))
         if not salvaged:  # a salvaged schema is no sure "to" for Stash's pre-migration backups
             blobs = [config.blobs_path] if config.blobs_storage == FILESYSTEM and config.blobs_path else []
-            adopt_pre_upgrade(archive, [config.backup_directory, database.parent], database.name,
-                              header.schema_version, blobs, options.check_level, report)
+            adopt_pre_upgrade(
+                archive,
+                [config.backup_directory, database.parent],
+                database.name,
+                header.schema_version,
+                blobs,
+                options.check_level,
+                report,
+            )
     return _reported(archive, header, report)
 
 
@@ -91,38 +101,59 @@ def _salvage(database: Path, work: Path, report: Reporter) -> Path:
     """offline/salvage's engine (sqlite3 .recover, else a table-by-table copy) on a
     private copy; the recovered database must itself pass quick_check."""
     from ..offline.salvage import salvage
+
     recovered = salvage(database, work / "salvaged" / database.name)
     lost = {table: rows for table, rows in recovered.rows.items() if rows[0] != rows[1]}
-    report.warning(f"SALVAGED {database.name} ({recovered.method}): stored as a salvaged backup, never counted as "
-                   f"a good one; {len(lost)} table(s) differ from what the damaged file lists"
-                   + (f", e.g. {next(iter(lost))} {lost[next(iter(lost))]}" if lost else ""))
+    report.warning(
+        f"SALVAGED {database.name} ({recovered.method}): stored as a salvaged backup, never counted as "
+        f"a good one; {len(lost)} table(s) differ from what the damaged file lists"
+        + (f", e.g. {next(iter(lost))} {lost[next(iter(lost))]}" if lost else "")
+    )
     return recovered.output
 
 
-def _store(archive: Archive, config: StashConfig, copy: Path, options: SnapshotOptions, salvaged: bool,
-           report: Reporter) -> Header:
+def _store(
+    archive: Archive, config: StashConfig, copy: Path, options: SnapshotOptions, salvaged: bool, report: Reporter
+) -> Header:
     """As `download` stores: blobs from Stash's own blobs folder, only those missing."""
     schema = check_database(copy, "none", blob_references=False).schema_version
     name = archive.free_stored_name(f"{config.database.name}.{schema}.{datetime.now():%Y%m%d_%H%M%S}")
     blobs = config.blobs_path if config.blobs_storage == FILESYSTEM else None
     if blobs is not None and not blobs.is_dir():
-        raise UsageError(f"blobs are stored on the filesystem at {blobs}, which does not exist here: the backup "
-                         "would lack its images")
-    new = stored.checked_backup(name, copy, file_digest(copy), options.check_level, includes_blobs=blobs is not None,
-                                source=SALVAGED_SOURCE if salvaged else SOURCE, database_member=config.database.name,
-                                compression_level=COMPRESSED if options.compress else STORED, salvaged=salvaged,
-                                prechecked=True)
+        raise UsageError(
+            f"blobs are stored on the filesystem at {blobs}, which does not exist here: the backup "
+            "would lack its images"
+        )
+    new = stored.checked_backup(
+        name,
+        copy,
+        file_digest(copy),
+        options.check_level,
+        includes_blobs=blobs is not None,
+        source=SALVAGED_SOURCE if salvaged else SOURCE,
+        database_member=config.database.name,
+        compression_level=COMPRESSED if options.compress else STORED,
+        salvaged=salvaged,
+        prechecked=True,
+    )
     source = stored.FolderSource([blobs]) if blobs is not None else stored.NoBlobs()
     return stored.store_backup(archive.store, new, source, report)
 
 
 def _reported(archive: Archive, header: Header, report: Reporter) -> Entry:
     if header.missing_blobs:
-        report.warning(f"{header.missing_blobs} blob(s) the database refers to are neither in Stash's blobs folder "
-                       f"nor in the archive (e.g. {header.missing_examples[0]}): the backup cannot hold them")
-    state = "SALVAGED (restore only with stash-restore --allow-salvaged)" if header.salvaged else \
-        f"verified ({header.verified_level})"
-    report.info(f"Archived {header.name} from the stopped Stash: database {human_size(header.snapshot.size)} stored "
-                f"as {human_size(header.snapshot.stored_size)}, schema {header.schema_version}, {header.blob_count} "
-                f"blob(s) of which {header.new_blobs} new ({human_size(header.new_blob_bytes)}); {state}")
+        report.warning(
+            f"{header.missing_blobs} blob(s) the database refers to are neither in Stash's blobs folder "
+            f"nor in the archive (e.g. {header.missing_examples[0]}): the backup cannot hold them"
+        )
+    state = (
+        "SALVAGED (restore only with stash-restore --allow-salvaged)"
+        if header.salvaged
+        else f"verified ({header.verified_level})"
+    )
+    report.info(
+        f"Archived {header.name} from the stopped Stash: database {human_size(header.snapshot.size)} stored "
+        f"as {human_size(header.snapshot.stored_size)}, schema {header.schema_version}, {header.blob_count} "
+        f"blob(s) of which {header.new_blobs} new ({human_size(header.new_blob_bytes)}); {state}"
+    )
     return archive.find(header.name)

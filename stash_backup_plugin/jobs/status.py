@@ -2,6 +2,7 @@
 every job's attempt and outcome (plugin and CLI alike) and sends the failure notice;
 status.json lives in the archive folder, or where that cannot be written, in the
 caller's fallback folder (core/status.py). Also the overdue check and the page's overview."""
+
 from __future__ import annotations
 
 import contextlib
@@ -54,8 +55,9 @@ class JobRun:
 
 
 @contextlib.contextmanager
-def recording(status_file: StatusFile, job: str, report: Reporter,
-              notify: Optional[Notify] = None, ping: str = "") -> Iterator[JobRun]:
+def recording(
+    status_file: StatusFile, job: str, report: Reporter, notify: Optional[Notify] = None, ping: str = ""
+) -> Iterator[JobRun]:
     """Record the attempt, then its outcome, in the archive's status.json; notify on
     failure; with a `ping` URL, tell an outside monitor (healthchecks.io style) that
     the job started, succeeded or failed. A status file that cannot be written or a
@@ -71,20 +73,30 @@ def recording(status_file: StatusFile, job: str, report: Reporter,
         _finish(status_file, job, JobRun.failure(report.redact(str(error))), report, notify, ping)
         raise
     except BaseException as error:  # a bug or an interrupt still ends the attempt
-        _finish(status_file, job,
-                JobRun.failure(f"stopped: {type(error).__name__} {report.redact(str(error))}".strip()), report, notify,
-                ping)
+        _finish(
+            status_file,
+            job,
+            JobRun.failure(f"stopped: {type(error).__name__} {report.redact(str(error))}".strip()),
+            report,
+            notify,
+            ping,
+        )
         raise
     run.message = report.redact(run.message)
     _finish(status_file, job, run, report, notify, ping)
 
 
-def _finish(status_file: StatusFile, job: str, run: JobRun, report: Reporter, notify: Optional[Notify],
-            ping: str = "") -> None:
+def _finish(
+    status_file: StatusFile, job: str, run: JobRun, report: Reporter, notify: Optional[Notify], ping: str = ""
+) -> None:
     now = utc_now()
     if ping:
-        send_ping(ping, PING_SUCCESS if run.ok else PING_FAIL,
-                  f"stash-backup {job}: {'ok' if run.ok else 'failed'}: {run.message}", report)
+        send_ping(
+            ping,
+            PING_SUCCESS if run.ok else PING_FAIL,
+            f"stash-backup {job}: {'ok' if run.ok else 'failed'}: {run.message}",
+            report,
+        )
     if run.ok:
         _update_status(status_file, report, lambda status: status.succeeded(job, now, run.message))
         return
@@ -110,8 +122,14 @@ def last_verified_time(archive: Archive) -> Optional[datetime]:
     return parse_time(newest.added_at) if newest else None
 
 
-def check_overdue(archive: Archive, status_file: StatusFile, interval: Duration, report: Reporter,
-                  notify: Optional[Notify] = None, factor: float = 1.0) -> bool:
+def check_overdue(
+    archive: Archive,
+    status_file: StatusFile,
+    interval: Duration,
+    report: Reporter,
+    notify: Optional[Notify] = None,
+    factor: float = 1.0,
+) -> bool:
     """Whether the newest verified backup is older than `factor` times the interval;
     the first check of each overdue spell sends the overdue notice."""
     now = datetime.now(timezone.utc)
@@ -120,8 +138,9 @@ def check_overdue(archive: Archive, status_file: StatusFile, interval: Duration,
         return False
     if notify:
         try:
-            claimed, failure = status_file.apply(lambda status: (claim_overdue_notice(status, last, now),
-                                                                 status.last_failure()))
+            claimed, failure = status_file.apply(
+                lambda status: (claim_overdue_notice(status, last, now), status.last_failure())
+            )
         except StashBackupError as error:
             report.warning(f"the overdue notice was not sent: {error}")
             return True
@@ -150,19 +169,26 @@ def overview(archive: Archive, status_file: StatusFile, interval: Duration) -> d
     failure = status.last_failure()
     return {
         "now": iso(now),
-        "archive": {"folder": str(archive.folder), "backups": len(entries),
-                    # what the backups added (blobs stored once), without walking every blob file
-                    "size": sum(e.new_bytes if e.is_stored else e.size for e in entries),
-                    "free": free_space(archive.folder)},
-        "interval": str(interval), "interval_seconds": int(max_age.total_seconds()),
+        "archive": {
+            "folder": str(archive.folder),
+            "backups": len(entries),
+            # what the backups added (blobs stored once), without walking every blob file
+            "size": sum(e.new_bytes if e.is_stored else e.size for e in entries),
+            "free": free_space(archive.folder),
+        },
+        "interval": str(interval),
+        "interval_seconds": int(max_age.total_seconds()),
         "last_verified": iso(last) if last else None,
         "last_verified_age_seconds": int((now - last).total_seconds()) if last else None,
         "stale": is_stale(last, max_age, now),
         "backups": [_entry_view(e) for e in entries],
-        "jobs": {name: dict(asdict(record), running=record.running_or_killed, failing=record.failing)
-                 for name, record in status.jobs.items()},
+        "jobs": {
+            name: dict(asdict(record), running=record.running_or_killed, failing=record.failing)
+            for name, record in status.jobs.items()
+        },
         "last_failure": {"job": failure[0], "at": failure[1].last_failure, "message": failure[1].failure_message}
-                        if failure else None,
+        if failure
+        else None,
         "auto_queued_at": status.auto_queued_at or None,
         "live_database": live_database_view(archive, status),
     }
@@ -174,9 +200,14 @@ def live_database_view(archive: Archive, status: Status) -> Optional[dict]:
     if record is None:
         return None
     candidate = restore_candidate(archive, record.damaged_since) if record.damaged_since else None
-    return {"checked_at": record.last_attempt or None, "ok": not record.failing and not record.damaged_since,
-            "message": record.last_message, "damaged_since": record.damaged_since or None,
-            "damage_reason": record.damage_reason or None, "restore": candidate.file if candidate else None}
+    return {
+        "checked_at": record.last_attempt or None,
+        "ok": not record.failing and not record.damaged_since,
+        "message": record.last_message,
+        "damaged_since": record.damaged_since or None,
+        "damage_reason": record.damage_reason or None,
+        "restore": candidate.file if candidate else None,
+    }
 
 
 def _entry_view(entry: Entry) -> dict:

@@ -1,5 +1,6 @@
 """The *Verify archive* job: every backup of the archive (or the files given) checked
 again: its database, and every image it refers to present (re-hashed with read-data)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,8 +33,13 @@ class VerifySummary:
         return text + (f"; adopted {len(self.adopted)} unrecorded file(s)" if self.adopted else "")
 
 
-def verify_archive(archive: Archive, level: str, report: Reporter,
-                   read_data: Optional[stored.ReadData] = None, stash: Optional[ServerInfo] = None) -> VerifySummary:
+def verify_archive(
+    archive: Archive,
+    level: str,
+    report: Reporter,
+    read_data: Optional[stored.ReadData] = None,
+    stash: Optional[ServerInfo] = None,
+) -> VerifySummary:
     """Every backup: stored ones (database and blobs, each blob looked at once; with
     `read_data` its content re-hashed) and older per-backup files. Given the server
     (`stash`, the plugin's verify), Stash's pre-migration backups are adopted first."""
@@ -72,8 +78,9 @@ def _report_check(summary: VerifySummary, report: Reporter, name: str, problem: 
         report.info(f"ok  {name}")
 
 
-def _verify_stored(archive: Archive, entries: list[Entry], level: str, read_data: Optional[stored.ReadData],
-                   report: Reporter) -> dict[str, list[str]]:
+def _verify_stored(
+    archive: Archive, entries: list[Entry], level: str, read_data: Optional[stored.ReadData], report: Reporter
+) -> dict[str, list[str]]:
     """Each database, then every blob of every backup in one merged pass."""
     store = archive.store
     problems: dict[str, list[str]] = {e.file: [] for e in entries}
@@ -87,8 +94,9 @@ def _verify_stored(archive: Archive, entries: list[Entry], level: str, read_data
             continue
         readable.append(entry.file)
         problems[entry.file] += stored.check_snapshot(store, header, level, step)
-    blob_problems = stored.check_blobs(store, readable, read_data, report.phase(0.5, 1.0),
-                                       total_hint=max((e.blob_count for e in entries), default=0))
+    blob_problems = stored.check_blobs(
+        store, readable, read_data, report.phase(0.5, 1.0), total_hint=max((e.blob_count for e in entries), default=0)
+    )
     for name, found in blob_problems.items():
         if found:
             problems[name].append(f"{len(found)} blob problem(s): {found[0]}")
@@ -96,21 +104,36 @@ def _verify_stored(archive: Archive, entries: list[Entry], level: str, read_data
 
 
 def _record_check(archive: Archive, entry: Entry, level: str, problem: str) -> None:
-    entry.verified_at, entry.verified_level, entry.verified_ok, entry.verify_error = utc_now(), level, not problem, problem
+    entry.verified_at, entry.verified_level, entry.verified_ok, entry.verify_error = (
+        utc_now(),
+        level,
+        not problem,
+        problem,
+    )
     archive.record(entry)
 
 
-def _verify_one(archive: Archive, entry: Optional[Entry], path: Path, level: str, report: Reporter,
-                summary: VerifySummary) -> str:
+def _verify_one(
+    archive: Archive, entry: Optional[Entry], path: Path, level: str, report: Reporter, summary: VerifySummary
+) -> str:
     try:
-        verified = verify_backup(path, level, expected_size=entry.size if entry else None,
-                                 expected_sha256=entry.sha256 if entry else None,
-                                 progress=report.bytes_progress("verifying"))
+        verified = verify_backup(
+            path,
+            level,
+            expected_size=entry.size if entry else None,
+            expected_sha256=entry.sha256 if entry else None,
+            progress=report.bytes_progress("verifying"),
+        )
         if verified.kind == "zip":
             require_blobs(verified, tolerated=entry.blobs_not_included if entry else 0)
     except VerificationError as error:
         if entry:
-            entry.verified_at, entry.verified_level, entry.verified_ok, entry.verify_error = utc_now(), level, False, str(error)
+            entry.verified_at, entry.verified_level, entry.verified_ok, entry.verify_error = (
+                utc_now(),
+                level,
+                False,
+                str(error),
+            )
             archive.record(entry)
         return str(error)
     if entry is None:
@@ -120,19 +143,38 @@ def _verify_one(archive: Archive, entry: Optional[Entry], path: Path, level: str
     archive.record(entry)
     return ""
 
+
 def _entry(name: str, verified: BackupReport, info: ServerInfo, source: str, level: str) -> Entry:
-    return Entry(file=name, size=verified.size, sha256=verified.sha256, **entry_from_name(name),
-                 kind=verified.kind, blob_count=verified.blob_count, includes_blobs=verified.kind == "zip",
-                 blobs_not_included=len(verified.blobs_not_included), source=source,
-                 server_version=info.version or "", verified_at=utc_now(), verified_level=level, verified_ok=True)
+    return Entry(
+        file=name,
+        size=verified.size,
+        sha256=verified.sha256,
+        **entry_from_name(name),
+        kind=verified.kind,
+        blob_count=verified.blob_count,
+        includes_blobs=verified.kind == "zip",
+        blobs_not_included=len(verified.blobs_not_included),
+        source=source,
+        server_version=info.version or "",
+        verified_at=utc_now(),
+        verified_level=level,
+        verified_ok=True,
+    )
 
 
 def _adopt_from(archive: Archive, stash: ServerInfo, level: str, report: Reporter) -> None:
     """jobs/adopt, where this process reads Stash's folders (the plugin, on Stash's host)."""
     from .adopt import adopt_pre_upgrade, stash_backup_folders
+
     if not stash.database_path or stash.schema_version is None:
         return
     blobs = Path(stash.blobs_path) if stash.blobs_on_filesystem and stash.blobs_path else None
-    adopt_pre_upgrade(archive, stash_backup_folders(stash.database_path, stash.backup_directory),
-                      Path(stash.database_path).name, stash.schema_version,
-                      [blobs] if blobs is not None and blobs.is_dir() else [], level, report)
+    adopt_pre_upgrade(
+        archive,
+        stash_backup_folders(stash.database_path, stash.backup_directory),
+        Path(stash.database_path).name,
+        stash.schema_version,
+        [blobs] if blobs is not None and blobs.is_dir() else [],
+        level,
+        report,
+    )

@@ -9,6 +9,7 @@
 
 Standard library and PyYAML only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,12 @@ if TYPE_CHECKING:  # annotations only: the config reader is imported by the mode
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stash-restore", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:9]))
+    parser = argparse.ArgumentParser(
+        prog="stash-restore",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:9]),
+    )
     parser.add_argument("backup", nargs="?", help="backup file, or its name in the backup folder or archive")
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument("--undo", action="store_true", help="put back the database the last restore moved aside")
@@ -45,25 +49,42 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--archive", type=Path, help="the plugin's archive folder, to find backups by name")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     parser.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    parser.add_argument("--allow-newer-schema", action="store_true",
-                        help="restore a backup whose schema is newer than the current database's")
-    parser.add_argument("--allow-anonymised", action="store_true",
-                        help="restore Stash's anonymised database (given by its path) over the real one")
-    parser.add_argument("--allow-salvaged", action="store_true",
-                        help="restore a salvaged backup (what SQLite recovered from a damaged database)")
-    parser.add_argument("--stash-stopped", action="store_true",
-                        help="you confirm Stash is stopped, where this machine cannot check it")
-    parser.add_argument("--check", choices=CHECK_LEVELS, default=QUICK,
-                        help="SQLite check of the backup: quick (default), full or none")
+    parser.add_argument(
+        "--allow-newer-schema",
+        action="store_true",
+        help="restore a backup whose schema is newer than the current database's",
+    )
+    parser.add_argument(
+        "--allow-anonymised",
+        action="store_true",
+        help="restore Stash's anonymised database (given by its path) over the real one",
+    )
+    parser.add_argument(
+        "--allow-salvaged",
+        action="store_true",
+        help="restore a salvaged backup (what SQLite recovered from a damaged database)",
+    )
+    parser.add_argument(
+        "--stash-stopped", action="store_true", help="you confirm Stash is stopped, where this machine cannot check it"
+    )
+    parser.add_argument(
+        "--check", choices=CHECK_LEVELS, default=QUICK, help="SQLite check of the backup: quick (default), full or none"
+    )
     parser.add_argument("--json", action="store_true", help="with --list: JSON output")
-    parser.add_argument("--map-path", action="append", default=[], metavar="OLD=NEW",
-                        help="the library moved: rewrite folder paths under OLD to NEW in the restored database "
-                             "(repeatable; the longest OLD wins; Windows and POSIX paths both work)")
+    parser.add_argument(
+        "--map-path",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="the library moved: rewrite folder paths under OLD to NEW in the restored database "
+        "(repeatable; the longest OLD wins; Windows and POSIX paths both work)",
+    )
     return parser
 
 
 def _target(args, report) -> Target:
     from .stash_config import FILESYSTEM, Target, find_config_file, load_config
+
     config = None
     if args.database:
         database = args.database.expanduser().resolve()
@@ -82,6 +103,7 @@ def _target(args, report) -> Target:
 
 def _backup_folders(args, target: Target) -> list[Path]:
     from ..core.archive import DEFAULT_FOLDER_NAME
+
     folders = []
     if target.config:
         folders.append(target.config.backup_directory)
@@ -119,6 +141,7 @@ def _resolve_backup(name: str, args, target: Target) -> Path:
 def _stored_record(folder: Path, name: str) -> Optional[Path]:
     """A stored backup of the archive in `folder`, by its name (a `.zip` added by habit is ignored)."""
     from ..core.store import Store
+
     store = Store(folder)
     for candidate in (name, name[:-4] if name.endswith(".zip") else None):
         if candidate and store.record_path(candidate).is_file():
@@ -133,16 +156,19 @@ def _stored_of_snapshot(path: Path) -> Optional[Path]:
     snapshot no record names is refused, with the command that recovers it by hand."""
     import shlex
     from ..core.store import SNAPSHOT_SUFFIX, SNAPSHOTS
+
     if path.parent.name != SNAPSHOTS or not path.name.endswith(SNAPSHOT_SUFFIX):
         return None
-    archive, name = path.parent.parent, path.name[:-len(SNAPSHOT_SUFFIX)]
+    archive, name = path.parent.parent, path.name[: -len(SNAPSHOT_SUFFIX)]
     record = _stored_record(archive, name)
     if record is None:
         plain = shlex.quote(name + ".sqlite")
-        raise UsageError(f"{path} is a database snapshot that no backup in {archive} records (its backup was "
-                         "forgotten, and the next prune removes it): nothing checks it, and no images go with it. "
-                         f"To restore its database anyway: gzip -dc {shlex.quote(str(path))} > {plain} && "
-                         f"stash-restore {plain}")
+        raise UsageError(
+            f"{path} is a database snapshot that no backup in {archive} records (its backup was "
+            "forgotten, and the next prune removes it): nothing checks it, and no images go with it. "
+            f"To restore its database anyway: gzip -dc {shlex.quote(str(path))} > {plain} && "
+            f"stash-restore {plain}"
+        )
     return record.resolve()
 
 
@@ -150,12 +176,21 @@ def _stored_rows(folder: Path) -> list[dict]:
     """The stored backups of the archive in `folder`, as --list shows them."""
     from ..core.archive import Archive
     from ..core.store import Store
+
     if not Store(folder).exists():
         return []
-    return [{"path": str(Archive(folder).path_of(e)), "created": e.created.replace("T", " "),
-             "schema_version": e.schema_version, "size": e.size, "blobs": e.includes_blobs,
-             "verified": ("yes" if e.verified_ok else "FAILED") if e.verified_at else "no"}
-            for e in Archive(folder).entries() if e.is_stored]
+    return [
+        {
+            "path": str(Archive(folder).path_of(e)),
+            "created": e.created.replace("T", " "),
+            "schema_version": e.schema_version,
+            "size": e.size,
+            "blobs": e.includes_blobs,
+            "verified": ("yes" if e.verified_ok else "FAILED") if e.verified_at else "no",
+        }
+        for e in Archive(folder).entries()
+        if e.is_stored
+    ]
 
 
 def _confirm_on_terminal(question: str) -> bool:
@@ -166,6 +201,7 @@ def _confirm_on_terminal(question: str) -> bool:
 def cmd_list(args, target: Target) -> int:
     from ..core.archive import Archive, backup_files
     from ..core.reporting import human_size
+
     rows = []
     for folder in _backup_folders(args, target):
         if not folder.is_dir():
@@ -173,10 +209,16 @@ def cmd_list(args, target: Target) -> int:
         recorded = {e.file: e for e in Archive(folder).entries()} if (folder / "manifest.json").exists() else {}
         for path, parsed in backup_files(folder):
             entry = recorded.get(path.name)
-            rows.append({"path": str(path), "created": parsed.created.isoformat(sep=" "),
-                         "schema_version": parsed.schema_version, "size": path.stat().st_size,
-                         "blobs": entry.includes_blobs if entry else parsed.is_zip,
-                         "verified": ("yes" if entry.verified_ok else "FAILED") if entry and entry.verified_at else "no"})
+            rows.append(
+                {
+                    "path": str(path),
+                    "created": parsed.created.isoformat(sep=" "),
+                    "schema_version": parsed.schema_version,
+                    "size": path.stat().st_size,
+                    "blobs": entry.includes_blobs if entry else parsed.is_zip,
+                    "verified": ("yes" if entry.verified_ok else "FAILED") if entry and entry.verified_at else "no",
+                }
+            )
         rows += _stored_rows(folder)
     rows.sort(key=lambda r: r["created"], reverse=True)
     if args.json:
@@ -185,13 +227,16 @@ def cmd_list(args, target: Target) -> int:
     if not rows:
         print("no backups found in " + ", ".join(str(f) for f in _backup_folders(args, target)))
     for row in rows:
-        print(f"{row['created']}  schema {row['schema_version']:<3}  {human_size(row['size']):>10}  "
-              f"{'blobs' if row['blobs'] else 'db only':<7}  verified: {row['verified']:<6}  {row['path']}")
+        print(
+            f"{row['created']}  schema {row['schema_version']:<3}  {human_size(row['size']):>10}  "
+            f"{'blobs' if row['blobs'] else 'db only':<7}  verified: {row['verified']:<6}  {row['path']}"
+        )
     return 0
 
 
 def cmd_salvage(args, report) -> int:
     from .salvage import salvage
+
     if not args.output:
         raise UsageError("--salvage needs --output FILE: where to write the recovered copy")
     result = salvage(args.salvage.expanduser(), args.output.expanduser())
@@ -205,6 +250,7 @@ def cmd_salvage(args, report) -> int:
 
 def _run(args, report) -> int:
     from .pathmap import parse_mappings
+
     if args.map_path and (args.undo or args.list or args.salvage):
         raise UsageError("--map-path goes with a BACKUP to restore, not with --undo, --list or --salvage")
     mappings = parse_mappings(args.map_path)  # a malformed one stops before anything is read
@@ -214,11 +260,18 @@ def _run(args, report) -> int:
     if args.list:
         return cmd_list(args, target)
     from . import restore as engine
-    options = engine.RestoreOptions(path_mappings=mappings, dry_run=args.dry_run, assume_yes=args.yes,
-                                    allow_newer_schema=args.allow_newer_schema, stash_stopped=args.stash_stopped,
-                                    check_level=args.check, allow_anonymised=args.allow_anonymised,
-                                    allow_salvaged=args.allow_salvaged,
-                                    confirm=_confirm_on_terminal if sys.stdin.isatty() else None)
+
+    options = engine.RestoreOptions(
+        path_mappings=mappings,
+        dry_run=args.dry_run,
+        assume_yes=args.yes,
+        allow_newer_schema=args.allow_newer_schema,
+        stash_stopped=args.stash_stopped,
+        check_level=args.check,
+        allow_anonymised=args.allow_anonymised,
+        allow_salvaged=args.allow_salvaged,
+        confirm=_confirm_on_terminal if sys.stdin.isatty() else None,
+    )
     if args.undo:
         engine.undo(target, options, report)
         return 0
@@ -234,8 +287,9 @@ def _run(args, report) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     report = TerminalReporter()
-    return run_command(report, lambda: _run(args, report),
-                       interrupted="interrupted: run the same command again to finish or roll back")
+    return run_command(
+        report, lambda: _run(args, report), interrupted="interrupted: run the same command again to finish or roll back"
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 (its pools close idle connections after 30 s), so three probes are combined: SQLite's
 locks on the files, the process table, and the HTTP port. Standard library (and
 PyYAML, to read another Stash's config)."""
+
 from __future__ import annotations
 
 import os
@@ -42,18 +43,20 @@ class Finding:
         return not self.running and not self.doubts
 
 
-def ensure_stopped(database: Path, config_path: Optional[Path], host: str, port: Optional[int],
-                   vouched: bool) -> None:
+def ensure_stopped(database: Path, config_path: Optional[Path], host: str, port: Optional[int], vouched: bool) -> None:
     """Proof that Stash runs (its process, its lock, its /healthz) refuses, whatever the
     user says; `vouched` (--stash-stopped) only overrules doubts (a busy port, a probe
     not possible here). The restore and `snapshot --offline` both ask this."""
     finding = probe(database, config_path, host, port)
     if finding.running:
-        raise RestoreRefused(f"Stash seems to be running ({finding.running[0]}): stop Stash, then run this again. "
-                             "Nothing was changed")
+        raise RestoreRefused(
+            f"Stash seems to be running ({finding.running[0]}): stop Stash, then run this again. Nothing was changed"
+        )
     if finding.doubts and not vouched:
-        raise RestoreRefused(f"cannot tell whether Stash is stopped here ({'; '.join(finding.doubts)}): stop Stash "
-                             "and pass --stash-stopped to confirm. Nothing was changed")
+        raise RestoreRefused(
+            f"cannot tell whether Stash is stopped here ({'; '.join(finding.doubts)}): stop Stash "
+            "and pass --stash-stopped to confirm. Nothing was changed"
+        )
 
 
 def probe(database: Path, config_path: Optional[Path], host: str, port: Optional[int]) -> Finding:
@@ -67,18 +70,22 @@ def probe(database: Path, config_path: Optional[Path], host: str, port: Optional
 
 # --- locks ---------------------------------------------------------------------------
 
+
 def lock_holder(path: Path, start: int, length: int) -> Optional[int]:
     """PID of a process holding a lock on the range (0 when it is in another PID
     namespace), or None. fcntl(F_GETLK) works without root and across namespaces."""
     import fcntl
     import struct
+
     darwin = sys.platform == "darwin" or "bsd" in sys.platform
     layout = "qqihh" if darwin else "hhqqi"  # struct flock's field order differs
-    values = (start, length, 0, fcntl.F_WRLCK, os.SEEK_SET) if darwin else (fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
+    values = (
+        (start, length, 0, fcntl.F_WRLCK, os.SEEK_SET) if darwin else (fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
+    )
     request = struct.pack(layout, *values).ljust(64, b"\0")
     with open(path, "rb") as handle:
         answer = fcntl.fcntl(handle.fileno(), fcntl.F_GETLK, request)
-    fields = struct.unpack(layout, answer[:struct.calcsize(layout)])
+    fields = struct.unpack(layout, answer[: struct.calcsize(layout)])
     kind, pid = (fields[3], fields[2]) if darwin else (fields[0], fields[4])
     return pid if kind != fcntl.F_UNLCK else None
 
@@ -101,6 +108,7 @@ def _probe_locks(database: Path, finding: Finding) -> None:
 
 
 # --- processes -----------------------------------------------------------------------
+
 
 def _is_stash_name(name: str) -> bool:
     base = os.path.basename(name).lower()
@@ -156,8 +164,7 @@ def _read_environ(entry: Path) -> Optional[dict[str, str]]:
     return {name: value for name, _, value in pairs}
 
 
-def _judge_linux_process(process: LinuxProcess, database: Path, config_path: Optional[Path],
-                         finding: Finding) -> None:
+def _judge_linux_process(process: LinuxProcess, database: Path, config_path: Optional[Path], finding: Finding) -> None:
     """A Stash process counts when it serves this install. One we cannot look into
     (another user's, without root) cannot be ruled out: it is a doubt."""
     described = f"Stash process {process.pid} ({' '.join(process.argv)[:80]})"
@@ -252,7 +259,7 @@ def _config_argument(argv: list[str]) -> Optional[str]:
             return argv[index + 1]
         for prefix in ("--config=", "-c="):
             if arg.startswith(prefix):
-                return arg[len(prefix):]
+                return arg[len(prefix) :]
         if arg.startswith("-c") and not arg.startswith("--") and len(arg) > 2:
             return arg[2:]
     return None
@@ -279,6 +286,7 @@ def _ps_processes():
 
 
 # --- port ------------------------------------------------------------------------------
+
 
 def _probe_port(host: str, port: int, finding: Finding) -> None:
     """Stash's /healthz answering on its port is proof (it answers without a login);
@@ -307,8 +315,9 @@ def _ask_healthz(url: str) -> str:
     # Only liveness is asked and nothing is sent: the certificate (made for Stash's
     # public name) need not be checked. No proxy: one from the environment would
     # answer for a port on loopback.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
-                                         urllib.request.HTTPSHandler(context=ssl._create_unverified_context()))
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ssl._create_unverified_context())
+    )
     try:
         with opener.open(url, timeout=3) as response:
             return HEALTHY if response.status == 200 else OTHER

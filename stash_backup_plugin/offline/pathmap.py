@@ -6,6 +6,7 @@ Stash keeps a file's location as its folder's absolute `folders.path` plus the f
 own `basename`, so rewriting the folders moves every file (and every folder-based or
 zip gallery) with them. A Windows path (`C:\\Media\\a`, `\\\\nas\\share`) mapped to a POSIX
 one (`/data/a`) has all its separators changed, and the other way round."""
+
 from __future__ import annotations
 
 import re
@@ -41,16 +42,21 @@ class PathMapping:
 
     def rewrite(self, path: str) -> str:
         """`path` (covered) under NEW, its remaining separators in NEW's style."""
-        rest = path[len(self.old):].lstrip(_separator(self.old_style))
+        rest = path[len(self.old) :].lstrip(_separator(self.old_style))
         if not rest:
             return self.new
         parts = rest.split(_separator(self.old_style))
         if self.old_style != self.new_style and any(_separator(self.new_style) in part for part in parts):
-            raise UsageError(f"{path!r} has a name with {_separator(self.new_style)!r} in it, which cannot be a "
-                             f"name on {self.new_style.title()}: --map-path {self.text} cannot move it")
+            raise UsageError(
+                f"{path!r} has a name with {_separator(self.new_style)!r} in it, which cannot be a "
+                f"name on {self.new_style.title()}: --map-path {self.text} cannot move it"
+            )
         joined = _separator(self.new_style).join(parts)
-        return self.new + joined if self.new.endswith(_separator(self.new_style)) else \
-            self.new + _separator(self.new_style) + joined
+        return (
+            self.new + joined
+            if self.new.endswith(_separator(self.new_style))
+            else self.new + _separator(self.new_style) + joined
+        )
 
 
 def _separator(style: str) -> str:
@@ -85,8 +91,10 @@ def parse_mapping(text: str) -> PathMapping:
     old, equals, new = text.partition("=")
     old_style, new_style = path_style(old.strip()), path_style(new.strip())
     if not equals or not old_style or not new_style:
-        raise UsageError(f"--map-path {text!r}: give OLD=NEW, both absolute paths "
-                         "(e.g. --map-path 'C:\\Media=/data/media' or --map-path /media/a=/data/library)")
+        raise UsageError(
+            f"--map-path {text!r}: give OLD=NEW, both absolute paths "
+            "(e.g. --map-path 'C:\\Media=/data/media' or --map-path /media/a=/data/library)"
+        )
     return PathMapping(_normalised(old.strip(), old_style), _normalised(new.strip(), new_style), old_style, new_style)
 
 
@@ -98,8 +106,9 @@ def parse_mappings(texts: Iterable[str]) -> list[PathMapping]:
     for mapping in mappings:
         key = mapping.old.lower() if mapping.old_style == WINDOWS else mapping.old
         if key in seen:
-            raise UsageError(f"--map-path {seen[key].text} and --map-path {mapping.text} map the same folder: "
-                             "give each OLD once")
+            raise UsageError(
+                f"--map-path {seen[key].text} and --map-path {mapping.text} map the same folder: give each OLD once"
+            )
         seen[key] = mapping
     return sorted(mappings, key=lambda m: len(m.old), reverse=True)
 
@@ -125,6 +134,7 @@ def basename(path: str) -> str:
 
 # --- what a rewrite does ----------------------------------------------------------------
 
+
 @dataclass
 class MappingCount:
     mapping: PathMapping
@@ -136,6 +146,7 @@ class MappingCount:
 @dataclass
 class Preview:
     """What a rewrite of the folders would do, and what stops it."""
+
     counts: list[MappingCount]
     uncovered_folders: int = 0
     uncovered_files: int = 0
@@ -149,8 +160,10 @@ class Preview:
     def refusal(self) -> Optional[str]:
         unused = [c.mapping.text for c in self.counts if not c.folders]
         if unused:
-            return (f"--map-path {unused[0]} matches no folder of the backup's library: check OLD (the dry run "
-                    "lists the folders no mapping covers)")
+            return (
+                f"--map-path {unused[0]} matches no folder of the backup's library: check OLD (the dry run "
+                "lists the folders no mapping covers)"
+            )
         return self.collision or self.unmappable
 
 
@@ -164,8 +177,11 @@ def preview(folders: Iterable[tuple[str, int]], mappings: list[PathMapping]) -> 
     for path, files in folders:
         mapping = mapping_for(path, mappings)
         if mapping is None:
-            final, result.uncovered_folders, result.uncovered_files = \
-                path, result.uncovered_folders + 1, result.uncovered_files + files
+            final, result.uncovered_folders, result.uncovered_files = (
+                path,
+                result.uncovered_folders + 1,
+                result.uncovered_files + files,
+            )
             uncovered.append(path)
         else:
             counts[mapping].folders += 1
@@ -176,8 +192,10 @@ def preview(folders: Iterable[tuple[str, int]], mappings: list[PathMapping]) -> 
                 result.unmappable = result.unmappable or str(error)
                 continue
         if final in final_paths and result.collision is None:
-            result.collision = (f"{final_paths[final]!r} and {path!r} would both become {final!r}: "
-                                "a folder of that path is already in the library, or two mappings meet")
+            result.collision = (
+                f"{final_paths[final]!r} and {path!r} would both become {final!r}: "
+                "a folder of that path is already in the library, or two mappings meet"
+            )
         final_paths.setdefault(final, path)
     tops = _top_folders(uncovered)
     result.uncovered_trees, result.uncovered_shown = len(tops), tops[:SHOWN_UNCOVERED]

@@ -3,6 +3,7 @@ their paths in one transaction. Only `folders.path` (and, schema 84+, the moved
 roots' `folders.basename`) holds a library path: files are a basename in a folder,
 galleries point at a folder or a zip file, captions are basenames (checked against
 Stash v0.28.1's schema 72 and v0.31.1's schema 85)."""
+
 from __future__ import annotations
 
 import sqlite3

@@ -5,6 +5,7 @@ or requests (a test proves it).
 
     python -m stash_backup_plugin.offline BACKUP [--dry-run] [--yes]
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,20 @@ from typing import Callable, Iterator, NamedTuple, Optional
 from ..core import backup_zip as fullbackup
 from . import swap
 from ..core.archive import MANIFEST_NAME, Archive, Entry
-from ..core.atomic import (discard, existing_parent, free_space, fsync_file, give_owner, make_folders, private_mode,
-                           remove_stale_temps, scratch_folder, staged_file, storage_error, temp_path_in)
+from ..core.atomic import (
+    discard,
+    existing_parent,
+    free_space,
+    fsync_file,
+    give_owner,
+    make_folders,
+    private_mode,
+    remove_stale_temps,
+    scratch_folder,
+    staged_file,
+    storage_error,
+    temp_path_in,
+)
 from ..core.hashing import copy_and_hash
 from ..core.errors import RestoreRefused, UsageError, VerificationError
 from ..core.naming import TEMP_MARKER, blob_relative_path, is_anonymised_name
@@ -64,28 +77,36 @@ class RestoreResult:
 
 # --- guards ---------------------------------------------------------------------------
 
+
 def ensure_stash_stopped(target: Target, options: RestoreOptions) -> None:
-    ensure_stopped(target.database, target.config.path if target.config else None, target.host, target.port,
-                   options.stash_stopped)
+    ensure_stopped(
+        target.database, target.config.path if target.config else None, target.host, target.port, options.stash_stopped
+    )
 
 
 def _guard_salvaged(inspection: "_Inspection", options: RestoreOptions) -> None:
     """A salvaged backup holds what SQLite recovered from a damaged database: rows may be
     missing. It replaces the live database only when the user says so."""
     if inspection.header and inspection.header.salvaged and not options.allow_salvaged:
-        raise RestoreRefused(f"{inspection.header.name} is a salvaged backup (recovered from a damaged database; "
-                             "rows may be missing): pass --allow-salvaged to restore it. Nothing was changed")
+        raise RestoreRefused(
+            f"{inspection.header.name} is a salvaged backup (recovered from a damaged database; "
+            "rows may be missing): pass --allow-salvaged to restore it. Nothing was changed"
+        )
 
 
 def _guard_anonymised(backup: Path, options: RestoreOptions, report: Reporter) -> None:
     if not is_anonymised_name(backup.name):
         return
     if not options.allow_anonymised:
-        raise RestoreRefused(f"{backup.name} is Stash's anonymised copy of a database, not a backup: restoring it "
-                             "would replace your library's names, paths and details with scrambled ones. If that is "
-                             "what you want, give its path with --allow-anonymised. Nothing was changed")
-    report.warning(f"{backup.name} is an anonymised database: your real data will be replaced by anonymised data "
-                   "(stash-restore --undo puts the current database back)")
+        raise RestoreRefused(
+            f"{backup.name} is Stash's anonymised copy of a database, not a backup: restoring it "
+            "would replace your library's names, paths and details with scrambled ones. If that is "
+            "what you want, give its path with --allow-anonymised. Nothing was changed"
+        )
+    report.warning(
+        f"{backup.name} is an anonymised database: your real data will be replaced by anonymised data "
+        "(stash-restore --undo puts the current database back)"
+    )
 
 
 class Recovered(NamedTuple):
@@ -121,13 +142,16 @@ def one_run_at_a_time(database: Path, dry_run: bool) -> Iterator[None]:
         yield
         return
     import fcntl
+
     fd = os.open(existing_parent(database.parent), os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if dry_run else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RestoreRefused(f"another stash-restore is running on {database}: let it finish, then run this "
-                                 "again. Nothing was changed") from None
+            raise RestoreRefused(
+                f"another stash-restore is running on {database}: let it finish, then run this "
+                "again. Nothing was changed"
+            ) from None
         except OSError:
             pass
         yield
@@ -159,6 +183,7 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 # --- facts ------------------------------------------------------------------------------
+
 
 @dataclass
 class _Inspection:
@@ -195,6 +220,7 @@ class _Inspection:
 class _Selection:
     """Which of the backup's blobs (by position in `_Inspection.blobs()`) to write: one
     bit each, so an empty blobs folder and 100k blobs cost 12.5 KiB, not 100k objects."""
+
     bits: bytearray = field(default_factory=bytearray)
     count: int = 0
     bytes: int = 0
@@ -221,6 +247,7 @@ def is_stored_backup(path: Path) -> bool:
     """A stored backup is named by its record: <archive>/backups/<name>.record."""
     from ..core.record import SUFFIX
     from ..core.store import RECORDS
+
     return path.name.endswith(SUFFIX) and path.parent.name == RECORDS
 
 
@@ -230,12 +257,14 @@ def read_backup(backup: Path) -> _Inspection:
     stored backup's record lists its own sizes)."""
     if is_stored_backup(backup):
         store = Store(backup.parent.parent)
-        header = store.header(backup.name[:-len(".record")])
+        header = store.header(backup.name[: -len(".record")])
         return _Inspection("stored", header.snapshot.size, header.database_member, store=store, header=header)
     recorded = recorded_entry(backup)
     if recorded and backup.stat().st_size != recorded.size:
-        raise VerificationError(f"{backup} is {backup.stat().st_size} bytes but the archive's manifest says "
-                                f"{recorded.size}: the file changed or is truncated")
+        raise VerificationError(
+            f"{backup} is {backup.stat().st_size} bytes but the archive's manifest says "
+            f"{recorded.size}: the file changed or is truncated"
+        )
     if is_zip(backup):
         try:
             with zipfile.ZipFile(backup) as archive:
@@ -267,8 +296,13 @@ def verify_without_staging(backup: Path, inspection: _Inspection, level: str, re
                 inspection.store.read_snapshot(inspection.header, out)
             _note_database(inspection, database, level)
         return
-    verified = verify_backup(backup, level, want_sha256=False, expected_sha256=inspection.expected_sha256,
-                             progress=report.bytes_progress("verifying backup"))
+    verified = verify_backup(
+        backup,
+        level,
+        want_sha256=False,
+        expected_sha256=inspection.expected_sha256,
+        progress=report.bytes_progress("verifying backup"),
+    )
     inspection.schema_version, inspection.blobs_not_included = verified.schema_version, verified.blobs_not_included
 
 
@@ -282,6 +316,7 @@ def _note_database(inspection: _Inspection, database: Path, level: str) -> None:
         return
     from ..core.sqlite_check import filesystem_blob_references
     from ..core.stored import unlisted_references
+
     inspection.schema_version = check_database(database, level, blob_references=False).schema_version
     with inspection.store.blob_list(inspection.header.name) as listed:
         inspection.blobs_not_included = set(unlisted_references(filesystem_blob_references(database), listed))
@@ -291,10 +326,13 @@ def _check_stored_blobs(inspection: _Inspection, report: Reporter) -> None:
     """Every blob the stored backup lists is in the archive with its size (their
     contents are checked, MD5 = name, as they are copied)."""
     from ..core.stored import check_blobs
+
     problems = check_blobs(inspection.store, [inspection.header.name], None, report)[inspection.header.name]
     if problems:
-        raise VerificationError(f"{inspection.header.name}: {len(problems)} blob problem(s) in the archive, e.g. "
-                                f"{problems[0]} (stash-backup verify says more)")
+        raise VerificationError(
+            f"{inspection.header.name}: {len(problems)} blob problem(s) in the archive, e.g. "
+            f"{problems[0]} (stash-backup verify says more)"
+        )
 
 
 def stage_and_verify(backup: Path, inspection: _Inspection, target: Target, level: str, report: Reporter) -> Path:
@@ -323,8 +361,9 @@ def stage_and_verify(backup: Path, inspection: _Inspection, target: Target, leve
     return staged
 
 
-def gather_facts(backup: Path, inspection: _Inspection, target: Target, options: RestoreOptions,
-                 aside: Path, read_blobs: bool = True) -> tuple[RestoreFacts, _Selection]:
+def gather_facts(
+    backup: Path, inspection: _Inspection, target: Target, options: RestoreOptions, aside: Path, read_blobs: bool = True
+) -> tuple[RestoreFacts, _Selection]:
     """Facts for the plan, and which blobs to write. Without `read_blobs` an existing
     blob of the right size counts as present (cheap, for the early space check); with
     it, its MD5 decides."""
@@ -340,19 +379,27 @@ def gather_facts(backup: Path, inspection: _Inspection, target: Target, options:
             to_write.add(index, size)
     current = swap.current_inodes(target.database)
     facts = RestoreFacts(
-        backup=backup, backup_kind=inspection.kind, backup_schema=inspection.schema_version,
-        database_bytes=inspection.database_bytes, database=target.database,
+        backup=backup,
+        backup_kind=inspection.kind,
+        backup_schema=inspection.schema_version,
+        database_bytes=inspection.database_bytes,
+        database=target.database,
         current_files=[s for s in swap.ALL_SUFFIXES if s in current],
         current_schema=read_schema_version(target.database) if "" in current else None,
-        aside_folder=aside, blobs_path=target.blobs_path, blobs_storage=target.blobs_storage,
-        blobs_in_backup=in_backup, blobs_to_write=to_write.count,
-        blob_bytes_to_write=to_write.bytes, blobs_already_present=present,
+        aside_folder=aside,
+        blobs_path=target.blobs_path,
+        blobs_storage=target.blobs_storage,
+        blobs_in_backup=in_backup,
+        blobs_to_write=to_write.count,
+        blob_bytes_to_write=to_write.bytes,
+        blobs_already_present=present,
         blobs_only_on_disk=len(on_disk) - also_on_disk if in_backup else 0,
         blobs_referenced_missing=len(inspection.blobs_not_included - on_disk),
         free_database_disk=free_space(target.database.parent),
         free_blobs_disk=free_space(target.blobs_path) if target.blobs_path else None,
         same_disk=_same_disk(target.database.parent, target.blobs_path),
-        allow_newer_schema=options.allow_newer_schema)
+        allow_newer_schema=options.allow_newer_schema,
+    )
     return facts, to_write
 
 
@@ -396,6 +443,7 @@ def aside_folder_for(database: Path, now: Optional[datetime] = None) -> Path:
 
 # --- the restore ---------------------------------------------------------------------------
 
+
 def restore(backup: Path, target: Target, options: RestoreOptions, report: Reporter) -> RestoreResult:
     if not backup.is_file():
         raise UsageError(f"backup {backup} does not exist: give a backup file or its name (see --list)")
@@ -412,6 +460,7 @@ def _archive_held(backup: Path, dry_run: bool):
     if not is_stored_backup(backup):
         return contextlib.nullcontext()
     from ..core.archive import Archive
+
     return Archive(backup.parent.parent).reading(create_lock=not dry_run)
 
 
@@ -421,8 +470,12 @@ def _restore(backup: Path, target: Target, options: RestoreOptions, report: Repo
     else:
         recovered = recover_interrupted(target.database, report)
         remove_abandoned_temps(target)
-        if recovered and recovered.finished and recovered.journal.kind == "restore" \
-                and Path(recovered.journal.source) == backup:
+        if (
+            recovered
+            and recovered.finished
+            and recovered.journal.kind == "restore"
+            and Path(recovered.journal.source) == backup
+        ):
             report.info(f"the interrupted restore of {backup.name} is complete; nothing more to do")
             return RestoreResult(Plan(), restored=True, aside=recovered.journal.aside_path)
     inspection = read_backup(backup)
@@ -451,30 +504,40 @@ def _restore(backup: Path, target: Target, options: RestoreOptions, report: Repo
         _confirm(options, "Restore now?")
         ensure_stash_stopped(target, options)  # the user may have taken a while to answer
         _map_paths(staged, options, report)
-        result.blobs_written = _extract_blobs(backup, inspection, to_write, target, aside,
-                                              report.phase(0.6, 0.9))
+        result.blobs_written = _extract_blobs(backup, inspection, to_write, target, aside, report.phase(0.6, 0.9))
         result.blobs_kept = facts.blobs_already_present
-        state = swap.swap_database_in(swap.Journal(kind="restore", database=str(target.database), aside=str(aside),
-                                          incoming={"": [str(staged), None]}, source=str(backup),
-                                          started=datetime.now().isoformat(timespec="seconds")))
+        state = swap.swap_database_in(
+            swap.Journal(
+                kind="restore",
+                database=str(target.database),
+                aside=str(aside),
+                incoming={"": [str(staged), None]},
+                source=str(backup),
+                started=datetime.now().isoformat(timespec="seconds"),
+            )
+        )
     finally:
         if staged:
             discard(staged)
     result.restored, result.aside = True, aside
     report.progress(1.0)
-    report.info(f"restored {backup.name}: {state}"
-                + (" (stash-restore --undo puts it back)" if "" in facts.current_files else ""))
+    report.info(
+        f"restored {backup.name}: {state}"
+        + (" (stash-restore --undo puts it back)" if "" in facts.current_files else "")
+    )
     return result
 
 
-def _preview_mapping(backup: Path, inspection: _Inspection, staged: Optional[Path], target: Target,
-                     options: RestoreOptions):
+def _preview_mapping(
+    backup: Path, inspection: _Inspection, staged: Optional[Path], target: Target, options: RestoreOptions
+):
     """--map-path's preview for the plan: from the staged copy, or in a dry run from
     the backup's database (a zip's or stored backup's read out into a scratch folder)."""
     if not options.path_mappings:
         return None
     from .pathmap import POSIX, WINDOWS, library_roots
     from .pathmap_db import preview_database
+
     with _readable_database(backup, inspection, staged) as database:
         preview = preview_database(database, options.path_mappings)
     here = WINDOWS if os.name == "nt" else POSIX
@@ -506,6 +569,7 @@ def _map_paths(staged: Path, options: RestoreOptions, report: Reporter) -> None:
     if not options.path_mappings:
         return
     from .pathmap_db import rewrite_database
+
     moved = rewrite_database(staged, options.path_mappings)
     check_database(staged, QUICK, blob_references=False)
     swap.crash_point("paths-mapped")
@@ -556,8 +620,10 @@ def _copy_checked(source, target, expected_sha256: Optional[str], backup: Path) 
         return
     digest, _ = copy_and_hash(source, target, "sha256")
     if digest != expected_sha256:
-        raise VerificationError(f"{backup} has SHA-256 {digest[:12]}… but the archive's manifest says "
-                                f"{expected_sha256[:12]}…: the file is damaged")
+        raise VerificationError(
+            f"{backup} has SHA-256 {digest[:12]}… but the archive's manifest says "
+            f"{expected_sha256[:12]}…: the file is damaged"
+        )
 
 
 def copy_file(source, target) -> None:
@@ -587,8 +653,9 @@ def _match_ownership(path: Path, like: Path) -> None:
     give_owner(path, info.st_uid, info.st_gid)
 
 
-def _extract_blobs(backup: Path, inspection: _Inspection, to_write: _Selection, target: Target, aside: Path,
-                   report: Reporter) -> int:
+def _extract_blobs(
+    backup: Path, inspection: _Inspection, to_write: _Selection, target: Target, aside: Path, report: Reporter
+) -> int:
     """Blobs go in through temp files (MD5 checked), one sync per batch, then renames.
     A different file already under a blob's name is damaged: it moves aside. On any
     error the batch's temp files go; blobs already renamed are good ones and stay."""
@@ -618,6 +685,7 @@ def _blob_copier(backup: Path, inspection: _Inspection) -> Iterator[Callable]:
     """copy(checksum, out) -> MD5 of what was copied: from the zip's entry, or from the
     archive's blob file."""
     if inspection.kind == "stored":
+
         def copy_stored(checksum: str, out) -> str:
             path = inspection.store.blob_path(checksum)
             try:
@@ -625,6 +693,7 @@ def _blob_copier(backup: Path, inspection: _Inspection) -> Iterator[Callable]:
                     return copy_and_hash(blob, out, "md5")[0]
             except FileNotFoundError:
                 raise VerificationError(f"blob {path} went missing from the archive while restoring") from None
+
         yield copy_stored
         return
     with zipfile.ZipFile(backup) as archive:
@@ -644,6 +713,7 @@ def _stage_batch(copy_blob: Callable, batch: list[str], blobs_path: Path, staged
             staged.append(_stage_blob(copy_blob, checksum, blobs_path))
         return
     from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=STAGING_THREADS) as pool:
         futures = [pool.submit(_stage_blob, copy_blob, checksum, blobs_path) for checksum in batch]
     failure = None
@@ -680,8 +750,10 @@ def _stage_blob(copy_blob: Callable, checksum: str, blobs_path: Path) -> tuple[s
             actual = copy_blob(checksum, out)
         _match_ownership(temp, blobs_path)
         if actual != checksum:
-            raise VerificationError(f"blob {blob_relative_path(checksum)} in the backup does not match its name "
-                                    f"(MD5 {actual}): the backup is damaged")
+            raise VerificationError(
+                f"blob {blob_relative_path(checksum)} in the backup does not match its name "
+                f"(MD5 {actual}): the backup is damaged"
+            )
     except OSError as error:
         discard(temp)
         raise storage_error("write blobs into", blobs_path, error) from error
@@ -700,6 +772,7 @@ def _sync_all(paths: list[Path]) -> None:
 
 
 # --- undo -------------------------------------------------------------------------------------
+
 
 def aside_folders(database: Path) -> list[Path]:
     """Folders of earlier restores (finished ones carry a record), newest first."""
@@ -725,18 +798,28 @@ def _undo(target: Target, options: RestoreOptions, report: Reporter) -> Optional
             return Path(recovered.journal.source) if recovered.journal.kind == "undo" else None
     candidates = [f for f in aside_folders(target.database) if (f / target.database.name).is_file()]
     if not candidates:
-        raise UsageError(f"no earlier restore found beside {target.database} (folders {ASIDE_PREFIX}*): nothing to undo")
+        raise UsageError(
+            f"no earlier restore found beside {target.database} (folders {ASIDE_PREFIX}*): nothing to undo"
+        )
     source = candidates[0]
     aside = aside_folder_for(target.database)
-    report.info(f"Plan: keep the current {target.database.name} in {aside}; "
-                f"put back {target.database.name} from {source}")
+    report.info(
+        f"Plan: keep the current {target.database.name} in {aside}; put back {target.database.name} from {source}"
+    )
     if options.dry_run:
         report.info("dry run: nothing was changed")
         return source
     _confirm(options, "Undo the last restore?")
-    state = swap.swap_database_in(swap.Journal(kind="undo", database=str(target.database), aside=str(aside),
-                                      incoming={"": [str(source / target.database.name), None]}, source=str(source),
-                                      started=datetime.now().isoformat(timespec="seconds")))
+    state = swap.swap_database_in(
+        swap.Journal(
+            kind="undo",
+            database=str(target.database),
+            aside=str(aside),
+            incoming={"": [str(source / target.database.name), None]},
+            source=str(source),
+            started=datetime.now().isoformat(timespec="seconds"),
+        )
+    )
     report.info(f"undone: {state}")
     return source
 
@@ -752,4 +835,3 @@ def _nothing_left_to_undo(recovered: Recovered, report: Reporter) -> bool:
         report.info("the interrupted restore was rolled back, so there is nothing of it to undo; nothing more to do")
         return True
     return False
-

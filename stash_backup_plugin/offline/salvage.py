@@ -2,6 +2,7 @@
 database into a new file. The original is never opened for writing: we work on a
 private copy. Standard library only (sqlite3's `.recover` is used when the sqlite3
 program is installed)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -81,8 +82,10 @@ def _copy_table_by_table(source: Path, target: Path) -> str:
 
 def _schema_objects(damaged: sqlite3.Connection) -> list:
     try:
-        return damaged.execute("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL "
-                               "AND name NOT LIKE 'sqlite_%' ORDER BY type = 'table' DESC").fetchall()
+        return damaged.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL "
+            "AND name NOT LIKE 'sqlite_%' ORDER BY type = 'table' DESC"
+        ).fetchall()
     except sqlite3.DatabaseError as error:
         raise StorageError(f"the database's schema itself is unreadable ({error}): nothing can be copied") from error
 
@@ -121,8 +124,12 @@ def _check_output(path: Path) -> None:
 def _tables(path: Path) -> list[str]:
     try:
         with open_read_only(path) as connection:
-            return [r[0] for r in connection.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+            return [
+                r[0]
+                for r in connection.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+                )
+            ]
     except sqlite3.DatabaseError:
         return []
 

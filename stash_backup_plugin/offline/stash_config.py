@@ -1,5 +1,6 @@
 """Stash's config.yml: where it is, and the paths it names. Standard library and
 PyYAML only (the offline restore imports it)."""
+
 from __future__ import annotations
 
 import os
@@ -119,7 +120,9 @@ def find_config_file(explicit: Optional[Path] = None) -> Path:
         if os.environ.get(variable):
             named = Path(os.path.expanduser(os.environ[variable]))
             if not named.is_file():
-                raise ConfigError(f"{variable} names {named}, which does not exist: give the path of Stash's config.yml")
+                raise ConfigError(
+                    f"{variable} names {named}, which does not exist: give the path of Stash's config.yml"
+                )
             return named
     candidates = [Path.cwd() / CONFIG_NAME, Path.home() / ".stash" / CONFIG_NAME]
     for candidate in candidates:
@@ -142,7 +145,9 @@ def load_config(path: Path) -> StashConfig:
     except OSError as error:
         raise ConfigError(f"cannot read {path}: {error.strerror}") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML ({str(error).splitlines()[0]}): fix or point to another config") from error
+        raise ConfigError(
+            f"{path} is not valid YAML ({str(error).splitlines()[0]}): fix or point to another config"
+        ) from error
     if not isinstance(values, dict):
         raise ConfigError(f"{path} is not a Stash config file (expected a mapping of settings)")
     return StashConfig(path.resolve(), values)
@@ -151,6 +156,7 @@ def load_config(path: Path) -> StashConfig:
 @dataclass
 class Target:
     """Where the restore goes, from config.yml or the command line."""
+
     database: Path
     blobs_path: Optional[Path] = None
     blobs_storage: str = FILESYSTEM

@@ -13,6 +13,7 @@ database there), and the incoming file replaces it with one os.replace, under
 SQLite's exclusive lock. A Stash that starts at any instant, also after a kill,
 finds the old database, the new one, or "database is locked". Files are told apart
 by inode, so recovery knows exactly which file is which. Standard library only."""
+
 from __future__ import annotations
 
 import contextlib
@@ -87,8 +88,9 @@ class Journal:
         try:
             return cls(**json.loads(path.read_text()))
         except (ValueError, TypeError) as error:
-            raise StorageError(f"{path} is damaged ({error}): inspect it and the folders "
-                               f"stash-restore-* beside the database by hand") from error
+            raise StorageError(
+                f"{path} is damaged ({error}): inspect it and the folders stash-restore-* beside the database by hand"
+            ) from error
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -104,6 +106,7 @@ def _write_json(path: Path, data: dict, step: str) -> None:
 
 # --- SQLite-compatible exclusive lock ------------------------------------------------
 
+
 @contextlib.contextmanager
 def sqlite_exclusive_lock(path: Path) -> Iterator[int]:
     """Hold the byte-range locks SQLite takes for an exclusive lock, through our own
@@ -115,19 +118,22 @@ def sqlite_exclusive_lock(path: Path) -> Iterator[int]:
         yield -1
         return
     import fcntl
+
     fd = os.open(path, os.O_RDWR)
     try:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, DB_LOCK_LENGTH, DB_LOCK_START, os.SEEK_SET)
         except OSError:
-            raise RestoreRefused(f"{path} is open in another process (Stash?): stop Stash, then run this again. "
-                                 "Nothing was changed") from None
+            raise RestoreRefused(
+                f"{path} is open in another process (Stash?): stop Stash, then run this again. Nothing was changed"
+            ) from None
         yield fd
     finally:
         os.close(fd)
 
 
 # --- settling: the database file alone holds its data ----------------------------------
+
 
 def side_path(database: Path, suffix: str) -> Path:
     return Path(f"{database}{suffix}")
@@ -149,8 +155,9 @@ def settle(database: Path) -> bool:
             connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     except sqlite3.Error as error:
         if _is_busy(error):
-            raise RestoreRefused(f"{database} is in use ({error}): stop Stash, then run this again. "
-                                 "Nothing was changed") from None
+            raise RestoreRefused(
+                f"{database} is in use ({error}): stop Stash, then run this again. Nothing was changed"
+            ) from None
         return False
     return True
 
@@ -167,14 +174,18 @@ def _refuse_unsettled(database: Path, settled: bool) -> None:
     after SQLite settled the file, or an -shm someone holds, means a live connection."""
     shm = side_path(database, "-shm")
     if os.name != "nt" and shm.exists() and lock_holder(shm, SHM_DMS_BYTE, 1) is not None:
-        raise RestoreRefused(f"{database} is open in another process (Stash?): stop Stash, then run this again. "
-                             "Nothing was changed")
+        raise RestoreRefused(
+            f"{database} is open in another process (Stash?): stop Stash, then run this again. Nothing was changed"
+        )
     if settled and any(holds_data(side_path(database, s)) for s in DATA_SUFFIXES):
-        raise RestoreRefused(f"SQLite could not fold the -wal into {database} (is Stash running?): stop Stash, then "
-                             "run this again. Nothing was changed")
+        raise RestoreRefused(
+            f"SQLite could not fold the -wal into {database} (is Stash running?): stop Stash, then "
+            "run this again. Nothing was changed"
+        )
 
 
 # --- the swap ---------------------------------------------------------------------------
+
 
 def fingerprint(path: Path) -> list:
     try:
@@ -196,8 +207,10 @@ def swap_database_in(journal: Journal) -> str:
     raises a StorageError that says so."""
     database, incoming = journal.database_path, Path(journal.incoming[""][0])
     if not settle(incoming):
-        raise RestoreRefused(f"{incoming} cannot be opened by SQLite: not putting it in place "
-                             "(stash-restore --salvage can recover what is readable). Nothing was changed")
+        raise RestoreRefused(
+            f"{incoming} cannot be opened by SQLite: not putting it in place "
+            "(stash-restore --salvage can recover what is readable). Nothing was changed"
+        )
     settled = settle(database)
     crash_point("settled")
     with sqlite_exclusive_lock(incoming), _lock_current(database):
@@ -217,8 +230,10 @@ def _recover_at_once(journal: Journal, error: BaseException) -> None:
     try:
         _, state = finish_or_roll_back(journal)
     except Exception as failure:
-        raise StorageError(f"the {journal.kind} stopped ({error}) and could not be rolled back ({failure}): run the "
-                           f"same command again to finish or roll it back") from error
+        raise StorageError(
+            f"the {journal.kind} stopped ({error}) and could not be rolled back ({failure}): run the "
+            f"same command again to finish or roll it back"
+        ) from error
     if not isinstance(error, Exception):
         raise error  # Ctrl-C: the state is whole again; the CLI says it was interrupted
     raise StorageError(f"the {journal.kind} stopped ({error}); {state}") from error
@@ -278,8 +293,13 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 def _finish(journal: Journal) -> None:
     aside = journal.aside_path
-    record = {"kind": journal.kind, "source": journal.source, "started": journal.started,
-              "database": journal.database, "moved_aside": sorted(journal.current)}
+    record = {
+        "kind": journal.kind,
+        "source": journal.source,
+        "started": journal.started,
+        "database": journal.database,
+        "moved_aside": sorted(journal.current),
+    }
     _write_json(aside / RECORD_NAME, record, "record")
     crash_point("recorded")
     remove_stale_temps(aside, lock_excludes_makers=True)  # a killed run's partial record or copy
@@ -361,4 +381,5 @@ def _refuse_mixing(journal: Journal) -> None:
             raise RestoreRefused(
                 f"an interrupted {journal.kind} left {database} half done, and the file changed since (did Stash "
                 f"run?). Not touching it: the previous files are in {aside}, the journal is "
-                f"{journal_path(database)}; stop Stash and sort them out by hand or ask for help")
+                f"{journal_path(database)}; stop Stash and sort them out by hand or ask for help"
+            )

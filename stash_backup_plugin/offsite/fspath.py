@@ -20,6 +20,7 @@ The rules are those of rclone's `fspath.Parse` (fs/fspath/path.go, rclone v1.71+
 - `name:` with nothing after it is the remote's root (an empty path).
 
 Pure logic, standard library only."""
+
 from __future__ import annotations
 
 import os
@@ -70,8 +71,10 @@ def _quoted(value: str) -> str:
 
 
 def _refuse(why: str) -> UsageError:
-    return UsageError(f"rclone cannot read that remote: {why} (write REMOTE:path, name,option=value:path, "
-                      ":backend,option=value:path or a local folder)")
+    return UsageError(
+        f"rclone cannot read that remote: {why} (write REMOTE:path, name,option=value:path, "
+        ":backend,option=value:path or a local folder)"
+    )
 
 
 def parse(spec: str, windows: bool = os.name == "nt") -> RemotePath:
@@ -88,9 +91,9 @@ def parse(spec: str, windows: bool = os.name == "nt") -> RemotePath:
     if windows and not has_options and len(name) == 1 and name.isascii() and name.isalpha():
         return RemotePath("", spec)  # a drive letter
     if not has_options:
-        return RemotePath(name, spec[name_end + 1:])
+        return RemotePath(name, spec[name_end + 1 :])
     pairs, end = _read_options(spec, name_end + 1)
-    return RemotePath(name, spec[end + 1:], tuple(pairs))
+    return RemotePath(name, spec[end + 1 :], tuple(pairs))
 
 
 def _name_end(spec: str) -> int:
@@ -107,8 +110,10 @@ def _name_end(spec: str) -> int:
             if name in ("", ":"):
                 raise _refuse("config name can't be empty")
             if not _REMOTE_NAME.match(name + ":"):
-                raise _refuse("config name may only contain letters, digits, `_`, `-`, `.`, `+`, `@` and space, "
-                              "not start with `-` or space, and not end with space")
+                raise _refuse(
+                    "config name may only contain letters, digits, `_`, `-`, `.`, `+`, `@` and space, "
+                    "not start with `-` or space, and not end with space"
+                )
             return index
     raise _refuse("config name needs a trailing ':'")
 

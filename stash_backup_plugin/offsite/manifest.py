@@ -8,6 +8,7 @@ remote's point of view atomically (uploaded under a temp name, then moved).
 
 Each backup names its record with the record's size and MD5, so a damaged or replaced
 record is noticed before its blob list is believed. Pure logic: no I/O."""
+
 from __future__ import annotations
 
 import json
@@ -83,11 +84,13 @@ def decode(data: bytes, where: str) -> Manifest:
         payload = json.loads(data.decode("utf-8"))
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ValueError(f"unknown format {payload.get('format') if isinstance(payload, dict) else payload!r}")
-        return Manifest([RemoteBackup.from_dict(item) for item in payload.get("backups", [])],
-                        str(payload.get("updated", "")))
+        return Manifest(
+            [RemoteBackup.from_dict(item) for item in payload.get("backups", [])], str(payload.get("updated", ""))
+        )
     except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as error:
-        raise VerificationError(f"{where} is damaged ({error}): nothing was changed; run offsite verify, "
-                                "or push to a new remote folder") from None
+        raise VerificationError(
+            f"{where} is damaged ({error}): nothing was changed; run offsite verify, or push to a new remote folder"
+        ) from None
 
 
 def record_file(name: str) -> str:
@@ -101,9 +104,16 @@ def snapshot_file(name: str) -> str:
 
 def backup_from_header(header: Header, record_size: int, record_md5: str, pushed_at: str) -> RemoteBackup:
     return RemoteBackup(
-        name=header.name, created=header.created, schema_version=header.schema_version,
+        name=header.name,
+        created=header.created,
+        schema_version=header.schema_version,
         record=RemoteFile(record_file(header.name), record_size, record_md5),
         snapshot=RemoteFile(header.snapshot.file, header.snapshot.stored_size),
-        database_size=header.snapshot.size, database_sha256=header.snapshot.sha256,
-        blob_count=header.blob_count, blob_bytes=header.blob_bytes, missing_blobs=header.missing_blobs,
-        includes_blobs=header.includes_blobs, pushed_at=pushed_at)
+        database_size=header.snapshot.size,
+        database_sha256=header.snapshot.sha256,
+        blob_count=header.blob_count,
+        blob_bytes=header.blob_bytes,
+        missing_blobs=header.missing_blobs,
+        includes_blobs=header.includes_blobs,
+        pushed_at=pushed_at,
+    )

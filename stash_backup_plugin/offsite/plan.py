@@ -1,6 +1,7 @@
 """Decisions about the remote, from sorted streams: which blobs to send, which are wrong
 there. Like store_plan.py, memory does not grow with the number of blobs: the local
 records' lists and the remote's listing are walked side by side. Pure logic: no I/O."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

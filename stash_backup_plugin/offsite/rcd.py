@@ -8,6 +8,7 @@ The daemon listens on a unix socket in a folder only this user can enter (mkdtem
 Linux only: there the kernel kills it when our process dies (PR_SET_PDEATHSIG), even by
 kill -9; elsewhere (or when this rclone cannot serve a socket) `start` returns None and
 every operation runs as its own rclone process, as before. Standard library only."""
+
 from __future__ import annotations
 
 import contextlib
@@ -66,10 +67,18 @@ class Daemon:
         lock = threading.Lock()
         command = base + ["--log-level", "INFO", "rcd", "--rc-addr", f"unix://{folder / 'rc.sock'}", "--rc-no-auth"]
         try:
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                       stdin=subprocess.DEVNULL, env=env, text=True, encoding="utf-8",
-                                       errors="replace", preexec_fn=dies_with_us(),
-                                       start_new_session=True)  # its own group: stop() ends a wrapper's child too
+            process = subprocess.Popen(
+                command,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                preexec_fn=dies_with_us(),
+                start_new_session=True,
+            )  # its own group: stop() ends a wrapper's child too
         except OSError:
             shutil.rmtree(folder, ignore_errors=True)
             return None
@@ -100,8 +109,9 @@ class Daemon:
             first = len(self._log)
         connection = _UnixHTTPConnection(self.socket_path, CALL_SECONDS)
         try:
-            connection.request("POST", "/" + method, body=json.dumps(params),
-                               headers={"Content-Type": "application/json"})
+            connection.request(
+                "POST", "/" + method, body=json.dumps(params), headers={"Content-Type": "application/json"}
+            )
             response = connection.getresponse()
             status, text = response.status, response.read().decode("utf-8", "replace")
         except (OSError, http.client.HTTPException) as error:

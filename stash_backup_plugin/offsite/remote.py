@@ -10,6 +10,7 @@ an archive too:
 
 Everything is sent and fetched with rclone's checks (size always; MD5 where both sides
 have it) and listed through `lsjson`. Standard library only."""
+
 from __future__ import annotations
 
 import contextlib
@@ -85,8 +86,9 @@ class RemoteArchive:
     def __init__(self, rclone: Rclone, spec: str):
         spec = (spec or "").strip()
         if not spec:
-            raise UsageError("no remote given: pass --remote REMOTE:path (a remote from rclone config), "
-                             "or set STASH_BACKUP_REMOTE")
+            raise UsageError(
+                "no remote given: pass --remote REMOTE:path (a remote from rclone config), or set STASH_BACKUP_REMOTE"
+            )
         self.location = rclone.prepare(spec)  # as rclone reads it, its secrets moved out
         self.rclone, self.spec = rclone, str(self.location)
         self.display = rclone.redact(spec)
@@ -99,8 +101,10 @@ class RemoteArchive:
         writer can replace a backup on any other remote with a consistent fake."""
         if self.rclone.backend(self.location) == "crypt":
             return ""
-        return (f"note: {self.display} is not an rclone crypt remote: nothing authenticates what it holds, so anyone "
-                "who can write there can replace a backup with a consistent fake; use a crypt remote to rule that out")
+        return (
+            f"note: {self.display} is not an rclone crypt remote: nothing authenticates what it holds, so anyone "
+            "who can write there can replace a backup with a consistent fake; use a crypt remote to rule that out"
+        )
 
     def path(self, relative: str = "") -> str:
         return join(self.spec, relative)
@@ -125,8 +129,10 @@ class RemoteArchive:
         """On a bucket-based remote (S3) a new folder lists as empty: only a missing
         bucket is "not found". A typo in a bucket's name must not start a new archive."""
         if (self._features().get("Features") or {}).get("BucketBased"):
-            raise RemoteError(f"cannot use {self.display}: the bucket does not exist: create it "
-                              "(rclone mkdir REMOTE:bucket) or fix its name")
+            raise RemoteError(
+                f"cannot use {self.display}: the bucket does not exist: create it "
+                "(rclone mkdir REMOTE:bucket) or fix its name"
+            )
 
     def read_manifest(self) -> Manifest:
         if manifests.NAME not in self.top_files():
@@ -162,7 +168,7 @@ class RemoteArchive:
                 if not path.startswith(BLOBS + "/"):
                     others[path] = int(item.get("Size", -1))
                     continue
-                checksum = blob_checksum(path[len(BLOBS) + 1:])
+                checksum = blob_checksum(path[len(BLOBS) + 1 :])
                 if checksum is None:
                     strays.append(path)
                     continue
@@ -184,14 +190,36 @@ class RemoteArchive:
         """Copy the files named in `listing` (relative paths, one a line) from the
         local archive to the same paths on the remote. The listing says they are
         missing there, so the remote is not asked again file by file."""
-        outcome = self.rclone.run(["copy", "--files-from-raw", str(listing), "--no-traverse", "--no-check-dest",
-                                   str(local_root), self.path()], progress=progress, stats=True)
+        outcome = self.rclone.run(
+            [
+                "copy",
+                "--files-from-raw",
+                str(listing),
+                "--no-traverse",
+                "--no-check-dest",
+                str(local_root),
+                self.path(),
+            ],
+            progress=progress,
+            stats=True,
+        )
         self.rclone.check(outcome, action, self.display)
         return outcome
 
     def fetch(self, listing: Path, local_root: Path, action: str, progress: Progress = None) -> Outcome:
-        outcome = self.rclone.run(["copy", "--files-from-raw", str(listing), "--no-traverse", "--no-check-dest",
-                                   self.path(), str(local_root)], progress=progress, stats=True)
+        outcome = self.rclone.run(
+            [
+                "copy",
+                "--files-from-raw",
+                str(listing),
+                "--no-traverse",
+                "--no-check-dest",
+                self.path(),
+                str(local_root),
+            ],
+            progress=progress,
+            stats=True,
+        )
         self.rclone.check(outcome, action, self.display)
         return outcome
 
@@ -235,8 +263,10 @@ class RemoteArchive:
         data = manifests.encode(manifest)
         self.put_bytes(manifests.NAME, data, scratch)
         if hashlib.sha256(self.rclone.read(self.spec, manifests.NAME)).digest() != hashlib.sha256(data).digest():
-            raise RemoteError(f"the manifest on {self.display} does not read back as written: another run may be "
-                              "writing there; run offsite verify")
+            raise RemoteError(
+                f"the manifest on {self.display} does not read back as written: another run may be "
+                "writing there; run offsite verify"
+            )
 
     # --- the remote's lock ------------------------------------------------------------------
     def pending(self, skip: str = "") -> tuple[list[Marker], dict[str, float]]:
@@ -253,8 +283,16 @@ class RemoteArchive:
                 continue
             try:
                 data = json.loads(self.rclone.read(self.spec, relative))
-                found.append(Marker(relative, str(data["host"]), int(data["pid"]), float(data["started"]),
-                                    str(data.get("action", "")), str(data.get("machine") or "")))
+                found.append(
+                    Marker(
+                        relative,
+                        str(data["host"]),
+                        int(data["pid"]),
+                        float(data["started"]),
+                        str(data.get("action", "")),
+                        str(data.get("machine") or ""),
+                    )
+                )
             except (RemoteError, ValueError, KeyError, TypeError):
                 # Counts as live, from when it was written: it is stale two days later.
                 found.append(Marker(relative, "?", 0, min(modified, time.time()), "unreadable"))
@@ -298,9 +336,11 @@ class RemoteArchive:
                     others.append(marker)
             if others:
                 other = others[0]
-                raise UsageError(f"another stash-backup {other.action or 'run'} from {other.host} (pid {other.pid}) "
-                                 f"is using {self.display} since {time.strftime('%Y-%m-%d %H:%M', time.localtime(other.started))}: "
-                                 f"wait for it; if it died, remove {self.display}/{other.file} (or wait two days)")
+                raise UsageError(
+                    f"another stash-backup {other.action or 'run'} from {other.host} (pid {other.pid}) "
+                    f"is using {self.display} since {time.strftime('%Y-%m-%d %H:%M', time.localtime(other.started))}: "
+                    f"wait for it; if it died, remove {self.display}/{other.file} (or wait two days)"
+                )
             yield
         finally:
             # Best effort: a marker left behind (the remote went away) is this machine's,
@@ -334,4 +374,3 @@ def _modified(stamp: object) -> float:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
         return time.time()
-

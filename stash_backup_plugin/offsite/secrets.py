@@ -7,6 +7,7 @@ remote's name itself (a connection string `:s3,secret_access_key=...:bucket`, a 
 with `user:password@`). Each value is collected and replaced by `***` wherever it
 appears; the shapes are also removed by pattern, so an unknown value in a known shape
 is hidden too. Pure logic, standard library only."""
+
 from __future__ import annotations
 
 import re
@@ -14,15 +15,17 @@ from typing import Iterable, Mapping
 
 MASK = "***"
 # Option names whose values are secrets (rclone's, AWS's, the usual ones).
-_SECRET_NAME = re.compile(r"(pass|secret|token|key|credential|session|auth|cookie|signature|sas|private)",
-                          re.IGNORECASE)
+_SECRET_NAME = re.compile(
+    r"(pass|secret|token|key|credential|session|auth|cookie|signature|sas|private)", re.IGNORECASE
+)
 # Names that contain such a word but hold no secret, and are useful to show.
 _NOT_SECRET = re.compile(r"(key_file|key_use_agent|pubkey|key_exchange|known_hosts|_file$|^type$)", re.IGNORECASE)
 _ENV_PREFIXES = ("RCLONE_", "AWS_", "B2_", "AZURE_", "GOOGLE_", "SWIFT_", "OS_")
 _MIN_LENGTH = 4  # shorter values would mask ordinary words
 
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@",
-                              re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@", re.IGNORECASE
+)
 _CONNECTION_PARAM = re.compile(r"(?P<name>[a-z_][a-z0-9_]*)=(?P<value>'[^']*'|\"[^\"]*\"|[^,:\s]*)", re.IGNORECASE)
 
 
@@ -33,8 +36,11 @@ def is_secret_option(name: str) -> bool:
 
 def secrets_in_environment(environ: Mapping[str, str]) -> list[str]:
     """Values of environment variables that configure a remote's credentials."""
-    return [value for name, value in environ.items()
-            if name.startswith(_ENV_PREFIXES) and is_secret_option(name) and len(value) >= _MIN_LENGTH]
+    return [
+        value
+        for name, value in environ.items()
+        if name.startswith(_ENV_PREFIXES) and is_secret_option(name) and len(value) >= _MIN_LENGTH
+    ]
 
 
 def secrets_in_config(sections: Mapping[str, Mapping[str, object]]) -> list[str]:

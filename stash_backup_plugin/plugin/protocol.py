@@ -1,6 +1,7 @@
 """Stash's raw plugin protocol: one JSON object on stdin, log lines on stderr
 (SOH, a level letter, STX, the message; level `p` carries progress 0..1), and
 `{"output": ..., "error": ...}` on stdout. Standard library only."""
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,11 @@ class PluginLogReporter(Reporter):
 
     def progress(self, fraction: float, label: str = "") -> None:
         now = time.monotonic()
-        if fraction < 1.0 and abs(fraction - self._last_fraction) < PROGRESS_STEP \
-                and now - self._last_time < PROGRESS_INTERVAL:
+        if (
+            fraction < 1.0
+            and abs(fraction - self._last_fraction) < PROGRESS_STEP
+            and now - self._last_time < PROGRESS_INTERVAL
+        ):
             return
         self._last_fraction, self._last_time = fraction, now
         self._emit("progress", f"{max(0.0, min(fraction, 1.0)):.4f}")

@@ -2,6 +2,7 @@
 the server connection from stdin, finds its own ID and settings, runs the job and
 answers on stdout. A failure is answered as the error, which Stash logs at error
 level (the job still ends FINISHED: the log is where a user sees it)."""
+
 from __future__ import annotations
 
 import json
@@ -81,8 +82,10 @@ def _as_count(name: str, value) -> int:
 def settings_from(values: dict, config_dir: Path) -> Settings:
     """Settings with defaults for what the user never set (Stash omits unset ones)."""
     folder = values.get(ARCHIVE_FOLDER_SETTING) or ""
-    policy = Policy.of({rule.name: _as_count(rule.setting, values.get(rule.setting)) for rule in COUNT_RULES},
-                       (values.get(WITHIN_RULE.setting) or "").strip())
+    policy = Policy.of(
+        {rule.name: _as_count(rule.setting, values.get(rule.setting)) for rule in COUNT_RULES},
+        (values.get(WITHIN_RULE.setting) or "").strip(),
+    )
     return Settings(
         archive_folder=Path(folder).expanduser() if folder else config_dir / DEFAULT_FOLDER_NAME,
         include_blobs=_as_bool(values.get("includeBlobs"), True),
@@ -99,7 +102,8 @@ def settings_from(values: dict, config_dir: Path) -> Settings:
         drill_every=_drill_every(values.get("drillEvery")),
         offsite_remote=str(values.get("offsiteRemote") or "").strip(),
         offsite_rclone_config=Path(str(values["offsiteRcloneConfig"])).expanduser()
-        if values.get("offsiteRcloneConfig") else None,
+        if values.get("offsiteRcloneConfig")
+        else None,
         offsite_after_download=_as_bool(values.get("offsiteAfterDownload"), False),
         offsite_retention=_as_bool(values.get("offsiteRetention"), False),
         ping_url=str(values.get("pingUrl") or "").strip(),
@@ -108,12 +112,14 @@ def settings_from(values: dict, config_dir: Path) -> Settings:
 
 def _drill_every(value) -> str:
     from ..jobs.drill import check_drill_every
+
     text = str(value or "").strip()
     try:
         return check_drill_every(text)
     except UsageError:
-        raise ConfigError(f"setting Restore drill every is {text!r}: use a number of backups (e.g. 5) "
-                          "or a duration (e.g. 7d)") from None
+        raise ConfigError(
+            f"setting Restore drill every is {text!r}: use a number of backups (e.g. 5) or a duration (e.g. 7d)"
+        ) from None
 
 
 def _interval(value) -> Duration:
@@ -137,8 +143,6 @@ def plugin_id(plugin_dir: Path) -> str:
     return chosen[0].stem
 
 
-
-
 def _certificate(config_dir: Optional[str]) -> Optional[Path]:
     """Where Stash finds its TLS certificate (Config.InitTLS): ssl_cert_path in
     config.yml, else stash.crt in its config folder, else in ~/.stash. Stash does not
@@ -159,6 +163,7 @@ def _certificate(config_dir: Optional[str]) -> Optional[Path]:
 @dataclass
 class Task:
     """What a mode's handler works with: one task or operation, as Stash asked for it."""
+
     mode: str
     args: dict
     client: StashClient
@@ -194,27 +199,41 @@ def run_task(payload: dict, reporter: PluginLogReporter, secrets: Optional[list]
     with StashClient(connection) as client:
         reporter.hide(*settings.notify_urls)  # they carry tokens
         reporter.hide(settings.ping_url)  # its UUID is the key
-        return handler(Task(mode, args, client, plugin_id(Path(server.get("PluginDir") or ".")), settings,
-                            _status_file(settings, server), reporter, _notifier(settings.notify_urls, reporter)))
+        return handler(
+            Task(
+                mode,
+                args,
+                client,
+                plugin_id(Path(server.get("PluginDir") or ".")),
+                settings,
+                _status_file(settings, server),
+                reporter,
+                _notifier(settings.notify_urls, reporter),
+            )
+        )
 
 
 def _recorded(job: Callable[[Task], str]) -> Callable[[Task], str]:
     """A task whose outcome status.json records (and a failure notifies)."""
+
     def run(task: Task) -> str:
         with recording(task.status_file, task.mode, task.reporter, task.notify, ping=task.settings.ping_url) as run:
             run.done(job(task))
         return run.message
+
     return run
 
 
 def _drill_due(settings: Settings) -> bool:
     from ..jobs.drill import drill_due
+
     return drill_due(Archive(settings.archive_folder).entries(), settings.drill_every)
 
 
 def _drill(task: Task) -> str:
     """With the Stash that runs this plugin (our parent process): the binary the user runs."""
     from ..jobs.drill import drill, parent_stash_binary
+
     binary = parent_stash_binary()
     if not binary:
         raise ConfigError("the restore drill cannot tell which Stash binary runs this plugin (/proc is not readable)")
@@ -240,9 +259,13 @@ def _notifier(urls: tuple, reporter: PluginLogReporter):
 
 def _backup(task: Task) -> str:
     settings = task.settings
-    made = backup_on_server(task.client, settings.include_blobs, task.reporter,
-                                 keep_last=max(settings.backup_folder_keep_last, 0),
-                                 include_others=settings.backup_folder_include_others)
+    made = backup_on_server(
+        task.client,
+        settings.include_blobs,
+        task.reporter,
+        keep_last=max(settings.backup_folder_keep_last, 0),
+        include_others=settings.backup_folder_include_others,
+    )
     return f"Backup written to {made.path or 'the backup folder'}"
 
 
@@ -250,9 +273,12 @@ def _download(task: Task) -> str:
     settings, archive, reporter = task.settings, task.archive, task.reporter
     auto = _as_bool(task.args.get("auto"), False)
     # An automatic run queued twice (two pages, a slow queue) skips the second time.
-    options = DownloadOptions(include_blobs=settings.include_blobs, check_level=settings.check_level,
-                                   compress=settings.compress,
-                                   if_older_than=settings.interval if auto else None)
+    options = DownloadOptions(
+        include_blobs=settings.include_blobs,
+        check_level=settings.check_level,
+        compress=settings.compress,
+        if_older_than=settings.interval if auto else None,
+    )
     outcome = _checked_download(task, options)
     done = f"Archived {outcome.entry.file} in {archive.folder}" if outcome.entry else outcome.skipped_reason
     if settings.offsite_after_download and outcome.entry:
@@ -267,6 +293,7 @@ def _checked_download(task: Task, options: DownloadOptions):
     """The live database's check (Stash's own file: the plugin runs on its host), then
     the download, watched for Stash's backup failing on a malformed database."""
     from ..jobs.check_live import check_before_download, download_watch, healthy_backup_made, live_database
+
     database = live_database(task.client.server_info().database_path, None, task.reporter)
     check_before_download(database, task.status_file, task.reporter, task.notify)
     with download_watch(task.status_file, task.reporter):
@@ -279,6 +306,7 @@ def _checked_download(task: Task, options: DownloadOptions):
 def _check_live(task: Task) -> str:
     """The *Check live database* task; damage is answered as the error (Stash logs it)."""
     from ..jobs.check_live import check_live, live_database
+
     database = live_database(task.client.server_info().database_path, None, task.reporter)
     if database is None:
         raise ConfigError("Stash's database file is not readable by the plugin: its health cannot be checked")
@@ -301,9 +329,13 @@ def _offsite(task: Task) -> str:
 
 
 def _verify(task: Task) -> str:
-    summary = verify_archive(task.archive, task.settings.check_level, task.reporter,
-                                  _read_data_today(task.settings.verify_read_data_parts),
-                                  stash=task.client.server_info())  # to adopt Stash's pre-migration backups
+    summary = verify_archive(
+        task.archive,
+        task.settings.check_level,
+        task.reporter,
+        _read_data_today(task.settings.verify_read_data_parts),
+        stash=task.client.server_info(),
+    )  # to adopt Stash's pre-migration backups
     if not summary.ok:
         raise VerificationError(summary.line())  # logged once, by Stash, at error level
     task.reporter.info(summary.line())
@@ -322,9 +354,12 @@ def _offsite_push(archive: Archive, settings: Settings, reporter: PluginLogRepor
     from ..jobs import offsite
     from ..offsite.rclone import Rclone
     from ..offsite.remote import RemoteArchive
+
     if not settings.offsite_remote:
-        raise ConfigError("set the plugin's Off-site remote (an rclone remote and folder, e.g. s3:bucket/stash) "
-                          "to copy the archive off-site")
+        raise ConfigError(
+            "set the plugin's Off-site remote (an rclone remote and folder, e.g. s3:bucket/stash) "
+            "to copy the archive off-site"
+        )
     rclone = Rclone(config=settings.offsite_rclone_config)
     _REDACTORS.append(rclone.redact)
     remote = RemoteArchive(rclone, settings.offsite_remote)
@@ -341,6 +376,8 @@ def _hide(text: str, secrets: list[str]) -> str:
     for more in _REDACTORS:
         text = more(text)
     return text
+
+
 def _read_data_today(parts: int):
     """Which images' bytes a Verify re-hashes: part (day number mod M) + 1 of M, so a
     daily Verify reads every image once in M days (restic's --read-data-subset)."""
@@ -348,6 +385,7 @@ def _read_data_today(parts: int):
         return None
     from datetime import date
     from ..core.stored import ReadData
+
     return ReadData(date.today().toordinal() % parts + 1, parts)
 
 
@@ -357,17 +395,27 @@ def _status(task: Task) -> dict:
     status.json queues the backup task (ten open tabs queue one)."""
     settings, archive, reporter = task.settings, task.archive, task.reporter
     queued = None
-    if (_as_bool(task.args.get("autorun"), False) and settings.auto_backup
-            and claim_auto_backup(archive, task.status_file, settings.interval)):
-        queued = task.client.queue_plugin_task(task.own_id, {"mode": "download", "auto": "true"},
-                                               f"Stash Backup: automatic backup (none within {settings.interval})")
+    if (
+        _as_bool(task.args.get("autorun"), False)
+        and settings.auto_backup
+        and claim_auto_backup(archive, task.status_file, settings.interval)
+    ):
+        queued = task.client.queue_plugin_task(
+            task.own_id,
+            {"mode": "download", "auto": "true"},
+            f"Stash Backup: automatic backup (none within {settings.interval})",
+        )
         reporter.info(f"no verified backup within {settings.interval}: queued an automatic backup (job {queued})")
     if task.notify:
-        check_overdue(archive, task.status_file, settings.interval, reporter, task.notify,
-                           factor=OVERDUE_NOTICE_FACTOR)
+        check_overdue(archive, task.status_file, settings.interval, reporter, task.notify, factor=OVERDUE_NOTICE_FACTOR)
     view = overview(archive, task.status_file, settings.interval)
-    view.update(plugin_id=task.own_id, modes=list(MODES), auto_backup=settings.auto_backup, auto_queued_job=queued,
-                notifications=len(settings.notify_urls))
+    view.update(
+        plugin_id=task.own_id,
+        modes=list(MODES),
+        auto_backup=settings.auto_backup,
+        auto_queued_job=queued,
+        notifications=len(settings.notify_urls),
+    )
     return view
 
 
@@ -396,8 +444,9 @@ def main(stdin=None, stdout=None, stderr=None) -> int:
     try:
         payload = read_input(stdin)
     except json.JSONDecodeError as error:  # run by hand, not by Stash
-        return _answer_error(stdout, f"the plugin expects Stash's task input as JSON on stdin ({error}); "
-                                     "run it from Stash's Tasks page")
+        return _answer_error(
+            stdout, f"the plugin expects Stash's task input as JSON on stdin ({error}); run it from Stash's Tasks page"
+        )
     try:
         cookie = ((payload.get("server_connection") or {}).get("SessionCookie") or {}).get("Value")
         secrets.extend([cookie] if cookie else [])
@@ -414,8 +463,10 @@ def _unexpected(error: Exception) -> str:
     frames = traceback.extract_tb(error.__traceback__)
     where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
     detail = " ".join(str(error).split())
-    return (f"stash-backup stopped on an unexpected error ({type(error).__name__}{where}: {detail}); "
-            "please report this line")
+    return (
+        f"stash-backup stopped on an unexpected error ({type(error).__name__}{where}: {detail}); "
+        "please report this line"
+    )
 
 
 def _answer_error(stdout, message: str) -> int:

@@ -17,6 +17,7 @@ from, in this order:
    graphql-core tightly). A gql that Stash's Python has is never shadowed;
 4. Stash's Python's own paths: `requests` comes from there.
 """
+
 import importlib
 import importlib.util
 import json
@@ -64,6 +65,7 @@ def import_problem():
 def bundle_record(root):
     """What the installer bundled: {"python": "3.11.7", "distributions": {"gql": "4.4.0", ...}}."""
     import zipfile
+
     try:
         if os.path.isdir(root):
             with open(os.path.join(root, BUNDLE_RECORD), "rb") as handle:
@@ -77,6 +79,7 @@ def bundle_record(root):
 def externally_managed():
     """PEP 668: pip refuses to install into this Python (Alpine's, Debian's, Ubuntu's)."""
     import sysconfig
+
     if sys.prefix != sys.base_prefix:  # a virtualenv is never externally managed
         return False
     return os.path.isfile(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))
@@ -108,12 +111,22 @@ def problem_message(module, requirement, error, bundle, record, environment):
         what = "stash-backup needs the Python package requests, which %s cannot import (%s)" % (where, reason)
     elif bundle:
         bundled = record.get("distributions", {}).get("gql", "?")
-        what = ("the gql that stash-backup brings (gql %s, bundled from Python %s) does not load in %s (%s)"
-                % (bundled, record.get("python", "?"), where, reason))
+        what = "the gql that stash-backup brings (gql %s, bundled from Python %s) does not load in %s (%s)" % (
+            bundled,
+            record.get("python", "?"),
+            where,
+            reason,
+        )
     else:
         what = "the gql in %s does not load (%s)" % (where, reason)
-    command = fix_command(requirement, executable, environment["has_pip"], environment["managed"],
-                          environment["container"], environment["local_packages"])
+    command = fix_command(
+        requirement,
+        executable,
+        environment["has_pip"],
+        environment["managed"],
+        environment["container"],
+        environment["local_packages"],
+    )
     inside = ", inside Stash's container" if environment["container"] else ""
     note = "" if environment["has_pip"] else " (Stash's Python has no pip; this uses another Python's pip)"
     return "%s. Fix%s: %s%s" % (what, inside, command, note)
@@ -121,9 +134,15 @@ def problem_message(module, requirement, error, bundle, record, environment):
 
 def environment(plugin_dir):
     import platform
-    return {"executable": sys.executable, "version": platform.python_version(),
-            "has_pip": importlib.util.find_spec("pip") is not None, "managed": externally_managed(),
-            "container": in_container(), "local_packages": os.path.join(plugin_dir, LOCAL_PACKAGES)}
+
+    return {
+        "executable": sys.executable,
+        "version": platform.python_version(),
+        "has_pip": importlib.util.find_spec("pip") is not None,
+        "managed": externally_managed(),
+        "container": in_container(),
+        "local_packages": os.path.join(plugin_dir, LOCAL_PACKAGES),
+    }
 
 
 def main():
@@ -135,7 +154,11 @@ def main():
     problem = import_problem()
     if problem:
         module, requirement, error = problem
-        return _fail(problem_message(module, requirement, error, bundle, bundle_record(root) if bundle else {},
-                                     environment(plugin_dir)))
+        return _fail(
+            problem_message(
+                module, requirement, error, bundle, bundle_record(root) if bundle else {}, environment(plugin_dir)
+            )
+        )
     from stash_backup_plugin.plugin.run import main as plugin_main
+
     return plugin_main()

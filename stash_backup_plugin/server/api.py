@@ -2,6 +2,7 @@
 (gql + requests) is the real one; tests can pass any object with these methods, as
 Litestream's ReplicaClient lets its tests do. Standard library only, so that a
 command that never talks to Stash never imports the HTTP stack."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ UNKNOWN_SERVER = ServerInfo(None, None, None, None, None, None, False)
 class Downloaded:
     """A fetched backup in a temp file beside its final place: the caller verifies it,
     then commits or discards it."""
+
     temp_path: Path
     size: int
     sha256: str
@@ -52,9 +54,15 @@ class StashAPI(Protocol):
     def backup_database(self, download: bool, include_blobs: Optional[bool] = None) -> Optional[str]:
         """Run `backupDatabase`; the download link when `download` is true."""
 
-    def fetch_backup(self, link: str, folder: Path, final_name: str,
-                     progress: Optional[Callable[[int, Optional[int]], None]] = None, tee=None,
-                     durable: bool = True) -> Downloaded:
+    def fetch_backup(
+        self,
+        link: str,
+        folder: Path,
+        final_name: str,
+        progress: Optional[Callable[[int, Optional[int]], None]] = None,
+        tee=None,
+        durable: bool = True,
+    ) -> Downloaded:
         """Fetch a download link into a temp file in `folder` (raises LinkExpiredError
         or DownloadError); `tee` (write, reset) sees every byte as it arrives; not
         `durable`: the temp file is not fsynced (it is read, then discarded)."""

@@ -1,5 +1,6 @@
 """Where the Stash server is and how we prove who we are. Pure logic, no I/O
 except reading the server's own certificate for pinning."""
+
 from __future__ import annotations
 
 import hashlib
@@ -72,8 +73,9 @@ def normalise_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
-def from_plugin_input(server_connection: dict, api_key: Optional[str] = None,
-                      certificate: Optional[Path] = None) -> Connection:
+def from_plugin_input(
+    server_connection: dict, api_key: Optional[str] = None, certificate: Optional[Path] = None
+) -> Connection:
     """The connection a plugin process is given on stdin. The bind address 0.0.0.0
     (or ::) means loopback; an API key from config.yml wins over the session cookie,
     which expires. Over https the server's own certificate (`certificate`, default
@@ -95,16 +97,21 @@ def certificate_fingerprint(certificate: Path) -> str:
     try:
         text = certificate.read_bytes().decode("ascii", errors="replace")
     except OSError as error:
-        raise ConfigError(f"Stash serves https but its certificate {certificate} cannot be read: {error.strerror}") from error
+        raise ConfigError(
+            f"Stash serves https but its certificate {certificate} cannot be read: {error.strerror}"
+        ) from error
     import ssl  # here, not at the top: commands that never talk https start faster
+
     leaf = _PEM_CERTIFICATE.search(text)
     try:
         if leaf:
             return hashlib.sha256(ssl.PEM_cert_to_DER_cert(leaf.group(0))).hexdigest()
     except ValueError:  # damaged base64 between the markers
         pass
-    raise ConfigError(f"Stash serves https but {certificate} holds no readable PEM certificate "
-                      "(-----BEGIN CERTIFICATE-----): point ssl_cert_path at the certificate Stash serves")
+    raise ConfigError(
+        f"Stash serves https but {certificate} holds no readable PEM certificate "
+        "(-----BEGIN CERTIFICATE-----): point ssl_cert_path at the certificate Stash serves"
+    )
 
 
 def redact(text: str, secrets: list[str]) -> str:

@@ -1,6 +1,7 @@
 """Streaming download of a backup file into a unique temp file, hashed while it
 streams, resumed with `Range` after a cut while the single-use link still lives.
 The caller verifies the temp file and then commits it (atomic.commit) or discards it."""
+
 from __future__ import annotations
 
 import hashlib
@@ -93,10 +94,18 @@ class _State:
             self.tee.reset()
 
 
-def download(session: requests.Session, url: str, folder: Path, final_name: str,
-             progress: Optional[Callable[[int, Optional[int]], None]] = None,
-             max_resumes: int = MAX_RESUMES, read_timeout: float = READ_TIMEOUT,
-             pause: Callable[[float], None] = time.sleep, tee=None, durable: bool = True) -> Downloaded:
+def download(
+    session: requests.Session,
+    url: str,
+    folder: Path,
+    final_name: str,
+    progress: Optional[Callable[[int, Optional[int]], None]] = None,
+    max_resumes: int = MAX_RESUMES,
+    read_timeout: float = READ_TIMEOUT,
+    pause: Callable[[float], None] = time.sleep,
+    tee=None,
+    durable: bool = True,
+) -> Downloaded:
     """Fetch `url` into a temp file in `folder`. On any failure the temp file is gone.
     `tee` (write, reset) sees the same bytes as they arrive: the archive compresses the
     database during the transfer instead of after it. Not `durable`: the file is not
@@ -119,8 +128,9 @@ def _fetch_with_resumes(session, url, state: _State, progress, max_resumes, read
             return resumes
         except _Cut as cut:
             if resumes >= max_resumes:
-                raise DownloadError(f"download kept failing after {resumes} resumes ({cut}): "
-                                    "check the network and try again") from None
+                raise DownloadError(
+                    f"download kept failing after {resumes} resumes ({cut}): check the network and try again"
+                ) from None
             resumes += 1
             pause(min(2 ** (resumes - 1) * 0.5, 5))
 
@@ -148,8 +158,9 @@ def _accept(response: requests.Response, state: _State) -> None:
     if status in (401, 403):
         raise AuthError(f"the server refused the download ({status}): check the API key")
     if 300 <= status < 400:
-        raise DownloadError(f"the server redirected the download elsewhere ({status}); "
-                            "refusing to send credentials to another host")
+        raise DownloadError(
+            f"the server redirected the download elsewhere ({status}); refusing to send credentials to another host"
+        )
     if status == 206 and state.received:
         match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
         if not match or int(match.group(1)) != state.received:
@@ -189,10 +200,19 @@ def _stream(response: requests.Response, state: _State, progress) -> None:
 
 def _urllib3_errors():
     import urllib3.exceptions
+
     return urllib3.exceptions.HTTPError
 
 
 def _is_network(error: OSError) -> bool:
     import errno as codes
-    return error.errno in (codes.ECONNRESET, codes.ECONNABORTED, codes.EPIPE, codes.ETIMEDOUT, codes.ENETDOWN,
-                           codes.ENETUNREACH, codes.EHOSTUNREACH)
+
+    return error.errno in (
+        codes.ECONNRESET,
+        codes.ECONNABORTED,
+        codes.EPIPE,
+        codes.ETIMEDOUT,
+        codes.ENETDOWN,
+        codes.ENETUNREACH,
+        codes.EHOSTUNREACH,
+    )

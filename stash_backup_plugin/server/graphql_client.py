@@ -1,5 +1,6 @@
 """The few GraphQL calls we make to Stash, through gql and its requests transport.
 Transport and GraphQL failures become typed errors with one-line messages."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,7 @@ from typing import Any, Callable, Optional
 
 import requests
 from gql import Client, gql
-from gql.transport.exceptions import (TransportProtocolError, TransportQueryError,
-                                      TransportServerError)
+from gql.transport.exceptions import TransportProtocolError, TransportQueryError, TransportServerError
 from gql.transport.requests import RequestsHTTPTransport
 
 try:
@@ -21,8 +21,10 @@ except ImportError:  # gql 3 passes variables to execute() instead
 try:
     from gql.transport.exceptions import TransportConnectionFailed as _ConnectionFailed
 except ImportError:  # gql 3
+
     class _ConnectionFailed(Exception):
         pass
+
 
 from .api import Downloaded, ServerInfo
 from .connection import Connection, redact
@@ -44,11 +46,14 @@ query StashBackupServerInfo {
 }
 """)
 _BACKUP = gql("mutation StashBackup($input: BackupDatabaseInput!) { backupDatabase(input: $input) }")
-_PLUGIN_SETTINGS = gql("query StashBackupSettings($ids: [ID!]) "
-                       "{ configuration { general { apiKey } plugins(include: $ids) } }")
+_PLUGIN_SETTINGS = gql(
+    "query StashBackupSettings($ids: [ID!]) { configuration { general { apiKey } plugins(include: $ids) } }"
+)
 _RELOAD_PLUGINS = gql("mutation { reloadPlugins }")
-_QUEUE_PLUGIN_TASK = gql("mutation StashBackupQueue($id: ID!, $args: Map, $description: String) "
-                         "{ runPluginTask(plugin_id: $id, args_map: $args, description: $description) }")
+_QUEUE_PLUGIN_TASK = gql(
+    "mutation StashBackupQueue($id: ID!, $args: Map, $description: String) "
+    "{ runPluginTask(plugin_id: $id, args_map: $args, description: $description) }"
+)
 
 
 class StashClient:
@@ -75,9 +80,12 @@ class StashClient:
 
     def _connected(self):
         if self._client is None:
-            transport = RequestsHTTPTransport(url=self.connection.graphql_url, timeout=self._timeout,
-                                              verify=not self.connection.pinned_certificate,
-                                              json_deserialize=_graphql_answer)
+            transport = RequestsHTTPTransport(
+                url=self.connection.graphql_url,
+                timeout=self._timeout,
+                verify=not self.connection.pinned_certificate,
+                json_deserialize=_graphql_answer,
+            )
             self._client = Client(transport=transport, fetch_schema_from_transport=False)
             self._session = self._client.connect_sync()
             harden(transport.session, self.connection)
@@ -96,8 +104,12 @@ class StashClient:
         except TransportQueryError as error:
             raise ServerError(self._clean(f"Stash answered with an error: {_first_message(error)}")) from None
         except TransportProtocolError as error:
-            raise ServerError(self._clean(f"{self.connection.base_url} did not answer like a Stash GraphQL server "
-                                          f"({one_line(str(error))}): check the URL")) from None
+            raise ServerError(
+                self._clean(
+                    f"{self.connection.base_url} did not answer like a Stash GraphQL server "
+                    f"({one_line(str(error))}): check the URL"
+                )
+            ) from None
         except (requests.exceptions.RequestException, _ConnectionFailed) as error:
             # gql 4 wraps the requests error; gql 3 lets it through
             raise self._connection_error(error.__cause__ or error, transport.timeout) from None
@@ -114,8 +126,10 @@ class StashClient:
 
     def _server_error(self, code: Optional[int], text: str) -> ServerError:
         if code in (401, 403):
-            return AuthError(f"Stash at {self.connection.base_url} refused the request ({code}) with "
-                             f"{self.connection.auth_description}: give a valid API key (--api-key or STASH_API_KEY)")
+            return AuthError(
+                f"Stash at {self.connection.base_url} refused the request ({code}) with "
+                f"{self.connection.auth_description}: give a valid API key (--api-key or STASH_API_KEY)"
+            )
         return ServerError(self._clean(f"Stash at {self.connection.base_url} answered HTTP {code}: {one_line(text)}"))
 
     def _clean(self, text: str) -> str:
@@ -129,9 +143,13 @@ class StashClient:
             return None
         if isinstance(value, kind) and not isinstance(value, bool):
             return value
-        raise ServerError(self._clean(f"Stash at {self.connection.base_url} answered with {key!r} "
-                                      f"{one_line(json.dumps(value), 60)}, not what this tool knows: check the URL "
-                                      "and that this Stash is a version this tool supports"))
+        raise ServerError(
+            self._clean(
+                f"Stash at {self.connection.base_url} answered with {key!r} "
+                f"{one_line(json.dumps(value), 60)}, not what this tool knows: check the URL "
+                "and that this Stash is a version this tool supports"
+            )
+        )
 
     # --- the calls -------------------------------------------------------------
 
@@ -140,11 +158,15 @@ class StashClient:
         general = self._part(self._part(data, "configuration", dict), "general", dict)
         status = self._part(data, "systemStatus", dict)
         backup_input = self._part(data, "backupInput", dict, optional=True) or {}
-        fields = {f.get("name") for f in self._part(backup_input, "inputFields", list, optional=True) or []
-                  if isinstance(f, dict)}
+        fields = {
+            f.get("name")
+            for f in self._part(backup_input, "inputFields", list, optional=True) or []
+            if isinstance(f, dict)
+        }
 
         def text(part: dict, key: str) -> Optional[str]:
             return self._part(part, key, str, optional=True)
+
         return ServerInfo(
             version=text(self._part(data, "version", dict, optional=True) or {}, "version"),
             schema_version=self._part(status, "databaseSchema", int, optional=True),
@@ -165,16 +187,30 @@ class StashClient:
         data = self.execute(_BACKUP, {"input": backup_input}, timeout=BACKUP_TIMEOUT_SECONDS)
         return self._part(data, "backupDatabase", str, optional=True)
 
-    def fetch_backup(self, link: str, folder: Path, final_name: str,
-                     progress: Optional[Callable[[int, Optional[int]], None]] = None, tee=None,
-                     durable: bool = True) -> Downloaded:
+    def fetch_backup(
+        self,
+        link: str,
+        folder: Path,
+        final_name: str,
+        progress: Optional[Callable[[int, Optional[int]], None]] = None,
+        tee=None,
+        durable: bool = True,
+    ) -> Downloaded:
         """The link is fetched from our own URL, never from the host Stash wrote
         into it (external_host): credentials go to no other host."""
         from .download import download
+
         if self._downloads is None:
             self._downloads = new_session(self.connection)
-        return download(self._downloads, self.connection.rebase(link), folder, final_name, progress=progress, tee=tee,
-                        durable=durable)
+        return download(
+            self._downloads,
+            self.connection.rebase(link),
+            folder,
+            final_name,
+            progress=progress,
+            tee=tee,
+            durable=durable,
+        )
 
     def plugin_settings_and_api_key(self, plugin_id: str) -> tuple[dict, Optional[str]]:
         """A plugin's settings, and Stash's API key when it has one (empty when no
@@ -228,7 +264,7 @@ def extra_blob_paths_in(text: str) -> tuple:
             return ()  # the next top-level key: not in this section
         key = re.match(r"(\s+)extra_blob_paths\s*:\s*(.*?)\s*$", line)
         if key:
-            return _yaml_list(key.group(2), lines[index + 1:], len(key.group(1)))
+            return _yaml_list(key.group(2), lines[index + 1 :], len(key.group(1)))
     return ()
 
 
@@ -273,4 +309,3 @@ def _first_message(error: TransportQueryError) -> str:
     if isinstance(first, dict) and "message" in first:
         return one_line(str(first["message"]), 300)
     return one_line(str(error) if first is None else json.dumps(first, default=str), 300)
-

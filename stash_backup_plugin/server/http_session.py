@@ -2,6 +2,7 @@
 other origin refused (our ApiKey header would follow them), https pinned to the
 server's own certificate when a plugin talks to its server over loopback, and every
 answer that is read whole (GraphQL; not the streamed backup download) bounded in size."""
+
 from __future__ import annotations
 
 import urllib.request
@@ -59,9 +60,13 @@ def _read_whole_answer(response: requests.Response, stream: bool = False, **_) -
 
 def _bounded_body(response: requests.Response) -> bytes:
     import urllib3.exceptions
+
     try:
-        return read_bounded(lambda size: response.raw.read(size, decode_content=False),
-                            f"the server at {_origin(response.url)[1]}", response.headers.get("Content-Encoding", ""))
+        return read_bounded(
+            lambda size: response.raw.read(size, decode_content=False),
+            f"the server at {_origin(response.url)[1]}",
+            response.headers.get("Content-Encoding", ""),
+        )
     except urllib3.exceptions.ReadTimeoutError as error:  # as requests itself would raise them
         raise requests.exceptions.ReadTimeout(error, response=response) from None
     except (urllib3.exceptions.HTTPError, OSError) as error:

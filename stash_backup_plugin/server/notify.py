@@ -8,6 +8,7 @@ passwords, and for some services the host part *is* the token (`pover://<user>@<
 `prowl://<key>`): nothing here logs or returns a URL beyond its scheme and a short
 fingerprint (`describe_url`), and Apprise's own log (which names URLs) is silenced
 while it sends."""
+
 from __future__ import annotations
 
 import contextlib
@@ -68,16 +69,18 @@ def send(urls: Sequence[str], notice: Notice, report: Reporter) -> int:
 
 
 def _send_webhook(url: str, notice: Notice) -> str:
-    payload = json.dumps({"title": notice.title, "message": notice.body, "type": notice.kind,
-                          "source": "stash-backup"}).encode()
+    payload = json.dumps(
+        {"title": notice.title, "message": notice.body, "type": notice.kind, "source": "stash-backup"}
+    ).encode()
     return _post(url, payload, "application/json", WEBHOOK_TIMEOUT)
 
 
 def _post(url: str, payload: bytes, content_type: str, timeout: float) -> str:
     """POST, the answer read (bounded) and dropped; "" on success, else why not, in
     words that never quote the URL."""
-    request = urllib.request.Request(url, data=payload, method="POST",
-                                     headers={"Content-Type": content_type, "User-Agent": USER_AGENT})
+    request = urllib.request.Request(
+        url, data=payload, method="POST", headers={"Content-Type": content_type, "User-Agent": USER_AGENT}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read(65536)
@@ -111,8 +114,12 @@ def send_ping(url: str, event: str, body: str, report: Reporter) -> bool:
     if not is_webhook(url):
         report.warning(f"ping to {describe_url(url)} skipped: a ping URL is an http(s):// address")
         return False
-    problem = _post(ping_url(url, event), body[:PING_BODY_LIMIT].encode("utf-8", "replace"),
-                    "text/plain; charset=utf-8", PING_TIMEOUT)
+    problem = _post(
+        ping_url(url, event),
+        body[:PING_BODY_LIMIT].encode("utf-8", "replace"),
+        "text/plain; charset=utf-8",
+        PING_TIMEOUT,
+    )
     if problem:
         report.warning(f"ping ({event or 'success'}) to {describe_url(url)} failed: {problem}")
         return False
@@ -123,8 +130,10 @@ def _send_apprise(url: str, notice: Notice) -> str:
     try:
         import apprise
     except ImportError:
-        return ("this URL needs Apprise, which is not installed: pip install 'stash-backup[notify]' "
-                "(or use an http(s):// webhook URL)")
+        return (
+            "this URL needs Apprise, which is not installed: pip install 'stash-backup[notify]' "
+            "(or use an http(s):// webhook URL)"
+        )
     with _silenced("apprise"):
         try:
             sender = apprise.Apprise()

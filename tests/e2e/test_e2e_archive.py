@@ -2,6 +2,7 @@
 stores only the new blobs (counted on disk), prune collects what no kept backup
 refers to, and kill -9 at every named step of a backup or a prune never leaves a
 kept backup with a missing blob. Restores of stored backups: test_e2e_restore.py."""
+
 import gzip
 import hashlib
 import json
@@ -61,8 +62,10 @@ def new_images(server, count: int, seed: int) -> list:
     made = []
     for index in range(count):
         image = png_bytes(seed + index)
-        server.graphql("mutation($i: PerformerCreateInput!) { performerCreate(input: $i) { id } }",
-                       {"i": {"name": f"night-{seed}-{index}", "image": data_url(image)}})
+        server.graphql(
+            "mutation($i: PerformerCreateInput!) { performerCreate(input: $i) { id } }",
+            {"i": {"name": f"night-{seed}-{index}", "image": data_url(image)}},
+        )
         made.append(hashlib.md5(image).hexdigest())
     return made
 
@@ -117,8 +120,10 @@ def test_prune_collects_only_what_no_kept_backup_refers_to(stash_server_factory,
     dest = tmp_path / "archive"
     first = download(server, dest)
     old_image = hashlib.md5(created["performers"][0]["image"]).hexdigest()
-    server.graphql("mutation($i: PerformerUpdateInput!) { performerUpdate(input: $i) { id } }",
-                   {"i": {"id": created["performers"][0]["id"], "image": data_url(png_bytes(4242))}})
+    server.graphql(
+        "mutation($i: PerformerUpdateInput!) { performerUpdate(input: $i) { id } }",
+        {"i": {"id": created["performers"][0]["id"], "image": data_url(png_bytes(4242))}},
+    )
     second = download(server, dest)
     assert old_image in archive_blobs(dest) and old_image not in record_blobs(dest, second["file"])
     dry = cli(server, dest, "prune", "--keep-last", "1", "--dry-run")
@@ -173,8 +178,10 @@ def test_kill_during_a_prune(stash_server_factory, tmp_path, step):
     dest = tmp_path / "archive"
     download(server, dest)
     for index, performer in enumerate(created["performers"]):  # three images only the first backup has
-        server.graphql("mutation($i: PerformerUpdateInput!) { performerUpdate(input: $i) { id } }",
-                       {"i": {"id": performer["id"], "image": data_url(png_bytes(7000 + index))}})
+        server.graphql(
+            "mutation($i: PerformerUpdateInput!) { performerUpdate(input: $i) { id } }",
+            {"i": {"id": performer["id"], "image": data_url(png_bytes(7000 + index))}},
+        )
     kept = download(server, dest)
     crashed = cli(server, dest, "prune", "--keep-last", "1", env={CRASH_ENV: step})
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
@@ -189,10 +196,12 @@ def test_kill_during_a_prune(stash_server_factory, tmp_path, step):
 
 # --- restoring stored backups -----------------------------------------------------------------
 
+
 def state_of(server) -> dict:
     """What a user sees: names, and every performer's image bytes (served by Stash
     from its blobs folder)."""
     from tests.support.stash_server.server import content_names, performer_image
+
     performers = server.graphql("{ findPerformers(filter: {per_page: -1}) { performers { id name } } }")
     images = {p["name"]: performer_image(server, p["id"]) for p in performers["findPerformers"]["performers"]}
     return {"names": content_names(server), "images": images}
@@ -203,6 +212,7 @@ def restore_and_read(server, dest, name) -> dict:
     restore the backup by name, start Stash and read what it serves."""
     import shutil
     from tests.support.harness import run_restore
+
     server.stop()
     shutil.rmtree(server.blobs)
     server.blobs.mkdir()
@@ -215,13 +225,14 @@ def restore_and_read(server, dest, name) -> dict:
 def a_night(server, created, night: int) -> None:
     """New images, a replaced one, a removed tag: what changes between two backups."""
     new_images(server, 1, 100 * night)
-    server.graphql("mutation($i: PerformerUpdateInput!) { performerUpdate(input: $i) { id } }",
-                   {"i": {"id": created["performers"][night % 3]["id"], "image": data_url(png_bytes(50 * night))}})
+    server.graphql(
+        "mutation($i: PerformerUpdateInput!) { performerUpdate(input: $i) { id } }",
+        {"i": {"id": created["performers"][night % 3]["id"], "image": data_url(png_bytes(50 * night))}},
+    )
     server.graphql(f'mutation {{ tagCreate(input: {{name: "tag-of-night-{night}"}}) {{ id }} }}')
 
 
-def test_restore_of_each_backup_then_prune_and_restore_of_every_kept_one(stash_server_factory, stash_version,
-                                                                        tmp_path):
+def test_restore_of_each_backup_then_prune_and_restore_of_every_kept_one(stash_server_factory, stash_version, tmp_path):
     server = stash_server_factory(stash_version, install_plugin=False)
     created = seed_content(server)
     dest = tmp_path / "archive"
@@ -246,6 +257,7 @@ def make_old_format_archive(server, dest, stash_version) -> str:
     from stash_backup_plugin.core.archive import Archive, Entry, entry_from_name, utc_now
     from stash_backup_plugin.core.atomic import temp_path_in
     from stash_backup_plugin.core.verify import verify_backup
+
     with_blobs = stash_version == NEW_VERSION
     archive = Archive(dest)
     with archive.locked():
@@ -262,15 +274,28 @@ def make_old_format_archive(server, dest, stash_version) -> str:
                 backup_zip.write_full_backup(handle, database, "stash-go.sqlite", files)
             database.unlink()
         verified = verify_backup(fetched)
-        archive.add(fetched, Entry(file=name, size=verified.size, sha256=verified.sha256, **entry_from_name(name),
-                                   kind="zip", blob_count=verified.blob_count, includes_blobs=True,
-                                   source="server-zip" if with_blobs else "plugin-zip", verified_at=utc_now(),
-                                   verified_level="quick", verified_ok=True))
+        archive.add(
+            fetched,
+            Entry(
+                file=name,
+                size=verified.size,
+                sha256=verified.sha256,
+                **entry_from_name(name),
+                kind="zip",
+                blob_count=verified.blob_count,
+                includes_blobs=True,
+                source="server-zip" if with_blobs else "plugin-zip",
+                verified_at=utc_now(),
+                verified_level="quick",
+                verified_ok=True,
+            ),
+        )
     return name
 
 
-def test_an_old_format_archive_keeps_working_then_is_migrated_and_restored(stash_server_factory, stash_version,
-                                                                          tmp_path):
+def test_an_old_format_archive_keeps_working_then_is_migrated_and_restored(
+    stash_server_factory, stash_version, tmp_path
+):
     server = stash_server_factory(stash_version, install_plugin=False)
     created = seed_content(server)
     dest = tmp_path / "archive"
@@ -289,15 +314,16 @@ def test_an_old_format_archive_keeps_working_then_is_migrated_and_restored(stash
     assert not (dest / old).exists() and not list(dest.glob("*.zip"))
     rows = listing(dest)
     assert [r["kind"] for r in rows] == ["stored", "stored"] and rows[1]["migrated_from"] == old
-    assert len(archive_blobs(dest)) == len(set(record_blobs(dest, rows[0]["file"])) | set(record_blobs(dest, rows[1]["file"])))
+    assert len(archive_blobs(dest)) == len(
+        set(record_blobs(dest, rows[0]["file"])) | set(record_blobs(dest, rows[1]["file"]))
+    )
     assert run_cli("verify", "--read-data", "--dest", str(dest)).returncode == 0
     assert restore_and_read(server, dest, rows[1]["file"]) == expected_old
     assert run_cli("migrate", "--dest", str(dest)).returncode == 0  # nothing left to do
     assert rows[0]["file"] == new
 
 
-def test_an_uncompressed_snapshot_is_stored_verified_and_restored_like_a_compressed_one(stash_server_factory,
-                                                                                       tmp_path):
+def test_an_uncompressed_snapshot_is_stored_verified_and_restored_like_a_compressed_one(stash_server_factory, tmp_path):
     """`--no-compress` (faster nights on a slow CPU): the snapshot is still a gzip
     file, in stored blocks, so verify and stash-restore read it as they read the rest."""
     server = stash_server_factory(NEW_VERSION, install_plugin=False)
@@ -323,10 +349,16 @@ def test_an_uncompressed_snapshot_is_stored_verified_and_restored_like_a_compres
 
 # --- private by default -----------------------------------------------------------------------
 
+
 def as_nobody(*command):
     """Run a command as another local user (nobody), as a second user of the machine would."""
-    return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command],
-                          capture_output=True, text=True, errors="replace", timeout=60)
+    return subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=60,
+    )
 
 
 def test_a_download_makes_an_archive_no_other_local_user_can_read(stash_server_factory):
@@ -345,8 +377,14 @@ def test_a_download_makes_an_archive_no_other_local_user_can_read(stash_server_f
         first = download(server, dest)
         made = [dest, *dest.rglob("*")]
         modes = {str(p.relative_to(shared)): oct(stat.S_IMODE(p.lstat().st_mode)) for p in made}
-        assert {"archive/blobs", "archive/snapshots", "archive/backups", "archive/status.json",
-                "archive/.stash-backup.lock", f"archive/snapshots/{first['file']}.gz"} <= set(modes)
+        assert {
+            "archive/blobs",
+            "archive/snapshots",
+            "archive/backups",
+            "archive/status.json",
+            "archive/.stash-backup.lock",
+            f"archive/snapshots/{first['file']}.gz",
+        } <= set(modes)
         assert {m for p, m in modes.items() if (shared / p).is_dir()} == {"0o700"}, modes
         assert {m for p, m in modes.items() if not (shared / p).is_dir()} == {"0o600"}, modes
         snapshot = dest / "snapshots" / f"{first['file']}.gz"

@@ -12,6 +12,7 @@ meanwhile rewrites that page (no tag is written while it is damaged). A running 
 may still hold the good copy in its page cache, so its own backup is not reliably
 failed that way; for that, Stash is stopped, the page damaged, Stash started: its
 VACUUM INTO then fails with "database disk image is malformed" every time."""
+
 import json
 import sqlite3
 import time
@@ -71,8 +72,9 @@ def test_a_damaged_live_database_is_reported_and_holds_retention(stash_server_fa
     offset, original = damage_tags_page(server.database)
     assert server.running
     with Receiver() as receiver:
-        checked = run_cli("check-live", "-q", *connect, "--dest", str(archive), "--notify",
-                          f"http://127.0.0.1:{receiver.port}/hook")
+        checked = run_cli(
+            "check-live", "-q", *connect, "--dest", str(archive), "--notify", f"http://127.0.0.1:{receiver.port}/hook"
+        )
         notices = receiver.wait_for(1)
     assert checked.returncode == 1
     lines = [line for line in checked.stderr.splitlines() if line.strip()]
@@ -105,8 +107,10 @@ def test_the_plugins_ping_url_hears_each_task_start_and_end(stash_server_factory
     server = stash_server_factory(stash_version)
     with Receiver() as receiver:
         url = f"http://127.0.0.1:{receiver.port}/ping/0b7c-secret-uuid"
-        server.graphql("mutation($id: ID!, $input: Map!) { configurePlugin(plugin_id: $id, input: $input) }",
-                       {"id": "stash-backup", "input": {"pingUrl": url}})
+        server.graphql(
+            "mutation($id: ID!, $input: Map!) { configurePlugin(plugin_id: $id, input: $input) }",
+            {"id": "stash-backup", "input": {"pingUrl": url}},
+        )
         server.run_plugin_task("stash-backup", "Check live database")
         server.run_plugin_task("stash-backup", "Download backup to archive")
         pings = receiver.wait_for(4)

@@ -1,4 +1,5 @@
 """The stash-backup CLI against real Stash servers, with and without credentials."""
+
 import hashlib
 import json
 import socket
@@ -41,8 +42,15 @@ def test_download_list_verify_prune_with_an_api_key(stash_server_factory, stash_
     decisions = json.loads(prune.stdout)
     assert [d["keep"] for d in decisions] == [True, False]
     assert len(json.loads(cli(server, "list", "--json", dest=dest).stdout)) == 1
-    outputs += [listing.stdout, verify.stderr, prune.stdout, prune.stderr, server.log_text(), json.dumps(server.logs()),
-                (dest / "manifest.json").read_text()]
+    outputs += [
+        listing.stdout,
+        verify.stderr,
+        prune.stdout,
+        prune.stderr,
+        server.log_text(),
+        json.dumps(server.logs()),
+        (dest / "manifest.json").read_text(),
+    ]
     assert not any(key in text for text in outputs)
 
 
@@ -55,6 +63,7 @@ def test_backup_command_on_the_server_and_keep_last_there(stash_server_factory, 
     """Stash never removes its backups: --keep-last counts and removes only those this
     command made, unless --include-others (never the anonymised database)."""
     import time
+
     server = stash_server_factory(stash_version, install_plugin=False)
     seed_content(server)
     result = cli(server, "backup")
@@ -98,8 +107,9 @@ def test_unreachable_server_is_a_one_line_error(tmp_path):
 
 def test_not_a_stash_server_is_a_one_line_error(tmp_path):
     from tests.support.fault_server import FaultServer
+
     with FaultServer(b"") as other:
-        other.graphql = lambda body: {"errors": [{"message": "Cannot query field \"version\""}]}
+        other.graphql = lambda body: {"errors": [{"message": 'Cannot query field "version"'}]}
         result = run_cli("download", "--url", other.url, "--dest", str(tmp_path / "a"))
     assert result.returncode == 1 and "Stash answered with an error" in result.stderr
     assert "Traceback" not in result.stderr

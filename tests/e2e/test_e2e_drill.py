@@ -3,6 +3,7 @@ backup boots and shows the recorded counts while the live server keeps answering
 its files stay byte for byte; a backup of the older version boots on the newer binary
 after a migration; missing blobs and an emptied table fail with the difference named;
 kill -9 of a drill leaves no Stash running and the next drill removes its folder."""
+
 import contextlib
 import gzip
 import hashlib
@@ -68,8 +69,9 @@ class Prober(threading.Thread):
             time.sleep(0.2)
 
 
-def test_drill_of_a_good_backup_passes_beside_the_live_server(stash_server_factory, stash_version, stash_binaries,
-                                                              tmp_path):
+def test_drill_of_a_good_backup_passes_beside_the_live_server(
+    stash_server_factory, stash_version, stash_binaries, tmp_path
+):
     server = stash_server_factory(stash_version, install_plugin=False)
     seed_content(server)
     dest = tmp_path / "archive"
@@ -82,8 +84,15 @@ def test_drill_of_a_good_backup_passes_beside_the_live_server(stash_server_facto
     prober.join()
     assert code == 0, stderr
     assert result["ok"] and result["backup"] == made["file"] and not result["migrated"]
-    assert result["counts"] == {"scenes": 0, "images": 0, "galleries": 0, "performers": 3, "studios": 1, "tags": 2,
-                                "groups": 0}
+    assert result["counts"] == {
+        "scenes": 0,
+        "images": 0,
+        "galleries": 0,
+        "performers": 3,
+        "studios": 1,
+        "tags": 2,
+        "groups": 0,
+    }
     assert result["images_checked"] == 6 and stash_version.lstrip("v") in result["stash_version"]
     assert prober.answers > 3 and not prober.failures  # the live server answered throughout
     assert live_files(server) == before  # its database, config and blobs, byte for byte
@@ -128,8 +137,9 @@ def change_snapshot(dest, name: str, sql: str) -> None:
     database.unlink()
 
 
-def test_missing_blobs_or_an_emptied_table_fail_with_the_difference_named(stash_server_factory, stash_binaries,
-                                                                         tmp_path):
+def test_missing_blobs_or_an_emptied_table_fail_with_the_difference_named(
+    stash_server_factory, stash_binaries, tmp_path
+):
     server = stash_server_factory(NEW_VERSION, install_plugin=False)
     seed_content(server)
     dest = tmp_path / "archive"
@@ -158,14 +168,19 @@ def scratch_stash_started(drill_process, dest, deadline_s: float = 120) -> tuple
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         if drill_process.poll() is not None:
-            raise AssertionError(f"the drill ended ({drill_process.returncode}) before it started Stash: "
-                                 f"{(dest.parent / 'drill.err').read_text()[-2000:]}")
+            raise AssertionError(
+                f"the drill ended ({drill_process.returncode}) before it started Stash: "
+                f"{(dest.parent / 'drill.err').read_text()[-2000:]}"
+            )
         for folder in dest.glob(".drill*"):
             with contextlib.suppress(OSError, ValueError, AttributeError):
                 pid = int((folder / "stash.pid").read_text())
                 # the drill writes JSON; Stash may have rewritten it as YAML already
-                return pid, folder, int(re.search(r'^ *"?port"?: *(\d+)', (folder / "config.yml").read_text(),
-                                                  re.MULTILINE).group(1))
+                return (
+                    pid,
+                    folder,
+                    int(re.search(r'^ *"?port"?: *(\d+)', (folder / "config.yml").read_text(), re.MULTILINE).group(1)),
+                )
         time.sleep(0.02)
     raise AssertionError(f"the drill never started Stash: {sorted(str(p) for p in dest.glob('.drill*/*'))}")
 
@@ -198,8 +213,9 @@ def running_from(folder, inside: bool = False) -> list[int]:
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError, ValueError):
             arguments = cmdline.read_bytes().decode(errors="replace").split("\0")
-            if (any(a.startswith(f"{folder}/") for a in arguments) if inside else config in arguments) \
-                    and alive(int(cmdline.parent.name)):
+            if (any(a.startswith(f"{folder}/") for a in arguments) if inside else config in arguments) and alive(
+                int(cmdline.parent.name)
+            ):
                 found.append(int(cmdline.parent.name))
     return found
 
@@ -246,9 +262,14 @@ def start_drill(dest, binary, tmp_path, pdeathsig: bool = True) -> subprocess.Po
     held = tmp_path / "held-stash"
     held.write_text(HELD_STASH.format(binary=binary))
     held.chmod(0o755)
-    return subprocess.Popen([sys.executable, *entry, "drill", "--dest", str(dest), "--stash-binary", str(held)],
-                            env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=open(tmp_path / "drill.err", "w+"))
+    return subprocess.Popen(
+        [sys.executable, *entry, "drill", "--dest", str(dest), "--stash-binary", str(held)],
+        env=env,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "drill.err", "w+"),
+    )
 
 
 def kill_9_once_stash_answers(drill_process, dest) -> tuple[int, Path]:
@@ -268,8 +289,7 @@ def assert_next_drill_cleans_up(server, dest, binary, scratch, before: dict) -> 
     assert live_files(server) == before
 
 
-def test_kill_9_of_a_drill_leaves_no_stash_and_the_next_drill_cleans_up(stash_server_factory, stash_binaries,
-                                                                       tmp_path):
+def test_kill_9_of_a_drill_leaves_no_stash_and_the_next_drill_cleans_up(stash_server_factory, stash_binaries, tmp_path):
     """Linux: the drill's Stash dies with it (PR_SET_PDEATHSIG), at once."""
     server = stash_server_factory(NEW_VERSION, install_plugin=False)
     seed_content(server)
@@ -309,6 +329,7 @@ def test_plugin_drills_after_every_download_with_the_stash_that_runs_it(stash_se
     """The plugin's setting "Restore drill every 1": a Download is followed by a drill
     with the parent Stash's own binary; the Restore drill task runs one by hand."""
     from tests.e2e.test_e2e_plugin import PLUGIN, archive_dir, manifest, run_task
+
     server = stash_server_factory(NEW_VERSION)
     seed_content(server)
     server.graphql(f'mutation {{ configurePlugin(plugin_id: "{PLUGIN}", input: {{drillEvery: "1"}}) }}')
@@ -327,6 +348,7 @@ def test_plugin_drills_after_every_download_with_the_stash_that_runs_it(stash_se
 
 # --- the scratch Stash: no way in without its own credentials; Stash's own reasons, at once ---
 
+
 def archived_from(stash_server_factory, version: str, tmp_path) -> tuple:
     """A live Stash with some content, and an archive of one downloaded backup of it."""
     server = stash_server_factory(version, install_plugin=False)
@@ -336,12 +358,18 @@ def archived_from(stash_server_factory, version: str, tmp_path) -> tuple:
 
 
 def graphql_status(port: int, query: str, headers: dict | None = None) -> int:
-    return requests.post(f"http://127.0.0.1:{port}/graphql", json={"query": query}, headers=headers or {},
-                         timeout=10, allow_redirects=False).status_code
+    return requests.post(
+        f"http://127.0.0.1:{port}/graphql",
+        json={"query": query},
+        headers=headers or {},
+        timeout=10,
+        allow_redirects=False,
+    ).status_code
 
 
-def test_the_drills_stash_lets_no_one_in_without_its_own_credentials(stash_server_factory, stash_version,
-                                                                    stash_binaries, tmp_path):
+def test_the_drills_stash_lets_no_one_in_without_its_own_credentials(
+    stash_server_factory, stash_version, stash_binaries, tmp_path
+):
     """While a drill runs (held still once its Stash starts), its Stash refuses a query,
     a mutation that would point its scrapers elsewhere, and the web page to anyone
     without its API key, whatever key they guess; the drill itself still passes."""
@@ -351,27 +379,36 @@ def test_the_drills_stash_lets_no_one_in_without_its_own_credentials(stash_serve
         _, scratch, port = scratch_stash_started(drill_process, dest)
         assert answers(port), "the drill's Stash never answered"
         assert graphql_status(port, "{ stats { performer_count } }") == 401
-        assert graphql_status(port, '{ stats { performer_count } }', {"ApiKey": "a-guess"}) == 401
-        assert graphql_status(port, 'mutation { configureGeneral(input: {scrapersPath: "/tmp/x"}) '
-                                    '{ scrapersPath } }') == 401
+        assert graphql_status(port, "{ stats { performer_count } }", {"ApiKey": "a-guess"}) == 401
+        assert (
+            graphql_status(port, 'mutation { configureGeneral(input: {scrapersPath: "/tmp/x"}) { scrapersPath } }')
+            == 401
+        )
         page = requests.get(f"http://127.0.0.1:{port}/performers", timeout=10, allow_redirects=False)
         assert page.status_code == 302 and page.headers["Location"].startswith("/login")
-        login = requests.post(f"http://127.0.0.1:{port}/login", data={"username": "admin", "password": ""},
-                              timeout=10, allow_redirects=False)
+        login = requests.post(
+            f"http://127.0.0.1:{port}/login",
+            data={"username": "admin", "password": ""},
+            timeout=10,
+            allow_redirects=False,
+        )
         assert "session" not in login.cookies
         os.kill(drill_process.pid, signal.SIGCONT)
         assert drill_process.wait(timeout=300) == 0, (tmp_path / "drill.err").read_text()[-2000:]
     assert scratch_folders(dest) == []
 
 
-def test_a_backup_newer_than_the_binary_fails_at_once_with_stashs_own_reason(stash_server_factory, stash_binaries,
-                                                                              tmp_path):
+def test_a_backup_newer_than_the_binary_fails_at_once_with_stashs_own_reason(
+    stash_server_factory, stash_binaries, tmp_path
+):
     _, dest, _ = archived_from(stash_server_factory, NEW_VERSION, tmp_path)
     started = time.monotonic()
     code, result, stderr = drill(dest, stash_binaries[OLD_VERSION], "--timeout", "120")
     assert code == 1 and not result["ok"], stderr
-    assert result["error"] == ("the drill's Stash exited with 1: manager initialization error: schema version 85 "
-                               "is incompatible with required schema version 72"), result["error"]
+    assert result["error"] == (
+        "the drill's Stash exited with 1: manager initialization error: schema version 85 "
+        "is incompatible with required schema version 72"
+    ), result["error"]
     assert time.monotonic() - started < 60 and scratch_folders(dest) == []
 
 
@@ -408,6 +445,7 @@ def with_a_home_of_its_own(home: Path, tmp_path: Path) -> list:
     """A command prefix: a mount namespace in which this account's home (from the
     password database, where Stash's user.Current looks; $HOME it ignores) is `home`."""
     import pwd
+
     account = pwd.getpwuid(os.getuid())
     lines = []
     for line in Path("/etc/passwd").read_text().splitlines():
@@ -422,8 +460,9 @@ def with_a_home_of_its_own(home: Path, tmp_path: Path) -> list:
     return ["unshare", "--mount", *([] if os.geteuid() == 0 else ["--map-root-user"]), "sh", str(script)]
 
 
-def test_a_certificate_in_the_users_stash_folder_is_followed_not_waited_out(stash_server_factory, stash_binaries,
-                                                                            tmp_path):
+def test_a_certificate_in_the_users_stash_folder_is_followed_not_waited_out(
+    stash_server_factory, stash_binaries, tmp_path
+):
     """stash.crt and stash.key in ~/.stash: Stash serves https on the scratch config too
     (InitTLS), and the drill speaks https to it, pinned to that certificate. A client
     that spoke http would get Stash's "HTTP request to an HTTPS server": not GraphQL,
@@ -431,9 +470,26 @@ def test_a_certificate_in_the_users_stash_folder_is_followed_not_waited_out(stas
     _, dest, _ = archived_from(stash_server_factory, NEW_VERSION, tmp_path)
     home = tmp_path / "home"
     (home / ".stash").mkdir(parents=True)
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=users.stash.example",
-                    "-days", "2", "-keyout", str(home / ".stash" / "stash.key"), "-out",
-                    str(home / ".stash" / "stash.crt")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=users.stash.example",
+            "-days",
+            "2",
+            "-keyout",
+            str(home / ".stash" / "stash.key"),
+            "-out",
+            str(home / ".stash" / "stash.crt"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     record = tmp_path / "console.txt"
     binary = tmp_path / "stash-teed"
     binary.write_text(TEES_ITS_CONSOLE.format(binary=stash_binaries[NEW_VERSION], record=record))
@@ -443,8 +499,14 @@ def test_a_certificate_in_the_users_stash_folder_is_followed_not_waited_out(stas
     env = dict(os.environ, PYTHONPATH=str(REPO))
 
     started = time.monotonic()
-    passed = subprocess.run([*own_home, sys.executable, "-m", "stash_backup_plugin", *arguments], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=600)
+    passed = subprocess.run(
+        [*own_home, sys.executable, "-m", "stash_backup_plugin", *arguments],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert passed.returncode == 0 and json.loads(passed.stdout)["ok"], passed.stderr
     assert "stash is running at https://127.0.0.1:" in record.read_text()
     assert time.monotonic() - started < 90
@@ -452,9 +514,17 @@ def test_a_certificate_in_the_users_stash_folder_is_followed_not_waited_out(stas
     script = tmp_path / "drill_without_tls.py"
     script.write_text(FOLLOWS_NO_CERTIFICATE)
     started = time.monotonic()
-    failed = subprocess.run([*own_home, sys.executable, str(script), *arguments], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=600)
+    failed = subprocess.run(
+        [*own_home, sys.executable, str(script), *arguments],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     error = json.loads(failed.stdout)["error"]
-    assert failed.returncode == 1 and "answered HTTP 400, not GraphQL: Client sent an HTTP request to an HTTPS " \
-        "server." in error, error
+    assert (
+        failed.returncode == 1
+        and "answered HTTP 400, not GraphQL: Client sent an HTTP request to an HTTPS server." in error
+    ), error
     assert time.monotonic() - started < 60 and scratch_folders(dest) == []

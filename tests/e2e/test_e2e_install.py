@@ -2,6 +2,7 @@
 Python that has only the standard library and requests (Stash's official Docker
 image) with no package index in reach, on each CPython from our floor up; and the
 plugin-manager route through Stash's own package API, uninstall included."""
+
 import shlex
 import subprocess
 import time
@@ -23,8 +24,14 @@ def wheel_cli(python_envs, tmp_path, *args: str, version: str = None) -> subproc
     """stash-backup as a user who pip-installed the wheel runs it: from another folder,
     nothing of this checkout on the path."""
     bin_dir = python_envs.wheel_cli(*([version] if version else []))
-    result = subprocess.run([str(bin_dir / "stash-backup"), *args], capture_output=True, text=True, cwd=tmp_path,
-                            env=clean_env(), timeout=600)
+    result = subprocess.run(
+        [str(bin_dir / "stash-backup"), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(),
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     return result
 
@@ -44,24 +51,34 @@ def run_every_task(server, plugin_id=PLUGIN) -> None:
     assert entry["verified_ok"] and entry["blob_count"] == 6, entry
 
 
-def test_every_task_from_a_wheel_install_with_only_requests_and_no_index(stash_server_factory, stash_version,
-                                                                         python_envs, tmp_path):
-    server = stash_server_factory(stash_version, install_plugin=False,
-                                  python_path=python_envs.requests_only())  # PIP_NO_INDEX=1 too
+def test_every_task_from_a_wheel_install_with_only_requests_and_no_index(
+    stash_server_factory, stash_version, python_envs, tmp_path
+):
+    server = stash_server_factory(
+        stash_version, install_plugin=False, python_path=python_envs.requests_only()
+    )  # PIP_NO_INDEX=1 too
     wheel_cli(python_envs, tmp_path, "install-plugin", "--plugins-dir", str(server.plugins), "--url", server.url)
     assert sorted(p.name for p in (server.plugins / PLUGIN).iterdir()) == sorted(
-        [f"{PLUGIN}.yml", "stash_backup_plugin.pyz", "backups.js", "backups.css"])
+        [f"{PLUGIN}.yml", "stash_backup_plugin.pyz", "backups.js", "backups.css"]
+    )
     run_every_task(server)
 
 
 @pytest.mark.parametrize("python", SUPPORTED)
-def test_a_package_built_on_the_floor_python_runs_on_every_python(stash_server_factory, python_envs, tmp_path,
-                                                                  python):
+def test_a_package_built_on_the_floor_python_runs_on_every_python(stash_server_factory, python_envs, tmp_path, python):
     """What the bundle holds depends on the Python that built it (gql 4.4 needs 3.10):
     built with the oldest supported one it runs on all of them."""
     server = stash_server_factory(NEW_VERSION, install_plugin=False, python_path=python_envs.requests_only(python))
-    wheel_cli(python_envs, tmp_path, "install-plugin", "--plugins-dir", str(server.plugins), "--url", server.url,
-              version=FLOOR)
+    wheel_cli(
+        python_envs,
+        tmp_path,
+        "install-plugin",
+        "--plugins-dir",
+        str(server.plugins),
+        "--url",
+        server.url,
+        version=FLOOR,
+    )
     run_every_task(server)
 
 
@@ -69,6 +86,7 @@ def test_a_python_without_requests_logs_one_error_line_with_the_fix(stash_server
     server = stash_server_factory(NEW_VERSION, python_path=python_envs.bare())
     job = server.run_plugin_task(PLUGIN, "Verify archive")
     assert job["status"] == "FINISHED"
+
     def ours():  # answered once, as the error: Stash logs it ("Plugin returned error: …")
         return [line for line in server.log_text().splitlines() if "needs the Python package requests" in line]
 
@@ -80,9 +98,9 @@ def test_a_python_without_requests_logs_one_error_line_with_the_fix(stash_server
     assert f'--target "{server.plugins / PLUGIN / "python-packages"}" "requests"' in line
 
 
-def test_the_plugin_manager_installs_the_package_runs_it_and_uninstalls_every_trace(stash_server_factory,
-                                                                                     stash_version, python_envs,
-                                                                                     tmp_path):
+def test_the_plugin_manager_installs_the_package_runs_it_and_uninstalls_every_trace(
+    stash_server_factory, stash_version, python_envs, tmp_path
+):
     """Stash's own Available Plugins route, through its package API: the source is a
     file:// URL (a plain path is refused), the package is what `stash-backup package`
     built from the wheel. Uninstalling removes the listed files, then the folder
@@ -91,22 +109,29 @@ def test_the_plugin_manager_installs_the_package_runs_it_and_uninstalls_every_tr
     wheel_cli(python_envs, tmp_path, "package", "--output", str(tmp_path / "source"))
     url = (tmp_path / "source" / "index.yml").as_uri()
     with pytest.raises(Exception, match="unsupported protocol scheme"):
-        server.graphql('query($s: String!) { availablePackages(type: Plugin, source: $s) { package_id } }',
-                       {"s": str(tmp_path / "source" / "index.yml")})
-    available = server.graphql('query($s: String!) { availablePackages(type: Plugin, source: $s) { package_id } }',
-                               {"s": url})["availablePackages"]
+        server.graphql(
+            "query($s: String!) { availablePackages(type: Plugin, source: $s) { package_id } }",
+            {"s": str(tmp_path / "source" / "index.yml")},
+        )
+    available = server.graphql(
+        "query($s: String!) { availablePackages(type: Plugin, source: $s) { package_id } }", {"s": url}
+    )["availablePackages"]
     assert [p["package_id"] for p in available] == [PLUGIN]
-    server.graphql('mutation($s: [PackageSourceInput!]) { configureGeneral(input: {pluginPackageSources: $s}) '
-                   '{ pluginPackageSources { url } } }', {"s": [{"name": "local", "url": url, "local_path": "local"}]})
+    server.graphql(
+        "mutation($s: [PackageSourceInput!]) { configureGeneral(input: {pluginPackageSources: $s}) "
+        "{ pluginPackageSources { url } } }",
+        {"s": [{"name": "local", "url": url, "local_path": "local"}]},
+    )
     spec = {"p": [{"id": PLUGIN, "sourceURL": url}]}
-    job = server.graphql('mutation($p: [PackageSpecInput!]!) { installPackages(type: Plugin, packages: $p) }', spec)
+    job = server.graphql("mutation($p: [PackageSpecInput!]!) { installPackages(type: Plugin, packages: $p) }", spec)
     assert server.wait_for_job(job["installPackages"])["status"] == "FINISHED"
     folder = server.plugins / "local" / PLUGIN
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["manifest", f"{PLUGIN}.yml", "stash_backup_plugin.pyz", "backups.js", "backups.css"])
+        ["manifest", f"{PLUGIN}.yml", "stash_backup_plugin.pyz", "backups.js", "backups.css"]
+    )
     run_every_task(server)
     assert not [p for p in folder.rglob("*") if p.is_dir()]  # no __pycache__ either
-    job = server.graphql('mutation($p: [PackageSpecInput!]!) { uninstallPackages(type: Plugin, packages: $p) }', spec)
+    job = server.graphql("mutation($p: [PackageSpecInput!]!) { uninstallPackages(type: Plugin, packages: $p) }", spec)
     assert server.wait_for_job(job["uninstallPackages"])["status"] == "FINISHED"
     assert not folder.exists(), sorted(str(p) for p in folder.rglob("*"))
     assert not server.graphql("{ plugins { id } }")["plugins"]
@@ -119,6 +144,7 @@ def test_stash_gives_its_api_key_to_a_session_cookie(stash_server_factory, stash
     import requests
     from stash_backup_plugin.server.connection import Connection
     from stash_backup_plugin.server.graphql_client import StashClient
+
     server = stash_server_factory(stash_version, install_plugin=False)
     with StashClient(Connection(server.url)) as client:
         assert client.plugin_settings_and_api_key(PLUGIN) == ({}, None)
@@ -135,11 +161,29 @@ def test_https_pins_the_certificate_named_by_ssl_cert_path(stash_server_factory,
     harness also writes, so pinning the wrong one fails); read without PyYAML."""
     tls = tmp_path / "my tls"
     tls.mkdir()
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=nas.example.org",
-                    "-keyout", str(tls / "key.pem"), "-out", str(tls / "cert.pem"), "-days", "3"],
-                   check=True, capture_output=True)
-    server = stash_server_factory(NEW_VERSION, tls=True, ssl_cert_path=str(tls / "cert.pem"),
-                                  ssl_key_path=str(tls / "key.pem"))
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=nas.example.org",
+            "-keyout",
+            str(tls / "key.pem"),
+            "-out",
+            str(tls / "cert.pem"),
+            "-days",
+            "3",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server = stash_server_factory(
+        NEW_VERSION, tls=True, ssl_cert_path=str(tls / "cert.pem"), ssl_key_path=str(tls / "key.pem")
+    )
     assert (server.root / "stash.crt").read_bytes() != (tls / "cert.pem").read_bytes()
     seed_content(server)
     assert server.run_plugin_task(PLUGIN, "Download backup to archive")["status"] == "FINISHED"
@@ -169,16 +213,25 @@ def test_a_clone_in_the_plugins_folder_is_the_plugin(stash_server_factory, stash
     plugins = server.graphql("{ plugins { id tasks { name } } }")["plugins"]
     assert [(p["id"], [t["name"] for t in p["tasks"]]) for p in plugins] == [("plugin", TASKS)]
     import requests
+
     for kind, path in (("javascript", "backups.js"), ("css", "backups.css")):  # the Backups page, from the package
         served = requests.get(f"{server.url}/plugin/plugin/{kind}", timeout=30)
-        assert served.status_code == 200 and (clone / "stash_backup_plugin/plugin/ui" / path).read_bytes() in served.content
+        assert (
+            served.status_code == 200
+            and (clone / "stash_backup_plugin/plugin/ui" / path).read_bytes() in served.content
+        )
     seed_content(server)
     assert server.run_plugin_task("plugin", "Backup database")["status"] == "FINISHED"
     [line] = logged(server, "No module named 'gql'")
     assert "ERRO" in line and f'--target "{clone / "python-packages"}" "gql[requests]>=3.5"' in line
     fix = line.split("Fix, inside Stash's container: " if "container" in line else "Fix: ")[1]
-    subprocess.run(shlex.split(fix.split(" (Stash's Python has no pip")[0]), check=True, capture_output=True,
-                   timeout=600, env=clean_env())  # the user's fix, from PyPI
+    subprocess.run(
+        shlex.split(fix.split(" (Stash's Python has no pip")[0]),
+        check=True,
+        capture_output=True,
+        timeout=600,
+        env=clean_env(),
+    )  # the user's fix, from PyPI
     server.reload_plugins()
     assert [p["id"] for p in server.graphql("{ plugins { id } }")["plugins"]] == ["plugin"]  # none from python-packages
     assert server.run_plugin_task("plugin", "Backup database")["status"] == "FINISHED"

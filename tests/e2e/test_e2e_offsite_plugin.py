@@ -1,6 +1,7 @@
 """The plugin's off-site copy inside a real Stash: after every download when asked, and
 as its own task; a remote that refuses answers one error line in Stash's log, and no
 secret of the remote ever reaches that log."""
+
 import uuid
 
 import pytest

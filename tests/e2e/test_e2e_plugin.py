@@ -1,6 +1,7 @@
 """The plugin inside a real Stash, on both pinned versions: every task through
 runPluginTask, checked by its effect on disk and in Stash's log (a job is FINISHED
 even when the plugin failed, so its status alone proves nothing)."""
+
 import gzip
 import hashlib
 import json
@@ -13,8 +14,15 @@ from tests.support.stash_server.server import seed_content
 
 pytestmark = pytest.mark.e2e
 PLUGIN = "stash-backup"
-TASKS = ["Backup database", "Download backup to archive", "Verify archive", "Restore drill", "Apply retention",
-         "Copy archive off-site", "Check live database"]
+TASKS = [
+    "Backup database",
+    "Download backup to archive",
+    "Verify archive",
+    "Restore drill",
+    "Apply retention",
+    "Copy archive off-site",
+    "Check live database",
+]
 
 
 def stash_log(server):
@@ -31,14 +39,17 @@ def task_log(server, task):
     after = stash_log(server)
     if before:
         assert before[-1] in after, "Stash's log keeps 30 lines: some of this task's were dropped"
-        after = after[after.index(before[-1]) + 1:]
+        after = after[after.index(before[-1]) + 1 :]
     return [(level, message) for _, level, message in after]
 
 
 def run_task(server, task):
     """Our plugin's lines from a task, with Stash's line for the error the plugin answered."""
-    return [(level, message) for level, message in task_log(server, task)
-            if "[Plugin / Stash Backup]" in message or message.startswith("Plugin returned error")]
+    return [
+        (level, message)
+        for level, message in task_log(server, task)
+        if "[Plugin / Stash Backup]" in message or message.startswith("Plugin returned error")
+    ]
 
 
 def archive_dir(server):
@@ -48,6 +59,7 @@ def archive_dir(server):
 def manifest(server, folder=None):
     """The archive's backups, newest first, as `stash-backup list --json` shows them."""
     from tests.support.harness import run_cli
+
     result = run_cli("list", "--json", "--dest", str(folder or archive_dir(server)))
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -121,8 +133,9 @@ def test_verify_task_logs_each_bad_backup_once_and_one_summary(stash_server_fact
     # one error line per bad backup and one summary: Stash logs the answered error,
     # so the plugin must not log it as well
     assert [level for level, text in messages if f"BAD {bad['file']}:" in text] == ["Error"], messages
-    assert [text for level, text in messages if "1 good, 1 bad" in text] == \
-        ["Plugin returned error: Verified 2 backup(s): 1 good, 1 bad"], messages
+    assert [text for level, text in messages if "1 good, 1 bad" in text] == [
+        "Plugin returned error: Verified 2 backup(s): 1 good, 1 bad"
+    ], messages
     states = {e["file"]: e["verified_ok"] for e in manifest(server)}
     assert states == {good["file"]: True, bad["file"]: False}
 
@@ -133,13 +146,18 @@ def test_retention_task_follows_the_settings_and_keeps_the_newest_verified(stash
     for _ in range(3):
         run_task(server, "Download backup to archive")
         import time
+
         time.sleep(1.05)  # backup names carry seconds
     files = [e["file"] for e in manifest(server)]
     assert len(files) == 3
-    server.graphql('mutation { configurePlugin(plugin_id: "stash-backup", input: {keepLast: 1, retentionDryRun: true}) }')
+    server.graphql(
+        'mutation { configurePlugin(plugin_id: "stash-backup", input: {keepLast: 1, retentionDryRun: true}) }'
+    )
     messages = run_task(server, "Apply retention")
     assert len(manifest(server)) == 3 and any("would remove" in t for _, t in messages)
-    server.graphql('mutation { configurePlugin(plugin_id: "stash-backup", input: {keepLast: 1, retentionDryRun: false}) }')
+    server.graphql(
+        'mutation { configurePlugin(plugin_id: "stash-backup", input: {keepLast: 1, retentionDryRun: false}) }'
+    )
     run_task(server, "Apply retention")
     assert [e["file"] for e in manifest(server)] == files[:1]
     assert records(archive_dir(server)) == [f"{files[0]}.record"]
@@ -156,33 +174,42 @@ def test_retention_with_no_rule_removes_nothing(stash_server_factory):
 def test_archive_folder_setting_and_progress(stash_server_factory, stash_version, tmp_path):
     server = stash_server_factory(stash_version)
     target = tmp_path / "elsewhere"
-    server.graphql('mutation($i: Map!) { configurePlugin(plugin_id: "stash-backup", input: $i) }',
-                   {"i": {"archiveFolder": str(target)}})
+    server.graphql(
+        'mutation($i: Map!) { configurePlugin(plugin_id: "stash-backup", input: $i) }',
+        {"i": {"archiveFolder": str(target)}},
+    )
     seed_content(server)
     job = server.run_plugin_task(PLUGIN, "Download backup to archive")
     assert job["status"] == "FINISHED" and job["progress"] == 1
     assert len(records(target)) == 1
 
 
-def test_plugin_on_a_server_with_credentials_uses_the_api_key_and_never_logs_it(stash_server_factory,
-                                                                                  stash_version):
+def test_plugin_on_a_server_with_credentials_uses_the_api_key_and_never_logs_it(stash_server_factory, stash_version):
     server = stash_server_factory(stash_version)
     seed_content(server)
     key = server.enable_credentials()
     run_task(server, "Download backup to archive")
     run_task(server, "Verify archive")
     assert manifest(server)[0]["verified_ok"]
-    everything = server.log_text() + json.dumps(server.logs()) + "".join(
-        p.read_text(errors="replace") for p in archive_dir(server).rglob("*") if p.suffix in (".json", ".record"))
+    everything = (
+        server.log_text()
+        + json.dumps(server.logs())
+        + "".join(
+            p.read_text(errors="replace") for p in archive_dir(server).rglob("*") if p.suffix in (".json", ".record")
+        )
+    )
     assert key not in everything
 
 
 def test_plugin_installed_under_another_id_reads_its_own_settings(stash_server_factory, tmp_path):
     from tests.support.harness import install_plugin_into
+
     server = stash_server_factory(NEW_VERSION, install_plugin=False)
     install_plugin_into(server, "my-backups")
-    server.graphql('mutation($i: Map!) { configurePlugin(plugin_id: "my-backups", input: $i) }',
-                   {"i": {"archiveFolder": str(tmp_path / "mine")}})
+    server.graphql(
+        'mutation($i: Map!) { configurePlugin(plugin_id: "my-backups", input: $i) }',
+        {"i": {"archiveFolder": str(tmp_path / "mine")}},
+    )
     job = server.run_plugin_task("my-backups", "Download backup to archive")
     assert job["status"] == "FINISHED"
     assert len(records(tmp_path / "mine")) == 1

@@ -1,6 +1,7 @@
 """Restore against the real Stash, on both pinned versions: back up, change content,
 stop Stash, restore, start Stash, and read back exactly the backed-up content,
 image bytes included; a running Stash makes the restore refuse; undo works."""
+
 import hashlib
 import json
 import os
@@ -22,9 +23,11 @@ pytestmark = pytest.mark.e2e
 
 def change_content(server, created):
     server.graphql('mutation { performerCreate(input: {name: "added-after-backup"}) { id } }')
-    server.graphql('mutation($i: PerformerUpdateInput!) { performerUpdate(input: $i) { id } }',
-                   {"i": {"id": created["performers"][0]["id"], "image": data_url(png_bytes(99999))}})
-    server.graphql('mutation($i: TagDestroyInput!) { tagDestroy(input: $i) }', {"i": {"id": created["tags"][1]["id"]}})
+    server.graphql(
+        "mutation($i: PerformerUpdateInput!) { performerUpdate(input: $i) { id } }",
+        {"i": {"id": created["performers"][0]["id"], "image": data_url(png_bytes(99999))}},
+    )
+    server.graphql("mutation($i: TagDestroyInput!) { tagDestroy(input: $i) }", {"i": {"id": created["tags"][1]["id"]}})
 
 
 def download(server, dest, *args):
@@ -45,8 +48,11 @@ def wait_until_idle(server, deadline_s: float = 120):
 
 
 def files_digest(server):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in server.root.iterdir() if p.name.startswith("stash-go.sqlite") and p.is_file()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in server.root.iterdir()
+        if p.name.startswith("stash-go.sqlite") and p.is_file()
+    }
 
 
 @pytest.mark.parametrize("kind", ["full", "database-only"])
@@ -132,15 +138,19 @@ def test_restore_refuses_an_idle_stash_started_through_stash_config_file(stash_s
 
 
 def test_restore_finds_backups_in_the_plugins_archive_folder_but_never_the_anonymised_database(
-        stash_server_factory, stash_version, tmp_path):
+    stash_server_factory, stash_version, tmp_path
+):
     """The Archive folder setting as Stash really stores it in config.yml (the plugin
     under another ID), and Stash's own "Anonymise database" output beside the backups."""
     from tests.support.harness import install_plugin_into
+
     server = stash_server_factory(stash_version, install_plugin=False)
     install_plugin_into(server, "my-backups")
     archive = tmp_path / "my-archive"
-    server.graphql('mutation($i: Map!) { configurePlugin(plugin_id: "my-backups", input: $i) }',
-                   {"i": {"archiveFolder": str(archive)}})
+    server.graphql(
+        'mutation($i: Map!) { configurePlugin(plugin_id: "my-backups", input: $i) }',
+        {"i": {"archiveFolder": str(archive)}},
+    )
     seed_content(server)
     assert server.run_plugin_task("my-backups", "Download backup to archive")["status"] == "FINISHED"
     [archived] = list((archive / "backups").glob("stash-go.sqlite.*.record"))  # a stored backup, by its record
@@ -150,7 +160,7 @@ def test_restore_finds_backups_in_the_plugins_archive_folder_but_never_the_anony
     listing = run_restore("--list", "--json", "--config", str(server.config_path))
     listed = {row["path"] for row in json.loads(listing.stdout)}
     assert str(archived) in listed and str(anonymised) not in listed, listing.stdout
-    by_name = run_restore(archived.name[:-len(".record")], "--config", str(server.config_path), "--dry-run")
+    by_name = run_restore(archived.name[: -len(".record")], "--config", str(server.config_path), "--dry-run")
     assert by_name.returncode == 0, by_name.stderr
     refused = run_restore(str(anonymised), "--config", str(server.config_path), "--yes")
     assert refused.returncode != 0 and "--allow-anonymised" in refused.stderr
@@ -158,6 +168,7 @@ def test_restore_finds_backups_in_the_plugins_archive_folder_but_never_the_anony
 
 def test_restore_refuses_a_backup_newer_than_the_database(stash_server_factory, stash_binaries, tmp_path):
     from tests.support.stash_server.build import OLD_VERSION
+
     new = stash_server_factory(NEW_VERSION, install_plugin=False, name="new")
     backup = download(new, tmp_path / "archive", "--no-blobs")
     old = stash_server_factory(OLD_VERSION, install_plugin=False, name="old")
@@ -175,7 +186,7 @@ def kill_hard(server) -> None:
 
 
 def add_tag(server, name: str) -> None:
-    server.graphql('mutation($i: TagCreateInput!) { tagCreate(input: $i) { id } }', {"i": {"name": name}})
+    server.graphql("mutation($i: TagCreateInput!) { tagCreate(input: $i) { id } }", {"i": {"name": name}})
 
 
 @pytest.mark.parametrize("step", ["aside-db", "placed"])
@@ -199,8 +210,11 @@ def test_a_stash_restarted_after_a_killed_undo_serves_a_whole_database(stash_ser
     server.start()
     seen = content_names(server)
     undone = step == "placed"
-    assert seen == after_restore if not undone else ("added-after-backup" in seen["performers"]
-                                                     and "after-restore" not in seen["tags"])
+    assert (
+        seen == after_restore
+        if not undone
+        else ("added-after-backup" in seen["performers"] and "after-restore" not in seen["tags"])
+    )
     add_tag(server, "written-before-the-rerun")
     server.stop()
 
@@ -211,8 +225,11 @@ def test_a_stash_restarted_after_a_killed_undo_serves_a_whole_database(stash_ser
     final = content_names(server)
     assert "added-after-backup" in final["performers"] and "after-restore" not in final["tags"]
     assert ("written-before-the-rerun" in final["tags"]) == undone
-    kept_with_it = [a for a in server.root.glob("stash-restore-*")
-                    if (a / "stash-go.sqlite").exists() and "written-before-the-rerun" in tag_names(a / "stash-go.sqlite")]
+    kept_with_it = [
+        a
+        for a in server.root.glob("stash-restore-*")
+        if (a / "stash-go.sqlite").exists() and "written-before-the-rerun" in tag_names(a / "stash-go.sqlite")
+    ]
     assert bool(kept_with_it) != undone  # not undone yet when Stash wrote it: kept with the restored database
 
 

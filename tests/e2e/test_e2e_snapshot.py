@@ -3,6 +3,7 @@ Stash runs; exact when it is stopped (the stored database has Stash's content, i
 are in the archive, verify passes, stash-restore brings it back); a second run stores
 no blob again. A database damaged on purpose: refused, then `--salvage` stores what
 SQLite recovers, marked salvaged, which stash-restore restores only when asked."""
+
 import json
 import sqlite3
 import time
@@ -25,7 +26,7 @@ def snapshot(server, dest, *args):
 def error_lines(result):
     """The refusal is one line; the lines before it say which config and database were read."""
     lines = result.stderr.splitlines()
-    return lines[next(i for i, line in enumerate(lines) if line.startswith("error")):]
+    return lines[next(i for i, line in enumerate(lines) if line.startswith("error")) :]
 
 
 def dump(path):
@@ -41,8 +42,9 @@ def stored_database(dest, name, out):
     return out
 
 
-def test_snapshot_offline_refused_while_stash_runs_and_exact_when_stopped(stash_server_factory, stash_version,
-                                                                           tmp_path):
+def test_snapshot_offline_refused_while_stash_runs_and_exact_when_stopped(
+    stash_server_factory, stash_version, tmp_path
+):
     server = stash_server_factory(stash_version, install_plugin=False)
     seed_content(server)
     dest = tmp_path / "archive"
@@ -87,16 +89,19 @@ def damage_an_index_page(database):
     """Overwrite one page (the root of an index on performers) as a failing disk would:
     quick_check fails, Stash's own backup fails; the table rows are all still there."""
     with sqlite3.connect(f"file:{database}?immutable=1", uri=True) as connection:
-        page = connection.execute("SELECT rootpage FROM sqlite_master WHERE type = 'index' AND tbl_name = "
-                                  "'performers' AND rootpage > 1 ORDER BY rootpage LIMIT 1").fetchone()[0]
+        page = connection.execute(
+            "SELECT rootpage FROM sqlite_master WHERE type = 'index' AND tbl_name = "
+            "'performers' AND rootpage > 1 ORDER BY rootpage LIMIT 1"
+        ).fetchone()[0]
         page_size = connection.execute("PRAGMA page_size").fetchone()[0]
     with open(database, "r+b") as handle:
         handle.seek((page - 1) * page_size)
         handle.write(b"\xee" * page_size)
 
 
-def test_salvage_of_a_damaged_database_is_stored_marked_and_restored_only_when_asked(stash_server_factory,
-                                                                                      stash_version, tmp_path):
+def test_salvage_of_a_damaged_database_is_stored_marked_and_restored_only_when_asked(
+    stash_server_factory, stash_version, tmp_path
+):
     server = stash_server_factory(stash_version, install_plugin=False)
     seed_content(server)
     before = content_names(server)
@@ -106,8 +111,9 @@ def test_salvage_of_a_damaged_database_is_stored_marked_and_restored_only_when_a
 
     refused = snapshot(server, dest)
     assert refused.returncode != 0
-    assert len(error_lines(refused)) == 1 and "damaged" in refused.stderr and "--salvage" in refused.stderr, \
+    assert len(error_lines(refused)) == 1 and "damaged" in refused.stderr and "--salvage" in refused.stderr, (
         refused.stderr
+    )
     assert not Store(dest).record_names() and not Store(dest).snapshot_names()
 
     result = snapshot(server, dest, "--salvage", "--json")
@@ -123,8 +129,9 @@ def test_salvage_of_a_damaged_database_is_stored_marked_and_restored_only_when_a
 
     refused = run_restore(entry["file"], "--config", str(server.config_path), "--archive", str(dest), "--yes")
     assert refused.returncode != 0 and "--allow-salvaged" in refused.stderr, refused.stderr
-    restored = run_restore(entry["file"], "--config", str(server.config_path), "--archive", str(dest), "--yes",
-                           "--allow-salvaged")
+    restored = run_restore(
+        entry["file"], "--config", str(server.config_path), "--archive", str(dest), "--yes", "--allow-salvaged"
+    )
     assert restored.returncode == 0, restored.stderr
     server.start()
     assert content_names(server) == before  # only an index was lost, and SQLite rebuilt it

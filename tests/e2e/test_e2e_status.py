@@ -3,6 +3,7 @@ v0.28.1): `runPluginOperation` returns the plugin's JSON object as is; a task th
 fails still ends FINISHED in Stash's queue, but the status and a notification (a plain
 webhook and Apprise's json://, both to a local receiver) say what failed; an overdue
 backup is reported once; no notification secret reaches Stash's log."""
+
 import hashlib
 import json
 import sys
@@ -28,14 +29,17 @@ def status_of(server) -> dict:
 
 
 def configure(server, **settings) -> None:
-    server.graphql("mutation($id: ID!, $input: Map!) { configurePlugin(plugin_id: $id, input: $input) }",
-                   {"id": PLUGIN_ID, "input": settings})
+    server.graphql(
+        "mutation($id: ID!, $input: Map!) { configurePlugin(plugin_id: $id, input: $input) }",
+        {"id": PLUGIN_ID, "input": settings},
+    )
 
 
 def test_status_operation_and_notifications_on_a_real_server(stash_server_factory, stash_version):
     # Apprise is an optional extra the user installs into Stash's Python: this one has it.
     server = stash_server_factory(stash_version, install_plugin=False, python_path=sys.executable)
     from tests.support.harness import install_plugin_into
+
     install_plugin_into(server, PLUGIN_ID)
     with Receiver() as receiver:
         urls = f"http://127.0.0.1:{receiver.port}/hook?token={SECRET} json://bot:{SECRET}@127.0.0.1:{receiver.port}/apprise"

@@ -10,6 +10,7 @@ backup. Screenshots at desktop and phone width land in $STASH_BACKUP_SCREENSHOTS
 STASH_BACKUP_UI_STASH=v0.28.1 runs the same tests on v0.28.1's UI (PluginApi of an older
 Stash), by hand only: its first UI build takes several CPU minutes, which CI cannot spare.
 test_ui_pluginapi.py guards the difference statically."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,15 @@ from tests.support.stash_server.server import StashServer, seed_content
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 PLUGIN_ID = "my-backups"  # not the default: the script finds its own ID
 DESKTOP, PHONE = {"width": 1280, "height": 860}, {"width": 390, "height": 844}
 WIDE = {"width": 1600, "height": 860}
@@ -45,6 +53,7 @@ VERSION = os.environ.get("STASH_BACKUP_UI_STASH", NEW_VERSION)
 def browser():
     assert Path(CHROMIUM).is_file(), f"{CHROMIUM} is missing: apt-get install chromium (./scripts/test does)"
     from playwright.sync_api import sync_playwright
+
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         yield chromium
@@ -55,8 +64,9 @@ def browser():
 def stash(tmp_path_factory):
     binary = build(VERSION, log=lambda m: print(m, file=sys.stderr))
     ui = build_ui(VERSION, log=lambda m: print(m, file=sys.stderr))
-    server = StashServer(binary, tmp_path_factory.mktemp("ui") / "stash", VERSION,
-                         extra_config={"ui_location": str(ui)})
+    server = StashServer(
+        binary, tmp_path_factory.mktemp("ui") / "stash", VERSION, extra_config={"ui_location": str(ui)}
+    )
     server.start()
     try:
         install_plugin_into(server, PLUGIN_ID)
@@ -69,8 +79,10 @@ def stash(tmp_path_factory):
 
 
 def configure(server: StashServer, **settings) -> None:
-    server.graphql("mutation($id: ID!, $input: Map!) { configurePlugin(plugin_id: $id, input: $input) }",
-                   {"id": PLUGIN_ID, "input": settings})
+    server.graphql(
+        "mutation($id: ID!, $input: Map!) { configurePlugin(plugin_id: $id, input: $input) }",
+        {"id": PLUGIN_ID, "input": settings},
+    )
 
 
 def archive_of(server: StashServer) -> Path:
@@ -86,8 +98,12 @@ def open_page(browser, server: StashServer, path: str, viewport=DESKTOP):
     page = browser.new_page(viewport=viewport)
     errors, elsewhere = [], []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("request", lambda request: None if request.url.startswith((server.url, "data:", "blob:"))
-            else elsewhere.append(request.url))
+    page.on(
+        "request",
+        lambda request: (
+            None if request.url.startswith((server.url, "data:", "blob:")) else elsewhere.append(request.url)
+        ),
+    )
     page.goto(server.url + path)
     page.errors, page.elsewhere = errors, elsewhere
     return page
@@ -166,8 +182,11 @@ def test_stale_badge_appears_on_every_page_and_goes_after_a_backup(browser, stas
     # test): the full text is its tooltip, and its face where the navbar has room.
     assert re.search(r"newest verified backup is 3 d old", badge.get_attribute("title")), badge.get_attribute("title")
     page.set_viewport_size(WIDE)
-    page.wait_for_function("() => /Backup 3 d old/.test(document.querySelector("
-                           "'.navbar-buttons [data-testid=stash-backup-badge]').innerText)", timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => /Backup 3 d old/.test(document.querySelector("
+        "'.navbar-buttons [data-testid=stash-backup-badge]').innerText)",
+        timeout=WAIT_MS,
+    )
     assert re.search(r"Backup 3 d old", visible_badge(page).inner_text()), visible_badge(page).inner_text()
     page.set_viewport_size(PHONE)  # the phone layout's navbar shows it too
     visible_badge(page).wait_for(timeout=WAIT_MS)
@@ -316,11 +335,13 @@ def test_the_badge_never_pushes_stashs_own_navbar_controls_away(browser, stash, 
 
 def test_the_page_shows_a_damaged_live_database_and_the_backup_to_restore(browser, stash, tmp_path):
     from tests.e2e.test_e2e_check_live import damage_tags_page, repair
+
     configure(stash, autoBackup=False, archiveFolder="")
     if not backup_count(archive_of(stash)):
         stash.run_plugin_task(PLUGIN_ID, "Download backup to archive")
     age_newest_backup(stash, days=1)  # every backup made before the damage is first seen
     from tests.support.harness import run_cli
+
     listed = json.loads(run_cli("list", "--dest", str(archive_of(stash)), "--json").stdout)
     newest = next(e["file"] for e in listed if e["verified_ok"])  # newest first
     offset, original = damage_tags_page(stash.database)
@@ -348,6 +369,7 @@ def test_a_salvaged_backup_is_shown_salvaged(browser, stash, tmp_path):
     from tests.support.harness import run_cli
     from tests.support.restore_fixtures import make_install
     from tests.e2e.test_e2e_snapshot import damage_an_index_page
+
     install = make_install(tmp_path / "other-stash")
     with sqlite3.connect(install.database) as connection:  # the -wal folded in: the damage is what SQLite reads
         connection.execute("PRAGMA journal_mode=DELETE")

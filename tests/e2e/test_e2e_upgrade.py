@@ -2,6 +2,7 @@
 pre-migration backup (its `migrate` mutation with a backup path) is adopted by the next
 `download`: in the archive, tagged pre-upgrade <from>→<to>, verified; a prune that would
 remove it keeps it; after a passing restore drill of a new-schema backup it is released."""
+
 import json
 import sqlite3
 import time
@@ -24,6 +25,7 @@ def schema_of(database):
 
 def start_needing_migration(server):
     """Start the new binary: it answers, and says NEEDS_MIGRATION until migrated."""
+
     def until_answering():
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -35,6 +37,7 @@ def start_needing_migration(server):
             assert server.process.poll() is None, server.log_tail()
             time.sleep(0.2)
         raise AssertionError(server.log_tail())
+
     server._wait_until_ready = until_answering
     server.start()
 
@@ -52,8 +55,9 @@ def entries(dest):
     return json.loads(listing.stdout)
 
 
-def test_stash_upgrade_pre_migration_backup_adopted_kept_and_released_after_a_drill(stash_server_factory,
-                                                                                  stash_binaries, tmp_path):
+def test_stash_upgrade_pre_migration_backup_adopted_kept_and_released_after_a_drill(
+    stash_server_factory, stash_binaries, tmp_path
+):
     server = stash_server_factory(OLD_VERSION, install_plugin=False)
     seed_content(server)
     server.stop()

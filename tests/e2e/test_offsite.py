@@ -2,6 +2,7 @@
 OpenSSH's SFTP. Push sends only what the remote lacks, verify finds what is missing or
 damaged there, pull brings one backup back verified, retention and collection on the
 remote keep exactly what the kept backups need."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,8 @@ from stash_backup_plugin.offsite.rclone import Rclone
 from stash_backup_plugin.offsite.remote import RemoteArchive
 
 from tests.support.harness import run_cli
-from tests.support.offsite_fixtures import (bucket, local_archive, rclone_s3, seaweed, sshd,  # noqa: F401
-                               write_config)
+from tests.support.offsite_fixtures import bucket, local_archive, rclone_s3, seaweed, sshd  # noqa: F401
+from tests.support.offsite_fixtures import write_config
 from tests.support.offsite_servers import ACCESS_KEY, SECRET_KEY, CountingProxy, make_bucket
 
 
@@ -231,8 +232,13 @@ def test_a_nightly_push_starts_three_rclone_processes_and_leaves_none(bucket, tm
     assert _gone(int(runs[0].split()[0]))
     local_archive.backup(new_images=1)
     log.unlink()
-    killed = run_cli("offsite", "push", "--dest", str(local_archive.folder),
-                     env={**env, "STASH_BACKUP_CRASH_AT": "offsite-data-sent"})
+    killed = run_cli(
+        "offsite",
+        "push",
+        "--dest",
+        str(local_archive.folder),
+        env={**env, "STASH_BACKUP_CRASH_AT": "offsite-data-sent"},
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     daemon = int(next(line for line in log.read_text().splitlines() if " rcd " in line).split()[0])
     assert _gone(daemon)  # the kernel ended it with us
@@ -243,8 +249,12 @@ def test_without_the_daemon_each_step_runs_as_its_own_process(bucket, tmp_path, 
     works the same, one process per step."""
     config, name = bucket
     wrapper, log = _rclone_logging_its_runs(tmp_path)
-    env = {"RCLONE_CONFIG": str(config), "STASH_BACKUP_REMOTE": f"sw:{name}/stash", "STASH_BACKUP_RCLONE": str(wrapper),
-           "STASH_BACKUP_RCLONE_RCD": "0"}
+    env = {
+        "RCLONE_CONFIG": str(config),
+        "STASH_BACKUP_REMOTE": f"sw:{name}/stash",
+        "STASH_BACKUP_RCLONE": str(wrapper),
+        "STASH_BACKUP_RCLONE_RCD": "0",
+    }
     local_archive.backup()
     local_archive.backup(new_images=2)
     push = run_cli("offsite", "push", "--dest", str(local_archive.folder), env=env)

@@ -12,6 +12,7 @@ promise the jobs rely on is checked here once per kind:
   their MD5s where the backend lists them cheaply), fetched back byte for byte, and
   deleted by a listing;
 - the lock marks the place while held and leaves nothing once released."""
+
 from __future__ import annotations
 
 import hashlib

@@ -2,6 +2,7 @@
 takes reaches the right place; no secret of it reaches a process's command line; a
 bucket someone else writes cannot make a pull write outside its folder; an upload of
 a lock marker cut short is no lock."""
+
 from __future__ import annotations
 
 import gzip
@@ -31,8 +32,9 @@ def _rclone_recording_cmdlines(tmp_path: Path) -> tuple[Path, Path]:
     user), then becomes the real rclone with the same arguments."""
     log = tmp_path / "cmdlines.txt"
     wrapper = tmp_path / "rclone-recorded"
-    wrapper.write_text(f"#!/bin/sh\ntr '\\000' ' ' < /proc/$$/cmdline >> {log}\necho >> {log}\n"
-                       f'exec {shutil.which("rclone")} "$@"\n')
+    wrapper.write_text(
+        f"#!/bin/sh\ntr '\\000' ' ' < /proc/$$/cmdline >> {log}\necho >> {log}\nexec {shutil.which('rclone')} \"$@\"\n"
+    )
     wrapper.chmod(0o755)
     return wrapper, log
 
@@ -43,18 +45,22 @@ def _forms(seaweed, name: str, tmp_path: Path) -> dict[str, tuple[str, str]]:
     return {
         "name:path": (f"sw:{name}/plain", f"sw:{name}/plain"),
         "name,options:path": (f"nokeys,{keys}:{name}/named", f"sw:{name}/named"),
-        ":backend,options:path": (f":s3,provider=SeaweedFS,{keys},endpoint='{seaweed.endpoint}':{name}/fly",
-                                  f"sw:{name}/fly"),
+        ":backend,options:path": (
+            f":s3,provider=SeaweedFS,{keys},endpoint='{seaweed.endpoint}':{name}/fly",
+            f"sw:{name}/fly",
+        ),
         ":local:path": (f":local:{tmp_path / 'by-local-backend'}", str(tmp_path / "by-local-backend")),
         "local folder": (str(tmp_path / "plain-folder"), str(tmp_path / "plain-folder")),
     }
 
 
 @pytest.mark.parametrize("daemon", ["rcd", "processes"])
-@pytest.mark.parametrize("form", ["name:path", "name,options:path", ":backend,options:path", ":local:path",
-                                  "local folder"])
+@pytest.mark.parametrize(
+    "form", ["name:path", "name,options:path", ":backend,options:path", ":local:path", "local folder"]
+)
 def test_a_push_to_each_form_of_remote_lands_there_and_no_secret_is_on_a_command_line(
-        form, daemon, seaweed, tmp_path, local_archive):
+    form, daemon, seaweed, tmp_path, local_archive
+):
     name = "t-" + uuid.uuid4().hex[:12]
     config = write_config(tmp_path / "rclone.conf", seaweed=seaweed)
     with open(config, "a") as extra:  # the same server, its keys given only in the remote string
@@ -65,8 +71,12 @@ def test_a_push_to_each_form_of_remote_lands_there_and_no_secret_is_on_a_command
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     local_archive.backup()
-    env = {"RCLONE_CONFIG": str(config), "STASH_BACKUP_REMOTE": spec, "STASH_BACKUP_RCLONE": str(wrapper),
-           "STASH_BACKUP_RCLONE_RCD": "1" if daemon == "rcd" else "0"}
+    env = {
+        "RCLONE_CONFIG": str(config),
+        "STASH_BACKUP_REMOTE": spec,
+        "STASH_BACKUP_RCLONE": str(wrapper),
+        "STASH_BACKUP_RCLONE_RCD": "1" if daemon == "rcd" else "0",
+    }
 
     push = run_cli("offsite", "push", "--dest", str(local_archive.folder), env=env, cwd=cwd)
     assert push.returncode == 0 and "Pushed 1 backup(s)" in push.stderr, push.stderr
@@ -86,6 +96,7 @@ def test_a_push_to_each_form_of_remote_lands_there_and_no_secret_is_on_a_command
 
 
 # --- a bucket written by someone else --------------------------------------------------------
+
 
 def _gz_lines(data: bytes) -> list[str]:
     return gzip.decompress(data).decode("ascii").splitlines(keepends=True)
@@ -107,8 +118,11 @@ def _outside(victim: Path) -> str:
 HOSTILE = {
     "database member absolute": lambda victim, name: ({"database_member": str(victim / "planted")}, {}, True),
     "database member ../": lambda victim, name: ({"database_member": _outside(victim) + "/planted"}, {}, True),
-    "backup name ../": lambda victim, name: ({"name": _outside(victim) + "/" + name},
-                                             {"name": _outside(victim) + "/" + name}, False),
+    "backup name ../": lambda victim, name: (
+        {"name": _outside(victim) + "/" + name},
+        {"name": _outside(victim) + "/" + name},
+        False,
+    ),
     "record file ../": lambda victim, name: ({}, {"record_file": _outside(victim) + "/planted"}, False),
 }
 
@@ -156,6 +170,7 @@ def test_a_hostile_bucket_cannot_make_a_pull_write_outside_its_folder(attack, bu
 
 
 # --- the remote's lock ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["sftp", "local"])
 def test_a_lock_marker_whose_upload_was_cut_short_is_no_lock(kind, request, tmp_path, local_archive):

@@ -3,6 +3,7 @@ refused credentials, a missing bucket, a full remote, the server killed in the m
 of a push, a network stall; and kill -9 of our own run at every step of a push and a
 prune. Each failure is one line that says what and what to do, a non-zero exit, nothing
 half-written counted as a backup on the remote, and the next run completes the work."""
+
 from __future__ import annotations
 
 import os
@@ -52,6 +53,7 @@ def add_big_images(library, count: int, size: int) -> None:
 
 # --- bad input ----------------------------------------------------------------------------
 
+
 def test_unknown_remote(bucket, local_archive):
     config, _ = bucket
     local_archive.backup()
@@ -100,6 +102,7 @@ def test_a_full_remote_stops_the_push_and_the_next_push_completes(tmp_path, loca
 
 # --- the server dies or stalls in the middle --------------------------------------------------
 
+
 @pytest.fixture
 def fragile(tmp_path):
     """A SeaweedFS of this test's own, to kill or freeze."""
@@ -113,8 +116,13 @@ def fragile(tmp_path):
 
 def _push_in_background(config, spec, archive, env):
     full = dict(os.environ, RCLONE_CONFIG=str(config), STASH_BACKUP_REMOTE=spec, PYTHONPATH=str(REPO), **env)
-    return subprocess.Popen([sys.executable, "-m", "stash_backup_plugin", "offsite", "push", "--dest", str(archive)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full)
+    return subprocess.Popen(
+        [sys.executable, "-m", "stash_backup_plugin", "offsite", "push", "--dest", str(archive)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full,
+    )
 
 
 def _wait_until_sending(config, spec, seconds=60):
@@ -134,8 +142,14 @@ def test_server_killed_or_stalled_mid_push_then_the_next_push_completes(fault, f
     spec = "sw:fragile/stash"
     add_big_images(local_archive.library, 60, 100_000)
     local_archive.backup()
-    slow = {"RCLONE_BWLIMIT": "600k", "RCLONE_TRANSFERS": "2", "RCLONE_TIMEOUT": "3s", "RCLONE_CONTIMEOUT": "3s",
-            "RCLONE_LOW_LEVEL_RETRIES": "1", "STASH_BACKUP_STALL_SECONDS": "8"}
+    slow = {
+        "RCLONE_BWLIMIT": "600k",
+        "RCLONE_TRANSFERS": "2",
+        "RCLONE_TIMEOUT": "3s",
+        "RCLONE_CONTIMEOUT": "3s",
+        "RCLONE_LOW_LEVEL_RETRIES": "1",
+        "STASH_BACKUP_STALL_SECONDS": "8",
+    }
     push = _push_in_background(config, spec, local_archive.folder, slow)
     _wait_until_sending(config, spec)
     if fault == "killed":
@@ -161,8 +175,12 @@ def test_server_killed_or_stalled_mid_push_then_the_next_push_completes(fault, f
 
 # --- kill -9 of our own run at each step --------------------------------------------------------
 
-PUSH_STEPS = ["offsite-data-sent", "offsite-records-sent", "offsite-temp-offsite-manifest.json",
-              "offsite-manifest-written"]
+PUSH_STEPS = [
+    "offsite-data-sent",
+    "offsite-records-sent",
+    "offsite-temp-offsite-manifest.json",
+    "offsite-manifest-written",
+]
 
 
 @pytest.mark.parametrize("step", PUSH_STEPS)
@@ -194,8 +212,16 @@ def test_prune_killed_at_each_step_is_completed_by_the_next(step, bucket, tmp_pa
     for day in (1, 2, 3):
         local_archive.backup(new_images=2, day=day)
     assert cli(config, spec, "push", "--dest", str(local_archive.folder)).returncode == 0
-    killed = cli(config, spec, "prune", "--keep-last", "1", "--dest", str(local_archive.folder),
-                 env={"STASH_BACKUP_CRASH_AT": step})
+    killed = cli(
+        config,
+        spec,
+        "prune",
+        "--keep-last",
+        "1",
+        "--dest",
+        str(local_archive.folder),
+        env={"STASH_BACKUP_CRASH_AT": step},
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     kept = manifest_names(config, spec)
     assert len(kept) in (1, 3)  # the manifest changes whole or not at all

@@ -2,6 +2,7 @@
 an rclone crypt remote; a new machine pulls one backup into a new archive and
 stash-restore puts the database and every image back. Through crypt, nothing on the S3
 server is readable: no name, no image byte; with the wrong password nothing comes back."""
+
 from __future__ import annotations
 
 import json
@@ -64,16 +65,24 @@ def test_lost_server_new_machine_pulls_and_restores(through, seaweed, tmp_path):
 
     if through == "crypt":
         wrong = tmp_path / "wrong.conf"
-        wrong.write_text(re.sub(r"(?m)^password = .*$", f"password = {obscure('not-the-password')}", config.read_text()))
-        lost = run_cli("offsite", "pull", NAME, "--to", str(tmp_path / "other"), env={**env, "RCLONE_CONFIG": str(wrong)})
+        wrong.write_text(
+            re.sub(r"(?m)^password = .*$", f"password = {obscure('not-the-password')}", config.read_text())
+        )
+        lost = run_cli(
+            "offsite", "pull", NAME, "--to", str(tmp_path / "other"), env={**env, "RCLONE_CONFIG": str(wrong)}
+        )
         assert lost.returncode != 0 and "holds no backup named" in lost.stderr, lost.stderr
         assert "not-the-password" not in lost.stderr and CRYPT_PASSWORD not in lost.stderr
 
 
 def _assert_unreadable_on_the_server(config, bucket, old):
     """What the S3 server holds: encrypted names, encrypted bytes."""
-    raw = subprocess.run(["rclone", "--config", str(config), "lsjson", "-R", "--files-only", f"sw:{bucket}"],
-                         capture_output=True, text=True, check=True)
+    raw = subprocess.run(
+        ["rclone", "--config", str(config), "lsjson", "-R", "--files-only", f"sw:{bucket}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     paths = [item["Path"] for item in json.loads(raw.stdout)]
     assert paths and all(p.startswith("encrypted/") for p in paths)
     text = "\n".join(paths)

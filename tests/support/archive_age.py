@@ -1,5 +1,6 @@
 """Make an archive's backups look old (as if no backup had run since), in the stored
 layout (backups/*.record) and in the old one (manifest.json) alike."""
+
 from __future__ import annotations
 
 import json

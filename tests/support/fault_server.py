@@ -1,5 +1,6 @@
 """A local HTTP server that misbehaves on purpose, for download fault tests: the
 failure modes a real Stash cannot be made to produce on demand."""
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,15 @@ class FaultServer:
         self.httpd.server_close()
 
     # --- building blocks for scripts -------------------------------------------------
-    def serve(self, handler, cut_at: Optional[int] = None, stall: float = 0.0, ignore_range: bool = False,
-              wrong_offset: bool = False, etag: str = '"v1"') -> bool:
+    def serve(
+        self,
+        handler,
+        cut_at: Optional[int] = None,
+        stall: float = 0.0,
+        ignore_range: bool = False,
+        wrong_offset: bool = False,
+        etag: str = '"v1"',
+    ) -> bool:
         start = 0
         requested = handler.headers.get("Range")
         if requested and not ignore_range:
@@ -86,7 +94,7 @@ class FaultServer:
         handler.send_header("ETag", etag)
         handler.send_header("Accept-Ranges", "bytes")
         handler.end_headers()
-        send = body if cut_at is None else body[:max(0, cut_at - start)]
+        send = body if cut_at is None else body[: max(0, cut_at - start)]
         if stall:
             half = len(send) // 2
             handler.wfile.write(send[:half])

@@ -1,6 +1,7 @@
 """What the tests share besides fixtures: the repository's root, the command runners,
 the plugin's install, the Pythons and the Stash servers the fixtures hand out
 (tests/conftest.py turns these into fixtures)."""
+
 from __future__ import annotations
 
 import os
@@ -46,16 +47,34 @@ class ServerFactory:
         self._plugin_python = plugin_python
         self.servers: list[StashServer] = []
 
-    def __call__(self, version: str, blobs_storage: str = "FILESYSTEM", name: str = "stash",
-                 install_plugin: bool = True, tls: bool | str = False, host: str = "127.0.0.1",
-                 config_via_env: bool = False, working_dir: Path | None = None, env: dict | None = None,
-                 **extra) -> StashServer:
+    def __call__(
+        self,
+        version: str,
+        blobs_storage: str = "FILESYSTEM",
+        name: str = "stash",
+        install_plugin: bool = True,
+        tls: bool | str = False,
+        host: str = "127.0.0.1",
+        config_via_env: bool = False,
+        working_dir: Path | None = None,
+        env: dict | None = None,
+        **extra,
+    ) -> StashServer:
         """Stash's python_path is a venv with only requests unless `python_path` says
         otherwise, and no plugin process may reach a package index."""
         extra.setdefault("python_path", self._plugin_python)
-        server = StashServer(self._binaries[version], self._tmp / name, version, blobs_storage, extra_config=extra,
-                             tls=tls, host=host, config_via_env=config_via_env, working_dir=working_dir,
-                             env={"PIP_NO_INDEX": "1", **(env or {})})
+        server = StashServer(
+            self._binaries[version],
+            self._tmp / name,
+            version,
+            blobs_storage,
+            extra_config=extra,
+            tls=tls,
+            host=host,
+            config_via_env=config_via_env,
+            working_dir=working_dir,
+            env={"PIP_NO_INDEX": "1", **(env or {})},
+        )
         self.servers.append(server)
         server.start()
         if install_plugin:
@@ -72,22 +91,40 @@ class ServerFactory:
 
 def install_plugin_into(server: StashServer, plugin_id: str = "stash-backup") -> Path:
     """Install as a user does: the CLI's install-plugin into the plugins folder."""
-    result = run_cli("install-plugin", "--plugins-dir", str(server.plugins), "--id", plugin_id,
-                     "--url", server.url.replace("https://", "http://"),  # reload is best effort; the test reloads
-                     *(["--api-key", server.api_key] if server.api_key else []))
+    result = run_cli(
+        "install-plugin",
+        "--plugins-dir",
+        str(server.plugins),
+        "--id",
+        plugin_id,
+        "--url",
+        server.url.replace("https://", "http://"),  # reload is best effort; the test reloads
+        *(["--api-key", server.api_key] if server.api_key else []),
+    )
     assert result.returncode == 0, result.stderr
     server.reload_plugins()
     return server.plugins / plugin_id
 
 
-def run_cli(*args: str, env: dict | None = None, module: str = "stash_backup_plugin", cwd: Path | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str,
+    env: dict | None = None,
+    module: str = "stash_backup_plugin",
+    cwd: Path | None = None,
+    input: str | None = None,
+) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, **(env or {}))
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          cwd=cwd or REPO, env=full_env, input=input, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        env=full_env,
+        input=input,
+        timeout=600,
+    )
 
 
 def run_restore(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return run_cli(*args, module="stash_backup_plugin.offline", **kwargs)
-

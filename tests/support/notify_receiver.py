@@ -1,5 +1,6 @@
 """A local HTTP endpoint on 127.0.0.1 that records what is POSTed to it: the far end of
 Apprise's json:// and of the plain webhook in the notification tests."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """pytest fixtures for the off-site tests: one of each real server per session, an
 rclone config naming them, a fresh bucket or folder per test, and a local archive with
 stored backups. Imported by the test modules that use them."""
+
 from __future__ import annotations
 
 import uuid
@@ -46,8 +47,10 @@ def write_config(path: Path, seaweed=None, rclone_s3=None, sshd=None, crypt_buck
     if sshd:
         text += sshd.config("ssh")
     if crypt_bucket:
-        text += (f"[secret]\ntype = crypt\nremote = sw:{crypt_bucket}/encrypted\n"
-                 f"password = {obscure(CRYPT_PASSWORD)}\npassword2 = {obscure(CRYPT_SALT)}\n\n")
+        text += (
+            f"[secret]\ntype = crypt\nremote = sw:{crypt_bucket}/encrypted\n"
+            f"password = {obscure(CRYPT_PASSWORD)}\npassword2 = {obscure(CRYPT_SALT)}\n\n"
+        )
     path.write_text(text)
     path.chmod(0o600)
     return path

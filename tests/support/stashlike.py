@@ -1,5 +1,6 @@
 """Small Stash-shaped databases and backups for unit tests: the same tables the code
 reads (schema_migrations, blobs, a table referring to blobs), no server needed."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,8 +9,9 @@ import zipfile
 from pathlib import Path
 
 
-def make_database(path: Path, schema: int = 75, performers: int = 3, blobs_in_db: bool = False,
-                  wal: bool = True, dirty: bool = False) -> dict[str, bytes]:
+def make_database(
+    path: Path, schema: int = 75, performers: int = 3, blobs_in_db: bool = False, wal: bool = True, dirty: bool = False
+) -> dict[str, bytes]:
     """Create a database; returns checksum -> bytes of the blobs it refers to."""
     images = {}
     connection = sqlite3.connect(path)
@@ -41,8 +43,13 @@ def write_blobs(folder: Path, images: dict[str, bytes]) -> None:
         target.write_bytes(data)
 
 
-def make_full_backup(zip_path: Path, database: Path, images: dict[str, bytes], member: str = "stash-go.sqlite",
-                     extra: dict[str, bytes] | None = None) -> Path:
+def make_full_backup(
+    zip_path: Path,
+    database: Path,
+    images: dict[str, bytes],
+    member: str = "stash-go.sqlite",
+    extra: dict[str, bytes] | None = None,
+) -> Path:
     """A zip in Stash v0.31's layout (deflated, as Stash writes it)."""
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.write(database, member)
@@ -112,10 +119,14 @@ def add_library(database: Path, folders: dict[str, int], separator: str = "/") -
         parent, _, name = path.rpartition(separator)
         ids[path] = connection.execute(
             "INSERT INTO folders (basename, path, parent_folder_id, mod_time, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)", (name, path, ids.get(parent), now, now, now)).lastrowid
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (name, path, ids.get(parent), now, now, now),
+        ).lastrowid
         connection.executemany(
             "INSERT INTO files (basename, parent_folder_id, size, mod_time, created_at, updated_at) "
-            "VALUES (?, ?, 1, ?, ?, ?)", [(f"video {n}.mp4", ids[path], now, now, now) for n in range(folders[path])])
+            "VALUES (?, ?, 1, ?, ?, ?)",
+            [(f"video {n}.mp4", ids[path], now, now, now) for n in range(folders[path])],
+        )
     connection.commit()
     connection.close()
 

@@ -1,14 +1,23 @@
 """Reaching a server from its bind address: one rule for the plugin and the restore's probe."""
+
 import pytest
 
 from stash_backup_plugin.core.addresses import reachable_host, url_host
 
 
-@pytest.mark.parametrize("bind, expected", [
-    ("0.0.0.0", "127.0.0.1"), ("", "127.0.0.1"), (None, "127.0.0.1"),
-    ("::", "::1"), ("[::]", "::1"),  # Stash writes IPv6 in brackets when it joins host and port
-    ("192.168.1.5", "192.168.1.5"), ("[fe80::1]", "fe80::1"), ("stash.local", "stash.local"),
-])
+@pytest.mark.parametrize(
+    "bind, expected",
+    [
+        ("0.0.0.0", "127.0.0.1"),
+        ("", "127.0.0.1"),
+        (None, "127.0.0.1"),
+        ("::", "::1"),
+        ("[::]", "::1"),  # Stash writes IPv6 in brackets when it joins host and port
+        ("192.168.1.5", "192.168.1.5"),
+        ("[fe80::1]", "fe80::1"),
+        ("stash.local", "stash.local"),
+    ],
+)
 def test_a_wildcard_bind_is_reached_through_loopback(bind, expected):
     assert reachable_host(bind) == expected
 
@@ -21,6 +30,7 @@ def test_the_restore_probe_reaches_a_stash_bound_to_bracketed_ipv6(tmp_path):
     """config.yml may say host: "[::]": the probe must knock on ::1, not fail to resolve "[::]"."""
     import socket
     from stash_backup_plugin.offline.liveness import Finding, _probe_port
+
     with socket.socket(socket.AF_INET6) as listener:
         listener.bind(("::1", 0))
         listener.listen()

@@ -4,6 +4,7 @@ that does not check out is named and left out; zips, newer schemas and other dat
 are not candidates; Stash's files are only read; nothing is adopted twice. Retention's
 hold: until a verified backup of the new schema has passed a drill, and for good when
 the tag cannot be read."""
+
 import json
 import types
 
@@ -32,8 +33,9 @@ def test_snapshot_adopts_an_older_schemas_backup_once_and_leaves_the_rest(tmp_pa
     assert "stash-go.sqlite.71.20261121_100000" in result.stderr and "not adopted" in result.stderr
     listing = json.loads(run_cli("list", "--dest", str(dest), "--json").stdout)
     adopted = [e for e in listing if e["pre_upgrade"]]
-    assert [(e["file"], e["pre_upgrade"], e["verified_ok"]) for e in adopted] == \
-        [("stash-go.sqlite.70.20261120_100000", "70→75", True)]
+    assert [(e["file"], e["pre_upgrade"], e["verified_ok"]) for e in adopted] == [
+        ("stash-go.sqlite.70.20261120_100000", "70→75", True)
+    ]
     assert Store(dest).header(adopted[0]["file"]).blob_count == len(older_images)  # with Stash's blobs
     assert {p.name: p.read_bytes() for p in (install.root / "backups").iterdir()} == before
 
@@ -42,8 +44,9 @@ def test_snapshot_adopts_an_older_schemas_backup_once_and_leaves_the_rest(tmp_pa
 
 
 def entry(file, schema, pre_upgrade="", ok=True, drilled=False):
-    return types.SimpleNamespace(file=file, schema_version=schema, pre_upgrade=pre_upgrade, verified_ok=ok,
-                                 drill={"ok": True} if drilled else {})
+    return types.SimpleNamespace(
+        file=file, schema_version=schema, pre_upgrade=pre_upgrade, verified_ok=ok, drill={"ok": True} if drilled else {}
+    )
 
 
 def test_a_pre_upgrade_backup_is_held_until_a_new_schema_backup_passes_a_drill():
@@ -63,14 +66,17 @@ def test_the_plugins_verify_adopts_too(tmp_path):
     from stash_backup_plugin.core.reporting import Reporter
     from stash_backup_plugin.jobs.verify import verify_archive
     from stash_backup_plugin.server.api import ServerInfo
+
     install = make_install(tmp_path / "stash", schema=75)
     older = install.root / "backups" / "stash-go.sqlite.70.20261120_100000"
     write_blobs(install.blobs, make_database(older, schema=70, wal=False))
-    info = ServerInfo("v0.31.1", 75, str(install.database), str(install.root / "backups"), str(install.blobs),
-                      "FILESYSTEM", True)
+    info = ServerInfo(
+        "v0.31.1", 75, str(install.database), str(install.root / "backups"), str(install.blobs), "FILESYSTEM", True
+    )
     archive = Archive(tmp_path / "archive")
     summary = verify_archive(archive, "quick", Reporter(), stash=info)
-    assert summary.ok and [(e.file, e.pre_upgrade) for e in archive.entries()] == \
-        [("stash-go.sqlite.70.20261120_100000", "70→75")]
+    assert summary.ok and [(e.file, e.pre_upgrade) for e in archive.entries()] == [
+        ("stash-go.sqlite.70.20261120_100000", "70→75")
+    ]
     verify_archive(archive, "quick", Reporter(), stash=info)
     assert len(archive.entries()) == 1  # once

@@ -1,4 +1,5 @@
 """The local archive: atomic adds, manifest, lock, cleanup of a killed run's temps."""
+
 import contextlib
 import json
 import os
@@ -16,8 +17,16 @@ from stash_backup_plugin.core.naming import TEMP_MARKER
 
 
 def entry(name="stash-go.sqlite.75.20261126_180102", created="2026-11-26T18:01:02", ok=True):
-    return Entry(file=name, size=3, sha256="a" * 64, schema_version=75, created=created, kind="sqlite",
-                 verified_ok=ok, verified_at="x" if ok else "")
+    return Entry(
+        file=name,
+        size=3,
+        sha256="a" * 64,
+        schema_version=75,
+        created=created,
+        kind="sqlite",
+        verified_ok=ok,
+        verified_at="x" if ok else "",
+    )
 
 
 def staged(archive, content=b"abc"):
@@ -68,21 +77,24 @@ def test_remove_forgets_then_deletes(tmp_path):
 REPO = Path(__file__).resolve().parents[2]
 # A run that makes a temp file and a scratch folder (as `verify PATH` and a restore
 # dry run do, without the archive's lock), says where, and works on until killed.
-MAKES_TEMPS = ("import sys, time; from pathlib import Path\n"
-               "from stash_backup_plugin.core.atomic import scratch_folder, temp_path_in\n"
-               "folder = Path(sys.argv[1])\n"
-               "temp = temp_path_in(folder, 'stash-go.sqlite.75.20261126_180102.zip')\n"
-               "with scratch_folder(folder) as scratch:\n"
-               "    (scratch / 'stash-go.sqlite').write_bytes(b'extracted')\n"
-               "    print(temp, scratch, flush=True)\n"
-               "    time.sleep(120)\n")
+MAKES_TEMPS = (
+    "import sys, time; from pathlib import Path\n"
+    "from stash_backup_plugin.core.atomic import scratch_folder, temp_path_in\n"
+    "folder = Path(sys.argv[1])\n"
+    "temp = temp_path_in(folder, 'stash-go.sqlite.75.20261126_180102.zip')\n"
+    "with scratch_folder(folder) as scratch:\n"
+    "    (scratch / 'stash-go.sqlite').write_bytes(b'extracted')\n"
+    "    print(temp, scratch, flush=True)\n"
+    "    time.sleep(120)\n"
+)
 
 
 @contextlib.contextmanager
 def run_making_temps(folder):
     """Yield (process, its temp file, its scratch folder); kill -9 it at the end."""
-    process = subprocess.Popen([sys.executable, "-c", MAKES_TEMPS, str(folder)], stdout=subprocess.PIPE, text=True,
-                               cwd=REPO)
+    process = subprocess.Popen(
+        [sys.executable, "-c", MAKES_TEMPS, str(folder)], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
     try:
         temp, scratch = process.stdout.readline().split()
         yield process, Path(temp), Path(scratch)
@@ -165,10 +177,14 @@ def test_second_run_at_once_is_refused(tmp_path):
     with archive.locked():
         import subprocess
         import sys
-        code = ("import sys; from pathlib import Path; from stash_backup_plugin.core.archive import Archive\n"
-                "try:\n    Archive(Path(sys.argv[1])).locked().__enter__()\nexcept Exception as e:\n    print(e); sys.exit(3)")
-        result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
-                                cwd=str(REPO))
+
+        code = (
+            "import sys; from pathlib import Path; from stash_backup_plugin.core.archive import Archive\n"
+            "try:\n    Archive(Path(sys.argv[1])).locked().__enter__()\nexcept Exception as e:\n    print(e); sys.exit(3)"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=str(REPO)
+        )
     assert result.returncode == 3 and "another stash-backup run" in result.stdout
 
 
@@ -210,9 +226,14 @@ def test_retention_keeps_a_days_good_backup_and_leaves_the_failed_one_apart(tmp_
     for the good one of 03:00 the same day."""
     from stash_backup_plugin.jobs.retention import apply_retention
     from stash_backup_plugin.core.retention import Policy
+
     archive = Archive(tmp_path)
-    stamps = [("a.1.20261124_090000", "2026-11-24T09:00:00", True), ("a.1.20261123_200000", "2026-11-23T20:00:00", False),
-              ("a.1.20261123_030000", "2026-11-23T03:00:00", True), ("a.1.20261122_090000", "2026-11-22T09:00:00", True)]
+    stamps = [
+        ("a.1.20261124_090000", "2026-11-24T09:00:00", True),
+        ("a.1.20261123_200000", "2026-11-23T20:00:00", False),
+        ("a.1.20261123_030000", "2026-11-23T03:00:00", True),
+        ("a.1.20261122_090000", "2026-11-22T09:00:00", True),
+    ]
     with archive.locked():
         for name, created, ok in stamps:
             archive.add(staged(archive), entry(name, created, ok))
@@ -221,8 +242,11 @@ def test_retention_keeps_a_days_good_backup_and_leaves_the_failed_one_apart(tmp_
     assert sorted(e.file for e in archive.entries()) == sorted(name for name, _, _ in stamps)
     assert all((tmp_path / name).exists() for name, _, _ in stamps)
     assert [d.item.file for d in decisions if d.failed] == ["a.1.20261123_200000"]
-    assert ("warning", "failed a.1.20261123_200000: failed verification (no detail); not counted by any rule and "
-            "not removed: re-verify it, or delete it yourself") in report.lines
+    assert (
+        "warning",
+        "failed a.1.20261123_200000: failed verification (no detail); not counted by any rule and "
+        "not removed: re-verify it, or delete it yourself",
+    ) in report.lines
     assert report.lines[-1] == ("info", "Retention (keep-daily 7): kept 3, removed 0, left 1 that failed verification")
 
 
@@ -233,6 +257,7 @@ def test_a_damaged_manifest_entry_is_one_line_and_the_rest_still_lists_and_verif
     from tests.support.harness import run_cli
     from tests.unit.test_stored import Library, names
     from stash_backup_plugin.core.store import Store
+
     lib, store = Library(tmp_path / "stash"), Store(tmp_path / "archive")
     for night in (1, 2, 3):
         lib.backup(store, tmp_path, names(night))
@@ -253,12 +278,15 @@ def test_a_damaged_manifest_entry_is_one_line_and_the_rest_still_lists_and_verif
     assert again.returncode == 0 and "damaged" not in again.stderr, again.stderr
 
 
-@pytest.mark.parametrize("parent, folder, file", [(0o755, "0o700", "0o600"), (0o700, "0o700", "0o600"),
-                                                  (0o750, "0o750", "0o640"), (0o770, "0o770", "0o640")])
+@pytest.mark.parametrize(
+    "parent, folder, file",
+    [(0o755, "0o700", "0o600"), (0o700, "0o700", "0o600"), (0o750, "0o750", "0o640"), (0o770, "0o770", "0o640")],
+)
 def test_what_we_make_is_private_unless_its_folder_is_shared_with_the_group_alone(tmp_path, parent, folder, file):
     """0600 and 0700 by default; a folder its owner shared with the group (and closed to
     others) shares what we make in it with that group, to read; others never."""
     from stash_backup_plugin.core.atomic import make_folders, write_bytes_atomic
+
     tmp_path.chmod(parent)
     make_folders(tmp_path / "a" / "b")
     write_bytes_atomic(tmp_path / "a" / "f", b"x")
@@ -272,6 +300,7 @@ def test_giving_a_file_away_tolerates_a_file_system_that_fixes_owners_and_nothin
     (owners fixed by mount options) that raised EPERM and failed the restore."""
     import errno
     from stash_backup_plugin.core import atomic
+
     target = tmp_path / "restored.sqlite"
     target.write_bytes(b"x")
     monkeypatch.setattr(atomic.os, "geteuid", lambda: 0)
@@ -280,7 +309,9 @@ def test_giving_a_file_away_tolerates_a_file_system_that_fixes_owners_and_nothin
     def refuse(code):
         def chown(*args, **kwargs):
             raise OSError(code, os.strerror(code))
+
         return chown
+
     monkeypatch.setattr(atomic.os, "chown", refuse(errno.EPERM))
     atomic.give_owner(target, 1000, 1000)
     monkeypatch.setattr(atomic.os, "chown", refuse(errno.EIO))

@@ -2,6 +2,7 @@
 by a writer in WAL mode as Stash holds its database, its damage spell in status.json,
 and the ping (server/notify.send_ping, through jobs/status.recording) to a real local
 HTTP receiver."""
+
 import json
 import sqlite3
 import time
@@ -61,8 +62,11 @@ def damage_one_page(path: Path, writer: sqlite3.Connection) -> None:
 
 
 def fingerprint_of_files(path: Path) -> dict:
-    return {side.name: (side.read_bytes(), side.stat().st_mtime_ns)
-            for side in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if side.exists()}
+    return {
+        side.name: (side.read_bytes(), side.stat().st_mtime_ns)
+        for side in (path, Path(f"{path}-wal"), Path(f"{path}-shm"))
+        if side.exists()
+    }
 
 
 def test_a_healthy_live_database_is_checked_without_changing_it(tmp_path):
@@ -141,8 +145,12 @@ def test_pings_arrive_in_order_and_never_name_the_url(tmp_path):
             with recording(StatusFile(tmp_path), "download", report, ping=url):
                 raise DownloadError("cannot reach Stash")
         requests = receiver.wait_for(4)
-    assert [r["path"] for r in requests] == ["/ping/0b7c-secret-uuid/start", "/ping/0b7c-secret-uuid",
-                                             "/ping/0b7c-secret-uuid/start", "/ping/0b7c-secret-uuid/fail"]
+    assert [r["path"] for r in requests] == [
+        "/ping/0b7c-secret-uuid/start",
+        "/ping/0b7c-secret-uuid",
+        "/ping/0b7c-secret-uuid/start",
+        "/ping/0b7c-secret-uuid/fail",
+    ]
     assert not any("secret-uuid" in line for line in report.lines)
 
 
@@ -165,6 +173,7 @@ def test_a_known_damage_holds_local_and_off_site_retention(bucket, tmp_path, loc
     from stash_backup_plugin.jobs.retention import apply_retention, retention_summary
     from stash_backup_plugin.offsite.rclone import Rclone
     from stash_backup_plugin.offsite.remote import RemoteArchive
+
     config, name = bucket
     remote = RemoteArchive(Rclone(config), f"sw:{name}/stash")
     archive = Archive(local_archive.folder)
@@ -187,10 +196,24 @@ def test_a_known_damage_holds_local_and_off_site_retention(bucket, tmp_path, loc
 
 def test_schedule_keeps_the_ping_url_in_the_private_settings_file_only(tmp_path):
     from tests.support.harness import run_cli
+
     units, env_file = tmp_path / "units", tmp_path / "schedule.env"
     url = "https://hc-ping.com/0b7c-secret-uuid"
-    result = run_cli("schedule", "install", "--via", "systemd-user", "--unit-dir", str(units), "--env-file",
-                     str(env_file), "--no-enable", "--dest", str(tmp_path / "archive"), "--ping", url)
+    result = run_cli(
+        "schedule",
+        "install",
+        "--via",
+        "systemd-user",
+        "--unit-dir",
+        str(units),
+        "--env-file",
+        str(env_file),
+        "--no-enable",
+        "--dest",
+        str(tmp_path / "archive"),
+        "--ping",
+        url,
+    )
     assert result.returncode == 0, result.stderr
     assert f"STASH_BACKUP_PING='{url}'" in env_file.read_text() and env_file.stat().st_mode & 0o777 == 0o600
     assert not any("secret-uuid" in p.read_text() for p in units.iterdir())

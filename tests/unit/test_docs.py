@@ -2,6 +2,7 @@
 `--help` (scripts/cli_docs.py writes it, as sqlite-utils does with cog), every command's
 --help works, docs/architecture.md names every module the package has, and the README
 stays an onboarding page whose links resolve."""
+
 import importlib.util
 import re
 
@@ -36,8 +37,10 @@ def test_the_cli_reference_check_catches_a_stale_block():
     assert CLI_DOCS.rendered(stale, COMMANDS) == doc
 
 
-@pytest.mark.parametrize("args", [["--help"]] + [[*name.split()[1:], "--help"] for name in sorted(COMMANDS)
-                                                  if name.startswith("stash-backup ")])
+@pytest.mark.parametrize(
+    "args",
+    [["--help"]] + [[*name.split()[1:], "--help"] for name in sorted(COMMANDS) if name.startswith("stash-backup ")],
+)
 def test_stash_backup_help_works(args):
     result = run_cli(*args)
     assert result.returncode == 0 and "usage: stash-backup" in result.stdout, result.stderr
@@ -67,9 +70,14 @@ def _listed_modules(text: str) -> set:
 
 def _package_modules() -> set:
     package = REPO / "stash_backup_plugin"
-    return {str(p.relative_to(REPO)) for p in package.rglob("*")
-            if p.is_file() and p.suffix in (".py", ".js", ".css", ".in") and "__pycache__" not in p.parts
-            and p.name not in ("__init__.py", "__main__.py")}
+    return {
+        str(p.relative_to(REPO))
+        for p in package.rglob("*")
+        if p.is_file()
+        and p.suffix in (".py", ".js", ".css", ".in")
+        and "__pycache__" not in p.parts
+        and p.name not in ("__init__.py", "__main__.py")
+    }
 
 
 def test_the_architecture_page_names_every_module_and_no_other():
@@ -91,8 +99,9 @@ def test_the_readme_is_an_onboarding_page_whose_links_resolve():
 
 
 # Other tests ask which options a command takes (tests/unit/test_retention.py).
-ALL_COMMANDS = {name[len("stash-backup "):]: parser for name, parser in COMMANDS.items()
-                if name.startswith("stash-backup ")}
+ALL_COMMANDS = {
+    name[len("stash-backup ") :]: parser for name, parser in COMMANDS.items() if name.startswith("stash-backup ")
+}
 
 
 def _options(parser) -> set:

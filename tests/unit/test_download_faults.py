@@ -1,5 +1,6 @@
 """HTTP failure modes of the backup download, against a local misbehaving server.
 Whatever happens, no partial file ever carries a final name."""
+
 import hashlib
 import os
 import time
@@ -167,6 +168,7 @@ def test_the_snapshot_compressed_during_the_download_is_exactly_the_file(tmp_pat
     the rest appended, or, when the server starts over, only the new stream."""
     import gzip
     from stash_backup_plugin.core.store import SnapshotTee, Store
+
     cut = len(PAYLOAD) // 3
     tee = SnapshotTee(Store(tmp_path / "archive"), NAME)
     with FaultServer(PAYLOAD) as server:
@@ -188,6 +190,7 @@ def test_a_tee_that_falls_behind_reads_the_rest_from_the_file(tmp_path):
     import time as clock
     from stash_backup_plugin.core import snapshot
     from stash_backup_plugin.core.store import SnapshotTee, Store
+
     class OneChunkQueue(SnapshotTee):
         QUEUE_CHUNKS = 1
 

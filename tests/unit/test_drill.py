@@ -2,6 +2,7 @@
 automatic drill is due, what a difference says, what a backup records for it, that
 it imports without PyYAML, and that a busy archive, a missing binary or too little
 space refuse with one line and change nothing. End to end: test_e2e_drill.py."""
+
 import json
 import os
 import subprocess
@@ -20,8 +21,14 @@ from stash_backup_plugin.core.errors import RestoreRefused, UsageError
 from stash_backup_plugin.core.reporting import Reporter
 from stash_backup_plugin.core.sqlite_check import QUICK, image_samples, library_counts
 from stash_backup_plugin.core.stored import import_backup_file
-from stash_backup_plugin.jobs.drill import (check_drill_every, compare_counts, drill, drill_due, needed_space,
-                                       stop_abandoned_stashes)
+from stash_backup_plugin.jobs.drill import (
+    check_drill_every,
+    compare_counts,
+    drill,
+    drill_due,
+    needed_space,
+    stop_abandoned_stashes,
+)
 from stash_backup_plugin.jobs import drill as drill_module
 
 from tests.support.harness import REPO, run_cli
@@ -31,8 +38,9 @@ NOW = datetime(2026, 1, 10, tzinfo=timezone.utc)
 
 
 def entry(name: str, drilled_at: str = "") -> Entry:
-    return Entry(name, 1, "", 75, "2026-01-01T00:00:00", "stored",
-                 drill={"at": drilled_at, "ok": True} if drilled_at else {})
+    return Entry(
+        name, 1, "", 75, "2026-01-01T00:00:00", "stored", drill={"at": drilled_at, "ok": True} if drilled_at else {}
+    )
 
 
 def test_drill_every_n_backups_counts_the_backups_since_the_last_drill():
@@ -56,7 +64,8 @@ def test_a_bad_drill_every_is_refused():
 
 def test_differences_name_the_kind_and_both_counts():
     assert compare_counts({"tags": 2, "studios": 1}, {"tags": 2, "studios": 0}) == [
-        "studios: the backup recorded 1, Stash reports 0"]
+        "studios: the backup recorded 1, Stash reports 0"
+    ]
 
 
 def test_counts_and_samples_read_from_a_database_without_changing_it(tmp_path):
@@ -76,10 +85,19 @@ def test_a_stored_backup_records_the_librarys_counts(tmp_path):
 
 def test_the_drill_and_the_restore_engine_import_without_pyyaml():
     """The plugin runs the drill on a Python with only `requests`."""
-    code = ("import sys; sys.modules['yaml'] = None; import stash_backup_plugin.jobs.drill, "
-            "stash_backup_plugin.plugin.run; print('ok')")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60, stdin=subprocess.DEVNULL)
+    code = (
+        "import sys; sys.modules['yaml'] = None; import stash_backup_plugin.jobs.drill, "
+        "stash_backup_plugin.plugin.run; print('ok')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.stdout.strip() == "ok", result.stderr
 
 
@@ -145,21 +163,26 @@ def test_a_leftover_scratch_folder_of_a_live_drill_is_left_alone(tmp_path):
 
 # --- a killed drill's Stash: told apart from every other process, stopped, and quickly ------
 
-DEAD_PID = 2 ** 22 - 3  # above any pid_max in use here: a drill that no longer runs
+DEAD_PID = 2**22 - 3  # above any pid_max in use here: a drill that no longer runs
 
 
 def abandoned_scratch(folder):
     """A scratch folder named as the drill names them, by a drill of this machine that is gone."""
     folder.mkdir(exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".drill.stash-backup-tmp-{DEAD_PID}.{temp_owner_tag().split('.')[1]}-",
-                                 dir=folder))
+    return Path(
+        tempfile.mkdtemp(prefix=f".drill.stash-backup-tmp-{DEAD_PID}.{temp_owner_tag().split('.')[1]}-", dir=folder)
+    )
 
 
 def stand_in(config, cwd, own_group=True) -> subprocess.Popen:
     """A process that looks like a scratch Stash to the system: `--config <path>` among
     its arguments, working in `cwd`, leading its own process group (or not)."""
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "--config", str(config)],
-                            cwd=cwd, start_new_session=own_group, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", "--config", str(config)],
+        cwd=cwd,
+        start_new_session=own_group,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def with_pid_file(scratch, process):
@@ -232,6 +255,7 @@ def test_no_runs_cleanup_removes_a_folder_whose_stash_still_runs(tmp_path):
     drill's scratch folder whose Stash outlived the drill stays until the next drill
     has told whether that Stash is ours; one whose pid now runs something else goes."""
     from stash_backup_plugin.core.archive import Archive
+
     folder = tmp_path / "archive"
     survivor = abandoned_scratch(folder)
     reused = abandoned_scratch(folder)
@@ -259,6 +283,7 @@ def test_no_runs_cleanup_removes_a_folder_whose_stash_still_runs(tmp_path):
 
 # --- the scratch Stash: its own credentials, its own reasons, no waiting on what is not GraphQL ---
 
+
 def test_the_scratch_config_has_credentials_of_its_own_and_stashs_own_key_names(tmp_path):
     """Fresh for every drill (never the live ones); the password no bcrypt hash, so no
     password logs in; the log settings spelled as Stash reads them."""
@@ -269,14 +294,17 @@ def test_the_scratch_config_has_credentials_of_its_own_and_stashs_own_key_names(
     first, second = targets
     for target in targets:
         values = json.loads(target.config.path.read_text())
-        assert all(values.get(key) for key in ("username", "password", "api_key", "jwt_secret_key",
-                                               "session_store_key"))
+        assert all(
+            values.get(key) for key in ("username", "password", "api_key", "jwt_secret_key", "session_store_key")
+        )
         assert not values["password"].startswith("$2")  # not bcrypt: CompareHashAndPassword always fails
         assert values["logfile"] == str(target.config.path.parent / "stash.log") and values["loglevel"] == "Info"
         assert "logFile" not in values and "logLevel" not in values
         assert oct(target.config.path.stat().st_mode & 0o777) == "0o600"
-    assert all(first.config.values[key] != second.config.values[key]
-               for key in ("username", "password", "api_key", "jwt_secret_key", "session_store_key"))
+    assert all(
+        first.config.values[key] != second.config.values[key]
+        for key in ("username", "password", "api_key", "jwt_secret_key", "session_store_key")
+    )
 
 
 FAKE_STASH = """#!{python}
@@ -326,22 +354,32 @@ def test_stashs_own_reason_comes_from_its_console_output(tmp_path):
     """Written before any log file is open: only the console has it (the update check's
     error, which says nothing about the drill, is passed over)."""
     folder = archived(tmp_path)
-    result = drill(Archive(folder), None, fake_stash(tmp_path, "fails as Stash does", FAILS_ON_ITS_CONSOLE),
-                   Reporter(), timeout=60)
-    assert result.error == ("the drill's Stash exited with 1: manager initialization error: schema version 85 is "
-                            "incompatible with required schema version 72"), result.error
+    result = drill(
+        Archive(folder), None, fake_stash(tmp_path, "fails as Stash does", FAILS_ON_ITS_CONSOLE), Reporter(), timeout=60
+    )
+    assert result.error == (
+        "the drill's Stash exited with 1: manager initialization error: schema version 85 is "
+        "incompatible with required schema version 72"
+    ), result.error
 
 
 def test_stash_errors_are_read_from_its_console_and_its_log_file():
-    console = ("\x1b[36mINFO\x1b[0m[2026-12-02 21:48:26] using config file: /x/config.yml\n"
-               "\x1b[31mERRO\x1b[0m[2026-12-02 21:48:27] task failed due to error: An error occurred.\n"
-               "error performing migration: table `studio_urls` already exists\n"
-               "panic: runtime error: invalid memory address\n")
-    log = ('time="2026-12-02 21:48:26" level=info msg="using config file"\n'
-           'time="2026-12-02 21:48:27" level=error msg="Couldn\'t retrieve latest version: offline"\n'
-           'time="2026-12-02 21:48:27" level=error msg="task failed: An error occurred.\\nerror performing '
-           'migration: table \\"studio_urls\\" already exists"\n')
-    assert drill_module.stash_errors(console) == ["task failed due to error: An error occurred.",
-                                                  "panic: runtime error: invalid memory address"]
+    console = (
+        "\x1b[36mINFO\x1b[0m[2026-12-02 21:48:26] using config file: /x/config.yml\n"
+        "\x1b[31mERRO\x1b[0m[2026-12-02 21:48:27] task failed due to error: An error occurred.\n"
+        "error performing migration: table `studio_urls` already exists\n"
+        "panic: runtime error: invalid memory address\n"
+    )
+    log = (
+        'time="2026-12-02 21:48:26" level=info msg="using config file"\n'
+        'time="2026-12-02 21:48:27" level=error msg="Couldn\'t retrieve latest version: offline"\n'
+        'time="2026-12-02 21:48:27" level=error msg="task failed: An error occurred.\\nerror performing '
+        'migration: table \\"studio_urls\\" already exists"\n'
+    )
+    assert drill_module.stash_errors(console) == [
+        "task failed due to error: An error occurred.",
+        "panic: runtime error: invalid memory address",
+    ]
     assert drill_module.stash_errors(log) == [
-        'task failed: An error occurred. error performing migration: table "studio_urls" already exists']
+        'task failed: An error occurred. error performing migration: table "studio_urls" already exists'
+    ]

@@ -1,5 +1,6 @@
 """When the single-use link has expired, the job asks Stash for a fresh backup
 (a local server plays Stash: a real one cannot be made to expire a link on demand)."""
+
 import pytest
 
 from stash_backup_plugin.jobs.download import DownloadOptions, download_to_archive
@@ -25,11 +26,22 @@ def fake_stash(server, names):
         if "backupDatabase" in body["query"]:
             name = names.pop(0)
             return {"data": {"backupDatabase": f"http://public.example/downloads/{len(names)}/{name}"}}
-        return {"data": {"version": {"version": "v0.31.1"},
-                         "systemStatus": {"databaseSchema": 75, "databasePath": "/s/stash-go.sqlite", "status": "OK"},
-                         "configuration": {"general": {"backupDirectoryPath": "", "blobsPath": "",
-                                                       "blobsStorage": "DATABASE", "databasePath": "/s/stash-go.sqlite"}},
-                         "backupInput": {"inputFields": [{"name": "download"}, {"name": "includeBlobs"}]}}}
+        return {
+            "data": {
+                "version": {"version": "v0.31.1"},
+                "systemStatus": {"databaseSchema": 75, "databasePath": "/s/stash-go.sqlite", "status": "OK"},
+                "configuration": {
+                    "general": {
+                        "backupDirectoryPath": "",
+                        "blobsPath": "",
+                        "blobsStorage": "DATABASE",
+                        "databasePath": "/s/stash-go.sqlite",
+                    }
+                },
+                "backupInput": {"inputFields": [{"name": "download"}, {"name": "includeBlobs"}]},
+            }
+        }
+
     server.graphql = graphql
 
 

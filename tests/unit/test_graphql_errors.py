@@ -1,5 +1,6 @@
 """HTTP and GraphQL failure modes of the Stash client (responses: a real Stash cannot
 be made to answer 404 or 500 on demand). Each becomes one typed, readable error."""
+
 import re
 
 import pytest
@@ -17,10 +18,15 @@ def client(key=None):
 
 
 @responses.activate
-@pytest.mark.parametrize("status,kind,message", [
-    (401, AuthError, "refused the request (401)"), (403, AuthError, "refused the request (403)"),
-    (404, ServerError, "answered HTTP 404"), (500, ServerError, "answered HTTP 500"),
-])
+@pytest.mark.parametrize(
+    "status,kind,message",
+    [
+        (401, AuthError, "refused the request (401)"),
+        (403, AuthError, "refused the request (403)"),
+        (404, ServerError, "answered HTTP 404"),
+        (500, ServerError, "answered HTTP 500"),
+    ],
+)
 def test_http_status_becomes_a_typed_error(status, kind, message):
     responses.post(f"{URL}/graphql", status=status, body="nope")
     with pytest.raises(kind, match=re.escape(message)) as raised:

@@ -1,5 +1,6 @@
 """install-plugin and the plugin-manager package: what the plugin folder holds, the
 bundled dependencies, and who owns what the installer creates."""
+
 import hashlib
 import importlib.util
 import json
@@ -16,15 +17,34 @@ import yaml
 from stash_backup_plugin import PLUGIN_ARCHIVE
 
 from stash_backup_plugin import __version__
-from stash_backup_plugin.cli.install import (NOT_IMPORTED, _requirements, archive_files, build_package,
-                                             distribution_closure, install_plugin, manifest_text, runtime_sources)
+from stash_backup_plugin.cli.install import (
+    NOT_IMPORTED,
+    _requirements,
+    archive_files,
+    build_package,
+    distribution_closure,
+    install_plugin,
+    manifest_text,
+    runtime_sources,
+)
 from stash_backup_plugin.cli import install
 from stash_backup_plugin.core.errors import MissingDependency, UsageError
 
 REPO = Path(__file__).resolve().parents[2]
 # The keys CommunityScripts' validator/plugin.schema.json allows.
-MANIFEST_KEYS = {"name", "description", "version", "url", "ui", "exec", "interface", "errLog", "hooks", "tasks",
-                 "settings"}
+MANIFEST_KEYS = {
+    "name",
+    "description",
+    "version",
+    "url",
+    "ui",
+    "exec",
+    "interface",
+    "errLog",
+    "hooks",
+    "tasks",
+    "settings",
+}
 
 
 def test_the_plugin_takes_its_layers_and_leaves_out_the_cli_and_the_restore_command():
@@ -32,7 +52,14 @@ def test_the_plugin_takes_its_layers_and_leaves_out_the_cli_and_the_restore_comm
     assert {"plugin/task.py", "plugin/run.py", "jobs/download.py", "server/download.py", "core/verify.py"} <= sources
     assert not {s for s in sources if s.startswith("cli/")}
     # The restore drill runs the offline restore's engine; its command line and salvage stay out.
-    assert {"jobs/drill.py", "jobs/offsite.py", "offline/restore.py", "offline/swap.py", "offline/plan.py", "offline/liveness.py"} <= sources
+    assert {
+        "jobs/drill.py",
+        "jobs/offsite.py",
+        "offline/restore.py",
+        "offline/swap.py",
+        "offline/plan.py",
+        "offline/liveness.py",
+    } <= sources
     assert not {"offline/cli.py", "offline/__main__.py", "offline/salvage.py"} & sources
 
 
@@ -42,8 +69,9 @@ def test_install_writes_the_manifest_and_the_archive_and_no_folder(tmp_path):
     the plugins folder Stash reads them from (a usual 0755 one here)."""
     tmp_path.chmod(0o755)
     target = install_plugin(tmp_path, "my-backup")
-    assert sorted(p.name for p in target.iterdir()) == sorted(["my-backup.yml", PLUGIN_ARCHIVE, "backups.js",
-                                                                 "backups.css"])
+    assert sorted(p.name for p in target.iterdir()) == sorted(
+        ["my-backup.yml", PLUGIN_ARCHIVE, "backups.js", "backups.css"]
+    )
     assert all(p.is_file() for p in target.iterdir())
     assert oct((target / "my-backup.yml").stat().st_mode & 0o777) == "0o644"
     assert oct(target.stat().st_mode & 0o777) == "0o755"
@@ -54,7 +82,8 @@ def test_install_writes_the_manifest_and_the_archive_and_no_folder(tmp_path):
     # Derived from plugin.yml: only the paths differ (the clone's layout there, the installed one here).
     source = yaml.safe_load((REPO / "plugin.yml").read_text())
     assert {k: v for k, v in manifest.items() if k not in ("exec", "ui")} == {
-        k: v for k, v in source.items() if k not in ("exec", "ui")}
+        k: v for k, v in source.items() if k not in ("exec", "ui")
+    }
 
 
 def test_plugin_yml_at_the_top_is_the_only_manifest_and_the_only_yml_stash_would_load():
@@ -98,8 +127,17 @@ def test_the_archive_holds_our_modules_and_gql_but_not_requests_nor_compiled_cod
     assert record["python"] == "%d.%d.%d" % sys.version_info[:3]
     tops = {name.split("/")[1] for name in files if name.startswith("_vendor/")}
     assert {"gql", "graphql"} <= tops
-    assert not tops & {"requests", "urllib3", "idna", "certifi", "charset_normalizer", "yarl", "multidict",
-                       "propcache", "yaml"}
+    assert not tops & {
+        "requests",
+        "urllib3",
+        "idna",
+        "certifi",
+        "charset_normalizer",
+        "yarl",
+        "multidict",
+        "propcache",
+        "yaml",
+    }
     assert not [n for n in files if n.endswith((".so", ".pyd", ".yml"))]
     sources = [n for n in files if n.endswith(".py")]
     assert all(files[n + "c"].startswith(importlib.util.MAGIC_NUMBER) for n in sources)  # byte code for this Python
@@ -112,9 +150,11 @@ def test_the_archive_holds_our_modules_and_gql_but_not_requests_nor_compiled_cod
 def test_what_the_bundle_leaves_out_is_never_imported_by_the_plugin():
     """yarl, multidict and propcache (C extensions) are gql dependencies that only its
     aiohttp/websockets transports and CLI import."""
-    code = ("import json, sys\n"
-            "import stash_backup_plugin.plugin.run, stash_backup_plugin.server.download, gql.transport.requests\n"
-            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    code = (
+        "import json, sys\n"
+        "import stash_backup_plugin.plugin.run, stash_backup_plugin.server.download, gql.transport.requests\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert not set(json.loads(result.stdout)) & NOT_IMPORTED
 
@@ -122,17 +162,28 @@ def test_what_the_bundle_leaves_out_is_never_imported_by_the_plugin():
 def test_requirements_follow_extras_and_keep_other_markers_optional(tmp_path):
     info = tmp_path / "demo-1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("\n".join([
-        "Metadata-Version: 2.1", "Name: demo", "Version: 1.0",
-        "Requires-Dist: plain-dep>=1",
-        "Requires-Dist: old-python-dep; python_version < \"3.11\"",
-        "Requires-Dist: wanted[fast]<2; extra == \"requests\"",
-        "Requires-Dist: unwanted; extra == \"aiohttp\"",
-        "Requires-Dist: both; python_version >= \"3.8\" and extra == 'requests'", ""]))
+    (info / "METADATA").write_text(
+        "\n".join(
+            [
+                "Metadata-Version: 2.1",
+                "Name: demo",
+                "Version: 1.0",
+                "Requires-Dist: plain-dep>=1",
+                'Requires-Dist: old-python-dep; python_version < "3.11"',
+                'Requires-Dist: wanted[fast]<2; extra == "requests"',
+                'Requires-Dist: unwanted; extra == "aiohttp"',
+                "Requires-Dist: both; python_version >= \"3.8\" and extra == 'requests'",
+                "",
+            ]
+        )
+    )
     dist = metadata.PathDistribution(info)
     assert sorted(_requirements(dist, frozenset({"requests"}))) == [
-        ("both", frozenset(), True), ("old-python-dep", frozenset(), True), ("plain-dep", frozenset(), False),
-        ("wanted", frozenset({"fast"}), False)]
+        ("both", frozenset(), True),
+        ("old-python-dep", frozenset(), True),
+        ("plain-dep", frozenset(), False),
+        ("wanted", frozenset({"fast"}), False),
+    ]
 
 
 def test_a_dependency_the_installing_python_lacks_is_one_clear_error():
@@ -146,8 +197,9 @@ def test_reinstall_replaces_the_package_folder_layout(tmp_path):
     (old / "gone.py").write_text("x")
     (tmp_path / "stash-backup" / "stash-backup.yml").write_text("exec: [python, old]")
     target = install_plugin(tmp_path)
-    assert sorted(p.name for p in target.iterdir()) == sorted(["stash-backup.yml", PLUGIN_ARCHIVE, "backups.js",
-                                                                 "backups.css"])
+    assert sorted(p.name for p in target.iterdir()) == sorted(
+        ["stash-backup.yml", PLUGIN_ARCHIVE, "backups.js", "backups.css"]
+    )
 
 
 def test_install_refuses_a_folder_with_another_yml(tmp_path):
@@ -169,8 +221,9 @@ def test_package_zip_has_the_plugin_files_at_its_root_and_index_has_its_sha256(t
     index = yaml.safe_load(index_path.read_text())
     assert index[0]["id"] == "stash-backup" and index[0]["path"] == "stash-backup.zip"
     assert index[0]["sha256"] == hashlib.sha256(zip_path.read_bytes()).hexdigest()
-    assert sorted(zipfile.ZipFile(zip_path).namelist()) == sorted(["stash-backup.yml", PLUGIN_ARCHIVE, "backups.js",
-                                                                   "backups.css"])
+    assert sorted(zipfile.ZipFile(zip_path).namelist()) == sorted(
+        ["stash-backup.yml", PLUGIN_ARCHIVE, "backups.js", "backups.css"]
+    )
 
 
 def test_what_the_installer_creates_gets_the_owner_of_its_folder(tmp_path):
@@ -182,6 +235,11 @@ def test_what_the_installer_creates_gets_the_owner_of_its_folder(tmp_path):
         os.chown(folder, 4321, 4322)
     target = install_plugin(plugins)
     build_package(out / "nested" / "source")
-    created = [target, *target.iterdir(), out / "nested", out / "nested" / "source",
-               *(out / "nested" / "source").iterdir()]
+    created = [
+        target,
+        *target.iterdir(),
+        out / "nested",
+        out / "nested" / "source",
+        *(out / "nested" / "source").iterdir(),
+    ]
     assert {(p.stat().st_uid, p.stat().st_gid) for p in created} == {(4321, 4322)}

@@ -1,6 +1,7 @@
 """The jobs against a StashAPI of our own: the three calls they make, served from local
 files. No HTTP, no fake server: what these tests prove is the jobs' own logic (which
 backup they ask for, what they keep, what they refuse); the real server is the e2e tests'."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,16 +24,24 @@ from tests.support.stashlike import make_database, make_full_backup, vacuum_copy
 class LocalStash:
     """Serves backups made from a local database; `expire` makes the first N links dead."""
 
-    def __init__(self, root: Path, blobs_storage: str = "DATABASE", supports_include_blobs: bool = True,
-                 expire: int = 0):
+    def __init__(
+        self, root: Path, blobs_storage: str = "DATABASE", supports_include_blobs: bool = True, expire: int = 0
+    ):
         self.root, self.expire, self.requests = root, expire, []
         root.mkdir(parents=True)
         self.database = root / "stash-go.sqlite"
         self.images = make_database(self.database, schema=85, blobs_in_db=blobs_storage == "DATABASE")
         self.blobs = root / "blobs"
         write_blobs(self.blobs, self.images)
-        self.info = ServerInfo("v0.31.1", 85, str(self.database), str(root / "backups"), str(self.blobs),
-                               blobs_storage, supports_include_blobs)
+        self.info = ServerInfo(
+            "v0.31.1",
+            85,
+            str(self.database),
+            str(root / "backups"),
+            str(self.blobs),
+            blobs_storage,
+            supports_include_blobs,
+        )
         self.count = 0
 
     def server_info(self) -> ServerInfo:
@@ -50,8 +59,9 @@ class LocalStash:
         shutil.move(made, self.root / "served" / name)
         return f"http://elsewhere.example/downloads/{self.count}/{name}"
 
-    def fetch_backup(self, link: str, folder: Path, final_name: str, progress=None, tee=None,
-                     durable: bool = True) -> Downloaded:
+    def fetch_backup(
+        self, link: str, folder: Path, final_name: str, progress=None, tee=None, durable: bool = True
+    ) -> Downloaded:
         if self.expire:
             self.expire -= 1
             raise LinkExpiredError("the link expired")
@@ -61,7 +71,7 @@ class LocalStash:
         data = temp.read_bytes()
         for start in range(0, len(data), 65536):  # what the real download hands the tee: the bytes, in order
             if tee:
-                tee.write(data[start:start + 65536])
+                tee.write(data[start : start + 65536])
         return Downloaded(temp, len(data), hashlib.sha256(data).hexdigest(), 0)
 
 
@@ -95,16 +105,19 @@ def test_blobs_not_readable_here_come_from_v031s_zip(tmp_path):
 
 def test_blobs_not_readable_on_an_older_server_say_what_to_do(tmp_path):
     from stash_backup_plugin.core.errors import ConfigError
+
     stash = LocalStash(tmp_path / "stash", blobs_storage="FILESYSTEM", supports_include_blobs=False)
     with pytest.raises(ConfigError, match="--no-blobs"):
-        download_to_archive(stash, Archive(tmp_path / "archive"), DownloadOptions(blobs_path=tmp_path / "x"),
-                                 Reporter())
+        download_to_archive(
+            stash, Archive(tmp_path / "archive"), DownloadOptions(blobs_path=tmp_path / "x"), Reporter()
+        )
     assert stash.requests == []
 
 
 def test_extra_blob_paths_are_read_too(tmp_path):
     """v0.31's developer_options.extra_blob_paths: Stash reads blobs there as well."""
     import dataclasses
+
     stash = LocalStash(tmp_path / "stash", blobs_storage="FILESYSTEM")
     moved = sorted(stash.images)[0]
     extra = tmp_path / "extra-blobs"
@@ -131,21 +144,29 @@ def test_an_expired_link_asks_for_a_fresh_backup_a_bounded_number_of_times(tmp_p
 
 def test_if_older_than_skips_without_asking_stash(tmp_path):
     from stash_backup_plugin.core.retention import parse_duration
+
     stash = LocalStash(tmp_path / "stash")
     archive = Archive(tmp_path / "archive")
     download_to_archive(stash, archive, DownloadOptions(), Reporter())
-    outcome = download_to_archive(stash, archive, DownloadOptions(if_older_than=parse_duration("1d")),
-                                       Reporter())
+    outcome = download_to_archive(stash, archive, DownloadOptions(if_older_than=parse_duration("1d")), Reporter())
     assert outcome.entry is None and "younger" in outcome.skipped_reason and len(stash.requests) == 1
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("developer_options:\n  extra_blob_paths:\n  - /a\n  - '/b c'\n", ("/a", "/b c")),  # PyYAML's style
-    ("developer_options:\n    extra_blob_paths:\n        - /a\n        - \"/b\"  # note\nport: 9999\n", ("/a", "/b")),  # Go's
-    ("developer_options:\n  extra_blob_paths: [/a, '/b']\n", ("/a", "/b")),
-    ("developer_options:\n  other: 1\nextra_blob_paths:\n- /not-in-the-section\n", ()),
-    ("blobs_path: /blobs\n", ()), ("developer_options:\n  extra_blob_paths: *alias\n", ()),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("developer_options:\n  extra_blob_paths:\n  - /a\n  - '/b c'\n", ("/a", "/b c")),  # PyYAML's style
+        (
+            'developer_options:\n    extra_blob_paths:\n        - /a\n        - "/b"  # note\nport: 9999\n',
+            ("/a", "/b"),
+        ),  # Go's
+        ("developer_options:\n  extra_blob_paths: [/a, '/b']\n", ("/a", "/b")),
+        ("developer_options:\n  other: 1\nextra_blob_paths:\n- /not-in-the-section\n", ()),
+        ("blobs_path: /blobs\n", ()),
+        ("developer_options:\n  extra_blob_paths: *alias\n", ()),
+    ],
+)
 def test_extra_blob_paths_are_read_from_config_yml_without_a_yaml_parser(text, expected):
     from stash_backup_plugin.server.graphql_client import extra_blob_paths_in
+
     assert extra_blob_paths_in(text) == expected

@@ -1,6 +1,7 @@
 """stash-backup migrate on an archive of per-backup files (no server needed): a dry run
 changes nothing; --apply imports each verified file, removes it only once its stored
 copy checks out, skips a damaged one; killed after the import, the next run finishes."""
+
 import json
 import signal
 
@@ -14,8 +15,11 @@ from stash_backup_plugin.core.verify import verify_backup
 from tests.support.harness import run_cli
 from tests.support.stashlike import make_database, make_full_backup, vacuum_copy
 
-NAMES = ["stash-go.sqlite.85.20261101_030000.zip", "stash-go.sqlite.85.20261102_030000.zip",
-         "stash-go.sqlite.85.20261103_030000"]
+NAMES = [
+    "stash-go.sqlite.85.20261101_030000.zip",
+    "stash-go.sqlite.85.20261102_030000.zip",
+    "stash-go.sqlite.85.20261103_030000",
+]
 
 
 @pytest.fixture
@@ -36,10 +40,22 @@ def old_archive(tmp_path):
             else:
                 temp.write_bytes(plain.read_bytes())
             verified = verify_backup(temp)
-            archive.add(temp, Entry(file=name, size=verified.size, sha256=verified.sha256, **entry_from_name(name),
-                                    kind=verified.kind, blob_count=verified.blob_count,
-                                    includes_blobs=verified.kind == "zip", verified_at=utc_now(),
-                                    verified_level="quick", verified_ok=True, source="plugin-zip"))
+            archive.add(
+                temp,
+                Entry(
+                    file=name,
+                    size=verified.size,
+                    sha256=verified.sha256,
+                    **entry_from_name(name),
+                    kind=verified.kind,
+                    blob_count=verified.blob_count,
+                    includes_blobs=verified.kind == "zip",
+                    verified_at=utc_now(),
+                    verified_level="quick",
+                    verified_ok=True,
+                    source="plugin-zip",
+                ),
+            )
     return folder, images
 
 

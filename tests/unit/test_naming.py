@@ -2,8 +2,13 @@ from datetime import datetime
 
 import pytest
 
-from stash_backup_plugin.core.naming import (blob_member_name, is_anonymised_name, is_temp_name, parse_backup_name,
-                                       zip_name_for)
+from stash_backup_plugin.core.naming import (
+    blob_member_name,
+    is_anonymised_name,
+    is_temp_name,
+    parse_backup_name,
+    zip_name_for,
+)
 
 
 def test_parses_stash_backup_names():
@@ -16,7 +21,7 @@ def test_parses_stash_backup_names():
 
 
 def test_stashs_anonymised_database_is_not_a_backup():
-    """"Anonymise database" writes <db>.anonymous.<schema>.<time> beside the backups."""
+    """ "Anonymise database" writes <db>.anonymous.<schema>.<time> beside the backups."""
     name = "stash-go.sqlite.anonymous.75.20261126_180102"
     assert parse_backup_name(name) is None and is_anonymised_name(name)
     assert not is_anonymised_name("stash-go.sqlite.75.20261126_180102")
@@ -27,14 +32,23 @@ def test_parses_full_backup_zip_names_and_custom_database_names():
     assert (parsed.database_name, parsed.schema_version, parsed.is_zip) == ("my.library.db", 72, True)
 
 
-@pytest.mark.parametrize("name", ["stash-go.sqlite", "stash-go.sqlite.85", "x.85.20261399_000000",
-                                  "manifest.json", ".stash-go.sqlite.85.20261126_180102.stash-backup-tmp-abc"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "stash-go.sqlite",
+        "stash-go.sqlite.85",
+        "x.85.20261399_000000",
+        "manifest.json",
+        ".stash-go.sqlite.85.20261126_180102.stash-backup-tmp-abc",
+    ],
+)
 def test_rejects_other_names(name):
     assert parse_backup_name(name) is None
 
 
 def test_same_second_counter():
     from stash_backup_plugin.core.naming import with_counter
+
     assert with_counter("a.sqlite.85.20261126_180102.zip", 2) == "a.sqlite.85.20261126_180102-2.zip"
     parsed = parse_backup_name("a.sqlite.85.20261126_180102-2.zip")
     assert parsed.schema_version == 85 and parsed.is_zip

@@ -1,6 +1,7 @@
 """Notifications: a failed backup and an overdue one reach the user through Apprise
 (its json:// scheme, posting to a real local HTTP receiver) and through a plain
 webhook without Apprise; the secrets in those URLs appear in no output and no file."""
+
 import base64
 import hashlib
 import json
@@ -28,9 +29,18 @@ def old_verified_archive(folder: Path, age: timedelta) -> None:
     """An archive whose only (verified) backup was added `age` ago: only its manifest
     matters to the status, so no backup file is needed."""
     added = (datetime.now(timezone.utc) - age).replace(microsecond=0)
-    entry = {"file": "stash-go.sqlite.85.20260101_030000.zip", "size": 1234, "sha256": "0" * 64,
-             "schema_version": 85, "created": "2026-01-01T03:00:00", "kind": "zip", "added_at": added.isoformat(),
-             "verified_at": added.isoformat(), "verified_level": "quick", "verified_ok": True}
+    entry = {
+        "file": "stash-go.sqlite.85.20260101_030000.zip",
+        "size": 1234,
+        "sha256": "0" * 64,
+        "schema_version": 85,
+        "created": "2026-01-01T03:00:00",
+        "kind": "zip",
+        "added_at": added.isoformat(),
+        "verified_at": added.isoformat(),
+        "verified_level": "quick",
+        "verified_ok": True,
+    }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "manifest.json").write_text(json.dumps({"format": 1, "entries": [entry]}))
 
@@ -48,8 +58,9 @@ def test_a_failed_backup_is_reported_through_apprise_json(tmp_path):
     archive = tmp_path / "archive"
     with Receiver() as receiver:
         url = f"json://stash:{SECRET}@127.0.0.1:{receiver.port}/hook"
-        result = run_cli("download", "--url", f"http://127.0.0.1:{closed_port()}", "--dest", str(archive),
-                         "--notify", url)
+        result = run_cli(
+            "download", "--url", f"http://127.0.0.1:{closed_port()}", "--dest", str(archive), "--notify", url
+        )
         requests = receiver.wait_for(1)
     assert result.returncode == 1
     assert len(requests) == 1, result.stderr
@@ -87,8 +98,9 @@ def test_a_fresh_backup_is_not_overdue(tmp_path):
     archive = tmp_path / "archive"
     old_verified_archive(archive, timedelta(hours=2))
     with Receiver() as receiver:
-        result = run_cli("status", "--dest", str(archive), "--max-age", "1d",
-                         "--notify", f"json://127.0.0.1:{receiver.port}/x")
+        result = run_cli(
+            "status", "--dest", str(archive), "--max-age", "1d", "--notify", f"json://127.0.0.1:{receiver.port}/x"
+        )
     assert result.returncode == 0, result.stderr
     assert receiver.requests == []
 
@@ -101,8 +113,16 @@ def test_the_plain_webhook_works_without_apprise(tmp_path):
     archive = tmp_path / "archive"
     with Receiver() as receiver:
         url = f"http://127.0.0.1:{receiver.port}/webhook?key={SECRET}"
-        result = run_cli("download", "--url", f"http://127.0.0.1:{closed_port()}", "--dest", str(archive),
-                         "--notify", url, env={"PYTHONPATH": str(shim.parent)})
+        result = run_cli(
+            "download",
+            "--url",
+            f"http://127.0.0.1:{closed_port()}",
+            "--dest",
+            str(archive),
+            "--notify",
+            url,
+            env={"PYTHONPATH": str(shim.parent)},
+        )
         requests = receiver.wait_for(1)
     assert result.returncode == 1
     assert len(requests) == 1, result.stderr
@@ -115,8 +135,14 @@ def test_an_apprise_url_without_apprise_says_how_to_install_it(tmp_path):
     shim = tmp_path / "no-apprise" / "apprise"
     shim.mkdir(parents=True)
     (shim / "__init__.py").write_text("raise ImportError('apprise is not installed here')\n")
-    result = run_cli("status", "--dest", str(tmp_path / "empty"), "--notify", f"ntfy://{SECRET}@127.0.0.1/topic",
-                     env={"PYTHONPATH": str(shim.parent)})
+    result = run_cli(
+        "status",
+        "--dest",
+        str(tmp_path / "empty"),
+        "--notify",
+        f"ntfy://{SECRET}@127.0.0.1/topic",
+        env={"PYTHONPATH": str(shim.parent)},
+    )
     assert result.returncode == 1  # no backup at all: overdue
     assert "pip install 'stash-backup[notify]'" in result.stderr
     assert SECRET not in result.stderr
@@ -144,8 +170,10 @@ def test_a_pushover_url_is_named_by_fingerprint_through_the_real_apprise(tmp_pat
     # No backup: overdue. Apprise really sends (api.pushover.net, not reachable from the tests: a failure).
     result = run_cli("status", "--dest", str(archive), "--notify", url)
     assert result.returncode == 1
-    assert f"warning: notification to pover://… (fingerprint {fingerprint(url)}) failed: " \
-           "the service did not accept the message" in result.stderr, result.stderr
+    assert (
+        f"warning: notification to pover://… (fingerprint {fingerprint(url)}) failed: "
+        "the service did not accept the message" in result.stderr
+    ), result.stderr
     shown = result.stderr + result.stdout + (everything_written(archive) if archive.exists() else "")
     for secret in (PUSHOVER_TOKEN, PUSHOVER_USER, PUSHOVER_TOKEN[:8], PUSHOVER_USER[:8]):
         assert secret.lower() not in shown.lower()  # a host name is shown lower-cased
@@ -159,13 +187,17 @@ def test_an_apprise_that_raises_is_a_warning_that_names_no_part_of_the_url(tmp_p
         "class NotifyType:\n    FAILURE = 'failure'\n    WARNING = 'warning'\n"
         "class Apprise:\n    def add(self, url):\n        self.url = url\n        return True\n"
         "    def notify(self, **kwargs):\n"
-        "        raise ConnectionError('cannot reach ' + self.url.split('@')[1] + '/1/messages.json')\n")
+        "        raise ConnectionError('cannot reach ' + self.url.split('@')[1] + '/1/messages.json')\n"
+    )
     url = f"pover://{PUSHOVER_USER}@{PUSHOVER_TOKEN}"
-    result = run_cli("status", "--dest", str(tmp_path / "archive"), "--notify", url,
-                     env={"PYTHONPATH": str(shim.parent)})
+    result = run_cli(
+        "status", "--dest", str(tmp_path / "archive"), "--notify", url, env={"PYTHONPATH": str(shim.parent)}
+    )
     assert result.returncode == 1  # overdue, as without notifications: the notification did not fail the run
-    assert f"warning: notification to pover://… (fingerprint {fingerprint(url)}) failed: " \
-           "Apprise failed (ConnectionError)" in result.stderr, result.stderr
+    assert (
+        f"warning: notification to pover://… (fingerprint {fingerprint(url)}) failed: "
+        "Apprise failed (ConnectionError)" in result.stderr
+    ), result.stderr
     assert PUSHOVER_TOKEN not in result.stderr + result.stdout
 
 
@@ -180,10 +212,18 @@ def test_a_webhook_is_named_by_fingerprint_and_still_delivered(tmp_path):
     assert SECRET not in result.stderr + result.stdout
 
 
-@pytest.mark.parametrize("url", ["prowl://0123456789abcdef0123456789abcdef01234567",
-                                 "pover://user-key@app-token", "json://user:password@hook.example/path?token=query",
-                                 "https://hook.example:8443/t0ken?key=value", "not a url at all", "://no-scheme",
-                                 "x" * 40 + "://host"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "prowl://0123456789abcdef0123456789abcdef01234567",
+        "pover://user-key@app-token",
+        "json://user:password@hook.example/path?token=query",
+        "https://hook.example:8443/t0ken?key=value",
+        "not a url at all",
+        "://no-scheme",
+        "x" * 40 + "://host",
+    ],
+)
 def test_describe_url_shows_the_scheme_and_a_fingerprint_of_the_whole_url_only(url):
     scheme, _, rest = url.partition("://")
     shown = describe_url(url)

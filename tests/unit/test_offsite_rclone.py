@@ -1,6 +1,7 @@
 """The rclone wrapper against the real rclone (local folders and an alias remote): the
 binary is found, listings stream as JSON, failures become one line that says what to
 do, and no secret (config file, environment, connection string, URL) ever shows."""
+
 from __future__ import annotations
 
 import os
@@ -28,9 +29,11 @@ def alias_config(tmp_path):
     (folder / "blobs" / "ab" / "cd" / ("abcd" + "0" * 28)).write_bytes(b"x" * 10)
     (folder / "blobs" / "ab" / "cd" / "stray.partial").write_bytes(b"y")
     config = tmp_path / "rclone.conf"
-    config.write_text(f"[here]\ntype = alias\nremote = {folder}\n\n"
-                      f"[s3like]\ntype = s3\nprovider = Other\naccess_key_id = AKIDEXAMPLE\n"
-                      f"secret_access_key = {SECRET}\nendpoint = http://127.0.0.1:9\n\n")
+    config.write_text(
+        f"[here]\ntype = alias\nremote = {folder}\n\n"
+        f"[s3like]\ntype = s3\nprovider = Other\naccess_key_id = AKIDEXAMPLE\n"
+        f"secret_access_key = {SECRET}\nendpoint = http://127.0.0.1:9\n\n"
+    )
     return config, folder
 
 
@@ -60,6 +63,7 @@ def test_listing_streams_objects_sorted_and_keeps_strays_apart(alias_config, tmp
 def test_listing_is_sorted_across_sort_runs(alias_config, tmp_path, monkeypatch):
     config, folder = alias_config
     import hashlib
+
     checksums = [hashlib.md5(str(i).encode()).hexdigest() for i in range(25)]
     for checksum in checksums:
         path = folder / "blobs" / checksum[:2] / checksum[2:4] / checksum
@@ -80,23 +84,31 @@ def test_unknown_remote_is_one_line_that_says_what_to_do(alias_config):
     assert "unknown remote" in message and "rclone config" in message and "\n" not in message
 
 
-@pytest.mark.parametrize("text, meaning", [
-    ("NoSuchBucket: The specified bucket does not exist", "bucket does not exist"),
-    ("InvalidAccessKeyId: The AWS Access Key Id you provided does not exist", "refused the credentials"),
-    ("write: no space left on device", "remote is full"),
-    ("dial tcp 127.0.0.1:9: connect: connection refused", "cannot reach the remote"),
-    ("read tcp: i/o timeout", "stopped answering"),
-    # a hex name holding "507" or "401" is no HTTP status
-    ('Put "http://h/b/blobs/2e/4e/2e4e507401aa": net/http: timeout awaiting response headers', "stopped answering"),
-])
+@pytest.mark.parametrize(
+    "text, meaning",
+    [
+        ("NoSuchBucket: The specified bucket does not exist", "bucket does not exist"),
+        ("InvalidAccessKeyId: The AWS Access Key Id you provided does not exist", "refused the credentials"),
+        ("write: no space left on device", "remote is full"),
+        ("dial tcp 127.0.0.1:9: connect: connection refused", "cannot reach the remote"),
+        ("read tcp: i/o timeout", "stopped answering"),
+        # a hex name holding "507" or "401" is no HTTP status
+        ('Put "http://h/b/blobs/2e/4e/2e4e507401aa": net/http: timeout awaiting response headers', "stopped answering"),
+    ],
+)
 def test_rclone_errors_are_mapped_to_what_they_mean(text, meaning):
     error = classify(Outcome(1, errors=[text]), "copy the archive to", "r:x")
     assert meaning in str(error) and str(error).startswith("cannot copy the archive to r:x")
 
 
 def test_secrets_are_collected_from_environment_remote_names_and_urls():
-    env = {"RCLONE_CONFIG_MYS3_SECRET_ACCESS_KEY": "envsecret1", "AWS_SESSION_TOKEN": "tok-abcdef",
-           "RCLONE_CONFIG_MYS3_KEY_FILE": "/home/u/.ssh/id", "HOME": "/root", "RCLONE_TRANSFERS": "8"}
+    env = {
+        "RCLONE_CONFIG_MYS3_SECRET_ACCESS_KEY": "envsecret1",
+        "AWS_SESSION_TOKEN": "tok-abcdef",
+        "RCLONE_CONFIG_MYS3_KEY_FILE": "/home/u/.ssh/id",
+        "HOME": "/root",
+        "RCLONE_TRANSFERS": "8",
+    }
     assert sorted(secrets_in_environment(env)) == ["envsecret1", "tok-abcdef"]
     spec = ":s3,access_key_id=AKID1234,secret_access_key='se,cret9':bucket/x"
     assert set(secrets_in_remote(spec)) == {"AKID1234", "se,cret9"}
@@ -110,10 +122,17 @@ def test_no_secret_reaches_the_cli_output(alias_config, tmp_path):
     """Config-file keys, environment keys, a connection string's keys: none in stdout or stderr."""
     config, _ = alias_config
     env_secret = "env-S3cret-value-77"
-    env = {"RCLONE_CONFIG": str(config), "RCLONE_CONFIG_S3LIKE_SESSION_TOKEN": env_secret,
-           "RCLONE_CONTIMEOUT": "2s", "RCLONE_LOW_LEVEL_RETRIES": "1"}
-    for remote in ("s3like:bucket/stash", f":s3,provider=Other,access_key_id=AKID1,secret_access_key={SECRET},"
-                   "endpoint='http://127.0.0.1:9':bucket/stash", "nosuch:x"):
+    env = {
+        "RCLONE_CONFIG": str(config),
+        "RCLONE_CONFIG_S3LIKE_SESSION_TOKEN": env_secret,
+        "RCLONE_CONTIMEOUT": "2s",
+        "RCLONE_LOW_LEVEL_RETRIES": "1",
+    }
+    for remote in (
+        "s3like:bucket/stash",
+        f":s3,provider=Other,access_key_id=AKID1,secret_access_key={SECRET},endpoint='http://127.0.0.1:9':bucket/stash",
+        "nosuch:x",
+    ):
         result = run_cli("offsite", "push", "--remote", remote, "--dest", str(tmp_path / "archive"), env=env)
         output = result.stdout + result.stderr
         assert result.returncode != 0 and output.count("\n") == 1, output
@@ -140,16 +159,39 @@ def test_the_backend_behind_a_remote_is_found_as_rclone_finds_it(alias_config, t
     """From the string, the environment or the config file, an alias followed: only
     "crypt" counts as authenticated (offsite verify and pull say so otherwise)."""
     from stash_backup_plugin.offsite.fspath import parse
+
     config, folder = alias_config
     with open(config, "a") as more:
-        more.write("[vault]\ntype = crypt\nremote = here:enc\npassword = x\n\n[to-vault]\ntype = alias\n"
-                   "remote = vault:sub\n\n")
+        more.write(
+            "[vault]\ntype = crypt\nremote = here:enc\npassword = x\n\n[to-vault]\ntype = alias\nremote = vault:sub\n\n"
+        )
     runner = Rclone(config, environ={"RCLONE_CONFIG_ENVCRYPT_TYPE": "crypt"})
-    found = {spec: runner.backend(parse(spec, windows=False)) for spec in
-             ("here:", "s3like:b", "vault:", "to-vault:x", "envcrypt:", "s3like,type=crypt:x", ":crypt,remote=x:",
-              ":s3:b", str(folder), "nosuch:x")}
-    assert found == {"here:": "local", "s3like:b": "s3", "vault:": "crypt", "to-vault:x": "crypt", "envcrypt:": "crypt",
-                     "s3like,type=crypt:x": "crypt", ":crypt,remote=x:": "crypt", ":s3:b": "s3", str(folder): "local",
-                     "nosuch:x": ""}
+    found = {
+        spec: runner.backend(parse(spec, windows=False))
+        for spec in (
+            "here:",
+            "s3like:b",
+            "vault:",
+            "to-vault:x",
+            "envcrypt:",
+            "s3like,type=crypt:x",
+            ":crypt,remote=x:",
+            ":s3:b",
+            str(folder),
+            "nosuch:x",
+        )
+    }
+    assert found == {
+        "here:": "local",
+        "s3like:b": "s3",
+        "vault:": "crypt",
+        "to-vault:x": "crypt",
+        "envcrypt:": "crypt",
+        "s3like,type=crypt:x": "crypt",
+        ":crypt,remote=x:": "crypt",
+        ":s3:b": "s3",
+        str(folder): "local",
+        "nosuch:x": "",
+    }
     assert RemoteArchive(runner, "to-vault:x").unauthenticated_note() == ""
     assert "not an rclone crypt remote" in RemoteArchive(runner, "here:x").unauthenticated_note()

@@ -1,5 +1,6 @@
 """stash-restore --map-path: the pure rewrite (a table of cases), the preview the dry
 run shows, the SQL on Stash's own folders/files tables, and the restore around it."""
+
 import signal
 import sqlite3
 from pathlib import Path
@@ -9,8 +10,14 @@ import pytest
 from stash_backup_plugin.core.errors import RestoreRefused, UsageError
 from stash_backup_plugin.core.faults import CRASH_ENV
 from stash_backup_plugin.core.sqlite_check import check_database
-from stash_backup_plugin.offline.pathmap import (SHOWN_UNCOVERED, map_library_setting, map_path, outside_library,
-                                                 parse_mappings, preview)
+from stash_backup_plugin.offline.pathmap import (
+    SHOWN_UNCOVERED,
+    map_library_setting,
+    map_path,
+    outside_library,
+    parse_mappings,
+    preview,
+)
 from stash_backup_plugin.offline.pathmap_db import preview_database, rewrite_database
 
 from tests.support.harness import run_restore
@@ -18,39 +25,45 @@ from tests.support.restore_fixtures import make_install
 from tests.support.stashlike import add_library, folder_paths, make_database, vacuum_copy
 
 
-@pytest.mark.parametrize("mappings,path,expected", [
-    (["/media/a=/data/library"], "/media/a", "/data/library"),
-    (["/media/a=/data/library"], "/media/a/x/y", "/data/library/x/y"),
-    (["/media/a=/data/library"], "/media/ab", None),  # only at a component boundary
-    (["/media/a=/data/library"], "/media", None),
-    (["/media/a/=/data/library/"], "/media/a/x", "/data/library/x"),  # trailing separators are no part of it
-    (["/media//a=/data/library"], "/media/a/x", "/data/library/x"),
-    (["/media=/m", "/media/a=/data/library"], "/media/a/x", "/data/library/x"),  # the longest OLD wins
-    (["/media/a=/data/library", "/media=/m"], "/media/b/x", "/m/b/x"),  # whatever the order given
-    (["/=/mnt/old"], "/media/a", "/mnt/old/media/a"),
-    (["/media=/"], "/media/a", "/a"),
-    ([r"C:\Media\a=/data/a"], r"C:\Media\a\sub\x", "/data/a/sub/x"),  # every separator changes
-    ([r"C:\Media\a=/data/a"], r"c:\media\A\sub", "/data/a/sub"),  # Windows compares without case
-    ([r"C:\Media\a=/data/a"], r"C:\Media\ab", None),
-    (["C:/Media/a=/data/a"], r"C:\Media\a\x", "/data/a/x"),  # OLD with forward slashes
-    ([r"C:\=/data/c"], r"C:\Media\x", "/data/c/Media/x"),
-    ([r"\\nas\share\videos=/srv/videos"], r"\\nas\share\videos\x", "/srv/videos/x"),
-    ([r"/data/a=D:\Media\a"], "/data/a/sub/x.zip/in", r"D:\Media\a\sub\x.zip\in"),  # and back; zip folders too
-    (["/media/a=/data/a=b"], "/media/a/x", "/data/a=b/x"),  # NEW may hold '='
-    (["/media/A=/data/a"], "/media/a/x", None),  # POSIX keeps case
-])
+@pytest.mark.parametrize(
+    "mappings,path,expected",
+    [
+        (["/media/a=/data/library"], "/media/a", "/data/library"),
+        (["/media/a=/data/library"], "/media/a/x/y", "/data/library/x/y"),
+        (["/media/a=/data/library"], "/media/ab", None),  # only at a component boundary
+        (["/media/a=/data/library"], "/media", None),
+        (["/media/a/=/data/library/"], "/media/a/x", "/data/library/x"),  # trailing separators are no part of it
+        (["/media//a=/data/library"], "/media/a/x", "/data/library/x"),
+        (["/media=/m", "/media/a=/data/library"], "/media/a/x", "/data/library/x"),  # the longest OLD wins
+        (["/media/a=/data/library", "/media=/m"], "/media/b/x", "/m/b/x"),  # whatever the order given
+        (["/=/mnt/old"], "/media/a", "/mnt/old/media/a"),
+        (["/media=/"], "/media/a", "/a"),
+        ([r"C:\Media\a=/data/a"], r"C:\Media\a\sub\x", "/data/a/sub/x"),  # every separator changes
+        ([r"C:\Media\a=/data/a"], r"c:\media\A\sub", "/data/a/sub"),  # Windows compares without case
+        ([r"C:\Media\a=/data/a"], r"C:\Media\ab", None),
+        (["C:/Media/a=/data/a"], r"C:\Media\a\x", "/data/a/x"),  # OLD with forward slashes
+        ([r"C:\=/data/c"], r"C:\Media\x", "/data/c/Media/x"),
+        ([r"\\nas\share\videos=/srv/videos"], r"\\nas\share\videos\x", "/srv/videos/x"),
+        ([r"/data/a=D:\Media\a"], "/data/a/sub/x.zip/in", r"D:\Media\a\sub\x.zip\in"),  # and back; zip folders too
+        (["/media/a=/data/a=b"], "/media/a/x", "/data/a=b/x"),  # NEW may hold '='
+        (["/media/A=/data/a"], "/media/a/x", None),  # POSIX keeps case
+    ],
+)
 def test_rewrite(mappings, path, expected):
     assert map_path(path, parse_mappings(mappings)) == expected
 
 
-@pytest.mark.parametrize("texts,message", [
-    (["/media/a"], "OLD=NEW"),
-    (["media/a=/data"], "absolute"),
-    (["/media/a=data"], "absolute"),
-    (["=/data"], "OLD=NEW"),
-    (["/media/a=/x", "/media/a/=/y"], "same folder"),
-    ([r"C:\Media=/x", r"c:\media=/y"], "same folder"),
-])
+@pytest.mark.parametrize(
+    "texts,message",
+    [
+        (["/media/a"], "OLD=NEW"),
+        (["media/a=/data"], "absolute"),
+        (["/media/a=data"], "absolute"),
+        (["=/data"], "OLD=NEW"),
+        (["/media/a=/x", "/media/a/=/y"], "same folder"),
+        ([r"C:\Media=/x", r"c:\media=/y"], "same folder"),
+    ],
+)
 def test_malformed_mappings_are_refused(texts, message):
     with pytest.raises(UsageError, match=message):
         parse_mappings(texts)
@@ -84,8 +97,11 @@ def test_preview_refuses_a_mapping_that_matches_nothing_and_a_clash():
 def test_restored_config_library_setting_and_the_targets_library_folders():
     mappings = parse_mappings([r"C:\Media=/data/media"])
     setting = [{"path": r"C:\Media\a", "excludevideo": False}, {"path": "/elsewhere"}, "junk"]
-    assert map_library_setting(setting, mappings) == [{"path": "/data/media/a", "excludevideo": False},
-                                                      {"path": "/elsewhere"}, "junk"]
+    assert map_library_setting(setting, mappings) == [
+        {"path": "/data/media/a", "excludevideo": False},
+        {"path": "/elsewhere"},
+        "junk",
+    ]
     assert outside_library(parse_mappings(["/media/a=/data/library/a"]), ["/data/library/"]) == []
     assert outside_library(parse_mappings(["/media/a=/data/libraryx"]), ["/data/library"]) == ["/data/libraryx"]
 
@@ -106,8 +122,13 @@ def test_rewrite_moves_folders_and_the_roots_basename_in_one_transaction(tmp_pat
     database = library_database(tmp_path, LIBRARY)
     moved = rewrite_database(database, parse_mappings(["/media/a=/data/library", "/media/b=/data/b"]))
     assert moved == 4
-    assert folder_paths(database) == {"/data/library": "library", "/data/library/x": "x",
-                                      "/data/library/x/y.zip": "y.zip", "/media/ab": "ab", "/data/b": "b"}
+    assert folder_paths(database) == {
+        "/data/library": "library",
+        "/data/library/x": "x",
+        "/data/library/x/y.zip": "y.zip",
+        "/media/ab": "ab",
+        "/data/b": "b",
+    }
     check_database(database, "full", blob_references=False)
     assert not list(tmp_path.glob("*-journal")) and not list(tmp_path.glob("*-wal"))
 
@@ -116,8 +137,12 @@ def test_two_folders_swapping_paths_pass_the_unique_index(tmp_path):
     database = library_database(tmp_path, {"/a": 1, "/b": 2})
     rewrite_database(database, parse_mappings(["/a=/b", "/b=/a"]))
     connection = sqlite3.connect(database)
-    files = dict(connection.execute("SELECT folders.path, count(*) FROM files JOIN folders "
-                                    "ON files.parent_folder_id = folders.id GROUP BY folders.path"))
+    files = dict(
+        connection.execute(
+            "SELECT folders.path, count(*) FROM files JOIN folders "
+            "ON files.parent_folder_id = folders.id GROUP BY folders.path"
+        )
+    )
     connection.close()
     assert files == {"/a": 2, "/b": 1}
 
@@ -138,6 +163,7 @@ def test_windows_library_to_posix(tmp_path):
 
 # --- stash-restore --map-path ---------------------------------------------------------------
 
+
 @pytest.fixture
 def moved_install(tmp_path):
     """An install whose backups hold a library under /media/a (and one folder elsewhere)."""
@@ -153,8 +179,16 @@ def moved_install(tmp_path):
 def test_dry_run_shows_counts_existence_and_uncovered_and_changes_nothing(moved_install):
     install, backup, library = moved_install
     before = install.database.read_bytes()
-    result = run_restore(str(backup), "--config", str(install.config), "--dry-run",
-                         "--map-path", f"/media/a={library}", "--map-path", "/media/b=/nowhere/b")
+    result = run_restore(
+        str(backup),
+        "--config",
+        str(install.config),
+        "--dry-run",
+        "--map-path",
+        f"/media/a={library}",
+        "--map-path",
+        "/media/b=/nowhere/b",
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout + result.stderr
     assert f"/media/a -> {library}: 3 folder(s), 6 file(s) ({library} exists here)" in out
@@ -175,11 +209,14 @@ def test_restore_rewrites_the_temp_copy_and_undo_puts_the_old_database_back(move
     assert "added-after-backup" in install.names()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--map-path", "/media/q=/data"], "matches no folder"),
-    (["--map-path", "/media/a=/media/b"], "would both become"),
-    (["--map-path", "media/a"], "OLD=NEW"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--map-path", "/media/q=/data"], "matches no folder"),
+        (["--map-path", "/media/a=/media/b"], "would both become"),
+        (["--map-path", "media/a"], "OLD=NEW"),
+    ],
+)
 def test_a_bad_mapping_is_one_line_and_changes_nothing(moved_install, args, message):
     install, backup, _ = moved_install
     before = sorted(p.name for p in install.root.iterdir()), install.database.read_bytes()

@@ -1,6 +1,7 @@
 """The entry Stash runs (plugin/task.py inside the installed archive): where imports
 come from, and one error line with the exact fix when something does not import. Run
 with real Pythons: a venv with nothing, one with only requests, the runner's own."""
+
 import json
 import shlex
 import subprocess
@@ -22,19 +23,28 @@ REACHED_THE_PLUGIN = "unknown task mode 'no-such-mode'"  # run.py answered: ever
 
 def run_entry(python: str, plugin_dir: Path) -> tuple[str, str]:
     """Run the installed plugin as Stash does; returns (the error it answered, stderr)."""
-    result = subprocess.run([python, str(plugin_dir / PLUGIN_ARCHIVE)], input=PAYLOAD, capture_output=True,
-                            text=True, env=clean_env(PIP_NO_INDEX="1"), timeout=120)
+    result = subprocess.run(
+        [python, str(plugin_dir / PLUGIN_ARCHIVE)],
+        input=PAYLOAD,
+        capture_output=True,
+        text=True,
+        env=clean_env(PIP_NO_INDEX="1"),
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["error"], result.stderr
 
 
-@pytest.mark.parametrize("has_pip,managed,container,expected", [
-    (True, False, False, '"/py" -m pip install "requests"'),
-    (True, True, False, '"/py" -m pip install --target "/p/python-packages" "requests"'),
-    (True, False, True, '"/py" -m pip install --target "/p/python-packages" "requests"'),
-    (False, False, False, 'python3 -m pip --python "/py" install --target "/p/python-packages" "requests"'),
-    (False, True, True, 'python3 -m pip --python "/py" install --target "/p/python-packages" "requests"'),
-])
+@pytest.mark.parametrize(
+    "has_pip,managed,container,expected",
+    [
+        (True, False, False, '"/py" -m pip install "requests"'),
+        (True, True, False, '"/py" -m pip install --target "/p/python-packages" "requests"'),
+        (True, False, True, '"/py" -m pip install --target "/p/python-packages" "requests"'),
+        (False, False, False, 'python3 -m pip --python "/py" install --target "/p/python-packages" "requests"'),
+        (False, True, True, 'python3 -m pip --python "/py" install --target "/p/python-packages" "requests"'),
+    ],
+)
 def test_the_fix_fits_the_environment(has_pip, managed, container, expected):
     """Externally managed (Alpine's Python in Stash's image) refuses pip; a container
     loses site-packages when re-created; the plugin folder keeps what --target puts there."""
@@ -83,16 +93,21 @@ def test_where_gql_comes_from(python_envs, tmp_path, which):
     if which == "python-packages":
         (plugin_dir / "python-packages" / "gql").mkdir(parents=True)
         (plugin_dir / "python-packages" / "gql" / "__init__.py").write_text("")
-    code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
-            "from stash_backup_plugin.plugin import task\n"
-            "task.arrange_path(sys.argv[1], sys.argv[2])\n"
-            "import gql, requests; print(gql.__file__); print(requests.__file__)")
-    result = subprocess.run([python, "-c", code, str(archive), str(plugin_dir)], capture_output=True, text=True,
-                            env=clean_env(), check=True)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from stash_backup_plugin.plugin import task\n"
+        "task.arrange_path(sys.argv[1], sys.argv[2])\n"
+        "import gql, requests; print(gql.__file__); print(requests.__file__)"
+    )
+    result = subprocess.run(
+        [python, "-c", code, str(archive), str(plugin_dir)], capture_output=True, text=True, env=clean_env(), check=True
+    )
     gql_file, requests_file = result.stdout.split()
-    expected = {"requests-only venv": str(archive / "_vendor" / "gql"),
-                "the runner's Python (has gql)": "site-packages",
-                "python-packages": str(plugin_dir / "python-packages" / "gql")}[which]
+    expected = {
+        "requests-only venv": str(archive / "_vendor" / "gql"),
+        "the runner's Python (has gql)": "site-packages",
+        "python-packages": str(plugin_dir / "python-packages" / "gql"),
+    }[which]
     assert expected in gql_file
     assert "site-packages" in requests_file
 
@@ -104,8 +119,15 @@ def test_a_clone_of_the_repository_runs_the_plugin_and_names_python_packages_in_
     clone = copy_of_checkout(tmp_path / "stash-backup")
 
     def run(python):
-        result = subprocess.run([python, str(clone / "plugin.py")], input=PAYLOAD, capture_output=True, text=True,
-                                env=clean_env(PIP_NO_INDEX="1"), timeout=120, cwd=tmp_path)
+        result = subprocess.run(
+            [python, str(clone / "plugin.py")],
+            input=PAYLOAD,
+            capture_output=True,
+            text=True,
+            env=clean_env(PIP_NO_INDEX="1"),
+            timeout=120,
+            cwd=tmp_path,
+        )
         assert result.returncode == 0 and result.stderr == "", result.stderr
         return json.loads(result.stdout)["error"]
 

@@ -1,4 +1,5 @@
 """Stash's raw plugin protocol and the plugin's settings."""
+
 import io
 import json
 
@@ -51,9 +52,17 @@ def test_settings_defaults_when_the_user_set_nothing(tmp_path):
 
 
 def test_settings_as_stash_stores_them(tmp_path):
-    values = {"archiveFolder": str(tmp_path / "a"), "includeBlobs": False, "fullIntegrityCheck": True,
-              "keepDaily": 7, "keepWeekly": 4.0, "keepLast": "2", "keepWithin": "3d", "retentionDryRun": "true",
-              "storeUncompressed": True}
+    values = {
+        "archiveFolder": str(tmp_path / "a"),
+        "includeBlobs": False,
+        "fullIntegrityCheck": True,
+        "keepDaily": 7,
+        "keepWeekly": 4.0,
+        "keepLast": "2",
+        "keepWithin": "3d",
+        "retentionDryRun": "true",
+        "storeUncompressed": True,
+    }
     settings = plugin.settings_from(values, tmp_path)
     assert settings.compress is False
     assert settings.archive_folder == tmp_path / "a" and not settings.include_blobs and settings.check_level == FULL
@@ -104,24 +113,31 @@ def test_an_unexpected_exception_is_one_redacted_line_never_a_traceback(monkeypa
     assert "JSON" not in error and "Traceback" not in error and log == ""
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("ssl_cert_path: /certs/stash.crt\n", "/certs/stash.crt"),
-    ("a: 1\nssl_cert_path: '/my certs/it''s.crt'  # comment\n", "/my certs/it's.crt"),
-    ('ssl_cert_path: "C:\\\\stash\\\\stash.crt"\n', "C:\\stash\\stash.crt"),
-    ("ssl_cert_path: /plain/path # a comment\n", "/plain/path"),
-    ("ssl_cert_path:\n", None), ("ssl_cert_path: ''\n", ""),
-    ("nested:\n  ssl_cert_path: /not/top/level\n", None),
-    ("ssl_cert_path: |\n  /block\n", None), ("ssl_cert_path: *alias\n", None),
-    ("ssl_cert_path_other: /x\n", None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("ssl_cert_path: /certs/stash.crt\n", "/certs/stash.crt"),
+        ("a: 1\nssl_cert_path: '/my certs/it''s.crt'  # comment\n", "/my certs/it's.crt"),
+        ('ssl_cert_path: "C:\\\\stash\\\\stash.crt"\n', "C:\\stash\\stash.crt"),
+        ("ssl_cert_path: /plain/path # a comment\n", "/plain/path"),
+        ("ssl_cert_path:\n", None),
+        ("ssl_cert_path: ''\n", ""),
+        ("nested:\n  ssl_cert_path: /not/top/level\n", None),
+        ("ssl_cert_path: |\n  /block\n", None),
+        ("ssl_cert_path: *alias\n", None),
+        ("ssl_cert_path_other: /x\n", None),
+    ],
+)
 def test_one_config_yml_value_is_read_without_a_yaml_parser(text, expected):
     assert plugin.config_line_value(text, "ssl_cert_path") == expected
 
 
 def test_verify_reads_a_rotating_part_of_the_images_each_day():
     from stash_backup_plugin.plugin.run import _read_data_today, settings_from
+
     assert _read_data_today(0) is None and str(_read_data_today(1)) == "all"
     from pathlib import Path
+
     settings = settings_from({"verifyReadDataParts": "7"}, Path("."))
     today = _read_data_today(settings.verify_read_data_parts)
     assert today.parts == 7 and 1 <= today.part <= 7
@@ -133,9 +149,20 @@ def archive_of_two_backups(folder):
     for day in (1, 2):
         name = f"stash-go.sqlite.85.2026010{day}_030000.zip"
         (folder / name).write_bytes(b"a backup")
-        entries.append({"file": name, "size": 8, "sha256": "0" * 64, "schema_version": 85,
-                        "created": f"2026-01-0{day}T03:00:00", "kind": "zip", "added_at": f"2026-01-0{day}T03:00:00",
-                        "verified_at": f"2026-01-0{day}T03:00:00", "verified_level": "quick", "verified_ok": True})
+        entries.append(
+            {
+                "file": name,
+                "size": 8,
+                "sha256": "0" * 64,
+                "schema_version": 85,
+                "created": f"2026-01-0{day}T03:00:00",
+                "kind": "zip",
+                "added_at": f"2026-01-0{day}T03:00:00",
+                "verified_at": f"2026-01-0{day}T03:00:00",
+                "verified_level": "quick",
+                "verified_ok": True,
+            }
+        )
     (folder / "manifest.json").write_text(json.dumps({"format": 1, "entries": entries}))
 
 
@@ -148,10 +175,18 @@ def test_a_misspelt_mode_runs_nothing_and_says_so(tmp_path):
     branch ran retention for any mode it had not matched)."""
     archive_of_two_backups(tmp_path)
     before = files_in(tmp_path)
-    answer, log = run_main(json.dumps({"server_connection": {"Dir": str(tmp_path)},
-                                       "args": {"mode": "pruen", "archiveFolder": str(tmp_path), "keepLast": 1}}))
-    assert answer["error"] == ("unknown task mode 'pruen': the plugin manifest must set mode to one of "
-                               "backup, download, verify, retention, drill, offsite, check-live")
+    answer, log = run_main(
+        json.dumps(
+            {
+                "server_connection": {"Dir": str(tmp_path)},
+                "args": {"mode": "pruen", "archiveFolder": str(tmp_path), "keepLast": 1},
+            }
+        )
+    )
+    assert answer["error"] == (
+        "unknown task mode 'pruen': the plugin manifest must set mode to one of "
+        "backup, download, verify, retention, drill, offsite, check-live"
+    )
     assert answer["output"] is None and log == ""
     assert files_in(tmp_path) == before  # nothing removed, no status.json
 
@@ -159,6 +194,7 @@ def test_a_misspelt_mode_runs_nothing_and_says_so(tmp_path):
 def test_every_mode_is_a_handler_in_the_table_and_the_manifest_names_only_those():
     import yaml
     from stash_backup_plugin.cli.install import manifest_text
+
     assert all(callable(handler) for handler in [*plugin.MODES.values(), *plugin.OPERATIONS.values()])
     assert not set(plugin.MODES) & set(plugin.OPERATIONS)
     tasks = yaml.safe_load(manifest_text())["tasks"]

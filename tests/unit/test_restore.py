@@ -1,5 +1,6 @@
 """The offline restore on a stopped install on disk: verification first, refusals
 with nothing changed, the swap with its side files, undo, and the CLI's errors."""
+
 import contextlib
 import hashlib
 import json
@@ -29,8 +30,11 @@ from tests.support.stashlike import make_database, names_in, vacuum_copy
 
 def snapshot(folder: Path) -> dict:
     """Every file under folder with its bytes' hash: proof that nothing changed."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -111,8 +115,17 @@ def archived(install, tmp_path, backup: Path) -> Path:
     copy = folder / backup.name
     shutil.copyfile(backup, copy)
     data = copy.read_bytes()
-    Archive(folder).record(Entry(file=copy.name, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                                 schema_version=75, created="2026-11-26T18:01:02", kind="sqlite", verified_ok=True))
+    Archive(folder).record(
+        Entry(
+            file=copy.name,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            schema_version=75,
+            created="2026-11-26T18:01:02",
+            kind="sqlite",
+            verified_ok=True,
+        )
+    )
     return copy
 
 
@@ -191,10 +204,19 @@ def test_no_confirmation_without_a_terminal(install):
 def test_a_process_holding_the_database_makes_the_restore_refuse(install):
     import subprocess
     import sys
-    holder = subprocess.Popen([sys.executable, "-c",
-                               "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
-                               "c.execute('SELECT count(*) FROM performers').fetchall(); print('ready', flush=True); "
-                               "time.sleep(60)", str(install.database)], stdout=subprocess.PIPE, text=True)
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+            "c.execute('SELECT count(*) FROM performers').fetchall(); print('ready', flush=True); "
+            "time.sleep(60)",
+            str(install.database),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "ready"
         before = snapshot(install.root)
@@ -278,8 +300,12 @@ def test_undo_with_nothing_to_undo(install):
 
 def test_restore_into_an_empty_place(tmp_path, install):
     fresh = tmp_path / "fresh" / "stash-go.sqlite"
-    result = engine.restore(install.backup_plain, engine.Target(fresh, None, "DATABASE"),
-                            engine.RestoreOptions(assume_yes=True, stash_stopped=True), Reporter())
+    result = engine.restore(
+        install.backup_plain,
+        engine.Target(fresh, None, "DATABASE"),
+        engine.RestoreOptions(assume_yes=True, stash_stopped=True),
+        Reporter(),
+    )
     assert result.restored and names_in(fresh) == ["performer-0", "performer-1", "performer-2"]
 
 
@@ -295,7 +321,9 @@ def test_what_a_root_restore_creates_takes_its_folders_owner(install):
     (install.blobs / blob_relative_path(checksums[1])).write_bytes(b"bit rot")  # moves into damaged-blobs/aa/bb/
     result = do_restore(install, install.backup_zip)
     engine.undo(target(install), engine.RestoreOptions(assume_yes=True), Reporter())
-    made = [p for p in [install.root, *install.root.rglob("*")] if (os.lstat(p).st_uid, os.lstat(p).st_gid) != stash_user]
+    made = [
+        p for p in [install.root, *install.root.rglob("*")] if (os.lstat(p).st_uid, os.lstat(p).st_gid) != stash_user
+    ]
     assert made == [] and (result.aside / "damaged-blobs").is_dir()
 
 
@@ -306,6 +334,7 @@ def test_restored_file_keeps_the_old_files_mode(install):
 
 
 # --- the command line ------------------------------------------------------------------
+
 
 def test_cli_restore_by_name_from_the_backup_folder(install):
     result = run_restore(install.backup_zip.name, "--config", str(install.config), "--yes")
@@ -320,12 +349,15 @@ def test_cli_without_yes_and_without_terminal_refuses(install):
     assert snapshot(install.root) == before
 
 
-@pytest.mark.parametrize("args,message", [
-    (["missing-backup.sqlite"], "not found"),
-    (["--config", "/nonexistent/config.yml", "x"], "does not exist"),
-    ([], "give a BACKUP"),
-    (["--salvage", "x.sqlite"], "--output"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["missing-backup.sqlite"], "not found"),
+        (["--config", "/nonexistent/config.yml", "x"], "does not exist"),
+        ([], "give a BACKUP"),
+        (["--salvage", "x.sqlite"], "--output"),
+    ],
+)
 def test_cli_user_mistakes_are_one_line_errors(install, args, message):
     if "--config" not in args:
         args = args + ["--config", str(install.config)]
@@ -347,6 +379,7 @@ def test_cli_refuses_a_file_that_is_not_a_backup(install, tmp_path):
 def test_cli_list_shows_backups(install):
     result = run_restore("--list", "--config", str(install.config), "--json")
     import json
+
     rows = json.loads(result.stdout)
     assert {r["path"] for r in rows} == {str(install.backup_plain), str(install.backup_zip)}
     assert {r["schema_version"] for r in rows} == {75}
@@ -381,15 +414,22 @@ def test_cli_looks_in_the_plugins_archive_folder_setting(install, tmp_path):
     """Stash stores plugin settings in config.yml under plugins.settings.<id>, and
     nests an ID with dots (checked against a real Stash: see test_e2e_restore)."""
     import yaml
+
     folders = {"plain": tmp_path / "my-archive", "dotted": tmp_path / "dotted-archive"}
     config = yaml.safe_load(install.config.read_text())
-    config["plugins"] = {"settings": {"my-backups": {"archiveFolder": str(folders["plain"]), "keepDaily": 7},
-                                      "my": {"backups": {"archiveFolder": str(folders["dotted"])}}}}
+    config["plugins"] = {
+        "settings": {
+            "my-backups": {"archiveFolder": str(folders["plain"]), "keepDaily": 7},
+            "my": {"backups": {"archiveFolder": str(folders["dotted"])}},
+        }
+    }
     install.config.write_text(yaml.safe_dump(config))
     copies = []
     for folder in folders.values():
         folder.mkdir()
-        copies.append(folder / install.backup_zip.name.replace("180103", "200000" if "dotted" in folder.name else "210000"))
+        copies.append(
+            folder / install.backup_zip.name.replace("180103", "200000" if "dotted" in folder.name else "210000")
+        )
         shutil.copyfile(install.backup_zip, copies[-1])
     listed = run_restore("--list", "--config", str(install.config), "--json")
     assert {str(c) for c in copies} <= {r["path"] for r in json.loads(listed.stdout)}
@@ -399,6 +439,7 @@ def test_cli_looks_in_the_plugins_archive_folder_setting(install, tmp_path):
 
 def test_docker_paths_are_found_relative_to_the_config_folder(install, tmp_path):
     import yaml
+
     config = yaml.safe_load(install.config.read_text())
     config["database"] = "/root/.stash/stash-go.sqlite"
     config["blobs_path"] = "/root/.stash/blobs"
@@ -409,6 +450,7 @@ def test_docker_paths_are_found_relative_to_the_config_folder(install, tmp_path)
 
 
 # --- reading the current database: no copy where SQLite allows it, never in the system temp ---
+
 
 def files_and_times(folder: Path) -> dict:
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file()}
@@ -437,6 +479,7 @@ def test_immutable_would_miss_what_lives_in_the_wal(install):
 
 def test_a_wal_database_is_read_without_a_copy_and_left_exactly_as_it_was(install, monkeypatch):
     from stash_backup_plugin.core import sqlite_check
+
     schema_in_wal_only(install.database, 76)
     before = files_and_times(install.root)
 
@@ -450,6 +493,7 @@ def test_a_wal_database_is_read_without_a_copy_and_left_exactly_as_it_was(instal
 
 def test_a_hot_journal_is_read_through_a_copy_beside_the_database(tmp_path, monkeypatch):
     from stash_backup_plugin.core import sqlite_check
+
     database = tmp_path / "db" / "stash-go.sqlite"
     database.parent.mkdir()
     make_database(database, schema=75, wal=False)
@@ -466,6 +510,7 @@ def test_a_hot_journal_is_read_through_a_copy_beside_the_database(tmp_path, monk
     before = files_and_times(database.parent)
     made = []
     import tempfile
+
     real_mkdtemp = tempfile.mkdtemp
 
     def spy(*args, **kwargs):
@@ -483,6 +528,7 @@ def system_temp_is_full(monkeypatch) -> None:
     the system's temp folder fails with ENOSPC."""
     import errno
     import tempfile
+
     system = Path(tempfile.gettempdir()).resolve()
     for name in ("mkdtemp", "mkstemp"):
         real = getattr(tempfile, name)
@@ -506,6 +552,7 @@ def test_a_wal_beside_the_database_needs_no_room_in_the_system_temp_folder(insta
 
 def test_cli_turns_an_unexpected_os_error_into_one_line(install, tmp_path):
     import yaml
+
     not_a_folder = tmp_path / "a-file"
     not_a_folder.write_bytes(b"x")
     config = tmp_path / "elsewhere" / "config.yml"
@@ -531,6 +578,7 @@ def test_cli_turns_an_unexpected_sqlite_error_into_one_line(install, monkeypatch
 
 # --- temp files: none left by an error, a killed run's removed, nothing else touched ---------
 
+
 def blob_path(install, checksum: str) -> Path:
     return install.blobs / checksum[:2] / checksum[2:4] / checksum
 
@@ -541,6 +589,7 @@ def temps_under(folder: Path) -> list[Path]:
 
 def test_an_error_while_extracting_blobs_leaves_no_temp_files(install, monkeypatch):
     from stash_backup_plugin.core import backup_zip as fullbackup
+
     for checksum in list(install.images)[:2]:
         blob_path(install, checksum).unlink()
     real, blobs_copied = fullbackup.copy_member, []
@@ -564,9 +613,11 @@ def test_an_error_while_extracting_blobs_leaves_no_temp_files(install, monkeypat
 def test_the_next_run_removes_a_killed_runs_temp_files_and_nothing_else(install):
     checksum = next(iter(install.images))
     folder = blob_path(install, checksum).parent
-    ours = [folder / f".{checksum}{TEMP_MARKER}abc123",  # a blob being extracted
-            install.root / f".stash-go.sqlite.read{TEMP_MARKER}xyz",  # a read copy
-            install.root / f".stash-go.sqlite{swap.JOURNAL_SUFFIX}{TEMP_MARKER}q1"]  # the journal's temp
+    ours = [
+        folder / f".{checksum}{TEMP_MARKER}abc123",  # a blob being extracted
+        install.root / f".stash-go.sqlite.read{TEMP_MARKER}xyz",  # a read copy
+        install.root / f".stash-go.sqlite{swap.JOURNAL_SUFFIX}{TEMP_MARKER}q1",
+    ]  # the journal's temp
     ours[0].write_bytes(b"partial blob")
     ours[1].mkdir()
     (ours[1] / "stash-go.sqlite").write_bytes(b"copy")
@@ -589,6 +640,7 @@ def test_undo_removes_a_killed_runs_journal_temp(install):
 
 def test_a_second_run_on_the_same_database_is_refused_while_one_runs(install):
     import fcntl
+
     fd = os.open(install.root, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # as a running stash-restore holds it
@@ -602,14 +654,24 @@ def test_a_second_run_on_the_same_database_is_refused_while_one_runs(install):
 
 # --- the swap: locks before the journal; an error anywhere rolls back (or finishes) at once ---
 
+
 def test_a_restore_refused_at_the_lock_leaves_no_journal(install, monkeypatch):
     import subprocess
     import sys
+
     monkeypatch.setattr(engine, "ensure_stash_stopped", lambda target, options: None)  # Stash started after the probe
-    holder = subprocess.Popen([sys.executable, "-c",
-                               "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
-                               "c.execute('SELECT count(*) FROM performers').fetchall(); print('ready', flush=True); "
-                               "time.sleep(60)", str(install.database)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+            "c.execute('SELECT count(*) FROM performers').fetchall(); print('ready', flush=True); "
+            "time.sleep(60)",
+            str(install.database),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "ready"
         before = install.names()
@@ -658,6 +720,7 @@ def test_an_error_at_any_step_of_an_undo_is_recovered_at_once(install, monkeypat
 
 def test_undo_after_a_restore_that_was_rolled_back_does_not_undo_an_older_one(install):
     import signal
+
     do_restore(install, install.backup_plain)  # an older restore, undoable
     args = [str(install.backup_zip), "--config", str(install.config), "--yes"]
     assert run_restore(*args, env={faults.CRASH_ENV: "aside-db"}).returncode == -signal.SIGKILL
@@ -673,6 +736,7 @@ def test_undo_of_a_folder_kept_by_an_older_version_folds_its_wal_first(install):
     SQLite folds them into it there, so only whole files ever move into place."""
     import json
     import shutil
+
     legacy = install.root / "stash-restore-20250101_000000"
     legacy.mkdir()
     for suffix in ("", "-wal", "-shm"):

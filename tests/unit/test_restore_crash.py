@@ -4,6 +4,7 @@ own; a Stash that starts then (a plain sqlite3 connection that writes) finds an 
 database and leaves the copy kept aside intact; running the same command again
 finishes the interrupted operation (never the opposite one), says what the database
 is now, and leaves no temp file anywhere, the system's temp folder included."""
+
 import json
 import os
 import shutil
@@ -25,10 +26,29 @@ OLD = ["added-after-backup", "performer-0", "performer-1", "performer-2"]
 NEW = ["performer-0", "performer-1", "performer-2"]
 RESTORED = sorted(NEW + ["added-after-restore"])  # the restored database after Stash used it
 BY_STASH = "written-by-stash"
-RESTORE_STEPS = ["staged", "blobs-staged", "blobs-batch", "settled", "journal-temp", "journal-saved",
-                 "aside-created", "aside-db", "placed", "record-temp", "recorded"]
-UNDO_STEPS = ["settled", "journal-temp", "journal-saved", "aside-created", "aside-db", "placed", "record-temp",
-              "recorded"]
+RESTORE_STEPS = [
+    "staged",
+    "blobs-staged",
+    "blobs-batch",
+    "settled",
+    "journal-temp",
+    "journal-saved",
+    "aside-created",
+    "aside-db",
+    "placed",
+    "record-temp",
+    "recorded",
+]
+UNDO_STEPS = [
+    "settled",
+    "journal-temp",
+    "journal-saved",
+    "aside-created",
+    "aside-db",
+    "placed",
+    "record-temp",
+    "recorded",
+]
 
 
 def names_at(database: Path, scratch: Path) -> list:
@@ -189,11 +209,13 @@ def test_without_hard_links_the_database_path_never_goes_missing(tmp_path):
     not moved (a Stash started while its path is empty creates a fresh, empty one)."""
     install = make_install(tmp_path / "stash")
     args = [str(install.backup_zip), "--config", str(install.config), "--yes"]
-    no_links = ("import os, sys\n"
-                "def refuse(*a, **k): raise PermissionError(1, 'Operation not permitted')\n"
-                "os.link = refuse\n"
-                "from stash_backup_plugin.offline.cli import main\n"
-                "sys.exit(main(sys.argv[1:]))\n")
+    no_links = (
+        "import os, sys\n"
+        "def refuse(*a, **k): raise PermissionError(1, 'Operation not permitted')\n"
+        "os.link = refuse\n"
+        "from stash_backup_plugin.offline.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
     env = dict(os.environ, PYTHONPATH=str(REPO), **{CRASH_ENV: "aside-db"})
     crashed = subprocess.run([sys.executable, "-c", no_links, *args], env=env, capture_output=True, text=True)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr

@@ -1,5 +1,6 @@
 """The offline restore imports nothing beyond the standard library and PyYAML: it
 runs with gql and requests impossible to import."""
+
 import subprocess
 import sys
 from pathlib import Path

@@ -1,15 +1,29 @@
 """Plan building is pure: every refusal and note from facts alone."""
+
 from pathlib import Path
 
 from stash_backup_plugin.offline.plan import RestoreFacts, build_plan
 
 
 def facts(**changes):
-    base = dict(backup=Path("/b/stash-go.sqlite.75.20260101_000000.zip"), backup_kind="zip", backup_schema=75,
-                database_bytes=1000, database=Path("/s/stash-go.sqlite"), current_files=["", "-wal", "-shm"],
-                current_schema=75, aside_folder=Path("/s/stash-restore-x"), blobs_path=Path("/s/blobs"),
-                blobs_storage="FILESYSTEM", blobs_in_backup=10, blobs_to_write=4, blob_bytes_to_write=400,
-                blobs_already_present=6, free_database_disk=10 ** 9, free_blobs_disk=10 ** 9)
+    base = dict(
+        backup=Path("/b/stash-go.sqlite.75.20260101_000000.zip"),
+        backup_kind="zip",
+        backup_schema=75,
+        database_bytes=1000,
+        database=Path("/s/stash-go.sqlite"),
+        current_files=["", "-wal", "-shm"],
+        current_schema=75,
+        aside_folder=Path("/s/stash-restore-x"),
+        blobs_path=Path("/s/blobs"),
+        blobs_storage="FILESYSTEM",
+        blobs_in_backup=10,
+        blobs_to_write=4,
+        blob_bytes_to_write=400,
+        blobs_already_present=6,
+        free_database_disk=10**9,
+        free_blobs_disk=10**9,
+    )
     base.update(changes)
     return RestoreFacts(**base)
 

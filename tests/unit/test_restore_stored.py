@@ -2,6 +2,7 @@
 before the swap (snapshot SHA-256, SQLite check, every blob present with its size and
 its MD5 as it is copied), only missing or damaged blobs written, journaled, undoable,
 and kill -9 at every step finished by a rerun."""
+
 import json
 import signal
 from pathlib import Path
@@ -55,9 +56,11 @@ def test_restore_by_name_writes_only_missing_or_damaged_blobs_and_undoes(install
 
 @pytest.mark.parametrize("how", ["record", "archive/name", "archive option"])
 def test_restore_by_path(install, how):
-    args = {"record": [str(install.archive / "backups" / f"{NAME}.record")],
-            "archive/name": [str(install.archive / NAME)],
-            "archive option": [NAME + ".zip", "--archive", str(install.archive)]}[how]
+    args = {
+        "record": [str(install.archive / "backups" / f"{NAME}.record")],
+        "archive/name": [str(install.archive / NAME)],
+        "archive option": [NAME + ".zip", "--archive", str(install.archive)],
+    }[how]
     result = run_restore(*args, "--config", str(install.config), "--yes")
     assert result.returncode == 0, result.stderr
     assert install.names() == NEW
@@ -80,12 +83,15 @@ def flip(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda store, checksum: flip(store.blob_path(checksum)), "does not match its name"),
-    (lambda store, checksum: store.blob_path(checksum).unlink(), "missing from the archive"),
-    (lambda store, checksum: store.blob_path(checksum).write_bytes(b"short"), "bytes, the record says"),
-    (lambda store, checksum: flip(store.snapshot_path(NAME)), "damaged"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda store, checksum: flip(store.blob_path(checksum)), "does not match its name"),
+        (lambda store, checksum: store.blob_path(checksum).unlink(), "missing from the archive"),
+        (lambda store, checksum: store.blob_path(checksum).write_bytes(b"short"), "bytes, the record says"),
+        (lambda store, checksum: flip(store.snapshot_path(NAME)), "damaged"),
+    ],
+)
 def test_a_damaged_stored_backup_is_refused_before_the_swap(install, damage, message):
     checksum = sorted(install.images)[0]
     blob(install, checksum).unlink()  # so the restore must copy it from the archive
@@ -99,6 +105,7 @@ def test_a_damaged_stored_backup_is_refused_before_the_swap(install, damage, mes
 def test_a_prune_waits_for_a_restore_reading_the_archive(install):
     from stash_backup_plugin.core.archive import Archive
     from stash_backup_plugin.core.errors import UsageError
+
     with Archive(install.archive).reading():
         with pytest.raises(UsageError, match="another stash-backup run"):
             with Archive(install.archive).locked():

@@ -1,6 +1,7 @@
 """Our retention against restic's own golden files (tests/support/restic_policy, BSD-2; see
 NOTICE there): the same 103 snapshots, the same policy, the same snapshots kept in the
 same order, for the same reasons."""
+
 import json
 from datetime import datetime
 from pathlib import Path
@@ -16,8 +17,11 @@ SNAPSHOTS = json.loads((DATA / "snapshots.json").read_text())
 
 def snapshot_key(snapshot: dict) -> tuple:
     """A snapshot as restic's files show it: several share a time and differ by tags."""
-    return (datetime.fromisoformat(snapshot["time"].replace(" ", "T").removesuffix("Z")),
-            tuple(snapshot.get("tags") or ()), tuple(snapshot.get("paths") or ()))
+    return (
+        datetime.fromisoformat(snapshot["time"].replace(" ", "T").removesuffix("Z")),
+        tuple(snapshot.get("tags") or ()),
+        tuple(snapshot.get("paths") or ()),
+    )
 
 
 def policy_from(rules: dict) -> Policy:

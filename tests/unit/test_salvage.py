@@ -1,4 +1,5 @@
 """--salvage on a damaged database: a recovered copy, row counts, original untouched."""
+
 import hashlib
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ def damaged_database(tmp_path):
     data = bytearray(path.read_bytes())
     page_size = int.from_bytes(data[16:18], "big")
     last_page = len(data) // page_size - 1
-    data[last_page * page_size: last_page * page_size + 64] = b"\xee" * 64
+    data[last_page * page_size : last_page * page_size + 64] = b"\xee" * 64
     path.write_bytes(bytes(data))
     return path
 

@@ -5,6 +5,7 @@ API key only in a 0600 settings file; show and remove; bad input is one line. Wi
 --offsite, the crontab line cron would run, run as cron runs it (bare environment),
 downloads from a real Stash and pushes to a real SeaweedFS; a push that fails fails the
 run and notifies."""
+
 import json
 import os
 import shutil
@@ -30,14 +31,17 @@ from tests.support.stash_server.server import seed_content
 SECRET = "api-k3y-for-schedule"
 
 
-@pytest.mark.parametrize("every, systemd, cron", [
-    ("1h", "*-*-* 00/1:30:00", "30 * * * *"),
-    ("6h", "*-*-* 03/6:30:00", "30 3-23/6 * * *"),
-    ("24h", "*-*-* 03:30:00", "30 3 * * *"),
-    ("1d", "*-*-* 03:30:00", "30 3 * * *"),
-    ("1w", "Mon *-*-* 03:30:00", "30 3 * * 1"),
-    ("1m", "*-*-01 03:30:00", "30 3 1 * *"),
-])
+@pytest.mark.parametrize(
+    "every, systemd, cron",
+    [
+        ("1h", "*-*-* 00/1:30:00", "30 * * * *"),
+        ("6h", "*-*-* 03/6:30:00", "30 3-23/6 * * *"),
+        ("24h", "*-*-* 03:30:00", "30 3 * * *"),
+        ("1d", "*-*-* 03:30:00", "30 3 * * *"),
+        ("1w", "Mon *-*-* 03:30:00", "30 3 * * 1"),
+        ("1m", "*-*-01 03:30:00", "30 3 1 * *"),
+    ],
+)
 def test_every_maps_to_a_calendar(every, systemd, cron):
     calendar = calendar_for(parse_duration(every), 3, 30)
     assert (calendar.systemd, calendar.cron) == (systemd, cron)
@@ -61,9 +65,27 @@ def test_systemd_units_pass_systemd_analyze_verify(tmp_path):
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze is missing: apt-get install systemd (./scripts/test does)"
     units, env_file = tmp_path / "units", tmp_path / "config" / "schedule.env"
-    result = run_cli("schedule", "install", "--via", "systemd-user", "--unit-dir", str(units), "--env-file",
-                     str(env_file), "--no-enable", "--every", "6h", "--keep-daily", "7", "--api-key", SECRET,
-                     "--dest", str(tmp_path / "archive"), "--notify", f"ntfy://{SECRET}@127.0.0.1/t")
+    result = run_cli(
+        "schedule",
+        "install",
+        "--via",
+        "systemd-user",
+        "--unit-dir",
+        str(units),
+        "--env-file",
+        str(env_file),
+        "--no-enable",
+        "--every",
+        "6h",
+        "--keep-daily",
+        "7",
+        "--api-key",
+        SECRET,
+        "--dest",
+        str(tmp_path / "archive"),
+        "--notify",
+        f"ntfy://{SECRET}@127.0.0.1/t",
+    )
     assert result.returncode == 0, result.stderr
     service, timer = units / "stash-backup.service", units / "stash-backup.timer"
     verify = subprocess.run([analyze, "verify", str(timer), str(service)], capture_output=True, text=True)
@@ -76,8 +98,9 @@ def test_systemd_units_pass_systemd_analyze_verify(tmp_path):
     assert f"STASH_API_KEY='{SECRET}'" in env_file.read_text()
     shown = run_cli("schedule", "show", "--via", "systemd-user", "--unit-dir", str(units))
     assert "OnCalendar" in shown.stdout
-    removed = run_cli("schedule", "remove", "--via", "systemd-user", "--unit-dir", str(units),
-                      "--env-file", str(env_file))
+    removed = run_cli(
+        "schedule", "remove", "--via", "systemd-user", "--unit-dir", str(units), "--env-file", str(env_file)
+    )
     assert removed.returncode == 0 and not any(units.iterdir()) and not env_file.exists(), removed.stderr
 
 
@@ -85,7 +108,9 @@ def test_a_broken_unit_fails_systemd_analyze_verify(tmp_path):
     """The check above can fail: systemd-analyze rejects a bad calendar."""
     (tmp_path / "bad.timer").write_text("[Timer]\nOnCalendar=every tuesday-ish\n[Install]\nWantedBy=timers.target\n")
     (tmp_path / "bad.service").write_text("[Service]\nType=oneshot\nExecStart=/bin/true\n")
-    assert subprocess.run(["systemd-analyze", "verify", str(tmp_path / "bad.timer")], capture_output=True).returncode != 0
+    assert (
+        subprocess.run(["systemd-analyze", "verify", str(tmp_path / "bad.timer")], capture_output=True).returncode != 0
+    )
 
 
 CRON_SCRIPT = r"""
@@ -107,10 +132,21 @@ crontab -l
 def test_crontab_install_show_remove_with_the_real_crontab(tmp_path):
     assert shutil.which("crontab"), "crontab is missing: apt-get install cron (./scripts/test does)"
     assert shutil.which("unshare"), "unshare (util-linux) is missing"
-    env = dict(os.environ, PY=sys.executable, ENV_FILE=str(tmp_path / "schedule.env"), SECRET=SECRET,
-               ARCHIVE=str(tmp_path / "archive"), PYTHONPATH=str(REPO))
-    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", CRON_SCRIPT],
-                            capture_output=True, text=True, env=env, timeout=120)
+    env = dict(
+        os.environ,
+        PY=sys.executable,
+        ENV_FILE=str(tmp_path / "schedule.env"),
+        SECRET=SECRET,
+        ARCHIVE=str(tmp_path / "archive"),
+        PYTHONPATH=str(REPO),
+    )
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", CRON_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     crontab = result.stdout.split("--- crontab\n")[1].split("--- show")[0]
     assert crontab.startswith('MAILTO=""\n5 4 * * * /usr/bin/true\n')  # the user's own lines stay
@@ -123,8 +159,19 @@ def test_crontab_install_show_remove_with_the_real_crontab(tmp_path):
 
 
 def test_bad_schedule_input_is_one_line_and_writes_nothing(tmp_path):
-    result = run_cli("schedule", "install", "--via", "systemd-user", "--unit-dir", str(tmp_path / "u"),
-                     "--env-file", str(tmp_path / "e.env"), "--no-enable", "--every", "5h")
+    result = run_cli(
+        "schedule",
+        "install",
+        "--via",
+        "systemd-user",
+        "--unit-dir",
+        str(tmp_path / "u"),
+        "--env-file",
+        str(tmp_path / "e.env"),
+        "--no-enable",
+        "--every",
+        "5h",
+    )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "cannot be scheduled evenly" in result.stderr
     assert not (tmp_path / "u").exists() and not (tmp_path / "e.env").exists()
@@ -134,15 +181,37 @@ def test_offsite_units_push_after_the_download_and_keep_the_remote_out_of_them(t
     units, env_file, config = tmp_path / "units", tmp_path / "schedule.env", tmp_path / "rclone.conf"
     config.write_text(f"[sw]\ntype = s3\nsecret_access_key = {SECRET_KEY}\n")
     remote = f"sw:bucket-{SECRET}/stash"
-    result = run_cli("schedule", "install", "--via", "systemd-user", "--unit-dir", str(units), "--env-file",
-                     str(env_file), "--no-enable", "--keep-last", "3", "--dest", str(tmp_path / "archive"),
-                     "--offsite", "--remote", remote, "--rclone-config", str(config))
+    result = run_cli(
+        "schedule",
+        "install",
+        "--via",
+        "systemd-user",
+        "--unit-dir",
+        str(units),
+        "--env-file",
+        str(env_file),
+        "--no-enable",
+        "--keep-last",
+        "3",
+        "--dest",
+        str(tmp_path / "archive"),
+        "--offsite",
+        "--remote",
+        remote,
+        "--rclone-config",
+        str(config),
+    )
     assert result.returncode == 0, result.stderr
     service = (units / "stash-backup.service").read_text()
-    verify = subprocess.run(["systemd-analyze", "verify", str(units / "stash-backup.timer"),
-                             str(units / "stash-backup.service")], capture_output=True, text=True)
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(units / "stash-backup.timer"), str(units / "stash-backup.service")],
+        capture_output=True,
+        text=True,
+    )
     assert verify.returncode == 0, verify.stderr
-    steps = [line.split(" -m stash_backup_plugin ")[1] for line in service.splitlines() if line.startswith("ExecStart=")]
+    steps = [
+        line.split(" -m stash_backup_plugin ")[1] for line in service.splitlines() if line.startswith("ExecStart=")
+    ]
     assert steps == ["download --quiet", "offsite push --quiet", "prune --quiet --keep-last=3"]
     assert SECRET not in service and SECRET_KEY not in env_file.read_text() + service  # the config is referenced
     settings = env_file.read_text()
@@ -150,16 +219,32 @@ def test_offsite_units_push_after_the_download_and_keep_the_remote_out_of_them(t
     assert "STASH_BACKUP_RCLONE='/" in settings  # pinned: cron's PATH would not find a user's rclone
     shown = run_cli("schedule", "show", "--via", "systemd-user", "--unit-dir", str(units))
     assert "offsite push --quiet" in shown.stdout
-    removed = run_cli("schedule", "remove", "--via", "systemd-user", "--unit-dir", str(units), "--env-file", str(env_file))
+    removed = run_cli(
+        "schedule", "remove", "--via", "systemd-user", "--unit-dir", str(units), "--env-file", str(env_file)
+    )
     assert removed.returncode == 0 and not any(units.iterdir()) and not env_file.exists(), removed.stderr
 
 
 def test_offsite_without_a_remote_is_one_line_and_writes_nothing(tmp_path):
     env = {"STASH_BACKUP_REMOTE": ""}
-    result = run_cli("schedule", "install", "--via", "cron", "--env-file", str(tmp_path / "e.env"), "--offsite", env=env)
+    result = run_cli(
+        "schedule", "install", "--via", "cron", "--env-file", str(tmp_path / "e.env"), "--offsite", env=env
+    )
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--offsite needs --remote" in result.stderr
-    missing = run_cli("schedule", "install", "--via", "cron", "--env-file", str(tmp_path / "e.env"), "--offsite",
-                      "--remote", "sw:b", "--rclone-config", str(tmp_path / "nope.conf"), env=env)
+    missing = run_cli(
+        "schedule",
+        "install",
+        "--via",
+        "cron",
+        "--env-file",
+        str(tmp_path / "e.env"),
+        "--offsite",
+        "--remote",
+        "sw:b",
+        "--rclone-config",
+        str(tmp_path / "nope.conf"),
+        env=env,
+    )
     assert missing.returncode == 2 and "no such file" in missing.stderr
     assert not (tmp_path / "e.env").exists()
 
@@ -182,7 +267,8 @@ def _as_cron_runs_it(line: str, home) -> subprocess.CompletedProcess:
 
 @pytest.mark.e2e
 def test_the_scheduled_offsite_run_pushes_the_new_backup_and_a_failed_push_fails_it(
-        stash_server_factory, seaweed, tmp_path):
+    stash_server_factory, seaweed, tmp_path
+):
     bucket = "t-" + uuid.uuid4().hex[:10]
     config = write_config(tmp_path / "rclone.conf", seaweed=seaweed)
     make_bucket(config, f"sw:{bucket}")
@@ -191,11 +277,24 @@ def test_the_scheduled_offsite_run_pushes_the_new_backup_and_a_failed_push_fails
     archive, home = tmp_path / "archive", tmp_path / "home"
     home.mkdir()
     with Receiver() as receiver:
-        env = dict(os.environ, PY=sys.executable, ENV_FILE=str(tmp_path / "schedule.env"), STASH=server.url,
-                   ARCHIVE=str(archive), HOOK=f"http://127.0.0.1:{receiver.port}/hook?key={SECRET}",
-                   REMOTE=f"sw:{bucket}/stash", RCLONE_CONF=str(config), PYTHONPATH=str(REPO))
-        installed = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", CRON_INSTALL],
-                                   capture_output=True, text=True, env=env, timeout=120)
+        env = dict(
+            os.environ,
+            PY=sys.executable,
+            ENV_FILE=str(tmp_path / "schedule.env"),
+            STASH=server.url,
+            ARCHIVE=str(archive),
+            HOOK=f"http://127.0.0.1:{receiver.port}/hook?key={SECRET}",
+            REMOTE=f"sw:{bucket}/stash",
+            RCLONE_CONF=str(config),
+            PYTHONPATH=str(REPO),
+        )
+        installed = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", CRON_INSTALL],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert installed.returncode == 0, installed.stdout + installed.stderr
         line = next(row for row in installed.stdout.splitlines() if "stash_backup_plugin download" in row)
         assert "offsite push --quiet" in line and SECRET not in line and SECRET_KEY not in line and bucket not in line
@@ -230,14 +329,29 @@ def test_before_start_drop_in_passes_systemd_analyze_verify_and_holds_no_secret(
     units = tmp_path / "units"
     units.mkdir()
     stash_unit = units / "stash.service"
-    stash_unit.write_text("[Unit]\nDescription=Stash\n[Service]\nExecStart=/bin/true\n[Install]\n"
-                          "WantedBy=multi-user.target\n")
+    stash_unit.write_text(
+        "[Unit]\nDescription=Stash\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n"
+    )
     config = tmp_path / "stash" / "config.yml"
     config.parent.mkdir()
     config.write_text("database: /var/lib/stash/stash-go.sqlite\n")
-    result = run_cli("schedule", "install", "--via", "systemd-system", "--unit-dir", str(units), "--no-enable",
-                     "--before-start", "stash", "--config", str(config), "--dest", str(tmp_path / "archive"),
-                     "--api-key", SECRET)
+    result = run_cli(
+        "schedule",
+        "install",
+        "--via",
+        "systemd-system",
+        "--unit-dir",
+        str(units),
+        "--no-enable",
+        "--before-start",
+        "stash",
+        "--config",
+        str(config),
+        "--dest",
+        str(tmp_path / "archive"),
+        "--api-key",
+        SECRET,
+    )
     assert result.returncode == 0, result.stderr
     drop_in = units / "stash.service.d" / "stash-backup.conf"
     text = drop_in.read_text()
@@ -249,8 +363,9 @@ def test_before_start_drop_in_passes_systemd_analyze_verify_and_holds_no_secret(
     drop_in.write_text(text.replace("ExecStartPre=", "ExecStartPre=relative/not-allowed "))
     broken = subprocess.run(["systemd-analyze", "verify", str(stash_unit)], capture_output=True, text=True)
     assert "stash-backup.conf:4: Neither a valid executable" in broken.stderr, broken.stderr
-    removed = run_cli("schedule", "remove", "--via", "systemd-system", "--unit-dir", str(units),
-                      "--before-start", "stash")
+    removed = run_cli(
+        "schedule", "remove", "--via", "systemd-system", "--unit-dir", str(units), "--before-start", "stash"
+    )
     assert removed.returncode == 0 and not drop_in.exists(), removed.stderr
 
 
@@ -258,7 +373,18 @@ def test_before_start_drop_in_passes_systemd_analyze_verify_and_holds_no_secret(
 def test_before_start_refuses_a_name_outside_the_unit_folder(tmp_path, unit):
     config = tmp_path / "config.yml"
     config.write_text("database: x\n")
-    result = run_cli("schedule", "install", "--via", "systemd-system", "--unit-dir", str(tmp_path / "units"),
-                     "--no-enable", "--before-start", unit, "--config", str(config))
+    result = run_cli(
+        "schedule",
+        "install",
+        "--via",
+        "systemd-system",
+        "--unit-dir",
+        str(tmp_path / "units"),
+        "--no-enable",
+        "--before-start",
+        unit,
+        "--config",
+        str(config),
+    )
     assert result.returncode != 0 and "not a systemd service name" in result.stderr, result.stderr
     assert not (tmp_path / "units").exists()

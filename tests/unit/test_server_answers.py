@@ -2,6 +2,7 @@
 answer too large, an encoding we did not ask for, a damaged gzip stream and JSON of
 the wrong shape each end as one line and a non-zero exit, with memory bounded.
 Against a real local HTTP server (tests/support/fault_server.py)."""
+
 import json
 import os
 import subprocess
@@ -18,19 +19,30 @@ from stash_backup_plugin.server.graphql_client import StashClient
 from tests.support.harness import REPO
 from tests.support.fault_server import FaultServer
 
-SERVER_INFO = {"version": {"version": "v0.31.1"},
-               "systemStatus": {"databaseSchema": 85, "databasePath": "/s/stash-go.sqlite", "configPath": None,
-                                "status": "OK"},
-               "configuration": {"general": {"backupDirectoryPath": "", "blobsPath": "/s/blobs",
-                                             "blobsStorage": "FILESYSTEM", "databasePath": "/s/stash-go.sqlite"}},
-               "backupInput": {"inputFields": [{"name": "download"}, {"name": "includeBlobs"}]}}
+SERVER_INFO = {
+    "version": {"version": "v0.31.1"},
+    "systemStatus": {"databaseSchema": 85, "databasePath": "/s/stash-go.sqlite", "configPath": None, "status": "OK"},
+    "configuration": {
+        "general": {
+            "backupDirectoryPath": "",
+            "blobsPath": "/s/blobs",
+            "blobsStorage": "FILESYSTEM",
+            "databasePath": "/s/stash-go.sqlite",
+        }
+    },
+    "backupInput": {"inputFields": [{"name": "download"}, {"name": "includeBlobs"}]},
+}
 
 
 def gzip_of(*parts: bytes, repeat: int = 1) -> bytes:
     packer = zlib.compressobj(9, zlib.DEFLATED, 31)
     head, middle, tail = parts
-    return packer.compress(head) + b"".join(packer.compress(middle) for _ in range(repeat)) + \
-        packer.compress(tail) + packer.flush()
+    return (
+        packer.compress(head)
+        + b"".join(packer.compress(middle) for _ in range(repeat))
+        + packer.compress(tail)
+        + packer.flush()
+    )
 
 
 # 512 MiB of JSON in 509 KiB of gzip: what drove the CLI to 1.6 GiB before answers were bounded
@@ -40,8 +52,14 @@ BOMB = gzip_of(b'{"data": {"version": {"version": "', b" " * (1024 * 1024), b'"}
 def cli_with_rusage(*args: str) -> tuple[int, str, float]:
     """The CLI as a user runs it: exit code, stderr, and its peak RSS in MiB (wait4)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    process = subprocess.Popen([sys.executable, "-m", "stash_backup_plugin", *args], cwd=REPO, env=env,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stash_backup_plugin", *args],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     stderr = process.stderr.read().decode(errors="replace")
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -86,12 +104,15 @@ def test_an_answer_of_the_wrong_shape_is_one_typed_line(name):
     assert "\n" not in message and len(message) < 400, message
 
 
-@pytest.mark.parametrize("answer,headers,expected", [
-    (b'{"data": {}}', {"Content-Encoding": "br"}, "the 'br' encoding, which was not asked for"),
-    (gzip_of(b'{"data": {', b"", b"}}")[:-12], {"Content-Encoding": "gzip"}, "ends in the middle"),
-    (b"\x1f\x8b not gzip at all", {"Content-Encoding": "gzip"}, "damaged gzip answer"),
-    (b'{"data": {"x": "' + b" " * MAX_ANSWER_BYTES + b'"}}', {}, "larger than 4.0 MiB"),
-])
+@pytest.mark.parametrize(
+    "answer,headers,expected",
+    [
+        (b'{"data": {}}', {"Content-Encoding": "br"}, "the 'br' encoding, which was not asked for"),
+        (gzip_of(b'{"data": {', b"", b"}}")[:-12], {"Content-Encoding": "gzip"}, "ends in the middle"),
+        (b"\x1f\x8b not gzip at all", {"Content-Encoding": "gzip"}, "damaged gzip answer"),
+        (b'{"data": {"x": "' + b" " * MAX_ANSWER_BYTES + b'"}}', {}, "larger than 4.0 MiB"),
+    ],
+)
 def test_answers_that_cannot_be_read_within_bounds_are_refused(answer, headers, expected):
     with FaultServer(b"") as server:
         server.raw_graphql = lambda body: (answer, {"Content-Type": "application/json", **headers})
@@ -120,8 +141,9 @@ def test_a_small_gzip_answer_is_read_and_the_client_asks_for_gzip_only():
 
 def test_read_bounded_inflates_no_further_than_its_bound():
     def reader(data: bytes, size: int = 65536):
-        parts = iter([data[i:i + size] for i in range(0, len(data), size)] + [b""])
+        parts = iter([data[i : i + size] for i in range(0, len(data), size)] + [b""])
         return lambda wanted: next(parts)
+
     with pytest.raises(ServerError, match="larger than 1.0 KiB"):
         read_bounded(reader(BOMB), "x", "gzip", limit=1024)
     assert read_bounded(reader(b"abc"), "x", limit=3) == b"abc"

@@ -1,6 +1,7 @@
 """`snapshot --offline` on a stopped Stash-shaped install (no server): committed data
 still in the -wal is in the backup; Stash's files are not changed by reading them (bytes,
 times, no new file); a second run of an unchanged Stash copies no blob again."""
+
 import json
 import os
 import sqlite3

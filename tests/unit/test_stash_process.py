@@ -1,4 +1,5 @@
 """Telling that Stash is running: locks, the process table and the port."""
+
 import contextlib
 import os
 import subprocess
@@ -40,13 +41,16 @@ def fake_stash(tmp_path, *args, env=None, cwd=None, chroot=None):
     if not program.exists():
         program.symlink_to(sys.executable)
     script = tmp_path / "idle.py"
-    script.write_text("import os, sys, time\n"
-                      "if os.environ.get('FAKE_CHROOT'):\n"
-                      "    os.chroot(os.environ.pop('FAKE_CHROOT')); os.chdir('/')\n"
-                      "print('up', flush=True)\ntime.sleep(60)\n")
+    script.write_text(
+        "import os, sys, time\n"
+        "if os.environ.get('FAKE_CHROOT'):\n"
+        "    os.chroot(os.environ.pop('FAKE_CHROOT')); os.chdir('/')\n"
+        "print('up', flush=True)\ntime.sleep(60)\n"
+    )
     full_env = dict(env if env is not None else os.environ, **({"FAKE_CHROOT": str(chroot)} if chroot else {}))
-    process = subprocess.Popen([str(program), str(script), *args], stdout=subprocess.PIPE, text=True,
-                               env=full_env, cwd=cwd)
+    process = subprocess.Popen(
+        [str(program), str(script), *args], stdout=subprocess.PIPE, text=True, env=full_env, cwd=cwd
+    )
     assert process.stdout.readline().strip() == "up"
     return process
 
@@ -59,9 +63,18 @@ def test_nothing_running(install):
 
 def test_a_process_with_the_database_open(install):
     database, config = install
-    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
-                               "c.execute('select 1 from performers').fetchall(); print('ready', flush=True); "
-                               "time.sleep(60)", str(database)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+            "c.execute('select 1 from performers').fetchall(); print('ready', flush=True); "
+            "time.sleep(60)",
+            str(database),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     with running(holder):
         assert holder.stdout.readline().strip() == "ready"
         finding = probe(database, config, "127.0.0.1", None)
@@ -124,8 +137,11 @@ def test_stash_config_file_naming_another_config_is_not_ours(install, tmp_path):
         assert probe(database, config, "127.0.0.1", None).certain_stopped
 
 
-@pytest.mark.parametrize("args", [["--config", "config.yml"], ["--config=config.yml"], ["-c", "config.yml"],
-                                  ["-cconfig.yml"], []], ids=["flag", "equals", "short", "glued", "default"])
+@pytest.mark.parametrize(
+    "args",
+    [["--config", "config.yml"], ["--config=config.yml"], ["-c", "config.yml"], ["-cconfig.yml"], []],
+    ids=["flag", "equals", "short", "glued", "default"],
+)
 def test_a_relative_config_is_read_from_the_processs_own_folder(install, tmp_path, args):
     database, config = install
     with running(fake_stash(tmp_path, *args, cwd=config.parent)) as process:
@@ -170,6 +186,7 @@ def test_another_stashs_database_setting_is_read_without_pyyaml(tmp_path, monkey
     setting is read from its line, and what cannot be read counts as ours (fail closed)."""
     import builtins
     from stash_backup_plugin.offline import liveness
+
     real_import = builtins.__import__
 
     def no_yaml(name, *args, **kwargs):

@@ -1,6 +1,7 @@
 """The status the jobs keep (core/status.py, recording): attempts and outcomes,
 staleness, the automatic-run claim that lets ten tabs queue one backup, and the
 once-per-spell overdue notice."""
+
 import json
 import multiprocessing
 from datetime import datetime, timedelta, timezone
@@ -12,8 +13,7 @@ from stash_backup_plugin.core.archive import Archive
 from stash_backup_plugin.core.errors import DownloadError
 from stash_backup_plugin.core.reporting import Reporter
 from stash_backup_plugin.core.retention import parse_duration
-from stash_backup_plugin.core.status import (Status, StatusFile, claim_auto_run, claim_overdue_notice, is_stale,
-                                             iso)
+from stash_backup_plugin.core.status import Status, StatusFile, claim_auto_run, claim_overdue_notice, is_stale, iso
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 
@@ -122,12 +122,15 @@ def test_a_failure_in_the_same_second_as_a_success_is_a_failure_everywhere(tmp_p
     file's counter orders them, so `status`, last_failure() and the page (which reads
     the overview's `failing`) all say failed."""
     from tests.support.harness import run_cli
+
     same_second = "2026-11-27T12:00:00+00:00"
     status_file = StatusFile(tmp_path)
-    for change in (lambda s: s.started("verify", same_second),
-                   lambda s: s.succeeded("verify", same_second, "Verified 1 backup(s): 1 good, 0 bad"),
-                   lambda s: s.started("verify", same_second),
-                   lambda s: s.failed("verify", same_second, "Verified 1 backup(s): 0 good, 1 bad")):
+    for change in (
+        lambda s: s.started("verify", same_second),
+        lambda s: s.succeeded("verify", same_second, "Verified 1 backup(s): 1 good, 0 bad"),
+        lambda s: s.started("verify", same_second),
+        lambda s: s.failed("verify", same_second, "Verified 1 backup(s): 0 good, 1 bad"),
+    ):
         status_file.apply(change)
     status = status_file.read()
     assert status.last_failure() is not None and status.last_failure()[0] == "verify"
@@ -136,8 +139,9 @@ def test_a_failure_in_the_same_second_as_a_success_is_a_failure_everywhere(tmp_p
     view = overview(Archive(tmp_path), status_file, parse_duration("1d"))
     assert view["jobs"]["verify"]["failing"] is True and view["last_failure"]["job"] == "verify"
     shown = run_cli("status", "--dest", str(tmp_path), "--max-age", "1d")
-    assert "verify     last run 2026-11-27T12:00:00+00:00: failed: Verified 1 backup(s): 0 good, 1 bad" in shown.stdout, \
-        shown.stdout + shown.stderr
+    assert (
+        "verify     last run 2026-11-27T12:00:00+00:00: failed: Verified 1 backup(s): 0 good, 1 bad" in shown.stdout
+    ), shown.stdout + shown.stderr
     status_file.apply(lambda s: s.succeeded("verify", same_second, "fixed"))  # and a success after it counts again
     assert not status_file.read().job("verify").failing and status_file.read().last_failure() is None
 
@@ -145,12 +149,26 @@ def test_a_failure_in_the_same_second_as_a_success_is_a_failure_everywhere(tmp_p
 def test_a_status_file_of_an_older_version_is_still_read(tmp_path):
     """Times alone: the later one wins; a tie cannot be told apart and counts as failed
     (never hide a failure); the next event, numbered, is later than all of them."""
-    old = {"format": 1, "jobs": {
-        "verify": {"last_attempt": "2026-11-27T12:00:00+00:00", "last_success": "2026-11-27T12:00:00+00:00",
-                   "last_failure": "2026-11-27T12:00:00+00:00", "last_message": "?", "failure_message": "1 bad"},
-        "download": {"last_attempt": "2026-11-27T11:00:00+00:00", "last_success": "2026-11-27T11:00:00+00:00",
-                     "last_failure": "2026-11-26T11:00:00+00:00", "last_message": "ok", "failure_message": "x",
-                     "success_seq": "not a number"}}}
+    old = {
+        "format": 1,
+        "jobs": {
+            "verify": {
+                "last_attempt": "2026-11-27T12:00:00+00:00",
+                "last_success": "2026-11-27T12:00:00+00:00",
+                "last_failure": "2026-11-27T12:00:00+00:00",
+                "last_message": "?",
+                "failure_message": "1 bad",
+            },
+            "download": {
+                "last_attempt": "2026-11-27T11:00:00+00:00",
+                "last_success": "2026-11-27T11:00:00+00:00",
+                "last_failure": "2026-11-26T11:00:00+00:00",
+                "last_message": "ok",
+                "failure_message": "x",
+                "success_seq": "not a number",
+            },
+        },
+    }
     (tmp_path / "status.json").write_text(json.dumps(old))
     status = StatusFile(tmp_path).read()
     assert status.last_failure() is not None and status.last_failure()[0] == "verify"

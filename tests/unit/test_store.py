@@ -1,4 +1,5 @@
 """The store's parts: the record format, the snapshot codec, blobs added durably."""
+
 import gzip
 import hashlib
 import io
@@ -13,17 +14,26 @@ from stash_backup_plugin.core.store import Store, commit_snapshot, write_snapsho
 
 
 def header(blobs, name="stash-go.sqlite.85.20261126_030000"):
-    return record.Header(name=name, created="2026-11-26T03:00:00", schema_version=85,
-                         database_member="stash-go.sqlite",
-                         snapshot=record.Snapshot(f"snapshots/{name}.gz", 1000, "ab" * 32, 300),
-                         blob_count=len(blobs), blob_bytes=sum(s for _, s in blobs), new_blobs=1, new_blob_bytes=7,
-                         source="filesystem", added_at="2026-11-26T03:00:05+00:00")
+    return record.Header(
+        name=name,
+        created="2026-11-26T03:00:00",
+        schema_version=85,
+        database_member="stash-go.sqlite",
+        snapshot=record.Snapshot(f"snapshots/{name}.gz", 1000, "ab" * 32, 300),
+        blob_count=len(blobs),
+        blob_bytes=sum(s for _, s in blobs),
+        new_blobs=1,
+        new_blob_bytes=7,
+        source="filesystem",
+        added_at="2026-11-26T03:00:05+00:00",
+    )
 
 
 BLOBS = [("0" * 32, 5), ("1" * 31 + "f", 7), ("a" * 32, 9)]
 
 
 # --- record -----------------------------------------------------------------------------
+
 
 def test_record_lines_are_golden():
     lines = list(record.encode(header(BLOBS), iter(BLOBS)))
@@ -39,12 +49,15 @@ def test_record_refuses_to_lie():
         list(record.encode(header(BLOBS), BLOBS[:2]))
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda lines: lines[:-1], "without its end line"),
-    (lambda lines: lines[:2] + lines[3:], "unexpected line"),  # a blob missing: the end line does not add up
-    (lambda lines: [lines[1], lines[0]] + lines[2:], "out of order"),
-    (lambda lines: lines[:1] + ["zz\n"] + lines[1:], "unexpected line"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda lines: lines[:-1], "without its end line"),
+        (lambda lines: lines[:2] + lines[3:], "unexpected line"),  # a blob missing: the end line does not add up
+        (lambda lines: [lines[1], lines[0]] + lines[2:], "out of order"),
+        (lambda lines: lines[:1] + ["zz\n"] + lines[1:], "unexpected line"),
+    ],
+)
 def test_a_damaged_blob_list_never_passes_for_a_whole_one(damage, message):
     lines = list(record.encode(header(BLOBS), BLOBS))[1:]
     with pytest.raises(VerificationError, match=message):
@@ -74,6 +87,7 @@ def test_referenced_merges_records_in_order(tmp_path):
 
 
 # --- snapshot codec ---------------------------------------------------------------------
+
 
 def test_snapshot_is_plain_gzip_in_several_members():
     data = os.urandom(1000) * 9000  # 9 MB: several members
@@ -121,6 +135,7 @@ def test_snapshot_written_and_committed(tmp_path):
 
 
 # --- blobs ------------------------------------------------------------------------------
+
 
 def test_blob_writer_adds_checked_blobs_and_lists_them_sorted(tmp_path):
     store = Store(tmp_path)
@@ -176,8 +191,9 @@ def test_what_the_store_creates_takes_the_archive_folders_owner(tmp_path):
     database.write_bytes(b"x" * 1000)
     commit_snapshot(store, "n.85.20261126_030000", write_snapshot(store, "n.85.20261126_030000", database)[0])
     made = [p for p in archive.rglob("*")]
-    assert made and all((p.stat().st_uid, p.stat().st_gid) == owner for p in made), \
-        [(str(p), p.stat().st_uid) for p in made if (p.stat().st_uid, p.stat().st_gid) != owner]
+    assert made and all((p.stat().st_uid, p.stat().st_gid) == owner for p in made), [
+        (str(p), p.stat().st_uid) for p in made if (p.stat().st_uid, p.stat().st_gid) != owner
+    ]
 
 
 # --- pending markers of another machine that shares our host name ----------------------------
@@ -211,10 +227,15 @@ def test_a_live_run_in_a_container_with_our_host_name_keeps_its_marker(tmp_path)
     import subprocess
     import sys
     from pathlib import Path
+
     pid = _free_pid()
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    run = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", CONTAINER_RUN,
-                            str(tmp_path), str(pid)], stdout=subprocess.PIPE, text=True, env=env)
+    run = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", CONTAINER_RUN, str(tmp_path), str(pid)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert run.stdout.readline().strip() == str(pid)
         assert not os.path.exists(f"/proc/{pid}")  # out here that pid names no process
@@ -236,13 +257,15 @@ def test_only_a_marker_of_this_machine_counts_as_dead_here(tmp_path):
     import time
     from stash_backup_plugin.core.processes import machine_id
     from stash_backup_plugin.offsite.remote import Marker
+
     store = Store(tmp_path)
     (tmp_path / "pending").mkdir()
     dead, now, host = _free_pid(), time.time(), socket.gethostname()
     markers = {"container": {"machine": "0badf00d"}, "older": {}, "ours": {"machine": machine_id()}}
     for name, extra in markers.items():
         (tmp_path / "pending" / f"{name}.json").write_text(
-            json.dumps({"name": name, "pid": dead, "host": host, "started": now, **extra}))
+            json.dumps({"name": name, "pid": dead, "host": host, "started": now, **extra})
+        )
     removed = store.clean_after_killed_runs()
     assert [p.name for p in removed] == ["ours.json"]
     assert sorted(m["name"] for m in store.pending_markers()) == ["container", "older"]

@@ -1,10 +1,10 @@
 """Garbage collection and migration plans: pure decisions, case by case."""
+
 from dataclasses import dataclass
 
 import pytest
 
-from stash_backup_plugin.core.store_plan import (OldBackup, plan_gc, plan_migration, plan_snapshots,
-                                                 stored_name_for)
+from stash_backup_plugin.core.store_plan import OldBackup, plan_gc, plan_migration, plan_snapshots, stored_name_for
 
 
 @dataclass
@@ -47,6 +47,7 @@ def test_gc_plan(case):
 
 def test_gc_plan_reads_the_references_to_the_end():
     """A damaged record raises at its end: the plan must not finish without it."""
+
     def references():
         yield c(1)
         raise RuntimeError("damaged record")
@@ -74,13 +75,18 @@ def old(file, ok=True, verified_at="2026-01-01", error=""):
 
 
 def test_migration_plan():
-    backups = [old("stash-go.sqlite.85.20261101_030000.zip"),
-               old("stash-go.sqlite.85.20261102_030000.zip", ok=False, error="bad CRC"),
-               old("stash-go.sqlite.85.20261103_030000"),
-               old("stash-go.sqlite.85.20261104_030000.zip"),
-               old("stash-go.sqlite.85.20261105_030000.zip", ok=False, verified_at="")]
-    steps = plan_migration(backups, imported_from={"stash-go.sqlite.85.20261104_030000.zip": "stash-go.sqlite.85.20261104_030000"},
-                           record_names=["stash-go.sqlite.85.20261104_030000", "stash-go.sqlite.85.20261101_030000"])
+    backups = [
+        old("stash-go.sqlite.85.20261101_030000.zip"),
+        old("stash-go.sqlite.85.20261102_030000.zip", ok=False, error="bad CRC"),
+        old("stash-go.sqlite.85.20261103_030000"),
+        old("stash-go.sqlite.85.20261104_030000.zip"),
+        old("stash-go.sqlite.85.20261105_030000.zip", ok=False, verified_at=""),
+    ]
+    steps = plan_migration(
+        backups,
+        imported_from={"stash-go.sqlite.85.20261104_030000.zip": "stash-go.sqlite.85.20261104_030000"},
+        record_names=["stash-go.sqlite.85.20261104_030000", "stash-go.sqlite.85.20261101_030000"],
+    )
     summary = [(s.old.file, s.action, s.record_name) for s in steps]
     assert summary == [
         # a record of that name exists (a new-format backup made in the same second): a free name

@@ -1,4 +1,5 @@
 """Stored backups end to end on disk (no server): store, verify, collect, export, import."""
+
 import hashlib
 import sqlite3
 import zipfile
@@ -33,7 +34,9 @@ class Library:
             checksum = hashlib.md5(data).hexdigest()
             new[checksum] = data
             connection.execute("INSERT INTO blobs VALUES (?, NULL)", (checksum,))
-            connection.execute("INSERT INTO performers (name, image_blob) VALUES (?, ?)", (f"p{self.nights}-{index}", checksum))
+            connection.execute(
+                "INSERT INTO performers (name, image_blob) VALUES (?, ?)", (f"p{self.nights}-{index}", checksum)
+            )
         connection.commit()
         connection.close()
         write_blobs(self.blobs, new)
@@ -227,12 +230,13 @@ def test_a_database_failing_its_check_is_never_recorded(lib, tmp_path):
     import contextlib
     import sqlite3
     from stash_backup_plugin.core.errors import VerificationError
+
     copy = vacuum_copy(lib.database, tmp_path / "copy.sqlite")
     with contextlib.closing(sqlite3.connect(f"file:{copy}?immutable=1", uri=True)) as connection:
         [root] = connection.execute("SELECT rootpage FROM sqlite_master WHERE name = 'performers'").fetchone()
     data = bytearray(copy.read_bytes())
     page = (root - 1) * int.from_bytes(data[16:18], "big")
-    data[page + 1:page + 3] = (5).to_bytes(2, "big")  # one damaged page only quick_check notices
+    data[page + 1 : page + 3] = (5).to_bytes(2, "big")  # one damaged page only quick_check notices
     copy.write_bytes(bytes(data))
     store = Store(tmp_path / "archive")
     new = stored.checked_backup(names(1), copy, file_digest(copy), "quick", includes_blobs=True, source="filesystem")
@@ -247,6 +251,7 @@ def test_a_stray_file_in_the_blobs_folder_never_gets_a_referenced_blob_collected
     name that starts with a letter: the sorted walk once took the referenced blobs after
     it for unreferenced ones, and deleted them (and the stray) on every prune."""
     from tests.support.harness import run_cli
+
     lib.add_images(12)
     store = Store(tmp_path / "archive")
     lib.backup(store, tmp_path, names(1))
@@ -268,6 +273,7 @@ def test_no_ordering_can_get_a_referenced_blob_deleted(lib, tmp_path):
     """The check by name before deleting: a plan that (by any ordering mistake) lists a
     referenced blob for deletion loses it again."""
     from stash_backup_plugin.core.store_plan import GcPlan, spare_referenced
+
     plan = GcPlan(delete_blobs=[("b" * 32, 5), ("a" * 32, 7), ("c" * 32, 1)])
     spare_referenced(plan, iter(["c" * 32, "0" * 32, "a" * 32]))
     assert plan.delete_blobs == [("b" * 32, 5)] and plan.rescued_blobs == 2 and plan.kept_bytes == 8

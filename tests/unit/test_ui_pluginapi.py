@@ -3,6 +3,7 @@
 v0.31.1 only (v0.28.1's UI build is too slow for CI; STASH_BACKUP_UI_STASH=v0.28.1 runs
 them by hand): this static check keeps the script from reaching for a member or patch
 target that v0.28.1 lacks."""
+
 from __future__ import annotations
 
 import re
@@ -42,25 +43,30 @@ def used(script: str) -> tuple[set[str], set[str]]:
 def unknown(script: str) -> list[str]:
     members, patches = used(script)
     kinds = allowed()
-    return sorted([m for m in members if m not in kinds["member"]] +
-                  [f"patch {p}" for p in patches if p not in kinds["patch"]])
+    return sorted(
+        [m for m in members if m not in kinds["member"]] + [f"patch {p}" for p in patches if p not in kinds["patch"]]
+    )
 
 
 def test_the_page_script_uses_only_pluginapi_both_versions_have():
     script = SCRIPT.read_text()
-    assert re.findall(r"PluginApi\b", script) == ["PluginApi", "PluginApi"], \
+    assert re.findall(r"PluginApi\b", script) == ["PluginApi", "PluginApi"], (
         "reach PluginApi only through `const api = window.PluginApi` (the comment names it once)"
+    )
     members, patches = used(script)
     assert "patch.after" in members and "MainNavBar.UtilityItems" in patches  # the parser sees the real script
     assert unknown(script) == []
 
 
-@pytest.mark.parametrize("snippet, problem", [
-    ("const { ReactSlick } = api.libraries;", "libraries.ReactSlick"),
-    ("api.hooks.useLightbox();", "hooks.useLightbox"),
-    ("const { Modal } = api.libraries.Bootstrap;", "libraries.Bootstrap.Modal"),
-    ('api.patch.after("SceneCard.Popovers", f);', "patch SceneCard.Popovers"),
-    ("h(api.components.HoverPopover);", "components.HoverPopover"),
-])
+@pytest.mark.parametrize(
+    "snippet, problem",
+    [
+        ("const { ReactSlick } = api.libraries;", "libraries.ReactSlick"),
+        ("api.hooks.useLightbox();", "hooks.useLightbox"),
+        ("const { Modal } = api.libraries.Bootstrap;", "libraries.Bootstrap.Modal"),
+        ('api.patch.after("SceneCard.Popovers", f);', "patch SceneCard.Popovers"),
+        ("h(api.components.HoverPopover);", "components.HoverPopover"),
+    ],
+)
 def test_a_member_outside_the_common_list_is_caught(snippet, problem):
     assert problem in unknown(snippet)

@@ -1,4 +1,5 @@
 """Verification of backup files: every kind of damage is caught by name."""
+
 import contextlib
 import stat
 import zipfile
@@ -45,6 +46,7 @@ def test_truncated_database_is_refused(backup):
 def test_damaged_page_fails_quick_check(backup):
     """One damaged page that ordinary reads get past: only quick_check can notice it."""
     import sqlite3
+
     path, _ = backup
     with contextlib.closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as connection:
         [root] = connection.execute("SELECT rootpage FROM sqlite_master WHERE name = 'performers'").fetchone()
@@ -52,7 +54,7 @@ def test_damaged_page_fails_quick_check(backup):
     page_size = int.from_bytes(data[16:18], "big")
     header = (root - 1) * page_size
     assert data[header] == 0x0D  # a table leaf page
-    data[header + 1:header + 3] = (5).to_bytes(2, "big")  # its first free block "at" offset 5: inside the header
+    data[header + 1 : header + 3] = (5).to_bytes(2, "big")  # its first free block "at" offset 5: inside the header
     path.write_bytes(bytes(data))
     assert check_database(path, NONE).schema_version == 75  # every table still reads
     with pytest.raises(VerificationError, match=f"(?s)failed PRAGMA quick_check: .*Page {root}: free space corruption"):
@@ -68,6 +70,7 @@ def test_not_sqlite_is_refused(tmp_path):
 
 def test_sqlite_but_not_stash_is_refused(tmp_path):
     import sqlite3
+
     path = tmp_path / "other.sqlite"
     sqlite3.connect(path).execute("CREATE TABLE t(a)").connection.commit()
     with pytest.raises(VerificationError, match="not a Stash database"):
@@ -106,6 +109,7 @@ def test_blob_whose_bytes_do_not_match_its_name(tmp_path, backup):
 
 def test_missing_blob_in_zip_is_reported_and_required(tmp_path, backup):
     from stash_backup_plugin.core.verify import require_blobs
+
     path, images = backup
     lost = next(iter(images))
     images.pop(lost)
@@ -131,10 +135,16 @@ def test_corrupted_zip_entry_fails_crc(tmp_path, backup):
         verify_backup(full)
 
 
-@pytest.mark.parametrize("name,problem", [
-    ("/etc/passwd", "absolute"), ("../../evil", "climbs out"), ("blobs/../../x", "climbs out"),
-    ("C:/windows/x", "absolute"), ("blobs\\aa\\x", "backslashes"),
-])
+@pytest.mark.parametrize(
+    "name,problem",
+    [
+        ("/etc/passwd", "absolute"),
+        ("../../evil", "climbs out"),
+        ("blobs/../../x", "climbs out"),
+        ("C:/windows/x", "absolute"),
+        ("blobs\\aa\\x", "backslashes"),
+    ],
+)
 def test_zip_slip_names_are_refused(tmp_path, backup, name, problem):
     path, images = backup
     with pytest.raises(VerificationError, match=problem):

@@ -6,6 +6,7 @@ Prints the path of each binary. The source comes from `go mod download` (never
 committed); the binary is cached under $STASH_BACKUP_CACHE or
 ~/.cache/stash-backup/stash-<version>/stash so later runs start at once.
 """
+
 from __future__ import annotations
 
 import json
@@ -96,8 +97,11 @@ def build(version: str, log=print) -> Path:
         _run([go, "generate", "./cmd/stash"], cwd=tree, env=env)
         ldflags = f"-X 'github.com/stashapp/stash/internal/build.version={version}'"
         partial = target.parent / f".stash.{os.getpid()}.partial"
-        _run([go, "build", "-tags", BUILD_TAGS, "-ldflags", ldflags, "-o", str(partial), "./cmd/stash"],
-             cwd=tree, env=env)
+        _run(
+            [go, "build", "-tags", BUILD_TAGS, "-ldflags", ldflags, "-o", str(partial), "./cmd/stash"],
+            cwd=tree,
+            env=env,
+        )
         os.replace(partial, target)
     log(f"built Stash {version} in {time.monotonic() - started:.0f} s")
     return target

@@ -9,6 +9,7 @@ registry through pnpm, the version Stash's package.json names (v0.29 and later),
 through yarn 1 where the source has a yarn.lock (v0.28 and earlier). The result (~5 MiB)
 is cached under ~/.cache/stash-backup/stash-ui-<version>/; first build ~5 minutes.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,15 +22,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.stash_server.build import NEW_VERSION, BuildError, _copy_writable, _download_source, _require_go, cache_root
+from tests.support.stash_server.build import (
+    NEW_VERSION,
+    BuildError,
+    _copy_writable,
+    _download_source,
+    _require_go,
+    cache_root,
+)
 
 # One dependency of Stash's UI (@silvermine/videojs-chromecast -> webcomponents.js) is
 # pinned in pnpm-lock.yaml to a GitHub tarball; only the npm registry is reachable
 # here, and it serves the same version (0.7.24) as a package.
 _GITHUB_TARBALL = re.compile(r"https://codeload\.github\.com/webcomponents/webcomponentsjs/tar\.gz/[0-9a-f]+")
 _REGISTRY_VERSION = "0.7.24"
-_REGISTRY_INTEGRITY = ("sha512-YICWfSBmTB1mkhYlSqfTBN6vtunG+sacpzDF13K7fXsj03BGB3QfETF7f0fuMV/"
-                       "P/4GwSr4yiRNeeRk91p5tUg==")
+_REGISTRY_INTEGRITY = "sha512-YICWfSBmTB1mkhYlSqfTBN6vtunG+sacpzDF13K7fXsj03BGB3QfETF7f0fuMV/P/4GwSr4yiRNeeRk91p5tUg=="
 
 
 def ui_path(version: str = NEW_VERSION) -> Path:
@@ -39,8 +46,9 @@ def ui_path(version: str = NEW_VERSION) -> Path:
 def _run(cmd: list[str], cwd: Path, env: dict) -> None:
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        raise BuildError(f"{' '.join(cmd)} failed (exit {result.returncode}):\n"
-                         f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise BuildError(
+            f"{' '.join(cmd)} failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
 
 
 def pin_registry_tarball(lockfile: str) -> str:
@@ -52,7 +60,8 @@ def pin_registry_tarball(lockfile: str) -> str:
     url = match.group(0)
     lockfile = lockfile.replace(
         f"  webcomponents.js@{url}:\n    resolution: {{tarball: {url}}}\n    version: {_REGISTRY_VERSION}\n",
-        f"  webcomponents.js@{_REGISTRY_VERSION}:\n    resolution: {{integrity: {_REGISTRY_INTEGRITY}}}\n")
+        f"  webcomponents.js@{_REGISTRY_VERSION}:\n    resolution: {{integrity: {_REGISTRY_INTEGRITY}}}\n",
+    )
     lockfile = lockfile.replace(f"webcomponents.js@{url}: {{}}", f"webcomponents.js@{_REGISTRY_VERSION}: {{}}")
     lockfile = lockfile.replace(f"webcomponents.js: {url}", f"webcomponents.js: {_REGISTRY_VERSION}")
     if "codeload.github.com" in lockfile:
@@ -64,7 +73,9 @@ def pin_registry_tarball(lockfile: str) -> str:
 # pattern with git whatever the lock entry says. package.json's `resolutions` turns the
 # pattern into the registry version; the lock entry answers both patterns.
 _YARN_GIT_PATTERN = "webcomponents.js@git+https://git@github.com/webcomponents/webcomponentsjs.git#v0.7.24"
-_YARN_GIT_ENTRY = re.compile(r'(?m)^"' + re.escape(_YARN_GIT_PATTERN) + r'":\n  version "0\.7\.24"\n  resolved "git\+[^"\n]+"\n')
+_YARN_GIT_ENTRY = re.compile(
+    r'(?m)^"' + re.escape(_YARN_GIT_PATTERN) + r'":\n  version "0\.7\.24"\n  resolved "git\+[^"\n]+"\n'
+)
 _YARN_REGISTRY_TARBALL = "https://registry.yarnpkg.com/webcomponents.js/-/webcomponents.js-0.7.24.tgz"
 YARN = "yarn@1.22.22"
 
@@ -73,7 +84,9 @@ def pin_yarn_registry_tarball(lockfile: str) -> str:
     """yarn.lock with the git source of webcomponents.js replaced by the registry's."""
     lockfile = _YARN_GIT_ENTRY.sub(
         f'webcomponents.js@{_REGISTRY_VERSION}, "{_YARN_GIT_PATTERN}":\n  version "{_REGISTRY_VERSION}"\n'
-        f'  resolved "{_YARN_REGISTRY_TARBALL}"\n  integrity {_REGISTRY_INTEGRITY}\n', lockfile)
+        f'  resolved "{_YARN_REGISTRY_TARBALL}"\n  integrity {_REGISTRY_INTEGRITY}\n',
+        lockfile,
+    )
     if re.search(r'(?m)^  resolved "git\+', lockfile):
         raise BuildError("yarn.lock still resolves a package from git after pinning: update build_ui.py")
     return lockfile

@@ -2,6 +2,7 @@
 
 The harness talks to Stash with plain `requests`, not through the package under test,
 so a bug in our client cannot hide itself."""
+
 from __future__ import annotations
 
 import base64
@@ -108,9 +109,26 @@ class StashServer:
             return self._make_certificate_chain()
         if (self.root / "stash.crt").exists():
             return
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=stash.example.org",
-                        "-keyout", str(self.root / "stash.key"), "-out", str(self.root / "stash.crt"), "-days", "3"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=stash.example.org",
+                "-keyout",
+                str(self.root / "stash.key"),
+                "-out",
+                str(self.root / "stash.crt"),
+                "-days",
+                "3",
+            ],
+            check=True,
+            capture_output=True,
+        )
 
     def _make_certificate_chain(self) -> None:
         folder = self.tls_folder
@@ -121,15 +139,55 @@ class StashServer:
         def openssl(*args):
             subprocess.run(["openssl", *args], check=True, capture_output=True)
 
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=Test CA", "-keyout",
-                str(folder / "ca.key"), "-out", str(folder / "ca.crt"), "-days", "3")
-        openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=stash.example.org", "-keyout",
-                str(folder / "privkey.pem"), "-out", str(folder / "leaf.csr"))
-        openssl("x509", "-req", "-in", str(folder / "leaf.csr"), "-CA", str(folder / "ca.crt"), "-CAkey",
-                str(folder / "ca.key"), "-CAcreateserial", "-out", str(folder / "leaf.crt"), "-days", "3")
-        (folder / "fullchain.pem").write_text("".join(
-            f"Bag Attributes\n    friendlyName: {name}\nsubject=/CN={name}\n" + (folder / f"{name}.crt").read_text()
-            for name in ("leaf", "ca")))
+        openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=Test CA",
+            "-keyout",
+            str(folder / "ca.key"),
+            "-out",
+            str(folder / "ca.crt"),
+            "-days",
+            "3",
+        )
+        openssl(
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=stash.example.org",
+            "-keyout",
+            str(folder / "privkey.pem"),
+            "-out",
+            str(folder / "leaf.csr"),
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(folder / "leaf.csr"),
+            "-CA",
+            str(folder / "ca.crt"),
+            "-CAkey",
+            str(folder / "ca.key"),
+            "-CAcreateserial",
+            "-out",
+            str(folder / "leaf.crt"),
+            "-days",
+            "3",
+        )
+        (folder / "fullchain.pem").write_text(
+            "".join(
+                f"Bag Attributes\n    friendlyName: {name}\nsubject=/CN={name}\n" + (folder / f"{name}.crt").read_text()
+                for name in ("leaf", "ca")
+            )
+        )
 
     def write_config(self) -> None:
         for folder in (self.root, self.blobs, self.backups, self.plugins, self.generated, self.root / "cache"):
@@ -137,26 +195,32 @@ class StashServer:
         config = {}
         if self.config_path.exists():
             config = yaml.safe_load(self.config_path.read_text()) or {}
-        config.update({
-            "database": str(self.database),
-            "generated": str(self.generated),
-            "cache": str(self.root / "cache"),
-            "blobs_path": str(self.blobs),
-            "blobs_storage": self.blobs_storage,
-            "backup_directory_path": str(self.backups),
-            "plugins_path": str(self.plugins),
-            "scrapers_path": str(self.root / "scrapers"),
-            "host": self.host,
-            "port": self.port,
-            "python_path": sys.executable,
-            "logFile": str(self.root / "stash-file.log"),
-            "logLevel": "Debug",
-            "nobrowser": True,
-            "stash": [],
-        })
+        config.update(
+            {
+                "database": str(self.database),
+                "generated": str(self.generated),
+                "cache": str(self.root / "cache"),
+                "blobs_path": str(self.blobs),
+                "blobs_storage": self.blobs_storage,
+                "backup_directory_path": str(self.backups),
+                "plugins_path": str(self.plugins),
+                "scrapers_path": str(self.root / "scrapers"),
+                "host": self.host,
+                "port": self.port,
+                "python_path": sys.executable,
+                "logFile": str(self.root / "stash-file.log"),
+                "logLevel": "Debug",
+                "nobrowser": True,
+                "stash": [],
+            }
+        )
         if self.tls == "chain":
-            config.update({"ssl_cert_path": str(self.tls_folder / "fullchain.pem"),
-                           "ssl_key_path": str(self.tls_folder / "privkey.pem")})
+            config.update(
+                {
+                    "ssl_cert_path": str(self.tls_folder / "fullchain.pem"),
+                    "ssl_key_path": str(self.tls_folder / "privkey.pem"),
+                }
+            )
         config.update(self.extra_config)
         self.config_path.write_text(yaml.safe_dump(config))
 
@@ -175,8 +239,14 @@ class StashServer:
         else:
             command = [str(self.binary), "--config", str(self.config_path), "--nobrowser"]
         self.process = subprocess.Popen(
-            command, cwd=self.working_dir or self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True)
+            command,
+            cwd=self.working_dir or self.root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         self._wait_until_ready()
         return self
@@ -186,7 +256,9 @@ class StashServer:
         last = "no answer"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise StashServerError(f"Stash {self.version} exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise StashServerError(
+                    f"Stash {self.version} exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
             try:
                 if requests.get(f"{self.url}/healthz", timeout=2, verify=False).ok:
                     status = self.graphql("{ systemStatus { status } }")["systemStatus"]["status"]
@@ -221,13 +293,19 @@ class StashServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     # --- GraphQL ------------------------------------------------------------
-    def graphql(self, query: str, variables: Optional[dict] = None, api_key: Optional[str] = "default",
-                timeout: float = 120) -> dict:
+    def graphql(
+        self, query: str, variables: Optional[dict] = None, api_key: Optional[str] = "default", timeout: float = 120
+    ) -> dict:
         key = self.api_key if api_key == "default" else api_key
         headers = {"ApiKey": key} if key else {}
         client = self.browser or requests
-        response = client.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}},
-                               headers=headers, timeout=timeout, verify=False)
+        response = client.post(
+            f"{self.url}/graphql",
+            json={"query": query, "variables": variables or {}},
+            headers=headers,
+            timeout=timeout,
+            verify=False,
+        )
         if response.status_code != 200:
             raise StashServerError(f"HTTP {response.status_code}: {response.text[:300]}")
         body = response.json()
@@ -238,30 +316,40 @@ class StashServer:
     def enable_credentials(self, username: str = "admin", password: str = "s3cret-pass") -> str:
         """Set a login (Stash stores its bcrypt hash) and generate an API key, as a user
         does on the Security settings page. Returns the key."""
-        self.graphql("mutation($u: String!, $p: String!) { configureGeneral(input: {username: $u, password: $p}) { username } }",
-                     {"u": username, "p": password})
+        self.graphql(
+            "mutation($u: String!, $p: String!) { configureGeneral(input: {username: $u, password: $p}) { username } }",
+            {"u": username, "p": password},
+        )
         # From now on every request needs credentials: log in for a session cookie,
         # then ask for the key with it.
         with requests.Session() as browser:
             browser.verify = False
-            login = browser.post(f"{self.url}/login", data={"username": username, "password": password},
-                                 allow_redirects=False, timeout=30)
+            login = browser.post(
+                f"{self.url}/login",
+                data={"username": username, "password": password},
+                allow_redirects=False,
+                timeout=30,
+            )
             if "session" not in browser.cookies:
                 raise StashServerError(f"login failed: HTTP {login.status_code}")
-            response = browser.post(f"{self.url}/graphql", json={"query": "mutation { generateAPIKey(input: {}) }"},
-                                    timeout=30)
+            response = browser.post(
+                f"{self.url}/graphql", json={"query": "mutation { generateAPIKey(input: {}) }"}, timeout=30
+            )
             self.api_key = response.json()["data"]["generateAPIKey"]
         return self.api_key
 
     def enable_login(self, username: str = "admin", password: str = "s3cret-pass") -> None:
         """Set a login and no API key, as many users have it: the harness then talks
         through a logged-in browser session, and a plugin gets only Stash's session cookie."""
-        self.graphql("mutation($u: String!, $p: String!) { configureGeneral(input: {username: $u, password: $p}) { username } }",
-                     {"u": username, "p": password})
+        self.graphql(
+            "mutation($u: String!, $p: String!) { configureGeneral(input: {username: $u, password: $p}) { username } }",
+            {"u": username, "p": password},
+        )
         browser = requests.Session()
         browser.verify = False
-        login = browser.post(f"{self.url}/login", data={"username": username, "password": password},
-                             allow_redirects=False, timeout=30)
+        login = browser.post(
+            f"{self.url}/login", data={"username": username, "password": password}, allow_redirects=False, timeout=30
+        )
         if "session" not in browser.cookies:
             raise StashServerError(f"login failed: HTTP {login.status_code}")
         self.browser = browser
@@ -272,15 +360,20 @@ class StashServer:
     def run_plugin_task(self, plugin_id: str, task: str, args: Optional[dict] = None, timeout: float = 300) -> dict:
         """Queue a plugin task and wait for its job to end; returns the job."""
         variables = {"id": plugin_id, "task": task, "args": args or {}}
-        job_id = self.graphql("mutation($id: ID!, $task: String!, $args: Map) { runPluginTask(plugin_id: $id, task_name: $task, args_map: $args) }",
-                              variables)["runPluginTask"]
+        job_id = self.graphql(
+            "mutation($id: ID!, $task: String!, $args: Map) { runPluginTask(plugin_id: $id, task_name: $task, args_map: $args) }",
+            variables,
+        )["runPluginTask"]
         return self.wait_for_job(job_id, timeout, f"plugin task {task!r}")
 
     def wait_for_job(self, job_id: str, timeout: float = 300, what: str = "job") -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            job = self.graphql("query($id: ID!) { findJob(input: {id: $id}) { id status description error progress "
-                               "startTime endTime } }", {"id": job_id})["findJob"]
+            job = self.graphql(
+                "query($id: ID!) { findJob(input: {id: $id}) { id status description error progress "
+                "startTime endTime } }",
+                {"id": job_id},
+            )["findJob"]
             if job is None or job["status"] in ("FINISHED", "CANCELLED", "FAILED"):
                 return job or {"id": job_id, "status": "GONE"}
             time.sleep(0.2)
@@ -289,8 +382,9 @@ class StashServer:
     def scan(self, folder: Path, timeout: float = 3600) -> float:
         """Stash's own scan of `folder` (metadataScan, waited for); the seconds it took."""
         started = time.monotonic()
-        job_id = self.graphql("mutation($p: [String!]) { metadataScan(input: {paths: $p}) }",
-                              {"p": [str(folder)]})["metadataScan"]
+        job_id = self.graphql("mutation($p: [String!]) { metadataScan(input: {paths: $p}) }", {"p": [str(folder)]})[
+            "metadataScan"
+        ]
         job = self.wait_for_job(job_id, timeout, "scan")
         if job["status"] != "FINISHED":
             raise StashServerError(f"scan of {folder} ended {job['status']}: {job.get('error')}\n{self.log_tail()}")
@@ -301,6 +395,7 @@ class StashServer:
 
 
 # --- sample content ---------------------------------------------------------------
+
 
 def move_library(old: Path, new: Path, how: str) -> None:
     """Move a library folder as users do: "renamed" keeps the files' modification times
@@ -316,8 +411,14 @@ def move_library(old: Path, new: Path, how: str) -> None:
 
 def png_bytes(seed: int, size: int = 16) -> bytes:
     """A small valid PNG whose pixels depend on `seed`, so every image is unique."""
-    raw = b"".join(b"\x00" + b"".join(bytes(((x * 7 + y * 13 + seed * 31) % 256, (seed * 17 + x) % 256, (x * y + seed) % 256))
-                                       for x in range(size)) for y in range(size))
+    raw = b"".join(
+        b"\x00"
+        + b"".join(
+            bytes(((x * 7 + y * 13 + seed * 31) % 256, (seed * 17 + x) % 256, (x * y + seed) % 256))
+            for x in range(size)
+        )
+        for y in range(size)
+    )
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
@@ -335,18 +436,28 @@ def seed_content(server: StashServer, performers: int = 3, prefix: str = "") -> 
     would. Returns what was created, with each performer's image bytes."""
     created = {"tags": [], "studios": [], "performers": []}
     for index in range(2):
-        tag = server.graphql("mutation($i: TagCreateInput!) { tagCreate(input: $i) { id name } }",
-                             {"i": {"name": f"{prefix}tag-{index}", "image": data_url(png_bytes(1000 + index))}})["tagCreate"]
+        tag = server.graphql(
+            "mutation($i: TagCreateInput!) { tagCreate(input: $i) { id name } }",
+            {"i": {"name": f"{prefix}tag-{index}", "image": data_url(png_bytes(1000 + index))}},
+        )["tagCreate"]
         created["tags"].append(tag)
-    studio = server.graphql("mutation($i: StudioCreateInput!) { studioCreate(input: $i) { id name } }",
-                            {"i": {"name": f"{prefix}studio", "image": data_url(png_bytes(2000))}})["studioCreate"]
+    studio = server.graphql(
+        "mutation($i: StudioCreateInput!) { studioCreate(input: $i) { id name } }",
+        {"i": {"name": f"{prefix}studio", "image": data_url(png_bytes(2000))}},
+    )["studioCreate"]
     created["studios"].append(studio)
     for index in range(performers):
         image = png_bytes(3000 + index + len(prefix) * 100)
         performer = server.graphql(
             "mutation($i: PerformerCreateInput!) { performerCreate(input: $i) { id name } }",
-            {"i": {"name": f"{prefix}performer-{index}", "image": data_url(image),
-                   "tag_ids": [created["tags"][0]["id"]]}})["performerCreate"]
+            {
+                "i": {
+                    "name": f"{prefix}performer-{index}",
+                    "image": data_url(image),
+                    "tag_ids": [created["tags"][0]["id"]],
+                }
+            },
+        )["performerCreate"]
         performer["image"] = image
         created["performers"].append(performer)
     return created
