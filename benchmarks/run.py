@@ -614,7 +614,9 @@ def main() -> int:
 
             print("\nsnapshot --offline of an unchanged stopped Stash:", flush=True)
             snapshot, parts = bench_snapshot(
-                *((16 * MiB, 300) if args.quick else (GiB, 50000)), max(1, min(plan["runs"], 3)), work
+                *((16 * MiB, 300) if args.quick else (GiB, 50000)),
+                max(1, min(plan["runs"], 3)),
+                own_folder(work, "snapshot"),
             )
             results.append(snapshot)
             print("\n".join(parts), flush=True)
@@ -630,6 +632,14 @@ def main() -> int:
         for line in archive_lines:
             print(line)
     return 0
+
+
+def own_folder(work: Path, name: str) -> Path:
+    """A folder of the run's work folder for one benchmark alone: two that both made
+    `work/reference` or `work/stash` collided (FileExistsError)."""
+    folder = work / name
+    folder.mkdir()
+    return folder
 
 
 def _archive_benchmarks(only: set, plan: dict, work: Path) -> list[str]:
@@ -651,7 +661,7 @@ def _archive_benchmarks(only: set, plan: dict, work: Path) -> list[str]:
     if "archive" in only:
         size, blobs, nights = plan["archive"]
         print(f"\narchive: {nights} nights of a {size // MiB} MiB library with {blobs} blobs", flush=True)
-        result = archive.bench_nights(size, blobs, nights, work)
+        result = archive.bench_nights(size, blobs, nights, own_folder(work, "nights"))
         lines += archive.report(result, size, blobs)
     if "memory" in only:
         print("\npeak memory as blobs grow:", flush=True)
@@ -671,8 +681,8 @@ def _archive_benchmarks(only: set, plan: dict, work: Path) -> list[str]:
             f"{blobs} blobs",
             flush=True,
         )
-        lines += pages.report(pages.bench_pages(size, blobs, nights, work))
-        lines += pages.bench_live_copies(size, blobs, nights, work)
+        lines += pages.report(pages.bench_pages(size, blobs, nights, own_folder(work, "pages")))
+        lines += pages.bench_live_copies(size, blobs, nights, own_folder(work, "live-copies"))
     return lines
 
 
