@@ -10,11 +10,24 @@ number of blobs):
     <md5> <size>                                                        one per blob, sorted, unique
     end <count> <bytes>                                                 proves the list is complete
 
+A backup that holds Stash's settings (settings.py) is format 2: its settings files
+come between the header and the blob list, sorted by MD5, and are blobs of the store
+like the images:
+
+    f <md5> <size> <mode> <root> "<path>"                               one per settings file
+    settings-end <count> <bytes>
+
+`BlobList` yields every blob a record refers to, images and settings files alike
+(what collection, verification and off-site copies must keep); `images_only=True`
+yields the images (what goes into Stash's blobs folder). Older versions of this tool
+refuse a format-2 record by its number rather than misreading it.
+
 Standard library only."""
 
 from __future__ import annotations
 
 import gzip
+import heapq
 import io
 import json
 import os
@@ -26,11 +39,15 @@ from typing import Iterable, Iterator, Optional
 
 from .atomic import atomic_output, private_mode
 from .errors import VerificationError
+from .settings import SettingsError, SettingsFile, parse_line
 
 FORMAT = 1
+FORMAT_WITH_SETTINGS = 2
+FORMATS = (FORMAT, FORMAT_WITH_SETTINGS)
 SUFFIX = ".record"
 _LINE = re.compile(r"^([0-9a-f]{32}) (\d+)$")
 _END = re.compile(r"^end (\d+) (\d+)$")
+_SETTINGS_END = re.compile(r"^settings-end (\d+) (\d+)$")
 
 
 @dataclass
@@ -70,6 +87,9 @@ class Header:
     # Stash's own pre-migration backup adopted into the archive: "<from>→<to>" schemas.
     # Retention keeps it until a verified backup of schema <to> has passed a restore drill.
     pre_upgrade: str = ""
+    # Stash's settings in this backup (settings.summary): files, bytes, new_files,
+    # new_bytes, roots, left_out. Empty when the backup holds none.
+    settings: dict = field(default_factory=dict)
     format: int = FORMAT
 
     @property
@@ -83,7 +103,7 @@ class Header:
     @classmethod
     def from_json(cls, text: str) -> "Header":
         data = json.loads(text)
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        if not isinstance(data, dict) or data.get("format") not in FORMATS:
             raise ValueError(f"unknown record format {data.get('format') if isinstance(data, dict) else data!r}")
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
@@ -98,10 +118,19 @@ def record_name(backup_name: str) -> str:
 # --- pure: lines <-> entries -------------------------------------------------------
 
 
-def encode(header: Header, blobs: Iterable[tuple[str, int]]) -> Iterator[str]:
-    """The record's lines. `blobs` must be sorted by checksum; counts and bytes in
-    the header are checked against the list (a record never lies about itself)."""
+def encode(
+    header: Header, blobs: Iterable[tuple[str, int]], settings: Iterable[SettingsFile] = ()
+) -> Iterator[str]:
+    """The record's lines. `blobs` must be sorted by checksum, `settings` sorted; counts
+    and bytes in the header are checked against the lists (a record never lies about
+    itself)."""
+    settings = sorted(settings)
+    header.format = FORMAT_WITH_SETTINGS if settings else FORMAT
+    if bool(settings) != bool(header.settings):
+        raise ValueError("the header's settings summary and the settings list disagree")
     yield header.to_json() + "\n"
+    if settings:
+        yield from _settings_lines(header, settings)
     count, total, previous = 0, 0, ""
     for checksum, size in blobs:
         if checksum <= previous:
@@ -115,6 +144,35 @@ def encode(header: Header, blobs: Iterable[tuple[str, int]]) -> Iterator[str]:
             f"header says {header.blob_count} blobs / {header.blob_bytes} bytes, list has {count} / {total}"
         )
     yield f"end {count} {total}\n"
+
+
+def _settings_lines(header: Header, settings: list[SettingsFile]) -> Iterator[str]:
+    for settings_file in settings:
+        yield settings_file.line()
+    count, total = len(settings), sum(f.size for f in settings)
+    if (count, total) != (header.settings.get("files"), header.settings.get("bytes")):
+        raise ValueError(f"header says {header.settings} of settings, the list has {count} / {total}")
+    yield f"settings-end {count} {total}\n"
+
+
+def decode_settings(lines: Iterator[str], where: str) -> list[SettingsFile]:
+    """The settings section (right after the header of a format-2 record), checked:
+    each line (settings.parse_line), the order, and the closing count."""
+    found: list[SettingsFile] = []
+    for line in lines:
+        end = _SETTINGS_END.match(line.rstrip("\n"))
+        if end:
+            if (int(end.group(1)), int(end.group(2))) != (len(found), sum(f.size for f in found)):
+                break
+            return found
+        try:
+            settings_file = parse_line(line, where)
+        except SettingsError as error:
+            raise VerificationError(f"{error}: the record is damaged") from None
+        if found and settings_file <= found[-1]:
+            raise VerificationError(f"{where}: the settings list is out of order: the record is damaged")
+        found.append(settings_file)
+    raise VerificationError(f"{where}: the settings list is cut short or miscounted: the record is damaged")
 
 
 def decode_blobs(lines: Iterable[str], where: str) -> Iterator[tuple[str, int]]:
@@ -150,12 +208,14 @@ def decode_blobs(lines: Iterable[str], where: str) -> Iterator[tuple[str, int]]:
 # --- files --------------------------------------------------------------------------
 
 
-def write(path: Path, header: Header, blobs: Iterable[tuple[str, int]]) -> None:
+def write(
+    path: Path, header: Header, blobs: Iterable[tuple[str, int]], settings: Iterable[SettingsFile] = ()
+) -> None:
     """Atomically: a temp file beside `path`, fsynced, renamed, folder fsynced."""
     with atomic_output(path) as (handle, temp):
         with gzip.GzipFile(fileobj=handle, mode="wb", compresslevel=6, mtime=0) as packed:
             text = io.TextIOWrapper(packed, encoding="ascii", newline="\n")
-            for line in encode(header, blobs):
+            for line in encode(header, blobs, settings):
                 text.write(line)
             text.flush()
             text.detach()
@@ -172,19 +232,33 @@ def read_header(path: Path) -> Header:
 
 
 class BlobList:
-    """The blob list of a record, streamed: `with BlobList(path) as blobs: for checksum, size in blobs`."""
+    """The blobs a record refers to, streamed in checksum order without repeats:
+    `with BlobList(path) as blobs: for checksum, size in blobs`. Its images and its
+    settings files; only the images with `images_only`."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, images_only: bool = False):
         self.path = path
+        self.images_only = images_only
         self._text: Optional[io.TextIOBase] = None
 
     def __enter__(self) -> Iterator[tuple[str, int]]:
+        settings = self._open()
+        images = self._checked(decode_blobs(self._text, str(self.path)))
+        if self.images_only or not settings:
+            return images
+        return _unique(heapq.merge(images, sorted({(f.md5, f.size) for f in settings})))
+
+    def _open(self) -> list[SettingsFile]:
         try:
             self._text = gzip.open(self.path, "rt", encoding="ascii", newline="\n")
-            self._text.readline()
-        except (OSError, EOFError, zlib.error, ValueError) as error:
+            header = Header.from_json(self._text.readline())
+            if header.format != FORMAT_WITH_SETTINGS:
+                return []
+            return decode_settings(self._text, str(self.path))
+        except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError) as error:
+            if self._text:
+                self._text.close()
             raise VerificationError(f"{self.path} cannot be read ({error}): the record is damaged") from error
-        return self._checked(decode_blobs(self._text, str(self.path)))
 
     def _checked(self, blobs: Iterator[tuple[str, int]]) -> Iterator[tuple[str, int]]:
         try:
@@ -195,3 +269,21 @@ class BlobList:
     def __exit__(self, *exc) -> None:
         if self._text:
             self._text.close()
+
+
+def read_settings(path: Path) -> list[SettingsFile]:
+    """A record's settings files (none in a format-1 record); the blob list after
+    them is not read."""
+    listing = BlobList(path)
+    try:
+        return listing._open()
+    finally:
+        listing.__exit__()
+
+
+def _unique(pairs: Iterator[tuple[str, int]]) -> Iterator[tuple[str, int]]:
+    previous = None
+    for pair in pairs:
+        if pair[0] != previous:
+            previous = pair[0]
+            yield pair

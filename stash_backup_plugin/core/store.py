@@ -127,8 +127,13 @@ class Store:
     def headers(self) -> list[records.Header]:
         return [self.header(name) for name in self.record_names()]
 
-    def blob_list(self, name: str) -> records.BlobList:
-        return records.BlobList(self.record_path(name))
+    def blob_list(self, name: str, images_only: bool = False) -> records.BlobList:
+        """Every blob the backup refers to (images and settings files), or its images."""
+        return records.BlobList(self.record_path(name), images_only)
+
+    def settings(self, name: str) -> list:
+        """The backup's settings files (record.read_settings)."""
+        return records.read_settings(self.record_path(name))
 
     def referenced(self, names: Iterable[str]) -> Iterator[str]:
         """Checksums the given records refer to, merged in order (with repeats); raises
@@ -137,9 +142,9 @@ class Store:
             streams = [_checksums(stack.enter_context(self.blob_list(name))) for name in names]
             yield from merge(*streams)
 
-    def write_record(self, header: records.Header, blobs: Iterable[tuple[str, int]]) -> None:
+    def write_record(self, header: records.Header, blobs: Iterable[tuple[str, int]], settings=()) -> None:
         make_folders(self.records_folder)
-        records.write(self.record_path(header.name), header, blobs)
+        records.write(self.record_path(header.name), header, blobs, settings)
 
     def forget(self, name: str) -> None:
         """Remove a backup's record: from here on nothing keeps its data."""

@@ -16,6 +16,7 @@ from typing import IO, Callable, Iterable, Iterator, Optional, Protocol
 
 from . import backup_zip as fullbackup
 from . import record as records
+from . import settings as settings_files
 from .atomic import atomic_output, discard, fsync_dir, make_folders, private_mode, scratch_folder, storage_error
 from .errors import UsageError, VerificationError
 from .naming import TEMP_MARKER as _TEMP, blob_member_name, blob_relative_path, parse_backup_name
@@ -121,6 +122,7 @@ class NewBackup:
     salvaged: bool = False  # recovered from a damaged database: never a good backup (record.Header.salvaged)
     prechecked: bool = False  # the caller checked the database at verified_level already: not read twice
     pre_upgrade: str = ""  # Stash's own pre-migration backup, adopted: "<from>→<to>" (record.Header.pre_upgrade)
+    settings: Optional[settings_files.Gathered] = None  # Stash's settings files, hashed (settings.gather)
 
 
 def checked_backup(name: str, database: Path, sha256: str, level: str, includes_blobs: bool, **details) -> NewBackup:
@@ -217,6 +219,7 @@ def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Repor
         try:
             with open(blob_list, "w", encoding="ascii") as listing:
                 counts = _store_blobs(store, new.referenced, new.referenced_count, source, listing, report)
+            kept_settings, settings_summary = _store_settings(store, new.settings, report)
             check.result()
             temp, digest = compressor.result()
             if digest.sha256 != new.sha256 or digest.size != new.database.stat().st_size:
@@ -225,8 +228,9 @@ def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Repor
             snapshot_path = commit_snapshot(store, new.name, temp)
             crash_point("snapshot-stored")
             header = _header(new, snapshot_path, store, digest, counts)
+            header.settings = settings_summary
             with open(blob_list, encoding="ascii") as listing:
-                store.write_record(header, _read_list(listing))
+                store.write_record(header, _read_list(listing), kept_settings)
             crash_point("record-written")
         finally:
             check.join()
@@ -291,6 +295,34 @@ def _store_one(store: Store, writer, checksum: str, source: BlobSource, counts: 
     counts.new += 1
     counts.new_bytes += added
     return added
+
+
+def _store_settings(
+    store: Store, gathered: Optional[settings_files.Gathered], report: Reporter
+) -> tuple[list[settings_files.SettingsFile], dict]:
+    """Stash's settings files into the blob store (those it lacks), checked against the
+    MD5 they were listed with: (the files kept, the header's summary)."""
+    if not gathered or not gathered.files:
+        return [], {}
+    kept, new, new_bytes = [], 0, 0
+    with store.blob_writer() as writer:
+        for settings_file, path in gathered.files:
+            if store.blob_size(settings_file.md5) == settings_file.size:
+                kept.append(settings_file)
+                continue
+            try:
+                with open(path, "rb") as handle:
+                    added = writer.add(settings_file.md5, handle)
+            except OSError:
+                added = None
+            if added is None:
+                where = f"{settings_file.root}/{settings_file.path}"
+                report.warning(f"settings: left out {where} (it changed or could not be read while it was backed up)")
+                continue
+            kept.append(settings_file)
+            new, new_bytes = new + 1, new_bytes + added
+    gathered.files = [(f, p) for f, p in gathered.files if f in set(kept)]
+    return kept, settings_files.summary(gathered, new, new_bytes)
 
 
 def _read_list(listing) -> Iterator[tuple[str, int]]:
@@ -411,7 +443,7 @@ def unlisted_references(referenced: Iterable[str], listed: Iterable[tuple[str, i
 
 
 def _unlisted(store: Store, header: records.Header, database: Path) -> list[str]:
-    with store.blob_list(header.name) as blobs:
+    with store.blob_list(header.name, images_only=True) as blobs:
         return unlisted_references(filesystem_blob_references(database), blobs)
 
 
@@ -562,7 +594,7 @@ def export_zip(store: Store, name: str, output: Path, report: Reporter) -> Path:
                     header, member, progress=_bytes(report.phase(0, 0.4), header.snapshot.size, "writing database")
                 )
             done = _bytes(report.phase(0.4, 0.8), header.blob_bytes, "writing blobs")
-            with store.blob_list(name) as blobs:
+            with store.blob_list(name, images_only=True) as blobs:  # Stash's zip: the database and its images
                 for checksum, size in blobs:
                     _copy_blob_into(packed, store.blob_path(checksum), blob_member_name(checksum), size)
                     done(size)

@@ -657,7 +657,7 @@ def _check_pulled_database(
         )
     if header.includes_blobs:
         remaining = set(checked.blobs_on_filesystem)
-        with records.BlobList(record_path) as blobs:
+        with records.BlobList(record_path, images_only=True) as blobs:
             for checksum, _ in blobs:
                 remaining.discard(checksum)
         if len(remaining) > header.missing_blobs:

@@ -198,10 +198,11 @@ class _Inspection:
     recorded: Optional[Entry] = None  # the archive's manifest entry of this file, when it is in one
 
     def blobs(self) -> Iterator[tuple[str, int]]:
-        """(checksum, size) of every blob the backup holds, sorted; a stored backup's
-        are streamed from its record (no object per blob is kept)."""
+        """(checksum, size) of every image the backup holds, sorted; a stored backup's
+        are streamed from its record (no object per blob is kept). Settings files are
+        not among them (settings_restore.py)."""
         if self.kind == "stored":
-            with self.store.blob_list(self.header.name) as listed:
+            with self.store.blob_list(self.header.name, images_only=True) as listed:
                 yield from listed
             return
         for checksum in sorted(self.blob_members):
@@ -318,7 +319,7 @@ def _note_database(inspection: _Inspection, database: Path, level: str) -> None:
     from ..core.stored import unlisted_references
 
     inspection.schema_version = check_database(database, level, blob_references=False).schema_version
-    with inspection.store.blob_list(inspection.header.name) as listed:
+    with inspection.store.blob_list(inspection.header.name, images_only=True) as listed:
         inspection.blobs_not_included = set(unlisted_references(filesystem_blob_references(database), listed))
 
 
