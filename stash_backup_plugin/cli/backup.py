@@ -17,6 +17,7 @@ from .options import (
     open_client,
     ping_option,
     print_json,
+    settings_option,
     stash_binary_option,
     status_file_of,
 )
@@ -61,6 +62,7 @@ def add_commands(commands) -> None:
         help="after the download, run a restore drill every N backups (e.g. 5) or when the last "
         "drill is older than DURATION (e.g. 7d)",
     )
+    settings_option(download)
     stash_binary_option(download)
     notify_option(download)
     ping_option(download)
@@ -111,9 +113,11 @@ def add_commands(commands) -> None:
     )
     snapshot.add_argument("--no-compress", action="store_true", help="store the database snapshot uncompressed")
     snapshot.add_argument("--json", action="store_true", help="print the new archive entry as JSON")
+    settings_option(snapshot)
     archive_option(snapshot)
     check_option(snapshot)
     notify_option(snapshot)
+    ping_option(snapshot)
 
 
 def cmd_backup(args, report) -> int:
@@ -137,6 +141,7 @@ def cmd_download(args, report) -> int:
         blobs_path=args.blobs_path,
         check_level=FULL if args.full_check else QUICK,
         compress=not args.no_compress,
+        settings=not args.no_settings,
         if_older_than=parse_duration(args.if_older_than) if args.if_older_than else None,
     )
     archive = archive_of(args)
@@ -206,9 +211,11 @@ def cmd_snapshot(args, report) -> int:
         compress=not args.no_compress,
         salvage=args.salvage,
         stash_stopped=args.stash_stopped,
+        settings=not args.no_settings,
     )
     archive = archive_of(args)
-    with recording(status_file_of(archive), "snapshot", report, notifier_of(args, report)) as run:
+    notifier = notifier_of(args, report)
+    with recording(status_file_of(archive), "snapshot", report, notifier, ping=args.ping or "") as run:
         entry = snapshot_offline(archive, options, report)
         run.done(
             f"Archived {entry.file} from the stopped Stash" + (" (salvaged)" if entry.salvaged else "")

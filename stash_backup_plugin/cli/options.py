@@ -52,6 +52,14 @@ def database_option(command, what: str):
     )
 
 
+def settings_option(command):
+    command.add_argument(
+        "--no-settings",
+        action="store_true",
+        help="leave Stash's settings (config.yml, plugins, scrapers, custom CSS/JS) out of the backup",
+    )
+
+
 def stash_binary_option(command):
     command.add_argument(
         "--stash-binary", type=Path, metavar="PATH", help="the Stash binary the drill starts (default: stash on PATH)"

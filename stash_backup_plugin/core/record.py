@@ -118,9 +118,7 @@ def record_name(backup_name: str) -> str:
 # --- pure: lines <-> entries -------------------------------------------------------
 
 
-def encode(
-    header: Header, blobs: Iterable[tuple[str, int]], settings: Iterable[SettingsFile] = ()
-) -> Iterator[str]:
+def encode(header: Header, blobs: Iterable[tuple[str, int]], settings: Iterable[SettingsFile] = ()) -> Iterator[str]:
     """The record's lines. `blobs` must be sorted by checksum, `settings` sorted; counts
     and bytes in the header are checked against the lists (a record never lies about
     itself)."""
@@ -208,9 +206,7 @@ def decode_blobs(lines: Iterable[str], where: str) -> Iterator[tuple[str, int]]:
 # --- files --------------------------------------------------------------------------
 
 
-def write(
-    path: Path, header: Header, blobs: Iterable[tuple[str, int]], settings: Iterable[SettingsFile] = ()
-) -> None:
+def write(path: Path, header: Header, blobs: Iterable[tuple[str, int]], settings: Iterable[SettingsFile] = ()) -> None:
     """Atomically: a temp file beside `path`, fsynced, renamed, folder fsynced."""
     with atomic_output(path) as (handle, temp):
         with gzip.GzipFile(fileobj=handle, mode="wb", compresslevel=6, mtime=0) as packed:

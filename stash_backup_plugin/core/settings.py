@@ -39,6 +39,7 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_FILES = 20_000
 MAX_TOTAL_BYTES = 512 * 1024 * 1024
 MAX_PATH_CHARS = 1024
+ARCHIVE_MANIFEST = "manifest.json"  # archive.MANIFEST_NAME (archive.py imports this module)
 WARNED_LEFT_OUT = 5  # named one by one in a run's warnings; the rest counted
 
 # (where, pattern, why). where: "top" = directly in the config folder, "any" = at any
@@ -242,12 +243,20 @@ def _walk(
         is_dir = stat.S_ISDIR(info.st_mode)
         if why_left_out(entry.name, is_dir, top):
             continue
+        if is_dir and _is_an_archive(path):
+            continue
         if is_dir:
             yield from _walk(path, root, leave_out, root_name, gathered)
         elif stat.S_ISREG(info.st_mode):
             yield relative, path, info
         elif stat.S_ISLNK(info.st_mode):
             gathered.left_out.append((f"{root_name}/{relative}", "a symbolic link: not followed"))
+
+
+def _is_an_archive(folder: Path) -> bool:
+    """An archive of this tool (ours or another's) inside the config folder: its
+    manifest beside its records."""
+    return (folder / ARCHIVE_MANIFEST).is_file() and (folder / "backups").is_dir()
 
 
 def _normal(path: Path) -> str:
@@ -277,3 +286,49 @@ def target_path(folder: Path, settings_file: SettingsFile) -> Path:
     if not safe_relative(settings_file.path):
         raise SettingsError(f"settings path {settings_file.path!r} would leave {folder}")
     return folder.joinpath(*settings_file.path.split("/"))
+
+
+# The paths of Stash's config that name data kept elsewhere or made again (keys of
+# `sources_for`'s `paths`), and why each is left out of the settings.
+NAMED_PATHS = {
+    "database": "the database: the archive stores it already",
+    "backup_directory": "database backups: the archive stores them already",
+    "generated": "made again by Stash's Generate task",
+    "cache": "Stash's cache",
+    "metadata": "an export, made from the database",
+    "blobs": "images: the archive stores them already",
+    "log_file": "a log",
+    "ffmpeg": "a download",
+    "ffprobe": "a download",
+}
+
+
+def sources_for(config_file: Path, paths: dict, archive_folder: Optional[Path]) -> Sources:
+    """Sources from the paths Stash's config names (as the server reports them or as
+    config.yml writes them; relative ones are relative to the config folder), with
+    our own archive left out wherever it is."""
+    folder = config_file.parent
+
+    def resolved(value) -> Optional[Path]:
+        if not value or not isinstance(value, str):
+            return None
+        path = Path(os.path.expanduser(value))
+        return path if path.is_absolute() else folder / path
+
+    leave_out: dict[Path, str] = {}
+    for key, why in NAMED_PATHS.items():
+        path = resolved(paths.get(key))
+        if path:
+            leave_out[path] = why
+    database = resolved(paths.get("database"))
+    if database:
+        for suffix in ("-wal", "-shm", "-journal"):
+            leave_out[database.with_name(database.name + suffix)] = "the database's journal"
+    if archive_folder:
+        leave_out[archive_folder] = "this archive"
+    return Sources(
+        config_file,
+        plugins=resolved(paths.get("plugins")) or folder / "plugins",
+        scrapers=resolved(paths.get("scrapers")) or folder / "scrapers",
+        leave_out=leave_out,
+    )

@@ -36,6 +36,8 @@ JOB_TITLES = {
     "retention": "Apply retention",
     "offsite": "Copy off-site",
     "drill": "Restore drill",
+    "check-live": "Check live database",
+    "snapshot": "Snapshot of the stopped Stash",
 }
 
 

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..core import stored
+from ..core import settings, stored
 from ..core.archive import Archive, Entry, entry_from_name
 from ..core.atomic import discard
 from ..core.errors import ConfigError, DownloadError, LinkExpiredError, StashBackupError
@@ -34,6 +34,7 @@ class DownloadOptions:
     check_level: str = QUICK
     if_older_than: Optional[Duration] = None
     compress: bool = True  # False: the snapshot in gzip's stored blocks (faster nights, about 3x the space)
+    settings: bool = True  # Stash's config.yml, plugins, scrapers, ... (core/settings.py), where readable here
 
     @property
     def compression_level(self) -> int:
@@ -155,8 +156,26 @@ def _store_fetched(
         database_member=Path(info.database_path).name if info.database_path else "",
         compression_level=options.compression_level,
     )
+    if options.settings:
+        new.settings = gather_settings(info, archive.folder, report)
     source = stored.FolderSource(folders) if folders else stored.NoBlobs()
     return stored.store_backup(store, new, source, report, compressed)
+
+
+def gather_settings(info: ServerInfo, archive_folder: Path, report: Reporter) -> Optional[settings.Gathered]:
+    """Stash's settings files, from the paths the server reports, when its config file
+    is readable here (the plugin, a CLI on Stash's host); else a warning."""
+    if not info.config_path:
+        report.warning("settings not backed up: the server did not say where its config.yml is")
+        return None
+    paths = dict(
+        info.setting_paths,
+        database=info.database_path,
+        backup_directory=info.backup_directory,
+        blobs=info.blobs_path,
+    )
+    sources = settings.sources_for(Path(info.config_path), paths, archive_folder)
+    return settings.gather(sources, report.warning)
 
 
 def _skip_reason(archive: Archive, if_older_than: Optional[Duration]) -> str:

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
-from ..core import stored
+from ..core import settings, stored
 from ..core.archive import Archive, Entry
 from ..core.atomic import scratch_folder
 from ..core.errors import UsageError, VerificationError
@@ -37,6 +37,7 @@ class SnapshotOptions:
     compress: bool = True
     salvage: bool = False  # the database is damaged: store what SQLite recovers, marked salvaged
     stash_stopped: bool = False  # the user vouches that Stash is stopped where the probes cannot tell
+    settings: bool = True  # Stash's config.yml, plugins, scrapers, ... (core/settings.py)
 
 
 def snapshot_offline(archive: Archive, options: SnapshotOptions, report: Reporter) -> Optional[Entry]:
@@ -136,6 +137,9 @@ def _store(
         salvaged=salvaged,
         prechecked=True,
     )
+    if options.settings:
+        sources = settings.sources_for(config.path, config.setting_paths(), archive.folder)
+        new.settings = settings.gather(sources, report.warning)
     source = stored.FolderSource([blobs]) if blobs is not None else stored.NoBlobs()
     return stored.store_backup(archive.store, new, source, report)
 

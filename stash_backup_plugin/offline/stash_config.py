@@ -73,6 +73,26 @@ class StashConfig:
         settings = settings.get("settings", {}) if isinstance(settings, dict) else {}
         return [self.resolve_path(folder) for folder in _setting_values(settings, ARCHIVE_FOLDER_SETTING)]
 
+    def setting_paths(self) -> dict:
+        """The paths config.yml names, keyed as settings.sources_for wants them (each
+        found as resolve_path finds it)."""
+        keys = {
+            "database": "database",
+            "backup_directory": "backup_directory_path",
+            "blobs": "blobs_path",
+            "generated": "generated",
+            "cache": "cache",
+            "metadata": "metadata",
+            "plugins": "plugins_path",
+            "scrapers": "scrapers_path",
+            "log_file": "logfile",
+            "ffmpeg": "ffmpeg_path",
+            "ffprobe": "ffprobe_path",
+        }
+        found = {key: self.get(name) for key, name in keys.items()}
+        found["database"] = str(self.database)
+        return {key: str(self.resolve_path(value)) for key, value in found.items() if isinstance(value, str)}
+
     def resolve_path(self, written: str) -> Path:
         """The path as written when it exists; otherwise the same path found under the
         config folder (a Docker config names paths inside the container)."""

@@ -5,7 +5,7 @@ command that never talks to Stash never imports the HTTP stack."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -27,6 +27,9 @@ class ServerInfo:
     # developer_options.extra_blob_paths (v0.31): more folders Stash reads blobs from,
     # found in its config.yml when that file is readable here.
     extra_blob_paths: tuple = ()
+    config_path: Optional[str] = None  # Stash's config.yml, as Stash sees it
+    # The other paths Stash's config names (settings.sources_for's keys): generated, cache, ...
+    setting_paths: dict = field(default_factory=dict)
 
     @property
     def blobs_on_filesystem(self) -> bool:

@@ -41,10 +41,26 @@ _SERVER_INFO = gql("""
 query StashBackupServerInfo {
   version { version }
   systemStatus { databaseSchema databasePath configPath status }
-  configuration { general { backupDirectoryPath blobsPath blobsStorage databasePath } }
+  configuration {
+    general {
+      backupDirectoryPath blobsPath blobsStorage databasePath
+      generatedPath cachePath metadataPath scrapersPath pluginsPath logFile ffmpegPath ffprobePath
+    }
+  }
   backupInput: __type(name: "BackupDatabaseInput") { inputFields { name } }
 }
 """)
+# settings.sources_for's keys: the paths Stash's config names, as the server reports them.
+_SETTING_PATHS = {
+    "generated": "generatedPath",
+    "cache": "cachePath",
+    "metadata": "metadataPath",
+    "scrapers": "scrapersPath",
+    "plugins": "pluginsPath",
+    "log_file": "logFile",
+    "ffmpeg": "ffmpegPath",
+    "ffprobe": "ffprobePath",
+}
 _BACKUP = gql("mutation StashBackup($input: BackupDatabaseInput!) { backupDatabase(input: $input) }")
 _PLUGIN_SETTINGS = gql(
     "query StashBackupSettings($ids: [ID!]) { configuration { general { apiKey } plugins(include: $ids) } }"
@@ -176,6 +192,8 @@ class StashClient:
             blobs_storage=text(general, "blobsStorage"),
             supports_include_blobs="includeBlobs" in fields,
             extra_blob_paths=extra_blob_paths(text(status, "configPath")),
+            config_path=text(status, "configPath"),
+            setting_paths={key: text(general, field) for key, field in _SETTING_PATHS.items()},
         )
 
     def backup_database(self, download: bool, include_blobs: Optional[bool] = None) -> Optional[str]:
