@@ -6,6 +6,7 @@
     stash-restore --list
     stash-restore --salvage broken.sqlite --output recovered.sqlite
     stash-restore stash-go.sqlite.85.20261126_180102.zip --map-path 'D:\\Media=/data/media' --dry-run
+    stash-restore NAME --archive DIR --with-settings --config ~/.stash/config.yml   # a new machine
 
 Standard library and PyYAML only.
 """
@@ -34,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="stash-restore",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:9]),
+        epilog="\n".join(__doc__.splitlines()[2:10]),
     )
     parser.add_argument("backup", nargs="?", help="backup file, or its name in the backup folder or archive")
     modes = parser.add_mutually_exclusive_group()
@@ -72,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="with --list: JSON output")
     parser.add_argument(
+        "--with-settings",
+        action="store_true",
+        help="restore Stash's settings too (config.yml, plugins, scrapers, custom CSS/JS), the current "
+        "ones kept aside; on a new machine, --config naming a config.yml that does not exist yet "
+        "restores them always",
+    )
+    parser.add_argument(
         "--map-path",
         action="append",
         default=[],
@@ -99,6 +107,42 @@ def _target(args, report) -> Target:
         for written, used in config.relocated:
             report.info(f"config.yml names {written}, which does not exist here; using {used}")
     return Target(database, blobs, blobs_storage, config)
+
+
+def _config_to_create(args) -> bool:
+    """A new machine: --config names a config.yml that does not exist yet, and a backup
+    is to be restored: the backup's own config.yml (and its other settings) go there."""
+    return bool(args.config and args.backup and not args.undo and not args.config.expanduser().exists())
+
+
+def _new_machine_target(args, mappings: list, report) -> Target:
+    """The target as the backup's config.yml describes it once restored at --config."""
+    from ..core.store import Store
+    from .restore import is_stored_backup
+    from .settings_restore import restored_config
+    from .stash_config import DEFAULT_DATABASE_NAME, FILESYSTEM, Target
+
+    config_path = args.config.expanduser().absolute()
+    provisional = Target(config_path.parent / DEFAULT_DATABASE_NAME)
+    backup = _resolve_backup(args.backup, args, provisional)
+    if not is_stored_backup(backup):
+        raise UsageError(
+            f"{config_path} does not exist, and {backup.name} is not a backup in an archive, which alone "
+            "holds Stash's settings: give the config.yml of this machine's Stash"
+        )
+    store = Store(backup.parent.parent)
+    files = store.settings(backup.name[: -len(".record")])
+    if not files:
+        raise UsageError(
+            f"{config_path} does not exist, and {backup.name} holds no settings: give the config.yml of "
+            "this machine's Stash (start Stash once to make one)"
+        )
+    config = restored_config(store, files, config_path, mappings)
+    report.info(f"{config_path} does not exist: restoring the backup's settings there (a new machine)")
+    blobs = args.blobs_path.expanduser().resolve() if args.blobs_path else config.blobs_path
+    storage = FILESYSTEM if args.blobs_path else config.blobs_storage
+    report.info(f"the restored config.yml puts the database at {config.database}")
+    return Target(config.database, blobs, storage, config)
 
 
 def _backup_folders(args, target: Target) -> list[Path]:
@@ -256,7 +300,8 @@ def _run(args, report) -> int:
     mappings = parse_mappings(args.map_path)  # a malformed one stops before anything is read
     if args.salvage:
         return cmd_salvage(args, report)
-    target = _target(args, report)
+    new_machine = _config_to_create(args)
+    target = _new_machine_target(args, mappings, report) if new_machine else _target(args, report)
     if args.list:
         return cmd_list(args, target)
     from . import restore as engine
@@ -270,6 +315,7 @@ def _run(args, report) -> int:
         check_level=args.check,
         allow_anonymised=args.allow_anonymised,
         allow_salvaged=args.allow_salvaged,
+        with_settings=args.with_settings or new_machine,
         confirm=_confirm_on_terminal if sys.stdin.isatty() else None,
     )
     if args.undo:

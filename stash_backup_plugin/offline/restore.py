@@ -64,6 +64,7 @@ class RestoreOptions:
     archive_held: bool = False  # the caller holds the archive's lock already (the restore drill)
     path_mappings: list = field(default_factory=list)  # --map-path, parsed (pathmap.PathMapping), longest first
     allow_salvaged: bool = False  # restore a backup marked salvaged (recovered from a damaged database)
+    with_settings: bool = False  # restore Stash's settings files too (settings_restore.py)
 
 
 @dataclass
@@ -495,6 +496,9 @@ def _restore(backup: Path, target: Target, options: RestoreOptions, report: Repo
         facts, to_write = gather_facts(backup, inspection, target, options, aside)
         facts.path_mapping = _preview_mapping(backup, inspection, staged, target, options)
         plan = build_plan(facts)
+        settings_plan = _plan_settings(inspection, target, options)
+        if settings_plan and not plan.refusal:
+            plan.steps += settings_plan.lines(aside)
         result = RestoreResult(plan)
         _show_plan(plan, report)
         if plan.refusal:
@@ -505,6 +509,10 @@ def _restore(backup: Path, target: Target, options: RestoreOptions, report: Repo
         _confirm(options, "Restore now?")
         ensure_stash_stopped(target, options)  # the user may have taken a while to answer
         _map_paths(staged, options, report)
+        if settings_plan:
+            from .settings_restore import restore_settings
+
+            restore_settings(inspection.store, settings_plan, aside, report)
         result.blobs_written = _extract_blobs(backup, inspection, to_write, target, aside, report.phase(0.6, 0.9))
         result.blobs_kept = facts.blobs_already_present
         state = swap.swap_database_in(
@@ -527,6 +535,26 @@ def _restore(backup: Path, target: Target, options: RestoreOptions, report: Repo
         + (" (stash-restore --undo puts it back)" if "" in facts.current_files else "")
     )
     return result
+
+
+def _plan_settings(inspection: _Inspection, target: Target, options: RestoreOptions):
+    """With --with-settings: where the backup's settings files go (nothing is written)."""
+    if not options.with_settings:
+        return None
+    from .settings_restore import plan_settings, restored_config
+
+    if inspection.kind != "stored":
+        raise RestoreRefused("only a backup in the archive holds Stash's settings: nothing was changed")
+    files = inspection.store.settings(inspection.header.name)
+    if not files:
+        raise RestoreRefused(
+            f"{inspection.header.name} holds no settings (made before settings were backed up, or with "
+            "--no-settings): restore it without --with-settings. Nothing was changed"
+        )
+    if target.config is None:
+        raise RestoreRefused("--with-settings needs --config (where config.yml goes), not --database")
+    config = restored_config(inspection.store, files, target.config.path, options.path_mappings)
+    return plan_settings(inspection.store, files, config, options.path_mappings)
 
 
 def _preview_mapping(
