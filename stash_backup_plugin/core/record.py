@@ -239,6 +239,7 @@ class BlobList:
 
     def __enter__(self) -> Iterator[tuple[str, int]]:
         settings = self._open()
+        assert self._text is not None
         images = self._checked(decode_blobs(self._text, str(self.path)))
         if self.images_only or not settings:
             return images
