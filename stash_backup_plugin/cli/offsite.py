@@ -34,6 +34,12 @@ def add_commands(commands) -> None:
     archive_option(push)
     keep_options(push, "then on the remote: ")
     push.add_argument("--json", action="store_true")
+    push.add_argument(
+        "--with-settings",
+        action="store_true",
+        help="send Stash's settings (config.yml with its API key and password hash, plugins, scrapers) "
+        "to a remote that is not an rclone crypt remote too (a crypt remote always gets them)",
+    )
     notify_option(push)
     if ping_option:
         ping_option(push)
@@ -73,7 +79,7 @@ def cmd_offsite(args, report) -> int:
         with recording(
             status_file_of(archive), "offsite", report, notifier_of(args, report), ping=args.ping or ""
         ) as run:
-            result = offsite.push(archive, remote, report, policy_of(args))
+            result = offsite.push(archive, remote, report, policy_of(args), with_settings=args.with_settings)
             run.done(result.line(remote.display))
         if args.json:
             print_json(

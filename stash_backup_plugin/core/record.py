@@ -278,6 +278,15 @@ def read_settings(path: Path) -> list[SettingsFile]:
         listing.__exit__()
 
 
+def write_without_settings(source: Path, target: Path) -> None:
+    """A copy of a record without its settings (format 1): the same backup's database
+    and images, for a remote that must not hold the settings' secrets."""
+    header = read_header(source)
+    header.settings = {}
+    with BlobList(source, images_only=True) as images:
+        write(target, header, images)
+
+
 def _unique(pairs: Iterator[tuple[str, int]]) -> Iterator[tuple[str, int]]:
     previous = None
     for pair in pairs:

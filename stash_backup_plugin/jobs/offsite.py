@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import os
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -48,11 +49,6 @@ from ..offsite.remote import TEMP_TAG, RemoteArchive
 from .retention import retention_hold
 
 FETCH_BATCH_BYTES = 256 * 1024 * 1024  # verify --read-data downloads at most this much at a time
-
-
-def _sized_blobs(store: Store, names: list[str], stack: contextlib.ExitStack) -> Iterator[tuple[str, int]]:
-    """(checksum, size) of every blob the records list, merged in order (with repeats)."""
-    return heapq.merge(*[stack.enter_context(store.blob_list(name)) for name in names])
 
 
 # --- push ------------------------------------------------------------------------------------
@@ -97,9 +93,16 @@ def choose_pushes(entries: list[Entry], manifest: Manifest) -> tuple[list[Entry]
     return todo, skipped, already
 
 
-def push(archive: Archive, remote: RemoteArchive, report: Reporter, policy: Optional[Policy] = None) -> PushResult:
+def push(
+    archive: Archive,
+    remote: RemoteArchive,
+    report: Reporter,
+    policy: Optional[Policy] = None,
+    with_settings: bool = False,
+) -> PushResult:
     """Send what the remote lacks of the archive's good backups, then (with `policy`)
-    apply retention on the remote."""
+    apply retention on the remote. Stash's settings (config.yml's API key, password
+    hash and session keys among them) go only to a crypt remote, or when asked."""
     with archive.locked(), scratch_folder(archive.folder, ".offsite") as scratch, remote.session():
         manifest = remote.read_manifest()
         todo, skipped, already = choose_pushes(archive.entries(), manifest)
@@ -109,7 +112,8 @@ def push(archive: Archive, remote: RemoteArchive, report: Reporter, policy: Opti
         # Held even with nothing to send: it clears what an interrupted run of ours left.
         with remote.held("push", scratch, report.info):
             if todo:
-                _send_backups(archive, remote, manifest, todo, scratch, result, report.phase(0.0, 0.9))
+                carry = with_settings or remote.encrypts()
+                _send_backups(archive, remote, manifest, todo, scratch, result, report.phase(0.0, 0.9), carry)
             report.info(result.line(remote.display))
             if policy and not policy.is_empty():
                 result.retention = _retention(archive, remote, policy, False, scratch, report.phase(0.9, 1.0))
@@ -125,15 +129,20 @@ def _send_backups(
     scratch: Path,
     result: PushResult,
     report: Reporter,
+    carry_settings: bool,
 ) -> None:
     store = archive.store
     headers = [store.header(entry.file) for entry in todo]
     names = [header.name for header in headers]
+    records_root = (
+        archive.folder if carry_settings else _records_without_settings(store, headers, scratch, remote, report)
+    )
     listing = scratch / "send.txt"
     sent_snapshots = []
     with open(listing, "w", encoding="utf-8") as out, contextlib.ExitStack() as stack:
         there = stack.enter_context(remote.listing(scratch, hashes=remote.has_cheap_md5()))
-        for checksum, _size in to_send(_sized_blobs(store, names, stack), there.blobs):
+        lists = [stack.enter_context(records.BlobList(records_root / record_file(name))) for name in names]
+        for checksum, _size in to_send(heapq.merge(*lists), there.blobs):
             out.write(blob_member_name(checksum) + "\n")
             result.blobs_sent += 1
         for header in headers:
@@ -145,17 +154,16 @@ def _send_backups(
     crash_point("offsite-data-sent")
     record_files = [record_file(name) for name in names]
     record_bytes, records_copied = remote.send_small(
-        archive.folder, record_files, listing, "copy the backups' records to"
+        records_root, record_files, listing, "copy the backups' records to"
     )
     result.bytes_sent = sent.bytes + record_bytes
     crash_point("offsite-records-sent")
     _confirm_arrived(remote, sent_snapshots + record_files, set(sent.transferred) | records_copied)
     pushed_at = utc_now()
+    sent_records = [records_root / record_file(h.name) for h in headers]
     added = [
-        backup_from_header(
-            h, store.record_path(h.name).stat().st_size, file_digest(store.record_path(h.name), "md5"), pushed_at
-        )
-        for h in headers
+        backup_from_header(h, path.stat().st_size, file_digest(path, "md5"), pushed_at)
+        for h, path in zip(headers, sent_records)
     ]
     remote.write_manifest(manifest.with_backups(added, pushed_at), scratch)
     crash_point("offsite-manifest-written")
@@ -165,6 +173,30 @@ def _send_backups(
             f"pushed {header.name}: {header.blob_count} blob(s), database "
             f"{human_size(header.snapshot.stored_size)} compressed"
         )
+
+
+def _records_without_settings(
+    store: Store, headers: list[records.Header], scratch: Path, remote: RemoteArchive, report: Reporter
+) -> Path:
+    """The records to send to a plain remote, in a folder laid out as the archive: those
+    with settings as copies without them (record.write_without_settings)."""
+    root = scratch / "records"
+    make_folders(root / RECORDS)
+    left_out = 0
+    for header in headers:
+        target = root / record_file(header.name)
+        if header.settings:
+            records.write_without_settings(store.record_path(header.name), target)
+            left_out += 1
+        else:
+            shutil.copyfile(store.record_path(header.name), target)
+    if left_out:
+        report.warning(
+            f"Stash's settings (config.yml holds its API key, password hash and session keys) were left out of "
+            f"{left_out} backup(s) sent to {remote.display}, which is not an rclone crypt remote: use a crypt "
+            "remote, or pass --with-settings to send them anyway"
+        )
+    return root
 
 
 def _confirm_arrived(remote: RemoteArchive, expected: list[str], copied: set[str]) -> None:

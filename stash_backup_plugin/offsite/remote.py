@@ -95,11 +95,16 @@ class RemoteArchive:
         self._hashes: Optional[bool] = None
         self._info: Optional[dict] = None
 
+    def encrypts(self) -> bool:
+        """An rclone crypt remote: what it stores is encrypted and authenticated with a
+        key the user keeps."""
+        return self.rclone.backend(self.location) == "crypt"
+
     def unauthenticated_note(self) -> str:
         """A line for the user when nothing proves that what the remote holds is what
         we sent: only rclone crypt authenticates (a key the user keeps); a bucket
         writer can replace a backup on any other remote with a consistent fake."""
-        if self.rclone.backend(self.location) == "crypt":
+        if self.encrypts():
             return ""
         return (
             f"note: {self.display} is not an rclone crypt remote: nothing authenticates what it holds, so anyone "
