@@ -131,13 +131,15 @@ def _new_machine_target(args, mappings: list, report) -> Target:
             "holds Stash's settings: give the config.yml of this machine's Stash"
         )
     store = Store(backup.parent.parent)
-    files = store.settings(backup.name[: -len(".record")])
+    name = backup.name[: -len(".record")]
+    files = store.settings(name)
     if not files:
         raise UsageError(
             f"{config_path} does not exist, and {backup.name} holds no settings: give the config.yml of "
             "this machine's Stash (start Stash once to make one)"
         )
-    config = restored_config(store, files, config_path, mappings)
+    old_folder = store.header(name).settings.get("roots", {}).get("config", "")
+    config = restored_config(store, files, config_path, mappings, old_folder)
     report.info(f"{config_path} does not exist: restoring the backup's settings there (a new machine)")
     blobs = args.blobs_path.expanduser().resolve() if args.blobs_path else config.blobs_path
     storage = FILESYSTEM if args.blobs_path else config.blobs_storage

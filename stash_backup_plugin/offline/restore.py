@@ -553,8 +553,9 @@ def _plan_settings(inspection: _Inspection, target: Target, options: RestoreOpti
         )
     if target.config is None:
         raise RestoreRefused("--with-settings needs --config (where config.yml goes), not --database")
-    config = restored_config(inspection.store, files, target.config.path, options.path_mappings)
-    return plan_settings(inspection.store, files, config, options.path_mappings)
+    old_folder = inspection.header.settings.get("roots", {}).get("config", "")
+    config = restored_config(inspection.store, files, target.config.path, options.path_mappings, old_folder)
+    return plan_settings(inspection.store, files, config)
 
 
 def _preview_mapping(

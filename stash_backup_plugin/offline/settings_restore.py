@@ -47,9 +47,27 @@ class SettingsPlan:
         return [text] + [f"{root} files go to {folder}" for root, folder in self.folders.items() if root != CONFIG]
 
 
-def restored_config(store: Store, files: list[SettingsFile], config_path: Path, mappings: list) -> StashConfig:
-    """The backup's config.yml as it will be at `config_path` (library folders mapped),
-    read from the archive and checked against its MD5. Refuses when the backup has none."""
+# config.yml's keys naming Stash's own files: those inside the old config folder move
+# with it to the new one (a new machine's config folder is somewhere else).
+CONFIG_FOLDER_PATHS = (
+    "database",
+    "blobs_path",
+    "generated",
+    "cache",
+    "metadata",
+    "backup_directory_path",
+    "plugins_path",
+    "scrapers_path",
+    "logfile",
+)
+
+
+def restored_config(
+    store: Store, files: list[SettingsFile], config_path: Path, mappings: list, old_folder: str = ""
+) -> StashConfig:
+    """The backup's config.yml as it will be at `config_path` (library folders mapped;
+    paths inside the old config folder moved to the new one), read from the archive and
+    checked against its MD5. Refuses when the backup has none."""
     stored = next((f for f in files if f.root == CONFIG and f.path == CONFIG_NAME), None)
     if stored is None:
         raise RestoreRefused("the backup holds no config.yml among its settings: nothing was changed")
@@ -59,10 +77,30 @@ def restored_config(store: Store, files: list[SettingsFile], config_path: Path, 
         from .pathmap import map_library_setting
 
         values["stash"] = map_library_setting(values.get("stash"), mappings)
+    _move_config_folder(values, old_folder, config_path.parent)
     return StashConfig(config_path, values)
 
 
-def plan_settings(store: Store, files: list[SettingsFile], config: StashConfig, mappings: list) -> SettingsPlan:
+def _move_config_folder(values: dict, old: str, new: Path) -> None:
+    if not old or Path(old) == new:
+        return
+    for key in CONFIG_FOLDER_PATHS:
+        value = values.get(key)
+        if isinstance(value, str) and Path(value).is_absolute():
+            try:
+                inside = Path(value).relative_to(old)
+            except ValueError:
+                continue
+            values[key] = str(new / inside)
+
+
+def config_changed(store: Store, files: list[SettingsFile], config: StashConfig) -> bool:
+    """Whether the config.yml to write differs from the backup's (mapped or moved)."""
+    stored = next(f for f in files if f.root == CONFIG and f.path == CONFIG_NAME)
+    return _parse(_read_checked(store, stored), stored) != config.values
+
+
+def plan_settings(store: Store, files: list[SettingsFile], config: StashConfig) -> SettingsPlan:
     """Where each settings file goes (the plugins and scrapers folders the restored
     config names), and what is here already."""
     folders = {CONFIG: config.folder}
@@ -70,7 +108,7 @@ def plan_settings(store: Store, files: list[SettingsFile], config: StashConfig, 
         value = config.get(key)
         folders[root] = config.resolve_path(value) if value else config.folder / root
     plan = SettingsPlan(files, folders)
-    if mappings:
+    if config_changed(store, files, config):
         plan.config_text = _dump(config.values)
     for settings_file in files:
         here = target_path(folders[settings_file.root], settings_file)
