@@ -5,7 +5,6 @@ off-site copy without them, and stash-restore --with-settings onto a new machine
 import hashlib
 import json
 import os
-import sqlite3
 import zipfile
 from pathlib import Path
 
