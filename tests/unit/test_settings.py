@@ -315,3 +315,70 @@ def test_with_settings_refuses_a_backup_that_holds_none(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr
     assert install.database.read_bytes() == before
+
+
+# --- off-site: a plain remote gets no secrets unless asked; a crypt remote carries them -------
+
+
+def push(archive: Path, remote: str, config: Path, *extra: str):
+    return run_cli(
+        "offsite", "push", "--remote", remote, "--rclone-config", str(config), "--dest", str(archive), *extra
+    )
+
+
+def remote_record(folder: Path, backup: str) -> list[str]:
+    import gzip
+
+    return gzip.decompress((folder / "backups" / f"{backup}.record").read_bytes()).decode().splitlines()
+
+
+def offsite_archive(lib: Library, tmp_path: Path) -> tuple[Path, str, str]:
+    """The archive (marked verified in its manifest by `verify`), its backup, config.yml's blob."""
+    archive = tmp_path / "archive"
+    lib.backup(Store(archive), name(1))
+    assert run_cli("verify", "--dest", str(archive)).returncode == 0
+    config_md5 = next(f.md5 for f in Store(archive).settings(name(1)) if f.path == "config.yml")
+    return archive, name(1), config_md5
+
+
+def test_a_plain_remote_gets_the_backup_without_its_settings_unless_asked(lib, tmp_path):
+    archive, backup, config_md5 = offsite_archive(lib, tmp_path)
+    rclone_config = write(tmp_path / "rclone.conf", "")
+    plain = tmp_path / "plain"
+    result = push(archive, str(plain), rclone_config)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("were left out of 1 backup(s)") == 1 and "--with-settings" in result.stderr
+    lines = remote_record(plain, backup)
+    assert json.loads(lines[0])["format"] == 1 and not any(line.startswith("f ") for line in lines)
+    assert not (plain / "blobs" / config_md5[:2] / config_md5[2:4] / config_md5).exists()
+    assert b"secret-key" not in b"".join(p.read_bytes() for p in plain.rglob("*") if p.is_file())
+    check = run_cli("offsite", "verify", "--remote", str(plain), "--rclone-config", str(rclone_config), "--read-data")
+    assert check.returncode == 0, check.stderr
+
+    asked = tmp_path / "asked"
+    result = push(archive, str(asked), rclone_config, "--with-settings")
+    assert result.returncode == 0, result.stderr
+    assert "left out" not in result.stderr
+    assert any(line.startswith("f ") for line in remote_record(asked, backup))
+    assert (asked / "blobs" / config_md5[:2] / config_md5[2:4] / config_md5).is_file()
+
+
+def test_a_crypt_remote_carries_the_settings_and_a_pull_brings_them_back(lib, tmp_path):
+    from tests.support.offsite_servers import obscure
+
+    archive, backup, config_md5 = offsite_archive(lib, tmp_path)
+    vault = tmp_path / "vault"
+    rclone_config = write(
+        tmp_path / "rclone.conf", f"[vault]\ntype = crypt\nremote = {vault}\npassword = {obscure('pw')}\n"
+    )
+    result = push(archive, "vault:stash", rclone_config)
+    assert result.returncode == 0, result.stderr
+    assert "left out" not in result.stderr
+    assert b"secret-key" not in b"".join(p.read_bytes() for p in vault.rglob("*") if p.is_file())
+    pulled = tmp_path / "pulled"
+    back = run_cli(
+        "offsite", "pull", backup, "--remote", "vault:stash", "--rclone-config", str(rclone_config), "--to", str(pulled)
+    )
+    assert back.returncode == 0, back.stderr
+    assert [f.md5 for f in Store(pulled).settings(backup)] == [f.md5 for f in Store(archive).settings(backup)]
+    assert Store(pulled).blob_path(config_md5).read_bytes() == (lib.root / "config.yml").read_bytes()
