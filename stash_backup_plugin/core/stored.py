@@ -321,7 +321,8 @@ def _store_settings(
                 continue
             kept.append(settings_file)
             new, new_bytes = new + 1, new_bytes + added
-    gathered.files = [(f, p) for f, p in gathered.files if f in set(kept)]
+    keep = set(kept)
+    gathered.files = [(f, p) for f, p in gathered.files if f in keep]
     return kept, settings_files.summary(gathered, new, new_bytes)
 
 
