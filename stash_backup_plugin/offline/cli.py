@@ -6,7 +6,7 @@
     stash-restore --list
     stash-restore --salvage broken.sqlite --output recovered.sqlite
     stash-restore stash-go.sqlite.85.20261126_180102.zip --map-path 'D:\\Media=/data/media' --dry-run
-    stash-restore NAME --archive DIR --with-settings --config ~/.stash/config.yml   # a new machine
+    stash-restore NAME --archive DIR --with-settings --config ~/.stash/config.yml  # a new machine
 
 Standard library and PyYAML only.
 """
@@ -76,8 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         "--with-settings",
         action="store_true",
         help="restore Stash's settings too (config.yml, plugins, scrapers, custom CSS/JS), the current "
-        "ones kept aside; on a new machine, --config naming a config.yml that does not exist yet "
-        "restores them always",
+        "ones kept aside; on a new machine, give --config where config.yml is to go",
     )
     parser.add_argument(
         "--map-path",
@@ -98,6 +97,11 @@ def _target(args, report) -> Target:
         database = args.database.expanduser().resolve()
         blobs_storage = FILESYSTEM if args.blobs_path else "DATABASE"
     else:
+        if args.config and not args.config.expanduser().exists() and args.backup:
+            raise UsageError(
+                f"config file {args.config} does not exist: give the path of Stash's config.yml (on a new "
+                "machine, add --with-settings to restore the backup's settings there)"
+            )
         config = load_config(find_config_file(args.config))
         database = config.database
         blobs_storage = config.blobs_storage
@@ -110,9 +114,12 @@ def _target(args, report) -> Target:
 
 
 def _config_to_create(args) -> bool:
-    """A new machine: --config names a config.yml that does not exist yet, and a backup
-    is to be restored: the backup's own config.yml (and its other settings) go there."""
-    return bool(args.config and args.backup and not args.undo and not args.config.expanduser().exists())
+    """A new machine: --with-settings, and --config names a config.yml that does not
+    exist yet: the backup's own config.yml (and its other settings) go there. Without
+    --with-settings a missing --config is refused as before: a mistyped path must not
+    become a new Stash somewhere else."""
+    missing = bool(args.config and not args.config.expanduser().exists())
+    return missing and args.with_settings and bool(args.backup) and not args.undo
 
 
 def _new_machine_target(args, mappings: list, report) -> Target:
@@ -317,7 +324,7 @@ def _run(args, report) -> int:
         check_level=args.check,
         allow_anonymised=args.allow_anonymised,
         allow_salvaged=args.allow_salvaged,
-        with_settings=args.with_settings or new_machine,
+        with_settings=args.with_settings,
         confirm=_confirm_on_terminal if sys.stdin.isatty() else None,
     )
     if args.undo:

@@ -51,7 +51,9 @@ def test_settings_round_trip_onto_an_empty_machine(stash_server_factory, stash_v
     old.stop()
 
     new_root = tmp_path / "new-machine"
-    restored = run_restore(name, "--archive", str(archive), "--config", str(new_root / "config.yml"), "--yes")
+    restored = run_restore(
+        name, "--archive", str(archive), "--with-settings", "--config", str(new_root / "config.yml"), "--yes"
+    )
     assert restored.returncode == 0, restored.stderr
     assert api_key not in restored.stdout + restored.stderr
     config = yaml.safe_load((new_root / "config.yml").read_text())

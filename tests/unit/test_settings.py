@@ -270,6 +270,9 @@ def test_settings_round_trip_onto_a_new_machine_with_the_library_moved(tmp_path)
 
     new = tmp_path / "new" / ".stash" / "config.yml"
     args = [backup, "--archive", str(archive), "--config", str(new), "--map-path", "/media/a=/data/library"]
+    mistyped = run_restore(*args, "--yes")  # without --with-settings a missing config.yml is a mistake
+    assert mistyped.returncode != 0 and "add --with-settings" in mistyped.stderr and not (tmp_path / "new").exists()
+    args.append("--with-settings")
     dry = run_restore(*args, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "restore 3 settings file(s)" in dry.stderr and not (tmp_path / "new").exists()
