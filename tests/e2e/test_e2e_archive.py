@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from stash_backup_plugin.core.faults import CRASH_ENV
+from stash_backup_plugin.core.store import Store
 from tests.support.stash_server.build import NEW_VERSION
 from tests.support.stash_server.server import data_url, png_bytes, seed_content
 
@@ -43,18 +44,25 @@ def listing(dest) -> list:
 
 
 def archive_blobs(dest) -> dict:
+    """Every blob file of the archive: images and Stash's settings files."""
     return {p.name: p.read_bytes() for p in (dest / "blobs").glob("??/??/*")}
+
+
+def archive_images(dest) -> dict:
+    """The archive's blobs that are not settings files of any backup it holds."""
+    store = Store(dest)
+    settings = {f.md5 for name in store.record_names() for f in store.settings(name)}
+    return {checksum: data for checksum, data in archive_blobs(dest).items() if checksum not in settings}
 
 
 def server_blobs(server) -> dict:
     return {p.name: p.read_bytes() for p in server.blobs.glob("??/??/*")}
 
 
-def record_blobs(dest, name) -> list:
-    with gzip.open(dest / "backups" / f"{name}.record", "rt") as text:
-        lines = text.read().splitlines()
-    assert lines[-1].startswith("end ")
-    return [line.split()[0] for line in lines[1:-1]]
+def record_blobs(dest, name, images_only: bool = False) -> list:
+    """Every blob the backup's record refers to: its images and its settings files."""
+    with Store(dest).blob_list(name, images_only) as blobs:
+        return [checksum for checksum, _ in blobs]
 
 
 def new_images(server, count: int, seed: int) -> list:
@@ -76,11 +84,12 @@ def test_nightly_cycle_stores_only_new_blobs(stash_server_factory, stash_version
     dest = tmp_path / "archive"
     first = download(server, dest)
     assert first["kind"] == "stored" and first["source"] == "filesystem" and first["blob_count"] == 6
-    assert archive_blobs(dest) == server_blobs(server)  # each blob once, byte for byte
+    assert archive_images(dest) == server_blobs(server)  # each blob once, byte for byte
     added = new_images(server, 2, 500)
     second = download(server, dest)
-    assert second["blob_count"] == 8 and len(archive_blobs(dest)) == 8  # only the 2 new ones were added
-    assert set(record_blobs(dest, second["file"])) == set(server_blobs(server))
+    assert second["blob_count"] == 8 and len(archive_images(dest)) == 8  # only the 2 new ones were added
+    assert set(record_blobs(dest, second["file"], images_only=True)) == set(server_blobs(server))
+    assert {f.path for f in Store(dest).settings(second["file"])} >= {"config.yml"}
     assert set(added) <= set(archive_blobs(dest)) and not set(added) & set(record_blobs(dest, first["file"]))
     # the compressed snapshot is the very database Stash made
     snapshot = dest / "snapshots" / f"{second['file']}.gz"
@@ -90,7 +99,7 @@ def test_nightly_cycle_stores_only_new_blobs(stash_server_factory, stash_version
     assert [r["file"] for r in rows] == [second["file"], first["file"]]
     assert rows[0]["new_bytes"] < rows[1]["new_bytes"]  # the second added its snapshot and 2 small images
     text = run_cli("list", "--dest", str(dest)).stdout
-    assert "archive total" in text and "8 blob(s)" in text
+    assert "archive total" in text and f"{len(archive_blobs(dest))} blob(s)" in text  # images and settings files
     verify = run_cli("verify", "--read-data", "--dest", str(dest))
     assert verify.returncode == 0 and "2 good, 0 bad" in verify.stderr, verify.stderr
     assert not [p for p in dest.rglob("*") if "tmp" in p.name]
@@ -110,7 +119,7 @@ def test_a_cli_on_another_machine_keeps_only_the_blobs_it_lacks_from_stashs_zip(
     new_images(server, 1, 700)
     second = download(server, dest, *elsewhere)
     assert second["blob_count"] == 7 and second["new_bytes"] < first["new_bytes"]
-    assert set(archive_blobs(dest)) == set(server_blobs(server)) - {orphan.name}
+    assert set(archive_images(dest)) == set(server_blobs(server)) - {orphan.name}
     assert not list(dest.glob("*.zip")) and not [p for p in dest.rglob("*") if "tmp" in p.name]
 
 

@@ -9,6 +9,7 @@ import json
 import pytest
 import yaml
 
+from stash_backup_plugin.core.store import Store
 from tests.support.stash_server.build import NEW_VERSION, OLD_VERSION
 from tests.support.stash_server.server import seed_content
 
@@ -116,7 +117,12 @@ def test_download_task_with_database_blobs_archives_the_plain_database(stash_ser
     run_task(server, "Download backup to archive")
     [entry] = manifest(server)
     assert entry["kind"] == "stored" and entry["source"] == "database" and entry["blobs_not_included"] == 0
-    assert not entry["includes_blobs"] and not list((archive_dir(server) / "blobs").glob("??/??/*"))
+    assert not entry["includes_blobs"]
+    store = Store(archive_dir(server))
+    with store.blob_list(entry["file"], images_only=True) as images:
+        assert not list(images)
+    settings = {f.md5 for f in store.settings(entry["file"])}  # the plugin's run on Stash's host holds them
+    assert {p.name for p in (archive_dir(server) / "blobs").glob("??/??/*")} == settings and settings
 
 
 def test_verify_task_logs_each_bad_backup_once_and_one_summary(stash_server_factory, stash_version):
