@@ -278,6 +278,13 @@ def read_settings(path: Path) -> list[SettingsFile]:
         listing.__exit__()
 
 
+def rewrite_header(path: Path, header: Header) -> None:
+    """The record again with a changed header: the same images and settings files."""
+    settings = read_settings(path)
+    with BlobList(path, images_only=True) as images:
+        write(path, header, list(images), settings)
+
+
 def write_without_settings(source: Path, target: Path) -> None:
     """A copy of a record without its settings (format 1): the same backup's database
     and images, for a remote that must not hold the settings' secrets."""

@@ -131,9 +131,7 @@ def change_snapshot(dest, name: str, sql: str) -> None:
     store.snapshot_path(name).unlink()
     path = commit_snapshot(store, name, temp)
     header.snapshot = records.Snapshot(header.snapshot.file, digest.size, digest.sha256, path.stat().st_size)
-    with store.blob_list(name) as blobs:
-        listed = list(blobs)
-    store.write_record(header, listed)
+    records.rewrite_header(store.record_path(name), header)
     database.unlink()
 
 

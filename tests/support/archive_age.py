@@ -15,9 +15,7 @@ def age_backups(archive: Path, days: int) -> None:
     for path in sorted((archive / "backups").glob(f"*{records.SUFFIX}")):
         header = records.read_header(path)
         header.added_at = old
-        with records.BlobList(path) as blobs:
-            listed = list(blobs)
-        records.write(path, header, listed)
+        records.rewrite_header(path, header)
     manifest = archive / "manifest.json"
     if manifest.exists():
         data = json.loads(manifest.read_text())

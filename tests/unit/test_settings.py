@@ -385,3 +385,17 @@ def test_a_crypt_remote_carries_the_settings_and_a_pull_brings_them_back(lib, tm
     assert back.returncode == 0, back.stderr
     assert [f.md5 for f in Store(pulled).settings(backup)] == [f.md5 for f in Store(archive).settings(backup)]
     assert Store(pulled).blob_path(config_md5).read_bytes() == (lib.root / "config.yml").read_bytes()
+
+
+def test_a_record_rewritten_with_a_new_header_keeps_its_images_and_settings(lib, tmp_path):
+    store = Store(tmp_path / "archive")
+    lib.backup(store, name(1))
+    path = store.record_path(name(1))
+    with store.blob_list(name(1)) as before:
+        listed = list(before)
+    header = store.header(name(1))
+    header.added_at = "2026-01-01T00:00:00+00:00"
+    records.rewrite_header(path, header)
+    assert store.header(name(1)).added_at == header.added_at and store.settings(name(1))
+    with store.blob_list(name(1)) as after:
+        assert list(after) == listed
