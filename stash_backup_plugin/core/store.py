@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Optional
 
 from . import record as records
+from . import page_store, pages
 from . import snapshot as snapshots
 from .atomic import discard, fsync_dir, make_folders, own_like_folder, storage_error
 from .hashing import copy_and_hash
@@ -159,15 +160,25 @@ class Store:
         )
 
     def read_snapshot(self, header: records.Header, target, progress=None) -> snapshots.Digest:
-        """Decompress a backup's database into `target`, checking size and SHA-256."""
+        """Reassemble a backup's database into `target` (anything with write()), from
+        its gzip snapshot or its page list, checking size and SHA-256: the one place
+        every reader of a stored database goes through."""
         path = self.folder / header.snapshot.file
+        if header.snapshot.codec not in (snapshots.CODEC, pages.CODEC):
+            raise VerificationError(
+                f"{header.name}: its database is stored as {header.snapshot.codec!r}, which this version "
+                "cannot read: upgrade stash-backup"
+            )
         try:
-            with open(path, "rb") as source:
-                digest = snapshots.decompress(source, target, progress)
+            if header.snapshot.codec == pages.CODEC:
+                digest = page_store.read_pages(self.folder, path, target, progress)
+            else:
+                with open(path, "rb") as source:
+                    digest = snapshots.decompress(source, target, progress)
         except FileNotFoundError:
             raise VerificationError(f"{header.name}: its database snapshot {path} is missing") from None
         except VerificationError as error:
-            raise VerificationError(f"{path}: {error}") from None
+            raise VerificationError(f"{path}: {error}" if str(path) not in str(error) else str(error)) from None
         if (digest.size, digest.sha256) != (header.snapshot.size, header.snapshot.sha256):
             raise VerificationError(
                 f"{path} decompresses to {digest.size} bytes with SHA-256 {digest.sha256[:12]}…, "

@@ -238,3 +238,32 @@ def test_a_database_that_changes_while_stored_is_refused(tmp_path, monkeypatch):
     with pytest.raises(VerificationError, match="changed while"):
         page_store.write_pages(archive, archive / "incoming", database)
     assert not [p for p in (archive / "incoming").iterdir()]  # the half-written pack is gone
+
+
+# --- the store reads either kind of snapshot ----------------------------------------------------------
+
+
+def stored_header(name, listing_file, database, codec=fmt.CODEC):
+    from stash_backup_plugin.core import record
+
+    data = database.read_bytes()
+    snapshot = record.Snapshot(listing_file, len(data), hashlib.sha256(data).hexdigest(), 100, codec)
+    return record.Header(name, "2026-11-26T03:00:00", 85, "stash-go.sqlite", snapshot)
+
+
+def test_the_store_reassembles_a_page_snapshot_and_checks_the_record(tmp_path):
+    from stash_backup_plugin.core.store import Store
+
+    database = make_database(tmp_path / "db.sqlite", rows=5000)
+    archive = tmp_path / "archive"
+    store_pages(archive, database)
+    store, out = Store(archive), io.BytesIO()
+    digest = store.read_snapshot(stored_header("n", "snapshots/n.pages", database), out)
+    assert out.getvalue() == database.read_bytes() and digest.size == len(out.getvalue())
+    with pytest.raises(VerificationError, match="cannot read: upgrade"):
+        store.read_snapshot(stored_header("n", "snapshots/n.pages", database, codec="zstd-pages"), io.BytesIO())
+    change_rows(database, [1], seed=3)  # the record now names another database than the list holds
+    with pytest.raises(VerificationError, match="the record says"):
+        store.read_snapshot(stored_header("n", "snapshots/n.pages", database), io.BytesIO())
+    with pytest.raises(VerificationError, match="missing"):
+        store.read_snapshot(stored_header("m", "snapshots/m.pages", database), io.BytesIO())
