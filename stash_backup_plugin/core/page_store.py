@@ -185,13 +185,13 @@ class Written:
     new_pack_bytes: int  # packs and their indexes
 
 
-def write_pages(folder: Path, incoming: Path, database: Path, progress: Progress = None) -> Written:
+def write_pages(folder: Path, incoming: Path, database: Path, level: int = 1, progress: Progress = None) -> Written:
     """Store the pages of `database` that no pack holds yet (new packs, durable), and
     return its page list for the caller to check and commit."""
     make_folders(incoming)
     table = _PageTable.of(database, progress)
     _find_known(folder, table)
-    writer = _PackWriter(folder, incoming)
+    writer = _PackWriter(folder, incoming, level)
     try:
         new_pages = _store_new(database, table, writer)
         packs_written = writer.close()
@@ -310,8 +310,8 @@ class _PackWriter:
     bytes, its index written beside it) once it reaches PACK_BYTES stored or
     PACK_RAW_BYTES of pages. A page's place is (pack ordinal, page in pack)."""
 
-    def __init__(self, folder: Path, incoming: Path):
-        self.folder, self.incoming = Path(folder), incoming
+    def __init__(self, folder: Path, incoming: Path, level: int):
+        self.folder, self.incoming, self.level = Path(folder), incoming, level
         self.sealed: dict[int, str] = {}
         self.written = 0
         self._handle: Optional[BinaryIO] = None
@@ -343,7 +343,7 @@ class _PackWriter:
         if self._handle is None:
             self._temp = self.incoming / f"pack{TEMP_MARKER}{os.getpid()}"
             self._handle = open(self._temp, "wb")
-        stored = zlib.compress(bytes(self._frame), 1)
+        stored = zlib.compress(bytes(self._frame), self.level)
         self._frames.append(fmt.Frame(self._handle.tell(), len(stored), len(self._frame) // self._size))
         self._handle.write(stored)
         self._digest.update(stored)

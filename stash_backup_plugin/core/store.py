@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
-import threading
 import time
 import zipfile
 import zlib
@@ -79,7 +77,11 @@ class Store:
         return self.blobs_folder / blob_relative_path(checksum)
 
     def snapshot_path(self, name: str) -> Path:
+        """A gzip snapshot (backups made before page snapshots, issue 21)."""
         return self.folder / SNAPSHOTS / (name + SNAPSHOT_SUFFIX)
+
+    def page_list_path(self, name: str) -> Path:
+        return self.folder / SNAPSHOTS / (name + pages.LIST_SUFFIX)
 
     def record_path(self, name: str) -> Path:
         return self.records_folder / records.record_name(name)
@@ -150,14 +152,16 @@ class Store:
 
     # --- snapshots -------------------------------------------------------------------
     def snapshot_names(self) -> list[str]:
+        """Names of the backups with a snapshot file of either kind (gzip, page list)."""
         folder = self.folder / SNAPSHOTS
         if not folder.is_dir():
             return []
-        return sorted(
-            p.name[: -len(SNAPSHOT_SUFFIX)]
-            for p in folder.iterdir()
-            if p.name.endswith(SNAPSHOT_SUFFIX) and TEMP_MARKER not in p.name
-        )
+        names = set()
+        for path in folder.iterdir():
+            for suffix in (SNAPSHOT_SUFFIX, pages.LIST_SUFFIX):
+                if path.name.endswith(suffix) and TEMP_MARKER not in path.name:
+                    names.add(path.name[: -len(suffix)])
+        return sorted(names)
 
     def read_snapshot(self, header: records.Header, target, progress=None) -> snapshots.Digest:
         """Reassemble a backup's database into `target` (anything with write()), from
@@ -336,115 +340,6 @@ def write_snapshot(
         discard(temp)
         raise
     return temp, digest
-
-
-class SnapshotTee:
-    """The database compressed into incoming/ while it downloads, on its own thread:
-    the download hands each chunk over without waiting. When compression falls behind
-    (the transfer is faster), the tee stops taking chunks and, once the download ends,
-    reads the rest from the downloaded file, beside the blob copying; either way every
-    byte is compressed once and the download never slows down for it."""
-
-    QUEUE_CHUNKS = 4  # chunks waiting for the compressor: memory stays a few MiB
-    _RESET, _STOP = object(), object()
-
-    def __init__(self, store: Store, name: str, level: int = snapshots.LEVEL):
-        make_folders(store.incoming)
-        self.level = level
-        self.temp = store.incoming / f"{name}{SNAPSHOT_SUFFIX}{TEMP_MARKER}{os.getpid()}"
-        self._handle = open(self.temp, "w+b")
-        self._queue: queue.Queue = queue.Queue(self.QUEUE_CHUNKS)
-        self._offset = 0  # the download's view: bytes seen, and where the tee let go
-        self._behind_at: Optional[int] = None
-        self._result: Optional[tuple[Path, snapshots.Digest]] = None
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, name="snapshot-tee", daemon=True)
-        self._thread.start()
-
-    # --- the download's side ---------------------------------------------------------
-    def write(self, chunk: bytes) -> None:
-        if self._behind_at is None:
-            try:
-                self._queue.put_nowait(chunk)
-            except queue.Full:
-                self._behind_at = self._offset  # the rest comes from the file
-        self._offset += len(chunk)
-
-    def reset(self) -> None:
-        """The server started over: so does the snapshot."""
-        self._put(self._RESET)
-        self._offset, self._behind_at = 0, None
-
-    def finish(self, downloaded: Path) -> None:
-        """The download is complete in `downloaded`: compress what the tee let go from
-        there. Returns at once; `result()` waits."""
-        self._put((downloaded, self._behind_at))
-
-    def _put(self, item) -> None:
-        """Hand over an instruction; never wait on a thread that has stopped (its error
-        comes out of result())."""
-        while self._thread.is_alive():
-            try:
-                self._queue.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    def result(self) -> tuple[Path, snapshots.Digest]:
-        """The compressed temp file, fsynced, and the digest of what it holds."""
-        self._thread.join()
-        if self._error:
-            raise self._error
-        assert self._result is not None  # the thread ended without an error: it set the result
-        return self._result
-
-    def discard(self) -> None:
-        self._put(self._STOP)
-        self._thread.join()
-        self._handle.close()
-        discard(self.temp)
-        with contextlib.suppress(OSError):  # a failed first download leaves no empty folder behind
-            self.temp.parent.rmdir()
-
-    # --- the compressor's thread ---------------------------------------------------------
-    def _run(self) -> None:
-        compressor = snapshots.StreamCompressor(self._handle, self.level)
-        try:
-            while True:
-                item = self._queue.get()
-                if item is self._STOP:
-                    return
-                if item is self._RESET:
-                    compressor.close()
-                    self._handle.seek(0)
-                    self._handle.truncate()
-                    compressor = snapshots.StreamCompressor(self._handle, self.level)
-                elif isinstance(item, tuple):
-                    self._result = self._complete(compressor, *item)
-                    return
-                else:
-                    compressor.write(item)
-        except BaseException as error:  # handed to result()
-            self._error = (
-                error
-                if not isinstance(error, OSError)
-                else storage_error("write the database snapshot into", self.temp.parent, error)
-            )
-        finally:
-            compressor.close()
-
-    def _complete(self, compressor, downloaded: Path, behind_at: Optional[int]):
-        if behind_at is not None:
-            with open(downloaded, "rb") as rest:
-                rest.seek(behind_at)
-                while chunk := rest.read(snapshots.CHUNK):
-                    compressor.write(chunk)
-        digest = compressor.finish()
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
-        own_like_folder(self.temp)
-        return self.temp, digest
 
 
 def commit_snapshot(store: Store, name: str, temp: Path) -> Path:

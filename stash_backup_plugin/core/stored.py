@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, Optional, Protocol
 
 from . import backup_zip as fullbackup
+from . import page_store
 from . import record as records
 from .atomic import atomic_output, discard, fsync_dir, make_folders, private_mode, scratch_folder, storage_error
 from .errors import UsageError, VerificationError
@@ -28,11 +29,12 @@ from .sqlite_check import (
     library_counts,
     filesystem_blob_references,
 )
-from .snapshot import LEVEL, Digest
+from .pages import CODEC as PAGES, INDEX_SUFFIX, PACK_SUFFIX
+from .snapshot import LEVEL
 from .faults import crash_point
 from .hashing import copy_and_hash
-from .store import BLOBS, SNAPSHOTS, Store, commit_snapshot, write_snapshot
-from .store_plan import GcPlan, plan_gc, plan_snapshots, spare_referenced
+from .store import BLOBS, SNAPSHOTS, Store
+from .store_plan import GcPlan, plan_gc, plan_packs, plan_snapshots, spare_referenced
 
 MISSING_EXAMPLES = 5
 
@@ -117,7 +119,7 @@ class NewBackup:
     added_at: str = ""
     referenced_count: int = 0  # for progress only
     counts: dict = field(default_factory=dict)  # sqlite_check.library_counts
-    compression_level: int = LEVEL  # gzip level of the stored snapshot (STORED: no compression)
+    compression_level: int = LEVEL  # zlib level of the stored pages (STORED: no compression)
     salvaged: bool = False  # recovered from a damaged database: never a good backup (record.Header.salvaged)
     prechecked: bool = False  # the caller checked the database at verified_level already: not read twice
     pre_upgrade: str = ""  # Stash's own pre-migration backup, adopted: "<from>→<to>" (record.Header.pre_upgrade)
@@ -165,50 +167,41 @@ class _InThread(threading.Thread):
         return self.value
 
 
-class _Compressor(threading.Thread):
-    """Compresses the snapshot beside the blob copying (different resources: CPU here,
-    disk there), unless the download is already compressing it. What was compressed is
-    proven by its SHA-256 (of the bytes fed in, checked against the download's) and
-    each gzip member's CRC; `verify` reads the file back from the disk later (a read
-    right after writing would come from memory and prove little)."""
+class _PageWriter(threading.Thread):
+    """Stores the database's new pages beside the blob copying (different resources:
+    CPU here, disk there). What was stored is proven by the SHA-256 of the bytes read
+    (checked against the download's), each page's hash as it is packed, and zlib's
+    checksum of each frame; `verify` reassembles it from the disk later (a read right
+    after writing would come from memory and prove little)."""
 
-    def __init__(self, store: Store, name: str, database: Path, compressed=None, level: int = LEVEL):
+    def __init__(self, store: Store, database: Path, level: int = LEVEL):
         super().__init__(name="snapshot", daemon=True)
-        self.level = level
-        self.store, self.backup_name, self.database, self.compressed = store, name, database, compressed
-        self.temp: Optional[Path] = None
-        self.digest: Optional[Digest] = None
+        self.store, self.database, self.level = store, database, level
+        self.written: Optional[page_store.Written] = None
         self.error: Optional[BaseException] = None
 
     def run(self) -> None:
         try:
-            if self.compressed:
-                temp, digest = self.compressed.result()
-            else:
-                temp, digest = write_snapshot(self.store, self.backup_name, self.database, self.level)
-            self.temp, self.digest = temp, digest
-            if temp.stat().st_size != digest.written:
-                raise VerificationError(f"the compressed database {self.temp} is not the size it was written at")
+            self.written = page_store.write_pages(self.store.folder, self.store.incoming, self.database, self.level)
         except BaseException as error:  # handed to the caller's thread
             self.error = error
 
-    def result(self):
+    def result(self) -> page_store.Written:
         self.join()
         if self.error:
-            if self.temp:
-                discard(self.temp)
             raise self.error
-        return self.temp, self.digest
+        assert self.written is not None
+        return self.written
 
 
-def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Reporter, compressed=None) -> records.Header:
-    """Store a checked database and the blobs it refers to, then (last) its record.
-    Blobs the store already holds are not copied again. `compressed` gives the snapshot
-    (`result()`: temp file, digest) when the download is compressing the database."""
+def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Reporter) -> records.Header:
+    """Store a checked database (the pages no pack holds yet, and its page list) and
+    the blobs it refers to, then (last) its record. Blobs and pages the store already
+    holds are not copied again."""
     with store.pending(new.name):
         make_folders(store.incoming)
-        compressor = _Compressor(store, new.name, new.database, compressed, new.compression_level)
-        compressor.start()
+        pages = _PageWriter(store, new.database, new.compression_level)
+        pages.start()
         # quick_check (or integrity_check) reads the database while the blobs are copied
         level = NONE if new.prechecked else new.verified_level
         check = _InThread(lambda: check_database(new.database, level, blob_references=False))
@@ -218,21 +211,19 @@ def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Repor
             with open(blob_list, "w", encoding="ascii") as listing:
                 counts = _store_blobs(store, new.referenced, new.referenced_count, source, listing, report)
             check.result()
-            temp, digest = compressor.result()
-            if digest.sha256 != new.sha256 or digest.size != new.database.stat().st_size:
-                discard(temp)
-                raise VerificationError(f"{new.database} changed while it was compressed: try again")
-            snapshot_path = commit_snapshot(store, new.name, temp)
+            written = pages.result()
+            if written.digest.sha256 != new.sha256 or written.digest.size != new.database.stat().st_size:
+                raise VerificationError(f"{new.database} changed while it was stored: try again")
+            list_path = store.page_list_path(new.name)
+            page_store.commit_page_list(list_path, written.listing)
             crash_point("snapshot-stored")
-            header = _header(new, snapshot_path, store, digest, counts)
+            header = _header(new, list_path, store, written, counts)
             with open(blob_list, encoding="ascii") as listing:
                 store.write_record(header, _read_list(listing))
             crash_point("record-written")
         finally:
             check.join()
-            compressor.join()
-            if compressor.temp and compressor.temp.exists():
-                discard(compressor.temp)
+            pages.join()
             discard(blob_list)
     return header
 
@@ -299,7 +290,9 @@ def _read_list(listing) -> Iterator[tuple[str, int]]:
         yield checksum, int(size)
 
 
-def _header(new: NewBackup, snapshot_path: Path, store: Store, digest, counts: _Counts) -> records.Header:
+def _header(
+    new: NewBackup, list_path: Path, store: Store, written: page_store.Written, counts: _Counts
+) -> records.Header:
     from .archive import utc_now
 
     parsed = parse_backup_name(new.name)
@@ -309,10 +302,12 @@ def _header(new: NewBackup, snapshot_path: Path, store: Store, digest, counts: _
         schema_version=new.schema_version,
         database_member=new.database_member or (parsed.database_name if parsed else "stash-go.sqlite"),
         snapshot=records.Snapshot(
-            str(snapshot_path.relative_to(store.folder).as_posix()),
-            digest.size,
-            digest.sha256,
-            snapshot_path.stat().st_size,
+            str(list_path.relative_to(store.folder).as_posix()),
+            written.digest.size,
+            written.digest.sha256,
+            len(written.listing),
+            PAGES,
+            written.new_pack_bytes,
         ),
         includes_blobs=new.includes_blobs,
         blob_count=counts.count,
@@ -500,14 +495,31 @@ def plan_collection(store: Store, keep: Optional[list[str]] = None) -> GcPlan:
     if plan.delete_blobs:
         spare_referenced(plan, store.referenced(names))
     pending = [m.get("name", "") for m in store.pending_markers()]
-    return plan_snapshots(_snapshot_files(store), names, pending, protect, plan)
+    plan_snapshots(_snapshot_files(store), names, pending, protect, plan)
+    return plan_packs(page_store.stored_packs(store.folder), _referenced_packs(store, names, pending), protect, plan)
 
 
 def _snapshot_files(store: Store) -> Iterator[tuple[str, float, int]]:
     for name in store.snapshot_names():
-        with contextlib.suppress(OSError):
-            info = store.snapshot_path(name).stat()
-            yield name, info.st_mtime, info.st_size
+        for path in (store.snapshot_path(name), store.page_list_path(name)):
+            with contextlib.suppress(OSError):
+                info = path.stat()
+                yield name, info.st_mtime, info.st_size
+
+
+def _referenced_packs(store: Store, names: list[str], pending: list[str]) -> set[str]:
+    """Every pack a kept backup's page list names (VerificationError when one cannot
+    be read whole: its packs must not be taken for garbage), and those of page lists
+    that runs in progress have written before their records."""
+    packs: set[str] = set()
+    for name in names:
+        header = store.header(name)
+        if header.snapshot.codec == PAGES:
+            packs.update(page_store.read_page_list(store.folder / header.snapshot.file).packs)
+    for name in pending:
+        with contextlib.suppress(VerificationError):
+            packs.update(page_store.read_page_list(store.page_list_path(name)).packs)
+    return packs
 
 
 def collect(store: Store, plan: GcPlan, report: Reporter, batch: int = 1000) -> None:
@@ -515,9 +527,11 @@ def collect(store: Store, plan: GcPlan, report: Reporter, batch: int = 1000) -> 
     folder touched before the next batch."""
     for name in plan.delete_snapshots:
         discard(store.snapshot_path(name))
+        discard(store.page_list_path(name))
     if plan.delete_snapshots:
         fsync_dir(store.folder / SNAPSHOTS)
     crash_point("gc-snapshots")
+    _collect_packs(store, plan.delete_packs, batch)
     for start in range(0, len(plan.delete_blobs), batch):
         folders = set()
         for checksum, _ in plan.delete_blobs[start : start + batch]:
@@ -530,6 +544,25 @@ def collect(store: Store, plan: GcPlan, report: Reporter, batch: int = 1000) -> 
         _sync_folders(folders)
         crash_point("gc-batch")
         report.progress(min(start + batch, len(plan.delete_blobs)) / len(plan.delete_blobs), "collecting garbage")
+
+
+def _collect_packs(store: Store, packs: list[tuple[str, int]], batch: int) -> None:
+    """Each pack's index first, then the pack: an index never outlives its pack, so a
+    run that finds an index may use its pages."""
+    for start in range(0, len(packs), batch):
+        folders = set()
+        for pack, _ in packs[start : start + batch]:
+            for suffix in (INDEX_SUFFIX, PACK_SUFFIX):
+                path = page_store.pack_path(store.folder, pack, suffix)
+                try:
+                    discard(path)
+                except OSError as error:
+                    raise storage_error("remove", path, error) from error
+                if suffix == INDEX_SUFFIX:
+                    fsync_dir(path.parent)
+            folders.add(path.parent)
+        _sync_folders(folders)
+        crash_point("gc-packs")
 
 
 def _sync_folders(folders: set) -> None:
