@@ -172,6 +172,33 @@ class _FrameCache:
         return fmt.decode_frame(stored, frame, self.size, str(path))
 
 
+def check_pack(folder: Path, pack: str) -> None:
+    """Read a pack whole: its bytes hash to its name, its index is sound, and every
+    page hashes to what the index says (a later snapshot may take any page of it).
+    VerificationError otherwise."""
+    index = read_index(folder, pack)
+    path = pack_path(folder, pack)
+    whole = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for number, frame in enumerate(index.frames):
+                stored = handle.read(frame.length)
+                whole.update(stored)
+                _check_frame_pages(fmt.decode_frame(stored, frame, index.page_size, str(path)), index, number, path)
+    except OSError as error:
+        raise VerificationError(f"pack {path} cannot be read ({error.strerror or error})") from None
+    if whole.hexdigest() != pack:
+        raise VerificationError(f"pack {path} does not match its name (SHA-256): it is damaged")
+
+
+def _check_frame_pages(data: bytes, index: fmt.PackIndex, number: int, path: Path) -> None:
+    size, first = index.page_size, number * fmt.pages_per_frame(index.page_size)
+    view = memoryview(data)
+    for page in range(len(data) // size):
+        if fmt.page_hash(view[page * size : (page + 1) * size]) != index.hash_of(first + page):
+            raise VerificationError(f"pack {path}: page {first + page} is not the page its index names: damaged")
+
+
 # --- writing --------------------------------------------------------------------------------
 
 

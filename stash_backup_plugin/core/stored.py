@@ -447,6 +447,29 @@ def _tagged(blobs: Iterator[tuple[str, int]], name: str, problems: dict) -> Iter
         problems[name].append(str(error))
 
 
+def check_packs(store: Store, names: list[str], read_data: ReadData) -> dict[str, list[str]]:
+    """verify --read-data: each pack the backups' page lists name (part N/M of them, by
+    id) read whole (check_pack); a damaged one is the problem of every backup naming it."""
+    users: dict[str, list[str]] = {}
+    for name in names:
+        header = store.header(name)
+        if header.snapshot.codec != PAGES:
+            continue
+        with contextlib.suppress(VerificationError):  # a damaged list is check_snapshot's finding
+            for pack in page_store.read_page_list(store.folder / header.snapshot.file).packs:
+                users.setdefault(pack, []).append(name)
+    problems: dict[str, list[str]] = {name: [] for name in names}
+    for pack in sorted(users):
+        if not read_data.includes(pack):
+            continue
+        try:
+            page_store.check_pack(store.folder, pack)
+        except VerificationError as error:
+            for name in users[pack]:
+                problems[name].append(str(error))
+    return problems
+
+
 def _check_group(store: Store, group: list, read_data: Optional[ReadData], problems: dict) -> None:
     checksum = group[0][0]
     actual = store.blob_size(checksum)

@@ -267,3 +267,25 @@ def test_the_store_reassembles_a_page_snapshot_and_checks_the_record(tmp_path):
         store.read_snapshot(stored_header("n", "snapshots/n.pages", database), io.BytesIO())
     with pytest.raises(VerificationError, match="missing"):
         store.read_snapshot(stored_header("m", "snapshots/m.pages", database), io.BytesIO())
+
+
+def test_check_pack_reads_every_page_against_its_index(tmp_path):
+    database = make_database(tmp_path / "db.sqlite", rows=5000)
+    archive = tmp_path / "archive"
+    store_pages(archive, database)
+    pack = next(page_store.stored_packs(archive)).pack
+    page_store.check_pack(archive, pack)
+    index_path = page_store.pack_path(archive, pack, fmt.INDEX_SUFFIX)
+    index = fmt.parse_index(index_path.read_bytes(), "i")
+    lying = fmt.PackIndex(index.page_size, index.frames, bytes(16) + index.hashes[16:])  # sound, but wrong
+    index_path.write_bytes(fmt.encode_index(lying))
+    with pytest.raises(VerificationError, match="page 0 is not the page its index names"):
+        page_store.check_pack(archive, pack)
+    index_path.write_bytes(fmt.encode_index(index))
+    path = page_store.pack_path(archive, pack)
+    renamed = page_store.pack_path(archive, "0" * 64)
+    renamed.parent.mkdir(exist_ok=True)
+    path.rename(renamed)
+    index_path.rename(page_store.pack_path(archive, "0" * 64, fmt.INDEX_SUFFIX))
+    with pytest.raises(VerificationError, match="does not match its name"):
+        page_store.check_pack(archive, "0" * 64)

@@ -312,3 +312,23 @@ def test_no_ordering_can_get_a_referenced_blob_deleted(lib, tmp_path):
     plan = GcPlan(delete_blobs=[("b" * 32, 5), ("a" * 32, 7), ("c" * 32, 1)])
     spare_referenced(plan, iter(["c" * 32, "0" * 32, "a" * 32]))
     assert plan.delete_blobs == [("b" * 32, 5)] and plan.rescued_blobs == 2 and plan.kept_bytes == 8
+
+
+def test_read_data_reads_the_packs_a_backup_uses(lib, tmp_path):
+    """A page no snapshot uses yet, damaged inside a pack: reassembly cannot see it, the
+    pack's read does (the next snapshot might take that page)."""
+    from stash_backup_plugin.core import page_store
+    from stash_backup_plugin.core import pages as fmt
+
+    store = Store(tmp_path / "archive")
+    lib.backup(store, tmp_path, names(1))
+    assert stored.check_packs(store, [names(1)], stored.ReadData()) == {names(1): []}
+    pack = next(page_store.stored_packs(store.folder)).pack
+    index_path = page_store.pack_path(store.folder, pack, fmt.INDEX_SUFFIX)
+    index = fmt.parse_index(index_path.read_bytes(), "i")
+    index_path.write_bytes(
+        fmt.encode_index(fmt.PackIndex(index.page_size, index.frames, bytes(16) + index.hashes[16:]))
+    )
+    assert stored.check_snapshot(store, store.header(names(1)), "quick", Reporter()) == []
+    (problem,) = stored.check_packs(store, [names(1)], stored.ReadData())[names(1)]
+    assert "not the page its index names" in problem
