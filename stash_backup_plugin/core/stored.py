@@ -32,8 +32,8 @@ from .sqlite_check import (
 from .pages import CODEC as PAGES, INDEX_SUFFIX, PACK_SUFFIX
 from .snapshot import LEVEL
 from .faults import crash_point
-from .hashing import copy_and_hash
-from .store import BLOBS, SNAPSHOTS, Store
+from .hashing import Discard, copy_and_hash
+from .store import BLOBS, SNAPSHOT_SUFFIX, SNAPSHOTS, Store
 from .store_plan import GcPlan, plan_gc, plan_packs, plan_snapshots, spare_referenced
 
 MISSING_EXAMPLES = 5
@@ -630,6 +630,37 @@ def export_zip(store: Store, name: str, output: Path, report: Reporter) -> Path:
             verified, tolerated=header.missing_blobs if header.includes_blobs else len(verified.blobs_not_included)
         )
         os.chmod(temp, private_mode(output.parent))  # the whole library: private as the archive
+    return output
+
+
+def export_database(store: Store, name: str, output: Path, report: Reporter) -> Path:
+    """The backup's database alone, for Stash's manual restore: a plain SQLite file, or
+    gzip (`.gz`: `gunzip` gives the file) when `output` ends in .gz. Reassembled with
+    its SHA-256 checked; a plain file also passes SQLite's quick check (the .gz is
+    read back whole) before it takes its final name."""
+    from .snapshot import StreamCompressor, decompress
+
+    header = store.header(name)
+    progress = _bytes(report, header.snapshot.size, "writing database")
+    make_folders(output.parent)
+    with atomic_output(output) as (handle, temp):
+        if output.name.endswith(SNAPSHOT_SUFFIX):
+            compressor = StreamCompressor(handle)
+            try:
+                store.read_snapshot(header, compressor, progress=progress)
+                compressor.finish()
+            finally:
+                compressor.close()
+            handle.flush()
+            with open(temp, "rb") as written:
+                digest = decompress(written, Discard())
+            if (digest.size, digest.sha256) != (header.snapshot.size, header.snapshot.sha256):
+                raise VerificationError(f"{temp} does not decompress to the backup's database: not written")
+        else:
+            store.read_snapshot(header, handle, progress=progress)
+            handle.flush()
+            check_database(temp, QUICK, blob_references=False)
+        os.chmod(temp, private_mode(output.parent))
     return output
 
 

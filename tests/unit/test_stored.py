@@ -332,3 +332,18 @@ def test_read_data_reads_the_packs_a_backup_uses(lib, tmp_path):
     assert stored.check_snapshot(store, store.header(names(1)), "quick", Reporter()) == []
     (problem,) = stored.check_packs(store, [names(1)], stored.ReadData())[names(1)]
     assert "not the page its index names" in problem
+
+
+@pytest.mark.parametrize("suffix", [".sqlite", ".gz"])
+def test_export_of_the_database_alone_for_stashs_manual_restore(lib, tmp_path, suffix):
+    import gzip
+
+    from stash_backup_plugin.jobs.export import export_backup
+    from stash_backup_plugin.core.archive import Archive
+
+    store = Store(tmp_path / "archive")
+    header = lib.backup(store, tmp_path, names(1))
+    out = export_backup(Archive(store.folder), names(1), tmp_path / "out" / f"db{suffix}", Reporter())
+    data = gzip.decompress(out.read_bytes()) if suffix == ".gz" else out.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == header.snapshot.sha256 and data.startswith(b"SQLite format 3")
+    assert out.stat().st_mode & 0o077 == 0
