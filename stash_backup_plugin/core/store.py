@@ -1,15 +1,18 @@
 """The archive's content-addressed store: images once, database snapshots, records.
 
     <archive>/blobs/<aa>/<bb>/<md5>          each image once, in Stash's own layout
-    <archive>/snapshots/<backup name>.gz     one compressed database per backup
+    <archive>/packs/<aa>/<id>.pack, .idx     each database page once (pages.py, page_store.py)
+    <archive>/snapshots/<backup name>.pages  a backup's page list: its database, page by page
+    <archive>/snapshots/<backup name>.gz     a whole compressed database (backups made before
+                                             page snapshots; `migrate` folds them into pages)
     <archive>/backups/<backup name>.record   what a backup consists of (record.py)
     <archive>/pending/<run>.json             a run that is adding data right now
     <archive>/incoming/                      temp files of the run holding the lock
 
 Crash safety, as restic's prune: a backup's record is written only after its snapshot
 and every blob it lists are durable, and it is the first thing removed when the backup
-is forgotten. Garbage collection (under the archive lock) deletes only blobs and
-snapshots that no record refers to and that no in-progress run may be adding: a run
+is forgotten. Garbage collection (under the archive lock) deletes only blobs,
+snapshots and packs that no record (or its page list) refers to and that no in-progress run may be adding: a run
 writes its pending marker before its first blob and removes it after its record, and
 collection spares everything written since the oldest marker. kill -9 at any point
 leaves at worst unreferenced files, which the next collection removes.
