@@ -15,6 +15,7 @@ until the record names the list. Standard library only (stash-restore reads thes
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import collections
 import hashlib
 import os
@@ -116,15 +117,15 @@ def read_pages(folder: Path, list_path: Path, target, progress: Progress = None)
     write()), in order; VerificationError when a file is missing or damaged, or the
     result is not the size and SHA-256 the list records."""
     pages = read_page_list(list_path)
-    indexes = [read_index(folder, pack) for pack in pages.packs]
-    for run in pages.runs:
+    indexes = [_frames_only(read_index(folder, pack)) for pack in pages.packs]
+    for run in pages.each_run():
         fmt.check_run_in(run, indexes[run.pack], pages.packs[run.pack], str(list_path))
     frames = _FrameCache(folder, pages.packs, indexes, pages.page_size)
     size, per_frame = pages.page_size, fmt.pages_per_frame(pages.page_size)
     written = 0
     with Sink(target, progress) as sink:
-        for run in pages.runs:
-            page, end = run.first, run.first + run.count
+        for run in pages.each_run():
+            page, end = run.first, run.first + run.length
             while page < end:
                 number, offset = divmod(page, per_frame)
                 take = min(end - page, per_frame - offset)
@@ -137,6 +138,11 @@ def read_pages(folder: Path, list_path: Path, target, progress: Progress = None)
             f"{pages.size} bytes, {pages.sha256[:12]}…: a pack is damaged"
         )
     return Digest(written, sink.sha256, list_path.stat().st_size)
+
+
+def _frames_only(index: fmt.PackIndex) -> fmt.PackIndex:
+    """Reading needs a pack's frames, not its page hashes (16 bytes a page)."""
+    return dataclasses.replace(index, hashes=b"")
 
 
 class _FrameCache:
@@ -247,11 +253,7 @@ class _PageTable:
     def __init__(self, page_size: int, size: int, sha256: str, hashes: bytearray):
         self.page_size, self.size, self.sha256, self.hashes = page_size, size, sha256, hashes
         count = len(hashes) // fmt.HASH_BYTES
-        combined = [int.from_bytes(hashes[n * 16 : n * 16 + 8], "big") << 32 | n for n in range(count)]
-        combined.sort()
-        self.keys = array("Q", (c >> 32 for c in combined))
-        self.order = array("I", (c & 0xFFFFFFFF for c in combined))
-        del combined
+        self.keys, self.order = _sorted_keys(hashes, count)
         self.pack = array("i", [-1]) * count
         self.page = array("I", [0]) * count
         self.pack_ids: list[str] = []  # ordinal -> id; a pack still being written gets its id when sealed
@@ -293,6 +295,22 @@ class _PageTable:
         ids = [sealed.get(n, pack) for n, pack in enumerate(self.pack_ids)]
         for ordinal, page in zip(self.pack, self.page):
             yield ids[ordinal], page
+
+
+def _sorted_keys(hashes: bytearray, count: int) -> tuple[array, array]:
+    """The first 8 bytes of each hash as a number, sorted, and the page each came from.
+    Sorted in 256 buckets by the first byte, so that the Python numbers a sort needs
+    exist for one bucket at a time (~50 bytes each): the table stays ~36 bytes a page."""
+    buckets = [array("I") for _ in range(256)]
+    for page in range(count):
+        buckets[hashes[page * fmt.HASH_BYTES]].append(page)
+    keys, order = array("Q"), array("I")
+    for number, bucket in enumerate(buckets):
+        combined = sorted(int.from_bytes(hashes[p * 16 : p * 16 + 8], "big") << 32 | p for p in bucket)
+        keys.extend(c >> 32 for c in combined)
+        order.extend(c & 0xFFFFFFFF for c in combined)
+        buckets[number] = array("I")  # freed as it goes
+    return keys, order
 
 
 def _find_known(folder: Path, table: _PageTable) -> None:

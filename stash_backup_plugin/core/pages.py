@@ -21,11 +21,14 @@ VerificationError saying what is wrong. Standard library only (stash-restore).""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 import zlib
+import sys
+from array import array
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 from .errors import VerificationError
 
@@ -90,11 +93,11 @@ class PackIndex:
 
     page_size: int
     frames: tuple[Frame, ...]
-    hashes: bytes  # HASH_BYTES per page
+    hashes: bytes  # HASH_BYTES per page (empty where only the frames are kept: reading)
 
-    @property
+    @functools.cached_property
     def page_count(self) -> int:
-        return len(self.hashes) // HASH_BYTES
+        return sum(frame.pages for frame in self.frames)
 
     @property
     def pack_bytes(self) -> int:
@@ -105,7 +108,7 @@ class PackIndex:
 
 
 def encode_index(index: PackIndex) -> bytes:
-    body = _INDEX_HEAD.pack(_INDEX_MAGIC, index.page_size, len(index.frames), index.page_count)
+    body = _INDEX_HEAD.pack(_INDEX_MAGIC, index.page_size, len(index.frames), len(index.hashes) // HASH_BYTES)
     body += b"".join(_FRAME.pack(f.offset, f.length, f.pages) for f in index.frames) + index.hashes
     return body + hashlib.sha256(body).digest()
 
@@ -158,43 +161,56 @@ def decode_frame(data: bytes, frame: Frame, size: int, where: str) -> bytes:
 # --- a snapshot's page list -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Run:
+class Run(NamedTuple):
     pack: int  # index into PageList.packs
     first: int  # page number in that pack
-    count: int
+    length: int
 
 
 @dataclass(frozen=True)
 class PageList:
+    """A snapshot's page list. Its runs stay packed (12 bytes each, as in the file): a
+    database whose changed pages are scattered has hundreds of thousands of them."""
+
     page_size: int
     size: int  # bytes of the database
     sha256: str  # of the database
     packs: tuple[str, ...]  # pack ids (hex)
-    runs: tuple[Run, ...]
+    runs: bytes  # (pack, first, count) as _RUN, one after another: pack_runs, each_run
 
     @property
     def page_count(self) -> int:
         return self.size // self.page_size
 
+    def each_run(self) -> Iterator[Run]:
+        return map(Run._make, _RUN.iter_unpack(self.runs))
 
-def runs_of(places: Iterator[tuple[str, int]]) -> tuple[tuple[str, ...], tuple[Run, ...]]:
-    """(packs in order of first use, runs) for the places (pack id, page in pack) of a
-    database's pages in order: consecutive pages of one pack make one run."""
+
+def pack_runs(runs: Iterable[Run]) -> bytes:
+    return b"".join(_RUN.pack(*run) for run in runs)
+
+
+def runs_of(places: Iterable[tuple[str, int]]) -> tuple[tuple[str, ...], bytes]:
+    """(packs in order of first use, packed runs) for the places (pack id, page in pack)
+    of a database's pages in order: consecutive pages of one pack make one run."""
     packs: list[str] = []
     numbers: dict[str, int] = {}
-    runs: list[list[int]] = []
+    runs = array("I")  # 4 bytes an item on every platform Python runs on here
+    last_pack, next_page = -1, -1
     for pack, page in places:
         number = numbers.get(pack)
         if number is None:
             number = numbers[pack] = len(packs)
             packs.append(pack)
-        last = runs[-1] if runs else None
-        if last and last[0] == number and last[1] + last[2] == page:
-            last[2] += 1
+        if number == last_pack and page == next_page:
+            runs[-1] += 1
         else:
-            runs.append([number, page, 1])
-    return tuple(packs), tuple(Run(*run) for run in runs)
+            runs.extend((number, page, 1))
+            last_pack = number
+        next_page = page + 1
+    if sys.byteorder == "big":
+        runs.byteswap()
+    return tuple(packs), runs.tobytes()
 
 
 def encode_list(pages: PageList) -> bytes:
@@ -205,10 +221,10 @@ def encode_list(pages: PageList) -> bytes:
         pages.size,
         bytes.fromhex(pages.sha256),
         len(pages.packs),
-        len(pages.runs),
+        len(pages.runs) // _RUN.size,
     )
     body = head + b"".join(bytes.fromhex(p) for p in pages.packs)
-    body += b"".join(_RUN.pack(r.pack, r.first, r.count) for r in pages.runs)
+    body += pages.runs
     return zlib.compress(body + hashlib.sha256(body).digest(), LIST_LEVEL)
 
 
@@ -227,26 +243,26 @@ def parse_list(data: bytes, where: str) -> PageList:
     at = _LIST_HEAD.size
     packs = tuple(body[at + n * 32 : at + (n + 1) * 32].hex() for n in range(pack_count))
     at += pack_count * 32
-    runs = tuple(Run(*_RUN.unpack_from(body, at + n * _RUN.size)) for n in range(run_count))
+    runs = bytes(body[at:])
     _check_runs(runs, pack_count, count, where)
     return PageList(size, total, digest.hex(), packs, runs)
 
 
-def _check_runs(runs: tuple[Run, ...], pack_count: int, count: int, where: str) -> None:
+def _check_runs(runs: bytes, pack_count: int, count: int, where: str) -> None:
     pages = 0
-    for run in runs:
-        if run.pack >= pack_count or run.count < 1 or run.first + run.count > MAX_PACK_PAGES:
-            raise VerificationError(f"{where}: a run {run} lies outside its packs: the page list is damaged")
-        pages += run.count
+    for pack, first, length in _RUN.iter_unpack(runs):
+        if pack >= pack_count or length < 1 or first + length > MAX_PACK_PAGES:
+            raise VerificationError(f"{where}: a run {Run(pack, first, length)} lies outside its packs: damaged")
+        pages += length
     if pages != count:
         raise VerificationError(f"{where}: its runs hold {pages} pages, it lists {count}: the page list is damaged")
 
 
 def check_run_in(run: Run, index: PackIndex, pack: str, where: str) -> None:
     """A run of a page list inside the pack it names (the index now known)."""
-    if run.first + run.count > index.page_count:
+    if run.first + run.length > index.page_count:
         raise VerificationError(
-            f"{where}: pages {run.first}-{run.first + run.count - 1} of pack {pack[:12]}… are beyond its "
+            f"{where}: pages {run.first}-{run.first + run.length - 1} of pack {pack[:12]}… are beyond its "
             f"{index.page_count} pages: the page list or the pack index is damaged"
         )
 

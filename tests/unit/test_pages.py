@@ -38,6 +38,7 @@ def sample_list(**changes):
     values = dict(page_size=4096, size=4096 * 5, sha256="ab" * 32, packs=("11" * 32, "22" * 32))
     values["runs"] = (fmt.Run(0, 0, 3), fmt.Run(1, 7, 2))
     values.update(changes)
+    values["runs"] = fmt.pack_runs(values["runs"])
     return fmt.PageList(**values)
 
 
@@ -66,7 +67,9 @@ def test_runs_join_consecutive_pages_of_one_pack():
     places = [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("a", 3), ("a", 9), ("b", 1)]
     packs, runs = fmt.runs_of(iter(places))
     assert packs == ("a", "b")
-    assert runs == (fmt.Run(0, 0, 3), fmt.Run(1, 0, 1), fmt.Run(0, 3, 1), fmt.Run(0, 9, 1), fmt.Run(1, 1, 1))
+    expected = [fmt.Run(0, 0, 3), fmt.Run(1, 0, 1), fmt.Run(0, 3, 1), fmt.Run(0, 9, 1), fmt.Run(1, 1, 1)]
+    assert runs == fmt.pack_runs(expected)
+    assert list(fmt.PageList(4096, 7 * 4096, "00" * 32, packs, runs).each_run()) == expected
 
 
 def test_page_list_roundtrips():
