@@ -184,9 +184,18 @@ def _packs_to_send(store: Store, headers: list[records.Header], there: dict[str,
             continue
         for pack in page_store.read_page_list(store.folder / header.snapshot.file).packs:
             for relative in pack_files(pack):
-                if relative not in wanted and there.get(relative) != (store.folder / relative).stat().st_size:
+                if relative not in wanted and there.get(relative) != _local_size(store, relative, header.name):
                     wanted.append(relative)
     return wanted
+
+
+def _local_size(store: Store, relative: str, name: str) -> int:
+    try:
+        return (store.folder / relative).stat().st_size
+    except FileNotFoundError:
+        raise VerificationError(
+            f"{name}: {relative} is missing from the archive: nothing was pushed; run verify"
+        ) from None
 
 
 def _confirm_arrived(remote: RemoteArchive, expected: list[str], copied: set[str]) -> None:

@@ -309,3 +309,13 @@ def test_without_the_daemon_each_step_runs_as_its_own_process(bucket, tmp_path, 
     assert len(runs) > 3 and not any(" rcd " in run for run in runs), runs
     check = run_cli("offsite", "verify", "--dest", str(tmp_path / "v"), env=env)
     assert check.returncode == 0 and "2 good, 0 bad" in check.stderr, check.stderr
+
+
+def test_push_refuses_a_backup_whose_pack_is_missing_locally(bucket, local_archive):
+    config, name = bucket
+    local_archive.backup()
+    next(local_archive.folder.glob("packs/*/*.pack")).unlink()
+    remote = RemoteArchive(Rclone(config), f"sw:{name}/stash")
+    with pytest.raises(VerificationError, match="missing from the archive: nothing was pushed"):
+        offsite.push(Archive(local_archive.folder), remote, Lines())
+    assert "packs" not in listed(config, f"sw:{name}/stash") and not offsite.remote_backups(remote)
