@@ -32,7 +32,7 @@ class DownloadOptions:
     blobs_path: Optional[Path] = None  # Stash's blobs folder as seen from here (default: the server's)
     check_level: str = QUICK
     if_older_than: Optional[Duration] = None
-    compress: bool = True  # False: the snapshot in gzip's stored blocks (faster nights, about 3x the space)
+    compress: bool = True  # False: new pages in zlib's stored blocks (faster nights, about 3x their space)
 
     @property
     def compression_level(self) -> int:
