@@ -59,7 +59,13 @@ def add_commands(commands) -> None:
     export = commands.add_parser("export", help="write one backup as a self-contained zip (Stash v0.31's layout)")
     archive_option(export)
     export.add_argument("name", metavar="NAME", help="the backup's name (see list)")
-    export.add_argument("--output", type=Path, required=True, metavar="FILE.zip", help="the zip to write")
+    export.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        metavar="FILE.zip",
+        help="the zip to write; FILE.sqlite or FILE.gz: the database alone (plain, or gzip), for Stash's manual restore",
+    )
     migrate = commands.add_parser("migrate", help="fold the older per-backup zips into the store (dry run by default)")
     archive_option(migrate)
     check_option(migrate)

@@ -48,8 +48,8 @@ def add_commands(commands) -> None:
     download.add_argument(
         "--no-compress",
         action="store_true",
-        help="store the database snapshot uncompressed (still a .gz file): faster nights on a slow "
-        "CPU, about 3x its space",
+        help="store the database's new pages uncompressed (zlib's stored blocks): faster nights on a "
+        "slow CPU, about 3x their space",
     )
     download.add_argument(
         "--if-older-than", metavar="DURATION", help="skip when the newest verified backup is younger, e.g. 20h or 1d"
@@ -111,7 +111,7 @@ def add_commands(commands) -> None:
     snapshot.add_argument(
         "--stash-stopped", action="store_true", help="you confirm Stash is stopped, where this machine cannot check it"
     )
-    snapshot.add_argument("--no-compress", action="store_true", help="store the database snapshot uncompressed")
+    snapshot.add_argument("--no-compress", action="store_true", help="store the database's new pages uncompressed")
     snapshot.add_argument("--json", action="store_true", help="print the new archive entry as JSON")
     settings_option(snapshot)
     archive_option(snapshot)

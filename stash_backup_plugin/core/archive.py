@@ -29,6 +29,7 @@ from .atomic import (
 from .errors import StorageError, UsageError, VerificationError
 from .naming import BackupName, is_temp_name, parse_backup_name, with_counter
 from .record import Header
+from .page_store import stored_packs
 from .store import Store
 
 STORED = "stored"  # Entry.kind of a backup in the store
@@ -299,7 +300,8 @@ class Archive:
             usage.blobs += 1
             usage.blob_bytes += blob.size
         for name in self.store.snapshot_names():
-            usage.snapshot_bytes += _size(self.store.snapshot_path(name))
+            usage.snapshot_bytes += _size(self.store.snapshot_path(name)) + _size(self.store.page_list_path(name))
+        usage.snapshot_bytes += sum(pack.size for pack in stored_packs(self.store.folder))
         for name in self.store.record_names():
             usage.record_bytes += _size(self.store.record_path(name))
         for entry in self._manifest_entries():
@@ -353,6 +355,7 @@ class Archive:
                 self.folder / f"{bare}.zip",
                 self.store.record_path(bare),
                 self.store.snapshot_path(bare),
+                self.store.page_list_path(bare),
             )
         )
 

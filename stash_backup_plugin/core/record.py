@@ -55,8 +55,9 @@ class Snapshot:
     file: str  # relative to the archive folder
     size: int  # bytes of the database
     sha256: str  # of the database (uncompressed): the same as Stash's own backup file
-    stored_size: int  # bytes of the compressed file
-    codec: str = "gzip"
+    stored_size: int  # bytes of the compressed file (codec "pages": of the page list)
+    codec: str = "gzip"  # or "pages" (core/pages.py): the file is a page list into packs/
+    added: int = 0  # codec "pages": bytes of the packs this snapshot added to the archive
 
 
 @dataclass
@@ -95,7 +96,7 @@ class Header:
     @property
     def new_bytes(self) -> int:
         """What this backup added to the archive: its snapshot and its new blobs."""
-        return self.snapshot.stored_size + self.new_blob_bytes
+        return self.snapshot.stored_size + self.snapshot.added + self.new_blob_bytes
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -107,7 +108,8 @@ class Header:
             raise ValueError(f"unknown record format {data.get('format') if isinstance(data, dict) else data!r}")
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        values["snapshot"] = Snapshot(**data["snapshot"])
+        snapshot = {f.name for f in fields(Snapshot)}
+        values["snapshot"] = Snapshot(**{k: v for k, v in data["snapshot"].items() if k in snapshot})
         return cls(**values)
 
 
@@ -281,8 +283,8 @@ def read_settings(path: Path) -> list[SettingsFile]:
 def rewrite_header(path: Path, header: Header) -> None:
     """The record again with a changed header: the same images and settings files."""
     settings = read_settings(path)
-    with BlobList(path, images_only=True) as images:
-        write(path, header, list(images), settings)
+    with BlobList(path, images_only=True) as images:  # streamed: the new file is a temp until it is whole
+        write(path, header, images, settings)
 
 
 def write_without_settings(source: Path, target: Path) -> None:

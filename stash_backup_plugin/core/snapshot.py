@@ -114,7 +114,7 @@ def decompress(source: BinaryIO, target, progress: Progress = None) -> Digest:
     decompression (both release the GIL)."""
     size, read = 0, 0
     worker, in_member = zlib.decompressobj(31), False
-    with _Sink(target, progress) as sink:
+    with Sink(target, progress) as sink:
         try:
             while data := source.read(READ_CHUNK):
                 read += len(data)
@@ -134,7 +134,7 @@ def decompress(source: BinaryIO, target, progress: Progress = None) -> Digest:
     return Digest(size, sink.sha256, read)
 
 
-class _Sink:
+class Sink:
     """Hashes and writes decompressed chunks on its own thread, in order."""
 
     _END = object()
@@ -147,7 +147,7 @@ class _Sink:
         self._thread = threading.Thread(target=self._run, name="snapshot-sink", daemon=True)
         self.sha256 = ""
 
-    def __enter__(self) -> "_Sink":
+    def __enter__(self) -> "Sink":
         self._thread.start()
         return self
 

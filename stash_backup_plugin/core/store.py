@@ -1,15 +1,18 @@
 """The archive's content-addressed store: images once, database snapshots, records.
 
     <archive>/blobs/<aa>/<bb>/<md5>          each image once, in Stash's own layout
-    <archive>/snapshots/<backup name>.gz     one compressed database per backup
+    <archive>/packs/<aa>/<id>.pack, .idx     each database page once (pages.py, page_store.py)
+    <archive>/snapshots/<backup name>.pages  a backup's page list: its database, page by page
+    <archive>/snapshots/<backup name>.gz     a whole compressed database (backups made before
+                                             page snapshots; `migrate` folds them into pages)
     <archive>/backups/<backup name>.record   what a backup consists of (record.py)
     <archive>/pending/<run>.json             a run that is adding data right now
     <archive>/incoming/                      temp files of the run holding the lock
 
 Crash safety, as restic's prune: a backup's record is written only after its snapshot
 and every blob it lists are durable, and it is the first thing removed when the backup
-is forgotten. Garbage collection (under the archive lock) deletes only blobs and
-snapshots that no record refers to and that no in-progress run may be adding: a run
+is forgotten. Garbage collection (under the archive lock) deletes only blobs,
+snapshots and packs that no record (or its page list) refers to and that no in-progress run may be adding: a run
 writes its pending marker before its first blob and removes it after its record, and
 collection spares everything written since the oldest marker. kill -9 at any point
 leaves at worst unreferenced files, which the next collection removes.
@@ -21,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
-import threading
 import time
 import zipfile
 import zlib
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Optional
 
 from . import record as records
+from . import page_store, pages
 from . import snapshot as snapshots
 from .atomic import discard, fsync_dir, make_folders, own_like_folder, storage_error
 from .hashing import copy_and_hash
@@ -78,7 +80,11 @@ class Store:
         return self.blobs_folder / blob_relative_path(checksum)
 
     def snapshot_path(self, name: str) -> Path:
+        """A gzip snapshot (backups made before page snapshots, issue 21)."""
         return self.folder / SNAPSHOTS / (name + SNAPSHOT_SUFFIX)
+
+    def page_list_path(self, name: str) -> Path:
+        return self.folder / SNAPSHOTS / (name + pages.LIST_SUFFIX)
 
     def record_path(self, name: str) -> Path:
         return self.records_folder / records.record_name(name)
@@ -154,25 +160,37 @@ class Store:
 
     # --- snapshots -------------------------------------------------------------------
     def snapshot_names(self) -> list[str]:
+        """Names of the backups with a snapshot file of either kind (gzip, page list)."""
         folder = self.folder / SNAPSHOTS
         if not folder.is_dir():
             return []
-        return sorted(
-            p.name[: -len(SNAPSHOT_SUFFIX)]
-            for p in folder.iterdir()
-            if p.name.endswith(SNAPSHOT_SUFFIX) and TEMP_MARKER not in p.name
-        )
+        names = set()
+        for path in folder.iterdir():
+            for suffix in (SNAPSHOT_SUFFIX, pages.LIST_SUFFIX):
+                if path.name.endswith(suffix) and TEMP_MARKER not in path.name:
+                    names.add(path.name[: -len(suffix)])
+        return sorted(names)
 
     def read_snapshot(self, header: records.Header, target, progress=None) -> snapshots.Digest:
-        """Decompress a backup's database into `target`, checking size and SHA-256."""
+        """Reassemble a backup's database into `target` (anything with write()), from
+        its gzip snapshot or its page list, checking size and SHA-256: the one place
+        every reader of a stored database goes through."""
         path = self.folder / header.snapshot.file
+        if header.snapshot.codec not in (snapshots.CODEC, pages.CODEC):
+            raise VerificationError(
+                f"{header.name}: its database is stored as {header.snapshot.codec!r}, which this version "
+                "cannot read: upgrade stash-backup"
+            )
         try:
-            with open(path, "rb") as source:
-                digest = snapshots.decompress(source, target, progress)
+            if header.snapshot.codec == pages.CODEC:
+                digest = page_store.read_pages(self.folder, path, target, progress)
+            else:
+                with open(path, "rb") as source:
+                    digest = snapshots.decompress(source, target, progress)
         except FileNotFoundError:
             raise VerificationError(f"{header.name}: its database snapshot {path} is missing") from None
         except VerificationError as error:
-            raise VerificationError(f"{path}: {error}") from None
+            raise VerificationError(f"{path}: {error}" if str(path) not in str(error) else str(error)) from None
         if (digest.size, digest.sha256) != (header.snapshot.size, header.snapshot.sha256):
             raise VerificationError(
                 f"{path} decompresses to {digest.size} bytes with SHA-256 {digest.sha256[:12]}…, "
@@ -330,115 +348,6 @@ def write_snapshot(
         discard(temp)
         raise
     return temp, digest
-
-
-class SnapshotTee:
-    """The database compressed into incoming/ while it downloads, on its own thread:
-    the download hands each chunk over without waiting. When compression falls behind
-    (the transfer is faster), the tee stops taking chunks and, once the download ends,
-    reads the rest from the downloaded file, beside the blob copying; either way every
-    byte is compressed once and the download never slows down for it."""
-
-    QUEUE_CHUNKS = 4  # chunks waiting for the compressor: memory stays a few MiB
-    _RESET, _STOP = object(), object()
-
-    def __init__(self, store: Store, name: str, level: int = snapshots.LEVEL):
-        make_folders(store.incoming)
-        self.level = level
-        self.temp = store.incoming / f"{name}{SNAPSHOT_SUFFIX}{TEMP_MARKER}{os.getpid()}"
-        self._handle = open(self.temp, "w+b")
-        self._queue: queue.Queue = queue.Queue(self.QUEUE_CHUNKS)
-        self._offset = 0  # the download's view: bytes seen, and where the tee let go
-        self._behind_at: Optional[int] = None
-        self._result: Optional[tuple[Path, snapshots.Digest]] = None
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, name="snapshot-tee", daemon=True)
-        self._thread.start()
-
-    # --- the download's side ---------------------------------------------------------
-    def write(self, chunk: bytes) -> None:
-        if self._behind_at is None:
-            try:
-                self._queue.put_nowait(chunk)
-            except queue.Full:
-                self._behind_at = self._offset  # the rest comes from the file
-        self._offset += len(chunk)
-
-    def reset(self) -> None:
-        """The server started over: so does the snapshot."""
-        self._put(self._RESET)
-        self._offset, self._behind_at = 0, None
-
-    def finish(self, downloaded: Path) -> None:
-        """The download is complete in `downloaded`: compress what the tee let go from
-        there. Returns at once; `result()` waits."""
-        self._put((downloaded, self._behind_at))
-
-    def _put(self, item) -> None:
-        """Hand over an instruction; never wait on a thread that has stopped (its error
-        comes out of result())."""
-        while self._thread.is_alive():
-            try:
-                self._queue.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    def result(self) -> tuple[Path, snapshots.Digest]:
-        """The compressed temp file, fsynced, and the digest of what it holds."""
-        self._thread.join()
-        if self._error:
-            raise self._error
-        assert self._result is not None  # the thread ended without an error: it set the result
-        return self._result
-
-    def discard(self) -> None:
-        self._put(self._STOP)
-        self._thread.join()
-        self._handle.close()
-        discard(self.temp)
-        with contextlib.suppress(OSError):  # a failed first download leaves no empty folder behind
-            self.temp.parent.rmdir()
-
-    # --- the compressor's thread ---------------------------------------------------------
-    def _run(self) -> None:
-        compressor = snapshots.StreamCompressor(self._handle, self.level)
-        try:
-            while True:
-                item = self._queue.get()
-                if item is self._STOP:
-                    return
-                if item is self._RESET:
-                    compressor.close()
-                    self._handle.seek(0)
-                    self._handle.truncate()
-                    compressor = snapshots.StreamCompressor(self._handle, self.level)
-                elif isinstance(item, tuple):
-                    self._result = self._complete(compressor, *item)
-                    return
-                else:
-                    compressor.write(item)
-        except BaseException as error:  # handed to result()
-            self._error = (
-                error
-                if not isinstance(error, OSError)
-                else storage_error("write the database snapshot into", self.temp.parent, error)
-            )
-        finally:
-            compressor.close()
-
-    def _complete(self, compressor, downloaded: Path, behind_at: Optional[int]):
-        if behind_at is not None:
-            with open(downloaded, "rb") as rest:
-                rest.seek(behind_at)
-                while chunk := rest.read(snapshots.CHUNK):
-                    compressor.write(chunk)
-        digest = compressor.finish()
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
-        own_like_folder(self.temp)
-        return self.temp, digest
 
 
 def commit_snapshot(store: Store, name: str, temp: Path) -> Path:

@@ -24,14 +24,21 @@ class GcPlan:
     snapshot_bytes: int = 0  # of the snapshots to delete, when known
     strays: list[str] = field(default_factory=list)  # files in the blobs folder that are no blob: left alone
     rescued_blobs: int = 0  # the sorted walk would have deleted them, but a kept record refers to them
+    delete_packs: list[tuple[str, int]] = field(default_factory=list)  # (pack id, bytes with its index)
+    spared_packs: int = 0  # unreferenced, but new enough that a run in progress may be writing its list
+    kept_packs: int = 0
 
     @property
     def blob_bytes(self) -> int:
         return sum(size for _, size in self.delete_blobs)
 
     @property
+    def pack_bytes(self) -> int:
+        return sum(size for _, size in self.delete_packs)
+
+    @property
     def freed_bytes(self) -> int:
-        return self.blob_bytes + self.snapshot_bytes
+        return self.blob_bytes + self.snapshot_bytes + self.pack_bytes
 
 
 def plan_gc(stored: Iterable, referenced: Iterable[str], protect_since: Optional[float] = None) -> GcPlan:
@@ -92,6 +99,24 @@ def plan_snapshots(
         else:
             plan.delete_snapshots.append(name)
             plan.snapshot_bytes += size
+    return plan
+
+
+def plan_packs(
+    stored: Iterable, referenced: set[str], protect_since: Optional[float] = None, plan: Optional[GcPlan] = None
+) -> GcPlan:
+    """Packs (objects with pack, size, mtime) that no kept page list names: deletable,
+    unless written at or after `protect_since` (a run in progress may be about to name
+    them in its page list). Repacking (a pack only partly referenced) is not done: a
+    pack stays whole while any kept list names it."""
+    plan = plan or GcPlan()
+    for pack in stored:
+        if pack.pack in referenced:
+            plan.kept_packs += 1
+        elif protect_since is not None and pack.mtime >= protect_since:
+            plan.spared_packs += 1
+        else:
+            plan.delete_packs.append((pack.pack, pack.size))
     return plan
 
 

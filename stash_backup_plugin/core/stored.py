@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, Optional, Protocol
 
 from . import backup_zip as fullbackup
+from . import page_store
 from . import record as records
 from . import settings as settings_files
 from .atomic import atomic_output, discard, fsync_dir, make_folders, private_mode, scratch_folder, storage_error
@@ -29,11 +30,12 @@ from .sqlite_check import (
     library_counts,
     filesystem_blob_references,
 )
-from .snapshot import LEVEL, Digest
+from .pages import CODEC as PAGES, INDEX_SUFFIX, PACK_SUFFIX
+from .snapshot import LEVEL
 from .faults import crash_point
-from .hashing import copy_and_hash
-from .store import BLOBS, SNAPSHOTS, Store, commit_snapshot, write_snapshot
-from .store_plan import GcPlan, plan_gc, plan_snapshots, spare_referenced
+from .hashing import Discard, copy_and_hash
+from .store import BLOBS, SNAPSHOT_SUFFIX, SNAPSHOTS, Store
+from .store_plan import GcPlan, plan_gc, plan_packs, plan_snapshots, spare_referenced
 
 MISSING_EXAMPLES = 5
 
@@ -118,7 +120,7 @@ class NewBackup:
     added_at: str = ""
     referenced_count: int = 0  # for progress only
     counts: dict = field(default_factory=dict)  # sqlite_check.library_counts
-    compression_level: int = LEVEL  # gzip level of the stored snapshot (STORED: no compression)
+    compression_level: int = LEVEL  # zlib level of the stored pages (STORED: no compression)
     salvaged: bool = False  # recovered from a damaged database: never a good backup (record.Header.salvaged)
     prechecked: bool = False  # the caller checked the database at verified_level already: not read twice
     pre_upgrade: str = ""  # Stash's own pre-migration backup, adopted: "<from>→<to>" (record.Header.pre_upgrade)
@@ -167,50 +169,41 @@ class _InThread(threading.Thread):
         return self.value
 
 
-class _Compressor(threading.Thread):
-    """Compresses the snapshot beside the blob copying (different resources: CPU here,
-    disk there), unless the download is already compressing it. What was compressed is
-    proven by its SHA-256 (of the bytes fed in, checked against the download's) and
-    each gzip member's CRC; `verify` reads the file back from the disk later (a read
-    right after writing would come from memory and prove little)."""
+class _PageWriter(threading.Thread):
+    """Stores the database's new pages beside the blob copying (different resources:
+    CPU here, disk there). What was stored is proven by the SHA-256 of the bytes read
+    (checked against the download's), each page's hash as it is packed, and zlib's
+    checksum of each frame; `verify` reassembles it from the disk later (a read right
+    after writing would come from memory and prove little)."""
 
-    def __init__(self, store: Store, name: str, database: Path, compressed=None, level: int = LEVEL):
+    def __init__(self, store: Store, database: Path, level: int = LEVEL):
         super().__init__(name="snapshot", daemon=True)
-        self.level = level
-        self.store, self.backup_name, self.database, self.compressed = store, name, database, compressed
-        self.temp: Optional[Path] = None
-        self.digest: Optional[Digest] = None
+        self.store, self.database, self.level = store, database, level
+        self.written: Optional[page_store.Written] = None
         self.error: Optional[BaseException] = None
 
     def run(self) -> None:
         try:
-            if self.compressed:
-                temp, digest = self.compressed.result()
-            else:
-                temp, digest = write_snapshot(self.store, self.backup_name, self.database, self.level)
-            self.temp, self.digest = temp, digest
-            if temp.stat().st_size != digest.written:
-                raise VerificationError(f"the compressed database {self.temp} is not the size it was written at")
+            self.written = page_store.write_pages(self.store.folder, self.store.incoming, self.database, self.level)
         except BaseException as error:  # handed to the caller's thread
             self.error = error
 
-    def result(self):
+    def result(self) -> page_store.Written:
         self.join()
         if self.error:
-            if self.temp:
-                discard(self.temp)
             raise self.error
-        return self.temp, self.digest
+        assert self.written is not None
+        return self.written
 
 
-def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Reporter, compressed=None) -> records.Header:
-    """Store a checked database and the blobs it refers to, then (last) its record.
-    Blobs the store already holds are not copied again. `compressed` gives the snapshot
-    (`result()`: temp file, digest) when the download is compressing the database."""
+def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Reporter) -> records.Header:
+    """Store a checked database (the pages no pack holds yet, and its page list) and
+    the blobs it refers to, then (last) its record. Blobs and pages the store already
+    holds are not copied again."""
     with store.pending(new.name):
         make_folders(store.incoming)
-        compressor = _Compressor(store, new.name, new.database, compressed, new.compression_level)
-        compressor.start()
+        pages = _PageWriter(store, new.database, new.compression_level)
+        pages.start()
         # quick_check (or integrity_check) reads the database while the blobs are copied
         level = NONE if new.prechecked else new.verified_level
         check = _InThread(lambda: check_database(new.database, level, blob_references=False))
@@ -221,22 +214,20 @@ def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Repor
                 counts = _store_blobs(store, new.referenced, new.referenced_count, source, listing, report)
             kept_settings, settings_summary = _store_settings(store, new.settings, report)
             check.result()
-            temp, digest = compressor.result()
-            if digest.sha256 != new.sha256 or digest.size != new.database.stat().st_size:
-                discard(temp)
-                raise VerificationError(f"{new.database} changed while it was compressed: try again")
-            snapshot_path = commit_snapshot(store, new.name, temp)
+            written = pages.result()
+            if written.digest.sha256 != new.sha256 or written.digest.size != new.database.stat().st_size:
+                raise VerificationError(f"{new.database} changed while it was stored: try again")
+            list_path = store.page_list_path(new.name)
+            page_store.commit_page_list(list_path, written.listing)
             crash_point("snapshot-stored")
-            header = _header(new, snapshot_path, store, digest, counts)
+            header = _header(new, list_path, store, written, counts)
             header.settings = settings_summary
             with open(blob_list, encoding="ascii") as listing:
                 store.write_record(header, _read_list(listing), kept_settings)
             crash_point("record-written")
         finally:
             check.join()
-            compressor.join()
-            if compressor.temp and compressor.temp.exists():
-                discard(compressor.temp)
+            pages.join()
             discard(blob_list)
     return header
 
@@ -332,7 +323,9 @@ def _read_list(listing) -> Iterator[tuple[str, int]]:
         yield checksum, int(size)
 
 
-def _header(new: NewBackup, snapshot_path: Path, store: Store, digest, counts: _Counts) -> records.Header:
+def _header(
+    new: NewBackup, list_path: Path, store: Store, written: page_store.Written, counts: _Counts
+) -> records.Header:
     from .archive import utc_now
 
     parsed = parse_backup_name(new.name)
@@ -342,10 +335,12 @@ def _header(new: NewBackup, snapshot_path: Path, store: Store, digest, counts: _
         schema_version=new.schema_version,
         database_member=new.database_member or (parsed.database_name if parsed else "stash-go.sqlite"),
         snapshot=records.Snapshot(
-            str(snapshot_path.relative_to(store.folder).as_posix()),
-            digest.size,
-            digest.sha256,
-            snapshot_path.stat().st_size,
+            str(list_path.relative_to(store.folder).as_posix()),
+            written.digest.size,
+            written.digest.sha256,
+            len(written.listing),
+            PAGES,
+            written.new_pack_bytes,
         ),
         includes_blobs=new.includes_blobs,
         blob_count=counts.count,
@@ -485,6 +480,29 @@ def _tagged(blobs: Iterator[tuple[str, int]], name: str, problems: dict) -> Iter
         problems[name].append(str(error))
 
 
+def check_packs(store: Store, names: list[str], read_data: ReadData) -> dict[str, list[str]]:
+    """verify --read-data: each pack the backups' page lists name (part N/M of them, by
+    id) read whole (check_pack); a damaged one is the problem of every backup naming it."""
+    users: dict[str, list[str]] = {}
+    for name in names:
+        header = store.header(name)
+        if header.snapshot.codec != PAGES:
+            continue
+        with contextlib.suppress(VerificationError):  # a damaged list is check_snapshot's finding
+            for pack in page_store.read_page_list(store.folder / header.snapshot.file).packs:
+                users.setdefault(pack, []).append(name)
+    problems: dict[str, list[str]] = {name: [] for name in names}
+    for pack in sorted(users):
+        if not read_data.includes(pack):
+            continue
+        try:
+            page_store.check_pack(store.folder, pack)
+        except VerificationError as error:
+            for name in users[pack]:
+                problems[name].append(str(error))
+    return problems
+
+
 def _check_group(store: Store, group: list, read_data: Optional[ReadData], problems: dict) -> None:
     checksum = group[0][0]
     actual = store.blob_size(checksum)
@@ -533,14 +551,31 @@ def plan_collection(store: Store, keep: Optional[list[str]] = None) -> GcPlan:
     if plan.delete_blobs:
         spare_referenced(plan, store.referenced(names))
     pending = [m.get("name", "") for m in store.pending_markers()]
-    return plan_snapshots(_snapshot_files(store), names, pending, protect, plan)
+    plan_snapshots(_snapshot_files(store), names, pending, protect, plan)
+    return plan_packs(page_store.stored_packs(store.folder), _referenced_packs(store, names, pending), protect, plan)
 
 
 def _snapshot_files(store: Store) -> Iterator[tuple[str, float, int]]:
     for name in store.snapshot_names():
-        with contextlib.suppress(OSError):
-            info = store.snapshot_path(name).stat()
-            yield name, info.st_mtime, info.st_size
+        for path in (store.snapshot_path(name), store.page_list_path(name)):
+            with contextlib.suppress(OSError):
+                info = path.stat()
+                yield name, info.st_mtime, info.st_size
+
+
+def _referenced_packs(store: Store, names: list[str], pending: list[str]) -> set[str]:
+    """Every pack a kept backup's page list names (VerificationError when one cannot
+    be read whole: its packs must not be taken for garbage), and those of page lists
+    that runs in progress have written before their records."""
+    packs: set[str] = set()
+    for name in names:
+        header = store.header(name)
+        if header.snapshot.codec == PAGES:
+            packs.update(page_store.read_page_list(store.folder / header.snapshot.file).packs)
+    for name in pending:
+        with contextlib.suppress(VerificationError):
+            packs.update(page_store.read_page_list(store.page_list_path(name)).packs)
+    return packs
 
 
 def collect(store: Store, plan: GcPlan, report: Reporter, batch: int = 1000) -> None:
@@ -548,9 +583,11 @@ def collect(store: Store, plan: GcPlan, report: Reporter, batch: int = 1000) -> 
     folder touched before the next batch."""
     for name in plan.delete_snapshots:
         discard(store.snapshot_path(name))
+        discard(store.page_list_path(name))
     if plan.delete_snapshots:
         fsync_dir(store.folder / SNAPSHOTS)
     crash_point("gc-snapshots")
+    _collect_packs(store, plan.delete_packs, batch)
     for start in range(0, len(plan.delete_blobs), batch):
         folders = set()
         for checksum, _ in plan.delete_blobs[start : start + batch]:
@@ -563,6 +600,25 @@ def collect(store: Store, plan: GcPlan, report: Reporter, batch: int = 1000) -> 
         _sync_folders(folders)
         crash_point("gc-batch")
         report.progress(min(start + batch, len(plan.delete_blobs)) / len(plan.delete_blobs), "collecting garbage")
+
+
+def _collect_packs(store: Store, packs: list[tuple[str, int]], batch: int) -> None:
+    """Each pack's index first, then the pack: an index never outlives its pack, so a
+    run that finds an index may use its pages."""
+    for start in range(0, len(packs), batch):
+        folders = set()
+        for pack, _ in packs[start : start + batch]:
+            for suffix in (INDEX_SUFFIX, PACK_SUFFIX):
+                path = page_store.pack_path(store.folder, pack, suffix)
+                try:
+                    discard(path)
+                except OSError as error:
+                    raise storage_error("remove", path, error) from error
+                if suffix == INDEX_SUFFIX:
+                    fsync_dir(path.parent)
+            folders.add(path.parent)
+        _sync_folders(folders)
+        crash_point("gc-packs")
 
 
 def _sync_folders(folders: set) -> None:
@@ -607,6 +663,37 @@ def export_zip(store: Store, name: str, output: Path, report: Reporter) -> Path:
             verified, tolerated=header.missing_blobs if header.includes_blobs else len(verified.blobs_not_included)
         )
         os.chmod(temp, private_mode(output.parent))  # the whole library: private as the archive
+    return output
+
+
+def export_database(store: Store, name: str, output: Path, report: Reporter) -> Path:
+    """The backup's database alone, for Stash's manual restore: a plain SQLite file, or
+    gzip (`.gz`: `gunzip` gives the file) when `output` ends in .gz. Reassembled with
+    its SHA-256 checked; a plain file also passes SQLite's quick check (the .gz is
+    read back whole) before it takes its final name."""
+    from .snapshot import StreamCompressor, decompress
+
+    header = store.header(name)
+    progress = _bytes(report, header.snapshot.size, "writing database")
+    make_folders(output.parent)
+    with atomic_output(output) as (handle, temp):
+        if output.name.endswith(SNAPSHOT_SUFFIX):
+            compressor = StreamCompressor(handle)
+            try:
+                store.read_snapshot(header, compressor, progress=progress)
+                compressor.finish()
+            finally:
+                compressor.close()
+            handle.flush()
+            with open(temp, "rb") as written:
+                digest = decompress(written, Discard())
+            if (digest.size, digest.sha256) != (header.snapshot.size, header.snapshot.sha256):
+                raise VerificationError(f"{temp} does not decompress to the backup's database: not written")
+        else:
+            store.read_snapshot(header, handle, progress=progress)
+            handle.flush()
+            check_database(temp, QUICK, blob_references=False)
+        os.chmod(temp, private_mode(output.parent))
     return output
 
 

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from ..core import settings, stored
 from ..core.archive import Archive, Entry, entry_from_name
@@ -20,7 +20,6 @@ from ..core.retention import Duration
 from ..core.snapshot import LEVEL as COMPRESSED
 from ..core.snapshot import STORED
 from ..core.sqlite_check import QUICK
-from ..core.store import SnapshotTee
 from ..server.api import Downloaded, ServerInfo, StashAPI
 from .adopt import adopt_pre_upgrade, stash_backup_folders
 
@@ -33,7 +32,7 @@ class DownloadOptions:
     blobs_path: Optional[Path] = None  # Stash's blobs folder as seen from here (default: the server's)
     check_level: str = QUICK
     if_older_than: Optional[Duration] = None
-    compress: bool = True  # False: the snapshot in gzip's stored blocks (faster nights, about 3x the space)
+    compress: bool = True  # False: new pages in zlib's stored blocks (faster nights, about 3x their space)
     settings: bool = True  # Stash's config.yml, plugins, scrapers, ... (core/settings.py), where readable here
 
     @property
@@ -70,18 +69,10 @@ def download_to_archive(
             )
         from_zip = want_blobs and not folders
         flag = (True if from_zip else False) if info.supports_include_blobs else None
-        store = archive.store
-        tee_for = None if from_zip else (lambda backup_name: SnapshotTee(store, backup_name, options.compression_level))
-        fetched, name, tee = _request_and_download(client, archive.folder, flag, report.phase(0.0, 0.5), tee_for)
+        fetched, name = _request_and_download(client, archive.folder, flag, report.phase(0.0, 0.5))
         try:
-            if tee:
-                tee.finish(fetched.temp_path)  # compression goes on beside the blob copying
-            header = _store_fetched(
-                archive, info, options, fetched, name, folders, from_zip, report.phase(0.5, 1.0), tee
-            )
+            header = _store_fetched(archive, info, options, fetched, name, folders, from_zip, report.phase(0.5, 1.0))
         finally:
-            if tee:
-                tee.discard()  # first: its thread may still read the downloaded file; nothing left on success
             discard(fetched.temp_path)
         if info.database_path:  # Stash's own pre-migration backups, where this process can read them
             adopt_pre_upgrade(
@@ -100,8 +91,8 @@ def download_to_archive(
                 f"nor in the archive (e.g. {header.missing_examples[0]}): the backup cannot hold them"
             )
         report.info(
-            f"Archived {header.name}: database {human_size(header.snapshot.size)} stored as "
-            f"{human_size(header.snapshot.stored_size)}, schema {header.schema_version}, {header.blob_count} "
+            f"Archived {header.name}: database {human_size(header.snapshot.size)}, of which "
+            f"{human_size(header.snapshot.added)} new pages stored, schema {header.schema_version}, {header.blob_count} "
             f"blob(s) of which {header.new_blobs} new ({human_size(header.new_blob_bytes)}); "
             f"sha256 {header.snapshot.sha256[:16]}…, verified ({header.verified_level})"
         )
@@ -130,7 +121,6 @@ def _store_fetched(
     folders: list[Path],
     from_zip: bool,
     report: Reporter,
-    compressed,
 ) -> Header:
     store = archive.store
     stored_name = archive.free_stored_name(name)
@@ -159,7 +149,7 @@ def _store_fetched(
     if options.settings:
         new.settings = gather_settings(info, archive.folder, report)
     source = stored.FolderSource(folders) if folders else stored.NoBlobs()
-    return stored.store_backup(store, new, source, report, compressed)
+    return stored.store_backup(store, new, source, report)
 
 
 def gather_settings(info: ServerInfo, archive_folder: Path, report: Reporter) -> Optional[settings.Gathered]:
@@ -191,11 +181,10 @@ def _skip_reason(archive: Archive, if_older_than: Optional[Duration]) -> str:
 
 
 def _request_and_download(
-    client: StashAPI, folder: Path, include_blobs: Optional[bool], report: Reporter, tee_for: Optional[Callable] = None
-) -> tuple[Downloaded, str, Optional[SnapshotTee]]:
+    client: StashAPI, folder: Path, include_blobs: Optional[bool], report: Reporter
+) -> tuple[Downloaded, str]:
     """Ask for a download backup and fetch it; on an expired link or a failed transfer
-    ask for a fresh one, a bounded number of times. `tee_for(name)` makes what sees
-    the bytes as they arrive (the snapshot compressor), one per attempt."""
+    ask for a fresh one, a bounded number of times."""
     last_error: Optional[StashBackupError] = None
     for attempt in range(1, FRESH_BACKUP_ATTEMPTS + 1):
         report.progress(0.0, "backing up")
@@ -204,23 +193,16 @@ def _request_and_download(
             raise DownloadError("Stash returned no download link for the backup: is this a Stash server?")
         name = link.rstrip("/").rsplit("/", 1)[-1]
         entry_from_name(name)  # refuse anything that is not a Stash backup name
-        tee = tee_for(name) if tee_for else None
         try:
-            # never committed as it is: the store keeps its compressed copy, or what it takes from the zip
+            # never committed as it is: the store keeps its pages, or what it takes from the zip
             fetched = client.fetch_backup(
-                link, folder, name, progress=report.bytes_progress("downloading"), tee=tee, durable=False
+                link, folder, name, progress=report.bytes_progress("downloading"), durable=False
             )
             if fetched.resumes:
                 report.warning(f"the connection dropped; resumed {fetched.resumes} time(s)")
-            return fetched, name, tee
+            return fetched, name
         except (LinkExpiredError, DownloadError) as error:
             last_error = error
             if isinstance(error, LinkExpiredError) or attempt < FRESH_BACKUP_ATTEMPTS:
                 report.warning(f"download attempt {attempt} failed ({error}); asking Stash for a fresh backup")
-        except BaseException:
-            if tee:
-                tee.discard()
-            raise
-        if tee:
-            tee.discard()
     raise DownloadError(f"gave up after {FRESH_BACKUP_ATTEMPTS} fresh backups: {last_error}")

@@ -1,4 +1,5 @@
-"""`stash-backup export`: one backup as a self-contained zip in Stash v0.31's layout."""
+"""`stash-backup export`: one backup as a self-contained zip in Stash v0.31's layout,
+or its database alone (FILE.sqlite, or FILE.gz compressed) for Stash's manual restore."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ def export_backup(archive: Archive, name: str, output: Path, report: Reporter) -
         entry = archive.find(name) or archive.find(name + ".zip") or archive.find(name.removesuffix(".zip"))
         if entry is None:
             raise UsageError(f"no backup named {name!r} in {archive.folder}: see stash-backup list")
-        if entry.is_stored:
+        if entry.is_stored and output.suffix in (".sqlite", ".gz"):
+            stored.export_database(archive.store, entry.file, output, report)
+        elif entry.is_stored:
             stored.export_zip(archive.store, entry.file, output, report)
         elif entry.kind == "zip":
             _copy_verified(archive.path_of(entry), entry, output, report)

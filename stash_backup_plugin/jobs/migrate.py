@@ -1,11 +1,12 @@
 """`stash-backup migrate`: the older per-backup zips folded into the store, one at a
-time, each removed only once its stored copy checks out."""
+time, each removed only once its stored copy checks out; then stored backups whose
+database is still a whole gzip snapshot folded into pages (core/fold.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..core import stored
+from ..core import fold, stored
 from ..core.archive import Archive, Entry
 from ..core.errors import VerificationError
 from ..core.faults import crash_point
@@ -18,6 +19,7 @@ class MigrationOutcome:
     steps: list
     imported: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    folded: list[str] = field(default_factory=list)  # gzip snapshots now stored as pages
 
     @property
     def ok(self) -> bool:
@@ -46,26 +48,44 @@ def migrate_archive(archive: Archive, dry_run: bool, level: str, report: Reporte
         outcome = MigrationOutcome(steps)
         for step in steps:
             report.info(_step_line(step, dry_run))
+        gzipped = fold.gzip_backups(store)
+        for name in gzipped:
+            report.info(f"{'would fold' if dry_run else 'fold'} the gzip snapshot of {name} into pages")
         if dry_run:
             report.info(_migration_estimate(archive, [old[s.old.file] for s in steps if s.action == "import"]))
             report.info("dry run: nothing was changed (run with --apply to migrate)")
             return outcome
         work = [s for s in steps if s.action != "skip"]
         for index, step in enumerate(work):
-            phase = report.phase(index / len(work), (index + 1) / len(work))
+            phase = report.phase(0.8 * index / len(work), 0.8 * (index + 1) / len(work))
             try:
                 _migrate_one(archive, old[step.old.file], step, level, phase)
                 outcome.imported.append(step.old.file)
             except VerificationError as error:
                 outcome.failed.append((step.old.file, str(error)))
                 report.error(f"BAD {step.old.file}: {error}; it stays as it is")
+        _fold_all(store, gzipped, outcome, report.phase(0.8, 1.0))
         report.progress(1.0)
         report.info(
-            f"Migrated {len(outcome.imported)} backup(s) into the store; {len(outcome.failed)} failed, "
+            f"Migrated {len(outcome.imported)} backup(s) into the store, folded {len(outcome.folded)} gzip "
+            f"snapshot(s) into pages; {len(outcome.failed)} failed, "
             f"{sum(1 for s in steps if s.action == 'skip')} skipped; archive now "
             f"{human_size(archive.usage().total)}"
         )
         return outcome
+
+
+def _fold_all(store, names: list[str], outcome: MigrationOutcome, report: Reporter) -> None:
+    """Each gzip snapshot into pages, oldest first; one that does not check out stays
+    as it is (its backup unchanged) and is reported."""
+    for index, name in enumerate(names):
+        report.progress(index / len(names), "folding snapshots into pages")
+        try:
+            fold.fold(store, name)
+            outcome.folded.append(name)
+        except VerificationError as error:
+            outcome.failed.append((name, str(error)))
+            report.error(f"BAD {name}: {error}; its gzip snapshot stays as it is")
 
 
 def _step_line(step, dry_run: bool) -> str:

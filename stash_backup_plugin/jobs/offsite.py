@@ -30,19 +30,24 @@ from ..core.snapshot import decompress
 from ..core.sqlite_check import check_database
 from ..core.faults import crash_point
 from ..core.hashing import Discard, copy_and_hash, file_digest
+from ..core import page_store
+from ..core.pages import CODEC as PAGES, LIST_SUFFIX, PageList
 from ..core.store import Store, commit_snapshot
 from ..core.store_plan import plan_gc
 from ..core.stored import ReadData
 from ..offsite.manifest import (
     BLOBS,
+    PACKS,
     PENDING,
     RECORDS,
+    SNAPSHOT_SUFFIX,
     SNAPSHOTS,
     Manifest,
     RemoteBackup,
     backup_from_header,
+    pack_files,
     record_file,
-    snapshot_file,
+    snapshot_files,
 )
 from ..offsite.plan import RemoteBlob, problems as blob_problems, to_send
 from ..offsite.remote import TEMP_TAG, RemoteArchive
@@ -145,6 +150,9 @@ def _send_backups(
         for checksum, _size in to_send(heapq.merge(*lists), there.blobs):
             out.write(blob_member_name(checksum) + "\n")
             result.blobs_sent += 1
+        for relative in _packs_to_send(store, headers, there.files):
+            out.write(relative + "\n")
+            sent_snapshots.append(relative)
         for header in headers:
             if there.files.get(header.snapshot.file) != header.snapshot.stored_size:
                 out.write(header.snapshot.file + "\n")
@@ -197,6 +205,29 @@ def _records_without_settings(
             "remote, or pass --with-settings to send them anyway"
         )
     return root
+
+
+def _packs_to_send(store: Store, headers: list[records.Header], there: dict[str, int]) -> list[str]:
+    """The packs (and their indexes) the backups' page lists name that the remote lacks
+    or holds at another size: a pack is named by its content, as a blob is."""
+    wanted: list[str] = []
+    for header in headers:
+        if header.snapshot.codec != PAGES:
+            continue
+        for pack in page_store.read_page_list(store.folder / header.snapshot.file).packs:
+            for relative in pack_files(pack):
+                if relative not in wanted and there.get(relative) != _local_size(store, relative, header.name):
+                    wanted.append(relative)
+    return wanted
+
+
+def _local_size(store: Store, relative: str, name: str) -> int:
+    try:
+        return (store.folder / relative).stat().st_size
+    except FileNotFoundError:
+        raise VerificationError(
+            f"{name}: {relative} is missing from the archive: nothing was pushed; run verify"
+        ) from None
 
 
 def _confirm_arrived(remote: RemoteArchive, expected: list[str], copied: set[str]) -> None:
@@ -295,6 +326,7 @@ def _collect(
 ) -> None:
     lists = _record_files(archive, remote, kept.backups, scratch)
     wanted_snapshots = {b.snapshot.file for b in kept.backups}
+    wanted_packs = {relative for pack in _kept_packs(remote, kept.backups, scratch) for relative in pack_files(pack)}
     wanted_records = {b.record.file for b in kept.backups}
     doomed = scratch / "delete.txt"
     with open(doomed, "w", encoding="utf-8") as out, contextlib.ExitStack() as stack:
@@ -307,7 +339,12 @@ def _collect(
             out.write(blob_member_name(checksum) + "\n")
             result.freed_bytes += size
         others = list(there.strays)
-        for folder, wanted in ((SNAPSHOTS, wanted_snapshots), (RECORDS, wanted_records), (PENDING, set())):
+        for folder, wanted in (
+            (SNAPSHOTS, wanted_snapshots),
+            (PACKS, wanted_packs),
+            (RECORDS, wanted_records),
+            (PENDING, set()),
+        ):
             for relative, size in there.under(folder).items():
                 if relative not in wanted and (folder != PENDING or TEMP_TAG in relative):
                     others.append(relative)
@@ -319,6 +356,42 @@ def _collect(
     if result.deleted_files and not dry_run:
         remote.delete(doomed)
         crash_point("offsite-collected")
+
+
+def _kept_packs(remote: RemoteArchive, backups: list[RemoteBackup], scratch: Path) -> set[str]:
+    """The packs the kept backups' page lists name, from the lists on the remote (each
+    must describe the database the manifest records): a list that is missing or does
+    not match stops the collection, its packs must not be taken for garbage."""
+    packs: set[str] = set()
+    for backup, found in _remote_page_lists(remote, backups, scratch):
+        if isinstance(found, str):
+            raise VerificationError(f"{remote.display}: {backup.name}: {found}: nothing was collected")
+        packs.update(found.packs)
+    return packs
+
+
+def _remote_page_lists(
+    remote: RemoteArchive, backups: list[RemoteBackup], scratch: Path
+) -> Iterator[tuple[RemoteBackup, "PageList | str"]]:
+    """Each page-snapshot backup's page list fetched from the remote and checked against
+    the manifest (database size and SHA-256), or what is wrong with it."""
+    paged = [b for b in backups if b.snapshot.file.endswith(LIST_SUFFIX)]
+    if not paged:
+        return
+    listing, folder = scratch / "lists.txt", scratch / "lists"
+    listing.write_text("".join(b.snapshot.file + "\n" for b in paged))
+    with contextlib.suppress(RemoteError):  # a missing list is reported below
+        remote.fetch(listing, folder, "fetch the page lists from")
+    for backup in paged:
+        try:
+            pages = page_store.read_page_list(_inside(folder, backup.snapshot.file))
+        except VerificationError as error:
+            yield backup, f"its page list {backup.snapshot.file}: {error}"
+            continue
+        if (pages.size, pages.sha256) != (backup.database_size, backup.database_sha256):
+            yield backup, f"its page list {backup.snapshot.file} describes another database than the manifest's"
+        else:
+            yield backup, pages
 
 
 def _record_files(archive: Archive, remote: RemoteArchive, backups: list[RemoteBackup], scratch: Path) -> list[Path]:
@@ -398,6 +471,7 @@ def verify(
                         f"its database {backup.snapshot.file} is missing or not "
                         f"{backup.snapshot.size} bytes on the remote"
                     )
+            _check_packs_listed(remote, manifest.backups, there.files, scratch, found)
             lists = _fetched_records(remote, manifest.backups, there.under(RECORDS), scratch, found)
             report.progress(0.2, "checking blobs")
             streams = [_tagged(stack.enter_context(records.BlobList(path)), name, found) for name, path in lists]
@@ -416,6 +490,21 @@ def verify(
                 report.info(f"ok  {backup.name}")
         report.progress(1.0)
         return summary
+
+
+def _check_packs_listed(
+    remote: RemoteArchive, backups: list[RemoteBackup], there: dict[str, int], scratch: Path, found: dict
+) -> None:
+    """Each page list on the remote is sound and matches the manifest, and every pack
+    it names is there with its index."""
+    sound = [b for b in backups if not _entry_problem(b)]
+    for backup, pages in _remote_page_lists(remote, sound, scratch):
+        if isinstance(pages, str):
+            found[backup.name].append(pages)
+            continue
+        missing = [r for pack in pages.packs for r in pack_files(pack) if there.get(r, 0) <= 0]
+        if missing:
+            found[backup.name].append(f"{len(missing)} pack file(s) of its database are missing, e.g. {missing[0]}")
 
 
 def _note_authentication(remote: RemoteArchive, report: Reporter) -> None:
@@ -510,6 +599,8 @@ def _check_blob_batch(
 
 
 def _check_snapshot(remote: RemoteArchive, backup: RemoteBackup, scratch: Path) -> str:
+    if backup.snapshot.file.endswith(LIST_SUFFIX):
+        return _check_page_snapshot(remote, backup, scratch)
     target = scratch / "snapshot.gz"
     try:
         remote.fetch_file(backup.snapshot.file, target)
@@ -523,6 +614,30 @@ def _check_snapshot(remote: RemoteArchive, backup: RemoteBackup, scratch: Path) 
         return (
             f"its database {backup.snapshot.file} does not decompress to the recorded size and SHA-256: it is damaged"
         )
+    return ""
+
+
+def _check_page_snapshot(remote: RemoteArchive, backup: RemoteBackup, scratch: Path) -> str:
+    """Download the page list and every pack it names (packs already read for another
+    backup are kept for the run), read each pack whole, and reassemble the database."""
+    folder = scratch / "read-pages"
+    try:
+        list_path = _inside(folder, backup.snapshot.file)
+        make_folders(list_path.parent)
+        remote.fetch_file(backup.snapshot.file, list_path)
+        pages = page_store.read_page_list(list_path)
+        wanted = [r for pack in pages.packs for r in pack_files(pack) if not (folder / r).is_file()]
+        if wanted:
+            listing = scratch / "read-packs.txt"
+            listing.write_text("".join(r + "\n" for r in wanted))
+            remote.fetch(listing, folder, "download the database's packs from")
+        for pack in pages.packs:
+            page_store.check_pack(folder, pack)
+        digest = page_store.read_pages(folder, list_path, Discard())
+    except (RemoteError, VerificationError) as error:
+        return f"its database {backup.snapshot.file}: {error}"
+    if (digest.size, digest.sha256) != (backup.database_size, backup.database_sha256):
+        return f"its database {backup.snapshot.file} does not reassemble to the recorded size and SHA-256"
     return ""
 
 
@@ -563,6 +678,7 @@ def pull(archive: Archive, remote: RemoteArchive, name: str, level: str, report:
         header = records.read_header(record_path)
         _check_header(header, backup, remote.display)
         listing, count, size = _missing_locally(store, record_path, scratch)
+        packs = _pull_page_list(remote, store, header, fetched, listing)
         with open(listing, "a", encoding="utf-8") as out:
             out.write(backup.snapshot.file + "\n")
         report.info(
@@ -573,11 +689,15 @@ def pull(archive: Archive, remote: RemoteArchive, name: str, level: str, report:
             listing, scratch / "fetched", "download the backup from", _progress(report.phase(0.0, 0.7), "downloading")
         )
         with store.pending(backup.name):
-            _check_pulled_database(scratch, header, record_path, level, report.phase(0.7, 0.85))
+            _adopt_packs(store, fetched, packs)  # checked whole first; unreferenced until the record
+            _check_pulled_database(scratch, store, header, record_path, level, report.phase(0.7, 0.85))
             _adopt_blobs(store, scratch / "fetched", listing)
-            packed = _inside(fetched, snapshot_file(header.name))
-            commit_snapshot(store, header.name, packed)
-            own_like_folder(store.snapshot_path(header.name))
+            packed = _inside(fetched, header.snapshot.file)
+            if header.snapshot.codec == PAGES:
+                page_store.commit_page_list(store.page_list_path(header.name), packed.read_bytes())
+            else:
+                commit_snapshot(store, header.name, packed)
+                own_like_folder(store.snapshot_path(header.name))
             crash_point("pull-data-stored")
             _install_record(store, header.name, record_path)
         entry = archive.find(header.name)
@@ -608,7 +728,7 @@ def _entry_problem(backup: RemoteBackup) -> str:
     name = backup.name
     if not (_plain_name(name) and parse_backup_name(name) and not name.endswith(".zip")):
         return f"the manifest lists a backup whose name is not a backup name ({name!r})"
-    if backup.record.file != record_file(name) or backup.snapshot.file != snapshot_file(name):
+    if backup.record.file != record_file(name) or backup.snapshot.file not in snapshot_files(name):
         return f"the manifest places the files of {name} outside their folders"
     return ""
 
@@ -621,7 +741,12 @@ def _check_entry(backup: RemoteBackup, where: str, outcome: str) -> None:
 
 def _check_header(header: records.Header, backup: RemoteBackup, where: str) -> None:
     """The pulled record says what the manifest said, and names its database plainly."""
-    if header.name != backup.name or header.snapshot.file != backup.snapshot.file:
+    suffix = LIST_SUFFIX if header.snapshot.codec == PAGES else SNAPSHOT_SUFFIX  # the codec its file name says
+    if (
+        header.name != backup.name
+        or header.snapshot.file != backup.snapshot.file
+        or not header.snapshot.file.endswith(suffix)
+    ):
         raise VerificationError(
             f"the record of {backup.name} on {where} is another backup's (its name or database "
             "file differs from the manifest's): nothing was pulled"
@@ -665,14 +790,61 @@ def _missing_locally(store: Store, record_path: Path, scratch: Path) -> tuple[Pa
     return listing, count, size
 
 
+def _pull_page_list(
+    remote: RemoteArchive, store: Store, header: records.Header, fetched: Path, listing: Path
+) -> list[str]:
+    """For a page snapshot: its page list fetched first, and the packs it names that the
+    local store lacks added to `listing`. Returns those packs."""
+    if header.snapshot.codec != PAGES:
+        return []
+    list_path = _inside(fetched, header.snapshot.file)
+    make_folders(list_path.parent)
+    remote.fetch_file(header.snapshot.file, list_path)
+    missing = [
+        pack
+        for pack in page_store.read_page_list(list_path).packs
+        if not all((store.folder / relative).is_file() for relative in pack_files(pack))
+    ]
+    with open(listing, "a", encoding="utf-8") as out:
+        for pack in missing:
+            out.write("".join(relative + "\n" for relative in pack_files(pack)))
+    return missing
+
+
+def _adopt_packs(store: Store, fetched: Path, packs: list[str]) -> None:
+    """Move the downloaded packs into the store, each read whole first (its SHA-256
+    against its name, every page against its index: later backups take pages from
+    it), synced before their names count; a pack before its index."""
+    for pack in packs:
+        try:
+            page_store.check_pack(fetched, pack)
+        except VerificationError as error:
+            raise VerificationError(
+                f"a pack arrived damaged from the remote ({error}): nothing was pulled; run offsite verify --read-data"
+            ) from None
+    for pack in packs:
+        for relative in pack_files(pack):
+            final = store.folder / relative
+            make_folders(final.parent)
+            with open(fetched / relative, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(fetched / relative, final)
+            own_like_folder(final)
+            fsync_dir(final.parent)
+
+
 def _check_pulled_database(
-    scratch: Path, header: records.Header, record_path: Path, level: str, report: Reporter
+    scratch: Path, store: Store, header: records.Header, record_path: Path, level: str, report: Reporter
 ) -> None:
-    packed = _inside(scratch / "fetched", snapshot_file(header.name))
+    packed = _inside(scratch / "fetched", header.snapshot.file)
     database = _inside(scratch, "pulled-database")  # a fixed name: the record's is the remote's choice
     try:
-        with open(packed, "rb") as source, open(database, "wb") as out:
-            digest = decompress(source, out)
+        with open(database, "wb") as out:
+            if header.snapshot.codec == PAGES:  # its packs are in the store now
+                digest = page_store.read_pages(store.folder, packed, out)
+            else:
+                with open(packed, "rb") as source:
+                    digest = decompress(source, out)
     except FileNotFoundError:
         raise RemoteError(f"the database of {header.name} did not arrive from the remote: pull again") from None
     if (digest.size, digest.sha256) != (header.snapshot.size, header.snapshot.sha256):

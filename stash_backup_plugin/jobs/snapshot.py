@@ -156,8 +156,8 @@ def _reported(archive: Archive, header: Header, report: Reporter) -> Entry:
         else f"verified ({header.verified_level})"
     )
     report.info(
-        f"Archived {header.name} from the stopped Stash: database {human_size(header.snapshot.size)} stored "
-        f"as {human_size(header.snapshot.stored_size)}, schema {header.schema_version}, {header.blob_count} "
+        f"Archived {header.name} from the stopped Stash: database {human_size(header.snapshot.size)}, of which "
+        f"{human_size(header.snapshot.added)} new pages stored, schema {header.schema_version}, {header.blob_count} "
         f"blob(s) of which {header.new_blobs} new ({human_size(header.new_blob_bytes)}); {state}"
     )
     return archive.find(header.name)

@@ -100,6 +100,9 @@ def _verify_stored(
     for name, found in blob_problems.items():
         if found:
             problems[name].append(f"{len(found)} blob problem(s): {found[0]}")
+    if read_data:
+        for name, found in stored.check_packs(store, readable, read_data).items():
+            problems[name] += found
     return problems
 
 

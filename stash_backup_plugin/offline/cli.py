@@ -203,24 +203,30 @@ def _stored_record(folder: Path, name: str) -> Optional[Path]:
 
 
 def _stored_of_snapshot(path: Path) -> Optional[Path]:
-    """`<archive>/snapshots/<name>.gz` is the compressed database of a stored backup:
-    the user means that backup, so its record is restored (the record gives the
-    snapshot's size and SHA-256 to check, and the images that belong with it). A
-    snapshot no record names is refused, with the command that recovers it by hand."""
+    """`<archive>/snapshots/<name>.gz` (or `.pages`, a page list) is the database of a
+    stored backup: the user means that backup, so its record is restored (the record
+    gives the snapshot's size and SHA-256 to check, and the images that belong with
+    it). A snapshot no record names is refused; a gzip one with the command that
+    recovers it by hand."""
     import shlex
+    from ..core.pages import LIST_SUFFIX
     from ..core.store import SNAPSHOT_SUFFIX, SNAPSHOTS
 
-    if path.parent.name != SNAPSHOTS or not path.name.endswith(SNAPSHOT_SUFFIX):
+    suffix = next((s for s in (SNAPSHOT_SUFFIX, LIST_SUFFIX) if path.name.endswith(s)), None)
+    if path.parent.name != SNAPSHOTS or suffix is None:
         return None
-    archive, name = path.parent.parent, path.name[: -len(SNAPSHOT_SUFFIX)]
+    archive, name = path.parent.parent, path.name[: -len(suffix)]
     record = _stored_record(archive, name)
     if record is None:
         plain = shlex.quote(name + ".sqlite")
+        by_hand = (
+            f" To restore its database anyway: gzip -dc {shlex.quote(str(path))} > {plain} && stash-restore {plain}"
+            if suffix == SNAPSHOT_SUFFIX
+            else ""
+        )
         raise UsageError(
             f"{path} is a database snapshot that no backup in {archive} records (its backup was "
-            "forgotten, and the next prune removes it): nothing checks it, and no images go with it. "
-            f"To restore its database anyway: gzip -dc {shlex.quote(str(path))} > {plain} && "
-            f"stash-restore {plain}"
+            "forgotten, and the next prune removes it): nothing checks it, and no images go with it." + by_hand
         )
     return record.resolve()
 

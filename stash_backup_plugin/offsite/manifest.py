@@ -17,6 +17,8 @@ from typing import Optional
 
 from ..core.errors import VerificationError
 from ..core.record import Header, record_name
+from ..core.page_store import PACKS  # noqa: F401  the archive's layout
+from ..core.pages import INDEX_SUFFIX, LIST_SUFFIX, PACK_SUFFIX
 from ..core.store import BLOBS, PENDING, RECORDS, SNAPSHOT_SUFFIX, SNAPSHOTS  # noqa: F401  the archive's layout
 
 FORMAT = 1
@@ -36,7 +38,7 @@ class RemoteBackup:
     created: str
     schema_version: int
     record: RemoteFile
-    snapshot: RemoteFile  # the compressed file as stored (size = stored size)
+    snapshot: RemoteFile  # the gzip snapshot or the page list, as stored (size = stored size)
     database_size: int
     database_sha256: str
     blob_count: int
@@ -99,7 +101,23 @@ def record_file(name: str) -> str:
 
 
 def snapshot_file(name: str) -> str:
+    """A gzip snapshot (backups made before page snapshots)."""
     return f"{SNAPSHOTS}/{name}{SNAPSHOT_SUFFIX}"
+
+
+def page_list_file(name: str) -> str:
+    return f"{SNAPSHOTS}/{name}{LIST_SUFFIX}"
+
+
+def snapshot_files(name: str) -> tuple[str, str]:
+    """Where a backup's database may be: its gzip snapshot or its page list."""
+    return snapshot_file(name), page_list_file(name)
+
+
+def pack_files(pack: str) -> tuple[str, str]:
+    """A pack and its index, relative to the remote's folder (as in the archive)."""
+    folder = f"{PACKS}/{pack[:2]}/{pack}"
+    return folder + PACK_SUFFIX, folder + INDEX_SUFFIX
 
 
 def backup_from_header(header: Header, record_size: int, record_md5: str, pushed_at: str) -> RemoteBackup:

@@ -3,7 +3,8 @@ that a pulled backup is a stored backup again and `rclone copy` of the remote fo
 an archive too:
 
     <remote>/blobs/<aa>/<bb>/<md5>        each image once
-    <remote>/snapshots/<name>.gz          one compressed database per backup
+    <remote>/packs/<aa>/<id>.pack, .idx   each database page once
+    <remote>/snapshots/<name>.pages       a backup's page list (or <name>.gz: a whole database)
     <remote>/backups/<name>.record        what a backup consists of (core/record.py)
     <remote>/offsite-manifest.json        the backups the remote holds: written last
     <remote>/pending/<host>.<machine>.<pid>.json  a push or prune at work (the remote's lock)

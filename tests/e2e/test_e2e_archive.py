@@ -3,7 +3,6 @@ stores only the new blobs (counted on disk), prune collects what no kept backup
 refers to, and kill -9 at every named step of a backup or a prune never leaves a
 kept backup with a missing blob. Restores of stored backups: test_e2e_restore.py."""
 
-import gzip
 import hashlib
 import json
 import shutil
@@ -16,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from stash_backup_plugin.core import page_store
 from stash_backup_plugin.core.faults import CRASH_ENV
 from stash_backup_plugin.core.store import Store
+from tests.support.stored import database_of
 from tests.support.stash_server.build import NEW_VERSION
 from tests.support.stash_server.server import data_url, png_bytes, seed_content
 
@@ -91,10 +92,11 @@ def test_nightly_cycle_stores_only_new_blobs(stash_server_factory, stash_version
     assert set(record_blobs(dest, second["file"], images_only=True)) == set(server_blobs(server))
     assert {f.path for f in Store(dest).settings(second["file"])} >= {"config.yml"}
     assert set(added) <= set(archive_blobs(dest)) and not set(added) & set(record_blobs(dest, first["file"]))
-    # the compressed snapshot is the very database Stash made
-    snapshot = dest / "snapshots" / f"{second['file']}.gz"
-    assert hashlib.sha256(gzip.decompress(snapshot.read_bytes())).hexdigest() == second["sha256"]
-    assert snapshot.stat().st_size < second["size"] / 3
+    # the pages reassemble to the very database Stash made; the second stored only the pages it changed
+    store = Store(dest)
+    assert hashlib.sha256(database_of(store, second["file"])).hexdigest() == second["sha256"]
+    added = [store.header(name).snapshot.added for name in (first["file"], second["file"])]
+    assert 0 < added[1] < added[0] < second["size"] / 3, added
     rows = listing(dest)
     assert [r["file"] for r in rows] == [second["file"], first["file"]]
     assert rows[0]["new_bytes"] < rows[1]["new_bytes"]  # the second added its snapshot and 2 small images
@@ -142,14 +144,24 @@ def test_prune_collects_only_what_no_kept_backup_refers_to(stash_server_factory,
     assert pruned.returncode == 0 and "freed" in pruned.stderr, pruned.stderr
     assert [r["file"] for r in listing(dest)] == [second["file"]]
     assert set(archive_blobs(dest)) == set(record_blobs(dest, second["file"])) and old_image not in archive_blobs(dest)
-    assert not (dest / "snapshots" / f"{first['file']}.gz").exists()
+    assert not (dest / "snapshots" / f"{first['file']}.pages").exists()
+    assert packs_on_disk(dest) == named_packs(dest, [second["file"]])
     assert run_cli("verify", "--read-data", "--dest", str(dest)).returncode == 0
 
 
 # --- kill -9 at every named step ------------------------------------------------------------
 
-BACKUP_STEPS = ["blobs-batch", "snapshot-stored", "record-written"]
-PRUNE_STEPS = ["forgotten", "gc-snapshots", "gc-batch"]
+BACKUP_STEPS = ["blobs-batch", "pack-sealed", "snapshot-stored", "record-written"]
+PRUNE_STEPS = ["forgotten", "gc-snapshots", "gc-packs", "gc-batch"]
+
+
+def packs_on_disk(dest) -> set:
+    return {p.name.split(".")[0] for p in dest.glob("packs/*/*")}
+
+
+def named_packs(dest, names) -> set:
+    store = Store(dest)
+    return {pack for name in names for pack in page_store.read_page_list(store.page_list_path(name)).packs}
 
 
 def assert_every_kept_backup_whole(dest):
@@ -177,6 +189,7 @@ def test_kill_during_a_backup(stash_server_factory, tmp_path, step):
     pruned = cli(server, dest, "prune", "--keep-last", "1")
     assert pruned.returncode == 0, pruned.stderr
     assert set(archive_blobs(dest)) == set(record_blobs(dest, again["file"]))  # nothing orphaned stays
+    assert packs_on_disk(dest) == named_packs(dest, [again["file"]])
     assert_every_kept_backup_whole(dest)
 
 
@@ -192,6 +205,11 @@ def test_kill_during_a_prune(stash_server_factory, tmp_path, step):
             {"i": {"id": performer["id"], "image": data_url(png_bytes(7000 + index))}},
         )
     kept = download(server, dest)
+    # A run killed once its pack is written: that pack is garbage too (a small database's
+    # pages fit in one pack, which the kept backup still uses: a pack is never split).
+    new_images(server, 1, 7100)
+    killed = cli(server, dest, "download", env={CRASH_ENV: "pack-sealed"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     crashed = cli(server, dest, "prune", "--keep-last", "1", env={CRASH_ENV: step})
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     assert [r["file"] for r in listing(dest)] == [kept["file"]]  # forgotten first, so listed once
@@ -200,7 +218,8 @@ def test_kill_during_a_prune(stash_server_factory, tmp_path, step):
     again = cli(server, dest, "prune", "--keep-last", "1")
     assert again.returncode == 0, again.stderr
     assert set(archive_blobs(dest)) == set(record_blobs(dest, kept["file"]))
-    assert sorted(p.name for p in (dest / "snapshots").iterdir()) == [f"{kept['file']}.gz"]
+    assert sorted(p.name for p in (dest / "snapshots").iterdir()) == [f"{kept['file']}.pages"]
+    assert packs_on_disk(dest) == named_packs(dest, [kept["file"]])
 
 
 # --- restoring stored backups -----------------------------------------------------------------
@@ -333,27 +352,25 @@ def test_an_old_format_archive_keeps_working_then_is_migrated_and_restored(
 
 
 def test_an_uncompressed_snapshot_is_stored_verified_and_restored_like_a_compressed_one(stash_server_factory, tmp_path):
-    """`--no-compress` (faster nights on a slow CPU): the snapshot is still a gzip
-    file, in stored blocks, so verify and stash-restore read it as they read the rest."""
+    """`--no-compress` (faster nights on a slow CPU): the pages are stored in zlib's
+    stored blocks, so verify and stash-restore read them as they read the rest."""
     server = stash_server_factory(NEW_VERSION, install_plugin=False)
     seed_content(server)
-    dest = tmp_path / "archive"
-    plain = download(server, dest, "--no-compress")["file"]
+    plain_dest, packed_dest = tmp_path / "plain", tmp_path / "packed"
+    plain = download(server, plain_dest, "--no-compress")
     expected = state_of(server)
-    packed = download(server, dest)["file"]
-    sizes = {}
-    for name in (plain, packed):
-        (snapshot,) = (dest / "snapshots").glob(f"{name}*")
-        with gzip.open(snapshot) as data:
-            database = data.read()
-        assert database[:16] == b"SQLite format 3\x00"
-        sizes[name] = (snapshot.stat().st_size, len(database))
-    stored, database = sizes[plain]
-    assert database < stored < database * 1.01  # stored blocks: a few bytes a block over the database
-    assert sizes[packed][0] < database / 2  # the default compresses (gzip -1)
-    verified = cli(server, dest, "verify", "--read-data")
+    packed = download(server, packed_dest)
+    added = {
+        name: Store(dest).header(name).snapshot.added
+        for dest, name in ((plain_dest, plain["file"]), (packed_dest, packed["file"]))
+    }
+    database = database_of(Store(plain_dest), plain["file"])
+    unique = len({database[at : at + 4096] for at in range(0, len(database), 4096)}) * 4096  # each page once
+    assert unique < added[plain["file"]] < unique * 1.02 + 4096  # stored blocks: a few bytes a frame, and the index
+    assert added[packed["file"]] < unique / 2  # the default compresses (zlib -1)
+    verified = cli(server, plain_dest, "verify", "--read-data")
     assert verified.returncode == 0, verified.stderr
-    assert restore_and_read(server, dest, plain) == expected
+    assert restore_and_read(server, plain_dest, plain["file"]) == expected
 
 
 # --- private by default -----------------------------------------------------------------------
@@ -392,11 +409,12 @@ def test_a_download_makes_an_archive_no_other_local_user_can_read(stash_server_f
             "archive/backups",
             "archive/status.json",
             "archive/.stash-backup.lock",
-            f"archive/snapshots/{first['file']}.gz",
+            f"archive/snapshots/{first['file']}.pages",
+            "archive/packs",
         } <= set(modes)
         assert {m for p, m in modes.items() if (shared / p).is_dir()} == {"0o700"}, modes
         assert {m for p, m in modes.items() if not (shared / p).is_dir()} == {"0o600"}, modes
-        snapshot = dest / "snapshots" / f"{first['file']}.gz"
+        snapshot = next(dest.glob("packs/*/*.pack"))
         read = as_nobody("cat", str(snapshot))
         assert read.returncode != 0 and "Permission denied" in read.stderr, read
         held = as_nobody("flock", "-n", str(dest / ".stash-backup.lock"), "true")

@@ -5,7 +5,6 @@ after a migration; missing blobs and an emptied table fail with the difference n
 kill -9 of a drill leaves no Stash running and the next drill removes its folder."""
 
 import contextlib
-import gzip
 import hashlib
 import json
 import os
@@ -21,12 +20,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from stash_backup_plugin.core import record as records
-from stash_backup_plugin.core.store import Store, write_snapshot, commit_snapshot
+from stash_backup_plugin.core.store import Store
 from tests.support.stash_server.build import NEW_VERSION, OLD_VERSION
 from tests.support.stash_server.server import seed_content
 
 from tests.support.harness import REPO, run_cli
+from tests.support.stored import database_of, replace_database
 
 pytestmark = pytest.mark.e2e
 
@@ -122,16 +121,11 @@ def empty_table_in_snapshot(dest, name: str, table: str) -> None:
 
 def change_snapshot(dest, name: str, sql: str) -> None:
     store = Store(dest)
-    header = store.header(name)
     database = dest / "tampered.sqlite"
-    database.write_bytes(gzip.decompress(store.snapshot_path(name).read_bytes()))
+    database.write_bytes(database_of(store, name))
     with sqlite3.connect(database) as connection:
         connection.execute(sql)
-    temp, digest = write_snapshot(store, name, database)
-    store.snapshot_path(name).unlink()
-    path = commit_snapshot(store, name, temp)
-    header.snapshot = records.Snapshot(header.snapshot.file, digest.size, digest.sha256, path.stat().st_size)
-    records.rewrite_header(store.record_path(name), header)
+    replace_database(store, name, database)
     database.unlink()
 
 

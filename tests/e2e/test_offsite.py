@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from stash_backup_plugin.core.archive import Archive
+from stash_backup_plugin.core.errors import VerificationError
 from stash_backup_plugin.core.reporting import Reporter
 from stash_backup_plugin.core.retention import Policy
 from stash_backup_plugin.core.stored import ReadData, check_blobs, check_snapshot
@@ -77,7 +78,9 @@ def test_push_sends_only_what_the_remote_lacks_and_pull_brings_a_backup_back(kin
     second = local_archive.backup(new_images=3)
     again = offsite.push(archive, remote, Lines())
     assert again.pushed == [second.name] and again.blobs_sent == 3  # only the night's new images
-    assert again.bytes_sent < second.new_blob_bytes + second.snapshot.stored_size + 4096
+    # only the night's new images and new pages: the packs the first backup sent are not sent again
+    assert again.bytes_sent < second.new_blob_bytes + second.snapshot.stored_size + second.snapshot.added + 4096
+    assert set(listed(config, spec, "packs")) == local_packs(archive.store)
     assert offsite.push(archive, remote, Lines()).pushed == []
 
     summary = offsite.verify(tmp_path / "v", remote, ReadData(), Lines())
@@ -92,6 +95,24 @@ def test_push_sends_only_what_the_remote_lacks_and_pull_brings_a_backup_back(kin
     assert {b.checksum for b in target.store.stored_blobs()} == {c for c, _ in _blobs(target.store, first.name)}
     offsite.pull(target, remote, second.name, "quick", Lines())  # only the 3 blobs the first lacked come
     assert len(list(target.store.stored_blobs())) == 7
+    assert local_packs(target.store) == local_packs(archive.store)
+    assert check_snapshot(target.store, target.store.header(second.name), "quick", Reporter()) == []
+
+
+def local_packs(store) -> set:
+    return {p.relative_to(store.folder).as_posix() for p in store.folder.glob("packs/*/*")}
+
+
+def named_packs(store, names) -> set:
+    from stash_backup_plugin.core import page_store
+    from stash_backup_plugin.offsite.manifest import pack_files
+
+    return {
+        relative
+        for name in names
+        for pack in page_store.read_page_list(store.page_list_path(name)).packs
+        for relative in pack_files(pack)
+    }
 
 
 def _blobs(store, name):
@@ -146,7 +167,32 @@ def test_retention_on_the_remote_then_collection_frees_exactly_the_unreferenced(
     on_remote = {k.rsplit("/", 1)[1] for k in listed(config, spec, "blobs")}
     assert on_remote == referenced  # the first backup's 2 images that no one else has are gone
     assert set(listed(config, spec, "snapshots")) == {h.snapshot.file for h in headers[1:]}
+    assert set(listed(config, spec, "packs")) == named_packs(local_archive.store, [h.name for h in headers[1:]])
     assert offsite.verify(tmp_path / "v", remote, None, Lines()).ok
+
+
+def test_verify_finds_a_missing_and_a_damaged_pack(bucket, tmp_path, local_archive):
+    config, name = bucket
+    spec = f"sw:{name}/stash"
+    first = local_archive.backup()
+    remote = RemoteArchive(Rclone(config), spec)
+    offsite.push(Archive(local_archive.folder), remote, Lines())
+    packs = sorted(p for p in listed(config, spec, "packs") if p.endswith(".pack"))
+    rclone = Rclone(config)
+    damaged = tmp_path / "damaged"
+    damaged.write_bytes(b"z" * listed(config, spec, "packs")[packs[0]])  # same size: only reading finds it
+    rclone.check(rclone.run(["copyto", str(damaged), remote.path(packs[0])]), "upload", "x")
+    assert offsite.verify(tmp_path / "v", remote, None, Lines()).ok  # present, with its size
+    report = Lines()
+    assert not offsite.verify(tmp_path / "v", remote, ReadData(), report).ok
+    assert "damaged" in "\n".join(report.lines), report.lines
+    with pytest.raises(VerificationError, match="arrived damaged"):
+        offsite.pull(Archive(tmp_path / "pulled"), remote, first.name, "quick", Lines())
+    assert not list((tmp_path / "pulled").glob("packs/*/*"))  # nothing damaged entered the archive
+    rclone.check(rclone.run(["deletefile", remote.path(packs[0])]), "delete", "x")
+    report = Lines()
+    assert not offsite.verify(tmp_path / "v", remote, None, report).ok
+    assert "pack file(s) of its database are missing" in "\n".join(report.lines), report.lines
 
 
 def test_cli_push_list_verify_pull(bucket, tmp_path, local_archive):
@@ -263,3 +309,13 @@ def test_without_the_daemon_each_step_runs_as_its_own_process(bucket, tmp_path, 
     assert len(runs) > 3 and not any(" rcd " in run for run in runs), runs
     check = run_cli("offsite", "verify", "--dest", str(tmp_path / "v"), env=env)
     assert check.returncode == 0 and "2 good, 0 bad" in check.stderr, check.stderr
+
+
+def test_push_refuses_a_backup_whose_pack_is_missing_locally(bucket, local_archive):
+    config, name = bucket
+    local_archive.backup()
+    next(local_archive.folder.glob("packs/*/*.pack")).unlink()
+    remote = RemoteArchive(Rclone(config), f"sw:{name}/stash")
+    with pytest.raises(VerificationError, match="missing from the archive: nothing was pushed"):
+        offsite.push(Archive(local_archive.folder), remote, Lines())
+    assert not offsite.remote_backups(remote)

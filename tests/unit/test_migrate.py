@@ -3,6 +3,7 @@ changes nothing; --apply imports each verified file, removes it only once its st
 copy checks out, skips a damaged one; killed after the import, the next run finishes."""
 
 import json
+import sqlite3
 import signal
 
 import pytest
@@ -102,3 +103,76 @@ def test_killed_after_an_import_the_next_run_finishes(old_archive):
     assert not any((folder / name).exists() for name in NAMES)
     assert [r["kind"] for r in listed(folder)] == ["stored"] * 3
     assert run_cli("verify", "--read-data", "--dest", str(folder)).returncode == 0
+
+
+# --- gzip snapshots (archives made before page snapshots) folded into pages ---------------------
+
+
+@pytest.fixture
+def gzip_archive(tmp_path):
+    """A store whose two backups keep their databases as whole gzip snapshots, as the
+    versions before page snapshots stored them; the second database differs a little."""
+    from stash_backup_plugin.core import stored
+    from stash_backup_plugin.core.reporting import Reporter
+    from stash_backup_plugin.core.store import Store
+    from stash_backup_plugin.core.verify import file_digest
+    from tests.support.stored import gzip_snapshot
+
+    database = tmp_path / "stash-go.sqlite"
+    make_database(database, schema=85, performers=4)
+    with sqlite3.connect(database) as connection:  # a few MiB of rows, as a library's scenes would be
+        connection.execute("CREATE TABLE filler (id INTEGER PRIMARY KEY, body TEXT)")
+        connection.executemany("INSERT INTO filler VALUES (?, ?)", ((n, f"{n:08d}" * 64) for n in range(6000)))
+    store = Store(tmp_path / "archive")
+    names = [n for n in NAMES if n.endswith(".zip")]
+    for night, name in enumerate(names):
+        copy = vacuum_copy(database, tmp_path / f"night-{night}.sqlite")
+        new = stored.checked_backup(name[:-4], copy, file_digest(copy), "quick", includes_blobs=False, source="t")
+        stored.store_backup(store, new, stored.NoBlobs(), Reporter())
+        gzip_snapshot(store, name[:-4])
+        with sqlite3.connect(database) as connection:
+            connection.execute("UPDATE filler SET body = upper(hex(randomblob(256))) WHERE id % 500 = 0")
+    stored.collect(store, stored.plan_collection(store), Reporter())  # the packs made on the way: gone
+    assert not list(store.folder.glob("packs/*/*"))
+    return store, [n[:-4] for n in names]
+
+
+def databases(store, names):
+    from tests.support.stored import database_of
+
+    return {name: database_of(store, name) for name in names}
+
+
+def test_migrate_folds_gzip_snapshots_into_pages(gzip_archive):
+    store, names = gzip_archive
+    before = databases(store, names)
+    dry = run_cli("migrate", "--dest", str(store.folder))
+    assert dry.returncode == 0 and dry.stderr.count("would fold the gzip snapshot") == 2, dry.stderr
+    assert all(store.header(n).snapshot.codec == "gzip" for n in names)
+    applied = run_cli("migrate", "--apply", "--dest", str(store.folder))
+    assert applied.returncode == 0 and "folded 2 gzip snapshot(s)" in applied.stderr, applied.stderr
+    assert [store.header(n).snapshot.codec for n in names] == ["pages", "pages"]
+    assert databases(store, names) == before and not list(store.folder.glob("snapshots/*.gz"))
+    first, second = (store.header(n).snapshot.added for n in names)
+    assert 0 < second < first / 2  # the second shares most pages with the first
+    verified = run_cli("verify", "--read-data", "--dest", str(store.folder))
+    assert verified.returncode == 0 and "2 good, 0 bad" in verified.stderr, verified.stderr
+    again = run_cli("migrate", "--apply", "--dest", str(store.folder))
+    assert again.returncode == 0 and "fold the gzip" not in again.stderr
+
+
+@pytest.mark.parametrize("step", ["pack-sealed", "fold-list", "fold-record"])
+def test_a_fold_killed_anywhere_is_finished_by_the_next_run(gzip_archive, step):
+    store, names = gzip_archive
+    before = databases(store, names)
+    crashed = run_cli("migrate", "--apply", "--dest", str(store.folder), env={CRASH_ENV: step})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert databases(store, names) == before  # every backup whole, whichever file holds it now
+    pruned = run_cli("prune", "--keep-last", "5", "--dest", str(store.folder))  # collection meanwhile
+    assert pruned.returncode == 0, pruned.stderr
+    assert databases(store, names) == before
+    rerun = run_cli("migrate", "--apply", "--dest", str(store.folder))
+    assert rerun.returncode == 0, rerun.stderr
+    assert [store.header(n).snapshot.codec for n in names] == ["pages", "pages"]
+    assert databases(store, names) == before and not list(store.folder.glob("snapshots/*.gz"))
+    assert run_cli("verify", "--read-data", "--dest", str(store.folder)).returncode == 0

@@ -16,6 +16,7 @@ from stash_backup_plugin.core.faults import CRASH_ENV
 from stash_backup_plugin.offline.swap import journal_path
 
 from tests.support.harness import run_restore
+from tests.support.stored import gzip_snapshot
 from tests.support.restore_fixtures import make_install
 
 OLD = ["added-after-backup", "performer-0", "performer-1", "performer-2"]
@@ -89,7 +90,9 @@ def flip(path: Path) -> None:
         (lambda store, checksum: flip(store.blob_path(checksum)), "does not match its name"),
         (lambda store, checksum: store.blob_path(checksum).unlink(), "missing from the archive"),
         (lambda store, checksum: store.blob_path(checksum).write_bytes(b"short"), "bytes, the record says"),
-        (lambda store, checksum: flip(store.snapshot_path(NAME)), "damaged"),
+        (lambda store, checksum: flip(store.page_list_path(NAME)), "damaged"),
+        (lambda store, checksum: flip(next(store.folder.glob("packs/*/*.pack"))), "damaged"),
+        (lambda store, checksum: next(store.folder.glob("packs/*/*.pack")).unlink(), "missing"),
     ],
 )
 def test_a_damaged_stored_backup_is_refused_before_the_swap(install, damage, message):
@@ -128,13 +131,26 @@ def test_kill_at_every_step_of_a_stored_restore(install, step):
 
 
 def test_restoring_a_stored_backups_snapshot_file_restores_that_backup(install):
-    """`stash-restore <archive>/snapshots/<name>.gz`: the snapshot of a stored backup,
-    restored as that backup (checked against its record, its images with it)."""
-    snapshot = install.archive / "snapshots" / f"{NAME}.gz"
+    """`stash-restore <archive>/snapshots/<name>.pages`: the snapshot of a stored
+    backup, restored as that backup (checked against its record, its images with it)."""
+    snapshot = install.archive / "snapshots" / f"{NAME}.pages"
     result = run_restore(str(snapshot), "--config", str(install.config), "--yes")
     assert result.returncode == 0, result.stderr
     assert install.names() == NEW and f"restored {NAME}.record" in result.stderr, result.stderr
     Store(install.archive).forget(NAME)  # a snapshot no backup records any more: refused, with the command
+    refused = run_restore(str(snapshot), "--config", str(install.config), "--yes")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "no backup in" in refused.stderr and "gzip -dc" not in refused.stderr, refused.stderr
+
+
+def test_restoring_an_older_gzip_snapshot_file(install):
+    """Archives made before page snapshots keep their gzip snapshots: restored as before."""
+    gzip_snapshot(Store(install.archive), NAME)
+    snapshot = install.archive / "snapshots" / f"{NAME}.gz"
+    result = run_restore(str(snapshot), "--config", str(install.config), "--yes")
+    assert result.returncode == 0, result.stderr
+    assert install.names() == NEW
+    Store(install.archive).forget(NAME)
     refused = run_restore(str(snapshot), "--config", str(install.config), "--yes")
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert f"gzip -dc {snapshot} > {NAME}.sqlite && stash-restore {NAME}.sqlite" in refused.stderr, refused.stderr

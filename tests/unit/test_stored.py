@@ -90,7 +90,8 @@ def test_each_backup_stores_only_new_blobs_and_records_what_it_refers_to(lib, tm
     with open(out, "wb") as handle:
         store.read_snapshot(second, handle)
     assert file_digest(out) == second.snapshot.sha256
-    assert second.snapshot.stored_size < second.snapshot.size
+    assert second.snapshot.codec == "pages" and second.snapshot.stored_size < second.snapshot.size
+    assert 0 < second.snapshot.added < first.snapshot.added  # the second stored only the pages that changed
 
 
 def test_a_blob_missing_at_the_source_is_recorded_not_fatal(lib, tmp_path):
@@ -163,7 +164,8 @@ def test_collection_removes_only_what_no_kept_backup_refers_to(lib, tmp_path):
     assert len(blobs_on_disk(store)) == 5  # the dropped image is still kept for the first backup
     would = stored.plan_collection(store, keep=[names(2)])
     assert [c for c, _ in would.delete_blobs] == [dropped] and would.delete_snapshots == [names(1)]
-    expected = store.blob_path(dropped).stat().st_size + store.snapshot_path(names(1)).stat().st_size
+    assert would.delete_packs == []  # the second backup still uses the first one's pages
+    expected = store.blob_path(dropped).stat().st_size + store.page_list_path(names(1)).stat().st_size
     assert would.freed_bytes == expected
     store.forget(names(1))
     plan = stored.plan_collection(store)
@@ -171,6 +173,39 @@ def test_collection_removes_only_what_no_kept_backup_refers_to(lib, tmp_path):
     stored.collect(store, plan, Reporter())
     assert blobs_on_disk(store) == lib.images and store.snapshot_names() == [names(2)]
     assert stored.check_blobs(store, [names(2)], stored.ReadData(), Reporter()) == {names(2): []}
+
+
+def test_a_pack_is_collected_only_when_no_kept_page_list_names_it(lib, tmp_path):
+    from stash_backup_plugin.core import page_store
+
+    store = Store(tmp_path / "archive")
+    lib.backup(store, tmp_path, names(1))
+    first = {p.pack for p in page_store.stored_packs(store.folder)}
+    lib.add_images(30)  # enough rows for pages of its own
+    lib.backup(store, tmp_path, names(2))
+    second = {p.pack for p in page_store.stored_packs(store.folder)} - first
+    assert second and stored.plan_collection(store).delete_packs == []
+    store.forget(names(2))
+    with store.pending("another-run"):  # a run in progress may be naming the new pack in its list
+        assert stored.plan_collection(store).spared_packs == len(second)
+    plan = stored.plan_collection(store)
+    assert {pack for pack, _ in plan.delete_packs} == second and plan.kept_packs == len(first)
+    stored.collect(store, plan, Reporter())
+    assert {p.pack for p in page_store.stored_packs(store.folder)} == first
+    assert stored.check_snapshot(store, store.header(names(1)), "quick", Reporter()) == []
+    store.forget(names(1))
+    stored.collect(store, stored.plan_collection(store), Reporter())
+    assert list(page_store.stored_packs(store.folder)) == []
+
+
+def test_collection_refuses_when_a_kept_page_list_cannot_be_read(lib, tmp_path):
+    from stash_backup_plugin.core.errors import VerificationError
+
+    store = Store(tmp_path / "archive")
+    header = lib.backup(store, tmp_path, names(1))
+    (store.folder / header.snapshot.file).write_bytes(b"damaged")
+    with pytest.raises(VerificationError, match="page list"):
+        stored.plan_collection(store)
 
 
 def test_collection_spares_what_a_run_in_progress_may_be_adding(lib, tmp_path):
@@ -277,3 +312,38 @@ def test_no_ordering_can_get_a_referenced_blob_deleted(lib, tmp_path):
     plan = GcPlan(delete_blobs=[("b" * 32, 5), ("a" * 32, 7), ("c" * 32, 1)])
     spare_referenced(plan, iter(["c" * 32, "0" * 32, "a" * 32]))
     assert plan.delete_blobs == [("b" * 32, 5)] and plan.rescued_blobs == 2 and plan.kept_bytes == 8
+
+
+def test_read_data_reads_the_packs_a_backup_uses(lib, tmp_path):
+    """A page no snapshot uses yet, damaged inside a pack: reassembly cannot see it, the
+    pack's read does (the next snapshot might take that page)."""
+    from stash_backup_plugin.core import page_store
+    from stash_backup_plugin.core import pages as fmt
+
+    store = Store(tmp_path / "archive")
+    lib.backup(store, tmp_path, names(1))
+    assert stored.check_packs(store, [names(1)], stored.ReadData()) == {names(1): []}
+    pack = next(page_store.stored_packs(store.folder)).pack
+    index_path = page_store.pack_path(store.folder, pack, fmt.INDEX_SUFFIX)
+    index = fmt.parse_index(index_path.read_bytes(), "i")
+    index_path.write_bytes(
+        fmt.encode_index(fmt.PackIndex(index.page_size, index.frames, bytes(16) + index.hashes[16:]))
+    )
+    assert stored.check_snapshot(store, store.header(names(1)), "quick", Reporter()) == []
+    (problem,) = stored.check_packs(store, [names(1)], stored.ReadData())[names(1)]
+    assert "not the page its index names" in problem
+
+
+@pytest.mark.parametrize("suffix", [".sqlite", ".gz"])
+def test_export_of_the_database_alone_for_stashs_manual_restore(lib, tmp_path, suffix):
+    import gzip
+
+    from stash_backup_plugin.jobs.export import export_backup
+    from stash_backup_plugin.core.archive import Archive
+
+    store = Store(tmp_path / "archive")
+    header = lib.backup(store, tmp_path, names(1))
+    out = export_backup(Archive(store.folder), names(1), tmp_path / "out" / f"db{suffix}", Reporter())
+    data = gzip.decompress(out.read_bytes()) if suffix == ".gz" else out.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == header.snapshot.sha256 and data.startswith(b"SQLite format 3")
+    assert out.stat().st_mode & 0o077 == 0

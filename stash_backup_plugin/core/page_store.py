@@ -1,0 +1,433 @@
+"""Page-level snapshots in the archive (the format: pages.py): a database stored as the
+pages no pack holds yet, and reassembled in order with its SHA-256 checked.
+
+Memory stays flat in the archive's history: writing keeps a table of the new
+database's pages alone (about 36 bytes a page: 19 MiB for a 2 GiB database), sorted
+by hash, and streams every pack index past it; reading keeps the frame tables of the
+packs a list names and a few decompressed frames.
+
+Crash safety, as the blobs': a pack is written into incoming/, fsynced and renamed
+under its id, then its index beside it (garbage collection removes an index before
+its pack, so an index always has its pack); the page list is committed just before
+the record. Every file is new since the run's pending marker, which protects it
+until the record names the list. Standard library only (stash-restore reads these)."""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import collections
+import hashlib
+import os
+import zlib
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator, Optional
+
+from . import pages as fmt
+from .atomic import discard, fsync_dir, make_folders, own_like_folder, storage_error, write_bytes_atomic
+from .errors import VerificationError
+from .faults import crash_point
+from .naming import TEMP_MARKER
+from .snapshot import Digest, Sink
+
+PACKS = "packs"
+READ_CHUNK = 1024 * 1024  # bytes of database hashed at a time
+CACHED_FRAMES = 16  # decompressed frames kept while reassembling: 16 MiB
+Progress = Optional[Callable[[int], None]]
+
+
+def pack_path(folder: Path, pack: str, suffix: str = fmt.PACK_SUFFIX) -> Path:
+    return Path(folder) / PACKS / pack[:2] / (pack + suffix)
+
+
+@dataclass(frozen=True)
+class StoredPack:
+    pack: str
+    size: int  # of the pack and its index
+    mtime: float  # the newer of the two
+    indexed: bool
+
+
+def stored_packs(folder: Path) -> Iterator[StoredPack]:
+    """Every pack (or lone index) under packs/, sorted by id; temp names skipped."""
+    root = Path(folder) / PACKS
+    if not root.is_dir():
+        return
+    for level in sorted(os.scandir(root), key=lambda e: e.name):
+        if len(level.name) != 2 or not level.is_dir(follow_symlinks=False):
+            continue
+        found: dict[str, list[os.stat_result]] = {}
+        indexed: set[str] = set()
+        for entry in os.scandir(level.path):
+            stem, dot, suffix = entry.name.partition(".")
+            if TEMP_MARKER in entry.name or not _is_id(stem) or "." + suffix not in (fmt.PACK_SUFFIX, fmt.INDEX_SUFFIX):
+                continue
+            found.setdefault(stem, []).append(entry.stat(follow_symlinks=False))
+            if "." + suffix == fmt.INDEX_SUFFIX:
+                indexed.add(stem)
+        for pack in sorted(found):
+            infos = found[pack]
+            yield StoredPack(pack, sum(i.st_size for i in infos), max(i.st_mtime for i in infos), pack in indexed)
+
+
+def _is_id(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def read_index(folder: Path, pack: str) -> fmt.PackIndex:
+    """A pack's index, checked against its pack's size."""
+    path = pack_path(folder, pack, fmt.INDEX_SUFFIX)
+    data = _read_bounded(path, fmt.MAX_INDEX_BYTES, f"pack {pack[:12]}…")
+    index = fmt.parse_index(data, str(path))
+    try:
+        stored = pack_path(folder, pack).stat().st_size
+    except FileNotFoundError:
+        raise VerificationError(f"pack {pack_path(folder, pack)} is missing") from None
+    if stored != index.pack_bytes:
+        raise VerificationError(
+            f"pack {pack_path(folder, pack)} is {stored} bytes, its index says {index.pack_bytes}: it is damaged"
+        )
+    return index
+
+
+def read_page_list(path: Path) -> fmt.PageList:
+    return fmt.parse_list(_read_bounded(path, fmt.MAX_LIST_FILE, "the page list"), str(path))
+
+
+def _read_bounded(path: Path, limit: int, what: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except FileNotFoundError:
+        raise VerificationError(f"{path} is missing ({what})") from None
+    except OSError as error:
+        raise VerificationError(f"{path} cannot be read ({error.strerror or error})") from None
+    if len(data) > limit:
+        raise VerificationError(f"{path} is larger than any {what} can be: it is damaged")
+    return data
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def read_pages(folder: Path, list_path: Path, target, progress: Progress = None) -> Digest:
+    """Reassemble the database a page list describes into `target` (anything with
+    write()), in order; VerificationError when a file is missing or damaged, or the
+    result is not the size and SHA-256 the list records."""
+    pages = read_page_list(list_path)
+    indexes = [_frames_only(read_index(folder, pack)) for pack in pages.packs]
+    for run in pages.each_run():
+        fmt.check_run_in(run, indexes[run.pack], pages.packs[run.pack], str(list_path))
+    frames = _FrameCache(folder, pages.packs, indexes, pages.page_size)
+    size, per_frame = pages.page_size, fmt.pages_per_frame(pages.page_size)
+    written = 0
+    with Sink(target, progress) as sink:
+        for run in pages.each_run():
+            page, end = run.first, run.first + run.length
+            while page < end:
+                number, offset = divmod(page, per_frame)
+                take = min(end - page, per_frame - offset)
+                sink.put(frames.get(run.pack, number)[offset * size : (offset + take) * size])
+                written += take * size
+                page += take
+    if (written, sink.sha256) != (pages.size, pages.sha256):
+        raise VerificationError(
+            f"{list_path}: the pages make {written} bytes with SHA-256 {sink.sha256[:12]}…, the list records "
+            f"{pages.size} bytes, {pages.sha256[:12]}…: a pack is damaged"
+        )
+    return Digest(written, sink.sha256, list_path.stat().st_size)
+
+
+def _frames_only(index: fmt.PackIndex) -> fmt.PackIndex:
+    """Reading needs a pack's frames, not its page hashes (16 bytes a page)."""
+    return dataclasses.replace(index, hashes=b"")
+
+
+class _FrameCache:
+    """Decompressed frames, the most recently used kept: a database's pages come from a
+    few packs in their own order, so each frame is mostly decompressed once."""
+
+    def __init__(self, folder: Path, packs: tuple[str, ...], indexes: list[fmt.PackIndex], size: int):
+        self.folder, self.packs, self.indexes, self.size = folder, packs, indexes, size
+        self._frames: collections.OrderedDict = collections.OrderedDict()
+
+    def get(self, pack: int, number: int) -> bytes:
+        key = (pack, number)
+        if key in self._frames:
+            self._frames.move_to_end(key)
+            return self._frames[key]
+        data = self._load(pack, number)
+        self._frames[key] = data
+        if len(self._frames) > CACHED_FRAMES:
+            self._frames.popitem(last=False)
+        return data
+
+    def _load(self, pack: int, number: int) -> bytes:
+        frame = self.indexes[pack].frames[number]
+        path = pack_path(self.folder, self.packs[pack])
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(frame.offset)
+                stored = handle.read(frame.length)
+        except OSError as error:
+            raise VerificationError(f"pack {path} cannot be read ({error.strerror or error})") from None
+        if len(stored) != frame.length:
+            raise VerificationError(f"pack {path} is truncated")
+        return fmt.decode_frame(stored, frame, self.size, str(path))
+
+
+def check_pack(folder: Path, pack: str) -> None:
+    """Read a pack whole: its bytes hash to its name, its index is sound, and every
+    page hashes to what the index says (a later snapshot may take any page of it).
+    VerificationError otherwise."""
+    index = read_index(folder, pack)
+    path = pack_path(folder, pack)
+    whole = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for number, frame in enumerate(index.frames):
+                stored = handle.read(frame.length)
+                whole.update(stored)
+                _check_frame_pages(fmt.decode_frame(stored, frame, index.page_size, str(path)), index, number, path)
+    except OSError as error:
+        raise VerificationError(f"pack {path} cannot be read ({error.strerror or error})") from None
+    if whole.hexdigest() != pack:
+        raise VerificationError(f"pack {path} does not match its name (SHA-256): it is damaged")
+
+
+def _check_frame_pages(data: bytes, index: fmt.PackIndex, number: int, path: Path) -> None:
+    size, first = index.page_size, number * fmt.pages_per_frame(index.page_size)
+    view = memoryview(data)
+    for page in range(len(data) // size):
+        if fmt.page_hash(view[page * size : (page + 1) * size]) != index.hash_of(first + page):
+            raise VerificationError(f"pack {path}: page {first + page} is not the page its index names: damaged")
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+@dataclass
+class Written:
+    """A page list (to be committed with commit_page_list) and what the run added."""
+
+    listing: bytes
+    digest: Digest  # of the database; `written` is the list's size
+    new_pages: int
+    new_pack_bytes: int  # packs and their indexes
+
+
+def write_pages(folder: Path, incoming: Path, database: Path, level: int = 1, progress: Progress = None) -> Written:
+    """Store the pages of `database` that no pack holds yet (new packs, durable), and
+    return its page list for the caller to check and commit."""
+    make_folders(incoming)
+    table = _PageTable.of(database, progress)
+    _find_known(folder, table)
+    writer = _PackWriter(folder, incoming, level)
+    try:
+        new_pages = _store_new(database, table, writer)
+        packs_written = writer.close()
+    except OSError as error:
+        writer.abandon()
+        raise storage_error("write database pages into", Path(folder) / PACKS, error) from error
+    except BaseException:
+        writer.abandon()
+        raise
+    packs, runs = fmt.runs_of(table.places(writer.sealed))
+    listing = fmt.encode_list(fmt.PageList(table.page_size, table.size, table.sha256, packs, runs))
+    return Written(listing, Digest(table.size, table.sha256, len(listing)), new_pages, packs_written)
+
+
+def commit_page_list(path: Path, listing: bytes) -> None:
+    """The snapshot's page list under its name, durably (the record comes after)."""
+    make_folders(path.parent)
+    write_bytes_atomic(path, listing)
+
+
+class _PageTable:
+    """The pages of one database, about 36 bytes each: the 16-byte hashes in page order,
+    the first 8 bytes of each as a sorted key (with the page it came from), and where
+    each page is stored once known (pack ordinal, page in pack; -1: not yet)."""
+
+    def __init__(self, page_size: int, size: int, sha256: str, hashes: bytearray):
+        self.page_size, self.size, self.sha256, self.hashes = page_size, size, sha256, hashes
+        count = len(hashes) // fmt.HASH_BYTES
+        self.keys, self.order = _sorted_keys(hashes, count)
+        self.pack = array("i", [-1]) * count
+        self.page = array("I", [0]) * count
+        self.pack_ids: list[str] = []  # ordinal -> id; a pack still being written gets its id when sealed
+
+    @classmethod
+    def of(cls, database: Path, progress: Progress) -> "_PageTable":
+        whole, hashes, size = hashlib.sha256(), bytearray(), 0
+        with open(database, "rb") as source:
+            page_size = fmt.page_size(source.read(100))
+            source.seek(0)
+            while chunk := source.read(READ_CHUNK - READ_CHUNK % page_size):
+                whole.update(chunk)
+                size += len(chunk)
+                view = memoryview(chunk)
+                for at in range(0, len(chunk), page_size):
+                    hashes += fmt.page_hash(view[at : at + page_size])
+                if progress:
+                    progress(len(chunk))
+        if size % page_size or size // page_size > fmt.MAX_PAGES:
+            raise VerificationError(f"{database} is {size} bytes: not whole pages of {page_size} bytes")
+        return cls(page_size, size, whole.hexdigest(), hashes)
+
+    def same_pages(self, digest: bytes) -> Iterator[int]:
+        """The database's pages whose hash is `digest`."""
+        key = int.from_bytes(digest[:8], "big")
+        at = bisect.bisect_left(self.keys, key)
+        while at < len(self.keys) and self.keys[at] == key:
+            page = self.order[at]
+            if self.hashes[page * 16 : page * 16 + 16] == digest:
+                yield page
+            at += 1
+
+    def place(self, digest: bytes, ordinal: int, page_in_pack: int) -> None:
+        for page in self.same_pages(digest):
+            if self.pack[page] < 0:
+                self.pack[page], self.page[page] = ordinal, page_in_pack
+
+    def places(self, sealed: dict[int, str]) -> Iterator[tuple[str, int]]:
+        ids = [sealed.get(n, pack) for n, pack in enumerate(self.pack_ids)]
+        for ordinal, page in zip(self.pack, self.page):
+            yield ids[ordinal], page
+
+
+def _sorted_keys(hashes: bytearray, count: int) -> tuple[array, array]:
+    """The first 8 bytes of each hash as a number, sorted, and the page each came from.
+    Sorted in 256 buckets by the first byte, so that the Python numbers a sort needs
+    exist for one bucket at a time (~50 bytes each): the table stays ~36 bytes a page."""
+    buckets = [array("I") for _ in range(256)]
+    for page in range(count):
+        buckets[hashes[page * fmt.HASH_BYTES]].append(page)
+    keys, order = array("Q"), array("I")
+    for number, bucket in enumerate(buckets):
+        combined = sorted(int.from_bytes(hashes[p * 16 : p * 16 + 8], "big") << 32 | p for p in bucket)
+        keys.extend(c >> 32 for c in combined)
+        order.extend(c & 0xFFFFFFFF for c in combined)
+        buckets[number] = array("I")  # freed as it goes
+    return keys, order
+
+
+def _find_known(folder: Path, table: _PageTable) -> None:
+    """Place every page some pack already holds (a damaged index is passed over: its
+    pages are stored again)."""
+    for stored in stored_packs(folder):
+        if not stored.indexed:
+            continue
+        try:
+            index = read_index(folder, stored.pack)
+        except VerificationError:
+            continue
+        if index.page_size != table.page_size:
+            continue
+        ordinal = len(table.pack_ids)
+        table.pack_ids.append(stored.pack)
+        for page in range(index.page_count):
+            table.place(index.hash_of(page), ordinal, page)
+
+
+def _store_new(database: Path, table: _PageTable, writer: "_PackWriter") -> int:
+    """Write every page not yet placed (a page twice in the database is stored once)."""
+    new, size = 0, table.page_size
+    with open(database, "rb") as source:
+        for number in range(len(table.pack)):
+            if table.pack[number] >= 0:
+                continue
+            source.seek(number * size)
+            page = source.read(size)
+            digest = table.hashes[number * 16 : number * 16 + 16]
+            if len(page) != size or fmt.page_hash(page) != digest:
+                raise VerificationError(f"{database} changed while it was stored: try again")
+            ordinal, page_in_pack = writer.add(page, bytes(digest), table)
+            table.place(bytes(digest), ordinal, page_in_pack)
+            new += 1
+    return new
+
+
+class _PackWriter:
+    """New pages into packs in incoming/: a frame is compressed once it holds
+    FRAME_BYTES of pages; a pack is sealed (fsynced, renamed under the SHA-256 of its
+    bytes, its index written beside it) once it reaches PACK_BYTES stored or
+    PACK_RAW_BYTES of pages. A page's place is (pack ordinal, page in pack)."""
+
+    def __init__(self, folder: Path, incoming: Path, level: int):
+        self.folder, self.incoming, self.level = Path(folder), incoming, level
+        self.sealed: dict[int, str] = {}
+        self.written = 0
+        self._handle: Optional[BinaryIO] = None
+        self._temp: Optional[Path] = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._frames: list[fmt.Frame] = []
+        self._hashes = bytearray()
+        self._frame = bytearray()
+        self._pages = 0
+        self._digest = hashlib.sha256()
+        self._ordinal = -1
+
+    def add(self, page: bytes, digest: bytes, table: _PageTable) -> tuple[int, int]:
+        if self._ordinal < 0:
+            self._ordinal = len(table.pack_ids)
+            table.pack_ids.append("")  # named when sealed
+            self._size = len(page)
+        place = (self._ordinal, self._pages)
+        self._frame += page
+        self._hashes += digest
+        self._pages += 1
+        if len(self._frame) >= fmt.FRAME_BYTES:
+            self._flush_frame()
+        return place
+
+    def _flush_frame(self) -> None:
+        if self._handle is None:
+            self._temp = self.incoming / f"pack{TEMP_MARKER}{os.getpid()}"
+            self._handle = open(self._temp, "wb")
+        stored = zlib.compress(bytes(self._frame), self.level)
+        self._frames.append(fmt.Frame(self._handle.tell(), len(stored), len(self._frame) // self._size))
+        self._handle.write(stored)
+        self._digest.update(stored)
+        self._frame = bytearray()
+        if self._handle.tell() >= fmt.PACK_BYTES or self._pages * self._size >= fmt.PACK_RAW_BYTES:
+            self._seal()
+
+    def _seal(self) -> None:
+        assert self._handle is not None and self._temp is not None
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        self._handle = None
+        own_like_folder(self._temp)
+        pack = self._digest.hexdigest()
+        final = pack_path(self.folder, pack)
+        fresh = not final.parent.is_dir()
+        make_folders(final.parent)
+        os.replace(self._temp, final)
+        crash_point("pack-sealed")
+        index = fmt.encode_index(fmt.PackIndex(self._size, tuple(self._frames), bytes(self._hashes)))
+        write_bytes_atomic(final.with_suffix(fmt.INDEX_SUFFIX), index)  # the folder synced: the pack's rename too
+        if fresh:
+            fsync_dir(final.parent.parent)
+            fsync_dir(final.parent.parent.parent)
+        self.written += final.stat().st_size + len(index)
+        self.sealed[self._ordinal] = pack
+        self._reset()
+
+    def close(self) -> int:
+        if self._frame:
+            self._flush_frame()
+        if self._handle is not None:
+            self._seal()
+        return self.written
+
+    def abandon(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        if self._temp is not None:
+            discard(self._temp)

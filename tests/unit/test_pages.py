@@ -1,0 +1,294 @@
+"""Page-level snapshots (issue 21): the format's pure parts with every bound, and the
+page store on real SQLite databases: only new pages stored, reassembly checked."""
+
+import hashlib
+import io
+import sqlite3
+import struct
+import zlib
+
+import pytest
+
+from stash_backup_plugin.core import page_store
+from stash_backup_plugin.core import pages as fmt
+from stash_backup_plugin.core.errors import VerificationError
+
+
+def make_database(path, rows=3000, seed=0, page_size=4096):
+    connection = sqlite3.connect(path)
+    connection.execute(f"PRAGMA page_size={page_size}")
+    connection.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, body TEXT)")
+    connection.executemany(
+        "INSERT OR REPLACE INTO t VALUES (?, ?)",
+        ((n, hashlib.sha256(f"{seed}-{n}".encode()).hexdigest() * 4) for n in range(rows)),
+    )
+    connection.commit()
+    connection.close()
+    return path
+
+
+def change_rows(path, ids, seed):
+    connection = sqlite3.connect(path)
+    connection.executemany("UPDATE t SET body = ? WHERE id = ?", ((f"changed {seed} {n}" * 8, n) for n in ids))
+    connection.commit()
+    connection.close()
+
+
+def sample_list(**changes):
+    values = dict(page_size=4096, size=4096 * 5, sha256="ab" * 32, packs=("11" * 32, "22" * 32))
+    values["runs"] = (fmt.Run(0, 0, 3), fmt.Run(1, 7, 2))
+    values.update(changes)
+    values["runs"] = fmt.pack_runs(values["runs"])
+    return fmt.PageList(**values)
+
+
+def sample_index():
+    frames = (fmt.Frame(0, 100, 256), fmt.Frame(100, 50, 10))
+    return fmt.PackIndex(4096, frames, bytes(range(16)) * 266)
+
+
+# --- pure: the format ---------------------------------------------------------------------------
+
+
+def test_page_size_comes_from_the_header():
+    header = bytearray(b"SQLite format 3\x00" + bytes(84))
+    header[16:18] = (4096).to_bytes(2, "big")
+    assert fmt.page_size(bytes(header)) == 4096
+    header[16:18] = (1).to_bytes(2, "big")
+    assert fmt.page_size(bytes(header)) == 65536
+    header[16:18] = (3000).to_bytes(2, "big")
+    with pytest.raises(VerificationError, match="page size 3000"):
+        fmt.page_size(bytes(header))
+    with pytest.raises(VerificationError, match="no SQLite header"):
+        fmt.page_size(b"PK\x03\x04" + bytes(96))
+
+
+def test_runs_join_consecutive_pages_of_one_pack():
+    places = [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("a", 3), ("a", 9), ("b", 1)]
+    packs, runs = fmt.runs_of(iter(places))
+    assert packs == ("a", "b")
+    expected = [fmt.Run(0, 0, 3), fmt.Run(1, 0, 1), fmt.Run(0, 3, 1), fmt.Run(0, 9, 1), fmt.Run(1, 1, 1)]
+    assert runs == fmt.pack_runs(expected)
+    assert list(fmt.PageList(4096, 7 * 4096, "00" * 32, packs, runs).each_run()) == expected
+
+
+def test_page_list_roundtrips():
+    listing = sample_list()
+    assert fmt.parse_list(fmt.encode_list(listing), "x") == listing
+
+
+def _relisted(body: bytes) -> bytes:
+    """A list whose body is `body`, with a checksum that matches: only the bounds can refuse it."""
+    return zlib.compress(body + hashlib.sha256(body).digest())
+
+
+def _body(listing) -> bytes:
+    return zlib.decompress(fmt.encode_list(listing))[:-32]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda data: data[:-5], "truncated"),
+        (lambda data: data + b"more", "after its end"),
+        (lambda data: b"not zlib" + data, "damaged"),
+        (lambda data: zlib.compress(zlib.decompress(data)[:-1] + b"\x00"), "checksum does not match"),
+        (lambda data: _relisted(_body(sample_list(runs=(fmt.Run(0, 0, 3), fmt.Run(2, 7, 2))))), "outside its packs"),
+        (lambda data: _relisted(_body(sample_list(runs=(fmt.Run(0, 0, 3), fmt.Run(1, 7, 1))))), "runs hold 4 pages"),
+        (lambda data: _relisted(_body(sample_list(size=4096 * 5 + 1))), "5 pages"),
+        (lambda data: _relisted(_body(sample_list(page_size=1000, size=5000))), "page size 1000"),
+        (lambda data: _relisted(_body(sample_list())[:-4]), "not the length"),
+        (lambda data: _relisted(b"SBPIDX01" + _body(sample_list())[8:]), "is not a page list"),
+        (lambda data: zlib.compress(bytes(fmt.MAX_LIST_BYTES + 10)), "expands past"),
+    ],
+)
+def test_a_damaged_page_list_is_one_clear_error(damage, message):
+    with pytest.raises(VerificationError, match=message):
+        fmt.parse_list(damage(fmt.encode_list(sample_list())), "the list")
+
+
+def test_pack_index_roundtrips():
+    index = sample_index()
+    parsed = fmt.parse_index(fmt.encode_index(index), "x")
+    assert parsed == index and parsed.page_count == 266 and parsed.pack_bytes == 150
+
+
+def _reindexed(body: bytes) -> bytes:
+    return body + hashlib.sha256(body).digest()
+
+
+def _index_body(frames, hashes=bytes(16) * 266, size=4096, count=None):
+    head = struct.pack("<8sIII", b"SBPIDX01", size, len(frames), len(hashes) // 16 if count is None else count)
+    return head + b"".join(struct.pack("<QII", *frame) for frame in frames) + hashes
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"short", "is 5 bytes"),
+        (bytes(fmt.MAX_INDEX_BYTES + 1), "bytes: no pack index"),
+        (_reindexed(_index_body([(0, 100, 256), (100, 50, 10)]))[:-1] + b"\x00", "checksum"),
+        (_reindexed(_index_body([(0, 100, 256), (90, 50, 10)])), "frame 1 lies outside"),
+        (_reindexed(_index_body([(0, 100, 255), (100, 50, 11)])), "frame 0 holds 255 pages"),
+        (_reindexed(_index_body([(0, 100, 256), (100, 2**31, 10)])), "frame 1 lies outside"),
+        (_reindexed(_index_body([(0, 100, 256), (100, 50, 10)], count=2**30)), "frame"),
+        (_reindexed(_index_body([(0, 100, 256), (100, 50, 10)])[:-16]), "not the length"),
+        (_reindexed(_index_body([(0, 100, 256), (100, 50, 10)], size=4095)), "page size 4095"),
+    ],
+)
+def test_a_damaged_pack_index_is_one_clear_error(data, message):
+    with pytest.raises(VerificationError, match=message):
+        fmt.parse_index(data, "the index")
+
+
+def test_a_frame_never_expands_past_its_pages():
+    frame = fmt.Frame(0, 0, 2)
+    good = zlib.compress(bytes(8192), 1)
+    assert fmt.decode_frame(good, frame, 4096, "p") == bytes(8192)
+    for bad in (zlib.compress(bytes(8192 * 100)), zlib.compress(bytes(4096)), good[:-3], good + b"x"):
+        with pytest.raises(VerificationError, match="p: "):
+            fmt.decode_frame(bad, frame, 4096, "p")
+
+
+# --- the page store on real databases --------------------------------------------------------------
+
+
+def store_pages(archive, database):
+    written = page_store.write_pages(archive, archive / "incoming", database)
+    listing = archive / "snapshots" / "n.pages"
+    page_store.commit_page_list(listing, written.listing)
+    return written, listing
+
+
+def reassembled(archive, listing) -> bytes:
+    out = io.BytesIO()
+    page_store.read_pages(archive, listing, out)
+    return out.getvalue()
+
+
+def test_a_database_stored_as_pages_comes_back_whole(tmp_path):
+    database = make_database(tmp_path / "db.sqlite", rows=20000)
+    archive = tmp_path / "archive"
+    written, listing = store_pages(archive, database)
+    data = database.read_bytes()
+    assert written.digest.size == len(data) and written.digest.sha256 == hashlib.sha256(data).hexdigest()
+    assert written.new_pages == len(set(data[n : n + 4096] for n in range(0, len(data), 4096)))
+    assert reassembled(archive, listing) == data
+    packs = list(page_store.stored_packs(archive))
+    assert packs and all(p.indexed for p in packs)
+    for pack in packs:  # named by the SHA-256 of its bytes; private
+        path = page_store.pack_path(archive, pack.pack)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == pack.pack
+        assert path.stat().st_mode & 0o077 == 0
+
+
+def test_only_pages_no_pack_holds_are_stored_again(tmp_path):
+    database = make_database(tmp_path / "db.sqlite", rows=20000)
+    archive = tmp_path / "archive"
+    first, _ = store_pages(archive, database)
+    again = page_store.write_pages(archive, archive / "incoming", database)
+    assert again.new_pages == 0 and again.new_pack_bytes == 0
+    change_rows(database, range(100, 130), seed=1)  # a few rows: a few pages
+    later = page_store.write_pages(archive, archive / "incoming", database)
+    total = database.stat().st_size // 4096
+    assert 0 < later.new_pages < total // 10
+    listing = archive / "snapshots" / "later.pages"
+    page_store.commit_page_list(listing, later.listing)
+    assert reassembled(archive, listing) == database.read_bytes()
+
+
+def test_many_packs_and_a_partial_last_frame(tmp_path, monkeypatch):
+    monkeypatch.setattr(fmt, "PACK_BYTES", 64 * 1024)  # several packs from a small database
+    database = make_database(tmp_path / "db.sqlite", rows=20000, page_size=1024)
+    archive = tmp_path / "archive"
+    _, listing = store_pages(archive, database)
+    assert len(list(page_store.stored_packs(archive))) > 3
+    assert reassembled(archive, listing) == database.read_bytes()
+
+
+@pytest.mark.parametrize("where", ["pack", "index", "missing pack", "list"])
+def test_a_damaged_or_missing_file_fails_reassembly_clearly(tmp_path, where):
+    database = make_database(tmp_path / "db.sqlite", rows=5000)
+    archive = tmp_path / "archive"
+    _, listing = store_pages(archive, database)
+    pack = next(page_store.stored_packs(archive)).pack
+    path = {
+        "pack": page_store.pack_path(archive, pack),
+        "index": page_store.pack_path(archive, pack, fmt.INDEX_SUFFIX),
+        "missing pack": page_store.pack_path(archive, pack),
+        "list": listing,
+    }[where]
+    if where == "missing pack":
+        path.unlink()
+    else:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    with pytest.raises(VerificationError):
+        reassembled(archive, listing)
+
+
+def test_a_database_that_changes_while_stored_is_refused(tmp_path, monkeypatch):
+    database = make_database(tmp_path / "db.sqlite", rows=5000)
+    archive = tmp_path / "archive"
+    real = page_store._find_known
+
+    def meanwhile(folder, table):
+        real(folder, table)
+        change_rows(database, range(10), seed=2)
+
+    monkeypatch.setattr(page_store, "_find_known", meanwhile)
+    with pytest.raises(VerificationError, match="changed while"):
+        page_store.write_pages(archive, archive / "incoming", database)
+    assert not [p for p in (archive / "incoming").iterdir()]  # the half-written pack is gone
+
+
+# --- the store reads either kind of snapshot ----------------------------------------------------------
+
+
+def stored_header(name, listing_file, database, codec=fmt.CODEC):
+    from stash_backup_plugin.core import record
+
+    data = database.read_bytes()
+    snapshot = record.Snapshot(listing_file, len(data), hashlib.sha256(data).hexdigest(), 100, codec)
+    return record.Header(name, "2026-11-26T03:00:00", 85, "stash-go.sqlite", snapshot)
+
+
+def test_the_store_reassembles_a_page_snapshot_and_checks_the_record(tmp_path):
+    from stash_backup_plugin.core.store import Store
+
+    database = make_database(tmp_path / "db.sqlite", rows=5000)
+    archive = tmp_path / "archive"
+    store_pages(archive, database)
+    store, out = Store(archive), io.BytesIO()
+    digest = store.read_snapshot(stored_header("n", "snapshots/n.pages", database), out)
+    assert out.getvalue() == database.read_bytes() and digest.size == len(out.getvalue())
+    with pytest.raises(VerificationError, match="cannot read: upgrade"):
+        store.read_snapshot(stored_header("n", "snapshots/n.pages", database, codec="zstd-pages"), io.BytesIO())
+    change_rows(database, [1], seed=3)  # the record now names another database than the list holds
+    with pytest.raises(VerificationError, match="the record says"):
+        store.read_snapshot(stored_header("n", "snapshots/n.pages", database), io.BytesIO())
+    with pytest.raises(VerificationError, match="missing"):
+        store.read_snapshot(stored_header("m", "snapshots/m.pages", database), io.BytesIO())
+
+
+def test_check_pack_reads_every_page_against_its_index(tmp_path):
+    database = make_database(tmp_path / "db.sqlite", rows=5000)
+    archive = tmp_path / "archive"
+    store_pages(archive, database)
+    pack = next(page_store.stored_packs(archive)).pack
+    page_store.check_pack(archive, pack)
+    index_path = page_store.pack_path(archive, pack, fmt.INDEX_SUFFIX)
+    index = fmt.parse_index(index_path.read_bytes(), "i")
+    lying = fmt.PackIndex(index.page_size, index.frames, bytes(16) + index.hashes[16:])  # sound, but wrong
+    index_path.write_bytes(fmt.encode_index(lying))
+    with pytest.raises(VerificationError, match="page 0 is not the page its index names"):
+        page_store.check_pack(archive, pack)
+    index_path.write_bytes(fmt.encode_index(index))
+    path = page_store.pack_path(archive, pack)
+    renamed = page_store.pack_path(archive, "0" * 64)
+    renamed.parent.mkdir(exist_ok=True)
+    path.rename(renamed)
+    index_path.rename(page_store.pack_path(archive, "0" * 64, fmt.INDEX_SUFFIX))
+    with pytest.raises(VerificationError, match="does not match its name"):
+        page_store.check_pack(archive, "0" * 64)
