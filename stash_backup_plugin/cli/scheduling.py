@@ -69,7 +69,7 @@ def cmd_schedule(args, report) -> int:
         lines = schedule.remove(via, unit_dir, env_file)
         report.info("; ".join(lines) if lines else f"no stash-backup schedule to remove ({via})")
         return 0
-    plan = _schedule_plan(args, via, unit_dir, env_file)
+    plan = _schedule_plan(args, via, unit_dir, env_file, report)
     for line in schedule.install(plan, enable=not args.no_enable):
         report.info(line)
     return 0
@@ -98,13 +98,18 @@ def _schedule_before_start(args, via, unit_dir, report) -> int:
     return 0
 
 
-def _schedule_plan(args, via, unit_dir, env_file):
-    from ..core.retention import parse_duration
+def _schedule_plan(args, via, unit_dir, env_file, report):
+    from ..core.retention import default_schedule_policy, parse_duration
     from . import schedule
 
     every = parse_duration(args.every)
     hour, minute = schedule.parse_at(args.at)
-    keep = keep_arguments(policy_of(args))
+    calendar = schedule.calendar_for(every, hour, minute)  # refuses an uneven period before anything is said
+    policy = policy_of(args)
+    if policy.is_empty() and default_schedule_policy(every):
+        policy = default_schedule_policy(every)
+        report.info(f"every {args.every} with no --keep-* given: each run then prunes, {policy.describe()}")
+    keep = keep_arguments(policy)
     env = {
         "STASH_URL": args.url,
         "STASH_API_KEY": args.api_key or "",
@@ -116,7 +121,7 @@ def _schedule_plan(args, via, unit_dir, env_file):
         env.update(_offsite_env(args))
     return schedule.Plan(
         via,
-        schedule.calendar_for(every, hour, minute),
+        calendar,
         schedule.job_commands(keep, offsite=args.offsite),
         env_file,
         env,

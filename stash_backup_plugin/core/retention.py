@@ -123,6 +123,18 @@ class Decision:
         return bool(self.reasons)
 
 
+# What a schedule that runs more often than daily keeps when no --keep-* is given: a
+# day of hourly backups, then the usual thinning (at most 24 + 7 + 4 + 12 = 47 backups,
+# whatever the years). Without it an hourly schedule would keep 8,760 backups a year.
+FREQUENT_SCHEDULE_POLICY = Policy(hourly=24, daily=7, weekly=4, monthly=12)
+
+
+def default_schedule_policy(every: Duration) -> Optional[Policy]:
+    """The policy a schedule of this period gets when none is given. Pure."""
+    frequent = every.years == every.months == every.days == 0 and 0 < every.hours < 24
+    return FREQUENT_SCHEDULE_POLICY if frequent else None
+
+
 def _iso_week(moment: datetime) -> tuple[int, int]:
     year, week, _ = moment.isocalendar()
     return year, week

@@ -17,7 +17,7 @@ import pytest
 
 from stash_backup_plugin.cli.schedule import calendar_for, replace_cron_block, CRON_BEGIN
 from stash_backup_plugin.core.errors import UsageError
-from stash_backup_plugin.core.retention import parse_duration
+from stash_backup_plugin.core.retention import FREQUENT_SCHEDULE_POLICY, default_schedule_policy, parse_duration
 from stash_backup_plugin.offsite.rclone import Rclone
 from stash_backup_plugin.offsite.remote import RemoteArchive
 
@@ -152,6 +152,9 @@ def test_crontab_install_show_remove_with_the_real_crontab(tmp_path):
     assert crontab.startswith('MAILTO=""\n5 4 * * * /usr/bin/true\n')  # the user's own lines stay
     assert crontab.count("stash_backup_plugin download") == 1  # installed twice, present once
     assert "\n30 3-23/12 * * * set -a && . " in crontab  # the second install (12h) replaced the first
+    # more often than daily and no --keep-* given: the frequent schedule's policy
+    assert "prune --quiet --keep-hourly=24 --keep-daily=7 --keep-weekly=4 --keep-monthly=12" in crontab
+    assert "--keep-last" not in crontab
     assert SECRET not in crontab and SECRET not in result.stderr
     after = result.stdout.split("--- after remove\n")[1]
     assert after == 'MAILTO=""\n5 4 * * * /usr/bin/true\n'
@@ -388,3 +391,11 @@ def test_before_start_refuses_a_name_outside_the_unit_folder(tmp_path, unit):
     )
     assert result.returncode != 0 and "not a systemd service name" in result.stderr, result.stderr
     assert not (tmp_path / "units").exists()
+
+
+@pytest.mark.parametrize(
+    "every, expected",
+    [("1h", FREQUENT_SCHEDULE_POLICY), ("6h", FREQUENT_SCHEDULE_POLICY), ("1d", None), ("1w", None), ("1m", None)],
+)
+def test_a_schedule_more_often_than_daily_prunes_by_default(every, expected):
+    assert default_schedule_policy(parse_duration(every)) == expected
