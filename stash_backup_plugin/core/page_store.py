@@ -21,6 +21,7 @@ import hashlib
 import os
 import zlib
 from array import array
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional
@@ -35,6 +36,9 @@ from .snapshot import Digest, Sink
 PACKS = "packs"
 READ_CHUNK = 1024 * 1024  # bytes of database hashed at a time
 CACHED_FRAMES = 16  # decompressed frames kept while reassembling: 16 MiB
+# Frames compressed at once (zlib runs without Python's lock): as many as the CPUs, at
+# most 4 (gzip snapshots used 4 too); each in flight holds a 1 MiB frame twice.
+COMPRESS_THREADS = max(1, min(4, os.cpu_count() or 1))
 Progress = Optional[Callable[[int], None]]
 
 
@@ -361,6 +365,9 @@ class _PackWriter:
         self.written = 0
         self._handle: Optional[BinaryIO] = None
         self._temp: Optional[Path] = None
+        # Frames being compressed, written to the pack in order: (future, raw length).
+        self._pending: collections.deque = collections.deque()
+        self._pool: Optional[ThreadPoolExecutor] = None
         self._reset()
 
     def _reset(self) -> None:
@@ -385,18 +392,37 @@ class _PackWriter:
         return place
 
     def _flush_frame(self) -> None:
+        """Hand the frame to a compressing thread; write those done, oldest first. The
+        pack is sealed between two frames, once what is written (or the pages in it)
+        reaches its size, exactly as one thread would: near that size the frames in
+        flight are written first. Every page placed so far is in a frame of this pack."""
         if self._handle is None:
             self._temp = self.incoming / f"pack{TEMP_MARKER}{os.getpid()}"
             self._handle = open(self._temp, "wb")
-        stored = zlib.compress(bytes(self._frame), self.level)
-        self._frames.append(fmt.Frame(self._handle.tell(), len(stored), len(self._frame) // self._size))
-        self._handle.write(stored)
-        self._digest.update(stored)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=COMPRESS_THREADS)
+        raw = bytes(self._frame)
+        self._pending.append((self._pool.submit(zlib.compress, raw, self.level), len(raw)))
         self._frame = bytearray()
-        if self._handle.tell() >= fmt.PACK_BYTES or self._pages * self._size >= fmt.PACK_RAW_BYTES:
+        while len(self._pending) > COMPRESS_THREADS:
+            self._write_oldest()
+        if self._handle.tell() + len(self._pending) * fmt.MAX_FRAME_STORED >= fmt.PACK_BYTES:
+            while self._pending:  # near the pack's size: the frames in flight decide, so wait for them
+                self._write_oldest()
+        if self._pages * self._size >= fmt.PACK_RAW_BYTES or self._handle.tell() >= fmt.PACK_BYTES:
             self._seal()
 
+    def _write_oldest(self) -> None:
+        assert self._handle is not None
+        future, raw_length = self._pending.popleft()
+        stored = future.result()
+        self._frames.append(fmt.Frame(self._handle.tell(), len(stored), raw_length // self._size))
+        self._handle.write(stored)
+        self._digest.update(stored)
+
     def _seal(self) -> None:
+        while self._pending:
+            self._write_oldest()
         assert self._handle is not None and self._temp is not None
         self._handle.flush()
         os.fsync(self._handle.fileno())
@@ -423,9 +449,17 @@ class _PackWriter:
             self._flush_frame()
         if self._handle is not None:
             self._seal()
+        self._stop_pool()
         return self.written
 
+    def _stop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._pending.clear()
+
     def abandon(self) -> None:
+        self._stop_pool()
         if self._handle is not None:
             self._handle.close()
             self._handle = None

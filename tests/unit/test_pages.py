@@ -292,3 +292,19 @@ def test_check_pack_reads_every_page_against_its_index(tmp_path):
     index_path.rename(page_store.pack_path(archive, "0" * 64, fmt.INDEX_SUFFIX))
     with pytest.raises(VerificationError, match="does not match its name"):
         page_store.check_pack(archive, "0" * 64)
+
+
+def test_frames_compressed_on_several_threads_make_the_very_packs_one_thread_makes(tmp_path, monkeypatch):
+    """The threads only compress: frames land in order and packs are sealed at the same
+    frame, so the packs (named by their bytes) and the page list are identical."""
+    monkeypatch.setattr(fmt, "PACK_BYTES", 64 * 1024)  # many packs: every seal point is exercised
+    database = make_database(tmp_path / "db.sqlite", rows=20000, page_size=1024)
+    made = {}
+    for threads in (1, 4):
+        monkeypatch.setattr(page_store, "COMPRESS_THREADS", threads)
+        archive = tmp_path / f"archive-{threads}"
+        written, listing = store_pages(archive, database)
+        packs = {p.name: p.read_bytes() for p in (archive / page_store.PACKS).rglob("*") if p.is_file()}
+        made[threads] = (written.listing, packs)
+        assert reassembled(archive, listing) == database.read_bytes()
+    assert len(made[1][1]) > 6 and made[4] == made[1]
