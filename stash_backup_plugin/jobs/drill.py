@@ -624,9 +624,12 @@ def scratch_stash_runs(pid: int, scratch: Path) -> Optional[bool]:
 
 
 def _command_line(pid: int) -> Optional[str]:
-    """A process's arguments joined by spaces: Linux's /proc, else POSIX ps."""
+    """A process's arguments joined by spaces: Linux's /proc, else POSIX ps. None when
+    the system cannot say: an empty /proc cmdline belongs to a process between fork and
+    exec (or a zombie), which names nothing yet."""
     with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").rstrip("\0").replace("\0", " ")
+        text = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").rstrip("\0").replace("\0", " ")
+        return text or None
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         shown = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True, timeout=10)
         if shown.returncode == 0 and shown.stdout.strip():

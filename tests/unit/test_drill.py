@@ -176,13 +176,18 @@ def abandoned_scratch(folder):
 
 def stand_in(config, cwd, own_group=True) -> subprocess.Popen:
     """A process that looks like a scratch Stash to the system: `--config <path>` among
-    its arguments, working in `cwd`, leading its own process group (or not)."""
-    return subprocess.Popen(
+    its arguments, working in `cwd`, leading its own process group (or not). Returned
+    once the system shows its arguments (right after exec, /proc shows none yet)."""
+    process = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(120)", "--config", str(config)],
         cwd=cwd,
         start_new_session=own_group,
         stdin=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 10
+    while str(config) not in Path(f"/proc/{process.pid}/cmdline").read_bytes().decode() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return process
 
 
 def with_pid_file(scratch, process):
