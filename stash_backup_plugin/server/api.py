@@ -63,9 +63,8 @@ class StashAPI(Protocol):
         folder: Path,
         final_name: str,
         progress: Optional[Callable[[int, Optional[int]], None]] = None,
-        tee=None,
         durable: bool = True,
     ) -> Downloaded:
         """Fetch a download link into a temp file in `folder` (raises LinkExpiredError
-        or DownloadError); `tee` (write, reset) sees every byte as it arrives; not
-        `durable`: the temp file is not fsynced (it is read, then discarded)."""
+        or DownloadError); not `durable`: the temp file is not fsynced (it is read,
+        then discarded)."""

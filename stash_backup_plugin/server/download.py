@@ -83,15 +83,12 @@ class _State:
     received: int = 0
     total: Optional[int] = None
     validator: Optional[str] = None
-    tee: Optional[object] = None  # gets every byte too, in order (write, reset): e.g. a compressor
 
     def restart(self) -> None:
         self.handle.seek(0)
         self.handle.truncate()
         self.received = 0
         self.hasher.reset()
-        if self.tee:
-            self.tee.reset()
 
 
 def download(
@@ -103,17 +100,14 @@ def download(
     max_resumes: int = MAX_RESUMES,
     read_timeout: float = READ_TIMEOUT,
     pause: Callable[[float], None] = time.sleep,
-    tee=None,
     durable: bool = True,
 ) -> Downloaded:
     """Fetch `url` into a temp file in `folder`. On any failure the temp file is gone.
-    `tee` (write, reset) sees the same bytes as they arrive: the archive compresses the
-    database during the transfer instead of after it. Not `durable`: the file is not
-    fsynced (the archive keeps its compressed copy, never this one)."""
+    Not `durable`: the file is not fsynced (the archive keeps its pages, never this one)."""
     hasher = _BackgroundHasher()
     try:
         with staged_file(folder, final_name, buffering=0, durable=durable) as (handle, temp):
-            state = _State(handle, hasher, tee=tee)
+            state = _State(handle, hasher)
             resumes = _fetch_with_resumes(session, url, state, progress, max_resumes, read_timeout, pause)
         return Downloaded(temp, state.received, hasher.hexdigest(), resumes)
     finally:
@@ -183,8 +177,6 @@ def _stream(response: requests.Response, state: _State, progress) -> None:
         while chunk := raw.read(CHUNK):
             write_all(state.handle, chunk)
             state.hasher.update(chunk)
-            if state.tee:
-                state.tee.write(chunk)
             state.received += len(chunk)
             if progress:
                 progress(state.received, state.total)

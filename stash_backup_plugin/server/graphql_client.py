@@ -211,7 +211,6 @@ class StashClient:
         folder: Path,
         final_name: str,
         progress: Optional[Callable[[int, Optional[int]], None]] = None,
-        tee=None,
         durable: bool = True,
     ) -> Downloaded:
         """The link is fetched from our own URL, never from the host Stash wrote
@@ -226,7 +225,6 @@ class StashClient:
             folder,
             final_name,
             progress=progress,
-            tee=tee,
             durable=durable,
         )
 
