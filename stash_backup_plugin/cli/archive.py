@@ -91,9 +91,10 @@ def cmd_list(args, report) -> int:
         tag = f"  (pre-upgrade {entry.pre_upgrade})" if entry.pre_upgrade else ""
         drilled = ("booted" if entry.drill.get("ok") else "DRILL-FAILED") if entry.drill.get("at") else "-"
         blobs = f"{entry.blob_count} blobs" if entry.includes_blobs else "database only"
+        blobs += " + settings" if entry.settings_files else ""
         own = entry.new_bytes if entry.is_stored else entry.size
         print(
-            f"{entry.created}  schema {entry.schema_version:<3}  {entry.kind:<6}  {blobs:<14}  "
+            f"{entry.created}  schema {entry.schema_version:<3}  {entry.kind:<6}  {blobs:<25}  "
             f"new {human_size(own):>10}  {state:<10}  drill {drilled:<12}  {entry.file}{tag}"
         )
     usage = archive.usage()

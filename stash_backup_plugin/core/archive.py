@@ -83,6 +83,7 @@ class Entry:
     drill: dict = field(default_factory=dict)
     salvaged: bool = False  # recovered from a damaged database (record.Header.salvaged): never verified-ok
     pre_upgrade: str = ""  # Stash's pre-migration backup, adopted: "<from>→<to>" (record.Header.pre_upgrade)
+    settings_files: int = 0  # Stash's settings files the backup holds (record.Header.settings)
 
     @property
     def is_stored(self) -> bool:
@@ -455,6 +456,7 @@ def entry_from_header(header: Header) -> Entry:
         migrated_from=header.migrated_from,
         salvaged=header.salvaged,
         pre_upgrade=header.pre_upgrade,
+        settings_files=int(header.settings.get("files", 0)),
     )
 
 

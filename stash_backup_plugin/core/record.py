@@ -95,8 +95,9 @@ class Header:
 
     @property
     def new_bytes(self) -> int:
-        """What this backup added to the archive: its snapshot and its new blobs."""
-        return self.snapshot.stored_size + self.snapshot.added + self.new_blob_bytes
+        """What this backup added to the archive: its snapshot, its new blobs and its new
+        settings files."""
+        return self.snapshot.stored_size + self.snapshot.added + self.new_blob_bytes + self.settings.get("new_bytes", 0)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -399,3 +399,20 @@ def test_a_record_rewritten_with_a_new_header_keeps_its_images_and_settings(lib,
     assert store.header(name(1)).added_at == header.added_at and store.settings(name(1))
     with store.blob_list(name(1)) as after:
         assert list(after) == listed
+
+
+def test_list_says_which_backups_hold_settings_and_counts_their_bytes(tmp_path):
+    install = make_install(tmp_path / "stash")
+    write(install.root / "custom.css", "body {}")
+    archive = tmp_path / "archive"
+    for extra in ((), ("--no-settings",)):
+        made = run_cli("snapshot", "--offline", *extra, "--config", str(install.config), "--dest", str(archive))
+        assert made.returncode == 0, made.stderr
+    listed = run_cli("list", "--json", "--dest", str(archive))
+    rows = sorted(json.loads(listed.stdout), key=lambda row: row["settings_files"])
+    assert [row["settings_files"] for row in rows] == [0, 2]  # config.yml and custom.css
+    store = Store(archive)
+    with_settings = store.header(rows[1]["file"])
+    assert with_settings.new_bytes >= with_settings.settings["new_bytes"] > 0
+    text = run_cli("list", "--dest", str(archive)).stdout
+    assert text.count("+ settings") == 1
