@@ -26,9 +26,10 @@ PR_SET_PDEATHSIG = 1
 
 
 def alive(pid) -> Optional[bool]:
-    """Whether process `pid` exists here: True (also when it is another user's), False
-    (none, or no valid pid), None when the system cannot be asked (Windows, where
-    os.kill would end the process instead)."""
+    """Whether process `pid` runs here: True (also when it is another user's), False
+    (none, no valid pid, or one that has exited and waits to be reaped: a zombie runs
+    nothing, and its pid is not reused before it is reaped), None when the system
+    cannot be asked (Windows, where os.kill would end the process instead)."""
     try:
         pid = int(pid)
     except (TypeError, ValueError):
@@ -43,7 +44,15 @@ def alive(pid) -> Optional[bool]:
         return False
     except OSError:
         return True  # EPERM: it exists, as another user; anything else: do not call it dead
-    return True
+    return not _exited(pid)
+
+
+def _exited(pid: int) -> bool:
+    """A zombie (or a dying process) by /proc; False where /proc cannot say."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]  # after "(command name)"
+        return state in ("Z", "X")
+    return False
 
 
 # --- which machine -------------------------------------------------------------------------

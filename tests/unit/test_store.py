@@ -273,3 +273,21 @@ def test_only_a_marker_of_this_machine_counts_as_dead_here(tmp_path):
     assert not Marker("pending/o.json", host, dead, now, "push").stale(now)
     assert Marker("pending/m.json", host, dead, now, "push", machine_id()).stale(now)
     assert Marker("pending/old.json", "elsewhere", 1, now - 49 * 3600, "push").stale(now)
+
+
+def test_a_zombie_is_not_alive():
+    """A child that exited and waits to be reaped runs nothing (a killed drill's Stash
+    is one until init reaps it): its pid file protects nothing."""
+    import subprocess
+    import sys
+    import time
+
+    from stash_backup_plugin.core.processes import alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while alive(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert alive(child.pid) is False  # exited, not yet reaped (we have not waited)
+    assert child.wait() == 0
+    assert alive(os.getpid()) is True
