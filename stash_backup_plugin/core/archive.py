@@ -27,7 +27,7 @@ from .atomic import (
     write_bytes_atomic,
 )
 from .errors import StorageError, UsageError, VerificationError
-from .naming import BackupName, is_temp_name, parse_backup_name, with_counter
+from .naming import BackupName, in_order_of_making, is_temp_name, parse_backup_name, with_counter
 from .record import Header
 from .page_store import stored_packs
 from .store import Store
@@ -91,7 +91,8 @@ class Entry:
 
     @property
     def created_time(self) -> datetime:
-        return datetime.fromisoformat(self.created)
+        """When the backup was made (of two in one second, the `-N` one the later)."""
+        return in_order_of_making(datetime.fromisoformat(self.created), self.file)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Entry":

@@ -29,6 +29,13 @@ class BackupName:
         return f"{self.database_name}.{self.schema_version}.{self.created.strftime(TIMESTAMP_FORMAT)}{suffix}"
 
 
+def in_order_of_making(created: datetime, name: str) -> datetime:
+    """A backup's time for ordering: its time to the second, and of two made in the same
+    second the `-N` one (ours: N counts up) as the later, by N microseconds. Pure."""
+    match = _NAME.match(name)
+    return created.replace(microsecond=int(match["n"])) if match and match["n"] and int(match["n"]) < 10**6 else created
+
+
 def parse_backup_name(name: str) -> Optional[BackupName]:
     """The parts of a Stash backup file name, or None when it is not one (an
     anonymised database is not a backup)."""

@@ -23,7 +23,7 @@ from ..core import record as records
 from ..core.archive import Archive, Entry, utc_now
 from ..core.atomic import atomic_output, discard, fsync_dir, make_folders, own_like_folder, private_mode, scratch_folder
 from ..core.errors import RemoteError, UsageError, VerificationError
-from ..core.naming import blob_member_name, parse_backup_name
+from ..core.naming import blob_member_name, in_order_of_making, parse_backup_name
 from ..core.reporting import Reporter, human_size
 from ..core.retention import Decision, Policy, plan_retention
 from ..core.snapshot import decompress
@@ -281,7 +281,7 @@ def prune(archive: Archive, remote: RemoteArchive, policy: Policy, dry_run: bool
 
 def _created(backup: RemoteBackup) -> datetime:
     try:
-        return datetime.fromisoformat(backup.created)
+        return in_order_of_making(datetime.fromisoformat(backup.created), backup.name)
     except ValueError:
         return datetime(1970, 1, 1)
 

@@ -298,3 +298,20 @@ def test_the_scheduled_prune_gets_the_same_policy_back():
     keep = options.keep_arguments(options.policy_of(given))
     assert keep == ["--keep-daily=7", "--keep-yearly=-1", "--keep-within=15d"]
     assert options.policy_of(commands._parser().parse_args(["prune", *keep])) == options.policy_of(given)
+
+
+def test_of_two_backups_made_in_one_second_the_later_is_the_newer():
+    """Stash names backups to the second; ours add -N for a second one in the same
+    second. keep-last 1 must keep the one made later (it held the killed run's record
+    and dropped the next run's backup in CI once)."""
+    from stash_backup_plugin.core.archive import Entry
+    from stash_backup_plugin.core.retention import Policy, plan_retention
+
+    made = [
+        Entry("stash-go.sqlite.85.20261203_034529", 1, "a", 85, "2026-12-03T03:45:29", "stored", verified_ok=True),
+        Entry("stash-go.sqlite.85.20261203_034529-2", 1, "b", 85, "2026-12-03T03:45:29", "stored", verified_ok=True),
+        Entry("stash-go.sqlite.85.20261203_034528", 1, "c", 85, "2026-12-03T03:45:28", "stored", verified_ok=True),
+    ]
+    for order in (made, made[::-1]):
+        decisions = plan_retention([(e, e.created_time, True) for e in order], Policy(last=1))
+        assert [d.item.file for d in decisions if d.keep] == ["stash-go.sqlite.85.20261203_034529-2"]
