@@ -89,7 +89,7 @@ class SettingsFile:
     root: str
     path: str  # relative to its root, POSIX separators, never leaving it
     size: int
-    mode: int  # permission bits (no setuid, setgid or sticky)
+    mode: int  # the source's permission bits, as metadata (restored files are private: settings_restore)
 
     def line(self) -> str:
         return f"f {self.md5} {self.size} {self.mode:o} {self.root} {json.dumps(self.path)}\n"

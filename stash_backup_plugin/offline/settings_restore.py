@@ -160,7 +160,10 @@ def _stage(store: Store, settings_file: SettingsFile, final: Path, plan: Setting
                     f"the archive's copy of {settings_file.root}/{settings_file.path} is damaged "
                     f"(blob {settings_file.md5}): the settings were not restored"
                 )
-    os.chmod(temp, (settings_file.mode & 0o777) | 0o600)  # as it was, and always readable by its owner
+    # Private, as everything we write (config.yml holds secrets): the owner's bits as they
+    # were (a plugin's script stays executable), readable and writable by its owner, no
+    # one else. The owner is the config folder's (staged_file), so Stash reads it.
+    os.chmod(temp, (settings_file.mode & 0o700) | 0o600)
     return temp
 
 

@@ -281,7 +281,8 @@ def test_settings_round_trip_onto_a_new_machine_with_the_library_moved(tmp_path)
     restored = yaml.safe_load(new.read_text())
     assert restored["api_key"] == "secret-key" and restored["stash"][0]["path"] == "/data/library"
     assert (new.parent / "custom.css").read_text() == "body { color: red }"
-    assert os.stat(new.parent / "plugins" / "p" / "p.py").st_mode & 0o777 == 0o750
+    assert os.stat(new.parent / "plugins" / "p" / "p.py").st_mode & 0o777 == 0o700  # private, still executable
+    assert os.stat(new).st_mode & 0o077 == 0  # config.yml's secrets: its owner's alone
     # Stash's own files named inside the old config folder moved with it to the new one.
     assert restored["database"] == str(new.parent / "stash-go.sqlite")
     assert restored["blobs_path"] == str(new.parent / "blobs")
