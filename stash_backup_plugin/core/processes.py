@@ -49,10 +49,19 @@ def alive(pid) -> Optional[bool]:
 
 def _exited(pid: int) -> bool:
     """A zombie (or a dying process) by /proc; False where /proc cannot say."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]  # after "(command name)"
-        return state in ("Z", "X")
-    return False
+    fields = _stat_fields(Path(f"/proc/{pid}/stat"))
+    return bool(fields) and fields[0] in EXITED
+
+
+EXITED = ("Z", "X")  # /proc states of a process that has exited: it runs nothing
+
+
+def _stat_fields(stat: Path) -> list[str]:
+    """The fields of /proc/<pid>/stat after "(command name)": state, ppid, pgrp, ...;
+    none when it cannot be read (gone, or no /proc)."""
+    with contextlib.suppress(OSError, IndexError):
+        return stat.read_text().rsplit(")", 1)[1].split()
+    return []
 
 
 # --- which machine -------------------------------------------------------------------------
@@ -126,10 +135,9 @@ def group_runs(pgid: int) -> bool:
     if not os.path.isdir("/proc/self"):
         return True  # no /proc: a zombie counts as running, and a refusal is the safe side
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(command name)"
-            if int(fields[2]) == pgid and fields[0] not in "ZX":
-                return True
+        fields = _stat_fields(stat)
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in EXITED:
+            return True
     return False
 
 

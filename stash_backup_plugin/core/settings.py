@@ -169,10 +169,7 @@ class Gathered:
     files: list[tuple[SettingsFile, Path]] = field(default_factory=list)  # sorted by (md5, root, path)
     left_out: list[tuple[str, str]] = field(default_factory=list)  # (root/path, why): only the notable ones
     roots: dict[str, str] = field(default_factory=dict)  # root name -> folder it came from
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f, _ in self.files)
+    total_bytes: int = 0  # of the files, kept as they are added (the bound is checked per file)
 
 
 class TooLarge(Exception):
@@ -219,6 +216,7 @@ def _add(gathered: Gathered, root: str, relative: str, path: Path, info: os.stat
         return
     settings_file = SettingsFile(md5, root, relative, info.st_size, stat.S_IMODE(info.st_mode) & 0o777)
     gathered.files.append((settings_file, path))
+    gathered.total_bytes += info.st_size
 
 
 def _walk(

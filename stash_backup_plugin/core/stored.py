@@ -314,6 +314,7 @@ def _store_settings(
             new, new_bytes = new + 1, new_bytes + added
     keep = set(kept)
     gathered.files = [(f, p) for f, p in gathered.files if f in keep]
+    gathered.total_bytes = sum(f.size for f in kept)
     return kept, settings_files.summary(gathered, new, new_bytes)
 
 

@@ -146,7 +146,7 @@ def _new_machine_target(args, mappings: list, report) -> Target:
             "this machine's Stash (start Stash once to make one)"
         )
     old_folder = store.header(name).settings.get("roots", {}).get("config", "")
-    config = restored_config(store, files, config_path, mappings, old_folder)
+    config = restored_config(store, files, config_path, mappings, old_folder).config
     report.info(f"{config_path} does not exist: restoring the backup's settings there (a new machine)")
     blobs = args.blobs_path.expanduser().resolve() if args.blobs_path else config.blobs_path
     storage = FILESYSTEM if args.blobs_path else config.blobs_storage

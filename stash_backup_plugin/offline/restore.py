@@ -554,8 +554,8 @@ def _plan_settings(inspection: _Inspection, target: Target, options: RestoreOpti
     if target.config is None:
         raise RestoreRefused("--with-settings needs --config (where config.yml goes), not --database")
     old_folder = inspection.header.settings.get("roots", {}).get("config", "")
-    config = restored_config(inspection.store, files, target.config.path, options.path_mappings, old_folder)
-    return plan_settings(inspection.store, files, config)
+    restored = restored_config(inspection.store, files, target.config.path, options.path_mappings, old_folder)
+    return plan_settings(files, restored)
 
 
 def _preview_mapping(

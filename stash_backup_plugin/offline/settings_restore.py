@@ -13,6 +13,7 @@ Standard library and PyYAML only."""
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +34,9 @@ ASIDE_SUBFOLDER = "settings"
 class SettingsPlan:
     files: list[SettingsFile]
     folders: dict[str, Path]  # root -> where its files go
-    config_text: Optional[bytes] = None  # config.yml as it will be written (mapped), when it is in the backup
-    unchanged: list[SettingsFile] = field(default_factory=list)  # identical here already
-    replaced: list[SettingsFile] = field(default_factory=list)  # a different file is here: kept aside first
+    config_text: Optional[bytes] = None  # config.yml as it will be written, when mapping or moving rewrote it
+    unchanged: set[SettingsFile] = field(default_factory=set)  # identical here already
+    replaced: set[SettingsFile] = field(default_factory=set)  # a different file is here: kept aside first
 
     def lines(self, aside: Path) -> list[str]:
         new = len(self.files) - len(self.unchanged) - len(self.replaced)
@@ -62,23 +63,29 @@ CONFIG_FOLDER_PATHS = (
 )
 
 
+@dataclass
+class RestoredConfig:
+    config: StashConfig  # the backup's config.yml as it will be at its new place
+    rewritten: bool  # mapping or moving changed it: written as PyYAML dumps it, not the stored bytes
+
+
 def restored_config(
     store: Store, files: list[SettingsFile], config_path: Path, mappings: list, old_folder: str = ""
-) -> StashConfig:
+) -> RestoredConfig:
     """The backup's config.yml as it will be at `config_path` (library folders mapped;
     paths inside the old config folder moved to the new one), read from the archive and
     checked against its MD5. Refuses when the backup has none."""
     stored = next((f for f in files if f.root == CONFIG and f.path == CONFIG_NAME), None)
     if stored is None:
         raise RestoreRefused("the backup holds no config.yml among its settings: nothing was changed")
-    text = _read_checked(store, stored)
-    values = _parse(text, stored)
+    values = _parse(_read_checked(store, stored), stored)
+    original = copy.deepcopy(values)
     if mappings:
         from .pathmap import map_library_setting
 
         values["stash"] = map_library_setting(values.get("stash"), mappings)
     _move_config_folder(values, old_folder, config_path.parent)
-    return StashConfig(config_path, values)
+    return RestoredConfig(StashConfig(config_path, values), values != original)
 
 
 def _move_config_folder(values: dict, old: str, new: Path) -> None:
@@ -94,27 +101,22 @@ def _move_config_folder(values: dict, old: str, new: Path) -> None:
             values[key] = str(new / inside)
 
 
-def config_changed(store: Store, files: list[SettingsFile], config: StashConfig) -> bool:
-    """Whether the config.yml to write differs from the backup's (mapped or moved)."""
-    stored = next(f for f in files if f.root == CONFIG and f.path == CONFIG_NAME)
-    return _parse(_read_checked(store, stored), stored) != config.values
-
-
-def plan_settings(store: Store, files: list[SettingsFile], config: StashConfig) -> SettingsPlan:
+def plan_settings(files: list[SettingsFile], restored: RestoredConfig) -> SettingsPlan:
     """Where each settings file goes (the plugins and scrapers folders the restored
     config names), and what is here already."""
+    config = restored.config
     folders = {CONFIG: config.folder}
     for root, key in ((PLUGINS, "plugins_path"), (SCRAPERS, "scrapers_path")):
         value = config.get(key)
         folders[root] = config.resolve_path(value) if value else config.folder / root
     plan = SettingsPlan(files, folders)
-    if config_changed(store, files, config):
+    if restored.rewritten:
         plan.config_text = _dump(config.values)
     for settings_file in files:
         here = target_path(folders[settings_file.root], settings_file)
         if here.is_file() and not here.is_symlink():
             same = here.stat().st_size == settings_file.size and file_digest(here, "md5") == settings_file.md5
-            (plan.unchanged if same and not _is_mapped_config(plan, settings_file) else plan.replaced).append(
+            (plan.unchanged if same and not _is_mapped_config(plan, settings_file) else plan.replaced).add(
                 settings_file
             )
         elif here.exists() or here.is_symlink():
