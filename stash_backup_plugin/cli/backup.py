@@ -54,6 +54,13 @@ def add_commands(commands) -> None:
     download.add_argument(
         "--if-older-than", metavar="DURATION", help="skip when the newest verified backup is younger, e.g. 20h or 1d"
     )
+    download.add_argument(
+        "--via-server",
+        action="store_true",
+        help="ask Stash for its backup (VACUUM INTO) and download it, even where its live database "
+        "file is readable here (default there: a consistent copy of the live file, checked to be the "
+        "server's, which stores only the pages that changed)",
+    )
     download.add_argument("--json", action="store_true", help="print the new archive entry as JSON")
     download.add_argument(
         "--drill-every",
@@ -142,6 +149,7 @@ def cmd_download(args, report) -> int:
         check_level=FULL if args.full_check else QUICK,
         compress=not args.no_compress,
         settings=not args.no_settings,
+        live_copy=not args.via_server,
         if_older_than=parse_duration(args.if_older_than) if args.if_older_than else None,
     )
     archive = archive_of(args)

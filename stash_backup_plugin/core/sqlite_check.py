@@ -60,6 +60,26 @@ def open_unchanged(database: Path) -> Iterator[sqlite3.Connection]:
             yield connection
 
 
+def copy_live(database: Path, target: Path, timeout: float = 60.0) -> None:
+    """A consistent copy of a database that a running program writes (Stash, read on its
+    host): SQLite's online backup in one step, from a read-only connection that takes
+    part in the writer's locking, so the whole copy reads one committed state. In WAL
+    mode it holds a read lock (the writer goes on; a checkpoint waits for it); with a
+    rollback journal, a shared lock (writers wait, up to `timeout`). Unlike
+    `open_unchanged`'s lock-free reader, it cannot read a page a checkpoint is writing.
+    Being read-only it never checkpoints, rolls back or removes a -wal when it closes.
+    Raises sqlite3.Error where SQLite cannot (another user's -shm, a hot journal, ...)."""
+    source = sqlite3.connect(f"file:{_uri_path(database)}?mode=ro", uri=True, timeout=timeout)
+    try:
+        copy = sqlite3.connect(target)
+        try:
+            source.backup(copy)  # pages=-1: every page in one step, one read transaction
+        finally:
+            copy.close()
+    finally:
+        source.close()
+
+
 @contextlib.contextmanager
 def private_copy(database: Path, near: Path) -> Iterator[Path]:
     """A copy of a database together with its -wal and -journal (committed data may
@@ -276,15 +296,19 @@ def library_counts(path: Path) -> dict[str, int]:
     database without changing it: recorded with each backup, compared by the drill."""
     try:
         with open_unchanged(path) as connection:
-            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            counts = {}
-            for kind, names in LIBRARY_TABLES.items():
-                table = next((n for n in names if n in tables), None)
-                if table:
-                    counts[kind] = connection.execute(f"SELECT count(*) FROM {quote_identifier(table)}").fetchone()[0]
-            return counts
+            return counts_in(connection)
     except sqlite3.DatabaseError as error:
         raise VerificationError(f"{path}: cannot count the library ({error})") from error
+
+
+def counts_in(connection: sqlite3.Connection) -> dict[str, int]:
+    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    counts = {}
+    for kind, names in LIBRARY_TABLES.items():
+        table = next((n for n in names if n in tables), None)
+        if table:
+            counts[kind] = connection.execute(f"SELECT count(*) FROM {quote_identifier(table)}").fetchone()[0]
+    return counts
 
 
 def image_samples(path: Path, per_kind: int = 3) -> list[tuple[str, int, str]]:

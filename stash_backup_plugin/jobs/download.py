@@ -21,6 +21,7 @@ from ..core.snapshot import LEVEL as COMPRESSED
 from ..core.snapshot import STORED
 from ..core.sqlite_check import QUICK
 from ..server.api import Downloaded, ServerInfo, StashAPI
+from . import live_copy
 from .adopt import adopt_pre_upgrade, stash_backup_folders
 
 FRESH_BACKUP_ATTEMPTS = 3  # a link that expired mid-download needs a new backup
@@ -34,6 +35,9 @@ class DownloadOptions:
     if_older_than: Optional[Duration] = None
     compress: bool = True  # False: new pages in zlib's stored blocks (faster nights, about 3x their space)
     settings: bool = True  # Stash's config.yml, plugins, scrapers, ... (core/settings.py), where readable here
+    # The database from Stash's live file where it is readable here (jobs/live_copy.py);
+    # False: always Stash's own backup (VACUUM INTO), downloaded.
+    live_copy: bool = True
 
     @property
     def compression_level(self) -> int:
@@ -68,10 +72,17 @@ def download_to_archive(
                 "Stash host, pass --blobs-path DIR, or use --no-blobs"
             )
         from_zip = want_blobs and not folders
-        flag = (True if from_zip else False) if info.supports_include_blobs else None
-        fetched, name = _request_and_download(client, archive.folder, flag, report.phase(0.0, 0.5))
+        live = options.live_copy and not from_zip  # the zip is what brings the blobs
+        copied = live_copy.copy_live_database(client, info, archive.folder, report) if live else None
+        live = copied is not None
+        if copied is None:
+            flag = (True if from_zip else False) if info.supports_include_blobs else None
+            copied = _request_and_download(client, archive.folder, flag, report.phase(0.0, 0.5))
+        fetched, name = copied
         try:
-            header = _store_fetched(archive, info, options, fetched, name, folders, from_zip, report.phase(0.5, 1.0))
+            header = _store_fetched(
+                archive, info, options, fetched, name, folders, from_zip, live, report.phase(0.5, 1.0)
+            )
         finally:
             discard(fetched.temp_path)
         if info.database_path:  # Stash's own pre-migration backups, where this process can read them
@@ -120,6 +131,7 @@ def _store_fetched(
     name: str,
     folders: list[Path],
     from_zip: bool,
+    live: bool,
     report: Reporter,
 ) -> Header:
     store = archive.store
@@ -141,7 +153,7 @@ def _store_fetched(
         fetched.sha256,
         options.check_level,
         includes_blobs=bool(folders),
-        source="filesystem" if folders else "database",
+        source=live_copy.SOURCE if live else "filesystem" if folders else "database",
         server_version=info.version or "",
         database_member=Path(info.database_path).name if info.database_path else "",
         compression_level=options.compression_level,

@@ -38,6 +38,7 @@ from ..core.processes import alive, dies_with_us, stop_group
 from ..core.reporting import Reporter, human_size
 from ..core.retention import parse_duration
 from ..core.status import parse_time
+from ..core.library import STATS_SELECTION, compare_counts, counts_from_stats
 from ..core.sqlite_check import image_samples, library_counts
 from ..offline.restore import RestoreOptions, restore
 from ..offline.stash_config import FILESYSTEM, StashConfig, Target
@@ -48,19 +49,7 @@ PID_FILE = RUNNING_PID_FILE  # the scratch Stash's process group: the next drill
 # while that process lives, no run's cleanup removes the folder (core/atomic.py)
 DEFAULT_TIMEOUT = 900  # seconds for Stash to start, migrate and answer
 SPACE_MARGIN = 64 * 1024 * 1024
-STATS_QUERY = (
-    "{ stats { scene_count image_count gallery_count performer_count studio_count tag_count group_count } "
-    "version { version } }"
-)
-STATS_FIELDS = {
-    "scenes": "scene_count",
-    "images": "image_count",
-    "galleries": "gallery_count",
-    "performers": "performer_count",
-    "studios": "studio_count",
-    "tags": "tag_count",
-    "groups": "group_count",
-}
+STATS_QUERY = "{ " + STATS_SELECTION + " version { version } }"
 
 
 @dataclass
@@ -94,18 +83,6 @@ class DrillResult:
 
 
 # --- pure: what differs -------------------------------------------------------------------
-
-
-def compare_counts(expected: dict, reported: dict) -> list[str]:
-    return [
-        f"{kind}: the backup recorded {count}, Stash reports {reported.get(kind)}"
-        for kind, count in expected.items()
-        if kind in STATS_FIELDS and reported.get(kind) != count
-    ]
-
-
-def counts_from_stats(stats: dict) -> dict:
-    return {kind: stats.get(name) for kind, name in STATS_FIELDS.items()}
 
 
 def drill_due(entries: list[Entry], every: str, now: Optional[datetime] = None) -> bool:

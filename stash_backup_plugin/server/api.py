@@ -1,4 +1,4 @@
-"""What the jobs need from a Stash server, and nothing else: three calls. StashClient
+"""What the jobs need from a Stash server, and nothing else: four calls. StashClient
 (gql + requests) is the real one; tests can pass any object with these methods, as
 Litestream's ReplicaClient lets its tests do. Standard library only, so that a
 command that never talks to Stash never imports the HTTP stack."""
@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
+
+from ..core.library import Fingerprint
 
 try:
     from typing import Protocol
@@ -56,6 +58,9 @@ class StashAPI(Protocol):
 
     def backup_database(self, download: bool, include_blobs: Optional[bool] = None) -> Optional[str]:
         """Run `backupDatabase`; the download link when `download` is true."""
+
+    def library_fingerprint(self) -> Fingerprint:
+        """What the server's library holds (core/library.py): its counts and newest edits."""
 
     def fetch_backup(
         self,

@@ -29,6 +29,7 @@ except ImportError:  # gql 3
 from .api import Downloaded, ServerInfo
 from .connection import Connection, redact
 from ..core.bounded import one_line
+from ..core.library import FINGERPRINT_QUERY, Fingerprint, UnexpectedAnswer, from_answer
 from ..core.errors import AuthError, ServerError, StashBackupError
 from .http_session import harden, new_session
 
@@ -61,6 +62,7 @@ _SETTING_PATHS = {
     "ffmpeg": "ffmpegPath",
     "ffprobe": "ffprobePath",
 }
+_FINGERPRINT = gql(FINGERPRINT_QUERY)
 _BACKUP = gql("mutation StashBackup($input: BackupDatabaseInput!) { backupDatabase(input: $input) }")
 _PLUGIN_SETTINGS = gql(
     "query StashBackupSettings($ids: [ID!]) { configuration { general { apiKey } plugins(include: $ids) } }"
@@ -204,6 +206,15 @@ class StashClient:
             backup_input["includeBlobs"] = include_blobs
         data = self.execute(_BACKUP, {"input": backup_input}, timeout=BACKUP_TIMEOUT_SECONDS)
         return self._part(data, "backupDatabase", str, optional=True)
+
+    def library_fingerprint(self) -> Fingerprint:
+        data = self.execute(_FINGERPRINT)
+        try:
+            return from_answer(data)
+        except UnexpectedAnswer as error:
+            raise ServerError(
+                self._clean(f"Stash at {self.connection.base_url} answered the library query unexpectedly: {error}")
+            ) from None
 
     def fetch_backup(
         self,

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from stash_backup_plugin.core import page_store
+from stash_backup_plugin.core.naming import TEMP_MARKER
 from stash_backup_plugin.core.faults import CRASH_ENV
 from stash_backup_plugin.core.store import Store
 from tests.support.stored import database_of
@@ -151,7 +152,7 @@ def test_prune_collects_only_what_no_kept_backup_refers_to(stash_server_factory,
 
 # --- kill -9 at every named step ------------------------------------------------------------
 
-BACKUP_STEPS = ["blobs-batch", "pack-sealed", "snapshot-stored", "record-written"]
+BACKUP_STEPS = ["live-copied", "blobs-batch", "pack-sealed", "snapshot-stored", "record-written"]
 PRUNE_STEPS = ["forgotten", "gc-snapshots", "gc-packs", "gc-batch"]
 
 
@@ -186,6 +187,7 @@ def test_kill_during_a_backup(stash_server_factory, tmp_path, step):
     again = download(server, dest)  # the next run cleans up and stores what is new
     assert again["blob_count"] == 8
     assert not list(dest.glob("incoming/*")) and not list(dest.glob("pending/*"))
+    assert not [p.name for p in dest.iterdir() if TEMP_MARKER in p.name]  # the killed run's copy too
     pruned = cli(server, dest, "prune", "--keep-last", "1")
     assert pruned.returncode == 0, pruned.stderr
     assert set(archive_blobs(dest)) == set(record_blobs(dest, again["file"]))  # nothing orphaned stays

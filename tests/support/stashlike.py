@@ -21,7 +21,8 @@ def make_database(
         CREATE TABLE schema_migrations (version uint64, dirty bool);
         CREATE TABLE blobs (checksum varchar(255) NOT NULL PRIMARY KEY, blob blob);
         CREATE TABLE performers (id integer PRIMARY KEY, name text NOT NULL,
-                                 image_blob varchar(255) REFERENCES blobs(checksum));
+                                 image_blob varchar(255) REFERENCES blobs(checksum),
+                                 updated_at datetime NOT NULL DEFAULT '2026-01-01T00:00:00Z');
         CREATE INDEX performers_name ON performers(name);
     """)
     connection.execute("INSERT INTO schema_migrations VALUES (?, ?)", (schema, dirty))

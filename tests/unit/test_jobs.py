@@ -16,6 +16,8 @@ from stash_backup_plugin.core.archive import Archive
 from stash_backup_plugin.core.atomic import temp_path_in
 from stash_backup_plugin.core.errors import DownloadError, LinkExpiredError
 from stash_backup_plugin.core.reporting import Reporter
+from stash_backup_plugin.core.library import Fingerprint, of_database
+from stash_backup_plugin.core.sqlite_check import counts_in, open_unchanged
 from stash_backup_plugin.server.api import Downloaded, ServerInfo
 
 from tests.support.stashlike import make_database, make_full_backup, vacuum_copy, write_blobs
@@ -43,9 +45,17 @@ class LocalStash:
             supports_include_blobs,
         )
         self.count = 0
+        self.fingerprints = 0
+        self.serves: Optional[Path] = None
 
     def server_info(self) -> ServerInfo:
         return self.info
+
+    def library_fingerprint(self) -> Fingerprint:
+        """What a server running on `serves` answers (by default the database it names)."""
+        self.fingerprints += 1
+        with open_unchanged(self.serves or self.database) as connection:
+            return of_database(connection, counts_in(connection))
 
     def backup_database(self, download: bool, include_blobs: Optional[bool] = None) -> Optional[str]:
         self.requests.append((download, include_blobs))
@@ -70,9 +80,12 @@ class LocalStash:
         return Downloaded(temp, len(data), hashlib.sha256(data).hexdigest(), 0)
 
 
+VIA_SERVER = DownloadOptions(live_copy=False)
+
+
 def test_a_database_only_install_gets_the_plain_database_verified_into_the_archive(tmp_path):
     stash = LocalStash(tmp_path / "stash")
-    outcome = download_to_archive(stash, Archive(tmp_path / "archive"), DownloadOptions(), Reporter())
+    outcome = download_to_archive(stash, Archive(tmp_path / "archive"), VIA_SERVER, Reporter())
     assert outcome.entry.kind == "stored" and outcome.entry.verified_ok and outcome.entry.source == "database"
     assert not outcome.entry.includes_blobs
     assert stash.requests == [(True, False)]  # includeBlobs asked off: there are no filesystem blobs
@@ -84,7 +97,7 @@ def test_filesystem_blobs_readable_here_come_from_stashs_folder_on_both_versions
     for supports, asked in ((True, False), (False, None)):  # None: never the field an old server would reject
         stash = LocalStash(tmp_path / f"stash-{supports}", blobs_storage="FILESYSTEM", supports_include_blobs=supports)
         archive = Archive(tmp_path / f"archive-{supports}")
-        outcome = download_to_archive(stash, archive, DownloadOptions(), Reporter())
+        outcome = download_to_archive(stash, archive, VIA_SERVER, Reporter())
         assert outcome.entry.source == "filesystem" and outcome.entry.blob_count == len(stash.images)
         assert stash.requests == [(True, asked)]
         assert {b.checksum for b in archive.store.stored_blobs()} == set(stash.images)
@@ -127,11 +140,11 @@ def test_extra_blob_paths_are_read_too(tmp_path):
 
 def test_an_expired_link_asks_for_a_fresh_backup_a_bounded_number_of_times(tmp_path):
     stash = LocalStash(tmp_path / "stash", expire=1)
-    outcome = download_to_archive(stash, Archive(tmp_path / "archive"), DownloadOptions(), Reporter())
+    outcome = download_to_archive(stash, Archive(tmp_path / "archive"), VIA_SERVER, Reporter())
     assert outcome.entry and len(stash.requests) == 2
     stash = LocalStash(tmp_path / "stash2", expire=FRESH_BACKUP_ATTEMPTS)
     with pytest.raises(DownloadError, match="gave up"):
-        download_to_archive(stash, Archive(tmp_path / "archive2"), DownloadOptions(), Reporter())
+        download_to_archive(stash, Archive(tmp_path / "archive2"), VIA_SERVER, Reporter())
     assert len(stash.requests) == FRESH_BACKUP_ATTEMPTS
     assert Archive(tmp_path / "archive2").entries() == []
     assert not [p for p in (tmp_path / "archive2").rglob("*") if p.name.startswith("stash-go")]
@@ -143,8 +156,10 @@ def test_if_older_than_skips_without_asking_stash(tmp_path):
     stash = LocalStash(tmp_path / "stash")
     archive = Archive(tmp_path / "archive")
     download_to_archive(stash, archive, DownloadOptions(), Reporter())
+    asked = (len(stash.requests), stash.fingerprints)
     outcome = download_to_archive(stash, archive, DownloadOptions(if_older_than=parse_duration("1d")), Reporter())
-    assert outcome.entry is None and "younger" in outcome.skipped_reason and len(stash.requests) == 1
+    assert outcome.entry is None and "younger" in outcome.skipped_reason
+    assert (len(stash.requests), stash.fingerprints) == asked
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,89 @@
+"""The database for `download` straight from Stash's live file, where it is readable
+here (the plugin, a CLI on Stash's host): SQLite's online backup of the running
+database (core/sqlite_check.copy_live) instead of asking Stash for its `VACUUM INTO`
+and downloading it. Stash is spared the rewrite, nothing crosses HTTP, and pages that
+did not change stay byte-identical, so the archive stores only what changed (Stash's
+`VACUUM INTO` rewrites every page after the first resized row).
+
+A path is no proof: a stale database left at the same path (Stash moved into Docker,
+say) would be backed up every night while the real one changes. So the copy is used
+only when it holds the very library the server reports (core/library.Fingerprint:
+its counts and each kind's newest edit, asked before and after the copy); otherwise
+Stash's own backup is used, and a file that is not the server's is named."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+from ..core import library
+from ..core.atomic import discard, temp_path_in
+from ..core.bounded import one_line
+from ..core.errors import VerificationError
+from ..core.faults import crash_point
+from ..core.hashing import file_digest
+from ..core.reporting import Reporter
+from ..core.sqlite_check import copy_live, counts_in, open_unchanged, schema_version
+from ..server.api import Downloaded, ServerInfo, StashAPI
+
+SOURCE = "live-file"  # record.Header.source of a backup copied from the live file
+ATTEMPTS = 3  # the library changed while it was copied: copy again, then use Stash's backup
+FALLBACK = "Stash's own backup is used instead"
+
+
+def live_database_path(info: ServerInfo) -> Optional[Path]:
+    """The server's database file when this process can read it; else None."""
+    if not info.database_path:
+        return None
+    path = Path(info.database_path)
+    if path.is_absolute() and path.is_file() and os.access(path, os.R_OK):
+        return path
+    return None
+
+
+def copy_live_database(
+    client: StashAPI, info: ServerInfo, folder: Path, report: Reporter
+) -> Optional[tuple[Downloaded, str]]:
+    """A consistent copy of the server's live database in a temp file in `folder`, with
+    the name Stash would give its backup; None (said why) when Stash's own backup must
+    be used."""
+    database = live_database_path(info)
+    if database is None:
+        return None
+    report.progress(0.0, "copying the live database")
+    for _ in range(ATTEMPTS):
+        before = client.library_fingerprint()
+        temp = temp_path_in(folder, database.name)
+        kept = False
+        try:
+            try:
+                schema, copied = _copy(database, temp)
+            except (sqlite3.Error, OSError, VerificationError) as error:
+                report.info(f"the live database {database} cannot be copied here ({one_line(str(error))}): {FALLBACK}")
+                return None
+            crash_point("live-copied")
+            after = client.library_fingerprint()
+            same = schema == info.schema_version
+            if same and not (library.differences(before, copied) and library.differences(after, copied)):
+                name = f"{database.name}.{schema}.{datetime.now():%Y%m%d_%H%M%S}"
+                kept = True
+                return Downloaded(temp, temp.stat().st_size, file_digest(temp), 0), name
+            if before == after:  # a quiet library, and still another one: not the server's file
+                found = library.differences(after, copied) if same else []
+                found = found or [f"schema {schema}, Stash reports {info.schema_version}"]
+                report.warning(f"{database} is not the database this Stash serves ({found[0]}): {FALLBACK}")
+                return None
+        finally:
+            if not kept:
+                discard(temp)
+    report.info(f"the library changed during each of {ATTEMPTS} copies of the live database: {FALLBACK}")
+    return None
+
+
+def _copy(database: Path, temp: Path) -> tuple[int, library.Fingerprint]:
+    copy_live(database, temp)
+    with open_unchanged(temp) as connection:
+        return schema_version(connection, temp), library.of_database(connection, counts_in(connection))
