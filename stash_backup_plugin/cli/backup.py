@@ -140,7 +140,7 @@ def cmd_backup(args, report) -> int:
 def cmd_download(args, report) -> int:
     from ..core.retention import parse_duration
     from ..core.sqlite_check import FULL, QUICK
-    from ..jobs.download import DownloadOptions
+    from ..jobs.download import DownloadOptions, checked_download
     from ..jobs.status import recording
 
     options = DownloadOptions(
@@ -160,7 +160,9 @@ def cmd_download(args, report) -> int:
         recording(status_file_of(archive), "download", report, notifier_of(args, report), ping=args.ping or "") as run,
         open_client(args) as client,
     ):
-        outcome = _checked_download(args, client, archive, options, report)
+        outcome = checked_download(
+            client, archive, options, status_file_of(archive), report, notifier_of(args, report), args.database
+        )
         run.done(f"Archived {outcome.entry.file}" if outcome.entry else outcome.skipped_reason)
     drilled = _drill_if_due(args, archive, drill_every, report) if outcome.entry else True
     if args.json:
@@ -168,22 +170,6 @@ def cmd_download(args, report) -> int:
     elif outcome.entry:
         print(archive_of(args).path_of(outcome.entry))
     return 0 if drilled else 1
-
-
-def _checked_download(args, client, archive, options, report):
-    """The live database's check, then the download, watched for Stash's own backup
-    failing on a malformed database (jobs/check_live)."""
-    from ..jobs.check_live import check_before_download, download_watch, healthy_backup_made, live_database
-    from ..jobs.download import download_to_archive
-
-    status_file = status_file_of(archive)
-    database = live_database(client.server_info().database_path, args.database, report)
-    check_before_download(database, status_file, report, notifier_of(args, report))
-    with download_watch(status_file, report):
-        outcome = download_to_archive(client, archive, options, report)
-    if outcome.entry:
-        healthy_backup_made(status_file, report)
-    return outcome
 
 
 def cmd_check_live(args, report) -> int:

@@ -67,6 +67,15 @@ def quick_check_live(database: Path) -> LiveCheck:
     return LiveCheck(str(database), not detail, detail, time.monotonic() - started, database.stat().st_size)
 
 
+def quick_check_copy(database: Path, copy: Path) -> LiveCheck:
+    """The check of a consistent copy of the live database (jobs/live_copy: one
+    committed state, read under SQLite's locks): nothing can tear it, so one read
+    decides; the result names the live file."""
+    started = time.monotonic()
+    detail = _findings(copy).replace(str(copy), str(database))
+    return LiveCheck(str(database), not detail, detail, time.monotonic() - started, copy.stat().st_size)
+
+
 def _findings(database: Path) -> str:
     try:
         if not has_sqlite_header(database):
@@ -83,12 +92,18 @@ def _findings(database: Path) -> str:
 
 
 def check_live(
-    database: Path, status_file: StatusFile, report: Reporter, notify: Optional[Notify] = None, ping: str = ""
+    database: Path,
+    status_file: StatusFile,
+    report: Reporter,
+    notify: Optional[Notify] = None,
+    ping: str = "",
+    copy: Optional[Path] = None,
 ) -> LiveCheck:
     """The recorded job: its outcome in status.json (a damaged database is a failure,
-    notified like any), and damage starts the spell that holds retention."""
+    notified like any), and damage starts the spell that holds retention. `copy`: a
+    consistent copy of `database`, read instead of it."""
     with recording(status_file, LIVE_CHECK_JOB, report, notify, ping=ping) as run:
-        result = quick_check_live(database)
+        result = quick_check_live(database) if copy is None else quick_check_copy(database, copy)
         if result.ok:
             report.info(result.line())
             run.done(result.line())
@@ -136,6 +151,38 @@ def check_before_download(
     if not result.ok:
         report.error(result.line())
     return result
+
+
+@dataclass
+class HealthCheck:
+    """The live database's check for one download (jobs/download): of the live copy
+    when the download takes one (one consistent read, checked once, and its result is
+    also the backup's check), else of the live file before Stash's own backup."""
+
+    database: Optional[Path]  # the live database readable here; None: no check
+    status_file: StatusFile
+    report: Reporter
+    notify: Optional[Notify] = None
+    done: bool = False
+
+    def of_live_file(self) -> None:
+        if not self.done:
+            self.done = True
+            check_before_download(self.database, self.status_file, self.report, self.notify)
+
+    def of_copy(self, live: Path, copy: Path) -> Optional[bool]:
+        """Whether the copy of `live` is healthy; None when it was not checked here."""
+        if self.done or self.database is None or self.database != live:
+            return None
+        self.done = True
+        try:
+            result = check_live(self.database, self.status_file, self.report, self.notify, copy=copy)
+        except StashBackupError as error:
+            self.report.warning(f"the live database check did not run: {self.report.redact(str(error))}")
+            return None
+        if not result.ok:
+            self.report.error(result.line())
+        return result.ok
 
 
 @contextlib.contextmanager

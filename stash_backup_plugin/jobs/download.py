@@ -20,9 +20,12 @@ from ..core.retention import Duration
 from ..core.snapshot import LEVEL as COMPRESSED
 from ..core.snapshot import STORED
 from ..core.sqlite_check import QUICK
+from ..core.status import StatusFile
 from ..server.api import Downloaded, ServerInfo, StashAPI
 from . import live_copy
 from .adopt import adopt_pre_upgrade, stash_backup_folders
+from .check_live import HealthCheck, download_watch, healthy_backup_made, live_database
+from .status import Notify
 
 FRESH_BACKUP_ATTEMPTS = 3  # a link that expired mid-download needs a new backup
 
@@ -50,8 +53,36 @@ class DownloadOutcome:
     skipped_reason: str = ""
 
 
+def checked_download(
+    client: StashAPI,
+    archive: Archive,
+    options: DownloadOptions,
+    status_file: StatusFile,
+    report: Reporter,
+    notify: Optional[Notify] = None,
+    database: Optional[Path] = None,
+) -> DownloadOutcome:
+    """The download with the live database's health check (jobs/check_live), watched
+    for Stash's own backup failing on a malformed database; a verified backup ends a
+    damage spell. `database`: the live file to check (default: the server's, when
+    readable here)."""
+    live = live_database(client.server_info().database_path, database, report)
+    health = HealthCheck(live, status_file, report, notify)
+    if database is not None:  # a file the user named, perhaps not the server's: checked first, as itself
+        health.of_live_file()
+    with download_watch(status_file, report):
+        outcome = download_to_archive(client, archive, options, report, health)
+    if outcome.entry:
+        healthy_backup_made(status_file, report)
+    return outcome
+
+
 def download_to_archive(
-    client: StashAPI, archive: Archive, options: DownloadOptions, report: Reporter
+    client: StashAPI,
+    archive: Archive,
+    options: DownloadOptions,
+    report: Reporter,
+    health: Optional[HealthCheck] = None,
 ) -> DownloadOutcome:
     """A verified backup into the archive's store: the database (compressed) and the
     blobs the archive does not hold yet. Blobs come straight from Stash's blob folders
@@ -74,14 +105,20 @@ def download_to_archive(
         from_zip = want_blobs and not folders
         live = options.live_copy and not from_zip  # the zip is what brings the blobs
         copied = live_copy.copy_live_database(client, info, archive.folder, report) if live else None
+        prechecked = copied is not None and _healthy_copy(copied[0], info, options, health)
+        if copied is not None and prechecked is False:  # damaged: Stash's VACUUM INTO may still read it
+            discard(copied[0].temp_path)
+            copied = None
         live = copied is not None
         if copied is None:
+            if health:
+                health.of_live_file()
             flag = (True if from_zip else False) if info.supports_include_blobs else None
             copied = _request_and_download(client, archive.folder, flag, report.phase(0.0, 0.5))
         fetched, name = copied
         try:
             header = _store_fetched(
-                archive, info, options, fetched, name, folders, from_zip, live, report.phase(0.5, 1.0)
+                archive, info, options, fetched, name, folders, from_zip, live, bool(prechecked), report.phase(0.5, 1.0)
             )
         finally:
             discard(fetched.temp_path)
@@ -110,6 +147,20 @@ def download_to_archive(
         return DownloadOutcome(entry)
 
 
+def _healthy_copy(
+    copied: Downloaded, info: ServerInfo, options: DownloadOptions, health: Optional[HealthCheck]
+) -> Optional[bool]:
+    """The live check, read from the live copy: True when it is healthy and that check
+    is the backup's too (quick_check), False when damaged, None when not checked here."""
+    live = live_copy.live_database_path(info)
+    if health is None or live is None:
+        return None
+    healthy = health.of_copy(live, copied.temp_path)
+    if healthy and options.check_level != QUICK:
+        return None  # the backup's own check (integrity_check) still runs
+    return healthy
+
+
 def _blob_folders(info: ServerInfo, options: DownloadOptions) -> list[Path]:
     """Stash's blob folders that this process can read: the blobs path first, then
     v0.31's extra (read-only) blob paths."""
@@ -132,6 +183,7 @@ def _store_fetched(
     folders: list[Path],
     from_zip: bool,
     live: bool,
+    prechecked: bool,
     report: Reporter,
 ) -> Header:
     store = archive.store
@@ -154,6 +206,7 @@ def _store_fetched(
         options.check_level,
         includes_blobs=bool(folders),
         source=live_copy.SOURCE if live else "filesystem" if folders else "database",
+        prechecked=prechecked,
         server_version=info.version or "",
         database_member=Path(info.database_path).name if info.database_path else "",
         compression_level=options.compression_level,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from ..jobs.backup import backup_on_server
-from ..jobs.download import DownloadOptions, download_to_archive
+from ..jobs.download import DownloadOptions, checked_download
 from ..jobs.retention import apply_retention, retention_summary
 from ..jobs.status import check_overdue, claim_auto_backup, overview, recording
 from ..jobs.verify import verify_archive
@@ -279,7 +279,7 @@ def _download(task: Task) -> str:
         compress=settings.compress,
         if_older_than=settings.interval if auto else None,
     )
-    outcome = _checked_download(task, options)
+    outcome = checked_download(task.client, task.archive, options, task.status_file, task.reporter, task.notify)
     done = f"Archived {outcome.entry.file} in {archive.folder}" if outcome.entry else outcome.skipped_reason
     if settings.offsite_after_download and outcome.entry:
         try:
@@ -287,20 +287,6 @@ def _download(task: Task) -> str:
         except StashBackupError as error:  # the local backup stands; the error says so
             raise type(error)(f"{done}, but the off-site copy failed: {error}") from None
     return done
-
-
-def _checked_download(task: Task, options: DownloadOptions):
-    """The live database's check (Stash's own file: the plugin runs on its host), then
-    the download, watched for Stash's backup failing on a malformed database."""
-    from ..jobs.check_live import check_before_download, download_watch, healthy_backup_made, live_database
-
-    database = live_database(task.client.server_info().database_path, None, task.reporter)
-    check_before_download(database, task.status_file, task.reporter, task.notify)
-    with download_watch(task.status_file, task.reporter):
-        outcome = download_to_archive(task.client, task.archive, options, task.reporter)
-    if outcome.entry:
-        healthy_backup_made(task.status_file, task.reporter)
-    return outcome
 
 
 def _check_live(task: Task) -> str:

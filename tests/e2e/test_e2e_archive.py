@@ -85,7 +85,9 @@ def test_nightly_cycle_stores_only_new_blobs(stash_server_factory, stash_version
     seed_content(server)
     dest = tmp_path / "archive"
     first = download(server, dest)
-    assert first["kind"] == "stored" and first["source"] == "filesystem" and first["blob_count"] == 6
+    # on Stash's host: a consistent copy of the live file, no backup asked of Stash
+    assert first["kind"] == "stored" and first["source"] == "live-file" and first["blob_count"] == 6
+    assert "Backing up database" not in server.log_text()
     assert archive_images(dest) == server_blobs(server)  # each blob once, byte for byte
     added = new_images(server, 2, 500)
     second = download(server, dest)
@@ -106,6 +108,58 @@ def test_nightly_cycle_stores_only_new_blobs(stash_server_factory, stash_version
     verify = run_cli("verify", "--read-data", "--dest", str(dest))
     assert verify.returncode == 0 and "2 good, 0 bad" in verify.stderr, verify.stderr
     assert not [p for p in dest.rglob("*") if "tmp" in p.name]
+
+
+def test_via_server_asks_stash_for_its_backup_even_on_its_host(stash_server_factory, tmp_path):
+    server = stash_server_factory(NEW_VERSION, install_plugin=False)
+    seed_content(server)
+    dest = tmp_path / "archive"
+    live = download(server, dest)
+    asked = download(server, dest, "--via-server")
+    assert (live["source"], asked["source"]) == ("live-file", "filesystem")
+    assert server.log_text().count("Backing up database") == 1
+    store = Store(dest)
+    # Stash's VACUUM INTO repacks the file: the same library, other pages
+    assert database_of(store, asked["file"]) != database_of(store, live["file"])
+    assert asked["blob_count"] == live["blob_count"] == 6
+
+
+def test_downloads_while_stash_writes_each_hold_one_committed_state(stash_server_factory, tmp_path):
+    """Performers are created as fast as Stash takes them while the live file is
+    copied: each backup is sound and holds a library Stash reported at some moment
+    (a copy that matches neither the count before nor after is not kept)."""
+    import threading
+
+    server = stash_server_factory(NEW_VERSION, install_plugin=False)
+    seed_content(server)
+    dest, stop, created = tmp_path / "archive", threading.Event(), []
+
+    def write():
+        while not stop.is_set():
+            server.graphql(
+                "mutation($i: PerformerCreateInput!) { performerCreate(input: $i) { id } }",
+                {"i": {"name": f"busy-{len(created)}"}},
+            )
+            created.append(1)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        made = [cli(server, dest, "download", "--json") for _ in range(3)]
+    finally:
+        stop.set()
+        writer.join()
+    assert len(created) > 10
+    for result in made:
+        assert result.returncode == 0, result.stderr
+    entries = [json.loads(r.stdout) for r in made]
+    assert all(e["verified_ok"] for e in entries)
+    assert "live-file" in [e["source"] for e in entries]  # the copy held up under writes
+    verify = run_cli("verify", "--read-data", "--dest", str(dest))
+    assert verify.returncode == 0, verify.stderr
+    store = Store(dest)
+    counts = [store.header(e["file"]).counts["performers"] for e in entries]
+    assert counts == sorted(counts) and counts[-1] <= 3 + len(created), counts
 
 
 def test_a_cli_on_another_machine_keeps_only_the_blobs_it_lacks_from_stashs_zip(stash_server_factory, tmp_path):

@@ -99,7 +99,7 @@ def test_download_task_archives_a_verified_full_backup(stash_server_factory, sta
     seed_content(server, performers=4)
     messages = run_task(server, "Download backup to archive")
     [entry] = manifest(server)
-    assert entry["source"] == "filesystem" and entry["kind"] == "stored" and entry["verified_ok"]
+    assert entry["source"] == "live-file" and entry["kind"] == "stored" and entry["verified_ok"]
     on_disk = blob_files(server)
     assert entry["blob_count"] == len(on_disk) == 7  # 2 tags + 1 studio + 4 performers
     folder = archive_dir(server)
@@ -116,7 +116,7 @@ def test_download_task_with_database_blobs_archives_the_plain_database(stash_ser
     seed_content(server)
     run_task(server, "Download backup to archive")
     [entry] = manifest(server)
-    assert entry["kind"] == "stored" and entry["source"] == "database" and entry["blobs_not_included"] == 0
+    assert entry["kind"] == "stored" and entry["source"] == "live-file" and entry["blobs_not_included"] == 0
     assert not entry["includes_blobs"]
     store = Store(archive_dir(server))
     with store.blob_list(entry["file"], images_only=True) as images:

@@ -5,6 +5,7 @@ backup they ask for, what they keep, what they refuse); the real server is the e
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -14,7 +15,7 @@ import pytest
 from stash_backup_plugin.jobs.download import DownloadOptions, FRESH_BACKUP_ATTEMPTS, download_to_archive
 from stash_backup_plugin.core.archive import Archive
 from stash_backup_plugin.core.atomic import temp_path_in
-from stash_backup_plugin.core.errors import DownloadError, LinkExpiredError
+from stash_backup_plugin.core.errors import DownloadError, LinkExpiredError, ServerError
 from stash_backup_plugin.core.reporting import Reporter
 from stash_backup_plugin.core.library import Fingerprint, of_database
 from stash_backup_plugin.core.sqlite_check import counts_in, open_unchanged
@@ -61,7 +62,10 @@ class LocalStash:
         self.requests.append((download, include_blobs))
         self.count += 1
         name = f"stash-go.sqlite.85.20260101_00000{self.count}"
-        made = vacuum_copy(self.database, self.root / f"made-{self.count}")
+        try:
+            made = vacuum_copy(self.database, self.root / f"made-{self.count}")
+        except sqlite3.DatabaseError as error:  # as Stash answers it: a GraphQL error
+            raise ServerError(f"backupDatabase: vacuum failed: {error}") from None
         if include_blobs:
             name += ".zip"
             made = make_full_backup(self.root / f"made-{self.count}.zip", made, self.images)

@@ -6,6 +6,7 @@ every copy, leaves the work to Stash's own backup. The real Stash is the e2e tes
 from __future__ import annotations
 
 import sqlite3
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -237,3 +238,55 @@ def test_an_answer_of_another_shape_is_refused():
 )
 def test_stashs_times_compare_by_the_second_they_name(stored, answered, same):
     assert library.same_moment(stored, answered) is same
+
+
+# --- the live check, read from the copy -------------------------------------------------------
+
+
+def test_the_live_copy_is_the_live_check_healthy_once_and_recorded_as_the_live_file(tmp_path):
+    from stash_backup_plugin.core.status import LIVE_CHECK_JOB, StatusFile
+    from stash_backup_plugin.jobs.download import checked_download
+
+    stash = LocalStash(tmp_path / "stash", blobs_storage="FILESYSTEM")
+    archive, report = Archive(tmp_path / "archive"), Lines()
+    status_file = StatusFile(archive.folder)
+    outcome = checked_download(stash, archive, DownloadOptions(), status_file, report)
+    assert outcome.entry.source == live_copy.SOURCE and outcome.entry.verified_level == QUICK
+    checked = [line for line in report.lines if "live database healthy" in line]
+    assert len(checked) == 1 and str(stash.database) in checked[0] and TEMP_MARKER not in checked[0]
+    assert StatusFile(archive.folder).read().jobs[LIVE_CHECK_JOB].last_success
+
+
+def test_a_damaged_live_database_found_in_its_copy_starts_the_spell_and_stashs_backup_is_tried(tmp_path):
+    """As before the live copy: the damage is recorded and notified, and Stash's own
+    backup is asked for (its VACUUM INTO may read what the damaged pages do not hold;
+    when it fails on the malformed file, that too is recorded)."""
+    from stash_backup_plugin.core.errors import StashBackupError
+    from stash_backup_plugin.core.status import StatusFile, live_damage
+    from stash_backup_plugin.jobs.download import checked_download
+    from tests.unit.test_check_live import live_database
+
+    stash = LocalStash(tmp_path / "stash")
+    (tmp_path / "stash" / "damaged").mkdir()
+    path, writer = live_database(tmp_path / "stash" / "damaged")
+    # a table the library's counts do not read: the copy is made, and its check finds it
+    writer.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+    writer.executemany("INSERT INTO notes (text) VALUES (?)", [("n" * 300,) for _ in range(500)])
+    writer.commit()
+    writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    root = writer.execute("SELECT rootpage FROM sqlite_master WHERE name = 'notes'").fetchone()[0]
+    with open(path, "r+b") as handle:
+        handle.seek((root - 1) * 4096)
+        handle.write(b"\xff" * 64)
+    stash.database = path
+    stash.info = dataclasses.replace(stash.info, database_path=str(path), schema_version=75)
+    archive, report = Archive(tmp_path / "archive"), Lines()
+    status_file = StatusFile(archive.folder)
+    with pytest.raises(StashBackupError, match="malformed"):  # Stash's VACUUM INTO of it fails too
+        checked_download(stash, archive, DownloadOptions(), status_file, report)
+    assert stash.requests == [(True, False)]
+    assert live_damage(status_file.read()) is not None
+    assert any(line.startswith("error: live database damaged") for line in report.lines), report.lines
+    assert not any("cannot be copied" in line for line in report.lines), report.lines  # found in the copy
+    assert not [p for p in archive.folder.iterdir() if TEMP_MARKER in p.name]
+    writer.close()
