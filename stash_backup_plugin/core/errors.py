@@ -42,6 +42,11 @@ class VerificationError(StashBackupError):
     """A backup failed verification: it must not be trusted."""
 
 
+class DamagedDatabase(VerificationError):
+    """The database's own pages are damaged (a check found it), as opposed to a copy
+    or a transfer having gone wrong."""
+
+
 class RestoreRefused(StashBackupError):
     """The restore would lose data or cannot be done safely; nothing was changed."""
 

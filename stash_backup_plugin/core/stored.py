@@ -108,7 +108,7 @@ class NewBackup:
 
     name: str
     database: Path  # the checked database file (temp); not modified
-    sha256: str
+    sha256: str  # "": not known yet; the page pass's digest is the database's (a private copy nothing else writes)
     schema_version: int
     referenced: Iterable[str]  # checksums of blobs the database keeps on the filesystem: sorted, unique
     includes_blobs: bool
@@ -123,6 +123,9 @@ class NewBackup:
     compression_level: int = LEVEL  # zlib level of the stored pages (STORED: no compression)
     salvaged: bool = False  # recovered from a damaged database: never a good backup (record.Header.salvaged)
     prechecked: bool = False  # the caller checked the database at verified_level already: not read twice
+    # The database's check, run beside the pages and blobs instead of check_database at
+    # verified_level (the live check read from a live copy); raises VerificationError.
+    check: Optional[Callable[[Path], None]] = None
     pre_upgrade: str = ""  # Stash's own pre-migration backup, adopted: "<from>→<to>" (record.Header.pre_upgrade)
     settings: Optional[settings_files.Gathered] = None  # Stash's settings files, hashed (settings.gather)
 
@@ -202,11 +205,17 @@ def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Repor
     holds are not copied again."""
     with store.pending(new.name):
         make_folders(store.incoming)
+        size = new.database.stat().st_size
         pages = _PageWriter(store, new.database, new.compression_level)
         pages.start()
         # quick_check (or integrity_check) reads the database while the blobs are copied
         level = NONE if new.prechecked else new.verified_level
-        check = _InThread(lambda: check_database(new.database, level, blob_references=False))
+        own_check = new.check
+        check = _InThread(
+            (lambda: own_check(new.database))
+            if own_check
+            else (lambda: check_database(new.database, level, blob_references=False))
+        )
         check.start()
         blob_list = store.incoming / f"{new.name}.blobs{_TEMP}{os.getpid()}"
         try:
@@ -215,7 +224,7 @@ def store_backup(store: Store, new: NewBackup, source: BlobSource, report: Repor
             kept_settings, settings_summary = _store_settings(store, new.settings, report)
             check.result()
             written = pages.result()
-            if written.digest.sha256 != new.sha256 or written.digest.size != new.database.stat().st_size:
+            if written.digest.sha256 != (new.sha256 or written.digest.sha256) or written.digest.size != size:
                 raise VerificationError(f"{new.database} changed while it was stored: try again")
             list_path = store.page_list_path(new.name)
             page_store.commit_page_list(list_path, written.listing)

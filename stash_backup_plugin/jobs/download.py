@@ -8,18 +8,18 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ..core import settings, stored
 from ..core.archive import Archive, Entry, entry_from_name
 from ..core.atomic import discard
-from ..core.errors import ConfigError, DownloadError, LinkExpiredError, StashBackupError
+from ..core.errors import ConfigError, DamagedDatabase, DownloadError, LinkExpiredError, StashBackupError
 from ..core.record import Header
 from ..core.reporting import Reporter, human_size
 from ..core.retention import Duration
 from ..core.snapshot import LEVEL as COMPRESSED
 from ..core.snapshot import STORED
-from ..core.sqlite_check import QUICK
+from ..core.sqlite_check import QUICK, check_database
 from ..core.status import StatusFile
 from ..server.api import Downloaded, ServerInfo, StashAPI
 from . import live_copy
@@ -104,24 +104,18 @@ def download_to_archive(
             )
         from_zip = want_blobs and not folders
         live = options.live_copy and not from_zip  # the zip is what brings the blobs
-        copied = live_copy.copy_live_database(client, info, archive.folder, report) if live else None
-        prechecked = copied is not None and _healthy_copy(copied[0], info, options, health)
-        if copied is not None and prechecked is False:  # damaged: Stash's VACUUM INTO may still read it
-            discard(copied[0].temp_path)
-            copied = None
-        live = copied is not None
-        if copied is None:
+        header = _from_live_copy(client, archive, info, options, folders, health, report) if live else None
+        if header is None:
             if health:
                 health.of_live_file()
             flag = (True if from_zip else False) if info.supports_include_blobs else None
-            copied = _request_and_download(client, archive.folder, flag, report.phase(0.0, 0.5))
-        fetched, name = copied
-        try:
-            header = _store_fetched(
-                archive, info, options, fetched, name, folders, from_zip, live, bool(prechecked), report.phase(0.5, 1.0)
-            )
-        finally:
-            discard(fetched.temp_path)
+            fetched, name = _request_and_download(client, archive.folder, flag, report.phase(0.0, 0.5))
+            try:
+                header = _store_fetched(
+                    archive, info, options, fetched, name, folders, from_zip, report.phase(0.5, 1.0)
+                )
+            finally:
+                discard(fetched.temp_path)
         if info.database_path:  # Stash's own pre-migration backups, where this process can read them
             adopt_pre_upgrade(
                 archive,
@@ -147,18 +141,47 @@ def download_to_archive(
         return DownloadOutcome(entry)
 
 
-def _healthy_copy(
-    copied: Downloaded, info: ServerInfo, options: DownloadOptions, health: Optional[HealthCheck]
-) -> Optional[bool]:
-    """The live check, read from the live copy: True when it is healthy and that check
-    is the backup's too (quick_check), False when damaged, None when not checked here."""
-    live = live_copy.live_database_path(info)
-    if health is None or live is None:
+def _from_live_copy(
+    client: StashAPI,
+    archive: Archive,
+    info: ServerInfo,
+    options: DownloadOptions,
+    folders: list[Path],
+    health: Optional[HealthCheck],
+    report: Reporter,
+) -> Optional[Header]:
+    """The backup stored from a copy of the live file (jobs/live_copy.py); None when
+    Stash's own backup must be used: no copy could be taken, or the copy's check found
+    the live database damaged (Stash's VACUUM INTO may still read what it needs)."""
+    copied = live_copy.copy_live_database(client, info, archive.folder, report)
+    if copied is None:
         return None
-    healthy = health.of_copy(live, copied.temp_path)
-    if healthy and options.check_level != QUICK:
-        return None  # the backup's own check (integrity_check) still runs
-    return healthy
+    fetched, name = copied
+    live = live_copy.live_database_path(info)
+    check = _live_check(health, live, options.check_level) if health and live else None
+    try:
+        return _store_fetched(
+            archive, info, options, fetched, name, folders, False, report.phase(0.5, 1.0), live_copy.SOURCE, check
+        )
+    except DamagedDatabase:
+        return None  # the check recorded and reported it
+    finally:
+        discard(fetched.temp_path)
+
+
+def _live_check(health: HealthCheck, live: Path, level: str) -> Callable[[Path], None]:
+    """The live database's check read from its copy, beside the storing of its pages
+    and blobs (one read for both): damage raises DamagedDatabase; a deeper --full-check
+    still runs on the copy."""
+
+    def check(copy: Path) -> None:
+        healthy = health.of_copy(live, copy)
+        if healthy is False:
+            raise DamagedDatabase(f"the live database {live} is damaged")
+        if healthy is None or level != QUICK:
+            check_database(copy, level, blob_references=False)
+
+    return check
 
 
 def _blob_folders(info: ServerInfo, options: DownloadOptions) -> list[Path]:
@@ -182,9 +205,9 @@ def _store_fetched(
     name: str,
     folders: list[Path],
     from_zip: bool,
-    live: bool,
-    prechecked: bool,
     report: Reporter,
+    source: str = "",
+    check: Optional[Callable[[Path], None]] = None,
 ) -> Header:
     store = archive.store
     stored_name = archive.free_stored_name(name)
@@ -205,8 +228,8 @@ def _store_fetched(
         fetched.sha256,
         options.check_level,
         includes_blobs=bool(folders),
-        source=live_copy.SOURCE if live else "filesystem" if folders else "database",
-        prechecked=prechecked,
+        source=source or ("filesystem" if folders else "database"),
+        check=check,
         server_version=info.version or "",
         database_member=Path(info.database_path).name if info.database_path else "",
         compression_level=options.compression_level,

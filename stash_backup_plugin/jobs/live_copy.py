@@ -24,7 +24,6 @@ from ..core.atomic import discard, temp_path_in
 from ..core.bounded import one_line
 from ..core.errors import VerificationError
 from ..core.faults import crash_point
-from ..core.hashing import file_digest
 from ..core.reporting import Reporter
 from ..core.sqlite_check import copy_live, counts_in, open_unchanged, schema_version
 from ..server.api import Downloaded, ServerInfo, StashAPI
@@ -70,7 +69,7 @@ def copy_live_database(
             if same and not (library.differences(before, copied) and library.differences(after, copied)):
                 name = f"{database.name}.{schema}.{datetime.now():%Y%m%d_%H%M%S}"
                 kept = True
-                return Downloaded(temp, temp.stat().st_size, file_digest(temp), 0), name
+                return Downloaded(temp, temp.stat().st_size, "", 0), name  # hashed as the store reads it
             if before == after:  # a quiet library, and still another one: not the server's file
                 found = library.differences(after, copied) if same else []
                 found = found or [f"schema {schema}, Stash reports {info.schema_version}"]

@@ -21,7 +21,7 @@ from ..core.record import Header
 from ..core.reporting import Reporter, human_size
 from ..core.snapshot import LEVEL as COMPRESSED
 from ..core.snapshot import STORED
-from ..core.sqlite_check import QUICK, check_database, has_sqlite_header, open_unchanged
+from ..core.sqlite_check import QUICK, backup_into, check_database, has_sqlite_header, open_unchanged
 from ..offline.liveness import ensure_stopped
 from ..offline.stash_config import FILESYSTEM, StashConfig, find_config_file, load_config
 from .adopt import adopt_pre_upgrade
@@ -84,11 +84,7 @@ def _copy_database(database: Path, copy: Path, level: str) -> str:
     check the copy at `level`. Returns "" when it is sound, else what is wrong."""
     try:
         with open_unchanged(database) as source:
-            target = sqlite3.connect(copy)
-            try:
-                source.backup(target)
-            finally:
-                target.close()
+            backup_into(source, copy)
     except sqlite3.DatabaseError as error:
         return f"SQLite cannot copy it: {' '.join(str(error).split())}"
     try:

@@ -48,7 +48,7 @@ class Downloaded:
 
     temp_path: Path
     size: int
-    sha256: str
+    sha256: str  # "": not hashed yet (a local copy: the store hashes it as it reads it)
     resumes: int
 
 

@@ -288,5 +288,7 @@ def test_a_damaged_live_database_found_in_its_copy_starts_the_spell_and_stashs_b
     assert live_damage(status_file.read()) is not None
     assert any(line.startswith("error: live database damaged") for line in report.lines), report.lines
     assert not any("cannot be copied" in line for line in report.lines), report.lines  # found in the copy
+    assert not list(archive.folder.glob("pending/*")) and not list(archive.folder.glob("incoming/*"))
+    assert archive.entries() == []
     assert not [p for p in archive.folder.iterdir() if TEMP_MARKER in p.name]
     writer.close()
