@@ -22,7 +22,7 @@ from typing import Optional
 from ..core import library
 from ..core.atomic import discard, temp_path_in
 from ..core.bounded import one_line
-from ..core.errors import VerificationError
+from ..core.errors import ServerError, VerificationError
 from ..core.faults import crash_point
 from ..core.reporting import Reporter
 from ..core.sqlite_check import copy_live, counts_in, open_unchanged, schema_version
@@ -38,9 +38,21 @@ def live_database_path(info: ServerInfo) -> Optional[Path]:
     if not info.database_path:
         return None
     path = Path(info.database_path)
-    if path.is_absolute() and path.is_file() and os.access(path, os.R_OK):
+    if path.is_absolute() and path.is_file() and os.access(path, os.R_OK) and _side_files_safe(path):
         return path
     return None
+
+
+def _side_files_safe(database: Path) -> bool:
+    """Whether a read-only connection can do no harm beside the database. Where the
+    -wal or -shm is missing (an idle Stash closes its files) SQLite creates them; made
+    by another user, Stash could not write them and would fail. Root is safe (SQLite
+    gives root's side files the database's owner), and so is the database's owner."""
+    if all(Path(f"{database}{suffix}").exists() for suffix in ("-wal", "-shm")):
+        return True
+    if not hasattr(os, "geteuid"):
+        return False
+    return os.geteuid() in (0, database.stat().st_uid)
 
 
 def copy_live_database(
@@ -54,7 +66,9 @@ def copy_live_database(
         return None
     report.progress(0.0, "copying the live database")
     for _ in range(ATTEMPTS):
-        before = client.library_fingerprint()
+        before = _fingerprint(client, report)
+        if before is None:
+            return None
         temp = temp_path_in(folder, database.name)
         kept = False
         try:
@@ -64,7 +78,9 @@ def copy_live_database(
                 report.info(f"the live database {database} cannot be copied here ({one_line(str(error))}): {FALLBACK}")
                 return None
             crash_point("live-copied")
-            after = client.library_fingerprint()
+            after = _fingerprint(client, report)
+            if after is None:
+                return None
             same = schema == info.schema_version
             if same and not (library.differences(before, copied) and library.differences(after, copied)):
                 name = f"{database.name}.{schema}.{datetime.now():%Y%m%d_%H%M%S}"
@@ -80,6 +96,16 @@ def copy_live_database(
                 discard(temp)
     report.info(f"the library changed during each of {ATTEMPTS} copies of the live database: {FALLBACK}")
     return None
+
+
+def _fingerprint(client: StashAPI, report: Reporter) -> Optional[library.Fingerprint]:
+    """What the server says its library holds; None (said why) when it cannot say: its
+    own queries failing, on a damaged database say, leave it to Stash's backup."""
+    try:
+        return client.library_fingerprint()
+    except ServerError as error:
+        report.info(f"Stash could not describe its library ({one_line(str(error), 160)}): {FALLBACK}")
+        return None
 
 
 def _copy(database: Path, temp: Path) -> tuple[int, library.Fingerprint]:

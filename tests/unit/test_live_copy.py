@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 import dataclasses
+import os
 import subprocess
 import sys
 import textwrap
@@ -201,6 +202,48 @@ def test_no_live_copy_where_the_servers_path_is_not_readable_here(tmp_path):
     assert outcome.entry.source == "database" and stash.fingerprints == 0
     relative = dataclasses.replace(stash.info, database_path="stash-go.sqlite")
     assert live_copy.live_database_path(relative) is None  # relative to Stash's folder, not ours
+
+
+def test_a_server_that_cannot_describe_its_library_leaves_it_to_stashs_backup(tmp_path):
+    """Stash's own queries fail on a damaged database: that is no reason to fail the
+    backup; Stash's backup (and the live check before it) says what is wrong."""
+    from stash_backup_plugin.core.errors import ServerError
+
+    stash = LocalStash(tmp_path / "stash")
+
+    def failing() -> library.Fingerprint:
+        raise ServerError("Stash answered with an error: database disk image is malformed")
+
+    stash.library_fingerprint = failing
+    report = Lines()
+    outcome = download_to_archive(stash, Archive(tmp_path / "archive"), DownloadOptions(), report)
+    assert outcome.entry.source == "database" and len(stash.requests) == 1
+    assert any("could not describe its library" in line for line in report.lines), report.lines
+
+
+def test_another_users_run_never_creates_the_side_files_stash_needs(tmp_path, monkeypatch):
+    """An idle Stash has closed its files and SQLite removed its -wal and -shm; a read-only
+    connection would create them, owned by whoever runs it: only the database's owner
+    (or root, whose files SQLite gives the database's owner) copies the live file then."""
+    stash = LocalStash(tmp_path / "stash")
+    for suffix in ("-wal", "-shm"):
+        Path(f"{stash.database}{suffix}").unlink(missing_ok=True)
+    owner = stash.database.stat().st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 1)
+    assert live_copy.live_database_path(stash.info) is None
+    outcome = download_to_archive(stash, Archive(tmp_path / "archive"), DownloadOptions(), Reporter())
+    assert outcome.entry.source == "database" and not Path(f"{stash.database}-shm").exists()
+    monkeypatch.setattr(os, "geteuid", lambda: owner)
+    assert live_copy.live_database_path(stash.info) == stash.database
+    sqlite3.connect(stash.database).execute("PRAGMA user_version").fetchone()  # a connection of Stash's: side files
+    writer = sqlite3.connect(stash.database)
+    writer.execute("BEGIN IMMEDIATE")  # held open: the -wal and -shm stay
+    try:
+        monkeypatch.setattr(os, "geteuid", lambda: owner + 1)
+        assert live_copy.live_database_path(stash.info) == stash.database
+    finally:
+        writer.rollback()
+        writer.close()
 
 
 # --- the fingerprint, pure ------------------------------------------------------------------
