@@ -123,8 +123,10 @@ def change_snapshot(dest, name: str, sql: str) -> None:
     store = Store(dest)
     database = dest / "tampered.sqlite"
     database.write_bytes(database_of(store, name))
-    with sqlite3.connect(database) as connection:
-        connection.execute(sql)
+    connection = sqlite3.connect(database)
+    connection.execute(sql)
+    connection.commit()
+    connection.close()  # a live copy is in WAL mode: closing folds the change into the file
     replace_database(store, name, database)
     database.unlink()
 

@@ -37,12 +37,19 @@ def download(server, dest, *args):
 
 
 def wait_until_idle(server, deadline_s: float = 120):
-    """Past Stash's 30 s idle timeout its pools close: it checkpoints and removes -wal
-    and -shm itself, and holds no lock at all. Poll for that, with a deadline."""
-    wal = server.root / "stash-go.sqlite-wal"
+    """Past Stash's 30 s idle timeout its pools close and it holds no lock at all. Its
+    -wal and -shm may go or stay (they stay when its last connection to close is a
+    read-only one, as after a download that only read), so poll the locks themselves
+    (offline/liveness's probe), with a deadline."""
+    from stash_backup_plugin.offline.liveness import Finding, _probe_locks
+
     deadline = time.monotonic() + deadline_s
-    while wal.exists():
-        assert time.monotonic() < deadline, f"Stash still has {wal} after {deadline_s} s"
+    while True:
+        finding = Finding()
+        _probe_locks(server.database, finding)
+        if not finding.running:
+            return
+        assert time.monotonic() < deadline, f"Stash still holds {server.database} after {deadline_s} s: {finding}"
         assert server.running, server.log_tail()
         time.sleep(0.5)
 
