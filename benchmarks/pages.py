@@ -189,7 +189,7 @@ def restore_pages(archive: Path, name: str, target: Path) -> None:
     from stash_backup_plugin.core.store import Store
 
     store = Store(archive)
-    with open(target, "wb") as out:
+    with open(target, "w+b") as out:
         store.read_snapshot(store.header(name), out)
         out.flush()
         os.fsync(out.fileno())

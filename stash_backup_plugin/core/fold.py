@@ -49,7 +49,7 @@ def _fold(store: Store, header: records.Header) -> records.Header:
     make_folders(store.incoming)
     database = store.incoming / f"{header.name}.fold{TEMP_MARKER}{os.getpid()}"
     try:
-        with open(database, "wb") as out:
+        with open(database, "w+b") as out:
             store.read_snapshot(header, out)  # its size and SHA-256 checked against the record
         written = page_store.write_pages(store.folder, store.incoming, database, LEVEL)
     finally:

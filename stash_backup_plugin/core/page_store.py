@@ -18,7 +18,9 @@ import bisect
 import dataclasses
 import collections
 import hashlib
+import io
 import os
+import stat
 import zlib
 from array import array
 from concurrent.futures import ThreadPoolExecutor
@@ -118,13 +120,28 @@ def _read_bounded(path: Path, limit: int, what: str) -> bytes:
 
 def read_pages(folder: Path, list_path: Path, target, progress: Progress = None) -> Digest:
     """Reassemble the database a page list describes into `target` (anything with
-    write()), in order; VerificationError when a file is missing or damaged, or the
-    result is not the size and SHA-256 the list records."""
+    write()); VerificationError when a file is missing or damaged, or the result is not
+    the size and SHA-256 the list records."""
     pages = read_page_list(list_path)
     indexes = [_frames_only(read_index(folder, pack)) for pack in pages.packs]
     for run in pages.each_run():
         fmt.check_run_in(run, indexes[run.pack], pages.packs[run.pack], str(list_path))
     frames = _FrameCache(folder, pages.packs, indexes, pages.page_size)
+    fd = _file_at_its_start(target)
+    if fd is None:
+        written, sha256 = _in_page_order(pages, frames, target, progress)
+    else:
+        written, sha256 = _in_pack_order(pages, frames, target, fd, progress)
+    if (written, sha256) != (pages.size, pages.sha256):
+        raise VerificationError(
+            f"{list_path}: the pages make {written} bytes with SHA-256 {sha256[:12]}…, the list records "
+            f"{pages.size} bytes, {pages.sha256[:12]}…: a pack is damaged"
+        )
+    return Digest(written, sha256, list_path.stat().st_size)
+
+
+def _in_page_order(pages: fmt.PageList, frames: "_FrameCache", target, progress: Progress) -> tuple[int, str]:
+    """Into a stream (a gzip writer, a pipe): the pages in the database's order."""
     size, per_frame = pages.page_size, fmt.pages_per_frame(pages.page_size)
     written = 0
     with Sink(target, progress) as sink:
@@ -136,12 +153,70 @@ def read_pages(folder: Path, list_path: Path, target, progress: Progress = None)
                 sink.put(frames.get(run.pack, number)[offset * size : (offset + take) * size])
                 written += take * size
                 page += take
-    if (written, sink.sha256) != (pages.size, pages.sha256):
-        raise VerificationError(
-            f"{list_path}: the pages make {written} bytes with SHA-256 {sink.sha256[:12]}…, the list records "
-            f"{pages.size} bytes, {pages.sha256[:12]}…: a pack is damaged"
-        )
-    return Digest(written, sink.sha256, list_path.stat().st_size)
+    return written, sink.sha256
+
+
+def _file_at_its_start(target) -> Optional[int]:
+    """The descriptor of an empty regular file open for reading and writing, which pages
+    can be written into at their own offsets and hashed from; None for anything else."""
+    if not hasattr(os, "pwrite"):
+        return None
+    try:
+        if not target.seekable() or not target.readable() or target.tell() != 0:
+            return None  # (read back to hash it)
+        fd = target.fileno()
+        found = os.fstat(fd)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return fd if stat.S_ISREG(found.st_mode) and found.st_size == 0 else None
+
+
+def _in_pack_order(pages: fmt.PageList, frames: "_FrameCache", target, fd: int, progress: Progress) -> tuple[int, str]:
+    """Into a file: the runs taken pack by pack, each written at its place in the file,
+    so that each frame is decompressed about once however the database's pages are
+    spread (a month of nights of scattered changes leaves a page list of thousands of
+    runs across dozens of packs, which in page order decompressed the same frames again
+    and again: 3.9x restic's restore at 1 GiB). The file is hashed afterwards."""
+    size, per_frame = pages.page_size, fmt.pages_per_frame(pages.page_size)
+    by_pack = [array("I") for _ in pages.packs]  # (first, length, page in the file): 12 bytes a run
+    place = 0
+    for run in pages.each_run():
+        by_pack[run.pack].extend((run.first, run.length, place))
+        place += run.length
+    written = 0
+    for pack, runs in enumerate(by_pack):
+        for at in range(0, len(runs), 3):
+            page, end, out = runs[at], runs[at] + runs[at + 1], runs[at + 2]
+            while page < end:
+                number, offset = divmod(page, per_frame)
+                take = min(end - page, per_frame - offset)
+                chunk = frames.get(pack, number)[offset * size : (offset + take) * size]
+                _write_at(fd, chunk, out * size)
+                written += len(chunk)
+                if progress:
+                    progress(len(chunk))
+                page, out = page + take, out + take
+        by_pack[pack] = array("I")
+    target.seek(written)
+    return written, _file_sha256(fd, written)
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
+
+
+def _file_sha256(fd: int, size: int) -> str:
+    digest, offset = hashlib.sha256(), 0
+    while offset < size:
+        chunk = os.pread(fd, min(fmt.FRAME_BYTES, size - offset), offset)
+        if not chunk:
+            break
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
 
 
 def _frames_only(index: fmt.PackIndex) -> fmt.PackIndex:

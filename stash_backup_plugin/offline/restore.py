@@ -294,7 +294,7 @@ def verify_without_staging(backup: Path, inspection: _Inspection, level: str, re
         _check_stored_blobs(inspection, report.phase(0.0, 0.2))
         with scratch_folder(inspection.store.folder) as work:
             database = work / inspection.database_member
-            with open(database, "wb") as out:
+            with open(database, "w+b") as out:
                 inspection.store.read_snapshot(inspection.header, out)
             _note_database(inspection, database, level)
         return
@@ -584,7 +584,7 @@ def _readable_database(backup: Path, inspection: _Inspection, staged: Optional[P
         return
     with scratch_folder(backup.parent if inspection.kind == "zip" else inspection.store.folder) as work:
         database = work / "database.sqlite"
-        with open(database, "wb") as out:
+        with open(database, "w+b") as out:
             if inspection.kind == "stored":
                 inspection.store.read_snapshot(inspection.header, out)
             else:

@@ -308,3 +308,57 @@ def test_frames_compressed_on_several_threads_make_the_very_packs_one_thread_mak
         made[threads] = (written.listing, packs)
         assert reassembled(archive, listing) == database.read_bytes()
     assert len(made[1][1]) > 6 and made[4] == made[1]
+
+
+def test_scattered_pages_of_many_nights_reassemble_into_a_file_decompressing_each_frame_once(tmp_path, monkeypatch):
+    """Nights of changes spread over the file (as live copies store them) leave the
+    newest database's pages across many packs in thousands of runs: into a file each
+    frame is decompressed once (pages written at their offsets), into a stream the
+    same bytes come out in order."""
+    import random
+
+    monkeypatch.setattr(fmt, "PACK_BYTES", 256 * 1024)  # a pack a night or more
+    monkeypatch.setattr(page_store, "CACHED_FRAMES", 2)  # a database far bigger than the frames kept
+    database = make_database(tmp_path / "db.sqlite", rows=20000)
+    archive = tmp_path / "archive"
+    store_pages(archive, database)
+    rng = random.Random(5)
+    for night in range(1, 9):
+        change_rows(database, rng.sample(range(20000), 300), seed=night)
+        written = page_store.write_pages(archive, archive / "incoming", database)
+    listing = archive / "snapshots" / "newest.pages"
+    page_store.commit_page_list(listing, written.listing)
+    pages = page_store.read_page_list(listing)
+    assert len(pages.packs) > 8 and len(pages.runs) // 12 > 500  # scattered: many runs over many packs
+
+    loads = []
+    real_load = page_store._FrameCache._load
+    monkeypatch.setattr(page_store._FrameCache, "_load", lambda self, *key: loads.append(key) or real_load(self, *key))
+    target = tmp_path / "restored.sqlite"
+    with open(target, "w+b") as out:
+        digest = page_store.read_pages(archive, listing, out)
+        assert out.tell() == digest.size
+    assert target.read_bytes() == database.read_bytes()
+    assert digest.sha256 == hashlib.sha256(database.read_bytes()).hexdigest()
+    assert len(loads) == len(set(loads))  # each frame decompressed once
+    in_file = len(loads)
+
+    loads.clear()
+    assert reassembled(archive, listing) == database.read_bytes()  # a stream: in the database's order
+    assert len(loads) > in_file  # what the file's order spares
+
+
+def test_a_file_that_is_not_empty_or_not_readable_is_written_in_order(tmp_path):
+    database = make_database(tmp_path / "db.sqlite", rows=5000)
+    archive = tmp_path / "archive"
+    _, listing = store_pages(archive, database)
+    for mode in ("wb", "ab"):
+        target = tmp_path / f"out-{mode}"
+        with open(target, mode) as out:
+            page_store.read_pages(archive, listing, out)
+        assert target.read_bytes() == database.read_bytes()
+    damaged = archive / "snapshots" / "n.pages"
+    with open(tmp_path / "wrong", "w+b") as out:
+        out.write(b"x")  # not at its start: appended after, as a stream
+        page_store.read_pages(archive, damaged, out)
+    assert (tmp_path / "wrong").read_bytes() == b"x" + database.read_bytes()
