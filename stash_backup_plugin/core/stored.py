@@ -413,7 +413,7 @@ def check_snapshot(store: Store, header: records.Header, level: str, report: Rep
     try:
         with scratch_folder(store.folder) as work:
             database = work / header.database_member
-            with open(database, "wb") as out:
+            with open(database, "w+b") as out:
                 store.read_snapshot(header, out, progress=_bytes(report, header.snapshot.size, "checking database"))
             checked = check_database(database, level, blob_references=False)
             unlisted = _unlisted(store, header, database) if header.includes_blobs else []

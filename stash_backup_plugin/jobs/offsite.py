@@ -633,7 +633,11 @@ def _check_page_snapshot(remote: RemoteArchive, backup: RemoteBackup, scratch: P
             remote.fetch(listing, folder, "download the database's packs from")
         for pack in pages.packs:
             page_store.check_pack(folder, pack)
-        digest = page_store.read_pages(folder, list_path, Discard())
+        # into a file, not a stream: pages spread over many packs are then written at their
+        # offsets, each frame decompressed once (page_store._in_pack_order)
+        with open(scratch / "reassembled.sqlite", "w+b") as out:
+            digest = page_store.read_pages(folder, list_path, out)
+        discard(scratch / "reassembled.sqlite")
     except (RemoteError, VerificationError) as error:
         return f"its database {backup.snapshot.file}: {error}"
     if (digest.size, digest.sha256) != (backup.database_size, backup.database_sha256):
@@ -839,7 +843,7 @@ def _check_pulled_database(
     packed = _inside(scratch / "fetched", header.snapshot.file)
     database = _inside(scratch, "pulled-database")  # a fixed name: the record's is the remote's choice
     try:
-        with open(database, "wb") as out:
+        with open(database, "w+b") as out:
             if header.snapshot.codec == PAGES:  # its packs are in the store now
                 digest = page_store.read_pages(store.folder, packed, out)
             else:
