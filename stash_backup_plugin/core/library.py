@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Optional
 
+from .sqlite_check import counts_in
+
 # kind -> the field of Stash's `stats` that counts it
 STATS_FIELDS = {
     "scenes": "scene_count",
@@ -88,8 +90,8 @@ def from_answer(data: object) -> Fingerprint:
     return Fingerprint(counts, newest)
 
 
-def of_database(connection: sqlite3.Connection, counts: dict) -> Fingerprint:
-    """The same from a database (`counts`: sqlite_check's count of the same rows)."""
+def of_database(connection: sqlite3.Connection) -> Fingerprint:
+    """The same from a database (its counts as sqlite_check.counts_in makes them)."""
     tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     newest: dict = {}  # a kind's table has Stash's name for it
     for kind in NEWEST_EDITS:
@@ -97,7 +99,7 @@ def of_database(connection: sqlite3.Connection, counts: dict) -> Fingerprint:
         if kind in tables and "updated_at" in {c[1] for c in connection.execute(f'PRAGMA table_info("{kind}")')}:
             row = connection.execute(f'SELECT updated_at FROM "{kind}" ORDER BY updated_at DESC LIMIT 1').fetchone()
             newest[kind] = None if row is None or row[0] is None else str(row[0])
-    return Fingerprint(dict(counts), newest)
+    return Fingerprint(counts_in(connection), newest)
 
 
 def differences(server: Fingerprint, database: Fingerprint) -> list[str]:

@@ -142,17 +142,12 @@ def read_pages(folder: Path, list_path: Path, target, progress: Progress = None)
 
 def _in_page_order(pages: fmt.PageList, frames: "_FrameCache", target, progress: Progress) -> tuple[int, str]:
     """Into a stream (a gzip writer, a pipe): the pages in the database's order."""
-    size, per_frame = pages.page_size, fmt.pages_per_frame(pages.page_size)
     written = 0
     with Sink(target, progress) as sink:
         for run in pages.each_run():
-            page, end = run.first, run.first + run.length
-            while page < end:
-                number, offset = divmod(page, per_frame)
-                take = min(end - page, per_frame - offset)
-                sink.put(frames.get(run.pack, number)[offset * size : (offset + take) * size])
-                written += take * size
-                page += take
+            for chunk in frames.run(run.pack, run.first, run.length):
+                sink.put(chunk)
+                written += len(chunk)
     return written, sink.sha256
 
 
@@ -177,7 +172,6 @@ def _in_pack_order(pages: fmt.PageList, frames: "_FrameCache", target, fd: int, 
     spread (a month of nights of scattered changes leaves a page list of thousands of
     runs across dozens of packs, which in page order decompressed the same frames again
     and again: 3.9x restic's restore at 1 GiB). The file is hashed afterwards."""
-    size, per_frame = pages.page_size, fmt.pages_per_frame(pages.page_size)
     by_pack = [array("I") for _ in pages.packs]  # (first, length, page in the file): 12 bytes a run
     place = 0
     for run in pages.each_run():
@@ -186,16 +180,13 @@ def _in_pack_order(pages: fmt.PageList, frames: "_FrameCache", target, fd: int, 
     written = 0
     for pack, runs in enumerate(by_pack):
         for at in range(0, len(runs), 3):
-            page, end, out = runs[at], runs[at] + runs[at + 1], runs[at + 2]
-            while page < end:
-                number, offset = divmod(page, per_frame)
-                take = min(end - page, per_frame - offset)
-                chunk = frames.get(pack, number)[offset * size : (offset + take) * size]
-                _write_at(fd, chunk, out * size)
+            offset = runs[at + 2] * pages.page_size
+            for chunk in frames.run(pack, runs[at], runs[at + 1]):
+                _write_at(fd, chunk, offset)
+                offset += len(chunk)
                 written += len(chunk)
                 if progress:
                     progress(len(chunk))
-                page, out = page + take, out + take
         by_pack[pack] = array("I")
     target.seek(written)
     return written, _file_sha256(fd, written)
@@ -231,6 +222,15 @@ class _FrameCache:
     def __init__(self, folder: Path, packs: tuple[str, ...], indexes: list[fmt.PackIndex], size: int):
         self.folder, self.packs, self.indexes, self.size = folder, packs, indexes, size
         self._frames: collections.OrderedDict = collections.OrderedDict()
+
+    def run(self, pack: int, first: int, length: int) -> Iterator[bytes]:
+        """The bytes of `length` pages of a pack from page `first`, a frame's share at a time."""
+        per_frame, page, end = fmt.pages_per_frame(self.size), first, first + length
+        while page < end:
+            number, offset = divmod(page, per_frame)
+            take = min(end - page, per_frame - offset)
+            yield self.get(pack, number)[offset * self.size : (offset + take) * self.size]
+            page += take
 
     def get(self, pack: int, number: int) -> bytes:
         key = (pack, number)

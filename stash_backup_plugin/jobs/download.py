@@ -66,12 +66,12 @@ def checked_download(
     for Stash's own backup failing on a malformed database; a verified backup ends a
     damage spell. `database`: the live file to check (default: the server's, when
     readable here)."""
-    live = live_database(client.server_info().database_path, database, report)
-    health = HealthCheck(live, status_file, report, notify)
+    info = client.server_info()
+    health = HealthCheck(live_database(info.database_path, database, report), status_file, report, notify)
     if database is not None:  # a file the user named, perhaps not the server's: checked first, as itself
         health.of_live_file()
     with download_watch(status_file, report):
-        outcome = download_to_archive(client, archive, options, report, health)
+        outcome = download_to_archive(client, archive, options, report, health, info)
     if outcome.entry:
         healthy_backup_made(status_file, report)
     return outcome
@@ -83,6 +83,7 @@ def download_to_archive(
     options: DownloadOptions,
     report: Reporter,
     health: Optional[HealthCheck] = None,
+    info: Optional[ServerInfo] = None,  # the server's, when the caller asked already
 ) -> DownloadOutcome:
     """A verified backup into the archive's store: the database (compressed) and the
     blobs the archive does not hold yet. Blobs come straight from Stash's blob folders
@@ -93,7 +94,7 @@ def download_to_archive(
         if skip:
             report.info(skip)
             return DownloadOutcome(None, skip)
-        info = client.server_info()
+        info = info or client.server_info()
         want_blobs = options.include_blobs and info.blobs_on_filesystem
         folders = _blob_folders(info, options) if want_blobs else []
         if want_blobs and not folders and not info.supports_include_blobs:
@@ -153,12 +154,12 @@ def _from_live_copy(
     """The backup stored from a copy of the live file (jobs/live_copy.py); None when
     Stash's own backup must be used: no copy could be taken, or the copy's check found
     the live database damaged (Stash's VACUUM INTO may still read what it needs)."""
-    copied = live_copy.copy_live_database(client, info, archive.folder, report)
-    if copied is None:
+    live = live_copy.live_database_path(info)
+    copied = live_copy.copy_live_database(client, info, live, archive.folder, report) if live else None
+    if copied is None or live is None:
         return None
     fetched, name = copied
-    live = live_copy.live_database_path(info)
-    check = _live_check(health, live, options.check_level) if health and live else None
+    check = _live_check(health, live, options.check_level) if health else None
     try:
         return _store_fetched(
             archive, info, options, fetched, name, folders, False, report.phase(0.5, 1.0), live_copy.SOURCE, check

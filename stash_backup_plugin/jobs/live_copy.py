@@ -25,12 +25,13 @@ from ..core.bounded import one_line
 from ..core.errors import ServerError, VerificationError
 from ..core.faults import crash_point
 from ..core.reporting import Reporter
-from ..core.sqlite_check import copy_live, counts_in, open_unchanged, schema_version
+from ..core.sqlite_check import copy_live, open_unchanged, schema_version
 from ..server.api import Downloaded, ServerInfo, StashAPI
 
 SOURCE = "live-file"  # record.Header.source of a backup copied from the live file
 ATTEMPTS = 3  # the library changed while it was copied: copy again, then use Stash's backup
 FALLBACK = "Stash's own backup is used instead"
+_AGAIN = object()  # an attempt's outcome: the library changed while it was copied
 
 
 def live_database_path(info: ServerInfo) -> Optional[Path]:
@@ -56,45 +57,53 @@ def _side_files_safe(database: Path) -> bool:
 
 
 def copy_live_database(
-    client: StashAPI, info: ServerInfo, folder: Path, report: Reporter
+    client: StashAPI, info: ServerInfo, database: Path, folder: Path, report: Reporter
 ) -> Optional[tuple[Downloaded, str]]:
-    """A consistent copy of the server's live database in a temp file in `folder`, with
-    the name Stash would give its backup; None (said why) when Stash's own backup must
-    be used."""
-    database = live_database_path(info)
-    if database is None:
-        return None
+    """A consistent copy of the server's live `database` (live_database_path) in a temp
+    file in `folder`, with the name Stash would give its backup; None (said why) when
+    Stash's own backup must be used."""
     report.progress(0.0, "copying the live database")
     for _ in range(ATTEMPTS):
-        before = _fingerprint(client, report)
-        if before is None:
-            return None
         temp = temp_path_in(folder, database.name)
-        kept = False
         try:
-            try:
-                schema, copied = _copy(database, temp)
-            except (sqlite3.Error, OSError, VerificationError) as error:
-                report.info(f"the live database {database} cannot be copied here ({one_line(str(error))}): {FALLBACK}")
-                return None
-            crash_point("live-copied")
-            after = _fingerprint(client, report)
-            if after is None:
-                return None
-            same = schema == info.schema_version
-            if same and not (library.differences(before, copied) and library.differences(after, copied)):
-                name = f"{database.name}.{schema}.{datetime.now():%Y%m%d_%H%M%S}"
-                kept = True
-                return Downloaded(temp, temp.stat().st_size, "", 0), name  # hashed as the store reads it
-            if before == after:  # a quiet library, and still another one: not the server's file
-                found = library.differences(after, copied) if same else []
-                found = found or [f"schema {schema}, Stash reports {info.schema_version}"]
-                report.warning(f"{database} is not the database this Stash serves ({found[0]}): {FALLBACK}")
-                return None
-        finally:
-            if not kept:
-                discard(temp)
+            outcome = _attempt(client, info, database, temp, report)
+        except BaseException:
+            discard(temp)
+            raise
+        if outcome is None or outcome is _AGAIN:
+            discard(temp)
+        if outcome is not _AGAIN:
+            return outcome
     report.info(f"the library changed during each of {ATTEMPTS} copies of the live database: {FALLBACK}")
+    return None
+
+
+def _attempt(client: StashAPI, info: ServerInfo, database: Path, temp: Path, report: Reporter):
+    """One copy into `temp`, between two questions to the server: the copy and its name,
+    None (said why) when Stash's backup must be used, or _AGAIN."""
+    before = _fingerprint(client, report)
+    if before is None:
+        return None
+    try:
+        schema, copied = _copy(database, temp)
+    except (sqlite3.Error, OSError, VerificationError) as error:
+        report.info(f"the live database {database} cannot be copied here ({one_line(str(error))}): {FALLBACK}")
+        return None
+    crash_point("live-copied")
+    after = _fingerprint(client, report)
+    if after is None:
+        return None
+    same = schema == info.schema_version
+    if same and not (library.differences(before, copied) and library.differences(after, copied)):
+        name = f"{database.name}.{schema}.{datetime.now():%Y%m%d_%H%M%S}"
+        return Downloaded(temp, temp.stat().st_size, "", 0), name  # hashed as the store reads it
+    if before != after:
+        return _AGAIN
+    # a quiet library, and still another one: not the server's file
+    found = (library.differences(after, copied) if same else []) or [
+        f"schema {schema}, Stash reports {info.schema_version}"
+    ]
+    report.warning(f"{database} is not the database this Stash serves ({found[0]}): {FALLBACK}")
     return None
 
 
@@ -111,4 +120,4 @@ def _fingerprint(client: StashAPI, report: Reporter) -> Optional[library.Fingerp
 def _copy(database: Path, temp: Path) -> tuple[int, library.Fingerprint]:
     copy_live(database, temp)
     with open_unchanged(temp) as connection:
-        return schema_version(connection, temp), library.of_database(connection, counts_in(connection))
+        return schema_version(connection, temp), library.of_database(connection)

@@ -18,7 +18,7 @@ from stash_backup_plugin.core.atomic import temp_path_in
 from stash_backup_plugin.core.errors import DownloadError, LinkExpiredError, ServerError
 from stash_backup_plugin.core.reporting import Reporter
 from stash_backup_plugin.core.library import Fingerprint, of_database
-from stash_backup_plugin.core.sqlite_check import counts_in, open_unchanged
+from stash_backup_plugin.core.sqlite_check import open_unchanged
 from stash_backup_plugin.server.api import Downloaded, ServerInfo
 
 from tests.support.stashlike import make_database, make_full_backup, vacuum_copy, write_blobs
@@ -56,7 +56,7 @@ class LocalStash:
         """What a server running on `serves` answers (by default the database it names)."""
         self.fingerprints += 1
         with open_unchanged(self.serves or self.database) as connection:
-            return of_database(connection, counts_in(connection))
+            return of_database(connection)
 
     def backup_database(self, download: bool, include_blobs: Optional[bool] = None) -> Optional[str]:
         self.requests.append((download, include_blobs))
