@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import library
-from benchmarks.harness import Sample, run_measured
+from benchmarks.harness import Sample, cold_cache, run_measured
 
 PY = sys.executable
 MiB = 1 << 20
@@ -228,20 +228,10 @@ def _bench_restore(archive: Path, stash_root: Path, work: Path) -> list[tuple[st
                 str(archive),
                 "--yes",
             ]
-            _cold_cache()
+            cold_cache()
             samples.append((label, run_measured(command, env=_env())))
     shutil.rmtree(place, ignore_errors=True)
     return samples
-
-
-def _cold_cache() -> None:
-    """A restore reads an archive nobody touched for days: start both sides with the
-    page cache dropped (as root; the zip, just exported, would otherwise be in memory)."""
-    subprocess.run(["sync"], check=False)
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError:
-        pass
 
 
 def report(result: ArchiveResult, database_bytes: int, blob_count: int) -> list[str]:
