@@ -47,6 +47,10 @@ def storage_error(action: str, path: Path, error: OSError) -> StorageError:
     return StorageError(f"cannot {action} {path}: {hint}")
 
 
+# Where the file system fixes owners by mount options (FAT, SMB and the like).
+_NO_OWNERS_HERE = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL)
+
+
 def take_parent_owner(path: Path) -> None:
     """Give a file or folder we just created the owner (user and group) of the folder
     it is in. Run as root, as a restore often is, it would be root's, and a Stash that
@@ -70,7 +74,7 @@ def give_owner(path: Path, uid: int, gid: int) -> None:
     try:
         os.chown(path, uid, gid, follow_symlinks=False)
     except OSError as error:
-        if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+        if error.errno not in _NO_OWNERS_HERE:
             raise
 
 
@@ -106,7 +110,11 @@ def private_mode(parent: Path, folder: bool = False) -> int:
     archive, Stash's group in Docker), never a umask's default (a 755 home or config
     folder). Others: never. The owner is Stash's user where it matters: run as root
     we give what we make the folder's owner (take_parent_owner)."""
-    mode = stat.S_IMODE(os.stat(parent).st_mode)
+    return _private_mode_in(os.stat(parent).st_mode, folder)
+
+
+def _private_mode_in(parent_mode: int, folder: bool) -> int:
+    mode = stat.S_IMODE(parent_mode)
     shared = 0 if mode & 0o007 else mode & 0o070
     return (0o700 | shared) if folder else (0o600 | (shared & 0o040))
 
@@ -117,6 +125,40 @@ def own_like_folder(path: Path) -> None:
     the archive)."""
     os.chmod(path, private_mode(Path(path).parent, folder=os.path.isdir(path)))
     take_parent_owner(path)
+
+
+class FilesLikeFolder:
+    """Many files made in one folder (a night's images into incoming/), each as
+    own_like_folder would leave it, with the folder asked once: the mode and owner
+    are set on the open file, not looked up again by its path."""
+
+    def __init__(self, folder: Path):
+        info = os.stat(folder)
+        self.folder, self.mode = Path(folder), _private_mode_in(info.st_mode, folder=False)
+        root = hasattr(os, "geteuid") and os.geteuid() == 0
+        self.owner = (info.st_uid, info.st_gid) if root else None
+
+    def create(self, name: str) -> BinaryIO:
+        """A new (or emptied) file in the folder, open for writing."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(self.folder / name, flags, self.mode)
+        try:
+            if hasattr(os, "fchmod"):
+                os.fchmod(fd, self.mode)  # the umask may have taken the group's read
+            if self.owner is not None:
+                _give_open_file(fd, *self.owner)
+        except BaseException:
+            os.close(fd)
+            raise
+        return os.fdopen(fd, "wb")
+
+
+def _give_open_file(fd: int, uid: int, gid: int) -> None:
+    try:
+        os.fchown(fd, uid, gid)
+    except OSError as error:
+        if error.errno not in _NO_OWNERS_HERE:
+            raise
 
 
 def open_lock_file(path: Path, mode: str = "a+b"):

@@ -2,7 +2,7 @@
 pages no pack holds yet, and reassembled in order with its SHA-256 checked.
 
 Memory stays flat in the archive's history: writing keeps a table of the new
-database's pages alone (about 36 bytes a page: 19 MiB for a 2 GiB database), sorted
+database's pages alone (about 37 bytes a page: 19 MiB for a 2 GiB database), sorted
 by hash, and streams every pack index past it; reading keeps the frame tables of the
 packs a list names and a few decompressed frames.
 
@@ -325,14 +325,16 @@ def commit_page_list(path: Path, listing: bytes) -> None:
 
 
 class _PageTable:
-    """The pages of one database, about 36 bytes each: the 16-byte hashes in page order,
-    the first 8 bytes of each as a sorted key (with the page it came from), and where
-    each page is stored once known (pack ordinal, page in pack; -1: not yet)."""
+    """The pages of one database, about 37 bytes each: the 16-byte hashes in page order,
+    the first 8 bytes of each as a sorted key (with the page it came from), whether
+    another page shares that key, and where each page is stored once known (pack
+    ordinal, page in pack; -1: not yet)."""
 
     def __init__(self, page_size: int, size: int, sha256: str, hashes: bytearray):
         self.page_size, self.size, self.sha256, self.hashes = page_size, size, sha256, hashes
         count = len(hashes) // fmt.HASH_BYTES
         self.keys, self.order = _sorted_keys(hashes, count)
+        self.twins = _twins(self.keys, self.order, count)
         self.pack = array("i", [-1]) * count
         self.page = array("I", [0]) * count
         self.pack_ids: list[str] = []  # ordinal -> id; a pack still being written gets its id when sealed
@@ -370,6 +372,13 @@ class _PageTable:
             if self.pack[page] < 0:
                 self.pack[page], self.page[page] = ordinal, page_in_pack
 
+    def place_page(self, number: int, ordinal: int, page_in_pack: int) -> None:
+        """Page `number` just stored: it, and any page with the same hash."""
+        if self.twins[number]:
+            self.place(bytes(self.hashes[number * 16 : number * 16 + 16]), ordinal, page_in_pack)
+        else:
+            self.pack[number], self.page[number] = ordinal, page_in_pack
+
     def places(self, sealed: dict[int, str]) -> Iterator[tuple[str, int]]:
         ids = [sealed.get(n, pack) for n, pack in enumerate(self.pack_ids)]
         for ordinal, page in zip(self.pack, self.page):
@@ -379,7 +388,7 @@ class _PageTable:
 def _sorted_keys(hashes: bytearray, count: int) -> tuple[array, array]:
     """The first 8 bytes of each hash as a number, sorted, and the page each came from.
     Sorted in 256 buckets by the first byte, so that the Python numbers a sort needs
-    exist for one bucket at a time (~50 bytes each): the table stays ~36 bytes a page."""
+    exist for one bucket at a time (~50 bytes each): the table stays ~37 bytes a page."""
     buckets = [array("I") for _ in range(256)]
     for page in range(count):
         buckets[hashes[page * fmt.HASH_BYTES]].append(page)
@@ -390,6 +399,16 @@ def _sorted_keys(hashes: bytearray, count: int) -> tuple[array, array]:
         order.extend(c & 0xFFFFFFFF for c in combined)
         buckets[number] = array("I")  # freed as it goes
     return keys, order
+
+
+def _twins(keys: array, order: array, count: int) -> bytearray:
+    """1 for each page whose key another page shares (maybe the same page twice: free
+    pages full of zeros), so that placing any other needs no search."""
+    twins = bytearray(count)
+    for at in range(1, len(keys)):
+        if keys[at] == keys[at - 1]:
+            twins[order[at]] = twins[order[at - 1]] = 1
+    return twins
 
 
 def _find_known(folder: Path, table: _PageTable) -> None:
@@ -411,21 +430,42 @@ def _find_known(folder: Path, table: _PageTable) -> None:
 
 
 def _store_new(database: Path, table: _PageTable, writer: "_PackWriter") -> int:
-    """Write every page not yet placed (a page twice in the database is stored once)."""
+    """Write every page not yet placed (a page twice in the database is stored once),
+    read in runs of consecutive pages: the first night reads the file in large reads,
+    a night's scattered pages with a read each."""
     new, size = 0, table.page_size
     with open(database, "rb") as source:
-        for number in range(len(table.pack)):
-            if table.pack[number] >= 0:
-                continue
-            source.seek(number * size)
-            page = source.read(size)
-            digest = table.hashes[number * 16 : number * 16 + 16]
-            if len(page) != size or fmt.page_hash(page) != digest:
+        for first, count in _unplaced_runs(table, READ_CHUNK // size):
+            source.seek(first * size)
+            data = source.read(count * size)
+            if len(data) != count * size:
                 raise VerificationError(f"{database} changed while it was stored: try again")
-            ordinal, page_in_pack = writer.add(page, bytes(digest), table)
-            table.place(bytes(digest), ordinal, page_in_pack)
-            new += 1
+            view = memoryview(data)
+            for number in range(first, first + count):
+                if table.pack[number] >= 0:  # a twin of a page stored earlier in this run
+                    continue
+                page = view[(number - first) * size : (number - first + 1) * size]
+                digest = table.hashes[number * 16 : number * 16 + 16]
+                if fmt.page_hash(page) != digest:
+                    raise VerificationError(f"{database} changed while it was stored: try again")
+                ordinal, page_in_pack = writer.add(page, bytes(digest), table)
+                table.place_page(number, ordinal, page_in_pack)
+                new += 1
     return new
+
+
+def _unplaced_runs(table: "_PageTable", longest: int) -> Iterator[tuple[int, int]]:
+    """(first page, count) of each run of pages not placed when the run is reached."""
+    number, count = 0, len(table.pack)
+    while number < count:
+        if table.pack[number] >= 0:
+            number += 1
+            continue
+        end = number + 1
+        while end < count and end - number < longest and table.pack[end] < 0:
+            end += 1
+        yield number, end - number
+        number = end
 
 
 class _PackWriter:
@@ -453,7 +493,7 @@ class _PackWriter:
         self._digest = hashlib.sha256()
         self._ordinal = -1
 
-    def add(self, page: bytes, digest: bytes, table: _PageTable) -> tuple[int, int]:
+    def add(self, page, digest: bytes, table: _PageTable) -> tuple[int, int]:
         if self._ordinal < 0:
             self._ordinal = len(table.pack_ids)
             table.pack_ids.append("")  # named when sealed

@@ -35,7 +35,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Optional
 from . import record as records
 from . import page_store, pages
 from . import snapshot as snapshots
-from .atomic import discard, fsync_dir, make_folders, own_like_folder, storage_error
+from .atomic import FilesLikeFolder, discard, fsync_dir, make_folders, own_like_folder, storage_error
 from .hashing import copy_and_hash
 from .errors import VerificationError
 from .faults import crash_point
@@ -269,11 +269,13 @@ class BlobWriter:
     def __init__(self, store: Store, batch: int):
         self.store, self.batch = store, batch
         self._staged: list[tuple[str, Path]] = []
+        self._folders: set[Path] = set()  # blob folders known to exist
         self.added = 0
         self.added_bytes = 0
 
     def __enter__(self) -> "BlobWriter":
         make_folders(self.store.incoming)
+        self._files = FilesLikeFolder(self.store.incoming)
         return self
 
     def __exit__(self, kind, *exc) -> None:
@@ -289,9 +291,8 @@ class BlobWriter:
         when its content does not match its name."""
         temp = self.store.incoming / f"{checksum}{TEMP_MARKER}{os.getpid()}"
         try:
-            with open(temp, "wb") as out:
+            with self._files.create(temp.name) as out:
                 digest, size = copy_and_hash(_Guarded(source), out, "md5")
-            own_like_folder(temp)
         except _Unreadable:  # at the source (an I/O error on Stash's disk, a bad zip CRC)
             discard(temp)
             return None
@@ -316,9 +317,10 @@ class BlobWriter:
             folders: set[Path] = set()
             for checksum, temp in self._staged:
                 final = self.store.blob_path(checksum)
-                if not final.parent.is_dir():
+                if final.parent not in self._folders and not final.parent.is_dir():
                     make_folders(final.parent)
                     folders.update((final.parent.parent, final.parent.parent.parent))
+                self._folders.add(final.parent)
                 os.replace(temp, final)  # a damaged copy under this name is replaced by a checked one
                 folders.add(final.parent)
             sync_folders(folders)

@@ -56,15 +56,21 @@ class FolderSource:
 
     def __init__(self, folders: Iterable[Path]):
         self.folders = [Path(f) for f in folders]
+        self._last: tuple[str, Optional[tuple[Path, int]]] = ("", None)  # size() then open() look once
 
     def _path(self, checksum: str) -> Optional[tuple[Path, int]]:
+        if self._last[0] == checksum:
+            return self._last[1]
+        found = None
         for folder in self.folders:
             path = folder / blob_relative_path(checksum)
             try:
-                return path, path.stat().st_size
+                found = path, path.stat().st_size
+                break
             except OSError:
                 continue
-        return None
+        self._last = (checksum, found)
+        return found
 
     def size(self, checksum: str) -> Optional[int]:
         found = self._path(checksum)

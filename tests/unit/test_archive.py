@@ -285,14 +285,25 @@ def test_a_damaged_manifest_entry_is_one_line_and_the_rest_still_lists_and_verif
 def test_what_we_make_is_private_unless_its_folder_is_shared_with_the_group_alone(tmp_path, parent, folder, file):
     """0600 and 0700 by default; a folder its owner shared with the group (and closed to
     others) shares what we make in it with that group, to read; others never."""
-    from stash_backup_plugin.core.atomic import make_folders, write_bytes_atomic
+    from stash_backup_plugin.core.atomic import FilesLikeFolder, make_folders, write_bytes_atomic
 
     tmp_path.chmod(parent)
     make_folders(tmp_path / "a" / "b")
     write_bytes_atomic(tmp_path / "a" / "f", b"x")
+    (tmp_path / "a" / "g").write_bytes(b"left by a killed run, readable by anyone")
+    (tmp_path / "a" / "g").chmod(0o644)
+    umask = os.umask(0o077)  # a strict umask must not take the group's read where it is given
+    try:
+        for name in ("e", "g"):
+            with FilesLikeFolder(tmp_path / "a").create(name) as out:
+                out.write(b"y")
+    finally:
+        os.umask(umask)
     assert oct((tmp_path / "a").stat().st_mode & 0o777) == folder
     assert oct((tmp_path / "a" / "b").stat().st_mode & 0o777) == folder
     assert oct((tmp_path / "a" / "f").stat().st_mode & 0o777) == file
+    assert [oct((tmp_path / "a" / n).stat().st_mode & 0o777) for n in ("e", "g")] == [file, file]
+    assert (tmp_path / "a" / "g").read_bytes() == b"y"
 
 
 def test_giving_a_file_away_tolerates_a_file_system_that_fixes_owners_and_nothing_else(tmp_path, monkeypatch):

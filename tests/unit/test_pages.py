@@ -197,6 +197,28 @@ def test_only_pages_no_pack_holds_are_stored_again(tmp_path):
     assert reassembled(archive, listing) == database.read_bytes()
 
 
+@pytest.mark.parametrize("read_pages", [256, 3])
+def test_pages_twice_in_a_database_are_stored_once_wherever_the_reads_split_them(tmp_path, monkeypatch, read_pages):
+    """A page with a twin (free pages of zeros, one row's page copied) is placed with
+    all its twins at once; any other without a search. Reads of 3 pages put twins in
+    the same read and in later ones."""
+    monkeypatch.setattr(page_store, "READ_CHUNK", read_pages * 4096)
+    head = make_database(tmp_path / "db.sqlite", rows=50).read_bytes()[:4096]
+    zero, a, b = bytes(4096), bytes(range(256)) * 16, b"\x01" * 4096
+    rng = __import__("random").Random(7)
+    unique = [rng.randbytes(4096) for _ in range(5)]
+    pages = [head, zero, zero, a, zero, b, a, b, b, *unique[:2], zero, zero, *unique[2:], a]
+    database = tmp_path / "twins.sqlite"
+    database.write_bytes(b"".join(pages))
+    archive = tmp_path / "archive"
+    written, listing = store_pages(archive, database)
+    assert written.new_pages == len(set(pages)) == 9
+    assert reassembled(archive, listing) == database.read_bytes()
+    database.write_bytes(b"".join([head, rng.randbytes(4096), zero, a, rng.randbytes(4096), b]))
+    later = page_store.write_pages(archive, archive / "incoming", database)
+    assert later.new_pages == 2
+
+
 def test_many_packs_and_a_partial_last_frame(tmp_path, monkeypatch):
     monkeypatch.setattr(fmt, "PACK_BYTES", 64 * 1024)  # several packs from a small database
     database = make_database(tmp_path / "db.sqlite", rows=20000, page_size=1024)
