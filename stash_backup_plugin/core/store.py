@@ -27,10 +27,11 @@ import os
 import time
 import zipfile
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from heapq import merge
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, Optional
+from typing import IO, Callable, Iterable, Iterator, Optional
 
 from . import record as records
 from . import page_store, pages
@@ -263,13 +264,16 @@ class Store:
 
 class BlobWriter:
     """Adds blobs: each is copied into incoming/ while its MD5 is checked; every
-    `batch` blobs the copies are synced, renamed into place and their folders synced.
-    A blob is in the store under its name only once it is complete and durable."""
+    `batch` blobs the copies are synced, renamed into place and their folders synced,
+    on a thread of its own while the next batch is copied. A blob is in the store
+    under its name only once it is complete and durable."""
 
     def __init__(self, store: Store, batch: int):
         self.store, self.batch = store, batch
         self._staged: list[tuple[str, Path]] = []
-        self._folders: set[Path] = set()  # blob folders known to exist
+        self._folders: set[Path] = set()  # blob folders known to exist (the committing thread's)
+        self._committer: Optional[ThreadPoolExecutor] = None
+        self._committing: Optional[Future] = None
         self.added = 0
         self.added_bytes = 0
 
@@ -279,14 +283,26 @@ class BlobWriter:
         return self
 
     def __exit__(self, kind, *exc) -> None:
-        if kind is None:
-            self.flush()
-        else:
-            for _, temp in self._staged:
-                discard(temp)
-            self._staged.clear()
+        try:
+            if kind is None:
+                self.flush()
+        finally:
+            self._settle()
 
-    def add(self, checksum: str, source: BinaryIO) -> Optional[int]:
+    def _settle(self) -> None:
+        """After a failure: the batch being committed finishes (its blobs are whole and
+        durable, or its copies removed), the copies not handed over are removed."""
+        if self._committing is not None:
+            self._committing.exception()  # waits; the error was (or will be) raised elsewhere
+            self._committing = None
+        if self._committer is not None:
+            self._committer.shutdown(wait=True)
+            self._committer = None
+        for _, temp in self._staged:
+            discard(temp)
+        self._staged.clear()
+
+    def add(self, checksum: str, source: IO[bytes]) -> Optional[int]:
         """Copy one blob from an open file; returns its size, or None (nothing kept)
         when its content does not match its name."""
         temp = self.store.incoming / f"{checksum}{TEMP_MARKER}{os.getpid()}"
@@ -306,27 +322,52 @@ class BlobWriter:
         self.added += 1
         self.added_bytes += size
         if len(self._staged) >= self.batch:
-            self.flush()
+            self._hand_over()
         return size
 
+    def _hand_over(self) -> None:
+        """The batch is committed on a thread of its own while the next is copied (a
+        sync waits on the disk); one batch at a time, in order."""
+        self._wait_for_commit()
+        batch, self._staged = self._staged, []
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+        self._committing = self._committer.submit(self._commit, batch)
+
+    def _wait_for_commit(self) -> None:
+        if self._committing is not None:
+            committing, self._committing = self._committing, None
+            committing.result()  # the batch's error, raised here
+
     def flush(self) -> None:
-        if not self._staged:
+        """Every blob added so far is in the store, durably."""
+        self._wait_for_commit()
+        batch, self._staged = self._staged, []
+        self._commit(batch)
+
+    def _commit(self, batch: list[tuple[str, Path]]) -> None:
+        """Sync the copies, rename them into place, sync their folders; on a failure the
+        copies not yet renamed are removed."""
+        if not batch:
             return
+        done = 0
         try:
-            _sync_files([temp for _, temp in self._staged])
+            _sync_files([temp for _, temp in batch])
             folders: set[Path] = set()
-            for checksum, temp in self._staged:
+            for checksum, temp in batch:
                 final = self.store.blob_path(checksum)
                 if final.parent not in self._folders and not final.parent.is_dir():
                     make_folders(final.parent)
                     folders.update((final.parent.parent, final.parent.parent.parent))
                 self._folders.add(final.parent)
                 os.replace(temp, final)  # a damaged copy under this name is replaced by a checked one
+                done += 1
                 folders.add(final.parent)
             sync_folders(folders)
         except OSError as error:
+            for _, temp in batch[done:]:
+                discard(temp)
             raise storage_error("store blobs in", self.store.blobs_folder, error) from error
-        self._staged.clear()
         crash_point("blobs-batch")
 
 
@@ -455,7 +496,7 @@ class _Guarded:
     """A blob's source whose read errors (an I/O error on Stash's disk, a zip entry
     whose CRC is wrong) are told apart from errors writing into the archive."""
 
-    def __init__(self, source: BinaryIO):
+    def __init__(self, source: IO[bytes]):
         self.source = source
 
     def read(self, size: int) -> bytes:

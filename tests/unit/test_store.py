@@ -161,6 +161,36 @@ def test_a_failed_run_leaves_nothing_under_a_blob_name(tmp_path):
     assert list(store.stored_blobs()) == [] and not list(store.incoming.iterdir())
 
 
+def test_a_batch_that_fails_to_commit_on_its_thread_fails_the_run_and_leaves_no_copy(tmp_path, monkeypatch):
+    """Batches are committed on a thread of their own while the next is copied: a
+    failure there (the disk full at the rename) is raised in the run, the blobs
+    committed before it stay whole, and no copy is left in incoming/."""
+    import errno
+
+    from stash_backup_plugin.core import store as store_module
+    from stash_backup_plugin.core.errors import StorageError
+
+    store = Store(tmp_path)
+    contents = [os.urandom(200 + n) for n in range(12)]
+    real_replace, renamed = os.replace, []
+
+    def replace(source, target):
+        if len(renamed) == 6:  # the second batch, half way
+            raise OSError(errno.ENOSPC, "No space left on device")
+        renamed.append(target)
+        real_replace(source, target)
+
+    monkeypatch.setattr(store_module.os, "replace", replace)
+    with pytest.raises(StorageError, match="disk is full"):
+        with store.blob_writer(batch=4) as writer:
+            for data in contents:
+                writer.add(hashlib.md5(data).hexdigest(), io.BytesIO(data))
+    assert len(renamed) == 6 and not list(store.incoming.iterdir())
+    for blob in store.stored_blobs():
+        data = store.blob_path(blob.checksum).read_bytes()
+        assert hashlib.md5(data).hexdigest() == blob.checksum
+
+
 def test_pending_marker_and_cleanup_of_a_dead_run(tmp_path):
     store = Store(tmp_path)
     with store.pending("x.85.20261126_030000"):
