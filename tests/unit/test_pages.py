@@ -354,8 +354,8 @@ def test_scattered_pages_of_many_nights_reassemble_into_a_file_decompressing_eac
     assert len(pages.packs) > 8 and len(pages.runs) // 12 > 500  # scattered: many runs over many packs
 
     loads = []
-    real_load = page_store._FrameCache._load
-    monkeypatch.setattr(page_store._FrameCache, "_load", lambda self, *key: loads.append(key) or real_load(self, *key))
+    real_load = page_store._FrameCache.load
+    monkeypatch.setattr(page_store._FrameCache, "load", lambda self, *key: loads.append(key) or real_load(self, *key))
     target = tmp_path / "restored.sqlite"
     with open(target, "w+b") as out:
         digest = page_store.read_pages(archive, listing, out)
