@@ -383,14 +383,15 @@ class _PageTable:
         with open(database, "rb") as source:
             page_size = fmt.page_size(source.read(100))
             source.seek(0)
-            while chunk := source.read(READ_CHUNK - READ_CHUNK % page_size):
+            buffer = memoryview(bytearray(READ_CHUNK - READ_CHUNK % page_size))  # one, reused
+            while got := source.readinto(buffer):
+                chunk = buffer[:got]
                 whole.update(chunk)
-                size += len(chunk)
-                view = memoryview(chunk)
-                for at in range(0, len(chunk), page_size):
-                    hashes += fmt.page_hash(view[at : at + page_size])
+                size += got
+                for at in range(0, got, page_size):
+                    hashes += fmt.page_hash(chunk[at : at + page_size])
                 if progress:
-                    progress(len(chunk))
+                    progress(got)
         if size % page_size or size // page_size > fmt.MAX_PAGES:
             raise VerificationError(f"{database} is {size} bytes: not whole pages of {page_size} bytes")
         return cls(page_size, size, whole.hexdigest(), hashes)
@@ -472,13 +473,13 @@ def _store_new(database: Path, table: _PageTable, writer: "_PackWriter") -> int:
     read in runs of consecutive pages: the first night reads the file in large reads,
     a night's scattered pages with a read each."""
     new, size = 0, table.page_size
+    buffer = memoryview(bytearray(max(READ_CHUNK // size, 1) * size))  # one, reused: no heap churn per read
     with open(database, "rb") as source:
-        for first, count in _unplaced_runs(table, READ_CHUNK // size):
+        for first, count in _unplaced_runs(table, len(buffer) // size):
             source.seek(first * size)
-            data = source.read(count * size)
-            if len(data) != count * size:
+            view = buffer[: count * size]
+            if source.readinto(view) != count * size:
                 raise VerificationError(f"{database} changed while it was stored: try again")
-            view = memoryview(data)
             for number in range(first, first + count):
                 if table.pack[number] >= 0:  # a twin of a page stored earlier in this run
                     continue
