@@ -214,6 +214,9 @@ def test_pages_twice_in_a_database_are_stored_once_wherever_the_reads_split_them
     written, listing = store_pages(archive, database)
     assert written.new_pages == len(set(pages)) == 9
     assert reassembled(archive, listing) == database.read_bytes()
+    with open(tmp_path / "restored.sqlite", "w+b") as out:  # into a file: a stored page written at each place
+        page_store.read_pages(archive, listing, out)
+    assert (tmp_path / "restored.sqlite").read_bytes() == database.read_bytes()
     database.write_bytes(b"".join([head, rng.randbytes(4096), zero, a, rng.randbytes(4096), b]))
     later = page_store.write_pages(archive, archive / "incoming", database)
     assert later.new_pages == 2
