@@ -38,9 +38,10 @@ from .snapshot import Digest, Sink
 PACKS = "packs"
 READ_CHUNK = 1024 * 1024  # bytes of database hashed at a time
 CACHED_FRAMES = 16  # decompressed frames kept while reassembling: 16 MiB
-# Frames compressed at once (zlib runs without Python's lock): as many as the CPUs, at
-# most 4 (gzip snapshots used 4 too); each in flight holds a 1 MiB frame twice.
-COMPRESS_THREADS = max(1, min(4, os.cpu_count() or 1))
+# Frames compressed (writing) or decompressed (reassembling into a file) at once, zlib
+# running without Python's lock: as many as the CPUs, at most 4 (gzip snapshots used 4
+# too); each in flight holds a 1 MiB frame twice.
+FRAME_THREADS = max(1, min(4, os.cpu_count() or 1))
 Progress = Optional[Callable[[int], None]]
 
 
@@ -173,12 +174,12 @@ def _in_pack_order(pages: fmt.PageList, frames: "_FrameCache", target, fd: int, 
     scattered changes (thousands of runs across dozens of packs) decompressed the same
     frames again and again: 3.9x restic's restore at 1 GiB."""
     written = 0
-    with ThreadPoolExecutor(max_workers=COMPRESS_THREADS, thread_name_prefix="restore") as pool:
+    with ThreadPoolExecutor(max_workers=FRAME_THREADS, thread_name_prefix="restore") as pool:
         in_flight: collections.deque = collections.deque()
         try:
             for pack, number, pieces in _frame_pieces(pages):
                 in_flight.append(pool.submit(_write_frame, frames, fd, pack, number, pieces))
-                while len(in_flight) > 2 * COMPRESS_THREADS:
+                while len(in_flight) > 2 * FRAME_THREADS:
                     written += _done(in_flight.popleft(), progress)
             while in_flight:
                 written += _done(in_flight.popleft(), progress)
@@ -554,11 +555,11 @@ class _PackWriter:
             self._temp = self.incoming / f"pack{TEMP_MARKER}{os.getpid()}"
             self._handle = open(self._temp, "wb")
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=COMPRESS_THREADS)
+            self._pool = ThreadPoolExecutor(max_workers=FRAME_THREADS)
         raw = bytes(self._frame)
         self._pending.append((self._pool.submit(zlib.compress, raw, self.level), len(raw)))
         self._frame = bytearray()
-        while len(self._pending) > COMPRESS_THREADS:
+        while len(self._pending) > FRAME_THREADS:
             self._write_oldest()
         if self._handle.tell() + len(self._pending) * fmt.MAX_FRAME_STORED >= fmt.PACK_BYTES:
             while self._pending:  # near the pack's size: the frames in flight decide, so wait for them

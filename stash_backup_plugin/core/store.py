@@ -291,8 +291,9 @@ class BlobWriter:
             self._settle()
 
     def _settle(self) -> None:
-        """After a failure: the batch being committed finishes (its blobs are whole and
-        durable, or its copies removed), the copies not handed over are removed."""
+        """On leaving, whatever happened: the batch being committed finishes (its blobs
+        whole and durable, or its copies removed), the copies not handed over (only
+        after a failure) are removed."""
         if self._committing is not None:
             self._committing.exception()  # waits; the error was (or will be) raised elsewhere
             self._committing = None

@@ -326,7 +326,7 @@ def test_frames_compressed_on_several_threads_make_the_very_packs_one_thread_mak
     database = make_database(tmp_path / "db.sqlite", rows=20000, page_size=1024)
     made = {}
     for threads in (1, 4):
-        monkeypatch.setattr(page_store, "COMPRESS_THREADS", threads)
+        monkeypatch.setattr(page_store, "FRAME_THREADS", threads)
         archive = tmp_path / f"archive-{threads}"
         written, listing = store_pages(archive, database)
         packs = {p.name: p.read_bytes() for p in (archive / page_store.PACKS).rglob("*") if p.is_file()}
