@@ -2,9 +2,10 @@
 pages no pack holds yet, and reassembled in order with its SHA-256 checked.
 
 Memory stays flat in the archive's history: writing keeps a table of the new
-database's pages alone (about 37 bytes a page: 19 MiB for a 2 GiB database), sorted
-by hash, and streams every pack index past it; reading keeps the frame tables of the
-packs a list names and a few decompressed frames.
+database's pages alone (25 bytes a page, 37 for each page an earlier snapshot's list
+did not place: 19 MiB for a first night of a 2 GiB database), and streams every pack
+index past the pages left; reading keeps the frame tables of the packs a list names and
+a few decompressed frames.
 
 Crash safety, as the blobs': a pack is written into incoming/, fsynced and renamed
 under its id, then its index beside it (garbage collection removes an index before
@@ -26,7 +27,7 @@ from array import array
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Optional
+from typing import BinaryIO, Callable, Iterable, Iterator, Optional
 
 from . import pages as fmt
 from .atomic import discard, fsync_dir, make_folders, own_like_folder, storage_error, write_bytes_atomic
@@ -42,6 +43,7 @@ CACHED_FRAMES = 16  # decompressed frames kept while reassembling: 16 MiB
 # running without Python's lock: as many as the CPUs, at most 4 (gzip snapshots used 4
 # too); each in flight holds a 1 MiB frame twice.
 FRAME_THREADS = max(1, min(4, os.cpu_count() or 1))
+FEW_LEFT = 65536  # pages left to find after an earlier snapshot's places: searched as a set
 Progress = Optional[Callable[[int], None]]
 
 
@@ -336,12 +338,20 @@ class Written:
     new_pack_bytes: int  # packs and their indexes
 
 
-def write_pages(folder: Path, incoming: Path, database: Path, level: int = 1, progress: Progress = None) -> Written:
+def write_pages(
+    folder: Path, incoming: Path, database: Path, level: int = 1, progress: Progress = None, like: Optional[Path] = None
+) -> Written:
     """Store the pages of `database` that no pack holds yet (new packs, durable), and
-    return its page list for the caller to check and commit."""
+    return its page list for the caller to check and commit. `like`: the page list of
+    an earlier snapshot of the same database (a hint: any list, or a damaged one, only
+    costs time), whose pages are compared place by place before any search."""
     make_folders(incoming)
     table = _PageTable.of(database, progress)
-    _find_known(folder, table)
+    indexed = [stored for stored in stored_packs(folder) if stored.indexed]
+    if like is not None:
+        _place_as_in(folder, table, like, {stored.pack for stored in indexed})
+    table.index_unplaced()
+    _find_known(folder, table, indexed)
     writer = _PackWriter(folder, incoming, level)
     try:
         new_pages = _store_new(database, table, writer)
@@ -364,19 +374,34 @@ def commit_page_list(path: Path, listing: bytes) -> None:
 
 
 class _PageTable:
-    """The pages of one database, about 37 bytes each: the 16-byte hashes in page order,
-    the first 8 bytes of each as a sorted key (with the page it came from), whether
-    another page shares that key, and where each page is stored once known (pack
-    ordinal, page in pack; -1: not yet)."""
+    """The pages of one database: the 16-byte hashes in page order, and where each page
+    is stored once known (pack ordinal, page in pack; -1: not yet), 25 bytes a page.
+    The pages not placed by an earlier snapshot's list are searched by a sorted key
+    (the first 8 bytes of the hash, with the page it came from; 12 bytes a page).
+    Twins (pages sharing a key) are flagged so that placing any other needs no search."""
 
     def __init__(self, page_size: int, size: int, sha256: str, hashes: bytearray):
         self.page_size, self.size, self.sha256, self.hashes = page_size, size, sha256, hashes
         count = len(hashes) // fmt.HASH_BYTES
-        self.keys, self.order = _sorted_keys(hashes, count)
-        self.twins = _twins(self.keys, self.order, count)
+        self.keys, self.order = array("Q"), array("I")
+        self.twins = bytearray(count)
         self.pack = array("i", [-1]) * count
         self.page = array("I", [0]) * count
         self.pack_ids: list[str] = []  # ordinal -> id; a pack still being written gets its id when sealed
+        self._ordinals: dict[str, int] = {}
+
+    def ordinal(self, pack: str) -> int:
+        """The ordinal of a stored pack, given on first use."""
+        if pack not in self._ordinals:
+            self._ordinals[pack] = len(self.pack_ids)
+            self.pack_ids.append(pack)
+        return self._ordinals[pack]
+
+    def index_unplaced(self) -> None:
+        """Sort the keys of the pages not yet placed (all of them on a first night)."""
+        unplaced = (number for number, ordinal in enumerate(self.pack) if ordinal < 0)
+        self.keys, self.order = _sorted_keys(self.hashes, unplaced)
+        self.twins = _twins(self.keys, self.order, len(self.pack))
 
     @classmethod
     def of(cls, database: Path, progress: Progress) -> "_PageTable":
@@ -412,6 +437,28 @@ class _PageTable:
             if self.pack[page] < 0:
                 self.pack[page], self.page[page] = ordinal, page_in_pack
 
+    def unplaced_hashes(self) -> Optional[set[bytes]]:
+        """The hashes of the pages left to place, when few enough to hold as a set (about
+        90 bytes each: at most 6 MiB)."""
+        if len(self.order) > FEW_LEFT:
+            return None
+        return {bytes(self.hashes[page * 16 : page * 16 + 16]) for page in self.order}
+
+    def place_same(self, start: int, hashes: bytes, first: int, count: int, ordinal: int) -> None:
+        """Place pages start.. at pages first.. of a pack wherever their hashes (from the
+        pack's index) are equal: a block at a time, halved where it differs."""
+        size = fmt.HASH_BYTES
+        blocks = [(start, first, count)]
+        while blocks:
+            start, first, count = blocks.pop()
+            if self.hashes[start * size : (start + count) * size] != hashes[first * size : (first + count) * size]:
+                if count > 1:
+                    half = count // 2
+                    blocks += [(start, first, half), (start + half, first + half, count - half)]
+                continue
+            self.pack[start : start + count] = array("i", [ordinal]) * count
+            self.page[start : start + count] = array("I", range(first, first + count))
+
     def place_page(self, number: int, ordinal: int, page_in_pack: int) -> None:
         """Page `number` just stored: it, and any page with the same hash."""
         if self.twins[number]:
@@ -425,12 +472,12 @@ class _PageTable:
             yield ids[ordinal], page
 
 
-def _sorted_keys(hashes: bytearray, count: int) -> tuple[array, array]:
-    """The first 8 bytes of each hash as a number, sorted, and the page each came from.
-    Sorted in 256 buckets by the first byte, so that the Python numbers a sort needs
-    exist for one bucket at a time (~50 bytes each): the table stays ~37 bytes a page."""
+def _sorted_keys(hashes: bytearray, numbers: Iterable[int]) -> tuple[array, array]:
+    """The first 8 bytes of these pages' hashes as numbers, sorted, and the page each
+    came from. Sorted in 256 buckets by the first byte, so that the Python numbers a sort
+    needs exist for one bucket at a time (~50 bytes each)."""
     buckets = [array("I") for _ in range(256)]
-    for page in range(count):
+    for page in numbers:
         buckets[hashes[page * fmt.HASH_BYTES]].append(page)
     keys, order = array("Q"), array("I")
     for number, bucket in enumerate(buckets):
@@ -451,22 +498,58 @@ def _twins(keys: array, order: array, count: int) -> bytearray:
     return twins
 
 
-def _find_known(folder: Path, table: _PageTable) -> None:
-    """Place every page some pack already holds (a damaged index is passed over: its
-    pages are stored again)."""
-    for stored in stored_packs(folder):
-        if not stored.indexed:
+def _place_as_in(folder: Path, table: _PageTable, like: Path, usable: set[str]) -> None:
+    """Place each page whose hash is that of the page at the same place in an earlier
+    snapshot's list, where that list has it: a live copy keeps the pages the night did
+    not write where they were, so a night's unchanged pages cost a comparison, not a
+    search. Packs not in `usable`, damaged ones and runs outside them are passed over."""
+    try:
+        earlier = read_page_list(like)
+    except VerificationError:
+        return
+    if earlier.page_size != table.page_size:
+        return
+    by_pack: dict[int, list[tuple[int, int, int]]] = collections.defaultdict(list)
+    start, count = 0, len(table.pack)
+    for run in earlier.each_run():
+        if start >= count:
+            break
+        by_pack[run.pack].append((start, run.first, min(run.length, count - start)))
+        start += run.length
+    for number, runs in by_pack.items():
+        pack = earlier.packs[number]
+        index = _usable_index(folder, pack, table.page_size) if pack in usable else None
+        if index is None:
             continue
-        try:
-            index = read_index(folder, stored.pack)
-        except VerificationError:
+        for start, first, length in runs:
+            if first + length <= index.page_count:
+                table.place_same(start, index.hashes, first, length, table.ordinal(pack))
+
+
+def _find_known(folder: Path, table: _PageTable, packs: list[StoredPack]) -> None:
+    """Place every page left that some pack already holds (a damaged index is passed
+    over: its pages are stored again)."""
+    if not table.keys:
+        return
+    wanted = table.unplaced_hashes()
+    for stored in packs:
+        index = _usable_index(folder, stored.pack, table.page_size)
+        if index is None:
             continue
-        if index.page_size != table.page_size:
-            continue
-        ordinal = len(table.pack_ids)
-        table.pack_ids.append(stored.pack)
-        for page in range(index.page_count):
+        ordinal = table.ordinal(stored.pack)
+        pages: Iterable[int] = range(index.page_count)
+        if wanted is not None:  # a night's few pages: most of the archive's are passed at a set's speed
+            pages = [page for page in pages if index.hash_of(page) in wanted]
+        for page in pages:
             table.place(index.hash_of(page), ordinal, page)
+
+
+def _usable_index(folder: Path, pack: str, page_size: int) -> Optional[fmt.PackIndex]:
+    try:
+        index = read_index(folder, pack)
+    except VerificationError:
+        return None
+    return index if index.page_size == page_size else None
 
 
 def _store_new(database: Path, table: _PageTable, writer: "_PackWriter") -> int:

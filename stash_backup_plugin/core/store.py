@@ -87,6 +87,22 @@ class Store:
     def page_list_path(self, name: str) -> Path:
         return self.folder / SNAPSHOTS / (name + pages.LIST_SUFFIX)
 
+    def newest_page_list(self) -> Optional[Path]:
+        """The page list written last (by its time, then name), a hint for the next
+        snapshot's pages: any list, or none, is correct; the newest is the quickest."""
+        try:
+            lists = [
+                entry
+                for entry in os.scandir(self.folder / SNAPSHOTS)
+                if entry.name.endswith(pages.LIST_SUFFIX) and TEMP_MARKER not in entry.name
+            ]
+            newest = max(
+                lists, key=lambda entry: (entry.stat(follow_symlinks=False).st_mtime_ns, entry.name), default=None
+            )
+        except OSError:
+            return None
+        return Path(newest.path) if newest else None
+
     def record_path(self, name: str) -> Path:
         return self.records_folder / records.record_name(name)
 

@@ -193,7 +193,9 @@ class _PageWriter(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.written = page_store.write_pages(self.store.folder, self.store.incoming, self.database, self.level)
+            self.written = page_store.write_pages(
+                self.store.folder, self.store.incoming, self.database, self.level, like=self.store.newest_page_list()
+            )
         except BaseException as error:  # handed to the caller's thread
             self.error = error
 

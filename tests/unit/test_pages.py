@@ -3,6 +3,7 @@ page store on real SQLite databases: only new pages stored, reassembly checked."
 
 import hashlib
 import io
+import shutil
 import sqlite3
 import struct
 import zlib
@@ -222,6 +223,82 @@ def test_pages_twice_in_a_database_are_stored_once_wherever_the_reads_split_them
     assert later.new_pages == 2
 
 
+def left_to_search(monkeypatch) -> list:
+    """How many pages each write_pages left for the search of every pack index."""
+    counts = []
+    real = page_store._find_known
+
+    def counting(folder, table, packs):
+        counts.append(len(table.order))
+        real(folder, table, packs)
+
+    monkeypatch.setattr(page_store, "_find_known", counting)
+    return counts
+
+
+def stored_with_and_without_hint(tmp_path, archive, database, like):
+    """The same database stored into the archive with `like` and into a copy without."""
+    plain_archive = tmp_path / "plain"
+    shutil.copytree(archive, plain_archive)
+    hinted = page_store.write_pages(archive, archive / "incoming", database, like=like)
+    plain = page_store.write_pages(plain_archive, plain_archive / "incoming", database)
+    assert hinted.new_pages == plain.new_pages
+    listing = archive / "snapshots" / "later.pages"
+    page_store.commit_page_list(listing, hinted.listing)
+    assert reassembled(archive, listing) == database.read_bytes()
+    return hinted
+
+
+def test_an_earlier_list_places_a_nights_unchanged_pages_without_a_search(tmp_path, monkeypatch):
+    database = make_database(tmp_path / "db.sqlite", rows=20000)
+    archive = tmp_path / "archive"
+    _, earlier = store_pages(archive, database)
+    change_rows(database, [*range(100, 130), *range(15000, 15010)], seed=1)
+    left = left_to_search(monkeypatch)
+    hinted = stored_with_and_without_hint(tmp_path, archive, database, earlier)
+    total = database.stat().st_size // 4096
+    assert hinted.new_pages > 0 and left[0] < total // 10 and left[1] == total
+
+
+def test_pages_that_moved_or_repeat_are_found_by_the_search_after_the_earlier_places(tmp_path):
+    head = make_database(tmp_path / "db.sqlite", rows=50).read_bytes()[:4096]
+    rng = __import__("random").Random(3)
+    a, b, c, d, e = (rng.randbytes(4096) for _ in range(5))
+    database = tmp_path / "raw.sqlite"
+    database.write_bytes(b"".join([head, a, b, c, d]))
+    archive = tmp_path / "archive"
+    _, earlier = store_pages(archive, database)
+    database.write_bytes(b"".join([head, c, a, b, d, e, e, bytes(4096), a]))
+    hinted = stored_with_and_without_hint(tmp_path, archive, database, earlier)
+    assert hinted.new_pages == 2  # e once, the zeros
+
+
+@pytest.mark.parametrize("hint", ["another database", "garbage", "missing", "damaged index", "other page size"])
+def test_a_wrong_or_damaged_hint_costs_time_not_correctness(tmp_path, hint):
+    database = make_database(tmp_path / "db.sqlite", rows=20000)
+    archive = tmp_path / "archive"
+    _, earlier = store_pages(archive, database)
+    other = archive / "snapshots" / "other.pages"
+    if hint == "another database":
+        other_db = make_database(tmp_path / "other.sqlite", rows=30000, seed=9)
+        page_store.commit_page_list(other, page_store.write_pages(archive, archive / "incoming", other_db).listing)
+    elif hint == "other page size":
+        other_db = make_database(tmp_path / "other.sqlite", rows=3000, page_size=1024)
+        page_store.commit_page_list(other, page_store.write_pages(archive, archive / "incoming", other_db).listing)
+    elif hint == "garbage":
+        other.write_bytes(earlier.read_bytes()[:-40] + bytes(40))
+    elif hint == "damaged index":
+        other = earlier
+        index = page_store.pack_path(archive, next(page_store.stored_packs(archive)).pack, fmt.INDEX_SUFFIX)
+        data = bytearray(index.read_bytes())
+        data[40] ^= 0xFF
+        index.write_bytes(bytes(data))
+    else:
+        other = archive / "snapshots" / "gone.pages"
+    change_rows(database, range(300, 340), seed=4)
+    stored_with_and_without_hint(tmp_path, archive, database, other)
+
+
 def test_many_packs_and_a_partial_last_frame(tmp_path, monkeypatch):
     monkeypatch.setattr(fmt, "PACK_BYTES", 64 * 1024)  # several packs from a small database
     database = make_database(tmp_path / "db.sqlite", rows=20000, page_size=1024)
@@ -258,8 +335,8 @@ def test_a_database_that_changes_while_stored_is_refused(tmp_path, monkeypatch):
     archive = tmp_path / "archive"
     real = page_store._find_known
 
-    def meanwhile(folder, table):
-        real(folder, table)
+    def meanwhile(folder, table, packs):
+        real(folder, table, packs)
         change_rows(database, range(10), seed=2)
 
     monkeypatch.setattr(page_store, "_find_known", meanwhile)

@@ -1,13 +1,15 @@
 """Stored backups end to end on disk (no server): store, verify, collect, export, import."""
 
 import hashlib
+import os
 import sqlite3
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from stash_backup_plugin.core import stored
+from stash_backup_plugin.core import page_store, stored
+from stash_backup_plugin.core.naming import TEMP_MARKER
 from stash_backup_plugin.core.reporting import Reporter
 from stash_backup_plugin.core.store import Store
 from stash_backup_plugin.core.verify import file_digest, verify_backup
@@ -92,6 +94,24 @@ def test_each_backup_stores_only_new_blobs_and_records_what_it_refers_to(lib, tm
     assert file_digest(out) == second.snapshot.sha256
     assert second.snapshot.codec == "pages" and second.snapshot.stored_size < second.snapshot.size
     assert 0 < second.snapshot.added < first.snapshot.added  # the second stored only the pages that changed
+
+
+def test_each_backup_compares_its_pages_with_the_newest_snapshots_first(lib, tmp_path, monkeypatch):
+    store = Store(tmp_path / "archive")
+    assert store.newest_page_list() is None
+    lib.backup(store, tmp_path, names(1))
+    first = store.page_list_path(names(1))
+    assert store.newest_page_list() == first
+    temp = first.parent / f"n{TEMP_MARKER}1.pages"  # a run's temp file is never the hint
+    temp.write_bytes(b"")
+    os.utime(temp, (first.stat().st_mtime + 60,) * 2)
+    hints, real = [], page_store.write_pages
+    monkeypatch.setattr(
+        page_store, "write_pages", lambda *a, like=None, **k: hints.append(like) or real(*a, like=like, **k)
+    )
+    lib.add_images(1)
+    lib.backup(store, tmp_path, names(2))
+    assert hints == [first]
 
 
 def test_a_blob_missing_at_the_source_is_recorded_not_fatal(lib, tmp_path):
