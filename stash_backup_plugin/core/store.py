@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 import zipfile
 import zlib
@@ -90,18 +91,37 @@ class Store:
     def newest_page_list(self) -> Optional[Path]:
         """The page list written last (by its time, then name), a hint for the next
         snapshot's pages: any list, or none, is correct; the newest is the quickest."""
+        return _newest(self.folder / SNAPSHOTS, pages.LIST_SUFFIX)
+
+    @contextlib.contextmanager
+    def blobs_read_ahead(self) -> Iterator[None]:
+        """While the caller copies the database, look up the newest backup's blobs on a
+        thread of their own, so that the new backup's walk (a stat of each blob, after
+        the copy) finds them in the kernel's caches rather than waiting on the disk for
+        each. Nothing it finds is used: a damaged or missing record only stops it."""
+        newest = _newest(self.records_folder, records.SUFFIX)
+        stop = threading.Event()
+
+        def look() -> None:
+            assert newest is not None
+            try:
+                with self.blob_list(newest.name[: -len(records.SUFFIX)]) as listed:
+                    for checksum, _ in listed:
+                        if stop.is_set():
+                            return
+                        self.blob_size(checksum)
+            except VerificationError:
+                return
+
+        thread = threading.Thread(target=look, name="read-ahead", daemon=True) if newest else None
+        if thread:
+            thread.start()
         try:
-            lists = [
-                entry
-                for entry in os.scandir(self.folder / SNAPSHOTS)
-                if entry.name.endswith(pages.LIST_SUFFIX) and TEMP_MARKER not in entry.name
-            ]
-            newest = max(
-                lists, key=lambda entry: (entry.stat(follow_symlinks=False).st_mtime_ns, entry.name), default=None
-            )
-        except OSError:
-            return None
-        return Path(newest.path) if newest else None
+            yield
+        finally:
+            stop.set()
+            if thread:
+                thread.join()
 
     def record_path(self, name: str) -> Path:
         return self.records_folder / records.record_name(name)
@@ -458,6 +478,17 @@ def _blobs_in(folder: str, prefix: str, strays: Optional[list[str]]) -> Iterator
 def _entries_sorted(folder: str) -> list[os.DirEntry]:
     with os.scandir(folder) as entries:
         return sorted(entries, key=lambda e: e.name)
+
+
+def _newest(folder: Path, suffix: str) -> Optional[Path]:
+    """The file named *suffix in `folder` changed last (then the greatest name); temp
+    files skipped. A hint's choice: None where the folder cannot be read."""
+    try:
+        found = [e for e in os.scandir(folder) if e.name.endswith(suffix) and TEMP_MARKER not in e.name]
+        newest = max(found, key=lambda entry: (entry.stat(follow_symlinks=False).st_mtime_ns, entry.name), default=None)
+    except OSError:
+        return None
+    return Path(newest.path) if newest else None
 
 
 def _stray(strays: Optional[list[str]], relative: str) -> None:

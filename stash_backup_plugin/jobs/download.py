@@ -4,6 +4,7 @@ the archive lacks."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -104,19 +105,8 @@ def download_to_archive(
                 "Stash host, pass --blobs-path DIR, or use --no-blobs"
             )
         from_zip = want_blobs and not folders
-        live = options.live_copy and not from_zip  # the zip is what brings the blobs
-        header = _from_live_copy(client, archive, info, options, folders, health, report) if live else None
-        if header is None:
-            if health:
-                health.of_live_file()
-            flag = (True if from_zip else False) if info.supports_include_blobs else None
-            fetched, name = _request_and_download(client, archive.folder, flag, report.phase(0.0, 0.5))
-            try:
-                header = _store_fetched(
-                    archive, info, options, fetched, name, folders, from_zip, report.phase(0.5, 1.0)
-                )
-            finally:
-                discard(fetched.temp_path)
+        with archive.store.blobs_read_ahead() if folders else contextlib.nullcontext():
+            header = _download_and_store(client, archive, info, options, folders, from_zip, health, report)
         if info.database_path:  # Stash's own pre-migration backups, where this process can read them
             adopt_pre_upgrade(
                 archive,
@@ -140,6 +130,30 @@ def download_to_archive(
             f"sha256 {header.snapshot.sha256[:16]}…, verified ({header.verified_level})"
         )
         return DownloadOutcome(entry)
+
+
+def _download_and_store(
+    client: StashAPI,
+    archive: Archive,
+    info: ServerInfo,
+    options: DownloadOptions,
+    folders: list[Path],
+    from_zip: bool,
+    health: Optional[HealthCheck],
+    report: Reporter,
+) -> Header:
+    live = options.live_copy and not from_zip  # the zip is what brings the blobs
+    header = _from_live_copy(client, archive, info, options, folders, health, report) if live else None
+    if header is not None:
+        return header
+    if health:
+        health.of_live_file()
+    flag = (True if from_zip else False) if info.supports_include_blobs else None
+    fetched, name = _request_and_download(client, archive.folder, flag, report.phase(0.0, 0.5))
+    try:
+        return _store_fetched(archive, info, options, fetched, name, folders, from_zip, report.phase(0.5, 1.0))
+    finally:
+        discard(fetched.temp_path)
 
 
 def _from_live_copy(

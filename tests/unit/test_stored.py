@@ -3,6 +3,7 @@
 import hashlib
 import os
 import sqlite3
+import time
 import zipfile
 from pathlib import Path
 
@@ -112,6 +113,27 @@ def test_each_backup_compares_its_pages_with_the_newest_snapshots_first(lib, tmp
     lib.add_images(1)
     lib.backup(store, tmp_path, names(2))
     assert hints == [first]
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_the_newest_backups_blobs_are_read_ahead_while_the_database_is_copied(lib, tmp_path, monkeypatch):
+    store = Store(tmp_path / "archive")
+    with store.blobs_read_ahead():  # nothing to read ahead yet
+        pass
+    lib.backup(store, tmp_path, names(1))
+    lib.add_images(3)
+    lib.backup(store, tmp_path, names(2))
+    looked, real = [], store.blob_size
+    monkeypatch.setattr(store, "blob_size", lambda checksum: looked.append(checksum) or real(checksum))
+    with store.blobs_read_ahead():
+        deadline = time.monotonic() + 10
+        while len(looked) < len(lib.images) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert looked == sorted(lib.images)
+    record = store.record_path(names(2))
+    record.write_bytes(record.read_bytes()[:-30])  # damaged: the read-ahead stops, silently
+    with store.blobs_read_ahead():
+        time.sleep(0.1)
 
 
 def test_a_blob_missing_at_the_source_is_recorded_not_fatal(lib, tmp_path):
