@@ -194,7 +194,7 @@ def restore_pages(archive: Path, name: str, target: Path) -> None:
 
     store = Store(archive)
     with open(target, "w+b") as out:
-        store.read_snapshot(store.header(name), out)
+        store.read_snapshot(store.header(name), out, durable=True)
         out.flush()
         os.fsync(out.fileno())
 

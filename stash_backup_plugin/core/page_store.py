@@ -121,10 +121,11 @@ def _read_bounded(path: Path, limit: int, what: str) -> bytes:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def read_pages(folder: Path, list_path: Path, target, progress: Progress = None) -> Digest:
+def read_pages(folder: Path, list_path: Path, target, progress: Progress = None, durable: bool = False) -> Digest:
     """Reassemble the database a page list describes into `target` (anything with
     write()); VerificationError when a file is missing or damaged, or the result is not
-    the size and SHA-256 the list records."""
+    the size and SHA-256 the list records. `durable`: a file is also on the disk when
+    this returns (fsynced while it is hashed)."""
     pages = read_page_list(list_path)
     indexes = [_frames_only(read_index(folder, pack)) for pack in pages.packs]
     for run in pages.each_run():
@@ -134,7 +135,7 @@ def read_pages(folder: Path, list_path: Path, target, progress: Progress = None)
     if fd is None:
         written, sha256 = _in_page_order(pages, frames, target, progress)
     else:
-        written, sha256 = _in_pack_order(pages, frames, target, fd, progress)
+        written, sha256 = _in_pack_order(pages, frames, target, fd, progress, durable)
     if (written, sha256) != (pages.size, pages.sha256):
         raise VerificationError(
             f"{list_path}: the pages make {written} bytes with SHA-256 {sha256[:12]}…, the list records "
@@ -169,12 +170,15 @@ def _file_at_its_start(target) -> Optional[int]:
     return fd if stat.S_ISREG(found.st_mode) and found.st_size == 0 else None
 
 
-def _in_pack_order(pages: fmt.PageList, frames: "_FrameCache", target, fd: int, progress: Progress) -> tuple[int, str]:
+def _in_pack_order(
+    pages: fmt.PageList, frames: "_FrameCache", target, fd: int, progress: Progress, durable: bool
+) -> tuple[int, str]:
     """Into a file: each frame the list needs is decompressed once, on several threads
     (zlib runs without Python's lock), and its pages written at their places in the
-    file; the file is hashed afterwards. In the database's order, a month of nights of
-    scattered changes (thousands of runs across dozens of packs) decompressed the same
-    frames again and again: 3.9x restic's restore at 1 GiB."""
+    file; the file is hashed afterwards, beside its fsync when `durable`. In the
+    database's order, a month of nights of scattered changes (thousands of runs across
+    dozens of packs) decompressed the same frames again and again: 3.9x restic's
+    restore at 1 GiB."""
     written = 0
     with ThreadPoolExecutor(max_workers=FRAME_THREADS, thread_name_prefix="restore") as pool:
         in_flight: collections.deque = collections.deque()
@@ -188,8 +192,12 @@ def _in_pack_order(pages: fmt.PageList, frames: "_FrameCache", target, fd: int, 
         finally:
             for future in in_flight:
                 future.cancel()
-    target.seek(written)
-    return written, _file_sha256(fd, written)
+        target.seek(written)
+        synced = pool.submit(os.fsync, fd) if durable else None  # the disk busy while a CPU hashes
+        sha256 = _file_sha256(fd, written)
+        if synced:
+            synced.result()
+    return written, sha256
 
 
 def _frame_pieces(pages: fmt.PageList) -> Iterator[tuple[int, int, array]]:

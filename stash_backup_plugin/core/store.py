@@ -208,10 +208,12 @@ class Store:
                     names.add(path.name[: -len(suffix)])
         return sorted(names)
 
-    def read_snapshot(self, header: records.Header, target, progress=None) -> snapshots.Digest:
+    def read_snapshot(self, header: records.Header, target, progress=None, durable: bool = False) -> snapshots.Digest:
         """Reassemble a backup's database into `target` (anything with write()), from
         its gzip snapshot or its page list, checking size and SHA-256: the one place
-        every reader of a stored database goes through."""
+        every reader of a stored database goes through. `durable`: the caller wants the
+        file on the disk (a restore, an export): a page list's reassembly fsyncs it
+        while it hashes it (page_store.read_pages)."""
         path = self.folder / header.snapshot.file
         if header.snapshot.codec not in (snapshots.CODEC, pages.CODEC):
             raise VerificationError(
@@ -220,7 +222,7 @@ class Store:
             )
         try:
             if header.snapshot.codec == pages.CODEC:
-                digest = page_store.read_pages(self.folder, path, target, progress)
+                digest = page_store.read_pages(self.folder, path, target, progress, durable)
             else:
                 with open(path, "rb") as source:
                     digest = snapshots.decompress(source, target, progress)

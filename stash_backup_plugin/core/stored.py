@@ -708,7 +708,7 @@ def export_database(store: Store, name: str, output: Path, report: Reporter) -> 
             if (digest.size, digest.sha256) != (header.snapshot.size, header.snapshot.sha256):
                 raise VerificationError(f"{temp} does not decompress to the backup's database: not written")
         else:
-            store.read_snapshot(header, handle, progress=progress)
+            store.read_snapshot(header, handle, progress=progress, durable=True)
             handle.flush()
             check_database(temp, QUICK, blob_references=False)
         os.chmod(temp, private_mode(output.parent))

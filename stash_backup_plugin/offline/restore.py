@@ -628,7 +628,7 @@ def _stage_database(backup: Path, inspection: _Inspection, target: Target, repor
     make_folders(target.database.parent)
     with staged_file(target.database.parent, target.database.name) as (out, staged):
         if inspection.kind == "stored":
-            inspection.store.read_snapshot(inspection.header, out)  # size and SHA-256 checked as it streams
+            inspection.store.read_snapshot(inspection.header, out, durable=True)  # size and SHA-256 checked
         elif inspection.kind == "zip":
             with zipfile.ZipFile(backup) as archive:
                 fullbackup.copy_member(archive, inspection.database_member, out)

@@ -1,8 +1,10 @@
 """Page-level snapshots (issue 21): the format's pure parts with every bound, and the
 page store on real SQLite databases: only new pages stored, reassembly checked."""
 
+import errno
 import hashlib
 import io
+import os
 import shutil
 import sqlite3
 import struct
@@ -297,6 +299,33 @@ def test_a_wrong_or_damaged_hint_costs_time_not_correctness(tmp_path, hint):
         other = archive / "snapshots" / "gone.pages"
     change_rows(database, range(300, 340), seed=4)
     stored_with_and_without_hint(tmp_path, archive, database, other)
+
+
+def test_a_durable_reassembly_is_fsynced_before_it_returns(tmp_path, monkeypatch):
+    database = make_database(tmp_path / "db.sqlite", rows=20000)
+    archive = tmp_path / "archive"
+    _, listing = store_pages(archive, database)
+    calls = []
+    monkeypatch.setattr(page_store.os, "fsync", lambda fd: calls.append(os.fstat(fd).st_size))
+    for durable in (False, True):
+        calls.clear()
+        with open(tmp_path / f"{durable}.sqlite", "w+b") as out:
+            page_store.read_pages(archive, listing, out, durable=durable)
+        assert (tmp_path / f"{durable}.sqlite").read_bytes() == database.read_bytes()
+        assert calls == ([database.stat().st_size] if durable else [])
+
+
+def test_a_durable_reassembly_that_cannot_reach_the_disk_fails(tmp_path, monkeypatch):
+    database = make_database(tmp_path / "db.sqlite", rows=5000)
+    archive = tmp_path / "archive"
+    _, listing = store_pages(archive, database)
+
+    def broken(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(page_store.os, "fsync", broken)
+    with open(tmp_path / "out.sqlite", "w+b") as out, pytest.raises(OSError, match="Input/output"):
+        page_store.read_pages(archive, listing, out, durable=True)
 
 
 def test_many_packs_and_a_partial_last_frame(tmp_path, monkeypatch):
