@@ -3,6 +3,7 @@
 import hashlib
 import os
 import sqlite3
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from stash_backup_plugin.core import page_store, stored
+from stash_backup_plugin.core.errors import VerificationError
 from stash_backup_plugin.core.naming import TEMP_MARKER
 from stash_backup_plugin.core.reporting import Reporter
 from stash_backup_plugin.core.store import Store
@@ -134,6 +136,48 @@ def test_the_newest_backups_blobs_are_read_ahead_while_the_database_is_copied(li
     record.write_bytes(record.read_bytes()[:-30])  # damaged: the read-ahead stops, silently
     with store.blobs_read_ahead():
         time.sleep(0.1)
+
+
+def test_blobs_are_looked_up_ahead_in_order_and_only_missing_ones_read_ahead(lib, tmp_path, monkeypatch):
+    store = Store(tmp_path / "archive")
+    lib.backup(store, tmp_path, names(1))
+    new = lib.add_images(300)  # several batches of stats ahead of the copying
+    monkeypatch.setattr(stored, "AHEAD_BATCH", 7)
+    hinted = []
+    source = stored.FolderSource([lib.blobs])
+    real = source.read_ahead
+    monkeypatch.setattr(source, "read_ahead", lambda checksum: hinted.append(checksum) or real(checksum))
+    wanted = sorted([*lib.images, "f" * 32])  # and one neither has
+    looked = list(stored._looked_up_ahead(store, wanted, source))
+    assert [c for c, _ in looked] == wanted
+    assert {c: size for c, size in looked} == {c: store.blob_size(c) for c in wanted}
+    assert sorted(hinted) == sorted([*new, "f" * 32])
+
+
+def test_a_failing_reference_query_fails_the_copy_and_leaves_no_thread(lib, tmp_path, monkeypatch):
+    store = Store(tmp_path / "archive")
+    monkeypatch.setattr(stored, "AHEAD_BATCH", 2)
+
+    def references():
+        yield from sorted(lib.images)[:3]
+        raise VerificationError("the copy cannot be read as a database")
+
+    source = stored.FolderSource([lib.blobs])
+    with open(tmp_path / "list", "w") as listing, pytest.raises(VerificationError, match="cannot be read"):
+        stored._store_blobs(store, references(), 4, source, listing, Reporter())
+    with open(tmp_path / "list", "w") as listing, pytest.raises(ValueError, match="not sorted"):
+        stored._store_blobs(store, sorted(lib.images, reverse=True), 4, source, listing, Reporter())
+    assert not [t for t in threading.enumerate() if t.name.startswith("look-ahead") and t.is_alive()]
+
+
+def test_reading_ahead_passes_over_what_is_no_blob(tmp_path):
+    folder = tmp_path / "blobs"
+    fifo = folder / "ab" / "cd" / ("abcd" + "0" * 28)
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)  # opened for reading it would wait for a writer
+    source = stored.FolderSource([folder])
+    source.read_ahead(fifo.name)
+    source.read_ahead("ef" * 16)  # not there
 
 
 def test_a_blob_missing_at_the_source_is_recorded_not_fatal(lib, tmp_path):
