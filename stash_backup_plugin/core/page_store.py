@@ -436,7 +436,7 @@ class _PageTable:
         at = bisect.bisect_left(self.keys, key)
         while at < len(self.keys) and self.keys[at] == key:
             page = self.order[at]
-            if self.hashes[page * 16 : page * 16 + 16] == digest:
+            if self.hash_of(page) == digest:
                 yield page
             at += 1
 
@@ -445,12 +445,15 @@ class _PageTable:
             if self.pack[page] < 0:
                 self.pack[page], self.page[page] = ordinal, page_in_pack
 
+    def hash_of(self, number: int) -> bytes:
+        return bytes(self.hashes[number * fmt.HASH_BYTES : (number + 1) * fmt.HASH_BYTES])
+
     def unplaced_hashes(self) -> Optional[set[bytes]]:
         """The hashes of the pages left to place, when few enough to hold as a set (about
         90 bytes each: at most 6 MiB)."""
         if len(self.order) > FEW_LEFT:
             return None
-        return {bytes(self.hashes[page * 16 : page * 16 + 16]) for page in self.order}
+        return {self.hash_of(page) for page in self.order}
 
     def place_same(self, start: int, hashes: bytes, first: int, count: int, ordinal: int) -> None:
         """Place pages start.. at pages first.. of a pack wherever their hashes (from the
@@ -470,7 +473,7 @@ class _PageTable:
     def place_page(self, number: int, ordinal: int, page_in_pack: int) -> None:
         """Page `number` just stored: it, and any page with the same hash."""
         if self.twins[number]:
-            self.place(bytes(self.hashes[number * 16 : number * 16 + 16]), ordinal, page_in_pack)
+            self.place(self.hash_of(number), ordinal, page_in_pack)
         else:
             self.pack[number], self.page[number] = ordinal, page_in_pack
 
@@ -529,9 +532,10 @@ def _place_as_in(folder: Path, table: _PageTable, like: Path, usable: set[str]) 
         index = _usable_index(folder, pack, table.page_size) if pack in usable else None
         if index is None:
             continue
+        ordinal = table.ordinal(pack)
         for start, first, length in runs:
             if first + length <= index.page_count:
-                table.place_same(start, index.hashes, first, length, table.ordinal(pack))
+                table.place_same(start, index.hashes, first, length, ordinal)
 
 
 def _find_known(folder: Path, table: _PageTable, packs: list[StoredPack]) -> None:
@@ -576,10 +580,10 @@ def _store_new(database: Path, table: _PageTable, writer: "_PackWriter") -> int:
                 if table.pack[number] >= 0:  # a twin of a page stored earlier in this run
                     continue
                 page = view[(number - first) * size : (number - first + 1) * size]
-                digest = table.hashes[number * 16 : number * 16 + 16]
+                digest = table.hash_of(number)
                 if fmt.page_hash(page) != digest:
                     raise VerificationError(f"{database} changed while it was stored: try again")
-                ordinal, page_in_pack = writer.add(page, bytes(digest), table)
+                ordinal, page_in_pack = writer.add(page, digest, table)
                 table.place_page(number, ordinal, page_in_pack)
                 new += 1
     return new
