@@ -21,7 +21,9 @@ Standard library only (stash-restore reads the store)."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import json
 import os
 import threading
@@ -49,6 +51,8 @@ SNAPSHOT_SUFFIX = ".gz"
 # Spares blobs written shortly before a pending run's recorded start (clock steps,
 # file systems whose times come from another machine).
 PENDING_SLACK_SECONDS = 300
+READ_AHEAD_THREADS = 4  # stats of the newest backup's blobs at once while the database is copied
+READ_AHEAD_BATCH = 256
 # A marker older than this belongs to a run that died on another machine.
 PENDING_STALE_SECONDS = 48 * 3600
 
@@ -95,23 +99,33 @@ class Store:
 
     @contextlib.contextmanager
     def blobs_read_ahead(self) -> Iterator[None]:
-        """While the caller copies the database, look up the newest backup's blobs on a
-        thread of their own, so that the new backup's walk (a stat of each blob, after
+        """While the caller copies the database, look up the newest backup's blobs on
+        threads of their own, so that the new backup's walk (a stat of each blob, after
         the copy) finds them in the kernel's caches rather than waiting on the disk for
-        each. Nothing it finds is used: a damaged or missing record only stops it."""
+        each. A cold stat waits on the disk, not a CPU: several at once keep more of the
+        disk's queue busy. Nothing found is used: a damaged or missing record only stops it."""
         newest = _newest(self.records_folder, records.SUFFIX)
         stop = threading.Event()
 
+        def look_up(batch: list[str]) -> None:
+            for checksum in batch:
+                if stop.is_set():
+                    return
+                self.blob_size(checksum)
+
         def look() -> None:
             assert newest is not None
-            try:
-                with self.blob_list(newest.name[: -len(records.SUFFIX)]) as listed:
-                    for checksum, _ in listed:
-                        if stop.is_set():
-                            return
-                        self.blob_size(checksum)
-            except VerificationError:
-                return
+            with ThreadPoolExecutor(READ_AHEAD_THREADS, thread_name_prefix="read-ahead") as pool:
+                in_flight: collections.deque = collections.deque()
+                try:
+                    with self.blob_list(newest.name[: -len(records.SUFFIX)]) as listed:
+                        checksums = (checksum for checksum, _ in listed)
+                        while not stop.is_set() and (batch := list(itertools.islice(checksums, READ_AHEAD_BATCH))):
+                            in_flight.append(pool.submit(look_up, batch))
+                            while len(in_flight) > 2 * READ_AHEAD_THREADS:
+                                in_flight.popleft().result()
+                except VerificationError:
+                    return
 
         thread = threading.Thread(target=look, name="read-ahead", daemon=True) if newest else None
         if thread:

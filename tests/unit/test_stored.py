@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from stash_backup_plugin.core import page_store, stored
+from stash_backup_plugin.core import store as store_module
 from stash_backup_plugin.core.errors import VerificationError
 from stash_backup_plugin.core.naming import TEMP_MARKER
 from stash_backup_plugin.core.reporting import Reporter
@@ -131,7 +132,29 @@ def test_the_newest_backups_blobs_are_read_ahead_while_the_database_is_copied(li
         deadline = time.monotonic() + 10
         while len(looked) < len(lib.images) and time.monotonic() < deadline:
             time.sleep(0.01)
-    assert looked == sorted(lib.images)
+    assert sorted(looked) == sorted(lib.images) and len(looked) == len(set(looked))
+    monkeypatch.setattr(store_module, "READ_AHEAD_BATCH", 1)  # a batch a blob, on several threads
+
+    started, release = [], threading.Event()
+
+    def slow(checksum):
+        started.append(checksum)
+        release.wait(10)
+        looked.append(checksum)
+
+    looked.clear()
+    monkeypatch.setattr(store, "blob_size", slow)
+    before = threading.active_count()
+    with store.blobs_read_ahead():
+        deadline = time.monotonic() + 10
+        while len(started) < store_module.READ_AHEAD_THREADS and time.monotonic() < deadline:
+            time.sleep(0.01)
+        releaser = threading.Timer(0.2, release.set)  # the stats at once end after the caller's copy
+        releaser.start()
+    releaser.join()
+    assert len(looked) == store_module.READ_AHEAD_THREADS < len(lib.images)  # the rest not looked up
+    assert threading.active_count() == before
+    monkeypatch.setattr(store, "blob_size", real)
     record = store.record_path(names(2))
     record.write_bytes(record.read_bytes()[:-30])  # damaged: the read-ahead stops, silently
     with store.blobs_read_ahead():
