@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Optional, TextIO
 
 from .errors import StashBackupError, StorageError
+from .memory import return_large_buffers
 from .reporting import Reporter
 
 BAR_WIDTH = 30
@@ -69,6 +70,7 @@ def run_command(
     """The CLIs' edge: typed errors become one line on stderr and an exit code, and so
     does what no layer below foresaw (a full disk, an unreadable file, SQLite refusing):
     never a traceback."""
+    return_large_buffers()
     try:
         return action()
     except StashBackupError as error:

@@ -1,0 +1,60 @@
+"""core/memory.py: large buffers in mappings of their own, in a real process (glibc)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from stash_backup_plugin.core import memory, terminal
+
+MAPPED_AFTER_A_FREE = """
+import ctypes, sys
+from stash_backup_plugin.core.memory import return_large_buffers
+
+class Info(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+took = return_large_buffers() if sys.argv[1] == "set" else False
+freed = bytearray(1 << 20)
+del freed  # glibc raises its threshold past this size, unless it is held
+before = libc.mallinfo2().hblks
+held = bytearray(1 << 20)
+print(took, libc.mallinfo2().hblks - before)
+"""
+
+
+def mapped_after_a_free(how: str, **env) -> str:
+    return subprocess.run(
+        [sys.executable, "-c", MAPPED_AFTER_A_FREE, how],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in {**os.environ, **env}.items() if v is not None},
+    ).stdout.split()
+
+
+@pytest.mark.skipif(not memory._glibc(), reason="glibc's malloc only (this machine runs glibc)")
+def test_a_large_buffer_after_a_freed_one_is_still_mapped_on_its_own():
+    assert mapped_after_a_free("leave", MALLOC_MMAP_THRESHOLD_=None) == ["False", "0"]  # from an arena, kept
+    assert mapped_after_a_free("set", MALLOC_MMAP_THRESHOLD_=None) == ["True", "1"]  # returned when freed
+    assert mapped_after_a_free("set", MALLOC_MMAP_THRESHOLD_="4194304")[0] == "False"  # the user's own choice
+
+
+def test_nothing_is_changed_without_glibc(monkeypatch):
+    def not_glibc(name):
+        raise ValueError("unrecognized configuration name")
+
+    monkeypatch.setattr(memory.os, "confstr", not_glibc)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert memory.return_large_buffers() is False
+
+
+def test_both_commands_set_it_before_they_run(monkeypatch):
+    calls = []
+    monkeypatch.setattr(terminal, "return_large_buffers", lambda: calls.append("set"))
+    assert terminal.run_command(terminal.TerminalReporter(quiet=True), lambda: calls.append("ran") or 0) == 0
+    assert calls == ["set", "ran"]
