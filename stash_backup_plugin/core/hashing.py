@@ -5,8 +5,9 @@ the MD5 of its bytes). Standard library only."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import Callable, Iterator, Optional, Protocol
 
 CHUNK = 1024 * 1024  # bytes read at a time by every copy and hash: memory stays flat
 
@@ -15,15 +16,21 @@ class Readable(Protocol):
     def read(self, __size: int) -> bytes: ...
 
 
+_reused = threading.local()  # each thread's chunk buffer, while no copy of its own uses it
+
+
 def copy_and_hash(
     source: Readable, target, algorithm: Optional[str] = None, progress: Optional[Callable[[int], None]] = None
 ) -> tuple[str, int]:
     """Copy an open file into another in chunks: (hex digest, or "" without an
     algorithm; bytes copied). `target` needs only `write` (a zip member, a hasher's
-    sink); `progress(count)` is told each chunk's size."""
+    sink) and must not keep what it is given; `progress(count)` is told each chunk's
+    size. A source with `readinto` is read into the thread's one reused buffer: a new
+    1 MiB bytes object per read is a new mapping of memory (core/memory.py), and page
+    faults on each, for every one of a first night's images."""
     digest = hashlib.new(algorithm) if algorithm else None
     size = 0
-    while chunk := source.read(CHUNK):
+    for chunk in _chunks(source):
         if digest:
             digest.update(chunk)
         target.write(chunk)
@@ -31,6 +38,20 @@ def copy_and_hash(
         if progress:
             progress(len(chunk))
     return (digest.hexdigest() if digest else ""), size
+
+
+def _chunks(source: Readable) -> Iterator:
+    readinto = getattr(source, "readinto", None)
+    if readinto is None:
+        yield from iter(lambda: source.read(CHUNK), b"")
+        return
+    buffer = getattr(_reused, "buffer", None) or memoryview(bytearray(CHUNK))
+    _reused.buffer = None  # a copy within a copy (a target that copies) gets its own
+    try:
+        while got := readinto(buffer):
+            yield buffer[:got]
+    finally:
+        _reused.buffer = buffer
 
 
 class Discard:

@@ -570,5 +570,15 @@ class _Guarded:
         except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
             raise _Unreadable() from error
 
+    def readinto(self, buffer) -> int:
+        try:
+            if hasattr(self.source, "readinto"):
+                return self.source.readinto(buffer)
+            data = self.source.read(len(buffer))
+            buffer[: len(data)] = data
+            return len(data)
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+            raise _Unreadable() from error
+
 
 ProgressBytes = Optional[Callable[[int], None]]

@@ -58,3 +58,47 @@ def test_both_commands_set_it_before_they_run(monkeypatch):
     monkeypatch.setattr(terminal, "return_large_buffers", lambda: calls.append("set"))
     assert terminal.run_command(terminal.TerminalReporter(quiet=True), lambda: calls.append("ran") or 0) == 0
     assert calls == ["set", "ran"]
+
+
+def test_copies_read_into_one_buffer_per_thread_and_a_copy_within_a_copy_gets_its_own(tmp_path):
+    """A fresh 1 MiB bytes object per read is a fresh mapping once large buffers are
+    mapped on their own: copies read into the thread's one buffer instead."""
+    import hashlib
+    import io
+    import threading
+
+    from stash_backup_plugin.core import hashing
+
+    data = os.urandom(3 * hashing.CHUNK + 12345)
+    (tmp_path / "source").write_bytes(data)
+
+    class Nested(io.BytesIO):  # a target that copies something else as it writes
+        def write(self, chunk):
+            inner = io.BytesIO()
+            assert hashing.copy_and_hash(io.BytesIO(b"x" * 10), inner)[1] == 10
+            return super().write(chunk)
+
+    results = {}
+
+    def copy(name):
+        target = Nested()
+        with open(tmp_path / "source", "rb") as source:
+            results[name] = hashing.copy_and_hash(source, target, "md5"), target.getvalue()
+
+    threads = [threading.Thread(target=copy, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {n: ((hashlib.md5(data).hexdigest(), len(data)), data) for n in range(3)}
+
+    class ReadOnly:  # no readinto: read() as before
+        def __init__(self):
+            self.inner = io.BytesIO(data)
+
+        def read(self, size):
+            return self.inner.read(size)
+
+    out = io.BytesIO()
+    assert hashing.copy_and_hash(ReadOnly(), out, "sha256") == (hashlib.sha256(data).hexdigest(), len(data))
+    assert out.getvalue() == data
