@@ -413,19 +413,24 @@ class _PageTable:
 
     @classmethod
     def of(cls, database: Path, progress: Progress) -> "_PageTable":
-        whole, hashes, size = hashlib.sha256(), bytearray(), 0
+        whole, size = hashlib.sha256(), 0
         with open(database, "rb") as source:
             page_size = fmt.page_size(source.read(100))
             source.seek(0)
+            # sized once (grown by appending, it kept up to an eighth more, and copied to grow)
+            hashes = bytearray(os.fstat(source.fileno()).st_size // page_size * fmt.HASH_BYTES)
+            filled = 0
             buffer = memoryview(bytearray(READ_CHUNK - READ_CHUNK % page_size))  # one, reused
             while got := source.readinto(buffer):
                 chunk = buffer[:got]
                 whole.update(chunk)
                 size += got
-                for at in range(0, got, page_size):
-                    hashes += fmt.page_hash(chunk[at : at + page_size])
+                block = b"".join([fmt.page_hash(chunk[at : at + page_size]) for at in range(0, got, page_size)])
+                hashes[filled : filled + len(block)] = block  # past the end (a file that grew): appended
+                filled += len(block)
                 if progress:
                     progress(got)
+            del hashes[filled:]  # a file that shrank meanwhile
         if size % page_size or size // page_size > fmt.MAX_PAGES:
             raise VerificationError(f"{database} is {size} bytes: not whole pages of {page_size} bytes")
         return cls(page_size, size, whole.hexdigest(), hashes)
@@ -520,12 +525,12 @@ def _place_as_in(folder: Path, table: _PageTable, like: Path, usable: set[str]) 
         return
     if earlier.page_size != table.page_size:
         return
-    by_pack: dict[int, list[tuple[int, int, int]]] = collections.defaultdict(list)
+    by_pack: dict[int, array] = collections.defaultdict(lambda: array("I"))  # (start, first, length): 12 bytes a run
     start, count = 0, len(table.pack)
     for run in earlier.each_run():
         if start >= count:
             break
-        by_pack[run.pack].append((start, run.first, min(run.length, count - start)))
+        by_pack[run.pack].extend((start, run.first, min(run.length, count - start)))
         start += run.length
     for number, runs in by_pack.items():
         pack = earlier.packs[number]
@@ -533,7 +538,8 @@ def _place_as_in(folder: Path, table: _PageTable, like: Path, usable: set[str]) 
         if index is None:
             continue
         ordinal = table.ordinal(pack)
-        for start, first, length in runs:
+        for at in range(0, len(runs), 3):
+            start, first, length = runs[at], runs[at + 1], runs[at + 2]
             if first + length <= index.page_count:
                 table.place_same(start, index.hashes, first, length, ordinal)
 

@@ -328,6 +328,28 @@ def test_a_durable_reassembly_that_cannot_reach_the_disk_fails(tmp_path, monkeyp
         page_store.read_pages(archive, listing, out, durable=True)
 
 
+@pytest.mark.parametrize("told", [0.5, 2.0])
+def test_the_page_table_holds_each_pages_hash_whatever_size_the_file_had_when_opened(tmp_path, monkeypatch, told):
+    """The table is sized from the file's size when opened; a file that grew or shrank
+    since still gets one hash per page it has when read."""
+    database = make_database(tmp_path / "db.sqlite", rows=3000)
+    data = database.read_bytes()
+    size = fmt.page_size(data[:100])
+    real_fstat = os.fstat
+
+    class Told:
+        def __init__(self, found):
+            self.found = found
+
+        def __getattr__(self, name):
+            return int(self.found.st_size * told) if name == "st_size" else getattr(self.found, name)
+
+    monkeypatch.setattr(page_store.os, "fstat", lambda fd: Told(real_fstat(fd)))
+    table = page_store._PageTable.of(database, None)
+    expected = b"".join(fmt.page_hash(data[at : at + size]) for at in range(0, len(data), size))
+    assert bytes(table.hashes) == expected and len(table.pack) == len(data) // size
+
+
 def test_many_packs_and_a_partial_last_frame(tmp_path, monkeypatch):
     monkeypatch.setattr(fmt, "PACK_BYTES", 64 * 1024)  # several packs from a small database
     database = make_database(tmp_path / "db.sqlite", rows=20000, page_size=1024)
