@@ -571,12 +571,8 @@ class _Guarded:
             raise _Unreadable() from error
 
     def readinto(self, buffer) -> int:
-        try:
-            if hasattr(self.source, "readinto"):
-                return self.source.readinto(buffer)
-            data = self.source.read(len(buffer))
-            buffer[: len(data)] = data
-            return len(data)
+        try:  # every source is one of io's readers (an open file, a zip entry)
+            return self.source.readinto(buffer)  # type: ignore[attr-defined]
         except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
             raise _Unreadable() from error
 
