@@ -8,9 +8,8 @@ did not change stay byte-identical, so the archive stores only what changed (Sta
 A path is no proof: a stale database left at the same path (Stash moved into Docker,
 say) would be backed up every night while the real one changes. So the copy is used
 only when it holds the very library the server reports (core/library.Fingerprint:
-its counts and each kind's newest edit, asked after the copy, and before it too when a
-copy differed); otherwise Stash's own backup is used, and a file that is not the
-server's is named."""
+its counts and each kind's newest edit, asked before and after the copy); otherwise
+Stash's own backup is used, and a file that is not the server's is named."""
 
 from __future__ import annotations
 
@@ -64,11 +63,10 @@ def copy_live_database(
     file in `folder`, with the name Stash would give its backup; None (said why) when
     Stash's own backup must be used."""
     report.progress(0.0, "copying the live database")
-    before: Optional[library.Fingerprint] = None  # the first copy is only asked about after it
     for _ in range(ATTEMPTS):
         temp = temp_path_in(folder, database.name)
         try:
-            outcome, before = _attempt(client, info, database, temp, report, before)
+            outcome = _attempt(client, info, database, temp, report)
         except BaseException:
             discard(temp)
             raise
@@ -80,42 +78,32 @@ def copy_live_database(
     return None
 
 
-def _attempt(
-    client: StashAPI,
-    info: ServerInfo,
-    database: Path,
-    temp: Path,
-    report: Reporter,
-    before: Optional[library.Fingerprint],
-):
-    """One copy into `temp`, then a question to the server: (the copy and its name, None
-    (said why) when Stash's backup must be used, or _AGAIN; what the server said). A copy
-    holding the library the server reports after it is the server's. A first copy is
-    not asked about before (the question costs a second of Stash's time on a large
-    library): one that differs is copied again, between the answer before and a new one,
-    which tell an edit during the copy from a file that is not the server's."""
+def _attempt(client: StashAPI, info: ServerInfo, database: Path, temp: Path, report: Reporter):
+    """One copy into `temp`, between two questions to the server: the copy and its name,
+    None (said why) when Stash's backup must be used, or _AGAIN."""
+    before = _fingerprint(client, report)
+    if before is None:
+        return None
     try:
         schema, copied = _copy(database, temp)
     except (sqlite3.Error, OSError, VerificationError) as error:
         report.info(f"the live database {database} cannot be copied here ({one_line(str(error))}): {FALLBACK}")
-        return None, None
+        return None
     crash_point("live-copied")
-    if schema != info.schema_version:
-        return _not_the_servers(database, f"schema {schema}, Stash reports {info.schema_version}", report), None
     after = _fingerprint(client, report)
     if after is None:
-        return None, None
-    if any(not library.differences(answer, copied) for answer in (after, before) if answer):
+        return None
+    same = schema == info.schema_version
+    if same and not (library.differences(before, copied) and library.differences(after, copied)):
         name = f"{database.name}.{schema}.{datetime.now():%Y%m%d_%H%M%S}"
-        return (Downloaded(temp, temp.stat().st_size, "", 0), name), after  # hashed as the store reads it
-    if before is None or before != after:
-        return _AGAIN, after
+        return Downloaded(temp, temp.stat().st_size, "", 0), name  # hashed as the store reads it
+    if before != after:
+        return _AGAIN
     # a quiet library, and still another one: not the server's file
-    return _not_the_servers(database, library.differences(after, copied)[0], report), None
-
-
-def _not_the_servers(database: Path, difference: str, report: Reporter) -> None:
-    report.warning(f"{database} is not the database this Stash serves ({difference}): {FALLBACK}")
+    found = (library.differences(after, copied) if same else []) or [
+        f"schema {schema}, Stash reports {info.schema_version}"
+    ]
+    report.warning(f"{database} is not the database this Stash serves ({found[0]}): {FALLBACK}")
     return None
 
 
