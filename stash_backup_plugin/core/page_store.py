@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Optional
 
 from . import pages as fmt
-from .atomic import discard, fsync_dir, make_folders, own_like_folder, storage_error, write_bytes_atomic
+from .atomic import (
+    discard,
+    fsync_dir,
+    make_folders,
+    own_like_folder,
+    remove_stale_temps,
+    storage_error,
+    write_bytes_atomic,
+)
 from .errors import VerificationError
 from .faults import crash_point
 from .naming import TEMP_MARKER
@@ -79,6 +87,20 @@ def stored_packs(folder: Path) -> Iterator[StoredPack]:
         for pack in sorted(found):
             infos = found[pack]
             yield StoredPack(pack, sum(i.st_size for i in infos), max(i.st_mtime for i in infos), pack in indexed)
+
+
+def remove_stale_pack_temps(folder: Path) -> list[Path]:
+    """Temp files in packs/ that a killed run of an older version left (it wrote an
+    index's temp beside its pack; now both are written in incoming/), once their
+    maker is gone. Returns what was removed."""
+    root = Path(folder) / PACKS
+    if not root.is_dir():
+        return []
+    removed: list[Path] = []
+    for level in sorted(os.scandir(root), key=lambda e: e.name):
+        if len(level.name) == 2 and level.is_dir(follow_symlinks=False):
+            removed += remove_stale_temps(Path(level.path))
+    return removed
 
 
 def _is_id(text: str) -> bool:
@@ -692,13 +714,26 @@ class _PackWriter:
         os.replace(self._temp, final)
         crash_point("pack-sealed")
         index = fmt.encode_index(fmt.PackIndex(self._size, tuple(self._frames), bytes(self._hashes)))
-        write_bytes_atomic(final.with_suffix(fmt.INDEX_SUFFIX), index)  # the folder synced: the pack's rename too
+        self._place_index(index, final.with_suffix(fmt.INDEX_SUFFIX))
         if fresh:
             fsync_dir(final.parent.parent)
             fsync_dir(final.parent.parent.parent)
         self.written += final.stat().st_size + len(index)
         self.sealed[self._ordinal] = pack
         self._reset()
+
+    def _place_index(self, index: bytes, final: Path) -> None:
+        """Written in incoming/ as the pack is, where the next run removes whatever a
+        killed one left: a temp beside the pack would stay in packs/ for good. The
+        folder synced: the pack's rename too."""
+        temp = self.incoming / f"index{TEMP_MARKER}{os.getpid()}"
+        with open(temp, "wb") as handle:
+            handle.write(index)
+            handle.flush()
+            os.fsync(handle.fileno())
+        own_like_folder(temp)
+        os.replace(temp, final)
+        fsync_dir(final.parent)
 
     def close(self) -> int:
         if self._frame:

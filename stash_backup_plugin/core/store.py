@@ -39,7 +39,15 @@ from typing import IO, Callable, Iterable, Iterator, Optional
 from . import record as records
 from . import page_store, pages
 from . import snapshot as snapshots
-from .atomic import FilesLikeFolder, discard, fsync_dir, make_folders, own_like_folder, storage_error
+from .atomic import (
+    FilesLikeFolder,
+    discard,
+    fsync_dir,
+    make_folders,
+    own_like_folder,
+    remove_stale_temps,
+    storage_error,
+)
 from .hashing import copy_and_hash
 from .errors import VerificationError
 from .faults import crash_point
@@ -295,8 +303,12 @@ class Store:
         so are markers of this machine's processes that no longer exist (processes.
         dead_here: a marker of another machine, or of an older version that named the
         host alone, may be a live run's), and any marker older than two days.
-        Returns what was removed."""
+        Temp files a killed run left where it writes in place (a record, a page list,
+        a marker) go when their maker is gone (atomic.remove_stale_temps). Returns what
+        was removed."""
         removed = []
+        for folder in (self.records_folder, self.folder / SNAPSHOTS, self.folder / PENDING):
+            removed += remove_stale_temps(folder)
         if self.incoming.is_dir():
             for path in self.incoming.iterdir():
                 discard(path)

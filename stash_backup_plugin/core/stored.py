@@ -672,6 +672,7 @@ def collect(store: Store, plan: GcPlan, report: Reporter, batch: int = 1000) -> 
         fsync_dir(store.folder / SNAPSHOTS)
     crash_point("gc-snapshots")
     _collect_packs(store, plan.delete_packs, batch)
+    page_store.remove_stale_pack_temps(store.folder)
     for start in range(0, len(plan.delete_blobs), batch):
         folders = set()
         for checksum, _ in plan.delete_blobs[start : start + batch]:

@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -357,6 +358,57 @@ def test_many_packs_and_a_partial_last_frame(tmp_path, monkeypatch):
     _, listing = store_pages(archive, database)
     assert len(list(page_store.stored_packs(archive))) > 3
     assert reassembled(archive, listing) == database.read_bytes()
+
+
+def test_a_pack_and_its_index_are_written_in_incoming_and_only_moved_into_packs(tmp_path, monkeypatch):
+    """A run killed while writing leaves its temps where the next run removes them all
+    (incoming/): a temp beside a pack would stay in packs/ for good."""
+    monkeypatch.setattr(fmt, "PACK_BYTES", 64 * 1024)
+    database = make_database(tmp_path / "db.sqlite", rows=20000, page_size=1024)
+    archive = tmp_path / "archive"
+    moved = []
+    real_replace = os.replace
+
+    def watched(source, target):
+        moved.append((Path(source).parent, Path(target).parent.parent))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", watched)
+    page_store.write_pages(archive, archive / "incoming", database)
+    monkeypatch.undo()
+    packs = list(page_store.stored_packs(archive))
+    assert len(packs) > 3 and all(p.indexed for p in packs)
+    assert set(moved) == {(archive / "incoming", archive / "packs")} and len(moved) == 2 * len(packs)
+    for pack in packs:
+        for suffix in (fmt.PACK_SUFFIX, fmt.INDEX_SUFFIX):
+            assert page_store.pack_path(archive, pack.pack, suffix).stat().st_mode & 0o077 == 0
+
+
+def test_temps_an_older_run_left_in_packs_go_once_their_maker_is_gone(tmp_path):
+    from stash_backup_plugin.core.naming import TEMP_MARKER
+    from stash_backup_plugin.core.processes import machine_id
+
+    database = make_database(tmp_path / "db.sqlite", rows=2000)
+    archive = tmp_path / "archive"
+    store_pages(archive, database)
+    [pack] = list(page_store.stored_packs(archive))
+    level = page_store.pack_path(archive, pack.pack).parent
+    index = f".{pack.pack}{fmt.INDEX_SUFFIX}"
+    dead = level / f"{index}{TEMP_MARKER}{_gone_pid()}.{machine_id()}-abc"
+    live = level / f"{index}{TEMP_MARKER}{os.getpid()}.{machine_id()}-def"
+    other = level / "Thumbs.db"  # not ours: never touched
+    for path in (dead, live, other):
+        path.write_bytes(b"partial")
+    assert page_store.remove_stale_pack_temps(archive) == [dead]
+    assert live.exists() and other.exists() and not dead.exists()
+    assert [p.pack for p in page_store.stored_packs(archive)] == [pack.pack]
+
+
+def _gone_pid() -> int:
+    pid = int(open("/proc/sys/kernel/pid_max").read()) - 10
+    while os.path.exists(f"/proc/{pid}"):
+        pid -= 1
+    return pid
 
 
 @pytest.mark.parametrize("where", ["pack", "index", "missing pack", "list"])

@@ -205,6 +205,25 @@ def test_pending_marker_and_cleanup_of_a_dead_run(tmp_path):
     assert not dead.exists() and not (tmp_path / "incoming" / "leftover").exists() and len(removed) == 2
 
 
+def test_temps_a_killed_run_left_where_it_writes_in_place_go_once_their_maker_is_gone(tmp_path):
+    """A record, a page list, a marker: each is written beside its final name. A run
+    killed mid-write leaves a temp there, which no listing shows and nothing else removes."""
+    from stash_backup_plugin.core.naming import TEMP_MARKER
+    from stash_backup_plugin.core.processes import machine_id
+
+    store = Store(tmp_path)
+    dead, live = [], []
+    for folder in ("backups", "snapshots", "pending"):
+        (tmp_path / folder).mkdir()
+        for pid, kept in ((_free_pid(), dead), (os.getpid(), live)):
+            temp = tmp_path / folder / f".x.85.20261126_030000.json{TEMP_MARKER}{pid}.{machine_id()}-abc"
+            temp.write_bytes(b"partial")
+            kept.append(temp)
+    assert sorted(store.clean_after_killed_runs()) == sorted(dead)
+    assert all(p.exists() for p in live) and not any(p.exists() for p in dead)
+    assert store.record_names() == [] and store.pending_markers() == []
+
+
 def test_what_the_store_creates_takes_the_archive_folders_owner(tmp_path):
     """The plugin (Stash's user) and a CLI run as root share the archive: blobs,
     their folders and snapshots get the archive folder's owner, as liveness's
