@@ -241,7 +241,7 @@ def test_kill_during_a_backup(stash_server_factory, tmp_path, step):
     again = download(server, dest)  # the next run cleans up and stores what is new
     assert again["blob_count"] == 8
     assert not list(dest.glob("incoming/*")) and not list(dest.glob("pending/*"))
-    assert not [p.name for p in dest.iterdir() if TEMP_MARKER in p.name]  # the killed run's copy too
+    assert not [p for p in dest.rglob("*") if TEMP_MARKER in p.name]  # anywhere: the killed run's copy too
     pruned = cli(server, dest, "prune", "--keep-last", "1")
     assert pruned.returncode == 0, pruned.stderr
     assert set(archive_blobs(dest)) == set(record_blobs(dest, again["file"]))  # nothing orphaned stays
