@@ -8,8 +8,14 @@ did not change stay byte-identical, so the archive stores only what changed (Sta
 A path is no proof: a stale database left at the same path (Stash moved into Docker,
 say) would be backed up every night while the real one changes. So the copy is used
 only when it holds the very library the server reports (core/library.Fingerprint:
-its counts and each kind's newest edit, asked before and after the copy); otherwise
-Stash's own backup is used, and a file that is not the server's is named."""
+its counts and each kind's newest edit); otherwise Stash's own backup is used, and a
+file that is not the server's is named.
+
+The question costs Stash about a second on a 1 GiB library, so a first copy is asked
+about only after it: on a quiet night, the common case, it holds what the server
+reports. Only a copy that differs (an edit during it, or another file) leads to copies
+asked about before and after, as many as before this shortcut: a library edited
+without pause still gets a copy made between two answers an instant apart."""
 
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from ..core.sqlite_check import copy_live, open_unchanged, schema_version
 from ..server.api import Downloaded, ServerInfo, StashAPI
 
 SOURCE = "live-file"  # record.Header.source of a backup copied from the live file
-ATTEMPTS = 3  # the library changed while it was copied: copy again, then use Stash's backup
+ATTEMPTS = 3  # copies asked about before and after; then Stash's backup is used
 FALLBACK = "Stash's own backup is used instead"
 _AGAIN = object()  # an attempt's outcome: the library changed while it was copied
 
@@ -63,10 +69,10 @@ def copy_live_database(
     file in `folder`, with the name Stash would give its backup; None (said why) when
     Stash's own backup must be used."""
     report.progress(0.0, "copying the live database")
-    for _ in range(ATTEMPTS):
+    for bracketed in (False,) + (True,) * ATTEMPTS:
         temp = temp_path_in(folder, database.name)
         try:
-            outcome = _attempt(client, info, database, temp, report)
+            outcome = _attempt(client, info, database, temp, report, bracketed)
         except BaseException:
             discard(temp)
             raise
@@ -74,15 +80,18 @@ def copy_live_database(
             discard(temp)
         if outcome is not _AGAIN:
             return outcome
-    report.info(f"the library changed during each of {ATTEMPTS} copies of the live database: {FALLBACK}")
+    report.info(f"the library changed during each of {ATTEMPTS + 1} copies of the live database: {FALLBACK}")
     return None
 
 
-def _attempt(client: StashAPI, info: ServerInfo, database: Path, temp: Path, report: Reporter):
-    """One copy into `temp`, between two questions to the server: the copy and its name,
-    None (said why) when Stash's backup must be used, or _AGAIN."""
-    before = _fingerprint(client, report)
-    if before is None:
+def _attempt(client: StashAPI, info: ServerInfo, database: Path, temp: Path, report: Reporter, bracketed: bool):
+    """One copy into `temp`, then a question to the server, and one before it too when
+    `bracketed`: the copy and its name, None (said why) when Stash's backup must be
+    used, or _AGAIN. A copy holding the library the server reports before or after it
+    is a committed state of the server's database; equal answers around a copy that
+    differs from both name a file that is not the server's."""
+    before = _fingerprint(client, report) if bracketed else None
+    if bracketed and before is None:
         return None
     try:
         schema, copied = _copy(database, temp)
@@ -90,20 +99,22 @@ def _attempt(client: StashAPI, info: ServerInfo, database: Path, temp: Path, rep
         report.info(f"the live database {database} cannot be copied here ({one_line(str(error))}): {FALLBACK}")
         return None
     crash_point("live-copied")
+    if schema != info.schema_version:  # the schema alone tells: no question needed
+        return _not_the_servers(database, f"schema {schema}, Stash reports {info.schema_version}", report)
     after = _fingerprint(client, report)
     if after is None:
         return None
-    same = schema == info.schema_version
-    if same and not (library.differences(before, copied) and library.differences(after, copied)):
+    if any(not library.differences(answer, copied) for answer in (before, after) if answer is not None):
         name = f"{database.name}.{schema}.{datetime.now():%Y%m%d_%H%M%S}"
         return Downloaded(temp, temp.stat().st_size, "", 0), name  # hashed as the store reads it
-    if before != after:
+    if before is None or before != after:
         return _AGAIN
     # a quiet library, and still another one: not the server's file
-    found = (library.differences(after, copied) if same else []) or [
-        f"schema {schema}, Stash reports {info.schema_version}"
-    ]
-    report.warning(f"{database} is not the database this Stash serves ({found[0]}): {FALLBACK}")
+    return _not_the_servers(database, library.differences(after, copied)[0], report)
+
+
+def _not_the_servers(database: Path, difference: str, report: Reporter) -> None:
+    report.warning(f"{database} is not the database this Stash serves ({difference}): {FALLBACK}")
     return None
 
 

@@ -130,7 +130,7 @@ def test_on_stashs_host_the_database_comes_from_the_live_file_without_asking_for
     archive = Archive(tmp_path / "archive")
     outcome = download_to_archive(stash, archive, DownloadOptions(), Reporter())
     assert outcome.entry.source == live_copy.SOURCE and outcome.entry.verified_ok
-    assert stash.requests == [] and stash.fingerprints == 2  # asked before and after the copy
+    assert stash.requests == [] and stash.fingerprints == 1  # a quiet library: asked once, after the copy
     assert outcome.entry.blob_count == len(stash.images)
     restored = tmp_path / "restored.sqlite"
     with open(restored, "wb") as out:
@@ -149,6 +149,7 @@ def test_a_file_at_the_servers_path_that_is_another_database_is_named_and_stashs
     report = Lines()
     outcome = download_to_archive(stash, Archive(tmp_path / "archive"), DownloadOptions(), report)
     assert outcome.entry.source == "filesystem" and stash.requests == [(True, False)]
+    assert stash.fingerprints == 3  # a first copy that differs, then one between two equal answers
     warned = [line for line in report.lines if line.startswith("warning")]
     assert warned and str(stash.database) in warned[0] and "performers" in warned[0], report.lines
     assert not [p for p in (tmp_path / "archive").iterdir() if TEMP_MARKER in p.name]
@@ -161,6 +162,7 @@ def test_another_schema_at_the_servers_path_is_not_the_servers_database(tmp_path
     stash.info = dataclasses.replace(stash.info, schema_version=86)
     outcome = download_to_archive(stash, Archive(tmp_path / "archive"), DownloadOptions(), Reporter())
     assert outcome.entry.source == "database" and len(stash.requests) == 1
+    assert stash.fingerprints == 0  # the schema alone tells
 
 
 def test_a_library_changing_during_every_copy_leaves_it_to_stashs_backup(tmp_path):
@@ -174,15 +176,34 @@ def test_a_library_changing_during_every_copy_leaves_it_to_stashs_backup(tmp_pat
     stash.library_fingerprint = changing
     outcome = download_to_archive(stash, Archive(tmp_path / "archive"), DownloadOptions(), Reporter())
     assert outcome.entry.source == "database" and len(stash.requests) == 1
-    assert stash.fingerprints == 2 * live_copy.ATTEMPTS
+    assert stash.fingerprints == 1 + 2 * live_copy.ATTEMPTS  # a first copy, then as many bracketed as ever
+
+
+def test_a_first_copy_that_differs_is_made_again_between_two_answers(tmp_path):
+    """An edit during the first copy: it holds neither the library before it (not asked)
+    nor after it. The next copy is asked about before and after, and kept when it holds
+    the library of either answer (here the one before: an edit came after its lock)."""
+    stash = LocalStash(tmp_path / "stash")
+    truth, stash.fingerprints = stash.library_fingerprint(), 0
+    edited = library.Fingerprint({"performers": 99}, {})
+    answers = [edited, truth, edited]
+
+    def edits_during_the_copies() -> library.Fingerprint:
+        stash.fingerprints += 1
+        return answers.pop(0)
+
+    stash.library_fingerprint = edits_during_the_copies
+    outcome = download_to_archive(stash, Archive(tmp_path / "archive"), DownloadOptions(), Reporter())
+    assert outcome.entry.source == live_copy.SOURCE and stash.requests == [] and stash.fingerprints == 3
 
 
 def test_a_copy_matching_the_library_after_it_changed_is_kept(tmp_path):
-    """An edit between the first question and the copy: the copy holds the library the
-    server reports afterwards, which is a committed state of the server's database."""
+    """An edit during the first copy, and one between the next question and its copy:
+    that copy holds the library the server reports afterwards, which is a committed
+    state of the server's database."""
     stash = LocalStash(tmp_path / "stash")
     real = stash.library_fingerprint
-    answers = [library.Fingerprint({"performers": 2}, {}), None]
+    answers = [library.Fingerprint({"performers": 2}, {}), library.Fingerprint({"performers": 2}, {}), None]
 
     def edited_meanwhile() -> library.Fingerprint:
         answer = answers.pop(0)
