@@ -360,6 +360,54 @@ def test_many_packs_and_a_partial_last_frame(tmp_path, monkeypatch):
     assert reassembled(archive, listing) == database.read_bytes()
 
 
+def _sparse_frames(archive, listing) -> list:
+    """(pack, frame, pages taken, pages in it) of every frame of a stored pack that the
+    list takes less than SPARSE_FRAME_SHARE of."""
+    pages = page_store.read_page_list(listing)
+    per_frame = fmt.pages_per_frame(pages.page_size)
+    found = []
+    for pack, number, pieces in page_store._frame_pieces(pages):
+        held = page_store.read_index(archive, pages.packs[pack]).frames[number].pages
+        taken = sum(pieces[at + 1] for at in range(0, len(pieces), 3))
+        if taken < held * page_store.SPARSE_FRAME_SHARE:
+            found.append((pages.packs[pack], number, taken, held, per_frame))
+    return found
+
+
+@pytest.mark.parametrize("share", [0.0, page_store.SPARSE_FRAME_SHARE])
+def test_pages_left_in_frames_a_snapshot_barely_uses_are_stored_again(tmp_path, monkeypatch, share):
+    """Night after night most rows of a region change: the frames that held them keep a
+    few pages the new snapshot still takes. Stored again beside the night's new pages,
+    no frame is decompressed on restore for less than its share; unset, some would be."""
+    monkeypatch.setattr(fmt, "FRAME_BYTES", 16 * 4096)  # frames of 16 pages: a small database has many
+    database = make_database(tmp_path / "db.sqlite", rows=20000)
+    archive, earlier = tmp_path / "archive", None
+    for night in range(1, 6):
+        if night > 1:
+            change_rows(database, [n for n in range(20000) if n % 50 and (n // 1000) % 5 == night % 5], seed=night)
+        monkeypatch.setattr(page_store, "SPARSE_FRAME_SHARE", share)
+        written = page_store.write_pages(archive, archive / "incoming", database, like=earlier)
+        earlier = archive / "snapshots" / f"n{night}.pages"
+        page_store.commit_page_list(earlier, written.listing)
+        monkeypatch.setattr(page_store, "SPARSE_FRAME_SHARE", 0.25)
+        assert reassembled(archive, earlier) == database.read_bytes()
+    if share:
+        assert _sparse_frames(archive, earlier) == []
+    else:
+        assert len(_sparse_frames(archive, earlier)) >= 3
+
+
+def test_a_database_stored_again_unchanged_stores_nothing_though_a_packs_last_frame_is_short(tmp_path):
+    """The last frame of a pack holds what was left: measured against its own pages,
+    it is whole, not sparse."""
+    database = make_database(tmp_path / "db.sqlite", rows=20000)
+    archive = tmp_path / "archive"
+    store_pages(archive, database)
+    [pack] = list(page_store.stored_packs(archive))
+    assert page_store.read_index(archive, pack.pack).frames[-1].pages < fmt.pages_per_frame(4096) // 4
+    assert page_store.write_pages(archive, archive / "incoming", database).new_pages == 0
+
+
 def test_a_pack_and_its_index_are_written_in_incoming_and_only_moved_into_packs(tmp_path, monkeypatch):
     """A run killed while writing leaves its temps where the next run removes them all
     (incoming/): a temp beside a pack would stay in packs/ for good."""
