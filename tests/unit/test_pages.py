@@ -435,6 +435,7 @@ def test_a_pack_and_its_index_are_written_in_incoming_and_only_moved_into_packs(
 def test_temps_an_older_run_left_in_packs_go_once_their_maker_is_gone(tmp_path):
     from stash_backup_plugin.core.naming import TEMP_MARKER
     from stash_backup_plugin.core.processes import machine_id
+    from tests.support.processes import gone_pid
 
     database = make_database(tmp_path / "db.sqlite", rows=2000)
     archive = tmp_path / "archive"
@@ -442,7 +443,7 @@ def test_temps_an_older_run_left_in_packs_go_once_their_maker_is_gone(tmp_path):
     [pack] = list(page_store.stored_packs(archive))
     level = page_store.pack_path(archive, pack.pack).parent
     index = f".{pack.pack}{fmt.INDEX_SUFFIX}"
-    dead = level / f"{index}{TEMP_MARKER}{_gone_pid()}.{machine_id()}-abc"
+    dead = level / f"{index}{TEMP_MARKER}{gone_pid()}.{machine_id()}-abc"
     live = level / f"{index}{TEMP_MARKER}{os.getpid()}.{machine_id()}-def"
     other = level / "Thumbs.db"  # not ours: never touched
     for path in (dead, live, other):
@@ -450,13 +451,6 @@ def test_temps_an_older_run_left_in_packs_go_once_their_maker_is_gone(tmp_path):
     assert page_store.remove_stale_pack_temps(archive) == [dead]
     assert live.exists() and other.exists() and not dead.exists()
     assert [p.pack for p in page_store.stored_packs(archive)] == [pack.pack]
-
-
-def _gone_pid() -> int:
-    pid = int(open("/proc/sys/kernel/pid_max").read()) - 10
-    while os.path.exists(f"/proc/{pid}"):
-        pid -= 1
-    return pid
 
 
 @pytest.mark.parametrize("where", ["pack", "index", "missing pack", "list"])

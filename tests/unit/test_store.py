@@ -11,6 +11,7 @@ import pytest
 from stash_backup_plugin.core import record, snapshot
 from stash_backup_plugin.core.errors import VerificationError
 from stash_backup_plugin.core.store import Store, commit_snapshot, write_snapshot
+from tests.support.processes import gone_pid
 
 
 def header(blobs, name="stash-go.sqlite.85.20261126_030000"):
@@ -215,7 +216,7 @@ def test_temps_a_killed_run_left_where_it_writes_in_place_go_once_their_maker_is
     dead, live = [], []
     for folder in ("backups", "snapshots", "pending"):
         (tmp_path / folder).mkdir()
-        for pid, kept in ((_free_pid(), dead), (os.getpid(), live)):
+        for pid, kept in ((gone_pid(), dead), (os.getpid(), live)):
             temp = tmp_path / folder / f".x.85.20261126_030000.json{TEMP_MARKER}{pid}.{machine_id()}-abc"
             temp.write_bytes(b"partial")
             kept.append(temp)
@@ -262,13 +263,6 @@ os.waitpid(child, 0)
 """
 
 
-def _free_pid() -> int:
-    pid = int(open("/proc/sys/kernel/pid_max").read()) - 10
-    while os.path.exists(f"/proc/{pid}"):
-        pid -= 1
-    return pid
-
-
 def test_a_live_run_in_a_container_with_our_host_name_keeps_its_marker(tmp_path):
     """A real run in its own PID namespace (as in a container named like the host, same
     boot) marks the store; its pid does not exist out here. The cleanup here must not
@@ -277,7 +271,7 @@ def test_a_live_run_in_a_container_with_our_host_name_keeps_its_marker(tmp_path)
     import sys
     from pathlib import Path
 
-    pid = _free_pid()
+    pid = gone_pid()
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     run = subprocess.Popen(
         ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", CONTAINER_RUN, str(tmp_path), str(pid)],
@@ -309,7 +303,7 @@ def test_only_a_marker_of_this_machine_counts_as_dead_here(tmp_path):
 
     store = Store(tmp_path)
     (tmp_path / "pending").mkdir()
-    dead, now, host = _free_pid(), time.time(), socket.gethostname()
+    dead, now, host = gone_pid(), time.time(), socket.gethostname()
     markers = {"container": {"machine": "0badf00d"}, "older": {}, "ours": {"machine": machine_id()}}
     for name, extra in markers.items():
         (tmp_path / "pending" / f"{name}.json").write_text(
