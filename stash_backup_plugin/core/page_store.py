@@ -684,15 +684,19 @@ class _PackWriter:
         self.written = 0
         self._handle: Optional[BinaryIO] = None
         self._temp: Optional[Path] = None
-        # Frames being compressed, written to the pack in order: (future, raw length).
+        # Frames being compressed, written to the pack in order: (future, raw length, buffer).
         self._pending: collections.deque = collections.deque()
+        # Frame buffers back from compression, filled again: a new 1 MiB buffer a frame was a
+        # new mapping and its page faults (656,000 for a first night at 1 GiB).
+        self._spare: list[bytearray] = []
         self._pool: Optional[ThreadPoolExecutor] = None
         self._reset()
 
     def _reset(self) -> None:
         self._frames: list[fmt.Frame] = []
         self._hashes = bytearray()
-        self._frame = bytearray()
+        self._frame: Optional[bytearray] = None  # FRAME_BYTES, filled up to _filled
+        self._filled = 0
         self._pages = 0
         self._digest = hashlib.sha256()
         self._ordinal = -1
@@ -702,10 +706,14 @@ class _PackWriter:
             self._ordinal = table.new_pack()
             self._size = len(page)
         place = (self._ordinal, self._pages)
-        self._frame += page
+        if self._frame is None:
+            self._frame = self._spare.pop() if self._spare else bytearray(fmt.FRAME_BYTES)
+        end = self._filled + len(page)
+        self._frame[self._filled : end] = page  # whole pages fill a frame exactly: never resized
+        self._filled = end
         self._hashes += digest
         self._pages += 1
-        if len(self._frame) >= fmt.FRAME_BYTES:
+        if end >= fmt.FRAME_BYTES:
             self._flush_frame()
         return place
 
@@ -719,9 +727,11 @@ class _PackWriter:
             self._handle = open(self._temp, "wb")
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=FRAME_THREADS)
-        raw = bytes(self._frame)
-        self._pending.append((self._pool.submit(zlib.compress, raw, self.level), len(raw)))
-        self._frame = bytearray()
+        assert self._frame is not None
+        frame, raw_length = self._frame, self._filled
+        self._frame, self._filled = None, 0
+        compressed = self._pool.submit(zlib.compress, memoryview(frame)[:raw_length], self.level)
+        self._pending.append((compressed, raw_length, frame))
         while len(self._pending) > FRAME_THREADS:
             self._write_oldest()
         if self._handle.tell() + len(self._pending) * fmt.MAX_FRAME_STORED >= fmt.PACK_BYTES:
@@ -732,8 +742,9 @@ class _PackWriter:
 
     def _write_oldest(self) -> None:
         assert self._handle is not None
-        future, raw_length = self._pending.popleft()
+        future, raw_length, frame = self._pending.popleft()
         stored = future.result()
+        self._spare.append(frame)
         self._frames.append(fmt.Frame(self._handle.tell(), len(stored), raw_length // self._size))
         self._handle.write(stored)
         self._digest.update(stored)
@@ -776,7 +787,7 @@ class _PackWriter:
         fsync_dir(final.parent)
 
     def close(self) -> int:
-        if self._frame:
+        if self._filled:
             self._flush_frame()
         if self._handle is not None:
             self._seal()
