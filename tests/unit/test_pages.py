@@ -609,3 +609,13 @@ def test_a_file_that_is_not_empty_or_not_readable_is_written_in_order(tmp_path):
         out.write(b"x")  # not at its start: appended after, as a stream
         page_store.read_pages(archive, damaged, out)
     assert (tmp_path / "wrong").read_bytes() == b"x" + database.read_bytes()
+
+
+def test_a_reassembled_file_is_hashed_up_to_its_size_with_its_offset_left_alone(tmp_path):
+    path = tmp_path / "f"
+    data = os.urandom(3 * 1024 * 1024 + 123)
+    path.write_bytes(data + b"beyond")
+    with open(path, "r+b") as handle:
+        handle.seek(17)
+        assert page_store._file_sha256(handle.fileno(), len(data)) == hashlib.sha256(data).hexdigest()
+        assert handle.tell() == 17
