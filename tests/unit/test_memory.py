@@ -52,11 +52,25 @@ def test_nothing_is_changed_without_glibc(monkeypatch):
     assert memory.return_large_buffers() is False
 
 
-def test_both_commands_set_it_before_they_run(monkeypatch):
+def test_stash_backup_sets_it_before_a_command_runs_and_stash_restore_does_not(monkeypatch):
+    """stash-restore runs with Stash stopped: its time counts, not its peak."""
+    from stash_backup_plugin.cli import commands
+    from stash_backup_plugin.offline import cli as restore_cli
+
     calls = []
     monkeypatch.setattr(terminal, "return_large_buffers", lambda: calls.append("set"))
     assert terminal.run_command(terminal.TerminalReporter(quiet=True), lambda: calls.append("ran") or 0) == 0
     assert calls == ["set", "ran"]
+    calls.clear()
+    monkeypatch.setattr(
+        commands, "COMMANDS", {**commands.COMMANDS, "list": lambda args, report: calls.append("ran") or 0}
+    )
+    assert commands.main(["list", "--dest", "/nonexistent-archive"]) == 0
+    assert calls == ["set", "ran"]
+    calls.clear()
+    monkeypatch.setattr(restore_cli, "_run", lambda args, report: calls.append("ran") or 0)
+    assert restore_cli.main(["--list"]) == 0
+    assert calls == ["ran"]
 
 
 def test_copies_read_into_one_buffer_per_thread_and_a_copy_within_a_copy_gets_its_own(tmp_path):
