@@ -56,16 +56,19 @@ class Prober(threading.Thread):
 
     def __init__(self, server):
         super().__init__(daemon=True)
-        self.server, self.answers, self.failures, self.stop = server, 0, [], threading.Event()
+        self.server, self.answered, self.failures, self.stop = server, [], [], threading.Event()
 
     def run(self):
         while not self.stop.is_set():
             try:
                 self.server.graphql("{ findPerformers { count } }", timeout=10)
-                self.answers += 1
+                self.answered.append(time.monotonic())
             except Exception as error:  # noqa: BLE001 - any failure is what the test reports
                 self.failures.append(str(error))
-            time.sleep(0.2)
+            time.sleep(0.05)
+
+    def answers_between(self, start: float, end: float) -> int:
+        return sum(1 for moment in self.answered if start <= moment <= end)
 
 
 def test_drill_of_a_good_backup_passes_beside_the_live_server(
@@ -78,7 +81,9 @@ def test_drill_of_a_good_backup_passes_beside_the_live_server(
     before = live_files(server)
     prober = Prober(server)
     prober.start()
+    started = time.monotonic()
     code, result, stderr = drill(dest, stash_binaries[stash_version])
+    ended = time.monotonic()
     prober.stop.set()
     prober.join()
     assert code == 0, stderr
@@ -93,7 +98,9 @@ def test_drill_of_a_good_backup_passes_beside_the_live_server(
         "groups": 0,
     }
     assert result["images_checked"] == 6 and stash_version.lstrip("v") in result["stash_version"]
-    assert prober.answers > 3 and not prober.failures  # the live server answered throughout
+    # the live server answered while the drill ran (however quick: a fast machine drilled
+    # in less than the four answers this once counted, at one each 0.2 s)
+    assert prober.answers_between(started, ended) >= 2 and not prober.failures
     assert live_files(server) == before  # its database, config and blobs, byte for byte
     assert scratch_folders(dest) == []
     listed = run_cli("list", "--dest", str(dest))
