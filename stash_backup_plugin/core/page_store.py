@@ -31,6 +31,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Optional
 
 from . import pages as fmt
 from .atomic import (
+    commit,
     discard,
     fsync_dir,
     make_folders,
@@ -624,13 +625,11 @@ def _loosen_sparse_frames(table: _PageTable) -> int:
     frames = collections.Counter(
         ordinal << 32 | page // per_frame for ordinal, page in zip(table.pack, table.page) if ordinal >= 0
     )
-    sparse = set()
-    for frame, taken in frames.items():
-        ordinal, first = frame >> 32, (frame & 0xFFFFFFFF) * per_frame
-        if (
-            taken < min(per_frame, table.pack_pages[ordinal] - first) * SPARSE_FRAME_SHARE
-        ):  # a pack's last frame may hold fewer
-            sparse.add(frame)
+
+    def held(frame: int) -> int:  # a pack's last frame may hold fewer
+        return min(per_frame, table.pack_pages[frame >> 32] - (frame & 0xFFFFFFFF) * per_frame)
+
+    sparse = {frame for frame, taken in frames.items() if taken < held(frame) * SPARSE_FRAME_SHARE}
     if not sparse:
         return 0
     loosened = 0
@@ -799,8 +798,7 @@ class _PackWriter:
             handle.flush()
             os.fsync(handle.fileno())
         own_like_folder(temp)
-        os.replace(temp, final)
-        fsync_dir(final.parent)
+        commit(temp, final)
 
     def close(self) -> int:
         if self._filled:
