@@ -313,6 +313,10 @@ def main(argv=None) -> int:
         "--live-copy", action="store_true", help="also: snapshots taken with SQLite's online backup of the live file"
     )
     args = parser.parse_args(argv)
+    if args.command in ("restore", "restore-gzip"):
+        from stash_backup_plugin.core.memory import keep_freed_memory
+
+        keep_freed_memory()  # as stash-restore does
     if args.command == "restore":
         restore_pages(args.archive, args.name, args.target)
         return 0

@@ -66,14 +66,13 @@ def run_command(
     action: Callable[[], int],
     redact=lambda text: text,
     interrupted: str = "interrupted; nothing partial was kept",
-    small_peak: bool = True,
+    tune_memory: Optional[Callable[[], bool]] = None,
 ) -> int:
     """The CLIs' edge: typed errors become one line on stderr and an exit code, and so
     does what no layer below foresaw (a full disk, an unreadable file, SQLite refusing):
-    never a traceback. `small_peak`: large buffers mapped on their own (core/memory.py),
-    for commands that run beside Stash."""
-    if small_peak:
-        return_large_buffers()
+    never a traceback. `tune_memory` (core/memory.py): by default large buffers mapped
+    on their own, for commands that run beside Stash."""
+    (tune_memory or return_large_buffers)()
     try:
         return action()
     except StashBackupError as error:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Optional
 # What parsing needs, and no more: the restore engine, the salvage and the config
 # reader are imported by the mode that uses them, so that --help is instant.
 from ..core.errors import UsageError, VerificationError
+from ..core.memory import keep_freed_memory
 from ..core.naming import is_anonymised_name
 from ..core.sqlite_check import CHECK_LEVELS, QUICK
 from ..core.terminal import TerminalReporter, run_command
@@ -348,14 +349,12 @@ def _run(args, report) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     report = TerminalReporter()
-    # Stash is stopped: no peak to keep small beside it, and a gzip snapshot's restore
-    # (1 GiB) took 4.5-4.6 s with large buffers mapped on their own, 3.8-4.0 s without;
-    # a page snapshot's the same either way (28-29 MiB peak).
+    # Stash is stopped: its time counts, not a peak beside it (core/memory.py).
     return run_command(
         report,
         lambda: _run(args, report),
         interrupted="interrupted: run the same command again to finish or roll back",
-        small_peak=False,
+        tune_memory=keep_freed_memory,
     )
 
 

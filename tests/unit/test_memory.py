@@ -25,10 +25,24 @@ held = bytearray(1 << 20)
 print(took, libc.mallinfo2().hblks - before)
 """
 
+FAULTS_OF_FREED_FRAMES = """
+import resource, sys, zlib
+from stash_backup_plugin.core.memory import keep_freed_memory
 
-def mapped_after_a_free(how: str, **env) -> str:
+took = keep_freed_memory() if sys.argv[1] == "set" else False
+frame = zlib.compress(bytes(range(256)) * 4096)  # 1 MiB, as a restore decompresses them
+for _ in range(2):
+    zlib.decompressobj().decompress(frame, 1 << 20)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(50):
+    zlib.decompressobj().decompress(frame, 1 << 20)
+print(took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def run_script(script: str, how: str, **env) -> list[str]:
     return subprocess.run(
-        [sys.executable, "-c", MAPPED_AFTER_A_FREE, how],
+        [sys.executable, "-c", script, how],
         capture_output=True,
         text=True,
         check=True,
@@ -38,9 +52,22 @@ def mapped_after_a_free(how: str, **env) -> str:
 
 def test_a_large_buffer_after_a_freed_one_is_still_mapped_on_its_own():
     assert memory._glibc(), "this test needs glibc's malloc (Debian's, as CI runs)"
-    assert mapped_after_a_free("leave", MALLOC_MMAP_THRESHOLD_=None) == ["False", "0"]  # from an arena, kept
-    assert mapped_after_a_free("set", MALLOC_MMAP_THRESHOLD_=None) == ["True", "1"]  # returned when freed
-    assert mapped_after_a_free("set", MALLOC_MMAP_THRESHOLD_="4194304")[0] == "False"  # the user's own choice
+    assert run_script(MAPPED_AFTER_A_FREE, "leave", MALLOC_MMAP_THRESHOLD_=None) == ["False", "0"]  # arena's, kept
+    assert run_script(MAPPED_AFTER_A_FREE, "set", MALLOC_MMAP_THRESHOLD_=None) == ["True", "1"]  # given back
+    assert run_script(MAPPED_AFTER_A_FREE, "set", MALLOC_MMAP_THRESHOLD_="4194304")[0] == "False"  # the user's
+
+
+def test_freed_frames_are_used_again_without_page_faults_when_kept():
+    """Left to glibc, each freed 1 MiB frame at an arena's top is given back and the
+    next faulted in again (about 500 faults a frame)."""
+    assert memory._glibc(), "this test needs glibc's malloc (Debian's, as CI runs)"
+    unset = {"MALLOC_MMAP_THRESHOLD_": None, "MALLOC_TRIM_THRESHOLD_": None}
+    took, faults = run_script(FAULTS_OF_FREED_FRAMES, "leave", **unset)
+    assert took == "False" and int(faults) > 50 * 100
+    took, faults = run_script(FAULTS_OF_FREED_FRAMES, "set", **unset)
+    assert took == "True" and int(faults) < 50
+    took, faults = run_script(FAULTS_OF_FREED_FRAMES, "set", **{**unset, "MALLOC_TRIM_THRESHOLD_": "1000"})
+    assert took == "False" and int(faults) > 50 * 100  # the user's own choice
 
 
 def test_nothing_is_changed_without_glibc(monkeypatch):
@@ -49,10 +76,12 @@ def test_nothing_is_changed_without_glibc(monkeypatch):
 
     monkeypatch.setattr(memory.os, "confstr", not_glibc)
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     assert memory.return_large_buffers() is False
+    assert memory.keep_freed_memory() is False
 
 
-def test_stash_backup_sets_it_before_a_command_runs_and_stash_restore_does_not(monkeypatch):
+def test_stash_backup_holds_it_before_a_command_runs_and_stash_restore_keeps_freed_memory(monkeypatch):
     """stash-restore runs with Stash stopped: its time counts, not its peak."""
     from stash_backup_plugin.cli import commands
     from stash_backup_plugin.offline import cli as restore_cli
@@ -69,8 +98,9 @@ def test_stash_backup_sets_it_before_a_command_runs_and_stash_restore_does_not(m
     assert calls == ["set", "ran"]
     calls.clear()
     monkeypatch.setattr(restore_cli, "_run", lambda args, report: calls.append("ran") or 0)
+    monkeypatch.setattr(restore_cli, "keep_freed_memory", lambda: calls.append("keep"))
     assert restore_cli.main(["--list"]) == 0
-    assert calls == ["ran"]
+    assert calls == ["keep", "ran"]
 
 
 def test_copies_read_into_one_buffer_per_thread_and_a_copy_within_a_copy_gets_its_own(tmp_path):
