@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Optional, TextIO
 
 from .errors import StashBackupError, StorageError
-from .memory import return_large_buffers
+from .memory import beside_stash
 from .reporting import Reporter
 
 BAR_WIDTH = 30
@@ -70,9 +70,9 @@ def run_command(
 ) -> int:
     """The CLIs' edge: typed errors become one line on stderr and an exit code, and so
     does what no layer below foresaw (a full disk, an unreadable file, SQLite refusing):
-    never a traceback. `tune_memory` (core/memory.py): by default large buffers mapped
-    on their own, for commands that run beside Stash."""
-    (tune_memory or return_large_buffers)()
+    never a traceback. `tune_memory` (core/memory.py): by default a small peak, for
+    commands that run beside Stash."""
+    (tune_memory or beside_stash)()
     try:
         return action()
     except StashBackupError as error:

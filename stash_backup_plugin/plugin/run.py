@@ -18,7 +18,7 @@ from ..jobs.retention import apply_retention, retention_summary
 from ..jobs.status import check_overdue, claim_auto_backup, overview, recording
 from ..jobs.verify import verify_archive
 from ..core.config_text import config_line_value
-from ..core.memory import return_large_buffers
+from ..core.memory import beside_stash
 from ..core.archive import ARCHIVE_FOLDER_SETTING, DEFAULT_FOLDER_NAME, Archive
 from ..server.connection import from_plugin_input, redact
 from ..core.errors import ConfigError, StashBackupError, UsageError, VerificationError
@@ -426,7 +426,7 @@ def main(stdin=None, stdout=None, stderr=None) -> int:
     it at error level ("Plugin returned error: …"), so logging it here too would show
     it twice. Never a traceback: it could carry a secret and says nothing to a user."""
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
-    return_large_buffers()
+    beside_stash()
     secrets: list[str] = []
     reporter = PluginLogReporter(stderr, redact=lambda text: _hide(text, secrets))
     try:

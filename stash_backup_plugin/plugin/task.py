@@ -151,6 +151,9 @@ def main():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     plugin_dir = root if os.path.isdir(root) else os.path.dirname(root)
     bundle = arrange_path(root, plugin_dir)
+    from stash_backup_plugin.core.memory import beside_stash  # standard library only
+
+    beside_stash()  # before requests is imported
     problem = import_problem()
     if problem:
         module, requirement, error = problem
