@@ -215,8 +215,15 @@ def test_pages_twice_in_a_database_are_stored_once_wherever_the_reads_split_them
     database = tmp_path / "twins.sqlite"
     database.write_bytes(b"".join(pages))
     archive = tmp_path / "archive"
+    searched = []
+    keep = page_store._PageTable.keep_keys_of_twins
+    monkeypatch.setattr(
+        page_store._PageTable, "keep_keys_of_twins", lambda table: [keep(table), searched.append(list(table.order))]
+    )
     written, listing = store_pages(archive, database)
     assert written.new_pages == len(set(pages)) == 9
+    twins = [number for number, page in enumerate(pages) if pages.count(page) > 1]
+    assert sorted(searched[0]) == twins and len(twins) == 11  # the search kept while pages are stored
     assert reassembled(archive, listing) == database.read_bytes()
     with open(tmp_path / "restored.sqlite", "w+b") as out:  # into a file: a stored page written at each place
         page_store.read_pages(archive, listing, out)
