@@ -47,12 +47,15 @@ from .naming import TEMP_MARKER
 from .snapshot import Digest, Sink
 
 PACKS = "packs"
-READ_CHUNK = 1024 * 1024  # bytes of database hashed at a time
+READ_CHUNK = 256 * 1024  # bytes of database read (and hashed) at a time
 CACHED_FRAMES = 16  # decompressed frames kept while reassembling: 16 MiB
 # Frames compressed (writing) or decompressed (reassembling into a file) at once, zlib
 # running without Python's lock: as many as the CPUs, at most 4 (gzip snapshots used 4
 # too); each in flight holds a 1 MiB frame twice.
 FRAME_THREADS = max(1, min(4, os.cpu_count() or 1))
+# A search key's bytes: 4 keep a first night's sort 2 MiB smaller at 2 GiB than 8; of
+# 524,288 pages about 32 pairs share one by chance, each confirmed by its whole hash.
+KEY_BYTES = 4
 FEW_LEFT = 65536  # pages left to find after an earlier snapshot's places: searched as a set
 # A frame a snapshot takes fewer pages of than this share is not worth decompressing on
 # restore: those pages are stored again, beside the night's new ones (_loosen_sparse_frames).
@@ -429,13 +432,14 @@ class _PageTable:
     """The pages of one database: the 16-byte hashes in page order, and where each page
     is stored once known (pack ordinal, page in pack; -1: not yet), 25 bytes a page.
     The pages not placed by an earlier snapshot's list are searched by a sorted key
-    (the first 8 bytes of the hash, with the page it came from; 12 bytes a page).
-    Twins (pages sharing a key) are flagged so that placing any other needs no search."""
+    (the first KEY_BYTES of the hash, with the page it came from; 8 bytes a page), and
+    each key found is confirmed by the whole hash. Twins (pages sharing a key) are
+    flagged so that placing any other needs no search."""
 
     def __init__(self, page_size: int, size: int, sha256: str, hashes: bytearray):
         self.page_size, self.size, self.sha256, self.hashes = page_size, size, sha256, hashes
         count = len(hashes) // fmt.HASH_BYTES
-        self.keys, self.order = array("Q"), array("I")
+        self.keys, self.order = array("I"), array("I")
         self.twins = bytearray(count)
         self.pack = array("i", [-1]) * count
         self.page = array("I", [0]) * count
@@ -468,7 +472,7 @@ class _PageTable:
         twins: the other keys go (a first night at 2 GiB: 6 MiB while its pages are
         packed). Every page sharing a key is a twin, so a twin's search finds them all."""
         twins = self.twins
-        self.keys = array("Q", (key for key, page in zip(self.keys, self.order) if twins[page]))
+        self.keys = array("I", (key for key, page in zip(self.keys, self.order) if twins[page]))
         self.order = array("I", (page for page in self.order if twins[page]))
 
     @classmethod
@@ -497,7 +501,7 @@ class _PageTable:
 
     def same_pages(self, digest: bytes) -> Iterator[int]:
         """The database's pages whose hash is `digest`."""
-        key = int.from_bytes(digest[:8], "big")
+        key = int.from_bytes(digest[:KEY_BYTES], "big")
         at = bisect.bisect_left(self.keys, key)
         while at < len(self.keys) and self.keys[at] == key:
             page = self.order[at]
@@ -549,15 +553,15 @@ class _PageTable:
 
 
 def _sorted_keys(hashes: bytearray, numbers: Iterable[int]) -> tuple[array, array]:
-    """The first 8 bytes of these pages' hashes as numbers, sorted, and the page each
+    """The first KEY_BYTES of these pages' hashes as numbers, sorted, and the page each
     came from. Sorted in 256 buckets by the first byte, so that the Python numbers a sort
     needs exist for one bucket at a time (~50 bytes each)."""
     buckets = [array("I") for _ in range(256)]
     for page in numbers:
         buckets[hashes[page * fmt.HASH_BYTES]].append(page)
-    keys, order = array("Q"), array("I")
+    keys, order, size = array("I"), array("I"), fmt.HASH_BYTES
     for number, bucket in enumerate(buckets):
-        combined = sorted(int.from_bytes(hashes[p * 16 : p * 16 + 8], "big") << 32 | p for p in bucket)
+        combined = sorted(int.from_bytes(hashes[p * size : p * size + KEY_BYTES], "big") << 32 | p for p in bucket)
         keys.extend(c >> 32 for c in combined)
         order.extend(c & 0xFFFFFFFF for c in combined)
         buckets[number] = array("I")  # freed as it goes
