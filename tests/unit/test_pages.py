@@ -233,6 +233,30 @@ def test_pages_twice_in_a_database_are_stored_once_wherever_the_reads_split_them
     assert later.new_pages == 2
 
 
+def test_pages_whose_search_keys_collide_are_told_apart_by_their_whole_hash(tmp_path, monkeypatch):
+    """A search key is the first KEY_BYTES of a page's hash: with one byte, hundreds of
+    different pages share keys (false twins), and each is still stored once, placed by
+    its own hash, on a first night and on the next."""
+    monkeypatch.setattr(page_store, "KEY_BYTES", 1)
+    database = make_database(tmp_path / "db.sqlite", rows=6000)
+    pages = database.stat().st_size // 4096
+    archive = tmp_path / "archive"
+    written, listing = store_pages(archive, database)
+    assert pages > 256 and written.new_pages == len({page_of(database, n) for n in range(pages)})
+    assert reassembled(archive, listing) == database.read_bytes()
+    change_rows(database, range(2000, 2030), seed=3)
+    later = page_store.write_pages(archive, archive / "incoming", database)
+    assert 0 < later.new_pages < 20
+    page_store.commit_page_list(listing, later.listing)
+    assert reassembled(archive, listing) == database.read_bytes()
+
+
+def page_of(database, number: int) -> bytes:
+    with open(database, "rb") as handle:
+        handle.seek(number * 4096)
+        return handle.read(4096)
+
+
 def left_to_search(monkeypatch) -> list:
     """How many pages each write_pages left for the search of every pack index."""
     counts = []
