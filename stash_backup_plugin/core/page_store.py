@@ -465,6 +465,7 @@ class _PageTable:
         """Sort the keys of the pages not yet placed (all of them on a first night)."""
         unplaced = (number for number, ordinal in enumerate(self.pack) if ordinal < 0)
         self.keys, self.order = _sorted_keys(self.hashes, unplaced)
+        self.twins = bytearray()  # freed before the new flags are made: a first night's peak
         self.twins = _twins(self.keys, self.order, len(self.pack))
 
     def keep_keys_of_twins(self) -> None:

@@ -165,3 +165,39 @@ def test_unexpected_entries_and_two_databases_are_refused(tmp_path, backup):
         verify_backup(make_full_backup(tmp_path / "a.zip", path, images, extra={"other/file": b"x"}))
     with pytest.raises(VerificationError, match="found 2"):
         verify_backup(make_full_backup(tmp_path / "b.zip", path, images, extra={"second.sqlite": b"x"}))
+
+
+def test_streamed_blob_references_are_the_checks_own_sorted_once_each(tmp_path):
+    """The one SQL query (streamed, sorted by SQLite) against the check's table-by-table
+    gathering: every column with a foreign key to blobs, a checksum referred to from
+    several places once, NULLs and blobs whose bytes are in the database left out."""
+    import sqlite3
+
+    from stash_backup_plugin.core.sqlite_check import (
+        count_filesystem_blob_references,
+        filesystem_blob_references,
+    )
+
+    database = tmp_path / "stash-go.sqlite"
+    images = make_database(database, performers=40, wal=False)
+    checksums = sorted(images)
+    connection = sqlite3.connect(database)
+    connection.executescript('''
+        CREATE TABLE studios (id integer PRIMARY KEY, image_blob varchar(255) REFERENCES blobs(checksum));
+        CREATE TABLE "odd ""name""" (id integer PRIMARY KEY, front varchar(255) REFERENCES blobs(checksum),
+                                     back varchar(255) REFERENCES blobs(checksum), checksum text);
+    ''')
+    connection.executemany("INSERT INTO studios (image_blob) VALUES (?)", [(c,) for c in checksums[::3]] + [(None,)])
+    connection.executemany(
+        'INSERT INTO "odd ""name""" (front, back, checksum) VALUES (?, ?, ?)',
+        [(c, checksums[-1], "not a reference") for c in checksums[5:9]] + [(None, "f" * 32, None)],
+    )
+    connection.execute("INSERT INTO blobs VALUES (?, NULL)", ("f" * 32,))
+    connection.executemany("UPDATE blobs SET blob = x'00' WHERE checksum = ?", [(c,) for c in checksums[10:14]])
+    connection.commit()
+    connection.close()
+
+    streamed = list(filesystem_blob_references(database))
+    gathered = check_database(database).blobs_on_filesystem
+    assert streamed == sorted(gathered) == sorted(set(checksums) - set(checksums[10:14]) | {"f" * 32})
+    assert count_filesystem_blob_references(database) == len(streamed)
