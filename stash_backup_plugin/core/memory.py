@@ -28,6 +28,8 @@ LARGE_BUFFER = 128 * 1024
 KEPT_BUFFER = 32 * 1024 * 1024  # the highest glibc's moving threshold reaches by itself
 KEPT_FREE = 64 * 1024 * 1024
 
+REQUESTS_WITHOUT_DETECTOR = (2, 32)  # the first requests that imports without one
+
 _VARIABLES = {M_TRIM_THRESHOLD: "MALLOC_TRIM_THRESHOLD_", M_MMAP_THRESHOLD: "MALLOC_MMAP_THRESHOLD_"}
 
 
@@ -53,19 +55,31 @@ def keep_freed_memory() -> bool:
 def leave_out_charset_detection() -> bool:
     """requests guesses the charset of a text body that names none with
     charset_normalizer (or chardet): 3.8 MiB of RSS in a process that reads JSON (UTF-8 by
-    its content type), files and rclone's JSON. Without one, requests takes UTF-8 (its
-    documented fallback). True when requests will not load one; nothing changes once it
-    has."""
+    its content type), files and rclone's JSON. Without one, requests since 2.32 takes
+    UTF-8; an older one would not import at all, so it is left as it is. True when
+    requests will not load one; nothing changes once it has."""
     import sys
     import warnings
 
     if "requests" in sys.modules:
         return sys.modules["requests"].compat.chardet is None
+    if _requests_version() < REQUESTS_WITHOUT_DETECTOR:
+        return False
     detectors = ("charset_normalizer", "chardet")
     for name in detectors:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # an import of it raises ImportError
     warnings.filterwarnings("ignore", message="Unable to find acceptable character detection dependency")
     return all(sys.modules[name] is None for name in detectors)
+
+
+def _requests_version() -> tuple[int, ...]:
+    """The installed requests' (major, minor), (0,) when it cannot be told."""
+    try:
+        from importlib.metadata import version
+
+        return tuple(int(part) for part in version("requests").split(".")[:2])
+    except (ImportError, ValueError, AttributeError):  # no package or metadata, an odd version: the oldest
+        return (0,)
 
 
 def _mallopt(settings: dict[int, int]) -> bool:

@@ -44,7 +44,11 @@ import sys, warnings
 warnings.simplefilter("error")  # a warning on stderr would fail the script
 from stash_backup_plugin.core.memory import leave_out_charset_detection
 
-took = leave_out_charset_detection() if sys.argv[1] == "set" else False
+from stash_backup_plugin.core import memory
+
+if sys.argv[1] == "old":  # requests before 2.32 does not import without a detector
+    memory._requests_version = lambda: (2, 31)
+took = leave_out_charset_detection() if sys.argv[1] != "leave" else False
 import requests
 from gql.transport.requests import RequestsHTTPTransport
 
@@ -92,6 +96,15 @@ def test_requests_reads_json_without_loading_a_charset_detector():
     assert title == "Café-été" and text == '{"title":"Café-été"}'  # UTF-8, not a guess
     took, loaded, again = run_script(WITHOUT_CHARSET_DETECTION, "leave")[:3]
     assert (took, loaded, again) == ("False", "True", "False")  # too late once requests has one
+    took, loaded, again = run_script(WITHOUT_CHARSET_DETECTION, "old")[:3]
+    assert (took, loaded, again) == ("False", "True", "False")
+
+
+def test_the_installed_requests_version_is_read():
+    import requests
+
+    assert memory._requests_version() == tuple(int(part) for part in requests.__version__.split(".")[:2])
+    assert memory._requests_version() >= memory.REQUESTS_WITHOUT_DETECTOR  # as CI installs it
 
 
 def test_nothing_is_changed_without_glibc(monkeypatch):
