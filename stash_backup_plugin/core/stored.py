@@ -300,7 +300,9 @@ def _store_blobs(
     with store.blob_writer() as writer, contextlib.closing(looked_up):
         for index, (checksum, have) in enumerate(looked_up):
             if checksum <= previous:
-                raise ValueError(f"blob references not sorted at {checksum}")
+                raise VerificationError(  # the query orders them: SQLite broke its word, or the file changed
+                    f"the database's blob references came out of order at {checksum}: nothing was recorded, try again"
+                )
             previous = checksum
             size = have if have is not None else _store_one(writer, checksum, source, counts)
             if size is None:

@@ -188,7 +188,7 @@ def test_a_failing_reference_query_fails_the_copy_and_leaves_no_thread(lib, tmp_
     source = stored.FolderSource([lib.blobs])
     with open(tmp_path / "list", "w") as listing, pytest.raises(VerificationError, match="cannot be read"):
         stored._store_blobs(store, references(), 4, source, listing, Reporter())
-    with open(tmp_path / "list", "w") as listing, pytest.raises(ValueError, match="not sorted"):
+    with open(tmp_path / "list", "w") as listing, pytest.raises(VerificationError, match="out of order"):
         stored._store_blobs(store, sorted(lib.images, reverse=True), 4, source, listing, Reporter())
     assert not [t for t in threading.enumerate() if t.name.startswith("look-ahead") and t.is_alive()]
 
